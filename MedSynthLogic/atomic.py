@@ -1,0 +1,78 @@
+"""Atomic file writing: a file is either the old one or the complete new one, never half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import OutputError
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False, inputs: tuple = ()) -> Path:
+    """Refuse an output that would destroy something the user made: an existing file, or one of the inputs."""
+    out = Path(path)
+    for src in inputs:
+        if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+            raise OutputError(f"The output {out} is one of the inputs.", "Choose another output path.")
+        if src is not None and out.absolute() == Path(src).absolute():
+            raise OutputError(f"The output {out} is one of the inputs.", "Choose another output path.")
+    if out.exists() and not overwrite:
+        raise OutputError(f"The output {out} exists already.", "Pass --overwrite or choose another path.")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"The folder {parent} does not exist.", "Create it first or choose another output path.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"The folder {parent} is not writable.", "Choose a folder you can write to.")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``.
+
+    The temporary name keeps the real suffix (``.nii.gz`` …) so writers that pick a format by extension work.
+    On any error the temporary file is removed and ``path`` is left untouched.
+    """
+    final = Path(path)
+    name = final.name
+    if suffix is None:
+        suffix = "".join(final.suffixes[-2:]) if name.endswith(".gz") else final.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=final.parent if str(final.parent) else ".")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(f"No space left while writing {final}.", "Free disk space and try again; earlier files are intact.") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputError(f"Permission denied writing {final}.", "Choose a folder you can write to.") from exc
+        raise
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

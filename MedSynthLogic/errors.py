@@ -1,0 +1,65 @@
+"""Errors a user can cause, each with its own exit code, so the CLI and Slicer can report them without a traceback."""
+
+from __future__ import annotations
+
+
+class MedSynthError(Exception):
+    """Base of every error that is the user's to fix; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}".strip()
+
+
+class UsageError(MedSynthError):
+    """Wrong arguments or options."""
+
+    exit_code = 2
+
+
+class InputImageError(MedSynthError):
+    """An input volume is missing, unreadable, or not a usable 3D scalar image."""
+
+    exit_code = 3
+
+
+class GeometryError(MedSynthError):
+    """A source/target pair does not share a grid and may not be resampled."""
+
+    exit_code = 4
+
+
+class DataError(MedSynthError):
+    """A data folder, HDF5 patch file or manifest is empty, partial or inconsistent."""
+
+    exit_code = 5
+
+
+class ModelFileError(MedSynthError):
+    """A model or checkpoint file is missing, corrupt, tampered with, or made for another architecture."""
+
+    exit_code = 6
+
+
+class OutputError(MedSynthError):
+    """An output path exists, equals an input, or cannot be written (permissions, disk full)."""
+
+    exit_code = 7
+
+
+class ResourceError(MedSynthError):
+    """Not enough memory (host or GPU) or a requested device is absent."""
+
+    exit_code = 8
+
+
+class Cancelled(MedSynthError):
+    """The user cancelled the work (Cancel button, SIGINT, SIGTERM)."""
+
+    exit_code = 130
