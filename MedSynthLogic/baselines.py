@@ -1,0 +1,74 @@
+"""The trivial baseline: the best 1-D intensity lookup T1ce → T2 fitted on training cases.
+
+A per-voxel lookup that ignores context is what any learned model must beat; the conditional mean of the
+normalised target in each source-intensity bin is the lookup with the least squared error on the fitting data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Tuple
+
+import numpy as np
+
+from .atomic import atomic_write_text
+from .config import NormalisationConfig
+from .errors import DataError
+
+
+@dataclass
+class IntensityLookup:
+    """Bin edges over normalised source units and the mean normalised target in each bin."""
+
+    edges: np.ndarray
+    values: np.ndarray
+    normalisation: NormalisationConfig
+
+    def apply(self, source: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Normalise ``source`` as in training, look each voxel up, return target units (as the models do)."""
+        from .normalisation import denormalise_output, normalise_source
+
+        norm, _ = normalise_source(source, mask, self.normalisation)
+        idx = np.clip(np.searchsorted(self.edges, norm, side="right") - 1, 0, len(self.values) - 1)
+        out = self.values[idx].astype(np.float32) * mask
+        return denormalise_output(out, self.normalisation)
+
+    def save(self, path: str | Path) -> None:
+        from .config import to_dict
+
+        atomic_write_text(path, json.dumps({"kind": "intensity-lookup", "edges": self.edges.tolist(),
+                                            "values": self.values.tolist(), "normalisation": to_dict(self.normalisation)}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IntensityLookup":
+        from .config import from_dict
+
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("kind") != "intensity-lookup":
+            raise DataError(f"{path} is not an intensity lookup file.")
+        return cls(np.asarray(data["edges"]), np.asarray(data["values"]), from_dict(NormalisationConfig, data["normalisation"]))
+
+
+def fit_intensity_lookup(
+    pairs: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]], normalisation: NormalisationConfig, bins: int = 256
+) -> IntensityLookup:
+    """Fit the lookup on (source, target, mask) arrays, all normalised as the models normalise them."""
+    from .normalisation import normalise_source, normalise_target
+
+    edges = np.linspace(normalisation.source.clip_min, normalisation.source.clip_max, bins + 1)
+    sums = np.zeros(bins)
+    counts = np.zeros(bins)
+    for source, target, mask in pairs:
+        s, _ = normalise_source(source, mask, normalisation)
+        t, _ = normalise_target(target, mask, normalisation)
+        idx = np.clip(np.searchsorted(edges, s[mask], side="right") - 1, 0, bins - 1)
+        sums += np.bincount(idx, weights=t[mask], minlength=bins)
+        counts += np.bincount(idx, minlength=bins)
+    if counts.sum() == 0:
+        raise DataError("No brain voxels to fit the intensity lookup on.")
+    values = np.divide(sums, counts, out=np.zeros(bins), where=counts > 0)
+    filled = counts > 0
+    values = np.interp(np.arange(bins), np.flatnonzero(filled), values[filled])
+    return IntensityLookup(edges, values, normalisation)

@@ -1,0 +1,345 @@
+"""The ``medsynth`` command: synthesize, prepare, train, evaluate, demo, info.
+
+User mistakes end with a one-line message and a documented exit code (see :mod:`MedSynthLogic.errors`),
+never a traceback. ``--progress json`` prints one JSON event per line on stdout, which is what the Slicer
+module and other tools read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from . import __version__
+from .errors import Cancelled, MedSynthError, ResourceError, UsageError
+
+EXIT_CODES = """exit codes: 0 success, 1 internal error (a bug: please report it), 2 usage, 3 bad input image,
+4 geometry mismatch, 5 bad data folder or HDF5 file, 6 bad model file, 7 output cannot be written,
+8 out of memory or device missing, 130 cancelled"""
+
+
+class Reporter:
+    """Sends progress events to a tqdm bar on stderr, to JSON lines on stdout, or nowhere."""
+
+    def __init__(self, mode: str) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "none"
+        self.mode = mode
+        self._bars: dict = {}
+
+    def __call__(self, event: dict) -> None:
+        if self.mode == "json":
+            sys.stdout.write(json.dumps(event, default=_json_default) + "\n")
+            sys.stdout.flush()
+        elif self.mode == "bar":
+            self._bar(event)
+
+    def _bar(self, event: dict) -> None:
+        from tqdm import tqdm
+
+        kind = event.get("event")
+        if kind == "progress" and "total" in event:
+            key = (event.get("task"), event.get("stage"))
+            bar = self._bars.get(key)
+            if bar is None:
+                desc = event.get("task", "")
+                if event.get("stages"):
+                    desc += f" stage {int(event.get('stage', 0)) + 1}/{event['stages']}"
+                bar = self._bars[key] = tqdm(total=event["total"], desc=desc, file=sys.stderr, leave=True)
+            bar.n = int(event.get("done", 0))
+            bar.refresh()
+            if bar.n >= bar.total:
+                bar.close()
+        elif kind == "iteration":
+            losses = " ".join(f"{k}={v:.4g}" for k, v in event.get("losses", {}).items())
+            sys.stderr.write(f"stage {event.get('stage')} it {event.get('iteration')}/{event.get('iterations')} {losses}\n")
+        elif kind == "validation":
+            sys.stderr.write(f"validation: PSNR {event.get('psnr', float('nan')):.2f} dB SSIM {event.get('ssim', float('nan')):.4f}\n")
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
+                   help="progress display: a bar on stderr, JSON lines on stdout, or none (default: bar on a terminal)")
+
+
+def _cancel_on_signals() -> Callable[[], bool]:
+    """A cancel flag set by SIGTERM, so a killed synthesis stops between tiles and leaves no output."""
+    import signal
+    import threading
+
+    flag = threading.Event()
+
+    def handler(signum, frame):  # noqa: ARG001
+        flag.set()
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        pass
+    return flag.is_set
+
+
+def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
+    from .inference import synthesize_file, synthesize_folder
+    from .model_file import bundled_model_path, load_model
+
+    model_path = Path(args.model) if args.model else bundled_model_path()
+    model = load_model(model_path, device="cpu", stages=args.stages)
+    cancel = _cancel_on_signals()
+    source = Path(args.source)
+    common = dict(stages=args.stages, device=args.device, flip_tta=args.flip_tta, progress=report, cancel=cancel)
+    if args.tile:
+        common["tile"] = args.tile
+    if source.is_dir():
+        outputs = synthesize_folder(model, source, Path(args.output), pattern=args.pattern, overwrite=args.overwrite, **common)
+        report({"event": "done", "outputs": [str(p) for p in outputs]})
+        if report.mode != "json":
+            print(f"wrote {len(outputs)} synthetic volumes to {args.output}")
+    else:
+        out = synthesize_file(model, source, Path(args.output), mask_path=args.mask, overwrite=args.overwrite, **common)
+        report({"event": "done", "output": str(out)})
+        if report.mode != "json":
+            print(f"wrote {out}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace, report: Reporter) -> int:
+    from .config import ModelConfig, load_json_config
+    from .dataset_prep import find_cases, prepare_dataset
+
+    model_cfg = load_json_config(args.config, ModelConfig)
+    cases = find_cases(
+        args.data,
+        source_suffix=args.source_suffix,
+        target_suffix=args.target_suffix,
+        source_pattern=args.source_pattern,
+        target_pattern=args.target_pattern,
+        csv=args.csv,
+        skip_incomplete=args.skip_incomplete,
+    )
+    val_cases = [c for c in args.val_cases.split(",") if c] if args.val_cases else None
+    manifest = prepare_dataset(
+        cases,
+        args.out,
+        model_cfg,
+        patches_per_case=args.patches_per_case,
+        val_cases=val_cases,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        inside_fraction=args.inside_fraction,
+        geometry=args.geometry,
+        progress=report,
+        overwrite=args.overwrite,
+    )
+    report({"event": "done", "output": str(args.out)})
+    if report.mode != "json":
+        splits = manifest.get("splits", {})
+        print(f"prepared {len(cases)} cases into {args.out}: " + ", ".join(f"{k}: {len(v)} cases" for k, v in splits.items()))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, report: Reporter) -> int:
+    from .training import train_from_args
+
+    out = train_from_args(args, callback=report)
+    report({"event": "done", "output": str(out)})
+    if report.mode != "json":
+        print(f"wrote model {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
+    from .evaluation import evaluate_command
+
+    summary = evaluate_command(args, progress=report)
+    report({"event": "done", "output": str(args.out), "summary": summary})
+    if report.mode != "json":
+        for name, stats in summary.items():
+            print(f"{name}: {stats['mean']:.4f} ± {stats['std']:.4f}")
+    return 0
+
+
+def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
+    from .baselines import fit_intensity_lookup
+    from .config import ModelConfig, load_json_config
+    from .dataset_prep import find_cases
+    from .normalisation import brain_mask
+    from .volume_io import align_pair, read_volume
+
+    cfg = load_json_config(args.config, ModelConfig).normalisation
+    cases = find_cases(args.data, source_suffix=args.source_suffix, target_suffix=args.target_suffix)
+    if args.cases:
+        wanted = set(c for c in args.cases.split(",") if c)
+        cases = [c for c in cases if c.case_id in wanted]
+
+    def pairs():
+        for case in cases:
+            source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
+            yield source.array, target.array, brain_mask(source.array, cfg.mask_threshold)
+
+    lookup = fit_intensity_lookup(pairs(), cfg, bins=args.bins)
+    lookup.save(args.out)
+    report({"event": "done", "output": str(args.out), "cases": [c.case_id for c in cases]})
+    if report.mode != "json":
+        print(f"fitted a {args.bins}-bin intensity lookup on {len(cases)} cases: {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
+    from .demo import run_demo
+
+    outputs = run_demo(Path(args.out), model_path=args.model, device=args.device, stages=args.stages, progress=report,
+                       overwrite=args.overwrite)
+    report({"event": "done", "outputs": {k: str(v) for k, v in outputs.items()}})
+    if report.mode != "json":
+        for name, path in outputs.items():
+            print(f"{name}: {path}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, report: Reporter) -> int:
+    from .model_file import bundled_model_path, read_header
+
+    header = read_header(Path(args.model) if args.model else bundled_model_path())
+    print(json.dumps(header, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsynth",
+        description="Synthesize a T2-weighted brain MRI from a T1ce (3D adversarial FCN with auto-context, Nie et al. 2018).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("synthesize", help="synthesize a T2 from a T1ce volume (or every volume in a folder)",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="T1ce volume (nii, nii.gz, mha, mhd, nrrd, hdr) or a folder of them")
+    p.add_argument("output", help="output volume path (or folder, for a folder source)")
+    p.add_argument("--model", help="model file (.safetensors); default: the bundled T1ce→T2 model")
+    p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: CUDA if present)")
+    p.add_argument("--mask", help="brain mask volume (default: source > 0, for skull-stripped input)")
+    p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
+    p.add_argument("--tile", type=int, default=None, help="output tile edge in voxels (default: chosen per device)")
+    p.add_argument("--pattern", default="*.nii.gz", help="file pattern for a folder source (default: *.nii.gz)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_progress(p)
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("prepare", help="turn a folder of paired volumes into HDF5 patch files",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="folder of paired cases (BraTS naming <case>/<case>_t1ce.nii.gz + _t2), or see --csv")
+    p.add_argument("out", help="output folder for train.h5, val.h5 and manifest.json")
+    p.add_argument("--source-suffix", default="t1ce", help="BraTS-style suffix of the source (default t1ce)")
+    p.add_argument("--target-suffix", default="t2", help="BraTS-style suffix of the target (default t2)")
+    p.add_argument("--source-pattern", help="glob for sources with {case}, e.g. '{case}/*T1*.nii.gz'")
+    p.add_argument("--target-pattern", help="glob for targets with {case}")
+    p.add_argument("--csv", help="CSV with columns case,source,target[,mask][,seg]")
+    p.add_argument("--skip-incomplete", action="store_true", help="skip cases without a partner instead of failing")
+    p.add_argument("--patches-per-case", type=int, default=1000, help="patches sampled per case (the flipped copy adds as many)")
+    p.add_argument("--val-cases", help="comma-separated case ids for validation (default: --val-fraction of the cases)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--inside-fraction", type=float, default=0.9, help="fraction of patches centred inside the brain mask")
+    p.add_argument("--geometry", choices=("resample", "refuse"), default="resample",
+                   help="what to do with a target on another grid than its source")
+    p.add_argument("--config", help="ModelConfig JSON (architecture, patch size, normalisation); default: the paper's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    _add_progress(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train the adversarial model and its auto-context stages",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .training import add_train_arguments
+
+    add_train_arguments(p)
+    _add_progress(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="PSNR, SSIM and MAE inside the brain and the tumour",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .evaluation import add_evaluate_arguments
+
+    add_evaluate_arguments(p)
+    _add_progress(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("fit-lookup", help="fit the 1-D intensity lookup baseline on training cases",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="folder of cases with BraTS naming")
+    p.add_argument("out", help="output JSON file")
+    p.add_argument("--cases", help="comma-separated case ids to fit on (default: all)")
+    p.add_argument("--bins", type=int, default=256)
+    p.add_argument("--source-suffix", default="t1ce")
+    p.add_argument("--target-suffix", default="t2")
+    p.add_argument("--config", help="ModelConfig JSON whose normalisation to use")
+    _add_progress(p)
+    p.set_defaults(func=cmd_fit_lookup)
+
+    p = sub.add_parser("demo", help="phantom T1ce → synthetic T2 with the bundled model, plus a side-by-side PNG",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="medsynth_demo", help="output folder (default ./medsynth_demo)")
+    p.add_argument("--model", help="model file (default: bundled)")
+    p.add_argument("--stages", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--overwrite", action="store_true")
+    _add_progress(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="print a model file's header (architecture, training data, metrics)")
+    p.add_argument("model", nargs="?", help="model file (default: bundled)")
+    _add_progress(p)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return UsageError.exit_code
+    report = Reporter(getattr(args, "progress", "none"))
+    try:
+        return int(args.func(args, report) or 0)
+    except MedSynthError as exc:
+        return _fail(report, exc)
+    except KeyboardInterrupt:
+        return _fail(report, Cancelled("Interrupted."))
+    except MemoryError:
+        return _fail(report, ResourceError("Out of memory.", "Use a smaller --tile or a machine with more memory."))
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            return _fail(report, ResourceError(f"Out of memory: {exc}", "Use a smaller --tile or --device cpu."))
+        raise
+    finally:
+        report.close()
+
+
+def _fail(report: Reporter, exc: MedSynthError) -> int:
+    report({"event": "error", "message": str(exc), "exit_code": exc.exit_code, "type": type(exc).__name__})
+    sys.stderr.write(f"medsynth: error: {exc}\n")
+    return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

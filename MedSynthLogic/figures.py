@@ -1,0 +1,81 @@
+"""Pictures for people: side-by-side panels and tri-planar comparison figures (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .atomic import atomic_path
+
+
+def _display_range(arr: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[float, float]:
+    values = arr[mask] if mask is not None and mask.any() else arr[arr != 0] if (arr != 0).any() else arr.ravel()
+    lo, hi = np.percentile(values, [1, 99.5]) if values.size else (0.0, 1.0)
+    return float(min(lo, 0.0)), float(hi if hi > lo else lo + 1.0)
+
+
+def _slices(arr: np.ndarray, centre: Sequence[int]) -> list:
+    z, y, x = (int(c) for c in centre)
+    return [arr[z], np.flipud(arr[:, y, :]), np.flipud(arr[:, :, x])]
+
+
+def focus_point(mask: np.ndarray, labels: Optional[np.ndarray] = None) -> Tuple[int, int, int]:
+    """The tumour's centre of mass when labels are given, else the brain's: where a reader wants to look."""
+    region = labels > 0 if labels is not None and (labels > 0).any() else mask
+    if not region.any():
+        return tuple(s // 2 for s in mask.shape)
+    return tuple(int(round(c)) for c in np.argwhere(region).mean(axis=0))
+
+
+def comparison_figure(
+    path: str | Path,
+    panels: Sequence[Tuple[str, np.ndarray]],
+    mask: Optional[np.ndarray] = None,
+    centre: Optional[Sequence[int]] = None,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    title: str = "",
+    error_panel: bool = False,
+) -> Path:
+    """Rows axial/coronal/sagittal, one column per panel (e.g. T1ce | synthetic T2 | real T2 | |error|).
+
+    Each panel is scaled to its own 1st–99.5th percentile inside the mask, except a panel whose name starts
+    with "|" (an absolute error), which is shown with a hot colour map from 0 to the real T2's range.
+    ``spacing`` is (x, y, z) so non-isotropic volumes keep their proportions.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = panels[0][1]
+    centre = centre or focus_point(mask if mask is not None else first != 0)
+    sx, sy, sz = spacing
+    aspects = [sy / sx, sz / sx, sz / sy]
+    fig, axes = plt.subplots(3, len(panels), figsize=(3.0 * len(panels), 9.0), squeeze=False)
+    ranges = {}
+    for name, arr in panels:
+        ranges[name] = _display_range(arr, mask)
+    ref_hi = max(hi for (lo, hi) in ranges.values())
+    for col, (name, arr) in enumerate(panels):
+        lo, hi = ranges[name]
+        is_error = name.startswith("|")
+        for row, (img, aspect) in enumerate(zip(_slices(arr, centre), aspects)):
+            ax = axes[row][col]
+            if is_error:
+                ax.imshow(img, cmap="hot", vmin=0, vmax=0.5 * ref_hi if ref_hi > 0 else 1, aspect=aspect, interpolation="nearest")
+            else:
+                ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=11)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return out
