@@ -1,0 +1,333 @@
+"""`medsynth prepare` backend: case discovery, split, and patch files that match the schema and the volumes."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from MedSynthLogic.dataset_prep import Case, find_cases, prepare_dataset, split_cases
+from MedSynthLogic.errors import DataError, GeometryError, OutputError, UsageError
+from MedSynthLogic.h5data import PatchDataset, load_volumes, open_patch_file
+from MedSynthLogic.patches import centre_crop, extract_patches
+
+SHAPE = (36, 40, 34)
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def _pair(seed, shape=SHAPE):
+    """A skull-stripped-looking source/target pair (Volumes) and the mask; the phantom module when present."""
+    from MedSynthLogic.volume_io import Volume
+
+    try:
+        from MedSynthLogic.phantom import make_phantom
+
+        ph = make_phantom(shape=shape, seed=seed)
+        return ph.t1ce, ph.t2
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+        brain = (z**2 + y**2 + x**2) < 0.6
+        t1 = np.where(brain, 400 + 100 * rng.random(shape), 0).astype(np.float32)
+        t2 = np.where(brain, 900 - 0.5 * t1 + 50 * rng.random(shape), 0).astype(np.float32)
+        return Volume(t1, spacing=(1.0, 1.0, 1.2)), Volume(t2, spacing=(1.0, 1.0, 1.2))
+
+
+def _brats_folder(root, n=3, shape=SHAPE):
+    from MedSynthLogic.volume_io import write_volume
+
+    for i in range(n):
+        cid = f"Case_{i:02d}"
+        src, tgt = _pair(i, shape)
+        (root / cid).mkdir(parents=True)
+        write_volume(src, root / cid / f"{cid}_t1ce.nii.gz")
+        write_volume(tgt, root / cid / f"{cid}_t2.nii.gz")
+    return root
+
+
+# ------------------------------------------------------------------------------------------ discovery
+
+
+def test_find_cases_brats_naming(tmp_path):
+    for cid in ("B", "A", "C"):
+        _touch(tmp_path / cid / f"{cid}_t1ce.nii.gz")
+        _touch(tmp_path / cid / f"{cid}_t2.nii.gz")
+        _touch(tmp_path / cid / f"{cid}_t1.nii.gz")
+        _touch(tmp_path / cid / f"{cid}_flair.nii.gz")
+    _touch(tmp_path / "A" / "A_seg.nii.gz")
+    (tmp_path / "notes").mkdir()
+    cases = find_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["A", "B", "C"]
+    assert cases[0].source.name == "A_t1ce.nii.gz" and cases[0].target.name == "A_t2.nii.gz"
+    assert cases[0].seg.name == "A_seg.nii.gz" and cases[1].seg is None and cases[0].mask is None
+    flair = find_cases(tmp_path, source_suffix="t1", target_suffix="flair")
+    assert flair[0].source.name == "A_t1.nii.gz" and flair[0].target.name == "A_flair.nii.gz"
+
+
+def test_partial_folder_names_incomplete_cases(tmp_path):
+    for cid in ("A", "B", "C"):
+        _touch(tmp_path / cid / f"{cid}_t1ce.nii.gz")
+    _touch(tmp_path / "A" / "A_t2.nii.gz")
+    _touch(tmp_path / "C" / "C_t2.nii.gz")
+    _touch(tmp_path / "D" / "D_t2.nii.gz")
+    with pytest.raises(DataError) as info:
+        find_cases(tmp_path)
+    msg = str(info.value)
+    assert "B (no target)" in msg and "D (no source)" in msg and "skip-incomplete" in msg
+    assert [c.case_id for c in find_cases(tmp_path, skip_incomplete=True)] == ["A", "C"]
+
+
+def test_empty_or_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="No cases found") as info:
+        find_cases(tmp_path)
+    assert "--csv" in str(info.value)
+    with pytest.raises(DataError, match="does not exist"):
+        find_cases(tmp_path / "nope")
+
+
+def test_find_cases_patterns(tmp_path):
+    for cid in ("s1", "s2"):
+        _touch(tmp_path / cid / "anat" / f"sub-{cid}_T1w_ce.nii.gz")
+        _touch(tmp_path / cid / "anat" / f"sub-{cid}_T2w.nii.gz")
+    cases = find_cases(tmp_path, source_pattern="{case}/anat/*T1*.nii.gz", target_pattern="{case}/anat/*T2*.nii.gz")
+    assert [(c.case_id, c.source.name, c.target.name) for c in cases] == [
+        ("s1", "sub-s1_T1w_ce.nii.gz", "sub-s1_T2w.nii.gz"),
+        ("s2", "sub-s2_T1w_ce.nii.gz", "sub-s2_T2w.nii.gz"),
+    ]
+    _touch(tmp_path / "s2" / "anat" / "sub-s2_T1w_other.nii.gz")
+    with pytest.raises(DataError, match="s2"):
+        find_cases(tmp_path, source_pattern="{case}/anat/*T1*.nii.gz", target_pattern="{case}/anat/*T2*.nii.gz")
+    with pytest.raises(UsageError):
+        find_cases(tmp_path, source_pattern="*/anat/*T1*.nii.gz", target_pattern="{case}/anat/*T2*.nii.gz")
+
+
+def test_find_cases_flat_pattern_with_suffix(tmp_path):
+    for cid in ("p1", "p2"):
+        _touch(tmp_path / f"{cid}_t1ce.nii.gz")
+        _touch(tmp_path / f"{cid}_t2.nii.gz")
+    cases = find_cases(tmp_path, pattern="{case}_{suffix}.nii.gz")
+    assert [c.case_id for c in cases] == ["p1", "p2"]
+    assert cases[1].target == tmp_path / "p2_t2.nii.gz"
+
+
+def test_find_cases_csv(tmp_path):
+    data = tmp_path / "data"
+    for cid in ("x", "y"):
+        _touch(data / f"{cid}_a.nii.gz")
+        _touch(data / f"{cid}_b.nii.gz")
+    _touch(data / "x_mask.nii.gz")
+    absolute = _touch(tmp_path / "elsewhere" / "y_seg.nii.gz")
+    table = tmp_path / "cases.csv"
+    table.write_text(f"case,source,target,mask,seg\nx,data/x_a.nii.gz,data/x_b.nii.gz,data/x_mask.nii.gz,\ny,data/y_a.nii.gz,data/y_b.nii.gz,,{absolute}\n")
+    cases = find_cases(None, csv=table)
+    assert cases[0] == Case("x", data / "x_a.nii.gz", data / "x_b.nii.gz", data / "x_mask.nii.gz", None)
+    assert cases[1].seg == absolute and cases[1].mask is None
+    table.write_text("case,source,target\nx,data/x_a.nii.gz,data/missing.nii.gz\ny,data/y_a.nii.gz,data/y_b.nii.gz\n")
+    with pytest.raises(DataError, match="x .*missing"):
+        find_cases(None, csv=table)
+    assert [c.case_id for c in find_cases(None, csv=table, skip_incomplete=True)] == ["y"]
+    table.write_text("case,src,target\nx,a,b\n")
+    with pytest.raises(DataError, match="source"):
+        find_cases(None, csv=table)
+    table.write_text("case,source,target\nx,data/x_a.nii.gz,data/x_b.nii.gz\nx,data/y_a.nii.gz,data/y_b.nii.gz\n")
+    with pytest.raises(DataError, match="lines 2 and 3"):
+        find_cases(None, csv=table)
+
+
+def test_split_cases_deterministic_by_id():
+    cases = [Case(f"c{i}", f"s{i}", f"t{i}") for i in range(10)]
+    train, val = split_cases(cases, val_fraction=0.2, seed=3)
+    assert len(val) == 2 and len(train) == 8
+    assert not {c.case_id for c in train} & {c.case_id for c in val}
+    again = split_cases(list(reversed(cases)), val_fraction=0.2, seed=3)
+    assert [c.case_id for c in again[1]] == [c.case_id for c in val]
+    assert split_cases(cases[:2], val_fraction=0.1)[1] != []  # at least one validation case
+    assert split_cases(cases, val_fraction=0.0)[1] == []
+    t, v = split_cases(cases, val_cases=["c7", "c1"])
+    assert [c.case_id for c in v] == ["c1", "c7"] and len(t) == 8
+    with pytest.raises(UsageError, match="c99"):
+        split_cases(cases, val_cases=["c99"])
+    with pytest.raises(UsageError):
+        split_cases(cases[:1], val_cases=["c0"])
+
+
+# ------------------------------------------------------------------------------------------ prepare
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from MedSynthLogic.config import DiscriminatorConfig, GeneratorConfig, ModelConfig
+
+    root = tmp_path_factory.mktemp("prep")
+    data = _brats_folder(root / "data")
+    cfg = ModelConfig(
+        generator=GeneratorConfig(filters=(4, 4, 4, 8, 8, 8, 4, 4, 1)),
+        discriminator=DiscriminatorConfig(channels=(4, 8, 8), last_conv=8, fully_connected=(16, 8)),
+        stages=2,
+    )
+    events = []
+    cases = find_cases(data)
+    manifest = prepare_dataset(cases, root / "out", cfg, patches_per_case=20, val_fraction=0.34, seed=1, progress=events.append)
+    return root, data, cfg, cases, manifest, events
+
+
+def test_prepare_writes_schema_conformant_files(prepared):
+    root, _, cfg, _, manifest, _ = prepared
+    out = root / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train.h5", "val.h5"]
+    S, T = cfg.source_patch, cfg.target_patch
+    for split, n_cases in (("train", 2), ("val", 1)):
+        with open_patch_file(out / f"{split}.h5") as f:
+            assert f.attrs["format"] == "medsynth-patches" and f.attrs["format_version"] == 1
+            assert f.attrs["source_patch"] == S and f.attrs["target_patch"] == T
+            assert json.loads(f.attrs["model_config"])["source_patch"] == S
+            assert f["source"].shape == (n_cases * 40, 1, S, S, S) and f["source"].dtype == np.float32
+            assert f["target"].shape == (n_cases * 40, 1, T, T, T)
+            assert f["source"].chunks == (1, 1, S, S, S) and f["source"].compression == "lzf"
+            assert f["case_index"].dtype == np.int32 and f["corner"].dtype == np.int32 and f["flipped"].dtype == np.uint8
+            assert int(f["flipped"][...].sum()) == n_cases * 20
+            assert len(f["volumes"]) == n_cases
+            g = next(iter(f["volumes"].values()))
+            pad = cfg.generator.halo
+            assert g["source"].shape == tuple(s + 2 * pad for s in SHAPE) and g["mask"].dtype == np.uint8
+            assert g.attrs["pad"] == pad
+            assert json.loads(g.attrs["source_transform"])["mode"] == "percentile"
+
+
+def test_prepare_splits_by_case_and_manifest(prepared):
+    root, data, cfg, cases, manifest, events = prepared
+    on_disk = json.loads((root / "out" / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    train_ids = set(manifest["splits"]["train"])
+    val_ids = set(manifest["splits"]["val"])
+    assert len(train_ids) == 2 and len(val_ids) == 1 and not train_ids & val_ids
+    assert train_ids | val_ids == {c.case_id for c in cases}
+    assert manifest["counts"] == {"train": 80, "val": 40}
+    assert manifest["seed"] == 1 and manifest["pad"] == cfg.generator.halo
+    for split in ("train", "val"):
+        ds = PatchDataset(root / "out" / f"{split}.h5")
+        assert set(ds.case_ids) == set(manifest["splits"][split])
+    for cid, entry in manifest["cases"].items():
+        assert entry["source"] == str((data / cid / f"{cid}_t1ce.nii.gz").resolve())
+        assert entry["shape"] == list(SHAPE) and entry["patches"] == 40
+        assert entry["normalisation"]["source"]["scale"] > 0
+        assert entry["patches_centred_in_mask"] >= 36  # 90 % of 40 inside by construction
+        assert entry["timings"]["total_s"] > 0
+    assert [e["done"] for e in events] == [0, 1, 2, 3]
+    assert all(e["event"] == "progress" and e["task"] == "prepare" and e["total"] == 3 for e in events)
+
+
+def test_prepared_patches_are_cut_from_the_stored_volumes(prepared):
+    root, _, cfg, _, _, _ = prepared
+    S, T, pad = cfg.source_patch, cfg.target_patch, cfg.generator.halo
+    path = root / "out" / "train.h5"
+    vols = load_volumes(path)
+    ds = PatchDataset(path)
+    for i in range(len(ds)):
+        v = vols[ds.case_ids[ds.case_index[i]]]
+        s, t = ds[i]
+        es = extract_patches(v["source"], ds.corner[i : i + 1], S)[0, 0]
+        et = centre_crop(extract_patches(v["target"], ds.corner[i : i + 1], S), T)[0, 0]
+        if ds.flipped[i]:
+            es, et = np.flip(es, axis=2), np.flip(et, axis=2)
+        # stored volumes are float16, patches float32
+        np.testing.assert_allclose(s[0].numpy(), es, atol=2e-3)
+        np.testing.assert_allclose(t[0].numpy(), et, atol=2e-3)
+    assert ds.flipped.any() and (~ds.flipped).any()
+    centred = np.array([vols[ds.case_ids[ci]]["mask"][tuple(c + S // 2)] for ci, c in zip(ds.case_index, ds.corner)])
+    assert centred.sum() >= 2 * 2 * round(20 * 0.9)  # 2 cases × 2 copies × 90 % forced inside
+    assert all(v["pad"] == pad for v in vols.values())
+
+
+def test_prepare_target_patches_match_original_grid(prepared):
+    """The T³ target at corner c is the normalised target on the original grid at [c, c+T)."""
+    root, data, cfg, _, manifest, _ = prepared
+    from MedSynthLogic.normalisation import brain_mask, normalise_target
+    from MedSynthLogic.volume_io import read_volume
+
+    ds = PatchDataset(root / "out" / "val.h5")
+    cid = ds.case_ids[0]
+    src = read_volume(data / cid / f"{cid}_t1ce.nii.gz").array
+    tgt, _ = normalise_target(read_volume(data / cid / f"{cid}_t2.nii.gz").array, brain_mask(src), cfg.normalisation)
+    T = cfg.target_patch
+    checked = 0
+    for i in range(len(ds)):
+        z, y, x = ds.corner[i]
+        if max(z + T - SHAPE[0], y + T - SHAPE[1], x + T - SHAPE[2], 0) or min(z, y, x) < 0:
+            continue
+        ref = tgt[z : z + T, y : y + T, x : x + T]
+        if ds.flipped[i]:
+            ref = np.flip(ref, axis=2)
+        np.testing.assert_array_equal(ds[i][1][0].numpy(), ref)
+        checked += 1
+    assert checked > 0
+
+
+def test_prepare_refuses_existing_outputs_and_is_deterministic(prepared, tmp_path):
+    root, _, cfg, cases, manifest, _ = prepared
+    with pytest.raises(OutputError, match="overwrite"):
+        prepare_dataset(cases, root / "out", cfg, patches_per_case=5)
+    out2 = tmp_path / "again"
+    m2 = prepare_dataset(cases, out2, cfg, patches_per_case=20, val_fraction=0.34, seed=1, compression="gzip")
+    assert m2["splits"] == manifest["splits"]
+    with h5py.File(root / "out" / "train.h5", "r") as a, h5py.File(out2 / "train.h5", "r") as b:
+        assert b["source"].compression == "gzip"
+        np.testing.assert_array_equal(a["corner"][...], b["corner"][...])
+        np.testing.assert_array_equal(a["source"][...], b["source"][...])
+    m3 = prepare_dataset(cases, out2, cfg, patches_per_case=3, val_fraction=0.0, flip_axis=None, overwrite=True)
+    assert m3["counts"] == {"train": 9, "val": 0} and m3["splits"]["val"] == []
+    assert not (out2 / "val.h5").exists()
+    assert not list(out2.glob(".*tmp*"))
+
+
+def test_prepare_mask_file_geometry_and_errors(tmp_path):
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.volume_io import Volume, write_volume
+
+    cfg = ModelConfig(source_patch=20)
+    src, tgt = _pair(7, shape=(24, 26, 22))
+    write_volume(src, tmp_path / "s.nii.gz")
+    moved = Volume(tgt.array, spacing=tgt.spacing, origin=(src.origin[0] + 0.5,) + tuple(src.origin[1:]), direction=tgt.direction)
+    write_volume(moved, tmp_path / "t.nii.gz")
+    mask = np.zeros(src.shape, np.float32)
+    mask[8:16, 8:18, 8:14] = 1
+    write_volume(src.with_array(mask), tmp_path / "m.nii.gz")
+    case = Case("m1", tmp_path / "s.nii.gz", tmp_path / "t.nii.gz", mask=tmp_path / "m.nii.gz")
+    with pytest.raises(GeometryError, match="Case m1"):
+        prepare_dataset([case], tmp_path / "o1", cfg, patches_per_case=4, geometry="refuse")
+    m = prepare_dataset([case], tmp_path / "o2", cfg, patches_per_case=10, inside_fraction=1.0, val_fraction=0.0)
+    assert any("Resampled" in n for n in m["cases"]["m1"]["notes"])
+    assert m["cases"]["m1"]["mask_voxels"] == int(mask.sum())
+    assert m["cases"]["m1"]["patches_centred_in_mask"] == 20
+    write_volume(src.with_array(np.zeros_like(mask)), tmp_path / "empty.nii.gz")
+    bad = Case("m2", tmp_path / "s.nii.gz", tmp_path / "s.nii.gz", mask=tmp_path / "empty.nii.gz")
+    with pytest.raises(DataError, match="Case m2: The brain mask is empty"):
+        prepare_dataset([bad], tmp_path / "o3", cfg, patches_per_case=4)
+    assert not (tmp_path / "o3" / "train.h5").exists() and not list((tmp_path / "o3").glob(".*"))
+    with pytest.raises(DataError):
+        prepare_dataset([], tmp_path / "o4", cfg)
+
+
+@pytest.mark.brats
+def test_prepare_two_real_brats_cases(brats_dir, tmp_path):
+    from MedSynthLogic.config import ModelConfig
+
+    cases = find_cases(brats_dir)[:2]
+    cfg = ModelConfig()
+    m = prepare_dataset(cases, tmp_path / "out", cfg, patches_per_case=16, val_fraction=0.5)
+    assert m["counts"] == {"train": 32, "val": 32}
+    for split in ("train", "val"):
+        ds = PatchDataset(tmp_path / "out" / f"{split}.h5")
+        s, t = ds[0]
+        assert s.shape == (1, 32, 32, 32) and t.shape == (1, 16, 16, 16)
+        assert float(s.max()) <= cfg.normalisation.source.clip_max + 1e-6
+    for entry in m["cases"].values():
+        assert entry["shape"] == [155, 240, 240] and entry["seg"] is not None
+        assert entry["patches_centred_in_mask"] >= 2 * round(16 * 0.9)
