@@ -1,0 +1,337 @@
+"""Model files: the generators' weights plus everything needed to rebuild and apply them, in one safetensors file.
+
+Why safetensors: a model file is something users download and share, and a pickle (``torch.save``) executes code
+when loaded. A safetensors file is a JSON header plus raw tensor bytes, so reading it cannot run anything. The
+MedSynth header (metadata key ``medsynth``) carries the :class:`~MedSynthLogic.config.ModelConfig` (architecture
+and intensity normalisation), so a file is self-describing, and a SHA-256 over the tensors, so a corrupt or
+edited file is refused instead of silently giving a wrong synthesis.
+
+Layout: tensors ``stage{k}.<parameter>`` (contiguous CPU float32; integer buffers such as BatchNorm's
+``num_batches_tracked`` are stored as float32 too and cast back on load) and metadata ``{"medsynth": JSON}`` with
+``format="medsynth-model"``, ``format_version=1``, ``medsynth_version``, ``model_config``, ``stages``,
+``training``, ``metrics``, ``tensors_sha256`` and ``created``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from . import __version__
+from .atomic import atomic_path, check_output_path
+from .config import ModelConfig, from_dict, to_dict
+from .errors import MedSynthError, ModelFileError, UsageError
+from .models import AutoContextChain, build_generators
+
+PathLike = Union[str, os.PathLike]
+
+FORMAT = "medsynth-model"
+FORMAT_VERSION = 1
+METADATA_KEY = "medsynth"
+BUNDLED_NAME = "medsynth_t1ce_t2.safetensors"
+ENV_MODEL = "MEDSYNTH_MODEL"
+# A safetensors file starts with a little-endian u64 header length; a header above this is not one of ours.
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+__all__ = [
+    "LoadedModel",
+    "save_model",
+    "read_header",
+    "load_model",
+    "bundled_model_path",
+    "tensors_sha256",
+    "FORMAT",
+    "FORMAT_VERSION",
+]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference: the chain (eval mode, on its device), its config, the file's header."""
+
+    chain: AutoContextChain
+    config: ModelConfig
+    header: Dict[str, Any]
+    path: Optional[Path] = None
+
+    @property
+    def stages(self) -> int:
+        """Stages loaded (may be fewer than the file holds)."""
+        return len(self.chain.stages)
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: for each, ``name|dtype|shape`` then its raw bytes.
+
+    Hashing names, dtypes and shapes as well as bytes means a renamed or reshaped tensor also fails the check.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{str(t.dtype).replace('torch.', '')}|{tuple(t.shape)}\n".encode("utf-8"))
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _unwrap(chain: Any) -> AutoContextChain:
+    """The chain itself when wrapped (DistributedDataParallel, torch.compile)."""
+    for attr in ("module", "_orig_mod"):
+        while hasattr(chain, attr) and not hasattr(chain, "stages"):
+            chain = getattr(chain, attr)
+    if not hasattr(chain, "stages"):
+        raise UsageError(f"save_model needs an AutoContextChain, got {type(chain).__name__}.")
+    return chain
+
+
+def save_model(
+    path: PathLike,
+    chain: AutoContextChain,
+    cfg: ModelConfig,
+    training: Optional[Dict[str, Any]] = None,
+    metrics: Optional[Dict[str, Any]] = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write every stage of ``chain`` with its config and a checksum, atomically (old file or complete new one).
+
+    A chain with fewer stages than ``cfg.stages`` (training stopped after an earlier stage) is saved with
+    ``stages`` set to what it has, so the file always rebuilds to exactly its tensors.
+    """
+    chain = _unwrap(chain)
+    n = len(chain.stages)
+    if n < 1:
+        raise UsageError("The chain has no stages to save.")
+    if n != cfg.stages:
+        cfg = dataclasses.replace(cfg, stages=n)
+    tensors: Dict[str, torch.Tensor] = {}
+    for k, gen in enumerate(chain.stages):
+        for name, t in gen.state_dict().items():
+            tensors[f"stage{k}.{name}"] = t.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    _check_architecture(tensors, cfg, what="The chain")
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "medsynth_version": __version__,
+        "model_config": to_dict(cfg),
+        "stages": n,
+        "training": dict(training or {}),
+        "metrics": dict(metrics or {}),
+        "tensors_sha256": tensors_sha256(tensors),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        header_json = json.dumps(header, default=_jsonable, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"The model's training/metrics information cannot be stored as JSON: {exc}.") from exc
+    from safetensors.torch import save_file
+
+    out = check_output_path(path, overwrite=overwrite)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
+    return out
+
+
+def _not_ours(p: Path, why: str) -> ModelFileError:
+    return ModelFileError(
+        f"{p} is not a MedSynth safetensors model ({why}).",
+        "Pass a .safetensors model written by MedSynth (training writes one; .pt checkpoints are for resuming "
+        "training only and are never loaded as models, because unpickling can run code).",
+    )
+
+
+def _check_file(path: PathLike) -> Path:
+    """Refuse, without parsing it, anything that cannot be a safetensors file (pickles, zips, truncations)."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"The model file {p} does not exist.", "Check the path, or pass --model.")
+    if p.is_dir():
+        raise ModelFileError(f"The model path {p} is a folder, not a file.", "Pass the .safetensors file itself.")
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(9)
+    except PermissionError as exc:
+        raise ModelFileError(f"The model file {p} cannot be read (permission denied).") from exc
+    except OSError as exc:
+        raise ModelFileError(f"The model file {p} cannot be read: {exc}.") from exc
+    if len(head) < 9:
+        raise _not_ours(p, f"only {size} bytes")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{" or header_len < 2 or header_len > _MAX_HEADER_BYTES:
+        kind = "a pickle" if head[:1] == b"\x80" else "a zip/torch.save archive" if head[:2] == b"PK" else "unknown content"
+        raise _not_ours(p, kind)
+    if 8 + header_len > size:
+        raise ModelFileError(f"The model file {p} is truncated (its header is cut off).", "Copy or download it again.")
+    return p
+
+
+def read_header(path: PathLike) -> Dict[str, Any]:
+    """The MedSynth header of a model file, without reading the tensors (cheap: for ``medsynth info`` and checks)."""
+    p = _check_file(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise ModelFileError(f"The model file {p} is truncated or corrupt: {exc}.", "Copy or download it again.") from exc
+    if METADATA_KEY not in metadata:
+        raise _not_ours(p, "a safetensors file without a MedSynth header")
+    try:
+        header = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"The MedSynth header of {p} is not valid JSON ({exc}); the file is corrupt.") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise _not_ours(p, f"header format {header.get('format') if isinstance(header, dict) else None!r}")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise ModelFileError(
+            f"{p} is a MedSynth model of format version {version!r}; this MedSynth ({__version__}) reads version "
+            f"{FORMAT_VERSION}.",
+            "Update MedSynth." if newer else "Re-export the model with this MedSynth.",
+        )
+    for key in ("model_config", "stages", "tensors_sha256"):
+        if key not in header:
+            raise ModelFileError(f"The MedSynth header of {p} lacks {key!r}; the file is corrupt or incomplete.")
+    return header
+
+
+def _config_from_header(p: Path, header: Dict[str, Any]) -> ModelConfig:
+    try:
+        cfg = from_dict(ModelConfig, header["model_config"])
+    except (MedSynthError, TypeError, ValueError, KeyError) as exc:
+        raise ModelFileError(
+            f"The model configuration in {p} does not rebuild ({exc}); it was made for another MedSynth "
+            "architecture or the header is corrupt."
+        ) from exc
+    stages = header["stages"]
+    if not isinstance(stages, int) or stages != cfg.stages:
+        raise ModelFileError(f"The header of {p} says {stages!r} stages but its configuration has {cfg.stages}.")
+    return cfg
+
+
+def _check_architecture(tensors: Mapping[str, torch.Tensor], cfg: ModelConfig, what: str, stages: Optional[int] = None) -> None:
+    """Raise ModelFileError naming the first differences between ``tensors`` and what ``cfg`` builds."""
+    n = cfg.stages if stages is None else stages
+    expected = {}
+    for k, gen in enumerate(build_generators(dataclasses.replace(cfg, stages=n)).stages):
+        for name, t in gen.state_dict().items():
+            expected[f"stage{k}.{name}"] = tuple(t.shape)
+    problems = []
+    for name in sorted(expected):
+        if name not in tensors:
+            problems.append(f"{name} is missing")
+        elif tuple(tensors[name].shape) != expected[name]:
+            problems.append(f"{name} has shape {tuple(tensors[name].shape)}, the configuration expects {expected[name]}")
+    stage_names = {f"stage{k}." for k in range(n)}
+    extra = sorted(nm for nm in tensors if nm not in expected and nm[: nm.find(".") + 1] in stage_names)
+    problems += [f"{nm} is not part of the configured network" for nm in extra]
+    if stages is None:
+        problems += [f"{nm} belongs to no configured stage" for nm in sorted(tensors) if nm[: nm.find(".") + 1] not in stage_names]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ModelFileError(f"{what} was made for another architecture: {shown}.")
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages: Optional[int] = None) -> LoadedModel:
+    """Load and verify a model file: header, configuration, tensor names/shapes and checksum; never unpickles.
+
+    ``stages`` loads only the first ``stages`` generators (None: all); asking for more than the file has is a
+    :class:`UsageError`. The chain is returned in eval mode with gradients off.
+    """
+    header = read_header(path)
+    p = Path(path)
+    cfg = _config_from_header(p, header)
+    if stages is None:
+        n = cfg.stages
+    else:
+        if isinstance(stages, bool) or not isinstance(stages, (int, np.integer)) or stages < 1:
+            raise UsageError(f"stages must be a positive integer, got {stages!r}.")
+        n = int(stages)
+        if n > cfg.stages:
+            raise UsageError(
+                f"The model {p.name} has {cfg.stages} auto-context stage(s); {n} were asked for.",
+                f"Pass --stages {cfg.stages} or fewer.",
+            )
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(p), device="cpu")
+    except Exception as exc:  # safetensors' own errors for truncated or malformed data
+        raise ModelFileError(f"The model file {p} is truncated or corrupt: {exc}.", "Copy or download it again.") from exc
+    if tensors_sha256(tensors) != header["tensors_sha256"]:
+        raise ModelFileError(
+            f"The model file {p} is tampered or corrupt: its tensors do not match the checksum in its header.",
+            "Copy or download it again; do not edit model files by hand.",
+        )
+    _check_architecture(tensors, cfg, what=f"The model file {p}")
+    run_cfg = dataclasses.replace(cfg, stages=n)
+    chain = build_generators(run_cfg)
+    for k, gen in enumerate(chain.stages):
+        prefix = f"stage{k}."
+        state = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
+        try:
+            gen.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelFileError(f"The model file {p} was made for another architecture: {exc}.") from exc
+    chain.eval()
+    for param in chain.parameters():
+        param.requires_grad_(False)
+    chain.to(_device(device))
+    return LoadedModel(chain=chain, config=run_cfg, header=header, path=p)
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    """``devices.resolve_device`` (clear errors for an absent GPU); plain torch parsing where it is not available."""
+    if isinstance(device, torch.device):
+        return device
+    try:
+        from .devices import resolve_device
+    except ImportError:
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(device)
+    return resolve_device(device)
+
+
+def bundled_model_path() -> Path:
+    """The model shipped with MedSynth (``$MEDSYNTH_MODEL`` overrides it); a clear error when it is absent."""
+    env = os.environ.get(ENV_MODEL)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ModelFileError(f"{ENV_MODEL} points to {p}, which does not exist.", "Fix the variable or pass --model PATH.")
+        return p
+    p = Path(__file__).resolve().parents[1] / "Resources" / "Models" / BUNDLED_NAME
+    if not p.is_file():
+        raise ModelFileError(
+            f"No bundled model found at {p}.",
+            f"Pass --model PATH to a trained .safetensors model (or set {ENV_MODEL}); `medsynth train` makes one.",
+        )
+    return p
