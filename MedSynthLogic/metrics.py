@@ -1,0 +1,274 @@
+"""Image-quality metrics for synthetic T2: PSNR, 3D SSIM and MAE inside the brain (and the tumour).
+
+Protocol (``normalise_for_metrics``): before any metric, the prediction and the reference are *each* divided by
+their *own* 99.5th percentile inside the brain mask and clipped to [0, 1]. MR has no absolute unit, so this makes
+the numbers independent of the output scale of a model (or a scanner) and comparable across cases; metrics are
+then computed with ``data_range=1``. PSNR of identical images is ``inf``; the JSON report writes non-finite
+numbers as ``null`` and summaries average the finite values only (``n`` says how many).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .atomic import atomic_write_text
+from .errors import DataError, GeometryError, InputImageError
+from .volume_io import Volume, read_volume, same_grid
+
+ArrayLike = Union[np.ndarray, Volume]
+METRICS = ("psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour")
+SSIM_WINDOW = 7
+
+
+def _arr(x: Optional[ArrayLike]) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    return x.array if isinstance(x, Volume) else np.asarray(x)
+
+
+def _region(mask: Optional[np.ndarray], shape: Tuple[int, ...]) -> np.ndarray:
+    return np.ones(shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+
+
+def normalise_for_metrics(raw: ArrayLike, mask: Optional[np.ndarray], percentile: float = 99.5) -> np.ndarray:
+    """``raw`` divided by its own ``percentile`` inside ``mask`` and clipped to [0, 1] (float32).
+
+    Applied to prediction and reference separately. An image that is 0 everywhere in the mask (a failed
+    prediction) stays all 0, so it scores badly instead of raising.
+    """
+    a = _arr(raw).astype(np.float32, copy=False)
+    values = a[_region(mask, a.shape)]
+    scale = float(np.percentile(values, percentile)) if values.size else 0.0
+    if not scale > 0:
+        return np.zeros_like(a, dtype=np.float32)
+    return np.clip(a / np.float32(scale), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def mae(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
+    """Mean absolute error over ``mask`` (all voxels if None)."""
+    region = _region(mask, np.shape(target))
+    return float(np.mean(np.abs(np.asarray(pred, np.float64)[region] - np.asarray(target, np.float64)[region])))
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = None, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB over ``mask``: 10·log10(data_range² / MSE); ``inf`` for identical images."""
+    region = _region(mask, np.shape(target))
+    diff = np.asarray(pred, np.float64)[region] - np.asarray(target, np.float64)[region]
+    if diff.size == 0:
+        raise DataError("PSNR over an empty region is undefined.", "Check the brain mask.")
+    mse = float(np.mean(diff * diff))
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+def _bbox(region: np.ndarray, margin: int) -> Tuple[slice, ...]:
+    """Bounding box of ``region`` grown by ``margin`` so SSIM windows at its edge see the same neighbours."""
+    slices = []
+    for axis in range(region.ndim):
+        hit = np.flatnonzero(np.any(region, axis=tuple(a for a in range(region.ndim) if a != axis)))
+        slices.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, region.shape[axis])))
+    return tuple(slices)
+
+
+def ssim_map(pred: np.ndarray, target: np.ndarray, region: np.ndarray, data_range: float = 1.0) -> Tuple[np.ndarray, Tuple[slice, ...]]:
+    """3D SSIM map (skimage, 7³ uniform window) over the bounding box of ``region``, and that box's slices."""
+    from skimage.metrics import structural_similarity
+
+    if not region.any():
+        raise DataError("SSIM over an empty region is undefined.", "Check the brain mask.")
+    box = _bbox(region, SSIM_WINDOW // 2)
+    p = np.asarray(pred, np.float64)[box]
+    t = np.asarray(target, np.float64)[box]
+    win = min(SSIM_WINDOW, *(n if n % 2 else n - 1 for n in p.shape))
+    if win < 3:
+        raise DataError(f"The region is too thin for 3D SSIM (box {p.shape}).", "SSIM needs at least 3 voxels per axis.")
+    _, smap = structural_similarity(p, t, data_range=data_range, full=True, win_size=win)
+    return smap, box
+
+
+def ssim3d(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = None, data_range: float = 1.0) -> float:
+    """Mean of the 3D SSIM map over ``mask`` (computed on the mask's bounding box for speed); 1 for identical images."""
+    region = _region(mask, np.shape(target))
+    smap, box = ssim_map(pred, target, region, data_range)
+    return float(np.mean(smap[region[box]]))
+
+
+def evaluate_case(
+    pred: ArrayLike, target: ArrayLike, mask: Optional[ArrayLike] = None, seg: Optional[ArrayLike] = None, percentile: float = 99.5
+) -> Dict[str, Any]:
+    """Brain metrics (and tumour metrics where ``seg`` has labels > 0) of one case, after the normalisation protocol.
+
+    ``mask`` defaults to ``target > 0`` (skull-stripped reference). Tumour metrics use the same brain-normalised
+    images, restricted to tumour voxels (SSIM: the brain SSIM map averaged over tumour voxels).
+    """
+    p, t, m, s = _arr(pred), _arr(target), _arr(mask), _arr(seg)
+    if p.shape != t.shape:
+        raise GeometryError(f"Prediction {p.shape} and reference {t.shape} have different sizes.", "Resample one onto the other.")
+    brain = (t > 0) if m is None else (m > 0)
+    if (m is not None and m.shape != t.shape) or (s is not None and s.shape != t.shape):
+        raise GeometryError("The mask or segmentation does not have the reference's size.", "Use files on the reference grid.")
+    if not brain.any():
+        raise InputImageError("The brain mask (or the reference) is empty.", "Check the mask / reference files.")
+    pn = normalise_for_metrics(p, brain, percentile)
+    tn = normalise_for_metrics(t, brain, percentile)
+    smap, box = ssim_map(pn, tn, brain)
+    inner = brain[box]
+    result: Dict[str, Any] = {
+        "psnr": psnr(pn, tn, brain),
+        "ssim": float(np.mean(smap[inner])),
+        "mae": mae(pn, tn, brain),
+        "brain_voxels": int(brain.sum()),
+    }
+    if s is not None:
+        tumour = (s > 0) & brain
+        result["tumour_voxels"] = int(tumour.sum())
+        if tumour.any():
+            result["psnr_tumour"] = psnr(pn, tn, tumour)
+            result["ssim_tumour"] = float(np.mean(smap[tumour[box]]))
+            result["mae_tumour"] = mae(pn, tn, tumour)
+    return result
+
+
+def _summary(cases: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    out: Dict[str, Dict[str, float]] = {}
+    for key in METRICS:
+        values = np.array([c[key] for c in cases if key in c], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if values.size:
+            out[key] = {
+                "mean": float(finite.mean()) if finite.size else math.nan,
+                "std": float(finite.std()) if finite.size else math.nan,
+                "n": int(finite.size),
+            }
+    return out
+
+
+def evaluate_pairs(
+    pairs: Iterable[Tuple[str, Volume, Volume, Optional[ArrayLike], Optional[ArrayLike]]], percentile: float = 99.5
+) -> Dict[str, Any]:
+    """Evaluate (case_id, prediction, reference, mask or None, seg or None) tuples: per-case metrics and mean ± std.
+
+    Prediction and reference must share a grid (``GeometryError`` naming the case and the difference otherwise).
+    """
+    cases = []
+    for case_id, pred, target, mask, seg in pairs:
+        if isinstance(pred, Volume) and isinstance(target, Volume):
+            diffs = same_grid(pred, target)
+            if diffs:
+                raise GeometryError(f"Case {case_id}: prediction and reference grids differ: " + "; ".join(diffs) + ".")
+        cases.append({"case": str(case_id), **evaluate_case(pred, target, mask, seg, percentile)})
+    if not cases:
+        raise DataError("There is nothing to evaluate (no prediction/reference pairs).")
+    return {"protocol": _protocol(percentile), "cases": cases, "summary": _summary(cases)}
+
+
+def _protocol(percentile: float) -> str:
+    return (
+        f"prediction and reference each divided by their own {percentile}th percentile inside the brain mask, "
+        "clipped to [0, 1]; PSNR/MAE over the mask; SSIM (7x7x7 uniform window, data_range 1) averaged over the mask"
+    )
+
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def evaluate_folder(
+    pred_dir: Union[str, os.PathLike],
+    target_dir: Union[str, os.PathLike],
+    mask_dir: Optional[Union[str, os.PathLike]] = None,
+    seg_dir: Optional[Union[str, os.PathLike]] = None,
+    percentile: float = 99.5,
+) -> Dict[str, Any]:
+    """Evaluate every image in ``pred_dir`` against the file of the same name in ``target_dir``.
+
+    Optional ``mask_dir``/``seg_dir`` hold files of the same name too. A prediction without its reference is a
+    ``DataError`` (a silently skipped case would flatter the mean).
+    """
+    pred_root, target_root = Path(pred_dir), Path(target_dir)
+    preds = sorted(p for p in pred_root.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not preds:
+        raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {pred_root}.")
+
+    def load(folder: Optional[Union[str, os.PathLike]], name: str, required: bool) -> Optional[Volume]:
+        if folder is None:
+            return None
+        path = Path(folder) / name
+        if not path.exists():
+            if required:
+                raise DataError(f"{path} is missing (needed for the prediction {name}).", "Provide it or remove the prediction.")
+            return None
+        return read_volume(path)
+
+    pairs = (
+        (_case_id(p), read_volume(p), load(target_root, p.name, True), load(mask_dir, p.name, True), load(seg_dir, p.name, False))
+        for p in preds
+    )
+    return evaluate_pairs(pairs, percentile)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _cell(value: Any, key: str) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    return f"{value:.2f}" if key.startswith("psnr") else f"{value:.4f}"
+
+
+def markdown_table(results: Dict[str, Any]) -> str:
+    """Per-case rows and a mean ± std row, metrics as columns."""
+    keys = [k for k in METRICS if k in results["summary"]]
+    lines = ["| case | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for case in results["cases"]:
+        lines.append(f"| {case['case']} | " + " | ".join(_cell(case.get(k), k) for k in keys) + " |")
+    summary = results["summary"]
+    lines.append(
+        "| **mean ± std** | " + " | ".join(f"{_cell(summary[k]['mean'], k)} ± {_cell(summary[k]['std'], k)}" for k in keys) + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: Dict[str, Any], json_path: Union[str, os.PathLike], md_path: Optional[Union[str, os.PathLike]] = None) -> None:
+    """Write the results as strict JSON (non-finite → null) and as a Markdown table, each atomically."""
+    atomic_write_text(json_path, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+    if md_path is not None:
+        header = "# MedSynth evaluation\n\n"
+        if results.get("protocol"):
+            header += f"Protocol: {results['protocol']}.\n\n"
+        atomic_write_text(md_path, header + markdown_table(results))
+
+
+__all__ = [
+    "normalise_for_metrics",
+    "psnr",
+    "ssim3d",
+    "ssim_map",
+    "mae",
+    "evaluate_case",
+    "evaluate_pairs",
+    "evaluate_folder",
+    "write_report",
+    "markdown_table",
+]

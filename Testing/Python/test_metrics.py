@@ -1,0 +1,161 @@
+"""metrics: hand-computed PSNR/MAE, SSIM properties, the normalisation protocol, tumour metrics, reports; devices."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from MedSynthLogic import devices
+from MedSynthLogic.errors import DataError, GeometryError, ResourceError, UsageError
+from MedSynthLogic.metrics import (
+    evaluate_case,
+    evaluate_folder,
+    evaluate_pairs,
+    mae,
+    normalise_for_metrics,
+    psnr,
+    ssim3d,
+    write_report,
+)
+from MedSynthLogic.volume_io import Volume, write_volume
+
+
+def test_psnr_and_mae_by_hand() -> None:
+    target = np.zeros((2, 2, 2))
+    pred = target.copy()
+    pred[0, 0, 0] = 0.5  # one error of 0.5 among 8 voxels: MSE 1/32, MAE 1/16
+    assert mae(pred, target) == pytest.approx(1 / 16)
+    assert psnr(pred, target) == pytest.approx(10 * math.log10(32))
+    assert psnr(pred, target, data_range=2.0) == pytest.approx(10 * math.log10(4 * 32))
+    mask = np.zeros_like(target, bool)
+    mask[0, 0] = True  # two voxels, one wrong: MSE 1/8
+    assert psnr(pred, target, mask) == pytest.approx(10 * math.log10(8))
+    assert mae(pred, target, mask) == pytest.approx(0.25)
+
+
+def test_identical_images() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random((12, 13, 14))
+    assert psnr(a, a) == math.inf
+    assert ssim3d(a, a) == pytest.approx(1.0)
+    assert mae(a, a) == 0.0
+
+
+def test_ssim_drops_with_noise_and_matches_uncropped_skimage() -> None:
+    rng = np.random.default_rng(1)
+    z, y, x = np.meshgrid(*(np.linspace(0, 3, n) for n in (20, 22, 24)), indexing="ij")
+    clean = (np.sin(z) * np.cos(y) * 0.4 + 0.5) * (x + 1) / 4
+    mask = np.zeros(clean.shape, bool)
+    mask[4:15, 5:17, 3:20] = True
+    scores = [ssim3d(np.clip(clean + s * rng.standard_normal(clean.shape), 0, 1), clean, mask) for s in (0.0, 0.02, 0.1)]
+    assert scores[0] == pytest.approx(1.0) and scores[0] > scores[1] > scores[2]
+    noisy = clean + 0.05 * rng.standard_normal(clean.shape)
+    _, full = structural_similarity(noisy, clean, data_range=1.0, full=True, win_size=7)
+    assert ssim3d(noisy, clean, mask) == pytest.approx(full[mask].mean(), abs=1e-12)
+
+
+def test_protocol_makes_metrics_independent_of_output_unit(phantom) -> None:
+    t2, mask = phantom.t2.array, phantom.mask
+    a = evaluate_case(t2 * 0.25, t2, mask)  # same image in another unit scores as identical
+    assert a["psnr"] == math.inf and a["ssim"] == pytest.approx(1.0) and a["mae"] == 0
+    b = evaluate_case(t2 * 0.001, t2, mask)  # only float rounding differs
+    assert b["psnr"] > 100 and b["ssim"] == pytest.approx(1.0)
+    n = normalise_for_metrics(t2, mask)
+    assert n.min() >= 0 and n.max() == 1.0
+    assert np.mean(n[mask] >= 1.0) == pytest.approx(0.005, abs=0.002)
+    assert not normalise_for_metrics(np.zeros_like(t2), mask).any()
+
+
+def test_evaluate_case_tumour_metrics_only_with_seg(phantom) -> None:
+    t2, mask, seg = phantom.t2.array, phantom.mask, phantom.labels
+    pred = t2 + np.where(seg > 0, 300.0, 0.0).astype(np.float32) * mask  # errors only in the tumour
+    brain_only = evaluate_case(pred, t2, mask)
+    assert set(brain_only) == {"psnr", "ssim", "mae", "brain_voxels"}
+    with_seg = evaluate_case(pred, t2, mask, seg)
+    assert {"psnr_tumour", "ssim_tumour", "mae_tumour"} <= set(with_seg)
+    assert with_seg["tumour_voxels"] == int(((seg > 0) & mask).sum())
+    assert with_seg["psnr_tumour"] < with_seg["psnr"] and with_seg["ssim_tumour"] < with_seg["ssim"]
+    no_tumour = evaluate_case(pred, t2, mask, np.zeros_like(seg))
+    assert "psnr_tumour" not in no_tumour and no_tumour["tumour_voxels"] == 0
+    default_mask = evaluate_case(t2, t2)  # mask defaults to reference > 0
+    assert default_mask["brain_voxels"] == int(mask.sum())
+
+
+def test_evaluate_case_refusals() -> None:
+    with pytest.raises(GeometryError):
+        evaluate_case(np.ones((4, 5, 6)), np.ones((4, 5, 7)))
+    with pytest.raises(GeometryError):
+        evaluate_case(np.ones((4, 5, 6)), np.ones((4, 5, 6)), np.ones((4, 5, 5)))
+    with pytest.raises(Exception, match="empty"):
+        evaluate_case(np.ones((4, 5, 6)), np.zeros((4, 5, 6)))
+
+
+def test_evaluate_pairs_and_report(tmp_path, phantom) -> None:
+    t2, mask, seg = phantom.t2, phantom.mask, phantom.labels
+    rng = np.random.default_rng(0)
+    pairs = [
+        (f"case{i}", t2.with_array(t2.array + rng.normal(0, 20 * (i + 1), t2.shape).astype(np.float32) * mask), t2, mask, seg)
+        for i in range(3)
+    ]
+    pairs.append(("perfect", t2, t2, mask, None))
+    results = evaluate_pairs(pairs)
+    assert [c["case"] for c in results["cases"]] == ["case0", "case1", "case2", "perfect"]
+    psnrs = [c["psnr"] for c in results["cases"]]
+    assert psnrs[0] > psnrs[1] > psnrs[2] and psnrs[3] == math.inf
+    s = results["summary"]
+    assert s["psnr"]["n"] == 3 and s["psnr"]["mean"] == pytest.approx(np.mean(psnrs[:3]))
+    assert s["ssim"]["n"] == 4 and s["ssim"]["std"] == pytest.approx(np.std([c["ssim"] for c in results["cases"]]))
+    assert s["psnr_tumour"]["n"] == 3
+
+    write_report(results, tmp_path / "r.json", tmp_path / "r.md")
+    data = json.loads((tmp_path / "r.json").read_text())  # strict JSON: inf became null
+    assert data["cases"][3]["psnr"] is None and data["cases"][0]["psnr"] == pytest.approx(psnrs[0])
+    md = (tmp_path / "r.md").read_text()
+    assert "| case | psnr | ssim | mae | psnr_tumour | ssim_tumour | mae_tumour |" in md
+    assert "| perfect | ∞ |" in md and "**mean ± std**" in md and md.count("\n| case |") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]
+
+    shifted = Volume(t2.array, spacing=t2.spacing, origin=(5.0, 0.0, 0.0))
+    with pytest.raises(GeometryError, match="Case bad.*origin differs"):
+        evaluate_pairs([("bad", shifted, t2, mask, None)])
+    with pytest.raises(DataError):
+        evaluate_pairs([])
+
+
+def test_evaluate_folder(tmp_path, phantom) -> None:
+    for d in ("pred", "ref", "mask"):
+        (tmp_path / d).mkdir()
+    for name in ("a", "b"):
+        write_volume(phantom.t2, tmp_path / "ref" / f"{name}.nii.gz")
+        write_volume(phantom.t2.with_array(phantom.t2.array * 2), tmp_path / "pred" / f"{name}.nii.gz")
+        write_volume(phantom.t2.with_array(phantom.mask), tmp_path / "mask" / f"{name}.nii.gz")
+    results = evaluate_folder(tmp_path / "pred", tmp_path / "ref", mask_dir=tmp_path / "mask")
+    assert [c["case"] for c in results["cases"]] == ["a", "b"]
+    assert all(c["psnr"] == math.inf for c in results["cases"])
+    (tmp_path / "ref" / "b.nii.gz").unlink()
+    with pytest.raises(DataError, match="b.nii.gz is missing"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "ref")
+
+
+def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert devices.resolve_device("cpu") == torch.device("cpu")
+    assert devices.resolve_device(" CPU ") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve_device("auto") == torch.device("cpu")
+    assert devices.resolve_device() == torch.device("cpu")
+    with pytest.raises(ResourceError, match="CUDA GPU was requested") as info:
+        devices.resolve_device("cuda")
+    assert "--device cpu" in str(info.value) and info.value.exit_code == 8
+    with pytest.raises(UsageError, match="Unknown device 'tpu'"):
+        devices.resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert devices.resolve_device("auto") == torch.device("cuda")
+    assert devices.resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ResourceError, match="cuda:2"):
+        devices.resolve_device("cuda:2")
