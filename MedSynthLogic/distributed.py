@@ -1,0 +1,185 @@
+"""Multi-process (DDP) support for training launched by ``torchrun``.
+
+Every helper is a no-op in a single process, so the training loop has one code path. Under ``torchrun``
+(``WORLD_SIZE`` > 1) the process group uses NCCL on CUDA and gloo on CPU, each rank draws its own share of
+every global batch (see :func:`rank_batch_indices`), and only rank 0 writes checkpoints, logs and the model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import torch
+from torch import nn
+
+RANK_DIGEST_ENV = "MEDSYNTH_RANK_DIGEST_DIR"
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job: rank, world size, and the device it owns."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: Optional[str] = None
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment says this process is one of several (``WORLD_SIZE`` > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def init_distributed(device: torch.device, timeout_s: float = 1800.0) -> DistContext:
+    """Join the process group when launched by torchrun; otherwise return a single-process context.
+
+    On CUDA each rank takes GPU ``LOCAL_RANK`` (the device passed in only says "cuda"), which is what torchrun
+    expects; the backend is NCCL there and gloo on CPU.
+    """
+    if not launched_by_torchrun():
+        return DistContext(device=device)
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    owns = False
+    if not dist.is_initialized():
+        kwargs = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_s)}
+        if backend == "nccl":
+            kwargs["device_id"] = device
+        dist.init_process_group(**kwargs)
+        owns = True
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend, owns_group=owns)
+
+
+def cleanup(ctx: DistContext) -> None:
+    """Leave the process group if this module created it."""
+    if ctx.enabled and ctx.owns_group:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (stage transitions, after rank 0 writes files)."""
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        if ctx.backend == "nccl":
+            dist.barrier(device_ids=[ctx.device.index])
+        else:
+            dist.barrier()
+
+
+def wrap_ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
+    """Wrap in DistributedDataParallel when distributed (gradients averaged across ranks), else return as is."""
+    if not ctx.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=True)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside a DDP wrapper (for saving, evaluation, and forwards that must not sync)."""
+    return module.module if hasattr(module, "module") and isinstance(getattr(module, "module"), nn.Module) else module
+
+
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True if ``flag`` is set on any rank, so all ranks stop at the same iteration (SIGTERM may reach one first)."""
+    if not ctx.enabled:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def mean_over_ranks(values: Dict[str, float], ctx: DistContext) -> Dict[str, float]:
+    """Average logged scalars over ranks (for reporting only)."""
+    if not ctx.enabled or not values:
+        return dict(values)
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t /= ctx.world_size
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP syncs buffers at the start of each forward, but the last forward of a stage leaves each rank with
+    its own running statistics; broadcasting at stage end makes the whole state identical on every rank.
+    """
+    if not ctx.enabled:
+        return
+    import torch.distributed as dist
+
+    for buf in unwrap(module).buffers():
+        dist.broadcast(buf.data, src=0)
+
+
+def rank_batch_indices(positions: torch.Tensor, ctx: DistContext, per_rank: int) -> torch.Tensor:
+    """This rank's contiguous share of a global batch of ``per_rank × world_size`` positions."""
+    start = ctx.rank * per_rank
+    return positions[start : start + per_rank]
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 over every tensor of the state dict (names and bytes), to prove ranks hold identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(unwrap(module).state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_rank_digest(modules: Iterable[nn.Module], ctx: DistContext, tag: str) -> Optional[Path]:
+    """Test hook: when ``MEDSYNTH_RANK_DIGEST_DIR`` is set, each rank writes the digests of its weights there."""
+    folder = os.environ.get(RANK_DIGEST_ENV)
+    if not folder:
+        return None
+    digests: List[str] = [state_digest(m) for m in modules]
+    out = Path(folder) / f"{tag}_rank{ctx.rank}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(digests) + "\n", encoding="utf-8")
+    return out
+
+
+def int_env(name: str, default: int) -> int:
+    """An integer environment variable (RANK, WORLD_SIZE …) or ``default``."""
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default

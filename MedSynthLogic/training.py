@@ -1,0 +1,831 @@
+"""``medsynth train``: the adversarial training loop of Nie et al. with auto-context (ACM) stages.
+
+Stage k trains generator k and a fresh discriminator. Stage 0 sees source patches; stage k > 0 sees
+``[source, synthesis of stages 0..k−1]``, where that synthesis is computed over every stored volume with the
+already trained (frozen, eval-mode) earlier stages, exactly as whole-volume inference will compute it, then
+edge-padded onto the padded grid the patch corners refer to.
+
+Every iteration: D is updated with BCE(real→1, fake→0) on detached synthesis, then G with
+λ_adv·BCE(D(G(x))→1) + λ_l2·L2 + λ_gdl·GDL. Batches are a pure function of (seed, stage, iteration, rank),
+so a run stopped at any checkpoint and resumed gives bit-identical weights to one never stopped (CPU), and
+under ``torchrun`` each rank reads its own share of every global batch. On CUDA the loop runs under autocast
+(bf16 where supported, else fp16 with a GradScaler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import distributed as dist_utils
+from .atomic import check_output_path
+from .config import ModelConfig, TrainConfig, load_json_config, to_dict
+from .errors import Cancelled, DataError, ModelFileError, UsageError
+from .losses import discriminator_loss, generator_loss
+from .models import AutoContextChain, Generator, build_discriminator, build_generators, generators_state
+from .progress import (
+    CallbackList,
+    CsvLogger,
+    Event,
+    checkpoint_event,
+    iteration_event,
+    plot_losses,
+    stage_event,
+    validation_event,
+)
+
+Callback = Callable[[Event], None]
+PREPARE_HINT = "Run `medsynth prepare <cases> <data_dir>` first to create train.h5, val.h5 and manifest.json."
+VAL_PATCHES = 256
+
+
+@dataclass
+class TrainingPlan:
+    """What a run will do, checked before any work starts so a bad data folder fails in a second, not in hours."""
+
+    data_dir: Path
+    train_h5: Path
+    val_h5: Optional[Path]
+    manifest: Dict[str, Any]
+    n_train: int
+    n_val: int
+    train_cases: List[str]
+    val_cases: List[str]
+    source_patch: int
+    target_patch: int
+    stages: int
+    iterations: int
+    batch_size: int
+    warnings: List[str] = field(default_factory=list)
+
+    def summary(self) -> Dict[str, Any]:
+        """The data part of the model file's training record."""
+        return {
+            "data_dir": str(self.data_dir),
+            "train_patches": self.n_train,
+            "val_patches": self.n_val,
+            "train_cases": len(self.train_cases),
+            "val_cases": len(self.val_cases),
+            "val_case_ids": list(self.val_cases),
+            "source_patch": self.source_patch,
+            "target_patch": self.target_patch,
+            "manifest": {k: v for k, v in self.manifest.items() if k not in ("cases", "splits")},
+        }
+
+
+def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainingPlan:
+    """Check the data folder against the configs; raise DataError/UsageError with what to do."""
+    from .h5data import patch_file_info
+
+    if train_cfg.iterations < 1 or train_cfg.batch_size < 1:
+        raise UsageError("iterations and batch_size must be at least 1.")
+    if train_cfg.log_every < 1 or train_cfg.val_every < 0 or train_cfg.checkpoint_every < 0:
+        raise UsageError("log_every must be ≥ 1; val_every and checkpoint_every ≥ 0 (0 = only at stage end).")
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"The data folder {d} does not exist.", PREPARE_HINT)
+    train_h5 = d / "train.h5"
+    if not train_h5.is_file():
+        raise DataError(f"{train_h5} is missing.", PREPARE_HINT)
+    info = patch_file_info(train_h5)
+    _check_patch_sizes(info, model_cfg, train_h5)
+    manifest: Dict[str, Any] = {}
+    if (d / "manifest.json").is_file():
+        try:
+            manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{d / 'manifest.json'} is not readable JSON ({exc}).", PREPARE_HINT) from exc
+    warnings: List[str] = []
+    val_h5: Optional[Path] = d / "val.h5"
+    n_val, val_cases = 0, []
+    if val_h5.is_file():
+        vinfo = patch_file_info(val_h5)
+        _check_patch_sizes(vinfo, model_cfg, val_h5)
+        n_val, val_cases = vinfo["n_patches"], list(vinfo["case_ids"])
+    else:
+        val_h5 = None
+        warnings.append("no val.h5: training runs without validation")
+    return TrainingPlan(
+        data_dir=d,
+        train_h5=train_h5,
+        val_h5=val_h5,
+        manifest=manifest,
+        n_train=info["n_patches"],
+        n_val=n_val,
+        train_cases=list(info["case_ids"]),
+        val_cases=val_cases,
+        source_patch=info["source_patch"],
+        target_patch=info["target_patch"],
+        stages=model_cfg.stages,
+        iterations=train_cfg.iterations,
+        batch_size=train_cfg.batch_size,
+        warnings=warnings,
+    )
+
+
+def _check_patch_sizes(info: Dict[str, Any], cfg: ModelConfig, path: Path) -> None:
+    if info["source_patch"] != cfg.source_patch or info["target_patch"] != cfg.target_patch:
+        raise DataError(
+            f"{path} holds {info['source_patch']}³→{info['target_patch']}³ patches but the model needs "
+            f"{cfg.source_patch}³→{cfg.target_patch}³.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+        )
+    if info["channels"] != 1:
+        raise DataError(f"{path} stores {info['channels']}-channel source patches; expected 1.", PREPARE_HINT)
+    if info.get("pad", cfg.generator.halo) != cfg.generator.halo:
+        raise DataError(
+            f"{path} volumes are padded by {info['pad']} voxels but the generator's halo is {cfg.generator.halo}.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+        )
+
+
+class IterationBatches:
+    """Batch indices as a pure function of (seed, stage, iteration, rank): nothing to save, exact on resume.
+
+    The global stream walks seeded permutations of the N patches epoch after epoch (sampling without
+    replacement, like a shuffling DataLoader); iteration i takes the next ``per_rank × world_size`` positions
+    and rank r takes its contiguous share (a DistributedSampler without its state). As a batch sampler it
+    feeds a DataLoader with workers; with no workers the trainer reads ``indices(i)`` directly.
+    """
+
+    def __init__(self, n: int, per_rank: int, seed: int, stage: int, start: int, stop: int, ctx: dist_utils.DistContext) -> None:
+        self.n, self.per_rank, self.seed, self.stage = int(n), int(per_rank), int(seed), int(stage)
+        self.start, self.stop, self.ctx = int(start), int(stop), ctx
+        self._perms: Dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, self.stage, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def indices(self, iteration: int) -> List[int]:
+        global_batch = self.per_rank * self.ctx.world_size
+        first = iteration * global_batch + self.ctx.rank * self.per_rank
+        pos = np.arange(first, first + self.per_rank, dtype=np.int64)
+        epochs, offsets = np.divmod(pos, self.n)
+        out = np.empty(self.per_rank, np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = self._perm(int(e))[offsets[sel]]
+        return out.tolist()
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for it in range(self.start, self.stop):
+            yield self.indices(it)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def _batches(dataset: Any, sampler: IterationBatches, num_workers: int, pin: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """An iterator of (source, target) batches in sampler order; workers prefetch without changing the order."""
+    if num_workers <= 0:
+        for idx in sampler:
+            yield dataset.read_batch(idx)
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin, persistent_workers=False, prefetch_factor=4)
+    yield from loader
+
+
+def _resolve(device: str | torch.device) -> torch.device:
+    from .devices import resolve_device
+
+    return resolve_device(str(device))
+
+
+def _amp_settings(device: torch.device, enabled: bool) -> Tuple[bool, Optional[torch.dtype]]:
+    """bf16 autocast on GPUs that support it (no loss scaling needed), else fp16 with a GradScaler; CPU: fp32."""
+    if device.type != "cuda" or not enabled:
+        return False, None
+    return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def _rng_state() -> Dict[str, Any]:
+    """All RNG states as tensors/numbers so the checkpoint loads with ``weights_only=True``."""
+    py = random.getstate()
+    npst = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python_version": int(py[0]),
+        "python_state": torch.tensor(py[1], dtype=torch.int64),
+        "python_gauss": py[2],
+        "numpy_keys": torch.from_numpy(npst[1].astype(np.int64)),
+        "numpy_pos": int(npst[2]),
+        "numpy_has_gauss": int(npst[3]),
+        "numpy_gauss": float(npst[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python_state"].tolist()), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _whole_volume(chain: AutoContextChain, source: np.ndarray, mask: np.ndarray, stages: int, device: torch.device) -> np.ndarray:
+    """Stage-by-stage synthesis of an unpadded normalised source (network units), as inference computes it."""
+    from .inference import synthesize_array
+
+    was_training = [g.training for g in chain.stages]
+    chain.eval()
+    try:
+        out = synthesize_array(chain, source, mask, stages, device)
+    finally:
+        for g, t in zip(chain.stages, was_training):
+            g.train(t)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _crop(arr: np.ndarray, pad: int) -> np.ndarray:
+    return arr[pad:-pad, pad:-pad, pad:-pad] if pad > 0 else arr
+
+
+def build_context(
+    chain: AutoContextChain, h5_path: Path, stages: int, device: torch.device, cancel: Optional[threading.Event] = None
+) -> Dict[str, np.ndarray]:
+    """Synthesis of stages 0..stages−1 for every volume of a patch file, edge-padded onto its padded grid.
+
+    The earlier stages run over the unpadded source exactly as at inference time; padding the result by the
+    halo in edge mode then gives the same context inference feeds stage k at the image border.
+    """
+    from .h5data import patch_file_info, load_volumes
+    from .patches import pad_volume
+
+    context: Dict[str, np.ndarray] = {}
+    for cid in patch_file_info(h5_path)["case_ids"]:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Training was stopped while building the auto-context inputs.")
+        vol = load_volumes(h5_path, cases=[cid])[cid]
+        pad = vol["pad"]
+        syn = _whole_volume(chain, _crop(vol["source"], pad), _crop(vol["mask"], pad), stages, device)
+        context[cid] = pad_volume(syn, pad, mode="edge").astype(np.float32)
+    return context
+
+
+def _volume_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> Tuple[float, float]:
+    """PSNR and SSIM inside the brain mask, in network units (target range [0, clip_max])."""
+    from .metrics import psnr, ssim3d
+
+    return float(psnr(pred, target, mask)), float(ssim3d(pred, target, mask))
+
+
+class _Stopper:
+    """Combines the caller's stop_event with DDP agreement, so every rank stops at the same iteration."""
+
+    def __init__(self, event: Optional[threading.Event], ctx: dist_utils.DistContext) -> None:
+        self.event, self.ctx = event, ctx
+
+    def __call__(self) -> bool:
+        flag = self.event is not None and self.event.is_set()
+        return dist_utils.any_rank(flag, self.ctx)
+
+
+def install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
+    """Make SIGTERM/SIGINT set ``stop_event`` (checkpoint, then stop); returns a function restoring the old handlers.
+
+    Only the main thread may install handlers; elsewhere (Slicer, a worker thread) this does nothing and the
+    caller stops training through ``stop_event`` directly. A second SIGINT interrupts at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old: Dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop_event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
+def _checkpoint_state(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    chain: AutoContextChain,
+    stage: int,
+    iteration: int,
+    stage_done: bool,
+    disc: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    scaler: Any,
+    elapsed_s: float,
+    metrics: Dict[str, Any],
+) -> Dict[str, Any]:
+    return {
+        "format": "medsynth-training-state",
+        "model_config": json.dumps(to_dict(model_cfg)),
+        "train_config": json.dumps(to_dict(train_cfg)),
+        "stage": int(stage),
+        "iteration": int(iteration),
+        "stage_done": bool(stage_done),
+        "generators": {k: v.detach().cpu() for k, v in generators_state(chain, stages=range(stage + 1)).items()},
+        "discriminator": {k: v.detach().cpu() for k, v in dist_utils.unwrap(disc).state_dict().items()},
+        "opt_g": opt_g.state_dict(),
+        "opt_d": opt_d.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_state(),
+        "elapsed_s": float(elapsed_s),
+        "metrics": json.dumps(metrics),
+    }
+
+
+def _load_generators(chain: AutoContextChain, state: Dict[str, Any], upto: int) -> None:
+    for k in range(upto + 1):
+        prefix = f"stage{k}."
+        sd = {name[len(prefix):]: t for name, t in state["generators"].items() if name.startswith(prefix)}
+        if not sd:
+            raise ModelFileError(f"The checkpoint lacks the weights of stage {k}.")
+        chain.stages[k].load_state_dict(sd)
+
+
+def _lr(base: float, iteration: int, cfg: TrainConfig) -> float:
+    if cfg.lr_decay_every > 0:
+        return base * cfg.lr_decay_gamma ** (iteration // cfg.lr_decay_every)
+    return base
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def train(
+    data_dir: os.PathLike | str,
+    out_model: os.PathLike | str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    device: str | torch.device = "auto",
+    resume: bool = False,
+    run_dir: Optional[os.PathLike | str] = None,
+    callback: Optional[Callback] = None,
+    stop_event: Optional[threading.Event] = None,
+    start_stage: int = 0,
+    command: Optional[Sequence[str]] = None,
+    keep_checkpoints: int = 3,
+) -> Path:
+    """Train all auto-context stages and write the model file; returns its path.
+
+    ``resume`` continues from the newest complete checkpoint in ``run_dir`` (default ``<out stem>_run/``)
+    and starts afresh when there is none. ``start_stage`` > 0 retrains from that stage on, taking the earlier
+    stages from the newest checkpoint that holds them. ``stop_event`` (or SIGTERM/SIGINT with
+    :func:`install_signal_handlers`) writes a checkpoint and raises :class:`Cancelled`.
+    """
+    out = check_output_path(out_model, overwrite=True)
+    plan = plan_training(data_dir, model_cfg, train_cfg)
+    if not 0 <= start_stage < model_cfg.stages:
+        raise UsageError(f"start_stage must be in 0..{model_cfg.stages - 1}.")
+    ctx = dist_utils.init_distributed(_resolve(device))
+    try:
+        return _train(plan, out, model_cfg, train_cfg, ctx, resume, run_dir, callback, stop_event, start_stage, command, keep_checkpoints)
+    finally:
+        dist_utils.cleanup(ctx)
+
+
+def _train(
+    plan: TrainingPlan,
+    out: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    ctx: dist_utils.DistContext,
+    resume: bool,
+    run_dir_arg: Optional[os.PathLike | str],
+    callback: Optional[Callback],
+    stop_event: Optional[threading.Event],
+    start_stage: int,
+    command: Optional[Sequence[str]],
+    keep: int,
+) -> Path:
+    from .h5data import PatchDataset, load_volumes
+
+    dev = ctx.device
+    main = ctx.is_main
+    run_dir = Path(run_dir_arg) if run_dir_arg is not None else out.with_name(out.name.split(".")[0] + "_run")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist_utils.barrier(ctx)
+    emit = CallbackList([callback, CsvLogger(run_dir / "training_log.csv")] if main else [])
+    csv_path, png_path = run_dir / "training_log.csv", run_dir / "loss_curves.png"
+    stopper = _Stopper(stop_event, ctx)
+    use_amp, amp_dtype = _amp_settings(dev, train_cfg.amp)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    random.seed(train_cfg.seed)
+    np.random.seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)
+    chain = build_generators(model_cfg)
+    state: Optional[Dict[str, Any]] = None
+    first_stage, first_iteration = start_stage, 0
+    resumed_from: Optional[str] = None
+    if resume or start_stage > 0:
+        found = ckpt.latest_checkpoint(run_dir)
+        if found is not None:
+            state = ckpt.load_checkpoint(found)
+            if json.loads(state["model_config"]) != to_dict(model_cfg):
+                raise ModelFileError(f"The checkpoint {found} was made with a different model config.", "Use another --run-dir or the same config.")
+            resumed_from = str(found)
+        elif start_stage > 0:
+            raise DataError(f"start_stage {start_stage} needs the earlier stages, but {run_dir} holds no checkpoint.")
+    elapsed_before = 0.0
+    metrics: Dict[str, Any] = {}
+    if state is not None:
+        ck_stage, ck_it, done = state["stage"], state["iteration"], state["stage_done"]
+        metrics = json.loads(state.get("metrics", "{}"))
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        if start_stage > 0:
+            if ck_stage + (1 if done else 0) < start_stage:
+                raise DataError(f"The newest checkpoint has stages 0..{ck_stage - (0 if done else 1)} trained; start_stage {start_stage} needs 0..{start_stage - 1}.")
+            _load_generators(chain, state, start_stage - 1)
+            state = None
+        else:
+            _load_generators(chain, state, ck_stage if done else ck_stage - 1)
+            if done:
+                first_stage, state = ck_stage + 1, None
+            else:
+                first_stage, first_iteration = ck_stage, ck_it
+    for k in range(first_stage):
+        chain.stages[k].to(dev).eval()
+
+    t_start = time.perf_counter()
+    total_iterations = train_cfg.iterations * model_cfg.stages
+    done_before = first_stage * train_cfg.iterations + first_iteration
+    val_volumes: Dict[str, Dict[str, Any]] = {}
+    if main and plan.val_h5 is not None and train_cfg.val_volumes > 0 and train_cfg.val_every > 0:
+        val_volumes = load_volumes(plan.val_h5, cases=plan.val_cases[: train_cfg.val_volumes])
+
+    for stage in range(first_stage, model_cfg.stages):
+        emit(stage_event(stage, model_cfg.stages, "start"))
+        if stage > 0:
+            emit({"event": "progress", "task": "context", "stage": stage, "stages": model_cfg.stages, "done": 0, "total": 1, "fraction": 0.0})
+            context_train = build_context(chain, plan.train_h5, stage, dev, stop_event)
+            context_val = build_context(chain, plan.val_h5, stage, dev, stop_event) if plan.val_h5 is not None else None
+        else:
+            context_train = context_val = None
+        train_ds = PatchDataset(plan.train_h5, context=context_train)
+        val_ds = PatchDataset(plan.val_h5, context=context_val) if plan.val_h5 is not None else None
+
+        torch.manual_seed(train_cfg.seed * 1000 + stage)
+        gen = Generator(model_cfg.stage_generator(stage))
+        disc = build_discriminator(model_cfg)
+        chain.stages[stage] = gen
+        gen.to(dev).train()
+        disc.to(dev).train()
+        opt_g = torch.optim.Adam(gen.parameters(), lr=train_cfg.lr_g, betas=tuple(train_cfg.betas))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=train_cfg.lr_d, betas=tuple(train_cfg.betas))
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        start_it = 0
+        if state is not None and stage == first_stage:
+            gen.load_state_dict({n[len(f"stage{stage}."):]: t for n, t in state["generators"].items() if n.startswith(f"stage{stage}.")})
+            disc.load_state_dict(state["discriminator"])
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            start_it = first_iteration
+            state = None
+        gen_w = dist_utils.wrap_ddp(gen, ctx)
+        disc_w = dist_utils.wrap_ddp(disc, ctx)
+        sampler = IterationBatches(len(train_ds), train_cfg.batch_size, train_cfg.seed, stage, start_it, train_cfg.iterations, ctx)
+        batches = _batches(train_ds, sampler, train_cfg.num_workers, dev.type == "cuda")
+
+        def save(iteration: int, stage_done: bool, reason: str) -> None:
+            if main:
+                st = _checkpoint_state(model_cfg, train_cfg, chain, stage, iteration, stage_done, disc, opt_g, opt_d, scaler,
+                                       elapsed_before + time.perf_counter() - t_start, metrics)
+                path = ckpt.save_checkpoint(run_dir / ckpt.checkpoint_name(stage, iteration), st)
+                ckpt.prune_checkpoints(run_dir, keep=keep)
+                emit(checkpoint_event(path, stage, iteration, reason))
+            dist_utils.barrier(ctx)
+
+        window_t, window_n = time.perf_counter(), 0
+        rate = None
+        sums: Dict[str, float] = {}
+        count = 0
+        for it in range(start_it, train_cfg.iterations):
+            src, tgt = next(batches)
+            src = src.to(dev, non_blocking=True)
+            tgt = tgt.to(dev, non_blocking=True)
+            for group in opt_g.param_groups:
+                group["lr"] = _lr(train_cfg.lr_g, it, train_cfg)
+            for group in opt_d.param_groups:
+                group["lr"] = _lr(train_cfg.lr_d, it, train_cfg)
+            adversarial = train_cfg.adversarial and it >= train_cfg.warmup_iterations
+            losses = _step(gen_w, disc_w, opt_g, opt_d, scaler, src, tgt, model_cfg, adversarial, use_amp, amp_dtype, dev)
+            for key, v in losses.items():
+                sums[key] = sums.get(key, 0.0) + v
+            count += 1
+            window_n += 1
+            done = it + 1
+            if done % train_cfg.log_every == 0 or done == train_cfg.iterations:
+                now = time.perf_counter()
+                rate = window_n / max(now - window_t, 1e-9)
+                window_t, window_n = now, 0
+                avg = dist_utils.mean_over_ranks({k: v / count for k, v in sums.items()}, ctx)
+                sums, count = {}, 0
+                remaining = total_iterations - (stage * train_cfg.iterations + done)
+                emit(iteration_event(stage, done, train_cfg.iterations, avg, opt_g.param_groups[0]["lr"], eta_s=remaining / rate,
+                                     patches_per_s=rate * train_cfg.batch_size * ctx.world_size, time_s=elapsed_before + now - t_start))
+            if train_cfg.val_every > 0 and (done % train_cfg.val_every == 0 or done == train_cfg.iterations):
+                if main:
+                    result = _validate(chain, stage, gen, val_ds, val_volumes, model_cfg, train_cfg, dev, use_amp, amp_dtype)
+                    if result is not None:
+                        metrics[f"stage{stage}"] = dict(result, iteration=done)
+                        emit(validation_event(stage, done, result.get("val_loss"), result.get("psnr"), result.get("ssim"),
+                                              time_s=elapsed_before + time.perf_counter() - t_start))
+                        _plot(csv_path, png_path)
+                dist_utils.barrier(ctx)
+            if stopper():
+                save(done, done == train_cfg.iterations, "stop")
+                raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; resume with --resume.")
+            if train_cfg.checkpoint_every > 0 and done % train_cfg.checkpoint_every == 0 and done < train_cfg.iterations:
+                save(done, False, "periodic")
+        dist_utils.broadcast_buffers(gen, ctx)
+        dist_utils.broadcast_buffers(disc, ctx)
+        gen.eval()
+        save(train_cfg.iterations, True, "stage_end")
+        dist_utils.write_rank_digest([gen, disc], ctx, f"stage{stage}")
+        emit(stage_event(stage, model_cfg.stages, "end"))
+        if main:
+            _plot(csv_path, png_path)
+        train_ds.close()
+        if val_ds is not None:
+            val_ds.close()
+        del gen_w, disc_w, batches
+
+    wall = elapsed_before + time.perf_counter() - t_start
+    if main:
+        from .model_file import save_model
+
+        training = {
+            "data": plan.summary(),
+            "train_config": to_dict(train_cfg),
+            "iterations_per_stage": train_cfg.iterations,
+            "stages_trained": model_cfg.stages,
+            "patches_seen": total_iterations * train_cfg.batch_size * ctx.world_size,
+            "wall_time_s": round(wall, 1),
+            "device": _device_name(dev),
+            "world_size": ctx.world_size,
+            "precision": str(amp_dtype).replace("torch.", "") if use_amp else "float32",
+            "torch_version": torch.__version__,
+            "resumed_from": resumed_from,
+            "command": list(command) if command else None,
+        }
+        chain.cpu()
+        save_model(out, chain, model_cfg, training, _final_metrics(metrics, model_cfg.stages))
+        chain.to(dev)
+    dist_utils.barrier(ctx)
+    return out
+
+
+def _final_metrics(metrics: Dict[str, Any], stages: int) -> Dict[str, Any]:
+    """Per-stage validation results, with the last stage's also at the top level (what `medsynth info` shows)."""
+    out: Dict[str, Any] = {"validation": metrics}
+    last = metrics.get(f"stage{stages - 1}")
+    if last:
+        out.update({k: v for k, v in last.items() if k in ("psnr", "ssim", "val_loss")})
+    return out
+
+
+def _plot(csv_path: Path, png_path: Path) -> None:
+    """The loss plot is a convenience: a plotting failure must never end a training run."""
+    try:
+        plot_losses(csv_path, png_path)
+    except Exception:
+        pass
+
+
+def _step(
+    gen: nn.Module,
+    disc: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    scaler: Any,
+    src: torch.Tensor,
+    tgt: torch.Tensor,
+    cfg: ModelConfig,
+    adversarial: bool,
+    use_amp: bool,
+    amp_dtype: Optional[torch.dtype],
+    dev: torch.device,
+) -> Dict[str, float]:
+    """One D update then one G update.
+
+    D always sees real and synthetic patches in one batch (one forward, one backward), which keeps its
+    BatchNorm statistics the same in both updates and is what DDP needs (one forward per backward). In the
+    G update D's parameters are frozen and the unwrapped D is used, so no D gradients are computed or synced.
+    """
+    b = tgt.shape[0]
+    with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
+        fake = gen(src)
+    parts: Dict[str, float] = {}
+    fake_logits = None
+    if adversarial:
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
+            logits = disc(torch.cat([tgt, fake.detach().to(tgt.dtype)], 0))
+        d_loss = discriminator_loss(logits[:b].float(), logits[b:].float())
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(d_loss).backward()
+        scaler.step(opt_d)
+        parts["d"] = float(d_loss.detach())
+        raw_d = dist_utils.unwrap(disc)
+        raw_d.requires_grad_(False)
+        try:
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
+                fake_logits = raw_d(torch.cat([tgt, fake.to(tgt.dtype)], 0))[b:].float()
+        finally:
+            raw_d.requires_grad_(True)
+    g_loss, g_parts = generator_loss(fake.float(), tgt, fake_logits, cfg.loss)
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(g_loss).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    parts["g"] = float(g_loss.detach())
+    parts.update(g_parts)
+    return parts
+
+
+@torch.no_grad()
+def _validate(
+    chain: AutoContextChain,
+    stage: int,
+    gen: nn.Module,
+    val_ds: Any,
+    volumes: Dict[str, Dict[str, Any]],
+    cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dev: torch.device,
+    use_amp: bool,
+    amp_dtype: Optional[torch.dtype],
+) -> Optional[Dict[str, float]]:
+    """L2+GDL on up to 256 fixed validation patches, and PSNR/SSIM of stages 0..stage on whole volumes."""
+    if val_ds is None:
+        return None
+    gen.eval()
+    try:
+        n = min(len(val_ds), VAL_PATCHES)
+        total, seen = 0.0, 0
+        for start in range(0, n, train_cfg.batch_size):
+            src, tgt = val_ds.read_batch(list(range(start, min(n, start + train_cfg.batch_size))))
+            src, tgt = src.to(dev), tgt.to(dev)
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
+                pred = gen(src)
+            loss, _ = generator_loss(pred.float(), tgt, None, cfg.loss)
+            total += float(loss) * len(src)
+            seen += len(src)
+        result: Dict[str, float] = {"val_loss": total / max(seen, 1)}
+        scores = []
+        for vol in volumes.values():
+            pad = vol["pad"]
+            src_v, tgt_v, mask_v = _crop(vol["source"], pad), _crop(vol["target"], pad), _crop(vol["mask"], pad)
+            pred_v = _whole_volume(chain, src_v, mask_v, stage + 1, dev)
+            scores.append(_volume_metrics(pred_v, tgt_v, mask_v))
+        if scores:
+            result["psnr"] = float(np.mean([s[0] for s in scores]))
+            result["ssim"] = float(np.mean([s[1] for s in scores]))
+        return result
+    finally:
+        gen.train()
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `train` options, shared by `medsynth train` and `python -m MedSynthLogic.training` (torchrun)."""
+    parser.add_argument("--data", required=True, help="folder written by `medsynth prepare` (train.h5, val.h5, manifest.json)")
+    parser.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    parser.add_argument("--model-config", default=None, help="ModelConfig JSON (default: the paper's architecture)")
+    parser.add_argument("--train-config", default=None, help="TrainConfig JSON; the options below override it")
+    parser.add_argument("--stages", type=int, default=None, help="auto-context stages (model config)")
+    parser.add_argument("--iterations", type=int, default=None, help="iterations per stage")
+    parser.add_argument("--batch-size", type=int, default=None, help="patches per iteration and per process")
+    parser.add_argument("--lr-g", type=float, default=None)
+    parser.add_argument("--lr-d", type=float, default=None)
+    parser.add_argument("--no-adversarial", action="store_true", help="train G with L2+GDL only (ablation)")
+    parser.add_argument("--warmup-iterations", type=int, default=None, help="iterations per stage without the adversarial term")
+    parser.add_argument("--val-every", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=None)
+    parser.add_argument("--log-every", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (0 reads in the training process)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    parser.add_argument("--run-dir", default=None, help="checkpoints, CSV log and loss plot (default: <out stem>_run/)")
+    parser.add_argument("--start-stage", type=int, default=0, help="retrain from this stage on (earlier stages from the newest checkpoint)")
+    parser.add_argument("--keep-checkpoints", type=int, default=3)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    return parser
+
+
+def configs_from_args(args: argparse.Namespace) -> Tuple[ModelConfig, TrainConfig]:
+    """ModelConfig and TrainConfig from the JSON files and the command-line overrides."""
+    model_cfg = load_json_config(args.model_config, ModelConfig, {"stages": args.stages})
+    overrides = {
+        "stages": model_cfg.stages,
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "lr_g": args.lr_g,
+        "lr_d": args.lr_d,
+        "adversarial": False if args.no_adversarial else None,
+        "warmup_iterations": args.warmup_iterations,
+        "val_every": args.val_every,
+        "checkpoint_every": args.checkpoint_every,
+        "log_every": args.log_every,
+        "num_workers": args.num_workers,
+        "seed": args.seed,
+        "amp": False if args.no_amp else None,
+    }
+    train_cfg = load_json_config(args.train_config, TrainConfig, overrides)
+    return model_cfg, train_cfg
+
+
+def train_from_args(
+    args: argparse.Namespace, callback: Optional[Callback] = None, stop_event: Optional[threading.Event] = None
+) -> Path:
+    """Run :func:`train` from parsed :func:`add_train_arguments` options; SIGTERM/SIGINT checkpoint and stop."""
+    model_cfg, train_cfg = configs_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite and not args.resume and dist_utils.int_env("RANK", 0) == 0:
+        check_output_path(out, overwrite=False)
+    stop = stop_event or threading.Event()
+    restore = install_signal_handlers(stop)
+    try:
+        return train(
+            args.data,
+            out,
+            model_cfg,
+            train_cfg,
+            device=args.device,
+            resume=args.resume,
+            run_dir=args.run_dir,
+            callback=callback,
+            stop_event=stop,
+            start_stage=args.start_stage,
+            command=list(sys.argv),
+            keep_checkpoints=args.keep_checkpoints,
+        )
+    finally:
+        restore()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m MedSynthLogic.training`` (what torchrun launches): JSON-lines events from rank 0 on stdout."""
+    from .errors import MedSynthError
+    from .progress import JsonLinesReporter, done_event, error_event
+
+    parser = argparse.ArgumentParser(prog="python -m MedSynthLogic.training", description=__doc__.splitlines()[0])
+    add_train_arguments(parser)
+    parser.add_argument("--progress", choices=("json", "none"), default="json")
+    args = parser.parse_args(argv)
+    report = JsonLinesReporter(sys.stdout) if args.progress == "json" else None
+    try:
+        out = train_from_args(args, callback=report)
+    except MedSynthError as exc:
+        if report is not None:
+            report(error_event(str(exc), exc.exit_code))
+        sys.stderr.write(f"medsynth train: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if report is not None:
+            report(error_event("Interrupted.", Cancelled.exit_code))
+        return Cancelled.exit_code
+    if report is not None and dist_utils.int_env("RANK", 0) == 0:
+        report(done_event(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
