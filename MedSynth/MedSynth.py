@@ -309,11 +309,10 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _handleEvent(self, event: Dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "progress":
-            fraction = float(event.get("fraction") or 0.0)
+            fraction = float(event.get("fraction") or 0.0)  # overall fraction, all stages together
             stages = event.get("stages")
-            stage = int(event.get("stage", 0) or 0)
+            stage = int(event.get("stage", 0) or 0)  # 0-based
             if stages:
-                fraction = (stage + fraction) / float(stages)
                 self._setStatus(_("Synthesizing: stage {stage} of {stages}").format(stage=stage + 1, stages=stages))
             self.ui.progressBar.value = int(round(100 * max(0.0, min(1.0, fraction))))
         elif kind == "iteration":
