@@ -246,14 +246,20 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _whole_volume(chain: AutoContextChain, source: np.ndarray, mask: np.ndarray, stages: int, device: torch.device) -> np.ndarray:
-    """Stage-by-stage synthesis of an unpadded normalised source (network units), as inference computes it."""
+def _whole_volume(
+    chain: AutoContextChain, source: np.ndarray, mask: Optional[np.ndarray], stages: int, device: torch.device, cancel: Optional[threading.Event] = None
+) -> np.ndarray:
+    """Stage-by-stage synthesis of an unpadded normalised source (network units), exactly as inference runs it.
+
+    fp32 on every device: the context a later stage learns from must be the function itself, not a
+    half-precision approximation of it. ``mask`` None gives the raw, unmasked synthesis (auto-context input).
+    """
     from .inference import synthesize_array
 
     was_training = [g.training for g in chain.stages]
     chain.eval()
     try:
-        out = synthesize_array(chain, source, mask, stages, device)
+        out = synthesize_array(chain, source, mask, stages, device, cancel=cancel, precision="fp32")
     finally:
         for g, t in zip(chain.stages, was_training):
             g.train(t)
@@ -267,10 +273,11 @@ def _crop(arr: np.ndarray, pad: int) -> np.ndarray:
 def build_context(
     chain: AutoContextChain, h5_path: Path, stages: int, device: torch.device, cancel: Optional[threading.Event] = None
 ) -> Dict[str, np.ndarray]:
-    """Synthesis of stages 0..stages−1 for every volume of a patch file, edge-padded onto its padded grid.
+    """Raw synthesis of stages 0..stages−1 for every volume of a patch file, edge-padded onto its padded grid.
 
-    The earlier stages run over the unpadded source exactly as at inference time; padding the result by the
-    halo in edge mode then gives the same context inference feeds stage k at the image border.
+    The earlier stages run over the unpadded source exactly as inference runs them (unmasked, since inference
+    feeds stage k the raw previous synthesis); padding by the halo in edge mode then gives the context
+    inference feeds stage k at the image border, on the grid the patch corners refer to.
     """
     from .h5data import patch_file_info, load_volumes
     from .patches import pad_volume
@@ -281,16 +288,18 @@ def build_context(
             raise Cancelled("Training was stopped while building the auto-context inputs.")
         vol = load_volumes(h5_path, cases=[cid])[cid]
         pad = vol["pad"]
-        syn = _whole_volume(chain, _crop(vol["source"], pad), _crop(vol["mask"], pad), stages, device)
+        syn = _whole_volume(chain, _crop(vol["source"], pad), None, stages, device, cancel)
         context[cid] = pad_volume(syn, pad, mode="edge").astype(np.float32)
     return context
 
 
-def _volume_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> Tuple[float, float]:
-    """PSNR and SSIM inside the brain mask, in network units (target range [0, clip_max])."""
+def _volume_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, cfg: ModelConfig) -> Tuple[float, float]:
+    """PSNR and SSIM inside the brain mask, in network units (the target's range is [0, clip_max])."""
     from .metrics import psnr, ssim3d
 
-    return float(psnr(pred, target, mask)), float(ssim3d(pred, target, mask))
+    tcfg = cfg.normalisation.target
+    data_range = tcfg.clip_max - tcfg.clip_min if tcfg.mode == "percentile" else 1.0
+    return float(psnr(pred, target, mask, data_range)), float(ssim3d(pred, target, mask, data_range))
 
 
 class _Stopper:
@@ -713,7 +722,7 @@ def _validate(
             pad = vol["pad"]
             src_v, tgt_v, mask_v = _crop(vol["source"], pad), _crop(vol["target"], pad), _crop(vol["mask"], pad)
             pred_v = _whole_volume(chain, src_v, mask_v, stage + 1, dev)
-            scores.append(_volume_metrics(pred_v, tgt_v, mask_v))
+            scores.append(_volume_metrics(pred_v, tgt_v, mask_v, cfg))
         if scores:
             result["psnr"] = float(np.mean([s[0] for s in scores]))
             result["ssim"] = float(np.mean([s[1] for s in scores]))
@@ -741,7 +750,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (0 reads in the training process)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun each rank takes its LOCAL_RANK GPU)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     parser.add_argument("--run-dir", default=None, help="checkpoints, CSV log and loss plot (default: <out stem>_run/)")
     parser.add_argument("--start-stage", type=int, default=0, help="retrain from this stage on (earlier stages from the newest checkpoint)")

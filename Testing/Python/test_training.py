@@ -15,53 +15,6 @@ from MedSynthLogic.config import TrainConfig
 from MedSynthLogic.errors import Cancelled, DataError, ModelFileError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _contract_stand_ins():
-    """TEMPORARY until inference/metrics/devices land: minimal modules following the documented contract."""
-    import importlib
-    import sys
-    import types
-
-    added = []
-    for name in ("inference", "metrics", "devices"):
-        try:
-            importlib.import_module(f"MedSynthLogic.{name}")
-        except ImportError:
-            mod = types.ModuleType(f"MedSynthLogic.{name}")
-            if name == "devices":
-                mod.resolve_device = lambda d="auto": torch.device("cuda" if d in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-            elif name == "metrics":
-                def psnr(a, b, mask, data_range=1.0):
-                    return float(10 * np.log10(data_range**2 / np.mean((a[mask] - b[mask]) ** 2)))
-
-                def ssim3d(a, b, mask, data_range=1.0):
-                    a, b = a[mask], b[mask]
-                    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-                    cov = np.mean((a - a.mean()) * (b - b.mean()))
-                    return float((2 * a.mean() * b.mean() + c1) * (2 * cov + c2) / ((a.mean() ** 2 + b.mean() ** 2 + c1) * (a.var() + b.var() + c2)))
-
-                mod.psnr, mod.ssim3d = psnr, ssim3d
-            else:
-                def synthesize_array(chain, source, mask, stages, device, **kw):
-                    from MedSynthLogic.patches import pad_volume
-
-                    prev = None
-                    for k in range(stages):
-                        g = chain.stages[k]
-                        x = source[None] if prev is None else np.stack([source, prev])
-                        x = pad_volume(x, g.halo)
-                        with torch.no_grad():
-                            prev = g(torch.from_numpy(x[None]).float().to(device))[0, 0].cpu().numpy()
-                    return prev
-
-                mod.synthesize_array = synthesize_array
-            sys.modules[mod.__name__] = mod
-            added.append(mod.__name__)
-    yield
-    for name in added:
-        sys.modules.pop(name, None)
-
-
 def make_phantom_data(root: Path, model_cfg, n_cases: int = 3, shape=(40, 44, 40), patches_per_case: int = 64) -> Path:
     """A prepared data folder (train.h5 with n−1 cases, val.h5 with one) from small phantoms."""
     from MedSynthLogic.dataset_prep import Case, prepare_dataset
@@ -89,6 +42,13 @@ def data_dir(tmp_path_factory):
         stages=2,
     )
     return make_phantom_data(tmp_path_factory.mktemp("phantom"), cfg)
+
+
+@pytest.fixture(autouse=True)
+def few_val_patches(monkeypatch):
+    from MedSynthLogic import training
+
+    monkeypatch.setattr(training, "VAL_PATCHES", 32)
 
 
 @pytest.fixture()
@@ -132,25 +92,25 @@ def test_short_run_validation_loss_falls(tmp_path, data_dir, tiny_model_config):
 
     events = []
     out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
-                _cfg(iterations=60, val_every=20, log_every=10, lr_g=3e-3), device="cpu", callback=events.append)
+                _cfg(iterations=30, batch_size=2, val_every=10, log_every=10, lr_g=3e-3), device="cpu", callback=events.append)
     vals = [e for e in events if e["event"] == "validation"]
-    assert [v["iteration"] for v in vals] == [20, 40, 60]
+    assert [v["iteration"] for v in vals] == [10, 20, 30]
     assert vals[-1]["val_loss"] < vals[0]["val_loss"]
     assert all(np.isfinite(v["psnr"]) and -1 <= v["ssim"] <= 1 for v in vals)
     its = [e for e in events if e["event"] == "iteration"]
-    assert len(its) == 6 and {"g", "d", "l2", "gdl", "g_adv"} <= set(its[0]["losses"]) and its[-1]["eta_s"] == 0
+    assert len(its) == 3 and {"g", "d", "l2", "gdl", "g_adv"} <= set(its[0]["losses"]) and its[-1]["eta_s"] == 0
     run = tmp_path / "m_run"
     assert (run / "training_log.csv").is_file() and (run / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert ckpt.latest_checkpoint(run).name == ckpt.checkpoint_name(0, 60)
+    assert ckpt.latest_checkpoint(run).name == ckpt.checkpoint_name(0, 30)
     header = read_header(out)
-    assert header["training"]["iterations_per_stage"] == 60 and header["training"]["data"]["train_patches"] == 256
+    assert header["training"]["iterations_per_stage"] == 30 and header["training"]["data"]["train_patches"] == 256
 
 
 def test_resume_is_bit_identical(tmp_path, data_dir, tiny_model_config, deterministic):
     """N iterations straight equal N/2, stop, resume N/2, across an auto-context stage boundary."""
     from MedSynthLogic.training import train
 
-    cfg = _cfg(iterations=6, warmup_iterations=2, lr_decay_every=4, checkpoint_every=4)
+    cfg = _cfg(iterations=6, batch_size=2, warmup_iterations=2, lr_decay_every=4, checkpoint_every=4)
     straight = train(data_dir, tmp_path / "a.safetensors", tiny_model_config, cfg, device="cpu")
 
     stop = threading.Event()
@@ -207,7 +167,7 @@ def test_two_stage_model_file(tmp_path, data_dir, tiny_model_config):
     from MedSynthLogic.training import train
 
     events = []
-    out = train(data_dir, tmp_path / "acm.safetensors", tiny_model_config, _cfg(iterations=4, val_every=4, adversarial=False),
+    out = train(data_dir, tmp_path / "acm.safetensors", tiny_model_config, _cfg(iterations=3, batch_size=2, val_every=3, adversarial=False),
                 device="cpu", callback=events.append, command=["medsynth", "train"])
     loaded = load_model(out)
     assert len(loaded.chain.stages) == 2 and loaded.chain.stages[1].config.in_channels == 2
