@@ -308,15 +308,11 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:
-    """``devices.resolve_device`` (clear errors for an absent GPU); plain torch parsing where it is not available."""
+    """A torch.device from "auto"/"cpu"/"cuda[:N]" via ``devices.resolve_device`` (clear error for an absent GPU)."""
     if isinstance(device, torch.device):
         return device
-    try:
-        from .devices import resolve_device
-    except ImportError:
-        if device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(device)
+    from .devices import resolve_device
+
     return resolve_device(device)
 
 

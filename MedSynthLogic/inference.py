@@ -1,0 +1,523 @@
+"""Whole-volume synthesis: the auto-context stages run one after another over the volume, in exact tiles.
+
+Why tiles are exact: the generator has only valid convolutions, so it is a sliding-window function; an input
+tile of ``tile + 2·halo`` voxels gives exactly the ``tile`` output voxels a whole-volume run would give there.
+Each output voxel is computed and written once, so there are no seams, no averaging and no zero borders, and
+memory is bounded by the tile, not by the volume.
+
+What "whole volume" means (and so what tiled inference reproduces): every stage's input is padded by its halo
+with edge values (the volume's border voxels repeated, as training pads its volumes); stage 0 sees the normalised
+source, stage k sees ``[source, raw synthesis of stage k−1]``. Only the brain mask's bounding box is needed in
+the end, so the last stage is computed over that box and each earlier stage over the box grown by the halos of
+the stages after it (clipped to the volume), which is exactly the context the later stages read. Outside the
+mask the output is 0 (network units).
+
+Speed (CPU): BatchNorm is folded into the convolutions, tensors are channels-last 3D (oneDNN's fast layout for
+3D convolutions, ~2× over the default layout here) and tiles are processed under ``torch.inference_mode``.
+bfloat16 on CPU is about 2× faster again but its error (~0.7% of the range) is larger than we accept by
+default, so it is opt-in (``precision="bf16"``). CUDA uses float16 autocast and larger tiles, retries a batch in
+float32 if float16 overflowed, and halves the tile on out-of-memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import Cancelled, GeometryError, InputImageError, ResourceError, UsageError
+from .model_file import LoadedModel, _device, load_model
+from .models import AutoContextChain
+
+PathLike = Union[str, os.PathLike]
+ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
+CancelFn = Any
+
+#: Output tile edge on CPU, measured on a 2-core AVX-512 CPU with the default generator (see
+#: Testing/Benchmarks/results/inference_cpu.txt): 64 to 128 are within a few percent; 96 balances the halo
+#: overhead against cache use.
+CPU_TILE = 96
+#: Output tile edge on CUDA: activations of a 160³ output tile (176³ input, 64 channels, fp16) are ~0.7 GB.
+CUDA_TILE = 160
+#: Small tiles are batched up to this many input voxels per forward call (per-call overhead dominates below).
+BATCH_VOXELS = 64**3
+#: Smallest tile the out-of-memory retry goes down to before giving up.
+MIN_TILE = 16
+
+__all__ = [
+    "synthesize_array",
+    "synthesize_volume",
+    "synthesize_file",
+    "synthesize_folder",
+    "default_tile",
+    "mask_bbox",
+    "CPU_TILE",
+    "CUDA_TILE",
+    "MIN_TILE",
+]
+
+Box = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+
+
+def default_tile(device: torch.device) -> int:
+    """The output tile edge used when none is given: the fastest measured size for the device type."""
+    return CUDA_TILE if device.type == "cuda" else CPU_TILE
+
+
+def mask_bbox(mask: np.ndarray) -> Optional[Box]:
+    """Half-open (start, stop) per axis of the mask's bounding box, or None for an empty mask."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _grow(box: Box, by: int, shape: Sequence[int]) -> Box:
+    return tuple((max(0, a - by), min(n, b + by)) for (a, b), n in zip(box, shape))  # type: ignore[return-value]
+
+
+def _split(length: int, tile: int) -> List[Tuple[int, int]]:
+    """Split ``length`` into ceil(length/tile) nearly equal parts (sizes differ by at most one).
+
+    Equal parts (rather than full tiles plus a thin remainder) keep the halo overhead and the number of distinct
+    tile shapes (which can be batched together) small.
+    """
+    n = max(1, math.ceil(length / tile))
+    base, extra = divmod(length, n)
+    out, start = [], 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+def _is_cancelled(cancel: CancelFn) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+class _StageRunner:
+    """One generator prepared for inference: BatchNorm folded into the convolutions, channels-last, on device.
+
+    It reproduces ``Generator.forward`` in eval mode (body, then the long residual from source channel 0) on a
+    copy, so the caller's model is left untouched (it may be in training mode mid-training).
+    """
+
+    def __init__(self, gen: nn.Module, device: torch.device, precision: str) -> None:
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        layers = list(gen.body)
+        fused: List[nn.Module] = []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, nn.Conv3d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm3d):
+                conv = copy.deepcopy(layer).eval()
+                bn = copy.deepcopy(layers[i + 1]).eval()
+                fused.append(fuse_conv_bn_eval(conv, bn))
+                i += 2
+            else:
+                fused.append(copy.deepcopy(layer).eval())
+                i += 1
+        self.body = nn.Sequential(*fused).to(device=device, dtype=torch.float32)
+        self.body = self.body.to(memory_format=torch.channels_last_3d)
+        for p in self.body.parameters():
+            p.requires_grad_(False)
+        self.halo = int(gen.halo)
+        self.residual = bool(gen.config.residual)
+        self.in_channels = int(gen.config.in_channels)
+        self.device = device
+        self.precision = precision
+
+    def _autocast(self, dtype: Optional[torch.dtype]) -> Any:
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _forward(self, x: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+        with self._autocast(dtype):
+            out = self.body(x)
+        out = out.float()
+        if self.residual:
+            h = self.halo
+            out = out + x[:, :1, h : x.shape[2] - h, h : x.shape[3] - h, h : x.shape[4] - h]
+        return out[:, 0]
+
+    def __call__(self, batch: np.ndarray, flip: bool) -> np.ndarray:
+        """(B, C, D, H, W) input tiles → (B, D−2h, H−2h, W−2h) outputs; with ``flip`` the mean with the x-flipped run."""
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        b = x.shape[0]
+        if flip:
+            x = torch.cat([x, torch.flip(x, dims=(-1,))], dim=0)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        dtype = _autocast_dtype(self.device, self.precision)
+        out = self._forward(x, dtype)
+        if dtype is not None and dtype == torch.float16 and not bool(torch.isfinite(out).all()):
+            out = self._forward(x, None)
+        if flip:
+            out = 0.5 * (out[:b] + torch.flip(out[b:], dims=(-1,)))
+        return out.cpu().numpy()
+
+
+def _autocast_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    return torch.float16 if device.type == "cuda" else None
+
+
+def _gather(arrays: Sequence[np.ndarray], ranges: Sequence[Tuple[int, int]], out: np.ndarray) -> None:
+    """Fill ``out`` (C, d, h, w) with the channels cut at ``ranges``, which may run past the arrays: beyond them
+    the border voxels are repeated (edge padding), exactly as a whole-volume run pads the volume."""
+    shape = arrays[0].shape
+    inner = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(ranges, shape))
+    pad = [(max(0, -a), max(0, b - n)) for (a, b), n in zip(ranges, shape)]
+    padded = any(p != (0, 0) for p in pad)
+    for c, arr in enumerate(arrays):
+        block = arr[inner]
+        out[c] = np.pad(block, pad, mode="edge") if padded else block
+
+
+class _Progress:
+    """Emits monotone progress events over all stages (an out-of-memory restart never makes them go back)."""
+
+    def __init__(self, callback: ProgressFn, stages: int) -> None:
+        self.callback = callback
+        self.stages = stages
+        self.last = -1.0
+
+    def __call__(self, stage: int, done: int, total: int) -> None:
+        if self.callback is None:
+            return
+        fraction = (stage + (done / total if total else 1.0)) / self.stages
+        if fraction <= self.last:
+            return
+        self.last = fraction
+        self.callback(
+            {
+                "event": "progress",
+                "task": "synthesize",
+                "stage": stage,
+                "stages": self.stages,
+                "done": done,
+                "total": total,
+                "fraction": round(fraction, 6),
+            }
+        )
+
+
+def _run_stage(
+    runner: _StageRunner,
+    inputs: Sequence[np.ndarray],
+    offset: Sequence[int],
+    out: np.ndarray,
+    tile: int,
+    flip: bool,
+    stage: int,
+    report: _Progress,
+    cancel: CancelFn,
+) -> None:
+    """Fill ``out`` (the stage's output region) tile by tile; ``offset`` = its start within the ``inputs`` grid."""
+    h = runner.halo
+    tiles = [
+        (z, y, x) for z in _split(out.shape[0], tile) for y in _split(out.shape[1], tile) for x in _split(out.shape[2], tile)
+    ]
+    budget = max((tile + 2 * h) ** 3, BATCH_VOXELS)
+    groups: Dict[Tuple[int, ...], List[Tuple[Tuple[int, int], ...]]] = {}
+    for t in tiles:
+        groups.setdefault(tuple(b - a for a, b in t), []).append(t)
+    total = len(tiles)
+    done = 0
+    report(stage, 0, total)
+    for size, members in groups.items():
+        per_batch = max(1, budget // int(np.prod([s + 2 * h for s in size])))
+        for i in range(0, len(members), per_batch):
+            if _is_cancelled(cancel):
+                raise Cancelled("Synthesis cancelled.")
+            chunk = members[i : i + per_batch]
+            batch = np.empty((len(chunk), len(inputs)) + tuple(s + 2 * h for s in size), dtype=np.float32)
+            for j, t in enumerate(chunk):
+                _gather(inputs, [(a + o - h, b + o + h) for (a, b), o in zip(t, offset)], batch[j])
+            result = runner(batch, flip)
+            for t, r in zip(chunk, result):
+                out[tuple(slice(a, b) for a, b in t)] = r
+            done += len(chunk)
+            report(stage, done, total)
+
+
+def synthesize_array(
+    chain: AutoContextChain,
+    source_norm: np.ndarray,
+    mask: Optional[np.ndarray],
+    stages: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+    tile: Optional[int] = None,
+    flip_tta: bool = False,
+    progress: ProgressFn = None,
+    cancel: CancelFn = None,
+    precision: str = "auto",
+) -> np.ndarray:
+    """Synthesize a whole normalised volume (z, y, x) → float32 network units, 0 outside ``mask``.
+
+    ``stages``: how many auto-context stages to run (None: all of ``chain``). ``tile``: output tile edge
+    (None: :func:`default_tile`). ``precision``: "auto" (fp32 on CPU, fp16 autocast on CUDA), "fp32", "bf16" or
+    "fp16". ``flip_tta`` averages each stage with its left–right (array axis 2) mirror. ``progress`` gets
+    ``{"event": "progress", "task": "synthesize", ...}`` dicts; ``cancel`` (a callable or an Event) is checked
+    between tiles and raises :class:`Cancelled`. ``mask`` None means the whole volume (raw, unmasked output —
+    what auto-context training uses as the next stage's context).
+    """
+    src = np.asarray(source_norm)
+    if src.ndim != 3:
+        raise UsageError(f"synthesize_array needs a 3D (z, y, x) array, got shape {src.shape}.")
+    src = np.ascontiguousarray(src, dtype=np.float32)
+    if mask is None:
+        mask_arr = None
+        box: Optional[Box] = tuple((0, n) for n in src.shape)  # type: ignore[assignment]
+    else:
+        mask_arr = np.asarray(mask).astype(bool, copy=False)
+        if mask_arr.shape != src.shape:
+            raise GeometryError(f"The mask's shape {mask_arr.shape} differs from the source's {src.shape}.")
+        box = mask_bbox(mask_arr)
+    available = len(chain.stages)
+    n = available if stages is None else int(stages)
+    if not 1 <= n <= available:
+        raise UsageError(f"The model has {available} auto-context stage(s); {stages} were asked for.")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"Unknown precision {precision!r}; use auto, fp32, bf16 or fp16.")
+    dev = _device(device)
+    tile = default_tile(dev) if tile is None else int(tile)
+    if tile < 1:
+        raise UsageError(f"The tile size must be positive, got {tile}.")
+    result = np.zeros(src.shape, dtype=np.float32)
+    report = _Progress(progress, n)
+    if box is None:
+        report(n - 1, 1, 1)
+        return result
+
+    runners = [_StageRunner(chain.stages[k], dev, precision) for k in range(n)]
+    # Output region of each stage: the last one is the mask's box, each earlier one grows by the later halos.
+    regions: List[Box] = [box] * n
+    for k in range(n - 2, -1, -1):
+        regions[k] = _grow(regions[k + 1], runners[k + 1].halo, src.shape)
+    in_region = _grow(regions[0], runners[0].halo, src.shape)
+
+    prev: Optional[np.ndarray] = None
+    with torch.inference_mode():
+        for k, runner in enumerate(runners):
+            region = regions[k]
+            src_view = src[tuple(slice(a, b) for a, b in in_region)]
+            if runner.in_channels == 1:
+                inputs = [src_view]
+            elif prev is not None:
+                inputs = [src_view, prev]
+            else:
+                raise UsageError("Stage 0 of the chain expects 2 input channels; this is not an auto-context chain.")
+            offset = [r[0] - i[0] for r, i in zip(region, in_region)]
+            if k == n - 1:
+                out = result[tuple(slice(a, b) for a, b in region)]
+            else:
+                out = np.empty(tuple(b - a for a, b in region), dtype=np.float32)
+            tile = _run_stage_with_retry(runner, inputs, offset, out, tile, flip_tta, k, report, cancel)
+            prev, in_region = out, region
+    if mask_arr is not None:
+        sl = tuple(slice(a, b) for a, b in box)
+        result[sl] *= mask_arr[sl]
+    return result
+
+
+def _run_stage_with_retry(
+    runner: _StageRunner,
+    inputs: Sequence[np.ndarray],
+    offset: Sequence[int],
+    out: np.ndarray,
+    tile: int,
+    flip: bool,
+    stage: int,
+    report: _Progress,
+    cancel: CancelFn,
+) -> int:
+    """Run a stage; on out-of-memory halve the tile and redo the stage, down to MIN_TILE, then ResourceError.
+
+    Returns the tile size that worked, so later stages start from it.
+    """
+    while True:
+        try:
+            _run_stage(runner, inputs, offset, out, tile, flip, stage, report, cancel)
+            return tile
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            if tile // 2 < MIN_TILE:
+                raise ResourceError(
+                    f"The GPU ran out of memory even with {tile}³ tiles.",
+                    "Close other GPU programs or run on the CPU (--device cpu).",
+                ) from exc
+            tile //= 2
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "alloc" not in str(exc).lower():
+                raise
+            raise ResourceError(
+                f"Not enough memory for {tile}³ tiles on {runner.device}.", "Pass a smaller --tile or free memory."
+            ) from exc
+
+
+def _mask_array(mask: Any, source: Any) -> Optional[np.ndarray]:
+    if mask is None:
+        return None
+    if hasattr(mask, "array") and hasattr(mask, "spacing"):
+        from .volume_io import same_grid
+
+        diffs = same_grid(mask, source)
+        if diffs:
+            raise GeometryError("The mask is not on the source's grid: " + "; ".join(diffs) + ".", "Resample the mask to the source first.")
+        arr = np.asarray(mask.array)
+    else:
+        arr = np.asarray(mask)
+    if arr.shape != source.shape:
+        raise GeometryError(f"The mask's shape {arr.shape} differs from the source's {source.shape}.")
+    return arr > 0
+
+
+def synthesize_volume(
+    model: LoadedModel,
+    source: Any,
+    mask: Any = None,
+    stages: Optional[int] = None,
+    device: Union[str, torch.device] = "auto",
+    flip_tta: bool = False,
+    tile: Optional[int] = None,
+    progress: ProgressFn = None,
+    cancel: CancelFn = None,
+    precision: str = "auto",
+) -> Any:
+    """A source ``Volume`` → the synthetic target ``Volume`` in target units on exactly the source's grid.
+
+    The source is normalised with the model's own normalisation (so training and inference agree); the mask is
+    ``mask`` (a Volume on the same grid or a boolean array) or the model's threshold mask of the source.
+    """
+    from .normalisation import brain_mask, denormalise_output, normalise_source
+
+    norm_cfg = model.config.normalisation
+    mask_arr = _mask_array(mask, source)
+    if mask_arr is None:
+        mask_arr = brain_mask(source.array, norm_cfg.mask_threshold)
+    if not mask_arr.any():
+        raise InputImageError(
+            "The brain mask is empty: no voxel of the source is above the mask threshold "
+            f"({norm_cfg.mask_threshold:g}) or inside the given mask.",
+            "Pass a skull-stripped source or a brain mask (--mask).",
+        )
+    normalised = normalise_source(source.array, mask_arr, norm_cfg)
+    if isinstance(normalised, tuple):
+        normalised = normalised[0]
+    out = synthesize_array(
+        model.chain, normalised, mask_arr, stages=stages, device=device, tile=tile, flip_tta=flip_tta,
+        progress=progress, cancel=cancel, precision=precision,
+    )
+    return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
+
+
+def _as_model(model: Union[LoadedModel, PathLike], stages: Optional[int]) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(model, device="cpu", stages=stages)
+
+
+def synthesize_file(
+    model: Union[LoadedModel, PathLike],
+    source_path: PathLike,
+    output_path: PathLike,
+    overwrite: bool = False,
+    mask_path: Optional[PathLike] = None,
+    stages: Optional[int] = None,
+    device: Union[str, torch.device] = "auto",
+    flip_tta: bool = False,
+    tile: Optional[int] = None,
+    progress: ProgressFn = None,
+    cancel: CancelFn = None,
+    precision: str = "auto",
+) -> Path:
+    """Read a source image, synthesize, write the result atomically with the source's geometry; returns the path.
+
+    The output is checked before any work (exists without ``overwrite``, equals an input) so a long run never
+    ends in a refusal.
+    """
+    from .atomic import check_output_path
+    from .volume_io import read_volume, write_volume
+
+    inputs = tuple(p for p in (source_path, mask_path) if p is not None)
+    check_output_path(output_path, overwrite=overwrite, inputs=inputs)
+    loaded = _as_model(model, stages)
+    source = read_volume(source_path)
+    mask = read_volume(mask_path) if mask_path is not None else None
+    vol = synthesize_volume(
+        loaded, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta, tile=tile,
+        progress=progress, cancel=cancel, precision=precision,
+    )
+    return write_volume(vol, output_path, overwrite=overwrite, inputs=inputs)
+
+
+def synthesize_folder(
+    model: Union[LoadedModel, PathLike],
+    in_dir: PathLike,
+    out_dir: PathLike,
+    pattern: str = "*.nii.gz",
+    overwrite: bool = False,
+    stages: Optional[int] = None,
+    device: Union[str, torch.device] = "auto",
+    flip_tta: bool = False,
+    tile: Optional[int] = None,
+    progress: ProgressFn = None,
+    cancel: CancelFn = None,
+    precision: str = "auto",
+) -> List[Path]:
+    """Synthesize every file in ``in_dir`` matching ``pattern`` into ``out_dir`` (same relative paths).
+
+    The model is loaded once. All outputs are checked before the first synthesis, so a batch does not stop
+    half-way on a name clash; progress events carry ``file`` and ``files`` (1-based index and count).
+    """
+    from .atomic import check_output_path
+
+    src_dir, dst_dir = Path(in_dir), Path(out_dir)
+    if not src_dir.is_dir():
+        raise InputImageError(f"The input folder {src_dir} does not exist.")
+    files = sorted(p for p in src_dir.glob(pattern) if p.is_file())
+    if not files:
+        raise InputImageError(f"No files matching {pattern!r} in {src_dir}.", "Check the folder or pass --pattern.")
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    targets = [dst_dir / p.relative_to(src_dir) for p in files]
+    for src, dst in zip(files, targets):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        check_output_path(dst, overwrite=overwrite, inputs=(src,))
+    loaded = _as_model(model, stages)
+    written = []
+    for i, (src, dst) in enumerate(zip(files, targets), start=1):
+
+        def tagged(event: Dict[str, Any], _i: int = i) -> None:
+            if progress is not None:
+                progress({**event, "file": _i, "files": len(files), "source": str(src)})
+
+        written.append(
+            synthesize_file(
+                loaded, src, dst, overwrite=overwrite, stages=stages, device=device, flip_tta=flip_tta, tile=tile,
+                progress=tagged, cancel=cancel, precision=precision,
+            )
+        )
+    return written

@@ -1,0 +1,276 @@
+"""Tiled whole-volume inference: exactness against an independent whole-volume reference, masking, geometry,
+progress, cancellation, flip TTA, out-of-memory retry, memory bound and the file/folder helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from MedSynthLogic import inference
+from MedSynthLogic.config import GeneratorConfig, ModelConfig
+from MedSynthLogic.errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
+from MedSynthLogic.inference import mask_bbox, synthesize_array, synthesize_file, synthesize_folder, synthesize_volume
+from MedSynthLogic.model_file import LoadedModel, load_model, save_model
+from MedSynthLogic.models import build_generators
+from MedSynthLogic.volume_io import Volume, read_volume, write_volume
+
+SHAPE = (22, 25, 19)
+
+
+def _chain(cfg: ModelConfig, seed: int = 0):
+    """Random weights with non-trivial BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    chain = build_generators(cfg)
+    for module in chain.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    return chain.eval()
+
+
+def _reference(chain, src: np.ndarray, stages: int) -> np.ndarray:
+    """The definition: each stage runs once over the whole volume padded by its halo with edge values."""
+    prev = None
+    for k in range(stages):
+        gen = chain.stages[k]
+        channels = [src] if k == 0 else [src, prev]
+        x = np.stack([np.pad(c, gen.halo, mode="edge") for c in channels])[None]
+        with torch.no_grad():
+            prev = gen(torch.from_numpy(x))[0, 0].numpy()
+    return prev
+
+
+@pytest.fixture()
+def source() -> np.ndarray:
+    return np.random.default_rng(0).random(SHAPE, dtype=np.float32)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("stages", [1, 2])
+def test_tiled_equals_whole_volume(tiny_model_config, source, stages, residual):
+    cfg = dataclasses.replace(tiny_model_config, generator=dataclasses.replace(tiny_model_config.generator, residual=residual))
+    chain = _chain(cfg)
+    ref = _reference(chain, source, stages)
+    one_tile = synthesize_array(chain, source, None, stages=stages, tile=64)
+    assert np.abs(one_tile - ref).max() < 1e-5
+    for tile in (4, 7, 12):
+        tiled = synthesize_array(chain, source, None, stages=stages, tile=tile)
+        assert tiled.dtype == np.float32 and tiled.shape == SHAPE
+        assert np.abs(tiled - one_tile).max() < 1e-5, tile
+
+
+def test_mask_zero_outside_nonzero_inside_and_exact(tiny_model_config, source):
+    chain = _chain(tiny_model_config)
+    mask = np.zeros(SHAPE, bool)
+    mask[3:15, 0:9, 5:19] = True
+    mask[4, 20, 2] = True
+    ref = _reference(chain, source, 2)
+    for tile in (5, 64):
+        out = synthesize_array(chain, source, mask, stages=2, tile=tile)
+        assert np.all(out[~mask] == 0)
+        assert np.count_nonzero(out[mask]) == mask.sum()
+        assert np.abs(out - ref * mask).max() < 1e-5
+
+
+def test_empty_mask_gives_zeros(tiny_model_config, source):
+    chain = _chain(tiny_model_config)
+    out = synthesize_array(chain, source, np.zeros(SHAPE, bool), stages=2)
+    assert out.shape == SHAPE and not out.any()
+
+
+def test_mask_bbox():
+    m = np.zeros((4, 5, 6), bool)
+    assert mask_bbox(m) is None
+    m[1, 2, 3] = m[2, 4, 0] = True
+    assert mask_bbox(m) == ((1, 3), (2, 5), (0, 4))
+
+
+def test_bad_arguments(tiny_model_config, source):
+    chain = _chain(tiny_model_config)
+    with pytest.raises(UsageError, match="2 auto-context stage"):
+        synthesize_array(chain, source, None, stages=3)
+    with pytest.raises(GeometryError):
+        synthesize_array(chain, source, np.ones((2, 2, 2), bool))
+    with pytest.raises(UsageError):
+        synthesize_array(chain, source[0], None)
+    with pytest.raises(UsageError):
+        synthesize_array(chain, source, None, precision="int8")
+
+
+def test_progress_events_monotone(tiny_model_config, source):
+    chain = _chain(tiny_model_config)
+    events = []
+    synthesize_array(chain, source, None, stages=2, tile=8, progress=events.append)
+    assert events and all(e["event"] == "progress" and e["task"] == "synthesize" and e["stages"] == 2 for e in events)
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and len(set(fractions)) == len(fractions)
+    assert fractions[-1] == pytest.approx(1.0)
+    assert [e["stage"] for e in events] == sorted(e["stage"] for e in events)
+    last = events[-1]
+    assert last["stage"] == 1 and last["done"] == last["total"] == 3 * 4 * 3
+
+
+@pytest.mark.parametrize("kind", ["callable", "event"])
+def test_cancel_raises_promptly(tiny_model_config, source, kind):
+    chain = _chain(tiny_model_config)
+    events = []
+    if kind == "callable":
+        cancel = lambda: len(events) >= 3  # noqa: E731
+    else:
+        cancel = threading.Event()
+
+    def progress(e):
+        events.append(e)
+        if kind == "event" and len(events) >= 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        synthesize_array(chain, source, None, stages=2, tile=4, progress=progress, cancel=cancel)
+    assert events[-1]["stage"] == 0 and events[-1]["fraction"] < 0.5
+
+
+def test_flip_tta_symmetric(tiny_model_config):
+    chain = _chain(tiny_model_config)
+    a = np.random.default_rng(1).random(SHAPE, dtype=np.float32)
+    sym = 0.5 * (a + a[:, :, ::-1])
+    mask = np.zeros(SHAPE, bool)
+    mask[2:20, 3:22, 3:16] = True
+    out = synthesize_array(chain, sym, mask, stages=2, tile=6, flip_tta=True)
+    assert np.abs(out - out[:, :, ::-1]).max() < 1e-5
+    plain = synthesize_array(chain, sym, mask, stages=2, tile=6)
+    assert np.abs(plain - plain[:, :, ::-1]).max() > 1e-4
+    # TTA is the mean of the volume's and the mirrored volume's synthesis, per stage (checked on one stage).
+    ref1 = 0.5 * (_reference(chain, a, 1) + _reference(chain, a[:, :, ::-1].copy(), 1)[:, :, ::-1])
+    assert np.abs(synthesize_array(chain, a, None, stages=1, tile=5, flip_tta=True) - ref1).max() < 1e-5
+
+
+def test_bf16_close_to_fp32(tiny_model_config, source):
+    chain = _chain(tiny_model_config)
+    fp32 = synthesize_array(chain, source, None, stages=2)
+    bf16 = synthesize_array(chain, source, None, stages=2, precision="bf16")
+    assert np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max()
+
+
+def test_chain_in_training_mode_is_used_as_in_eval_and_left_untouched(tiny_model_config, source):
+    chain = _chain(tiny_model_config)
+    ref = _reference(chain, source, 2)
+    chain.train()
+    before = {k: v.clone() for k, v in chain.state_dict().items()}
+    out = synthesize_array(chain, source, None, stages=2, tile=9)
+    assert chain.training and np.abs(out - ref).max() < 1e-5
+    assert all(torch.equal(before[k], v) for k, v in chain.state_dict().items())
+
+
+def test_out_of_memory_halves_tile_then_gives_up(tiny_model_config, source, monkeypatch):
+    chain = _chain(tiny_model_config)
+    ref = _reference(chain, source, 2)
+    original = inference._StageRunner.__call__
+    tiles_seen = []
+
+    def picky(self, batch, flip):
+        tiles_seen.append(batch.shape[2] - 2 * self.halo)
+        if batch.shape[2] - 2 * self.halo > 6:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, batch, flip)
+
+    monkeypatch.setattr(inference._StageRunner, "__call__", picky)
+    monkeypatch.setattr(inference, "MIN_TILE", 4)
+    events = []
+    out = synthesize_array(chain, source, None, stages=2, tile=24, progress=events.append)
+    assert np.abs(out - ref).max() < 1e-5
+    assert max(tiles_seen) > 6 and min(tiles_seen) <= 6
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions)
+
+    def always(self, batch, flip):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(inference._StageRunner, "__call__", always)
+    with pytest.raises(ResourceError, match="out of memory"):
+        synthesize_array(chain, source, None, stages=2, tile=64)
+
+
+def test_memory_bounded_by_tile_not_volume(tiny_model_config, monkeypatch):
+    """Host arrays: the result, one earlier stage and one batch of tiles; no padded or per-stage volume copies."""
+    monkeypatch.setattr(inference, "BATCH_VOXELS", 1)
+    chain = _chain(tiny_model_config)
+    src = np.random.default_rng(2).random((48, 48, 48), dtype=np.float32)
+    tile, halo = 16, tiny_model_config.generator.halo
+    batch_bytes = 2 * (tile + 2 * halo) ** 3 * 4
+    tracemalloc.start()
+    try:
+        synthesize_array(chain, src, None, stages=2, tile=tile)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * src.nbytes + 3 * batch_bytes, (peak / src.nbytes, batch_bytes / src.nbytes)
+
+
+def _volume(arr: np.ndarray) -> Volume:
+    return Volume(arr, spacing=(0.9, 1.1, 2.5), origin=(-10.0, 3.5, 7.25), direction=(0, 1, 0, -1, 0, 0, 0, 0, 1))
+
+
+@pytest.fixture()
+def model_file(tmp_path, tiny_model_config):
+    path = tmp_path / "model.safetensors"
+    save_model(path, _chain(tiny_model_config), tiny_model_config)
+    return path
+
+
+def test_synthesize_volume_geometry_mask_and_units(model_file, phantom):
+    model = load_model(model_file)
+    src = _volume(phantom.t1ce.array)
+    out = synthesize_volume(model, src, device="cpu", tile=20)
+    assert out.shape == src.shape and out.array.dtype == np.float32
+    assert (out.spacing, out.origin, out.direction) == (src.spacing, src.origin, src.direction)
+    inside = src.array > model.config.normalisation.mask_threshold
+    assert np.all(out.array[~inside] == 0) and np.count_nonzero(out.array[inside]) == inside.sum()
+    from MedSynthLogic.normalisation import normalise_source
+
+    norm = normalise_source(src.array, inside, model.config.normalisation)
+    norm = norm[0] if isinstance(norm, tuple) else norm
+    expected = synthesize_array(model.chain, norm, inside, tile=64) * model.config.normalisation.output_scale
+    assert np.allclose(out.array, expected, rtol=1e-5, atol=1e-3)
+    given = synthesize_volume(model, src, mask=phantom.mask, stages=1, device="cpu")
+    assert np.all(given.array[~phantom.mask] == 0)
+    with pytest.raises(GeometryError):
+        synthesize_volume(model, src, mask=np.ones((3, 3, 3), bool), device="cpu")
+    with pytest.raises(InputImageError, match="mask is empty"):
+        synthesize_volume(model, src.with_array(np.zeros(src.shape, np.float32)), device="cpu")
+
+
+def test_synthesize_file_and_folder(model_file, phantom, tmp_path):
+    src = _volume(phantom.t1ce.array)
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    a, b = in_dir / "a.nii.gz", in_dir / "b.nii.gz"
+    write_volume(src, a)
+    write_volume(src.with_array(phantom.t1ce.array[:, :, ::-1].copy()), b)
+    out = tmp_path / "a_t2.nii.gz"
+    events = []
+    assert synthesize_file(model_file, a, out, device="cpu", progress=events.append) == out
+    written = read_volume(out)
+    assert written.shape == src.shape and np.allclose(written.spacing, src.spacing) and np.allclose(written.origin, src.origin)
+    assert np.allclose(written.direction, src.direction, atol=1e-6)
+    assert events[-1]["fraction"] == pytest.approx(1.0)
+    with pytest.raises(OutputError):
+        synthesize_file(model_file, a, out, device="cpu")
+    with pytest.raises(OutputError):
+        synthesize_file(model_file, a, a, overwrite=True, device="cpu")
+    model = load_model(model_file, stages=1)
+    assert isinstance(model, LoadedModel)
+    folder_events = []
+    outs = synthesize_folder(model, in_dir, tmp_path / "out", device="cpu", progress=folder_events.append)
+    assert [p.name for p in outs] == ["a.nii.gz", "b.nii.gz"] and all(p.is_file() for p in outs)
+    assert {e["file"] for e in folder_events} == {1, 2} and all(e["files"] == 2 for e in folder_events)
+    with pytest.raises(OutputError):
+        synthesize_folder(model, in_dir, in_dir, overwrite=True, device="cpu")
+    with pytest.raises(InputImageError):
+        synthesize_folder(model, in_dir, tmp_path / "o2", pattern="*.mha", device="cpu")
