@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -224,43 +225,64 @@ class _Progress:
         )
 
 
-def _run_stage(
-    runner: _StageRunner,
-    inputs: Sequence[np.ndarray],
-    offset: Sequence[int],
-    out: np.ndarray,
-    tile: int,
-    flip: bool,
-    stage: int,
-    report: _Progress,
-    cancel: CancelFn,
-) -> None:
-    """Fill ``out`` (the stage's output region) tile by tile; ``offset`` = its start within the ``inputs`` grid."""
-    h = runner.halo
-    tiles = [
-        (z, y, x) for z in _split(out.shape[0], tile) for y in _split(out.shape[1], tile) for x in _split(out.shape[2], tile)
-    ]
+@dataclasses.dataclass
+class _StageJob:
+    """One stage's work: ``out`` (its output region, starting at ``origin`` in the volume and at ``offset`` in
+    the ``inputs`` grid) and, with a mask, the reach (sum of later halos) within which its voxels matter."""
+
+    runner: _StageRunner
+    inputs: Sequence[np.ndarray]
+    offset: Sequence[int]
+    out: np.ndarray
+    origin: Sequence[int]
+    mask: Optional[np.ndarray]
+    reach: int
+    stage: int
+
+
+def _needed(job: _StageJob, t: Tuple[Tuple[int, int], ...]) -> bool:
+    """Whether any voxel of tile ``t`` can influence a masked output voxel (else it is skipped and left 0).
+
+    A stage-k voxel matters only within ``reach`` of the mask; a computed tile may still read skipped (zero)
+    context at its far side, but those of its voxels are themselves beyond reach, so masked outputs stay exact.
+    """
+    if job.mask is None:
+        return True
+    sl = tuple(
+        slice(max(0, a + o - job.reach), min(n, b + o + job.reach)) for (a, b), o, n in zip(t, job.origin, job.mask.shape)
+    )
+    return bool(job.mask[sl].any())
+
+
+def _run_stage(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel: CancelFn) -> None:
+    """Fill ``job.out`` tile by tile, batching equal-shaped small tiles into one forward call."""
+    h = job.runner.halo
+    shape = job.out.shape
+    tiles = [(z, y, x) for z in _split(shape[0], tile) for y in _split(shape[1], tile) for x in _split(shape[2], tile)]
     budget = max((tile + 2 * h) ** 3, BATCH_VOXELS)
     groups: Dict[Tuple[int, ...], List[Tuple[Tuple[int, int], ...]]] = {}
     for t in tiles:
-        groups.setdefault(tuple(b - a for a, b in t), []).append(t)
-    total = len(tiles)
+        if _needed(job, t):
+            groups.setdefault(tuple(b - a for a, b in t), []).append(t)
+        else:
+            job.out[tuple(slice(a, b) for a, b in t)] = 0.0
+    total = sum(len(m) for m in groups.values())
     done = 0
-    report(stage, 0, total)
+    report(job.stage, 0, total)
     for size, members in groups.items():
         per_batch = max(1, budget // int(np.prod([s + 2 * h for s in size])))
         for i in range(0, len(members), per_batch):
             if _is_cancelled(cancel):
                 raise Cancelled("Synthesis cancelled.")
             chunk = members[i : i + per_batch]
-            batch = np.empty((len(chunk), len(inputs)) + tuple(s + 2 * h for s in size), dtype=np.float32)
+            batch = np.empty((len(chunk), len(job.inputs)) + tuple(s + 2 * h for s in size), dtype=np.float32)
             for j, t in enumerate(chunk):
-                _gather(inputs, [(a + o - h, b + o + h) for (a, b), o in zip(t, offset)], batch[j])
-            result = runner(batch, flip)
+                _gather(job.inputs, [(a + o - h, b + o + h) for (a, b), o in zip(t, job.offset)], batch[j])
+            result = job.runner(batch, flip)
             for t, r in zip(chunk, result):
-                out[tuple(slice(a, b) for a, b in t)] = r
+                job.out[tuple(slice(a, b) for a, b in t)] = r
             done += len(chunk)
-            report(stage, done, total)
+            report(job.stage, done, total)
 
 
 def synthesize_array(
@@ -335,7 +357,9 @@ def synthesize_array(
                 out = result[tuple(slice(a, b) for a, b in region)]
             else:
                 out = np.empty(tuple(b - a for a, b in region), dtype=np.float32)
-            tile = _run_stage_with_retry(runner, inputs, offset, out, tile, flip_tta, k, report, cancel)
+            reach = sum(r.halo for r in runners[k + 1 :])
+            job = _StageJob(runner, inputs, offset, out, [a for a, _ in region], mask_arr, reach, k)
+            tile = _run_stage_with_retry(job, tile, flip_tta, report, cancel)
             prev, in_region = out, region
     if mask_arr is not None:
         sl = tuple(slice(a, b) for a, b in box)
@@ -343,24 +367,14 @@ def synthesize_array(
     return result
 
 
-def _run_stage_with_retry(
-    runner: _StageRunner,
-    inputs: Sequence[np.ndarray],
-    offset: Sequence[int],
-    out: np.ndarray,
-    tile: int,
-    flip: bool,
-    stage: int,
-    report: _Progress,
-    cancel: CancelFn,
-) -> int:
+def _run_stage_with_retry(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel: CancelFn) -> int:
     """Run a stage; on out-of-memory halve the tile and redo the stage, down to MIN_TILE, then ResourceError.
 
     Returns the tile size that worked, so later stages start from it.
     """
     while True:
         try:
-            _run_stage(runner, inputs, offset, out, tile, flip, stage, report, cancel)
+            _run_stage(job, tile, flip, report, cancel)
             return tile
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
@@ -374,7 +388,7 @@ def _run_stage_with_retry(
             if isinstance(exc, RuntimeError) and "alloc" not in str(exc).lower():
                 raise
             raise ResourceError(
-                f"Not enough memory for {tile}³ tiles on {runner.device}.", "Pass a smaller --tile or free memory."
+                f"Not enough memory for {tile}³ tiles on {job.runner.device}.", "Pass a smaller --tile or free memory."
             ) from exc
 
 

@@ -1,0 +1,301 @@
+"""Benchmark whole-volume inference (a script, not a test).
+
+Measures, on a 240×240×155 volume with the default 3-stage ModelConfig (random but fixed weights, eval mode):
+  (a) MedSynth's tiled inference (MedSynthLogic.inference.synthesize_array), wall and CPU time, voxels/s;
+  (b) a reference-style loop as the public reference code does it — one 32³ patch at a time, stride 8, 16³
+      outputs accumulated and overlaps averaged, stage after stage over the same region — timed over a fixed
+      sample of patches and EXTRAPOLATED to the full patch count (running it fully takes hours on a CPU);
+  (c) the machine's dense Conv3d throughput (GFLOP/s) and the fraction of it our inference reaches.
+
+    python Testing/Benchmarks/bench_inference.py                     # CPU, prints a report
+    python Testing/Benchmarks/bench_inference.py --tiles 64,96,128   # tile-size sweep
+    python Testing/Benchmarks/bench_inference.py --device cuda --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from MedSynthLogic import inference  # noqa: E402
+from MedSynthLogic.config import ModelConfig  # noqa: E402
+from MedSynthLogic.devices import resolve_device  # noqa: E402
+from MedSynthLogic.models import build_generators, conv_flops_per_voxel  # noqa: E402
+from MedSynthLogic.normalisation import brain_mask, normalise_source  # noqa: E402
+
+BRATS = Path(os.environ.get("MEDSYNTH_BRATS", REPO.parent / "shared" / "data" / "brats18"))
+SHAPE = (155, 240, 240)
+
+
+def machine() -> Dict[str, Any]:
+    """What the figures were measured on."""
+    info: Dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        info["cpu_simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags)
+        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        info["ram_gib"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load_source() -> Tuple[np.ndarray, str]:
+    """A real BraTS T1ce when available, else the phantom padded/resized to 240×240×155."""
+    cases = sorted(BRATS.glob("*/*_t1ce.nii*")) if BRATS.is_dir() else []
+    if cases:
+        from MedSynthLogic.volume_io import read_volume
+
+        vol = read_volume(cases[0])
+        return vol.array, f"BraTS {cases[0].name} {vol.shape}"
+    from MedSynthLogic.phantom import make_phantom
+
+    ph = make_phantom(shape=(120, 180, 160), seed=0)
+    out = np.zeros(SHAPE, np.float32)
+    a = ph.t1ce.array
+    off = [(s - n) // 2 for s, n in zip(SHAPE, a.shape)]
+    out[off[0] : off[0] + a.shape[0], off[1] : off[1] + a.shape[1], off[2] : off[2] + a.shape[2]] = a
+    return out, f"phantom {a.shape} padded to {SHAPE}"
+
+
+def stage_regions(mask: np.ndarray, halos: List[int]) -> List[Tuple[Tuple[int, int], ...]]:
+    """The output region of each stage, as synthesize_array computes it (box grown by the later halos)."""
+    box = inference.mask_bbox(mask)
+    regions = [box] * len(halos)
+    for k in range(len(halos) - 2, -1, -1):
+        regions[k] = inference._grow(regions[k + 1], halos[k + 1], mask.shape)
+    return regions
+
+
+def executed_flops(cfg: ModelConfig, regions, tile: int) -> float:
+    """FLOPs our tiles really execute (including the halo each tile recomputes), layer by layer."""
+    total = 0.0
+    for k, region in enumerate(regions):
+        g = cfg.stage_generator(k)
+        tiles = [
+            (z[1] - z[0], y[1] - y[0], x[1] - x[0])
+            for z in inference._split(region[0][1] - region[0][0], tile)
+            for y in inference._split(region[1][1] - region[1][0], tile)
+            for x in inference._split(region[2][1] - region[2][0], tile)
+        ]
+        for t in tiles:
+            size = [s + 2 * g.halo for s in t]
+            cin = g.in_channels
+            for cout, kk, d in zip(g.filters, g.kernels, g.dilations):
+                size = [s - d * (kk - 1) for s in size]
+                total += 2.0 * cin * cout * kk**3 * float(np.prod(size))
+                cin = cout
+    return total
+
+
+def useful_flops(cfg: ModelConfig, regions) -> float:
+    """FLOPs of one generator evaluation per output voxel of each stage (no halo recomputation)."""
+    return sum(conv_flops_per_voxel(cfg.stage_generator(k)) * float(np.prod([b - a for a, b in r])) for k, r in enumerate(regions))
+
+
+def conv_peak(device: torch.device, seconds: float = 3.0) -> float:
+    """GFLOP/s of a large dense 64→64 3³ Conv3d (the generator's dominant layer type), best of several runs."""
+    conv = nn.Conv3d(64, 64, 3, bias=False).to(device).eval()
+    n = 56 if device.type == "cpu" else 128
+    x = torch.randn(1, 64, n, n, n, device=device)
+    dtype = torch.float16 if device.type == "cuda" else None
+    conv = conv.to(memory_format=torch.channels_last_3d)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    flops = 2.0 * 64 * 64 * 27 * (n - 2) ** 3
+    best = float("inf")
+    end = time.perf_counter() + seconds
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        conv(x)
+        while time.perf_counter() < end or best == float("inf"):
+            _sync(device)
+            t = time.perf_counter()
+            conv(x)
+            _sync(device)
+            best = min(best, time.perf_counter() - t)
+    return flops / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ours(chain, src, mask, device, tile, precision) -> Dict[str, float]:
+    """Our 3-stage tiled inference: wall and CPU seconds (one warm-up on a small crop first)."""
+    inference.synthesize_array(chain, src[60:100, 100:140, 100:140], None, stages=len(chain.stages), device=device, tile=tile, precision=precision)
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = inference.synthesize_array(chain, src, mask, stages=len(chain.stages), device=device, tile=tile, precision=precision)
+    _sync(device)
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "checksum": float(np.abs(out).sum())}
+
+
+def reference_style(chain, src, mask, device, sample: int, seed: int = 0) -> Dict[str, Any]:
+    """The reference code's loop, timed over ``sample`` patches per stage and extrapolated.
+
+    Per stage: pad the volume by the halo (edge), slide a 32³ window with stride 8 over the mask's box, run the
+    generator on each patch alone (batch 1, eval, no_grad), add its 16³ output into a sum volume and a count
+    volume; the stage output is sum / count. Stage k > 0 gets [source, previous output] as input.
+    """
+    cfg = chain.config
+    src_p, out_p, stride = cfg.source_patch, cfg.target_patch, 8
+    h = cfg.generator.halo
+    box = inference.mask_bbox(mask)
+    starts = [list(range(a, max(a, b - out_p) + 1, stride)) for a, b in box]
+    for axis, (a, b) in enumerate(box):
+        if starts[axis][-1] + out_p < b:
+            starts[axis].append(b - out_p)
+    per_stage = int(np.prod([len(s) for s in starts]))
+    rng = np.random.default_rng(seed)
+    positions = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, 3)
+    chosen = positions[rng.choice(len(positions), size=min(sample, len(positions)), replace=False)]
+    padded_src = np.pad(src, h, mode="edge")
+    prev = np.pad(src, h, mode="edge")
+    times = []
+    with torch.no_grad():
+        for k, gen in enumerate(chain.stages):
+            acc = np.zeros(src.shape, np.float32)
+            cnt = np.zeros(src.shape, np.float32)
+            chans = [padded_src] if k == 0 else [padded_src, prev]
+            gen(torch.zeros((1, len(chans), src_p, src_p, src_p), device=device))
+            _sync(device)
+            t = time.perf_counter()
+            for z, y, x in chosen:
+                patch = np.stack([c[z : z + src_p, y : y + src_p, x : x + src_p] for c in chans])[None]
+                pred = gen(torch.from_numpy(np.ascontiguousarray(patch)).to(device))[0, 0].cpu().numpy()
+                acc[z : z + out_p, y : y + out_p, x : x + out_p] += pred
+                cnt[z : z + out_p, y : y + out_p, x : x + out_p] += 1
+            _sync(device)
+            times.append((time.perf_counter() - t) / len(chosen))
+            prev = np.pad(np.divide(acc, cnt, out=np.zeros_like(acc), where=cnt > 0), h, mode="edge")
+    total_patches = per_stage * len(chain.stages)
+    seconds = sum(t * per_stage for t in times)
+    return {
+        "patches_per_stage": per_stage,
+        "patches_total": total_patches,
+        "patches_timed": len(chosen) * len(chain.stages),
+        "seconds_per_patch": [round(t, 5) for t in times],
+        "extrapolated_s": seconds,
+    }
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tiles", default=None, help="comma-separated output tile edges to compare (default: the default tile)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--compare-bf16", action="store_true", help="also time bf16 autocast and report its error vs fp32")
+    ap.add_argument("--ref-patches", type=int, default=40, help="patches per stage timed for the reference-style loop")
+    ap.add_argument("--json", default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    device = resolve_device(args.device)
+    info = machine()
+    info["loadavg_start"] = os.getloadavg()
+    raw, what = load_source()
+    cfg = ModelConfig()
+    torch.manual_seed(0)
+    chain = build_generators(cfg).eval().to(device)
+    mask = brain_mask(raw, cfg.normalisation.mask_threshold)
+    src = normalise_source(raw, mask, cfg.normalisation)
+    src = src[0] if isinstance(src, tuple) else src
+    halos = [g.halo for g in chain.stages]
+    regions = stage_regions(mask, halos)
+    box = regions[-1]
+    box_vox = float(np.prod([b - a for a, b in box]))
+    vol_vox = float(np.prod(src.shape))
+    print(f"MedSynth inference benchmark — {what}, device {device}")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(f"model: default ModelConfig, {cfg.stages} stages, halo {halos[0]}, random fixed weights (seed 0), eval mode")
+    print(f"mask box {[b - a for a, b in box]} = {box_vox / 1e6:.2f} Mvox; per-stage regions (box grown by later halos): "
+          + ", ".join(f"{np.prod([b - a for a, b in r]) / 1e6:.2f}" for r in regions) + " Mvox")
+
+    peak = conv_peak(device)
+    print(f"(c) dense Conv3d 64→64 3³ throughput: {peak:.1f} GFLOP/s" + (" (fp16)" if device.type == "cuda" else " (fp32, channels-last)"))
+
+    tiles = [int(t) for t in args.tiles.split(",")] if args.tiles else [inference.default_tile(device)]
+    runs = []
+    for tile in tiles:
+        r = ours(chain, src, mask, device, tile, args.precision)
+        useful = useful_flops(cfg, regions)
+        executed = executed_flops(cfg, regions, tile)
+        r.update(
+            tile=tile,
+            precision=args.precision,
+            vox_per_s=vol_vox / r["wall_s"],
+            box_vox_stages_per_s=box_vox * cfg.stages / r["wall_s"],
+            useful_gflops=useful / r["wall_s"] / 1e9,
+            executed_gflops=executed / r["wall_s"] / 1e9,
+            useful_fraction_of_peak=useful / r["wall_s"] / 1e9 / peak,
+            executed_fraction_of_peak=executed / r["wall_s"] / 1e9 / peak,
+        )
+        runs.append(r)
+        print(
+            f"(a) ours, tile {tile}, {args.precision}: {r['wall_s']:.1f} s wall ({r['cpu_s']:.1f} s CPU) for {cfg.stages} stages "
+            f"= {r['vox_per_s'] / 1e6:.2f} Mvox/s of the {vol_vox / 1e6:.2f} Mvox volume "
+            f"({r['box_vox_stages_per_s'] / 1e6:.2f} M box-voxel-stages/s); "
+            f"{r['useful_gflops']:.1f} GFLOP/s useful ({100 * r['useful_fraction_of_peak']:.0f}% of the dense conv), "
+            f"{r['executed_gflops']:.1f} executed incl. tile halos ({100 * r['executed_fraction_of_peak']:.0f}%)",
+            flush=True,
+        )
+    best = min(runs, key=lambda r: r["wall_s"])
+
+    bf16 = None
+    if args.compare_bf16 and device.type == "cpu":
+        fp32_out = inference.synthesize_array(chain, src, mask, device=device, tile=best["tile"])
+        t = time.perf_counter()
+        bf_out = inference.synthesize_array(chain, src, mask, device=device, tile=best["tile"], precision="bf16")
+        bf_s = time.perf_counter() - t
+        err = np.abs(bf_out - fp32_out)[mask]
+        bf16 = {"wall_s": bf_s, "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
+                "range": float(np.abs(fp32_out[mask]).max())}
+        print(f"    bf16 autocast: {bf_s:.1f} s; error vs fp32 inside the mask: max {bf16['max_abs_err']:.4f}, "
+              f"mean {bf16['mean_abs_err']:.5f} network units (output range {bf16['range']:.2f})")
+
+    ref = reference_style(chain, src, mask, device, args.ref_patches)
+    ratio = ref["extrapolated_s"] / best["wall_s"]
+    print(
+        f"(b) reference-style loop (32³ patches one at a time, stride 8, 16³ outputs averaged): EXTRAPOLATED from "
+        f"{ref['patches_timed']} timed patches ({args.ref_patches} per stage; s/patch per stage {ref['seconds_per_patch']}) "
+        f"to {ref['patches_total']} patches ({ref['patches_per_stage']} per stage over the same box): "
+        f"{ref['extrapolated_s']:.0f} s ≈ {ref['extrapolated_s'] / 3600:.2f} h"
+    )
+    print(f"    ratio reference-style / ours (tile {best['tile']}): {ratio:.0f}×")
+    info["loadavg_end"] = os.getloadavg()
+    print(f"load average at start {info['loadavg_start']}, at end {info['loadavg_end']} (other jobs share this machine)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"source": what, "machine": info, "conv_peak_gflops": peak, "ours": runs, "bf16": bf16,
+                        "reference_style": ref, "ratio": ratio}, indent=2),
+            encoding="utf-8",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
