@@ -139,6 +139,7 @@ class _StageRunner:
         self.body = self.body.to(memory_format=torch.channels_last_3d)
         for p in self.body.parameters():
             p.requires_grad_(False)
+        self.config = gen.config
         self.halo = int(gen.halo)
         self.residual = bool(gen.config.residual)
         self.in_channels = int(gen.config.in_channels)

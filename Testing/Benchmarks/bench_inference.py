@@ -92,30 +92,38 @@ def stage_regions(mask: np.ndarray, halos: List[int]) -> List[Tuple[Tuple[int, i
     return regions
 
 
-def executed_flops(cfg: ModelConfig, regions, tile: int) -> float:
-    """FLOPs our tiles really execute (including the halo each tile recomputes), layer by layer."""
-    total = 0.0
-    for k, region in enumerate(regions):
-        g = cfg.stage_generator(k)
-        tiles = [
-            (z[1] - z[0], y[1] - y[0], x[1] - x[0])
-            for z in inference._split(region[0][1] - region[0][0], tile)
-            for y in inference._split(region[1][1] - region[1][0], tile)
-            for x in inference._split(region[2][1] - region[2][0], tile)
-        ]
-        for t in tiles:
-            size = [s + 2 * g.halo for s in t]
-            cin = g.in_channels
-            for cout, kk, d in zip(g.filters, g.kernels, g.dilations):
-                size = [s - d * (kk - 1) for s in size]
-                total += 2.0 * cin * cout * kk**3 * float(np.prod(size))
-                cin = cout
-    return total
+class FlopCounter:
+    """Counts what the tiles really compute by wrapping the stage runner: executed FLOPs layer by layer (the halo
+    each tile recomputes included) and useful FLOPs (one generator evaluation per computed output voxel)."""
 
+    def __init__(self) -> None:
+        self.executed = 0.0
+        self.useful = 0.0
+        self.tiles = 0
+        self._orig = inference._StageRunner.__call__
 
-def useful_flops(cfg: ModelConfig, regions) -> float:
-    """FLOPs of one generator evaluation per output voxel of each stage (no halo recomputation)."""
-    return sum(conv_flops_per_voxel(cfg.stage_generator(k)) * float(np.prod([b - a for a, b in r])) for k, r in enumerate(regions))
+    def __enter__(self) -> "FlopCounter":
+        counter, orig = self, self._orig
+
+        def counted(runner, batch, flip):
+            n = batch.shape[0] * (2 if flip else 1)
+            size = list(batch.shape[2:])
+            cin = batch.shape[1]
+            for layer in runner.body:
+                if isinstance(layer, nn.Conv3d):
+                    k, d = layer.kernel_size[0], layer.dilation[0]
+                    size = [s - d * (k - 1) for s in size]
+                    counter.executed += n * 2.0 * cin * layer.out_channels * k**3 * float(np.prod(size))
+                    cin = layer.out_channels
+            counter.useful += n * conv_flops_per_voxel(runner.config) * float(np.prod(size))
+            counter.tiles += batch.shape[0]
+            return orig(runner, batch, flip)
+
+        inference._StageRunner.__call__ = counted
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        inference._StageRunner.__call__ = self._orig
 
 
 def conv_peak(device: torch.device, seconds: float = 3.0) -> float:
@@ -146,13 +154,16 @@ def _sync(device: torch.device) -> None:
 
 
 def ours(chain, src, mask, device, tile, precision) -> Dict[str, float]:
-    """Our 3-stage tiled inference: wall and CPU seconds (one warm-up on a small crop first)."""
+    """Our 3-stage tiled inference: wall and CPU seconds (one warm-up on a small crop first) and FLOP counts."""
     inference.synthesize_array(chain, src[60:100, 100:140, 100:140], None, stages=len(chain.stages), device=device, tile=tile, precision=precision)
     _sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = inference.synthesize_array(chain, src, mask, stages=len(chain.stages), device=device, tile=tile, precision=precision)
-    _sync(device)
-    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "checksum": float(np.abs(out).sum())}
+    with FlopCounter() as flops:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = inference.synthesize_array(chain, src, mask, stages=len(chain.stages), device=device, tile=tile, precision=precision)
+        _sync(device)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"wall_s": wall, "cpu_s": cpu, "tiles": flops.tiles, "useful_flops": flops.useful,
+            "executed_flops": flops.executed, "checksum": float(np.abs(out).sum())}
 
 
 def reference_style(chain, src, mask, device, sample: int, seed: int = 0) -> Dict[str, Any]:
@@ -209,7 +220,8 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tiles", default=None, help="comma-separated output tile edges to compare (default: the default tile)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    ap.add_argument("--compare-bf16", action="store_true", help="also time bf16 autocast and report its error vs fp32")
+    ap.add_argument("--compare-precision", action="store_true",
+                    help="also time reduced precision (bf16 on CPU, fp16 on CUDA) and report its error vs fp32")
     ap.add_argument("--ref-patches", type=int, default=40, help="patches per stage timed for the reference-style loop")
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -242,8 +254,7 @@ def main(argv: List[str] | None = None) -> int:
     runs = []
     for tile in tiles:
         r = ours(chain, src, mask, device, tile, args.precision)
-        useful = useful_flops(cfg, regions)
-        executed = executed_flops(cfg, regions, tile)
+        useful, executed = r["useful_flops"], r["executed_flops"]
         r.update(
             tile=tile,
             precision=args.precision,
@@ -256,7 +267,7 @@ def main(argv: List[str] | None = None) -> int:
         )
         runs.append(r)
         print(
-            f"(a) ours, tile {tile}, {args.precision}: {r['wall_s']:.1f} s wall ({r['cpu_s']:.1f} s CPU) for {cfg.stages} stages "
+            f"(a) ours, tile {tile}, {args.precision}: {r['wall_s']:.1f} s wall ({r['cpu_s']:.1f} s CPU) for {cfg.stages} stages, {r['tiles']} tiles "
             f"= {r['vox_per_s'] / 1e6:.2f} Mvox/s of the {vol_vox / 1e6:.2f} Mvox volume "
             f"({r['box_vox_stages_per_s'] / 1e6:.2f} M box-voxel-stages/s); "
             f"{r['useful_gflops']:.1f} GFLOP/s useful ({100 * r['useful_fraction_of_peak']:.0f}% of the dense conv), "
@@ -265,17 +276,20 @@ def main(argv: List[str] | None = None) -> int:
         )
     best = min(runs, key=lambda r: r["wall_s"])
 
-    bf16 = None
-    if args.compare_bf16 and device.type == "cpu":
-        fp32_out = inference.synthesize_array(chain, src, mask, device=device, tile=best["tile"])
+    low = None
+    if args.compare_precision:
+        low_name = "fp16" if device.type == "cuda" else "bf16"
+        fp32_out = inference.synthesize_array(chain, src, mask, device=device, tile=best["tile"], precision="fp32")
+        _sync(device)
         t = time.perf_counter()
-        bf_out = inference.synthesize_array(chain, src, mask, device=device, tile=best["tile"], precision="bf16")
-        bf_s = time.perf_counter() - t
-        err = np.abs(bf_out - fp32_out)[mask]
-        bf16 = {"wall_s": bf_s, "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
-                "range": float(np.abs(fp32_out[mask]).max())}
-        print(f"    bf16 autocast: {bf_s:.1f} s; error vs fp32 inside the mask: max {bf16['max_abs_err']:.4f}, "
-              f"mean {bf16['mean_abs_err']:.5f} network units (output range {bf16['range']:.2f})")
+        low_out = inference.synthesize_array(chain, src, mask, device=device, tile=best["tile"], precision=low_name)
+        _sync(device)
+        low_s = time.perf_counter() - t
+        err = np.abs(low_out - fp32_out)[mask]
+        low = {"precision": low_name, "wall_s": low_s, "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
+               "range": float(np.abs(fp32_out[mask]).max())}
+        print(f"    {low_name} autocast, tile {best['tile']}: {low_s:.1f} s; error vs fp32 inside the mask: max "
+              f"{low['max_abs_err']:.4f}, mean {low['mean_abs_err']:.5f} network units (output range {low['range']:.2f})")
 
     ref = reference_style(chain, src, mask, device, args.ref_patches)
     ratio = ref["extrapolated_s"] / best["wall_s"]
@@ -290,7 +304,7 @@ def main(argv: List[str] | None = None) -> int:
     print(f"load average at start {info['loadavg_start']}, at end {info['loadavg_end']} (other jobs share this machine)")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"source": what, "machine": info, "conv_peak_gflops": peak, "ours": runs, "bf16": bf16,
+            json.dumps({"source": what, "machine": info, "conv_peak_gflops": peak, "ours": runs, "reduced_precision": low,
                         "reference_style": ref, "ratio": ratio}, indent=2),
             encoding="utf-8",
         )
