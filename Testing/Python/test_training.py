@@ -92,7 +92,7 @@ def test_short_run_validation_loss_falls(tmp_path, data_dir, tiny_model_config):
 
     events = []
     out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
-                _cfg(iterations=30, batch_size=2, val_every=10, log_every=10, lr_g=3e-3), device="cpu", callback=events.append)
+                _cfg(iterations=30, batch_size=4, val_every=10, log_every=10, lr_g=1e-2), device="cpu", callback=events.append)
     vals = [e for e in events if e["event"] == "validation"]
     assert [v["iteration"] for v in vals] == [10, 20, 30]
     assert vals[-1]["val_loss"] < vals[0]["val_loss"]
