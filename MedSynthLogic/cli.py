@@ -57,7 +57,11 @@ class Reporter:
             losses = " ".join(f"{k}={v:.4g}" for k, v in event.get("losses", {}).items())
             sys.stderr.write(f"stage {event.get('stage')} it {event.get('iteration')}/{event.get('iterations')} {losses}\n")
         elif kind == "validation":
-            sys.stderr.write(f"validation: PSNR {event.get('psnr', float('nan')):.2f} dB SSIM {event.get('ssim', float('nan')):.4f}\n")
+            psnr, ssim = event.get("psnr"), event.get("ssim")
+            text = f"validation: loss {event.get('val_loss')}"
+            if psnr is not None and ssim is not None:
+                text += f", PSNR {psnr:.2f} dB, SSIM {ssim:.4f}"
+            sys.stderr.write(text + "\n")
 
     def close(self) -> None:
         for bar in self._bars.values():

@@ -147,6 +147,13 @@ def _check_patch_sizes(info: Dict[str, Any], cfg: ModelConfig, path: Path) -> No
         )
     if info["channels"] != 1:
         raise DataError(f"{path} stores {info['channels']}-channel source patches; expected 1.", PREPARE_HINT)
+    stored = (info.get("model_config") or {}).get("normalisation")
+    if stored is not None and stored != to_dict(cfg.normalisation):
+        raise DataError(
+            f"{path} was normalised with {json.dumps(stored)} but the model config asks for "
+            f"{json.dumps(to_dict(cfg.normalisation))}; a model must be trained with the normalisation it will be applied with.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+        )
     if info.get("pad", cfg.generator.halo) != cfg.generator.halo:
         raise DataError(
             f"{path} volumes are padded by {info['pad']} voxels but the generator's halo is {cfg.generator.halo}.",
@@ -743,6 +750,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--lr-g", type=float, default=None)
     parser.add_argument("--lr-d", type=float, default=None)
     parser.add_argument("--no-adversarial", action="store_true", help="train G with L2+GDL only (ablation)")
+    parser.add_argument("--lambda-adv", type=float, default=None, help="λ1, weight of the adversarial term")
+    parser.add_argument("--lambda-l2", type=float, default=None, help="λ2, weight of the L2 term")
+    parser.add_argument("--lambda-gdl", type=float, default=None, help="λ3, weight of the gradient-difference term")
+    parser.add_argument("--no-residual", action="store_true", help="no long-term residual (source not added to the output)")
     parser.add_argument("--warmup-iterations", type=int, default=None, help="iterations per stage without the adversarial term")
     parser.add_argument("--val-every", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
@@ -761,7 +772,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def configs_from_args(args: argparse.Namespace) -> Tuple[ModelConfig, TrainConfig]:
     """ModelConfig and TrainConfig from the JSON files and the command-line overrides."""
-    model_cfg = load_json_config(args.model_config, ModelConfig, {"stages": args.stages})
+    model_cfg = load_json_config(
+        args.model_config,
+        ModelConfig,
+        {
+            "stages": args.stages,
+            "loss.lambda_adv": getattr(args, "lambda_adv", None),
+            "loss.lambda_l2": getattr(args, "lambda_l2", None),
+            "loss.lambda_gdl": getattr(args, "lambda_gdl", None),
+            "generator.residual": False if getattr(args, "no_residual", False) else None,
+        },
+    )
     overrides = {
         "stages": model_cfg.stages,
         "iterations": args.iterations,
