@@ -13,10 +13,14 @@ the stages after it (clipped to the volume), which is exactly the context the la
 mask the output is 0 (network units).
 
 Speed (CPU): BatchNorm is folded into the convolutions, tensors are channels-last 3D (oneDNN's fast layout for
-3D convolutions, ~2× over the default layout here) and tiles are processed under ``torch.inference_mode``.
-bfloat16 on CPU is about 2× faster again but its error (~0.7% of the range) is larger than we accept by
-default, so it is opt-in (``precision="bf16"``). CUDA uses float16 autocast and larger tiles, retries a batch in
-float32 if float16 overflowed, and halves the tile on out-of-memory.
+3D convolutions, ~2× over the default layout here) and tiles are processed under ``torch.inference_mode``; tiles
+whose voxels cannot reach a masked output are skipped. bfloat16 autocast on CPU (AVX-512 BF16) measured 1.2–2.3×
+faster per tile on the benchmark machine, though not in every whole-volume run on that shared machine, with an
+error vs float32 of ≤ 2e-4 network units (random weights; up to ~0.7% of the range with perturbed BatchNorm
+statistics in a micro-benchmark); it is opt-in (``precision="bf16"``) because it is not
+validated on trained weights and float32 keeps tiled output identical to a whole-volume run. CUDA uses float16
+autocast (error < 5e-5 network units on an H100), larger tiles, retries a batch in float32 if float16 overflowed, and halves
+the tile on out-of-memory.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,14 +41,17 @@ from .errors import Cancelled, GeometryError, InputImageError, ResourceError, Us
 from .model_file import LoadedModel, _device, load_model
 from .models import AutoContextChain
 
+if TYPE_CHECKING:
+    from .volume_io import Volume
+
 PathLike = Union[str, os.PathLike]
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 CancelFn = Any
 
-#: Output tile edge on CPU, measured on a 2-core AVX-512 CPU with the default generator (see
-#: Testing/Benchmarks/results/inference_cpu.txt): 64 to 128 are within a few percent; 96 balances the halo
-#: overhead against cache use.
-CPU_TILE = 96
+#: Output tile edge on CPU. On the 2-core AVX-512 benchmark machine (Testing/Benchmarks/results/inference_cpu.txt)
+#: tiles of 48 to 96 cost the same per output voxel (~2 µs, best of 3) and 128 is slower; 64 is chosen because
+#: its activations (~130 MB per 64-channel layer) are a third of 96's at the same speed.
+CPU_TILE = 64
 #: Output tile edge on CUDA: activations of a 160³ output tile (176³ input, 64 channels, fp16) are ~0.7 GB.
 CUDA_TILE = 160
 #: Small tiles are batched up to this many input voxels per forward call (per-call overhead dominates below).
@@ -393,7 +400,7 @@ def _run_stage_with_retry(job: _StageJob, tile: int, flip: bool, report: _Progre
             ) from exc
 
 
-def _mask_array(mask: Any, source: Any) -> Optional[np.ndarray]:
+def _mask_array(mask: Union["Volume", np.ndarray, None], source: "Volume") -> Optional[np.ndarray]:
     if mask is None:
         return None
     if hasattr(mask, "array") and hasattr(mask, "spacing"):
@@ -412,8 +419,8 @@ def _mask_array(mask: Any, source: Any) -> Optional[np.ndarray]:
 
 def synthesize_volume(
     model: LoadedModel,
-    source: Any,
-    mask: Any = None,
+    source: "Volume",
+    mask: Union["Volume", np.ndarray, None] = None,
     stages: Optional[int] = None,
     device: Union[str, torch.device] = "auto",
     flip_tta: bool = False,
@@ -421,11 +428,13 @@ def synthesize_volume(
     progress: ProgressFn = None,
     cancel: CancelFn = None,
     precision: str = "auto",
-) -> Any:
+) -> "Volume":
     """A source ``Volume`` → the synthetic target ``Volume`` in target units on exactly the source's grid.
 
     The source is normalised with the model's own normalisation (so training and inference agree); the mask is
-    ``mask`` (a Volume on the same grid or a boolean array) or the model's threshold mask of the source.
+    ``mask`` (a Volume on the same grid, nonzero = brain, or a boolean array) or the model's threshold mask of the
+    source. Outside the mask the output is what 0 network units denormalise to (0 for MR; the window's lower
+    end, e.g. −1000 HU, for CT).
     """
     from .normalisation import brain_mask, denormalise_output, normalise_source
 
