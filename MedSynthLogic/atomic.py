@@ -44,9 +44,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=final.parent if str(final.parent) else ".")
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_current_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -75,7 +75,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _current_umask() -> int:
-    """mkstemp creates files 0600; a result the user made should get the usual permissions instead."""
+    """mkstemp (and some writers, e.g. safetensors) create files 0600; a user's result gets the usual permissions."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

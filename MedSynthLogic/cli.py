@@ -167,6 +167,16 @@ def cmd_train(args: argparse.Namespace, report: Reporter) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, report: Reporter) -> int:
+    from .training import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, stages=args.stages, overwrite=args.overwrite)
+    report({"event": "done", "output": str(out)})
+    if report.mode != "json":
+        print(f"wrote model {out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     from .evaluation import evaluate_command
 
@@ -278,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     _add_progress(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a model file from a training checkpoint (after Stop or a cut-short run)",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint (.pt) from a training run folder")
+    p.add_argument("out", help="model file to write (.safetensors)")
+    p.add_argument("--stages", type=int, default=None, help="stages to export (default: the completed ones)")
+    p.add_argument("--overwrite", action="store_true")
+    _add_progress(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="PSNR, SSIM and MAE inside the brain and the tumour",
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)

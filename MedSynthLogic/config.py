@@ -136,6 +136,7 @@ class TrainConfig:
     amp: bool = True
     num_workers: int = 0
     val_volumes: int = 2
+    init_from_previous: bool = True
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
             err = np.abs(_unit(pred.array, mask) - _unit(target.array, mask))
             comparison_figure(
                 out / f"{case.case_id}.png",
-                [("T1ce", source.array), ("synthetic T2", pred.array), ("real T2", target.array), ("|error| (normalised)", err)],
+                [("T1ce", source.array), ("synthetic T2", pred.array), ("real T2", target.array), ("|error| (0–0.5, normalised)", err)],
                 mask=mask, spacing=source.spacing, title=f"{case.case_id} {args.label}".strip(),
             )
         if progress:

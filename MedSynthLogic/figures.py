@@ -36,12 +36,12 @@ def comparison_figure(
     centre: Optional[Sequence[int]] = None,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
-    error_panel: bool = False,
+    error_max: float = 0.5,
 ) -> Path:
     """Rows axial/coronal/sagittal, one column per panel (e.g. T1ce | synthetic T2 | real T2 | |error|).
 
     Each panel is scaled to its own 1st–99.5th percentile inside the mask, except a panel whose name starts
-    with "|" (an absolute error), which is shown with a hot colour map from 0 to the real T2's range.
+    with "|" (an absolute error in normalised units), shown with a hot colour map from 0 to ``error_max``.
     ``spacing`` is (x, y, z) so non-isotropic volumes keep their proportions.
     """
     import matplotlib
@@ -57,14 +57,13 @@ def comparison_figure(
     ranges = {}
     for name, arr in panels:
         ranges[name] = _display_range(arr, mask)
-    ref_hi = max(hi for (lo, hi) in ranges.values())
     for col, (name, arr) in enumerate(panels):
         lo, hi = ranges[name]
         is_error = name.startswith("|")
         for row, (img, aspect) in enumerate(zip(_slices(arr, centre), aspects)):
             ax = axes[row][col]
             if is_error:
-                ax.imshow(img, cmap="hot", vmin=0, vmax=0.5 * ref_hi if ref_hi > 0 else 1, aspect=aspect, interpolation="nearest")
+                ax.imshow(img, cmap="hot", vmin=0, vmax=error_max, aspect=aspect, interpolation="nearest")
             else:
                 ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
             ax.set_xticks([])

@@ -93,6 +93,25 @@ class AutoContextChain(nn.Module):
         return len(self.stages)
 
 
+@torch.no_grad()
+def init_from_previous_stage(gen: Generator, previous: Generator) -> None:
+    """Start an auto-context stage as a copy of the stage before it, so it begins where that stage ended.
+
+    Every parameter is copied; the first convolution's weights for the extra context channel start at zero,
+    so the new stage initially computes exactly what the previous one did and training can only refine it.
+    """
+    src = previous.state_dict()
+    for name, tensor in gen.state_dict().items():
+        old = src[name]
+        if old.shape == tensor.shape:
+            tensor.copy_(old)
+        elif tensor.dim() == 5 and old.shape[1] <= tensor.shape[1] and old.shape[0] == tensor.shape[0]:
+            tensor.zero_()
+            tensor[:, : old.shape[1]].copy_(old)
+        else:
+            raise ValueError(f"Cannot initialise {name}: shapes {tuple(old.shape)} and {tuple(tensor.shape)} differ.")
+
+
 def build_generators(config: ModelConfig) -> AutoContextChain:
     """All stages' generators for ``config``."""
     return AutoContextChain(config)

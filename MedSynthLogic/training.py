@@ -15,6 +15,7 @@ under ``torchrun`` each rank reads its own share of every global batch. On CUDA 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -37,7 +38,7 @@ from .atomic import check_output_path
 from .config import ModelConfig, TrainConfig, load_json_config, to_dict
 from .errors import Cancelled, DataError, ModelFileError, UsageError
 from .losses import discriminator_loss, generator_loss
-from .models import AutoContextChain, Generator, build_discriminator, build_generators, generators_state
+from .models import init_from_previous_stage, AutoContextChain, Generator, build_discriminator, build_generators, generators_state
 from .progress import (
     CallbackList,
     CsvLogger,
@@ -517,6 +518,8 @@ def _train(
 
         torch.manual_seed(train_cfg.seed * 1000 + stage)
         gen = Generator(model_cfg.stage_generator(stage))
+        if stage > 0 and train_cfg.init_from_previous:
+            init_from_previous_stage(gen, chain.stages[stage - 1])
         disc = build_discriminator(model_cfg)
         chain.stages[stage] = gen
         gen.to(dev).train()
@@ -626,6 +629,49 @@ def _train(
         chain.to(dev)
     dist_utils.barrier(ctx)
     return out
+
+
+def export_checkpoint(
+    checkpoint: os.PathLike | str,
+    out_model: os.PathLike | str,
+    stages: Optional[int] = None,
+    training: Optional[Dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model file from a training checkpoint's completed stages (e.g. after Stop, or a run cut short).
+
+    Only stages whose training finished are exported unless ``stages`` asks for a partly trained last stage
+    too; the header records which checkpoint, stage and iteration the weights come from.
+    """
+    from .config import from_dict
+    from .model_file import save_model
+
+    state = ckpt.load_checkpoint(checkpoint)
+    model_cfg = from_dict(ModelConfig, json.loads(state["model_config"]))
+    train_cfg = json.loads(state["train_config"])
+    complete = int(state["stage"]) + (1 if state["stage_done"] else 0)
+    n = complete if stages is None else int(stages)
+    if n < 1 or n > int(state["stage"]) + 1:
+        raise UsageError(
+            f"The checkpoint holds {complete} completed stage(s) (stage {state['stage']} at iteration {state['iteration']}); "
+            f"cannot export {n}."
+        )
+    export_cfg = dataclasses.replace(model_cfg, stages=n)
+    chain = build_generators(export_cfg)
+    _load_generators(chain, state, n - 1)
+    check_output_path(out_model, overwrite=overwrite)
+    record = {
+        "exported_from_checkpoint": Path(checkpoint).name,
+        "checkpoint_stage": int(state["stage"]),
+        "checkpoint_iteration": int(state["iteration"]),
+        "checkpoint_stage_done": bool(state["stage_done"]),
+        "train_config": train_cfg,
+        "wall_time_s": round(float(state["elapsed_s"]), 1),
+        "torch_version": torch.__version__,
+    }
+    record.update(training or {})
+    metrics = json.loads(state.get("metrics") or "{}")
+    return save_model(out_model, chain, export_cfg, record, _final_metrics(metrics, n))
 
 
 def _final_metrics(metrics: Dict[str, Any], stages: int) -> Dict[str, Any]:

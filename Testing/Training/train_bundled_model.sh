@@ -4,7 +4,8 @@
 # usage: Testing/Training/train_bundled_model.sh CASES_DIR WORK_DIR
 #   CASES_DIR  BraTS-named cases (<case>/<case>_t1ce.nii.gz, _t2.nii.gz)
 #   WORK_DIR   receives data/ (HDF5 patches), the model files, JSON-lines logs and run folders
-# Environment: DEVICE (cuda), IT (iterations per stage), BS (batch), PPC (patches per case), MEDSYNTH (command).
+# Environment: DEVICE (cuda), IT (iterations per stage), BS (batch), PPC (patches per case), MEDSYNTH (command),
+#   MAIN_OPTS (extra options of the main 3-stage run), ABLATIONS (1: also train the stage-0 ablations beside it).
 # The validation split is fixed here and recorded in every model file's header (manifest summary).
 set -euo pipefail
 CASES=$1
@@ -29,9 +30,12 @@ run() {  # name, extra options...
     > "$WORK/$name.jsonl" 2> "$WORK/$name.log" && echo "$name: done after $(( $(date +%s) - t0 )) s" \
     || echo "$name: FAILED ($?) after $(( $(date +%s) - t0 )) s"
 }
-run main --stages 3 &
-run ablation_l2 --stages 1 --no-adversarial --lambda-gdl 0 &
-run ablation_l2_gdl --stages 1 --no-adversarial &
-run ablation_no_residual --stages 1 --no-residual &
+# shellcheck disable=SC2086
+run main --stages 3 ${MAIN_OPTS:-} &
+if [ "${ABLATIONS:-1}" = 1 ]; then
+  run ablation_l2 --stages 1 --no-adversarial --lambda-gdl 0 &
+  run ablation_l2_gdl --stages 1 --no-adversarial &
+  run ablation_no_residual --stages 1 --no-residual &
+fi
 wait
 echo "total: $(( $(date +%s) - t0 )) s"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Evaluates the bundled model, the 1-D lookup baseline and the ablations on the fixed validation cases with
+# `medsynth evaluate` (one protocol for all), writing docs/evaluation/<row>/metrics.{json,md}.
+# usage: Testing/Evaluation/run_quality_report.sh CASES_DIR [OUT_DIR]
+set -euo pipefail
+CASES=$1
+OUT=${2:-docs/evaluation}
+VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
+TRAIN=Brats18_2013_11_1,Brats18_2013_3_1,Brats18_CBICA_ABM_1,Brats18_CBICA_AME_1,Brats18_TCIA01_201_1,Brats18_TCIA01_378_1,Brats18_TCIA01_499_1,Brats18_TCIA02_135_1,Brats18_TCIA03_265_1,Brats18_TCIA10_628_1,Brats18_TCIA10_639_1
+M=$OUT/models
+BUNDLED=Resources/Models/medsynth_t1ce_t2.safetensors
+ev() {  # row name, options...
+  local name=$1; shift
+  echo "== $name"
+  medsynth evaluate "$CASES" --cases "$VAL" --out "$OUT/$name" --label "$name" --progress none "$@"
+}
+medsynth fit-lookup "$CASES" "$OUT/lookup_t1ce_t2.json" --cases "$TRAIN" --progress none
+ev baseline_lookup --lookup "$OUT/lookup_t1ce_t2.json"
+ev run1_stage0_l2 --model "$M/run1_stage0_l2.safetensors"
+ev run1_stage0_l2_gdl --model "$M/run1_stage0_l2_gdl.safetensors"
+ev run1_stage0_l2_gdl_adv --model "$M/run1_main_3stage_adv0.05.safetensors" --stages 1
+ev run1_stage0_no_residual --model "$M/run1_stage0_no_residual.safetensors"
+ev run1_acm_2stages --model "$M/run1_main_3stage_adv0.05.safetensors" --stages 2
+ev run1_acm_3stages --model "$M/run1_main_3stage_adv0.05.safetensors" --stages 3
+ev bundled_stage1 --model "$BUNDLED" --stages 1
+ev bundled --model "$BUNDLED" --figures
+ev bundled_flip_tta --model "$BUNDLED" --flip-tta
