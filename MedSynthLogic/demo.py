@@ -41,7 +41,8 @@ def run_demo(
     model = load_model(Path(model_path) if model_path else bundled_model_path(), device="cpu", stages=stages)
     synthetic = synthesize_volume(model, phantom.t1ce, mask=phantom.mask, stages=stages, device=device, progress=progress)
     write_volume(synthetic, paths["synthetic_t2"], overwrite=overwrite)
-    scores = evaluate_case(synthetic.array, phantom.t2.array, phantom.mask, phantom.labels)
+    scores = evaluate_case(synthetic.array, phantom.t2.array, phantom.mask, phantom.labels,
+                           pred_scale=model.config.normalisation.output_scale)
     comparison_figure(
         paths["figure"],
         [("T1ce (phantom)", phantom.t1ce.array), ("synthetic T2", synthetic.array), ("real T2 (phantom)", phantom.t2.array)],

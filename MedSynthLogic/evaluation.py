@@ -68,6 +68,7 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
     lookup = IntensityLookup.load(args.lookup) if args.lookup else None
     model = None if lookup else load_model(Path(args.model) if args.model else bundled_model_path(), stages=args.stages)
     mask_threshold = (lookup.normalisation if lookup else model.config.normalisation).mask_threshold
+    mask_scale = (lookup.normalisation if lookup else model.config.normalisation).output_scale
     entries = []
     for i, case in enumerate(cases):
         source = read_volume(case.source)
@@ -82,7 +83,7 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
         if args.save_predictions:
             write_volume(pred, out / f"{case.case_id}_synthetic_{args.target_suffix}.nii.gz", overwrite=True)
         if args.figures:
-            err = np.abs(_unit(pred.array, mask) - _unit(target.array, mask))
+            err = np.abs(np.clip(pred.array / mask_scale, 0, 1) * mask - _unit(target.array, mask))
             comparison_figure(
                 out / f"{case.case_id}.png",
                 [("T1ce", source.array), ("synthetic T2", pred.array), ("real T2", target.array), ("|error| (0–0.5, normalised)", err)],
@@ -90,7 +91,8 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
             )
         if progress:
             progress({"event": "progress", "task": "evaluate", "done": i + 1, "total": len(cases), "case": case.case_id})
-    results = evaluate_pairs(entries)
+    norm = lookup.normalisation if lookup else model.config.normalisation
+    results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None)
     results["label"] = args.label
     results["model"] = str(args.lookup or args.model or bundled_model_path())
     results["stages"] = args.stages

@@ -1,9 +1,11 @@
 """Image-quality metrics for synthetic T2: PSNR, 3D SSIM and MAE inside the brain (and the tumour).
 
-Protocol (``normalise_for_metrics``): before any metric, the prediction and the reference are *each* divided by
-their *own* 99.5th percentile inside the brain mask and clipped to [0, 1]. MR has no absolute unit, so this makes
-the numbers independent of the output scale of a model (or a scanner) and comparable across cases; metrics are
-then computed with ``data_range=1``. PSNR of identical images is ``inf``; the JSON report writes non-finite
+Protocol: the reference is divided by its own 99.5th percentile inside the brain mask and clipped to [0, 1]
+(``normalise_for_metrics``). A MedSynth prediction is in a documented unit (network units × ``output_scale``,
+where 1 = the target's 99.5th percentile), so it is divided by that scale (``pred_scale``) and clipped the same
+way: a prediction with too little contrast is penalised, as it should be. A prediction of unknown unit
+(``pred_scale=None``, e.g. another tool's output) is divided by its own percentile instead. Metrics then use
+``data_range=1``. PSNR of identical images is ``inf``; the JSON report writes non-finite
 numbers as ``null`` and summaries average the finite values only (``n`` says how many).
 """
 
@@ -99,7 +101,12 @@ def ssim3d(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = No
 
 
 def evaluate_case(
-    pred: ArrayLike, target: ArrayLike, mask: Optional[ArrayLike] = None, seg: Optional[ArrayLike] = None, percentile: float = 99.5
+    pred: ArrayLike,
+    target: ArrayLike,
+    mask: Optional[ArrayLike] = None,
+    seg: Optional[ArrayLike] = None,
+    percentile: float = 99.5,
+    pred_scale: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Brain metrics (and tumour metrics where ``seg`` has labels > 0) of one case, after the normalisation protocol.
 
@@ -114,7 +121,7 @@ def evaluate_case(
         raise GeometryError("The mask or segmentation does not have the reference's size.", "Use files on the reference grid.")
     if not brain.any():
         raise InputImageError("The brain mask (or the reference) is empty.", "Check the mask / reference files.")
-    pn = normalise_for_metrics(p, brain, percentile)
+    pn = normalise_for_metrics(p, brain, percentile) if pred_scale is None else _scaled(p, brain, pred_scale)
     tn = normalise_for_metrics(t, brain, percentile)
     smap, box = ssim_map(pn, tn, brain)
     inner = brain[box]
@@ -148,8 +155,17 @@ def _summary(cases: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
     return out
 
 
+def _scaled(pred: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+    """A prediction in a known unit, mapped to the reference's [0, 1] scale (0 outside the mask)."""
+    if not scale > 0:
+        raise InputImageError(f"pred_scale must be positive, got {scale}.")
+    return np.where(mask, np.clip(pred / scale, 0.0, 1.0), 0.0).astype(np.float32)
+
+
 def evaluate_pairs(
-    pairs: Iterable[Tuple[str, Volume, Volume, Optional[ArrayLike], Optional[ArrayLike]]], percentile: float = 99.5
+    pairs: Iterable[Tuple[str, Volume, Volume, Optional[ArrayLike], Optional[ArrayLike]]],
+    percentile: float = 99.5,
+    pred_scale: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Evaluate (case_id, prediction, reference, mask or None, seg or None) tuples: per-case metrics and mean ± std.
 
@@ -161,16 +177,21 @@ def evaluate_pairs(
             diffs = same_grid(pred, target)
             if diffs:
                 raise GeometryError(f"Case {case_id}: prediction and reference grids differ: " + "; ".join(diffs) + ".")
-        cases.append({"case": str(case_id), **evaluate_case(pred, target, mask, seg, percentile)})
+        cases.append({"case": str(case_id), **evaluate_case(pred, target, mask, seg, percentile, pred_scale)})
     if not cases:
         raise DataError("There is nothing to evaluate (no prediction/reference pairs).")
-    return {"protocol": _protocol(percentile), "cases": cases, "summary": _summary(cases)}
+    return {"protocol": _protocol(percentile, pred_scale), "cases": cases, "summary": _summary(cases)}
 
 
-def _protocol(percentile: float) -> str:
+def _protocol(percentile: float, pred_scale: Optional[float] = None) -> str:
+    pred = (
+        f"prediction divided by its output scale {pred_scale:g} (1 = the reference's {percentile}th percentile)"
+        if pred_scale is not None
+        else f"prediction divided by its own {percentile}th percentile inside the brain mask"
+    )
     return (
-        f"prediction and reference each divided by their own {percentile}th percentile inside the brain mask, "
-        "clipped to [0, 1]; PSNR/MAE over the mask; SSIM (7x7x7 uniform window, data_range 1) averaged over the mask"
+        f"reference divided by its {percentile}th percentile inside the brain mask; {pred}; both clipped to [0, 1]; "
+        "PSNR/MAE over the mask; SSIM (7x7x7 uniform window, data_range 1) averaged over the mask"
     )
 
 

@@ -159,3 +159,18 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert devices.resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ResourceError, match="cuda:2"):
         devices.resolve_device("cuda:2")
+
+
+def test_pred_scale_penalises_flat_contrast_that_own_percentile_hides() -> None:
+    """A prediction at half the reference's contrast looks perfect after its own-percentile rescale, but not in its unit."""
+    from MedSynthLogic.metrics import evaluate_case
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(100, 1000, size=(20, 20, 20)).astype(np.float32)
+    mask = np.ones_like(target, dtype=bool)
+    scale = float(np.percentile(target, 99.5))
+    exact = target / scale * 1000.0
+    flat = 0.5 * exact
+    assert evaluate_case(exact, target, mask, pred_scale=1000.0)["psnr"] > 40
+    assert evaluate_case(flat, target, mask)["psnr"] > 40
+    assert evaluate_case(flat, target, mask, pred_scale=1000.0)["psnr"] < 15
