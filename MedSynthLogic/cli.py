@@ -36,6 +36,8 @@ class Reporter:
             sys.stdout.flush()
         elif self.mode == "bar":
             self._bar(event)
+        if event.get("event") == "warning" and self.mode != "json":
+            sys.stderr.write(f"medsynth: warning: {event.get('message')}\n")
 
     def _bar(self, event: dict) -> None:
         from tqdm import tqdm
@@ -107,7 +109,7 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
     cancel = _cancel_on_signals()
     source = Path(args.source)
     common = dict(stages=args.stages, device=args.device, flip_tta=args.flip_tta, progress=report, cancel=cancel)
-    if args.tile:
+    if args.tile is not None:
         common["tile"] = args.tile
     if source.is_dir():
         outputs = synthesize_folder(model, source, Path(args.output), pattern=args.pattern, overwrite=args.overwrite, **common)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import Cancelled, GeometryError, InputImageError, ResourceError, UsageError
+from .errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
 from .model_file import LoadedModel, _device, load_model
 from .models import AutoContextChain
 
@@ -336,12 +336,46 @@ def synthesize_array(
     tile = default_tile(dev) if tile is None else int(tile)
     if tile < 1:
         raise UsageError(f"The tile size must be positive, got {tile}.")
-    result = np.zeros(src.shape, dtype=np.float32)
     report = _Progress(progress, n)
     if box is None:
         report(n - 1, 1, 1)
-        return result
+        return np.zeros(src.shape, dtype=np.float32)
+    try:
+        return _synthesize_on(chain, src, mask_arr, box, n, dev, tile, flip_tta, report, cancel, precision)
+    except _GpuOutOfMemory as exc:
+        if dev.type == "cpu" or not (isinstance(device, str) and device.strip().lower() == "auto"):
+            raise exc.error from exc
+        # "auto" promised a result, not a GPU: say so and finish on the CPU rather than fail after the GPU tried.
+        if progress is not None:
+            progress({"event": "warning", "task": "synthesize", "message": f"{exc.error.message} Falling back to the CPU (slower)."})
+        cpu = torch.device("cpu")
+        torch.cuda.empty_cache()
+        return _synthesize_on(chain, src, mask_arr, box, n, cpu, default_tile(cpu), flip_tta, report, cancel, precision)
 
+
+class _GpuOutOfMemory(Exception):
+    """The GPU ran out of memory even at MIN_TILE; carries the ResourceError to raise if no fallback is allowed."""
+
+    def __init__(self, error: ResourceError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _synthesize_on(
+    chain: AutoContextChain,
+    src: np.ndarray,
+    mask_arr: Optional[np.ndarray],
+    box: Box,
+    n: int,
+    dev: torch.device,
+    tile: int,
+    flip_tta: bool,
+    report: _Progress,
+    cancel: CancelFn,
+    precision: str,
+) -> np.ndarray:
+    """The body of :func:`synthesize_array` on one device (so a GPU out-of-memory can be redone on the CPU)."""
+    result = np.zeros(src.shape, dtype=np.float32)
     runners = [_StageRunner(chain.stages[k], dev, precision) for k in range(n)]
     # Output region of each stage: the last one is the mask's box, each earlier one grows by the later halos.
     regions: List[Box] = [box] * n
@@ -376,7 +410,8 @@ def synthesize_array(
 
 
 def _run_stage_with_retry(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel: CancelFn) -> int:
-    """Run a stage; on out-of-memory halve the tile and redo the stage, down to MIN_TILE, then ResourceError.
+    """Run a stage; on GPU out-of-memory halve the tile and redo the stage, down to MIN_TILE, then give up
+    with :class:`_GpuOutOfMemory` (which :func:`synthesize_array` turns into a CPU run or a ResourceError).
 
     Returns the tile size that worked, so later stages start from it.
     """
@@ -387,9 +422,11 @@ def _run_stage_with_retry(job: _StageJob, tile: int, flip: bool, report: _Progre
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             if tile // 2 < MIN_TILE:
-                raise ResourceError(
-                    f"The GPU ran out of memory even with {tile}³ tiles.",
-                    "Close other GPU programs or run on the CPU (--device cpu).",
+                raise _GpuOutOfMemory(
+                    ResourceError(
+                        f"The GPU ran out of memory even with {tile}³ tiles.",
+                        "Close other GPU programs or run on the CPU (--device cpu).",
+                    )
                 ) from exc
             tile //= 2
         except (MemoryError, RuntimeError) as exc:
@@ -439,6 +476,7 @@ def synthesize_volume(
     from .normalisation import brain_mask, denormalise_output, normalise_source
 
     norm_cfg = model.config.normalisation
+    _check_receptive_field(model, source)
     mask_arr = _mask_array(mask, source)
     if mask_arr is None:
         mask_arr = brain_mask(source.array, norm_cfg.mask_threshold)
@@ -456,6 +494,22 @@ def synthesize_volume(
         progress=progress, cancel=cancel, precision=precision,
     )
     return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
+
+
+def _check_receptive_field(model: LoadedModel, source: "Volume") -> None:
+    """Refuse a volume thinner than one generator's receptive field along any axis.
+
+    Tiled synthesis would still run (the border is edge-padded), but every output voxel would then be computed
+    mostly from repeated border voxels: a plausible-looking image that no training patch resembled. Such a
+    volume is a thumbnail, a few slices or a wrong file, so saying so beats returning it.
+    """
+    field = 2 * int(model.config.generator.halo) + 1
+    if min(source.shape) < field:
+        raise InputImageError(
+            f"The source is too small to synthesize: {source.shape[::-1]} voxels (x, y, z), but the model's "
+            f"receptive field is {field} voxels along each axis.",
+            "Use the full 3D brain volume (about 1 mm voxels), not a crop, a thumbnail or a few slices.",
+        )
 
 
 def _as_model(model: Union[LoadedModel, PathLike], stages: Optional[int]) -> LoadedModel:
@@ -525,10 +579,17 @@ def synthesize_folder(
     files = sorted(p for p in src_dir.glob(pattern) if p.is_file())
     if not files:
         raise InputImageError(f"No files matching {pattern!r} in {src_dir}.", "Check the folder or pass --pattern.")
-    dst_dir.mkdir(parents=True, exist_ok=True)
+    if dst_dir.resolve() == src_dir.resolve():
+        raise OutputError(
+            f"The output folder {dst_dir} is the input folder: every synthesis would replace its source.",
+            "Choose another output folder.",
+        )
     targets = [dst_dir / p.relative_to(src_dir) for p in files]
     for src, dst in zip(files, targets):
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"Cannot create the output folder {dst.parent}: {exc.strerror}.", "Choose a folder you can write to.") from exc
         check_output_path(dst, overwrite=overwrite, inputs=(src,))
     loaded = _as_model(model, stages)
     written = []

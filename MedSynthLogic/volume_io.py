@@ -20,7 +20,7 @@ from typing import Any, List, Sequence, Tuple
 import numpy as np
 
 from .atomic import atomic_path, check_output_path
-from .errors import GeometryError, InputImageError, OutputError, UsageError
+from .errors import GeometryError, InputImageError, OutputError, ResourceError, UsageError
 
 Vec3 = Tuple[float, float, float]
 Mat9 = Tuple[float, float, float, float, float, float, float, float, float]
@@ -28,6 +28,9 @@ Mat9 = Tuple[float, float, float, float, float, float, float, float, float]
 MAX_AXIS = 2048
 MAX_VOXELS = 2**31
 MAX_ABS_VALUE = 1e30
+#: Host bytes per voxel that reading needs at most: the file's voxels (up to 8 bytes) plus their float32 copy.
+#: A volume that needs more than the RAM available is refused before anything is allocated.
+READ_BYTES_PER_VOXEL = 12
 IDENTITY: Mat9 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Formats that keep the header and the voxels in two files; both must be written before either is visible.
@@ -106,8 +109,9 @@ def read_volume(path: str | os.PathLike, max_axis: int = MAX_AXIS, max_voxels: i
     """Read a 3D scalar image in any format SimpleITK reads, keeping origin/spacing/direction exactly.
 
     Refuses (``InputImageError``) a missing or corrupt file, 2D/4D or multi-component images, non-finite
-    values, values above 1e30 and volumes beyond ``max_axis`` voxels per axis or ``max_voxels`` in all.
-    Integer voxels are cast to float32 (large integers lose only their lowest digits).
+    values, values above 1e30 and volumes beyond ``max_axis`` voxels per axis or ``max_voxels`` in all; a volume
+    that would not fit in the RAM available is a ``ResourceError``. Sizes are checked from the header, before any
+    voxel is allocated. Integer voxels are cast to float32 (large integers lose only their lowest digits).
     """
     p = Path(path)
     if not p.exists():
@@ -151,6 +155,27 @@ def _check_size(p: Path, size_xyz: Sequence[int], max_axis: int, max_voxels: int
             f"{p} is a 2D image (size {tuple(size_xyz)}): a single slice cannot be synthesised in 3D.",
             "Use the full 3D volume.",
         )
+    needed, available = n * READ_BYTES_PER_VOXEL, available_ram()
+    if needed > available:
+        raise ResourceError(
+            f"Not enough memory to read {p}: {tuple(size_xyz)} voxels need about {needed / 2**30:.1f} GiB, "
+            f"{available / 2**30:.1f} GiB is available.",
+            "Close other programs, use a machine with more memory, or crop/downsample the volume first.",
+        )
+
+
+def available_ram() -> int:
+    """Bytes of RAM available now (MemAvailable), or total physical RAM where /proc is absent."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 def _wrong_dims(p: Path, ndim: int, size: Sequence[int]) -> InputImageError:
@@ -532,7 +557,7 @@ def align_pair(source: Volume, target: Volume, policy: str = "resample") -> Tupl
     if policy == "refuse":
         raise GeometryError(
             "The source and target are not on the same voxel grid: " + "; ".join(diffs) + ".",
-            "Register/resample them onto one grid first, or allow resampling (--grid resample).",
+            "Register/resample them onto one grid first, or allow resampling (--geometry resample).",
         )
     resampled = resample_like(target, source)
     if not np.any(resampled.array):
