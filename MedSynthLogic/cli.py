@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the adversarial model and its auto-context stages",
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from .training import add_train_arguments
+    from .train_options import add_train_arguments
 
     add_train_arguments(p)
     _add_progress(p)

@@ -19,7 +19,7 @@ def run_demo(
     overwrite: bool = False,
 ) -> Dict[str, Path]:
     """Write the phantom's T1ce and T2, synthesize a T2 from the T1ce, and save a side-by-side PNG."""
-    from .figures import comparison_figure
+    from .figures import comparison_figure, metric_unit_ranges
     from .inference import synthesize_volume
     from .metrics import evaluate_case
     from .model_file import bundled_model_path, load_model
@@ -49,6 +49,9 @@ def run_demo(
         mask=phantom.mask,
         spacing=phantom.t1ce.spacing,
         title=f"MedSynth demo: PSNR {scores['psnr']:.1f} dB, SSIM {scores['ssim']:.3f} inside the brain",
+        ranges=metric_unit_ranges("synthetic T2", "real T2 (phantom)", phantom.t2.array, phantom.mask,
+                                  model.config.normalisation.output_scale)
+        if model.config.normalisation.target.mode == "percentile" else None,
     )
     if progress:
         progress({"event": "metrics", "metrics": {k: float(v) for k, v in scores.items() if np.isscalar(v)}})

@@ -55,7 +55,7 @@ def _select_cases(args: argparse.Namespace):
 def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict], None]] = None) -> Dict[str, dict]:
     """Run the evaluation the CLI describes; returns the summary (metric → mean/std)."""
     from .baselines import IntensityLookup
-    from .figures import comparison_figure
+    from .figures import comparison_figure, metric_unit_ranges
     from .inference import synthesize_volume
     from .metrics import evaluate_pairs, write_report
     from .model_file import bundled_model_path, load_model
@@ -67,8 +67,8 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
     cases = _select_cases(args)
     lookup = IntensityLookup.load(args.lookup) if args.lookup else None
     model = None if lookup else load_model(Path(args.model) if args.model else bundled_model_path(), stages=args.stages)
-    mask_threshold = (lookup.normalisation if lookup else model.config.normalisation).mask_threshold
-    mask_scale = (lookup.normalisation if lookup else model.config.normalisation).output_scale
+    norm = lookup.normalisation if lookup else model.config.normalisation
+    mask_threshold, mask_scale = norm.mask_threshold, norm.output_scale
     entries = []
     for i, case in enumerate(cases):
         source = read_volume(case.source)
@@ -84,14 +84,17 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
             write_volume(pred, out / f"{case.case_id}_synthetic_{args.target_suffix}.nii.gz", overwrite=True)
         if args.figures:
             err = np.abs(np.clip(pred.array / mask_scale, 0, 1) * mask - _unit(target.array, mask))
+            ranges = (
+                metric_unit_ranges("synthetic T2", "real T2", target.array, mask, mask_scale)
+                if norm.target.mode == "percentile" else None
+            )
             comparison_figure(
                 out / f"{case.case_id}.png",
                 [("T1ce", source.array), ("synthetic T2", pred.array), ("real T2", target.array), ("|error| (0–0.5, normalised)", err)],
-                mask=mask, spacing=source.spacing, title=f"{case.case_id} {args.label}".strip(),
+                mask=mask, spacing=source.spacing, title=f"{case.case_id} {args.label}".strip(), ranges=ranges,
             )
         if progress:
             progress({"event": "progress", "task": "evaluate", "done": i + 1, "total": len(cases), "case": case.case_id})
-    norm = lookup.normalisation if lookup else model.config.normalisation
     results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None)
     results["label"] = args.label
     results["model"] = str(args.lookup or args.model or bundled_model_path())

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .atomic import atomic_path
 
+ROW_NAMES = ("axial", "coronal", "sagittal")
+
 
 def _display_range(arr: np.ndarray, mask: Optional[np.ndarray]) -> Tuple[float, float]:
+    """1st–99.5th percentile inside the mask; 0 is black unless the image is mostly negative (e.g. CT in HU).
+
+    A few negative voxels (an MR synthesis undershooting) must not turn the zero background grey.
+    """
     values = arr[mask] if mask is not None and mask.any() else arr[arr != 0] if (arr != 0).any() else arr.ravel()
-    lo, hi = np.percentile(values, [1, 99.5]) if values.size else (0.0, 1.0)
-    return float(min(lo, 0.0)), float(hi if hi > lo else lo + 1.0)
+    if not values.size:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [1, 99.5]))
+    lo = 0.0 if float(np.percentile(values, 5)) >= 0 else min(lo, 0.0)
+    return lo, hi if hi > lo else lo + 1.0
 
 
 def _slices(arr: np.ndarray, centre: Sequence[int]) -> list:
@@ -29,6 +38,19 @@ def focus_point(mask: np.ndarray, labels: Optional[np.ndarray] = None) -> Tuple[
     return tuple(int(round(c)) for c in np.argwhere(region).mean(axis=0))
 
 
+def metric_unit_ranges(
+    synthetic: str, reference: str, reference_array: np.ndarray, mask: np.ndarray, output_scale: float, percentile: float = 99.5
+) -> Dict[str, Tuple[float, float]]:
+    """Display windows in the metrics' unit: a synthesis 0–``output_scale``, its reference 0–its own percentile.
+
+    Both then show 1 (the reference's 99.5th percentile in the brain) as white, so missing contrast in a
+    synthesis is visible instead of being stretched away by a per-image window.
+    """
+    values = reference_array[mask] if mask.any() else reference_array.ravel()
+    top = float(np.percentile(values, percentile)) if values.size else 0.0
+    return {synthetic: (0.0, float(output_scale)), reference: (0.0, top if top > 0 else 1.0)}
+
+
 def comparison_figure(
     path: str | Path,
     panels: Sequence[Tuple[str, np.ndarray]],
@@ -37,12 +59,14 @@ def comparison_figure(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
     error_max: float = 0.5,
+    ranges: Optional[Mapping[str, Tuple[float, float]]] = None,
 ) -> Path:
     """Rows axial/coronal/sagittal, one column per panel (e.g. T1ce | synthetic T2 | real T2 | |error|).
 
-    Each panel is scaled to its own 1st–99.5th percentile inside the mask, except a panel whose name starts
+    Each panel is scaled to its own 1st–99.5th percentile inside the mask unless ``ranges`` gives its window
+    by name (so a synthesis and its reference can share one intensity unit), except a panel whose name starts
     with "|" (an absolute error in normalised units), shown with a hot colour map from 0 to ``error_max``.
-    ``spacing`` is (x, y, z) so non-isotropic volumes keep their proportions.
+    ``spacing`` is (x, y, z) so non-isotropic volumes keep their proportions; rows are as tall as their slices.
     """
     import matplotlib
 
@@ -52,13 +76,16 @@ def comparison_figure(
     first = panels[0][1]
     centre = centre or focus_point(mask if mask is not None else first != 0)
     sx, sy, sz = spacing
+    nz, ny, nx = first.shape
     aspects = [sy / sx, sz / sx, sz / sy]
-    fig, axes = plt.subplots(3, len(panels), figsize=(3.0 * len(panels), 9.0), squeeze=False)
-    ranges = {}
-    for name, arr in panels:
-        ranges[name] = _display_range(arr, mask)
+    heights = [ny * sy / (nx * sx), nz * sz / (nx * sx), nz * sz / (ny * sy)]
+    col_width = 3.0
+    fig, axes = plt.subplots(
+        3, len(panels), figsize=(col_width * len(panels), col_width * sum(heights) + (0.9 if title else 0.5)),
+        squeeze=False, gridspec_kw={"height_ratios": heights},
+    )
     for col, (name, arr) in enumerate(panels):
-        lo, hi = ranges[name]
+        lo, hi = (ranges or {}).get(name) or _display_range(arr, mask)
         is_error = name.startswith("|")
         for row, (img, aspect) in enumerate(zip(_slices(arr, centre), aspects)):
             ax = axes[row][col]
@@ -70,6 +97,8 @@ def comparison_figure(
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(name, fontsize=11)
+            if col == 0:
+                ax.set_ylabel(ROW_NAMES[row], fontsize=11)
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()

@@ -1,0 +1,474 @@
+"""The ``medsynth`` command end to end: real subprocesses on real files (phantom cases, a tiny model).
+
+One module-scoped workspace writes three phantom cases in BraTS naming, runs ``prepare`` and ``train`` once, and
+the tests below run every other subcommand on what those wrote. Error and fault cases are covered by
+test_bad_inputs.py / test_faults.py; here only the ``--progress json`` error contract is checked once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+
+CASES = ("case0", "case1", "case2")
+SHAPE = (40, 48, 40)
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "Resources" / "Models" / "medsynth_t1ce_t2.safetensors"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _medsynth_command() -> List[str]:
+    """The installed ``medsynth`` entry point next to this interpreter, else ``python -m MedSynthLogic.cli``."""
+    exe = Path(sys.executable).with_name("medsynth")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "MedSynthLogic.cli"]
+
+
+def _env() -> Dict[str, str]:
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def medsynth(*args: object, cwd: Optional[Path] = None, expect: Optional[int] = 0, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``medsynth ARGS`` in a subprocess; fail with its output when the exit code is not ``expect``."""
+    proc = subprocess.run(
+        _medsynth_command() + [str(a) for a in args],
+        cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout,
+    )
+    if expect is not None and proc.returncode != expect:
+        pytest.fail(
+            f"medsynth {' '.join(map(str, args))} exited {proc.returncode}, expected {expect}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def json_lines(stdout: str) -> List[dict]:
+    """Every non-empty stdout line parsed as JSON (a line that is not JSON fails the test)."""
+    events = []
+    for line in stdout.splitlines():
+        if line.strip():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                pytest.fail(f"stdout line is not JSON: {line!r}")
+    return events
+
+
+def tiny_config_dict() -> dict:
+    """The ``tiny_model_config`` fixture's ModelConfig as JSON (module-scoped fixtures cannot request it)."""
+    from MedSynthLogic.config import DiscriminatorConfig, GeneratorConfig, ModelConfig, to_dict
+
+    gen = GeneratorConfig(filters=(4, 4, 4, 8, 8, 8, 4, 4, 1))
+    disc = DiscriminatorConfig(channels=(4, 8, 8), last_conv=8, fully_connected=(16, 8))
+    return to_dict(ModelConfig(generator=gen, discriminator=disc, stages=2))
+
+
+def assert_png(path: Path, min_size: int = 200) -> np.ndarray:
+    """``path`` is a PNG that PIL decodes, at least ``min_size`` pixels a side and not one flat colour."""
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    assert min(rgb.shape[:2]) >= min_size, f"{path} is only {rgb.shape[1]}x{rgb.shape[0]} pixels"
+    assert rgb.std() > 10, f"{path} is nearly one flat colour"
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{path} has too few colours to hold images"
+    return rgb
+
+
+def assert_same_geometry(output: Path, source: Path) -> None:
+    """The output file has exactly the source file's size, origin, spacing and direction (as SimpleITK reads them)."""
+    import SimpleITK as sitk
+
+    out, src = sitk.ReadImage(str(output)), sitk.ReadImage(str(source))
+    assert out.GetSize() == src.GetSize()
+    assert out.GetOrigin() == src.GetOrigin()
+    assert out.GetSpacing() == src.GetSpacing()
+    assert out.GetDirection() == src.GetDirection()
+
+
+def read_array(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def assert_synthetic_t2(output: Path, source: Path) -> np.ndarray:
+    """Geometry of the source; values finite, non-zero on (nearly) every brain voxel, exactly zero outside."""
+    assert_same_geometry(output, source)
+    out, mask = read_array(output), read_array(source) > 0
+    assert np.isfinite(out).all()
+    assert np.all(out[~mask] == 0), "synthesis leaks outside the brain mask"
+    assert np.count_nonzero(out[mask]) >= 0.99 * mask.sum(), "synthesis is zero inside the brain mask"
+    return out
+
+
+@dataclass
+class Workspace:
+    """Files written once per module: phantom cases, the tiny config, prepared data and a trained tiny model."""
+
+    root: Path
+    data: Path
+    config: Path
+    prepared: Path
+    model: Path
+    run_dir: Path
+    prepare_stdout: str = ""
+    train_events: List[dict] = field(default_factory=list)
+    train_stdout: str = ""
+
+    def t1ce(self, case: str) -> Path:
+        return self.data / case / f"{case}_t1ce.nii.gz"
+
+    def t2(self, case: str) -> Path:
+        return self.data / case / f"{case}_t2.nii.gz"
+
+
+def write_cases(data: Path, cases: Sequence[str], shape: Sequence[int] = SHAPE) -> None:
+    """Phantom cases (one seed each) as ``<case>/<case>_t1ce.nii.gz``, ``_t2`` and ``_seg`` (BraTS labels)."""
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    for seed, case in enumerate(cases):
+        p = make_phantom(shape=shape, seed=seed)
+        folder = data / case
+        folder.mkdir(parents=True, exist_ok=True)
+        write_volume(p.t1ce, folder / f"{case}_t1ce.nii.gz")
+        write_volume(p.t2, folder / f"{case}_t2.nii.gz")
+        write_volume(p.t1ce.with_array(p.labels.astype(np.float32)), folder / f"{case}_seg.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    """Three phantom cases, ``medsynth prepare`` (case2 for validation) and a 2-stage ``medsynth train``."""
+    root = tmp_path_factory.mktemp("cli")
+    w = Workspace(root, root / "data", root / "tiny.json", root / "prepared", root / "tiny.safetensors", root / "tiny_run")
+    write_cases(w.data, CASES)
+    w.config.write_text(json.dumps(tiny_config_dict(), indent=2), encoding="utf-8")
+    w.prepare_stdout = medsynth(
+        "prepare", w.data, w.prepared, "--config", w.config, "--patches-per-case", 12, "--val-cases", "case2",
+        "--progress", "none",
+    ).stdout
+    proc = medsynth(
+        "train", "--data", w.prepared, "--out", w.model, "--model-config", w.config, "--iterations", 2,
+        "--batch-size", 4, "--val-every", 2, "--checkpoint-every", 1, "--log-every", 1, "--num-workers", 0,
+        "--seed", 0, "--device", "cpu", "--progress", "json",
+    )
+    w.train_stdout = proc.stdout
+    w.train_events = json_lines(proc.stdout)
+    return w
+
+
+# --- help, version, usage -------------------------------------------------------------------------------------
+
+KEY_OPTIONS = {
+    "synthesize": ("source", "output", "--model", "--stages", "--mask", "--flip-tta", "--tile", "--pattern", "--progress"),
+    "prepare": ("data", "out", "--config", "--patches-per-case", "--val-cases", "--val-fraction", "--csv", "--progress"),
+    "train": ("--data", "--out", "--model-config", "--iterations", "--batch-size", "--resume", "--run-dir", "--progress"),
+    "export": ("checkpoint", "out", "--stages", "--overwrite"),
+    "evaluate": ("data", "--out", "--model", "--lookup", "--cases", "--manifest", "--figures", "--flip-tta"),
+    "fit-lookup": ("data", "out", "--cases", "--bins", "--config"),
+    "demo": ("--out", "--model", "--stages", "--device"),
+    "info": ("model",),
+}
+
+
+def test_help_of_medsynth_and_every_subcommand():
+    from MedSynthLogic.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(sub.choices) == set(KEY_OPTIONS), "a subcommand was added or removed: update KEY_OPTIONS"
+    argvs = [["--help"]] + [[name, "--help"] for name in KEY_OPTIONS]
+    procs = [
+        subprocess.Popen(_medsynth_command() + argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for argv in argvs
+    ]
+    outputs = {}
+    for argv, proc in zip(argvs, procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"medsynth {' '.join(argv)} exited {proc.returncode}: {err}"
+        outputs[argv[0]] = out
+    for name in KEY_OPTIONS:
+        assert name in outputs["--help"]
+    assert "exit codes" in outputs["--help"]
+    for name, options in KEY_OPTIONS.items():
+        text = outputs[name]
+        assert f"usage: medsynth {name}" in text
+        for option in options:
+            assert option in text, f"'medsynth {name} --help' does not mention {option}"
+
+
+def test_parser_does_not_import_torch():
+    code = "import sys; from MedSynthLogic.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False", "building the parser imports torch: 'medsynth --help' becomes slow"
+
+
+def test_no_command_exits_2_with_usage():
+    proc = medsynth(expect=2)
+    assert "usage: medsynth" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_version():
+    from MedSynthLogic import __version__
+
+    proc = medsynth("--version")
+    assert proc.stdout.strip() == f"medsynth {__version__}"
+
+
+# --- prepare, train, info -------------------------------------------------------------------------------------
+
+
+def test_config_file_is_the_tiny_fixture(ws, tiny_model_config):
+    from MedSynthLogic.config import to_dict
+
+    assert json.loads(ws.config.read_text(encoding="utf-8")) == to_dict(tiny_model_config)
+
+
+def test_prepare_writes_patch_files_and_manifest(ws):
+    import h5py
+
+    assert {p.name for p in ws.prepared.iterdir()} >= {"train.h5", "val.h5", "manifest.json"}
+    manifest = json.loads((ws.prepared / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["splits"] == {"train": ["case0", "case1"], "val": ["case2"]}
+    assert manifest["counts"] == {"train": 2 * 2 * 12, "val": 2 * 12}
+    assert manifest["model_config"] == tiny_config_dict()
+    for name, n in (("train.h5", 48), ("val.h5", 24)):
+        with h5py.File(ws.prepared / name, "r") as f:
+            assert f.attrs["format"] == "medsynth-patches"
+            assert f["source"].shape == (n, 1, 32, 32, 32)
+            assert f["target"].shape == (n, 1, 16, 16, 16)
+    assert "prepared 3 cases" in ws.prepare_stdout
+
+
+def test_train_reports_json_events_and_writes_model_and_run_folder(ws):
+    events = ws.train_events
+    kinds = [e["event"] for e in events]
+    assert {"iteration", "validation", "stage", "checkpoint", "done"} <= set(kinds)
+    assert "error" not in kinds
+    assert kinds[-1] == "done" and kinds.count("done") == 1
+    assert Path(events[-1]["output"]) == ws.model
+    iterations = [e for e in events if e["event"] == "iteration"]
+    assert sorted({(e["stage"], e["iteration"]) for e in iterations}) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    for e in iterations:
+        assert e["iterations"] == 2
+        assert {"g", "d", "l2", "gdl"} <= set(e["losses"])
+        assert all(math.isfinite(v) for v in e["losses"].values())
+    validations = [e for e in events if e["event"] == "validation"]
+    assert [v["stage"] for v in validations] == [0, 1]
+    assert all(math.isfinite(v["val_loss"]) and math.isfinite(v["psnr"]) for v in validations)
+    stages = [(e["stage"], e["status"]) for e in events if e["event"] == "stage"]
+    assert stages == [(0, "start"), (0, "end"), (1, "start"), (1, "end")]
+    assert ws.model.is_file()
+    assert (ws.run_dir / "training_log.csv").is_file()
+    assert len((ws.run_dir / "training_log.csv").read_text(encoding="utf-8").splitlines()) > 4
+    assert_png(ws.run_dir / "loss_curves.png")
+    assert sorted(ws.run_dir.glob("ckpt_*.pt"))
+
+
+def test_info_prints_the_model_header(ws):
+    header = json.loads(medsynth("info", ws.model).stdout)
+    assert header["format"] == "medsynth-model"
+    assert header["stages"] == 2
+    assert header["model_config"] == tiny_config_dict()
+    assert header["training"]
+
+
+# --- synthesize -----------------------------------------------------------------------------------------------
+
+
+def test_synthesize_keeps_an_oblique_anisotropic_geometry(ws):
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import Volume, write_volume
+
+    c, s = math.cos(0.3), math.sin(0.3)
+    direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
+    p = make_phantom(shape=(36, 44, 40), spacing=(0.9, 1.1, 1.6), seed=7)
+    source = ws.root / "oblique_t1ce.nii.gz"
+    write_volume(Volume(p.t1ce.array, (0.9, 1.1, 1.6), (12.5, -30.25, 41.0), direction), source)
+    out = ws.root / "oblique_synthetic.nii.gz"
+    proc = medsynth("synthesize", source, out, "--model", ws.model, "--progress", "json")
+    events = json_lines(proc.stdout)
+    assert events[-1] == {"event": "done", "output": str(out)}
+    assert any(e["event"] == "progress" for e in events)
+    assert_synthetic_t2(out, source)
+
+
+@pytest.fixture(scope="module")
+def batch(ws) -> Path:
+    """``medsynth synthesize FOLDER OUT`` over the three cases' T1ce (copied flat into one folder)."""
+    folder, out = ws.root / "batch_in", ws.root / "batch_out"
+    folder.mkdir()
+    for case in CASES:
+        (folder / f"{case}.nii.gz").write_bytes(ws.t1ce(case).read_bytes())
+    proc = medsynth("synthesize", folder, out, "--model", ws.model)
+    assert "wrote 3 synthetic volumes" in proc.stdout
+    return out
+
+
+def test_synthesize_folder_writes_one_output_per_input(ws, batch):
+    assert sorted(p.name for p in batch.iterdir()) == [f"{c}.nii.gz" for c in CASES]
+    for case in CASES:
+        assert_synthetic_t2(batch / f"{case}.nii.gz", ws.root / "batch_in" / f"{case}.nii.gz")
+
+
+def test_synthesize_stages_and_flip_tta_change_the_output(ws, batch):
+    source = ws.t1ce("case2")
+    one, tta = ws.root / "case2_stage1.nii.gz", ws.root / "case2_tta.nii.gz"
+    proc = medsynth("synthesize", source, one, "--model", ws.model, "--stages", 1, "--progress", "json")
+    assert {e.get("stages") for e in json_lines(proc.stdout) if e["event"] == "progress"} == {1}
+    medsynth("synthesize", source, tta, "--model", ws.model, "--flip-tta", "--progress", "none")
+    default = read_array(batch / "case2.nii.gz")
+    one_stage, flipped = (assert_synthetic_t2(p, source) for p in (one, tta))
+    assert not np.array_equal(default, one_stage), "--stages 1 gave the 2-stage result"
+    assert not np.array_equal(default, flipped), "--flip-tta changed nothing"
+
+
+# --- evaluate, fit-lookup, export -----------------------------------------------------------------------------
+
+
+def _check_report(out: Path, cases: Sequence[str]) -> dict:
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert [c["case"] for c in report["cases"]] == list(cases)
+    for row in report["cases"]:
+        for key in ("psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row)
+        assert row["tumour_voxels"] > 0
+    md = (out / "metrics.md").read_text(encoding="utf-8")
+    for text in ("psnr", "ssim", "mae", "psnr_tumour", "mean ± std", *cases):
+        assert text in md
+    return report
+
+
+def test_evaluate_with_figures(ws):
+    out = ws.root / "evaluation"
+    proc = medsynth("evaluate", ws.data, "--model", ws.model, "--cases", "case1,case2", "--out", out, "--figures",
+                    "--progress", "json")
+    events = json_lines(proc.stdout)
+    assert [e["case"] for e in events if e["event"] == "progress"] == ["case1", "case2"]
+    assert events[-1]["event"] == "done" and set(events[-1]["summary"]) >= {"psnr", "ssim", "mae", "psnr_tumour"}
+    report = _check_report(out, ["case1", "case2"])
+    assert report["model"] == str(ws.model)
+    for case in ("case1", "case2"):
+        assert_png(out / f"{case}.png")
+
+
+def test_fit_lookup_then_evaluate_the_lookup(ws):
+    lookup = ws.root / "lookup.json"
+    medsynth("fit-lookup", ws.data, lookup, "--cases", "case0,case1", "--bins", 64, "--config", ws.config)
+    data = json.loads(lookup.read_text(encoding="utf-8"))
+    assert data["kind"] == "intensity-lookup" and len(data["values"]) == 64
+    out = ws.root / "evaluation_lookup"
+    medsynth("evaluate", ws.data, "--lookup", lookup, "--cases", "case2", "--out", out, "--label", "lookup")
+    report = _check_report(out, ["case2"])
+    assert report["label"] == "lookup"
+    assert report["cases"][0]["psnr"] > 12, "a lookup fitted on phantoms should fit another phantom well"
+
+
+def test_export_a_checkpoint_gives_a_loadable_model(ws):
+    from safetensors.numpy import load_file
+
+    from MedSynthLogic.model_file import load_model
+
+    checkpoints = sorted(ws.run_dir.glob("ckpt_*.pt"))
+    last = checkpoints[-1]
+    out = ws.root / "exported.safetensors"
+    medsynth("export", last, out)
+    loaded = load_model(out)
+    assert len(loaded.chain.stages) == 2
+    assert loaded.header["model_config"] == tiny_config_dict()
+    exported, trained = load_file(str(out)), load_file(str(ws.model))
+    assert exported.keys() == trained.keys()
+    for name in trained:
+        np.testing.assert_array_equal(exported[name], trained[name], err_msg=name)
+    first_stage = ws.root / "exported_stage0.safetensors"
+    medsynth("export", last, first_stage, "--stages", 1)
+    assert len(load_model(first_stage).chain.stages) == 1
+
+
+# --- demo -----------------------------------------------------------------------------------------------------
+
+
+def _check_demo(out: Path) -> None:
+    names = ("phantom_t1ce.nii.gz", "phantom_t2.nii.gz", "phantom_synthetic_t2.nii.gz", "phantom_side_by_side.png")
+    assert all((out / n).is_file() for n in names)
+    assert_synthetic_t2(out / "phantom_synthetic_t2.nii.gz", out / "phantom_t1ce.nii.gz")
+    assert_same_geometry(out / "phantom_t2.nii.gz", out / "phantom_t1ce.nii.gz")
+    rgb = assert_png(out / "phantom_side_by_side.png", min_size=400)
+    assert rgb.shape[1] > rgb.shape[0] * 0.8, "three panels side by side should make a wide-ish figure"
+
+
+def test_demo_with_a_tiny_model(ws):
+    out = ws.root / "demo"
+    proc = medsynth("demo", "--out", out, "--model", ws.model, "--device", "cpu", "--progress", "json")
+    events = json_lines(proc.stdout)
+    assert events[-1]["event"] == "done"
+    assert set(events[-1]["outputs"]) == {"t1ce", "t2", "synthetic_t2", "figure"}
+    metrics = [e for e in events if e["event"] == "metrics"]
+    assert len(metrics) == 1 and {"psnr", "ssim", "mae"} <= set(metrics[0]["metrics"])
+    _check_demo(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BUNDLED.is_file(), reason=f"bundled model {BUNDLED} is absent")
+def test_demo_with_the_bundled_model(tmp_path):
+    out = tmp_path / "demo"
+    proc = medsynth("demo", "--out", out, "--device", "cpu")
+    assert "phantom_side_by_side.png" in proc.stdout
+    _check_demo(out)
+
+
+# --- the JSON error contract ----------------------------------------------------------------------------------
+
+
+def test_json_progress_ends_with_one_error_event(ws):
+    out = ws.root / "never_written.nii.gz"
+    proc = medsynth("synthesize", ws.root / "missing_t1ce.nii.gz", out, "--model", ws.model, "--progress", "json",
+                    expect=None)
+    assert proc.returncode not in (0, 1)
+    events = json_lines(proc.stdout)
+    errors = [e for e in events if e["event"] == "error"]
+    assert len(errors) == 1 and events[-1] is errors[0]
+    assert errors[0]["exit_code"] == proc.returncode
+    assert "missing_t1ce" in errors[0]["message"]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+# --- real data ------------------------------------------------------------------------------------------------
+
+BRATS_CASE = "Brats18_TCIA02_370_1"
+LOOKUP_FLOOR_DB = 14.0
+
+
+@pytest.mark.brats
+@pytest.mark.slow
+@pytest.mark.skipif(not BUNDLED.is_file(), reason=f"bundled model {BUNDLED} is absent")
+def test_bundled_model_on_a_real_brats_case(brats_dir, tmp_path):
+    from MedSynthLogic.metrics import evaluate_case
+    from MedSynthLogic.model_file import read_header
+
+    case = brats_dir / BRATS_CASE
+    if not case.is_dir():
+        pytest.skip(f"{case} is absent")
+    source, target = case / f"{BRATS_CASE}_t1ce.nii.gz", case / f"{BRATS_CASE}_t2.nii.gz"
+    out = tmp_path / f"{BRATS_CASE}_synthetic_t2.nii.gz"
+    medsynth("synthesize", source, out, "--device", "cpu", "--progress", "none")
+    pred = assert_synthetic_t2(out, source)
+    scale = read_header(BUNDLED)["model_config"]["normalisation"]["output_scale"]
+    scores = evaluate_case(pred, read_array(target), read_array(source) > 0, pred_scale=scale)
+    assert scores["psnr"] > LOOKUP_FLOOR_DB, scores
