@@ -395,9 +395,6 @@ def test_export_a_checkpoint_gives_a_loadable_model(ws):
     assert exported.keys() == trained.keys()
     for name in trained:
         np.testing.assert_array_equal(exported[name], trained[name], err_msg=name)
-    first_stage = ws.root / "exported_stage0.safetensors"
-    medsynth("export", last, first_stage, "--stages", 1)
-    assert len(load_model(first_stage).chain.stages) == 1
 
 
 # --- demo -----------------------------------------------------------------------------------------------------
@@ -414,7 +411,7 @@ def _check_demo(out: Path) -> None:
 
 def test_demo_with_a_tiny_model(ws):
     out = ws.root / "demo"
-    proc = medsynth("demo", "--out", out, "--model", ws.model, "--device", "cpu", "--progress", "json")
+    proc = medsynth("demo", "--out", out, "--model", ws.model, "--stages", 1, "--device", "cpu", "--progress", "json")
     events = json_lines(proc.stdout)
     assert events[-1]["event"] == "done"
     assert set(events[-1]["outputs"]) == {"t1ce", "t2", "synthetic_t2", "figure"}
