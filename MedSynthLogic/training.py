@@ -638,6 +638,7 @@ def export_checkpoint(
     stages: Optional[int] = None,
     training: Optional[Dict[str, Any]] = None,
     overwrite: bool = False,
+    evaluation: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write a model file from a training checkpoint's completed stages (e.g. after Stop, or a run cut short).
 
@@ -668,11 +669,13 @@ def export_checkpoint(
         "checkpoint_stage_done": bool(state["stage_done"]),
         "train_config": train_cfg,
         "wall_time_s": round(float(state["elapsed_s"]), 1),
-        "torch_version": torch.__version__,
+        "exported_with_torch": torch.__version__,
     }
     record.update(training or {})
-    metrics = json.loads(state.get("metrics") or "{}")
-    return save_model(out_model, chain, export_cfg, record, _final_metrics(metrics, n))
+    metrics = _final_metrics(json.loads(state.get("metrics") or "{}"), n)
+    if evaluation:
+        metrics["evaluation"] = evaluation
+    return save_model(out_model, chain, export_cfg, record, metrics)
 
 
 def _final_metrics(metrics: Dict[str, Any], stages: int) -> Dict[str, Any]:
