@@ -233,6 +233,13 @@ def open_patch_file(path: Union[str, os.PathLike]) -> h5py.File:
         raise DataError(f"{p} is not a readable HDF5 file ({exc}).", _HINT) from exc
     try:
         _validate(f, p)
+    except DataError:
+        f.close()
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        # h5py reports a damaged object header, heap or attribute as one of these only when it is read.
+        f.close()
+        raise DataError(f"{p} is damaged: {' '.join(str(exc).split())[:300]}.", _HINT) from exc
     except BaseException:
         f.close()
         raise
