@@ -52,14 +52,39 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.replace(tmp, final)
     except OSError as exc:
         _remove_quietly(tmp)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise OutputError(f"No space left while writing {final}.", "Free disk space and try again; earlier files are intact.") from exc
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise OutputError(f"Permission denied writing {final}.", "Choose a folder you can write to.") from exc
-        raise
+        error = as_output_error(exc, final)
+        if error is None:
+            raise
+        raise error from exc
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def as_output_error(exc: OSError, path: str | os.PathLike) -> OutputError | None:
+    """The user-facing error for an OSError met while writing ``path`` (full disk, no permission), else None."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutputError(f"No space left while writing {path}.", "Free disk space and try again; earlier files are intact.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"Permission denied writing {path}.", "Choose a folder you can write to.")
+    return None
+
+
+def short_write_error(path: str | os.PathLike, detail: str) -> OutputError:
+    """The error for a writer that reported success but left an incomplete file.
+
+    Some writers (ITK's NIfTI writer, for one) print a message and return normally when the disk fills up; the
+    caller detects the short file and raises this, which says "No space" when the folder is (nearly) full.
+    """
+    import shutil
+
+    try:
+        full = shutil.disk_usage(Path(path).parent).free < 1 << 20
+    except OSError:
+        full = False
+    if full:
+        return as_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)  # type: ignore[return-value]
+    return OutputError(f"{path} was not written completely ({detail}).", "Check the disk and try again; earlier files are intact.")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -30,7 +30,7 @@ import torch
 from . import __version__
 from .atomic import atomic_path, check_output_path
 from .config import ModelConfig, from_dict, to_dict
-from .errors import MedSynthError, ModelFileError, UsageError
+from .errors import MedSynthError, ModelFileError, OutputError, UsageError
 from .models import AutoContextChain, build_generators
 
 PathLike = Union[str, os.PathLike]
@@ -152,8 +152,24 @@ def save_model(
 
     out = check_output_path(path, overwrite=overwrite)
     with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
+        try:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
+        except Exception as exc:  # safetensors reports I/O failures as its own SafetensorError
+            raise _write_error(exc, out) from exc
     return out
+
+
+def _write_error(exc: Exception, path: Path) -> OutputError:
+    """The OutputError for a failed safetensors write, using the errno it names ("… (os error 28)") so a full disk
+    reads "No space left" like every other output."""
+    import re
+
+    from .atomic import as_output_error
+
+    match = re.search(r"os error (\d+)", str(exc))
+    code = exc.errno if isinstance(exc, OSError) else int(match.group(1)) if match else None
+    known = as_output_error(OSError(code, str(exc)), path) if code is not None else None
+    return known or OutputError(f"Cannot write the model file {path}: {exc}.", "Check the disk and the folder's permissions.")
 
 
 def _not_ours(p: Path, why: str) -> ModelFileError:
