@@ -66,9 +66,9 @@ def render(path: Path) -> str:
 
 | inputs tried | faults injected | runs resumed | files lost |
 |---|---|---|---|
-| {totals['inputs']} ({len(cases)} hand-made bad inputs through the real CLI + {sum(fuzz_by.values())} fuzzed files) | {totals['faults']} | {totals['resumed']} | {lost} |
+| {totals['inputs']} ({len(cases)} hand-made: {sum(1 for r in cases if r['exit_code'])} bad, {sum(1 for r in cases if not r['exit_code'])} valid controls; + {sum(fuzz_by.values())} fuzzed files) | {totals['faults']} | {totals['resumed']} | {lost} |
 
-### Bad inputs (each a real `python -m MedSynthLogic.cli` process)
+### Bad inputs (each a real `python -m MedSynthLogic.cli` process unless marked in-process)
 
 {table}
 

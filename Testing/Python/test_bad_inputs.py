@@ -585,7 +585,9 @@ def _shown(argv: List[str], folder: Path, s: Shared) -> str:
 def _message(stderr: str, folder: Path, s: Shared) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.startswith(("medsynth: error:", "medsynth train: error:", "usage:"))]
     text = next((ln for ln in lines if "error:" in ln), stderr.strip().splitlines()[-1] if stderr.strip() else "")
-    text = text.split("error:", 1)[-1].strip().replace(str(folder) + os.sep, "").replace(str(s.root) + os.sep, "")
+    text = text.split("error:", 1)[-1].strip()
+    for base in (folder, s.root):
+        text = text.replace(str(base) + os.sep, "").replace(str(base), ".")
     return text if len(text) <= 140 else text[:137] + "…"
 
 
@@ -637,4 +639,4 @@ def test_read_refuses_a_volume_larger_than_free_memory(tmp_path, monkeypatch, sh
         volume_io.read_volume(shared.t1ce)
     assert info.value.exit_code == 8
     record("bad_input", case="volume larger than the free RAM (faked in-process)", id="ram", command="read_volume(…)",
-           exit_code=8, message=str(info.value).split(":")[0] + ": … need about … GiB, … GiB is available.", files_lost=0)
+           exit_code=8, message=str(info.value).replace(str(shared.root) + os.sep, ""), files_lost=0)
