@@ -9,7 +9,7 @@ edited file is refused instead of silently giving a wrong synthesis.
 Layout: tensors ``stage{k}.<parameter>`` (contiguous CPU float32; integer buffers such as BatchNorm's
 ``num_batches_tracked`` are stored as float32 too and cast back on load) and metadata ``{"medsynth": JSON}`` with
 ``format="medsynth-model"``, ``format_version=1``, ``medsynth_version``, ``model_config``, ``stages``,
-``training``, ``metrics``, ``tensors_sha256`` and ``created``.
+``training``, ``metrics``, ``tensors_sha256``, ``created`` and ``header_sha256`` (over all the rest).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ __all__ = [
     "load_model",
     "bundled_model_path",
     "tensors_sha256",
+    "header_sha256",
     "FORMAT",
     "FORMAT_VERSION",
 ]
@@ -68,6 +69,13 @@ class LoadedModel:
     def stages(self) -> int:
         """Stages loaded (may be fewer than the file holds)."""
         return len(self.chain.stages)
+
+
+def header_sha256(header: Mapping[str, Any]) -> str:
+    """SHA-256 of the header's canonical JSON (every key but this checksum), so an edited header is detected."""
+    body = {k: v for k, v in header.items() if k != "header_sha256"}
+    text = json.dumps(body, sort_keys=True, default=_jsonable, allow_nan=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -145,6 +153,7 @@ def save_model(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     try:
+        header["header_sha256"] = header_sha256(header)
         header_json = json.dumps(header, default=_jsonable, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"The model's training/metrics information cannot be stored as JSON: {exc}.") from exc
@@ -232,9 +241,14 @@ def read_header(path: PathLike) -> Dict[str, Any]:
             f"{FORMAT_VERSION}.",
             "Update MedSynth." if newer else "Re-export the model with this MedSynth.",
         )
-    for key in ("model_config", "stages", "tensors_sha256"):
+    for key in ("model_config", "stages", "tensors_sha256", "header_sha256"):
         if key not in header:
             raise ModelFileError(f"The MedSynth header of {p} lacks {key!r}; the file is corrupt or incomplete.")
+    if header_sha256(header) != header["header_sha256"]:
+        raise ModelFileError(
+            f"The MedSynth header of {p} does not match its checksum: the file was tampered with or is corrupt.",
+            "Use the original model file.",
+        )
     return header
 
 

@@ -18,6 +18,7 @@ from MedSynthLogic.errors import ModelFileError, OutputError, UsageError
 from MedSynthLogic.model_file import (
     FORMAT,
     FORMAT_VERSION,
+    header_sha256,
     LoadedModel,
     bundled_model_path,
     load_model,
@@ -48,13 +49,25 @@ def saved(tmp_path, tiny_model_config):
     return path, chain, tiny_model_config
 
 
-def _rewrite_safetensors(path: Path, edit) -> None:
-    """Edit the raw safetensors JSON header (and keep the data bytes) to simulate hand-made or tampered files."""
+def _rewrite_safetensors(path: Path, edit, reseal: bool = True) -> None:
+    """Edit the raw safetensors JSON header (and keep the data bytes) to simulate hand-made or tampered files.
+
+    ``reseal`` recomputes the MedSynth header checksum, as a file written by another MedSynth or for another
+    architecture would have it, so the check under test is the one after the checksum.
+    """
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     head = json.loads(raw[8 : 8 + n])
     data = raw[8 + n :]
     head = edit(head)
+    if reseal:
+        try:
+            meta = json.loads(head["__metadata__"]["medsynth"])
+        except (KeyError, TypeError, ValueError):
+            meta = None
+        if isinstance(meta, dict) and "header_sha256" in meta:
+            meta["header_sha256"] = header_sha256(meta)
+            head["__metadata__"]["medsynth"] = json.dumps(meta)
     new = json.dumps(head).encode()
     path.write_bytes(struct.pack("<Q", len(new)) + new + data)
 
@@ -276,3 +289,18 @@ def test_bundled_model_path(monkeypatch, tmp_path, saved):
         assert "--model" in str(exc)
     else:
         assert p.name == "medsynth_t1ce_t2.safetensors" and p.parent.name == "Models"
+
+
+def test_edited_header_is_detected(saved):
+    """A hand edit of the header (here: the output scale) that keeps the tensors valid is still refused."""
+    path, _, _ = saved
+
+    def edit(head):
+        meta = json.loads(head["__metadata__"]["medsynth"])
+        meta["model_config"]["normalisation"]["output_scale"] = 1.0
+        head["__metadata__"]["medsynth"] = json.dumps(meta)
+        return head
+
+    _rewrite_safetensors(path, edit, reseal=False)
+    with pytest.raises(ModelFileError, match="tampered"):
+        read_header(path)
