@@ -287,13 +287,21 @@ def _model_copy(d: Path, s: Shared) -> Path:
     return dst
 
 
-def _edit_model_header(path: Path, edit: Callable[[dict], None]) -> None:
-    """Rewrite the MedSynth JSON header inside the safetensors header, keeping the tensor bytes."""
+def _edit_model_header(path: Path, edit: Callable[[dict], None], reseal: bool = True) -> None:
+    """Rewrite the MedSynth JSON header inside the safetensors header, keeping the tensor bytes.
+
+    ``reseal`` recomputes the header checksum, as in a file genuinely written for another architecture or stage
+    count; without it the edit is what a hand edit of the file looks like.
+    """
+    from MedSynthLogic.model_file import header_sha256
+
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     outer = json.loads(raw[8 : 8 + n])
     header = json.loads(outer["__metadata__"]["medsynth"])
     edit(header)
+    if reseal:
+        header["header_sha256"] = header_sha256(header)
     outer["__metadata__"]["medsynth"] = json.dumps(header)
     new = json.dumps(outer).encode()
     path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
@@ -335,10 +343,9 @@ def model_tampered_header(d: Path, s: Shared) -> List[str]:
     model = _model_copy(d, s)
 
     def retune(h: dict) -> None:
-        h["model_config"]["normalisation"]["mask_threshold"] = 5.0  # config no longer what was trained…
-        h["tensors_sha256"] = "0" * 64  # …and the checksum edited by hand
+        h["model_config"]["normalisation"]["mask_threshold"] = 5.0  # config no longer what was trained
 
-    _edit_model_header(model, retune)
+    _edit_model_header(model, retune, reseal=False)
     return ["synthesize", str(_source(d, s)), str(d / "out.nii.gz"), "--model", str(model)]
 
 
@@ -470,7 +477,7 @@ ROWS = [
     Row("model-other-architecture", "model header for wider layers", model_other_architecture, 6, "another architecture"),
     Row("model-other-stages", "model header saying 3 stages, 2 stored", model_other_stage_count, 6, "another architecture"),
     Row("model-fewer-stages", "--stages 3 for a 2-stage model", model_fewer_stages_than_asked, 2, "2 auto-context stage(s); 3 were asked"),
-    Row("model-tampered-header", "header edited by hand (config + checksum)", model_tampered_header, 6, "tampered"),
+    Row("model-tampered-header", "header edited by hand (configuration)", model_tampered_header, 6, "tampered"),
     Row("model-tampered-weights", "one weight byte flipped", model_tampered_weights, 6, "tampered"),
     Row("model-pickle", "malicious pickle named .safetensors", model_malicious_pickle, 6, "a pickle"),
     Row("model-torch-save", "torch.save file as --model", model_torch_checkpoint, 6, "not a MedSynth safetensors model"),
