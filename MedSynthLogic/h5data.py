@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DataError
+from .volume_io import available_ram
 
 FORMAT = "medsynth-patches"
 FORMAT_VERSION = 1
@@ -192,20 +193,6 @@ class PatchFileWriter:
             self.f.close()
         if filled != self.n:
             raise ValueError(f"Only {filled} of {self.n} patch slots were written.")
-
-
-def _available_ram() -> int:
-    """Bytes of RAM available now (MemAvailable), or total physical RAM where /proc is absent."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
 
 
 def _runs(sorted_idx: np.ndarray) -> List[Tuple[int, int]]:
@@ -400,7 +387,7 @@ class PatchDataset(Dataset):
         self._pid: Optional[int] = None
         self._src: Optional[np.ndarray] = None
         self._tgt: Optional[np.ndarray] = None
-        if in_memory is True or (in_memory == "auto" and nbytes <= min(memory_limit_bytes, _available_ram() // 2)):
+        if in_memory is True or (in_memory == "auto" and nbytes <= min(memory_limit_bytes, available_ram() // 2)):
             self.load_all()
 
     def _check_context(self, context: Mapping[str, np.ndarray], shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, np.ndarray]:
