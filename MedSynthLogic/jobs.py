@@ -366,22 +366,24 @@ def _terminate(process: subprocess.Popen, descendants: List[Any], psutil: Any) -
         os.killpg(process.pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
-    if psutil is not None:
-        for proc in descendants:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
+    _signal_all(descendants, "terminate", psutil)
+
+
+def _signal_all(descendants: List[Any], method: str, psutil: Any) -> None:
+    """Send ``terminate``/``kill`` to every psutil descendant still alive (those that left a process group too)."""
+    if psutil is None:
+        return
+    for proc in descendants:
+        try:
+            getattr(proc, method)()
+        except psutil.Error:
+            pass
 
 
 def _kill(process: subprocess.Popen, descendants: List[Any], psutil: Any) -> None:
     if os.name == "nt":
         if psutil is not None:
-            for proc in descendants:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
+            _signal_all(descendants, "kill", psutil)
         else:
             subprocess.run(
                 ["taskkill", "/F", "/T", "/PID", str(process.pid)],
@@ -397,11 +399,6 @@ def _kill(process: subprocess.Popen, descendants: List[Any], psutil: Any) -> Non
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    if psutil is not None:
-        for proc in descendants:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+    _signal_all(descendants, "kill", psutil)
     if process.poll() is None:
         process.kill()
