@@ -108,7 +108,8 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
     model = load_model(model_path, device="cpu", stages=args.stages)
     cancel = _cancel_on_signals()
     source = Path(args.source)
-    common = dict(stages=args.stages, device=args.device, flip_tta=args.flip_tta, progress=report, cancel=cancel)
+    common = dict(stages=args.stages, device=args.device, flip_tta=args.flip_tta, progress=report, cancel=cancel,
+                  precision=args.precision)
     if args.tile is not None:
         common["tile"] = args.tile
     if source.is_dir():
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", help="brain mask volume (default: source > 0, for skull-stripped input)")
     p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
     p.add_argument("--tile", type=int, default=None, help="output tile edge in voxels (default: chosen per device)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="arithmetic: auto = fp16 on CUDA, fp32 on the CPU; bf16 is ~2x faster on CPUs with AVX512-BF16")
     p.add_argument("--pattern", default="*.nii.gz", help="file pattern for a folder source (default: *.nii.gz)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_progress(p)

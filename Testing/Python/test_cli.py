@@ -174,7 +174,7 @@ def ws(tmp_path_factory) -> Workspace:
 # --- help, version, usage -------------------------------------------------------------------------------------
 
 KEY_OPTIONS = {
-    "synthesize": ("source", "output", "--model", "--stages", "--mask", "--flip-tta", "--tile", "--pattern", "--progress"),
+    "synthesize": ("source", "output", "--model", "--stages", "--mask", "--flip-tta", "--tile", "--precision", "--pattern", "--progress"),
     "prepare": ("data", "out", "--config", "--patches-per-case", "--val-cases", "--val-fraction", "--csv", "--progress"),
     "train": ("--data", "--out", "--model-config", "--iterations", "--batch-size", "--resume", "--run-dir", "--progress"),
     "export": ("checkpoint", "out", "--stages", "--overwrite"),
@@ -336,6 +336,15 @@ def test_synthesize_stages_and_flip_tta_change_the_output(ws, batch):
     one_stage, flipped = (assert_synthetic_t2(p, source) for p in (one, tta))
     assert not np.array_equal(default, one_stage), "--stages 1 gave the 2-stage result"
     assert not np.array_equal(default, flipped), "--flip-tta changed nothing"
+
+
+def test_synthesize_bf16_is_close_to_fp32(ws, batch):
+    """--precision bf16 (the fast CPU path) stays within a few per cent of the fp32 synthesis."""
+    source = ws.t1ce("case2")
+    out = ws.root / "case2_bf16.nii.gz"
+    medsynth("synthesize", source, out, "--model", ws.model, "--precision", "bf16", "--progress", "none")
+    fp32, bf16 = read_array(batch / "case2.nii.gz"), assert_synthetic_t2(out, source)
+    assert np.abs(fp32 - bf16).max() <= 0.05 * max(float(np.abs(fp32).max()), 1e-6)
 
 
 # --- evaluate, fit-lookup, export -----------------------------------------------------------------------------
