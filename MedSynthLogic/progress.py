@@ -244,6 +244,10 @@ def plot_losses(csv_path: os.PathLike | str, png_path: os.PathLike | str) -> Pat
             ax_ssim = ax_val.twinx()
             ax_ssim.plot(vx, [float("nan") if v is None else v for v in ssim], "s--", color="tab:red", label="SSIM")
             ax_ssim.set_ylabel("SSIM")
+            lines = ax_val.get_lines() + ax_ssim.get_lines()
+            ax_val.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
+        elif ax_val.get_lines():
+            ax_val.legend(loc="lower right", fontsize=8)
     for stage, off in offsets.items():
         if off > 0:
             ax_loss.axvline(off, color="grey", linestyle=":", linewidth=1)
