@@ -16,23 +16,11 @@ from MedSynthLogic.config import GeneratorConfig, ModelConfig
 from MedSynthLogic.errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
 from MedSynthLogic.inference import mask_bbox, synthesize_array, synthesize_file, synthesize_folder, synthesize_volume
 from MedSynthLogic.model_file import LoadedModel, load_model, save_model
-from MedSynthLogic.models import build_generators
 from MedSynthLogic.volume_io import Volume, read_volume, write_volume
 
+from _models import random_chain
+
 SHAPE = (22, 25, 19)
-
-
-def _chain(cfg: ModelConfig, seed: int = 0):
-    """Random weights with non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(seed)
-    chain = build_generators(cfg)
-    for module in chain.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.1, 0.1)
-    return chain.eval()
 
 
 def _reference(chain, src: np.ndarray, stages: int) -> np.ndarray:
@@ -56,7 +44,7 @@ def source() -> np.ndarray:
 @pytest.mark.parametrize("stages", [1, 2])
 def test_tiled_equals_whole_volume(tiny_model_config, source, stages, residual):
     cfg = dataclasses.replace(tiny_model_config, generator=dataclasses.replace(tiny_model_config.generator, residual=residual))
-    chain = _chain(cfg)
+    chain = random_chain(cfg)
     ref = _reference(chain, source, stages)
     one_tile = synthesize_array(chain, source, None, stages=stages, tile=64)
     assert np.abs(one_tile - ref).max() < 1e-5
@@ -67,7 +55,7 @@ def test_tiled_equals_whole_volume(tiny_model_config, source, stages, residual):
 
 
 def test_mask_zero_outside_nonzero_inside_and_exact(tiny_model_config, source):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     mask = np.zeros(SHAPE, bool)
     mask[3:15, 0:9, 5:19] = True
     mask[4, 20, 2] = True
@@ -80,7 +68,7 @@ def test_mask_zero_outside_nonzero_inside_and_exact(tiny_model_config, source):
 
 
 def test_tiles_far_from_mask_are_skipped_and_result_stays_exact(tiny_model_config):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     src = np.random.default_rng(3).random((44, 30, 30), dtype=np.float32)
     mask = np.zeros(src.shape, bool)
     mask[1:4, 2:5, 1:4] = True
@@ -93,7 +81,7 @@ def test_tiles_far_from_mask_are_skipped_and_result_stays_exact(tiny_model_confi
 
 
 def test_empty_mask_gives_zeros(tiny_model_config, source):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     out = synthesize_array(chain, source, np.zeros(SHAPE, bool), stages=2)
     assert out.shape == SHAPE and not out.any()
 
@@ -106,7 +94,7 @@ def test_mask_bbox():
 
 
 def test_bad_arguments(tiny_model_config, source):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     with pytest.raises(UsageError, match="2 auto-context stage"):
         synthesize_array(chain, source, None, stages=3)
     with pytest.raises(GeometryError):
@@ -118,7 +106,7 @@ def test_bad_arguments(tiny_model_config, source):
 
 
 def test_progress_events_monotone(tiny_model_config, source):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     events = []
     synthesize_array(chain, source, None, stages=2, tile=8, progress=events.append)
     assert events and all(e["event"] == "progress" and e["task"] == "synthesize" and e["stages"] == 2 for e in events)
@@ -132,7 +120,7 @@ def test_progress_events_monotone(tiny_model_config, source):
 
 @pytest.mark.parametrize("kind", ["callable", "event"])
 def test_cancel_raises_promptly(tiny_model_config, source, kind):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     events = []
     if kind == "callable":
         cancel = lambda: len(events) >= 3  # noqa: E731
@@ -150,7 +138,7 @@ def test_cancel_raises_promptly(tiny_model_config, source, kind):
 
 
 def test_flip_tta_symmetric(tiny_model_config):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     a = np.random.default_rng(1).random(SHAPE, dtype=np.float32)
     sym = 0.5 * (a + a[:, :, ::-1])
     mask = np.zeros(SHAPE, bool)
@@ -165,14 +153,14 @@ def test_flip_tta_symmetric(tiny_model_config):
 
 
 def test_bf16_close_to_fp32(tiny_model_config, source):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     fp32 = synthesize_array(chain, source, None, stages=2)
     bf16 = synthesize_array(chain, source, None, stages=2, precision="bf16")
     assert np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max()
 
 
 def test_chain_in_training_mode_is_used_as_in_eval_and_left_untouched(tiny_model_config, source):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     ref = _reference(chain, source, 2)
     chain.train()
     before = {k: v.clone() for k, v in chain.state_dict().items()}
@@ -182,7 +170,7 @@ def test_chain_in_training_mode_is_used_as_in_eval_and_left_untouched(tiny_model
 
 
 def test_out_of_memory_halves_tile_then_gives_up(tiny_model_config, source, monkeypatch):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     ref = _reference(chain, source, 2)
     original = inference._StageRunner.__call__
     tiles_seen = []
@@ -213,7 +201,7 @@ def test_out_of_memory_halves_tile_then_gives_up(tiny_model_config, source, monk
 def test_memory_bounded_by_tile_not_volume(tiny_model_config, monkeypatch):
     """Host arrays: the result, one earlier stage and one batch of tiles; no padded or per-stage volume copies."""
     monkeypatch.setattr(inference, "BATCH_VOXELS", 1)
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     src = np.random.default_rng(2).random((48, 48, 48), dtype=np.float32)
     tile, halo = 16, tiny_model_config.generator.halo
     batch_bytes = 2 * (tile + 2 * halo) ** 3 * 4
@@ -233,7 +221,7 @@ def _volume(arr: np.ndarray) -> Volume:
 @pytest.fixture()
 def model_file(tmp_path, tiny_model_config):
     path = tmp_path / "model.safetensors"
-    save_model(path, _chain(tiny_model_config), tiny_model_config)
+    save_model(path, random_chain(tiny_model_config), tiny_model_config)
     return path
 
 

@@ -26,24 +26,13 @@ from MedSynthLogic.model_file import (
     save_model,
     tensors_sha256,
 )
-from MedSynthLogic.models import build_generators
 
-
-def _chain(cfg: ModelConfig, seed: int = 0):
-    torch.manual_seed(seed)
-    chain = build_generators(cfg)
-    for module in chain.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.1, 0.1)
-    return chain.eval()
+from _models import random_chain
 
 
 @pytest.fixture()
 def saved(tmp_path, tiny_model_config):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     path = tmp_path / "model.safetensors"
     save_model(path, chain, tiny_model_config, training={"iterations": 7, "data": Path("/x")}, metrics={"psnr": 30.5})
     return path, chain, tiny_model_config
@@ -114,7 +103,7 @@ def test_load_fewer_stages_and_too_many(saved):
 
 def test_partial_chain_saved_with_its_stage_count(tmp_path, tiny_model_config):
     cfg1 = dataclasses.replace(tiny_model_config, stages=1)
-    chain = _chain(cfg1)
+    chain = random_chain(cfg1)
     path = save_model(tmp_path / "m.safetensors", chain, tiny_model_config)
     assert read_header(path)["stages"] == 1 and load_model(path).stages == 1
 
@@ -251,7 +240,7 @@ def test_save_refuses_existing_without_overwrite(saved, tiny_model_config):
 
 
 def test_save_refuses_mismatched_config(tmp_path, tiny_model_config):
-    chain = _chain(tiny_model_config)
+    chain = random_chain(tiny_model_config)
     with pytest.raises(ModelFileError, match="another architecture"):
         save_model(tmp_path / "m.safetensors", chain, ModelConfig(stages=2))
 
