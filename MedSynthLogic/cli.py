@@ -237,6 +237,13 @@ def cmd_info(args: argparse.Namespace, report: Reporter) -> int:
     return 0
 
 
+def _command(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand with the exit-code table in its --help and the shared --progress option."""
+    p = sub.add_parser(name, help=help, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_progress(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medsynth",
@@ -247,8 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("synthesize", help="synthesize a T2 from a T1ce volume (or every volume in a folder)",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "synthesize", "synthesize a T2 from a T1ce volume (or every volume in a folder)")
     p.add_argument("source", help="T1ce volume (nii, nii.gz, mha, mhd, nrrd, hdr) or a folder of them")
     p.add_argument("output", help="output volume path (or folder, for a folder source)")
     p.add_argument("--model", help="model file (.safetensors); default: the bundled T1ce→T2 model")
@@ -261,11 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arithmetic: auto = fp16 on CUDA, fp32 on the CPU; bf16 is ~2x faster on CPUs with AVX512-BF16")
     p.add_argument("--pattern", default="*.nii.gz", help="file pattern for a folder source (default: *.nii.gz)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    _add_progress(p)
     p.set_defaults(func=cmd_synthesize)
 
-    p = sub.add_parser("prepare", help="turn a folder of paired volumes into HDF5 patch files",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "prepare", "turn a folder of paired volumes into HDF5 patch files")
     p.add_argument("data", help="folder of paired cases (BraTS naming <case>/<case>_t1ce.nii.gz + _t2), or see --csv")
     p.add_argument("out", help="output folder for train.h5, val.h5 and manifest.json")
     p.add_argument("--source-suffix", default="t1ce", help="BraTS-style suffix of the source (default t1ce)")
@@ -283,36 +287,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="ModelConfig JSON (architecture, patch size, normalisation); default: the paper's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
-    _add_progress(p)
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train the adversarial model and its auto-context stages",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "train", "train the adversarial model and its auto-context stages")
     from .train_options import add_train_arguments
 
     add_train_arguments(p)
-    _add_progress(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="write a model file from a training checkpoint (after Stop or a cut-short run)",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "export", "write a model file from a training checkpoint (after Stop or a cut-short run)")
     p.add_argument("checkpoint", help="checkpoint (.pt) from a training run folder")
     p.add_argument("out", help="model file to write (.safetensors)")
     p.add_argument("--stages", type=int, default=None, help="stages to export (default: the completed ones)")
     p.add_argument("--overwrite", action="store_true")
-    _add_progress(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="PSNR, SSIM and MAE inside the brain and the tumour",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "evaluate", "PSNR, SSIM and MAE inside the brain and the tumour")
     from .evaluation import add_evaluate_arguments
 
     add_evaluate_arguments(p)
-    _add_progress(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("fit-lookup", help="fit the 1-D intensity lookup baseline on training cases",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "fit-lookup", "fit the 1-D intensity lookup baseline on training cases")
     p.add_argument("data", help="folder of cases with BraTS naming")
     p.add_argument("out", help="output JSON file")
     p.add_argument("--cases", help="comma-separated case ids to fit on (default: all)")
@@ -320,22 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-suffix", default="t1ce")
     p.add_argument("--target-suffix", default="t2")
     p.add_argument("--config", help="ModelConfig JSON whose normalisation to use")
-    _add_progress(p)
     p.set_defaults(func=cmd_fit_lookup)
 
-    p = sub.add_parser("demo", help="phantom T1ce → synthetic T2 with the bundled model, plus a side-by-side PNG",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "demo", "phantom T1ce → synthetic T2 with the bundled model, plus a side-by-side PNG")
     p.add_argument("--out", default="medsynth_demo", help="output folder (default ./medsynth_demo)")
     p.add_argument("--model", help="model file (default: bundled)")
     p.add_argument("--stages", type=int, default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--overwrite", action="store_true")
-    _add_progress(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("info", help="print a model file's header (architecture, training data, metrics)")
+    p = _command(sub, "info", "print a model file's header (architecture, training data, metrics)")
     p.add_argument("model", nargs="?", help="model file (default: bundled)")
-    _add_progress(p)
     p.set_defaults(func=cmd_info)
     return parser
 
