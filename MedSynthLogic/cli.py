@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError

@@ -35,6 +35,7 @@ from MedSynthLogic.config import ModelConfig  # noqa: E402
 from MedSynthLogic.devices import resolve_device  # noqa: E402
 from MedSynthLogic.models import build_generators, conv_flops_per_voxel  # noqa: E402
 from MedSynthLogic.normalisation import brain_mask, normalise_source  # noqa: E402
+from _machine import cpu_flags, cpu_model, ram_gib  # noqa: E402
 
 BRATS = Path(os.environ.get("MEDSYNTH_BRATS", REPO.parent / "shared" / "data" / "brats18"))
 SHAPE = (155, 240, 240)
@@ -44,22 +45,16 @@ def machine() -> Dict[str, Any]:
     """What the figures were measured on."""
     info: Dict[str, Any] = {
         "nproc": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    flags = cpu_flags()
+    if flags:
         info["cpu_simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags)
-        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-        info["ram_gib"] = round(int(mem.split()[1]) / 2**20, 1)
-    except (OSError, StopIteration):
-        pass
+    if ram_gib() is not None:
+        info["ram_gib"] = ram_gib()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

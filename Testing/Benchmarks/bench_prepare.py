@@ -27,25 +27,12 @@ sys.path.insert(0, str(REPO))
 from MedSynthLogic.config import ModelConfig  # noqa: E402
 from MedSynthLogic.dataset_prep import find_cases, prepare_dataset  # noqa: E402
 from MedSynthLogic.h5data import PatchDataset  # noqa: E402
+from _machine import cpu_model, ram_gib  # noqa: E402
 
 
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
+    ram = f"{ram_gib():.1f} GiB" if ram_gib() is not None else "unknown"
     import h5py
     import torch
 

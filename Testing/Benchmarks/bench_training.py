@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,19 +23,13 @@ from MedSynthLogic.config import ModelConfig  # noqa: E402
 from MedSynthLogic.devices import resolve_device  # noqa: E402
 from MedSynthLogic.models import Generator, build_discriminator, count_parameters  # noqa: E402
 from MedSynthLogic.training import _amp_settings, _step  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = ", load average %.1f (other jobs share this machine)" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}{load}"
 

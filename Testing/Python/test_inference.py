@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from MedSynthLogic import inference
-from MedSynthLogic.config import GeneratorConfig, ModelConfig
 from MedSynthLogic.errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
 from MedSynthLogic.inference import mask_bbox, synthesize_array, synthesize_file, synthesize_folder, synthesize_volume
 from MedSynthLogic.model_file import LoadedModel, load_model, save_model
