@@ -194,15 +194,14 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
 def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .baselines import fit_intensity_lookup
     from .config import ModelConfig, load_json_config
-    from .dataset_prep import find_cases
+    from .dataset_prep import find_cases, select_cases
     from .normalisation import brain_mask
     from .volume_io import align_pair, read_volume
 
     cfg = load_json_config(args.config, ModelConfig).normalisation
     cases = find_cases(args.data, source_suffix=args.source_suffix, target_suffix=args.target_suffix)
     if args.cases:
-        wanted = set(c for c in args.cases.split(",") if c)
-        cases = [c for c in cases if c.case_id in wanted]
+        cases = select_cases(cases, [c for c in args.cases.split(",") if c])
 
     def pairs():
         for case in cases:

@@ -251,6 +251,22 @@ def _case_key(seed: int, case_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{case_id}".encode("utf-8")).digest()[:8], "big")
 
 
+def select_cases(cases: Sequence[Case], wanted: Sequence[str], what: str = "Case") -> List[Case]:
+    """The cases named in ``wanted``, in that order; an unknown id is an error, never silently dropped.
+
+    A typo in a case list would otherwise shrink a training set or a validation report without a word.
+    """
+    by_id = {c.case_id: c for c in cases}
+    ids = list(dict.fromkeys(wanted))
+    unknown = [w for w in ids if w not in by_id]
+    if unknown:
+        raise UsageError(
+            f"{what}(s) not found: {', '.join(unknown)}.",
+            f"Known cases: {', '.join(sorted(by_id)[:20])}{' …' if len(by_id) > 20 else ''}.",
+        )
+    return [by_id[w] for w in ids]
+
+
 def split_cases(
     cases: Sequence[Case],
     val_cases: Optional[Sequence[str]] = None,
@@ -267,13 +283,7 @@ def split_cases(
     if len(by_id) != len(cases):
         raise DataError("Case ids must be unique.")
     if val_cases is not None:
-        val_ids = list(dict.fromkeys(val_cases))
-        unknown = [v for v in val_ids if v not in by_id]
-        if unknown:
-            raise UsageError(
-                f"Validation case(s) not found: {', '.join(unknown)}.",
-                f"Known cases: {', '.join(sorted(by_id)[:20])}{' …' if len(by_id) > 20 else ''}.",
-            )
+        val_ids = [c.case_id for c in select_cases(cases, val_cases, "Validation case")]
         if len(val_ids) == len(by_id):
             raise UsageError("Every case is a validation case; leave at least one for training.")
         val_set = set(val_ids)

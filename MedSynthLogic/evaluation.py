@@ -33,8 +33,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def _select_cases(args: argparse.Namespace):
     import json
 
-    from .dataset_prep import find_cases
-    from .errors import DataError
+    from .dataset_prep import find_cases, select_cases
 
     cases = find_cases(args.data, source_suffix=args.source_suffix, target_suffix=args.target_suffix)
     wanted: Optional[List[str]] = None
@@ -44,11 +43,7 @@ def _select_cases(args: argparse.Namespace):
         manifest = json.loads(Path(args.manifest).read_text(encoding="utf-8"))
         wanted = list(manifest["splits"]["val"])
     if wanted is not None:
-        by_id = {c.case_id: c for c in cases}
-        missing = [w for w in wanted if w not in by_id]
-        if missing:
-            raise DataError(f"Case(s) not found in {args.data}: {', '.join(missing)}.")
-        cases = [by_id[w] for w in wanted]
+        cases = select_cases(cases, wanted, f"Case in {args.data}")
     return cases
 
 
@@ -62,11 +57,11 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
     from .normalisation import brain_mask
     from .volume_io import align_pair, read_volume, write_volume
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cases = _select_cases(args)
     lookup = IntensityLookup.load(args.lookup) if args.lookup else None
     model = None if lookup else load_model(Path(args.model) if args.model else bundled_model_path(), stages=args.stages)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     norm = lookup.normalisation if lookup else model.config.normalisation
     mask_threshold, mask_scale = norm.mask_threshold, norm.output_scale
     entries = []

@@ -5,7 +5,9 @@ Protocol: the reference is divided by its own 99.5th percentile inside the brain
 where 1 = the target's 99.5th percentile), so it is divided by that scale (``pred_scale``) and clipped the same
 way: a prediction with too little contrast is penalised, as it should be. A prediction of unknown unit
 (``pred_scale=None``, e.g. another tool's output) is divided by its own percentile instead. Metrics then use
-``data_range=1``. PSNR of identical images is ``inf``; the JSON report writes non-finite
+``data_range=1``. ``psnr_calibrated`` is a diagnostic, not a score: the PSNR left after the best per-case gain
+and offset (least squares in the mask), i.e. the error that is not a global brightness/contrast mismatch with
+this case's reference. PSNR of identical images is ``inf``; the JSON report writes non-finite
 numbers as ``null`` and summaries average the finite values only (``n`` says how many).
 """
 
@@ -24,7 +26,7 @@ from .errors import DataError, GeometryError, InputImageError
 from .volume_io import Volume, read_volume, same_grid
 
 ArrayLike = Union[np.ndarray, Volume]
-METRICS = ("psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour")
+METRICS = ("psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated")
 SSIM_WINDOW = 7
 
 
@@ -66,6 +68,22 @@ def psnr(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = None
         raise DataError("PSNR over an empty region is undefined.", "Check the brain mask.")
     mse = float(np.mean(diff * diff))
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+def psnr_after_gain_offset(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
+    """PSNR (data range 1) of ``a·pred + b`` against ``target`` over ``mask``, with a, b fitted by least squares.
+
+    Separates a per-case brightness/contrast mismatch, which no local model can know from the source alone,
+    from errors in structure; the fitted values are clipped to [0, 1] like the protocol's.
+    """
+    region = _region(mask, np.shape(target))
+    p = np.asarray(pred, np.float64)[region]
+    t = np.asarray(target, np.float64)[region]
+    design = np.stack([p, np.ones_like(p)], axis=1)
+    (gain, offset), *_ = np.linalg.lstsq(design, t, rcond=None)
+    fitted = np.clip(gain * p + offset, 0.0, 1.0)
+    mse = float(np.mean((fitted - t) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
 def _bbox(region: np.ndarray, margin: int) -> Tuple[slice, ...]:
@@ -129,6 +147,7 @@ def evaluate_case(
         "psnr": psnr(pn, tn, brain),
         "ssim": float(np.mean(smap[inner])),
         "mae": mae(pn, tn, brain),
+        "psnr_calibrated": psnr_after_gain_offset(pn, tn, brain),
         "brain_voxels": int(brain.sum()),
     }
     if s is not None:

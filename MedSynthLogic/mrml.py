@@ -166,8 +166,6 @@ def load_volume_file(scene: Any, path: str | os.PathLike, name: Optional[str] = 
     Storage nodes work both in the Slicer application and in ``slicer-core`` (``slicer.util.loadVolume`` needs the
     application). The storage node stays attached, so the volume is saved with the scene.
     """
-    import slicer
-
     path = Path(path)
     if not path.is_file():
         raise InputImageError(f"Image file {path} does not exist.")

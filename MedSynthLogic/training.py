@@ -501,7 +501,6 @@ def _train(
 
     t_start = time.perf_counter()
     total_iterations = train_cfg.iterations * model_cfg.stages
-    done_before = first_stage * train_cfg.iterations + first_iteration
     val_volumes: Dict[str, Dict[str, Any]] = {}
     if main and plan.val_h5 is not None and train_cfg.val_volumes > 0 and train_cfg.val_every > 0:
         val_volumes = load_volumes(plan.val_h5, cases=plan.val_cases[: train_cfg.val_volumes])

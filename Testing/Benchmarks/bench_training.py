@@ -83,7 +83,7 @@ def main() -> int:
     p.add_argument("--out", default=None, help="also write the report to this file")
     args = p.parse_args()
     device = resolve_device(args.device)
-    lines = [f"MedSynth training benchmark (default ModelConfig: 32³→16³ patches, paper architecture)", f"machine: {machine(device)}"]
+    lines = ["MedSynth training benchmark (default ModelConfig: 32³→16³ patches, paper architecture)", f"machine: {machine(device)}"]
     for stage in [int(s) for s in args.stages.split(",")]:
         r = bench(device, args.batch, stage, args.iterations, args.warmup, not args.no_amp)
         lines.append(

@@ -16,6 +16,10 @@ ev() {  # row name, options...
 }
 medsynth fit-lookup "$CASES" "$OUT/lookup_t1ce_t2.json" --cases "$TRAIN" --progress none
 ev baseline_lookup --lookup "$OUT/lookup_t1ce_t2.json"
+# the same lookup on a source divided by its median: T1ce's 99.5th percentile follows the enhancing tumour
+medsynth fit-lookup "$CASES" "$OUT/lookup_t1ce_t2_median.json" --cases "$TRAIN" --progress none \
+  --config Testing/Evaluation/lookup_median_config.json
+ev baseline_lookup_median --lookup "$OUT/lookup_t1ce_t2_median.json"
 ev run1_stage0_l2 --model "$M/run1_stage0_l2.safetensors"
 ev run1_stage0_l2_gdl --model "$M/run1_stage0_l2_gdl.safetensors"
 ev run1_stage0_l2_gdl_adv --model "$M/run1_main_3stage_adv0.05.safetensors" --stages 1

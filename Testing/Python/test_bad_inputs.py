@@ -439,7 +439,6 @@ def _make_read_only(folder: Path) -> None:
     if os.geteuid() != 0:
         folder.chmod(0o555)
         return
-    t0 = time.monotonic()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"running as root and cannot mount a read-only tmpfs: {done.stderr.decode(errors='replace').strip()}")

@@ -388,6 +388,15 @@ def test_fit_lookup_then_evaluate_the_lookup(ws):
     assert report["cases"][0]["psnr"] > 12, "a lookup fitted on phantoms should fit another phantom well"
 
 
+@pytest.mark.parametrize("command", ["fit-lookup", "evaluate"])
+def test_a_misspelt_case_id_is_refused_not_skipped(ws, command):
+    out = ws.root / f"typo_{command}"
+    args = [ws.data, out] if command == "fit-lookup" else [ws.data, "--out", out, "--model", ws.model]
+    proc = medsynth(command, *args, "--cases", "case0,case9", expect=2)
+    assert "case9" in proc.stderr and "not found" in proc.stderr and "case0, case1" in proc.stderr
+    assert not out.exists()
+
+
 def test_export_a_checkpoint_gives_a_loadable_model(ws):
     from safetensors.numpy import load_file
 

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from MedSynthLogic.dataset_prep import Case, find_cases, prepare_dataset, split_cases
+from MedSynthLogic.dataset_prep import Case, find_cases, prepare_dataset, select_cases, split_cases
 from MedSynthLogic.errors import DataError, GeometryError, OutputError, UsageError
 from MedSynthLogic.h5data import PatchDataset, load_volumes, open_patch_file
 from MedSynthLogic.patches import centre_crop, extract_patches
@@ -156,6 +156,14 @@ def test_split_cases_deterministic_by_id():
         split_cases(cases, val_cases=["c99"])
     with pytest.raises(UsageError):
         split_cases(cases[:1], val_cases=["c0"])
+
+
+def test_select_cases_keeps_the_given_order_and_refuses_unknown_ids():
+    cases = [Case(f"c{i}", f"s{i}", f"t{i}") for i in range(4)]
+    assert [c.case_id for c in select_cases(cases, ["c3", "c0", "c3"])] == ["c3", "c0"]
+    with pytest.raises(UsageError, match=r"not found: c9") as info:
+        select_cases(cases, ["c1", "c9"], "Training case")
+    assert "Training case" in str(info.value) and "c0, c1, c2, c3" in info.value.hint
 
 
 # ------------------------------------------------------------------------------------------ prepare

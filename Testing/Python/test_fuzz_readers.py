@@ -11,7 +11,6 @@ from __future__ import annotations
 import faulthandler
 import gzip
 import hashlib
-import io
 import json
 import struct
 import tempfile

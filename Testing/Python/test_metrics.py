@@ -19,10 +19,27 @@ from MedSynthLogic.metrics import (
     mae,
     normalise_for_metrics,
     psnr,
+    psnr_after_gain_offset,
     ssim3d,
     write_report,
 )
 from MedSynthLogic.volume_io import Volume, write_volume
+
+
+def test_gain_offset_psnr_forgives_only_a_global_brightness_mismatch() -> None:
+    rng = np.random.default_rng(1)
+    target = rng.uniform(0.1, 0.9, (8, 8, 8))
+    mask = np.ones(target.shape, bool)
+    mask[0] = False
+    darker = 0.5 * target + 0.1  # right structure, wrong brightness and contrast
+    assert psnr(darker, target, mask) < 20
+    assert psnr_after_gain_offset(darker, target, mask) > 250  # exact up to float rounding
+    noisy = target + rng.normal(0, 0.05, target.shape)
+    by_hand = 10 * math.log10(1 / np.mean((np.clip(np.polyval(np.polyfit(noisy[mask], target[mask], 1), noisy[mask]), 0, 1) - target[mask]) ** 2))
+    assert psnr_after_gain_offset(noisy, target, mask) == pytest.approx(by_hand, rel=1e-9)
+    assert psnr_after_gain_offset(noisy, target, mask) >= psnr(noisy, target, mask) - 1e-9
+    result = evaluate_case(darker * 1000, target * 1000, mask, pred_scale=1000 * np.percentile(target[mask], 99.5))
+    assert result["psnr_calibrated"] > result["psnr"] + 10
 
 
 def test_psnr_and_mae_by_hand() -> None:
@@ -75,7 +92,7 @@ def test_evaluate_case_tumour_metrics_only_with_seg(phantom) -> None:
     t2, mask, seg = phantom.t2.array, phantom.mask, phantom.labels
     pred = t2 + np.where(seg > 0, 300.0, 0.0).astype(np.float32) * mask  # errors only in the tumour
     brain_only = evaluate_case(pred, t2, mask)
-    assert set(brain_only) == {"psnr", "ssim", "mae", "brain_voxels"}
+    assert set(brain_only) == {"psnr", "ssim", "mae", "psnr_calibrated", "brain_voxels"}
     with_seg = evaluate_case(pred, t2, mask, seg)
     assert {"psnr_tumour", "ssim_tumour", "mae_tumour"} <= set(with_seg)
     assert with_seg["tumour_voxels"] == int(((seg > 0) & mask).sum())
@@ -116,7 +133,7 @@ def test_evaluate_pairs_and_report(tmp_path, phantom) -> None:
     data = json.loads((tmp_path / "r.json").read_text())  # strict JSON: inf became null
     assert data["cases"][3]["psnr"] is None and data["cases"][0]["psnr"] == pytest.approx(psnrs[0])
     md = (tmp_path / "r.md").read_text()
-    assert "| case | psnr | ssim | mae | psnr_tumour | ssim_tumour | mae_tumour |" in md
+    assert "| case | psnr | ssim | mae | psnr_tumour | ssim_tumour | mae_tumour | psnr_calibrated |" in md
     assert "| perfect | ∞ |" in md and "**mean ± std**" in md and md.count("\n| case |") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]
 
