@@ -6,6 +6,9 @@
 #   WORK_DIR   receives data/ (HDF5 patches), the model files, JSON-lines logs and run folders
 # Environment: DEVICE (cuda), IT (iterations per stage), BS (batch), PPC (patches per case), MEDSYNTH (command),
 #   MAIN_OPTS (extra options of the main 3-stage run), ABLATIONS (1: also train the stage-0 ablations beside it).
+# Re-running it on the same WORK_DIR continues: the patch files are kept and each run resumes from its newest
+# checkpoint, so a schedule longer than one session (or one 10-minute GPU command, under `timeout -s TERM`,
+# which makes training checkpoint and stop) is a series of identical calls.
 # The validation split is fixed here and recorded in every model file's header (manifest summary).
 set -euo pipefail
 CASES=$1
@@ -19,15 +22,19 @@ PPC=${PPC:-1200}
 WORKERS=${WORKERS:-0}
 mkdir -p "$WORK"
 t0=$(date +%s)
-$MEDSYNTH prepare "$CASES" "$WORK/data" --patches-per-case "$PPC" --val-cases "$VAL" --seed 0 --progress none --overwrite
-echo "prepare: $(( $(date +%s) - t0 )) s"
+if [ ! -f "$WORK/data/manifest.json" ]; then
+  $MEDSYNTH prepare "$CASES" "$WORK/data" --patches-per-case "$PPC" --val-cases "$VAL" --seed 0 --progress none --overwrite
+  echo "prepare: $(( $(date +%s) - t0 )) s"
+fi
 
 common=(--data "$WORK/data" --device "$DEVICE" --batch-size "$BS" --iterations "$IT" --val-every 500
         --checkpoint-every 1000 --log-every 50 --num-workers "$WORKERS" --seed 0 --progress json --overwrite)
 run() {  # name, extra options...
   local name=$1; shift
-  $MEDSYNTH train "${common[@]}" --out "$WORK/$name.safetensors" --run-dir "$WORK/${name}_run" "$@" \
-    > "$WORK/$name.jsonl" 2> "$WORK/$name.log" && echo "$name: done after $(( $(date +%s) - t0 )) s" \
+  local resume=()
+  compgen -G "$WORK/${name}_run/ckpt_*.pt" > /dev/null && resume=(--resume)
+  $MEDSYNTH train "${common[@]}" --out "$WORK/$name.safetensors" --run-dir "$WORK/${name}_run" "${resume[@]}" "$@" \
+    >> "$WORK/$name.jsonl" 2>> "$WORK/$name.log" && echo "$name: done after $(( $(date +%s) - t0 )) s" \
     || echo "$name: FAILED ($?) after $(( $(date +%s) - t0 )) s"
 }
 # shellcheck disable=SC2086
