@@ -415,6 +415,28 @@ def test_export_a_checkpoint_gives_a_loadable_model(ws):
         np.testing.assert_array_equal(exported[name], trained[name], err_msg=name)
 
 
+def test_bundled_model_export_script_records_provenance_and_evaluation(ws):
+    """The script that seals Resources/Models puts the committed provenance and a measured report in the header."""
+    from MedSynthLogic.model_file import read_header
+
+    last = sorted(ws.run_dir.glob("ckpt_*.pt"))[-1]
+    evaluation = ws.root / "evaluation_for_export"
+    medsynth("evaluate", ws.data, "--model", ws.model, "--cases", "case2", "--out", evaluation)
+    out = ws.root / "bundled_like.safetensors"
+    script = REPO / "Testing" / "Training" / "export_bundled_model.py"
+    proc = subprocess.run([sys.executable, str(script), str(last), str(out), "--evaluation", str(evaluation / "metrics.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    header = read_header(out)
+    provenance = json.loads((REPO / "Testing" / "Training" / "bundled_provenance.json").read_text(encoding="utf-8"))
+    for key, value in provenance.items():
+        assert header["training"][key] == value
+    assert header["training"]["checkpoint_iteration"] > 0 and header["training"]["exported_from_checkpoint"] == last.name
+    measured = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
+    assert header["metrics"]["evaluation"]["cases"] == ["case2"]
+    assert header["metrics"]["evaluation"]["summary"]["psnr"]["mean"] == pytest.approx(measured["summary"]["psnr"]["mean"])
+
+
 # --- demo -----------------------------------------------------------------------------------------------------
 
 
