@@ -133,7 +133,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     seed: int = 0
-    amp: bool = True
+    precision: str = "auto"
     num_workers: int = 0
     val_volumes: int = 2
     init_from_previous: bool = True

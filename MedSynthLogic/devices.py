@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import torch
 
@@ -41,4 +42,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise UsageError(f"Unknown device {name!r}.", "Use auto, cpu, cuda, cuda:N or mps.")
 
 
-__all__ = ["resolve_device"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto", cuda_auto: torch.dtype = torch.float16) -> Optional[torch.dtype]:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain float32).
+
+    ``auto`` is float32 on the CPU and ``cuda_auto`` on a GPU; ``bf16`` works on both (fast on CPUs with
+    AVX-512 BF16 or AMX, emulated and slow elsewhere); ``fp16`` and ``bf16`` on a GPU without bf16 are refused
+    rather than silently run in another precision.
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown precision {precision!r}.", f"Use one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ResourceError("This GPU does not support bfloat16.", "Use --precision fp16 or fp32.")
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    return cuda_auto if device.type == "cuda" else None
+
+
+__all__ = ["PRECISIONS", "autocast_dtype", "resolve_device"]

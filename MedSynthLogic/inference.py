@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .devices import PRECISIONS, autocast_dtype
 from .errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
 from .model_file import LoadedModel, _device, load_model
 from .models import AutoContextChain
@@ -174,23 +175,13 @@ class _StageRunner:
         if flip:
             x = torch.cat([x, torch.flip(x, dims=(-1,))], dim=0)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        dtype = _autocast_dtype(self.device, self.precision)
+        dtype = autocast_dtype(self.device, self.precision)
         out = self._forward(x, dtype)
         if dtype is not None and dtype == torch.float16 and not bool(torch.isfinite(out).all()):
             out = self._forward(x, None)
         if flip:
             out = 0.5 * (out[:b] + torch.flip(out[b:], dims=(-1,)))
         return out.cpu().numpy()
-
-
-def _autocast_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    return torch.float16 if device.type == "cuda" else None
 
 
 def _gather(arrays: Sequence[np.ndarray], ranges: Sequence[Tuple[int, int]], out: np.ndarray) -> None:
@@ -330,8 +321,8 @@ def synthesize_array(
     n = available if stages is None else int(stages)
     if not 1 <= n <= available:
         raise UsageError(f"The model has {available} auto-context stage(s); {stages} were asked for.")
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UsageError(f"Unknown precision {precision!r}; use auto, fp32, bf16 or fp16.")
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown precision {precision!r}; use {', '.join(PRECISIONS)}.")
     dev = _device(device)
     tile = default_tile(dev) if tile is None else int(tile)
     if tile < 1:

@@ -34,14 +34,14 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}{load}"
 
 
-def bench(device: torch.device, batch: int, stage: int, iterations: int, warmup: int, amp: bool) -> dict:
+def bench(device: torch.device, batch: int, stage: int, iterations: int, warmup: int, precision: str) -> dict:
     cfg = ModelConfig()
     torch.manual_seed(0)
     gen = Generator(cfg.stage_generator(stage)).to(device).train()
     disc = build_discriminator(cfg).to(device).train()
     opt_g = torch.optim.Adam(gen.parameters(), lr=5e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.999))
-    use_amp, dtype = _amp_settings(device, amp)
+    use_amp, dtype = _amp_settings(device, precision)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -79,13 +79,13 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--stages", default="0,1", help="stages to time (0: 1-channel input, 1: 2-channel auto-context input)")
-    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--out", default=None, help="also write the report to this file")
     args = p.parse_args()
     device = resolve_device(args.device)
     lines = ["MedSynth training benchmark (default ModelConfig: 32³→16³ patches, paper architecture)", f"machine: {machine(device)}"]
     for stage in [int(s) for s in args.stages.split(",")]:
-        r = bench(device, args.batch, stage, args.iterations, args.warmup, not args.no_amp)
+        r = bench(device, args.batch, stage, args.iterations, args.warmup, args.precision)
         lines.append(
             f"stage {r['stage']} ({'1' if stage == 0 else '2'}-ch input) batch {r['batch']} {r['precision']}: "
             f"{r['it_per_s']:.3f} it/s, {r['patches_per_s']:.1f} patches/s, {r['s_per_it']:.2f} s/it "

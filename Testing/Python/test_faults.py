@@ -98,7 +98,7 @@ def train_data(tmp_path_factory) -> Dict[str, Path]:
 def _train_argv(train_data: Dict[str, Path], out: Path, resume: bool) -> List[str]:
     argv = ["train", "--data", str(train_data["data"]), "--out", str(out), "--model-config", str(train_data["config"]),
             "--iterations", str(ITERATIONS), "--batch-size", "2", "--checkpoint-every", "2", "--val-every", "0", "--log-every", "1",
-            "--device", "cpu", "--no-amp", "--progress", "json", "--keep-checkpoints", "3"]
+            "--device", "cpu", "--precision", "fp32", "--progress", "json", "--keep-checkpoints", "3"]
     return argv + (["--resume"] if resume else [])
 
 

@@ -59,7 +59,7 @@ def deterministic():
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(iterations=8, batch_size=4, val_every=0, checkpoint_every=0, log_every=1, val_volumes=1, amp=False, num_workers=0)
+    base = dict(iterations=8, batch_size=4, val_every=0, checkpoint_every=0, log_every=1, val_volumes=1, precision="fp32", num_workers=0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -68,6 +68,27 @@ def _one_stage(cfg):
     import dataclasses
 
     return dataclasses.replace(cfg, stages=1)
+
+
+def test_bf16_training_on_the_cpu_learns_and_says_so(tmp_path, data_dir, tiny_model_config):
+    """--precision bf16 runs the CPU step under bfloat16 autocast (the speed-up for CPU-only training)."""
+    from MedSynthLogic.errors import UsageError
+    from MedSynthLogic.model_file import read_header
+    from MedSynthLogic.training import _amp_settings, train
+
+    assert _amp_settings(torch.device("cpu"), "bf16") == (True, torch.bfloat16)
+    assert _amp_settings(torch.device("cpu"), "auto") == (False, None)
+    with pytest.raises(UsageError, match="fp16 training needs a CUDA GPU"):
+        _amp_settings(torch.device("cpu"), "fp16")
+    with pytest.raises(UsageError, match="Unknown precision"):
+        _amp_settings(torch.device("cpu"), "half")
+    events = []
+    out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
+                _cfg(iterations=30, val_every=10, log_every=10, lr_g=1e-2, precision="bf16"), device="cpu",
+                callback=events.append)
+    vals = [e["val_loss"] for e in events if e["event"] == "validation"]
+    assert vals[-1] < vals[0] and all(np.isfinite(vals))
+    assert read_header(out)["training"]["precision"] == "bfloat16"
 
 
 def test_plan_refuses_missing_data_and_wrong_patch_size(tmp_path, data_dir, tiny_model_config):
