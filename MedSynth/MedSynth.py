@@ -55,6 +55,7 @@ from MedSynthLogic import jobs, mrml  # noqa: E402
 from MedSynthLogic.errors import MedSynthError  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
+TRAIN_PRECISIONS = ["auto", "bf16", "fp32"]
 SYNTHETIC_SUFFIX = "synthetic T2"
 #: Packages Slicer already ships; never reinstalled (pinned to the running versions while installing the rest).
 PROTECTED_PACKAGES = ("numpy", "SimpleITK")
@@ -122,6 +123,7 @@ class MedSynthParameterNode:
     trainStages: Annotated[int, WithinRange(1, 10)] = 3
     residual: bool = True
     trainDevice: Annotated[str, Choice(DEVICES)] = "auto"
+    trainPrecision: Annotated[str, Choice(TRAIN_PRECISIONS)] = "auto"
 
 
 def _isSet(path: Optional[Path]) -> bool:
@@ -634,6 +636,7 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
             "--lr-g", p.lrG,
             "--lr-d", p.lrD,
             "--device", p.trainDevice,
+            "--precision", p.trainPrecision,
             "--progress", "json",
         ]
         if resume:
