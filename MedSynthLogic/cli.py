@@ -18,7 +18,7 @@ from .errors import Cancelled, MedSynthError, ResourceError, UsageError
 
 EXIT_CODES = """exit codes: 0 success, 1 internal error (a bug: please report it), 2 usage, 3 bad input image,
 4 geometry mismatch, 5 bad data folder or HDF5 file, 6 bad model file, 7 output cannot be written,
-8 out of memory or device missing, 130 cancelled"""
+8 out of memory or device missing, 9 training diverged (NaN loss), 130 cancelled"""
 
 
 class Reporter:

@@ -59,6 +59,12 @@ class ResourceError(MedSynthError):
     exit_code = 8
 
 
+class TrainingDiverged(MedSynthError):
+    """A training loss became NaN or infinite: the weights are lost from that step on, so training stops."""
+
+    exit_code = 9
+
+
 class Cancelled(MedSynthError):
     """The user cancelled the work (Cancel button, SIGINT, SIGTERM)."""
 

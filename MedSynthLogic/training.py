@@ -37,7 +37,7 @@ from . import distributed as dist_utils
 from .atomic import check_output_path
 from .config import ModelConfig, TrainConfig, load_json_config, to_dict
 from .devices import autocast_dtype
-from .errors import Cancelled, DataError, ModelFileError, UsageError
+from .errors import Cancelled, DataError, ModelFileError, TrainingDiverged, UsageError
 from .losses import discriminator_loss, generator_loss
 from .models import init_from_previous_stage, AutoContextChain, Generator, build_discriminator, build_generators, generators_state
 from .progress import (
@@ -573,6 +573,14 @@ def _train(
                 group["lr"] = _lr(train_cfg.lr_d, it, train_cfg)
             adversarial = train_cfg.adversarial and it >= train_cfg.warmup_iterations
             losses = _step(gen_w, disc_w, opt_g, opt_d, scaler, src, tgt, model_cfg, adversarial, use_amp, amp_dtype, dev)
+            if dist_utils.any_rank(not all(np.isfinite(v) for v in losses.values()), ctx):
+                last = ckpt.latest_checkpoint(run_dir)
+                raise TrainingDiverged(
+                    f"A training loss became NaN or infinite at stage {stage}, iteration {it + 1} "
+                    f"({', '.join(f'{k}={v:g}' for k, v in losses.items())}); no checkpoint was written after it.",
+                    (f"Resume from {last.name} with a lower learning rate or --precision fp32." if last is not None
+                     else "Start again with a lower learning rate or --precision fp32."),
+                )
             for key, v in losses.items():
                 sums[key] = sums.get(key, 0.0) + v
             count += 1

@@ -91,6 +91,28 @@ def test_bf16_training_on_the_cpu_learns_and_says_so(tmp_path, data_dir, tiny_mo
     assert read_header(out)["training"]["precision"] == "bfloat16"
 
 
+def test_a_nan_loss_stops_training_and_keeps_the_good_checkpoints(tmp_path, data_dir, tiny_model_config, monkeypatch):
+    """Divergence must not overwrite good checkpoints with NaN weights (keep-checkpoints would rotate them out)."""
+    from MedSynthLogic import training
+    from MedSynthLogic.errors import TrainingDiverged
+
+    real_step, calls = training._step, []
+
+    def step(*args, **kwargs):
+        losses = real_step(*args, **kwargs)
+        calls.append(1)
+        return dict(losses, l2=float("nan")) if len(calls) == 5 else losses
+
+    monkeypatch.setattr(training, "_step", step)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="stage 0, iteration 5") as info:
+        training.train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
+                       _cfg(iterations=8, checkpoint_every=2), device="cpu", run_dir=run, keep_checkpoints=5)
+    assert info.value.exit_code == 9 and ckpt.checkpoint_name(0, 4) in info.value.hint
+    assert sorted(p.name for p in run.glob("ckpt_*.pt")) == [ckpt.checkpoint_name(0, 2), ckpt.checkpoint_name(0, 4)]
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_plan_refuses_missing_data_and_wrong_patch_size(tmp_path, data_dir, tiny_model_config):
     import dataclasses
 
