@@ -29,7 +29,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto (default): bf16/fp16 autocast on a GPU, float32 on the CPU; bf16 also speeds up "
-                        "CPUs with AVX-512 BF16 or AMX")
+                        "CPUs with AVX-512 BF16 or AMX (experimental on the CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun each rank takes its LOCAL_RANK GPU)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     parser.add_argument("--run-dir", default=None, help="checkpoints, CSV log and loss plot (default: <out stem>_run/)")

@@ -226,8 +226,9 @@ def _amp_settings(device: torch.device, precision: str) -> Tuple[bool, Optional[
     """(autocast on?, dtype) for a TrainConfig ``precision``.
 
     ``auto``: bf16 on GPUs that support it (no loss scaling needed), else fp16 with a GradScaler; float32 on the
-    CPU. ``bf16`` on the CPU runs the convolutions in bfloat16 (BatchNorm and losses stay float32), measured ~4.7×
-    faster per generator step on an AVX-512 BF16 CPU; fp16 needs a GPU (its GradScaler is CUDA's).
+    CPU. ``bf16`` on the CPU runs the convolutions in bfloat16 (losses stay float32), measured ~4.7× faster per
+    generator step on an AVX-512 BF16 CPU but experimental there: one real-data run diverged to NaN (see README);
+    fp16 needs a GPU (its GradScaler is CUDA's).
     """
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("fp16 training needs a CUDA GPU.", "Use --precision bf16 or fp32 on the CPU.")
