@@ -27,5 +27,6 @@ ev run1_stage0_no_residual --model "$M/run1_stage0_no_residual.safetensors"
 ev run1_acm_2stages --model "$M/run1_main_3stage_adv0.05.safetensors" --stages 2
 ev run1_acm_3stages --model "$M/run1_main_3stage_adv0.05.safetensors" --stages 3
 ev bundled_stage1 --model "$BUNDLED" --stages 1
+ev bundled_2stages --model "$BUNDLED" --stages 2
 ev bundled --model "$BUNDLED" --figures
 ev bundled_flip_tta --model "$BUNDLED" --flip-tta

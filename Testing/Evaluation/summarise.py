@@ -20,8 +20,9 @@ ROWS = [
     ("run1_acm_2stages", "run 1, + ACM stage 2"),
     ("run1_acm_3stages", "run 1, + ACM stage 3"),
     ("bundled_stage1", "bundled model (run 2, λ1 = 0.01), stage 1 only"),
-    ("bundled", "**bundled model, 2 stages** (what Slicer and the CLI use)"),
-    ("bundled_flip_tta", "bundled model, 2 stages, with flip averaging"),
+    ("bundled_2stages", "bundled model, stages 1–2 (H100; the model shipped until stage 3 was trained)"),
+    ("bundled", "**bundled model, 3 stages** (stage 3 trained on the CPU; what Slicer and the CLI use)"),
+    ("bundled_flip_tta", "bundled model, 3 stages, with flip averaging"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
