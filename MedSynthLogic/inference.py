@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import PRECISIONS, autocast_dtype
+from .devices import autocast_dtype
 from .errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
 from .model_file import LoadedModel, _device, load_model
 from .models import AutoContextChain
@@ -321,9 +321,8 @@ def synthesize_array(
     n = available if stages is None else int(stages)
     if not 1 <= n <= available:
         raise UsageError(f"The model has {available} auto-context stage(s); {stages} were asked for.")
-    if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision {precision!r}; use {', '.join(PRECISIONS)}.")
     dev = _device(device)
+    autocast_dtype(dev, precision)  # refuses an unknown precision (or bf16 on a GPU without it) before any work
     tile = default_tile(dev) if tile is None else int(tile)
     if tile < 1:
         raise UsageError(f"The tile size must be positive, got {tile}.")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from MedSynthLogic.config import ModelConfig  # noqa: E402
-from MedSynthLogic.devices import resolve_device  # noqa: E402
+from MedSynthLogic.devices import PRECISIONS, resolve_device  # noqa: E402
 from MedSynthLogic.models import Generator, build_discriminator, count_parameters  # noqa: E402
 from MedSynthLogic.training import _amp_settings, _step  # noqa: E402
 from _machine import cpu_model  # noqa: E402
@@ -79,7 +79,7 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--stages", default="0,1", help="stages to time (0: 1-channel input, 1: 2-channel auto-context input)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--out", default=None, help="also write the report to this file")
     args = p.parse_args()
     device = resolve_device(args.device)
