@@ -34,6 +34,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     parser.add_argument("--run-dir", default=None, help="checkpoints, CSV log and loss plot (default: <out stem>_run/)")
     parser.add_argument("--start-stage", type=int, default=0, help="retrain from this stage on (earlier stages from the newest checkpoint)")
+    parser.add_argument("--init-model", default=None,
+                        help="with --start-stage N: take stages 0..N-1 from this model file (e.g. add a stage to a trained model)")
     parser.add_argument("--keep-checkpoints", type=int, default=3)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     return parser

@@ -397,6 +397,25 @@ def _load_generators(chain: AutoContextChain, state: Dict[str, Any], upto: int) 
         chain.stages[k].load_state_dict(sd)
 
 
+def _load_generators_from_model(chain: AutoContextChain, path: os.PathLike | str, model_cfg: ModelConfig, stages: int) -> str:
+    """Copy the first ``stages`` generators of a model file into ``chain`` (to add auto-context stages to a model)."""
+    from .model_file import load_model
+
+    loaded = load_model(path, stages=None)
+    theirs, ours = to_dict(loaded.config), to_dict(model_cfg)
+    differ = sorted(k for k in ("generator", "normalisation", "source_patch") if theirs[k] != ours[k])
+    if differ:
+        raise ModelFileError(
+            f"The model file {path} differs from this training's model config in {', '.join(differ)}.",
+            "Train with the model file's own configuration (`medsynth info` shows it), changing only the stage count.",
+        )
+    if loaded.stages < stages:
+        raise UsageError(f"The model file {path} has {loaded.stages} stage(s); start_stage {stages} needs {stages}.")
+    for k in range(stages):
+        chain.stages[k].load_state_dict(loaded.chain.stages[k].state_dict())
+    return str(path)
+
+
 def _lr(base: float, iteration: int, cfg: TrainConfig) -> float:
     if cfg.lr_decay_every > 0:
         return base * cfg.lr_decay_gamma ** (iteration // cfg.lr_decay_every)
@@ -422,21 +441,26 @@ def train(
     start_stage: int = 0,
     command: Optional[Sequence[str]] = None,
     keep_checkpoints: int = 3,
+    init_model: Optional[os.PathLike | str] = None,
 ) -> Path:
     """Train all auto-context stages and write the model file; returns its path.
 
     ``resume`` continues from the newest complete checkpoint in ``run_dir`` (default ``<out stem>_run/``)
     and starts afresh when there is none. ``start_stage`` > 0 retrains from that stage on, taking the earlier
-    stages from the newest checkpoint that holds them. ``stop_event`` (or SIGTERM/SIGINT with
+    stages from the newest checkpoint that holds them, or from the model file ``init_model`` (to add stages to a
+    trained model); with ``resume`` a run that already reached ``start_stage`` continues. ``stop_event`` (or SIGTERM/SIGINT with
     :func:`install_signal_handlers`) writes a checkpoint and raises :class:`Cancelled`.
     """
     out = check_output_path(out_model, overwrite=True)
     plan = plan_training(data_dir, model_cfg, train_cfg)
     if not 0 <= start_stage < model_cfg.stages:
         raise UsageError(f"start_stage must be in 0..{model_cfg.stages - 1}.")
+    if init_model is not None and start_stage == 0:
+        raise UsageError("--init-model provides the stages before --start-stage; pass --start-stage 1 or more.")
     ctx = dist_utils.init_distributed(_resolve(device))
     try:
-        return _train(plan, out, model_cfg, train_cfg, ctx, resume, run_dir, callback, stop_event, start_stage, command, keep_checkpoints)
+        return _train(plan, out, model_cfg, train_cfg, ctx, resume, run_dir, callback, stop_event, start_stage, command,
+                      keep_checkpoints, init_model)
     finally:
         dist_utils.cleanup(ctx)
 
@@ -454,6 +478,7 @@ def _train(
     start_stage: int,
     command: Optional[Sequence[str]],
     keep: int,
+    init_model: Optional[os.PathLike | str] = None,
 ) -> Path:
     from .h5data import PatchDataset, load_volumes
 
@@ -479,22 +504,29 @@ def _train(
     state: Optional[Dict[str, Any]] = None
     first_stage, first_iteration = start_stage, 0
     resumed_from: Optional[str] = None
-    if resume or start_stage > 0:
+    if resume or (start_stage > 0 and init_model is None):
         found = ckpt.latest_checkpoint(run_dir)
         if found is not None:
             state = ckpt.load_checkpoint(found)
             if json.loads(state["model_config"]) != to_dict(model_cfg):
                 raise ModelFileError(f"The checkpoint {found} was made with a different model config.", "Use another --run-dir or the same config.")
             resumed_from = str(found)
-        elif start_stage > 0:
-            raise DataError(f"start_stage {start_stage} needs the earlier stages, but {run_dir} holds no checkpoint.")
+    # --resume continues a run that already reached start_stage; otherwise start_stage retrains from there
+    continuing = state is not None and resume and int(state["stage"]) >= start_stage
     elapsed_before = 0.0
     metrics: Dict[str, Any] = {}
+    if start_stage > 0 and not continuing:
+        if init_model is not None:
+            resumed_from = _load_generators_from_model(chain, init_model, model_cfg, start_stage)
+            state = None
+        elif state is None:
+            raise DataError(f"start_stage {start_stage} needs the earlier stages, but {run_dir} holds no checkpoint.",
+                            "Resume the run that trained them, or pass --init-model with a model file that has them.")
     if state is not None:
         ck_stage, ck_it, done = state["stage"], state["iteration"], state["stage_done"]
         metrics = json.loads(state.get("metrics", "{}"))
         elapsed_before = float(state.get("elapsed_s", 0.0))
-        if start_stage > 0:
+        if start_stage > 0 and not continuing:
             if ck_stage + (1 if done else 0) < start_stage:
                 raise DataError(f"The newest checkpoint has stages 0..{ck_stage - (0 if done else 1)} trained; start_stage {start_stage} needs 0..{start_stage - 1}.")
             _load_generators(chain, state, start_stage - 1)
@@ -860,6 +892,7 @@ def train_from_args(
             start_stage=args.start_stage,
             command=list(sys.argv),
             keep_checkpoints=args.keep_checkpoints,
+            init_model=args.init_model,
         )
     finally:
         restore()

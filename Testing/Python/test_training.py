@@ -242,3 +242,80 @@ def test_context_is_previous_stage_on_padded_grid(data_dir, tiny_model_config):
     inner = src[:, 1:, pad:-pad, pad:-pad, pad:-pad].numpy()
     # context inside the patch centre equals stage 0 applied to the patch itself (valid convs are exact)
     np.testing.assert_allclose(inner, direct, atol=2e-3)
+
+
+def _stage_weights(chain, k):
+    return {n: t.clone() for n, t in chain.stages[k].state_dict().items()}
+
+
+def test_init_model_adds_a_stage_and_keeps_the_earlier_ones(tmp_path, data_dir, tiny_model_config):
+    """--init-model + --start-stage: a trained 1-stage model file becomes stage 0 of a 2-stage model, untouched."""
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.training import train
+
+    one = train(data_dir, tmp_path / "one.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu")
+    before = _stage_weights(load_model(one).chain, 0)
+    events = []
+    two = train(data_dir, tmp_path / "two.safetensors", tiny_model_config, _cfg(iterations=3), device="cpu",
+                start_stage=1, init_model=one, callback=events.append)
+    assert [e["stage"] for e in events if e["event"] == "stage" and e["status"] == "start"] == [1]
+    loaded = load_model(two)
+    assert loaded.stages == 2
+    after = _stage_weights(loaded.chain, 0)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert loaded.header["training"]["resumed_from"] == str(one)
+
+
+def test_init_model_refuses_what_cannot_be_extended(tmp_path, data_dir, tiny_model_config):
+    import dataclasses
+
+    from MedSynthLogic.config import GeneratorConfig
+    from MedSynthLogic.errors import UsageError
+    from MedSynthLogic.training import train
+
+    one = train(data_dir, tmp_path / "one.safetensors", _one_stage(tiny_model_config), _cfg(iterations=1), device="cpu")
+    with pytest.raises(UsageError, match="--start-stage 1 or more"):
+        train(data_dir, tmp_path / "a.safetensors", tiny_model_config, _cfg(), device="cpu", init_model=one)
+    three = dataclasses.replace(tiny_model_config, stages=3)
+    with pytest.raises(UsageError, match="has 1 stage"):
+        train(data_dir, tmp_path / "b.safetensors", three, _cfg(), device="cpu", start_stage=2, init_model=one)
+    wider = dataclasses.replace(tiny_model_config, generator=GeneratorConfig(filters=(4, 4, 4, 8, 8, 8, 4, 8, 1)))
+    with pytest.raises(ModelFileError, match="differs from this training's model config in generator"):
+        train(data_dir, tmp_path / "c.safetensors", wider, _cfg(), device="cpu", start_stage=1, init_model=one)
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_resume_continues_a_stopped_start_stage_run(tmp_path, data_dir, tiny_model_config):
+    """Calling the same --start-stage command again with --resume continues the stage instead of restarting it."""
+    from MedSynthLogic.training import train
+
+    one = train(data_dir, tmp_path / "one.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu")
+    stop = threading.Event()
+
+    def stop_after_two(event):
+        if event["event"] == "iteration" and event["iteration"] == 2:
+            stop.set()
+
+    kw = dict(device="cpu", start_stage=1, init_model=one, run_dir=tmp_path / "run")
+    with pytest.raises(Cancelled):
+        train(data_dir, tmp_path / "two.safetensors", tiny_model_config, _cfg(iterations=5), stop_event=stop,
+              callback=stop_after_two, **kw)
+    events = []
+    train(data_dir, tmp_path / "two.safetensors", tiny_model_config, _cfg(iterations=5), resume=True, callback=events.append, **kw)
+    assert [e["iteration"] for e in events if e["event"] == "iteration"] == [3, 4, 5]
+
+
+def test_start_stage_from_a_checkpoint_retrains_only_the_later_stages(tmp_path, data_dir, tiny_model_config):
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.training import train
+
+    first = train(data_dir, tmp_path / "m.safetensors", tiny_model_config, _cfg(iterations=2), device="cpu")
+    before = load_model(first).chain
+    with pytest.raises(DataError, match="holds no checkpoint"):
+        train(data_dir, tmp_path / "x.safetensors", tiny_model_config, _cfg(), device="cpu", start_stage=1, run_dir=tmp_path / "empty")
+    again = train(data_dir, tmp_path / "m.safetensors", tiny_model_config, _cfg(iterations=2, seed=5), device="cpu", start_stage=1)
+    after = load_model(again).chain
+    b0, a0 = _stage_weights(before, 0), _stage_weights(after, 0)
+    assert all(torch.equal(b0[n], a0[n]) for n in b0)
+    b1, a1 = _stage_weights(before, 1), _stage_weights(after, 1)
+    assert not all(torch.equal(b1[n], a1[n]) for n in b1)
