@@ -30,3 +30,4 @@ ev bundled_stage1 --model "$BUNDLED" --stages 1
 ev bundled_2stages --model "$BUNDLED" --stages 2
 ev bundled --model "$BUNDLED" --figures
 ev bundled_flip_tta --model "$BUNDLED" --flip-tta
+ev bundled_plus_stage4 --model "$M/bundled_plus_stage4_cpu.safetensors"

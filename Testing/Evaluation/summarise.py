@@ -23,6 +23,7 @@ ROWS = [
     ("bundled_2stages", "bundled model, stages 1–2 (H100; the model shipped until stage 3 was trained)"),
     ("bundled", "**bundled model, 3 stages** (stage 3 trained on the CPU; what Slicer and the CLI use)"),
     ("bundled_flip_tta", "bundled model, 3 stages, with flip averaging"),
+    ("bundled_plus_stage4", "bundled model + a 4th stage (CPU, 602 iterations; not shipped, see below)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
