@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from MedSynthLogic.config import NormalisationConfig
 from MedSynthLogic.metrics import normalise_for_metrics, psnr
 from MedSynthLogic.normalisation import brain_mask
 from MedSynthLogic.volume_io import read_volume
 
 EDGE_VOXELS = 3
 BRIGHT = 0.6
-OUTPUT_SCALE = 1000.0
+OUTPUT_SCALE = NormalisationConfig().output_scale  # the bundled models' unit
 
 
 def breakdown(source: np.ndarray, target: np.ndarray, pred: np.ndarray, seg: np.ndarray | None) -> dict:
