@@ -52,7 +52,7 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
     from .baselines import IntensityLookup
     from .figures import comparison_figure, metric_unit_ranges
     from .inference import synthesize_volume
-    from .metrics import evaluate_pairs, write_report
+    from .metrics import evaluate_pairs, scale_prediction, write_report
     from .model_file import bundled_model_path, load_model
     from .normalisation import brain_mask
     from .volume_io import align_pair, read_volume, write_volume
@@ -78,7 +78,7 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
         if args.save_predictions:
             write_volume(pred, out / f"{case.case_id}_synthetic_{args.target_suffix}.nii.gz", overwrite=True)
         if args.figures:
-            err = np.abs(np.clip(pred.array / mask_scale, 0, 1) * mask - _unit(target.array, mask))
+            err = np.abs(scale_prediction(pred.array, mask, mask_scale) - _unit(target.array, mask))
             ranges = (
                 metric_unit_ranges("synthetic T2", "real T2", target.array, mask, mask_scale)
                 if norm.target.mode == "percentile" else None

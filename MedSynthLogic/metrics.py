@@ -139,7 +139,7 @@ def evaluate_case(
         raise GeometryError("The mask or segmentation does not have the reference's size.", "Use files on the reference grid.")
     if not brain.any():
         raise InputImageError("The brain mask (or the reference) is empty.", "Check the mask / reference files.")
-    pn = normalise_for_metrics(p, brain, percentile) if pred_scale is None else _scaled(p, brain, pred_scale)
+    pn = normalise_for_metrics(p, brain, percentile) if pred_scale is None else scale_prediction(p, brain, pred_scale)
     tn = normalise_for_metrics(t, brain, percentile)
     smap, box = ssim_map(pn, tn, brain)
     inner = brain[box]
@@ -174,7 +174,7 @@ def _summary(cases: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def _scaled(pred: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+def scale_prediction(pred: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
     """A prediction in a known unit, mapped to the reference's [0, 1] scale (0 outside the mask)."""
     if not scale > 0:
         raise InputImageError(f"pred_scale must be positive, got {scale}.")
@@ -302,6 +302,7 @@ def write_report(results: Dict[str, Any], json_path: Union[str, os.PathLike], md
 
 __all__ = [
     "normalise_for_metrics",
+    "scale_prediction",
     "psnr",
     "ssim3d",
     "ssim_map",

@@ -397,7 +397,7 @@ def _load_generators(chain: AutoContextChain, state: Dict[str, Any], upto: int) 
         chain.stages[k].load_state_dict(sd)
 
 
-def _load_generators_from_model(chain: AutoContextChain, path: os.PathLike | str, model_cfg: ModelConfig, stages: int) -> str:
+def _load_generators_from_model(chain: AutoContextChain, path: os.PathLike | str, model_cfg: ModelConfig, stages: int) -> None:
     """Copy the first ``stages`` generators of a model file into ``chain`` (to add auto-context stages to a model)."""
     from .model_file import load_model
 
@@ -413,7 +413,6 @@ def _load_generators_from_model(chain: AutoContextChain, path: os.PathLike | str
         raise UsageError(f"The model file {path} has {loaded.stages} stage(s); start_stage {stages} needs {stages}.")
     for k in range(stages):
         chain.stages[k].load_state_dict(loaded.chain.stages[k].state_dict())
-    return str(path)
 
 
 def _lr(base: float, iteration: int, cfg: TrainConfig) -> float:
@@ -517,7 +516,8 @@ def _train(
     metrics: Dict[str, Any] = {}
     if start_stage > 0 and not continuing:
         if init_model is not None:
-            resumed_from = _load_generators_from_model(chain, init_model, model_cfg, start_stage)
+            _load_generators_from_model(chain, init_model, model_cfg, start_stage)
+            resumed_from = str(init_model)
             state = None
         elif state is None:
             raise DataError(f"start_stage {start_stage} needs the earlier stages, but {run_dir} holds no checkpoint.",

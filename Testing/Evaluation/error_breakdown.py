@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from MedSynthLogic.config import NormalisationConfig
-from MedSynthLogic.metrics import normalise_for_metrics, psnr
+from MedSynthLogic.metrics import normalise_for_metrics, psnr, scale_prediction
 from MedSynthLogic.normalisation import brain_mask
 from MedSynthLogic.volume_io import read_volume
 
@@ -29,7 +29,7 @@ def breakdown(source: np.ndarray, target: np.ndarray, pred: np.ndarray, seg: np.
     """PSNR inside/at the edge of the mask, squared-error shares of three regions, signed error by true-intensity decile."""
     brain = brain_mask(source, 0.0)
     t = normalise_for_metrics(target, brain)
-    p = np.where(brain, np.clip(pred / OUTPUT_SCALE, 0.0, 1.0), 0.0)
+    p = scale_prediction(pred, brain, OUTPUT_SCALE)
     se = (p - t) ** 2
     total = se[brain].sum()
     interior = ndimage.binary_erosion(brain, iterations=EDGE_VOXELS)
