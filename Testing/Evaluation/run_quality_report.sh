@@ -30,4 +30,10 @@ ev bundled_stage1 --model "$BUNDLED" --stages 1
 ev bundled_2stages --model "$BUNDLED" --stages 2
 ev bundled --model "$BUNDLED" --figures
 ev bundled_flip_tta --model "$BUNDLED" --flip-tta
+# the same model on the cases it was trained on: a fit no better than on validation means under-fitting
+echo "== bundled_on_training_cases"
+medsynth evaluate "$CASES" --cases "$TRAIN" --out "$OUT/bundled_on_training_cases" --label bundled_on_training_cases \
+  --progress none --model "$BUNDLED"
 ev bundled_plus_stage4 --model "$M/bundled_plus_stage4_cpu.safetensors"
+# corrections at test time that need no retraining (MODEL_CARD.md: none helps)
+python "$(dirname "$0")/test_time_adjustments.py" "$CASES" "$BUNDLED" "$OUT/TEST_TIME_ADJUSTMENTS.md" --cases "$VAL" --train-cases "$TRAIN"

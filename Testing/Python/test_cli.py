@@ -388,6 +388,39 @@ def test_fit_lookup_then_evaluate_the_lookup(ws):
     assert report["cases"][0]["psnr"] > 12, "a lookup fitted on phantoms should fit another phantom well"
 
 
+def _script(name: str, *args: object) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "Testing" / "Evaluation" / name), *map(str, args)],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def _table_cell(md: str, case: str, column: int) -> str:
+    row = next(line for line in md.splitlines() if line.startswith(f"| {case} |"))
+    return row.split("|")[column + 1].strip()
+
+
+def test_the_report_scripts_measure_what_medsynth_evaluate_measures(ws):
+    """error_breakdown.py and test_time_adjustments.py feed MODEL_CARD.md: their unadjusted PSNR must be evaluate's."""
+    out = ws.root / "evaluation_saved"
+    medsynth("evaluate", ws.data, "--model", ws.model, "--cases", "case1,case2", "--out", out, "--save-predictions",
+             "--device", "cpu")
+    psnr = {c["case"]: c["psnr"] for c in _check_report(out, ["case1", "case2"])["cases"]}
+    _script("error_breakdown.py", ws.data, out, out / "breakdown.md")
+    _script("test_time_adjustments.py", ws.data, ws.model, out / "adjustments.md", "--cases", "case1,case2",
+            "--train-cases", "case0")
+    breakdown = (out / "breakdown.md").read_text(encoding="utf-8")
+    adjustments = (out / "adjustments.md").read_text(encoding="utf-8")
+    assert "source median-matched" in adjustments and "output quantile-matched" in adjustments
+    for case, value in psnr.items():
+        assert float(_table_cell(breakdown, case, 1)) == pytest.approx(value, abs=0.006)
+        unadjusted = _table_cell(adjustments, case, 1).split("/")
+        assert float(unadjusted[0]) == pytest.approx(value, abs=0.006)
+        assert -1 <= float(unadjusted[1]) <= 1
+        for column in (2, 3, 4):
+            assert math.isfinite(float(_table_cell(adjustments, case, column).split("/")[0]))
+
+
 @pytest.mark.parametrize("command", ["fit-lookup", "evaluate"])
 def test_a_misspelt_case_id_is_refused_not_skipped(ws, command):
     out = ws.root / f"typo_{command}"
