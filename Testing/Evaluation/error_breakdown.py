@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from MedSynthLogic.config import NormalisationConfig
+from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.metrics import normalise_for_metrics, psnr, scale_prediction
 from MedSynthLogic.normalisation import brain_mask
 from MedSynthLogic.volume_io import read_volume
@@ -60,14 +61,13 @@ def main(argv: list[str]) -> int:
         "| mean error, brightest tenth | correlation |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for pred_path in sorted(pred_dir.glob("*_synthetic_t2.nii.gz")):
-        case = pred_path.name.replace("_synthetic_t2.nii.gz", "")
-        folder = cases_dir / case
-        seg_path = folder / f"{case}_seg.nii.gz"
-        r = breakdown(read_volume(folder / f"{case}_t1ce.nii.gz").array, read_volume(folder / f"{case}_t2.nii.gz").array,
-                      read_volume(pred_path).array, read_volume(seg_path).array if seg_path.exists() else None)
+    predictions = sorted(pred_dir.glob("*_synthetic_t2.nii.gz"))
+    ids = [p.name.replace("_synthetic_t2.nii.gz", "") for p in predictions]
+    for case, pred_path in zip(select_cases(find_cases(cases_dir), ids, f"Case in {cases_dir}"), predictions):
+        r = breakdown(read_volume(case.source).array, read_volume(case.target).array,
+                      read_volume(pred_path).array, read_volume(case.seg).array if case.seg else None)
         share = lambda k: f"{100 * r[k][0]:.0f} % / {100 * r[k][1]:.0f} %"  # noqa: E731
-        rows.append(f"| {case} | {r['psnr']:.2f} | {r['psnr_interior']:.2f} | {r['psnr_edge']:.2f} | {share('edge')} | {share('tumour')} "
+        rows.append(f"| {case.case_id} | {r['psnr']:.2f} | {r['psnr_interior']:.2f} | {r['psnr_edge']:.2f} | {share('edge')} | {share('tumour')} "
                     f"| {share('bright')} | {r['bias_lowest_decile']:+.3f} | {r['bias_highest_decile']:+.3f} | {r['correlation']:.2f} |")
         print(rows[-1], flush=True)
     note = (f"\nEdge band: the outer {EDGE_VOXELS} voxels of the brain mask. Errors are prediction − reference in the "

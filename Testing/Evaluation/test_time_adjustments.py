@@ -19,6 +19,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.inference import synthesize_array
 from MedSynthLogic.metrics import normalise_for_metrics, psnr, ssim3d
 from MedSynthLogic.model_file import load_model
@@ -28,29 +29,26 @@ from MedSynthLogic.volume_io import read_volume
 QUANTILES = np.linspace(0.0, 100.0, 201)
 
 
-def _read(cases_dir: Path, case: str, kind: str) -> np.ndarray:
-    return read_volume(cases_dir / case / f"{case}_{kind}.nii.gz").array
-
-
 def adjustments(cases_dir: Path, model_path: str, cases: List[str], train_cases: List[str]) -> Dict[str, Dict[str, tuple]]:
     """case → adjustment → (PSNR, SSIM)."""
     model = load_model(model_path)
     norm = model.config.normalisation
+    files = {c.case_id: c for c in select_cases(find_cases(cases_dir), cases + train_cases, f"Case in {cases_dir}")}
     sources = {}
     for case in cases + train_cases:
-        raw = _read(cases_dir, case, "t1ce")
+        raw = read_volume(files[case].source).array
         mask = brain_mask(raw, norm.mask_threshold)
         sources[case] = (normalise_source(raw, mask, norm)[0], mask)
     median = {c: float(np.median(s[m])) for c, (s, m) in sources.items()}
     train_median = float(np.mean([median[c] for c in train_cases]))
     quantile_fn = np.mean(
-        [np.percentile(normalise_for_metrics(_read(cases_dir, c, "t2"), sources[c][1])[sources[c][1]], QUANTILES) for c in train_cases],
+        [np.percentile(normalise_for_metrics(read_volume(files[c].target).array, sources[c][1])[sources[c][1]], QUANTILES) for c in train_cases],
         axis=0,
     )
     out: Dict[str, Dict[str, tuple]] = {}
     for case in cases:
         src, mask = sources[case]
-        ref = normalise_for_metrics(_read(cases_dir, case, "t2"), mask)
+        ref = normalise_for_metrics(read_volume(files[case].target).array, mask)
         plain = np.clip(synthesize_array(model.chain, src, mask), 0.0, 1.0)
         matched_src = np.where(mask, np.clip(src * (train_median / median[case]), norm.source.clip_min, norm.source.clip_max), 0.0)
         variants = {
@@ -82,11 +80,12 @@ def main() -> None:
     ap.add_argument("--cases", required=True)
     ap.add_argument("--train-cases", required=True)
     args = ap.parse_args()
-    results = adjustments(args.cases_dir, args.model, args.cases.split(","), args.train_cases.split(","))
+    train_cases = args.train_cases.split(",")
+    results = adjustments(args.cases_dir, args.model, args.cases.split(","), train_cases)
     intro = (
         f"# Test-time adjustments of `{Path(args.model).name}`\n\n`python Testing/Evaluation/test_time_adjustments.py`"
         f" on {', '.join(results)} (see its docstring); every adjustment uses only the source and the training cases"
-        f" ({len(args.train_cases.split(','))}), never the case's own T2.\n\n"
+        f" ({len(train_cases)}), never the case's own T2.\n\n"
     )
     args.out.write_text(intro + markdown(results), encoding="utf-8")
 
