@@ -1,24 +1,16 @@
 """MedSynth: synthesize a T2 brain MRI from a T1ce volume in 3D Slicer, and train new models.
 
-A thin GUI over the Qt-free package ``MedSynthLogic`` (installed next to this file by the extension, importable from
-PythonSlicer and from plain Python). Long work runs in a ``medsynth`` child process (``MedSynthLogic.jobs``) so the
-GUI stays responsive and Cancel/Stop always work; MRML work (loading, geometry, views, plots) is in
-``MedSynthLogic.mrml``.
-
-Naming: Slicer's convention calls a module's logic class ``<Module>Logic``, i.e. ``MedSynthLogic``, which is the name
-of the core package. A class of that name here would shadow the package for everyone who does
-``from MedSynth import *`` (as Slicer's module reloading does), so the logic class is ``MedSynthModuleLogic`` and the
-package is imported as ``core``.
+A thin GUI over ``MedSynthLib/`` (the panel's logic, jobs, installer, model description, estimate, sample data) and
+the core package ``MedSynthLogic``, both Qt-free and tested without Slicer. The logic class is
+``MedSynthModuleLogic`` because ``MedSynthLogic`` (Slicer's naming convention) is the core package's name.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional
+from typing import Annotated, Optional
 
 import qt
 import vtk
@@ -37,37 +29,24 @@ from slicer.util import VTKObservationMixin
 
 from slicer import vtkMRMLScalarVolumeNode
 
+HERE = Path(__file__).resolve().parent
+if not (HERE / "MedSynthLogic").is_dir() and (HERE.parent / "MedSynthLogic" / "__init__.py").is_file():
+    sys.path.insert(0, str(HERE.parent))  # a source checkout: <repo>/MedSynth/MedSynth.py beside <repo>/MedSynthLogic
 
-def _importCore() -> Any:
-    """Import the core package; from a source checkout (module path ``<repo>/MedSynth``) add ``<repo>`` first."""
-    try:
-        import MedSynthLogic
-    except ImportError:
-        repo = str(Path(__file__).resolve().parent.parent)
-        if (Path(repo) / "MedSynthLogic" / "__init__.py").is_file() and repo not in sys.path:
-            sys.path.insert(0, repo)
-        import MedSynthLogic
-    return MedSynthLogic
-
-
-core = _importCore()
+from MedSynthLib import dependencies, sample_data  # noqa: E402
+from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
+from MedSynthLib.model_info import describe_model_file  # noqa: E402
+from MedSynthLib.synthesis import SYNTHETIC_SUFFIX, SynthesisRequest, synthesize_in_process  # noqa: E402
+from MedSynthLib.training_jobs import PrepareRequest, training_configs  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
 from MedSynthLogic.errors import MedSynthError  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
 TRAIN_PRECISIONS = ["auto", "bf16", "fp32"]
-SYNTHETIC_SUFFIX = "synthetic T2"
-#: Packages Slicer already ships; never reinstalled (pinned to the running versions while installing the rest).
-PROTECTED_PACKAGES = ("numpy", "SimpleITK")
-
-
-#
-# MedSynth
-#
 
 
 class MedSynth(ScriptedLoadableModule):
-    """Module description shown in Slicer."""
+    """Module description shown in Slicer; registers the phantom with Sample Data once Slicer has started."""
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -77,8 +56,8 @@ class MedSynth(ScriptedLoadableModule):
         self.parent.contributors = ["MedSynth developers"]
         self.parent.helpText = _("""
 Synthesizes a T2-weighted brain MRI from a contrast-enhanced T1 (T1ce) volume with a 3D adversarial network
-refined by auto-context stages, and trains new models from paired data prepared with <code>medsynth prepare</code>.
-Inputs should be skull-stripped and roughly 1 mm isotropic like BraTS. The synthetic image is <b>not</b> for
+refined by auto-context stages, and trains new models from paired data. Inputs should be skull-stripped and roughly
+1 mm isotropic like BraTS; other inputs are refused unless Force is ticked. The synthetic image is <b>not</b> for
 diagnosis. See the <a href="https://github.com/medsynth/SlicerMedSynth">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -87,22 +66,18 @@ Method: D. Nie, R. Trullo, J. Lian, L. Wang, C. Petitjean, S. Ruan, Q. Wang, D. 
 Engineering 65(12), 2018. The bundled model was trained on the BraTS data (B. H. Menze et al., IEEE TMI 2015;
 S. Bakas et al., Scientific Data 2017 and arXiv:1811.02629).
 """)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-#
-# MedSynthParameterNode
-#
+def registerSampleData() -> None:
+    """Add the phantom pair to the Sample Data module (generated into Slicer's download cache when first loaded)."""
+    sample_data.register_in_slicer(str(HERE / "Resources" / "Icons" / "MedSynth.png"))
 
 
 @parameterNodeWrapper
 class MedSynthParameterNode:
-    """Everything the user chooses, saved with the scene.
-
-    Paths are ``pathlib.Path`` because the parameter node wrapper connects ``ctkPathLineEdit`` and
-    ``ctkDirectoryButton`` only to pathlib types (an empty path reads as ``Path(".")``; see ``_isSet``).
-    Spin box decimals and steps are set in the .ui file (as ``Decimals``/``SingleStep`` annotations they would
-    be reported as unused by the wrapper's serializer).
-    """
+    """Everything the user chooses, saved with the scene; paths are ``Path`` (the only type the wrapper connects to
+    ``ctkPathLineEdit``/``ctkDirectoryButton``; empty reads as ``Path(".")``, see ``isSet``)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
@@ -110,6 +85,9 @@ class MedSynthParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     stages: Annotated[int, WithinRange(0, 10)] = 0
     flipTTA: bool = False
+    force: bool = False
+    casesDir: Path
+    patchesPerCase: Annotated[int, WithinRange(1, 100000)] = 1000
     dataDir: Path
     outputModelPath: Path
     runDir: Path
@@ -126,18 +104,13 @@ class MedSynthParameterNode:
     trainPrecision: Annotated[str, Choice(TRAIN_PRECISIONS)] = "auto"
 
 
-def _isSet(path: Optional[Path]) -> bool:
+def isSet(path: Optional[Path]) -> bool:
     """Whether a path parameter holds a real choice (the wrapper's empty value is ``Path()``, i.e. ".")."""
     return path is not None and str(path) not in ("", ".")
 
 
-#
-# MedSynthWidget
-#
-
-
 class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """GUI: parameter node ↔ widgets, buttons, a QTimer polling the running job."""
+    """GUI: parameter node ↔ widgets, buttons, and a QTimer that applies the running job's updates."""
 
     POLL_MS = 200
 
@@ -147,13 +120,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: Optional[MedSynthModuleLogic] = None
         self._parameterNode: Optional[MedSynthParameterNode] = None
         self._parameterNodeGuiTag = None
-        self._job: Optional[jobs.Job] = None
-        self._jobKind: Optional[str] = None
-        self._jobContext: Dict[str, Any] = {}
-        self._trainingPlot: Optional[mrml.TrainingPlot] = None
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
-        self._timer.connect("timeout()", self._onPollTimer)
+        self._timer.connect("timeout()", self.onPollTimer)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -161,29 +130,25 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
         self.logic = MedSynthModuleLogic()
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.synthesizeButton.connect("clicked(bool)", self.onSynthesizeButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
-        self.ui.loadT1ceButton.connect("clicked(bool)", self.onLoadT1ceButton)
-        self.ui.startTrainingButton.connect("clicked(bool)", self.onStartTrainingButton)
-        self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTrainingButton)
-        self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTrainingButton)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self._updateModelDescription)
-
+        for button, slot in ((self.ui.synthesizeButton, self.onSynthesizeButton), (self.ui.cancelButton, self.onCancel),
+                             (self.ui.loadT1ceButton, self.onLoadT1ceButton), (self.ui.loadSampleButton, self.onLoadSample),
+                             (self.ui.prepareButton, self.onPrepareButton), (self.ui.stopTrainingButton, self.onCancel),
+                             (self.ui.startTrainingButton, lambda: self.startTraining(resume=False)),
+                             (self.ui.resumeTrainingButton, lambda: self.startTraining(resume=True))):
+            button.connect("clicked(bool)", slot)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateModelDescription)
         self.initializeParameterNode()
-        self._updateModelDescription()
-        self._setBusy(False)
+        self.updateModelDescription()
+        self._checkCanApply()
 
     def cleanup(self) -> None:
         """The application closes: never leave a child process behind."""
         self._timer.stop()
-        if self._job is not None and self._job.running:
-            self._job.cancel()
+        if self.logic is not None and self.logic.controller.busy:
+            self.logic.controller.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -203,11 +168,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        """No input is picked for the user: the first volume in the scene may well be a T2 or a label map."""
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
 
     def setParameterNode(self, inputParameterNode: Optional[MedSynthParameterNode]) -> None:
         if self._parameterNode:
@@ -220,511 +182,218 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        busy = self._job is not None and self._job.running
-        p = self._parameterNode
-        canSynthesize = bool(p and p.inputVolume) and not busy
-        self.ui.synthesizeButton.enabled = canSynthesize
-        self.ui.synthesizeButton.toolTip = (
-            _("Synthesize a T2 volume from the selected T1ce volume") if canSynthesize
-            else _("Select a T1ce volume (and wait for the running job to end)")
-        )
-        canTrain = bool(p and _isSet(p.dataDir) and _isSet(p.outputModelPath) and _isSet(p.runDir)) and not busy
-        self.ui.startTrainingButton.enabled = canTrain
-        self.ui.resumeTrainingButton.enabled = canTrain
-        self.ui.startTrainingButton.toolTip = (
-            _("Train a model on the prepared data folder") if canTrain
-            else _("Choose the prepared data folder, the run folder and the output model file")
-        )
-        self.ui.cancelButton.enabled = busy and self._jobKind == "synthesize"
-        self.ui.stopTrainingButton.enabled = busy and self._jobKind == "train"
+        p, controller, busy = self._parameterNode, self.logic.controller, self.logic.controller.busy
+        self.ui.synthesizeButton.enabled = bool(p and p.inputVolume) and not busy
+        canTrain = bool(p and isSet(p.dataDir) and isSet(p.outputModelPath) and isSet(p.runDir)) and not busy
+        self.ui.startTrainingButton.enabled = self.ui.resumeTrainingButton.enabled = canTrain
+        self.ui.prepareButton.enabled = bool(p and isSet(p.casesDir) and isSet(p.dataDir)) and not busy
+        self.ui.cancelButton.enabled = busy and controller.kind in ("synthesize", "prepare")
+        self.ui.stopTrainingButton.enabled = busy and controller.kind == "train"
+        self.ui.estimateLabel.text = self.logic.estimateText(p) if p and p.inputVolume and not busy else ""
 
-    # ------------------------------------------------------------------ actions
     def onLoadT1ceButton(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(
-            slicer.util.mainWindow(), _("Load T1ce volume"), "", _("Volumes (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd)")
-        )
-        if not path:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Could not load the T1ce volume."), waitCursor=True):
-            node = self.logic.loadVolume(path)
-            self._parameterNode.inputVolume = node
-            slicer.util.setSliceViewerLayers(background=node, fit=True)
+        volumes = _("Volumes (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd)")
+        if path := qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load T1ce volume"), "", volumes):
+            with slicer.util.tryWithErrorDisplay(_("Could not load the T1ce volume."), waitCursor=True):
+                self.selectInput(self.logic.loadVolume(path))
+
+    def onLoadSample(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the sample."), waitCursor=True):
+            self.selectInput(sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.slicer_cache_folder())[0])
+
+    def selectInput(self, node) -> None:
+        self._parameterNode.inputVolume = node
+        slicer.util.setSliceViewerLayers(background=node, fit=True)
 
     def onSynthesizeButton(self) -> None:
-        if not self._ensureDependencies():
-            return
         p = self._parameterNode
+        if not self.ensureDependencies():
+            return
         with slicer.util.tryWithErrorDisplay(_("Could not start the synthesis."), waitCursor=True):
-            modelPath = p.modelPath if _isSet(p.modelPath) else None
-            job, context = self.logic.startSynthesis(
-                p.inputVolume, modelPath=modelPath, stages=p.stages or None, device=p.device, flipTTA=p.flipTTA
-            )
-            context["outputVolume"] = p.outputVolume
-            self._startPolling(job, "synthesize", context)
+            request = self.logic.synthesisRequest(p)
+            plan = self.logic.controller.plan_synthesis(p.inputVolume, request)
+            if plan.blocked:
+                self.appendLog(plan.message)
+                slicer.util.errorDisplay(plan.message, windowTitle=_("MedSynth: input check"))
+                return
+            if plan.findings and not slicer.util.confirmOkCancelDisplay(plan.message, windowTitle=_("MedSynth")):
+                return
+            self.appendLog((plan.message or _("Input check passed.")) + "\n" + plan.estimate.text())
+            self.logic.controller.start_synthesis(p.inputVolume, request, p.outputVolume)
+            self.startPolling(_("Synthesizing… ") + plan.estimate.text())
 
-    def onCancelButton(self) -> None:
-        if self._job is not None:
-            self._setStatus(_("Cancelling…"))
-            self._job.cancel()
+    def onPrepareButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start preparing the data."), waitCursor=True):
+            self.logic.controller.start_prepare(PrepareRequest(p.casesDir, p.dataDir, p.patchesPerCase))
+            self.startPolling(_("Preparing data…"))
 
-    def onStartTrainingButton(self) -> None:
-        self._startTraining(resume=False)
-
-    def onResumeTrainingButton(self) -> None:
-        self._startTraining(resume=True)
-
-    def onStopTrainingButton(self) -> None:
-        if self._job is not None:
-            self._setStatus(_("Stopping training (the last checkpoint is kept; use Resume to continue)…"))
-            self._job.cancel(timeout=30)
-
-    def _startTraining(self, resume: bool) -> None:
-        if not self._ensureDependencies():
+    def startTraining(self, resume: bool) -> None:
+        p = self._parameterNode
+        if not self.ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-            job = self.logic.startTraining(self._parameterNode, resume=resume)
-            self._trainingPlot = mrml.TrainingPlot(slicer.mrmlScene)
-            self.logic.showChart(self._trainingPlot.chart_node)
-            self._startPolling(job, "train", {})
+            modelConfig, trainConfig = training_configs(p)
+            plot = self.logic.controller.start_training(modelConfig, trainConfig, p.dataDir, p.outputModelPath,
+                                                        p.runDir, device=p.trainDevice, resume=resume)
+            self.logic.showChart(plot.chart_node)
+            self.startPolling(_("Training…"))
 
-    def _ensureDependencies(self) -> bool:
+    def onCancel(self) -> None:
+        training = self.logic.controller.kind == "train"
+        self.setStatus(_("Stopping training (the last checkpoint is kept)…") if training else _("Cancelling…"))
+        self.logic.controller.cancel(timeout=30 if training else 5)
+
+    def ensureDependencies(self) -> bool:
         try:
             return self.logic.ensureDependencies(askConfirmation=True)
         except (RuntimeError, MedSynthError) as exc:
             slicer.util.errorDisplay(_("MedSynth needs Python packages that are not installed.") + "\n\n" + str(exc))
             return False
 
-    # ------------------------------------------------------------------ job polling
-    def _startPolling(self, job: jobs.Job, kind: str, context: Dict[str, Any]) -> None:
-        self._job, self._jobKind, self._jobContext = job, kind, context
-        self._setBusy(True)
-        self._setStatus(_("Synthesizing…") if kind == "synthesize" else _("Training…"))
+    def startPolling(self, status: str) -> None:
+        self.ui.progressBar.value, self.ui.progressBar.visible = 0, True
+        self.setStatus(status)
+        self._checkCanApply()
         self._timer.start()
 
-    def _onPollTimer(self) -> None:
-        if self._job is None:
+    def onPollTimer(self) -> None:
+        updates, outcome = self.logic.controller.poll()
+        for update in updates:
+            if update.percent is not None:
+                self.ui.progressBar.value = update.percent
+            if update.status:
+                self.setStatus(update.status)
+            if update.log:
+                self.appendLog(update.log)
+        if outcome is not None or self.logic.controller.current is None:
             self._timer.stop()
-            return
-        for event in self._job.poll():
-            self._handleEvent(event)
+        if outcome is not None:
+            self.onJobEnded(outcome)
 
-    def _handleEvent(self, event: Dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "progress":
-            fraction = float(event.get("fraction") or 0.0)  # overall fraction, all stages together
-            stages = event.get("stages")
-            stage = int(event.get("stage", 0) or 0)  # 0-based
-            if stages:
-                self._setStatus(_("Synthesizing: stage {stage} of {stages}").format(stage=stage + 1, stages=stages))
-            self.ui.progressBar.value = int(round(100 * max(0.0, min(1.0, fraction))))
-        elif kind == "iteration":
-            if self._trainingPlot is not None:
-                self._trainingPlot.add_event(event)
-            total = max(1, int(event.get("iterations") or 1))
-            self.ui.progressBar.value = int(100 * int(event.get("iteration", 0)) / total)
-            eta = event.get("eta_s")
-            losses = event.get("losses") or {}
-            text = _("Stage {stage}, iteration {it}/{total}, G loss {g:.4g}").format(
-                stage=int(event.get("stage", 0)) + 1, it=event.get("iteration"), total=total,
-                g=float(losses.get("g", float("nan"))),
-            )
-            if eta is not None:
-                text += _(", about {minutes:.0f} min left").format(minutes=float(eta) / 60.0)
-            self._setStatus(text)
-        elif kind == "validation":
-            if self._trainingPlot is not None:
-                self._trainingPlot.add_event(event)
-        elif kind == "log":
-            logging.info(f"[medsynth {event.get('stream')}] {event.get('line')}")
-        elif kind == "exit":
-            self._onJobExit()
-
-    def _onJobExit(self) -> None:
-        self._timer.stop()
-        job, kind, context = self._job, self._jobKind, self._jobContext
-        self._job = None
-        self._setBusy(False)
-        if job.state == jobs.CANCELLED:
-            self._setStatus(_("Cancelled."))
-            self.logic.cleanupJob(context)
-            return
-        if job.state != jobs.FINISHED:
-            self._setStatus(_("Failed."))
-            self.logic.cleanupJob(context)
-            slicer.util.errorDisplay(job.error_message or _("The process failed."), windowTitle=_("MedSynth"))
+    def onJobEnded(self, outcome) -> None:
+        self.setStatus(outcome.message)
+        self.appendLog(outcome.message)
+        self._checkCanApply()
+        if outcome.state == jobs.FAILED:
+            slicer.util.errorDisplay(outcome.message, windowTitle=_("MedSynth"))
+        if outcome.state != jobs.FINISHED:
             return
         self.ui.progressBar.value = 100
-        if kind == "synthesize":
-            with slicer.util.tryWithErrorDisplay(_("Could not load the synthetic image."), waitCursor=True):
-                outputNode = self.logic.finishSynthesis(context)
-                self._parameterNode.outputVolume = outputNode
-                self._setStatus(_("Done in {seconds:.0f} s.").format(seconds=job.elapsed_s))
-        else:
-            self._setStatus(_("Training finished: {path}").format(path=self._parameterNode.outputModelPath))
+        if outcome.kind == "synthesize":
+            self._parameterNode.outputVolume = outcome.result
+            if slicer.app.layoutManager() is not None:
+                slicer.app.layoutManager().resetSliceViews()
+        elif outcome.kind == "train":
             self._parameterNode.modelPath = self._parameterNode.outputModelPath
-            self._updateModelDescription()
+            self.updateModelDescription()
+        elif outcome.kind == "prepare":
+            self._parameterNode.dataDir = outcome.result
 
-    # ------------------------------------------------------------------ display helpers
-    def _setBusy(self, busy: bool) -> None:
-        self.ui.progressBar.visible = busy or self.ui.progressBar.value > 0
-        if busy:
-            self.ui.progressBar.value = 0
-        self._checkCanApply()
-
-    def _setStatus(self, text: str) -> None:
+    def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
-        slicer.app.processEvents()
 
-    def _updateModelDescription(self, *args) -> None:
+    def appendLog(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+        logging.info(f"MedSynth: {text}")
+
+    def updateModelDescription(self, *args) -> None:
         p = self._parameterNode
-        path = p.modelPath if p is not None and _isSet(p.modelPath) else None
-        self.ui.modelDescriptionLabel.text = self.logic.modelDescription(path)
-
-
-#
-# MedSynthModuleLogic
-#
+        self.ui.modelDescriptionLabel.text = self.logic.modelDescription(p.modelPath if p and isSet(p.modelPath) else None)
+        self._checkCanApply()
 
 
 class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
-    """Everything the widget does, usable from the Python console and tests without the GUI.
+    """What the widget does, usable from the console; ``jobRunner`` replaces the background process runner."""
 
-    Named ``MedSynthModuleLogic`` (not ``MedSynthLogic``) because ``MedSynthLogic`` is the core package.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, jobRunner: Optional[JobRunner] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.controller = MedSynthController(slicer.mrmlScene, runner=jobRunner,
+                                             temp_root=getattr(slicer.app, "temporaryPath", None) or None)
 
     def getParameterNode(self) -> MedSynthParameterNode:
         return MedSynthParameterNode(super().getParameterNode())
 
-    # ------------------------------------------------------------------ dependencies
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Make torch and the packages in requirements.txt importable, asking the user first. Never at import time.
+        """torch (PyTorch extension) and requirements.txt, asking first; never at import time."""
+        requirements = dependencies.requirements_path(HERE)
+        return dependencies.ensure_dependencies(requirements, Path(slicer.app.temporaryPath), askConfirmation)
 
-        torch comes from the PyTorch extension (it picks the wheel matching the GPU driver); the rest through
-        ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.10) or ``slicer.util.pip_install``, with numpy and SimpleITK
-        pinned to the versions Slicer ships. Returns False when the user declines.
-        """
-        if not self._torchImportable():
-            try:
-                import PyTorchUtils
-            except ImportError as exc:
-                raise RuntimeError(
-                    _("Install the 'PyTorch' extension from the Extensions Manager and restart Slicer.")
-                ) from exc
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                if torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=">=2.0") is None:
-                    return False
-        requirements = self.requirementsPath()
-        constraints = self._protectedConstraintsFile()
+    @staticmethod
+    def synthesisRequest(p: MedSynthParameterNode) -> SynthesisRequest:
+        return SynthesisRequest(model_path=p.modelPath if isSet(p.modelPath) else None, stages=p.stages or None,
+                                device=p.device, flip_tta=p.flipTTA, force=p.force)
+
+    def estimateText(self, p: MedSynthParameterNode) -> str:
+        """The time estimate for the current choices, before anything starts."""
         try:
-            import slicer.packaging as packaging
-        except ImportError:
-            packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            try:
-                packaging.pip_ensure(
-                    packaging.load_requirements(requirements),
-                    constraints=constraints,
-                    prompt_install=askConfirmation,
-                    requester="MedSynth",
-                )
-            except RuntimeError:
-                return False
-            return True
-        missing = self._missingRequirements(requirements)
-        if not missing:
-            return True
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            _("MedSynth needs these Python packages, which will be downloaded and installed now:")
-            + "\n" + "\n".join(missing)
-        ):
-            return False
-        slicer.util.pip_install(["-c", str(constraints), *missing])
-        return True
+            return self.controller.estimate(p.inputVolume, self.synthesisRequest(p)).text()
+        except (MedSynthError, OSError, ValueError):
+            return ""
 
-    @staticmethod
-    def _torchImportable() -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("torch") is not None
-
-    @staticmethod
-    def requirementsPath() -> Path:
-        """``Resources/requirements.txt``: installed next to the module's resources, or the source checkout's."""
-        here = Path(__file__).resolve().parent
-        packageParent = Path(core.__file__).resolve().parent.parent
-        for candidate in (here / "Resources" / "requirements.txt", packageParent / "Resources" / "requirements.txt"):
-            if candidate.is_file():
-                return candidate
-        raise RuntimeError(_("Resources/requirements.txt is missing from the MedSynth installation."))
-
-    @staticmethod
-    def _protectedConstraintsFile() -> Path:
-        """A pip constraints file pinning Slicer's own numpy and SimpleITK, so installing never replaces them."""
-        from importlib import metadata
-
-        lines = []
-        for name in PROTECTED_PACKAGES:
-            try:
-                lines.append(f"{name}=={metadata.version(name)}")
-            except metadata.PackageNotFoundError:
-                continue
-        path = Path(tempfile.gettempdir()) / "MedSynth-constraints.txt"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
-
-    @staticmethod
-    def _missingRequirements(requirements: Path) -> List[str]:
-        import importlib.util
-        import re
-
-        missing = []
-        for line in requirements.read_text(encoding="utf-8").splitlines():
-            spec = line.split("#", 1)[0].strip()
-            if not spec:
-                continue
-            name = re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]
-            module = {"scikit-image": "skimage"}.get(name, name.replace("-", "_"))
-            if importlib.util.find_spec(module) is None:
-                missing.append(spec)
-        return missing
-
-    # ------------------------------------------------------------------ models
     @staticmethod
     def modelDescription(modelPath: Optional[Path] = None) -> str:
-        """One paragraph about a model file (default: the bundled one) from its header, for the GUI."""
-        try:
-            from MedSynthLogic import model_file
+        """The model's description (held-out metrics, training data, link to the model card) from its header."""
+        return describe_model_file(modelPath)
 
-            path = Path(modelPath) if modelPath is not None else model_file.bundled_model_path()
-            header = model_file.read_header(path)
-        except (ImportError, MedSynthError, OSError) as exc:
-            return _("No model information: {error}").format(error=str(exc))
-        cfg = header.get("model_config", {}) or {}
-        training = header.get("training", {}) or {}
-        metrics = header.get("metrics", {}) or {}
-        parts = [
-            _("{name}: {source} → {target}, {stages} auto-context stage(s).").format(
-                name=Path(path).name, source=cfg.get("source_name", "T1ce"), target=cfg.get("target_name", "T2"),
-                stages=header.get("stages", cfg.get("stages", "?")),
-            )
-        ]
-        data = training.get("data") or training.get("dataset")
-        if data:
-            parts.append(_("Trained on: {data}.").format(data=data if isinstance(data, str) else _summary(data)))
-        if training.get("iterations"):
-            parts.append(_("Iterations: {n}.").format(n=training["iterations"]))
-        if metrics:
-            parts.append(_("Validation: {metrics}.").format(metrics=_summary(metrics)))
-        return " ".join(parts)
-
-    # ------------------------------------------------------------------ volumes
     def loadVolume(self, path: str) -> vtkMRMLScalarVolumeNode:
         node = mrml.load_volume_file(slicer.mrmlScene, path)
         mrml.set_window_level(node)
         return node
 
-    def synthesize(
-        self,
-        inputVolume: vtkMRMLScalarVolumeNode,
-        outputVolume: Optional[vtkMRMLScalarVolumeNode] = None,
-        modelPath: Optional[Path] = None,
-        stages: Optional[int] = None,
-        device: str = "auto",
-        flipTTA: bool = False,
-        showResult: bool = True,
-    ) -> vtkMRMLScalarVolumeNode:
-        """Synthesize in this process (blocking): for scripts and the self-test. The GUI uses ``startSynthesis``."""
-        from MedSynthLogic import inference, model_file
-
-        if inputVolume is None:
-            raise ValueError(_("No input volume."))
-        source = mrml.volume_from_node(inputVolume)
-        model = model_file.load_model(Path(modelPath) if modelPath else model_file.bundled_model_path())
-        result = inference.synthesize_volume(model, source, stages=stages, device=device, flip_tta=flipTTA)
-        return self._storeResult(inputVolume, outputVolume, result, showResult)
-
-    def startSynthesis(
-        self,
-        inputVolume: vtkMRMLScalarVolumeNode,
-        modelPath: Optional[Path] = None,
-        stages: Optional[int] = None,
-        device: str = "auto",
-        flipTTA: bool = False,
-    ) -> tuple:
-        """Write the input to a temporary file and start ``medsynth synthesize`` on it; returns (job, context)."""
-        if inputVolume is None:
-            raise ValueError(_("No input volume."))
-        workDir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self._temporaryRoot()))
-        sourcePath = mrml.save_volume_node(inputVolume, workDir / "source_t1ce.nii.gz")
-        outputPath = workDir / "synthetic_t2.nii.gz"
-        args: List[Any] = ["synthesize", sourcePath, outputPath, "--device", device, "--progress", "json"]
-        if modelPath:
-            args += ["--model", modelPath]
-        if stages:
-            args += ["--stages", int(stages)]
-        if flipTTA:
-            args.append("--flip-tta")
-        job = self._startJob(args)
-        return job, {"inputVolume": inputVolume, "outputPath": outputPath, "workDir": workDir}
-
-    def finishSynthesis(self, context: Dict[str, Any]) -> vtkMRMLScalarVolumeNode:
-        """Load the child's output onto the input's exact grid, show it side by side, remove the temporary files."""
-        from MedSynthLogic.volume_io import read_volume
-
-        try:
-            result = read_volume(context["outputPath"])
-            return self._storeResult(context["inputVolume"], context.get("outputVolume"), result, True)
-        finally:
-            self.cleanupJob(context)
-
-    def _storeResult(self, inputVolume, outputVolume, result, showResult: bool) -> vtkMRMLScalarVolumeNode:
-        name = f"{inputVolume.GetName()} {SYNTHETIC_SUFFIX}"
-        if outputVolume is None:
-            outputVolume = mrml.node_from_volume(slicer.mrmlScene, result, name, reference=inputVolume)
-        else:
-            mrml.update_node_from_volume(outputVolume, result, reference=inputVolume)
-            outputVolume.CreateDefaultDisplayNodes()
-        mrml.set_window_level(outputVolume)
-        if showResult:
-            mrml.show_side_by_side(slicer.mrmlScene, inputVolume, outputVolume)
-            layoutManager = slicer.app.layoutManager() if hasattr(slicer.app, "layoutManager") else None
-            if layoutManager is not None:
-                layoutManager.resetSliceViews()
-        return outputVolume
+    def synthesize(self, inputVolume, outputVolume=None, modelPath=None, stages=None, device="auto", flipTTA=False):
+        """Synthesize in this process (blocking): for scripts and the self-test; the GUI runs a background job."""
+        request = SynthesisRequest(model_path=modelPath, stages=stages, device=device, flip_tta=flipTTA)
+        return synthesize_in_process(slicer.mrmlScene, inputVolume, request, outputVolume)
 
     @staticmethod
-    def cleanupJob(context: Dict[str, Any]) -> None:
-        import shutil
-
-        workDir = context.get("workDir")
-        if workDir:
-            shutil.rmtree(workDir, ignore_errors=True)
-
-    # ------------------------------------------------------------------ training
-    def startTraining(self, parameters: MedSynthParameterNode, resume: bool = False) -> jobs.Job:
-        """Start ``medsynth train`` with the GUI's settings (JSON progress on stdout).
-
-        Loss weights and residual learning are architecture settings (``ModelConfig.loss``,
-        ``GeneratorConfig.residual``), so they travel in a ``--model-config`` JSON file; the rest are train options.
-        """
-        from MedSynthLogic.config import GeneratorConfig, LossConfig, ModelConfig, to_dict
-
-        p = parameters
-        if not (_isSet(p.dataDir) and _isSet(p.outputModelPath) and _isSet(p.runDir)):
-            raise ValueError(_("Choose the prepared data folder, the run folder and the output model file."))
-        modelConfig = ModelConfig(
-            generator=GeneratorConfig(residual=bool(p.residual)),
-            loss=LossConfig(lambda_adv=p.lambdaAdv, lambda_l2=p.lambdaL2, lambda_gdl=p.lambdaGdl),
-            stages=p.trainStages,
-        )
-        configDir = Path(tempfile.mkdtemp(prefix="MedSynth-train-", dir=self._temporaryRoot()))
-        configPath = configDir / "model_config.json"
-        configPath.write_text(json.dumps(to_dict(modelConfig), indent=2), encoding="utf-8")
-        args: List[Any] = [
-            "train",
-            "--data", p.dataDir,
-            "--out", p.outputModelPath,
-            "--run-dir", p.runDir,
-            "--model-config", configPath,
-            "--stages", p.trainStages,
-            "--iterations", p.iterations,
-            "--batch-size", p.batchSize,
-            "--lr-g", p.lrG,
-            "--lr-d", p.lrD,
-            "--device", p.trainDevice,
-            "--precision", p.trainPrecision,
-            "--progress", "json",
-        ]
-        if resume:
-            args.append("--resume")
-        return self._startJob(args)
-
-    def showChart(self, chartNode) -> None:
+    def showChart(chartNode) -> None:
         """Switch to a layout with a plot view showing the training chart."""
         plotsModule = getattr(slicer.modules, "plots", None)
         if plotsModule is not None:
             plotsModule.logic().ShowChartInLayout(chartNode)
 
-    # ------------------------------------------------------------------ processes
-    def _startJob(self, args: List[Any]) -> jobs.Job:
-        env = jobs.child_environment(base=slicer.util.startupEnvironment())
-        return jobs.Job(jobs.python_command(args), env=env).start()
-
-    @staticmethod
-    def _temporaryRoot() -> Optional[str]:
-        app = getattr(slicer, "app", None)
-        return getattr(app, "temporaryPath", None) or None
-
-
-def _summary(values: Any) -> str:
-    if isinstance(values, dict):
-        return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
-                         if not isinstance(v, (dict, list)))
-    return str(values)
-
-
-#
-# MedSynthTest
-#
-
 
 class MedSynthTest(ScriptedLoadableModuleTest):
-    """Self-test in a real Slicer: phantom T1ce → bundled model → synthetic T2 on the same grid, good enough."""
+    """Self-test in a real Slicer: the sample phantom → bundled model → synthetic T2 on the same grid, good enough."""
 
-    PSNR_FLOOR_DB = 18.0
+    def runTest(self):
+        for test in (self.test_SynthesizePhantom, self.test_ParameterNode, self.test_SampleDataRegistered):
+            slicer.mrmlScene.Clear()
+            test()
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
-    def runTest(self):
-        self.setUp()
-        self.test_SynthesizePhantom()
-        self.setUp()
-        self.test_ParameterNode()
-
     def test_SynthesizePhantom(self):
         import numpy as np
 
+        from MedSynthLogic.metrics import psnr
         from MedSynthLogic.phantom import make_phantom
 
-        self.delayDisplay("Synthesizing the phantom with the bundled model")
-        phantom = make_phantom(shape=(64, 72, 64), spacing=(1.0, 1.0, 1.0), seed=0)
-        ijkToRas = mrml.ijk_to_ras_from_geometry(phantom.t1ce.spacing, phantom.t1ce.origin, phantom.t1ce.direction)
-        source = slicer.util.addVolumeFromArray(phantom.t1ce.array, ijkToRAS=ijkToRas, name="phantom T1ce")
-
-        logic = MedSynthModuleLogic()
-        self.assertTrue(logic._torchImportable(), "torch is needed for the self-test")
-        output = logic.synthesize(source, device="cpu")
-
-        self.assertEqual(output.GetName(), f"phantom T1ce {SYNTHETIC_SUFFIX}")
+        source, target = sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.slicer_cache_folder())
+        output = MedSynthModuleLogic().synthesize(source, device="cpu")
+        self.assertEqual(output.GetName(), f"{source.GetName()} {SYNTHETIC_SUFFIX}")
         np.testing.assert_array_equal(mrml.node_ijk_to_ras(output), mrml.node_ijk_to_ras(source))
-        predicted = slicer.util.arrayFromVolume(output).astype(np.float64)
-        self.assertEqual(predicted.shape, phantom.t2.array.shape)
-        self.assertTrue(np.all(np.isfinite(predicted)))
-
-        mask = np.asarray(phantom.mask, dtype=bool)
-        target = phantom.t2.array.astype(np.float64)
-        scale = float(np.percentile(target[mask], 99.5))
-        mse = float(np.mean(((predicted[mask] - target[mask]) / scale) ** 2))
-        psnr = 10.0 * np.log10(1.0 / max(mse, 1e-12))
-        self.delayDisplay(f"PSNR inside the brain: {psnr:.2f} dB")
-        self.assertGreater(psnr, self.PSNR_FLOOR_DB)
-
-        layout = mrml.find_layout_node(slicer.mrmlScene, create=False)
-        self.assertEqual(layout.GetViewArrangement(), slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        predicted, reference = (slicer.util.arrayFromVolume(n).astype(np.float64) for n in (output, target))
+        mask = np.asarray(make_phantom(seed=0).mask, dtype=bool)
+        scale = float(np.percentile(reference[mask], 99.5))
+        value = psnr(predicted / scale, reference / scale, mask)
+        self.delayDisplay(f"PSNR inside the brain: {value:.2f} dB")
+        self.assertGreater(value, 18.0)
         self.assertEqual(mrml.slice_composite_node(slicer.mrmlScene, "Yellow").GetBackgroundVolumeID(), output.GetID())
-        self.delayDisplay("Test passed")
 
     def test_ParameterNode(self):
-        logic = MedSynthModuleLogic()
-        p = logic.getParameterNode()
-        p.device = "cpu"
-        p.stages = 2
-        p.modelPath = Path("/tmp/some model.safetensors")
-        again = logic.getParameterNode()
-        self.assertEqual((again.device, again.stages, again.modelPath), ("cpu", 2, Path("/tmp/some model.safetensors")))
-        self.assertFalse(_isSet(Path()))
+        p = MedSynthModuleLogic().getParameterNode()
+        p.device, p.stages, p.force = "cpu", 2, True
+        again = MedSynthModuleLogic().getParameterNode()
+        self.assertEqual((again.device, again.stages, again.force), ("cpu", 2, True))
+        self.assertIsNone(again.inputVolume)
+        self.assertFalse(isSet(Path()))
+
+    def test_SampleDataRegistered(self):
+        import SampleData
+
+        registerSampleData()
+        names = [s.sampleName for s in SampleData.SampleDataLogic.sampleDataSourcesByCategory(sample_data.CATEGORY)]
+        self.assertIn(sample_data.SAMPLE_NAME, names)

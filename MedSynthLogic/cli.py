@@ -15,72 +15,18 @@ from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
+from .progress import done_event, error_event
+from .reporting import MODES, Reporter, silence_stdout
 
 EXIT_CODES = """exit codes: 0 success, 1 internal error (a bug: please report it), 2 usage, 3 bad input image,
 4 geometry mismatch, 5 bad data folder or HDF5 file, 6 bad model file, 7 output cannot be written,
 8 out of memory or device missing, 9 training diverged (NaN loss), 130 cancelled"""
 
 
-class Reporter:
-    """Sends progress events to a tqdm bar on stderr, to JSON lines on stdout, or nowhere."""
-
-    def __init__(self, mode: str) -> None:
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "none"
-        self.mode = mode
-        self._bars: dict = {}
-
-    def __call__(self, event: dict) -> None:
-        if self.mode == "json":
-            sys.stdout.write(json.dumps(event, default=_json_default) + "\n")
-            sys.stdout.flush()
-        elif self.mode == "bar":
-            self._bar(event)
-        if event.get("event") == "warning" and self.mode != "json":
-            sys.stderr.write(f"medsynth: warning: {event.get('message')}\n")
-
-    def _bar(self, event: dict) -> None:
-        from tqdm import tqdm
-
-        kind = event.get("event")
-        if kind == "progress" and "total" in event:
-            key = (event.get("task"), event.get("stage"))
-            bar = self._bars.get(key)
-            if bar is None:
-                desc = event.get("task", "")
-                if event.get("stages"):
-                    desc += f" stage {int(event.get('stage', 0)) + 1}/{event['stages']}"
-                bar = self._bars[key] = tqdm(total=event["total"], desc=desc, file=sys.stderr, leave=True)
-            bar.n = int(event.get("done", 0))
-            bar.refresh()
-            if bar.n >= bar.total:
-                bar.close()
-        elif kind == "iteration":
-            losses = " ".join(f"{k}={v:.4g}" for k, v in event.get("losses", {}).items())
-            sys.stderr.write(f"stage {event.get('stage')} it {event.get('iteration')}/{event.get('iterations')} {losses}\n")
-        elif kind == "validation":
-            psnr, ssim = event.get("psnr"), event.get("ssim")
-            text = f"validation: loss {event.get('val_loss')}"
-            if psnr is not None and ssim is not None:
-                text += f", PSNR {psnr:.2f} dB, SSIM {ssim:.4f}"
-            sys.stderr.write(text + "\n")
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-
-
-def _json_default(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
-
-
 def _add_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
-                   help="progress display: a bar on stderr, JSON lines on stdout, or none (default: bar on a terminal)")
+    p.add_argument("--progress", choices=MODES, default="auto",
+                   help="progress display: a bar or plain lines on stderr, JSON lines on stdout, or none "
+                   "(default auto: a bar on a terminal, plain lines in a log)")
 
 
 def _cancel_on_signals() -> Callable[[], bool]:
@@ -114,12 +60,12 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
         common["tile"] = args.tile
     if source.is_dir():
         outputs = synthesize_folder(model, source, Path(args.output), pattern=args.pattern, overwrite=args.overwrite, **common)
-        report({"event": "done", "outputs": [str(p) for p in outputs]})
+        report(done_event(outputs=[str(p) for p in outputs]))
         if report.mode != "json":
             print(f"wrote {len(outputs)} synthetic volumes to {args.output}")
     else:
         out = synthesize_file(model, source, Path(args.output), mask_path=args.mask, overwrite=args.overwrite, **common)
-        report({"event": "done", "output": str(out)})
+        report(done_event(out))
         if report.mode != "json":
             print(f"wrote {out}")
     return 0
@@ -153,7 +99,7 @@ def cmd_prepare(args: argparse.Namespace, report: Reporter) -> int:
         progress=report,
         overwrite=args.overwrite,
     )
-    report({"event": "done", "output": str(args.out)})
+    report(done_event(args.out))
     if report.mode != "json":
         splits = manifest.get("splits", {})
         print(f"prepared {len(cases)} cases into {args.out}: " + ", ".join(f"{k}: {len(v)} cases" for k, v in splits.items()))
@@ -164,7 +110,7 @@ def cmd_train(args: argparse.Namespace, report: Reporter) -> int:
     from .training import train_from_args
 
     out = train_from_args(args, callback=report)
-    report({"event": "done", "output": str(out)})
+    report(done_event(out))
     if report.mode != "json":
         print(f"wrote model {out}")
     return 0
@@ -174,7 +120,7 @@ def cmd_export(args: argparse.Namespace, report: Reporter) -> int:
     from .training import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, stages=args.stages, overwrite=args.overwrite)
-    report({"event": "done", "output": str(out)})
+    report(done_event(out))
     if report.mode != "json":
         print(f"wrote model {out}")
     return 0
@@ -184,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     from .evaluation import evaluate_command
 
     summary = evaluate_command(args, progress=report)
-    report({"event": "done", "output": str(args.out), "summary": summary})
+    report(done_event(args.out, summary=summary))
     if report.mode != "json":
         for name, stats in summary.items():
             print(f"{name}: {stats['mean']:.4f} ± {stats['std']:.4f}")
@@ -210,7 +156,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
 
     lookup = fit_intensity_lookup(pairs(), cfg, bins=args.bins)
     lookup.save(args.out)
-    report({"event": "done", "output": str(args.out), "cases": [c.case_id for c in cases]})
+    report(done_event(args.out, cases=[c.case_id for c in cases]))
     if report.mode != "json":
         print(f"fitted a {args.bins}-bin intensity lookup on {len(cases)} cases: {args.out}")
     return 0
@@ -221,7 +167,7 @@ def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
 
     outputs = run_demo(Path(args.out), model_path=args.model, device=args.device, stages=args.stages, progress=report,
                        overwrite=args.overwrite)
-    report({"event": "done", "outputs": {k: str(v) for k, v in outputs.items()}})
+    report(done_event(outputs={k: str(v) for k, v in outputs.items()}))
     if report.mode != "json":
         for name, path in outputs.items():
             print(f"{name}: {path}")
@@ -332,6 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one ``medsynth`` command; returns its exit code (see README)."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # stdout's reader left (`medsynth info | head`) after the work was done: what it read is all it wanted.
+        silence_stdout()
+        return 0
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -355,7 +311,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _fail(report: Reporter, exc: MedSynthError) -> int:
-    report({"event": "error", "message": str(exc), "exit_code": exc.exit_code, "type": type(exc).__name__})
+    try:
+        report(error_event(str(exc), exc.exit_code, type=type(exc).__name__))
+    except Cancelled:
+        pass  # the JSON reader is gone; stderr still gets the message
     sys.stderr.write(f"medsynth: error: {exc}\n")
     return exc.exit_code
 

@@ -36,6 +36,7 @@ import numpy as np
 from .atomic import atomic_path, atomic_write_text
 from .config import ModelConfig, to_dict
 from .errors import DataError, GeometryError, MedSynthError, OutputError, UsageError
+from .progress import progress_event
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,7 @@ def prepare_dataset(
     cfg_dict = to_dict(model_cfg)
     total = len(cases)
     emit = progress or (lambda event: None)
-    emit({"event": "progress", "task": "prepare", "done": 0, "total": total, "case": None})
+    emit(progress_event("prepare", 0, total, case=None))
     case_entries: Dict[str, Dict[str, Any]] = {}
     done = 0
     with ExitStack() as stack:
@@ -525,7 +526,7 @@ def prepare_dataset(
                 }
                 del data, src_p, tgt_p, mask_p
                 done += 1
-                emit({"event": "progress", "task": "prepare", "done": done, "total": total, "case": case.case_id})
+                emit(progress_event("prepare", done, total, case=case.case_id))
         for w in writers.values():
             w.close()
     if not val and overwrite and (out / "val.h5").exists():

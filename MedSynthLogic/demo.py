@@ -8,6 +8,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from .atomic import check_output_path
+from .progress import metrics_event
 
 
 def run_demo(
@@ -54,5 +55,5 @@ def run_demo(
         if model.config.normalisation.target.mode == "percentile" else None,
     )
     if progress:
-        progress({"event": "metrics", "metrics": {k: float(v) for k, v in scores.items() if np.isscalar(v)}})
+        progress(metrics_event({k: v for k, v in scores.items() if np.isscalar(v)}))
     return paths

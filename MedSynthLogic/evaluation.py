@@ -12,6 +12,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from .progress import progress_event
+
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="folder of cases with BraTS naming (<case>/<case>_t1ce.nii.gz, _t2, optional _seg)")
@@ -73,7 +75,8 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
         if lookup is not None:
             pred = source.with_array(lookup.apply(source.array, mask))
         else:
-            pred = synthesize_volume(model, source, mask=mask, stages=args.stages, device=args.device, flip_tta=args.flip_tta)
+            pred = synthesize_volume(model, source, mask=mask, stages=args.stages, device=args.device, flip_tta=args.flip_tta,
+                                     progress=within_case(progress, i, len(cases), case.case_id))
         entries.append((case.case_id, pred, target, mask, seg))
         if args.save_predictions:
             write_volume(pred, out / f"{case.case_id}_synthetic_{args.target_suffix}.nii.gz", overwrite=True)
@@ -89,7 +92,7 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
                 mask=mask, spacing=source.spacing, title=f"{case.case_id} {args.label}".strip(), ranges=ranges,
             )
         if progress:
-            progress({"event": "progress", "task": "evaluate", "done": i + 1, "total": len(cases), "case": case.case_id})
+            progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
     results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None)
     results["label"] = args.label
     results["model"] = str(args.lookup or args.model or bundled_model_path())
@@ -97,6 +100,27 @@ def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict
     results["flip_tta"] = bool(args.flip_tta)
     write_report(results, out / "metrics.json", out / "metrics.md")
     return results["summary"]
+
+
+def within_case(
+    progress: Optional[Callable[[dict], None]], index: int, count: int, case_id: str
+) -> Optional[Callable[[dict], None]]:
+    """Turn one case's synthesis events into evaluate events whose fraction moves within the case.
+
+    A case takes tens of seconds on a CPU; without this the evaluation shows nothing between two cases.
+    Other events (a warning about a CPU fallback) pass through unchanged.
+    """
+    if progress is None:
+        return None
+
+    def forward(event: dict) -> None:
+        if event.get("event") != "progress":
+            progress(event)
+            return
+        within = float(event.get("fraction", 0.0))
+        progress(progress_event("evaluate", index, count, fraction=(index + within) / count, case=case_id))
+
+    return forward
 
 
 def _unit(arr: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,13 +1,15 @@
-"""Pictures for people: side-by-side panels and tri-planar comparison figures (matplotlib, no display)."""
+"""Pictures for people: side-by-side panels, tri-planar comparison figures and loss curves (matplotlib, no display)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+import os
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .atomic import atomic_path
+from .progress import LOSS_KEYS, read_log
 
 ROW_NAMES = ("axial", "coronal", "sagittal")
 
@@ -107,3 +109,76 @@ def comparison_figure(
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return out
+
+
+def plot_losses(csv_path: os.PathLike | str, png_path: os.PathLike | str) -> Path:
+    """Draw training losses and validation loss/PSNR per stage into a PNG, written atomically.
+
+    The x axis is the global step (stages laid end to end), so a multi-stage run reads left to right.
+    When a resumed run repeated some iterations, the last row for a (stage, iteration) wins.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    rows = read_log(csv_path)
+    it_rows: Dict[tuple, Dict[str, Any]] = {}
+    val_rows: Dict[tuple, Dict[str, Any]] = {}
+    for row in rows:
+        if row["stage"] is None or row["iteration"] is None:
+            continue
+        key = (row["stage"], row["iteration"])
+        (it_rows if row["kind"] == "iteration" else val_rows)[key] = row
+    stage_len: Dict[int, int] = {}
+    for stage, it in list(it_rows) + list(val_rows):
+        stage_len[stage] = max(stage_len.get(stage, 0), it)
+    offsets: Dict[int, int] = {}
+    total = 0
+    for stage in sorted(stage_len):
+        offsets[stage] = total
+        total += stage_len[stage]
+
+    fig = Figure(figsize=(10, 6), dpi=100)
+    ax_loss = fig.add_subplot(2, 1, 1)
+    ax_val = fig.add_subplot(2, 1, 2)
+    keys = sorted(it_rows)
+    x = [offsets[s] + i for s, i in keys]
+    for name in LOSS_KEYS:
+        ys = [it_rows[k][name] for k in keys]
+        if any(v is not None for v in ys):
+            ax_loss.plot(x, [float("nan") if v is None else v for v in ys], label=name, linewidth=1)
+    vkeys = sorted(val_rows)
+    vx = [offsets[s] + i for s, i in vkeys]
+    if vkeys:
+        vloss = [val_rows[k]["val_loss"] for k in vkeys]
+        ax_loss.plot(vx, [float("nan") if v is None else v for v in vloss], "o-", label="val_loss", linewidth=1.5)
+        psnr = [val_rows[k]["psnr"] for k in vkeys]
+        if any(v is not None for v in psnr):
+            ax_val.plot(vx, [float("nan") if v is None else v for v in psnr], "o-", label="PSNR (dB)")
+        ssim = [val_rows[k]["ssim"] for k in vkeys]
+        if any(v is not None for v in ssim):
+            ax_ssim = ax_val.twinx()
+            ax_ssim.plot(vx, [float("nan") if v is None else v for v in ssim], "s--", color="tab:red", label="SSIM")
+            ax_ssim.set_ylabel("SSIM")
+            lines = ax_val.get_lines() + ax_ssim.get_lines()
+            ax_val.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
+        elif ax_val.get_lines():
+            ax_val.legend(loc="lower right", fontsize=8)
+    for stage, off in offsets.items():
+        if off > 0:
+            ax_loss.axvline(off, color="grey", linestyle=":", linewidth=1)
+            ax_val.axvline(off, color="grey", linestyle=":", linewidth=1)
+    ax_loss.set_ylabel("loss")
+    plotted = [it_rows[k][n] for k in keys for n in LOSS_KEYS if it_rows[k][n] is not None]
+    if plotted and min(plotted) > 0:
+        ax_loss.set_yscale("log")
+    ax_loss.legend(loc="upper right", fontsize=8)
+    ax_loss.set_title("MedSynth training")
+    ax_val.set_xlabel("iteration (all stages)")
+    ax_val.set_ylabel("PSNR (dB)")
+    fig.tight_layout()
+    png = Path(png_path)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    return png

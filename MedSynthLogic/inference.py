@@ -41,6 +41,7 @@ from .devices import autocast_dtype
 from .errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
 from .model_file import LoadedModel, _device, load_model
 from .models import AutoContextChain
+from .progress import progress_event, warning_event
 
 if TYPE_CHECKING:
     from .volume_io import Volume
@@ -211,17 +212,7 @@ class _Progress:
         if fraction <= self.last:
             return
         self.last = fraction
-        self.callback(
-            {
-                "event": "progress",
-                "task": "synthesize",
-                "stage": stage,
-                "stages": self.stages,
-                "done": done,
-                "total": total,
-                "fraction": round(fraction, 6),
-            }
-        )
+        self.callback(progress_event("synthesize", done, total, stage=stage, stages=self.stages, fraction=round(fraction, 6)))
 
 
 @dataclasses.dataclass
@@ -337,7 +328,7 @@ def synthesize_array(
             raise exc.error from exc
         # "auto" promised a result, not a GPU: say so and finish on the CPU rather than fail after the GPU tried.
         if progress is not None:
-            progress({"event": "warning", "task": "synthesize", "message": f"{exc.error.message} Falling back to the CPU (slower)."})
+            progress(warning_event("synthesize", f"{exc.error.message} Falling back to the CPU (slower)."))
         cpu = torch.device("cpu")
         torch.cuda.empty_cache()
         return _synthesize_on(chain, src, mask_arr, box, n, cpu, default_tile(cpu), flip_tta, report, cancel, precision)

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence
 
+from .progress import exit_event, log_event
+
 RUNNING = "running"
 FINISHED = "finished"
 FAILED = "failed"
@@ -180,7 +182,7 @@ class Job:
                     if not parse_json:
                         with self._lock:
                             self._stderr_tail.append(line)
-                    event = {"event": "log", "stream": label, "line": line}
+                    event = log_event(label, line)
                 elif event.get("event") == "error":
                     with self._lock:
                         self._last_error = event
@@ -261,7 +263,7 @@ class Job:
                 except queue.Empty:
                     break
             self._exit_reported = True
-            events.append({"event": "exit", "returncode": self.process.returncode, "state": self.state})
+            events.append(exit_event(self.process.returncode, self.state))
         if events:
             self.last_event = events[-1]
         return events

@@ -14,8 +14,6 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, TextIO
 
-from .atomic import atomic_path
-
 Event = Dict[str, Any]
 Callback = Callable[[Event], None]
 
@@ -23,14 +21,29 @@ LOSS_KEYS = ("g", "d", "l2", "gdl", "g_adv")
 CSV_FIELDS = ("kind", "stage", "iteration", "g", "d", "l2", "gdl", "g_adv", "lr", "time", "val_loss", "psnr", "ssim")
 
 
-def progress_event(task: str, done: int, total: int, stage: Optional[int] = None, stages: Optional[int] = None) -> Event:
-    """Generic fraction-done event (synthesis, preparation)."""
+def progress_event(
+    task: str,
+    done: int,
+    total: int,
+    stage: Optional[int] = None,
+    stages: Optional[int] = None,
+    fraction: Optional[float] = None,
+    **extra: Any,
+) -> Event:
+    """Generic fraction-done event (synthesis, preparation, evaluation).
+
+    ``fraction`` defaults to done/total; pass it when it covers more than done/total do (all stages of a
+    synthesis, or the cases of an evaluation around one case's synthesis). ``extra`` adds keys such as ``case``.
+    """
     event: Event = {"event": "progress", "task": task}
     if stage is not None:
         event["stage"] = stage
     if stages is not None:
         event["stages"] = stages
-    event.update(done=int(done), total=int(total), fraction=(float(done) / total) if total else 1.0)
+    if fraction is None:
+        fraction = (float(done) / total) if total else 1.0
+    event.update(done=int(done), total=int(total), fraction=float(fraction))
+    event.update(extra)
     return event
 
 
@@ -80,14 +93,40 @@ def checkpoint_event(path: os.PathLike | str, stage: int, iteration: int, reason
     return {"event": "checkpoint", "path": str(path), "stage": int(stage), "iteration": int(iteration), "reason": reason}
 
 
-def done_event(output: os.PathLike | str, **extra: Any) -> Event:
-    event: Event = {"event": "done", "output": str(output)}
+def done_event(output: Optional[os.PathLike | str] = None, **extra: Any) -> Event:
+    """The command finished; ``output`` is its one output file (several go in ``extra``, e.g. ``outputs``)."""
+    event: Event = {"event": "done"}
+    if output is not None:
+        event["output"] = str(output)
     event.update(extra)
     return event
 
 
-def error_event(message: str, exit_code: int) -> Event:
-    return {"event": "error", "message": message, "exit_code": int(exit_code)}
+def error_event(message: str, exit_code: int, **extra: Any) -> Event:
+    """The command failed with ``exit_code`` (see errors.py); always the last event of a run."""
+    event: Event = {"event": "error", "message": message, "exit_code": int(exit_code)}
+    event.update(extra)
+    return event
+
+
+def warning_event(task: str, message: str) -> Event:
+    """Something the user should know that does not stop the work (e.g. a fallback to the CPU)."""
+    return {"event": "warning", "task": task, "message": message}
+
+
+def metrics_event(metrics: Mapping[str, float]) -> Event:
+    """Quality figures of a finished result (the demo's PSNR/SSIM/MAE)."""
+    return {"event": "metrics", "metrics": {k: float(v) for k, v in metrics.items()}}
+
+
+def log_event(stream: str, line: str) -> Event:
+    """A child process's line that is not a JSON event (stderr text), as the job runner passes it on."""
+    return {"event": "log", "stream": stream, "line": line}
+
+
+def exit_event(returncode: Optional[int], state: str) -> Event:
+    """A child process ended (the job runner's last event): its exit code and the job's state."""
+    return {"event": "exit", "returncode": returncode, "state": state}
 
 
 def _json_safe(value: Any) -> Any:
@@ -192,76 +231,3 @@ def read_log(csv_path: os.PathLike | str) -> List[Dict[str, Any]]:
                 row[name] = None if cell in ("", None) else (int(cell) if name in ("stage", "iteration") else float(cell))
             rows.append(row)
     return rows
-
-
-def plot_losses(csv_path: os.PathLike | str, png_path: os.PathLike | str) -> Path:
-    """Draw training losses and validation loss/PSNR per stage into a PNG, written atomically.
-
-    The x axis is the global step (stages laid end to end), so a multi-stage run reads left to right.
-    When a resumed run repeated some iterations, the last row for a (stage, iteration) wins.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    rows = read_log(csv_path)
-    it_rows: Dict[tuple, Dict[str, Any]] = {}
-    val_rows: Dict[tuple, Dict[str, Any]] = {}
-    for row in rows:
-        if row["stage"] is None or row["iteration"] is None:
-            continue
-        key = (row["stage"], row["iteration"])
-        (it_rows if row["kind"] == "iteration" else val_rows)[key] = row
-    stage_len: Dict[int, int] = {}
-    for stage, it in list(it_rows) + list(val_rows):
-        stage_len[stage] = max(stage_len.get(stage, 0), it)
-    offsets: Dict[int, int] = {}
-    total = 0
-    for stage in sorted(stage_len):
-        offsets[stage] = total
-        total += stage_len[stage]
-
-    fig = Figure(figsize=(10, 6), dpi=100)
-    ax_loss = fig.add_subplot(2, 1, 1)
-    ax_val = fig.add_subplot(2, 1, 2)
-    keys = sorted(it_rows)
-    x = [offsets[s] + i for s, i in keys]
-    for name in LOSS_KEYS:
-        ys = [it_rows[k][name] for k in keys]
-        if any(v is not None for v in ys):
-            ax_loss.plot(x, [float("nan") if v is None else v for v in ys], label=name, linewidth=1)
-    vkeys = sorted(val_rows)
-    vx = [offsets[s] + i for s, i in vkeys]
-    if vkeys:
-        vloss = [val_rows[k]["val_loss"] for k in vkeys]
-        ax_loss.plot(vx, [float("nan") if v is None else v for v in vloss], "o-", label="val_loss", linewidth=1.5)
-        psnr = [val_rows[k]["psnr"] for k in vkeys]
-        if any(v is not None for v in psnr):
-            ax_val.plot(vx, [float("nan") if v is None else v for v in psnr], "o-", label="PSNR (dB)")
-        ssim = [val_rows[k]["ssim"] for k in vkeys]
-        if any(v is not None for v in ssim):
-            ax_ssim = ax_val.twinx()
-            ax_ssim.plot(vx, [float("nan") if v is None else v for v in ssim], "s--", color="tab:red", label="SSIM")
-            ax_ssim.set_ylabel("SSIM")
-            lines = ax_val.get_lines() + ax_ssim.get_lines()
-            ax_val.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
-        elif ax_val.get_lines():
-            ax_val.legend(loc="lower right", fontsize=8)
-    for stage, off in offsets.items():
-        if off > 0:
-            ax_loss.axvline(off, color="grey", linestyle=":", linewidth=1)
-            ax_val.axvline(off, color="grey", linestyle=":", linewidth=1)
-    ax_loss.set_ylabel("loss")
-    plotted = [it_rows[k][n] for k in keys for n in LOSS_KEYS if it_rows[k][n] is not None]
-    if plotted and min(plotted) > 0:
-        ax_loss.set_yscale("log")
-    ax_loss.legend(loc="upper right", fontsize=8)
-    ax_loss.set_title("MedSynth training")
-    ax_val.set_xlabel("iteration (all stages)")
-    ax_val.set_ylabel("PSNR (dB)")
-    fig.tight_layout()
-    png = Path(png_path)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png")
-    return png

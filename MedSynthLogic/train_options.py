@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Optional
+
+if TYPE_CHECKING:
+    from .config import ModelConfig, TrainConfig
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -39,3 +46,37 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--keep-checkpoints", type=int, default=3)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     return parser
+
+
+def train_argument_list(
+    model_config: "ModelConfig",
+    train_config: "TrainConfig",
+    data_dir: "str | os.PathLike",
+    out_model: "str | os.PathLike",
+    config_dir: "str | os.PathLike",
+    run_dir: "Optional[str | os.PathLike]" = None,
+    device: str = "auto",
+    resume: bool = False,
+    progress: str = "json",
+) -> List[str]:
+    """The ``medsynth train`` arguments that run exactly these configs (the Slicer module's train command).
+
+    Both configs are written as JSON into ``config_dir`` and passed with ``--model-config``/``--train-config``,
+    so every setting reaches the trainer through the same loader as a hand-written config file and no flag is
+    spelled twice; only what is not a config (paths, device, resume, progress) is a flag.
+    """
+    from .config import to_dict
+
+    folder = Path(config_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, train_path = folder / "model_config.json", folder / "train_config.json"
+    model_path.write_text(json.dumps(to_dict(model_config), indent=2), encoding="utf-8")
+    train_path.write_text(json.dumps(to_dict(train_config), indent=2), encoding="utf-8")
+    args = ["train", "--data", os.fspath(data_dir), "--out", os.fspath(out_model),
+            "--model-config", str(model_path), "--train-config", str(train_path),
+            "--device", device, "--progress", progress]
+    if run_dir is not None:
+        args += ["--run-dir", os.fspath(run_dir)]
+    if resume:
+        args.append("--resume")
+    return args

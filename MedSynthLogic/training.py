@@ -40,13 +40,13 @@ from .devices import autocast_dtype
 from .errors import Cancelled, DataError, ModelFileError, TrainingDiverged, UsageError
 from .losses import discriminator_loss, generator_loss
 from .models import init_from_previous_stage, AutoContextChain, Generator, build_discriminator, build_generators, generators_state
+from .figures import plot_losses
 from .progress import (
     CallbackList,
     CsvLogger,
     Event,
     checkpoint_event,
     iteration_event,
-    plot_losses,
     stage_event,
     validation_event,
 )

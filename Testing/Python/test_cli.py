@@ -368,7 +368,14 @@ def test_evaluate_with_figures(ws):
     proc = medsynth("evaluate", ws.data, "--model", ws.model, "--cases", "case1,case2", "--out", out, "--figures",
                     "--progress", "json")
     events = json_lines(proc.stdout)
-    assert [e["case"] for e in events if e["event"] == "progress"] == ["case1", "case2"]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert {e["task"] for e in progress} == {"evaluate"}
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    for i, case in enumerate(("case1", "case2")):  # the bar moves within each case, not only between cases
+        inside = [e for e in progress if e["case"] == case and i / 2 < e["fraction"] < (i + 1) / 2]
+        assert inside, f"no progress within {case}: {progress}"
+        assert [e["done"] for e in progress if e["case"] == case][-1] == i + 1
     assert events[-1]["event"] == "done" and set(events[-1]["summary"]) >= {"psnr", "ssim", "mae", "psnr_tumour"}
     report = _check_report(out, ["case1", "case2"])
     assert report["model"] == str(ws.model)
@@ -516,6 +523,33 @@ def test_json_progress_ends_with_one_error_event(ws):
     assert errors[0]["exit_code"] == proc.returncode
     assert "missing_t1ce" in errors[0]["message"]
     assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_progress_is_plain_lines_when_stderr_is_a_log(ws):
+    """Without a terminal (nohup, a log file) the default progress is plain lines on stderr, not nothing."""
+    out = ws.root / "logged_synthetic.nii.gz"
+    proc = medsynth("synthesize", ws.t1ce("case1"), out, "--model", ws.model)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("medsynth: synthesize")]
+    assert lines and lines[0].startswith("medsynth: synthesize stage 1/2:   0%"), proc.stderr
+    assert lines[-1].startswith("medsynth: synthesize stage 2/2: 100%"), proc.stderr
+    assert "\r" not in proc.stderr, "a log gets lines, not a redrawn bar"
+    assert proc.stdout.strip() == f"wrote {out}"
+
+
+def test_json_progress_into_a_closed_pipe_ends_without_a_traceback(ws):
+    """`medsynth … --progress json | head -n 1`: the run stops as cancelled (130), quietly, and writes nothing."""
+    out, err = ws.root / "piped_synthetic.nii.gz", ws.root / "piped_stderr.txt"
+    command = " ".join(f"'{a}'" for a in _medsynth_command() + [
+        "synthesize", str(ws.t1ce("case0")), str(out), "--model", str(ws.model), "--tile", "4", "--progress", "json"])
+    script = f"{command} 2>'{err}' | head -n 1; echo \"exit=${{PIPESTATUS[0]}}\""
+    proc = subprocess.run(["bash", "-c", script], env=_env(), capture_output=True, text=True, timeout=300)
+    first, status = proc.stdout.splitlines()
+    assert json.loads(first)["event"] == "progress"
+    stderr = err.read_text(encoding="utf-8")
+    assert status == "exit=130", stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert stderr.strip() == "medsynth: error: Stopped: the program reading the --progress json output closed the pipe."
     assert not out.exists()
 
 

@@ -135,7 +135,9 @@ def test_module_cmake_builds_the_module_and_its_test():
     calls = _commands(MODULE_CMAKE.read_text(encoding="utf-8"))
     modules = _scripted_modules(MODULE_CMAKE)
     assert list(modules) == ["MedSynth"]
-    assert modules["MedSynth"]["SCRIPTS"] == ["MedSynth.py"]
+    scripts = modules["MedSynth"]["SCRIPTS"]
+    assert scripts[0] == "MedSynth.py"
+    assert all(s.startswith("MedSynthLib/") for s in scripts[1:]) and "MedSynthLib/__init__.py" in scripts
     assert ("slicer_add_python_unittest", ["SCRIPT", "${MODULE_NAME}.py"]) in calls
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from MedSynthLogic import progress
+from MedSynthLogic import figures, progress
 
 
 def test_json_lines_one_object_per_line_and_flushed():
@@ -54,6 +54,6 @@ def test_csv_logger_and_plot(tmp_path):
     assert len(rows) == 42
     assert rows[0]["kind"] == "iteration" and rows[0]["stage"] == 0 and rows[0]["iteration"] == 1 and rows[0]["g"] == 1.0
     assert rows[20]["kind"] == "validation" and rows[20]["psnr"] == 24.0 and rows[20]["l2"] is None
-    png = progress.plot_losses(tmp_path / "log.csv", tmp_path / "loss.png")
+    png = figures.plot_losses(tmp_path / "log.csv", tmp_path / "loss.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "loss.png"]

@@ -1,0 +1,206 @@
+"""The panel's logic without Qt: start one background ``medsynth`` job at a time, turn its events into panel
+updates, and finish it (load the synthetic volume, feed the loss plot, clean the temporary files).
+
+The job runner is injected: the panel uses ``start_cli_job`` (a ``MedSynthLogic.jobs.Job`` running
+``PythonSlicer -m MedSynthLogic.cli``); tests pass a fake whose job replays scripted events.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import synthesis
+from .estimate import Estimate, RateBook
+from .events import PanelUpdate, describe_event
+from .training_jobs import PrepareRequest, prepare_arguments
+
+#: ``runner(args) -> started job`` with ``poll()``, ``cancel(timeout)``, ``running``, ``state``,
+#: ``error_message`` and ``elapsed_s`` (``MedSynthLogic.jobs.Job``'s interface).
+JobRunner = Callable[[Sequence[str]], Any]
+
+
+def start_cli_job(args: Sequence[str]) -> Any:
+    """Start ``medsynth <args>`` in a child process with Slicer's start-up environment (outside Slicer: ours)."""
+    from MedSynthLogic import jobs
+
+    slicer = sys.modules.get("slicer")
+    base = slicer.util.startupEnvironment() if getattr(slicer, "app", None) is not None else None
+    return jobs.Job(jobs.python_command(args), env=jobs.child_environment(base=base)).start()
+
+
+@dataclass
+class SynthesisPlan:
+    """Decided before launching: the input check's findings, whether they block, and the time estimate."""
+
+    findings: List[Any]
+    blocked: bool
+    message: str
+    estimate: Estimate
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended: ``state`` is MedSynthLogic.jobs' FINISHED, FAILED or CANCELLED."""
+
+    kind: str
+    state: str
+    message: str
+    result: Any = None
+
+
+@dataclass
+class RunningJob:
+    job: Any
+    kind: str
+    context: Dict[str, Any] = field(default_factory=dict)
+
+
+class MedSynthController:
+    """One background job at a time for the panel; Qt-free, so it is tested against real MRML with a fake runner."""
+
+    def __init__(self, scene: Any, runner: Optional[JobRunner] = None, temp_root: Optional[str] = None,
+                 input_checker: Any = "default") -> None:
+        self.scene = scene
+        self.runner = runner or start_cli_job
+        self.temp_root = temp_root
+        self.input_checker = synthesis.default_input_checker() if input_checker == "default" else input_checker
+        self.rates = RateBook()
+        self.current: Optional[RunningJob] = None
+        self.training_plot: Any = None
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None and bool(self.current.job.running)
+
+    @property
+    def kind(self) -> Optional[str]:
+        return self.current.kind if self.current is not None else None
+
+    # ------------------------------------------------------------------ synthesis
+    def plan_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest) -> SynthesisPlan:
+        """Check the input against the model and estimate the time, before anything is launched."""
+        from MedSynthLogic import mrml
+        from MedSynthLogic.model_file import read_header
+
+        if input_node is None:
+            raise ValueError("Select the T1ce volume first.")
+        volume = mrml.volume_from_node(input_node)
+        findings = synthesis.check_input(volume, read_header(synthesis.model_path(request)), self.input_checker)
+        message = synthesis.findings_message(findings, request.force) if findings else ""
+        return SynthesisPlan(findings, bool(findings) and not request.force, message, self.estimate(input_node, request))
+
+    def estimate(self, input_node: Any, request: synthesis.SynthesisRequest) -> Estimate:
+        """How long synthesizing ``input_node`` will take (see ``MedSynthLib.estimate``)."""
+        if input_node is None or input_node.GetImageData() is None:
+            raise ValueError("Select the T1ce volume first.")
+        shape = tuple(reversed(input_node.GetImageData().GetDimensions()))
+        stages = request.stages or synthesis.model_stages(request)
+        return self.rates.estimate(shape, stages, request.flip_tta, request.device)
+
+    def start_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest, output_node: Any = None) -> None:
+        """Write the input to a temporary file and start ``medsynth synthesize`` on it."""
+        from MedSynthLogic import mrml
+
+        self._refuse_if_busy()
+        work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))
+        source = mrml.save_volume_node(input_node, work_dir / "source_t1ce.nii.gz")
+        output = work_dir / "synthetic_t2.nii.gz"
+        context = {"input": input_node, "output_node": output_node, "output_path": output, "work_dir": work_dir,
+                   "request": request, "shape": tuple(reversed(input_node.GetImageData().GetDimensions()))}
+        self._start("synthesize", synthesis.synthesize_arguments(source, output, request), context)
+
+    # ------------------------------------------------------------------ training and preparation
+    def start_training(self, model_config: Any, train_config: Any, data_dir: Path, out_model: Path,
+                       run_dir: Optional[Path], device: str = "auto", resume: bool = False) -> Any:
+        """Start ``medsynth train`` with exactly these configs; returns the live loss plot (a ``TrainingPlot``)."""
+        from MedSynthLogic import mrml
+        from MedSynthLogic.train_options import train_argument_list
+
+        self._refuse_if_busy()
+        config_dir = Path(tempfile.mkdtemp(prefix="MedSynth-train-", dir=self.temp_root))
+        args = train_argument_list(model_config, train_config, data_dir, out_model, config_dir,
+                                   run_dir=run_dir, device=device, resume=resume)
+        self.training_plot = mrml.TrainingPlot(self.scene)
+        self._start("train", args, {"work_dir": config_dir, "out_model": Path(out_model)})
+        return self.training_plot
+
+    def start_prepare(self, request: PrepareRequest) -> None:
+        """Start ``medsynth prepare`` on a folder of cases, in the background, with one progress event per case."""
+        self._refuse_if_busy()
+        self._start("prepare", prepare_arguments(request), {"data_dir": Path(request.data_dir)})
+
+    # ------------------------------------------------------------------ running
+    def poll(self) -> Tuple[List[PanelUpdate], Optional[JobOutcome]]:
+        """Panel updates for the events since the last call, and the outcome once the job has ended."""
+        running = self.current
+        if running is None:
+            return [], None
+        updates: List[PanelUpdate] = []
+        outcome: Optional[JobOutcome] = None
+        for event in running.job.poll():
+            if event.get("event") == "exit":
+                outcome = self._finish(running)
+                continue
+            if running.kind == "train" and self.training_plot is not None:
+                self.training_plot.add_event(event)
+            updates.append(describe_event(event))
+        return updates, outcome
+
+    def cancel(self, timeout: float = 5.0) -> None:
+        """Cancel (synthesis, preparation) or stop (training keeps its last checkpoint) the running job."""
+        if self.current is not None:
+            self.current.job.cancel(timeout=timeout)
+
+    def _refuse_if_busy(self) -> None:
+        if self.busy:
+            raise RuntimeError("Another MedSynth job is running; wait for it or cancel it first.")
+
+    def _start(self, kind: str, args: List[str], context: Dict[str, Any]) -> None:
+        try:
+            job = self.runner(args)
+        except Exception:
+            _remove(context.get("work_dir"))
+            raise
+        self.current = RunningJob(job, kind, context)
+
+    def _finish(self, running: RunningJob) -> JobOutcome:
+        from MedSynthLogic import jobs
+
+        self.current = None
+        job, kind, context = running.job, running.kind, running.context
+        try:
+            if job.state == jobs.CANCELLED:
+                return JobOutcome(kind, jobs.CANCELLED, "Cancelled." if kind != "train" else "Stopped; the last checkpoint is kept.")
+            if job.state != jobs.FINISHED:
+                return JobOutcome(kind, jobs.FAILED, job.error_message or "The process failed.")
+            if kind == "synthesize":
+                return self._finish_synthesis(job, context)
+            result = context.get("out_model") or context.get("data_dir")
+            return JobOutcome(kind, jobs.FINISHED, f"Finished in {job.elapsed_s:.0f} s: {result}", result)
+        finally:
+            _remove(context.get("work_dir"))
+
+    def _finish_synthesis(self, job: Any, context: Dict[str, Any]) -> JobOutcome:
+        from MedSynthLogic import jobs
+        from MedSynthLogic.errors import MedSynthError
+        from MedSynthLogic.volume_io import read_volume
+
+        request = context["request"]
+        try:
+            node = synthesis.store_result(self.scene, context["input"], context["output_node"],
+                                          read_volume(context["output_path"]))
+        except (MedSynthError, OSError) as exc:
+            return JobOutcome("synthesize", jobs.FAILED, f"Could not load the synthetic image: {exc}")
+        stages = request.stages or synthesis.model_stages(request)
+        self.rates.record(request.device, context["shape"], stages, request.flip_tta, job.elapsed_s)
+        return JobOutcome("synthesize", jobs.FINISHED, f"Done in {job.elapsed_s:.0f} s.", node)
+
+
+def _remove(folder: Optional[Path]) -> None:
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)

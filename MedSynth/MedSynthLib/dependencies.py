@@ -1,0 +1,102 @@
+"""Make torch and the packages of ``Resources/requirements.txt`` importable in Slicer, asking the user first.
+
+Never at import time. torch comes from the PyTorch extension (it picks the wheel matching the GPU driver); the rest
+through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.10) or ``slicer.util.pip_install``, with numpy and SimpleITK
+pinned to the versions Slicer ships so installing never replaces them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import List
+
+#: Packages Slicer already ships; never reinstalled (pinned to the running versions while installing the rest).
+PROTECTED_PACKAGES = ("numpy", "SimpleITK")
+#: Distribution names whose import name differs.
+IMPORT_NAMES = {"scikit-image": "skimage"}
+
+
+def requirements_path(module_dir: Path) -> Path:
+    """``Resources/requirements.txt``: the installed one beside the core package, or the source checkout's."""
+    import MedSynthLogic
+
+    core_parent = Path(MedSynthLogic.__file__).resolve().parents[1]
+    for candidate in (Path(module_dir) / "Resources" / "requirements.txt", core_parent / "Resources" / "requirements.txt"):
+        if candidate.is_file():
+            return candidate
+    raise RuntimeError("Resources/requirements.txt is missing from the MedSynth installation.")
+
+
+def missing_requirements(requirements: Path) -> List[str]:
+    """The requirement lines whose package cannot be imported here."""
+    missing = []
+    for line in Path(requirements).read_text(encoding="utf-8").splitlines():
+        spec = line.split("#", 1)[0].strip()
+        if not spec:
+            continue
+        name = re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]
+        if importlib.util.find_spec(IMPORT_NAMES.get(name, name.replace("-", "_"))) is None:
+            missing.append(spec)
+    return missing
+
+
+def protected_constraints_file(folder: Path) -> Path:
+    """A pip constraints file pinning Slicer's own numpy and SimpleITK, so installing never replaces them."""
+    lines = []
+    for name in PROTECTED_PACKAGES:
+        try:
+            lines.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    path = Path(folder) / "MedSynth-constraints.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def torch_importable() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def ensure_torch(ask_confirmation: bool = True) -> bool:
+    """torch through the PyTorch extension; False when the user declines."""
+    if torch_importable():
+        return True
+    try:
+        import PyTorchUtils
+    except ImportError as exc:
+        raise RuntimeError("Install the 'PyTorch' extension from the Extensions Manager and restart Slicer.") from exc
+    torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+    if torch_logic.torchInstalled():
+        return True
+    return torch_logic.installTorch(askConfirmation=ask_confirmation, torchVersionRequirement=">=2.0") is not None
+
+
+def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation: bool = True) -> bool:
+    """torch, then the requirements; returns False when the user declines either."""
+    import slicer
+
+    if not ensure_torch(ask_confirmation):
+        return False
+    constraints = protected_constraints_file(temp_folder)
+    try:
+        import slicer.packaging as packaging
+    except ImportError:
+        packaging = None
+    if packaging is not None and hasattr(packaging, "pip_ensure"):
+        try:
+            packaging.pip_ensure(packaging.load_requirements(str(requirements)), constraints=str(constraints),
+                                 prompt_install=ask_confirmation, requester="MedSynth")
+        except RuntimeError:
+            return False
+        return True
+    missing = missing_requirements(requirements)
+    if not missing:
+        return True
+    message = "MedSynth needs these Python packages, which will be downloaded and installed now:\n" + "\n".join(missing)
+    if ask_confirmation and not slicer.util.confirmOkCancelDisplay(message):
+        return False
+    slicer.util.pip_install(["-c", str(constraints), *missing])
+    return True

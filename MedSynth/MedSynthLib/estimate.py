@@ -1,0 +1,71 @@
+"""How long a synthesis will take, said before it starts.
+
+Time = start-up + voxels × stages × passes × seconds per voxel-stage, where passes is 2 with flip averaging.
+
+Where the rates come from (until this computer has measured its own, see ``RateBook``):
+
+- CPU: ``Testing/Benchmarks/results/inference_cpu.txt``, the quiet run: a 240×240×155 BraTS T1ce (8.93 Mvox),
+  3 stages, in 23.7 s on a 2-core AMD EPYC with torch 2.13 → 23.7 / (8.93e6 × 3) = 0.88 µs per voxel-stage.
+- GPU: ``Testing/Benchmarks/results/inference_cuda.txt``: the same volume size, 3 stages, in 0.2 s on an NVIDIA
+  H100 (fp32, tile 192) → 7.5 ns per voxel-stage.
+- Start-up: 3.7–4.0 s to start Python, import torch and load the bundled model, timed on the same 2-core machine.
+
+The time depends on the brain's bounding box rather than on the whole grid, and on the machine, so the figure is
+a rough guide; after the first synthesis the panel uses the rate measured on this computer instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Sequence
+
+BENCHMARK_VOXELS = 240 * 240 * 155
+CPU_SECONDS_PER_VOXEL_STAGE = 23.7 / (BENCHMARK_VOXELS * 3)
+GPU_SECONDS_PER_VOXEL_STAGE = 0.2 / (BENCHMARK_VOXELS * 3)
+STARTUP_SECONDS = 4.0
+BENCHMARK_RATES: Dict[str, float] = {"cpu": CPU_SECONDS_PER_VOXEL_STAGE, "cuda": GPU_SECONDS_PER_VOXEL_STAGE}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    basis: str
+
+    def text(self) -> str:
+        """One line for the panel, e.g. "about 30 s (benchmark rate of a 2-core CPU)"."""
+        seconds = self.seconds
+        amount = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60.0:.1f} min"
+        return f"Estimated time: about {amount} ({self.basis})."
+
+
+@dataclass
+class RateBook:
+    """Seconds per voxel-stage per device: the benchmark's until a finished synthesis measured this computer's."""
+
+    measured: Dict[str, float] = field(default_factory=dict)
+
+    def rate(self, device: str) -> tuple:
+        key = "cuda" if device.startswith("cuda") else device
+        if key in self.measured:
+            return self.measured[key], "rate measured on this computer by the last synthesis"
+        if key == "cuda":
+            return BENCHMARK_RATES["cuda"], "benchmark rate of an NVIDIA H100"
+        suffix = "; a GPU, if present, is much faster" if key == "auto" else ""
+        return BENCHMARK_RATES["cpu"], f"benchmark rate of a 2-core CPU{suffix}"
+
+    def record(self, device: str, shape: Sequence[int], stages: int, flip: bool, elapsed_s: float) -> None:
+        """Learn this computer's rate from a finished synthesis (start-up time taken off)."""
+        work = _voxel_stages(shape, stages, flip)
+        if work > 0 and elapsed_s > STARTUP_SECONDS:
+            self.measured["cuda" if device.startswith("cuda") else device] = (elapsed_s - STARTUP_SECONDS) / work
+
+    def estimate(self, shape: Sequence[int], stages: int, flip: bool, device: str) -> Estimate:
+        rate, basis = self.rate(device)
+        return Estimate(STARTUP_SECONDS + _voxel_stages(shape, stages, flip) * rate, basis)
+
+
+def _voxel_stages(shape: Sequence[int], stages: int, flip: bool) -> float:
+    voxels = 1.0
+    for size in shape:
+        voxels *= int(size)
+    return voxels * max(1, int(stages)) * (2 if flip else 1)

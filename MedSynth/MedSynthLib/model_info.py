@@ -1,0 +1,116 @@
+"""The model description the panel shows, built from a model file's header.
+
+Only what the header states: the mapping, the stages, how many cases it was trained and validated on, how long
+each stage trained, and the held-out evaluation (the numbers MODEL_CARD.md reports, with the same rounding). No
+file-system path from the header reaches the panel (headers may name the folders they were built in), and the
+description links to the model card, where the protocol and the limits are.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+MODEL_CARD_URL = "https://github.com/medsynth/SlicerMedSynth/blob/main/MODEL_CARD.md"
+
+
+def describe_model_file(path: "Optional[str | os.PathLike]" = None) -> str:
+    """The description of a model file (default: the bundled model), or why there is none."""
+    from MedSynthLogic.errors import MedSynthError
+    from MedSynthLogic.model_file import bundled_model_path, read_header
+
+    model = Path(path) if path is not None else bundled_model_path()
+    try:
+        return describe_model(read_header(model), model.name)
+    except (MedSynthError, OSError) as exc:
+        return _esc(f"No model information: {exc}")
+
+
+def describe_model(header: Mapping[str, Any], file_name: str) -> str:
+    """Rich text (Qt's HTML subset) describing the model in ``header``; ``file_name`` is shown as its name."""
+    config = header.get("model_config") or {}
+    training = header.get("training") or {}
+    stages = header.get("stages", config.get("stages", "?"))
+    lines = [
+        f"<b>{_esc(file_name)}</b>: {_esc(config.get('source_name', 'T1ce'))} → {_esc(config.get('target_name', 'T2'))}, "
+        f"{_esc(stages)} auto-context stage(s)."
+    ]
+    data = _data_line(training.get("data") or {})
+    if data:
+        lines.append(data)
+    schedule = _schedule_line(training.get("stages_trained") or [])
+    if schedule:
+        lines.append(schedule)
+    lines.append(_metrics_line(header.get("metrics") or {}))
+    if header.get("created"):
+        lines.append(f"Created {_esc(str(header['created'])[:10])}.")
+    lines.append(f'Research use only, not for diagnosis. <a href="{MODEL_CARD_URL}">Model card</a>.')
+    return "<br>".join(line for line in lines if line)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=False)
+
+
+def _without_paths(text: str) -> str:
+    """Drop parenthesised remarks and any word that looks like a path (it would name a folder of the build machine)."""
+    text = re.sub(r"\s*\([^)]*\)", "", str(text))
+    return " ".join(word for word in text.split() if "/" not in word and "\\" not in word).strip()
+
+
+def _data_line(data: Mapping[str, Any]) -> str:
+    if isinstance(data, str):
+        return f"Training data: {_esc(_without_paths(data))}."
+    name = _without_paths(data.get("dataset", "")) if data.get("dataset") else ""
+    counts: List[str] = []
+    if data.get("train_cases"):
+        counts.append(f"{len(data['train_cases'])} training cases")
+    if data.get("val_cases"):
+        counts.append(f"{len(data['val_cases'])} held out for validation")
+    if not (name or counts):
+        return ""
+    text = "Trained on " + (name or "paired cases")
+    return _esc(text + (": " + ", ".join(counts) if counts else "") + ".")
+
+
+def _schedule_line(entries: List[Mapping[str, Any]]) -> str:
+    parts = []
+    for entry in entries:
+        label = _stage_label(entry.get("stages") or [])
+        if entry.get("iterations_trained") and entry.get("iterations_planned"):
+            amount = f"{entry['iterations_trained']} of {entry['iterations_planned']} planned iterations"
+        elif entry.get("iterations_per_stage"):
+            amount = f"{entry['iterations_per_stage']} iterations each"
+        else:
+            continue
+        parts.append(f"{label}: {amount}")
+    return _esc("Training: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _stage_label(stages: List[Any]) -> str:
+    if not stages:
+        return "stages"
+    return f"stage {stages[0]}" if len(stages) == 1 else f"stages {stages[0]}–{stages[-1]}"
+
+
+def _metrics_line(metrics: Mapping[str, Any]) -> str:
+    evaluation = metrics.get("evaluation") or {}
+    summary: Dict[str, Any] = evaluation.get("summary") or {}
+    if "psnr" in summary:
+        cases = len(evaluation.get("cases") or []) or summary["psnr"].get("n", "?")
+        parts = [f"PSNR {_mean_std(summary['psnr'], 2)} dB"]
+        for key, label in (("ssim", "SSIM"), ("mae", "MAE")):
+            if key in summary:
+                parts.append(f"{label} {_mean_std(summary[key], 3)}")
+        return _esc(f"Held-out evaluation inside the brain, {cases} cases: " + ", ".join(parts) + ".")
+    if metrics.get("psnr") is not None:
+        return _esc(f"Validation during training only (patches, not a held-out evaluation): PSNR {float(metrics['psnr']):.2f} dB.")
+    return "No evaluation in the model file."
+
+
+def _mean_std(stat: Mapping[str, Any], digits: int) -> str:
+    mean = f"{float(stat['mean']):.{digits}f}"
+    return mean + (f" ± {float(stat['std']):.{digits}f}" if stat.get("std") is not None else "")

@@ -1,0 +1,89 @@
+"""One-click sample data: the MedSynth phantom (T1ce and its T2) in Slicer's Sample Data module and in the panel.
+
+The phantom is not downloaded: ``MedSynthLogic.phantom.make_phantom`` generates it (deterministic, seed 0) into a
+cache folder the first time, and later clicks load the cached files. It is registered as MONAIAuto3DSeg and
+TotalSegmentator register theirs, with ``SampleData.SampleDataLogic.registerCustomSampleDataSource``; its
+``customDownloader`` writes the files into Slicer's download cache and then lets the Sample Data logic load them
+from there, so the nodes come in as any other sample's do.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+CATEGORY = "MedSynth"
+SAMPLE_NAME = "MedSynthPhantom"
+#: node name → file name, in the order the sample loads them (the T1ce first: it is the input).
+FILES: Dict[str, str] = {"MedSynthPhantom_t1ce": "MedSynthPhantom_t1ce.nii.gz", "MedSynthPhantom_t2": "MedSynthPhantom_t2.nii.gz"}
+
+
+def write_phantom_pair(folder: "str | Path") -> List[Path]:
+    """The phantom's T1ce and T2 files in ``folder``, generated when one is missing; returns their paths."""
+    from MedSynthLogic.volume_io import write_volume
+
+    folder = Path(folder)
+    paths = [folder / name for name in FILES.values()]
+    if all(path.is_file() and path.stat().st_size > 0 for path in paths):
+        return paths
+    from MedSynthLogic.phantom import make_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    phantom = make_phantom(seed=0)
+    for volume, path in zip((phantom.t1ce, phantom.t2), paths):
+        write_volume(volume, path, overwrite=True)
+    return paths
+
+
+def load_phantom_pair(scene: Any, folder: "str | Path") -> List[Any]:
+    """Generate (if needed) and load the phantom pair into ``scene``; returns the T1ce and T2 nodes."""
+    from MedSynthLogic import mrml
+
+    nodes = []
+    for node_name, path in zip(FILES, write_phantom_pair(folder)):
+        node = mrml.load_volume_file(scene, path, name=node_name)
+        mrml.set_window_level(node)
+        nodes.append(node)
+    return nodes
+
+
+def sample_source_arguments(cache_folder: "str | Path", thumbnail: Optional[str], sample_data_logic: Any) -> Dict[str, Any]:
+    """The keyword arguments of ``registerCustomSampleDataSource`` for the phantom."""
+    paths = [Path(cache_folder) / name for name in FILES.values()]
+    return {
+        "category": CATEGORY,
+        "sampleName": SAMPLE_NAME,
+        "uris": [path.resolve().as_uri() for path in paths],
+        "fileNames": list(FILES.values()),
+        "nodeNames": list(FILES),
+        "thumbnailFileName": thumbnail,
+        "loadFileType": "VolumeFile",
+        "customDownloader": functools.partial(download_phantom, cache_folder=cache_folder,
+                                              sample_data_logic=sample_data_logic),
+    }
+
+
+def register_phantom_sample(sample_data_logic: Any, cache_folder: "str | Path", thumbnail: Optional[str] = None) -> None:
+    """Register the phantom with the Sample Data module (``sample_data_logic`` is ``SampleData.SampleDataLogic``)."""
+    sample_data_logic.registerCustomSampleDataSource(**sample_source_arguments(cache_folder, thumbnail, sample_data_logic))
+
+
+def download_phantom(source: Any, cache_folder: "str | Path", sample_data_logic: Any) -> List[Any]:
+    """The sample's ``customDownloader``: generate the files into the cache, then load them as Sample Data does."""
+    write_phantom_pair(cache_folder)
+    return sample_data_logic().downloadFromSource(source)
+
+
+def slicer_cache_folder() -> str:
+    """Slicer's download cache, where the Sample Data module looks for a sample's files before downloading them."""
+    import slicer
+
+    return slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory()
+
+
+def register_in_slicer(thumbnail: Optional[str] = None) -> None:
+    """Register the phantom with the running Slicer's Sample Data module (called once Slicer has started)."""
+    import SampleData
+
+    register_phantom_sample(SampleData.SampleDataLogic, slicer_cache_folder(), thumbnail)

@@ -1,0 +1,112 @@
+"""Synthesis from the panel: the ``medsynth synthesize`` arguments, the input check before launching, the result.
+
+The input check (``MedSynthLogic.input_checks.check_source``) runs in Slicer's process before the child starts,
+so a T2, a FLAIR or a label map picked as the T1ce is refused, or with Force only warned about, before any compute.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
+
+SYNTHETIC_SUFFIX = "synthetic T2"
+#: ``check_source(volume, model_config, mask=None) -> list of findings`` (each with ``.code`` and ``.message``).
+InputChecker = Callable[..., Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """What the user chose for one synthesis; ``stages`` None runs every stage of the model."""
+
+    model_path: Optional[Path] = None
+    stages: Optional[int] = None
+    device: str = "auto"
+    flip_tta: bool = False
+    force: bool = False
+
+
+def model_path(request: SynthesisRequest) -> Path:
+    """The chosen model file, or the bundled one."""
+    from MedSynthLogic.model_file import bundled_model_path
+
+    return Path(request.model_path) if request.model_path else bundled_model_path()
+
+
+def model_stages(request: SynthesisRequest) -> int:
+    """How many auto-context stages the chosen model has (its header's ``stages``)."""
+    from MedSynthLogic.model_file import read_header
+
+    return int(read_header(model_path(request)).get("stages") or 1)
+
+
+def synthesize_arguments(source: "str | os.PathLike", output: "str | os.PathLike", request: SynthesisRequest) -> List[str]:
+    """``medsynth synthesize`` arguments (an argument list, never a shell string) with JSON progress."""
+    args = ["synthesize", os.fspath(source), os.fspath(output), "--device", request.device, "--progress", "json"]
+    if request.model_path:
+        args += ["--model", os.fspath(request.model_path)]
+    if request.stages:
+        args += ["--stages", str(int(request.stages))]
+    if request.flip_tta:
+        args.append("--flip-tta")
+    if request.force:
+        args.append("--force")
+    return args
+
+
+def default_input_checker() -> Optional[InputChecker]:
+    """``check_source`` of the core, or None in an installation that predates it (the child then checks alone)."""
+    try:
+        from MedSynthLogic.input_checks import check_source
+    except ImportError:
+        return None
+    return check_source
+
+
+def check_input(volume: Any, header: dict, checker: Optional[InputChecker]) -> List[Any]:
+    """Findings of the input check for ``volume`` against the model whose header is given (empty: looks fine)."""
+    if checker is None:
+        return []
+    from MedSynthLogic.config import ModelConfig, from_dict
+
+    return list(checker(volume, from_dict(ModelConfig, header.get("model_config") or {})))
+
+
+def findings_message(findings: Sequence[Any], force: bool) -> str:
+    """What the panel says about failed input checks, before synthesis starts."""
+    lines = [f"- {finding.message}" for finding in findings]
+    if force:
+        head = "The input does not look like what the model was trained on; synthesizing anyway (Force is on):"
+        return "\n".join([head, *lines])
+    head = "The input does not look like what the model was trained on, so synthesis was not started:"
+    tail = "Pick the T1ce volume, or tick 'Force (skip input checks)' to synthesize anyway."
+    return "\n".join([head, *lines, tail])
+
+
+def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any) -> Any:
+    """Put the synthetic volume on the input's exact grid, in ``output_node`` or a new "<input> synthetic T2"."""
+    from MedSynthLogic import mrml
+
+    if output_node is None:
+        name = f"{input_node.GetName()} {SYNTHETIC_SUFFIX}"
+        output_node = mrml.node_from_volume(scene, volume, name, reference=input_node)
+    else:
+        mrml.update_node_from_volume(output_node, volume, reference=input_node)
+        output_node.CreateDefaultDisplayNodes()
+    mrml.set_window_level(output_node)
+    mrml.show_side_by_side(scene, input_node, output_node)
+    return output_node
+
+
+def synthesize_in_process(scene: Any, input_node: Any, request: SynthesisRequest, output_node: Any = None) -> Any:
+    """Synthesize in this process (blocking): for scripts and the self-test; the panel runs a child process."""
+    from MedSynthLogic import inference, mrml
+    from MedSynthLogic.model_file import load_model
+
+    if input_node is None:
+        raise ValueError("No input volume.")
+    model = load_model(model_path(request))
+    result = inference.synthesize_volume(model, mrml.volume_from_node(input_node), stages=request.stages,
+                                         device=request.device, flip_tta=request.flip_tta)
+    return store_result(scene, input_node, output_node, result)

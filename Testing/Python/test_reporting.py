@@ -1,0 +1,117 @@
+"""How the command shows progress: plain lines in a log, a bar on a terminal, JSON lines until the reader leaves.
+
+In-process checks of :class:`MedSynthLogic.reporting.Reporter`; the same behaviour through real subprocesses and
+pipes is in test_cli.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from MedSynthLogic import reporting
+from MedSynthLogic.errors import Cancelled
+from MedSynthLogic.progress import iteration_event, progress_event, warning_event
+
+
+class Clock:
+    """A fake ``time.monotonic`` the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _synthesis(stages: int = 2, tiles: int = 10):
+    for stage in range(stages):
+        for done in range(1, tiles + 1):
+            yield progress_event("synthesize", done, tiles, stage=stage, stages=stages,
+                                 fraction=(stage + done / tiles) / stages)
+
+
+def test_auto_is_plain_lines_when_stderr_is_not_a_terminal():
+    assert reporting.Reporter("auto", stderr=io.StringIO()).mode == "plain"
+
+
+def test_plain_lines_of_a_quick_task_are_its_start_and_its_end(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(reporting.time, "monotonic", clock)
+    err = io.StringIO()
+    report = reporting.Reporter("plain", stderr=err)
+    report(progress_event("synthesize", 0, 10, stage=0, stages=2, fraction=0.0))
+    for event in _synthesis():
+        clock.now += 0.01
+        report(event)
+    lines = err.getvalue().splitlines()
+    assert lines == ["medsynth: synthesize stage 1/2:   0% (0 s)", "medsynth: synthesize stage 2/2: 100% (0 s)"]
+
+
+def test_plain_lines_of_a_slow_task_mark_every_tenth(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(reporting.time, "monotonic", clock)
+    err = io.StringIO()
+    report = reporting.Reporter("plain", stderr=err)
+    report(progress_event("synthesize", 0, 10, stage=0, stages=2, fraction=0.0))
+    for event in _synthesis(tiles=20):
+        clock.now += 3.0
+        report(event)
+    percents = [int(line.split(":")[2].split("%")[0]) for line in err.getvalue().splitlines()]
+    assert percents[0] == 0 and percents[-1] == 100
+    assert len(percents) == 11 and percents == sorted(percents)
+    assert "stage 2/2" in err.getvalue().splitlines()[-1]
+
+
+def test_plain_lines_start_again_for_a_new_run_of_a_task(monkeypatch):
+    monkeypatch.setattr(reporting.time, "monotonic", Clock())
+    err = io.StringIO()
+    report = reporting.Reporter("plain", stderr=err)
+    for case in ("a", "b"):
+        report(progress_event("prepare", 0, 2, case=case))
+        report(progress_event("prepare", 2, 2, case=case))
+    assert len(err.getvalue().splitlines()) == 4
+
+
+def test_training_lines_and_warnings_in_plain_mode():
+    err = io.StringIO()
+    report = reporting.Reporter("plain", stderr=err)
+    report(iteration_event(0, 5, 10, {"g": 1.25, "d": 0.5}, 1e-4))
+    report(warning_event("synthesize", "GPU out of memory. Falling back to the CPU (slower)."))
+    assert err.getvalue().splitlines() == [
+        "stage 0 it 5/10 g=1.25 d=0.5", "medsynth: warning: GPU out of memory. Falling back to the CPU (slower).",
+    ]
+
+
+def test_bar_mode_draws_one_bar_per_task_to_the_end():
+    err = io.StringIO()
+    report = reporting.Reporter("bar", stderr=err)
+    for event in _synthesis():
+        report(event)
+    report.close()
+    text = err.getvalue()
+    assert "synthesize stage 2/2: 100%" in text and "Traceback" not in text
+
+
+def test_json_mode_writes_parseable_lines_and_nothing_on_stderr():
+    out, err = io.StringIO(), io.StringIO()
+    report = reporting.Reporter("json", stdout=out, stderr=err)
+    report(progress_event("evaluate", 0, 2, fraction=0.25, case="c0"))
+    report(warning_event("synthesize", "slow"))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["progress", "warning"] and events[0]["case"] == "c0"
+    assert err.getvalue() == ""
+
+
+def test_json_mode_stops_as_cancelled_when_the_reader_closes_the_pipe():
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    report = reporting.Reporter("json", stdout=ClosedPipe(), stderr=io.StringIO())
+    with pytest.raises(Cancelled, match="closed the pipe"):
+        report(progress_event("synthesize", 1, 4))
+    assert report.mode == "none"
+    report(progress_event("synthesize", 2, 4))  # later events (the error event) go nowhere, quietly

@@ -1,0 +1,366 @@
+"""MedSynth/MedSynthLib, the Slicer module's Qt-free helpers: the panel's logic with a fake job runner against the
+real MRML of ``slicer-core``, the events → panel updates, the model description against MODEL_CARD.md, the time
+estimate, the sample data, the installer's pure parts, and the argument lists parsed by the real ``medsynth`` parser.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "MedSynth"
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+
+from MedSynthLib import dependencies, estimate, model_info, sample_data  # noqa: E402
+from MedSynthLib.events import describe_event  # noqa: E402
+from MedSynthLib.synthesis import SynthesisRequest, findings_message, synthesize_arguments  # noqa: E402
+from MedSynthLib.training_jobs import PrepareRequest, prepare_arguments, training_configs  # noqa: E402
+from MedSynthLogic import jobs  # noqa: E402
+from MedSynthLogic.cli import build_parser  # noqa: E402
+from MedSynthLogic.config import ModelConfig, TrainConfig, load_json_config  # noqa: E402
+from MedSynthLogic.model_file import bundled_model_path, read_header  # noqa: E402
+from MedSynthLogic.train_options import train_argument_list  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------------- fakes
+class FakeJob:
+    """Replays scripted events; ``on_finish`` runs before the exit event (e.g. writes the child's output)."""
+
+    def __init__(self, args, events, state=jobs.FINISHED, on_finish=None, error=None):
+        self.args, self.events, self.final_state, self.on_finish = list(args), list(events), state, on_finish
+        self.running, self.state, self.elapsed_s, self.error_message = True, jobs.RUNNING, 12.0, error
+        self.cancelled_with = None
+
+    def poll(self) -> List[Dict[str, Any]]:
+        if not self.running:
+            return []
+        if self.on_finish:
+            self.on_finish(self.args)
+        self.running, self.state = False, self.final_state
+        return self.events + [{"event": "exit", "returncode": 0, "state": self.final_state}]
+
+    def cancel(self, timeout: float = 5.0) -> None:
+        self.cancelled_with, self.final_state = timeout, jobs.CANCELLED
+
+
+class FakeRunner:
+    def __init__(self, **job_kwargs):
+        self.job_kwargs, self.jobs = job_kwargs, []
+
+    def __call__(self, args):
+        self.jobs.append(FakeJob(args, **self.job_kwargs))
+        return self.jobs[-1]
+
+
+@pytest.fixture()
+def slicer_mod():
+    return pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) is needed for MRML tests")
+
+
+@pytest.fixture()
+def scene(slicer_mod):
+    return slicer_mod.vtkMRMLScene()
+
+
+@pytest.fixture()
+def phantom_node(scene, tmp_path, phantom):
+    from MedSynthLogic import mrml
+    from MedSynthLogic.volume_io import write_volume
+
+    path = write_volume(phantom.t1ce, tmp_path / "phantom_t1ce.nii.gz")
+    return mrml.load_volume_file(scene, path)
+
+
+def _controller(scene, runner, tmp_path, checker=None):
+    from MedSynthLib.controller import MedSynthController
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return MedSynthController(scene, runner=runner, temp_root=str(work), input_checker=checker)
+
+
+def _write_output_like_input(args):
+    """What a real ``medsynth synthesize SOURCE OUTPUT`` leaves behind: a volume on the source's grid."""
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    source = read_volume(args[1])
+    write_volume(source.with_array(source.array * 0.5), args[2])
+
+
+# ---------------------------------------------------------------------------------------------------------- events
+def test_events_become_panel_updates():
+    update = describe_event({"event": "progress", "task": "synthesize", "stage": 1, "stages": 3, "fraction": 0.5})
+    assert (update.percent, update.status) == (50, "Synthesizing: stage 2 of 3")
+    update = describe_event({"event": "progress", "task": "prepare", "done": 1, "total": 4, "case": "c1"})
+    assert update.percent == 25 and update.status == "Preparing data: 1 of 4 cases (c1)"
+    update = describe_event({"event": "iteration", "stage": 0, "iteration": 50, "iterations": 200,
+                             "losses": {"g": 0.1234567}, "eta_s": 120})
+    assert update.percent == 25 and "iteration 50/200" in update.status and "0.1235" in update.status
+    assert "2 min left" in update.status
+    assert "PSNR 17.1 dB" in describe_event({"event": "validation", "stage": 0, "iteration": 200, "psnr": 17.1}).log
+    assert describe_event({"event": "log", "stream": "stderr", "line": "hello"}).log == "hello"
+    assert describe_event({"event": "warning", "message": "GPU full"}).status == "Warning: GPU full"
+    assert describe_event({"event": "error", "message": "bad", "hint": "fix"}).log == "Error: bad fix"
+    assert describe_event({"event": "checkpoint", "path": "/x/run/ckpt_s00.pt"}).log == "Checkpoint saved: ckpt_s00.pt"
+    assert describe_event({"event": "unknown"}) == describe_event({})
+
+
+# ---------------------------------------------------------------------------------------------------------- estimate
+def test_estimate_reproduces_the_benchmark_and_learns_this_computer():
+    book = estimate.RateBook()
+    brats = (155, 240, 240)
+    cpu = book.estimate(brats, 3, False, "cpu")
+    assert cpu.seconds == pytest.approx(estimate.STARTUP_SECONDS + 23.7)
+    assert book.estimate(brats, 3, True, "cpu").seconds == pytest.approx(estimate.STARTUP_SECONDS + 2 * 23.7)
+    assert book.estimate(brats, 3, False, "cuda").seconds == pytest.approx(estimate.STARTUP_SECONDS + 0.2)
+    assert "GPU" in book.estimate(brats, 3, False, "auto").basis
+    assert "about 28 s" in cpu.text()
+    book.record("cpu", brats, 3, False, elapsed_s=estimate.STARTUP_SECONDS + 47.4)
+    again = book.estimate(brats, 3, False, "cpu")
+    assert again.seconds == pytest.approx(estimate.STARTUP_SECONDS + 47.4) and "measured on this computer" in again.basis
+    assert "min" in book.estimate((400, 512, 512), 3, False, "cpu").text()
+
+
+# ---------------------------------------------------------------------------------------------------------- model description
+def _model_card_bundled_row() -> List[str]:
+    for line in (REPO / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("| **bundled model, 3 stages**"):
+            return [cell.strip() for cell in line.strip("|").split("|")]
+    raise AssertionError("MODEL_CARD.md has no bundled-model row")
+
+
+def test_bundled_model_description_matches_the_model_card():
+    text = model_info.describe_model_file(None)
+    row = _model_card_bundled_row()
+    psnr, ssim, mae = row[1], row[2], row[3]
+    assert f"PSNR {psnr} dB" in text and f"SSIM {ssim}" in text and f"MAE {mae}" in text, (text, row)
+    assert f'<a href="{model_info.MODEL_CARD_URL}">' in text
+    header = read_header(bundled_model_path())
+    assert f"{len(header['training']['data']['train_cases'])} training cases" in text
+    without_link = text.replace(model_info.MODEL_CARD_URL, "")
+    assert "shared" not in without_link and "/" not in re.sub(r"</?\w+>", "", without_link)
+    assert "not for diagnosis" in text
+
+
+def test_model_description_hides_paths_and_labels_training_metrics():
+    header = {"stages": 2, "model_config": {"source_name": "T1", "target_name": "CT"},
+              "training": {"data": {"dataset": "my data /home/me/secret (copied from C:\\cases)", "train_cases": ["a"]}},
+              "metrics": {"psnr": 21.234}}
+    text = model_info.describe_model(header, "mine.safetensors")
+    assert "/home" not in text and "C:" not in text and "my data" in text and "1 training cases" in text
+    assert "T1 → CT" in text and "Validation during training only" in text and "21.23 dB" in text
+    assert "No model information" in model_info.describe_model_file(Path("/nonexistent/model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------------------- argument lists
+def test_train_argument_list_runs_exactly_the_configs(tmp_path):
+    model_cfg, train_cfg = training_configs(SimpleNamespace(
+        residual=False, lambdaAdv=0.02, lambdaL2=1.5, lambdaGdl=0.5, trainStages=2, iterations=7, batchSize=4,
+        lrG=1e-3, lrD=2e-4, trainPrecision="bf16"))
+    args = train_argument_list(model_cfg, train_cfg, tmp_path / "data dir", tmp_path / "m.safetensors",
+                               tmp_path / "cfg", run_dir=tmp_path / "run", device="cpu", resume=True)
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "train" and parsed.resume and parsed.device == "cpu" and parsed.progress == "json"
+    assert Path(parsed.data) == tmp_path / "data dir" and Path(parsed.run_dir) == tmp_path / "run"
+    assert load_json_config(parsed.model_config, ModelConfig) == model_cfg
+    assert load_json_config(parsed.train_config, TrainConfig) == train_cfg
+    assert model_cfg.generator.residual is False and model_cfg.loss.lambda_l2 == 1.5 and model_cfg.stages == 2
+    assert (train_cfg.iterations, train_cfg.batch_size, train_cfg.precision, train_cfg.stages) == (7, 4, "bf16", 2)
+
+
+def test_prepare_and_synthesize_arguments_parse(tmp_path):
+    parsed = build_parser().parse_args(prepare_arguments(PrepareRequest(tmp_path / "cases", tmp_path / "data", 50)))
+    assert (parsed.command, parsed.patches_per_case, parsed.progress) == ("prepare", 50, "json")
+    request = SynthesisRequest(model_path=tmp_path / "m.safetensors", stages=2, device="cpu", flip_tta=True, force=True)
+    args = synthesize_arguments(tmp_path / "in put.nii.gz", tmp_path / "out.nii.gz", request)
+    assert args[-1] == "--force" and "--flip-tta" in args and args[args.index("--stages") + 1] == "2"
+    known = build_parser().parse_known_args(args)[1]
+    assert set(known) <= {"--force"}, known  # --force is the input checks' override (issue 13), added to the CLI there
+    assert "--force" not in synthesize_arguments("a", "b", SynthesisRequest())
+
+
+# ---------------------------------------------------------------------------------------------------------- controller
+def test_input_check_blocks_before_anything_starts(scene, phantom_node, tmp_path):
+    seen = []
+
+    def checker(volume, model_config, mask=None):
+        seen.append((volume.shape, model_config.source_name))
+        return [SimpleNamespace(code="sequence", message="looks like a T2, not a T1ce")]
+
+    runner = FakeRunner(events=[])
+    controller = _controller(scene, runner, tmp_path, checker)
+    plan = controller.plan_synthesis(phantom_node, SynthesisRequest())
+    assert plan.blocked and "looks like a T2" in plan.message and "Force" in plan.message and not runner.jobs
+    assert seen == [(tuple(reversed(phantom_node.GetImageData().GetDimensions())), "T1ce")]
+    forced = controller.plan_synthesis(phantom_node, SynthesisRequest(force=True))
+    assert not forced.blocked and "anyway" in forced.message and forced.estimate.seconds > estimate.STARTUP_SECONDS
+    assert not _controller(scene, runner, tmp_path, lambda v, c, mask=None: []).plan_synthesis(
+        phantom_node, SynthesisRequest()).findings
+    assert findings_message([SimpleNamespace(code="x", message="m")], force=False).count("- m") == 1
+
+
+def test_synthesis_job_loads_the_result_side_by_side(scene, phantom_node, tmp_path):
+    from MedSynthLogic import mrml
+
+    runner = FakeRunner(events=[{"event": "progress", "task": "synthesize", "stage": 0, "stages": 3, "fraction": 0.3},
+                                {"event": "log", "stream": "stderr", "line": "a message"}],
+                        on_finish=_write_output_like_input)
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_synthesis(phantom_node, SynthesisRequest(device="cpu", force=True))
+    assert controller.busy and controller.kind == "synthesize"
+    with pytest.raises(RuntimeError, match="running"):
+        controller.start_prepare(PrepareRequest(tmp_path, tmp_path))
+    args = runner.jobs[0].args
+    assert args[0] == "synthesize" and "--force" in args and Path(args[1]).is_file()
+    updates, outcome = controller.poll()
+    assert [u.percent for u in updates][0] == 30 and updates[1].log == "a message"
+    assert outcome.state == jobs.FINISHED and outcome.kind == "synthesize"
+    node = outcome.result
+    assert node.GetName() == f"{phantom_node.GetName()} synthetic T2"
+    np.testing.assert_array_equal(mrml.node_ijk_to_ras(node), mrml.node_ijk_to_ras(phantom_node))
+    assert mrml.slice_composite_node(scene, "Yellow").GetBackgroundVolumeID() == node.GetID()
+    assert not Path(args[1]).parent.exists(), "the temporary folder must be removed"
+    assert "cpu" in controller.rates.measured and not controller.busy and controller.poll() == ([], None)
+
+
+def test_failed_and_cancelled_jobs_clean_up(scene, phantom_node, tmp_path):
+    runner = FakeRunner(events=[{"event": "error", "message": "bad input"}], state=jobs.FAILED, error="bad input")
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_synthesis(phantom_node, SynthesisRequest())
+    updates, outcome = controller.poll()
+    assert updates[0].log == "Error: bad input" and outcome.state == jobs.FAILED and outcome.message == "bad input"
+    assert not Path(runner.jobs[0].args[1]).parent.exists()
+    controller.start_synthesis(phantom_node, SynthesisRequest())
+    controller.cancel(timeout=3)
+    assert runner.jobs[1].cancelled_with == 3
+    assert controller.poll()[1].state == jobs.CANCELLED and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
+
+
+def test_training_job_feeds_the_loss_plot(scene, tmp_path):
+    events = [{"event": "iteration", "stage": 0, "iteration": i, "iterations": 20, "losses": {"g": 1.0 / i, "d": 0.5}}
+              for i in (10, 20)] + [{"event": "validation", "stage": 0, "iteration": 20, "psnr": 15.0, "ssim": 0.4}]
+    runner = FakeRunner(events=events)
+    controller = _controller(scene, runner, tmp_path)
+    plot = controller.start_training(ModelConfig(stages=1), TrainConfig(stages=1, iterations=20), tmp_path / "data",
+                                     tmp_path / "m.safetensors", tmp_path / "run", device="cpu")
+    config = Path(runner.jobs[0].args[runner.jobs[0].args.index("--model-config") + 1])
+    assert config.is_file() and controller.kind == "train"
+    updates, outcome = controller.poll()
+    assert plot.number_of_rows == 2 and plot.value(1, "val_psnr") == 15.0
+    assert updates[1].percent == 100 and "PSNR 15" in updates[2].log
+    assert outcome.result == tmp_path / "m.safetensors" and not config.exists()
+
+
+def test_prepare_job_reports_cases(scene, tmp_path):
+    events = [{"event": "progress", "task": "prepare", "done": d, "total": 2, "case": f"c{d}"} for d in (1, 2)]
+    runner = FakeRunner(events=events)
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_prepare(PrepareRequest(tmp_path / "cases", tmp_path / "data", 10))
+    updates, outcome = controller.poll()
+    assert [u.status for u in updates] == ["Preparing data: 1 of 2 cases (c1)", "Preparing data: 2 of 2 cases (c2)"]
+    assert outcome.kind == "prepare" and outcome.result == tmp_path / "data"
+
+
+def test_real_child_process_synthesizes_into_the_scene(scene, tmp_path, slicer_mod):
+    """The default runner: a real ``python -m MedSynthLogic.cli synthesize`` child, its JSON events, the result."""
+    pytest.importorskip("torch")
+    from MedSynthLogic import mrml
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    from MedSynthLib.controller import MedSynthController, start_cli_job
+
+    source = mrml.load_volume_file(scene, write_volume(make_phantom(shape=(40, 48, 40)).t1ce, tmp_path / "p.nii.gz"))
+    controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=None)
+    cli_has_force = not build_parser().parse_known_args(["synthesize", "a", "b", "--force"])[1]
+    controller.start_synthesis(source, SynthesisRequest(device="cpu", stages=1, force=cli_has_force))
+    updates, outcome = [], None
+    controller.current.job.wait(timeout=300)
+    for _ in range(200):
+        new, outcome = controller.poll()
+        updates += new
+        if outcome is not None:
+            break
+        controller.current.job.wait(timeout=0.1)
+    assert outcome.state == jobs.FINISHED, outcome.message
+    assert any(u.percent is not None for u in updates)
+    assert outcome.result.GetImageData().GetDimensions() == source.GetImageData().GetDimensions()
+
+
+# ---------------------------------------------------------------------------------------------------------- sample data
+def test_phantom_sample_is_generated_once_and_loads(scene, tmp_path):
+    paths = sample_data.write_phantom_pair(tmp_path / "cache")
+    assert [p.name for p in paths] == list(sample_data.FILES.values()) and all(p.is_file() for p in paths)
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    t1ce, t2 = sample_data.load_phantom_pair(scene, tmp_path / "cache")
+    assert [p.stat().st_mtime_ns for p in paths] == stamps, "cached files are reused, not regenerated"
+    assert (t1ce.GetName(), t2.GetName()) == tuple(sample_data.FILES)
+    assert t1ce.GetImageData().GetDimensions() == (96, 112, 96)[::-1]
+
+
+def test_phantom_is_registered_with_sample_data(tmp_path):
+    class FakeSampleDataLogic:
+        registered: List[Dict[str, Any]] = []
+        loaded: List[Any] = []
+
+        @staticmethod
+        def registerCustomSampleDataSource(**kwargs):
+            FakeSampleDataLogic.registered.append(kwargs)
+
+        def downloadFromSource(self, source):
+            FakeSampleDataLogic.loaded.append(source)
+            return ["nodes"]
+
+    sample_data.register_phantom_sample(FakeSampleDataLogic, tmp_path / "cache", "icon.png")
+    (kwargs,) = FakeSampleDataLogic.registered
+    assert kwargs["category"] == "MedSynth" and kwargs["sampleName"] == "MedSynthPhantom"
+    assert kwargs["fileNames"] == list(sample_data.FILES.values()) and kwargs["nodeNames"] == list(sample_data.FILES)
+    assert all(uri.startswith("file://") and uri.endswith(name) for uri, name in zip(kwargs["uris"], kwargs["fileNames"]))
+    source = SimpleNamespace(sampleName="MedSynthPhantom")
+    assert kwargs["customDownloader"](source) == ["nodes"] and FakeSampleDataLogic.loaded == [source]
+    assert all((tmp_path / "cache" / name).is_file() for name in kwargs["fileNames"])
+
+
+# ---------------------------------------------------------------------------------------------------------- installer
+def test_installer_finds_missing_packages_and_pins_slicers_own(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("numpy>=1  # shipped\nscikit-image\nsurely-not-installed-medsynth-pkg==1.0\n\n")
+    missing = dependencies.missing_requirements(requirements)
+    assert "surely-not-installed-medsynth-pkg==1.0" in missing and not any(m.startswith("numpy") for m in missing)
+    pins = dependencies.protected_constraints_file(tmp_path).read_text().split()
+    assert any(pin.startswith("numpy==") for pin in pins)
+    assert dependencies.requirements_path(MODULE_DIR) == REPO / "Resources" / "requirements.txt"
+
+
+# ---------------------------------------------------------------------------------------------------------- shape of the module
+def test_module_is_thin_and_functions_are_short():
+    module = MODULE_DIR / "MedSynth.py"
+    assert len(module.read_text(encoding="utf-8").splitlines()) <= 400
+    for path in [module, *sorted((MODULE_DIR / "MedSynthLib").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 80, f"{path.name}:{node.name} is {length} lines"
+
+
+def test_input_selector_starts_empty():
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(MODULE_DIR / "Resources" / "UI" / "MedSynth.ui").getroot()
+    selector = next(w for w in root.iter("widget") if w.get("name") == "inputSelector")
+    none_enabled = next(p for p in selector.findall("property") if p.get("name") == "noneEnabled")
+    assert none_enabled.find("bool").text == "true"
+    assert "GetFirstNodeByClass" not in module_source()
+
+
+def module_source() -> str:
+    return (MODULE_DIR / "MedSynth.py").read_text(encoding="utf-8")
