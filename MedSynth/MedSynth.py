@@ -85,6 +85,7 @@ class MedSynthParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     stages: Annotated[int, WithinRange(0, 10)] = 0
     flipTTA: bool = False
+    uncertainty: bool = False
     force: bool = False
     casesDir: Path
     patchesPerCase: Annotated[int, WithinRange(1, 100000)] = 1000
@@ -322,7 +323,7 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def synthesisRequest(p: MedSynthParameterNode) -> SynthesisRequest:
         return SynthesisRequest(model_path=p.modelPath if isSet(p.modelPath) else None, stages=p.stages or None,
-                                device=p.device, flip_tta=p.flipTTA, force=p.force)
+                                device=p.device, flip_tta=p.flipTTA, force=p.force, uncertainty=p.uncertainty)
 
     def estimateText(self, p: MedSynthParameterNode) -> str:
         """The time estimate for the current choices, before anything starts."""

@@ -100,7 +100,8 @@ class MedSynthController:
             raise ValueError("Select the T1ce volume first.")
         shape = tuple(reversed(input_node.GetImageData().GetDimensions()))
         stages = request.stages or synthesis.model_stages(request)
-        return self.rates.estimate(shape, stages, request.flip_tta, request.device)
+        # The uncertainty map needs the flipped pass too, so it costs what flip averaging costs.
+        return self.rates.estimate(shape, stages, request.flip_tta or request.uncertainty, request.device)
 
     def start_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest, output_node: Any = None) -> None:
         """Write the input to a temporary file and start ``medsynth synthesize`` on it."""
@@ -109,10 +110,11 @@ class MedSynthController:
         self._refuse_if_busy()
         work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))
         source = mrml.save_volume_node(input_node, work_dir / "source_t1ce.nii.gz")
-        output = work_dir / "synthetic_t2.nii.gz"
+        output, uncertainty = work_dir / "synthetic_t2.nii.gz", work_dir / "uncertainty.nii.gz"
         context = {"input": input_node, "output_node": output_node, "output_path": output, "work_dir": work_dir,
-                   "request": request, "shape": tuple(reversed(input_node.GetImageData().GetDimensions()))}
-        self._start("synthesize", synthesis.synthesize_arguments(source, output, request), context)
+                   "request": request, "shape": tuple(reversed(input_node.GetImageData().GetDimensions())),
+                   "uncertainty_path": uncertainty if request.uncertainty else None}
+        self._start("synthesize", synthesis.synthesize_arguments(source, output, request, uncertainty), context)
 
     # ------------------------------------------------------------------ training and preparation
     def start_training(self, model_config: Any, train_config: Any, data_dir: Path, out_model: Path,
@@ -194,10 +196,13 @@ class MedSynthController:
         try:
             node = synthesis.store_result(self.scene, context["input"], context["output_node"],
                                           read_volume(context["output_path"]))
+            if context["uncertainty_path"] is not None:
+                synthesis.show_uncertainty(self.scene, context["uncertainty_path"], node)
         except (MedSynthError, OSError) as exc:
             return JobOutcome("synthesize", jobs.FAILED, f"Could not load the synthetic image: {exc}")
         stages = request.stages or synthesis.model_stages(request)
-        self.rates.record(request.device, context["shape"], stages, request.flip_tta, job.elapsed_s)
+        two_passes = request.flip_tta or request.uncertainty
+        self.rates.record(request.device, context["shape"], stages, two_passes, job.elapsed_s)
         return JobOutcome("synthesize", jobs.FINISHED, f"Done in {job.elapsed_s:.0f} s.", node)
 
 

@@ -25,6 +25,7 @@ class SynthesisRequest:
     device: str = "auto"
     flip_tta: bool = False
     force: bool = False
+    uncertainty: bool = False
 
 
 def model_path(request: SynthesisRequest) -> Path:
@@ -41,8 +42,10 @@ def model_stages(request: SynthesisRequest) -> int:
     return int(read_header(model_path(request)).get("stages") or 1)
 
 
-def synthesize_arguments(source: "str | os.PathLike", output: "str | os.PathLike", request: SynthesisRequest) -> List[str]:
-    """``medsynth synthesize`` arguments (an argument list, never a shell string) with JSON progress."""
+def synthesize_arguments(source: "str | os.PathLike", output: "str | os.PathLike", request: SynthesisRequest,
+                         uncertainty: "Optional[str | os.PathLike]" = None) -> List[str]:
+    """``medsynth synthesize`` arguments (an argument list, never a shell string) with JSON progress; with
+    ``request.uncertainty`` the uncertainty map is written to ``uncertainty``."""
     args = ["synthesize", os.fspath(source), os.fspath(output), "--device", request.device, "--progress", "json"]
     if request.model_path:
         args += ["--model", os.fspath(request.model_path)]
@@ -52,6 +55,8 @@ def synthesize_arguments(source: "str | os.PathLike", output: "str | os.PathLike
         args.append("--flip-tta")
     if request.force:
         args.append("--force")
+    if request.uncertainty and uncertainty is not None:
+        args += ["--uncertainty", os.fspath(uncertainty)]
     return args
 
 
@@ -97,6 +102,13 @@ def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any) -> 
     mrml.set_window_level(output_node)
     mrml.show_side_by_side(scene, input_node, output_node)
     return output_node
+
+
+def show_uncertainty(scene: Any, path: "str | os.PathLike", synthetic_node: Any) -> Any:
+    """Load the uncertainty map the child wrote and lay it over the synthetic image in colour, with a legend."""
+    from MedSynthLogic import mrml
+
+    return mrml.load_uncertainty_overlay(scene, path, synthetic_node)[0]
 
 
 def synthesize_in_process(scene: Any, input_node: Any, request: SynthesisRequest, output_node: Any = None) -> Any:

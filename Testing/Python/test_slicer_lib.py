@@ -232,6 +232,31 @@ def test_synthesis_job_loads_the_result_side_by_side(scene, phantom_node, tmp_pa
     assert "cpu" in controller.rates.measured and not controller.busy and controller.poll() == ([], None)
 
 
+def test_uncertainty_map_is_overlaid_on_the_result(scene, phantom_node, tmp_path):
+    from MedSynthLogic import mrml
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    if not hasattr(mrml, "load_uncertainty_overlay"):
+        pytest.skip("mrml.load_uncertainty_overlay is not in this checkout yet")
+
+    def write_both(args):
+        _write_output_like_input(args)
+        source = read_volume(args[1])
+        write_volume(source.with_array((source.array > 0) * 7.0), args[args.index("--uncertainty") + 1])
+
+    runner = FakeRunner(events=[], on_finish=write_both)
+    controller = _controller(scene, runner, tmp_path)
+    request = SynthesisRequest(uncertainty=True)
+    assert controller.estimate(phantom_node, request).seconds == controller.estimate(
+        phantom_node, SynthesisRequest(flip_tta=True)).seconds
+    controller.start_synthesis(phantom_node, request)
+    outcome = controller.poll()[1]
+    assert outcome.state == jobs.FINISHED, outcome.message
+    foreground = scene.GetNodeByID(mrml.slice_composite_node(scene, "Yellow").GetForegroundVolumeID())
+    assert foreground.GetName() == f"{outcome.result.GetName()} uncertainty"
+    assert "--uncertainty" not in synthesize_arguments("a", "b", SynthesisRequest(), "u.nii.gz")
+
+
 def test_failed_and_cancelled_jobs_clean_up(scene, phantom_node, tmp_path):
     runner = FakeRunner(events=[{"event": "error", "message": "bad input"}], state=jobs.FAILED, error="bad input")
     controller = _controller(scene, runner, tmp_path)
