@@ -64,11 +64,11 @@ class MedSynthController:
     """One background job at a time for the panel; Qt-free, so it is tested against real MRML with a fake runner."""
 
     def __init__(self, scene: Any, runner: Optional[JobRunner] = None, temp_root: Optional[str] = None,
-                 input_checker: Any = "default") -> None:
+                 input_checker: Optional[synthesis.InputChecker] = None) -> None:
         self.scene = scene
         self.runner = runner or start_cli_job
         self.temp_root = temp_root
-        self.input_checker = synthesis.default_input_checker() if input_checker == "default" else input_checker
+        self.input_checker = input_checker or synthesis.default_input_checker()
         self.rates = RateBook()
         self.current: Optional[RunningJob] = None
         self.training_plot: Any = None

@@ -26,10 +26,11 @@ def describe_event(event: Mapping[str, Any]) -> PanelUpdate:
         "progress": _progress,
         "iteration": _iteration,
         "validation": _validation,
+        "stage": lambda e: PanelUpdate(log=f"Auto-context stage {_stage(e)} of {e.get('stages', '?')}: {e.get('status', '')}"),
         "checkpoint": lambda e: PanelUpdate(log=f"Checkpoint saved: {Path(str(e.get('path', ''))).name}"),
-        "stage": lambda e: PanelUpdate(log=f"Auto-context stage {_stage(e)}: {e.get('message') or e.get('state') or 'started'}"),
+        "metrics": _metrics,
         "warning": lambda e: PanelUpdate(status=f"Warning: {e.get('message', '')}", log=f"Warning: {e.get('message', '')}"),
-        "error": lambda e: PanelUpdate(log=f"Error: {e.get('message', '')} {e.get('hint', '') or ''}".rstrip()),
+        "error": lambda e: PanelUpdate(log=f"Error: {e.get('message', '')} {e.get('hint') or ''}".rstrip()),
         "done": lambda e: PanelUpdate(percent=100, log="Finished."),
         "log": lambda e: PanelUpdate(log=str(e.get("line", ""))),
     }.get(kind)
@@ -77,6 +78,11 @@ def _iteration(event: Mapping[str, Any]) -> PanelUpdate:
     if event.get("eta_s") is not None:
         status += f", about {float(event['eta_s']) / 60.0:.0f} min left"
     return PanelUpdate(percent=_percent(iteration, total), status=status)
+
+
+def _metrics(event: Mapping[str, Any]) -> PanelUpdate:
+    figures = ", ".join(f"{key} {float(value):.4g}" for key, value in (event.get("metrics") or {}).items())
+    return PanelUpdate(log=f"Metrics: {figures}")
 
 
 def _validation(event: Mapping[str, Any]) -> PanelUpdate:

@@ -85,7 +85,11 @@ def _controller(scene, runner, tmp_path, checker=None):
 
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
-    return MedSynthController(scene, runner=runner, temp_root=str(work), input_checker=checker)
+    return MedSynthController(scene, runner=runner, temp_root=str(work), input_checker=checker or no_findings)
+
+
+def no_findings(volume, model_config, mask=None):
+    return []
 
 
 def _write_output_like_input(args):
@@ -98,19 +102,24 @@ def _write_output_like_input(args):
 
 # ---------------------------------------------------------------------------------------------------------- events
 def test_events_become_panel_updates():
-    update = describe_event({"event": "progress", "task": "synthesize", "stage": 1, "stages": 3, "fraction": 0.5})
+    """Events as the core's constructors (``MedSynthLogic.progress``) build them."""
+    from MedSynthLogic import progress as ev
+
+    update = describe_event(ev.progress_event("synthesize", 3, 10, stage=1, stages=3, fraction=0.5))
     assert (update.percent, update.status) == (50, "Synthesizing: stage 2 of 3")
-    update = describe_event({"event": "progress", "task": "prepare", "done": 1, "total": 4, "case": "c1"})
+    update = describe_event(ev.progress_event("prepare", 1, 4, case="c1"))
     assert update.percent == 25 and update.status == "Preparing data: 1 of 4 cases (c1)"
-    update = describe_event({"event": "iteration", "stage": 0, "iteration": 50, "iterations": 200,
-                             "losses": {"g": 0.1234567}, "eta_s": 120})
+    update = describe_event(ev.iteration_event(0, 50, 200, {"g": 0.1234567}, lr_g=1e-4, eta_s=120))
     assert update.percent == 25 and "iteration 50/200" in update.status and "0.1235" in update.status
     assert "2 min left" in update.status
-    assert "PSNR 17.1 dB" in describe_event({"event": "validation", "stage": 0, "iteration": 200, "psnr": 17.1}).log
-    assert describe_event({"event": "log", "stream": "stderr", "line": "hello"}).log == "hello"
-    assert describe_event({"event": "warning", "message": "GPU full"}).status == "Warning: GPU full"
-    assert describe_event({"event": "error", "message": "bad", "hint": "fix"}).log == "Error: bad fix"
-    assert describe_event({"event": "checkpoint", "path": "/x/run/ckpt_s00.pt"}).log == "Checkpoint saved: ckpt_s00.pt"
+    assert "PSNR 17.1 dB" in describe_event(ev.validation_event(0, 200, 0.02, psnr=17.1, ssim=0.5)).log
+    assert describe_event(ev.stage_event(1, 3, "end")).log == "Auto-context stage 2 of 3: end"
+    assert describe_event(ev.log_event("stderr", "hello")).log == "hello"
+    assert describe_event(ev.warning_event("synthesize", "GPU full")).status == "Warning: GPU full"
+    assert describe_event(ev.error_event("bad", 3, hint="fix")).log == "Error: bad fix"
+    assert describe_event(ev.checkpoint_event("/x/run/ckpt_s00.pt", 0, 10)).log == "Checkpoint saved: ckpt_s00.pt"
+    assert describe_event(ev.metrics_event({"psnr": 15.08})).log == "Metrics: psnr 15.08"
+    assert describe_event(ev.done_event("out.nii.gz")).percent == 100
     assert describe_event({"event": "unknown"}) == describe_event({})
 
 
@@ -203,8 +212,7 @@ def test_input_check_blocks_before_anything_starts(scene, phantom_node, tmp_path
     assert seen == [(tuple(reversed(phantom_node.GetImageData().GetDimensions())), "T1ce")]
     forced = controller.plan_synthesis(phantom_node, SynthesisRequest(force=True))
     assert not forced.blocked and "anyway" in forced.message and forced.estimate.seconds > estimate.STARTUP_SECONDS
-    assert not _controller(scene, runner, tmp_path, lambda v, c, mask=None: []).plan_synthesis(
-        phantom_node, SynthesisRequest()).findings
+    assert not _controller(scene, runner, tmp_path).plan_synthesis(phantom_node, SynthesisRequest()).findings
     assert findings_message([SimpleNamespace(code="x", message="m")], force=False).count("- m") == 1
 
 
@@ -305,7 +313,7 @@ def test_real_child_process_synthesizes_into_the_scene(scene, tmp_path, slicer_m
     from MedSynthLib.controller import MedSynthController, start_cli_job
 
     source = mrml.load_volume_file(scene, write_volume(make_phantom(shape=(40, 48, 40)).t1ce, tmp_path / "p.nii.gz"))
-    controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=None)
+    controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=no_findings)
     cli_has_force = not build_parser().parse_known_args(["synthesize", "a", "b", "--force"])[1]
     controller.start_synthesis(source, SynthesisRequest(device="cpu", stages=1, force=cli_has_force))
     updates, outcome = [], None
