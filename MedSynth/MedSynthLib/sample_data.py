@@ -82,8 +82,34 @@ def slicer_cache_folder() -> str:
     return slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory()
 
 
-def register_in_slicer(thumbnail: Optional[str] = None) -> None:
-    """Register the phantom with the running Slicer's Sample Data module (called once Slicer has started)."""
+def case_source_arguments(case_dir: "str | Path", thumbnail: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """``registerCustomSampleDataSource`` arguments for a user's own case folder (``<case>_t1ce`` and ``_t2`` files,
+    BraTS naming), or None when the folder holds no T1ce. Sample Data copies the files into its cache and loads them."""
+    folder = Path(case_dir)
+    files = [next(iter(sorted(folder.glob(f"*_{suffix}.nii*"))), None) for suffix in ("t1ce", "t2")]
+    files = [path for path in files if path is not None]
+    if not files or not files[0].name.split(".")[0].endswith("_t1ce"):
+        return None
+    return {
+        "category": CATEGORY,
+        "sampleName": folder.name,
+        "uris": [path.resolve().as_uri() for path in files],
+        "fileNames": [path.name for path in files],
+        "nodeNames": [path.name.split(".")[0] for path in files],
+        "thumbnailFileName": thumbnail,
+        "loadFileType": "VolumeFile",
+    }
+
+
+def register_in_slicer(thumbnail: Optional[str] = None, environ: Optional[Dict[str, str]] = None) -> None:
+    """Register the phantom, and the case folder named by ``$MEDSYNTH_SAMPLE_CASE`` if any, with the running
+    Slicer's Sample Data module (called once Slicer has started)."""
+    import os
+
     import SampleData
 
     register_phantom_sample(SampleData.SampleDataLogic, slicer_cache_folder(), thumbnail)
+    case = (os.environ if environ is None else environ).get("MEDSYNTH_SAMPLE_CASE")
+    arguments = case_source_arguments(case, thumbnail) if case else None
+    if arguments is not None:
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(**arguments)

@@ -363,6 +363,20 @@ def test_phantom_is_registered_with_sample_data(tmp_path):
     assert all((tmp_path / "cache" / name).is_file() for name in kwargs["fileNames"])
 
 
+def test_a_users_case_folder_becomes_a_sample(tmp_path, phantom):
+    from MedSynthLogic.volume_io import write_volume
+
+    case = tmp_path / "Brats18_X_1"
+    case.mkdir()
+    assert sample_data.case_source_arguments(case) is None
+    write_volume(phantom.t1ce, case / "Brats18_X_1_t1ce.nii.gz")
+    write_volume(phantom.t2, case / "Brats18_X_1_t2.nii.gz")
+    (case / "Brats18_X_1_flair.nii.gz").write_bytes(b"not used")
+    kwargs = sample_data.case_source_arguments(case)
+    assert kwargs["sampleName"] == "Brats18_X_1" and kwargs["nodeNames"] == ["Brats18_X_1_t1ce", "Brats18_X_1_t2"]
+    assert [Path(uri[len("file://"):]).name for uri in kwargs["uris"]] == kwargs["fileNames"]
+
+
 # ---------------------------------------------------------------------------------------------------------- installer
 def test_installer_finds_missing_packages_and_pins_slicers_own(tmp_path):
     requirements = tmp_path / "requirements.txt"
