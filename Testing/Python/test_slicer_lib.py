@@ -316,17 +316,43 @@ def test_real_child_process_synthesizes_into_the_scene(scene, tmp_path, slicer_m
     controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=no_findings)
     cli_has_force = not build_parser().parse_known_args(["synthesize", "a", "b", "--force"])[1]
     controller.start_synthesis(source, SynthesisRequest(device="cpu", stages=1, force=cli_has_force))
+    updates, outcome = _run_to_end(controller)
+    assert outcome.state == jobs.FINISHED, outcome.message
+    assert any(u.percent is not None for u in updates)
+    assert outcome.result.GetImageData().GetDimensions() == source.GetImageData().GetDimensions()
+
+
+def _run_to_end(controller, timeout: float = 300.0):
     updates, outcome = [], None
-    controller.current.job.wait(timeout=300)
+    controller.current.job.wait(timeout=timeout)
     for _ in range(200):
         new, outcome = controller.poll()
         updates += new
         if outcome is not None:
-            break
+            return updates, outcome
         controller.current.job.wait(timeout=0.1)
+    raise AssertionError(f"no outcome; updates: {updates}")
+
+
+def test_real_child_process_prepares_a_case_folder(scene, tmp_path):
+    """``medsynth prepare`` from the panel's arguments, in a real child, reporting each case."""
+    pytest.importorskip("h5py")
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    from MedSynthLib.controller import MedSynthController, start_cli_job
+
+    for seed, case in enumerate(("case_a", "case_b")):
+        phantom = make_phantom(shape=(40, 48, 40), seed=seed)
+        (tmp_path / "cases" / case).mkdir(parents=True)
+        write_volume(phantom.t1ce, tmp_path / "cases" / case / f"{case}_t1ce.nii.gz")
+        write_volume(phantom.t2, tmp_path / "cases" / case / f"{case}_t2.nii.gz")
+    controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=no_findings)
+    controller.start_prepare(PrepareRequest(tmp_path / "cases", tmp_path / "data", patches_per_case=8, val_fraction=0.5))
+    updates, outcome = _run_to_end(controller)
     assert outcome.state == jobs.FINISHED, outcome.message
-    assert any(u.percent is not None for u in updates)
-    assert outcome.result.GetImageData().GetDimensions() == source.GetImageData().GetDimensions()
+    assert outcome.result == tmp_path / "data" and (tmp_path / "data" / "manifest.json").is_file()
+    assert any(u.status and u.status.startswith("Preparing data: 2 of 2 cases") for u in updates), updates
 
 
 # ---------------------------------------------------------------------------------------------------------- sample data
