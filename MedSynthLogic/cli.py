@@ -165,8 +165,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
 def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
     from .demo import run_demo
 
-    outputs = run_demo(Path(args.out), model_path=args.model, device=args.device, stages=args.stages, progress=report,
-                       overwrite=args.overwrite)
+    outputs = run_demo(Path(args.out), model_path=args.model, device=args.device, stages=args.stages, progress=report)
     report(done_event(outputs={k: str(v) for k, v in outputs.items()}))
     if report.mode != "json":
         for name, path in outputs.items():
@@ -177,8 +176,11 @@ def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
 def cmd_info(args: argparse.Namespace, report: Reporter) -> int:
     from .model_file import bundled_model_path, read_header
 
-    header = read_header(Path(args.model) if args.model else bundled_model_path())
-    print(json.dumps(header, indent=2))
+    from .model_summary import summarize_header
+
+    path = Path(args.model) if args.model else bundled_model_path()
+    header = read_header(path)
+    print(json.dumps(header, indent=2) if args.json else summarize_header(header, path.name))
     return 0
 
 
@@ -264,15 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit_lookup)
 
     p = _command(sub, "demo", "phantom T1ce → synthetic T2 with the bundled model, plus a side-by-side PNG")
-    p.add_argument("--out", default="medsynth_demo", help="output folder (default ./medsynth_demo)")
-    p.add_argument("--model", help="model file (default: bundled)")
-    p.add_argument("--stages", type=int, default=None)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", default="medsynth_demo",
+                   help="output folder; the demo's four phantom_* files in it are replaced on every run (default: ./medsynth_demo)")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto, CUDA if present)")
     p.set_defaults(func=cmd_demo)
 
-    p = _command(sub, "info", "print a model file's header (architecture, training data, metrics)")
-    p.add_argument("model", nargs="?", help="model file (default: bundled)")
+    p = _command(sub, "info", "summarize a model file: mapping, architecture, stages, training data, metrics, date")
+    p.add_argument("model", nargs="?", help="model file (default: the bundled model)")
+    p.add_argument("--json", action="store_true", help="print the whole header as JSON instead of the summary")
     p.set_defaults(func=cmd_info)
     return parser
 

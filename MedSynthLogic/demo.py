@@ -8,6 +8,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from .atomic import check_output_path
+from .errors import OutputError
 from .progress import metrics_event
 
 
@@ -17,9 +18,12 @@ def run_demo(
     device: str = "auto",
     stages: Optional[int] = None,
     progress: Optional[Callable[[dict], None]] = None,
-    overwrite: bool = False,
 ) -> Dict[str, Path]:
-    """Write the phantom's T1ce and T2, synthesize a T2 from the T1ce, and save a side-by-side PNG."""
+    """Write the phantom's T1ce and T2, synthesize a T2 from the T1ce, and save a side-by-side PNG.
+
+    The four files are the demo's own and are replaced on every run, so the demo can always be run again into the
+    same folder (each is still written atomically: a run cut short leaves the previous file whole).
+    """
     from .figures import comparison_figure, metric_unit_ranges
     from .inference import synthesize_volume
     from .metrics import evaluate_case
@@ -27,6 +31,8 @@ def run_demo(
     from .phantom import make_phantom
     from .volume_io import write_volume
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"The demo output {out_dir} is a file, not a folder.", "Pass --out with a folder name.")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "t1ce": out_dir / "phantom_t1ce.nii.gz",
@@ -35,13 +41,13 @@ def run_demo(
         "figure": out_dir / "phantom_side_by_side.png",
     }
     for path in paths.values():
-        check_output_path(path, overwrite=overwrite)
+        check_output_path(path, overwrite=True)
     phantom = make_phantom()
-    write_volume(phantom.t1ce, paths["t1ce"], overwrite=overwrite)
-    write_volume(phantom.t2, paths["t2"], overwrite=overwrite)
+    write_volume(phantom.t1ce, paths["t1ce"], overwrite=True)
+    write_volume(phantom.t2, paths["t2"], overwrite=True)
     model = load_model(Path(model_path) if model_path else bundled_model_path(), device="cpu", stages=stages)
     synthetic = synthesize_volume(model, phantom.t1ce, mask=phantom.mask, stages=stages, device=device, progress=progress)
-    write_volume(synthetic, paths["synthetic_t2"], overwrite=overwrite)
+    write_volume(synthetic, paths["synthetic_t2"], overwrite=True)
     scores = evaluate_case(synthetic.array, phantom.t2.array, phantom.mask, phantom.labels,
                            pred_scale=model.config.normalisation.output_scale)
     comparison_figure(

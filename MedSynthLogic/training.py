@@ -50,7 +50,7 @@ from .progress import (
     stage_event,
     validation_event,
 )
-from .train_options import add_train_arguments  # noqa: F401 (re-exported)
+from .train_options import add_train_arguments, config_overrides
 
 Callback = Callable[[Event], None]
 PREPARE_HINT = "Run `medsynth prepare <cases> <data_dir>` first to create train.h5, val.h5 and manifest.json."
@@ -838,33 +838,9 @@ def _validate(
 
 def configs_from_args(args: argparse.Namespace) -> Tuple[ModelConfig, TrainConfig]:
     """ModelConfig and TrainConfig from the JSON files and the command-line overrides."""
-    model_cfg = load_json_config(
-        args.model_config,
-        ModelConfig,
-        {
-            "stages": args.stages,
-            "loss.lambda_adv": getattr(args, "lambda_adv", None),
-            "loss.lambda_l2": getattr(args, "lambda_l2", None),
-            "loss.lambda_gdl": getattr(args, "lambda_gdl", None),
-            "generator.residual": False if getattr(args, "no_residual", False) else None,
-        },
-    )
-    overrides = {
-        "stages": model_cfg.stages,
-        "iterations": args.iterations,
-        "batch_size": args.batch_size,
-        "lr_g": args.lr_g,
-        "lr_d": args.lr_d,
-        "adversarial": False if args.no_adversarial else None,
-        "warmup_iterations": args.warmup_iterations,
-        "val_every": args.val_every,
-        "checkpoint_every": args.checkpoint_every,
-        "log_every": args.log_every,
-        "num_workers": args.num_workers,
-        "seed": args.seed,
-        "precision": args.precision,
-    }
-    train_cfg = load_json_config(args.train_config, TrainConfig, overrides)
+    model_overrides, train_overrides = config_overrides(args)
+    model_cfg = load_json_config(args.model_config, ModelConfig, model_overrides)
+    train_cfg = load_json_config(args.train_config, TrainConfig, {**train_overrides, "stages": model_cfg.stages})
     return model_cfg, train_cfg
 
 
@@ -874,8 +850,14 @@ def train_from_args(
     """Run :func:`train` from parsed :func:`add_train_arguments` options; SIGTERM/SIGINT checkpoint and stop."""
     model_cfg, train_cfg = configs_from_args(args)
     out = Path(args.out)
-    if out.exists() and not args.overwrite and not args.resume and dist_utils.int_env("RANK", 0) == 0:
-        check_output_path(out, overwrite=False)
+    if out.exists() and not args.overwrite and dist_utils.int_env("RANK", 0) == 0:
+        # --resume too: the model exists once its run finished, and resuming a finished run must not rewrite it.
+        from .errors import OutputError
+
+        hint = "Pass --overwrite to replace it, or choose another --out."
+        if args.resume:
+            hint = "A run that wrote its model has nothing to resume; pass --overwrite to write it again, or another --out."
+        raise OutputError(f"The model {out} exists already.", hint)
     stop = stop_event or threading.Event()
     restore = install_signal_handlers(stop)
     try:

@@ -280,12 +280,73 @@ def test_train_reports_json_events_and_writes_model_and_run_folder(ws):
     assert sorted(ws.run_dir.glob("ckpt_*.pt"))
 
 
-def test_info_prints_the_model_header(ws):
-    header = json.loads(medsynth("info", ws.model).stdout)
+def test_info_prints_the_model_header_with_json(ws):
+    header = json.loads(medsynth("info", ws.model, "--json").stdout)
     assert header["format"] == "medsynth-model"
     assert header["stages"] == 2
     assert header["model_config"] == tiny_config_dict()
     assert header["training"]
+
+
+def test_info_prints_a_short_summary(ws):
+    text = medsynth("info", ws.model).stdout
+    lines = text.splitlines()
+    assert lines[0] == f"MedSynth model {ws.model.name}" and len(lines) <= 12
+    fields = {line.split("  ")[1].strip(): line for line in lines[1:-1]}
+    assert set(fields) == {"mapping", "architecture", "stages", "training data", "training", "validation", "created"}
+    assert "T1ce -> T2" in fields["mapping"]
+    assert "filters 4-4-4-8-8-8-4-4-1" in fields["architecture"]
+    assert "2 auto-context stage(s)" in fields["stages"]
+    assert "2 training cases" in fields["training data"] and "1 validation case;" in fields["training data"]
+    assert "2 iterations per stage" in fields["training"]
+    assert "during training (last stage): PSNR" in fields["validation"]
+    assert fields["created"].split()[1][:2] == "20"
+    assert lines[-1] == "The full header: medsynth info --json"
+    assert "{" not in text, "the summary is not JSON"
+
+
+@pytest.mark.skipif(not BUNDLED.is_file(), reason=f"bundled model {BUNDLED} is absent")
+def test_info_of_the_bundled_model_shows_its_held_out_figures():
+    text = medsynth("info").stdout
+    report = json.loads((REPO / "docs" / "evaluation" / "bundled" / "metrics.json").read_text(encoding="utf-8"))
+    psnr = report["summary"]["psnr"]
+    assert f"held-out, 3 cases, inside the brain: PSNR {psnr['mean']:.2f} ± {psnr['std']:.2f} dB" in text
+
+
+def test_train_help_states_every_default():
+    """Every `train` option has a help line, and every option that takes a value says its default."""
+    from MedSynthLogic.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    for action in sub.choices["train"]._actions:
+        flag = action.option_strings[-1]
+        assert action.help, f"train {flag} has no help line"
+        if action.nargs != 0 and not action.required:
+            assert "default" in action.help, f"train {flag} does not say its default: {action.help!r}"
+    text = " ".join(medsynth("train", "--help").stdout.split())
+    for shown in ("--iterations N iterations per stage (default: 2000", "--batch-size N", "(default: 32",
+                  "--lambda-adv X", "(default: 0.05", "--keep-checkpoints KEEP_CHECKPOINTS", "(default: 3)"):
+        assert shown in text, shown
+
+
+def test_train_resume_of_a_finished_run_never_rewrites_the_model(ws):
+    """The model exists once its run finished; --resume then refuses (7) and leaves it as it was, unless --overwrite."""
+    import shutil
+
+    model, run_dir = ws.root / "finished.safetensors", ws.root / "finished_run"
+    shutil.copyfile(ws.model, model)
+    shutil.copytree(ws.run_dir, run_dir)
+    before = model.read_bytes()
+    argv = ["train", "--data", ws.prepared, "--out", model, "--run-dir", run_dir, "--model-config", ws.config,
+            "--iterations", 2, "--batch-size", 4, "--num-workers", 0, "--device", "cpu", "--resume"]
+    proc = medsynth(*argv, expect=7)
+    assert f"The model {model} exists already." in proc.stderr and "--overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert model.read_bytes() == before
+    medsynth(*argv, "--overwrite", "--progress", "none")
+    from MedSynthLogic.model_file import read_header
+
+    assert read_header(model)["tensors_sha256"] == read_header(ws.model)["tensors_sha256"]
 
 
 # --- synthesize -----------------------------------------------------------------------------------------------
@@ -489,15 +550,26 @@ def _check_demo(out: Path) -> None:
     assert rgb.shape[1] > rgb.shape[0] * 0.8, "three panels side by side should make a wide-ish figure"
 
 
-def test_demo_with_a_tiny_model(ws):
+def test_demo_with_a_tiny_model_runs_again_into_the_same_folder(ws):
     out = ws.root / "demo"
-    proc = medsynth("demo", "--out", out, "--model", ws.model, "--stages", 1, "--device", "cpu", "--progress", "json")
-    events = json_lines(proc.stdout)
-    assert events[-1]["event"] == "done"
-    assert set(events[-1]["outputs"]) == {"t1ce", "t2", "synthetic_t2", "figure"}
-    metrics = [e for e in events if e["event"] == "metrics"]
-    assert len(metrics) == 1 and {"psnr", "ssim", "mae"} <= set(metrics[0]["metrics"])
-    _check_demo(out)
+    for _ in range(2):
+        proc = medsynth("demo", "--out", out, "--model", ws.model, "--stages", 1, "--device", "cpu", "--progress", "json")
+        events = json_lines(proc.stdout)
+        assert events[-1]["event"] == "done"
+        assert set(events[-1]["outputs"]) == {"t1ce", "t2", "synthetic_t2", "figure"}
+        metrics = [e for e in events if e["event"] == "metrics"]
+        assert len(metrics) == 1 and {"psnr", "ssim", "mae"} <= set(metrics[0]["metrics"])
+        _check_demo(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["phantom_t1ce.nii.gz", "phantom_t2.nii.gz", "phantom_synthetic_t2.nii.gz", "phantom_side_by_side.png"])
+
+
+def test_demo_output_is_ignored_by_git():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run(["git", "check-ignore", "-q", "medsynth_demo/phantom_synthetic_t2.nii.gz"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, "README's `medsynth demo --out medsynth_demo` output would show up in `git status`"
 
 
 @pytest.mark.slow
@@ -535,6 +607,18 @@ def test_progress_is_plain_lines_when_stderr_is_a_log(ws):
     assert lines[-1].startswith("medsynth: synthesize stage 2/2: 100%"), proc.stderr
     assert "\r" not in proc.stderr, "a log gets lines, not a redrawn bar"
     assert proc.stdout.strip() == f"wrote {out}"
+
+
+def test_readme_exit_code_table_lists_every_exit_code():
+    import re
+
+    from MedSynthLogic import errors
+
+    codes = {0, 1} | {cls.exit_code for cls in vars(errors).values()
+                      if isinstance(cls, type) and issubclass(cls, errors.MedSynthError)}
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| exit | meaning |"):].split("\n\n")[0]
+    assert {int(n) for n in re.findall(r"^\| (\d+) \|", table, flags=re.M)} == codes
 
 
 def test_json_progress_into_a_closed_pipe_ends_without_a_traceback(ws):

@@ -1,0 +1,145 @@
+"""A model file's header told in a few lines: what ``medsynth info`` prints (``--json`` prints the header itself).
+
+A user choosing a model wants the mapping, the architecture, the stages, the training data, the validation figures
+and the date, not 200 lines of JSON. Only what the header states is shown; a missing part is said to be missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+
+def summarize_header(header: Mapping[str, Any], name: str) -> str:
+    """Plain-text summary of a model header (from :func:`model_file.read_header`); ``name`` labels the file."""
+    config: Mapping[str, Any] = header.get("model_config") or {}
+    training: Mapping[str, Any] = header.get("training") or {}
+    parts: List[Tuple[str, Callable[[], str]]] = [
+        ("mapping", lambda: _mapping(config)),
+        ("architecture", lambda: _architecture(config)),
+        ("stages", lambda: f"{header.get('stages', config.get('stages', '?'))} auto-context stage(s)"),
+        ("training data", lambda: _data(training.get("data"))),
+        ("training", lambda: _schedule(training)),
+        ("validation", lambda: _metrics(header.get("metrics") or {})),
+        ("created", lambda: _created(header)),
+    ]
+    rows = [(label, _safely(describe)) for label, describe in parts]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"MedSynth model {name}"]
+    lines += [f"  {label:<{width}}  {text}" for label, text in rows]
+    lines.append("The full header: medsynth info --json")
+    return "\n".join(lines)
+
+
+def _safely(describe: Callable[[], str]) -> str:
+    """Headers differ across versions and tools; a part in an unexpected shape is named, never a crash."""
+    try:
+        return describe()
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return "in a form this version does not summarize (see --json)"
+
+
+def _mapping(config: Mapping[str, Any]) -> str:
+    source, target = config.get("source_name", "?"), config.get("target_name", "?")
+    norm: Mapping[str, Any] = config.get("normalisation") or {}
+    mode = (norm.get("target") or {}).get("mode")
+    if mode == "window":
+        unit = "output in Hounsfield units"
+    elif mode == "percentile":
+        unit = f"output x{norm.get('output_scale', 1000):g}: 1000 = the target's 99.5th percentile in the brain"
+    else:
+        unit = "output unit not stated"
+    return f"{source} -> {target} ({unit})"
+
+
+def _architecture(config: Mapping[str, Any]) -> str:
+    gen: Mapping[str, Any] = config.get("generator") or {}
+    if not gen:
+        return "not stated"
+    kind = gen.get("kind", "nie2018")
+    if kind == "unet":
+        layers = f"U-Net, channels {_joined(gen.get('unet_channels'))}"
+    else:
+        layers = (f"3D FCN, {len(gen.get('filters') or [])} conv layers (filters {_joined(gen.get('filters'))}, "
+                  f"kernels {_joined(gen.get('kernels'))})")
+    residual = "residual" if gen.get("residual", True) else "no residual"
+    patch = config.get("source_patch")
+    return f"{layers}, {residual}" + (f"; {patch}^3 source patches" if patch else "")
+
+
+def _data(data: Any) -> str:
+    if not data:
+        return "not stated"
+    if isinstance(data, str):
+        return data
+    parts = [str(data.get("dataset") or data.get("data_dir") or "paired cases")]
+    for key, label in (("train_cases", "training case"), ("val_cases", "validation case")):
+        if data.get(key):
+            count = _count(data[key])
+            parts.append(f"{count} {label}{'' if count == 1 else 's'}")
+    if data.get("patches_per_case"):
+        parts.append(f"{data['patches_per_case']} patches per case")
+    if data.get("train_patches"):
+        parts.append(f"{data['train_patches']} training patches")
+    if data.get("source") and data.get("target"):
+        parts.append(f"files {data['source']} -> {data['target']}")
+    return "; ".join(parts)
+
+
+def _schedule(training: Mapping[str, Any]) -> str:
+    parts: List[str] = []
+    trained = training.get("stages_trained")
+    for entry in trained if isinstance(trained, list) else []:
+        if isinstance(entry, Mapping):
+            stages = entry.get("stages") or []
+            amount = entry.get("iterations_trained") or entry.get("iterations_per_stage")
+            if stages and amount:
+                parts.append(f"stage(s) {_joined(stages)}: {amount} iterations")
+    if not parts and training.get("iterations_per_stage"):
+        stages = f" x {trained} stages" if isinstance(trained, int) else ""
+        parts.append(f"{training['iterations_per_stage']} iterations per stage{stages}")
+    adversarial = (training.get("train_config") or {}).get("adversarial")
+    if adversarial is not None:
+        parts.append("adversarial (GAN) + L2 + GDL" if adversarial else "L2 + GDL only, no adversarial term")
+    if training.get("wall_time_s") is not None:
+        parts.append(f"{float(training['wall_time_s']) / 60:.0f} min")
+    if training.get("device"):
+        parts.append(str(training["device"]))
+    return "; ".join(parts) if parts else "not stated"
+
+
+def _metrics(metrics: Mapping[str, Any]) -> str:
+    evaluation: Mapping[str, Any] = metrics.get("evaluation") or {}
+    summary: Dict[str, Any] = dict(evaluation.get("summary") or {})
+    texts: List[str] = []
+    if "psnr" in summary:
+        cases = len(evaluation.get("cases") or []) or summary["psnr"].get("n", "?")
+        figures = [f"PSNR {_mean_std(summary['psnr'], 2)} dB"]
+        figures += [f"{label} {_mean_std(summary[key], 3)}" for key, label in (("ssim", "SSIM"), ("mae", "MAE"))
+                    if key in summary]
+        texts.append(f"held-out, {cases} cases, inside the brain: " + ", ".join(figures))
+    if metrics.get("psnr") is not None:
+        during = f"PSNR {float(metrics['psnr']):.2f} dB"
+        if metrics.get("ssim") is not None:
+            during += f", SSIM {float(metrics['ssim']):.3f}"
+        texts.append(f"during training (last stage): {during}")
+    return "; ".join(texts) if texts else "none in the model file"
+
+
+def _created(header: Mapping[str, Any]) -> str:
+    created = str(header.get("created") or "not stated")
+    version = header.get("medsynth_version")
+    return created.replace("T", " ")[:19] + (f" (medsynth {version})" if version else "")
+
+
+def _mean_std(stat: Mapping[str, Any], digits: int) -> str:
+    text = f"{float(stat['mean']):.{digits}f}"
+    return text + (f" ± {float(stat['std']):.{digits}f}" if stat.get("std") is not None else "")
+
+
+def _count(value: Any) -> Any:
+    """A case list's length; newer headers store the count itself."""
+    return len(value) if isinstance(value, (list, tuple)) else value
+
+
+def _joined(values: Any) -> str:
+    return "-".join(str(v) for v in values) if values else "?"
