@@ -75,7 +75,8 @@ class MedSynthController:
 
     @property
     def busy(self) -> bool:
-        return self.current is not None and bool(self.current.job.running)
+        """A job was started and its end has not been collected by ``poll`` yet (its result is still to load)."""
+        return self.current is not None
 
     @property
     def kind(self) -> Optional[str]:
