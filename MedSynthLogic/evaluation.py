@@ -1,4 +1,4 @@
-"""``medsynth evaluate``: synthesize held-out cases with a model (or a baseline) and score them.
+"""``medsynth evaluate`` as a library: synthesize held-out cases with a model (or a baseline) and score them.
 
 Metrics follow one protocol (see :mod:`MedSynthLogic.metrics`): inside the brain mask, and inside the tumour
 when a segmentation is present, on intensities each divided by their own 99.5th percentile in the mask.
@@ -7,12 +7,21 @@ when a segmentation is present, on intensities each divided by their own 99.5th 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .errors import DataError
 from .progress import progress_event
+
+if TYPE_CHECKING:
+    from .dataset_prep import Case
+
+PathLike = Union[str, "os.PathLike[str]"]
+ProgressFn = Optional[Callable[[dict], None]]
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,74 +41,116 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", default="", help="a name for this row in the report (e.g. 'L2 only')")
 
 
-def _select_cases(args: argparse.Namespace):
-    import json
-
+def cases_to_evaluate(
+    data_dir: PathLike,
+    case_ids: Optional[Sequence[str]] = None,
+    manifest: Optional[PathLike] = None,
+    source_suffix: str = "t1ce",
+    target_suffix: str = "t2",
+) -> List[Case]:
+    """The cases of ``data_dir`` to score: ``case_ids`` (in that order), else the validation split of a
+    ``manifest.json`` written by ``prepare_dataset``, else every case; an unknown id is refused, never skipped."""
     from .dataset_prep import find_cases, select_cases
 
-    cases = find_cases(args.data, source_suffix=args.source_suffix, target_suffix=args.target_suffix)
-    wanted: Optional[List[str]] = None
-    if args.cases:
-        wanted = [c for c in args.cases.split(",") if c]
-    elif args.manifest:
-        manifest = json.loads(Path(args.manifest).read_text(encoding="utf-8"))
-        wanted = list(manifest["splits"]["val"])
+    cases = find_cases(data_dir, source_suffix=source_suffix, target_suffix=target_suffix)
+    wanted: Optional[List[str]] = list(case_ids) if case_ids else None
+    if wanted is None and manifest is not None:
+        wanted = _validation_split(Path(manifest))
     if wanted is not None:
-        cases = select_cases(cases, wanted, f"Case in {args.data}")
+        cases = select_cases(cases, wanted, f"Case in {data_dir}")
     return cases
 
 
-def evaluate_command(args: argparse.Namespace, progress: Optional[Callable[[dict], None]] = None) -> Dict[str, dict]:
-    """Run the evaluation the CLI describes; returns the summary (metric → mean/std)."""
-    from .baselines import IntensityLookup
-    from .figures import comparison_figure, metric_unit_ranges
-    from .inference import synthesize_volume
-    from .metrics import evaluate_pairs, scale_prediction, write_report
-    from .model_file import bundled_model_path, load_model
-    from .normalisation import brain_mask
-    from .volume_io import align_pair, read_volume, write_volume
+def _validation_split(manifest: Path) -> List[str]:
+    try:
+        return [str(c) for c in json.loads(manifest.read_text(encoding="utf-8"))["splits"]["val"]]
+    except OSError as exc:
+        raise DataError(f"Cannot read the manifest {manifest}: {exc.strerror or exc}.", "Pass the manifest.json that `medsynth prepare` wrote.") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{manifest} is not a manifest with a validation split (splits.val).",
+                        "Pass the manifest.json that `medsynth prepare` wrote, or --cases.") from exc
 
-    cases = _select_cases(args)
-    lookup = IntensityLookup.load(args.lookup) if args.lookup else None
-    model = None if lookup else load_model(Path(args.model) if args.model else bundled_model_path(), stages=args.stages)
-    out = Path(args.out)
+
+def evaluate_cases(
+    cases: Sequence[Case],
+    out_dir: PathLike,
+    model: Optional[PathLike] = None,
+    lookup: Optional[PathLike] = None,
+    stages: Optional[int] = None,
+    flip_tta: bool = False,
+    device: str = "auto",
+    figures: bool = False,
+    save_predictions: bool = False,
+    label: str = "",
+    target_name: str = "t2",
+    progress: ProgressFn = None,
+) -> Dict[str, Any]:
+    """Synthesize every case with ``model`` (default: the bundled one) or apply an intensity ``lookup`` instead,
+    score it, and write ``metrics.json``/``metrics.md`` (and per-case PNGs with ``figures``, the synthetic volumes,
+    named ``<case>_synthetic_<target_name>.nii.gz``, with ``save_predictions``) into ``out_dir``.
+
+    Returns the report (per-case rows and ``summary``: metric → mean/std/n). The model or lookup is loaded before
+    ``out_dir`` is created, so a bad file leaves nothing behind.
+    """
+    from .baselines import IntensityLookup
+    from .metrics import evaluate_pairs, write_report
+    from .model_file import bundled_model_path, load_model
+
+    scorer = IntensityLookup.load(lookup) if lookup else None
+    loaded = None if scorer else load_model(Path(model) if model else bundled_model_path(), stages=stages)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    norm = lookup.normalisation if lookup else model.config.normalisation
-    mask_threshold, mask_scale = norm.mask_threshold, norm.output_scale
+    norm = scorer.normalisation if scorer else loaded.config.normalisation
     entries = []
     for i, case in enumerate(cases):
-        source = read_volume(case.source)
-        source, target, _ = align_pair(source, read_volume(case.target), policy="resample")
-        seg = read_volume(case.seg).array.astype(np.uint8) if case.seg else None
-        mask = brain_mask(source.array, mask_threshold)
-        if lookup is not None:
-            pred = source.with_array(lookup.apply(source.array, mask))
-        else:
-            pred = synthesize_volume(model, source, mask=mask, stages=args.stages, device=args.device, flip_tta=args.flip_tta,
-                                     progress=within_case(progress, i, len(cases), case.case_id))
+        source, pred, target, mask, seg = _predict_case(case, scorer, loaded, norm, stages, flip_tta, device,
+                                                        within_case(progress, i, len(cases), case.case_id))
         entries.append((case.case_id, pred, target, mask, seg))
-        if args.save_predictions:
-            write_volume(pred, out / f"{case.case_id}_synthetic_{args.target_suffix}.nii.gz", overwrite=True)
-        if args.figures:
-            err = np.abs(scale_prediction(pred.array, mask, mask_scale) - _unit(target.array, mask))
-            ranges = (
-                metric_unit_ranges("synthetic T2", "real T2", target.array, mask, mask_scale)
-                if norm.target.mode == "percentile" else None
-            )
-            comparison_figure(
-                out / f"{case.case_id}.png",
-                [("T1ce", source.array), ("synthetic T2", pred.array), ("real T2", target.array), ("|error| (0–0.5, normalised)", err)],
-                mask=mask, spacing=source.spacing, title=f"{case.case_id} {args.label}".strip(), ranges=ranges,
-            )
+        if save_predictions:
+            from .volume_io import write_volume
+
+            write_volume(pred, out / f"{case.case_id}_synthetic_{target_name}.nii.gz", overwrite=True)
+        if figures:
+            _case_figure(out / f"{case.case_id}.png", source, pred, target, mask, norm, f"{case.case_id} {label}".strip())
         if progress:
             progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
     results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None)
-    results["label"] = args.label
-    results["model"] = str(args.lookup or args.model or bundled_model_path())
-    results["stages"] = args.stages
-    results["flip_tta"] = bool(args.flip_tta)
+    results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta))
     write_report(results, out / "metrics.json", out / "metrics.md")
-    return results["summary"]
+    return results
+
+
+def _predict_case(case: Case, scorer: Any, loaded: Any, norm: Any, stages: Optional[int], flip_tta: bool, device: str,
+                  progress: ProgressFn) -> Tuple[Any, Any, Any, np.ndarray, Optional[np.ndarray]]:
+    """One case's (source, prediction, target, brain mask, segmentation), the target on the source's grid."""
+    from .inference import synthesize_volume
+    from .normalisation import brain_mask
+    from .volume_io import align_pair, read_volume
+
+    source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
+    seg = read_volume(case.seg).array.astype(np.uint8) if case.seg else None
+    mask = brain_mask(source.array, norm.mask_threshold)
+    if scorer is not None:
+        pred = source.with_array(scorer.apply(source.array, mask))
+    else:
+        pred = synthesize_volume(loaded, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta,
+                                 progress=progress)
+    return source, pred, target, mask, seg
+
+
+def _case_figure(path: Path, source: Any, pred: Any, target: Any, mask: np.ndarray, norm: Any, title: str) -> None:
+    """T1ce | synthetic | real | error map, the error in the metrics' unit (0–0.5)."""
+    from .figures import comparison_figure, metric_unit_ranges
+    from .metrics import scale_prediction
+
+    err = np.abs(scale_prediction(pred.array, mask, norm.output_scale) - _unit(target.array, mask))
+    ranges = (metric_unit_ranges("synthetic T2", "real T2", target.array, mask, norm.output_scale)
+              if norm.target.mode == "percentile" else None)
+    comparison_figure(
+        path,
+        [("T1ce", source.array), ("synthetic T2", pred.array), ("real T2", target.array), ("|error| (0–0.5, normalised)", err)],
+        mask=mask, spacing=source.spacing, title=title, ranges=ranges,
+    )
 
 
 def within_case(

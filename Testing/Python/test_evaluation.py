@@ -1,0 +1,87 @@
+"""``evaluate`` as a library: keyword arguments in, a report and files out (the CLI is tested in test_cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedSynthLogic.errors import DataError, ModelFileError, UsageError
+from MedSynthLogic.evaluation import cases_to_evaluate, evaluate_cases
+
+
+@pytest.fixture(scope="module")
+def cases_dir(tmp_path_factory) -> Path:
+    """Two phantom cases in BraTS naming, with segmentations."""
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    root = tmp_path_factory.mktemp("evaluation")
+    for seed, case in enumerate(("a", "b")):
+        p = make_phantom(shape=(32, 36, 32), seed=seed)
+        (root / case).mkdir()
+        write_volume(p.t1ce, root / case / f"{case}_t1ce.nii.gz")
+        write_volume(p.t2, root / case / f"{case}_t2.nii.gz")
+        write_volume(p.t1ce.with_array(p.labels.astype(np.float32)), root / case / f"{case}_seg.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def lookup(cases_dir, tmp_path_factory) -> Path:
+    from MedSynthLogic.baselines import fit_intensity_lookup
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.normalisation import brain_mask
+    from MedSynthLogic.volume_io import read_volume
+
+    cfg = ModelConfig().normalisation
+    pairs = []
+    for case in ("a", "b"):
+        src = read_volume(cases_dir / case / f"{case}_t1ce.nii.gz").array
+        pairs.append((src, read_volume(cases_dir / case / f"{case}_t2.nii.gz").array, brain_mask(src, cfg.mask_threshold)))
+    path = tmp_path_factory.mktemp("lookup") / "lookup.json"
+    fit_intensity_lookup(pairs, cfg, bins=32).save(path)
+    return path
+
+
+def test_cases_follow_the_ids_or_the_manifest_or_all(cases_dir, tmp_path):
+    assert [c.case_id for c in cases_to_evaluate(cases_dir)] == ["a", "b"]
+    assert [c.case_id for c in cases_to_evaluate(cases_dir, case_ids=["b"])] == ["b"]
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"splits": {"train": ["a"], "val": ["b"]}}), encoding="utf-8")
+    assert [c.case_id for c in cases_to_evaluate(cases_dir, manifest=manifest)] == ["b"]
+    with pytest.raises(UsageError, match="not found: c"):
+        cases_to_evaluate(cases_dir, case_ids=["c"])
+
+
+@pytest.mark.parametrize("text", ["not json", json.dumps({"splits": {}}), json.dumps([1])])
+def test_a_manifest_without_a_validation_split_is_a_data_error(cases_dir, tmp_path, text):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match="validation split"):
+        cases_to_evaluate(cases_dir, manifest=manifest)
+    with pytest.raises(DataError, match="Cannot read"):
+        cases_to_evaluate(cases_dir, manifest=tmp_path / "missing.json")
+
+
+def test_evaluate_cases_with_a_lookup_writes_the_report(cases_dir, lookup, tmp_path):
+    events = []
+    out = tmp_path / "report"
+    report = evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, label="lookup", save_predictions=True,
+                            progress=events.append)
+    assert [row["case"] for row in report["cases"]] == ["a", "b"]
+    assert report["label"] == "lookup" and report["model"] == str(lookup)
+    assert set(report["summary"]) >= {"psnr", "ssim", "mae"}
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["summary"] == json.loads(json.dumps(report["summary"]))
+    assert (out / "metrics.md").is_file()
+    assert sorted(p.name for p in out.glob("*_synthetic_t2.nii.gz")) == ["a_synthetic_t2.nii.gz", "b_synthetic_t2.nii.gz"]
+    assert [(e["done"], e["case"]) for e in events] == [(1, "a"), (2, "b")]
+
+
+def test_a_bad_model_file_leaves_no_output_folder(cases_dir, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError):
+        evaluate_cases(cases_to_evaluate(cases_dir), tmp_path / "never", model=bad)
+    assert not (tmp_path / "never").exists()
