@@ -216,6 +216,20 @@ def test_input_check_blocks_before_anything_starts(scene, phantom_node, tmp_path
     assert findings_message([SimpleNamespace(code="x", message="m")], force=False).count("- m") == 1
 
 
+def test_real_input_check_refuses_the_phantoms_t2_before_launching(scene, tmp_path):
+    """With the core's ``input_checks.check_source``: the phantom's T1ce passes, its T2 is refused (Force: warned)."""
+    checks = pytest.importorskip("MedSynthLogic.input_checks")
+    from MedSynthLib.controller import MedSynthController
+
+    t1ce, t2 = sample_data.load_phantom_pair(scene, tmp_path / "cache")
+    runner = FakeRunner(events=[])
+    controller = MedSynthController(scene, runner=runner, temp_root=str(tmp_path), input_checker=checks.check_source)
+    assert not controller.plan_synthesis(t1ce, SynthesisRequest()).findings
+    plan = controller.plan_synthesis(t2, SynthesisRequest())
+    assert plan.blocked and [f.code for f in plan.findings] == ["sequence"] and "T2-weighted" in plan.message
+    assert not controller.plan_synthesis(t2, SynthesisRequest(force=True)).blocked and not runner.jobs
+
+
 def test_synthesis_job_loads_the_result_side_by_side(scene, phantom_node, tmp_path):
     from MedSynthLogic import mrml
 
