@@ -13,21 +13,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from . import __version__
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
 from .progress import done_event, error_event
-from .reporting import MODES, Reporter, silence_stdout
-
-EXIT_CODES = """exit codes: 0 success, 1 internal error (a bug: please report it), 2 usage, 3 bad input image,
-4 geometry mismatch, 5 bad data folder or HDF5 file, 6 bad model file, 7 output cannot be written,
-8 out of memory or device missing, 9 training diverged (NaN loss), 130 cancelled"""
-
-
-def _add_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", choices=MODES, default="auto",
-                   help="progress display: a bar or plain lines on stderr, JSON lines on stdout, or none "
-                   "(default auto: a bar on a terminal, plain lines in a log)")
-
+from .reporting import Reporter, silence_stdout
 
 def _cancel_on_signals() -> Callable[[], bool]:
     """A cancel flag set by SIGTERM, so a killed synthesis stops between tiles and leaves no output."""
@@ -189,100 +177,24 @@ def cmd_info(args: argparse.Namespace, report: Reporter) -> int:
     return 0
 
 
-def _command(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
-    """A subcommand with the exit-code table in its --help and the shared --progress option."""
-    p = sub.add_parser(name, help=help, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_progress(p)
-    return p
+#: The function that runs each subcommand; the options of each are in :mod:`.options`.
+HANDLERS = {
+    "synthesize": cmd_synthesize,
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "export": cmd_export,
+    "evaluate": cmd_evaluate,
+    "fit-lookup": cmd_fit_lookup,
+    "demo": cmd_demo,
+    "info": cmd_info,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medsynth",
-        description="Synthesize a T2-weighted brain MRI from a T1ce (3D adversarial FCN with auto-context, Nie et al. 2018).",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    """The ``medsynth`` argument parser (imports no torch: ``medsynth --help`` is instant)."""
+    from .options import build_parser as build
 
-    p = _command(sub, "synthesize", "synthesize a T2 from a T1ce volume (or every volume in a folder)")
-    p.add_argument("source", help="T1ce volume (nii, nii.gz, mha, mhd, nrrd, hdr) or a folder of them")
-    p.add_argument("output", help="output volume path (or folder, for a folder source)")
-    p.add_argument("--model", help="model file (.safetensors); default: the bundled T1ce→T2 model")
-    p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: CUDA if present)")
-    p.add_argument("--mask", help="brain mask volume (default: source > 0, for skull-stripped input)")
-    p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
-    p.add_argument("--tile", type=int, default=None, help="output tile edge in voxels (default: chosen per device)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="arithmetic: auto = fp16 on CUDA, fp32 on the CPU; bf16 is ~2x faster on CPUs with AVX512-BF16")
-    p.add_argument("--pattern", default="*.nii.gz", help="file pattern for a folder source (default: *.nii.gz)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.set_defaults(func=cmd_synthesize)
-
-    p = _command(sub, "prepare", "turn a folder of paired volumes into HDF5 patch files")
-    p.add_argument("data", help="folder of paired cases (BraTS naming <case>/<case>_t1ce.nii.gz + _t2), or see --csv")
-    p.add_argument("out", help="output folder for train.h5, val.h5 and manifest.json")
-    p.add_argument("--source-suffix", default="t1ce", help="BraTS-style suffix of the source (default t1ce)")
-    p.add_argument("--target-suffix", default="t2", help="BraTS-style suffix of the target (default t2)")
-    p.add_argument("--source-pattern", help="glob for sources with {case}, e.g. '{case}/*T1*.nii.gz'")
-    p.add_argument("--target-pattern", help="glob for targets with {case}")
-    p.add_argument("--csv", help="CSV with columns case,source,target[,mask][,seg]")
-    p.add_argument("--skip-incomplete", action="store_true", help="skip cases without a partner instead of failing")
-    p.add_argument("--patches-per-case", type=int, default=1000, help="patches sampled per case (the flipped copy adds as many)")
-    p.add_argument("--val-cases", help="comma-separated case ids for validation (default: --val-fraction of the cases)")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--inside-fraction", type=float, default=0.9, help="fraction of patches centred inside the brain mask")
-    p.add_argument("--geometry", choices=("resample", "refuse"), default="resample",
-                   help="what to do with a target on another grid than its source")
-    p.add_argument("--config", help="ModelConfig JSON (architecture, patch size, normalisation); default: the paper's")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_prepare)
-
-    p = _command(sub, "train", "train the adversarial model and its auto-context stages")
-    from .train_options import add_train_arguments
-
-    add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
-
-    p = _command(sub, "export", "write a model file from a training checkpoint (after Stop or a cut-short run)")
-    p.add_argument("checkpoint", help="checkpoint (.pt) from a training run folder")
-    p.add_argument("out", help="model file to write (.safetensors)")
-    p.add_argument("--stages", type=int, default=None, help="stages to export (default: the completed ones)")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_export)
-
-    p = _command(sub, "evaluate", "PSNR, SSIM and MAE inside the brain and the tumour")
-    from .evaluation import add_evaluate_arguments
-
-    add_evaluate_arguments(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = _command(sub, "fit-lookup", "fit the 1-D intensity lookup baseline on training cases")
-    p.add_argument("data", help="folder of cases with BraTS naming")
-    p.add_argument("out", help="output JSON file")
-    p.add_argument("--cases", help="comma-separated case ids to fit on (default: all)")
-    p.add_argument("--bins", type=int, default=256)
-    p.add_argument("--source-suffix", default="t1ce")
-    p.add_argument("--target-suffix", default="t2")
-    p.add_argument("--config", help="ModelConfig JSON whose normalisation to use")
-    p.set_defaults(func=cmd_fit_lookup)
-
-    p = _command(sub, "demo", "phantom T1ce → synthetic T2 with the bundled model, plus a side-by-side PNG")
-    p.add_argument("--out", default="medsynth_demo",
-                   help="output folder; the demo's four phantom_* files in it are replaced on every run (default: ./medsynth_demo)")
-    p.add_argument("--model", help="model file (default: the bundled model)")
-    p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto, CUDA if present)")
-    p.set_defaults(func=cmd_demo)
-
-    p = _command(sub, "info", "summarize a model file: mapping, architecture, stages, training data, metrics, date")
-    p.add_argument("model", nargs="?", help="model file (default: the bundled model)")
-    p.add_argument("--json", action="store_true", help="print the whole header as JSON instead of the summary")
-    p.set_defaults(func=cmd_info)
-    return parser
+    return build(HANDLERS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -6,7 +6,6 @@ when a segmentation is present, on intensities each divided by their own 99.5th 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -22,23 +21,6 @@ if TYPE_CHECKING:
 
 PathLike = Union[str, "os.PathLike[str]"]
 ProgressFn = Optional[Callable[[dict], None]]
-
-
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="folder of cases with BraTS naming (<case>/<case>_t1ce.nii.gz, _t2, optional _seg)")
-    p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md (and figures with --figures)")
-    p.add_argument("--model", help="model file (default: bundled)")
-    p.add_argument("--lookup", help="evaluate a 1-D intensity lookup (from 'medsynth fit-lookup') instead of a model")
-    p.add_argument("--cases", help="comma-separated case ids (default: every case in the folder)")
-    p.add_argument("--manifest", help="use the validation cases listed in this manifest.json (from 'medsynth prepare')")
-    p.add_argument("--source-suffix", default="t1ce")
-    p.add_argument("--target-suffix", default="t2")
-    p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all)")
-    p.add_argument("--flip-tta", action="store_true")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--figures", action="store_true", help="save T1ce | synthetic | real | error PNGs per case")
-    p.add_argument("--save-predictions", action="store_true", help="save the synthetic volumes too")
-    p.add_argument("--label", default="", help="a name for this row in the report (e.g. 'L2 only')")
 
 
 def cases_to_evaluate(

@@ -50,7 +50,7 @@ from .progress import (
     stage_event,
     validation_event,
 )
-from .train_options import add_train_arguments, config_overrides
+from .options import build_torchrun_parser, config_overrides
 
 Callback = Callable[[Event], None]
 PREPARE_HINT = "Run `medsynth prepare <cases> <data_dir>` first to create train.h5, val.h5 and manifest.json."
@@ -885,10 +885,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import MedSynthError
     from .progress import JsonLinesReporter, done_event, error_event
 
-    parser = argparse.ArgumentParser(prog="python -m MedSynthLogic.training", description=__doc__.splitlines()[0])
-    add_train_arguments(parser)
-    parser.add_argument("--progress", choices=("json", "none"), default="json")
-    args = parser.parse_args(argv)
+    args = build_torchrun_parser(__doc__.splitlines()[0]).parse_args(argv)
     report = JsonLinesReporter(sys.stdout) if args.progress == "json" else None
     try:
         out = train_from_args(args, callback=report)

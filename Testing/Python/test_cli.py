@@ -210,11 +210,19 @@ def test_help_of_medsynth_and_every_subcommand():
             assert option in text, f"'medsynth {name} --help' does not mention {option}"
 
 
+def test_options_are_defined_in_one_place():
+    """Every subcommand's options (and the torchrun entry's) are in options.py; no other module adds any."""
+    others = [p.name for p in (REPO / "MedSynthLogic").glob("*.py")
+              if p.name != "options.py" and "add_argument(" in p.read_text(encoding="utf-8")]
+    assert others == [], f"options defined outside MedSynthLogic/options.py: {others}"
+
+
 def test_parser_does_not_import_torch():
-    code = "import sys; from MedSynthLogic.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = ("import sys; from MedSynthLogic.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules, 'numpy' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "False", "building the parser imports torch: 'medsynth --help' becomes slow"
+    assert proc.stdout.strip() == "False False", "building the parser imports torch or numpy: 'medsynth --help' becomes slow"
 
 
 def test_no_command_exits_2_with_usage():
@@ -313,16 +321,20 @@ def test_info_of_the_bundled_model_shows_its_held_out_figures():
     assert f"held-out, 3 cases, inside the brain: PSNR {psnr['mean']:.2f} ± {psnr['std']:.2f} dB" in text
 
 
-def test_train_help_states_every_default():
-    """Every `train` option has a help line, and every option that takes a value says its default."""
+@pytest.mark.parametrize("command", sorted(KEY_OPTIONS))
+def test_help_states_every_default(command):
+    """Every option has a help line, and every optional one that takes a value says its default."""
     from MedSynthLogic.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    for action in sub.choices["train"]._actions:
-        flag = action.option_strings[-1]
-        assert action.help, f"train {flag} has no help line"
-        if action.nargs != 0 and not action.required:
-            assert "default" in action.help, f"train {flag} does not say its default: {action.help!r}"
+    for action in sub.choices[command]._actions:
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        assert action.help, f"{command} {name} has no help line"
+        if action.option_strings and action.nargs != 0 and not action.required:
+            assert "default" in action.help, f"{command} {name} does not say its default: {action.help!r}"
+
+
+def test_train_help_shows_the_config_defaults():
     text = " ".join(medsynth("train", "--help").stdout.split())
     for shown in ("--iterations N iterations per stage (default: 2000", "--batch-size N", "(default: 32",
                   "--lambda-adv X", "(default: 0.05", "--keep-checkpoints KEEP_CHECKPOINTS", "(default: 3)"):
