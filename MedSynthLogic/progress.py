@@ -109,9 +109,11 @@ def error_event(message: str, exit_code: int, **extra: Any) -> Event:
     return event
 
 
-def warning_event(task: str, message: str) -> Event:
-    """Something the user should know that does not stop the work (e.g. a fallback to the CPU)."""
-    return {"event": "warning", "task": task, "message": message}
+def warning_event(task: str, message: str, **extra: Any) -> Event:
+    """Something the user should know that does not stop the work (a fallback to the CPU, a forced input check)."""
+    event: Event = {"event": "warning", "task": task, "message": message}
+    event.update(extra)
+    return event
 
 
 def metrics_event(metrics: Mapping[str, float]) -> Event:

@@ -33,6 +33,8 @@ def test_event_helpers_follow_contract():
     assert progress.validation_event(0, 200, 0.1, 25.0, 0.8)["event"] == "validation"
     assert progress.done_event("m.safetensors") == {"event": "done", "output": "m.safetensors"}
     assert progress.error_event("bad", 5) == {"event": "error", "message": "bad", "exit_code": 5}
+    assert progress.warning_event("synthesize", "slow", source="a.nii") == {
+        "event": "warning", "task": "synthesize", "message": "slow", "source": "a.nii"}
 
 
 def test_callback_list_fans_out_and_skips_none():
