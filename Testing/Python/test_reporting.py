@@ -37,32 +37,30 @@ def test_auto_is_plain_lines_when_stderr_is_not_a_terminal():
     assert reporting.Reporter("auto", stderr=io.StringIO()).mode == "plain"
 
 
-def test_plain_lines_of_a_quick_task_are_its_start_and_its_end(monkeypatch):
+def _plain_lines(monkeypatch, tiles: int, seconds_per_tile: float) -> list:
+    """The plain lines of a 2-stage synthesis whose tiles each take ``seconds_per_tile`` (on a fake clock)."""
     clock = Clock()
     monkeypatch.setattr(reporting.time, "monotonic", clock)
     err = io.StringIO()
     report = reporting.Reporter("plain", stderr=err)
-    report(progress_event("synthesize", 0, 10, stage=0, stages=2, fraction=0.0))
-    for event in _synthesis():
-        clock.now += 0.01
+    report(progress_event("synthesize", 0, tiles, stage=0, stages=2, fraction=0.0))
+    for event in _synthesis(tiles=tiles):
+        clock.now += seconds_per_tile
         report(event)
-    lines = err.getvalue().splitlines()
-    assert lines == ["medsynth: synthesize stage 1/2:   0% (0 s)", "medsynth: synthesize stage 2/2: 100% (0 s)"]
+    return err.getvalue().splitlines()
+
+
+def test_plain_lines_of_a_quick_task_are_its_start_and_its_end(monkeypatch):
+    assert _plain_lines(monkeypatch, tiles=10, seconds_per_tile=0.01) == [
+        "medsynth: synthesize stage 1/2:   0% (0 s)", "medsynth: synthesize stage 2/2: 100% (0 s)"]
 
 
 def test_plain_lines_of_a_slow_task_mark_every_tenth(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(reporting.time, "monotonic", clock)
-    err = io.StringIO()
-    report = reporting.Reporter("plain", stderr=err)
-    report(progress_event("synthesize", 0, 10, stage=0, stages=2, fraction=0.0))
-    for event in _synthesis(tiles=20):
-        clock.now += 3.0
-        report(event)
-    percents = [int(line.split(":")[2].split("%")[0]) for line in err.getvalue().splitlines()]
+    lines = _plain_lines(monkeypatch, tiles=20, seconds_per_tile=3.0)
+    percents = [int(line.split(":")[2].split("%")[0]) for line in lines]
     assert percents[0] == 0 and percents[-1] == 100
     assert len(percents) == 11 and percents == sorted(percents)
-    assert "stage 2/2" in err.getvalue().splitlines()[-1]
+    assert "stage 2/2" in lines[-1]
 
 
 def test_plain_lines_start_again_for_a_new_run_of_a_task(monkeypatch):
