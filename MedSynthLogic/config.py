@@ -18,13 +18,24 @@ from .errors import UsageError
 T = TypeVar("T")
 
 
+GENERATOR_KINDS = ("nie2018", "unet3d")
+NORMS = ("none", "instance")
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """The paper's 9-layer 3D FCN. Valid convolutions only, so a patch of ``source_patch`` gives ``target_patch``.
+    """One auto-context stage's generator; ``kind`` chooses the family, the other fields size it.
 
-    Defaults: filters 32,32,32,64,64,64,32,32,1; dilation 1 in the first and last layers and 2 elsewhere;
-    one large 5³ kernel up front and three dilated 3³ kernels, the rest 1³, which shrinks 32³ to 16³
+    ``nie2018`` (default, the paper's 9-layer 3D FCN): valid convolutions only, so a patch of ``source_patch``
+    gives ``target_patch``. Filters 32,32,32,64,64,64,32,32,1; dilation 1 in the first and last layers and 2
+    elsewhere; one large 5³ kernel up front and three dilated 3³ kernels, the rest 1³, which shrinks 32³ to 16³
     (receptive field 17³). Every layer but the last is conv+BN+ReLU; the last is linear.
+
+    ``unet3d``: a residual 3D U-Net with one resolution level per entry of ``unet_channels`` (``unet_blocks``
+    residual blocks per level, stride-2 convolutions down, transposed convolutions up, additive skips), "same"
+    padding so a crop gives an output of its own size. It sees ``receptive_field`` voxels (202 with the default
+    5 levels) for about 110 kFLOP per output voxel, against the FCN's 17 voxels; ``norm`` "none" keeps absolute
+    intensities (which a synthesis must reproduce) and batch-size-free, bf16-safe training.
     """
 
     in_channels: int = 1
@@ -33,8 +44,18 @@ class GeneratorConfig:
     dilations: Tuple[int, ...] = (1, 2, 2, 2, 2, 2, 2, 2, 1)
     residual: bool = True
     batch_norm: bool = True
+    kind: str = "nie2018"
+    unet_channels: Tuple[int, ...] = (16, 32, 64, 128, 128)
+    unet_blocks: int = 1
+    norm: str = "none"
 
     def __post_init__(self) -> None:
+        if self.kind not in GENERATOR_KINDS:
+            raise UsageError(f"Unknown generator kind {self.kind!r}; use one of {', '.join(GENERATOR_KINDS)}.")
+        if self.norm not in NORMS:
+            raise UsageError(f"Unknown generator norm {self.norm!r}; use one of {', '.join(NORMS)}.")
+        if self.kind == "unet3d" and (len(self.unet_channels) < 2 or min(self.unet_channels) < 1 or self.unet_blocks < 1):
+            raise UsageError("A unet3d generator needs at least 2 levels of positive widths and unet_blocks ≥ 1.")
         n = len(self.filters)
         if not (len(self.kernels) == len(self.dilations) == n) or n < 1:
             raise UsageError("Generator filters, kernels and dilations must have the same length.")
@@ -45,13 +66,47 @@ class GeneratorConfig:
 
     @property
     def shrink(self) -> int:
-        """Voxels lost along each axis by the valid convolutions (receptive field minus one)."""
+        """Voxels lost along each axis by the valid convolutions (0 for the padded U-Net)."""
+        if self.kind == "unet3d":
+            return 0
         return sum(d * (k - 1) for k, d in zip(self.kernels, self.dilations))
 
     @property
     def halo(self) -> int:
-        """Voxels of context needed on each side of an output voxel."""
+        """Voxels of context a valid-convolution generator needs on each side of an output voxel (0 for the U-Net)."""
         return self.shrink // 2
+
+    @property
+    def size_multiple(self) -> int:
+        """An input edge must be a multiple of this (the U-Net's total downsampling; 1 for the FCN)."""
+        return 2 ** (len(self.unet_channels) - 1) if self.kind == "unet3d" else 1
+
+    @property
+    def receptive_field(self) -> int:
+        """Edge of the input cube that one output voxel depends on."""
+        if self.kind != "unet3d":
+            return self.shrink + 1
+        levels, per_block = len(self.unet_channels), 2 * 2 * self.unet_blocks
+        field, jump = 1 + 2, 1
+        for level in range(levels):
+            field += per_block * jump
+            if level < levels - 1:
+                field += jump
+                jump *= 2
+        for level in range(levels - 2, -1, -1):
+            jump //= 2
+            field += per_block * jump
+        return field
+
+    @property
+    def tile_halo(self) -> int:
+        """Context on each side of an inference tile that makes tiles equal a whole-volume run.
+
+        The receptive radius, rounded up to ``size_multiple`` so tiles stay on the U-Net's downsampling grid.
+        """
+        radius = self.receptive_field // 2
+        m = self.size_multiple
+        return -(-radius // m) * m
 
     def output_size(self, input_size: int) -> int:
         return input_size - self.shrink
@@ -59,11 +114,16 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """3 stages of conv3³+BN+ReLU+max-pool, one conv, then fully connected layers ending in one logit."""
+    """The paper's D: 3 stages of conv3³+BN+ReLU+max-pool, one conv, then fully connected layers ending in one logit.
+
+    A ``unet3d`` generator's large crops get a fully-convolutional patch D instead (``patch_channels``:
+    stride-2 4³ convolutions, then one logit per patch), which judges local texture at any crop size.
+    """
 
     channels: Tuple[int, ...] = (32, 64, 128)
     last_conv: int = 256
     fully_connected: Tuple[int, ...] = (512, 128)
+    patch_channels: Tuple[int, ...] = (16, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -71,6 +131,8 @@ class IntensityConfig:
     """How one modality is mapped to network units.
 
     ``percentile`` (MR): divide by the given percentile inside the brain mask, then clip to [clip_min, clip_max].
+    ``median`` (MR): scale so the median inside the brain mask becomes ``median_value``, then clip; the median
+    follows normal tissue, where the percentile follows enhancing tumour and vessels.
     ``window`` (CT): map the fixed window [window_min, window_max] (e.g. HU) to [0, 1] and clip.
     """
 
@@ -80,10 +142,13 @@ class IntensityConfig:
     clip_max: float = 1.0
     window_min: float = -1000.0
     window_max: float = 2000.0
+    median_value: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.mode not in ("percentile", "window"):
-            raise UsageError(f"Unknown intensity mode {self.mode!r}; use 'percentile' (MR) or 'window' (CT).")
+        if self.mode not in ("percentile", "median", "window"):
+            raise UsageError(f"Unknown intensity mode {self.mode!r}; use 'percentile' or 'median' (MR) or 'window' (CT).")
+        if self.mode == "median" and not self.median_value > 0:
+            raise UsageError("median_value must be positive.")
         if self.mode == "window" and self.window_max <= self.window_min:
             raise UsageError("window_max must be larger than window_min.")
         if not 0 < self.percentile <= 100:
@@ -108,16 +173,31 @@ class NormalisationConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """G loss = lambda_adv·BCE(D(G(x))→1) + lambda_l2·L2 + lambda_gdl·GDL (the paper's λ1, λ2, λ3)."""
+    """G loss = lambda_adv·BCE(D(G(x))→1) + lambda_l2·pixel + lambda_gdl·GDL (the paper's λ1, λ2, λ3).
+
+    ``pixel`` is the paper's L2 (which predicts the mean, what PSNR rewards) or L1 (the median).
+    """
 
     lambda_adv: float = 0.05
     lambda_l2: float = 1.0
     lambda_gdl: float = 1.0
+    pixel: str = "l2"
+
+    def __post_init__(self) -> None:
+        if self.pixel not in ("l2", "l1"):
+            raise UsageError(f"Unknown pixel loss {self.pixel!r}; use 'l2' or 'l1'.")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that controls one training run."""
+    """Everything that controls one training run.
+
+    The defaults are the paper's recipe as first run here (Adam, step decay). For the U-Net's long CPU runs:
+    ``optimizer`` "adamw" with ``weight_decay``, ``lr_schedule`` "cosine" (linear warm-up over ``lr_warmup``
+    iterations, then cosine to 0 at ``iterations``: a pure function of the iteration, so resuming is exact),
+    ``grad_clip`` (max gradient norm, 0 = off) and ``ema_decay`` (exponential moving average of G's weights,
+    used for validation and export; 0 = off).
+    """
 
     stages: int = 3
     iterations: int = 2000
@@ -137,6 +217,50 @@ class TrainConfig:
     num_workers: int = 0
     val_volumes: int = 2
     init_from_previous: bool = True
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "step"
+    lr_warmup: int = 0
+    grad_clip: float = 0.0
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise UsageError(f"Unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'.")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise UsageError(f"Unknown lr_schedule {self.lr_schedule!r}; use 'step' or 'cosine'.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UsageError("ema_decay must be in [0, 1).")
+
+
+@dataclass(frozen=True)
+class InputExpectations:
+    """What a source image must look like for this model; ``input_checks.check_source`` refuses anything else.
+
+    It lives in the model header because it is a fact about the training data: an MR→CT model states its own.
+    ``sequence``: the MR contrast trained on (T1ce for the bundled model); the sequence check runs only when this
+    and the model's ``source_name`` both name a sequence the rule knows (T1, T1ce, T2, FLAIR and spellings of
+    them) and agree, so a source the rule cannot judge (CT, PD, "MR") gets no sequence check.
+    ``skull_stripped``: the background must be 0, because the brain mask is ``source > mask_threshold``
+    (not checked when a brain mask is given); at least ``min_background_fraction`` of the voxels must be 0.
+    ``spacing_mm``: the training voxel size (x, y, z); every axis may differ from it by ``spacing_tolerance_mm``,
+    and the largest spacing may be at most ``max_anisotropy`` times the smallest.
+    """
+
+    sequence: str = "T1ce"
+    skull_stripped: bool = True
+    min_background_fraction: float = 0.2
+    spacing_mm: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    spacing_tolerance_mm: float = 0.5
+    max_anisotropy: float = 2.0
+
+    def __post_init__(self) -> None:
+        if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
+            raise UsageError("input.spacing_mm must be three positive voxel sizes (x, y, z) in mm.")
+        if self.spacing_tolerance_mm < 0 or self.max_anisotropy < 1:
+            raise UsageError("input.spacing_tolerance_mm must be ≥ 0 and input.max_anisotropy ≥ 1.")
+        if not 0 <= self.min_background_fraction < 1:
+            raise UsageError("input.min_background_fraction must be in [0, 1).")
 
 
 @dataclass(frozen=True)
@@ -151,10 +275,16 @@ class ModelConfig:
     source_patch: int = 32
     source_name: str = "T1ce"
     target_name: str = "T2"
+    input: InputExpectations = InputExpectations()
 
     def __post_init__(self) -> None:
         if self.stages < 1:
             raise UsageError("A model needs at least one stage.")
+        if self.source_patch % self.generator.size_multiple:
+            raise UsageError(
+                f"source_patch {self.source_patch} must be a multiple of {self.generator.size_multiple} for this "
+                f"{len(self.generator.unet_channels)}-level U-Net."
+            )
         if self.source_patch - self.generator.shrink < 1:
             raise UsageError(
                 f"source_patch {self.source_patch} is smaller than the generator's receptive field "

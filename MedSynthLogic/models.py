@@ -1,4 +1,8 @@
-"""The paper's networks as ``nn.Module``s, sized by :mod:`MedSynthLogic.config`."""
+"""The generator families and discriminators as ``nn.Module``s, sized by :mod:`MedSynthLogic.config`.
+
+``nie2018``: the paper's FCN (``Generator``) and D (``Discriminator``); ``unet3d``: a residual 3D U-Net
+(``UNet3D``) with a patch D (``PatchDiscriminator``). ``build_generator`` picks by ``GeneratorConfig.kind``.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +80,97 @@ class Discriminator(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+def _norm(kind: str, channels: int) -> nn.Module:
+    """Instance norm keeps running statistics so eval is a per-voxel affine map (tiles then equal whole volumes)."""
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True, track_running_stats=True)
+    return nn.Identity()
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation block x + conv(act(conv(act(x)))); the second conv starts at zero, so a new block is the identity.
+
+    Starting every block as the identity is what lets a U-Net without normalisation train stably from the start.
+    """
+
+    def __init__(self, channels: int, norm: str) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = _norm(norm, channels), _norm(norm, channels)
+        self.conv1 = nn.Conv3d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv3d(channels, channels, 3, padding=1)
+        self.act = nn.LeakyReLU(0.1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act(self.norm2(self.conv1(self.act(self.norm1(x))))))
+
+
+class UNet3D(nn.Module):
+    """Residual 3D U-Net with "same" padding: a crop gives an output of its own size (edges multiples of ``size_multiple``).
+
+    Levels are joined by stride-2 2³ convolutions down and transposed 2³ convolutions up, with additive skips
+    (half the decoder cost of concatenation). With ``residual`` the source (channel 0) is added to the output.
+    """
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.unet_channels
+
+        def blocks(c: int) -> nn.Sequential:
+            return nn.Sequential(*[ResidualBlock(c, config.norm) for _ in range(config.unet_blocks)])
+
+        self.stem = nn.Conv3d(config.in_channels, widths[0], 3, padding=1)
+        self.encoders = nn.ModuleList(blocks(c) for c in widths)
+        self.downs = nn.ModuleList(nn.Conv3d(a, b, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.ups = nn.ModuleList(nn.ConvTranspose3d(b, a, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.decoders = nn.ModuleList(blocks(c) for c in widths[:-1])
+        self.act = nn.LeakyReLU(0.1)
+        self.head = nn.Conv3d(widths[0], 1, 1)
+        self.halo = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.config.size_multiple
+        if any(n % m for n in x.shape[2:]):
+            raise ValueError(f"A unet3d input's edges must be multiples of {m}, got {tuple(x.shape[2:])}.")
+        h = self.stem(x)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            h = encoder(h)
+            skips.append(h)
+            h = down(self.act(h))
+        h = self.encoders[-1](h)
+        for i in range(len(self.ups) - 1, -1, -1):
+            h = self.decoders[i](self.ups[i](self.act(h)) + skips[i])
+        out = self.head(self.act(h))
+        if self.config.residual:
+            out = out + x[:, :1]
+        return out
+
+
+class PatchDiscriminator(nn.Module):
+    """Fully-convolutional D for large crops: stride-2 4³ convolutions, then one logit per patch of the crop."""
+
+    def __init__(self, config: DiscriminatorConfig, in_channels: int = 1) -> None:
+        super().__init__()
+        layers: List[nn.Module] = []
+        channels = in_channels
+        for out in config.patch_channels:
+            layers += [nn.Conv3d(channels, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            channels = out
+        layers.append(nn.Conv3d(channels, 1, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def build_generator(config: GeneratorConfig) -> nn.Module:
+    """The generator network of ``config.kind``."""
+    return UNet3D(config) if config.kind == "unet3d" else Generator(config)
+
+
 class AutoContextChain(nn.Module):
     """The auto-context model: one generator per stage; stage k sees [source, synthesis of stage k−1].
 
@@ -87,7 +182,7 @@ class AutoContextChain(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.stages = nn.ModuleList(Generator(config.stage_generator(k)) for k in range(config.stages))
+        self.stages = nn.ModuleList(build_generator(config.stage_generator(k)) for k in range(config.stages))
 
     def __len__(self) -> int:
         return len(self.stages)
@@ -117,8 +212,10 @@ def build_generators(config: ModelConfig) -> AutoContextChain:
     return AutoContextChain(config)
 
 
-def build_discriminator(config: ModelConfig) -> Discriminator:
-    """A discriminator for target patches of ``config``."""
+def build_discriminator(config: ModelConfig) -> nn.Module:
+    """A discriminator for target patches of ``config``: the paper's for the FCN, a patch D for the U-Net's crops."""
+    if config.generator.kind == "unet3d":
+        return PatchDiscriminator(config.discriminator)
     return Discriminator(config.discriminator, config.target_patch)
 
 
@@ -128,12 +225,36 @@ def count_parameters(module: nn.Module) -> int:
 
 def conv_flops_per_voxel(config: GeneratorConfig) -> float:
     """Multiply-adds ×2 per output voxel of the generator (for throughput reports)."""
+    if config.kind == "unet3d":
+        return _measured_flops_per_voxel(build_generator(config), config)
     flops = 0.0
     channels = config.in_channels
     for out, k in zip(config.filters, config.kernels):
         flops += 2.0 * channels * out * k**3
         channels = out
     return flops
+
+
+def _measured_flops_per_voxel(net: nn.Module, config: GeneratorConfig) -> float:
+    """Count each convolution's multiply-adds on one small input (hooks), per output voxel."""
+    macs = [0.0]
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        k = float(torch.tensor(module.kernel_size).prod())
+        if isinstance(module, nn.ConvTranspose3d):
+            macs[0] += inputs[0][0].numel() * module.out_channels * k
+        else:
+            macs[0] += output[0].numel() * module.in_channels * k
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    size = 2 * config.size_multiple
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, config.in_channels, size, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return 2.0 * macs[0] / size**3
 
 
 def generators_state(chain: AutoContextChain, stages: Sequence[int] | None = None) -> dict:

@@ -27,7 +27,7 @@ class IntensityTransform:
     """A fitted intensity mapping.
 
     ``percentile`` mode: network = clip(raw / scale, clip_min, clip_max), ``scale`` being the configured percentile
-    of the raw values inside the mask. ``window`` mode: network = clip((raw − window_min) / (window_max −
+    of the raw values inside the mask; ``median`` mode likewise with ``scale`` = median / ``median_value``. ``window`` mode: network = clip((raw − window_min) / (window_max −
     window_min), 0, 1). :meth:`inverse` undoes the scaling (and the window); clipped values cannot be recovered.
     """
 
@@ -39,27 +39,29 @@ class IntensityTransform:
     window_max: float = 2000.0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("percentile", "window"):
-            raise UsageError(f"Unknown intensity mode {self.mode!r}; use 'percentile' or 'window'.")
-        if self.mode == "percentile" and not (np.isfinite(self.scale) and self.scale > 0):
+        if self.mode not in ("percentile", "median", "window"):
+            raise UsageError(f"Unknown intensity mode {self.mode!r}; use 'percentile', 'median' or 'window'.")
+        if self.mode != "window" and not (np.isfinite(self.scale) and self.scale > 0):
             raise UsageError(f"A percentile transform needs a positive scale, got {self.scale}.")
         if self.mode == "window" and not self.window_max > self.window_min:
             raise UsageError("window_max must be larger than window_min.")
 
     @classmethod
     def fit(cls, cfg: IntensityConfig, arr: np.ndarray, mask: Optional[np.ndarray] = None) -> "IntensityTransform":
-        """Fit to one volume: percentile mode measures ``cfg.percentile`` inside ``mask`` (all voxels if None)."""
+        """Fit to one volume: percentile (median) mode measures that percentile inside ``mask`` (all voxels if None)."""
         if cfg.mode == "window":
             return cls("window", 1.0, 0.0, 1.0, float(cfg.window_min), float(cfg.window_max))
         values = np.asarray(arr)[mask] if mask is not None else np.asarray(arr).ravel()
-        scale = float(np.percentile(values, cfg.percentile)) if values.size else 0.0
-        if not scale > 0:
+        level = 50.0 if cfg.mode == "median" else cfg.percentile
+        measured = float(np.percentile(values, level)) if values.size else 0.0
+        if not measured > 0:
             raise InputImageError(
-                f"The image is empty or all zero inside the brain mask (its {cfg.percentile}th percentile is "
-                f"{scale:g}), so it cannot be normalised.",
+                f"The image is empty or all zero inside the brain mask (its {level:g}th percentile is "
+                f"{measured:g}), so it cannot be normalised.",
                 "Check that you chose the right, skull-stripped volume and that the mask covers the brain.",
             )
-        return cls("percentile", scale, float(cfg.clip_min), float(cfg.clip_max), float(cfg.window_min), float(cfg.window_max))
+        scale = measured / cfg.median_value if cfg.mode == "median" else measured
+        return cls(cfg.mode, scale, float(cfg.clip_min), float(cfg.clip_max), float(cfg.window_min), float(cfg.window_max))
 
     def forward(self, arr: np.ndarray) -> np.ndarray:
         """Raw intensities → network units (float32)."""

@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, TextI
 Event = Dict[str, Any]
 Callback = Callable[[Event], None]
 
-LOSS_KEYS = ("g", "d", "l2", "gdl", "g_adv")
-CSV_FIELDS = ("kind", "stage", "iteration", "g", "d", "l2", "gdl", "g_adv", "lr", "time", "val_loss", "psnr", "ssim")
+LOSS_KEYS = ("g", "d", "l2", "l1", "gdl", "g_adv")
+CSV_FIELDS = ("kind", "stage", "iteration", "g", "d", "l2", "l1", "gdl", "g_adv", "lr", "time", "val_loss", "psnr", "ssim")
 
 
 def progress_event(

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,13 +35,15 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .atomic import check_output_path
-from .config import ModelConfig, TrainConfig, load_json_config, to_dict
-from .devices import autocast_dtype
+from .config import ModelConfig, TrainConfig, from_dict, load_json_config, to_dict
 from .errors import Cancelled, DataError, ModelFileError, TrainingDiverged, UsageError
-from .losses import discriminator_loss, generator_loss
-from .models import init_from_previous_stage, AutoContextChain, Generator, build_discriminator, build_generators, generators_state
+from .losses import generator_loss
+from .batch_sources import CropSource, PatchSource
+from .models import AutoContextChain, build_discriminator, build_generator, build_generators, generators_state, init_from_previous_stage
+from .stage_trainer import StageTrainer, amp_settings
 from .figures import plot_losses
 from .progress import (
+    progress_event,
     CallbackList,
     CsvLogger,
     Event,
@@ -164,77 +166,10 @@ def _check_patch_sizes(info: Dict[str, Any], cfg: ModelConfig, path: Path) -> No
         )
 
 
-class IterationBatches:
-    """Batch indices as a pure function of (seed, stage, iteration, rank): nothing to save, exact on resume.
-
-    The global stream walks seeded permutations of the N patches epoch after epoch (sampling without
-    replacement, like a shuffling DataLoader); iteration i takes the next ``per_rank × world_size`` positions
-    and rank r takes its contiguous share (a DistributedSampler without its state). As a batch sampler it
-    feeds a DataLoader with workers; with no workers the trainer reads ``indices(i)`` directly.
-    """
-
-    def __init__(self, n: int, per_rank: int, seed: int, stage: int, start: int, stop: int, ctx: dist_utils.DistContext) -> None:
-        self.n, self.per_rank, self.seed, self.stage = int(n), int(per_rank), int(seed), int(stage)
-        self.start, self.stop, self.ctx = int(start), int(stop), ctx
-        self._perms: Dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            self._perms[epoch] = np.random.default_rng([self.seed, self.stage, epoch]).permutation(self.n)
-        return self._perms[epoch]
-
-    def indices(self, iteration: int) -> List[int]:
-        global_batch = self.per_rank * self.ctx.world_size
-        first = iteration * global_batch + self.ctx.rank * self.per_rank
-        pos = np.arange(first, first + self.per_rank, dtype=np.int64)
-        epochs, offsets = np.divmod(pos, self.n)
-        out = np.empty(self.per_rank, np.int64)
-        for e in np.unique(epochs):
-            sel = epochs == e
-            out[sel] = self._perm(int(e))[offsets[sel]]
-        return out.tolist()
-
-    def __iter__(self) -> Iterator[List[int]]:
-        for it in range(self.start, self.stop):
-            yield self.indices(it)
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-def _batches(dataset: Any, sampler: IterationBatches, num_workers: int, pin: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """An iterator of (source, target) batches in sampler order; workers prefetch without changing the order."""
-    if num_workers <= 0:
-        for idx in sampler:
-            yield dataset.read_batch(idx)
-        return
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin, persistent_workers=False, prefetch_factor=4)
-    yield from loader
-
-
 def _resolve(device: str | torch.device) -> torch.device:
     from .devices import resolve_device
 
     return resolve_device(str(device))
-
-
-def _amp_settings(device: torch.device, precision: str) -> Tuple[bool, Optional[torch.dtype]]:
-    """(autocast on?, dtype) for a TrainConfig ``precision``.
-
-    ``auto``: bf16 on GPUs that support it (no loss scaling needed), else fp16 with a GradScaler; float32 on the
-    CPU. ``bf16`` on the CPU runs the convolutions in bfloat16 (losses stay float32), measured ~4.7× faster per
-    generator step on an AVX-512 BF16 CPU but experimental there: one real-data run diverged to NaN (see README);
-    fp16 needs a GPU (its GradScaler is CUDA's).
-    """
-    if precision == "fp16" and device.type != "cuda":
-        raise UsageError("fp16 training needs a CUDA GPU.", "Use --precision bf16 or fp32 on the CPU.")
-    cuda_auto = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    dtype = autocast_dtype(device, precision, cuda_auto=cuda_auto)
-    return dtype is not None, dtype
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -289,26 +224,99 @@ def _crop(arr: np.ndarray, pad: int) -> np.ndarray:
 
 
 def build_context(
-    chain: AutoContextChain, h5_path: Path, stages: int, device: torch.device, cancel: Optional[threading.Event] = None
+    chain: AutoContextChain,
+    h5_path: Path,
+    stages: int,
+    device: torch.device,
+    cancel: Optional[threading.Event] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, np.ndarray]:
-    """Raw synthesis of stages 0..stages−1 for every volume of a patch file, edge-padded onto its padded grid.
+    """Synthesis of stages 0..stages−1 for every volume of a patch file, edge-padded onto its padded grid.
 
-    The earlier stages run over the unpadded source exactly as inference runs them (unmasked, since inference
-    feeds stage k the raw previous synthesis); padding by the halo in edge mode then gives the context
-    inference feeds stage k at the image border, on the grid the patch corners refer to.
+    The earlier stages run over the unpadded source exactly as inference runs them: the FCN's raw, unmasked
+    synthesis (what inference feeds its stage k), the U-Net's synthesis inside the brain mask (what inference
+    feeds the U-Net's stage k); padding by the halo in edge mode then gives the context inference feeds stage k at
+    the image border, on the grid the patch corners refer to. ``progress(done, total)`` is called per case.
     """
     from .h5data import patch_file_info, load_volumes
     from .patches import pad_volume
 
+    masked = chain.config.generator.kind == "unet3d"
     context: Dict[str, np.ndarray] = {}
-    for cid in patch_file_info(h5_path)["case_ids"]:
+    ids = patch_file_info(h5_path)["case_ids"]
+    for i, cid in enumerate(ids):
         if cancel is not None and cancel.is_set():
             raise Cancelled("Training was stopped while building the auto-context inputs.")
         vol = load_volumes(h5_path, cases=[cid])[cid]
         pad = vol["pad"]
-        syn = _whole_volume(chain, _crop(vol["source"], pad), None, stages, device, cancel)
+        mask = _crop(vol["mask"], pad) if masked else None
+        syn = _whole_volume(chain, _crop(vol["source"], pad), mask, stages, device, cancel)
         context[cid] = pad_volume(syn, pad, mode="edge").astype(np.float32)
+        if progress is not None:
+            progress(i + 1, len(ids))
     return context
+
+
+def _context_with_progress(
+    chain: AutoContextChain, plan: TrainingPlan, stage: int, stages: int, device: torch.device,
+    cancel: Optional[threading.Event], emit: Callback, split: str,
+) -> Dict[str, np.ndarray]:
+    """build_context for one split, reporting each finished case (it takes minutes on a CPU)."""
+    path = plan.train_h5 if split == "train" else plan.val_h5
+    emit(progress_event("context", 0, 1, stage=stage, stages=stages, split=split))
+
+    def report(done: int, total: int) -> None:
+        emit(progress_event("context", done, total, stage=stage, stages=stages, split=split))
+
+    return build_context(chain, path, stage, device, cancel, report)
+
+
+def _batch_source(
+    plan: TrainingPlan, model_cfg: ModelConfig, train_cfg: TrainConfig, stage: int, start: int,
+    context_train: Optional[Dict[str, np.ndarray]], context_val: Optional[Dict[str, np.ndarray]], ctx: dist_utils.DistContext,
+) -> Any:
+    """The batches of the generator kind: patches for the paper's FCN, crops of whole volumes for the U-Net."""
+    if model_cfg.generator.kind == "unet3d":
+        return CropSource(plan.train_h5, context_train, model_cfg, train_cfg, stage, ctx)
+    return PatchSource(plan.train_h5, plan.val_h5, context_train, context_val, train_cfg, stage, start, ctx)
+
+
+class _LossLog:
+    """Averages the losses over ``log_every`` iterations and makes the iteration event with rate and ETA."""
+
+    def __init__(self, cfg: TrainConfig, ctx: dist_utils.DistContext, total_iterations: int, stage: int, time_offset: float) -> None:
+        self.cfg, self.ctx, self.total, self.stage, self.offset = cfg, ctx, total_iterations, stage, time_offset
+        self.sums: Dict[str, float] = {}
+        self.count = 0
+        self.window_t, self.window_n = time.perf_counter(), 0
+
+    def add(self, losses: Dict[str, float], done: int, lr: float) -> Optional[Event]:
+        for key, v in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + v
+        self.count += 1
+        self.window_n += 1
+        if done % self.cfg.log_every and done != self.cfg.iterations:
+            return None
+        now = time.perf_counter()
+        rate = self.window_n / max(now - self.window_t, 1e-9)
+        self.window_t, self.window_n = now, 0
+        avg = dist_utils.mean_over_ranks({k: v / self.count for k, v in self.sums.items()}, self.ctx)
+        self.sums, self.count = {}, 0
+        remaining = self.total - (self.stage * self.cfg.iterations + done)
+        return iteration_event(self.stage, done, self.cfg.iterations, avg, lr, eta_s=remaining / rate,
+                               patches_per_s=rate * self.cfg.batch_size * self.ctx.world_size, time_s=self.offset + now)
+
+
+def _check_finite(losses: Dict[str, float], stage: int, it: int, run_dir: Path, ctx: dist_utils.DistContext) -> None:
+    """Stop with TrainingDiverged before a NaN/inf loss can reach a checkpoint that rotates the good ones out."""
+    if dist_utils.any_rank(not all(np.isfinite(v) for v in losses.values()), ctx):
+        last = ckpt.latest_checkpoint(run_dir)
+        raise TrainingDiverged(
+            f"A training loss became NaN or infinite at stage {stage}, iteration {it + 1} "
+            f"({', '.join(f'{k}={v:g}' for k, v in losses.items())}); no checkpoint was written after it.",
+            (f"Resume from {last.name} with a lower learning rate or --precision fp32." if last is not None
+             else "Start again with a lower learning rate or --precision fp32."),
+        )
 
 
 def _volume_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, cfg: ModelConfig) -> Tuple[float, float]:
@@ -363,14 +371,11 @@ def _checkpoint_state(
     stage: int,
     iteration: int,
     stage_done: bool,
-    disc: nn.Module,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
-    scaler: Any,
+    trainer: StageTrainer,
     elapsed_s: float,
     metrics: Dict[str, Any],
 ) -> Dict[str, Any]:
-    return {
+    state = {
         "format": "medsynth-training-state",
         "model_config": json.dumps(to_dict(model_cfg)),
         "train_config": json.dumps(to_dict(train_cfg)),
@@ -378,14 +383,12 @@ def _checkpoint_state(
         "iteration": int(iteration),
         "stage_done": bool(stage_done),
         "generators": {k: v.detach().cpu() for k, v in generators_state(chain, stages=range(stage + 1)).items()},
-        "discriminator": {k: v.detach().cpu() for k, v in dist_utils.unwrap(disc).state_dict().items()},
-        "opt_g": opt_g.state_dict(),
-        "opt_d": opt_d.state_dict(),
-        "scaler": scaler.state_dict(),
         "rng": _rng_state(),
         "elapsed_s": float(elapsed_s),
         "metrics": json.dumps(metrics),
     }
+    state.update(trainer.state_dict())
+    return state
 
 
 def _load_generators(chain: AutoContextChain, state: Dict[str, Any], upto: int) -> None:
@@ -413,12 +416,6 @@ def _load_generators_from_model(chain: AutoContextChain, path: os.PathLike | str
         raise UsageError(f"The model file {path} has {loaded.stages} stage(s); start_stage {stages} needs {stages}.")
     for k in range(stages):
         chain.stages[k].load_state_dict(loaded.chain.stages[k].state_dict())
-
-
-def _lr(base: float, iteration: int, cfg: TrainConfig) -> float:
-    if cfg.lr_decay_every > 0:
-        return base * cfg.lr_decay_gamma ** (iteration // cfg.lr_decay_every)
-    return base
 
 
 def _device_name(device: torch.device) -> str:
@@ -479,7 +476,7 @@ def _train(
     keep: int,
     init_model: Optional[os.PathLike | str] = None,
 ) -> Path:
-    from .h5data import PatchDataset, load_volumes
+    from .h5data import load_volumes
 
     dev = ctx.device
     main = ctx.is_main
@@ -490,7 +487,7 @@ def _train(
     emit = CallbackList([callback, CsvLogger(run_dir / "training_log.csv")] if main else [])
     csv_path, png_path = run_dir / "training_log.csv", run_dir / "loss_curves.png"
     stopper = _Stopper(stop_event, ctx)
-    use_amp, amp_dtype = _amp_settings(dev, train_cfg.precision)
+    amp_dtype = amp_settings(dev, train_cfg.precision)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -507,7 +504,7 @@ def _train(
         found = ckpt.latest_checkpoint(run_dir)
         if found is not None:
             state = ckpt.load_checkpoint(found)
-            if json.loads(state["model_config"]) != to_dict(model_cfg):
+            if from_dict(ModelConfig, json.loads(state["model_config"])) != model_cfg:
                 raise ModelFileError(f"The checkpoint {found} was made with a different model config.", "Use another --run-dir or the same config.")
             resumed_from = str(found)
     # --resume continues a run that already reached start_stage; otherwise start_stage retrains from there
@@ -548,89 +545,46 @@ def _train(
 
     for stage in range(first_stage, model_cfg.stages):
         emit(stage_event(stage, model_cfg.stages, "start"))
+        context_train = context_val = None
         if stage > 0:
-            emit({"event": "progress", "task": "context", "stage": stage, "stages": model_cfg.stages, "done": 0, "total": 1, "fraction": 0.0})
-            context_train = build_context(chain, plan.train_h5, stage, dev, stop_event)
-            context_val = build_context(chain, plan.val_h5, stage, dev, stop_event) if plan.val_h5 is not None else None
-        else:
-            context_train = context_val = None
-        train_ds = PatchDataset(plan.train_h5, context=context_train)
-        val_ds = PatchDataset(plan.val_h5, context=context_val) if plan.val_h5 is not None else None
-
+            context_train = _context_with_progress(chain, plan, stage, model_cfg.stages, dev, stop_event, emit, "train")
+            if plan.val_h5 is not None:
+                context_val = _context_with_progress(chain, plan, stage, model_cfg.stages, dev, stop_event, emit, "val")
         torch.manual_seed(train_cfg.seed * 1000 + stage)
-        gen = Generator(model_cfg.stage_generator(stage))
+        gen = build_generator(model_cfg.stage_generator(stage))
         if stage > 0 and train_cfg.init_from_previous:
             init_from_previous_stage(gen, chain.stages[stage - 1])
-        disc = build_discriminator(model_cfg)
-        chain.stages[stage] = gen
-        gen.to(dev).train()
-        disc.to(dev).train()
-        opt_g = torch.optim.Adam(gen.parameters(), lr=train_cfg.lr_g, betas=tuple(train_cfg.betas))
-        opt_d = torch.optim.Adam(disc.parameters(), lr=train_cfg.lr_d, betas=tuple(train_cfg.betas))
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        chain.stages[stage] = gen.to(dev).train()
+        trainer = StageTrainer(gen, build_discriminator(model_cfg).to(dev).train(), model_cfg, train_cfg, ctx)
         start_it = 0
         if state is not None and stage == first_stage:
             gen.load_state_dict({n[len(f"stage{stage}."):]: t for n, t in state["generators"].items() if n.startswith(f"stage{stage}.")})
-            disc.load_state_dict(state["discriminator"])
-            opt_g.load_state_dict(state["opt_g"])
-            opt_d.load_state_dict(state["opt_d"])
-            scaler.load_state_dict(state["scaler"])
+            trainer.load_state_dict(state)
             _set_rng_state(state["rng"])
-            start_it = first_iteration
-            state = None
-        gen_w = dist_utils.wrap_ddp(gen, ctx)
-        disc_w = dist_utils.wrap_ddp(disc, ctx)
-        sampler = IterationBatches(len(train_ds), train_cfg.batch_size, train_cfg.seed, stage, start_it, train_cfg.iterations, ctx)
-        batches = _batches(train_ds, sampler, train_cfg.num_workers, dev.type == "cuda")
+            start_it, state = first_iteration, None
+        source = _batch_source(plan, model_cfg, train_cfg, stage, start_it, context_train, context_val, ctx)
 
         def save(iteration: int, stage_done: bool, reason: str) -> None:
             if main:
-                st = _checkpoint_state(model_cfg, train_cfg, chain, stage, iteration, stage_done, disc, opt_g, opt_d, scaler,
+                st = _checkpoint_state(model_cfg, train_cfg, chain, stage, iteration, stage_done, trainer,
                                        elapsed_before + time.perf_counter() - t_start, metrics)
                 path = ckpt.save_checkpoint(run_dir / ckpt.checkpoint_name(stage, iteration), st)
                 ckpt.prune_checkpoints(run_dir, keep=keep)
                 emit(checkpoint_event(path, stage, iteration, reason))
             dist_utils.barrier(ctx)
 
-        window_t, window_n = time.perf_counter(), 0
-        rate = None
-        sums: Dict[str, float] = {}
-        count = 0
+        log = _LossLog(train_cfg, ctx, total_iterations, stage, elapsed_before - t_start)
         for it in range(start_it, train_cfg.iterations):
-            src, tgt = next(batches)
-            src = src.to(dev, non_blocking=True)
-            tgt = tgt.to(dev, non_blocking=True)
-            for group in opt_g.param_groups:
-                group["lr"] = _lr(train_cfg.lr_g, it, train_cfg)
-            for group in opt_d.param_groups:
-                group["lr"] = _lr(train_cfg.lr_d, it, train_cfg)
-            adversarial = train_cfg.adversarial and it >= train_cfg.warmup_iterations
-            losses = _step(gen_w, disc_w, opt_g, opt_d, scaler, src, tgt, model_cfg, adversarial, use_amp, amp_dtype, dev)
-            if dist_utils.any_rank(not all(np.isfinite(v) for v in losses.values()), ctx):
-                last = ckpt.latest_checkpoint(run_dir)
-                raise TrainingDiverged(
-                    f"A training loss became NaN or infinite at stage {stage}, iteration {it + 1} "
-                    f"({', '.join(f'{k}={v:g}' for k, v in losses.items())}); no checkpoint was written after it.",
-                    (f"Resume from {last.name} with a lower learning rate or --precision fp32." if last is not None
-                     else "Start again with a lower learning rate or --precision fp32."),
-                )
-            for key, v in losses.items():
-                sums[key] = sums.get(key, 0.0) + v
-            count += 1
-            window_n += 1
+            src, tgt, mask = (None if t is None else t.to(dev, non_blocking=True) for t in source.batch(it))
+            losses = trainer.step(src, tgt, mask, it)
+            _check_finite(losses, stage, it, run_dir, ctx)
             done = it + 1
-            if done % train_cfg.log_every == 0 or done == train_cfg.iterations:
-                now = time.perf_counter()
-                rate = window_n / max(now - window_t, 1e-9)
-                window_t, window_n = now, 0
-                avg = dist_utils.mean_over_ranks({k: v / count for k, v in sums.items()}, ctx)
-                sums, count = {}, 0
-                remaining = total_iterations - (stage * train_cfg.iterations + done)
-                emit(iteration_event(stage, done, train_cfg.iterations, avg, opt_g.param_groups[0]["lr"], eta_s=remaining / rate,
-                                     patches_per_s=rate * train_cfg.batch_size * ctx.world_size, time_s=elapsed_before + now - t_start))
+            event = log.add(losses, done, trainer.lr_g)
+            if event is not None:
+                emit(event)
             if train_cfg.val_every > 0 and (done % train_cfg.val_every == 0 or done == train_cfg.iterations):
                 if main:
-                    result = _validate(chain, stage, gen, val_ds, val_volumes, model_cfg, train_cfg, dev, use_amp, amp_dtype)
+                    result = _validate(chain, stage, trainer, source, val_volumes, model_cfg, train_cfg, dev)
                     if result is not None:
                         metrics[f"stage{stage}"] = dict(result, iteration=done)
                         emit(validation_event(stage, done, result.get("val_loss"), result.get("psnr"), result.get("ssim"),
@@ -643,17 +597,15 @@ def _train(
             if train_cfg.checkpoint_every > 0 and done % train_cfg.checkpoint_every == 0 and done < train_cfg.iterations:
                 save(done, False, "periodic")
         dist_utils.broadcast_buffers(gen, ctx)
-        dist_utils.broadcast_buffers(disc, ctx)
+        dist_utils.broadcast_buffers(trainer.disc, ctx)
+        trainer.finish()
         gen.eval()
         save(train_cfg.iterations, True, "stage_end")
-        dist_utils.write_rank_digest([gen, disc], ctx, f"stage{stage}")
+        dist_utils.write_rank_digest([gen, trainer.disc], ctx, f"stage{stage}")
         emit(stage_event(stage, model_cfg.stages, "end"))
         if main:
             _plot(csv_path, png_path)
-        train_ds.close()
-        if val_ds is not None:
-            val_ds.close()
-        del gen_w, disc_w, batches
+        source.close()
 
     wall = elapsed_before + time.perf_counter() - t_start
     if main:
@@ -665,10 +617,11 @@ def _train(
             "iterations_per_stage": train_cfg.iterations,
             "stages_trained": model_cfg.stages,
             "patches_seen": total_iterations * train_cfg.batch_size * ctx.world_size,
+            "generator_kind": model_cfg.generator.kind,
             "wall_time_s": round(wall, 1),
             "device": _device_name(dev),
             "world_size": ctx.world_size,
-            "precision": str(amp_dtype).replace("torch.", "") if use_amp else "float32",
+            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
             "torch_version": torch.__version__,
             "resumed_from": resumed_from,
             "command": list(command) if command else None,
@@ -693,7 +646,6 @@ def export_checkpoint(
     Only stages whose training finished are exported unless ``stages`` asks for a partly trained last stage
     too; the header records which checkpoint, stage and iteration the weights come from.
     """
-    from .config import from_dict
     from .model_file import save_model
 
     state = ckpt.load_checkpoint(checkpoint)
@@ -743,97 +695,61 @@ def _plot(csv_path: Path, png_path: Path) -> None:
         pass
 
 
-def _step(
-    gen: nn.Module,
-    disc: nn.Module,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
-    scaler: Any,
-    src: torch.Tensor,
-    tgt: torch.Tensor,
-    cfg: ModelConfig,
-    adversarial: bool,
-    use_amp: bool,
-    amp_dtype: Optional[torch.dtype],
-    dev: torch.device,
-) -> Dict[str, float]:
-    """One D update then one G update.
-
-    D always sees real and synthetic patches in one batch (one forward, one backward), which keeps its
-    BatchNorm statistics the same in both updates and is what DDP needs (one forward per backward). In the
-    G update D's parameters are frozen and the unwrapped D is used, so no D gradients are computed or synced.
-    """
-    b = tgt.shape[0]
-    with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-        fake = gen(src)
-    parts: Dict[str, float] = {}
-    fake_logits = None
-    if adversarial:
-        with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-            logits = disc(torch.cat([tgt, fake.detach().to(tgt.dtype)], 0))
-        d_loss = discriminator_loss(logits[:b].float(), logits[b:].float())
-        opt_d.zero_grad(set_to_none=True)
-        scaler.scale(d_loss).backward()
-        scaler.step(opt_d)
-        parts["d"] = float(d_loss.detach())
-        raw_d = dist_utils.unwrap(disc)
-        raw_d.requires_grad_(False)
-        try:
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                fake_logits = raw_d(torch.cat([tgt, fake.to(tgt.dtype)], 0))[b:].float()
-        finally:
-            raw_d.requires_grad_(True)
-    g_loss, g_parts = generator_loss(fake.float(), tgt, fake_logits, cfg.loss)
-    opt_g.zero_grad(set_to_none=True)
-    scaler.scale(g_loss).backward()
-    scaler.step(opt_g)
-    scaler.update()
-    parts["g"] = float(g_loss.detach())
-    parts.update(g_parts)
-    return parts
-
-
 @torch.no_grad()
 def _validate(
     chain: AutoContextChain,
     stage: int,
-    gen: nn.Module,
-    val_ds: Any,
+    trainer: StageTrainer,
+    source: Any,
     volumes: Dict[str, Dict[str, Any]],
     cfg: ModelConfig,
     train_cfg: TrainConfig,
     dev: torch.device,
-    use_amp: bool,
-    amp_dtype: Optional[torch.dtype],
 ) -> Optional[Dict[str, float]]:
-    """L2+GDL on up to 256 fixed validation patches, and PSNR/SSIM of stages 0..stage on whole volumes."""
-    if val_ds is None:
+    """PSNR/SSIM of stages 0..stage on whole validation volumes, with the weights that will be exported (the EMA).
+
+    ``val_loss``: the generator loss on up to 256 fixed validation patches (the FCN's patch files), or the
+    masked pixel loss of the whole volumes (the U-Net, which has no patches to spare).
+    """
+    if source.val is None and not volumes:
         return None
+    gen = trainer.eval_generator()
+    trained = chain.stages[stage]
+    chain.stages[stage] = gen
     gen.eval()
     try:
-        n = min(len(val_ds), VAL_PATCHES)
-        total, seen = 0.0, 0
-        for start in range(0, n, train_cfg.batch_size):
-            src, tgt = val_ds.read_batch(list(range(start, min(n, start + train_cfg.batch_size))))
-            src, tgt = src.to(dev), tgt.to(dev)
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                pred = gen(src)
-            loss, _ = generator_loss(pred.float(), tgt, None, cfg.loss)
-            total += float(loss) * len(src)
-            seen += len(src)
-        result: Dict[str, float] = {"val_loss": total / max(seen, 1)}
-        scores = []
+        result: Dict[str, float] = {}
+        if source.val is not None:
+            result["val_loss"] = _patch_loss(gen, source.val, cfg, train_cfg, dev, trainer.amp_dtype)
+        scores, losses = [], []
         for vol in volumes.values():
             pad = vol["pad"]
             src_v, tgt_v, mask_v = _crop(vol["source"], pad), _crop(vol["target"], pad), _crop(vol["mask"], pad)
             pred_v = _whole_volume(chain, src_v, mask_v, stage + 1, dev)
             scores.append(_volume_metrics(pred_v, tgt_v, mask_v, cfg))
+            losses.append(float(np.mean((pred_v[mask_v] - tgt_v[mask_v]) ** 2)))
         if scores:
             result["psnr"] = float(np.mean([s[0] for s in scores]))
             result["ssim"] = float(np.mean([s[1] for s in scores]))
+            result.setdefault("val_loss", float(np.mean(losses)))
         return result
     finally:
-        gen.train()
+        chain.stages[stage] = trained
+        trained.train()
+
+
+def _patch_loss(gen: nn.Module, val_ds: Any, cfg: ModelConfig, train_cfg: TrainConfig, dev: torch.device, amp_dtype: Optional[torch.dtype]) -> float:
+    n = min(len(val_ds), VAL_PATCHES)
+    total, seen = 0.0, 0
+    for start in range(0, n, train_cfg.batch_size):
+        src, tgt = val_ds.read_batch(list(range(start, min(n, start + train_cfg.batch_size))))
+        src, tgt = src.to(dev), tgt.to(dev)
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            pred = gen(src)
+        loss, _ = generator_loss(pred.float(), tgt, None, cfg.loss)
+        total += float(loss) * len(src)
+        seen += len(src)
+    return total / max(seen, 1)
 
 
 def configs_from_args(args: argparse.Namespace) -> Tuple[ModelConfig, TrainConfig]:

@@ -36,7 +36,7 @@ def test_single_process_context_is_a_no_op(monkeypatch):
 
 
 def test_batches_are_disjoint_shards_of_one_global_stream():
-    from MedSynthLogic.training import IterationBatches
+    from MedSynthLogic.batch_sources import IterationBatches
 
     single = IterationBatches(10, 4, 0, 0, 0, 5, du.DistContext(world_size=1))
     r0 = IterationBatches(10, 2, 0, 0, 0, 5, du.DistContext(rank=0, world_size=2))

@@ -74,14 +74,15 @@ def test_bf16_training_on_the_cpu_learns_and_says_so(tmp_path, data_dir, tiny_mo
     """--precision bf16 runs the CPU step under bfloat16 autocast (the speed-up for CPU-only training)."""
     from MedSynthLogic.errors import UsageError
     from MedSynthLogic.model_file import read_header
-    from MedSynthLogic.training import _amp_settings, train
+    from MedSynthLogic.stage_trainer import amp_settings
+    from MedSynthLogic.training import train
 
-    assert _amp_settings(torch.device("cpu"), "bf16") == (True, torch.bfloat16)
-    assert _amp_settings(torch.device("cpu"), "auto") == (False, None)
+    assert amp_settings(torch.device("cpu"), "bf16") == torch.bfloat16
+    assert amp_settings(torch.device("cpu"), "auto") is None
     with pytest.raises(UsageError, match="fp16 training needs a CUDA GPU"):
-        _amp_settings(torch.device("cpu"), "fp16")
+        amp_settings(torch.device("cpu"), "fp16")
     with pytest.raises(UsageError, match="Unknown precision"):
-        _amp_settings(torch.device("cpu"), "half")
+        amp_settings(torch.device("cpu"), "half")
     events = []
     out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
                 _cfg(iterations=30, val_every=10, log_every=10, lr_g=1e-2, precision="bf16"), device="cpu",
@@ -94,16 +95,17 @@ def test_bf16_training_on_the_cpu_learns_and_says_so(tmp_path, data_dir, tiny_mo
 def test_a_nan_loss_stops_training_and_keeps_the_good_checkpoints(tmp_path, data_dir, tiny_model_config, monkeypatch):
     """Divergence must not overwrite good checkpoints with NaN weights (keep-checkpoints would rotate them out)."""
     from MedSynthLogic import training
+    from MedSynthLogic.stage_trainer import StageTrainer
     from MedSynthLogic.errors import TrainingDiverged
 
-    real_step, calls = training._step, []
+    real_step, calls = StageTrainer.step, []
 
-    def step(*args, **kwargs):
-        losses = real_step(*args, **kwargs)
+    def step(self, *args, **kwargs):
+        losses = real_step(self, *args, **kwargs)
         calls.append(1)
         return dict(losses, l2=float("nan")) if len(calls) == 5 else losses
 
-    monkeypatch.setattr(training, "_step", step)
+    monkeypatch.setattr(StageTrainer, "step", step)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="stage 0, iteration 5") as info:
         training.train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),

@@ -1,0 +1,106 @@
+"""Large training crops cut on the fly from the normalised volumes that ``medsynth prepare`` stores.
+
+The U-Net learns from context a 32³ patch cannot hold, so its samples are crops of ``size``³ voxels (e.g. 96³)
+cut from whole volumes kept in memory, with a left–right flip half of the time and the brain mask for a masked
+loss. A batch is a pure function of (seed, stage, iteration, rank), like the patch batches: nothing to save in a
+checkpoint, and a resumed run sees exactly the crops an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class CropVolume:
+    """One case on its original (unpadded) grid: source, target and mask, plus an optional context channel."""
+
+    source: np.ndarray
+    target: np.ndarray
+    mask: np.ndarray
+    context: Optional[np.ndarray] = None
+
+
+def crop_volumes(volumes: Mapping[str, Mapping[str, object]], context: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, CropVolume]:
+    """``h5data.load_volumes`` entries (padded by their ``pad``) → unpadded :class:`CropVolume`s.
+
+    ``context`` (case id → previous-stage synthesis on the same padded grid) becomes each case's second channel.
+    """
+    out: Dict[str, CropVolume] = {}
+    for cid, vol in volumes.items():
+        pad = int(vol["pad"])  # type: ignore[arg-type]
+        inner = tuple(slice(pad, n - pad) for n in np.shape(vol["source"]))
+        ctx = None if context is None else np.asarray(context[cid], dtype=np.float32)[inner]
+        out[cid] = CropVolume(
+            np.asarray(vol["source"], dtype=np.float32)[inner],
+            np.asarray(vol["target"], dtype=np.float32)[inner],
+            np.asarray(vol["mask"], dtype=bool)[inner],
+            ctx,
+        )
+    return out
+
+
+def _cut(arr: np.ndarray, corner: Sequence[int], size: int) -> np.ndarray:
+    """A ``size``³ block at ``corner``; where it runs past the volume it is zero (background), as at inference."""
+    out = np.zeros((size, size, size), dtype=arr.dtype)
+    src = tuple(slice(max(c, 0), min(c + size, n)) for c, n in zip(corner, arr.shape))
+    dst = tuple(slice(s.start - c, s.stop - c) for s, c in zip(src, corner))
+    out[dst] = arr[src]
+    return out
+
+
+class CropBatches:
+    """Random brain-centred crops of ``size``³: ``batch(i)`` → (source (B, C, s, s, s), target (B, 1, …), mask (B, 1, …)).
+
+    Each crop is centred on a random brain voxel of a random case (so every crop holds brain, near the edge too)
+    and flipped along ``flip_axis`` with probability ½.
+    """
+
+    def __init__(
+        self,
+        volumes: Mapping[str, CropVolume],
+        size: int,
+        per_rank: int,
+        seed: int,
+        stage: int,
+        rank: int = 0,
+        flip_axis: int = 2,
+    ) -> None:
+        if not volumes:
+            raise DataError("There are no training volumes to cut crops from.", "Run `medsynth prepare` on at least one case.")
+        self.ids: List[str] = sorted(volumes)
+        self.volumes = volumes
+        self.size, self.per_rank = int(size), int(per_rank)
+        self.seed, self.stage, self.rank, self.flip_axis = int(seed), int(stage), int(rank), int(flip_axis)
+        self._brain = {cid: np.argwhere(v.mask) for cid, v in volumes.items()}
+        empty = [cid for cid, idx in self._brain.items() if len(idx) == 0]
+        if empty:
+            raise DataError(f"The brain mask of case(s) {', '.join(empty)} is empty.", "Check those cases and re-run `medsynth prepare`.")
+
+    def sample(self, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One crop: (source channels (C, s, s, s), target (1, …), mask (1, …)) as float32."""
+        cid = self.ids[int(rng.integers(len(self.ids)))]
+        vol = self.volumes[cid]
+        brain = self._brain[cid]
+        centre = brain[int(rng.integers(len(brain)))]
+        corner = [int(c) - self.size // 2 for c in centre]
+        channels = [vol.source] + ([vol.context] if vol.context is not None else [])
+        src = np.stack([_cut(c, corner, self.size) for c in channels])
+        tgt = _cut(vol.target, corner, self.size)[None]
+        mask = _cut(vol.mask, corner, self.size)[None].astype(np.float32)
+        if rng.random() < 0.5:
+            axis = self.flip_axis + 1
+            src, tgt, mask = (np.flip(a, axis=axis) for a in (src, tgt, mask))
+        return np.ascontiguousarray(src), np.ascontiguousarray(tgt), np.ascontiguousarray(mask)
+
+    def batch(self, iteration: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch of ``iteration`` for this rank."""
+        rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank])
+        samples = [self.sample(rng) for _ in range(self.per_rank)]
+        return tuple(torch.from_numpy(np.stack([s[i] for s in samples])) for i in range(3))  # type: ignore[return-value]
