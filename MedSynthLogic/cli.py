@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
 from .progress import done_event, error_event
-from .reporting import Reporter, silence_stdout
+from .reporting import Reporter, silence
 
 def _cancel_on_signals() -> Callable[[], bool]:
     """A cancel flag set by SIGTERM, so a killed synthesis stops between tiles and leaves no output."""
@@ -202,9 +202,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _run(argv)
     except BrokenPipeError:
-        # stdout's reader left (`medsynth info | head`) after the work was done: what it read is all it wanted.
-        silence_stdout()
-        return 0
+        # The reader of stdout left (`medsynth info | head`): like a command killed by SIGPIPE, not a success.
+        silence(sys.stdout)
+        return Cancelled.exit_code
 
 
 def _run(argv: Optional[Sequence[str]]) -> int:
@@ -235,7 +235,11 @@ def _fail(report: Reporter, exc: MedSynthError) -> int:
         report(error_event(str(exc), exc.exit_code, type=type(exc).__name__))
     except Cancelled:
         pass  # the JSON reader is gone; stderr still gets the message
-    sys.stderr.write(f"medsynth: error: {exc}\n")
+    try:
+        sys.stderr.write(f"medsynth: error: {exc}\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        silence(sys.stderr)
     return exc.exit_code
 
 

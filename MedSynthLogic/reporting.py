@@ -20,11 +20,12 @@ PLAIN_STEP = 10  # percent between two plain lines of one task …
 PLAIN_MIN_S = 5.0  # … and seconds, so a quick task logs only its start and its end
 
 
-def silence_stdout() -> None:
-    """Point stdout at /dev/null, so nothing written later (nor the flush at exit) hits a closed pipe."""
+def silence(stream: TextIO) -> None:
+    """Point ``stream`` (stdout or stderr) at /dev/null, so nothing written later, nor the flush at exit, hits a
+    closed pipe."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
     except (OSError, ValueError):
         pass
@@ -80,15 +81,22 @@ class Reporter:
         try:
             self._json(event)
         except BrokenPipeError:
-            # The reader is gone: nothing more can be reported, so stop the work rather than run on unseen.
-            self.mode = "none"
-            if self.stdout is sys.stdout:
-                silence_stdout()
-            raise Cancelled("Stopped: the program reading the --progress json output closed the pipe.") from None
+            self._reader_gone(self.stdout)
 
     def _line(self, text: str) -> None:
-        self.stderr.write(text + "\n")
-        self.stderr.flush()
+        try:
+            self.stderr.write(text + "\n")
+            self.stderr.flush()
+        except BrokenPipeError:
+            self._reader_gone(self.stderr)
+
+    def _reader_gone(self, stream: TextIO) -> None:
+        """The reader of the progress output left: nothing more can be shown, so stop the work rather than run on
+        unseen (`medsynth … | head`)."""
+        self.mode = "none"
+        if stream is sys.stdout or stream is sys.stderr:
+            silence(stream)
+        raise Cancelled("Stopped: the program reading the progress output closed the pipe.") from None
 
     def _bar(self, event: Event) -> None:
         from tqdm import tqdm

@@ -645,7 +645,20 @@ def test_json_progress_into_a_closed_pipe_ends_without_a_traceback(ws):
     stderr = err.read_text(encoding="utf-8")
     assert status == "exit=130", stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr and "BrokenPipeError" not in stderr, stderr
-    assert stderr.strip() == "medsynth: error: Stopped: the program reading the --progress json output closed the pipe."
+    assert stderr.strip() == "medsynth: error: Stopped: the program reading the progress output closed the pipe."
+    assert not out.exists()
+
+
+def test_plain_progress_into_a_closed_pipe_ends_without_a_traceback(ws):
+    """`medsynth … 2>&1 | head -n 1`: the plain progress lines' reader leaves; the run stops as cancelled (130)."""
+    out = ws.root / "piped_plain_synthetic.nii.gz"
+    command = " ".join(f"'{a}'" for a in _medsynth_command() + [
+        "synthesize", str(ws.t1ce("case0")), str(out), "--model", str(ws.model), "--tile", "4"])
+    script = f"{command} 2>&1 | head -n 1; echo \"exit=${{PIPESTATUS[0]}}\""
+    proc = subprocess.run(["bash", "-c", script], env=_env(), capture_output=True, text=True, timeout=300)
+    first, status = proc.stdout.splitlines()
+    assert first.startswith("medsynth: synthesize stage 1/2:   0%")
+    assert status == "exit=130" and proc.stderr == ""
     assert not out.exists()
 
 
