@@ -46,16 +46,19 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
                   precision=args.precision)
     if args.tile is not None:
         common["tile"] = args.tile
+    if source.is_dir() and args.uncertainty:
+        raise UsageError("--uncertainty needs a single source file, not a folder.", "Run one file at a time with --uncertainty.")
     if source.is_dir():
         outputs = synthesize_folder(model, source, Path(args.output), pattern=args.pattern, overwrite=args.overwrite, **common)
         report(done_event(outputs=[str(p) for p in outputs]))
         if report.mode != "json":
             print(f"wrote {len(outputs)} synthetic volumes to {args.output}")
     else:
-        out = synthesize_file(model, source, Path(args.output), mask_path=args.mask, overwrite=args.overwrite, **common)
-        report(done_event(out))
+        out = synthesize_file(model, source, Path(args.output), mask_path=args.mask, overwrite=args.overwrite,
+                              uncertainty_path=args.uncertainty, **common)
+        report(done_event(out, **({"uncertainty": args.uncertainty} if args.uncertainty else {})))
         if report.mode != "json":
-            print(f"wrote {out}")
+            print(f"wrote {out}" + (f" and the uncertainty map {args.uncertainty}" if args.uncertainty else ""))
     return 0
 
 

@@ -512,24 +512,34 @@ def synthesize_file(
     progress: ProgressFn = None,
     cancel: CancelFn = None,
     precision: str = "auto",
+    uncertainty_path: Optional[PathLike] = None,
 ) -> Path:
     """Read a source image, synthesize, write the result atomically with the source's geometry; returns the path.
 
     The output is checked before any work (exists without ``overwrite``, equals an input) so a long run never
-    ends in a refusal.
+    ends in a refusal. ``uncertainty_path``: also write the uncertainty map (:mod:`.uncertainty`) there.
     """
     from .atomic import check_output_path
     from .volume_io import read_volume, write_volume
 
     inputs = tuple(p for p in (source_path, mask_path) if p is not None)
     check_output_path(output_path, overwrite=overwrite, inputs=inputs)
+    if uncertainty_path is not None:
+        from .uncertainty import check_uncertainty_path
+
+        check_uncertainty_path(uncertainty_path, output_path, overwrite=overwrite, inputs=inputs)
     loaded = _as_model(model, stages)
     source = read_volume(source_path)
     mask = read_volume(mask_path) if mask_path is not None else None
-    vol = synthesize_volume(
-        loaded, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta, tile=tile,
-        progress=progress, cancel=cancel, precision=precision,
-    )
+    options = dict(stages=stages, device=device, flip_tta=flip_tta, tile=tile, progress=progress, cancel=cancel, precision=precision)
+    if uncertainty_path is None:
+        vol = synthesize_volume(loaded, source, mask=mask, **options)
+    else:
+        from .uncertainty import synthesize_with_uncertainty
+
+        result = synthesize_with_uncertainty(loaded, source, mask=mask, **options)
+        vol = result.synthesis
+        write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite, inputs=inputs + (output_path,))
     return write_volume(vol, output_path, overwrite=overwrite, inputs=inputs)
 
 

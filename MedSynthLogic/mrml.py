@@ -355,6 +355,115 @@ def grey_color_node(scene: Any) -> Any:
     return scene.AddNode(node)
 
 
+def builtin_color_node(scene: Any, type_name: str) -> Any:
+    """Slicer's built-in colour table ``type_name`` ("Iron", "Grey", …), added with its singleton ID when absent."""
+    import slicer
+
+    existing = scene.GetNodeByID(f"vtkMRMLColorTableNode{type_name}")
+    if existing is not None:
+        return existing
+    node = slicer.vtkMRMLColorTableNode()
+    getattr(node, f"SetTypeTo{type_name}")()
+    node.SetSingletonTag(type_name)
+    node.SetName(type_name)
+    node.SetHideFromEditors(True)
+    return scene.AddNode(node)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Uncertainty overlay
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Colour table of the uncertainty overlay: black → red → yellow → white, so hot means unreliable.
+UNCERTAINTY_COLORS = "Iron"
+
+
+def show_uncertainty_overlay(
+    scene: Any,
+    uncertainty_node: Any,
+    synthetic_node: Any,
+    view: str = "Yellow",
+    opacity: float = 0.5,
+    window: Optional[Tuple[float, float]] = None,
+    threshold: Optional[float] = None,
+    title: str = "Uncertainty (synthetic image units)",
+) -> Dict[str, Any]:
+    """Lay the uncertainty map over the synthetic image in ``view``, in colour, with a colour legend.
+
+    The synthetic image stays the background; the map becomes the foreground at ``opacity`` with the Iron colour
+    table over ``window`` (default: 0 to the 99th percentile of its non-zero voxels). Voxels below ``threshold``
+    (default: any value above 0, so the zero outside the brain) are transparent, so only the brain is tinted. The
+    legend is Slicer's own (``vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode``, as the Colors module makes
+    it), shown in ``view`` when its slice node exists, else in every view. Returns the nodes it touched.
+    """
+    import slicer
+    import slicer.util
+
+    dims = [n.GetImageData().GetDimensions() if n is not None and n.GetImageData() is not None else None
+            for n in (uncertainty_node, synthetic_node)]
+    if dims[0] is None or dims[1] is None or dims[0] != dims[1]:
+        raise InputImageError(
+            f"The uncertainty map's grid {dims[0]} does not match the synthetic image's {dims[1]}.",
+            "Load the uncertainty map written with this synthetic image.",
+        )
+    values = slicer.util.arrayFromVolume(uncertainty_node)
+    positive = values[np.isfinite(values) & (values > 0)]
+    if window is None:
+        high = float(np.percentile(positive, 99.0)) if positive.size else 1.0
+        window = (0.0, high if high > 0 else 1.0)
+    low, high = float(window[0]), float(window[1])
+    display = uncertainty_node.GetDisplayNode()
+    if display is None:
+        uncertainty_node.CreateDefaultDisplayNodes()
+        display = uncertainty_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(builtin_color_node(scene, UNCERTAINTY_COLORS).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(low, high)
+    display.AutoThresholdOff()
+    lower = float(threshold) if threshold is not None else float(np.nextafter(np.float32(0), np.float32(1)))
+    upper = float(values.max()) if values.size else 1.0
+    display.SetThreshold(lower, max(upper, lower))
+    display.ApplyThresholdOn()
+
+    composite = slice_composite_node(scene, view)
+    composite.SetBackgroundVolumeID(synthetic_node.GetID())
+    composite.SetForegroundVolumeID(uncertainty_node.GetID())
+    composite.SetForegroundOpacity(float(opacity))
+
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # the application's Colors module does this
+    legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(display)
+    legend.SetTitleText(title)
+    legend.SetLabelFormat("%.0f")
+    legend.SetVisibility(True)
+    view_node = slice_node(scene, view)
+    if view_node is not None:
+        legend.SetViewNodeIDs([view_node.GetID()])
+    return {"display": display, "legend": legend, "composite": composite, "window": (low, high)}
+
+
+def load_uncertainty_overlay(
+    scene: Any, path: str | os.PathLike, synthetic_node: Any, name: Optional[str] = None, **options: Any
+) -> Tuple[Any, Dict[str, Any]]:
+    """Read the map ``medsynth synthesize --uncertainty`` wrote and show it with :func:`show_uncertainty_overlay`.
+
+    The node takes the synthetic node's grid and parent transform (as the synthetic image takes the source's), so
+    the two overlay exactly. Returns ``(node, what show_uncertainty_overlay returned)``.
+    """
+    node = load_volume_file(scene, path, name=name or f"{synthetic_node.GetName()} uncertainty")
+    try:
+        update_node_from_volume(node, volume_from_node(node), reference=synthetic_node)
+        shown = show_uncertainty_overlay(scene, node, synthetic_node, **options)
+    except Exception:
+        attached = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] + [node.GetStorageNode()]
+        scene.RemoveNode(node)
+        for other in attached:
+            if other is not None:
+                scene.RemoveNode(other)
+        raise
+    return node, shown
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training plot
 # ----------------------------------------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto, CUDA if present)")
     p.add_argument("--mask", help="brain mask volume (default: source > 0, for skull-stripped input)")
     p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
+    p.add_argument("--uncertainty", metavar="UNC_FILE",
+                   help="also write an uncertainty map there (flip and last-stage disagreement, in the output's unit; "
+                   "about 3x the time; default: none)")
     p.add_argument("--tile", type=int, default=None, help="output tile edge in voxels (default: chosen per device)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic: auto = fp16 on CUDA, fp32 on the CPU; bf16 is ~2x faster on CPUs with AVX512-BF16 "

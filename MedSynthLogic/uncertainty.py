@@ -1,0 +1,155 @@
+"""An uncertainty map beside the synthesis: where two things the model should agree on do not.
+
+Two disagreements are measured, each by re-running :func:`inference.synthesize_array` (never by changing it):
+
+- **flip**: ``|S(x) − mirror(S(mirror(x)))|``, the plain synthesis against the synthesis of the left–right (array
+  axis 2) mirrored source, mirrored back. Brains are nearly symmetric and training saw both orientations, so a
+  model that is sure of a voxel gives it the same value both ways.
+- **stages**: ``|S_n(x) − S_(n−1)(x)|``, the last auto-context stage against the one before it. Where the last
+  stage still moves the image a lot, the chain has not settled. Absent for a one-stage model.
+
+The map is the root mean square of the available parts, ``sqrt((flip² + stages²) / 2)`` (just ``flip`` for one
+stage), in the synthetic image's own unit (for the bundled model: 1000 = the T2's 99.5th percentile in the
+brain; HU for a CT target), and 0 outside the brain mask. It is a disagreement, not a calibrated error bar: how
+well it predicts the real error of the bundled model is measured in docs/evaluation/UNCERTAINTY.md.
+
+Cost: the main synthesis plus one pass per part (plus one plain pass when the main synthesis is flip-averaged),
+so about three times a plain synthesis for the bundled model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import OutputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model_file import LoadedModel
+    from .volume_io import Volume
+
+PathLike = Union[str, os.PathLike]
+ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
+
+__all__ = ["UncertainSynthesis", "combine_parts", "synthesize_with_uncertainty", "check_uncertainty_path"]
+
+
+@dataclasses.dataclass
+class UncertainSynthesis:
+    """The synthesis and its uncertainty map (both ``Volume`` on the source's grid, same unit), with the parts."""
+
+    synthesis: "Volume"
+    uncertainty: "Volume"
+    flip: np.ndarray
+    stages: Optional[np.ndarray]
+
+
+def combine_parts(flip: np.ndarray, stages: Optional[np.ndarray]) -> np.ndarray:
+    """The map from its parts: their root mean square (so it stays in their unit), or ``flip`` alone."""
+    flip = np.asarray(flip, dtype=np.float32)
+    if stages is None:
+        return flip.copy()
+    stages = np.asarray(stages, dtype=np.float32)
+    return np.sqrt(0.5 * (flip * flip + stages * stages)).astype(np.float32)
+
+
+def check_uncertainty_path(
+    path: PathLike, output_path: PathLike, overwrite: bool = False, inputs: Sequence[PathLike] = ()
+) -> Path:
+    """Refuse, before any work, an uncertainty path that is the synthesis's own path, an input, or exists."""
+    from .atomic import check_output_path
+
+    if Path(path).absolute() == Path(output_path).absolute():
+        raise OutputError(
+            f"The uncertainty map and the synthetic image would both be written to {path}.",
+            "Give the uncertainty map its own file name.",
+        )
+    return check_output_path(path, overwrite=overwrite, inputs=tuple(inputs))
+
+
+class _PassProgress:
+    """Relays one pass's progress events as part of several: fraction rescaled, task named after the pass."""
+
+    def __init__(self, callback: ProgressFn, index: int, passes: int, task: str) -> None:
+        self.callback, self.index, self.passes, self.task = callback, index, passes, task
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        if self.callback is None:
+            return
+        if event.get("event") != "progress":
+            self.callback(event)
+            return
+        fraction = (self.index + float(event.get("fraction", 0.0))) / self.passes
+        self.callback({**event, "task": self.task, "pass": self.index + 1, "passes": self.passes, "fraction": round(fraction, 6)})
+
+
+def _mask_of(model: "LoadedModel", source: "Volume", mask: Union["Volume", np.ndarray, None]) -> np.ndarray:
+    """The brain mask synthesize_volume uses (given mask > 0, else the model's threshold mask of the source)."""
+    from .normalisation import brain_mask
+
+    if mask is None:
+        return brain_mask(source.array, model.config.normalisation.mask_threshold)
+    return np.asarray(getattr(mask, "array", mask)) > 0
+
+
+def synthesize_with_uncertainty(
+    model: "LoadedModel",
+    source: "Volume",
+    mask: Union["Volume", np.ndarray, None] = None,
+    stages: Optional[int] = None,
+    device: Union[str, "torch.device"] = "auto",
+    flip_tta: bool = False,
+    tile: Optional[int] = None,
+    progress: ProgressFn = None,
+    cancel: Any = None,
+    precision: str = "auto",
+) -> UncertainSynthesis:
+    """``synthesize_volume``'s result (same arguments, same checks) plus the uncertainty map described above.
+
+    The synthesis is exactly what ``synthesize_volume`` returns for these arguments; the parts always compare
+    plain (not flip-averaged) passes, so ``flip_tta`` changes the synthesis, not the map.
+    """
+    from .inference import synthesize_array, synthesize_volume
+    from .normalisation import denormalise_output, normalise_source
+
+    chain = model.chain
+    n = len(chain.stages) if stages is None else int(stages)
+    extra = ["mirrored"] + (["plain"] if flip_tta else []) + (["previous stage"] if n >= 2 else [])
+    passes = 1 + len(extra)
+    synthesis = synthesize_volume(
+        model, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta, tile=tile,
+        progress=_PassProgress(progress, 0, passes, "synthesize"), cancel=cancel, precision=precision,
+    )
+    mask_arr = _mask_of(model, source, mask)
+    norm_cfg = model.config.normalisation
+    normalised, _ = normalise_source(source.array, mask_arr, norm_cfg)
+
+    def run(index: int, name: str, array: np.ndarray, mask_of_pass: np.ndarray, n_stages: int) -> np.ndarray:
+        out = synthesize_array(
+            chain, array, mask_of_pass, stages=n_stages, device=device, tile=tile,
+            progress=_PassProgress(progress, index, passes, f"uncertainty ({name})"), cancel=cancel, precision=precision,
+        )
+        return np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32)
+
+    index = {name: i + 1 for i, name in enumerate(extra)}
+    mirrored = run(index["mirrored"], "mirrored", np.ascontiguousarray(normalised[:, :, ::-1]),
+                   np.ascontiguousarray(mask_arr[:, :, ::-1]), n)[:, :, ::-1]
+    plain = run(index["plain"], "plain", normalised, mask_arr, n) if flip_tta else synthesis.array
+    flip = np.abs(plain - mirrored) * mask_arr
+    stage_part = None
+    if n >= 2:
+        previous = run(index["previous stage"], "previous stage", normalised, mask_arr, n - 1)
+        stage_part = np.abs(plain - previous) * mask_arr
+    combined = combine_parts(flip, stage_part) * mask_arr
+    return UncertainSynthesis(
+        synthesis=synthesis,
+        uncertainty=source.with_array(combined.astype(np.float32)),
+        flip=flip.astype(np.float32),
+        stages=None if stage_part is None else stage_part.astype(np.float32),
+    )

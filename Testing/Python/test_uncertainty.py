@@ -1,0 +1,191 @@
+"""The uncertainty map: its parts and geometry, the CLI option (real subprocesses) and the Slicer overlay (real MRML)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from MedSynthLogic.errors import OutputError
+from MedSynthLogic.inference import synthesize_volume
+from MedSynthLogic.model_file import LoadedModel, load_model, save_model
+from MedSynthLogic.uncertainty import check_uncertainty_path, combine_parts, synthesize_with_uncertainty
+from MedSynthLogic.volume_io import Volume, read_volume, write_volume
+
+from _models import random_chain
+
+SPACING, ORIGIN, DIRECTION = (0.9, 1.1, 2.5), (-10.0, 3.5, 7.25), (0, 1, 0, -1, 0, 0, 0, 0, 1)
+
+
+def _convs(chain: torch.nn.Module):
+    return [m for m in chain.modules() if isinstance(m, torch.nn.Conv3d)]
+
+
+def _lopsided(chain: torch.nn.Module) -> torch.nn.Module:
+    """A left–right gradient in every first-layer kernel, and a last layer loud enough to pass it on (a random
+    body's output is nearly constant), so the model is far from mirror-symmetric."""
+    with torch.no_grad():
+        for stage in chain.stages:
+            convs = _convs(stage)
+            convs[0].weight[..., 0] += 0.3
+            convs[0].weight[..., -1] -= 0.3
+            convs[-1].weight *= 50.0
+    return chain
+
+
+def _mirror_symmetric(chain: torch.nn.Module) -> torch.nn.Module:
+    """Make every kernel symmetric along x: then S(mirror(x)) = mirror(S(x)) exactly (up to rounding)."""
+    with torch.no_grad():
+        for conv in _convs(chain):
+            conv.weight.copy_(0.5 * (conv.weight + torch.flip(conv.weight, dims=(-1,))))
+    return chain
+
+
+def _model(cfg, chain, tmp_path, name: str) -> LoadedModel:
+    path = tmp_path / f"{name}.safetensors"
+    save_model(path, chain, cfg)
+    return load_model(path)
+
+
+@pytest.fixture()
+def source(phantom) -> Volume:
+    return Volume(phantom.t1ce.array, spacing=SPACING, origin=ORIGIN, direction=DIRECTION)
+
+
+@pytest.fixture()
+def lopsided(tiny_model_config, tmp_path) -> LoadedModel:
+    return _model(tiny_model_config, _lopsided(random_chain(tiny_model_config)), tmp_path, "lopsided")
+
+
+def test_map_geometry_mask_parts_and_synthesis(lopsided, source):
+    events = []
+    r = synthesize_with_uncertainty(lopsided, source, device="cpu", tile=20, progress=events.append)
+    unc = r.uncertainty
+    assert unc.shape == source.shape and unc.array.dtype == np.float32
+    assert (unc.spacing, unc.origin, unc.direction) == (source.spacing, source.origin, source.direction)
+    inside = source.array > lopsided.config.normalisation.mask_threshold
+    assert np.all(unc.array[~inside] == 0) and np.all(unc.array >= 0)
+    # The synthesis is exactly synthesize_volume's; the stage part is |last stage − the stage before|.
+    plain = synthesize_volume(lopsided, source, device="cpu", tile=20)
+    np.testing.assert_array_equal(r.synthesis.array, plain.array)
+    previous = synthesize_volume(lopsided, source, stages=1, device="cpu", tile=20)
+    np.testing.assert_allclose(r.stages, np.abs(plain.array - previous.array) * inside, atol=1e-3)
+    np.testing.assert_allclose(unc.array, np.sqrt(0.5 * (r.flip**2 + r.stages**2)), rtol=1e-5, atol=1e-4)
+    assert r.flip[inside].mean() > 1.0 and r.stages[inside].mean() > 1.0  # output units: neither part is empty
+    # One bar's worth of progress over the four passes, never going back.
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {e["passes"] for e in events} == {3} and events[-1]["task"] == "uncertainty (previous stage)"
+
+
+def test_flip_part_vanishes_only_for_a_mirror_symmetric_model(tiny_model_config, tmp_path, source, lopsided):
+    symmetric = _model(tiny_model_config, _mirror_symmetric(_lopsided(random_chain(tiny_model_config))), tmp_path, "sym")
+    one_stage = load_model(tmp_path / "sym.safetensors", stages=1)
+    r = synthesize_with_uncertainty(one_stage, source, device="cpu", tile=20)
+    assert r.stages is None
+    scale = np.abs(r.synthesis.array).max()
+    assert scale > 100 and np.abs(r.uncertainty.array).max() < 1e-4 * scale
+    lop = synthesize_with_uncertainty(load_model(tmp_path / "lopsided.safetensors", stages=1), source, device="cpu", tile=20)
+    assert lop.stages is None and lop.uncertainty.array.max() > 0.01 * np.abs(lop.synthesis.array).max()
+
+
+def test_flip_tta_changes_the_synthesis_not_the_map(lopsided, source):
+    plain = synthesize_with_uncertainty(lopsided, source, stages=1, device="cpu", tile=20)
+    tta = synthesize_with_uncertainty(lopsided, source, stages=1, device="cpu", tile=20, flip_tta=True)
+    np.testing.assert_array_equal(tta.synthesis.array, synthesize_volume(lopsided, source, stages=1, device="cpu", tile=20, flip_tta=True).array)
+    np.testing.assert_allclose(tta.uncertainty.array, plain.uncertainty.array, atol=1e-3)
+
+
+def test_combine_parts_is_the_rms():
+    flip, stages = np.array([3.0, 0.0]), np.array([4.0, 2.0])
+    np.testing.assert_allclose(combine_parts(flip, stages), np.sqrt([12.5, 2.0]))
+    np.testing.assert_array_equal(combine_parts(flip, None), flip)
+
+
+def test_uncertainty_path_checks(tmp_path):
+    out, unc = tmp_path / "t2.nii.gz", tmp_path / "unc.nii.gz"
+    with pytest.raises(OutputError, match="both be written"):
+        check_uncertainty_path(out, out)
+    src = tmp_path / "src.nii.gz"
+    with pytest.raises(OutputError, match="one of the inputs"):
+        check_uncertainty_path(src, out, inputs=(src,))
+    unc.write_bytes(b"old")
+    with pytest.raises(OutputError, match="exists"):
+        check_uncertainty_path(unc, out)
+    assert check_uncertainty_path(unc, out, overwrite=True) == unc
+
+
+def _medsynth(*args, expect: int) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "MedSynthLogic.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    return proc
+
+
+def test_cli_writes_the_map_and_refuses_bad_paths_before_work(lopsided, phantom, tmp_path):
+    # 1 mm voxels, as the model expects (the input checks refuse 2.5 mm); origin and direction still unusual.
+    source = Volume(phantom.t1ce.array, spacing=(1.0, 1.0, 1.0), origin=ORIGIN, direction=DIRECTION)
+    src, out, unc = tmp_path / "case_t1ce.nii.gz", tmp_path / "syn_t2.nii.gz", tmp_path / "unc.nii.gz"
+    write_volume(source, src)
+    model = tmp_path / "lopsided.safetensors"
+    proc = _medsynth("synthesize", src, out, "--model", model, "--device", "cpu", "--uncertainty", unc, "--progress", "json", expect=0)
+    assert '"uncertainty"' in proc.stdout.splitlines()[-1]
+    written, synthetic = read_volume(unc), read_volume(out)
+    assert written.shape == source.shape and np.allclose(written.spacing, source.spacing) and np.allclose(written.origin, ORIGIN)
+    assert np.allclose(written.direction, DIRECTION)
+    inside = source.array > 0
+    assert np.all(written.array[~inside] == 0) and written.array[inside].max() > 0
+    expected = synthesize_with_uncertainty(lopsided, source, device="cpu")
+    np.testing.assert_allclose(written.array, expected.uncertainty.array, atol=1e-2)
+    np.testing.assert_allclose(synthetic.array, expected.synthesis.array, atol=1e-2)
+    stamp = (unc.stat().st_mtime_ns, out.stat().st_mtime_ns)
+    # Refused at once (exit 7, nothing touched): the map exists, the map is the output (the source: see above).
+    other = tmp_path / "other_t2.nii.gz"
+    for args in ((other, "--uncertainty", unc), (other, "--uncertainty", other)):
+        proc = _medsynth("synthesize", src, *args, "--model", model, "--device", "cpu", "--progress", "json", expect=7)
+        assert "Traceback" not in proc.stderr and '"progress"' not in proc.stdout
+    assert not other.exists() and (unc.stat().st_mtime_ns, out.stat().st_mtime_ns) == stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    _medsynth("synthesize", tmp_path, tmp_path / "outdir", "--model", model, "--uncertainty", unc, expect=2)
+
+
+def test_overlay_on_the_synthetic_image_with_legend(source, tmp_path):
+    slicer = pytest.importorskip("slicer", reason="slicer-core is needed for MRML tests")
+    from MedSynthLogic import mrml
+
+    scene = slicer.vtkMRMLScene()
+    yellow = scene.CreateNodeByClass("vtkMRMLSliceNode")
+    yellow.UnRegister(None)
+    yellow.SetLayoutName("Yellow")
+    yellow.SetSingletonTag("Yellow")
+    yellow = scene.AddNode(yellow)
+    synthetic = mrml.node_from_volume(scene, source.with_array(source.array * 0.5), "case synthetic T2")
+    unc_array = np.where(source.array > 0, np.linspace(0, 200, source.array.size).reshape(source.shape), 0).astype(np.float32)
+    path = tmp_path / "unc.nii.gz"
+    write_volume(source.with_array(unc_array), path)
+    node, shown = mrml.load_uncertainty_overlay(scene, path, synthetic, opacity=0.4)
+    assert node.GetName() == "case synthetic T2 uncertainty"
+    np.testing.assert_array_equal(mrml.node_ijk_to_ras(node), mrml.node_ijk_to_ras(synthetic))
+    composite = mrml.slice_composite_node(scene, "Yellow", create=False)
+    assert composite.GetBackgroundVolumeID() == synthetic.GetID()
+    assert composite.GetForegroundVolumeID() == node.GetID() and composite.GetForegroundOpacity() == pytest.approx(0.4)
+    display = node.GetDisplayNode()
+    assert display.GetColorNodeID() == "vtkMRMLColorTableNodeIron" and scene.GetNodeByID("vtkMRMLColorTableNodeIron")
+    low, high = shown["window"]
+    assert low == 0 and high == pytest.approx(np.percentile(unc_array[unc_array > 0], 99), rel=1e-4)
+    assert display.GetWindow() == pytest.approx(high) and display.GetApplyThreshold() and 0 < display.GetLowerThreshold() < 1e-3
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node)
+    assert legend is shown["legend"] and legend.GetPrimaryDisplayNode() is display and legend.GetVisibility()
+    assert "Uncertainty" in legend.GetTitleText() and legend.GetViewNodeIDs() == (yellow.GetID(),)
+    # A second call reuses the legend instead of stacking another one.
+    mrml.show_uncertainty_overlay(scene, node, synthetic, threshold=50.0)
+    assert slicer.vtkSlicerColorLogic.GetNumberOfColorLegendDisplayNodes(node) == 1 and display.GetLowerThreshold() == 50.0
+    # A map on another grid is refused and leaves no node behind.
+    small = tmp_path / "small.nii.gz"
+    write_volume(Volume(np.ones((5, 6, 7), np.float32), SPACING, ORIGIN, DIRECTION), small)
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(Exception, match="shape|grid"):
+        mrml.load_uncertainty_overlay(scene, small, synthetic)
+    assert scene.GetNumberOfNodes() == before
