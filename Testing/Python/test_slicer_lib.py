@@ -318,7 +318,8 @@ def test_prepare_job_reports_cases(scene, tmp_path):
 
 
 def test_real_child_process_synthesizes_into_the_scene(scene, tmp_path, slicer_mod):
-    """The default runner: a real ``python -m MedSynthLogic.cli synthesize`` child, its JSON events, the result."""
+    """The default runner: a real ``python -m MedSynthLogic.cli synthesize --force --uncertainty`` child, its JSON
+    events, the result and the uncertainty overlay in the scene."""
     pytest.importorskip("torch")
     from MedSynthLogic import mrml
     from MedSynthLogic.phantom import make_phantom
@@ -329,11 +330,15 @@ def test_real_child_process_synthesizes_into_the_scene(scene, tmp_path, slicer_m
     source = mrml.load_volume_file(scene, write_volume(make_phantom(shape=(40, 48, 40)).t1ce, tmp_path / "p.nii.gz"))
     controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=no_findings)
     cli_has_force = not build_parser().parse_known_args(["synthesize", "a", "b", "--force"])[1]
-    controller.start_synthesis(source, SynthesisRequest(device="cpu", stages=1, force=cli_has_force))
+    request = SynthesisRequest(device="cpu", stages=2, force=cli_has_force, uncertainty=True)
+    controller.start_synthesis(source, request)
     updates, outcome = _run_to_end(controller)
     assert outcome.state == jobs.FINISHED, outcome.message
     assert any(u.percent is not None for u in updates)
     assert outcome.result.GetImageData().GetDimensions() == source.GetImageData().GetDimensions()
+    overlay = scene.GetNodeByID(mrml.slice_composite_node(scene, "Yellow").GetForegroundVolumeID())
+    assert overlay.GetName() == f"{outcome.result.GetName()} uncertainty"
+    assert "cpu" in controller.rates.measured
 
 
 def _run_to_end(controller, timeout: float = 300.0):
