@@ -35,15 +35,21 @@ def _cancel_on_signals() -> Callable[[], bool]:
 
 
 def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
+    from .folder_sources import check_output_folder
     from .inference import synthesize_file, synthesize_folder
     from .model_file import bundled_model_path, load_model
+    from .volume_io import check_image_output
 
+    source = Path(args.source)
+    if source.is_dir():
+        check_output_folder(args.output, source)
+    else:
+        check_image_output(args.output, overwrite=args.overwrite, inputs=(source, args.mask))
     model_path = Path(args.model) if args.model else bundled_model_path()
     model = load_model(model_path, device="cpu", stages=args.stages)
     cancel = _cancel_on_signals()
-    source = Path(args.source)
     common = dict(stages=args.stages, device=args.device, flip_tta=args.flip_tta, progress=report, cancel=cancel,
-                  precision=args.precision)
+                  precision=args.precision, force=args.force)
     if args.tile is not None:
         common["tile"] = args.tile
     if source.is_dir() and args.uncertainty:

@@ -513,17 +513,20 @@ def synthesize_file(
     cancel: CancelFn = None,
     precision: str = "auto",
     uncertainty_path: Optional[PathLike] = None,
+    force: bool = False,
 ) -> Path:
     """Read a source image, synthesize, write the result atomically with the source's geometry; returns the path.
 
-    The output is checked before any work (exists without ``overwrite``, equals an input) so a long run never
-    ends in a refusal. ``uncertainty_path``: also write the uncertainty map (:mod:`.uncertainty`) there.
+    The output is checked before any work (exists without ``overwrite``, equals an input, a folder, an unknown
+    extension) so a long run never ends in a refusal. ``uncertainty_path``: also write the uncertainty map
+    (:mod:`.uncertainty`) there. The source is checked against the model's input expectations
+    (:mod:`.input_checks`) before any compute: a failed check is an ``InputImageError`` unless ``force``, which
+    turns it into a warning event; either way the outcome is recorded in the output's header.
     """
-    from .atomic import check_output_path
-    from .volume_io import read_volume, write_volume
+    from .volume_io import check_image_output, read_volume, write_volume
 
     inputs = tuple(p for p in (source_path, mask_path) if p is not None)
-    check_output_path(output_path, overwrite=overwrite, inputs=inputs)
+    check_image_output(output_path, overwrite=overwrite, inputs=inputs)
     if uncertainty_path is not None:
         from .uncertainty import check_uncertainty_path
 
@@ -531,6 +534,7 @@ def synthesize_file(
     loaded = _as_model(model, stages)
     source = read_volume(source_path)
     mask = read_volume(mask_path) if mask_path is not None else None
+    checks = _checked_source(loaded, source, mask, force, progress, source_path)
     options = dict(stages=stages, device=device, flip_tta=flip_tta, tile=tile, progress=progress, cancel=cancel, precision=precision)
     if uncertainty_path is None:
         vol = synthesize_volume(loaded, source, mask=mask, **options)
@@ -540,14 +544,34 @@ def synthesize_file(
         result = synthesize_with_uncertainty(loaded, source, mask=mask, **options)
         vol = result.synthesis
         write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite, inputs=inputs + (output_path,))
-    return write_volume(vol, output_path, overwrite=overwrite, inputs=inputs)
+    return write_volume(vol, output_path, overwrite=overwrite, inputs=inputs, metadata=checks)
+
+
+def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume"], force: bool, progress: ProgressFn,
+                    name: Any) -> Dict[str, str]:
+    """Check the source before any compute: refuse it (exit 3) or, with ``force``, emit a warning event.
+
+    Returns the header entries that record the checks with the output. The receptive-field check comes first so
+    a thumbnail gets that message rather than a guess about its sequence.
+    """
+    from .input_checks import check_source, checks_metadata, refuse_or_warn
+
+    _check_receptive_field(model, source)
+    findings = check_source(source, model.config, mask=mask)
+
+    def warn(message: str) -> None:
+        if progress is not None:
+            progress(warning_event("synthesize", message, source=str(name), input_checks=[f.code for f in findings]))
+
+    refuse_or_warn(findings, force, warn if progress is not None else None, source=name)
+    return checks_metadata(findings, force, model.config, mask is not None)
 
 
 def synthesize_folder(
     model: Union[LoadedModel, PathLike],
     in_dir: PathLike,
     out_dir: PathLike,
-    pattern: str = "*.nii.gz",
+    pattern: Optional[str] = None,
     overwrite: bool = False,
     stages: Optional[int] = None,
     device: Union[str, torch.device] = "auto",
@@ -556,44 +580,64 @@ def synthesize_folder(
     progress: ProgressFn = None,
     cancel: CancelFn = None,
     precision: str = "auto",
+    force: bool = False,
 ) -> List[Path]:
-    """Synthesize every file in ``in_dir`` matching ``pattern`` into ``out_dir`` (same relative paths).
+    """Synthesize the source images of ``in_dir`` into ``out_dir`` as ``<case>_synthetic_<target>.nii.gz``.
 
-    The model is loaded once. All outputs are checked before the first synthesis, so a batch does not stop
-    half-way on a name clash; progress events carry ``file`` and ``files`` (1-based index and count).
+    Only the model's source sequence is read: BraTS naming (``<case>/<case>_t1ce.nii.gz`` or a flat
+    ``<case>_t1ce.nii.gz``) or what ``pattern`` matches (:func:`.folder_sources.find_sources`). The model is loaded once.
+    Every output and every source (the input checks, see :func:`synthesize_file`) is checked before the first
+    synthesis, and the output folder is created only then, so a refused batch leaves nothing behind and a long
+    one does not stop half-way on a name clash; progress events carry ``file`` and ``files`` (1-based index and
+    count).
     """
     from .atomic import check_output_path
+    from .input_checks import check_source, refuse_or_warn
+    from .folder_sources import check_output_folder, find_sources, output_name
+    from .volume_io import read_volume
 
-    src_dir, dst_dir = Path(in_dir), Path(out_dir)
+    src_dir = Path(in_dir)
     if not src_dir.is_dir():
         raise InputImageError(f"The input folder {src_dir} does not exist.")
-    files = sorted(p for p in src_dir.glob(pattern) if p.is_file())
-    if not files:
-        raise InputImageError(f"No files matching {pattern!r} in {src_dir}.", "Check the folder or pass --pattern.")
-    if dst_dir.resolve() == src_dir.resolve():
-        raise OutputError(
-            f"The output folder {dst_dir} is the input folder: every synthesis would replace its source.",
-            "Choose another output folder.",
-        )
-    targets = [dst_dir / p.relative_to(src_dir) for p in files]
-    for src, dst in zip(files, targets):
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"Cannot create the output folder {dst.parent}: {exc.strerror}.", "Choose a folder you can write to.") from exc
-        check_output_path(dst, overwrite=overwrite, inputs=(src,))
+    dst_dir = check_output_folder(out_dir, src_dir)
     loaded = _as_model(model, stages)
+    sources = find_sources(src_dir, loaded.config.source_name, pattern)
+    targets = [dst_dir / output_name(s, loaded.config.target_name) for s in sources]
+    if dst_dir.is_dir():
+        for src, dst in zip(sources, targets):
+            check_output_path(dst, overwrite=overwrite, inputs=(src.path,))
+    else:
+        _check_creatable(dst_dir)
+    for src in sources:  # refusals before any compute; with force, each file's own run below warns once
+        volume = read_volume(src.path)
+        _check_receptive_field(loaded, volume)
+        if not force:
+            refuse_or_warn(check_source(volume, loaded.config), False, source=src.path)
+    try:
+        dst_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the output folder {dst_dir}: {exc.strerror}.", "Choose a folder you can write to.") from exc
     written = []
-    for i, (src, dst) in enumerate(zip(files, targets), start=1):
+    for i, (src, dst) in enumerate(zip(sources, targets), start=1):
 
-        def tagged(event: Dict[str, Any], _i: int = i) -> None:
+        def tagged(event: Dict[str, Any], _i: int = i, _src: Path = src.path) -> None:
             if progress is not None:
-                progress({**event, "file": _i, "files": len(files), "source": str(src)})
+                progress({**event, "file": _i, "files": len(sources), "source": str(_src)})
 
         written.append(
             synthesize_file(
-                loaded, src, dst, overwrite=overwrite, stages=stages, device=device, flip_tta=flip_tta, tile=tile,
-                progress=tagged, cancel=cancel, precision=precision,
+                loaded, src.path, dst, overwrite=overwrite, stages=stages, device=device, flip_tta=flip_tta, tile=tile,
+                progress=tagged, cancel=cancel, precision=precision, force=force,
             )
         )
     return written
+
+
+def _check_creatable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created (its nearest existing parent is not a writable folder)."""
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"Cannot create the output folder {folder}: {parent} is not a writable folder.",
+                          "Choose a folder you can write to.")

@@ -42,7 +42,12 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic: auto = fp16 on CUDA, fp32 on the CPU; bf16 is ~2x faster on CPUs with AVX512-BF16 "
                    "(default: auto)")
-    p.add_argument("--pattern", default="*.nii.gz", help="file pattern for a folder source (default: *.nii.gz)")
+    p.add_argument("--pattern", default=None,
+                   help="glob of the sources in a folder source, {case} naming the case, e.g. '*.nii.gz' or "
+                   "'{case}/*T1C*.nii.gz' (default: BraTS naming, <case>/<case>_t1ce.nii.gz or <case>_t1ce.nii.gz)")
+    p.add_argument("--force", action="store_true",
+                   help="synthesize even when the source fails the input checks (sequence, skull-stripped, spacing); "
+                   "they become a warning, recorded in the output's header (default: refuse, exit 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 

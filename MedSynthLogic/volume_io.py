@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,6 +35,8 @@ IDENTITY: Mat9 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Formats that keep the header and the voxels in two files; both must be written before either is visible.
 TWO_FILE_SUFFIXES = {".hdr": ".img", ".mhd": ".raw"}
+#: Output formats a synthesis may be written as (checked before any work, so a long run never ends in a refusal).
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".hdr")
 
 
 @dataclass(frozen=True)
@@ -426,16 +428,44 @@ def _from_sitk(sitk: Any, img: Any) -> Volume:
     )
 
 
+def check_image_output(path: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Refuse (``OutputError``) an image output that cannot be written, before any work is done.
+
+    On top of :func:`check_output_path` (exists, equals an input, folder missing or unwritable): an existing
+    folder, and a name without one of :data:`WRITABLE_SUFFIXES` (the writer would fail only at the end, and its
+    message would name a temporary file).
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise OutputError(
+            f"The output {out} is a folder; a single source needs an output file name.",
+            f"Give a file name, e.g. {out / 'synthetic_t2.nii.gz'}.",
+        )
+    if _suffix(out) not in WRITABLE_SUFFIXES:
+        what = f"extension {_suffix(out)!r}" if _suffix(out) else "no image extension"
+        raise OutputError(
+            f"The output {out} has {what}; MedSynth writes {', '.join(WRITABLE_SUFFIXES)}.",
+            "End the output name with .nii.gz (or another of these).",
+        )
+    return check_output_path(out, overwrite=overwrite, inputs=tuple(inputs))
+
+
 def write_volume(
-    vol: Volume, path: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()
+    vol: Volume,
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+    metadata: Optional[Dict[str, str]] = None,
 ) -> Path:
     """Write ``vol`` as float32 with its geometry, atomically: the path holds the old file or the complete new one.
 
-    Refuses (``OutputError``) an existing file unless ``overwrite``, and any path among ``inputs``.
+    Refuses (``OutputError``) an existing file unless ``overwrite``, any path among ``inputs``, a folder and an
+    unknown extension. ``metadata`` (key → text) goes into the image header: every key in NRRD/MetaImage, and
+    ``ITK_FileNotes`` as NIfTI's 80-character ``descrip``, the only free text NIfTI keeps.
     Two-file formats (.hdr/.img, .mhd/.raw) are written into a temporary folder beside the target and moved
     in data-file-first, so a reader never sees a header without its voxels.
     """
-    out = check_output_path(path, overwrite=overwrite, inputs=tuple(inputs))
+    out = check_image_output(path, overwrite=overwrite, inputs=tuple(inputs))
     suffix = _suffix(out)
     sitk = _sitk()
     if sitk is None and suffix not in NIFTI_SUFFIXES:
@@ -446,14 +476,15 @@ def write_volume(
     if suffix in TWO_FILE_SUFFIXES:
         companion = out.with_suffix(TWO_FILE_SUFFIXES[suffix])
         check_output_path(companion, overwrite=overwrite, inputs=tuple(inputs))
-        _write_two_files(sitk, vol, out, companion)
+        _write_two_files(sitk, vol, out, companion, metadata or {})
         return out
     with atomic_path(out) as tmp:
-        _write_one(sitk, vol, tmp)
+        _write_one(sitk, vol, tmp, out, metadata or {})
     return out
 
 
-def _write_one(sitk: Any, vol: Volume, path: Path) -> None:
+def _write_one(sitk: Any, vol: Volume, path: Path, shown: Path, metadata: Dict[str, str]) -> None:
+    """Write ``vol`` to ``path`` (a temporary name); messages name ``shown``, the file the user asked for."""
     if sitk is None:
         import nibabel as nib
 
@@ -461,18 +492,24 @@ def _write_one(sitk: Any, vol: Volume, path: Path) -> None:
         img = nib.Nifti1Image(np.ascontiguousarray(vol.array.transpose(2, 1, 0)), affine)
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
+        if "ITK_FileNotes" in metadata:
+            img.header["descrip"] = metadata["ITK_FileNotes"].encode("ascii", "replace")[:79]
         nib.save(img, str(path))
         return
+    image = _to_sitk(sitk, vol)
+    for key, value in metadata.items():
+        image.SetMetaData(key, value)
     try:
-        sitk.WriteImage(_to_sitk(sitk, vol), str(path), useCompression=_suffix(path) in (".mha", ".nrrd"))
+        sitk.WriteImage(image, str(path), useCompression=_suffix(path) in (".mha", ".nrrd"))
     except RuntimeError as exc:
         if "space" in str(exc).lower():
             raise OSError(28, f"No space left on device: {exc}") from exc
-        raise OutputError(f"Cannot write {path}: {' '.join(str(exc).split())[:300]}", "Choose another path or format.") from exc
-    _verify_written(sitk, path, vol.shape)
+        detail = " ".join(str(exc).replace(str(path), str(shown)).split())[:300]
+        raise OutputError(f"Cannot write {shown}: {detail}", "Choose another path or format.") from exc
+    _verify_written(sitk, path, vol.shape, shown)
 
 
-def _verify_written(sitk: Any, path: Path, shape: Tuple[int, int, int]) -> None:
+def _verify_written(sitk: Any, path: Path, shape: Tuple[int, int, int], shown: Path) -> None:
     """Raise OutputError if the file just written is incomplete.
 
     ITK's NIfTI writer only prints "wrote only 0 of N bytes" when the disk is full and returns normally, which
@@ -488,17 +525,17 @@ def _verify_written(sitk: Any, path: Path, shape: Tuple[int, int, int]) -> None:
         reader.ReadImageInformation()
         size = tuple(reader.GetSize())[::-1]
     except InputImageError as exc:
-        raise short_write_error(path, exc.message) from exc
+        raise short_write_error(shown, exc.message.replace(str(path), str(shown))) from exc
     except RuntimeError as exc:
-        raise short_write_error(path, " ".join(str(exc).split())[:200]) from exc
+        raise short_write_error(shown, " ".join(str(exc).replace(str(path), str(shown)).split())[:200]) from exc
     if size != tuple(shape):
-        raise short_write_error(path, f"its header says {size[::-1]} voxels, not {tuple(shape)[::-1]}")
+        raise short_write_error(shown, f"its header says {size[::-1]} voxels, not {tuple(shape)[::-1]}")
 
 
-def _write_two_files(sitk: Any, vol: Volume, header: Path, data: Path) -> None:
+def _write_two_files(sitk: Any, vol: Volume, header: Path, data: Path, metadata: Dict[str, str]) -> None:
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{header.name}.", suffix=".tmp", dir=header.parent))
     try:
-        _write_one(sitk, vol, tmpdir / header.name)
+        _write_one(sitk, vol, tmpdir / header.name, header, metadata)
         for part in (data, header):
             with open(tmpdir / part.name, "rb") as fh:
                 os.fsync(fh.fileno())

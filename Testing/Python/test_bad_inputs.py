@@ -431,6 +431,83 @@ def good_unicode_paths(d: Path, s: Shared) -> List[str]:
     return _synth(src, folder / "synthèse T2 ü.nii.gz", s)
 
 
+def _phantom_volume(s: Shared, which: str):
+    from MedSynthLogic.volume_io import read_volume
+
+    return read_volume(s.t2 if which == "t2" else s.t1ce)
+
+
+def t2_as_source(d: Path, s: Shared) -> List[str]:
+    """A T2 given as the T1ce: its histogram is T2-weighted (issue 13: it used to give a contrast-inverted 'T2')."""
+    shutil.copyfile(s.t2, d / "case_t2.nii.gz")
+    return _synth(d / "case_t2.nii.gz", d / "out.nii.gz", s)
+
+
+def label_map_as_source(d: Path, s: Shared) -> List[str]:
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(24, 28, 24), seed=0)
+    write_volume(p.t1ce.with_array(p.labels.astype(np.float32)), d / "case_seg.nii.gz")
+    return _synth(d / "case_seg.nii.gz", d / "out.nii.gz", s)
+
+
+def not_skull_stripped(d: Path, s: Shared) -> List[str]:
+    """Scanner noise in the background, as in a head that was never skull-stripped."""
+    from MedSynthLogic.volume_io import write_volume
+
+    vol = _phantom_volume(s, "t1ce")
+    noise = np.random.default_rng(0).uniform(1, 30, vol.shape).astype(np.float32)
+    write_volume(vol.with_array(vol.array + noise), d / "head.nii.gz")
+    return _synth(d / "head.nii.gz", d / "out.nii.gz", s)
+
+
+def thick_slices(d: Path, s: Shared) -> List[str]:
+    from MedSynthLogic.volume_io import write_volume
+
+    write_volume(dataclasses.replace(_phantom_volume(s, "t1ce"), spacing=(1.0, 1.0, 5.0)), d / "thick.nii.gz")
+    return _synth(d / "thick.nii.gz", d / "out.nii.gz", s)
+
+
+def t2_forced(d: Path, s: Shared) -> List[str]:
+    shutil.copyfile(s.t2, d / "case_t2.nii.gz")
+    return _synth(d / "case_t2.nii.gz", d / "out.nii.gz", s, "--force")
+
+
+def case_folder_without_t1ce(d: Path, s: Shared) -> List[str]:
+    """BraTS naming, but only the T2: nothing is synthesized from the other sequences."""
+    (d / "cases" / "c0").mkdir(parents=True)
+    shutil.copyfile(s.t2, d / "cases" / "c0" / "c0_t2.nii.gz")
+    return _synth(d / "cases", d / "results", s)
+
+
+def case_folder_with_a_t2(d: Path, s: Shared) -> List[str]:
+    """Checked before any compute: c0 is fine, but c1's 'T1ce' is a T2, so the batch stops before it starts."""
+    for case, src in (("c0", s.t1ce), ("c1", s.t2)):
+        (d / "cases" / case).mkdir(parents=True)
+        shutil.copyfile(src, d / "cases" / case / f"{case}_t1ce.nii.gz")
+    return _synth(d / "cases", d / "results", s)
+
+
+def folder_to_file_output(d: Path, s: Shared) -> List[str]:
+    (d / "cases" / "c0").mkdir(parents=True)
+    shutil.copyfile(s.t1ce, d / "cases" / "c0" / "c0_t1ce.nii.gz")
+    return _synth(d / "cases", d / "out.nii.gz", s)
+
+
+def output_without_extension(d: Path, s: Shared) -> List[str]:
+    return _synth(_source(d, s), d / "synthetic_t2", s)
+
+
+def output_unknown_extension(d: Path, s: Shared) -> List[str]:
+    return _synth(_source(d, s), d / "synthetic_t2.png", s)
+
+
+def output_is_a_folder(d: Path, s: Shared) -> List[str]:
+    (d / "results").mkdir()
+    return _synth(_source(d, s), d / "results", s, "--overwrite")
+
+
 _READ_ONLY_MOUNTS: List[Path] = []
 
 
@@ -486,6 +563,20 @@ ROWS = [
     Row("output-folder-missing", "output folder does not exist", output_folder_missing, 7, "does not exist"),
     Row("output-unwritable", "output in a read-only folder", output_unwritable, 7, "not writable"),
     Row("output-folder-unwritable", "folder run into a read-only place", output_folder_unwritable, 7, "Cannot create the output folder"),
+    Row("t2-as-source", "a T2 given as the T1ce", t2_as_source, 3, "intensities look T2-weighted"),
+    Row("label-map-as-source", "a segmentation label map given as the T1ce", label_map_as_source, 3, "looks like a label map"),
+    Row("not-skull-stripped", "noise in the background (not skull-stripped)", not_skull_stripped, 3, "does not look skull-stripped"),
+    Row("thick-slices", "5 mm slices", thick_slices, 3, "voxels are strongly anisotropic"),
+    Row("t2-forced", "a T2 given as the T1ce with --force (valid: warning, recorded in the header)", t2_forced, 0, "",
+        output="out.nii.gz"),
+    Row("case-folder-without-t1ce", "BraTS case folder holding only a T2", case_folder_without_t1ce, 3,
+        "No files matching <case>/<case>_t1ce.nii.gz"),
+    Row("case-folder-with-a-t2", "case folder whose second 'T1ce' is a T2 (refused before the first synthesis)",
+        case_folder_with_a_t2, 3, "c1_t1ce.nii.gz does not look like the input"),
+    Row("folder-to-file-output", "case folder as source, out.nii.gz as output", folder_to_file_output, 7, "is a file name"),
+    Row("output-no-extension", "output name without an extension", output_without_extension, 7, "has no image extension"),
+    Row("output-png", "output name ending in .png", output_unknown_extension, 7, "has extension '.png'"),
+    Row("output-is-folder", "an existing folder as the output file (even with --overwrite)", output_is_a_folder, 7, "is a folder"),
     Row("bad-option", "unknown option", bad_option, 2, "unrecognized arguments"),
     Row("bad-tile", "--tile 0", bad_tile, 2, "tile size must be positive"),
     Row("unicode-paths", "spaces and non-ASCII in every path (valid)", good_unicode_paths, 0, "",
@@ -605,7 +696,9 @@ def test_table_covers_the_issue():
                    "nan", "below-receptive-field", "huge-nifti", "pair-other-grid", "empty-data-folder",
                    "partial-data-folder", "h5-missing-dataset", "h5-mismatched", "model-truncated",
                    "model-other-architecture", "model-other-stages", "model-tampered-header", "output-exists",
-                   "output-unwritable", "output-is-input"):
+                   "output-unwritable", "output-is-input", "t2-as-source", "label-map-as-source",
+                   "not-skull-stripped", "thick-slices", "case-folder-without-t1ce", "folder-to-file-output",
+                   "output-no-extension", "output-is-folder"):
         assert needed in ids
 
 

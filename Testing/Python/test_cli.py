@@ -174,7 +174,7 @@ def ws(tmp_path_factory) -> Workspace:
 # --- help, version, usage -------------------------------------------------------------------------------------
 
 KEY_OPTIONS = {
-    "synthesize": ("source", "output", "--model", "--stages", "--mask", "--flip-tta", "--tile", "--precision", "--pattern", "--progress"),
+    "synthesize": ("source", "output", "--model", "--stages", "--mask", "--flip-tta", "--tile", "--precision", "--pattern", "--force", "--progress"),
     "prepare": ("data", "out", "--config", "--patches-per-case", "--val-cases", "--val-fraction", "--csv", "--progress"),
     "train": ("--data", "--out", "--model-config", "--iterations", "--batch-size", "--resume", "--run-dir", "--progress"),
     "export": ("checkpoint", "out", "--stages", "--overwrite"),
@@ -374,29 +374,62 @@ def test_synthesize_keeps_an_oblique_anisotropic_geometry(ws):
     source = ws.root / "oblique_t1ce.nii.gz"
     write_volume(Volume(p.t1ce.array, (0.9, 1.1, 1.6), (12.5, -30.25, 41.0), direction), source)
     out = ws.root / "oblique_synthetic.nii.gz"
-    proc = medsynth("synthesize", source, out, "--model", ws.model, "--progress", "json")
+    refused = medsynth("synthesize", source, out, "--model", ws.model, expect=3)  # 1.6 mm is > 0.5 mm from 1 mm
+    assert "voxel size 0.9 × 1.1 × 1.6 mm is not within 0.5 mm" in refused.stderr and "--force" in refused.stderr
+    assert not out.exists()
+    proc = medsynth("synthesize", source, out, "--model", ws.model, "--progress", "json", "--force")
     events = json_lines(proc.stdout)
     assert events[-1] == {"event": "done", "output": str(out)}
     assert any(e["event"] == "progress" for e in events)
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["input_checks"] == ["spacing"] and "--force" in warnings[0]["message"]
     assert_synthetic_t2(out, source)
+
+
+def test_synthesize_records_the_input_checks_in_the_output_header(ws):
+    """NIfTI keeps the short note (descrip); NRRD keeps the whole JSON record as well."""
+    import SimpleITK as sitk
+
+    nii, nrrd = ws.root / "checked.nii.gz", ws.root / "checked.nrrd"
+    medsynth("synthesize", ws.t1ce("case0"), nii, "--model", ws.model)
+    medsynth("synthesize", ws.t2("case0"), nrrd, "--model", ws.model, "--force")
+    assert sitk.ReadImage(str(nii)).GetMetaData("descrip") == "MedSynth synthetic T2; input checks passed"
+    image = sitk.ReadImage(str(nrrd))
+    record = json.loads(image.GetMetaData("medsynth_input_checks"))
+    assert record["passed"] is False and record["forced"] is True
+    assert [f["code"] for f in record["findings"]] == ["sequence"]
+    assert record["checks"] == ["sequence", "skull_stripped", "spacing"]
+    assert "FAILED, forced: sequence" in image.GetMetaData("ITK_FileNotes")
 
 
 @pytest.fixture(scope="module")
 def batch(ws) -> Path:
-    """``medsynth synthesize FOLDER OUT`` over the three cases' T1ce (copied flat into one folder)."""
-    folder, out = ws.root / "batch_in", ws.root / "batch_out"
-    folder.mkdir()
-    for case in CASES:
-        (folder / f"{case}.nii.gz").write_bytes(ws.t1ce(case).read_bytes())
-    proc = medsynth("synthesize", folder, out, "--model", ws.model)
+    """``medsynth synthesize CASES OUT`` over the BraTS-named case folders (each with t1ce, t2 and seg)."""
+    out = ws.root / "batch_out"
+    proc = medsynth("synthesize", ws.data, out, "--model", ws.model)
     assert "wrote 3 synthetic volumes" in proc.stdout
     return out
 
 
-def test_synthesize_folder_writes_one_output_per_input(ws, batch):
-    assert sorted(p.name for p in batch.iterdir()) == [f"{c}.nii.gz" for c in CASES]
+def test_synthesize_folder_takes_only_the_t1ce_of_each_case(ws, batch):
+    assert sorted(p.name for p in batch.iterdir()) == [f"{c}_synthetic_t2.nii.gz" for c in CASES]
     for case in CASES:
-        assert_synthetic_t2(batch / f"{case}.nii.gz", ws.root / "batch_in" / f"{case}.nii.gz")
+        assert_synthetic_t2(batch / f"{case}_synthetic_t2.nii.gz", ws.t1ce(case))
+
+
+def test_synthesize_folder_with_a_pattern(ws, batch):
+    """A flat folder of differently named files: --pattern picks them, the case id is the file name."""
+    folder, out = ws.root / "flat_in", ws.root / "flat_out"
+    folder.mkdir()
+    for case in CASES[:2]:
+        (folder / f"{case}.nii.gz").write_bytes(ws.t1ce(case).read_bytes())
+        (folder / f"{case}_notes.txt").write_text("not an image", encoding="utf-8")
+    missing = medsynth("synthesize", folder, out, "--model", ws.model, expect=3)
+    assert "No files matching <case>/<case>_t1ce.nii.gz" in missing.stderr and "--pattern" in missing.stderr
+    assert not out.exists()
+    medsynth("synthesize", folder, out, "--model", ws.model, "--pattern", "*.nii.gz")
+    assert sorted(p.name for p in out.iterdir()) == ["case0_synthetic_t2.nii.gz", "case1_synthetic_t2.nii.gz"]
+    assert np.array_equal(read_array(out / "case0_synthetic_t2.nii.gz"), read_array(batch / "case0_synthetic_t2.nii.gz"))
 
 
 def test_synthesize_stages_and_flip_tta_change_the_output(ws, batch):
@@ -405,7 +438,7 @@ def test_synthesize_stages_and_flip_tta_change_the_output(ws, batch):
     proc = medsynth("synthesize", source, one, "--model", ws.model, "--stages", 1, "--progress", "json")
     assert {e.get("stages") for e in json_lines(proc.stdout) if e["event"] == "progress"} == {1}
     medsynth("synthesize", source, tta, "--model", ws.model, "--flip-tta", "--progress", "none")
-    default = read_array(batch / "case2.nii.gz")
+    default = read_array(batch / "case2_synthetic_t2.nii.gz")
     one_stage, flipped = (assert_synthetic_t2(p, source) for p in (one, tta))
     assert not np.array_equal(default, one_stage), "--stages 1 gave the 2-stage result"
     assert not np.array_equal(default, flipped), "--flip-tta changed nothing"
@@ -416,7 +449,7 @@ def test_synthesize_bf16_is_close_to_fp32(ws, batch):
     source = ws.t1ce("case2")
     out = ws.root / "case2_bf16.nii.gz"
     medsynth("synthesize", source, out, "--model", ws.model, "--precision", "bf16", "--progress", "none")
-    fp32, bf16 = read_array(batch / "case2.nii.gz"), assert_synthetic_t2(out, source)
+    fp32, bf16 = read_array(batch / "case2_synthetic_t2.nii.gz"), assert_synthetic_t2(out, source)
     assert np.abs(fp32 - bf16).max() <= 0.05 * max(float(np.abs(fp32).max()), 1e-6)
 
 

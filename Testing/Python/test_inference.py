@@ -254,12 +254,17 @@ def test_synthesize_file_and_folder(model_file, phantom, tmp_path):
     write_volume(src, a)
     write_volume(src.with_array(phantom.t1ce.array[:, :, ::-1].copy()), b)
     out = tmp_path / "a_t2.nii.gz"
+    with pytest.raises(InputImageError, match="--force"):  # 2.5 mm slices fail the spacing check
+        synthesize_file(model_file, a, out, device="cpu")
+    assert not out.exists()
     events = []
-    assert synthesize_file(model_file, a, out, device="cpu", progress=events.append) == out
+    assert synthesize_file(model_file, a, out, device="cpu", progress=events.append, force=True) == out
     written = read_volume(out)
     assert written.shape == src.shape and np.allclose(written.spacing, src.spacing) and np.allclose(written.origin, src.origin)
     assert np.allclose(written.direction, src.direction, atol=1e-6)
     assert events[-1]["fraction"] == pytest.approx(1.0)
+    warning = [e for e in events if e["event"] == "warning"]
+    assert len(warning) == 1 and warning[0]["input_checks"] == ["spacing", "anisotropy"]
     with pytest.raises(OutputError):
         synthesize_file(model_file, a, out, device="cpu")
     with pytest.raises(OutputError):
@@ -267,8 +272,14 @@ def test_synthesize_file_and_folder(model_file, phantom, tmp_path):
     model = load_model(model_file, stages=1)
     assert isinstance(model, LoadedModel)
     folder_events = []
-    outs = synthesize_folder(model, in_dir, tmp_path / "out", device="cpu", progress=folder_events.append)
-    assert [p.name for p in outs] == ["a.nii.gz", "b.nii.gz"] and all(p.is_file() for p in outs)
+    with pytest.raises(InputImageError, match="No files matching <case>/<case>_t1ce"):
+        synthesize_folder(model, in_dir, tmp_path / "out", device="cpu", force=True)
+    with pytest.raises(InputImageError, match="a.nii.gz does not look like"):
+        synthesize_folder(model, in_dir, tmp_path / "out", pattern="*.nii.gz", device="cpu")
+    assert not (tmp_path / "out").exists(), "a refused batch left its output folder behind"
+    outs = synthesize_folder(model, in_dir, tmp_path / "out", pattern="*.nii.gz", device="cpu", force=True,
+                             progress=folder_events.append)
+    assert [p.name for p in outs] == ["a_synthetic_t2.nii.gz", "b_synthetic_t2.nii.gz"] and all(p.is_file() for p in outs)
     assert {e["file"] for e in folder_events} == {1, 2} and all(e["files"] == 2 for e in folder_events)
     with pytest.raises(OutputError):
         synthesize_folder(model, in_dir, in_dir, overwrite=True, device="cpu")

@@ -1,0 +1,280 @@
+"""Does a source image look like what the model was trained on? Checked before any compute.
+
+A T2, a FLAIR or a label map given as the "T1ce" used to give a plausible-looking but wrong synthesis, and a
+head that is not skull-stripped or 5 mm slices went through without a word. The expectations come from the
+model header (``ModelConfig.input``, :class:`~MedSynthLogic.config.InputExpectations`), so an MR→CT model
+states its own. Three checks:
+
+* **sequence** (a small rule on the intensity histogram inside the brain, measured on BraTS in
+  ``docs/evaluation/INPUT_CHECKS.md`` by ``Testing/Evaluation/input_check_confusion.py``):
+
+  - *label map* if every brain voxel is an integer and there are at most :data:`LABEL_MAX_VALUES` values;
+  - otherwise the histogram of the brain (eroded by :data:`EDGE_EROSION` voxels against skull-stripping
+    partial volume), between its 0.5th and 99.5th percentiles, in :data:`HIST_BINS` bins smoothed with a
+    Gaussian of :data:`HIST_SMOOTH` bins, gives its mode (the commonest intensity: white matter in T1 and T2)
+    and ``t2_score = fraction of voxels brighter than the mode − position of the mode in that range (0..1)``.
+    In a T2-weighted image the mode sits low and most of the brain (grey matter, CSF, oedema) is brighter; in
+    a T1-weighted one the mode sits high. *T2-weighted* if ``t2_score ≥`` :data:`T2_SCORE_THRESHOLD`, else
+    *T1-weighted*. It cannot tell T1 from T1ce, and it calls 11 of the 14 BraTS FLAIRs T1-weighted
+    (FLAIR, like T1, has dark CSF and a bright white-matter peak): it catches T2s and label maps, not FLAIRs.
+
+  The check runs only when the model's ``input.sequence`` and ``source_name`` both name a sequence the rule
+  knows (:data:`T1_WEIGHTED`, :data:`T2_WEIGHTED`) and agree; any other source (CT, PD, "MR") gets no sequence
+  check.
+* **skull-stripped** (when no brain mask is given): at least ``min_background_fraction`` of the voxels are 0
+  (≤ the model's mask threshold). A head whose air was set to 0 passes; a head with scanner noise does not, and
+  then the sequence is not judged (the "brain" would be the whole head).
+* **spacing**: each axis within ``spacing_tolerance_mm`` of ``spacing_mm``; largest/smallest ≤ ``max_anisotropy``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import GeometryError, InputImageError
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .volume_io import Volume
+
+__all__ = [
+    "InputFinding",
+    "SequenceGuess",
+    "check_source",
+    "checks_run",
+    "classify_sequence",
+    "refuse_or_warn",
+    "checks_metadata",
+    "sequence_kind",
+    "METADATA_KEY",
+]
+
+#: At most this many distinct integer values inside the brain: a label map, not an image.
+LABEL_MAX_VALUES = 64
+#: Voxels peeled off the brain mask before the histogram (the skull-stripped edge is partial volume).
+EDGE_EROSION = 2
+HIST_BINS = 64
+HIST_SMOOTH = 1.5
+#: ``t2_score`` at or above this: T2-weighted. Midway between the highest BraTS T1ce (0.188) and the lowest
+#: BraTS T2 (0.217) of the 14 shared cases; see docs/evaluation/INPUT_CHECKS.md.
+T2_SCORE_THRESHOLD = 0.2
+#: Fewer brain voxels than this: too little to judge the sequence (no finding).
+MIN_VOXELS = 500
+
+T1_WEIGHTED = "T1-weighted"
+T2_WEIGHTED = "T2-weighted"
+LABEL_MAP = "label map"
+#: Sequence names (lower case, without spaces, '-' and '_') the rule knows, by the kind it tells apart.
+_KNOWN = {
+    T1_WEIGHTED: ("t1", "t1ce", "t1c", "t1gd", "t1w", "t1post", "t1contrast", "mprage", "t1ceweighted"),
+    T2_WEIGHTED: ("t2", "t2w", "flair", "t2flair", "t2weighted"),
+}
+#: Key of the JSON record in the output's header (NRRD/MetaImage keep it; NIfTI keeps the short note).
+METADATA_KEY = "medsynth_input_checks"
+
+MaskLike = Union["Volume", np.ndarray, None]
+
+
+@dataclass(frozen=True)
+class InputFinding:
+    """One failed check: ``code`` (sequence, label_map, skull_stripped, spacing, anisotropy), a sentence for the
+    user, and the measured values behind it."""
+
+    code: str
+    message: str
+    measured: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SequenceGuess:
+    """What the sequence rule made of an image: ``kind`` (T1-weighted, T2-weighted, label map, or "unknown" when
+    the brain is too small to judge) and the statistics it used."""
+
+    kind: str
+    t2_score: Optional[float]
+    stats: Dict[str, float]
+
+
+def sequence_kind(name: str) -> Optional[str]:
+    """The kind the rule can tell for a sequence name (``"T1ce"`` → T1-weighted), or None for one it does not know."""
+    key = "".join(ch for ch in name.lower() if ch not in " -_")
+    for kind, names in _KNOWN.items():
+        if key in names:
+            return kind
+    return None
+
+
+def _expected_kind(model_config: "ModelConfig") -> Optional[str]:
+    expected = sequence_kind(model_config.input.sequence)
+    return expected if expected is not None and expected == sequence_kind(model_config.source_name) else None
+
+
+def _brain(volume: "Volume", mask: MaskLike, threshold: float) -> np.ndarray:
+    if mask is None:
+        return volume.array > threshold
+    arr = np.asarray(mask.array if hasattr(mask, "array") else mask)
+    if arr.shape != volume.shape:
+        raise GeometryError(f"The mask's shape {arr.shape} differs from the source's {volume.shape}.",
+                            "Resample the mask to the source first.")
+    return arr > 0
+
+
+def _crop(array: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The mask's bounding box (plus the erosion margin) of both arrays: the rule never looks outside it."""
+    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    box = tuple(slice(max(0, int(i[0]) - 1), int(i[-1]) + 2) for i in idx)
+    return array[box], mask[box]
+
+
+def classify_sequence(array: np.ndarray, mask: np.ndarray) -> SequenceGuess:
+    """Apply the sequence rule of the module docstring to the voxels of ``array`` inside ``mask``."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return SequenceGuess("unknown", None, {"brain_voxels": 0.0})
+    arr, box_mask = _crop(np.asarray(array, dtype=np.float32), mask)
+    values = arr[box_mask]
+    distinct = np.unique(values)
+    if distinct.size <= LABEL_MAX_VALUES and np.all(distinct == np.round(distinct)):
+        return SequenceGuess(LABEL_MAP, None, {"distinct_values": float(distinct.size)})
+    if values.size < MIN_VOXELS:
+        return SequenceGuess("unknown", None, {"brain_voxels": float(values.size)})
+    inner = ndimage.binary_erosion(box_mask, iterations=EDGE_EROSION)
+    if int(inner.sum()) >= MIN_VOXELS:
+        values = arr[inner]
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    if hi <= lo:
+        return SequenceGuess("unknown", None, {"distinct_values": float(distinct.size)})
+    counts, edges = np.histogram(values, bins=HIST_BINS, range=(float(lo), float(hi)))
+    smooth = ndimage.gaussian_filter1d(counts.astype(np.float64), HIST_SMOOTH)
+    k = int(np.argmax(smooth))
+    mode = 0.5 * (edges[k] + edges[k + 1])
+    above = float(np.mean(values > mode))
+    position = float((mode - lo) / (hi - lo))
+    score = above - position
+    kind = T2_WEIGHTED if score >= T2_SCORE_THRESHOLD else T1_WEIGHTED
+    stats = {"above_mode": round(above, 4), "mode_position": round(position, 4), "t2_score": round(score, 4)}
+    return SequenceGuess(kind, round(score, 4), stats)
+
+
+def checks_run(model_config: "ModelConfig", mask_given: bool) -> List[str]:
+    """The names of the checks that apply to this model (and mask), for the record written with the output."""
+    expect = model_config.input
+    names = ["sequence"] if _expected_kind(model_config) else []
+    if expect.skull_stripped and not mask_given:
+        names.append("skull_stripped")
+    return names + ["spacing"]
+
+
+def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike = None) -> List[InputFinding]:
+    """The failed checks of ``volume`` against the model's expectations (empty: it looks as expected).
+
+    ``mask`` (a Volume or array on the source's grid, nonzero = brain) replaces ``source > mask_threshold`` as
+    the brain and turns the skull-stripping check off. Nothing is raised for a failed check: the caller decides
+    with :func:`refuse_or_warn`.
+    """
+    expect = model_config.input
+    threshold = model_config.normalisation.mask_threshold
+    findings: List[InputFinding] = []
+    brain = _brain(volume, mask, threshold)
+    if expect.skull_stripped and mask is None:
+        background = float(np.mean(volume.array <= threshold))
+        if background < expect.min_background_fraction:
+            findings.append(InputFinding(
+                "skull_stripped",
+                f"it does not look skull-stripped: only {100 * background:.1f}% of the voxels are background (0), "
+                f"at least {100 * expect.min_background_fraction:.0f}% expected",
+                {"background_fraction": round(background, 4)},
+            ))
+    expected = _expected_kind(model_config)
+    if expected is not None and not findings:  # without a clean background the "brain" is the whole head
+        guess = classify_sequence(volume.array, brain)
+        wanted = model_config.input.sequence
+        if guess.kind == LABEL_MAP:
+            findings.append(InputFinding(
+                "label_map",
+                f"it looks like a label map (segmentation), not a {wanted} image: "
+                f"{int(guess.stats['distinct_values'])} distinct integer values inside the brain",
+                {"kind": guess.kind, **guess.stats},
+            ))
+        elif guess.kind not in (expected, "unknown"):
+            findings.append(InputFinding(
+                "sequence",
+                f"its intensities look {guess.kind}, not like the {wanted} ({expected}) the model was trained on "
+                f"(t2_score {guess.t2_score:.3f}; {T2_WEIGHTED} from {T2_SCORE_THRESHOLD})",
+                {"kind": guess.kind, **guess.stats},
+            ))
+    spacing = tuple(float(s) for s in volume.spacing)
+    far = [abs(s - e) > expect.spacing_tolerance_mm + 1e-6 for s, e in zip(spacing, expect.spacing_mm)]
+    if any(far):
+        findings.append(InputFinding(
+            "spacing",
+            f"its voxel size {_mm(spacing)} is not within {expect.spacing_tolerance_mm:g} mm of the "
+            f"{_mm(expect.spacing_mm)} the model was trained on",
+            {"spacing_mm": list(spacing)},
+        ))
+    ratio = max(spacing) / min(spacing)
+    if ratio > expect.max_anisotropy + 1e-6:
+        findings.append(InputFinding(
+            "anisotropy",
+            f"its voxels are strongly anisotropic ({_mm(spacing)}: {ratio:.1f}× longer along one axis; "
+            f"at most {expect.max_anisotropy:g}×)",
+            {"spacing_mm": list(spacing), "anisotropy": round(ratio, 3)},
+        ))
+    return findings
+
+
+def _mm(values: Sequence[float]) -> str:
+    return " × ".join(f"{v:.3g}" for v in values) + " mm"
+
+
+def refuse_or_warn(
+    findings: Sequence[InputFinding],
+    force: bool,
+    warn: Optional[Callable[[str], None]] = None,
+    source: Any = "The source",
+) -> None:
+    """Raise :class:`InputImageError` (exit 3) for failed checks, or with ``force`` pass them to ``warn``.
+
+    ``warn`` gets one sentence; without it a Python warning is issued, so an API user sees it too.
+    """
+    if not findings:
+        return
+    text = f"{source} does not look like the input this model expects: " + "; ".join(f.message for f in findings) + "."
+    if not force:
+        raise InputImageError(
+            text,
+            "Check that this is the right image (skull-stripped, about 1 mm voxels, the sequence the model expects); "
+            "to synthesize anyway, knowing the result is unreliable, pass --force (force=True in Python).",
+        )
+    message = text + " Synthesizing anyway (--force): the result is unreliable."
+    if warn is None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    else:
+        warn(message)
+
+
+def checks_metadata(
+    findings: Sequence[InputFinding], forced: bool, model_config: "ModelConfig", mask_given: bool
+) -> Dict[str, str]:
+    """Header entries that record the checks with the output: the JSON record under :data:`METADATA_KEY` and a
+    short note (``ITK_FileNotes``, NIfTI's 80-character description) saying whether they passed."""
+    failed = [f.code for f in findings]
+    record = {
+        "checks": checks_run(model_config, mask_given),
+        "passed": not failed,
+        "forced": bool(forced and failed),
+        "expected": asdict(model_config.input),
+        "findings": [asdict(f) for f in findings],
+    }
+    note = "input checks passed" if not failed else "input checks FAILED, forced: " + ",".join(failed)
+    return {
+        METADATA_KEY: json.dumps(record, default=float),
+        "ITK_FileNotes": f"MedSynth synthetic {model_config.target_name}; {note}"[:79],
+    }

@@ -1,0 +1,123 @@
+"""The input checks (MedSynthLogic.input_checks): the sequence rule, skull-stripping, spacing, and the expectations
+read from the model header. On the phantom always; on every real BraTS case where ../shared is present."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from MedSynthLogic.config import InputExpectations, ModelConfig, from_dict, to_dict
+from MedSynthLogic.errors import InputImageError
+from MedSynthLogic.input_checks import (
+    LABEL_MAP, METADATA_KEY, T1_WEIGHTED, T2_WEIGHTED, check_source, checks_metadata, checks_run, classify_sequence,
+    refuse_or_warn, sequence_kind,
+)
+from MedSynthLogic.phantom import make_phantom
+
+CFG = ModelConfig()
+
+
+def codes(findings):
+    return [f.code for f in findings]
+
+
+@pytest.mark.parametrize("shape", [(24, 28, 24), (48, 56, 48), (96, 112, 96)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_phantom_pair_is_told_apart_at_every_test_size(shape, seed):
+    p = make_phantom(shape=shape, seed=seed)
+    assert classify_sequence(p.t1ce.array, p.mask).kind == T1_WEIGHTED
+    assert classify_sequence(p.t2.array, p.mask).kind == T2_WEIGHTED
+    assert classify_sequence(p.labels.astype(np.float32), p.labels > 0).kind == LABEL_MAP
+    assert check_source(p.t1ce, CFG) == []
+    assert codes(check_source(p.t2, CFG)) == ["sequence"]
+    assert codes(check_source(p.t1ce.with_array(p.labels.astype(np.float32)), CFG)) == ["label_map"]
+
+
+def test_the_rule_does_not_depend_on_the_intensity_scale(phantom):
+    for factor in (1e-3, 1.0, 1e3):
+        assert check_source(phantom.t1ce.with_array(np.round(phantom.t1ce.array * factor, 6)), CFG) == []
+        assert codes(check_source(phantom.t2.with_array(phantom.t2.array * factor), CFG)) == ["sequence"]
+
+
+def test_a_noisy_background_is_not_skull_stripped_unless_a_mask_is_given(phantom):
+    rng = np.random.default_rng(0)
+    noisy = phantom.t1ce.with_array(phantom.t1ce.array + rng.uniform(1, 20, phantom.t1ce.shape).astype(np.float32))
+    assert "skull_stripped" in codes(check_source(noisy, CFG))
+    assert "skull_stripped" not in codes(check_source(noisy, CFG, mask=phantom.mask))
+    assert checks_run(CFG, mask_given=True) == ["sequence", "spacing"]
+    assert checks_run(CFG, mask_given=False) == ["sequence", "skull_stripped", "spacing"]
+
+
+@pytest.mark.parametrize("spacing, expected", [
+    ((1.0, 1.0, 1.0), []),
+    ((0.9, 0.9, 1.4), []),
+    ((1.0, 1.0, 5.0), ["spacing", "anisotropy"]),
+    ((2.0, 2.0, 2.0), ["spacing"]),
+    ((0.5, 0.5, 1.2), ["anisotropy"]),
+])
+def test_spacing(phantom, spacing, expected):
+    assert codes(check_source(dataclasses.replace(phantom.t1ce, spacing=spacing), CFG)) == expected
+
+
+def test_expectations_come_from_the_header_and_old_headers_get_the_t1ce_defaults():
+    old = to_dict(CFG)
+    del old["input"]
+    cfg = from_dict(ModelConfig, old)
+    assert cfg.input == InputExpectations() and cfg.input.sequence == "T1ce" and cfg.input.skull_stripped
+    tight = from_dict(ModelConfig, {**to_dict(CFG), "input": {"spacing_mm": [0.5, 0.5, 0.5], "spacing_tolerance_mm": 0.1}})
+    assert tight.input.spacing_mm == (0.5, 0.5, 0.5)
+    assert codes(check_source(make_phantom(shape=(48, 56, 48)).t1ce, tight)) == ["spacing"]
+
+
+def test_a_source_the_rule_does_not_know_gets_no_sequence_check(phantom):
+    """An MR→CT or CT→MR model: the sequence check runs only for known, agreeing sequence names."""
+    ct_source = ModelConfig(source_name="CT", target_name="MR")  # an old header: input.sequence is the T1ce default
+    assert check_source(phantom.t2, ct_source) == [] and "sequence" not in checks_run(ct_source, False)
+    t1_to_ct = ModelConfig(source_name="T1", target_name="CT", input=InputExpectations(sequence="T1"))
+    assert codes(check_source(phantom.t2, t1_to_ct)) == ["sequence"]
+    t2_model = ModelConfig(source_name="T2", target_name="T1", input=InputExpectations(sequence="T2"))
+    assert codes(check_source(phantom.t1ce, t2_model)) == ["sequence"] and check_source(phantom.t2, t2_model) == []
+    assert sequence_kind("T1-CE") == T1_WEIGHTED and sequence_kind("FLAIR") == T2_WEIGHTED and sequence_kind("CT") is None
+
+
+def test_refuse_or_warn(phantom):
+    findings = check_source(phantom.t2, CFG)
+    with pytest.raises(InputImageError) as err:
+        refuse_or_warn(findings, force=False, source="case_t2.nii.gz")
+    assert err.value.exit_code == 3
+    assert "case_t2.nii.gz does not look like the input this model expects" in str(err.value)
+    assert "T2-weighted" in str(err.value) and "--force" in str(err.value)
+    said = []
+    refuse_or_warn(findings, force=True, warn=said.append, source="case_t2.nii.gz")
+    assert len(said) == 1 and "--force" in said[0] and "unreliable" in said[0]
+    with pytest.warns(UserWarning, match="T2-weighted"):
+        refuse_or_warn(findings, force=True)
+    refuse_or_warn([], force=False)  # nothing failed: nothing happens
+
+
+def test_the_record_written_with_the_output(phantom):
+    passed = checks_metadata([], False, CFG, mask_given=False)
+    assert json.loads(passed[METADATA_KEY])["passed"] is True
+    assert passed["ITK_FileNotes"] == "MedSynth synthetic T2; input checks passed"
+    forced = checks_metadata(check_source(phantom.t2, CFG), True, CFG, mask_given=False)
+    record = json.loads(forced[METADATA_KEY])
+    assert record["forced"] is True and record["findings"][0]["code"] == "sequence"
+    assert record["findings"][0]["measured"]["kind"] == T2_WEIGHTED
+    assert len(forced["ITK_FileNotes"]) < 80 and "FAILED, forced: sequence" in forced["ITK_FileNotes"]
+
+
+@pytest.mark.brats
+def test_real_brats_t1ce_accepted_t2_and_label_maps_refused(brats_dir):
+    """The BraTS rows of docs/evaluation/INPUT_CHECKS.md: every T1ce passes, every T2 and seg is refused."""
+    from MedSynthLogic.volume_io import read_volume
+
+    cases = sorted(p for p in brats_dir.iterdir() if (p / f"{p.name}_t1ce.nii.gz").is_file())
+    assert cases
+    for case in cases:
+        t1ce = read_volume(case / f"{case.name}_t1ce.nii.gz")
+        assert check_source(t1ce, CFG) == [], case.name
+        assert codes(check_source(read_volume(case / f"{case.name}_t2.nii.gz"), CFG)) == ["sequence"], case.name
+        assert codes(check_source(read_volume(case / f"{case.name}_seg.nii.gz"), CFG)) == ["label_map"], case.name
