@@ -324,7 +324,8 @@ def test_disk_full_through_the_cli(small_disk, tmp_path):
     (small_disk / "previous result.txt").write_text("keep me", encoding="utf-8")
     keep = _snapshot(small_disk)
     done = subprocess.run([sys.executable, "-m", "MedSynthLogic.cli", "synthesize", str(tmp_path / "t1ce.nii.gz"),
-                           str(small_disk / "t2.nii.gz"), "--model", str(tmp_path / "model.safetensors"), "--device", "cpu"],
+                           str(small_disk / "t2.nii.gz"), "--model", str(tmp_path / "model.safetensors"), "--device", "cpu",
+                           "--force"],  # noise is no skull-stripped brain: the input checks would refuse it first
                           cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode == 7, done.stderr
     assert "No space" in done.stderr and "Traceback" not in done.stderr
