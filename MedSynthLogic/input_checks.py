@@ -61,7 +61,7 @@ EDGE_EROSION = 2
 HIST_BINS = 64
 HIST_SMOOTH = 1.5
 #: ``t2_score`` at or above this: T2-weighted. Midway between the highest BraTS T1ce (0.188) and the lowest
-#: BraTS T2 (0.217) of the 14 shared cases; see docs/evaluation/INPUT_CHECKS.md.
+#: BraTS T2 (0.216) of the 14 shared cases; see docs/evaluation/INPUT_CHECKS.md.
 T2_SCORE_THRESHOLD = 0.2
 #: Fewer brain voxels than this: too little to judge the sequence (no finding).
 MIN_VOXELS = 500
