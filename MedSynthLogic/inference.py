@@ -41,6 +41,7 @@ from .devices import autocast_dtype
 from .errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
 from .model_file import LoadedModel, _device, load_model
 from .models import AutoContextChain
+from .unet_inference import synthesize_unet
 from .progress import progress_event, warning_event
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ CUDA_TILE = 160
 BATCH_VOXELS = 64**3
 #: Smallest tile the out-of-memory retry goes down to before giving up.
 MIN_TILE = 16
+#: Thinnest source edge accepted: a U-Net sees far more than this, but a thinner volume is not a brain scan.
+MIN_EDGE = 32
 
 __all__ = [
     "synthesize_array",
@@ -290,7 +293,8 @@ def synthesize_array(
     """Synthesize a whole normalised volume (z, y, x) → float32 network units, 0 outside ``mask``.
 
     ``stages``: how many auto-context stages to run (None: all of ``chain``). ``tile``: output tile edge
-    (None: :func:`default_tile`). ``precision``: "auto" (fp32 on CPU, fp16 autocast on CUDA), "fp32", "bf16" or
+    (None: :func:`default_tile`; a U-Net chain runs its whole frame in one forward unless ``tile`` is given,
+    see :mod:`MedSynthLogic.unet_inference`). ``precision``: "auto" (fp32 on CPU, fp16 autocast on CUDA), "fp32", "bf16" or
     "fp16". ``flip_tta`` averages each stage with its left–right (array axis 2) mirror. ``progress`` gets
     ``{"event": "progress", "task": "synthesize", ...}`` dicts; ``cancel`` (a callable or an Event) is checked
     between tiles and raises :class:`Cancelled`. ``mask`` None means the whole volume (raw, unmasked output —
@@ -314,13 +318,16 @@ def synthesize_array(
         raise UsageError(f"The model has {available} auto-context stage(s); {stages} were asked for.")
     dev = _device(device)
     autocast_dtype(dev, precision)  # refuses an unknown precision (or bf16 on a GPU without it) before any work
-    tile = default_tile(dev) if tile is None else int(tile)
-    if tile < 1:
+    if tile is not None and int(tile) < 1:
         raise UsageError(f"The tile size must be positive, got {tile}.")
     report = _Progress(progress, n)
     if box is None:
         report(n - 1, 1, 1)
         return np.zeros(src.shape, dtype=np.float32)
+    if chain.config.generator.kind == "unet3d":
+        limits = {} if tile is None else {"tile": int(tile), "max_voxels": int(tile) ** 3}
+        return synthesize_unet(chain, src, mask_arr, box, n, dev, precision, flip_tta, report, cancel, **limits)
+    tile = default_tile(dev) if tile is None else int(tile)
     try:
         return _synthesize_on(chain, src, mask_arr, box, n, dev, tile, flip_tta, report, cancel, precision)
     except _GpuOutOfMemory as exc:
@@ -478,17 +485,17 @@ def synthesize_volume(
 
 
 def _check_receptive_field(model: LoadedModel, source: "Volume") -> None:
-    """Refuse a volume thinner than one generator's receptive field along any axis.
+    """Refuse a volume thinner than one generator's receptive field (at most ``MIN_EDGE``) along any axis.
 
     Tiled synthesis would still run (the border is edge-padded), but every output voxel would then be computed
     mostly from repeated border voxels: a plausible-looking image that no training patch resembled. Such a
     volume is a thumbnail, a few slices or a wrong file, so saying so beats returning it.
     """
-    field = 2 * int(model.config.generator.halo) + 1
+    field = min(model.config.generator.receptive_field, MIN_EDGE)
     if min(source.shape) < field:
         raise InputImageError(
             f"The source is too small to synthesize: {source.shape[::-1]} voxels (x, y, z), but the model's "
-            f"receptive field is {field} voxels along each axis.",
+            f"receptive field needs at least {field} voxels along each axis.",
             "Use the full 3D brain volume (about 1 mm voxels), not a crop, a thumbnail or a few slices.",
         )
 

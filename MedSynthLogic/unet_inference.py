@@ -1,0 +1,158 @@
+"""Whole-volume synthesis with the U-Net generator kind: one forward over the brain's frame, or exact tiles.
+
+The frame: the brain mask's bounding box grown by ``MARGIN`` voxels, each edge rounded up to a multiple of the
+U-Net's downsampling (beyond the volume the border voxels are repeated, as for the FCN). Every stage runs over
+the same frame; stage k sees ``[source, synthesis of stage k−1 inside the mask]``, exactly as training builds
+its context. When the frame holds more than ``max_voxels`` it is cut into tiles whose input windows reach
+``GeneratorConfig.tile_halo`` (the receptive radius, on the downsampling grid) past the tile and stop at the frame's
+edges, so each tile sees what a whole-frame run sees: tiled output equals the whole-frame output (to float
+rounding, without flip averaging), and memory is bounded by the tile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .devices import autocast_dtype
+from .errors import Cancelled
+
+#: Context around the brain box (voxels) so the network's own zero padding stays off the brain's edge.
+MARGIN = 16
+#: A frame up to this many voxels runs in one forward (a 256³ frame at 16 channels is ~1 GB per activation).
+UNET_MAX_VOXELS = 256**3
+#: Tile edge when a frame is too large (a multiple of every supported downsampling).
+UNET_TILE = 128
+
+Box = Tuple[Tuple[int, int], ...]
+Report = Callable[[int, int, int], None]
+
+
+def frame_of(box: Box, shape: Sequence[int], multiple: int, margin: int = MARGIN) -> Box:
+    """The frame around ``box``: grown by ``margin``, each edge rounded up to ``multiple`` (centred, may pass the volume)."""
+    frame = []
+    for (a, b), _n in zip(box, shape):
+        a, b = a - margin, b + margin
+        extra = -(b - a) % multiple
+        a -= extra // 2
+        frame.append((a, b + extra - extra // 2))
+    return tuple(frame)
+
+
+def cut(arr: np.ndarray, window: Box, mode: str = "edge") -> np.ndarray:
+    """``arr`` over ``window``, which may pass its edges: repeated border voxels (``edge``) or zeros (``constant``)."""
+    inner = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(window, arr.shape))
+    pad = [(max(0, -a), max(0, b - n)) for (a, b), n in zip(window, arr.shape)]
+    block = arr[inner]
+    if any(p != (0, 0) for p in pad):
+        block = np.pad(block, pad, mode=mode)
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def tiles_of(size: int, tile: int, multiple: int) -> List[Tuple[int, int]]:
+    """Split ``size`` (a multiple of ``multiple``) into nearly equal parts of at most ``tile``, on the ``multiple`` grid."""
+    units = size // multiple
+    n = max(1, math.ceil(size / tile))
+    base, extra = divmod(units, n)
+    out, start = [], 0
+    for i in range(n):
+        stop = start + (base + (1 if i < extra else 0)) * multiple
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+class _Runner:
+    """One U-Net stage in eval mode on ``device``: channels-last, autocast by ``precision``, optional flip averaging."""
+
+    def __init__(self, gen: nn.Module, device: torch.device, precision: str, flip: bool) -> None:
+        self.gen, self.device, self.flip = gen, device, flip
+        self.dtype = autocast_dtype(device, precision)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x[None]).to(self.device).contiguous(memory_format=torch.channels_last_3d)
+        if self.flip:
+            t = torch.cat([t, torch.flip(t, dims=(-1,))], 0)
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+        with ctx:
+            out = self.gen(t).float()[:, 0]
+        if self.flip:
+            out = 0.5 * (out[:1] + torch.flip(out[1:], dims=(-1,)))
+        return out[0].cpu().numpy()
+
+
+def _run_stage(runner: _Runner, inputs: np.ndarray, halo: int, multiple: int, max_voxels: int, tile: int,
+               stage: int, report: Report, cancel: Any) -> np.ndarray:
+    """One stage over the frame ``inputs`` (C, Z, Y, X): one forward, or tiles whose windows stop at the frame."""
+    shape = inputs.shape[1:]
+    if int(np.prod(shape)) <= max_voxels:
+        report(stage, 0, 1)
+        out = runner(inputs)
+        report(stage, 1, 1)
+        return out
+    out = np.empty(shape, dtype=np.float32)
+    grid = [(z, y, x) for z in tiles_of(shape[0], tile, multiple) for y in tiles_of(shape[1], tile, multiple)
+            for x in tiles_of(shape[2], tile, multiple)]
+    report(stage, 0, len(grid))
+    for i, t in enumerate(grid):
+        if _cancelled(cancel):
+            raise Cancelled("Synthesis cancelled.")
+        window = tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(t, shape))
+        result = runner(inputs[(slice(None),) + tuple(slice(a, b) for a, b in window)])
+        inner = tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(t, window))
+        out[tuple(slice(a, b) for a, b in t)] = result[inner]
+        report(stage, i + 1, len(grid))
+    return out
+
+
+def _cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    return bool(cancel.is_set()) if hasattr(cancel, "is_set") else bool(cancel())
+
+
+def synthesize_unet(
+    chain: nn.Module,
+    src: np.ndarray,
+    mask: Optional[np.ndarray],
+    box: Box,
+    stages: int,
+    device: torch.device,
+    precision: str,
+    flip: bool,
+    report: Report,
+    cancel: Any,
+    max_voxels: int = UNET_MAX_VOXELS,
+    tile: int = UNET_TILE,
+) -> np.ndarray:
+    """Stages 0..stages−1 of a U-Net chain over the frame of ``box``; float32 network units, 0 outside ``mask``."""
+    cfg = chain.config.generator
+    multiple, halo = cfg.size_multiple, cfg.tile_halo
+    frame = frame_of(box, src.shape, multiple)
+    src_f = cut(src, frame)
+    mask_f = cut(mask.astype(np.float32), frame, mode="constant") if mask is not None else None
+    tile = max(multiple, tile // multiple * multiple)
+    prev: Optional[np.ndarray] = None
+    with torch.inference_mode():
+        for k in range(stages):
+            gen = chain.stages[k]
+            was_training = gen.training
+            gen.eval()
+            try:
+                channels = [src_f] if prev is None else [src_f, prev]
+                out = _run_stage(_Runner(gen, device, precision, flip), np.stack(channels), halo, multiple, max_voxels, tile, k, report, cancel)
+            finally:
+                gen.train(was_training)
+            prev = out * mask_f if mask_f is not None else out
+    result = np.zeros(src.shape, dtype=np.float32)
+    inside = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(frame, src.shape))
+    offset = tuple(slice(s.start - a, s.stop - a) for s, (a, _) in zip(inside, frame))
+    result[inside] = prev[offset]
+    if mask is not None:
+        result *= mask
+    return result

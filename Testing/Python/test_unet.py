@@ -1,0 +1,178 @@
+"""The unet3d generator kind: shapes, receptive field, tiled = whole, model files, and its training (crops,
+masked losses, EMA, cosine schedule) on phantoms: the validation loss falls, resume equals uninterrupted,
+bf16 steps stay finite, and an auto-context stage trains on top of the first."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from MedSynthLogic.config import DiscriminatorConfig, GeneratorConfig, ModelConfig, TrainConfig
+from MedSynthLogic.errors import UsageError
+from MedSynthLogic.models import UNet3D, build_discriminator, build_generator, build_generators
+
+from test_training import make_phantom_data
+
+
+def small_unet(stages: int = 1, crop: int = 32, **generator) -> ModelConfig:
+    """A 3-level U-Net of a few channels: the real code paths at test speed."""
+    gen = dict(kind="unet3d", unet_channels=(4, 8, 8), residual=False)
+    gen.update(generator)
+    return ModelConfig(
+        generator=GeneratorConfig(**gen),
+        discriminator=DiscriminatorConfig(patch_channels=(4, 8)),
+        stages=stages,
+        source_patch=crop,
+    )
+
+
+def randomise(chain: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> None:
+    """Non-zero weights everywhere (a new residual block is the identity, which would hide tiling errors)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in chain.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def test_unet_keeps_the_crop_size_and_needs_its_downsampling_multiple():
+    cfg = small_unet(stages=2)
+    net = build_generator(cfg.stage_generator(1))
+    assert isinstance(net, UNet3D)
+    assert net(torch.zeros(2, 2, 16, 24, 32)).shape == (2, 1, 16, 24, 32)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net(torch.zeros(1, 2, 18, 16, 16))
+    with pytest.raises(UsageError, match="multiple of 4"):
+        dataclasses.replace(cfg, source_patch=30)
+    with pytest.raises(UsageError, match="Unknown generator kind"):
+        GeneratorConfig(kind="resnet")
+    logits = build_discriminator(cfg)(torch.zeros(2, 1, 32, 32, 32))
+    assert logits.shape == (2, 1, 8, 8, 8)
+
+
+def test_default_unet_sees_more_than_100_voxels_and_the_formula_bounds_the_real_field():
+    assert GeneratorConfig(kind="unet3d").receptive_field >= 100
+    assert GeneratorConfig().receptive_field == 17
+    cfg = GeneratorConfig(kind="unet3d", unet_channels=(2, 2, 2, 2), residual=False)
+    net = build_generator(cfg)
+    randomise(net)
+    x = torch.zeros(1, 1, 96, 96, 96, requires_grad=True)
+    net(x)[0, 0, 48, 48, 48].backward()
+    hit = (x.grad[0, 0].abs() > 0).nonzero()
+    reach = int(max((hit - 48).abs().max(), 0))
+    assert reach <= cfg.receptive_field // 2 <= cfg.tile_halo
+    assert reach >= cfg.receptive_field // 4, "the field formula is far larger than the network's real reach"
+
+
+def test_tiled_synthesis_equals_one_whole_frame_forward(phantom):
+    from MedSynthLogic.inference import synthesize_array
+
+    cfg = small_unet(stages=2)
+    chain = build_generators(cfg)
+    randomise(chain, scale=0.1)
+    src = phantom.t1ce.array / np.percentile(phantom.t1ce.array[phantom.mask], 99.5)
+    whole = synthesize_array(chain, src, phantom.mask, device="cpu")
+    events = []
+    tiled = synthesize_array(chain, src, phantom.mask, device="cpu", tile=16, progress=events.append)
+    assert 0.01 < np.abs(whole).max() < 10, "weights should give outputs of the scale of network units"
+    assert np.abs(tiled - whole).max() <= 1e-4
+    assert max(e["total"] for e in events) > 1, "the tiled run did not tile"
+    assert np.all(whole[~phantom.mask] == 0)
+
+
+def test_unet_model_file_round_trip_keeps_kind_and_weights(tmp_path):
+    from MedSynthLogic.model_file import load_model, read_header, save_model
+
+    cfg = small_unet(stages=2)
+    chain = build_generators(cfg)
+    randomise(chain)
+    path = save_model(tmp_path / "u.safetensors", chain, cfg)
+    assert read_header(path)["model_config"]["generator"]["kind"] == "unet3d"
+    loaded = load_model(path)
+    assert loaded.config == cfg
+    x = torch.rand(1, 2, 16, 16, 16)
+    assert torch.equal(loaded.chain.stages[1](x), chain.eval().stages[1](x))
+
+
+@pytest.fixture(scope="module")
+def unet_data(tmp_path_factory):
+    return make_phantom_data(tmp_path_factory.mktemp("unet_phantom"), small_unet(), patches_per_case=1, shape=(40, 48, 40))
+
+
+def _train_cfg(**kw) -> TrainConfig:
+    base = dict(iterations=6, batch_size=2, val_every=0, checkpoint_every=0, log_every=1, val_volumes=1, precision="fp32",
+                lr_g=3e-3, lr_d=1e-3, optimizer="adamw", weight_decay=1e-4, lr_schedule="cosine", lr_warmup=2,
+                grad_clip=1.0, ema_decay=0.5, warmup_iterations=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_unet_training_lowers_the_validation_loss(tmp_path, unet_data):
+    from MedSynthLogic.model_file import read_header
+    from MedSynthLogic.training import train
+
+    events = []
+    out = train(unet_data, tmp_path / "u.safetensors", small_unet(), _train_cfg(iterations=60, val_every=20, ema_decay=0.0),
+                device="cpu", callback=events.append)
+    vals = [e["val_loss"] for e in events if e["event"] == "validation"]
+    assert len(vals) == 3 and vals[0] > vals[1] > vals[2] and vals[-1] < 0.8 * vals[0]
+    assert any("d" in e["losses"] for e in events if e["event"] == "iteration"), "the adversarial term never ran"
+    assert read_header(out)["training"]["generator_kind"] == "unet3d"
+
+
+def test_unet_resume_equals_uninterrupted(tmp_path, unet_data):
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.training import train
+
+    cfg = small_unet()
+    straight = train(unet_data, tmp_path / "a.safetensors", cfg, _train_cfg(), device="cpu", run_dir=tmp_path / "ra")
+    stop = __import__("threading").Event()
+
+    def stop_at_3(event):
+        if event["event"] == "iteration" and event["iteration"] == 3:
+            stop.set()
+
+    from MedSynthLogic.errors import Cancelled
+
+    with pytest.raises(Cancelled):
+        train(unet_data, tmp_path / "b.safetensors", cfg, _train_cfg(), device="cpu", run_dir=tmp_path / "rb",
+              callback=stop_at_3, stop_event=stop)
+    resumed = train(unet_data, tmp_path / "b.safetensors", cfg, _train_cfg(), device="cpu", run_dir=tmp_path / "rb", resume=True)
+    a, b = load_model(straight).chain.state_dict(), load_model(resumed).chain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unet_bf16_step_is_finite_and_keeps_losses_in_float32():
+    from MedSynthLogic.distributed import DistContext
+    from MedSynthLogic.stage_trainer import StageTrainer
+
+    cfg = small_unet()
+    torch.manual_seed(0)
+    gen, disc = build_generator(cfg.stage_generator(0)), build_discriminator(cfg)
+    trainer = StageTrainer(gen, disc, cfg, _train_cfg(precision="bf16", warmup_iterations=0), DistContext())
+    src, tgt = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    mask = (torch.rand(1, 1, 32, 32, 32) > 0.3).float()
+    for i in range(3):
+        losses = trainer.step(src, tgt, mask, i)
+        assert {"g", "d", "l2", "gdl", "g_adv"} <= set(losses) and all(np.isfinite(v) for v in losses.values())
+    assert all(torch.isfinite(p).all() for p in gen.parameters())
+
+
+def test_unet_auto_context_stage_trains_on_the_first(tmp_path, unet_data):
+    from MedSynthLogic.inference import synthesize_array
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.training import train
+
+    events = []
+    out = train(unet_data, tmp_path / "u2.safetensors", small_unet(stages=2), _train_cfg(iterations=4), device="cpu",
+                callback=events.append)
+    model = load_model(out)
+    assert model.stages == 2 and model.chain.stages[1].config.in_channels == 2
+    context = [e for e in events if e["event"] == "progress" and e.get("task") == "context"]
+    assert context and context[-1]["fraction"] == 1.0 and context[-1]["done"] == context[-1]["total"] > 0
+    src = np.random.default_rng(0).random((32, 40, 32)).astype(np.float32)
+    mask = np.zeros(src.shape, bool)
+    mask[4:28, 6:34, 4:28] = True
+    assert np.isfinite(synthesize_array(model.chain, src, mask, device="cpu")).all()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Trains the unet3d candidate (2 auto-context stages) on the CPU with MedSynthLogic's own CLI, as a series of
+# identical background calls across sessions: each call resumes from the newest checkpoint of its run folder, or,
+# on a new machine without that folder, starts from INIT_MODEL (the committed candidate) when one is given.
+#
+# usage: nice -n 19 Testing/Training/train_unet.sh CASES_DIR WORK_DIR
+# Environment: MEDSYNTH (command), THREADS (torch threads, default 2), PRECISION (default: bf16 where the CPU has
+#   AVX-512 BF16 or AMX, else fp32), INIT_MODEL (model file whose weights start the run on a new machine).
+# The schedule (unet_train_config.json: 6000 iterations per stage, cosine) and the split are fixed in advance.
+set -euo pipefail
+CASES=$1
+WORK=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
+VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
+MEDSYNTH=${MEDSYNTH:-medsynth}
+export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
+if [ -z "${PRECISION:-}" ]; then
+  PRECISION=fp32
+  grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && PRECISION=bf16
+fi
+mkdir -p "$WORK"
+if [ ! -f "$WORK/data/manifest.json" ]; then
+  $MEDSYNTH prepare "$CASES" "$WORK/data" --config "$HERE/unet_model_config.json" --patches-per-case 1 \
+    --val-cases "$VAL" --seed 0 --progress none --overwrite
+fi
+resume=()
+compgen -G "$WORK/unet_run/ckpt_*.pt" > /dev/null && resume=(--resume)
+init=()
+[ ${#resume[@]} -eq 0 ] && [ -n "${INIT_MODEL:-}" ] && init=(--init-model "$INIT_MODEL" --start-stage "${START_STAGE:-0}")
+exec $MEDSYNTH train --data "$WORK/data" --model-config "$HERE/unet_model_config.json" \
+  --train-config "$HERE/unet_train_config.json" --precision "$PRECISION" --device cpu \
+  --out "$WORK/unet.safetensors" --run-dir "$WORK/unet_run" --progress json --overwrite "${resume[@]}" "${init[@]}"
