@@ -140,7 +140,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="retrain from this stage on, earlier stages from the newest checkpoint (default: 0)")
     parser.add_argument("--init-model", default=None,
                         help="with --start-stage N: take stages 0..N-1 from this model file, e.g. to add a stage to a "
-                        "trained model (default: none)")
+                        "trained model; if the file also holds stage N (a candidate exported mid-stage), stage N goes on "
+                        "from its weights at the exported iteration (default: none)")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept in the run folder (default: 3)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     return parser

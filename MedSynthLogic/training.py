@@ -400,8 +400,15 @@ def _load_generators(chain: AutoContextChain, state: Dict[str, Any], upto: int) 
         chain.stages[k].load_state_dict(sd)
 
 
-def _load_generators_from_model(chain: AutoContextChain, path: os.PathLike | str, model_cfg: ModelConfig, stages: int) -> None:
-    """Copy the first ``stages`` generators of a model file into ``chain`` (to add auto-context stages to a model)."""
+def _load_generators_from_model(
+    chain: AutoContextChain, path: os.PathLike | str, model_cfg: ModelConfig, stages: int
+) -> Optional[Tuple[Dict[str, torch.Tensor], int]]:
+    """Copy the first ``stages`` generators of a model file into ``chain`` (to add auto-context stages to a model).
+
+    When the file also holds stage ``stages`` (e.g. a candidate exported mid-stage with ``medsynth export``), its
+    weights are returned with the iteration to continue from (the exported checkpoint's, or 0), so a run can go on
+    from a committed model file on a machine without the run folder.
+    """
     from .model_file import load_model
 
     loaded = load_model(path, stages=None)
@@ -412,10 +419,15 @@ def _load_generators_from_model(chain: AutoContextChain, path: os.PathLike | str
             f"The model file {path} differs from this training's model config in {', '.join(differ)}.",
             "Train with the model file's own configuration (`medsynth info` shows it), changing only the stage count.",
         )
-    if loaded.stages < stages:
-        raise UsageError(f"The model file {path} has {loaded.stages} stage(s); start_stage {stages} needs {stages}.")
+    if loaded.stages < max(stages, 1):
+        raise UsageError(f"The model file {path} has {loaded.stages} stage(s); start_stage {stages} needs {max(stages, 1)}.")
     for k in range(stages):
         chain.stages[k].load_state_dict(loaded.chain.stages[k].state_dict())
+    if loaded.stages <= stages:
+        return None
+    record = loaded.header.get("training", {})
+    partial = record.get("checkpoint_stage") == stages and not record.get("checkpoint_stage_done", True)
+    return loaded.chain.stages[stages].state_dict(), int(record.get("checkpoint_iteration", 0)) if partial else 0
 
 
 def _device_name(device: torch.device) -> str:
@@ -444,15 +456,15 @@ def train(
     ``resume`` continues from the newest complete checkpoint in ``run_dir`` (default ``<out stem>_run/``)
     and starts afresh when there is none. ``start_stage`` > 0 retrains from that stage on, taking the earlier
     stages from the newest checkpoint that holds them, or from the model file ``init_model`` (to add stages to a
-    trained model); with ``resume`` a run that already reached ``start_stage`` continues. ``stop_event`` (or SIGTERM/SIGINT with
+    trained model); when ``init_model`` also holds stage ``start_stage``, that stage starts from its weights at
+    the iteration it was exported at (fresh optimisers), so a schedule continues from a committed candidate on a new
+    machine; with ``resume`` a run that already reached ``start_stage`` continues. ``stop_event`` (or SIGTERM/SIGINT with
     :func:`install_signal_handlers`) writes a checkpoint and raises :class:`Cancelled`.
     """
     out = check_output_path(out_model, overwrite=True)
     plan = plan_training(data_dir, model_cfg, train_cfg)
     if not 0 <= start_stage < model_cfg.stages:
         raise UsageError(f"start_stage must be in 0..{model_cfg.stages - 1}.")
-    if init_model is not None and start_stage == 0:
-        raise UsageError("--init-model provides the stages before --start-stage; pass --start-stage 1 or more.")
     ctx = dist_utils.init_distributed(_resolve(device))
     try:
         return _train(plan, out, model_cfg, train_cfg, ctx, resume, run_dir, callback, stop_event, start_stage, command,
@@ -511,12 +523,12 @@ def _train(
     continuing = state is not None and resume and int(state["stage"]) >= start_stage
     elapsed_before = 0.0
     metrics: Dict[str, Any] = {}
-    if start_stage > 0 and not continuing:
-        if init_model is not None:
-            _load_generators_from_model(chain, init_model, model_cfg, start_stage)
-            resumed_from = str(init_model)
-            state = None
-        elif state is None:
+    init_stage: Optional[Tuple[Dict[str, torch.Tensor], int]] = None
+    if init_model is not None and not continuing:
+        init_stage = _load_generators_from_model(chain, init_model, model_cfg, start_stage)
+        resumed_from, state = str(init_model), None
+    elif start_stage > 0 and not continuing:
+        if state is None:
             raise DataError(f"start_stage {start_stage} needs the earlier stages, but {run_dir} holds no checkpoint.",
                             "Resume the run that trained them, or pass --init-model with a model file that has them.")
     if state is not None:
@@ -554,9 +566,12 @@ def _train(
         gen = build_generator(model_cfg.stage_generator(stage))
         if stage > 0 and train_cfg.init_from_previous:
             init_from_previous_stage(gen, chain.stages[stage - 1])
+        start_it = 0
+        if init_stage is not None and stage == first_stage:
+            gen.load_state_dict(init_stage[0])
+            start_it, init_stage = init_stage[1], None
         chain.stages[stage] = gen.to(dev).train()
         trainer = StageTrainer(gen, build_discriminator(model_cfg).to(dev).train(), model_cfg, train_cfg, ctx)
-        start_it = 0
         if state is not None and stage == first_stage:
             gen.load_state_dict({n[len(f"stage{stage}."):]: t for n, t in state["generators"].items() if n.startswith(f"stage{stage}.")})
             trainer.load_state_dict(state)

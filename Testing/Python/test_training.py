@@ -276,8 +276,6 @@ def test_init_model_refuses_what_cannot_be_extended(tmp_path, data_dir, tiny_mod
     from MedSynthLogic.training import train
 
     one = train(data_dir, tmp_path / "one.safetensors", _one_stage(tiny_model_config), _cfg(iterations=1), device="cpu")
-    with pytest.raises(UsageError, match="--start-stage 1 or more"):
-        train(data_dir, tmp_path / "a.safetensors", tiny_model_config, _cfg(), device="cpu", init_model=one)
     three = dataclasses.replace(tiny_model_config, stages=3)
     with pytest.raises(UsageError, match="has 1 stage"):
         train(data_dir, tmp_path / "b.safetensors", three, _cfg(), device="cpu", start_stage=2, init_model=one)
@@ -285,6 +283,32 @@ def test_init_model_refuses_what_cannot_be_extended(tmp_path, data_dir, tiny_mod
     with pytest.raises(ModelFileError, match="differs from this training's model config in generator"):
         train(data_dir, tmp_path / "c.safetensors", wider, _cfg(), device="cpu", start_stage=1, init_model=one)
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_init_model_continues_a_stage_exported_mid_way(tmp_path, data_dir, tiny_model_config):
+    """A candidate exported from a stopped run continues on a machine without the run folder: --init-model with
+    --start-stage 0 takes the exported weights and goes on at the exported iteration (the schedule continues)."""
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.training import export_checkpoint, train
+
+    stop = threading.Event()
+
+    def stop_at_3(event):
+        if event["event"] == "iteration" and event["iteration"] == 3:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        train(data_dir, tmp_path / "a.safetensors", tiny_model_config, _cfg(iterations=6), device="cpu",
+              run_dir=tmp_path / "run", callback=stop_at_3, stop_event=stop)
+    candidate = export_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"), tmp_path / "candidate.safetensors", stages=1)
+    exported = _stage_weights(load_model(candidate).chain, 0)
+    events = []
+    out = train(data_dir, tmp_path / "b.safetensors", tiny_model_config, _cfg(iterations=6), device="cpu",
+                run_dir=tmp_path / "fresh", init_model=candidate, callback=events.append)
+    steps = [e["iteration"] for e in events if e["event"] == "iteration" and e["stage"] == 0]
+    assert steps[0] == 4 and steps[-1] == 6
+    assert load_model(out).header["training"]["resumed_from"] == str(candidate)
+    assert not all(torch.equal(exported[n], _stage_weights(load_model(out).chain, 0)[n]) for n in exported)
 
 
 def test_resume_continues_a_stopped_start_stage_run(tmp_path, data_dir, tiny_model_config):
