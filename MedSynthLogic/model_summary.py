@@ -56,14 +56,17 @@ def _architecture(config: Mapping[str, Any]) -> str:
     if not gen:
         return "not stated"
     kind = gen.get("kind", "nie2018")
-    if kind == "unet":
-        layers = f"U-Net, channels {_joined(gen.get('unet_channels'))}"
+    if kind == "unet3d":
+        channels = gen.get("unet_channels") or []
+        layers = (f"residual 3D U-Net, {len(channels)} levels (channels {_joined(channels)}), "
+                  f"{gen.get('norm', 'instance')} norm")
     else:
         layers = (f"3D FCN, {len(gen.get('filters') or [])} conv layers (filters {_joined(gen.get('filters'))}, "
                   f"kernels {_joined(gen.get('kernels'))})")
     residual = "residual" if gen.get("residual", True) else "no residual"
     patch = config.get("source_patch")
-    return f"{layers}, {residual}" + (f"; {patch}^3 source patches" if patch else "")
+    sample = "training crops" if kind == "unet3d" else "source patches"
+    return f"{layers}, {residual}" + (f"; {patch}^3 {sample}" if patch else "")
 
 
 def _data(data: Any) -> str:

@@ -90,6 +90,9 @@ def test_unet_model_file_round_trip_keeps_kind_and_weights(tmp_path):
     randomise(chain)
     path = save_model(tmp_path / "u.safetensors", chain, cfg)
     assert read_header(path)["model_config"]["generator"]["kind"] == "unet3d"
+    from MedSynthLogic.model_summary import summarize_header
+
+    assert "residual 3D U-Net, 3 levels (channels 4-8-8), instance norm" in summarize_header(read_header(path), "u")
     loaded = load_model(path)
     assert loaded.config == cfg
     x = torch.rand(1, 2, 16, 16, 16)
