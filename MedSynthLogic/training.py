@@ -659,7 +659,8 @@ def export_checkpoint(
     """Write a model file from a training checkpoint's completed stages (e.g. after Stop, or a run cut short).
 
     Only stages whose training finished are exported unless ``stages`` asks for a partly trained last stage
-    too; the header records which checkpoint, stage and iteration the weights come from.
+    too (its EMA weights when the run keeps one, as a finished stage would be); the header records which
+    checkpoint, stage and iteration the weights come from.
     """
     from .model_file import save_model
 
@@ -676,12 +677,17 @@ def export_checkpoint(
     export_cfg = dataclasses.replace(model_cfg, stages=n)
     chain = build_generators(export_cfg)
     _load_generators(chain, state, n - 1)
+    partial_ema = "ema" in state and not state["stage_done"] and n - 1 == int(state["stage"])
+    if partial_ema:
+        prefix = "module."
+        chain.stages[n - 1].load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
     check_output_path(out_model, overwrite=overwrite)
     record = {
         "exported_from_checkpoint": Path(checkpoint).name,
         "checkpoint_stage": int(state["stage"]),
         "checkpoint_iteration": int(state["iteration"]),
         "checkpoint_stage_done": bool(state["stage_done"]),
+        "exported_ema": bool(partial_ema),
         "train_config": train_cfg,
         "wall_time_s": round(float(state["elapsed_s"]), 1),
         "exported_with_torch": torch.__version__,

@@ -142,6 +142,14 @@ def test_unet_resume_equals_uninterrupted(tmp_path, unet_data):
     with pytest.raises(Cancelled):
         train(unet_data, tmp_path / "b.safetensors", cfg, _train_cfg(), device="cpu", run_dir=tmp_path / "rb",
               callback=stop_at_3, stop_event=stop)
+    from MedSynthLogic import checkpoint as ckpt
+    from MedSynthLogic.training import export_checkpoint
+
+    stopped = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "rb"))
+    candidate = load_model(export_checkpoint(ckpt.latest_checkpoint(tmp_path / "rb"), tmp_path / "c.safetensors", stages=1))
+    assert candidate.header["training"]["exported_ema"]
+    ema = {k[len("module."):]: v for k, v in stopped["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(candidate.chain.stages[0].state_dict()[k], ema[k]) for k in ema)
     resumed = train(unet_data, tmp_path / "b.safetensors", cfg, _train_cfg(), device="cpu", run_dir=tmp_path / "rb", resume=True)
     a, b = load_model(straight).chain.state_dict(), load_model(resumed).chain.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
