@@ -5,7 +5,9 @@ Measures, on a 240×240×155 volume with the default 3-stage ModelConfig (random
   (b) a reference-style loop as the public reference code does it — one 32³ patch at a time, stride 8, 16³
       outputs accumulated and overlaps averaged, stage after stage over the same region — timed over a fixed
       sample of patches and EXTRAPOLATED to the full patch count (running it fully takes hours on a CPU);
-  (c) the machine's dense Conv3d throughput (GFLOP/s) and the fraction of it our inference reaches.
+  (c) the machine's dense Conv3d throughput (GFLOP/s) and the fraction of it our inference reaches;
+  (d) the same volume with the default unet3d generator (``--unet-stages`` auto-context stages, random fixed
+      weights): one forward per stage over the brain's frame.
 
     python Testing/Benchmarks/bench_inference.py                     # CPU, prints a report
     python Testing/Benchmarks/bench_inference.py --tiles 64,96,128   # tile-size sweep
@@ -31,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from MedSynthLogic import inference  # noqa: E402
-from MedSynthLogic.config import ModelConfig  # noqa: E402
+from MedSynthLogic.config import GeneratorConfig, ModelConfig  # noqa: E402
 from MedSynthLogic.devices import resolve_device  # noqa: E402
 from MedSynthLogic.models import build_generators, conv_flops_per_voxel  # noqa: E402
 from MedSynthLogic.normalisation import brain_mask, normalise_source  # noqa: E402
@@ -258,6 +260,20 @@ def tile_sweep(chain, mask: np.ndarray, device: torch.device, tiles: List[int], 
     return out
 
 
+def unet_row(src: np.ndarray, mask: np.ndarray, device: torch.device, stages: int, precision: str) -> Dict[str, Any]:
+    """Wall time of the default unet3d chain (random fixed weights) over the same volume: the U-Net's per-volume cost."""
+    cfg = ModelConfig(generator=GeneratorConfig(kind="unet3d", residual=False), stages=stages, source_patch=96)
+    torch.manual_seed(0)
+    chain = build_generators(cfg).eval().to(device)
+    _sync(device)
+    t = time.perf_counter()
+    inference.synthesize_array(chain, src, mask, device=device, precision=precision)
+    _sync(device)
+    wall = time.perf_counter() - t
+    return {"stages": stages, "precision": precision, "wall_s": wall, "kflop_per_voxel": conv_flops_per_voxel(cfg.generator) / 1e3,
+            "receptive_field": cfg.generator.receptive_field}
+
+
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -268,6 +284,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--compare-precision", action="store_true",
                     help="also time reduced precision (bf16 on CPU, fp16 on CUDA) and report its error vs fp32")
     ap.add_argument("--ref-patches", type=int, default=40, help="patches per stage timed for the reference-style loop")
+    ap.add_argument("--unet-stages", type=int, default=2, help="stages of the unet3d row (d); 0 skips it")
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -353,12 +370,18 @@ def main(argv: List[str] | None = None) -> int:
         f"{ref['extrapolated_s']:.0f} s ≈ {ref['extrapolated_s'] / 3600:.2f} h"
     )
     print(f"    ratio reference-style / ours (tile {best['tile']}): {ratio:.0f}×")
+    unet = None
+    if args.unet_stages > 0:
+        unet = unet_row(src, mask, device, args.unet_stages, args.precision)
+        print(f"(d) unet3d, {unet['stages']} stages, {args.precision} (receptive field {unet['receptive_field']}, "
+              f"{unet['kflop_per_voxel']:.0f} kFLOP per voxel per stage): {unet['wall_s']:.1f} s wall "
+              f"(paper FCN, {cfg.stages} stages: {best['wall_s']:.1f} s; reference-style loop: {ref['extrapolated_s']:.0f} s)", flush=True)
     info["loadavg_end"] = os.getloadavg()
     print(f"load average at start {info['loadavg_start']}, at end {info['loadavg_end']} (other jobs share this machine)")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"source": what, "machine": info, "conv_peak_gflops": peak, "tile_sweep": sweep, "ours": runs, "reduced_precision": low,
-                        "reference_style": ref, "ratio": ratio}, indent=2),
+                        "reference_style": ref, "ratio": ratio, "unet3d": unet}, indent=2),
             encoding="utf-8",
         )
     return 0
