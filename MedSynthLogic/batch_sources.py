@@ -128,3 +128,13 @@ class CropSource:
 
     def close(self) -> None:
         self.crops.volumes = {}
+
+
+def batch_source(
+    train_h5: Path, val_h5: Optional[Path], context_train: Optional[Mapping[str, np.ndarray]], context_val: Optional[Mapping[str, np.ndarray]],
+    model_cfg: ModelConfig, cfg: TrainConfig, stage: int, start: int, ctx: dist_utils.DistContext,
+) -> "PatchSource | CropSource":
+    """The batches of the generator kind: patches for the paper's FCN, crops of whole volumes for the U-Net."""
+    if model_cfg.generator.kind == "unet3d":
+        return CropSource(train_h5, context_train, model_cfg, cfg, stage, ctx)
+    return PatchSource(train_h5, val_h5, context_train, context_val, cfg, stage, start, ctx)

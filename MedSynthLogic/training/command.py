@@ -1,0 +1,113 @@
+"""``medsynth train``: the adversarial training loop of Nie et al. with auto-context (ACM) stages.
+
+The command layer: configs from the parsed options, SIGTERM/SIGINT as a checkpoint-and-stop, and ``main`` for
+``python -m MedSynthLogic.training`` (what torchrun launches), which reports JSON-lines events from rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from .. import distributed as dist_utils
+from ..config import ModelConfig, TrainConfig, load_json_config
+from ..errors import Cancelled
+from ..options import build_torchrun_parser, config_overrides
+from .loop import train
+from .session import Callback
+
+
+def install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
+    """Make SIGTERM/SIGINT set ``stop_event`` (checkpoint, then stop); returns a function restoring the old handlers.
+
+    Only the main thread may install handlers; elsewhere (Slicer, a worker thread) this does nothing and the
+    caller stops training through ``stop_event`` directly. A second SIGINT interrupts at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old: Dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop_event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
+def configs_from_args(args: argparse.Namespace) -> Tuple[ModelConfig, TrainConfig]:
+    """ModelConfig and TrainConfig from the JSON files and the command-line overrides."""
+    model_overrides, train_overrides = config_overrides(args)
+    model_cfg = load_json_config(args.model_config, ModelConfig, model_overrides)
+    train_cfg = load_json_config(args.train_config, TrainConfig, {**train_overrides, "stages": model_cfg.stages})
+    return model_cfg, train_cfg
+
+
+def train_from_args(
+    args: argparse.Namespace, callback: Optional[Callback] = None, stop_event: Optional[threading.Event] = None
+) -> Path:
+    """Run :func:`train` from parsed :func:`add_train_arguments` options; SIGTERM/SIGINT checkpoint and stop."""
+    model_cfg, train_cfg = configs_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite and dist_utils.int_env("RANK", 0) == 0:
+        # --resume too: the model exists once its run finished, and resuming a finished run must not rewrite it.
+        from ..errors import OutputError
+
+        hint = "Pass --overwrite to replace it, or choose another --out."
+        if args.resume:
+            hint = "A run that wrote its model has nothing to resume; pass --overwrite to write it again, or another --out."
+        raise OutputError(f"The model {out} exists already.", hint)
+    stop = stop_event or threading.Event()
+    restore = install_signal_handlers(stop)
+    try:
+        return train(
+            args.data,
+            out,
+            model_cfg,
+            train_cfg,
+            device=args.device,
+            resume=args.resume,
+            run_dir=args.run_dir,
+            callback=callback,
+            stop_event=stop,
+            start_stage=args.start_stage,
+            command=list(sys.argv),
+            keep_checkpoints=args.keep_checkpoints,
+            init_model=args.init_model,
+        )
+    finally:
+        restore()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m MedSynthLogic.training`` (what torchrun launches): JSON-lines events from rank 0 on stdout."""
+    from ..errors import MedSynthError
+    from ..progress import JsonLinesReporter, done_event, error_event
+
+    args = build_torchrun_parser(__doc__.splitlines()[0]).parse_args(argv)
+    report = JsonLinesReporter(sys.stdout) if args.progress == "json" else None
+    try:
+        out = train_from_args(args, callback=report)
+    except MedSynthError as exc:
+        if report is not None:
+            report(error_event(str(exc), exc.exit_code))
+        sys.stderr.write(f"medsynth train: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if report is not None:
+            report(error_event("Interrupted.", Cancelled.exit_code))
+        return Cancelled.exit_code
+    if report is not None and dist_utils.int_env("RANK", 0) == 0:
+        report(done_event(out))
+    return 0

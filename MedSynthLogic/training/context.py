@@ -1,0 +1,104 @@
+"""The auto-context input of stage k: the synthesis of stages 0..k−1, computed exactly as inference computes it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled
+from ..models import AutoContextChain
+from ..progress import Event, progress_event
+from .plan import TrainingPlan
+
+Callback = Callable[[Event], None]
+Context = Optional[Dict[str, np.ndarray]]
+
+
+def whole_volume(
+    chain: AutoContextChain, source: np.ndarray, mask: Optional[np.ndarray], stages: int, device: torch.device, cancel: Optional[threading.Event] = None
+) -> np.ndarray:
+    """Stage-by-stage synthesis of an unpadded normalised source (network units), exactly as inference runs it.
+
+    fp32 on every device: the context a later stage learns from must be the function itself, not a
+    half-precision approximation of it. ``mask`` None gives the raw, unmasked synthesis (auto-context input).
+    """
+    from ..inference import synthesize_array
+
+    was_training = [g.training for g in chain.stages]
+    chain.eval()
+    try:
+        out = synthesize_array(chain, source, mask, stages, device, cancel=cancel, precision="fp32")
+    finally:
+        for g, t in zip(chain.stages, was_training):
+            g.train(t)
+    return np.asarray(out, dtype=np.float32)
+
+
+def unpad(arr: np.ndarray, pad: int) -> np.ndarray:
+    """A stored volume without the halo ``medsynth prepare`` padded it by."""
+    return arr[pad:-pad, pad:-pad, pad:-pad] if pad > 0 else arr
+
+
+def build_context(
+    chain: AutoContextChain,
+    h5_path: Path,
+    stages: int,
+    device: torch.device,
+    cancel: Optional[threading.Event] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Dict[str, np.ndarray]:
+    """Synthesis of stages 0..stages−1 for every volume of a patch file, edge-padded onto its padded grid.
+
+    The earlier stages run over the unpadded source exactly as inference runs them: the FCN's raw, unmasked
+    synthesis (what inference feeds its stage k), the U-Net's synthesis inside the brain mask (what inference
+    feeds the U-Net's stage k); padding by the halo in edge mode then gives the context inference feeds stage k at
+    the image border, on the grid the patch corners refer to. ``progress(done, total)`` is called per case.
+    """
+    from ..h5data import load_volumes, patch_file_info
+    from ..patches import pad_volume
+
+    masked = chain.config.generator.kind == "unet3d"
+    context: Dict[str, np.ndarray] = {}
+    ids = patch_file_info(h5_path)["case_ids"]
+    for i, cid in enumerate(ids):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Training was stopped while building the auto-context inputs.")
+        vol = load_volumes(h5_path, cases=[cid])[cid]
+        pad = vol["pad"]
+        mask = unpad(vol["mask"], pad) if masked else None
+        syn = whole_volume(chain, unpad(vol["source"], pad), mask, stages, device, cancel)
+        context[cid] = pad_volume(syn, pad, mode="edge").astype(np.float32)
+        if progress is not None:
+            progress(i + 1, len(ids))
+    return context
+
+
+def stage_context(
+    chain: AutoContextChain, plan: TrainingPlan, stage: int, stages: int, device: torch.device,
+    cancel: Optional[threading.Event], emit: Callback,
+) -> Tuple[Context, Context]:
+    """The (train, val) context of ``stage`` (None for stage 0, which sees the source alone)."""
+    if stage == 0:
+        return None, None
+    train = _split_context(chain, plan.train_h5, stage, stages, device, cancel, emit, "train")
+    val = None
+    if plan.val_h5 is not None:
+        val = _split_context(chain, plan.val_h5, stage, stages, device, cancel, emit, "val")
+    return train, val
+
+
+def _split_context(
+    chain: AutoContextChain, path: Path, stage: int, stages: int, device: torch.device,
+    cancel: Optional[threading.Event], emit: Callback, split: str,
+) -> Dict[str, np.ndarray]:
+    """build_context for one split, reporting each finished case (it takes minutes on a CPU)."""
+    emit(progress_event("context", 0, 1, stage=stage, stages=stages, split=split))
+
+    def report(done: int, total: int) -> None:
+        emit(progress_event("context", done, total, stage=stage, stages=stages, split=split))
+
+    return build_context(chain, path, stage, device, cancel, report)

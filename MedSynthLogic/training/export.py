@@ -1,0 +1,115 @@
+"""Model files out of training: the finished run's, and one from a checkpoint (``medsynth export``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..atomic import check_output_path
+from ..config import ModelConfig, TrainConfig, from_dict, to_dict
+from ..distributed import DistContext
+from ..errors import UsageError
+from ..models import AutoContextChain, build_generators
+from .plan import TrainingPlan
+from .state import load_generators
+
+
+def write_trained_model(
+    out: Path, chain: AutoContextChain, model_cfg: ModelConfig, train_cfg: TrainConfig, plan: TrainingPlan, ctx: DistContext,
+    wall_s: float, amp_dtype: Optional[torch.dtype], resumed_from: Optional[str], command: Optional[Sequence[str]], metrics: Dict[str, Any],
+) -> None:
+    """The model file of a finished run, with its training record (data, schedule, hardware, time, provenance)."""
+    from ..model_file import save_model
+
+    training = {
+        "data": plan.summary(),
+        "train_config": to_dict(train_cfg),
+        "iterations_per_stage": train_cfg.iterations,
+        "stages_trained": model_cfg.stages,
+        "patches_seen": train_cfg.iterations * model_cfg.stages * train_cfg.batch_size * ctx.world_size,
+        "generator_kind": model_cfg.generator.kind,
+        "wall_time_s": round(wall_s, 1),
+        "device": device_name(ctx.device),
+        "world_size": ctx.world_size,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
+        "torch_version": torch.__version__,
+        "resumed_from": resumed_from,
+        "command": list(command) if command else None,
+    }
+    chain.cpu()
+    save_model(out, chain, model_cfg, training, final_metrics(metrics, model_cfg.stages))
+    chain.to(ctx.device)
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware line of the training record."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def export_checkpoint(
+    checkpoint: os.PathLike | str,
+    out_model: os.PathLike | str,
+    stages: Optional[int] = None,
+    training: Optional[Dict[str, Any]] = None,
+    overwrite: bool = False,
+    evaluation: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write a model file from a training checkpoint's completed stages (e.g. after Stop, or a run cut short).
+
+    Only stages whose training finished are exported unless ``stages`` asks for a partly trained last stage
+    too (its EMA weights when the run keeps one, as a finished stage would be); the header records which
+    checkpoint, stage and iteration the weights come from.
+    """
+    from ..model_file import save_model
+
+    state = ckpt.load_checkpoint(checkpoint)
+    model_cfg = from_dict(ModelConfig, json.loads(state["model_config"]))
+    train_cfg = json.loads(state["train_config"])
+    complete = int(state["stage"]) + (1 if state["stage_done"] else 0)
+    n = complete if stages is None else int(stages)
+    if n < 1 or n > int(state["stage"]) + 1:
+        raise UsageError(
+            f"The checkpoint holds {complete} completed stage(s) (stage {state['stage']} at iteration {state['iteration']}); "
+            f"cannot export {n}."
+        )
+    export_cfg = dataclasses.replace(model_cfg, stages=n)
+    chain = build_generators(export_cfg)
+    load_generators(chain, state, n - 1)
+    partial_ema = "ema" in state and not state["stage_done"] and n - 1 == int(state["stage"])
+    if partial_ema:
+        prefix = "module."
+        chain.stages[n - 1].load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
+    check_output_path(out_model, overwrite=overwrite)
+    record = {
+        "exported_from_checkpoint": Path(checkpoint).name,
+        "checkpoint_stage": int(state["stage"]),
+        "checkpoint_iteration": int(state["iteration"]),
+        "checkpoint_stage_done": bool(state["stage_done"]),
+        "exported_ema": bool(partial_ema),
+        "train_config": train_cfg,
+        "wall_time_s": round(float(state["elapsed_s"]), 1),
+        "exported_with_torch": torch.__version__,
+    }
+    record.update(training or {})
+    metrics = final_metrics(json.loads(state.get("metrics") or "{}"), n)
+    if evaluation:
+        metrics["evaluation"] = evaluation
+    return save_model(out_model, chain, export_cfg, record, metrics)
+
+
+def final_metrics(metrics: Dict[str, Any], stages: int) -> Dict[str, Any]:
+    """Per-stage validation results, with the last stage's also at the top level (what `medsynth info` shows)."""
+    out: Dict[str, Any] = {"validation": metrics}
+    last = metrics.get(f"stage{stages - 1}")
+    if last:
+        out.update({k: v for k, v in last.items() if k in ("psnr", "ssim", "val_loss")})
+    return out

@@ -1,0 +1,161 @@
+"""``train``: the auto-context stages one after another, each a loop of StageTrainer steps.
+
+Stage k trains generator k and a fresh discriminator. Stage 0 sees source patches; stage k > 0 sees
+``[source, synthesis of stages 0..k−1]``, computed over every stored volume with the already trained (frozen,
+eval-mode) earlier stages exactly as whole-volume inference computes it. Batches are a pure function of (seed,
+stage, iteration, rank), so a run stopped at any checkpoint and resumed gives bit-identical weights to one never
+stopped (CPU), and under ``torchrun`` each rank reads its own share of every global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import distributed as dist_utils
+from ..atomic import check_output_path
+from ..batch_sources import batch_source
+from ..config import ModelConfig, TrainConfig
+from ..devices import resolve_device
+from ..errors import Cancelled, UsageError
+from ..models import AutoContextChain, build_discriminator, build_generator, build_generators, init_from_previous_stage
+from ..progress import stage_event, validation_event
+from ..stage_trainer import StageTrainer, amp_settings
+from .context import stage_context
+from .export import write_trained_model
+from .monitor import LossLog, check_finite
+from .plan import TrainingPlan, plan_training
+from .resume import Start, decide_start
+from .session import Callback, Session, open_session
+from .state import latest_state, load_checkpoint_stage, load_earlier_stages, load_model_stage, open_init_model
+from .validation import validate, validation_due, validation_volumes
+
+
+def train(
+    data_dir: os.PathLike | str,
+    out_model: os.PathLike | str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    device: str | torch.device = "auto",
+    resume: bool = False,
+    run_dir: Optional[os.PathLike | str] = None,
+    callback: Optional[Callback] = None,
+    stop_event: Optional[threading.Event] = None,
+    start_stage: int = 0,
+    command: Optional[Sequence[str]] = None,
+    keep_checkpoints: int = 3,
+    init_model: Optional[os.PathLike | str] = None,
+) -> Path:
+    """Train all auto-context stages and write the model file; returns its path.
+
+    ``resume`` continues from the newest complete checkpoint in ``run_dir`` (default ``<out stem>_run/``)
+    and starts afresh when there is none. ``start_stage`` > 0 retrains from that stage on, taking the earlier
+    stages from the newest checkpoint that holds them, or from the model file ``init_model`` (to add stages to a
+    trained model); when ``init_model`` also holds stage ``start_stage``, that stage starts from its weights at
+    the iteration it was exported at (fresh optimisers), so a schedule continues from a committed candidate on a new
+    machine; with ``resume`` a run that already reached ``start_stage`` continues. ``stop_event`` (or SIGTERM/SIGINT with
+    :func:`install_signal_handlers`) writes a checkpoint and raises :class:`Cancelled`.
+    """
+    out = check_output_path(out_model, overwrite=True)
+    plan = plan_training(data_dir, model_cfg, train_cfg)
+    if not 0 <= start_stage < model_cfg.stages:
+        raise UsageError(f"start_stage must be in 0..{model_cfg.stages - 1}.")
+    ctx = dist_utils.init_distributed(resolve_device(str(device)))
+    try:
+        session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints)
+        amp_dtype = amp_settings(ctx.device, train_cfg.precision)
+        chain = _seeded_chain(model_cfg, train_cfg, ctx.device)
+        start = decide_start(model_cfg, start_stage, resume, init_model, session.run_dir,
+                             lambda: latest_state(session.run_dir), lambda: open_init_model(init_model, model_cfg))
+        load_earlier_stages(chain, start)
+        for k in range(start.stage):
+            chain.stages[k].to(ctx.device).eval()
+        session.carry_history(start.checkpoint)
+        val_volumes = validation_volumes(plan, train_cfg) if ctx.is_main else {}
+        first: Optional[Start] = start
+        resumed_from, stages = start.resumed_from, range(start.stage, model_cfg.stages)
+        del start  # only the first stage starts from it; past that, its checkpoint or model file can go
+        for stage in stages:
+            _train_stage(session, plan, chain, stage, first, val_volumes)
+            first = None
+        if ctx.is_main:
+            write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), amp_dtype,
+                                resumed_from, command, session.metrics)
+        dist_utils.barrier(ctx)
+        return out
+    finally:
+        dist_utils.cleanup(ctx)
+
+
+def _seeded_chain(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> AutoContextChain:
+    """The generators as the seed makes them, with the fast CUDA kernels on (TF32, cuDNN autotuning)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    random.seed(train_cfg.seed)
+    np.random.seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)
+    return build_generators(model_cfg)
+
+
+def _train_stage(
+    s: Session, plan: TrainingPlan, chain: AutoContextChain, stage: int, start: Optional[Start], val_volumes: Dict[str, Dict[str, Any]]
+) -> None:
+    """One stage from its first iteration (0, or where ``start`` says) to its end checkpoint."""
+    cfg, tcfg, ctx, dev = s.model_cfg, s.train_cfg, s.ctx, s.ctx.device
+    s.emit(stage_event(stage, cfg.stages, "start"))
+    context_train, context_val = stage_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit)
+    torch.manual_seed(tcfg.seed * 1000 + stage)
+    gen = build_generator(cfg.stage_generator(stage))
+    if stage > 0 and tcfg.init_from_previous:
+        init_from_previous_stage(gen, chain.stages[stage - 1])
+    load_model_stage(gen, start)
+    chain.stages[stage] = gen.to(dev).train()
+    trainer = StageTrainer(gen, build_discriminator(cfg).to(dev).train(), cfg, tcfg, ctx)
+    load_checkpoint_stage(gen, trainer, start)
+    first = start.iteration if start is not None else 0
+    source = batch_source(plan.train_h5, plan.val_h5, context_train, context_val, cfg, tcfg, stage, first, ctx)
+    log = LossLog(tcfg, ctx, tcfg.iterations * cfg.stages, stage, s.elapsed_before - s.t_start)
+    for it in range(first, tcfg.iterations):
+        src, tgt, mask = (None if t is None else t.to(dev, non_blocking=True) for t in source.batch(it))
+        losses = trainer.step(src, tgt, mask, it)
+        check_finite(losses, stage, it, s.run_dir, ctx)
+        done = it + 1
+        event = log.add(losses, done, trainer.lr_g)
+        if event is not None:
+            s.emit(event)
+        if validation_due(tcfg, done):
+            _validate(s, chain, stage, trainer, source, val_volumes, done)
+        if s.stopper():
+            s.save(chain, stage, done, done == tcfg.iterations, trainer, "stop")
+            raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; resume with --resume.")
+        if tcfg.checkpoint_every > 0 and done % tcfg.checkpoint_every == 0 and done < tcfg.iterations:
+            s.save(chain, stage, done, False, trainer, "periodic")
+    dist_utils.broadcast_buffers(gen, ctx)
+    dist_utils.broadcast_buffers(trainer.disc, ctx)
+    trainer.finish()
+    gen.eval()
+    s.save(chain, stage, tcfg.iterations, True, trainer, "stage_end")
+    dist_utils.write_rank_digest([gen, trainer.disc], ctx, f"stage{stage}")
+    s.emit(stage_event(stage, cfg.stages, "end"))
+    s.plot()
+    source.close()
+
+
+def _validate(s: Session, chain: AutoContextChain, stage: int, trainer: StageTrainer, source: Any,
+              val_volumes: Dict[str, Dict[str, Any]], done: int) -> None:
+    """Validate on rank 0, record the result for the model file and report it; the other ranks wait."""
+    if s.ctx.is_main:
+        result = validate(chain, stage, trainer, source, val_volumes, s.model_cfg, s.train_cfg, s.ctx.device)
+        if result is not None:
+            s.metrics[f"stage{stage}"] = dict(result, iteration=done)
+            s.emit(validation_event(stage, done, result.get("val_loss"), result.get("psnr"), result.get("ssim"), time_s=s.elapsed()))
+            s.plot()
+    dist_utils.barrier(s.ctx)

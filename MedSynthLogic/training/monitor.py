@@ -1,0 +1,74 @@
+"""Watching a run as it goes: averaged losses with rate and ETA, the NaN guard, the agreed stop, the loss plot."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from .. import checkpoint as ckpt
+from .. import distributed as dist_utils
+from ..config import TrainConfig
+from ..errors import TrainingDiverged
+from ..figures import plot_losses
+from ..progress import Event, iteration_event
+
+
+class LossLog:
+    """Averages the losses over ``log_every`` iterations and makes the iteration event with rate and ETA."""
+
+    def __init__(self, cfg: TrainConfig, ctx: dist_utils.DistContext, total_iterations: int, stage: int, time_offset: float) -> None:
+        self.cfg, self.ctx, self.total, self.stage, self.offset = cfg, ctx, total_iterations, stage, time_offset
+        self.sums: Dict[str, float] = {}
+        self.count = 0
+        self.window_t, self.window_n = time.perf_counter(), 0
+
+    def add(self, losses: Dict[str, float], done: int, lr: float) -> Optional[Event]:
+        for key, v in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + v
+        self.count += 1
+        self.window_n += 1
+        if done % self.cfg.log_every and done != self.cfg.iterations:
+            return None
+        now = time.perf_counter()
+        rate = self.window_n / max(now - self.window_t, 1e-9)
+        self.window_t, self.window_n = now, 0
+        avg = dist_utils.mean_over_ranks({k: v / self.count for k, v in self.sums.items()}, self.ctx)
+        self.sums, self.count = {}, 0
+        remaining = self.total - (self.stage * self.cfg.iterations + done)
+        return iteration_event(self.stage, done, self.cfg.iterations, avg, lr, eta_s=remaining / rate,
+                               patches_per_s=rate * self.cfg.batch_size * self.ctx.world_size, time_s=self.offset + now)
+
+
+def check_finite(losses: Dict[str, float], stage: int, it: int, run_dir: Path, ctx: dist_utils.DistContext) -> None:
+    """Stop with TrainingDiverged before a NaN/inf loss can reach a checkpoint that rotates the good ones out."""
+    if dist_utils.any_rank(not all(np.isfinite(v) for v in losses.values()), ctx):
+        last = ckpt.latest_checkpoint(run_dir)
+        raise TrainingDiverged(
+            f"A training loss became NaN or infinite at stage {stage}, iteration {it + 1} "
+            f"({', '.join(f'{k}={v:g}' for k, v in losses.items())}); no checkpoint was written after it.",
+            (f"Resume from {last.name} with a lower learning rate or --precision fp32." if last is not None
+             else "Start again with a lower learning rate or --precision fp32."),
+        )
+
+
+class Stopper:
+    """Combines the caller's stop_event with DDP agreement, so every rank stops at the same iteration."""
+
+    def __init__(self, event: Optional[threading.Event], ctx: dist_utils.DistContext) -> None:
+        self.event, self.ctx = event, ctx
+
+    def __call__(self) -> bool:
+        flag = self.event is not None and self.event.is_set()
+        return dist_utils.any_rank(flag, self.ctx)
+
+
+def plot_quietly(csv_path: Path, png_path: Path) -> None:
+    """The loss plot is a convenience: a plotting failure must never end a training run."""
+    try:
+        plot_losses(csv_path, png_path)
+    except Exception:
+        pass

@@ -1,0 +1,122 @@
+"""What a training run will do, checked against the data folder before any work starts."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..config import ModelConfig, TrainConfig, to_dict
+from ..errors import DataError, UsageError
+
+PREPARE_HINT = "Run `medsynth prepare <cases> <data_dir>` first to create train.h5, val.h5 and manifest.json."
+
+
+@dataclass
+class TrainingPlan:
+    """What a run will do, checked before any work starts so a bad data folder fails in a second, not in hours."""
+
+    data_dir: Path
+    train_h5: Path
+    val_h5: Optional[Path]
+    manifest: Dict[str, Any]
+    n_train: int
+    n_val: int
+    train_cases: List[str]
+    val_cases: List[str]
+    source_patch: int
+    target_patch: int
+    stages: int
+    iterations: int
+    batch_size: int
+    warnings: List[str] = field(default_factory=list)
+
+    def summary(self) -> Dict[str, Any]:
+        """The data part of the model file's training record."""
+        return {
+            "data_dir": str(self.data_dir),
+            "train_patches": self.n_train,
+            "val_patches": self.n_val,
+            "train_cases": len(self.train_cases),
+            "val_cases": len(self.val_cases),
+            "val_case_ids": list(self.val_cases),
+            "source_patch": self.source_patch,
+            "target_patch": self.target_patch,
+            "manifest": {k: v for k, v in self.manifest.items() if k not in ("cases", "splits")},
+        }
+
+
+def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainingPlan:
+    """Check the data folder against the configs; raise DataError/UsageError with what to do."""
+    from ..h5data import patch_file_info
+
+    if train_cfg.iterations < 1 or train_cfg.batch_size < 1:
+        raise UsageError("iterations and batch_size must be at least 1.")
+    if train_cfg.log_every < 1 or train_cfg.val_every < 0 or train_cfg.checkpoint_every < 0:
+        raise UsageError("log_every must be ≥ 1; val_every and checkpoint_every ≥ 0 (0 = only at stage end).")
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"The data folder {d} does not exist.", PREPARE_HINT)
+    train_h5 = d / "train.h5"
+    if not train_h5.is_file():
+        raise DataError(f"{train_h5} is missing.", PREPARE_HINT)
+    info = patch_file_info(train_h5)
+    check_patch_sizes(info, model_cfg, train_h5)
+    manifest: Dict[str, Any] = {}
+    if (d / "manifest.json").is_file():
+        try:
+            manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{d / 'manifest.json'} is not readable JSON ({exc}).", PREPARE_HINT) from exc
+    warnings: List[str] = []
+    val_h5: Optional[Path] = d / "val.h5"
+    n_val, val_cases = 0, []
+    if val_h5.is_file():
+        vinfo = patch_file_info(val_h5)
+        check_patch_sizes(vinfo, model_cfg, val_h5)
+        n_val, val_cases = vinfo["n_patches"], list(vinfo["case_ids"])
+    else:
+        val_h5 = None
+        warnings.append("no val.h5: training runs without validation")
+    return TrainingPlan(
+        data_dir=d,
+        train_h5=train_h5,
+        val_h5=val_h5,
+        manifest=manifest,
+        n_train=info["n_patches"],
+        n_val=n_val,
+        train_cases=list(info["case_ids"]),
+        val_cases=val_cases,
+        source_patch=info["source_patch"],
+        target_patch=info["target_patch"],
+        stages=model_cfg.stages,
+        iterations=train_cfg.iterations,
+        batch_size=train_cfg.batch_size,
+        warnings=warnings,
+    )
+
+
+def check_patch_sizes(info: Dict[str, Any], cfg: ModelConfig, path: Path) -> None:
+    """A patch file made with another model config would train a model that cannot be applied as configured."""
+    if info["source_patch"] != cfg.source_patch or info["target_patch"] != cfg.target_patch:
+        raise DataError(
+            f"{path} holds {info['source_patch']}³→{info['target_patch']}³ patches but the model needs "
+            f"{cfg.source_patch}³→{cfg.target_patch}³.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+        )
+    if info["channels"] != 1:
+        raise DataError(f"{path} stores {info['channels']}-channel source patches; expected 1.", PREPARE_HINT)
+    stored = (info.get("model_config") or {}).get("normalisation")
+    if stored is not None and stored != to_dict(cfg.normalisation):
+        raise DataError(
+            f"{path} was normalised with {json.dumps(stored)} but the model config asks for "
+            f"{json.dumps(to_dict(cfg.normalisation))}; a model must be trained with the normalisation it will be applied with.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+        )
+    if info.get("pad", cfg.generator.halo) != cfg.generator.halo:
+        raise DataError(
+            f"{path} volumes are padded by {info['pad']} voxels but the generator's halo is {cfg.generator.halo}.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+        )

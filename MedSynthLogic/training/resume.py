@@ -1,0 +1,86 @@
+"""Where a run starts: which stage and iteration, and from what (a checkpoint, a model file, or nothing).
+
+The rules live in one function, :func:`decide_start`, which reads a checkpoint or a model file only through the
+readers it is given, so each case is a unit test without a training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from ..config import ModelConfig, from_dict
+from ..errors import DataError, ModelFileError, UsageError
+
+FoundCheckpoint = Optional[Tuple[Path, Dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Start:
+    """The first stage to train and its first iteration; stages 0..stage−1 come from ``checkpoint`` or ``model``.
+
+    ``checkpoint`` (a training state) also brings the validation history and elapsed time; with ``continues``
+    it holds ``stage`` itself mid-way (G, D, optimisers, RNG). ``model_stage``: the model file holds ``stage``'s
+    generator, which starts from those weights (fresh optimisers) at ``iteration``.
+    """
+
+    stage: int
+    iteration: int = 0
+    checkpoint: Optional[Dict[str, Any]] = None
+    model: Optional[Any] = None
+    continues: bool = False
+    model_stage: bool = False
+    resumed_from: Optional[str] = None
+
+
+def decide_start(
+    model_cfg: ModelConfig,
+    start_stage: int,
+    resume: bool,
+    init_model: Optional[os.PathLike | str],
+    run_dir: Path,
+    read_checkpoint: Callable[[], FoundCheckpoint],
+    read_model: Callable[[], Any],
+) -> Start:
+    """The start of a run (see :func:`MedSynthLogic.training.train` for what the options mean).
+
+    ``read_checkpoint()`` gives the newest checkpoint of the run folder as (path, state) or None; it is called
+    only with ``resume`` or a ``start_stage`` > 0 without ``init_model``. ``read_model()`` gives the
+    ``init_model`` file (a ``LoadedModel``, checked against the config), called only when that file is used.
+    """
+    found = read_checkpoint() if resume or (start_stage > 0 and init_model is None) else None
+    if found is not None and from_dict(ModelConfig, json.loads(found[1]["model_config"])) != model_cfg:
+        raise ModelFileError(f"The checkpoint {found[0]} was made with a different model config.", "Use another --run-dir or the same config.")
+    # --resume continues a run that already reached start_stage; otherwise start_stage retrains from there
+    continuing = found is not None and resume and int(found[1]["stage"]) >= start_stage
+    if init_model is not None and not continuing:
+        return _from_model(read_model(), init_model, start_stage)
+    if found is None:
+        if start_stage > 0:
+            raise DataError(f"start_stage {start_stage} needs the earlier stages, but {run_dir} holds no checkpoint.",
+                            "Resume the run that trained them, or pass --init-model with a model file that has them.")
+        return Start(0)
+    path, state = found
+    stage, iteration, done = int(state["stage"]), int(state["iteration"]), bool(state["stage_done"])
+    if not continuing:
+        if stage + (1 if done else 0) < start_stage:
+            raise DataError(f"The newest checkpoint has stages 0..{stage - (0 if done else 1)} trained; "
+                            f"start_stage {start_stage} needs 0..{start_stage - 1}.")
+        return Start(start_stage, checkpoint=state, resumed_from=str(path))
+    if done:
+        return Start(stage + 1, checkpoint=state, resumed_from=str(path))
+    return Start(stage, iteration, checkpoint=state, continues=True, resumed_from=str(path))
+
+
+def _from_model(model: Any, path: os.PathLike | str, start_stage: int) -> Start:
+    """Stages 0..start_stage−1 from a model file; stage start_stage too when the file holds it (e.g. exported mid-stage)."""
+    if model.stages < max(start_stage, 1):
+        raise UsageError(f"The model file {path} has {model.stages} stage(s); start_stage {start_stage} needs {max(start_stage, 1)}.")
+    holds_stage = model.stages > start_stage
+    record = model.header.get("training", {})
+    partial = record.get("checkpoint_stage") == start_stage and not record.get("checkpoint_stage_done", True)
+    iteration = int(record.get("checkpoint_iteration", 0)) if holds_stage and partial else 0
+    return Start(start_stage, iteration, model=model, model_stage=holds_stage, resumed_from=str(path))

@@ -1,0 +1,77 @@
+"""One training run's surroundings: its folder, where its events go, its clock and history, its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from .. import checkpoint as ckpt
+from .. import distributed as dist_utils
+from ..config import ModelConfig, TrainConfig
+from ..models import AutoContextChain
+from ..progress import CallbackList, CsvLogger, Event, checkpoint_event
+from ..stage_trainer import StageTrainer
+from .monitor import Stopper, plot_quietly
+from .state import checkpoint_state
+
+Callback = Callable[[Event], None]
+
+
+@dataclass
+class Session:
+    """The run folder and the state every stage shares; :meth:`save` writes a checkpoint on rank 0, all ranks wait."""
+
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    ctx: dist_utils.DistContext
+    run_dir: Path
+    emit: Callback
+    stopper: Stopper
+    keep: int
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    elapsed_before: float = 0.0
+    t_start: float = 0.0
+
+    def carry_history(self, state: Optional[Dict[str, Any]]) -> None:
+        """Start the clock, going on from the validation results and time of the checkpoint a run starts from."""
+        if state is not None:
+            self.metrics = json.loads(state.get("metrics", "{}"))
+            self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.t_start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Training time so far, across resumes."""
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def save(self, chain: AutoContextChain, stage: int, iteration: int, stage_done: bool, trainer: StageTrainer, reason: str) -> None:
+        """A checkpoint at ``iteration`` of ``stage``, keeping the newest ``keep``."""
+        if self.ctx.is_main:
+            state = checkpoint_state(self.model_cfg, self.train_cfg, chain, stage, iteration, stage_done, trainer,
+                                     self.elapsed(), self.metrics)
+            path = ckpt.save_checkpoint(self.run_dir / ckpt.checkpoint_name(stage, iteration), state)
+            ckpt.prune_checkpoints(self.run_dir, keep=self.keep)
+            self.emit(checkpoint_event(path, stage, iteration, reason))
+        dist_utils.barrier(self.ctx)
+
+    def plot(self) -> None:
+        """The loss curves beside the CSV log (rank 0)."""
+        if self.ctx.is_main:
+            plot_quietly(self.run_dir / "training_log.csv", self.run_dir / "loss_curves.png")
+
+
+def open_session(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, ctx: dist_utils.DistContext, out: Path,
+    run_dir: Optional[os.PathLike | str], callback: Optional[Callback], stop_event: Optional[threading.Event], keep: int,
+) -> Session:
+    """The run folder (default ``<out stem>_run/``), created by rank 0; events go to ``callback`` and its CSV log."""
+    folder = Path(run_dir) if run_dir is not None else out.with_name(out.name.split(".")[0] + "_run")
+    if ctx.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    dist_utils.barrier(ctx)
+    emit = CallbackList([callback, CsvLogger(folder / "training_log.csv")] if ctx.is_main else [])
+    return Session(model_cfg, train_cfg, ctx, folder, emit, Stopper(stop_event, ctx), keep)
