@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -12,11 +12,14 @@ from .errors import ResourceError, UsageError
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: Union[str, torch.device] = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cpu``; ``cuda`` / ``cuda:N`` (``ResourceError`` if absent); ``mps``.
 
     Asking for a GPU explicitly never silently falls back to the CPU, because a CPU run can be 100× slower.
+    A ``torch.device`` is already resolved and is returned as it is.
     """
+    if isinstance(name, torch.device):
+        return name
     key = (name or "auto").strip().lower()
     if key == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -2,7 +2,7 @@
 
 Every helper is a no-op in a single process, so the training loop has one code path. Under ``torchrun``
 (``WORLD_SIZE`` > 1) the process group uses NCCL on CUDA and gloo on CPU, each rank draws its own share of
-every global batch (see :func:`rank_batch_indices`), and only rank 0 writes checkpoints, logs and the model.
+every global batch (see :class:`.batch_sources.IterationBatches`), and only rank 0 writes checkpoints, logs and the model.
 """
 
 from __future__ import annotations
@@ -148,12 +148,6 @@ def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
 
     for buf in unwrap(module).buffers():
         dist.broadcast(buf.data, src=0)
-
-
-def rank_batch_indices(positions: torch.Tensor, ctx: DistContext, per_rank: int) -> torch.Tensor:
-    """This rank's contiguous share of a global batch of ``per_rank × world_size`` positions."""
-    start = ctx.rank * per_rank
-    return positions[start : start + per_rank]
 
 
 def state_digest(module: nn.Module) -> str:

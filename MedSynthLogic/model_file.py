@@ -30,6 +30,7 @@ import torch
 from . import __version__
 from .atomic import atomic_path, check_output_path
 from .config import ModelConfig, from_dict, to_dict
+from .devices import resolve_device
 from .errors import MedSynthError, ModelFileError, OutputError, UsageError
 from .models import AutoContextChain, build_generators
 
@@ -333,17 +334,8 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
     chain.eval()
     for param in chain.parameters():
         param.requires_grad_(False)
-    chain.to(_device(device))
+    chain.to(resolve_device(device))
     return LoadedModel(chain=chain, config=run_cfg, header=header, path=p)
-
-
-def _device(device: Union[str, torch.device]) -> torch.device:
-    """A torch.device from "auto"/"cpu"/"cuda[:N]" via ``devices.resolve_device`` (clear error for an absent GPU)."""
-    if isinstance(device, torch.device):
-        return device
-    from .devices import resolve_device
-
-    return resolve_device(device)
 
 
 def bundled_model_path() -> Path:

@@ -41,11 +41,17 @@ class Generator(nn.Module):
         self.halo = config.halo
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        if self.config.residual:
-            h = self.halo
-            out = out + x[:, :1, h : x.shape[2] - h, h : x.shape[3] - h, h : x.shape[4] - h]
-        return out
+        return self.add_residual(x, self.body(x))
+
+    def add_residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (what a copy of ``body`` gave for ``x``) plus the long residual, if the config has one.
+
+        Public so whole-volume inference, which runs a BatchNorm-folded copy of ``body``, applies the same rule.
+        """
+        if not self.config.residual:
+            return out
+        h = self.halo
+        return out + x[:, :1, h : x.shape[2] - h, h : x.shape[3] - h, h : x.shape[4] - h]
 
 
 class Discriminator(nn.Module):

@@ -32,7 +32,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from MedSynthLogic import inference  # noqa: E402
+from MedSynthLogic import inference, tiled_synthesis  # noqa: E402
 from MedSynthLogic.config import GeneratorConfig, ModelConfig  # noqa: E402
 from MedSynthLogic.devices import resolve_device  # noqa: E402
 from MedSynthLogic.models import build_generators, conv_flops_per_voxel  # noqa: E402
@@ -85,7 +85,7 @@ def stage_regions(mask: np.ndarray, halos: List[int]) -> List[Tuple[Tuple[int, i
     box = inference.mask_bbox(mask)
     regions = [box] * len(halos)
     for k in range(len(halos) - 2, -1, -1):
-        regions[k] = inference._grow(regions[k + 1], halos[k + 1], mask.shape)
+        regions[k] = tiled_synthesis._grow(regions[k + 1], halos[k + 1], mask.shape)
     return regions
 
 
@@ -97,7 +97,7 @@ class FlopCounter:
         self.executed = 0.0
         self.useful = 0.0
         self.tiles = 0
-        self._orig = inference._StageRunner.__call__
+        self._orig = tiled_synthesis._StageRunner.__call__
 
     def __enter__(self) -> "FlopCounter":
         counter, orig = self, self._orig
@@ -116,11 +116,11 @@ class FlopCounter:
             counter.tiles += batch.shape[0]
             return orig(runner, batch, flip)
 
-        inference._StageRunner.__call__ = counted
+        tiled_synthesis._StageRunner.__call__ = counted
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        inference._StageRunner.__call__ = self._orig
+        tiled_synthesis._StageRunner.__call__ = self._orig
 
 
 def conv_peak(device: torch.device, seconds: float = 3.0) -> float:
@@ -219,9 +219,9 @@ def computed_voxels(mask: np.ndarray, halos: List[int], tile: int) -> List[float
     for k, region in enumerate(regions):
         reach = sum(halos[k + 1 :])
         total = 0.0
-        for z in inference._split(region[0][1] - region[0][0], tile):
-            for y in inference._split(region[1][1] - region[1][0], tile):
-                for x in inference._split(region[2][1] - region[2][0], tile):
+        for z in tiled_synthesis._split(region[0][1] - region[0][0], tile):
+            for y in tiled_synthesis._split(region[1][1] - region[1][0], tile):
+                for x in tiled_synthesis._split(region[2][1] - region[2][0], tile):
                     t = (z, y, x)
                     sl = tuple(slice(max(0, a + r[0] - reach), min(n, b + r[0] + reach)) for (a, b), r, n in zip(t, region, mask.shape))
                     if mask[sl].any():
@@ -239,7 +239,7 @@ def tile_sweep(chain, mask: np.ndarray, device: torch.device, tiles: List[int], 
         for tile in tiles:
             per_voxel = []
             for k in (0, 1):
-                runner = inference._StageRunner(chain.stages[k], device, "auto")
+                runner = tiled_synthesis._StageRunner(chain.stages[k], device, "auto")
                 n = tile + 2 * runner.halo
                 batch = np.random.default_rng(0).random((1, runner.in_channels, n, n, n), dtype=np.float32)
                 runner(batch, False)

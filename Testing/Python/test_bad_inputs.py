@@ -730,10 +730,10 @@ def test_bad_input(row: Row, results: Dict[str, Result], shared: Shared) -> None
 
 def test_read_refuses_a_volume_larger_than_free_memory(tmp_path, monkeypatch, shared):
     """In-process (the limit is faked): a volume that fits the size limits but not the RAM is refused unread."""
-    from MedSynthLogic import volume_io
+    from MedSynthLogic import volume_io, volume_read
     from MedSynthLogic.errors import ResourceError
 
-    monkeypatch.setattr(volume_io, "available_ram", lambda: 100_000)
+    monkeypatch.setattr(volume_read, "available_ram", lambda: 100_000)
     with pytest.raises(ResourceError, match="Not enough memory to read") as info:
         volume_io.read_volume(shared.t1ce)
     assert info.value.exit_code == 8

@@ -368,13 +368,13 @@ def test_gpu_out_of_memory_with_auto_falls_back_to_cpu_with_a_warning(monkeypatc
     """With --device auto, a GPU that is out of memory even at the smallest tile gives way to the CPU (with a
     warning event saying so); asked for explicitly, it is a ResourceError. The "GPU" is a meta-device stand-in
     whose tiles always raise torch.cuda.OutOfMemoryError; tile halving itself is tested in test_inference."""
-    from MedSynthLogic import inference
+    from MedSynthLogic import tiled_synthesis
     from MedSynthLogic.inference import synthesize_array
 
     chain, source, reference = _reference_and_chain()
     gpu = torch.device("meta")
-    monkeypatch.setattr(inference, "_device", lambda d: torch.device("cpu") if d == "cpu" else gpu)
-    original = inference._StageRunner.__call__
+    monkeypatch.setattr(tiled_synthesis, "resolve_device", lambda d: torch.device("cpu") if d == "cpu" else gpu)
+    original = tiled_synthesis._StageRunner.__call__
     tried: List[tuple] = []
 
     def oom_on_gpu(self, batch, flip):
@@ -383,8 +383,8 @@ def test_gpu_out_of_memory_with_auto_falls_back_to_cpu_with_a_warning(monkeypatc
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(self, batch, flip)
 
-    monkeypatch.setattr(inference._StageRunner, "__call__", oom_on_gpu)
-    monkeypatch.setattr(inference, "MIN_TILE", 4)
+    monkeypatch.setattr(tiled_synthesis._StageRunner, "__call__", oom_on_gpu)
+    monkeypatch.setattr(tiled_synthesis, "MIN_TILE", 4)
     events: List[dict] = []
     out = synthesize_array(chain, source, None, stages=2, device="auto", tile=32, progress=events.append)
     np.testing.assert_allclose(out, reference, atol=1e-5)

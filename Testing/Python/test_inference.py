@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from MedSynthLogic import inference
+from MedSynthLogic import tiled_synthesis
 from MedSynthLogic.errors import Cancelled, GeometryError, InputImageError, OutputError, ResourceError, UsageError
 from MedSynthLogic.inference import mask_bbox, synthesize_array, synthesize_file, synthesize_folder, synthesize_volume
 from MedSynthLogic.model_file import LoadedModel, load_model, save_model
@@ -171,7 +171,7 @@ def test_chain_in_training_mode_is_used_as_in_eval_and_left_untouched(tiny_model
 def test_out_of_memory_halves_tile_then_gives_up(tiny_model_config, source, monkeypatch):
     chain = random_chain(tiny_model_config)
     ref = _reference(chain, source, 2)
-    original = inference._StageRunner.__call__
+    original = tiled_synthesis._StageRunner.__call__
     tiles_seen = []
 
     def picky(self, batch, flip):
@@ -180,8 +180,8 @@ def test_out_of_memory_halves_tile_then_gives_up(tiny_model_config, source, monk
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(self, batch, flip)
 
-    monkeypatch.setattr(inference._StageRunner, "__call__", picky)
-    monkeypatch.setattr(inference, "MIN_TILE", 4)
+    monkeypatch.setattr(tiled_synthesis._StageRunner, "__call__", picky)
+    monkeypatch.setattr(tiled_synthesis, "MIN_TILE", 4)
     events = []
     out = synthesize_array(chain, source, None, stages=2, tile=24, progress=events.append)
     assert np.abs(out - ref).max() < 1e-5
@@ -192,14 +192,14 @@ def test_out_of_memory_halves_tile_then_gives_up(tiny_model_config, source, monk
     def always(self, batch, flip):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(inference._StageRunner, "__call__", always)
+    monkeypatch.setattr(tiled_synthesis._StageRunner, "__call__", always)
     with pytest.raises(ResourceError, match="out of memory"):
         synthesize_array(chain, source, None, stages=2, tile=64)
 
 
 def test_memory_bounded_by_tile_not_volume(tiny_model_config, monkeypatch):
     """Host arrays: the result, one earlier stage and one batch of tiles; no padded or per-stage volume copies."""
-    monkeypatch.setattr(inference, "BATCH_VOXELS", 1)
+    monkeypatch.setattr(tiled_synthesis, "BATCH_VOXELS", 1)
     chain = random_chain(tiny_model_config)
     src = np.random.default_rng(2).random((48, 48, 48), dtype=np.float32)
     tile, halo = 16, tiny_model_config.generator.halo
@@ -285,3 +285,15 @@ def test_synthesize_file_and_folder(model_file, phantom, tmp_path):
         synthesize_folder(model, in_dir, in_dir, overwrite=True, device="cpu")
     with pytest.raises(InputImageError):
         synthesize_folder(model, in_dir, tmp_path / "o2", pattern="*.mha", device="cpu")
+
+
+def test_synthesis_options_name_keywords_every_layer_takes():
+    """One options object is handed from the folder and file layers down: each of its fields is a keyword of every layer."""
+    import inspect
+
+    from MedSynthLogic.inference import SynthesisOptions
+
+    fields = set(SynthesisOptions().keywords())
+    assert fields == {"stages", "device", "flip_tta", "tile", "progress", "cancel", "precision"}
+    for layer in (synthesize_array, synthesize_volume, synthesize_file, synthesize_folder):
+        assert fields <= set(inspect.signature(layer).parameters), layer.__name__

@@ -162,6 +162,8 @@ def test_evaluate_folder(tmp_path, phantom) -> None:
 def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert devices.resolve_device("cpu") == torch.device("cpu")
     assert devices.resolve_device(" CPU ") == torch.device("cpu")
+    meta = torch.device("meta")
+    assert devices.resolve_device(meta) is meta  # already resolved: returned as it is
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert devices.resolve_device("auto") == torch.device("cpu")
     assert devices.resolve_device() == torch.device("cpu")

@@ -193,29 +193,3 @@ def test_training_plot_grows_with_events(scene):
     assert plot.number_of_rows == 3
     table = plot.table_node.GetTable()
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == list(mrml.TRAINING_COLUMNS)
-
-
-def test_scripted_module_parameter_round_trip(scene):
-    node = mrml.module_parameter_node(scene, "MedSynth")
-    assert node.GetAttribute("ModuleName") == "MedSynth"
-    assert mrml.module_parameter_node(scene, "MedSynth") is node
-    values = {"modelPath": "/data/models/my model ü.safetensors", "stages": 3, "flipTTA": True, "lrG": 5e-4,
-              "device": "cuda", "residual": False}
-    mrml.set_parameters(node, values)
-    types = {"modelPath": str, "stages": int, "flipTTA": bool, "lrG": float, "device": str, "residual": bool,
-             "iterations": int}
-    back = mrml.get_parameters(node, types, defaults={"iterations": 2000})
-    assert back == {**values, "iterations": 2000}
-    # The encoding is the one parameterNodeWrapper reads (bool as "True"/"False").
-    assert node.GetParameter("flipTTA") == "True" and node.GetParameter("residual") == "False"
-    # It survives writing the scene to XML and reading it back.
-    scene.SetSaveToXMLString(1)
-    scene.Commit()
-    xml = scene.GetSceneXMLString()
-    other = slicer.vtkMRMLScene()
-    other.SetLoadFromXMLString(1)
-    other.SetSceneXMLString(xml)
-    other.Import()
-    restored = mrml.module_parameter_node(other, "MedSynth")
-    assert mrml.get_parameters(restored, types, defaults={"iterations": 2000}) == {**values, "iterations": 2000}
-

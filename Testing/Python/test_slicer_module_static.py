@@ -201,8 +201,8 @@ def test_core_is_qt_free_and_never_uses_the_global_scene():
 
 
 def test_core_modules_import_slicer_lazily():
-    """mrml.py and jobs.py must import without Slicer: no module-level ``import slicer``/``vtk``."""
-    for name in ("mrml.py", "jobs.py"):
+    """The mrml modules and jobs.py must import without Slicer: no module-level ``import slicer``/``vtk``."""
+    for name in ("mrml.py", "mrml_scene.py", "mrml_overlays.py", "jobs.py"):
         tree = ast.parse((CORE / name).read_text(encoding="utf-8"))
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):

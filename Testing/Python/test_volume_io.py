@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from MedSynthLogic import volume_io as vio
+from MedSynthLogic import volume as vol_core
 from MedSynthLogic.errors import GeometryError, InputImageError, OutputError, UsageError
 from MedSynthLogic.volume_io import Volume, align_pair, ensure_not_empty, read_volume, resample_like, same_grid, write_volume
 
@@ -102,7 +102,7 @@ def test_truncated_gzip_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name,data_name", [("v.nii", "v.nii"), ("v.hdr", "v.img"), ("v.nrrd", "v.nrrd"), ("v.mha", "v.mha")])
 def test_truncated_uncompressed_is_refused(tmp_path: Path, name: str, data_name: str) -> None:
     vol = _volume(shape=(20, 20, 20))
-    sitk.WriteImage(vio._to_sitk(sitk, vol), str(tmp_path / name), useCompression=False)
+    sitk.WriteImage(vol_core.to_sitk_image(sitk, vol), str(tmp_path / name), useCompression=False)
     data = (tmp_path / data_name).read_bytes()
     (tmp_path / data_name).write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(InputImageError, match="truncated|damaged"):
@@ -224,7 +224,7 @@ def test_nibabel_fallback_matches_simpleitk(tmp_path: Path, monkeypatch: pytest.
 
     (tmp_path / "other.mha").write_bytes(b"x")
     monkeypatch.setattr(builtins, "__import__", no_sitk)
-    assert vio._sitk() is None
+    assert vol_core.sitk_module() is None
     for name, vol in vols.items():
         fallback = read_volume(tmp_path / f"{name}.nii.gz")
         _assert_same(with_sitk[name], fallback)
@@ -278,7 +278,7 @@ def test_resample_like_and_align_pair() -> None:
 def test_scipy_resampling_fallback_matches_simpleitk() -> None:
     moving = _volume(shape=(9, 10, 11))
     reference = Volume(np.zeros((7, 8, 9)), spacing=(1.1, 1.0, 1.7), origin=(-11.0, 31.0, 8.0), direction=OBLIQUE)
-    np.testing.assert_allclose(vio._resample_scipy(moving, reference), resample_like(moving, reference).array, atol=1e-2)
+    np.testing.assert_allclose(vol_core._resample_scipy(moving, reference), resample_like(moving, reference).array, atol=1e-2)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,0 +1,280 @@
+"""Which cases a data folder holds, and how they split: BraTS naming, a ``{case}`` glob or a CSV; ids by choice
+or by a seeded hash.
+
+The split is by case (never by patch), so no validation patch shares a subject with training. Every choice
+here depends only on the case ids and the seed, never on discovery order.
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+BRATS_PATTERN = "{case}/{case}_{suffix}.nii*"
+
+__all__ = ["BRATS_PATTERN", "Case", "case_key", "find_cases", "select_cases", "split_cases"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One subject: a source and a target volume, optionally a brain mask and a tumour segmentation."""
+
+    case_id: str
+    source: Path
+    target: Path
+    mask: Optional[Path] = None
+    seg: Optional[Path] = None
+
+
+# --------------------------------------------------------------------------------------------- discovery
+
+
+def _pattern_regex(pattern: str) -> "re.Pattern[str]":
+    """A regex for a glob with ``{case}``: ``*``/``?`` stay within one path part, repeated ``{case}`` must agree."""
+    out = []
+    seen = False
+    for token in re.split(r"(\{case\}|\*\*|\*|\?)", pattern):
+        if token == "{case}":
+            out.append("(?P=case)" if seen else "(?P<case>[^/]+?)")
+            seen = True
+        elif token == "**":
+            out.append(".*")
+        elif token == "*":
+            out.append("[^/]*")
+        elif token == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(token))
+    return re.compile("^" + "".join(out) + "$")
+
+
+def _match_pattern(folder: Path, pattern: str) -> Dict[str, List[Path]]:
+    """case id → files under ``folder`` matching ``pattern`` (which must contain ``{case}``)."""
+    if "{case}" not in pattern:
+        raise UsageError(f"The pattern {pattern!r} must contain {{case}} where the case id goes.")
+    regex = _pattern_regex(pattern)
+    found: Dict[str, List[Path]] = {}
+    for path in sorted(folder.glob(pattern.replace("{case}", "*"))):
+        if not path.is_file():
+            continue
+        m = regex.match(path.relative_to(folder).as_posix())
+        if m:
+            found.setdefault(m.group("case"), []).append(path)
+    return found
+
+
+def _single(case_id: str, files: Optional[List[Path]], role: str, ambiguous: List[str]) -> Optional[Path]:
+    if not files:
+        return None
+    if len(files) > 1:
+        ambiguous.append(f"{case_id} ({role}: {', '.join(f.name for f in files)})")
+    return files[0]
+
+
+def find_cases(
+    folder: Optional[PathLike],
+    source_suffix: str = "t1ce",
+    target_suffix: str = "t2",
+    source_pattern: Optional[str] = None,
+    target_pattern: Optional[str] = None,
+    csv: Optional[PathLike] = None,
+    skip_incomplete: bool = False,
+    pattern: Optional[str] = None,
+) -> List[Case]:
+    """The paired cases of a data folder, sorted by case id.
+
+    Three ways to describe the pairs:
+
+    * BraTS naming (default): ``<case>/<case>_<source_suffix>.nii.gz`` and ``…_<target_suffix>``, with
+      ``_seg`` and ``_mask`` picked up when present.
+    * ``source_pattern`` and ``target_pattern``: globs relative to ``folder`` containing ``{case}``, e.g.
+      ``"{case}/*T1*.nii.gz"``; or one ``pattern`` with ``{case}`` and ``{suffix}`` that is filled with the two
+      suffixes, e.g. ``"{case}_{suffix}.nii.gz"`` for a flat folder.
+    * ``csv``: a file with header ``case,source,target[,mask][,seg]``; relative paths are resolved against the
+      CSV's folder.
+
+    A case missing its partner makes the whole call fail with a ``DataError`` listing the incomplete cases,
+    because silently training on fewer subjects than intended is worse; ``skip_incomplete=True`` skips them.
+    """
+    if csv is not None:
+        return _cases_from_csv(Path(csv), skip_incomplete)
+    if folder is None:
+        raise UsageError("Give a data folder or a CSV of cases.")
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"The data folder {root} does not exist or is not a folder.", "Check the path.")
+    extra: Dict[str, Dict[str, List[Path]]] = {}
+    if source_pattern or target_pattern:
+        if not (source_pattern and target_pattern):
+            raise UsageError("Give both a source pattern and a target pattern (each with {case}).")
+        src_pat, tgt_pat = source_pattern, target_pattern
+        how = f"files matching {source_pattern!r} and {target_pattern!r}"
+    else:
+        base = pattern or BRATS_PATTERN
+        if "{suffix}" not in base:
+            raise UsageError(f"The pattern {base!r} must contain {{suffix}} (or use source and target patterns).")
+        src_pat = base.replace("{suffix}", source_suffix)
+        tgt_pat = base.replace("{suffix}", target_suffix)
+        for role in ("seg", "mask"):
+            if role not in (source_suffix, target_suffix):
+                extra[role] = _match_pattern(root, base.replace("{suffix}", role))
+        how = f"files named like {src_pat!r} and {tgt_pat!r}"
+    sources = _match_pattern(root, src_pat)
+    targets = _match_pattern(root, tgt_pat)
+    if sources and targets and set(sources) == set(targets) and src_pat == tgt_pat:
+        raise UsageError("The source and target patterns are the same; they must pick different files.")
+    ids = sorted(set(sources) | set(targets))
+    if not ids:
+        raise DataError(
+            f"No cases found in {root}: looked for {how}.",
+            "For BraTS naming put each case in <case>/<case>_t1ce.nii.gz + <case>/<case>_t2.nii.gz; otherwise "
+            "use --source-pattern/--target-pattern with {case}, or --csv.",
+        )
+    cases: List[Case] = []
+    incomplete: List[str] = []
+    ambiguous: List[str] = []
+    for cid in ids:
+        s = _single(cid, sources.get(cid), "source", ambiguous)
+        t = _single(cid, targets.get(cid), "target", ambiguous)
+        if s is not None and t is not None and s == t:
+            ambiguous.append(f"{cid} (the same file {s.name} matches source and target)")
+        if s is None or t is None:
+            incomplete.append(f"{cid} (no {'source' if s is None else 'target'})")
+            continue
+        mask = _single(cid, extra.get("mask", {}).get(cid), "mask", ambiguous)
+        seg = _single(cid, extra.get("seg", {}).get(cid), "seg", ambiguous)
+        cases.append(Case(cid, s, t, mask, seg))
+    if ambiguous:
+        raise DataError(
+            "Several files match for case(s): " + "; ".join(ambiguous) + ".",
+            "Make the patterns more specific so each picks one file per case.",
+        )
+    return _finish(cases, incomplete, skip_incomplete, str(root))
+
+
+def _finish(cases: List[Case], incomplete: List[str], skip_incomplete: bool, where: str) -> List[Case]:
+    if incomplete and not skip_incomplete:
+        raise DataError(
+            f"{len(incomplete)} case(s) in {where} are incomplete: " + ", ".join(incomplete) + ".",
+            "Add the missing files, remove those cases, or pass --skip-incomplete to leave them out.",
+        )
+    if incomplete:
+        log.warning("Skipping %d incomplete case(s): %s", len(incomplete), ", ".join(incomplete))
+    if not cases:
+        raise DataError(f"No complete cases in {where}.", "Each case needs a source and a target volume.")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def _cases_from_csv(path: Path, skip_incomplete: bool) -> List[Case]:
+    if not path.is_file():
+        raise DataError(f"The case list {path} does not exist.", "Check the --csv path.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"Cannot read the case list {path}: {exc}.") from exc
+    table = [r for r in csv_module.reader(text.splitlines()) if any(cell.strip() for cell in r)]
+    header = [h.strip().lower() for h in table[0]] if table else []
+    missing_cols = [c for c in ("case", "source", "target") if c not in header]
+    if missing_cols:
+        raise DataError(
+            f"The case list {path} lacks the column(s) {', '.join(missing_cols)}.",
+            "The first line must be a header: case,source,target[,mask][,seg].",
+        )
+    rows = [dict(zip(header, (cell.strip() for cell in r))) for r in table[1:]]
+    base = path.parent
+    cases: List[Case] = []
+    incomplete: List[str] = []
+    seen: Dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        cid = row.get("case", "")
+        if not cid:
+            raise DataError(f"{path} line {line}: the case id is empty.")
+        if cid in seen:
+            raise DataError(f"{path}: case {cid} appears on lines {seen[cid]} and {line}.", "Case ids must be unique.")
+        seen[cid] = line
+
+        def resolve(key: str) -> Optional[Path]:
+            value = row.get(key, "")
+            if not value:
+                return None
+            p = Path(value).expanduser()
+            return p if p.is_absolute() else base / p
+
+        paths = {k: resolve(k) for k in ("source", "target", "mask", "seg")}
+        absent = [k for k, p in paths.items() if (k in ("source", "target") and p is None) or (p is not None and not p.is_file())]
+        if absent:
+            incomplete.append(f"{cid} (" + ", ".join(f"{k} {paths[k] if paths[k] else 'not given'} missing" for k in absent) + ")")
+            continue
+        cases.append(Case(cid, paths["source"], paths["target"], paths["mask"], paths["seg"]))  # type: ignore[arg-type]
+    if not rows:
+        raise DataError(f"The case list {path} has no cases.", "Add one line per case below the header.")
+    return _finish(cases, incomplete, skip_incomplete, str(path))
+
+
+# --------------------------------------------------------------------------------------------- split
+
+
+def case_key(seed: int, case_id: str) -> int:
+    """A stable 64-bit hash of ``(seed, case_id)``: the split's ranking and each case's own RNG seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{case_id}".encode("utf-8")).digest()[:8], "big")
+
+
+def select_cases(cases: Sequence[Case], wanted: Sequence[str], what: str = "Case") -> List[Case]:
+    """The cases named in ``wanted``, in that order; an unknown id is an error, never silently dropped.
+
+    A typo in a case list would otherwise shrink a training set or a validation report without a word.
+    """
+    by_id = {c.case_id: c for c in cases}
+    ids = list(dict.fromkeys(wanted))
+    unknown = [w for w in ids if w not in by_id]
+    if unknown:
+        raise UsageError(
+            f"{what}(s) not found: {', '.join(unknown)}.",
+            f"Known cases: {', '.join(sorted(by_id)[:20])}{' …' if len(by_id) > 20 else ''}.",
+        )
+    return [by_id[w] for w in ids]
+
+
+def split_cases(
+    cases: Sequence[Case],
+    val_cases: Optional[Sequence[str]] = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Tuple[List[Case], List[Case]]:
+    """(train, val) by case: the given ``val_cases`` ids, or ``round(n · val_fraction)`` cases picked by a seeded hash.
+
+    Hashing each id (rather than shuffling the list) makes the split depend only on the ids and the seed, not
+    on discovery order; adding a case never moves another between splits unless the val count changes.
+    With a nonzero fraction and at least two cases, at least one case goes to each split.
+    """
+    by_id = {c.case_id: c for c in cases}
+    if len(by_id) != len(cases):
+        raise DataError("Case ids must be unique.")
+    if val_cases is not None:
+        val_ids = [c.case_id for c in select_cases(cases, val_cases, "Validation case")]
+        if len(val_ids) == len(by_id):
+            raise UsageError("Every case is a validation case; leave at least one for training.")
+        val_set = set(val_ids)
+    else:
+        if not 0.0 <= val_fraction < 1.0:
+            raise UsageError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        n = len(cases)
+        k = int(round(n * val_fraction))
+        if val_fraction > 0 and n >= 2:
+            k = min(max(k, 1), n - 1)
+        ranked = sorted(by_id, key=lambda cid: (case_key(seed, cid), cid))
+        val_set = set(ranked[:k])
+    train = sorted((c for c in cases if c.case_id not in val_set), key=lambda c: c.case_id)
+    val = sorted((c for c in cases if c.case_id in val_set), key=lambda c: c.case_id)
+    return train, val

@@ -1,0 +1,357 @@
+"""MRML scene work for the Slicer module, kept free of Qt so it runs (and is tested) with PyPI's ``slicer-core``:
+geometry, volume nodes ↔ :class:`Volume`, files, and the slice views.
+
+Every function takes the scene or the nodes it works on as arguments and never touches ``slicer.mrmlScene``:
+the module passes the application's scene, tests pass a private one. ``slicer`` and ``vtk`` are imported inside the
+functions so ``import MedSynthLogic`` (and the CLI) work where Slicer is absent.
+
+Geometry. MedSynth's ``Volume`` is ITK/LPS: physical point = origin + direction · diag(spacing) · (i, j, k), with the
+array in (z, y, x) = (k, j, i) order. A Slicer volume node stores IJK→RAS, and RAS = diag(-1, -1, 1) · LPS, so
+IJK→RAS = diag(-1, -1, 1) · [direction · diag(spacing) | origin]. Slicer's voxel array (``arrayFromVolume``) is
+also (k, j, i), so arrays pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputImageError, OutputError
+
+if TYPE_CHECKING:
+    from .volume_io import Volume
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ijk_to_ras_from_geometry(
+    spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]
+) -> np.ndarray:
+    """The 4×4 IJK→RAS matrix of an ITK/LPS grid (``direction`` row-major, 9 numbers)."""
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = LPS_TO_RAS @ d @ np.diag(np.asarray(spacing, dtype=float))
+    m[:3, 3] = LPS_TO_RAS @ np.asarray(origin, dtype=float)
+    return m
+
+
+def geometry_from_ijk_to_ras(
+    matrix: np.ndarray,
+) -> Tuple[Tuple[float, float, float], Tuple[float, float, float], Tuple[float, ...]]:
+    """``(spacing, origin, direction)`` in ITK/LPS from a 4×4 IJK→RAS matrix."""
+    m = np.asarray(matrix, dtype=float)
+    lps = LPS_TO_RAS @ m[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
+        raise InputImageError("The volume's IJK to RAS matrix is degenerate (zero or non-finite spacing).")
+    direction = lps / spacing
+    origin = LPS_TO_RAS @ m[:3, 3]
+    return (
+        tuple(float(v) for v in spacing),
+        tuple(float(v) for v in origin),
+        tuple(float(v) for v in direction.reshape(-1)),
+    )
+
+
+def node_ijk_to_ras(node: Any) -> np.ndarray:
+    """The node's IJK→RAS matrix as a numpy array."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _set_node_ijk_to_ras(node: Any, matrix: np.ndarray) -> None:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(matrix[r, c]))
+    node.SetIJKToRASMatrix(m)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Volume node <-> Volume
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def volume_from_node(node: Any) -> "Volume":
+    """A ``Volume`` (float32 copy of the voxels, LPS geometry) from a scalar volume node.
+
+    A parent transform on the node is not applied: the synthetic image is written on the source's own grid,
+    and putting it under the same transform keeps them aligned.
+    """
+    import slicer.util
+
+    from .volume_io import Volume
+
+    if node is None or node.GetImageData() is None:
+        raise InputImageError("The selected volume has no image data.")
+    image = node.GetImageData()
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputImageError("The selected volume is not a scalar image (it has several components per voxel).")
+    array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
+    if array.ndim != 3:
+        raise InputImageError(f"The selected volume is not 3D (array shape {array.shape}).")
+    if not np.all(np.isfinite(array)):
+        raise InputImageError("The selected volume contains NaN or infinite values.")
+    spacing, origin, direction = geometry_from_ijk_to_ras(node_ijk_to_ras(node))
+    return Volume(array=array, spacing=spacing, origin=origin, direction=direction)
+
+
+def update_node_from_volume(node: Any, volume: "Volume", reference: Any = None) -> Any:
+    """Write ``volume``'s voxels into an existing node; geometry from ``reference`` when given, else from ``volume``.
+
+    Copying IJK→RAS from the reference node (instead of a round trip through LPS numbers) makes the synthetic
+    volume's grid bit-identical to the source's, so Slicer treats them as the same grid.
+    """
+    import slicer.util
+
+    array = np.ascontiguousarray(volume.array, dtype=np.float32)
+    if reference is not None:
+        ref_image = reference.GetImageData()
+        if ref_image is not None and tuple(reversed(ref_image.GetDimensions())) != tuple(array.shape):
+            raise InputImageError(
+                f"The synthetic image has shape {tuple(array.shape)} but the reference volume has "
+                f"{tuple(reversed(ref_image.GetDimensions()))}."
+            )
+        _set_node_ijk_to_ras(node, node_ijk_to_ras(reference))
+        parent = reference.GetParentTransformNode()
+        node.SetAndObserveTransformNodeID(parent.GetID() if parent is not None else None)
+    else:
+        _set_node_ijk_to_ras(node, ijk_to_ras_from_geometry(volume.spacing, volume.origin, volume.direction))
+    slicer.util.updateVolumeFromArray(node, array)
+    return node
+
+
+def node_from_volume(scene: Any, volume: "Volume", name: str, reference: Any = None) -> Any:
+    """A new ``vtkMRMLScalarVolumeNode`` in ``scene`` holding ``volume`` (see ``update_node_from_volume``)."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    update_node_from_volume(node, volume, reference=reference)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_volume_file(scene: Any, path: str | os.PathLike, name: Optional[str] = None) -> Any:
+    """Read an image file into a new scalar volume node through a ``vtkMRMLVolumeArchetypeStorageNode``.
+
+    Storage nodes work both in the Slicer application and in ``slicer-core`` (``slicer.util.loadVolume`` needs the
+    application). The storage node stays attached, so the volume is saved with the scene.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"Image file {path} does not exist.")
+    if name is None:
+        name = _stem(path)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    storage.ResetFileNameList()
+    storage.SetSingleFile(True)
+    ok = storage.ReadData(node)
+    if not ok or node.GetImageData() is None:
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise InputImageError(f"Could not read {path} as a volume (unsupported or corrupt file).")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if node.GetImageData().GetNumberOfScalarComponents() != 1:
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise InputImageError(f"{path} is not a scalar image (it has several components per voxel).")
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def save_volume_node(node: Any, path: str | os.PathLike, overwrite: bool = True, compress: bool = True) -> Path:
+    """Write a volume node to ``path`` (format from the extension) atomically, through a storage node."""
+    import slicer
+
+    from .atomic import atomic_path, check_output_path
+
+    final = check_output_path(path, overwrite=overwrite)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetUseCompression(1 if compress else 0)
+    with atomic_path(final) as tmp:
+        tmp.unlink()
+        storage.SetFileName(str(tmp))
+        if not storage.WriteData(node):
+            raise OutputError(f"Could not write {final}.")
+    return final
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gz"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Views
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _nodes_of_class(scene: Any, class_name: str) -> List[Any]:
+    return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
+def find_layout_node(scene: Any, create: bool = True) -> Any:
+    """The scene's layout node (the application creates one; a bare scene gets a new one when ``create``)."""
+    nodes = _nodes_of_class(scene, "vtkMRMLLayoutNode")
+    if nodes:
+        return nodes[0]
+    if not create:
+        return None
+    return scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+
+
+def slice_composite_node(scene: Any, layout_name: str, create: bool = True) -> Any:
+    """The slice composite node of view ``layout_name`` ("Red", "Yellow", …), created the way Slicer does if absent."""
+    for node in _nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
+        if node.GetLayoutName() == layout_name:
+            return node
+    if not create:
+        return None
+    import slicer
+
+    node = slicer.vtkMRMLSliceCompositeNode()
+    node.SetLayoutName(layout_name)
+    node.SetSingletonTag(layout_name)
+    return scene.AddNode(node)
+
+
+def slice_node(scene: Any, layout_name: str) -> Any:
+    """The slice node of view ``layout_name``, or None (only the application's slice logic creates them)."""
+    for node in _nodes_of_class(scene, "vtkMRMLSliceNode"):
+        if node.GetLayoutName() == layout_name:
+            return node
+    return None
+
+
+def volume_center_ras(node: Any) -> Tuple[float, float, float]:
+    """Centre of the volume's voxel grid in RAS (ignoring parent transforms)."""
+    dims = np.array(node.GetImageData().GetDimensions(), dtype=float)
+    centre_ijk = np.append((dims - 1.0) / 2.0, 1.0)
+    ras = node_ijk_to_ras(node) @ centre_ijk
+    return float(ras[0]), float(ras[1]), float(ras[2])
+
+
+def show_side_by_side(
+    scene: Any, left_node: Any, right_node: Any, orientation: str = "Axial"
+) -> Dict[str, Any]:
+    """Show ``left_node`` in the Red view and ``right_node`` in the Yellow view, side by side and linked.
+
+    Sets the layout node to ``SlicerLayoutSideBySideView``, the views' backgrounds through their slice composite
+    nodes (foreground and label cleared so nothing covers the comparison), links both composite nodes, and,
+    where slice nodes exist (in the application), gives both the same orientation and slice position.
+    Returns the nodes it touched so callers and tests can check them.
+    """
+    import slicer
+
+    layout = find_layout_node(scene)
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+    composites = {}
+    for view, volume in (("Red", left_node), ("Yellow", right_node)):
+        composite = slice_composite_node(scene, view)
+        composite.SetBackgroundVolumeID(volume.GetID() if volume is not None else None)
+        composite.SetForegroundVolumeID(None)
+        composite.SetLabelVolumeID(None)
+        composite.SetLinkedControl(1)
+        composites[view] = composite
+    slices = {view: slice_node(scene, view) for view in ("Red", "Yellow")}
+    centre = volume_center_ras(left_node) if left_node is not None and left_node.GetImageData() else None
+    for node in slices.values():
+        if node is None:
+            continue
+        if node.HasSliceOrientationPreset(orientation):
+            node.SetOrientation(orientation)
+        if centre is not None:
+            node.JumpSliceByCentering(*centre)
+    red, yellow = slices["Red"], slices["Yellow"]
+    if red is not None and yellow is not None:
+        yellow.SetSliceOffset(red.GetSliceOffset())
+        yellow.SetFieldOfView(*red.GetFieldOfView())
+    return {"layout": layout, "composites": composites, "slices": slices}
+
+
+def set_window_level(node: Any, lo_percentile: float = 1.0, hi_percentile: float = 99.0) -> Tuple[float, float]:
+    """Fix the display window to the given percentiles of the volume's voxels; returns ``(low, high)``.
+
+    Skull-stripped MR is mostly zeros, so percentiles are taken over non-zero voxels when there are enough of
+    them; otherwise the window would collapse onto the background. A display node with the grey colour table is
+    created when absent (a bare ``slicer-core`` scene has no colour nodes).
+    """
+    import slicer.util
+
+    array = slicer.util.arrayFromVolume(node)
+    finite = array[np.isfinite(array)]
+    nonzero = finite[finite != 0]
+    values = nonzero if nonzero.size >= max(100, finite.size // 100) else finite
+    if values.size == 0:
+        low, high = 0.0, 1.0
+    else:
+        low, high = (float(v) for v in np.percentile(values, [lo_percentile, hi_percentile]))
+    if not high > low:
+        high = low + 1.0
+    display = ensure_display_node(node)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(low, high)
+    return low, high
+
+
+def ensure_display_node(node: Any) -> Any:
+    """The node's scalar display node, created (with a grey colour node that exists in the scene) when missing."""
+    display = node.GetDisplayNode()
+    if display is None:
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+    scene = node.GetScene()
+    if scene is not None and (display.GetColorNodeID() is None or scene.GetNodeByID(display.GetColorNodeID()) is None):
+        display.SetAndObserveColorNodeID(grey_color_node(scene).GetID())
+    return display
+
+
+def grey_color_node(scene: Any) -> Any:
+    """Slicer's "Grey" colour table node, added to the scene (with Slicer's singleton ID) when the scene lacks it."""
+    import slicer
+
+    existing = scene.GetNodeByID("vtkMRMLColorTableNodeGrey")
+    if existing is not None:
+        return existing
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetTypeToGrey()
+    node.SetSingletonTag("Grey")
+    node.SetName("Grey")
+    node.SetHideFromEditors(True)
+    return scene.AddNode(node)
+
+
+def builtin_color_node(scene: Any, type_name: str) -> Any:
+    """Slicer's built-in colour table ``type_name`` ("Iron", "Grey", …), added with its singleton ID when absent."""
+    import slicer
+
+    existing = scene.GetNodeByID(f"vtkMRMLColorTableNode{type_name}")
+    if existing is not None:
+        return existing
+    node = slicer.vtkMRMLColorTableNode()
+    getattr(node, f"SetTypeTo{type_name}")()
+    node.SetSingletonTag(type_name)
+    node.SetName(type_name)
+    node.SetHideFromEditors(True)
+    return scene.AddNode(node)
