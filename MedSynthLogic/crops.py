@@ -9,12 +9,13 @@ checkpoint, and a resumed run sees exactly the crops an uninterrupted one would.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .errors import DataError
+from .patches import cut_window
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,6 @@ def crop_volumes(volumes: Mapping[str, Mapping[str, object]], context: Optional[
             np.asarray(vol["mask"], dtype=bool)[inner],
             ctx,
         )
-    return out
-
-
-def _cut(arr: np.ndarray, corner: Sequence[int], size: int) -> np.ndarray:
-    """A ``size``³ block at ``corner``; where it runs past the volume it is zero (background), as at inference."""
-    out = np.zeros((size, size, size), dtype=arr.dtype)
-    src = tuple(slice(max(c, 0), min(c + size, n)) for c, n in zip(corner, arr.shape))
-    dst = tuple(slice(s.start - c, s.stop - c) for s, c in zip(src, corner))
-    out[dst] = arr[src]
     return out
 
 
@@ -91,9 +83,10 @@ class CropBatches:
         centre = brain[int(rng.integers(len(brain)))]
         corner = [int(c) - self.size // 2 for c in centre]
         channels = [vol.source] + ([vol.context] if vol.context is not None else [])
-        src = np.stack([_cut(c, corner, self.size) for c in channels])
-        tgt = _cut(vol.target, corner, self.size)[None]
-        mask = _cut(vol.mask, corner, self.size)[None].astype(np.float32)
+        window = [(c, c + self.size) for c in corner]
+        src = np.stack([cut_window(c, window, "constant") for c in channels])
+        tgt = cut_window(vol.target, window, "constant")[None]
+        mask = cut_window(vol.mask, window, "constant")[None].astype(np.float32)
         if rng.random() < 0.5:
             axis = self.flip_axis + 1
             src, tgt, mask = (np.flip(a, axis=axis) for a in (src, tgt, mask))

@@ -53,6 +53,17 @@ def pad_volume(arr: np.ndarray, halo: int, mode: str = "edge") -> np.ndarray:
     return np.pad(arr, widths, mode=mode)
 
 
+def cut_window(arr: np.ndarray, window: Sequence[Sequence[int]], mode: str = "edge") -> np.ndarray:
+    """``arr`` over the half-open ``window`` ((start, stop) per axis), which may pass its edges: beyond them the
+    border voxels are repeated (``edge``, as inference pads a volume) or zeros (``constant``, background)."""
+    inner = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(window, arr.shape))
+    pad = [(max(0, -a), max(0, b - n)) for (a, b), n in zip(window, arr.shape)]
+    block = arr[inner]
+    if any(p != (0, 0) for p in pad):
+        block = np.pad(block, pad, mode=mode)
+    return np.ascontiguousarray(block)
+
+
 def valid_corner_range(padded_shape: Sequence[int], size: int) -> np.ndarray:
     """Largest valid corner per axis (inclusive); negative means the volume is smaller than a patch."""
     return np.asarray(padded_shape[-3:], dtype=np.int64) - int(size)

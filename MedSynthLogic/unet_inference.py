@@ -21,6 +21,7 @@ from torch import nn
 
 from .devices import autocast_dtype
 from .errors import Cancelled
+from .patches import cut_window
 
 #: Context around the brain box (voxels) so the network's own zero padding stays off the brain's edge.
 MARGIN = 16
@@ -42,16 +43,6 @@ def frame_of(box: Box, shape: Sequence[int], multiple: int, margin: int = MARGIN
         a -= extra // 2
         frame.append((a, b + extra - extra // 2))
     return tuple(frame)
-
-
-def cut(arr: np.ndarray, window: Box, mode: str = "edge") -> np.ndarray:
-    """``arr`` over ``window``, which may pass its edges: repeated border voxels (``edge``) or zeros (``constant``)."""
-    inner = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(window, arr.shape))
-    pad = [(max(0, -a), max(0, b - n)) for (a, b), n in zip(window, arr.shape)]
-    block = arr[inner]
-    if any(p != (0, 0) for p in pad):
-        block = np.pad(block, pad, mode=mode)
-    return np.ascontiguousarray(block, dtype=np.float32)
 
 
 def tiles_of(size: int, tile: int, multiple: int) -> List[Tuple[int, int]]:
@@ -134,8 +125,8 @@ def synthesize_unet(
     cfg = chain.config.generator
     multiple, halo = cfg.size_multiple, cfg.tile_halo
     frame = frame_of(box, src.shape, multiple)
-    src_f = cut(src, frame)
-    mask_f = cut(mask.astype(np.float32), frame, mode="constant") if mask is not None else None
+    src_f = cut_window(src, frame).astype(np.float32, copy=False)
+    mask_f = cut_window(mask.astype(np.float32), frame, mode="constant") if mask is not None else None
     tile = max(multiple, tile // multiple * multiple)
     prev: Optional[np.ndarray] = None
     with torch.inference_mode():
