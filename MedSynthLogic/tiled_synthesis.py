@@ -39,7 +39,7 @@ from .devices import autocast_dtype, resolve_device
 from .errors import Cancelled, GeometryError, ResourceError, UsageError
 from .models import AutoContextChain
 from .progress import progress_event, warning_event
-from .unet_inference import synthesize_unet
+from .unet_inference import is_cancelled, synthesize_unet
 
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 CancelFn = Any
@@ -122,14 +122,6 @@ def _split(length: int, tile: int) -> List[Tuple[int, int]]:
         out.append((start, start + size))
         start += size
     return out
-
-
-def _is_cancelled(cancel: CancelFn) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 class _StageRunner:
@@ -269,7 +261,7 @@ def _run_stage(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel:
     for size, members in groups.items():
         per_batch = max(1, budget // int(np.prod([s + 2 * h for s in size])))
         for i in range(0, len(members), per_batch):
-            if _is_cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled("Synthesis cancelled.")
             chunk = members[i : i + per_batch]
             batch = np.empty((len(chunk), len(job.inputs)) + tuple(s + 2 * h for s in size), dtype=np.float32)

@@ -91,7 +91,7 @@ def _run_stage(runner: _Runner, inputs: np.ndarray, halo: int, multiple: int, ma
             for x in tiles_of(shape[2], tile, multiple)]
     report(stage, 0, len(grid))
     for i, t in enumerate(grid):
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             raise Cancelled("Synthesis cancelled.")
         window = tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(t, shape))
         result = runner(inputs[(slice(None),) + tuple(slice(a, b) for a, b in window)])
@@ -101,7 +101,8 @@ def _run_stage(runner: _Runner, inputs: np.ndarray, halo: int, multiple: int, ma
     return out
 
 
-def _cancelled(cancel: Any) -> bool:
+def is_cancelled(cancel: Any) -> bool:
+    """Whether a synthesis was asked to stop: ``cancel`` is None, an Event-like object, or a callable."""
     if cancel is None:
         return False
     return bool(cancel.is_set()) if hasattr(cancel, "is_set") else bool(cancel())
