@@ -9,14 +9,20 @@ states its own. Three checks:
   ``docs/evaluation/INPUT_CHECKS.md`` by ``Testing/Evaluation/input_check_confusion.py``):
 
   - *label map* if every brain voxel is an integer and there are at most :data:`LABEL_MAX_VALUES` values;
-  - otherwise the histogram of the brain (eroded by :data:`EDGE_EROSION` voxels against skull-stripping
-    partial volume), between its 0.5th and 99.5th percentiles, in :data:`HIST_BINS` bins smoothed with a
-    Gaussian of :data:`HIST_SMOOTH` bins, gives its mode (the commonest intensity: white matter in T1 and T2)
-    and ``t2_score = fraction of voxels brighter than the mode − position of the mode in that range (0..1)``.
-    In a T2-weighted image the mode sits low and most of the brain (grey matter, CSF, oedema) is brighter; in
-    a T1-weighted one the mode sits high. *T2-weighted* if ``t2_score ≥`` :data:`T2_SCORE_THRESHOLD`, else
-    *T1-weighted*. It cannot tell T1 from T1ce, and it calls 11 of the 14 BraTS FLAIRs T1-weighted
-    (FLAIR, like T1, has dark CSF and a bright white-matter peak): it catches T2s and label maps, not FLAIRs.
+  - otherwise two statistics of the brain (eroded by :data:`EDGE_EROSION` voxels against skull-stripping
+    partial volume) add up to ``t2_score``:
+
+    - the *histogram score*: between the 0.5th and 99.5th percentiles, in :data:`HIST_BINS` bins smoothed with
+      a Gaussian of :data:`HIST_SMOOTH` bins, the histogram's mode (the commonest intensity: white matter in T1
+      and T2) gives ``fraction of voxels brighter than the mode − position of the mode in that range (0..1)``.
+      In a T2-weighted image the mode sits low and most of the brain (grey matter, CSF, oedema) is brighter;
+      in a T1-weighted one the mode sits high;
+    - the *bright tail*: ``95th percentile / median − 1``. Oedema and CSF are bright in T2 and FLAIR and fill
+      a large part of a glioma brain; in a T1ce only enhancing tissue and vessels are, a few percent of it.
+
+    *T2-weighted* if ``t2_score ≥`` :data:`T2_SCORE_THRESHOLD`, else *T1-weighted*. It cannot tell T1 from
+    T1ce. It catches every BraTS T2 and label map and half the FLAIRs: a FLAIR with little oedema has dark CSF
+    and a white-matter peak like a T1.
 
   The check runs only when the model's ``input.sequence`` and ``source_name`` both name a sequence the rule
   knows (:data:`T1_WEIGHTED`, :data:`T2_WEIGHTED`) and agree; any other source (CT, PD, "MR") gets no sequence
@@ -60,9 +66,11 @@ LABEL_MAX_VALUES = 64
 EDGE_EROSION = 2
 HIST_BINS = 64
 HIST_SMOOTH = 1.5
-#: ``t2_score`` at or above this: T2-weighted. Midway between the highest BraTS T1ce (0.188) and the lowest
-#: BraTS T2 (0.216) of the 14 shared cases; see docs/evaluation/INPUT_CHECKS.md.
-T2_SCORE_THRESHOLD = 0.2
+#: ``t2_score`` at or above this: T2-weighted. Midway between the highest BraTS T1ce (0.558) and the lowest
+#: BraTS T2 (0.790) of the 14 shared cases; see docs/evaluation/INPUT_CHECKS.md.
+T2_SCORE_THRESHOLD = 0.67
+#: The bright tail is this percentile of the brain over its median.
+TAIL_PERCENTILE = 95.0
 #: Fewer brain voxels than this: too little to judge the sequence (no finding).
 MIN_VOXELS = 500
 
@@ -157,9 +165,12 @@ def classify_sequence(array: np.ndarray, mask: np.ndarray) -> SequenceGuess:
     mode = 0.5 * (edges[k] + edges[k + 1])
     above = float(np.mean(values > mode))
     position = float((mode - lo) / (hi - lo))
-    score = above - position
+    median = float(np.median(values))
+    tail = float(np.percentile(values, TAIL_PERCENTILE)) / median - 1.0 if median > 0 else 0.0
+    score = above - position + tail
     kind = T2_WEIGHTED if score >= T2_SCORE_THRESHOLD else T1_WEIGHTED
-    stats = {"above_mode": round(above, 4), "mode_position": round(position, 4), "t2_score": round(score, 4)}
+    stats = {"above_mode": round(above, 4), "mode_position": round(position, 4), "bright_tail": round(tail, 4),
+             "t2_score": round(score, 4)}
     return SequenceGuess(kind, round(score, 4), stats)
 
 
