@@ -69,7 +69,7 @@ def test_default_unet_sees_more_than_100_voxels_and_the_formula_bounds_the_real_
 def test_tiled_synthesis_equals_one_whole_frame_forward(phantom):
     from MedSynthLogic.inference import synthesize_array
 
-    cfg = small_unet(stages=2)
+    cfg = small_unet(stages=2, unet_channels=(4, 8))  # a 10-voxel halo: each 16³ tile's window is a part of the frame
     chain = build_generators(cfg)
     randomise(chain, scale=0.1)
     src = phantom.t1ce.array / np.percentile(phantom.t1ce.array[phantom.mask], 99.5)
