@@ -6,7 +6,9 @@ and the date, not 200 lines of JSON. Only what the header states is shown; a mis
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+__all__ = ["summarize_header", "held_out_figures", "case_count"]
 
 
 def summarize_header(header: Mapping[str, Any], name: str) -> str:
@@ -77,7 +79,7 @@ def _data(data: Any) -> str:
     parts = [str(data.get("dataset") or data.get("data_dir") or "paired cases")]
     for key, label in (("train_cases", "training case"), ("val_cases", "validation case")):
         if data.get(key):
-            count = _count(data[key])
+            count = case_count(data[key])
             parts.append(f"{count} {label}{'' if count == 1 else 's'}")
     if data.get("patches_per_case"):
         parts.append(f"{data['patches_per_case']} patches per case")
@@ -110,16 +112,25 @@ def _schedule(training: Mapping[str, Any]) -> str:
     return "; ".join(parts) if parts else "not stated"
 
 
-def _metrics(metrics: Mapping[str, Any]) -> str:
+def held_out_figures(metrics: Mapping[str, Any]) -> Optional[Tuple[Any, str]]:
+    """(number of cases, "PSNR m ± s dB, SSIM …, MAE …") of the held-out evaluation in a header's ``metrics``, or
+    None without one: the CLI summary and Slicer's model description round the card's numbers the same way."""
     evaluation: Mapping[str, Any] = metrics.get("evaluation") or {}
     summary: Dict[str, Any] = dict(evaluation.get("summary") or {})
+    if "psnr" not in summary:
+        return None
+    cases = len(evaluation.get("cases") or []) or summary["psnr"].get("n", "?")
+    figures = [f"PSNR {_mean_std(summary['psnr'], 2)} dB"]
+    figures += [f"{label} {_mean_std(summary[key], 3)}" for key, label in (("ssim", "SSIM"), ("mae", "MAE"))
+                if key in summary]
+    return cases, ", ".join(figures)
+
+
+def _metrics(metrics: Mapping[str, Any]) -> str:
     texts: List[str] = []
-    if "psnr" in summary:
-        cases = len(evaluation.get("cases") or []) or summary["psnr"].get("n", "?")
-        figures = [f"PSNR {_mean_std(summary['psnr'], 2)} dB"]
-        figures += [f"{label} {_mean_std(summary[key], 3)}" for key, label in (("ssim", "SSIM"), ("mae", "MAE"))
-                    if key in summary]
-        texts.append(f"held-out, {cases} cases, inside the brain: " + ", ".join(figures))
+    held_out = held_out_figures(metrics)
+    if held_out is not None:
+        texts.append(f"held-out, {held_out[0]} cases, inside the brain: {held_out[1]}")
     if metrics.get("psnr") is not None:
         during = f"PSNR {float(metrics['psnr']):.2f} dB"
         if metrics.get("ssim") is not None:
@@ -139,7 +150,7 @@ def _mean_std(stat: Mapping[str, Any], digits: int) -> str:
     return text + (f" ± {float(stat['std']):.{digits}f}" if stat.get("std") is not None else "")
 
 
-def _count(value: Any) -> Any:
+def case_count(value: Any) -> Any:
     """A case list's length; newer headers store the count itself."""
     return len(value) if isinstance(value, (list, tuple)) else value
 

@@ -1,7 +1,8 @@
 """The model description the panel shows, built from a model file's header.
 
 Only what the header states: the mapping, the stages, how many cases it was trained and validated on, how long
-each stage trained, and the held-out evaluation (the numbers MODEL_CARD.md reports, with the same rounding). No
+each stage trained, and the held-out evaluation (the numbers MODEL_CARD.md reports, rounded by
+``MedSynthLogic.model_summary.held_out_figures`` as ``medsynth info`` rounds them). No
 file-system path from the header reaches the panel (headers may name the folders they were built in), and the
 description links to the model card, where the protocol and the limits are.
 """
@@ -12,7 +13,7 @@ import html
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 MODEL_CARD_URL = "https://github.com/medsynth/SlicerMedSynth/blob/main/MODEL_CARD.md"
 
@@ -62,14 +63,16 @@ def _without_paths(text: str) -> str:
 
 
 def _data_line(data: Mapping[str, Any]) -> str:
+    from MedSynthLogic.model_summary import case_count
+
     if isinstance(data, str):
         return f"Training data: {_esc(_without_paths(data))}."
     name = _without_paths(data.get("dataset", "")) if data.get("dataset") else ""
     counts: List[str] = []
     if data.get("train_cases"):
-        counts.append(f"{len(data['train_cases'])} training cases")
+        counts.append(f"{case_count(data['train_cases'])} training cases")
     if data.get("val_cases"):
-        counts.append(f"{len(data['val_cases'])} held out for validation")
+        counts.append(f"{case_count(data['val_cases'])} held out for validation")
     if not (name or counts):
         return ""
     text = "Trained on " + (name or "paired cases")
@@ -97,20 +100,11 @@ def _stage_label(stages: List[Any]) -> str:
 
 
 def _metrics_line(metrics: Mapping[str, Any]) -> str:
-    evaluation = metrics.get("evaluation") or {}
-    summary: Dict[str, Any] = evaluation.get("summary") or {}
-    if "psnr" in summary:
-        cases = len(evaluation.get("cases") or []) or summary["psnr"].get("n", "?")
-        parts = [f"PSNR {_mean_std(summary['psnr'], 2)} dB"]
-        for key, label in (("ssim", "SSIM"), ("mae", "MAE")):
-            if key in summary:
-                parts.append(f"{label} {_mean_std(summary[key], 3)}")
-        return _esc(f"Held-out evaluation inside the brain, {cases} cases: " + ", ".join(parts) + ".")
+    from MedSynthLogic.model_summary import held_out_figures
+
+    held_out = held_out_figures(metrics)
+    if held_out is not None:
+        return _esc(f"Held-out evaluation inside the brain, {held_out[0]} cases: {held_out[1]}.")
     if metrics.get("psnr") is not None:
         return _esc(f"Validation during training only (patches, not a held-out evaluation): PSNR {float(metrics['psnr']):.2f} dB.")
     return "No evaluation in the model file."
-
-
-def _mean_std(stat: Mapping[str, Any], digits: int) -> str:
-    mean = f"{float(stat['mean']):.{digits}f}"
-    return mean + (f" ± {float(stat['std']):.{digits}f}" if stat.get("std") is not None else "")
