@@ -117,24 +117,24 @@ def synthesize_with_uncertainty(
     """
     from .inference import synthesize_array, synthesize_volume
     from .normalisation import denormalise_output, normalise_source
+    from .tiled_synthesis import SynthesisOptions
 
     chain = model.chain
     n = len(chain.stages) if stages is None else int(stages)
     extra = ["mirrored"] + (["plain"] if flip_tta else []) + (["previous stage"] if n >= 2 else [])
     passes = 1 + len(extra)
-    synthesis = synthesize_volume(
-        model, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta, tile=tile,
-        progress=_PassProgress(progress, 0, passes, "synthesize"), cancel=cancel, precision=precision,
-    )
+    options = SynthesisOptions(stages, device, flip_tta, tile, _PassProgress(progress, 0, passes, "synthesize"),
+                               cancel, precision)
+    synthesis = synthesize_volume(model, source, mask=mask, **options.keywords())
     mask_arr = _mask_of(model, source, mask)
     norm_cfg = model.config.normalisation
     normalised, _ = normalise_source(source.array, mask_arr, norm_cfg)
 
     def run(index: int, name: str, array: np.ndarray, mask_of_pass: np.ndarray, n_stages: int) -> np.ndarray:
-        out = synthesize_array(
-            chain, array, mask_of_pass, stages=n_stages, device=device, tile=tile,
-            progress=_PassProgress(progress, index, passes, f"uncertainty ({name})"), cancel=cancel, precision=precision,
-        )
+        """One plain pass (no flip averaging) of ``n_stages`` stages, with its own share of the progress."""
+        part = dataclasses.replace(options, stages=n_stages, flip_tta=False,
+                                   progress=_PassProgress(progress, index, passes, f"uncertainty ({name})"))
+        out = synthesize_array(chain, array, mask_of_pass, **part.keywords())
         return np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32)
 
     index = {name: i + 1 for i, name in enumerate(extra)}
