@@ -36,13 +36,15 @@ if not (HERE / "MedSynthLogic").is_dir() and (HERE.parent / "MedSynthLogic" / "_
 from MedSynthLib import dependencies, sample_data  # noqa: E402
 from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
-from MedSynthLib.synthesis import SYNTHETIC_SUFFIX, SynthesisRequest, synthesize_in_process  # noqa: E402
+from MedSynthLib.synthesis import OTHER_MODEL, SYNTHETIC_SUFFIX, SynthesisRequest, model_choices  # noqa: E402
+from MedSynthLib.synthesis import chosen_model_path, synthesize_in_process  # noqa: E402
 from MedSynthLib.training_jobs import PrepareRequest, training_configs  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
 from MedSynthLogic.errors import MedSynthError  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
 TRAIN_PRECISIONS = ["auto", "bf16", "fp32"]
+MODEL_CHOICES = model_choices()
 
 
 class MedSynth(ScriptedLoadableModule):
@@ -81,6 +83,7 @@ class MedSynthParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
+    model: Annotated[str, Choice(MODEL_CHOICES)] = MODEL_CHOICES[0]
     modelPath: Path
     device: Annotated[str, Choice(DEVICES)] = "auto"
     stages: Annotated[int, WithinRange(0, 10)] = 0
@@ -141,6 +144,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              (self.ui.resumeTrainingButton, lambda: self.startTraining(resume=True))):
             button.connect("clicked(bool)", slot)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateModelDescription)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelDescription)
         self.initializeParameterNode()
         self.updateModelDescription()
         self._checkCanApply()
@@ -286,6 +290,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if slicer.app.layoutManager() is not None:
                 slicer.app.layoutManager().resetSliceViews()
         elif outcome.kind == "train":
+            self._parameterNode.model = OTHER_MODEL
             self._parameterNode.modelPath = self._parameterNode.outputModelPath
             self.updateModelDescription()
         elif outcome.kind == "prepare":
@@ -300,7 +305,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateModelDescription(self, *args) -> None:
         p = self._parameterNode
-        self.ui.modelDescriptionLabel.text = self.logic.modelDescription(p.modelPath if p and isSet(p.modelPath) else None)
+        self.ui.modelPathLineEdit.enabled = bool(p) and p.model == OTHER_MODEL
+        self.ui.modelDescriptionLabel.text = describe_model_file(chosen_model_path(p.model, p.modelPath) if p else None)
         self._checkCanApply()
 
 
@@ -322,7 +328,7 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def synthesisRequest(p: MedSynthParameterNode) -> SynthesisRequest:
-        return SynthesisRequest(model_path=p.modelPath if isSet(p.modelPath) else None, stages=p.stages or None,
+        return SynthesisRequest(model_path=chosen_model_path(p.model, p.modelPath), stages=p.stages or None,
                                 device=p.device, flip_tta=p.flipTTA, force=p.force, uncertainty=p.uncertainty)
 
     def estimateText(self, p: MedSynthParameterNode) -> str:
@@ -331,11 +337,6 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
             return self.controller.estimate(p.inputVolume, self.synthesisRequest(p)).text()
         except (MedSynthError, OSError, ValueError):
             return ""
-
-    @staticmethod
-    def modelDescription(modelPath: Optional[Path] = None) -> str:
-        """The model's description (held-out metrics, training data, link to the model card) from its header."""
-        return describe_model_file(modelPath)
 
     def loadVolume(self, path: str) -> vtkMRMLScalarVolumeNode:
         node = mrml.load_volume_file(slicer.mrmlScene, path)

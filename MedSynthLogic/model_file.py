@@ -29,6 +29,7 @@ import torch
 
 from . import __version__
 from .atomic import atomic_path, check_output_path
+from .bundled_models import DEFAULT_NAME, models_dir
 from .config import ModelConfig, from_dict, to_dict
 from .devices import resolve_device
 from .errors import MedSynthError, ModelFileError, OutputError, UsageError
@@ -39,7 +40,7 @@ PathLike = Union[str, os.PathLike]
 FORMAT = "medsynth-model"
 FORMAT_VERSION = 1
 METADATA_KEY = "medsynth"
-BUNDLED_NAME = "medsynth_t1ce_t2.safetensors"
+BUNDLED_NAME = DEFAULT_NAME
 ENV_MODEL = "MEDSYNTH_MODEL"
 # A safetensors file starts with a little-endian u64 header length; a header above this is not one of ours.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -346,7 +347,7 @@ def bundled_model_path() -> Path:
         if not p.is_file():
             raise ModelFileError(f"{ENV_MODEL} points to {p}, which does not exist.", "Fix the variable or pass --model PATH.")
         return p
-    p = Path(__file__).resolve().parents[1] / "Resources" / "Models" / BUNDLED_NAME
+    p = models_dir() / BUNDLED_NAME
     if not p.is_file():
         raise ModelFileError(
             f"No bundled model found at {p}.",

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
 SYNTHETIC_SUFFIX = "synthetic T2"
+#: The model list's last entry: the file named in the path field under it.
+OTHER_MODEL = "Other model file"
 #: ``check_source(volume, model_config, mask=None) -> list of findings`` (each with ``.code`` and ``.message``).
 InputChecker = Callable[..., Sequence[Any]]
 
@@ -26,6 +28,23 @@ class SynthesisRequest:
     flip_tta: bool = False
     force: bool = False
     uncertainty: bool = False
+
+
+def model_choices() -> List[str]:
+    """The panel's model list: the shipped models' file names (the default first), then :data:`OTHER_MODEL`."""
+    from MedSynthLogic.bundled_models import bundled_model_files
+
+    return [p.name for p in bundled_model_files()] + [OTHER_MODEL]
+
+
+def chosen_model_path(choice: str, other: "Optional[str | os.PathLike]") -> Optional[Path]:
+    """The model file of a list entry: a shipped one by name, or ``other`` (None: the default model; the parameter
+    node wrapper's empty path reads ".")."""
+    from MedSynthLogic.bundled_models import models_dir
+
+    if choice == OTHER_MODEL:
+        return Path(other) if other and str(other) not in ("", ".") else None
+    return models_dir() / choice if choice else None
 
 
 def model_path(request: SynthesisRequest) -> Path:

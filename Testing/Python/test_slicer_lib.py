@@ -22,7 +22,9 @@ if str(MODULE_DIR) not in sys.path:
 
 from MedSynthLib import dependencies, estimate, model_info, sample_data  # noqa: E402
 from MedSynthLib.events import describe_event  # noqa: E402
-from MedSynthLib.synthesis import SynthesisRequest, findings_message, synthesize_arguments  # noqa: E402
+from MedSynthLib.synthesis import (  # noqa: E402
+    OTHER_MODEL, SynthesisRequest, chosen_model_path, findings_message, model_choices, synthesize_arguments,
+)
 from MedSynthLib.training_jobs import PrepareRequest, prepare_arguments, training_configs  # noqa: E402
 from MedSynthLogic import jobs  # noqa: E402
 from MedSynthLogic.cli import build_parser  # noqa: E402
@@ -168,6 +170,23 @@ def test_model_description_hides_paths_and_labels_training_metrics():
     assert "/home" not in text and "C:" not in text and "my data" in text and "1 training cases" in text
     assert "T1 → CT" in text and "Validation during training only" in text and "21.23 dB" in text
     assert "No model information" in model_info.describe_model_file(Path("/nonexistent/model.safetensors"))
+
+
+def test_model_list_offers_every_shipped_model_default_first_then_another_file(tmp_path):
+    """The panel's model list: when another kind becomes the default, the paper's FCN file stays one click away."""
+    from MedSynthLogic.bundled_models import DEFAULT_NAME, bundled_model_files
+
+    for name in ("zz_nie2018_fcn.safetensors", DEFAULT_NAME, "aa_unet.safetensors", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [f.name for f in bundled_model_files(tmp_path)] == [DEFAULT_NAME, "aa_unet.safetensors", "zz_nie2018_fcn.safetensors"]
+    assert bundled_model_files(tmp_path / "missing") == []
+    choices = model_choices()
+    assert choices[0] == DEFAULT_NAME and choices[-1] == OTHER_MODEL
+    assert chosen_model_path(choices[0], tmp_path / "ignored.safetensors") == bundled_model_path()
+    assert chosen_model_path(OTHER_MODEL, Path(".")) is None  # the wrapper's empty path: the default model
+    mine = tmp_path / "mine.safetensors"
+    args = synthesize_arguments("in.nii.gz", "out.nii.gz", SynthesisRequest(model_path=chosen_model_path(OTHER_MODEL, mine)))
+    assert args[args.index("--model") + 1] == str(mine)
 
 
 # ---------------------------------------------------------------------------------------------------------- argument lists
