@@ -6,7 +6,7 @@
 # usage: nice -n 19 Testing/Training/train_unet.sh CASES_DIR WORK_DIR
 # Environment: MEDSYNTH (command), THREADS (torch threads, default 2), PRECISION (default: bf16 where the CPU has
 #   AVX-512 BF16 or AMX, else fp32), INIT_MODEL (model file whose weights start the run on a new machine).
-# The schedule (unet_train_config.json: 6000 iterations per stage, cosine) and the split are fixed in advance.
+# The schedule (unet_train_config.json: 3000 iterations per stage, cosine) and the split are fixed in advance.
 set -euo pipefail
 CASES=$1
 WORK=$2
