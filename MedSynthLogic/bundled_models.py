@@ -23,5 +23,5 @@ def bundled_model_files(folder: "Path | None" = None) -> List[Path]:
     folder = models_dir() if folder is None else Path(folder)
     if not folder.is_dir():
         return []
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    return sorted(files, key=lambda p: p.name != DEFAULT_NAME)
+    files = (p for p in folder.glob("*.safetensors") if p.is_file())
+    return sorted(files, key=lambda p: (p.name != DEFAULT_NAME, p.name))

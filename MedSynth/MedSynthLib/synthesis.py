@@ -38,13 +38,14 @@ def model_choices() -> List[str]:
 
 
 def chosen_model_path(choice: str, other: "Optional[str | os.PathLike]") -> Optional[Path]:
-    """The model file of a list entry: a shipped one by name, or ``other`` (None: the default model; the parameter
-    node wrapper's empty path reads ".")."""
-    from MedSynthLogic.bundled_models import models_dir
+    """The model file of a list entry: another shipped one by name, or ``other``; None means the default model
+    (``bundled_model_path``, which ``$MEDSYNTH_MODEL`` overrides), also for an empty ``other`` (the parameter node
+    wrapper's empty path reads ".")."""
+    from MedSynthLogic.bundled_models import DEFAULT_NAME, models_dir
 
     if choice == OTHER_MODEL:
         return Path(other) if other and str(other) not in ("", ".") else None
-    return models_dir() / choice if choice else None
+    return models_dir() / choice if choice and choice != DEFAULT_NAME else None
 
 
 def model_path(request: SynthesisRequest) -> Path:

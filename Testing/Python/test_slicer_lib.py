@@ -182,7 +182,8 @@ def test_model_list_offers_every_shipped_model_default_first_then_another_file(t
     assert bundled_model_files(tmp_path / "missing") == []
     choices = model_choices()
     assert choices[0] == DEFAULT_NAME and choices[-1] == OTHER_MODEL
-    assert chosen_model_path(choices[0], tmp_path / "ignored.safetensors") == bundled_model_path()
+    assert chosen_model_path(choices[0], tmp_path / "ignored.safetensors") is None  # the default: bundled_model_path()
+    assert chosen_model_path("zz_nie2018_fcn.safetensors", None).name == "zz_nie2018_fcn.safetensors"
     assert chosen_model_path(OTHER_MODEL, Path(".")) is None  # the wrapper's empty path: the default model
     mine = tmp_path / "mine.safetensors"
     args = synthesize_arguments("in.nii.gz", "out.nii.gz", SynthesisRequest(model_path=chosen_model_path(OTHER_MODEL, mine)))
