@@ -107,6 +107,12 @@ def cmd_train(args: argparse.Namespace, report: Reporter) -> int:
     from .training import train_from_args
 
     out = train_from_args(args, callback=report)
+    if out is None:
+        report(done_event(None, stopped_after=args.stop_after))
+        if report.mode != "json":
+            print(f"stopped after {args.stop_after} iterations, as --stop-after asked; the newest checkpoint in the run "
+                  "folder holds them: run the same command with --resume to go on")
+        return 0
     report(done_event(out))
     if report.mode != "json":
         print(f"wrote model {out}")

@@ -56,8 +56,11 @@ def configs_from_args(args: argparse.Namespace) -> Tuple[ModelConfig, TrainConfi
 
 def train_from_args(
     args: argparse.Namespace, callback: Optional[Callback] = None, stop_event: Optional[threading.Event] = None
-) -> Path:
-    """Run :func:`train` from parsed :func:`add_train_arguments` options; SIGTERM/SIGINT checkpoint and stop."""
+) -> Optional[Path]:
+    """Run :func:`train` from parsed :func:`add_train_arguments` options; SIGTERM/SIGINT checkpoint and stop.
+
+    None: ``--stop-after`` ended this call with a checkpoint before the schedule's end.
+    """
     model_cfg, train_cfg = configs_from_args(args)
     out = Path(args.out)
     if out.exists() and not args.overwrite and dist_utils.int_env("RANK", 0) == 0:
@@ -85,6 +88,7 @@ def train_from_args(
             command=list(sys.argv),
             keep_checkpoints=args.keep_checkpoints,
             init_model=args.init_model,
+            stop_after=args.stop_after,
         )
     finally:
         restore()
@@ -109,5 +113,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report(error_event("Interrupted.", Cancelled.exit_code))
         return Cancelled.exit_code
     if report is not None and dist_utils.int_env("RANK", 0) == 0:
-        report(done_event(out))
+        report(done_event(out) if out is not None else done_event(None, stopped_after=args.stop_after))
     return 0

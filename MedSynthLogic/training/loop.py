@@ -51,7 +51,8 @@ def train(
     command: Optional[Sequence[str]] = None,
     keep_checkpoints: int = 3,
     init_model: Optional[os.PathLike | str] = None,
-) -> Path:
+    stop_after: Optional[int] = None,
+) -> Optional[Path]:
     """Train all auto-context stages and write the model file; returns its path.
 
     ``resume`` continues from the newest complete checkpoint in ``run_dir`` (default ``<out stem>_run/``)
@@ -60,15 +61,20 @@ def train(
     trained model); when ``init_model`` also holds stage ``start_stage``, that stage starts from its weights at
     the iteration it was exported at (fresh optimisers), so a schedule continues from a committed candidate on a new
     machine; with ``resume`` a run that already reached ``start_stage`` continues. ``stop_event`` (or SIGTERM/SIGINT with
-    :func:`install_signal_handlers`) writes a checkpoint and raises :class:`Cancelled`.
+    :func:`install_signal_handlers`) writes a checkpoint and raises :class:`Cancelled`. ``stop_after`` N runs N
+    iterations of the schedule, writes a checkpoint and returns None, so a schedule longer than a job's time limit
+    runs as a series of calls with ``resume`` (the same weights as one uninterrupted run).
     """
     out = check_output_path(out_model, overwrite=True)
     plan = plan_training(data_dir, model_cfg, train_cfg)
     if not 0 <= start_stage < model_cfg.stages:
         raise UsageError(f"start_stage must be in 0..{model_cfg.stages - 1}.")
+    if stop_after is not None and stop_after < 1:
+        raise UsageError(f"stop_after must be at least 1 iteration, not {stop_after}.")
     ctx = dist_utils.init_distributed(resolve_device(str(device)))
     try:
         session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints)
+        session.stop_after = stop_after
         amp_dtype = amp_settings(ctx.device, train_cfg.precision)
         chain = _seeded_chain(model_cfg, train_cfg, ctx.device)
         start = decide_start(model_cfg, start_stage, resume, init_model, session.run_dir,
@@ -82,7 +88,8 @@ def train(
         resumed_from, stages = start.resumed_from, range(start.stage, model_cfg.stages)
         del start  # only the first stage starts from it; past that, its checkpoint or model file can go
         for stage in stages:
-            _train_stage(session, plan, chain, stage, first, val_volumes)
+            if session.slice_over() or not _train_stage(session, plan, chain, stage, first, val_volumes):
+                return None
             first = None
         if ctx.is_main:
             write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), amp_dtype,
@@ -107,8 +114,8 @@ def _seeded_chain(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.
 
 def _train_stage(
     s: Session, plan: TrainingPlan, chain: AutoContextChain, stage: int, start: Optional[Start], val_volumes: Dict[str, Dict[str, Any]]
-) -> None:
-    """One stage from its first iteration (0, or where ``start`` says) to its end checkpoint."""
+) -> bool:
+    """One stage from its first iteration (0, or where ``start`` says) to its end checkpoint; False: the slice ended first."""
     cfg, tcfg, ctx, dev = s.model_cfg, s.train_cfg, s.ctx, s.ctx.device
     s.emit(stage_event(stage, cfg.stages, "start"))
     context_train, context_val = stage_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit)
@@ -128,6 +135,7 @@ def _train_stage(
         losses = trainer.step(src, tgt, mask, it)
         check_finite(losses, stage, it, s.run_dir, ctx)
         done = it + 1
+        s.ran += 1
         event = log.add(losses, done, trainer.lr_g)
         if event is not None:
             s.emit(event)
@@ -136,6 +144,10 @@ def _train_stage(
         if s.stopper():
             s.save(chain, stage, done, done == tcfg.iterations, trainer, "stop")
             raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; resume with --resume.")
+        if s.slice_over() and done < tcfg.iterations:
+            s.save(chain, stage, done, False, trainer, "stop_after")
+            source.close()
+            return False
         if tcfg.checkpoint_every > 0 and done % tcfg.checkpoint_every == 0 and done < tcfg.iterations:
             s.save(chain, stage, done, False, trainer, "periodic")
     dist_utils.broadcast_buffers(gen, ctx)
@@ -147,6 +159,7 @@ def _train_stage(
     s.emit(stage_event(stage, cfg.stages, "end"))
     s.plot()
     source.close()
+    return True
 
 
 def _validate(s: Session, chain: AutoContextChain, stage: int, trainer: StageTrainer, source: Any,

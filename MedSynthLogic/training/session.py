@@ -36,6 +36,12 @@ class Session:
     metrics: Dict[str, Any] = field(default_factory=dict)
     elapsed_before: float = 0.0
     t_start: float = 0.0
+    stop_after: Optional[int] = None
+    ran: int = 0
+
+    def slice_over(self) -> bool:
+        """Whether this call has run the ``stop_after`` iterations it was asked for (a slice of a long schedule)."""
+        return self.stop_after is not None and self.ran >= self.stop_after
 
     def carry_history(self, state: Optional[Dict[str, Any]]) -> None:
         """Start the clock, going on from the validation results and time of the checkpoint a run starts from."""

@@ -361,6 +361,19 @@ def test_train_resume_of_a_finished_run_never_rewrites_the_model(ws):
     assert read_header(model)["tensors_sha256"] == read_header(ws.model)["tensors_sha256"]
 
 
+def test_train_stop_after_exits_0_with_a_checkpoint_and_resume_finishes(ws):
+    model, run_dir = ws.root / "sliced.safetensors", ws.root / "sliced_run"
+    argv = ["train", "--data", ws.prepared, "--out", model, "--run-dir", run_dir, "--model-config", ws.config,
+            "--iterations", 3, "--batch-size", 4, "--num-workers", 0, "--device", "cpu"]
+    proc = medsynth(*argv, "--stop-after", 2, "--progress", "json")
+    events = json_lines(proc.stdout)
+    assert events[-1] == {"event": "done", "stopped_after": 2}
+    assert [e["iteration"] for e in events if e["event"] == "checkpoint"] == [2]
+    assert not model.exists()
+    proc = medsynth(*argv, "--resume", "--stop-after", 100)
+    assert f"wrote model {model}" in proc.stdout and model.exists()
+
+
 # --- synthesize -----------------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import torch
 
 from MedSynthLogic import checkpoint as ckpt
 from MedSynthLogic.config import TrainConfig
-from MedSynthLogic.errors import Cancelled, DataError, ModelFileError
+from MedSynthLogic.errors import Cancelled, DataError, ModelFileError, UsageError
 
 
 def make_phantom_data(root: Path, model_cfg, n_cases: int = 3, shape=(40, 44, 40), patches_per_case: int = 64) -> Path:
@@ -183,6 +183,28 @@ def test_resume_is_bit_identical(tmp_path, data_dir, tiny_model_config, determin
     for k in sa["discriminator"]:
         assert torch.equal(sa["discriminator"][k], sb["discriminator"][k]), k
     assert torch.equal(sa["opt_g"]["state"][0]["exp_avg"], sb["opt_g"]["state"][0]["exp_avg"])
+
+
+def test_stop_after_runs_a_schedule_as_slices_equal_to_one_run(tmp_path, data_dir, tiny_model_config, deterministic):
+    """Slices of 6 (ends exactly at stage 0's end), 4 (into stage 1), then the rest give one run's weights."""
+    from MedSynthLogic.training import train
+
+    cfg = _cfg(iterations=6, batch_size=2, warmup_iterations=2, lr_decay_every=4, checkpoint_every=4)
+    straight = train(data_dir, tmp_path / "a.safetensors", tiny_model_config, cfg, device="cpu")
+    out, run = tmp_path / "b.safetensors", tmp_path / "b_run"
+    with pytest.raises(UsageError, match="at least 1 iteration"):
+        train(data_dir, out, tiny_model_config, cfg, device="cpu", stop_after=0)
+    assert train(data_dir, out, tiny_model_config, cfg, device="cpu", stop_after=6) is None
+    assert ckpt.latest_checkpoint(run).name == ckpt.checkpoint_name(0, 6) and not out.exists()
+    assert train(data_dir, out, tiny_model_config, cfg, device="cpu", resume=True, stop_after=4) is None
+    assert ckpt.latest_checkpoint(run).name == ckpt.checkpoint_name(1, 4) and not out.exists()
+    assert train(data_dir, out, tiny_model_config, cfg, device="cpu", resume=True, stop_after=100) == out
+
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight), load_file(out)
+    assert a.keys() == b.keys() and any(k.startswith("stage1.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_stop_event_writes_loadable_checkpoint_and_corrupt_is_refused(tmp_path, data_dir, tiny_model_config):

@@ -5,7 +5,8 @@
 #
 # usage: nice -n 19 Testing/Training/train_unet.sh CASES_DIR WORK_DIR
 # Environment: MEDSYNTH (command), THREADS (torch threads, default 2), PRECISION (default: bf16 where the CPU has
-#   AVX-512 BF16 or AMX, else fp32), INIT_MODEL (model file whose weights start the run on a new machine).
+#   AVX-512 BF16 or AMX, else fp32), INIT_MODEL (model file whose weights start the run on a new machine),
+#   STOP_AFTER (run this many iterations, checkpoint and exit 0: a slice that ends before a session does).
 # The schedule (unet_train_config.json: 3000 iterations per stage, cosine) and the split are fixed in advance.
 set -euo pipefail
 CASES=$1
@@ -27,6 +28,8 @@ resume=()
 compgen -G "$WORK/unet_run/ckpt_*.pt" > /dev/null && resume=(--resume)
 init=()
 [ ${#resume[@]} -eq 0 ] && [ -n "${INIT_MODEL:-}" ] && init=(--init-model "$INIT_MODEL" --start-stage "${START_STAGE:-0}")
+slice=()
+[ -n "${STOP_AFTER:-}" ] && slice=(--stop-after "$STOP_AFTER")
 exec $MEDSYNTH train --data "$WORK/data" --model-config "$HERE/unet_model_config.json" \
   --train-config "$HERE/unet_train_config.json" --precision "$PRECISION" --device cpu \
-  --out "$WORK/unet.safetensors" --run-dir "$WORK/unet_run" --progress json --overwrite "${resume[@]}" "${init[@]}"
+  --out "$WORK/unet.safetensors" --run-dir "$WORK/unet_run" --progress json --overwrite "${resume[@]}" "${init[@]}" "${slice[@]}"
