@@ -82,7 +82,7 @@ def test_map_geometry_mask_parts_and_synthesis(lopsided, source):
 
 
 def test_flip_part_vanishes_only_for_a_mirror_symmetric_model(tiny_model_config, tmp_path, source, lopsided):
-    symmetric = _model(tiny_model_config, _mirror_symmetric(_lopsided(random_chain(tiny_model_config))), tmp_path, "sym")
+    _model(tiny_model_config, _mirror_symmetric(_lopsided(random_chain(tiny_model_config))), tmp_path, "sym")
     one_stage = load_model(tmp_path / "sym.safetensors", stages=1)
     r = synthesize_with_uncertainty(one_stage, source, device="cpu", tile=20)
     assert r.stages is None
