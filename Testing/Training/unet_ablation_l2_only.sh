@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The "L2 only" row of the U-Net ablation (UNET_RECIPE.md): the main run's data, split, seed, config and schedule
+# with the GDL and adversarial terms off, stopped at stage 1's iteration 963, the point the main run was exported
+# and evaluated at (L2 + GDL). Called again, it resumes from its run folder until it reaches that iteration, then
+# exports the EMA weights and evaluates them once.
+#
+# usage: nice -n 19 Testing/Training/unet_ablation_l2_only.sh CASES_DIR WORK_DIR   (WORK_DIR: train_unet.sh's, for its data)
+# Environment: MEDSYNTH (command), THREADS (default 2), PRECISION (as train_unet.sh), DEVICE (default cpu).
+set -euo pipefail
+CASES=$1
+WORK=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
+VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
+AT=963
+MEDSYNTH=${MEDSYNTH:-medsynth}
+RUN=$WORK/ablation_l2_only
+export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
+if [ -z "${PRECISION:-}" ]; then
+  PRECISION=fp32
+  grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && PRECISION=bf16
+fi
+if [ ! -f "$WORK/data/manifest.json" ]; then
+  $MEDSYNTH prepare "$CASES" "$WORK/data" --config "$HERE/unet_model_config.json" --patches-per-case 1 \
+    --val-cases "$VAL" --seed 0 --progress none --overwrite
+fi
+mkdir -p "$RUN"
+newest=$(ls "$RUN"/run/ckpt_s00_it*.pt 2>/dev/null | sort | tail -1 || true)
+done_its=0
+resume=()
+if [ -n "$newest" ]; then
+  done_its=$((10#$(basename "$newest" .pt | sed 's/.*_it//')))
+  resume=(--resume)
+fi
+if [ "$done_its" -lt "$AT" ]; then
+  $MEDSYNTH train --data "$WORK/data" --model-config "$HERE/unet_model_config.json" \
+    --train-config "$HERE/unet_train_config.json" --lambda-gdl 0 --no-adversarial --precision "$PRECISION" \
+    --device "${DEVICE:-cpu}" --out "$RUN/l2_only.safetensors" --run-dir "$RUN/run" --progress json --overwrite \
+    --stop-after $((AT - done_its)) "${resume[@]}"
+fi
+newest=$(ls "$RUN"/run/ckpt_s00_it*.pt | sort | tail -1)
+$MEDSYNTH export "$newest" "$RUN/l2_only_it$AT.safetensors" --stages 1 --overwrite
+$MEDSYNTH evaluate "$CASES" --model "$RUN/l2_only_it$AT.safetensors" --cases "$VAL" --out "$RUN/evaluation" \
+  --label "unet3d, L2 only, stage 1 at iteration $AT (EMA)" --progress none
