@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The paper's FCN trained on the CPU for the training time the U-Net's stage 1 took to reach its iteration-963
+# point (UNET_RECIPE.md, "FCN against U-Net for the same CPU hours"), then exported and evaluated once.
+# The bundled model's recipe (bundled_train_config.json, λ_adv 0.01, 3 stages) at the CPU batch of its stage 3
+# (64), float32. Called again, it resumes until the run's own clock (the `time` column of its training log,
+# cumulative across resumes) reaches the budget; SIGTERM from `timeout` makes it checkpoint and stop.
+#
+# usage: nice -n 19 Testing/Training/fcn_same_hours.sh CASES_DIR WORK_DIR
+# Environment: MEDSYNTH (command), THREADS (default 2), BUDGET_S (default 12132: the U-Net log's time at 960).
+set -euo pipefail
+CASES=$1
+WORK=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
+VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
+MEDSYNTH=${MEDSYNTH:-medsynth}
+BUDGET_S=${BUDGET_S:-12132}
+RUN=$WORK/fcn_same_hours
+export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
+mkdir -p "$RUN"
+if [ ! -f "$RUN/data/manifest.json" ]; then
+  $MEDSYNTH prepare "$CASES" "$RUN/data" --patches-per-case 1200 --val-cases "$VAL" --seed 0 --progress none --overwrite
+fi
+elapsed=0
+if [ -f "$RUN/run/training_log.csv" ]; then
+  elapsed=$(awk -F, 'NR > 1 && $11 != "" { t = $11 } END { printf "%d", t }' "$RUN/run/training_log.csv")
+fi
+left=$((BUDGET_S - elapsed))
+if [ "$left" -gt 0 ]; then
+  resume=()
+  compgen -G "$RUN/run/ckpt_*.pt" > /dev/null && resume=(--resume)
+  rc=0
+  timeout -s TERM "$left" $MEDSYNTH train --data "$RUN/data" --train-config "$HERE/bundled_train_config.json" \
+    --lambda-adv 0.01 --batch-size 64 --precision fp32 --device cpu --out "$RUN/fcn.safetensors" --run-dir "$RUN/run" \
+    --progress json --overwrite "${resume[@]}" >> "$RUN/train.jsonl" 2>> "$RUN/train.log" || rc=$?
+  case $rc in 0|124|130) ;; *) echo "training failed ($rc), see $RUN/train.log" >&2; exit "$rc";; esac
+  [ "$rc" -eq 0 ] || { echo "stopped at the budget or by a signal; call again to go on until ${BUDGET_S} s"; \
+    elapsed=$(awk -F, 'NR > 1 && $11 != "" { t = $11 } END { printf "%d", t }' "$RUN/run/training_log.csv"); \
+    [ "$elapsed" -ge $((BUDGET_S - 60)) ] || exit 0; }
+fi
+newest=$(ls "$RUN"/run/ckpt_*.pt | sort | tail -1)
+stage=$((10#$(basename "$newest" | sed 's/ckpt_s\([0-9]*\)_.*/\1/')))
+$MEDSYNTH export "$newest" "$RUN/fcn_same_hours.safetensors" --stages $((stage + 1)) --overwrite
+$MEDSYNTH evaluate "$CASES" --model "$RUN/fcn_same_hours.safetensors" --cases "$VAL" --out "$RUN/evaluation" \
+  --label "nie2018 FCN, ${BUDGET_S} s of CPU training" --progress none
