@@ -8,6 +8,7 @@ One step = G forward, D update on [real, fake], G update with adversarial + pixe
     python Testing/Benchmarks/bench_training.py                                   # paper FCN, CPU, batch 32
     python Testing/Benchmarks/bench_training.py --kind unet3d --batch 1 --crop 96  # the U-Net on 96³ crops
     python Testing/Benchmarks/bench_training.py --device cuda                      # GPU with mixed precision
+    python Testing/Benchmarks/bench_training.py --kind unet3d --batch 1 --layout ncdhw  # the U-Net's old CPU layout
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
+from MedSynthLogic import models  # noqa: E402
 from MedSynthLogic.config import GeneratorConfig, ModelConfig, TrainConfig  # noqa: E402
 from MedSynthLogic.devices import PRECISIONS, resolve_device  # noqa: E402
 from MedSynthLogic.distributed import DistContext  # noqa: E402
@@ -113,10 +115,13 @@ def main() -> int:
     p.add_argument("--stages", default="0,1", help="stages to time (0: 1-channel input, 1: 2-channel auto-context input)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--peak", action="store_true", help="also time the machine's float32 3D-convolution peak")
+    p.add_argument("--layout", default="channels_last", choices=("channels_last", "ncdhw"),
+                   help="the U-Net's activation layout on the CPU (models.CPU_LAYOUT)")
     p.add_argument("--out", default=None, help="also write the report to this file")
     args = p.parse_args()
+    models.CPU_LAYOUT = torch.channels_last_3d if args.layout == "channels_last" else torch.contiguous_format
     device = resolve_device(args.device)
-    lines = [f"MedSynth training benchmark ({args.kind})", f"machine: {machine(device)}"]
+    lines = [f"MedSynth training benchmark ({args.kind}, U-Net CPU layout {args.layout})", f"machine: {machine(device)}"]
     peak = conv_peak_flops(device) if args.peak else None
     if peak:
         lines.append(f"float32 3D-conv peak (32→32 ch, 3³, 48³): {peak / 1e9:.1f} GFLOP/s")

@@ -66,6 +66,28 @@ def test_default_unet_sees_more_than_100_voxels_and_the_formula_bounds_the_real_
     assert reach >= cfg.receptive_field // 4, "the field formula is far larger than the network's real reach"
 
 
+def test_unet_runs_its_cpu_convolutions_channels_last_with_the_same_result(monkeypatch):
+    """Every 3³ convolution past the stem gets channels-last activations (the fast oneDNN layout); NCDHW gives the same output."""
+    from MedSynthLogic import models
+
+    chain = build_generators(small_unet())
+    randomise(chain)
+    gen = chain.stages[0].train()
+    seen = []
+    for m in gen.modules():
+        if isinstance(m, torch.nn.Conv3d) and m.kernel_size == (3, 3, 3) and m is not gen.stem:
+            m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+    x = torch.rand(1, 1, 32, 32, 32)
+    fast = gen(x)
+    assert seen and all(seen)
+    monkeypatch.setattr(models, "CPU_LAYOUT", torch.contiguous_format)
+    seen.clear()
+    plain = gen(x)
+    assert not any(seen)
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert {type(m).__name__ for m in gen.modules() if isinstance(m, torch.nn.InstanceNorm3d)} == {"InstanceNorm3dKeepingLayout"}
+
+
 def test_tiled_synthesis_equals_one_whole_frame_forward(phantom):
     from MedSynthLogic.inference import synthesize_array
 
