@@ -11,11 +11,9 @@ set -euo pipefail
 CASES=$1
 WORK=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
-VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
-MEDSYNTH=${MEDSYNTH:-medsynth}
+. "$HERE/run_common.sh"
 BUDGET_S=${BUDGET_S:-12132}
 RUN=$WORK/fcn_same_hours
-export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
 mkdir -p "$RUN"
 if [ ! -f "$RUN/data/manifest.json" ]; then
   $MEDSYNTH prepare "$CASES" "$RUN/data" --patches-per-case 1200 --val-cases "$VAL" --seed 0 --progress none --overwrite

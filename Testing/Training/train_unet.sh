@@ -12,18 +12,9 @@ set -euo pipefail
 CASES=$1
 WORK=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
-VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
-MEDSYNTH=${MEDSYNTH:-medsynth}
-export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
-if [ -z "${PRECISION:-}" ]; then
-  PRECISION=fp32
-  grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && PRECISION=bf16
-fi
+. "$HERE/run_common.sh"
 mkdir -p "$WORK"
-if [ ! -f "$WORK/data/manifest.json" ]; then
-  $MEDSYNTH prepare "$CASES" "$WORK/data" --config "$HERE/unet_model_config.json" --patches-per-case 1 \
-    --val-cases "$VAL" --seed 0 --progress none --overwrite
-fi
+prepare_unet_data "$CASES" "$WORK"
 resume=()
 compgen -G "$WORK/unet_run/ckpt_*.pt" > /dev/null && resume=(--resume)
 init=()

@@ -1,0 +1,18 @@
+# Sourced by the U-Net training scripts here (train_unet.sh, unet_ablation_l2_only.sh, fcn_same_hours.sh): the split
+# fixed in UNET_RECIPE.md, the command, the thread count, and the CPU precision rule, so the runs compared agree.
+VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
+MEDSYNTH=${MEDSYNTH:-medsynth}
+export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
+# PRECISION, when not given: bf16 where the CPU has AVX-512 BF16 or AMX, else fp32.
+if [ -z "${PRECISION:-}" ]; then
+  PRECISION=fp32
+  grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && PRECISION=bf16
+fi
+
+# prepare_unet_data CASES WORK: the stored volumes the U-Net cuts its crops from, once per WORK folder.
+prepare_unet_data() {
+  if [ ! -f "$2/data/manifest.json" ]; then
+    $MEDSYNTH prepare "$1" "$2/data" --config "$HERE/unet_model_config.json" --patches-per-case 1 \
+      --val-cases "$VAL" --seed 0 --progress none --overwrite
+  fi
+}
