@@ -2,6 +2,7 @@
 
 usage: python Testing/Training/export_bundled_model.py CHECKPOINT OUT [--stages N]
            [--provenance Testing/Training/bundled_provenance.json] [--evaluation docs/evaluation/bundled/metrics.json]
+           [--evaluation-command "the command that wrote it"]
 
 The provenance file says how each stage was trained (command, hardware, data split); the evaluation is the
 ``medsynth evaluate`` report of the validation cases. Both go into the model file's JSON header next to the
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", type=int, default=None, help="stages to export (default: the completed ones)")
     p.add_argument("--provenance", default="Testing/Training/bundled_provenance.json")
     p.add_argument("--evaluation", default=None, help="metrics.json of `medsynth evaluate` on the validation cases")
+    p.add_argument("--evaluation-command", default="Testing/Evaluation/run_quality_report.sh <brats18 cases>",
+                   help="the command that wrote --evaluation, recorded beside it")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
 
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             "protocol": report["protocol"],
             "summary": report["summary"],
             "report": args.evaluation,
-            "command": "Testing/Evaluation/run_quality_report.sh <brats18 cases>",
+            "command": args.evaluation_command,
         }
     out = export_checkpoint(args.checkpoint, args.out, stages=args.stages, training=training, evaluation=evaluation,
                             overwrite=args.overwrite)
