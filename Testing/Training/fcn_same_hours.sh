@@ -18,11 +18,7 @@ mkdir -p "$RUN"
 if [ ! -f "$RUN/data/manifest.json" ]; then
   $MEDSYNTH prepare "$CASES" "$RUN/data" --patches-per-case 1200 --val-cases "$VAL" --seed 0 --progress none --overwrite
 fi
-elapsed=0
-if [ -f "$RUN/run/training_log.csv" ]; then
-  elapsed=$(awk -F, 'NR > 1 && $11 != "" { t = $11 } END { printf "%d", t }' "$RUN/run/training_log.csv")
-fi
-left=$((BUDGET_S - elapsed))
+left=$((BUDGET_S - $(run_clock "$RUN/run")))
 if [ "$left" -gt 0 ]; then
   resume=()
   compgen -G "$RUN/run/ckpt_*.pt" > /dev/null && resume=(--resume)
@@ -31,11 +27,13 @@ if [ "$left" -gt 0 ]; then
     --lambda-adv 0.01 --batch-size 64 --precision fp32 --device cpu --out "$RUN/fcn.safetensors" --run-dir "$RUN/run" \
     --progress json --overwrite "${resume[@]}" >> "$RUN/train.jsonl" 2>> "$RUN/train.log" || rc=$?
   case $rc in 0|124|130) ;; *) echo "training failed ($rc), see $RUN/train.log" >&2; exit "$rc";; esac
-  [ "$rc" -eq 0 ] || { echo "stopped at the budget or by a signal; call again to go on until ${BUDGET_S} s"; \
-    elapsed=$(awk -F, 'NR > 1 && $11 != "" { t = $11 } END { printf "%d", t }' "$RUN/run/training_log.csv"); \
-    [ "$elapsed" -ge $((BUDGET_S - 60)) ] || exit 0; }
+  if [ "$rc" -ne 0 ]; then
+    echo "stopped at the budget or by a signal; call again to go on until ${BUDGET_S} s"
+    [ "$(run_clock "$RUN/run")" -ge $((BUDGET_S - 60)) ] || exit 0
+  fi
 fi
-newest=$(ls "$RUN"/run/ckpt_*.pt | sort | tail -1)
+newest=$(newest_checkpoint "$RUN/run")
+[ -n "$newest" ] || { echo "no checkpoint in $RUN/run to export" >&2; exit 5; }
 stage=$((10#$(basename "$newest" | sed 's/ckpt_s\([0-9]*\)_.*/\1/')))
 $MEDSYNTH export "$newest" "$RUN/fcn_same_hours.safetensors" --stages $((stage + 1)) --overwrite
 $MEDSYNTH evaluate "$CASES" --model "$RUN/fcn_same_hours.safetensors" --cases "$VAL" --out "$RUN/evaluation" \

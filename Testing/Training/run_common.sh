@@ -16,3 +16,19 @@ prepare_unet_data() {
       --val-cases "$VAL" --seed 0 --progress none --overwrite
   fi
 }
+
+# newest_checkpoint RUN_DIR [STAGE]: the newest checkpoint of a run folder (names sort by stage, then iteration),
+# only of STAGE (e.g. s00) when given; nothing when there is none.
+newest_checkpoint() {
+  ls "$1"/ckpt_${2:-s*}_it*.pt 2>/dev/null | sort | tail -1 || true
+}
+
+# run_clock RUN_DIR: the run's own training time in whole seconds (the `time` column of its training log, which
+# counts across resumes); 0 before its first logged iteration.
+run_clock() {
+  if [ -f "$1/training_log.csv" ]; then
+    awk -F, 'NR > 1 && $11 != "" { t = $11 } END { printf "%d", t }' "$1/training_log.csv"
+  else
+    echo 0
+  fi
+}

@@ -15,7 +15,7 @@ AT=963
 RUN=$WORK/ablation_l2_only
 prepare_unet_data "$CASES" "$WORK"
 mkdir -p "$RUN"
-newest=$(ls "$RUN"/run/ckpt_s00_it*.pt 2>/dev/null | sort | tail -1 || true)
+newest=$(newest_checkpoint "$RUN/run" s00)
 done_its=0
 resume=()
 if [ -n "$newest" ]; then
@@ -28,7 +28,8 @@ if [ "$done_its" -lt "$AT" ]; then
     --device "${DEVICE:-cpu}" --out "$RUN/l2_only.safetensors" --run-dir "$RUN/run" --progress json --overwrite \
     --stop-after $((AT - done_its)) "${resume[@]}"
 fi
-newest=$(ls "$RUN"/run/ckpt_s00_it*.pt | sort | tail -1)
+newest=$(newest_checkpoint "$RUN/run" s00)
+[ -n "$newest" ] || { echo "no checkpoint in $RUN/run to export" >&2; exit 5; }
 $MEDSYNTH export "$newest" "$RUN/l2_only_it$AT.safetensors" --stages 1 --overwrite
 $MEDSYNTH evaluate "$CASES" --model "$RUN/l2_only_it$AT.safetensors" --cases "$VAL" --out "$RUN/evaluation" \
   --label "unet3d, L2 only, stage 1 at iteration $AT (EMA)" --progress none
