@@ -104,10 +104,23 @@ class InstanceNorm3dKeepingLayout(nn.InstanceNorm3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.track_running_stats and self.affine:
+            return self.eval_affine(x)
         out = super().forward(x)
         if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
             return out.contiguous(memory_format=torch.channels_last_3d)
         return out
+
+    def eval_affine(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode with running statistics is one per-channel affine map: a single pass that keeps the layout.
+
+        PyTorch's own eval path repeats the statistics per sample and copies its input and output, which took
+        about a quarter of a U-Net forward on the CPU.
+        """
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

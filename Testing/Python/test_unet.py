@@ -88,6 +88,26 @@ def test_unet_runs_its_cpu_convolutions_channels_last_with_the_same_result(monke
     assert {type(m).__name__ for m in gen.modules() if isinstance(m, torch.nn.InstanceNorm3d)} == {"InstanceNorm3dKeepingLayout"}
 
 
+def test_eval_instance_norm_is_pytorchs_running_statistics_map_and_keeps_the_layout():
+    """The eval fast path (one affine pass) computes what ``nn.InstanceNorm3d`` computes from its running statistics."""
+    from MedSynthLogic.models import InstanceNorm3dKeepingLayout
+
+    ours = InstanceNorm3dKeepingLayout(6, affine=True, track_running_stats=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(6, generator=g))
+        ours.bias.copy_(torch.randn(6, generator=g))
+        ours.running_mean.copy_(torch.randn(6, generator=g))
+        ours.running_var.copy_(torch.rand(6, generator=g) + 0.1)
+    reference = torch.nn.InstanceNorm3d(6, affine=True, track_running_stats=True)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 8, 10, 12, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    fast, slow = ours.eval()(x), reference.eval()(x)
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert not torch.allclose(ours.train()(x), fast, atol=1e-2), "training mode must still use each sample's statistics"
+
+
 def test_tiled_synthesis_equals_one_whole_frame_forward(phantom):
     from MedSynthLogic.inference import synthesize_array
 
