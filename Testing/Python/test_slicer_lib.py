@@ -346,14 +346,12 @@ def test_real_child_process_synthesizes_into_the_scene(scene, tmp_path, slicer_m
     """
     pytest.importorskip("torch")
     from MedSynthLib import estimate
+    from MedSynthLib.controller import MedSynthController, start_cli_job
     from MedSynthLogic import mrml
-
-    monkeypatch.setattr(estimate, "STARTUP_SECONDS", 0.0)
     from MedSynthLogic.phantom import make_phantom
     from MedSynthLogic.volume_io import write_volume
 
-    from MedSynthLib.controller import MedSynthController, start_cli_job
-
+    monkeypatch.setattr(estimate, "STARTUP_SECONDS", 0.0)
     source = mrml.load_volume_file(scene, write_volume(make_phantom(shape=(40, 48, 40)).t1ce, tmp_path / "p.nii.gz"))
     controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=no_findings)
     cli_has_force = not build_parser().parse_known_args(["synthesize", "a", "b", "--force"])[1]
