@@ -121,11 +121,16 @@ def synthesize_unet(
     cancel: Any,
     max_voxels: int = UNET_MAX_VOXELS,
     tile: int = UNET_TILE,
+    margin: int = MARGIN,
 ) -> np.ndarray:
-    """Stages 0..stages−1 of a U-Net chain over the frame of ``box``; float32 network units, 0 outside ``mask``."""
+    """Stages 0..stages−1 of a U-Net chain over the frame of ``box``; float32 network units, 0 outside ``mask``.
+
+    ``margin`` is there for measuring, not tuning: the output depends on it everywhere in the brain, because the
+    receptive field spans the whole frame (``Testing/Benchmarks/unet_frame_margin.py``).
+    """
     cfg = chain.config.generator
     multiple, halo = cfg.size_multiple, cfg.tile_halo
-    frame = frame_of(box, src.shape, multiple)
+    frame = frame_of(box, src.shape, multiple, margin)
     src_f = cut_window(src, frame).astype(np.float32, copy=False)
     mask_f = cut_window(mask.astype(np.float32), frame, mode="constant") if mask is not None else None
     tile = max(multiple, tile // multiple * multiple)
