@@ -65,7 +65,7 @@ def main(argv: List[str] | None = None) -> None:
     multiple = model.config.generator.size_multiple
     margins = [int(m) for m in args.margins.split(",")]
     print(f"# python Testing/Benchmarks/unet_frame_margin.py {args.model} {args.source} --margins {args.margins}")
-    print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, torch={torch.__version__}, ram_gib={ram_gib():.1f}, "
+    print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()}, torch={torch.__version__}, ram_gib={ram_gib()}, "
           f"loadavg_start={os.getloadavg()}")
     print(f"model: {model.config.generator.kind}, {len(model.chain.stages)} stages; source {source.shape}, "
           f"mask box {[b - a for a, b in box]}")
