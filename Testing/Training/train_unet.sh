@@ -6,21 +6,25 @@
 # usage: nice -n 19 Testing/Training/train_unet.sh CASES_DIR WORK_DIR
 # Environment: MEDSYNTH (command), THREADS (torch threads, default 2), PRECISION (default: bf16 where the CPU has
 #   AVX-512 BF16 or AMX, else fp32), INIT_MODEL (model file whose weights start the run on a new machine),
-#   STOP_AFTER (run this many iterations, checkpoint and exit 0: a slice that ends before a session does).
+#   STOP_AFTER (run this many iterations, checkpoint and exit 0: a slice that ends before a session does),
+#   RUN (name of the run: WORK/RUN.safetensors and WORK/RUN_run/; default unet, the main run),
+#   MODEL_CONFIG (default unet_model_config.json beside this script; a later run names its own).
 # The schedule (unet_train_config.json: 3000 iterations per stage, cosine) and the split are fixed in advance.
 set -euo pipefail
 CASES=$1
 WORK=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/run_common.sh"
+RUN=${RUN:-unet}
+MODEL_CONFIG=${MODEL_CONFIG:-$HERE/unet_model_config.json}
 mkdir -p "$WORK"
 prepare_unet_data "$CASES" "$WORK"
 resume=()
-compgen -G "$WORK/unet_run/ckpt_*.pt" > /dev/null && resume=(--resume)
+compgen -G "$WORK/${RUN}_run/ckpt_*.pt" > /dev/null && resume=(--resume)
 init=()
 [ ${#resume[@]} -eq 0 ] && [ -n "${INIT_MODEL:-}" ] && init=(--init-model "$INIT_MODEL" --start-stage "${START_STAGE:-0}")
 slice=()
 [ -n "${STOP_AFTER:-}" ] && slice=(--stop-after "$STOP_AFTER")
-exec $MEDSYNTH train --data "$WORK/data" --model-config "$HERE/unet_model_config.json" \
+exec $MEDSYNTH train --data "$WORK/data" --model-config "$MODEL_CONFIG" \
   --train-config "$HERE/unet_train_config.json" --precision "$PRECISION" --device cpu \
-  --out "$WORK/unet.safetensors" --run-dir "$WORK/unet_run" --progress json --overwrite "${resume[@]}" "${init[@]}" "${slice[@]}"
+  --out "$WORK/$RUN.safetensors" --run-dir "$WORK/${RUN}_run" --progress json --overwrite "${resume[@]}" "${init[@]}" "${slice[@]}"

@@ -6,6 +6,7 @@
 #
 # usage: nice -n 19 Testing/Training/unet_pilot_norm.sh CASES_DIR WORK_DIR   (WORK_DIR: train_unet.sh's, for its data)
 # Environment: MEDSYNTH (command), THREADS (default 2), PRECISION (as train_unet.sh), DEVICE (default cpu), MAIN_LOG.
+# (on a machine without the main run folder: MAIN_LOG=docs/evaluation/unet3d_training_log.csv, its committed copy).
 set -euo pipefail
 CASES=$1
 WORK=$2
