@@ -14,6 +14,23 @@ from torch import nn
 from .config import DiscriminatorConfig, GeneratorConfig, ModelConfig
 
 
+class BF16SafeConv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state-dict keys) that runs in float32 when CPU bf16 autocast meets a small input.
+
+    oneDNN's bf16 weight gradient (``jit_bf16:avx512_core_bf16`` backward_weights, torch 2.13) is wrong, and differs
+    from call to call, when an input edge is 2 and the kernel 3 (``Testing/Training/bf16_conv_bug.py``: values up to
+    1e37 in a third of the calls). The paper's D meets it at its last convolution (16³ → 2³ after three poolings), which
+    made CPU bf16 training diverge to NaN. Inputs with an edge smaller than the kernel therefore leave autocast; they are
+    tiny, so float32 costs nothing there, and every other input still runs in bf16.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and min(x.shape[2:]) < max(self.kernel_size):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class Generator(nn.Module):
     """9-layer dilated 3D FCN with valid convolutions (32³ in, 16³ out by default).
 
@@ -30,7 +47,7 @@ class Generator(nn.Module):
         channels = config.in_channels
         last = len(config.filters) - 1
         for i, (out, k, d) in enumerate(zip(config.filters, config.kernels, config.dilations)):
-            conv = nn.Conv3d(channels, out, kernel_size=k, dilation=d, padding=0, bias=(i == last or not config.batch_norm))
+            conv = BF16SafeConv3d(channels, out, kernel_size=k, dilation=d, padding=0, bias=(i == last or not config.batch_norm))
             layers.append(conv)
             if i != last:
                 if config.batch_norm:
@@ -67,12 +84,12 @@ class Discriminator(nn.Module):
         channels = in_channels
         size = patch
         for out in config.channels:
-            layers += [nn.Conv3d(channels, out, 3, padding=1), nn.BatchNorm3d(out), nn.ReLU(inplace=True), nn.MaxPool3d(2)]
+            layers += [BF16SafeConv3d(channels, out, 3, padding=1), nn.BatchNorm3d(out), nn.ReLU(inplace=True), nn.MaxPool3d(2)]
             channels = out
             size //= 2
         if size < 1:
             raise ValueError(f"A {patch}³ patch is too small for {len(config.channels)} pooling stages.")
-        layers += [nn.Conv3d(channels, config.last_conv, 3, padding=1), nn.BatchNorm3d(config.last_conv), nn.ReLU(inplace=True)]
+        layers += [BF16SafeConv3d(channels, config.last_conv, 3, padding=1), nn.BatchNorm3d(config.last_conv), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         fcs: List[nn.Module] = []
         width = config.last_conv * size**3
@@ -139,8 +156,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int, norm: str) -> None:
         super().__init__()
         self.norm1, self.norm2 = _norm(norm, channels), _norm(norm, channels)
-        self.conv1 = nn.Conv3d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv3d(channels, channels, 3, padding=1)
+        self.conv1 = BF16SafeConv3d(channels, channels, 3, padding=1)
+        self.conv2 = BF16SafeConv3d(channels, channels, 3, padding=1)
         self.act = nn.LeakyReLU(0.1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
@@ -166,7 +183,7 @@ class UNet3D(nn.Module):
         def blocks(c: int) -> nn.Sequential:
             return nn.Sequential(*[ResidualBlock(c, config.norm) for _ in range(config.unet_blocks)])
 
-        self.stem = nn.Conv3d(config.in_channels, widths[0], 3, padding=1)
+        self.stem = BF16SafeConv3d(config.in_channels, widths[0], 3, padding=1)
         self.encoders = nn.ModuleList(blocks(c) for c in widths)
         self.downs = nn.ModuleList(nn.Conv3d(a, b, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
         self.ups = nn.ModuleList(nn.ConvTranspose3d(b, a, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
@@ -203,9 +220,9 @@ class PatchDiscriminator(nn.Module):
         layers: List[nn.Module] = []
         channels = in_channels
         for out in config.patch_channels:
-            layers += [nn.Conv3d(channels, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            layers += [BF16SafeConv3d(channels, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
             channels = out
-        layers.append(nn.Conv3d(channels, 1, 3, padding=1))
+        layers.append(BF16SafeConv3d(channels, 1, 3, padding=1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

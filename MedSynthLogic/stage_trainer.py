@@ -46,7 +46,7 @@ def amp_settings(device: torch.device, precision: str) -> Optional[torch.dtype]:
     """The autocast dtype of a TrainConfig ``precision`` (None: float32).
 
     ``auto``: bf16 on GPUs that support it (no loss scaling needed), else fp16 with a GradScaler; float32 on the
-    CPU. ``bf16`` on the CPU runs the convolutions in bfloat16 while losses (and the U-Net's D) stay float32:
+    CPU. ``bf16`` on the CPU runs G's convolutions in bfloat16 while losses and D stay float32:
     fast on CPUs with AVX-512 BF16 or AMX, emulated and slow on others. fp16 needs a GPU (its GradScaler is CUDA's).
     """
     from .devices import autocast_dtype
@@ -70,7 +70,6 @@ class StageTrainer:
         self.model_cfg, self.cfg, self.ctx = model_cfg, train_cfg, ctx
         self.device = ctx.device
         self.amp_dtype = amp_settings(self.device, train_cfg.precision)
-        self.masked_d = model_cfg.generator.kind == "unet3d"
         self.opt_g = _optimizer(gen.parameters(), train_cfg.lr_g, train_cfg)
         self.opt_d = _optimizer(disc.parameters(), train_cfg.lr_d, train_cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -93,14 +92,11 @@ class StageTrainer:
     def _discriminate(self, disc: nn.Module, tgt: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """D's logits for [real; fake] in one batch (one forward, same BatchNorm statistics for both halves).
 
-        The U-Net's patch D judges the brain only (both images masked) and runs in float32, where the BCE of
-        a saturated logit cannot overflow.
+        D always runs in float32, outside autocast: it is a few per cent of a step's work, and in bf16 the paper's
+        D gave weight gradients 20–35 % away from float32 ones (``Testing/Training/bf16_probe.py``), besides the
+        oneDNN bug ``models.BF16SafeConv3d`` avoids. The U-Net's patch D judges the brain only (both images masked).
         """
-        both = torch.cat([tgt, fake.to(tgt.dtype)], 0)
-        if self.masked_d:
-            return disc(both.float()).float()
-        with self._autocast():
-            return disc(both).float()
+        return disc(torch.cat([tgt, fake.to(tgt.dtype)], 0).float()).float()
 
     def step(self, src: torch.Tensor, tgt: torch.Tensor, mask: Optional[torch.Tensor], iteration: int) -> Dict[str, float]:
         """One D update then one G update at ``iteration``; returns the losses as floats.

@@ -2,7 +2,7 @@
 
 One step = G forward, D update on [real, fake], G update with adversarial + pixel + GDL, exactly
 ``StageTrainer.step``. Random inputs are used so the figure is the model's cost, not the disk's. G's FLOP/s
-(forward + backward ≈ 3 × forward) is set against the machine's measured float32 3D-convolution peak
+(forward + backward ≈ 3 × forward) is set against the machine's measured 3D-convolution peak in the same precision
 (``--peak``: one large 3³ convolution timed alone), so the figure says how close to the hardware the step runs.
 
     python Testing/Benchmarks/bench_training.py                                   # paper FCN, CPU, batch 32
@@ -14,10 +14,12 @@ One step = G forward, D update on [real, fake], G update with adversarial + pixe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -28,7 +30,7 @@ from MedSynthLogic.config import GeneratorConfig, ModelConfig, TrainConfig  # no
 from MedSynthLogic.devices import PRECISIONS, resolve_device  # noqa: E402
 from MedSynthLogic.distributed import DistContext  # noqa: E402
 from MedSynthLogic.models import build_discriminator, build_generator, conv_flops_per_voxel, count_parameters  # noqa: E402
-from MedSynthLogic.stage_trainer import StageTrainer  # noqa: E402
+from MedSynthLogic.stage_trainer import StageTrainer, amp_settings  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 
@@ -46,12 +48,17 @@ def model_config(kind: str, crop: int) -> ModelConfig:
     return ModelConfig()
 
 
-def conv_peak_flops(device: torch.device, channels: int = 32, size: int = 48, repeats: int = 3) -> float:
-    """FLOP/s of one float32 3³ convolution (channels→channels on size³), best of ``repeats``: the machine's conv peak."""
+def conv_peak_flops(device: torch.device, channels: int = 32, size: int = 48, repeats: int = 3, dtype: Optional[torch.dtype] = None) -> float:
+    """FLOP/s of one 3³ convolution (channels→channels on size³), best of ``repeats``: the machine's conv peak.
+
+    ``dtype`` bfloat16/float16 times it under autocast, as the training step runs, so a bf16 step is set against the
+    bf16 peak (on CPUs with AVX-512 BF16 it is several times the float32 one).
+    """
     conv = torch.nn.Conv3d(channels, channels, 3, padding=1).to(device)
     x = torch.rand(1, channels, size, size, size, device=device)
     best = float("inf")
-    with torch.no_grad():
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
         conv(x)
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -114,7 +121,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--stages", default="0,1", help="stages to time (0: 1-channel input, 1: 2-channel auto-context input)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--peak", action="store_true", help="also time the machine's float32 3D-convolution peak")
+    p.add_argument("--peak", action="store_true", help="also time the machine's 3D-convolution peak in the step's precision")
     p.add_argument("--layout", default="channels_last", choices=("channels_last", "ncdhw"),
                    help="the U-Net's activation layout on the CPU (models.CPU_LAYOUT)")
     p.add_argument("--out", default=None, help="also write the report to this file")
@@ -122,9 +129,11 @@ def main() -> int:
     models.CPU_LAYOUT = torch.channels_last_3d if args.layout == "channels_last" else torch.contiguous_format
     device = resolve_device(args.device)
     lines = [f"MedSynth training benchmark ({args.kind}, U-Net CPU layout {args.layout})", f"machine: {machine(device)}"]
-    peak = conv_peak_flops(device) if args.peak else None
+    peak_dtype = amp_settings(device, args.precision)
+    peak = conv_peak_flops(device, dtype=peak_dtype) if args.peak else None
     if peak:
-        lines.append(f"float32 3D-conv peak (32→32 ch, 3³, 48³): {peak / 1e9:.1f} GFLOP/s")
+        name = str(peak_dtype).replace("torch.", "") if peak_dtype is not None else "float32"
+        lines.append(f"{name} 3D-conv peak (32→32 ch, 3³, 48³): {peak / 1e9:.1f} GFLOP/s")
     for stage in [int(s) for s in args.stages.split(",")]:
         r = bench(device, args.kind, args.crop, args.batch, stage, args.iterations, args.warmup, args.precision)
         share = f", {100 * r['g_flops_per_s'] / peak:.0f}% of the conv peak" if peak else ""
