@@ -93,7 +93,7 @@ class StageTrainer:
         """D's logits for [real; fake] in one batch (one forward, same BatchNorm statistics for both halves).
 
         D always runs in float32, outside autocast: it is a few per cent of a step's work, and in bf16 the paper's
-        D gave weight gradients 20–35 % away from float32 ones (``Testing/Training/bf16_probe.py``), besides the
+        D gave weight gradients up to 35 % away from float32 ones (``Testing/Training/bf16_probe.py``), besides the
         oneDNN bug ``models.BF16SafeConv3d`` avoids. The U-Net's patch D judges the brain only (both images masked).
         """
         return disc(torch.cat([tgt, fake.to(tgt.dtype)], 0).float()).float()
