@@ -128,7 +128,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         parser.add_argument(flag, action="store_true", help=text)
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="auto: bf16/fp16 autocast on a GPU, float32 on the CPU; bf16 also speeds up CPUs with "
-                        f"AVX-512 BF16 or AMX (experimental on the CPU) (default: {config_default('train', 'precision')}, "
+                        f"AVX-512 BF16 or AMX 2-2.5x (G only; losses and D stay float32) (default: {config_default('train', 'precision')}, "
                         "or the --train-config value)")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N; under torchrun each rank takes its LOCAL_RANK GPU (default: auto)")
