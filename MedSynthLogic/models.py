@@ -117,16 +117,37 @@ class InstanceNorm3dKeepingLayout(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` (same parameters, buffers and state-dict keys) whose output keeps the input's layout.
 
     PyTorch's instance norm returns NCDHW whatever it is given, which would hand every following convolution the
-    slow layout; one copy back is much cheaper than that.
+    slow layout. Copying its output back to channels-last is not safe: its backward then receives a channels-last
+    gradient for an NCDHW output and returns a wrong input gradient (torch 2.13 CPU; relative error above 100 %,
+    ``Testing/Python/test_unet.py``). So training mode computes the per-sample statistics itself (layout-agnostic
+    reductions, in float32), applies them as one per-channel affine pass in the input's dtype and layout, and
+    updates the running statistics as PyTorch does.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.track_running_stats and self.affine:
             return self.eval_affine(x)
-        out = super().forward(x)
-        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-            return out.contiguous(memory_format=torch.channels_last_3d)
-        return out
+        if not self.training and self.track_running_stats:
+            return super().forward(x)
+        dims = tuple(range(2, x.dim()))
+        var, mean = torch.var_mean(x.float(), dim=dims, unbiased=False, keepdim=True)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var, x[0, 0].numel())
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight.view((1, -1) + (1,) * (x.dim() - 2))
+        shift = -mean * scale
+        if self.affine:
+            shift = shift + self.bias.view((1, -1) + (1,) * (x.dim() - 2))
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        """PyTorch's rule for instance norm: the batch mean of the per-sample statistics (variance unbiased),
+        momentum-averaged (``momentum=None`` keeps them, and ``num_batches_tracked`` is not counted)."""
+        factor = self.momentum if self.momentum is not None else 0.0
+        self.running_mean.lerp_(mean.mean(0).flatten(), factor)
+        self.running_var.lerp_(var.mean(0).flatten() * n / max(n - 1, 1), factor)
 
     def eval_affine(self, x: torch.Tensor) -> torch.Tensor:
         """Eval mode with running statistics is one per-channel affine map: a single pass that keeps the layout.

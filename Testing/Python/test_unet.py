@@ -4,6 +4,7 @@ bf16 steps stay finite, and an auto-context stage trains on top of the first."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -86,6 +87,53 @@ def test_unet_runs_its_cpu_convolutions_channels_last_with_the_same_result(monke
     assert not any(seen)
     assert torch.allclose(fast, plain, atol=1e-5)
     assert {type(m).__name__ for m in gen.modules() if isinstance(m, torch.nn.InstanceNorm3d)} == {"InstanceNorm3dKeepingLayout"}
+
+
+def test_unet_gradients_are_the_same_channels_last_and_ncdhw(monkeypatch):
+    """The backward pass too: copying PyTorch's instance-norm output back to channels-last once gave input gradients
+    off by more than 100 % (every U-Net trained from commit efe84af until the fix), while the forward agreed."""
+    from MedSynthLogic import models
+
+    chain = build_generators(small_unet())
+    randomise(chain)
+    gen = chain.stages[0].train()
+    x, target = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+
+    def gradients(layout: torch.memory_format) -> dict:
+        monkeypatch.setattr(models, "CPU_LAYOUT", layout)
+        net = copy.deepcopy(gen)
+        xi = x.clone().requires_grad_(True)
+        ((net(xi) - target) ** 2).mean().backward()
+        grads = {n: p.grad for n, p in net.named_parameters() if not n.endswith("conv1.bias")}  # 0 by maths: a norm follows
+        grads["input"] = xi.grad
+        return grads
+
+    fast, plain = gradients(torch.channels_last_3d), gradients(torch.contiguous_format)
+    for name, g in plain.items():
+        assert torch.allclose(fast[name], g, rtol=1e-3, atol=1e-3 * float(g.abs().max()) + 1e-12), name
+
+
+def test_training_instance_norm_matches_pytorchs_with_channels_last_gradients():
+    from MedSynthLogic.models import InstanceNorm3dKeepingLayout
+
+    torch.manual_seed(0)
+    ref = torch.nn.InstanceNorm3d(16, affine=True, track_running_stats=True)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-0.5, 0.5)
+    ours = InstanceNorm3dKeepingLayout(16, affine=True, track_running_stats=True)
+    ours.load_state_dict(ref.state_dict())
+    x, g = torch.randn(1, 16, 12, 12, 12) * 3 + 1, torch.randn(1, 16, 12, 12, 12)
+    x_ref, x_cl = x.clone().requires_grad_(True), x.contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+    ref(x_ref).backward(g)
+    out = ours(x_cl)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    out.backward(g.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(x_cl.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(getattr(ours, name).grad, getattr(ref, name).grad, rtol=1e-4, atol=1e-4)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name), rtol=1e-5, atol=1e-6)
 
 
 def test_eval_instance_norm_is_pytorchs_running_statistics_map_and_keeps_the_layout():
