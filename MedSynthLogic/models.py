@@ -129,16 +129,14 @@ class InstanceNorm3dKeepingLayout(nn.InstanceNorm3d):
             return self.eval_affine(x)
         if not self.training and self.track_running_stats:
             return super().forward(x)
-        dims = tuple(range(2, x.dim()))
-        var, mean = torch.var_mean(x.float(), dim=dims, unbiased=False, keepdim=True)
+        var, mean = torch.var_mean(x.float(), dim=tuple(range(2, x.dim())), unbiased=False, keepdim=True)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, x[0, 0].numel())
         scale = torch.rsqrt(var + self.eps)
-        if self.affine:
-            scale = scale * self.weight.view((1, -1) + (1,) * (x.dim() - 2))
         shift = -mean * scale
         if self.affine:
-            shift = shift + self.bias.view((1, -1) + (1,) * (x.dim() - 2))
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            scale, shift = scale * self.weight.view(shape), shift * self.weight.view(shape) + self.bias.view(shape)
         return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
     @torch.no_grad()
