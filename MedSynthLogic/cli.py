@@ -135,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     cases = cases_to_evaluate(args.data, case_ids=[c for c in (args.cases or "").split(",") if c], manifest=args.manifest,
                               source_suffix=args.source_suffix, target_suffix=args.target_suffix)
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
-                             flip_tta=args.flip_tta, device=args.device, figures=args.figures,
+                             flip_tta=args.flip_tta, device=args.device, precision=args.precision, figures=args.figures,
                              save_predictions=args.save_predictions, label=args.label, target_name=args.target_suffix,
                              progress=report)["summary"]
     report(done_event(args.out, summary=summary))

@@ -61,6 +61,7 @@ def evaluate_cases(
     stages: Optional[int] = None,
     flip_tta: bool = False,
     device: str = "auto",
+    precision: str = "auto",
     figures: bool = False,
     save_predictions: bool = False,
     label: str = "",
@@ -71,10 +72,12 @@ def evaluate_cases(
     score it, and write ``metrics.json``/``metrics.md`` (and per-case PNGs with ``figures``, the synthetic volumes,
     named ``<case>_synthetic_<target_name>.nii.gz``, with ``save_predictions``) into ``out_dir``.
 
-    Returns the report (per-case rows and ``summary``: metric → mean/std/n). The model or lookup is loaded before
-    ``out_dir`` is created, so a bad file leaves nothing behind.
+    Returns the report (per-case rows and ``summary``: metric → mean/std/n; ``precision``: the arithmetic the
+    synthesis ran in, since ``auto`` depends on the machine). The model or lookup is loaded before ``out_dir`` is
+    created, so a bad file leaves nothing behind.
     """
     from .baselines import IntensityLookup
+    from .devices import arithmetic_name
     from .metrics import evaluate_pairs, write_report
     from .model_file import bundled_model_path, load_model
 
@@ -85,7 +88,7 @@ def evaluate_cases(
     norm = scorer.normalisation if scorer else loaded.config.normalisation
     entries = []
     for i, case in enumerate(cases):
-        source, pred, target, mask, seg = _predict_case(case, scorer, loaded, norm, stages, flip_tta, device,
+        source, pred, target, mask, seg = _predict_case(case, scorer, loaded, norm, stages, flip_tta, device, precision,
                                                         within_case(progress, i, len(cases), case.case_id))
         entries.append((case.case_id, pred, target, mask, seg))
         if save_predictions:
@@ -97,13 +100,14 @@ def evaluate_cases(
         if progress:
             progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
     results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None)
-    results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta))
+    results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
+                   precision=None if scorer else arithmetic_name(device, precision))
     write_report(results, out / "metrics.json", out / "metrics.md")
     return results
 
 
 def _predict_case(case: Case, scorer: Any, loaded: Any, norm: Any, stages: Optional[int], flip_tta: bool, device: str,
-                  progress: ProgressFn) -> Tuple[Any, Any, Any, np.ndarray, Optional[np.ndarray]]:
+                  precision: str, progress: ProgressFn) -> Tuple[Any, Any, Any, np.ndarray, Optional[np.ndarray]]:
     """One case's (source, prediction, target, brain mask, segmentation), the target on the source's grid."""
     from .inference import synthesize_volume
     from .normalisation import brain_mask
@@ -116,7 +120,7 @@ def _predict_case(case: Case, scorer: Any, loaded: Any, norm: Any, stages: Optio
         pred = source.with_array(scorer.apply(source.array, mask))
     else:
         pred = synthesize_volume(loaded, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta,
-                                 progress=progress)
+                                 precision=precision, progress=progress)
     return source, pred, target, mask, seg
 
 

@@ -14,11 +14,11 @@ mask the output is 0 (network units).
 
 Speed (CPU): BatchNorm is folded into the convolutions, tensors are channels-last 3D (oneDNN's fast layout for
 3D convolutions, ~2× over the default layout here) and tiles are processed under ``torch.inference_mode``; tiles
-whose voxels cannot reach a masked output are skipped. bfloat16 autocast on CPU (AVX-512 BF16) measured 1.2–2.3×
-faster per tile on the benchmark machine, though not in every whole-volume run on that shared machine, with an
-error vs float32 of ≤ 2e-4 network units (random weights; up to ~0.7% of the range with perturbed BatchNorm
-statistics in a micro-benchmark); it is opt-in (``precision="bf16"``) because it is not
-validated on trained weights and float32 keeps tiled output identical to a whole-volume run. CUDA uses float16
+whose voxels cannot reach a masked output are skipped. On CPUs with native bf16 (AVX-512 BF16 or AMX) ``auto``
+runs bfloat16 autocast: about 2× faster for a whole volume, and the bundled model's output moves by 0.36 % of its
+peak on average (46 dB; Testing/Benchmarks/results/unet_bf16_agreement.txt); other CPUs stay in float32, where bf16
+is emulated and slow, and ``precision="fp32"`` keeps tiled output bit-identical to a whole-volume run anywhere.
+CUDA uses float16
 autocast (error < 5e-5 network units on an H100), larger tiles, retries a batch in float32 if float16 overflowed, and halves
 the tile on out-of-memory.
 """
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import autocast_dtype, resolve_device
+from .devices import resolve_device, synthesis_dtype
 from .errors import Cancelled, GeometryError, ResourceError, UsageError
 from .models import AutoContextChain
 from .progress import progress_event, warning_event
@@ -175,7 +175,7 @@ class _StageRunner:
         if flip:
             x = torch.cat([x, torch.flip(x, dims=(-1,))], dim=0)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        dtype = autocast_dtype(self.device, self.precision)
+        dtype = synthesis_dtype(self.device, self.precision)
         out = self._forward(x, dtype)
         if dtype is not None and dtype == torch.float16 and not bool(torch.isfinite(out).all()):
             out = self._forward(x, None)
@@ -313,7 +313,7 @@ def synthesize_array(
     if not 1 <= n <= available:
         raise UsageError(f"The model has {available} auto-context stage(s); {stages} were asked for.")
     dev = resolve_device(device)
-    autocast_dtype(dev, precision)  # refuses an unknown precision (or bf16 on a GPU without it) before any work
+    synthesis_dtype(dev, precision)  # refuses an unknown precision (or bf16 on a GPU without it) before any work
     if tile is not None and int(tile) < 1:
         raise UsageError(f"The tile size must be positive, got {tile}.")
     report = _Progress(progress, n)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import autocast_dtype
+from .devices import synthesis_dtype
 from .errors import Cancelled
 from .patches import cut_window
 
@@ -63,7 +63,7 @@ class _Runner:
 
     def __init__(self, gen: nn.Module, device: torch.device, precision: str, flip: bool) -> None:
         self.gen, self.device, self.flip = gen, device, flip
-        self.dtype = autocast_dtype(device, precision)
+        self.dtype = synthesis_dtype(device, precision)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(x[None]).to(self.device).contiguous(memory_format=torch.channels_last_3d)

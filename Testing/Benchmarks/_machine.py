@@ -29,6 +29,12 @@ def cpu_flags() -> str:
     return line.split(":", 1)[1] if line else ""
 
 
+def simd_flags() -> str:
+    """The SIMD features among the CPU's flags that decide convolution speed here (AVX2, AVX-512, bf16), or ''."""
+    flags = f" {cpu_flags()} "
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f} " in flags)
+
+
 def ram_gib() -> Optional[float]:
     """Total RAM in GiB, or None where /proc/meminfo is absent."""
     line = _proc_line("/proc/meminfo", "MemTotal")

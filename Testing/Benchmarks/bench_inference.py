@@ -33,11 +33,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from MedSynthLogic import inference, tiled_synthesis  # noqa: E402
-from MedSynthLogic.config import GeneratorConfig, ModelConfig  # noqa: E402
-from MedSynthLogic.devices import resolve_device  # noqa: E402
+from MedSynthLogic.config import GeneratorConfig, ModelConfig, load_json_config  # noqa: E402
+from MedSynthLogic.devices import arithmetic_name, resolve_device  # noqa: E402
 from MedSynthLogic.models import build_generators, conv_flops_per_voxel  # noqa: E402
 from MedSynthLogic.normalisation import brain_mask, normalise_source  # noqa: E402
-from _machine import cpu_flags, cpu_model, ram_gib  # noqa: E402
+from _machine import cpu_model, ram_gib, simd_flags  # noqa: E402
 
 BRATS = Path(os.environ.get("MEDSYNTH_BRATS", REPO.parent / "shared" / "data" / "brats18"))
 SHAPE = (155, 240, 240)
@@ -52,9 +52,8 @@ def machine() -> Dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
-    flags = cpu_flags()
-    if flags:
-        info["cpu_simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags)
+    if simd_flags():
+        info["cpu_simd"] = simd_flags()
     if ram_gib() is not None:
         info["ram_gib"] = ram_gib()
     if torch.cuda.is_available():
@@ -260,9 +259,11 @@ def tile_sweep(chain, mask: np.ndarray, device: torch.device, tiles: List[int], 
     return out
 
 
-def unet_row(src: np.ndarray, mask: np.ndarray, device: torch.device, stages: int, precision: str) -> Dict[str, Any]:
-    """Wall time of the default unet3d chain (random fixed weights) over the same volume: the U-Net's per-volume cost."""
-    cfg = ModelConfig(generator=GeneratorConfig(kind="unet3d", residual=False), stages=stages, source_patch=96)
+def unet_row(src: np.ndarray, mask: np.ndarray, device: torch.device, stages: int, precision: str,
+             generator: GeneratorConfig | None = None) -> Dict[str, Any]:
+    """Wall time of a unet3d chain (default: the default unet3d generator; random fixed weights) over the same volume."""
+    generator = generator or GeneratorConfig(kind="unet3d", residual=False)
+    cfg = ModelConfig(generator=generator, stages=stages, source_patch=96)
     torch.manual_seed(0)
     chain = build_generators(cfg).eval().to(device)
     _sync(device)
@@ -271,7 +272,7 @@ def unet_row(src: np.ndarray, mask: np.ndarray, device: torch.device, stages: in
     _sync(device)
     wall = time.perf_counter() - t
     return {"stages": stages, "precision": precision, "wall_s": wall, "kflop_per_voxel": conv_flops_per_voxel(cfg.generator) / 1e3,
-            "receptive_field": cfg.generator.receptive_field}
+            "receptive_field": cfg.generator.receptive_field, "channels": list(cfg.generator.unet_channels)}
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -285,6 +286,8 @@ def main(argv: List[str] | None = None) -> int:
                     help="also time reduced precision (bf16 on CPU, fp16 on CUDA) and report its error vs fp32")
     ap.add_argument("--ref-patches", type=int, default=40, help="patches per stage timed for the reference-style loop")
     ap.add_argument("--unet-stages", type=int, default=2, help="stages of the unet3d row (d); 0 skips it")
+    ap.add_argument("--unet-config", default=None,
+                    help="model config JSON whose unet3d generator row (d) times (default: the default unet3d generator)")
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -333,7 +336,7 @@ def main(argv: List[str] | None = None) -> int:
         )
         runs.append(r)
         print(
-            f"(a) ours, tile {tile}, {args.precision}: {r['wall_s']:.1f} s wall ({r['cpu_s']:.1f} s CPU) for {cfg.stages} stages, {r['tiles']} tiles "
+            f"(a) ours, tile {tile}, {args.precision} = {arithmetic_name(device, args.precision)}: {r['wall_s']:.1f} s wall ({r['cpu_s']:.1f} s CPU) for {cfg.stages} stages, {r['tiles']} tiles "
             f"= {r['vox_per_s'] / 1e6:.2f} Mvox/s of the {vol_vox / 1e6:.2f} Mvox volume "
             f"({r['box_vox_stages_per_s'] / 1e6:.2f} M box-voxel-stages/s); "
             f"{r['useful_gflops']:.1f} GFLOP/s useful, {r['executed_gflops']:.1f} executed incl. tile halos "
@@ -372,8 +375,9 @@ def main(argv: List[str] | None = None) -> int:
     print(f"    ratio reference-style / ours (tile {best['tile']}): {ratio:.0f}×")
     unet = None
     if args.unet_stages > 0:
-        unet = unet_row(src, mask, device, args.unet_stages, args.precision)
-        print(f"(d) unet3d, {unet['stages']} stages, {args.precision} (receptive field {unet['receptive_field']}, "
+        generator = load_json_config(args.unet_config, ModelConfig).generator if args.unet_config else None
+        unet = unet_row(src, mask, device, args.unet_stages, args.precision, generator)
+        print(f"(d) unet3d {unet['channels']}, {unet['stages']} stages, {args.precision} = {arithmetic_name(device, args.precision)} (receptive field {unet['receptive_field']}, "
               f"{unet['kflop_per_voxel']:.0f} kFLOP per voxel per stage): {unet['wall_s']:.1f} s wall "
               f"(paper FCN, {cfg.stages} stages: {best['wall_s']:.1f} s; reference-style loop: {ref['extrapolated_s']:.0f} s)", flush=True)
     info["loadavg_end"] = os.getloadavg()

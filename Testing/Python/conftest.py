@@ -11,6 +11,15 @@ REPO = Path(__file__).resolve().parents[2]
 BRATS = Path(os.environ.get("MEDSYNTH_BRATS", REPO.parent / "shared" / "data" / "brats18"))
 
 
+@pytest.fixture(autouse=True)
+def float32_auto_precision(monkeypatch):
+    """``auto`` synthesis is float32 in every test, whatever this CPU: exact comparisons then mean the same on every
+    machine. Tests of the bf16 rule patch ``cpu_has_native_bf16`` themselves; explicit ``bf16`` is unaffected."""
+    from MedSynthLogic import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

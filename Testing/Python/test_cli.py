@@ -417,9 +417,10 @@ def test_synthesize_records_the_input_checks_in_the_output_header(ws):
 
 @pytest.fixture(scope="module")
 def batch(ws) -> Path:
-    """``medsynth synthesize CASES OUT`` over the BraTS-named case folders (each with t1ce, t2 and seg)."""
+    """``medsynth synthesize CASES OUT`` over the BraTS-named case folders (each with t1ce, t2 and seg), in float32
+    (``auto`` is bf16 on some CPUs; the tests below compare other options against this output)."""
     out = ws.root / "batch_out"
-    proc = medsynth("synthesize", ws.data, out, "--model", ws.model)
+    proc = medsynth("synthesize", ws.data, out, "--model", ws.model, "--precision", "fp32")
     assert "wrote 3 synthetic volumes" in proc.stdout
     return out
 
@@ -440,7 +441,7 @@ def test_synthesize_folder_with_a_pattern(ws, batch):
     missing = medsynth("synthesize", folder, out, "--model", ws.model, expect=3)
     assert "No files matching <case>/<case>_t1ce.nii.gz" in missing.stderr and "--pattern" in missing.stderr
     assert not out.exists()
-    medsynth("synthesize", folder, out, "--model", ws.model, "--pattern", "*.nii.gz")
+    medsynth("synthesize", folder, out, "--model", ws.model, "--pattern", "*.nii.gz", "--precision", "fp32")
     assert sorted(p.name for p in out.iterdir()) == ["case0_synthetic_t2.nii.gz", "case1_synthetic_t2.nii.gz"]
     assert np.array_equal(read_array(out / "case0_synthetic_t2.nii.gz"), read_array(batch / "case0_synthetic_t2.nii.gz"))
 
@@ -448,9 +449,9 @@ def test_synthesize_folder_with_a_pattern(ws, batch):
 def test_synthesize_stages_and_flip_tta_change_the_output(ws, batch):
     source = ws.t1ce("case2")
     one, tta = ws.root / "case2_stage1.nii.gz", ws.root / "case2_tta.nii.gz"
-    proc = medsynth("synthesize", source, one, "--model", ws.model, "--stages", 1, "--progress", "json")
+    proc = medsynth("synthesize", source, one, "--model", ws.model, "--stages", 1, "--precision", "fp32", "--progress", "json")
     assert {e.get("stages") for e in json_lines(proc.stdout) if e["event"] == "progress"} == {1}
-    medsynth("synthesize", source, tta, "--model", ws.model, "--flip-tta", "--progress", "none")
+    medsynth("synthesize", source, tta, "--model", ws.model, "--flip-tta", "--precision", "fp32", "--progress", "none")
     default = read_array(batch / "case2_synthetic_t2.nii.gz")
     one_stage, flipped = (assert_synthetic_t2(p, source) for p in (one, tta))
     assert not np.array_equal(default, one_stage), "--stages 1 gave the 2-stage result"

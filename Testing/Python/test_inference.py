@@ -297,3 +297,19 @@ def test_synthesis_options_name_keywords_every_layer_takes():
     assert fields == {"stages", "device", "flip_tta", "tile", "progress", "cancel", "precision"}
     for layer in (synthesize_array, synthesize_volume, synthesize_file, synthesize_folder):
         assert fields <= set(inspect.signature(layer).parameters), layer.__name__
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
+    """``auto`` synthesis: bf16 where the CPU computes it natively, float32 on other CPUs; an explicit choice wins."""
+    from MedSynthLogic import devices
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.synthesis_dtype(cpu) == torch.bfloat16
+    assert devices.synthesis_dtype(cpu, "fp32") is None
+    assert devices.arithmetic_name("cpu") == "bfloat16"
+    assert devices.autocast_dtype(cpu) is None, "training's auto stays float32 on the CPU"
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.synthesis_dtype(cpu) is None
+    assert devices.synthesis_dtype(cpu, "bf16") == torch.bfloat16
+    assert devices.arithmetic_name("cpu") == "float32"

@@ -130,7 +130,7 @@ def test_cli_writes_the_map_and_refuses_bad_paths_before_work(lopsided, phantom,
     src, out, unc = tmp_path / "case_t1ce.nii.gz", tmp_path / "syn_t2.nii.gz", tmp_path / "unc.nii.gz"
     write_volume(source, src)
     model = tmp_path / "lopsided.safetensors"
-    proc = _medsynth("synthesize", src, out, "--model", model, "--device", "cpu", "--uncertainty", unc, "--progress", "json", expect=0)
+    proc = _medsynth("synthesize", src, out, "--model", model, "--device", "cpu", "--precision", "fp32", "--uncertainty", unc, "--progress", "json", expect=0)
     assert '"uncertainty"' in proc.stdout.splitlines()[-1]
     written, synthetic = read_volume(unc), read_volume(out)
     assert written.shape == source.shape and np.allclose(written.spacing, source.spacing) and np.allclose(written.origin, ORIGIN)

@@ -156,6 +156,23 @@ def test_eval_instance_norm_is_pytorchs_running_statistics_map_and_keeps_the_lay
     assert not torch.allclose(ours.train()(x), fast, atol=1e-2), "training mode must still use each sample's statistics"
 
 
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_inference_mode_forward_works_in_place_with_the_same_output(norm):
+    """Without autograd the U-Net activates and adds in place; its output is the recorded forward's, its input untouched."""
+    net = build_generator(small_unet(norm=norm).generator)
+    randomise(net, seed=4)
+    net.eval()
+    x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(5))
+    kept = x.clone()
+    with torch.enable_grad():
+        recorded = net(x.requires_grad_(False))
+    with torch.inference_mode():
+        in_place = net(x)
+    assert torch.equal(x, kept), "the forward changed its input"
+    assert torch.allclose(in_place, recorded.detach(), atol=1e-6)
+    assert recorded.abs().max() > 0.01, "weights should give a non-trivial output"
+
+
 def test_tiled_synthesis_equals_one_whole_frame_forward(phantom):
     from MedSynthLogic.inference import synthesize_array
 
