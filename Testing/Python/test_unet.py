@@ -97,7 +97,8 @@ def test_unet_gradients_are_the_same_channels_last_and_ncdhw(monkeypatch):
     chain = build_generators(small_unet())
     randomise(chain)
     gen = chain.stages[0].train()
-    x, target = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    x, target = torch.rand(1, 1, 32, 32, 32, generator=g), torch.rand(1, 1, 32, 32, 32, generator=g)
 
     def gradients(layout: torch.memory_format) -> dict:
         monkeypatch.setattr(models, "CPU_LAYOUT", layout)
@@ -110,10 +111,13 @@ def test_unet_gradients_are_the_same_channels_last_and_ncdhw(monkeypatch):
 
     fast, plain = gradients(torch.channels_last_3d), gradients(torch.contiguous_format)
     for name, g in plain.items():
-        assert torch.allclose(fast[name], g, rtol=1e-3, atol=1e-3 * float(g.abs().max()) + 1e-12), name
+        # Relative to the whole gradient, not per voxel: rounding that flips a leaky ReLU whose input is ~1e-7 from 0
+        # changes a few voxels' gradients by the slope (seen in 3 of 20 random inputs: 0.1 % of the norm); the bug was 60 %.
+        assert float((fast[name] - g).norm()) <= 1e-2 * float(g.norm()) + 1e-12, name
 
 
-def test_training_instance_norm_matches_pytorchs_with_channels_last_gradients():
+@pytest.mark.parametrize("batch", [1, 2])  # one sample takes the batch-norm path, more the general one
+def test_training_instance_norm_matches_pytorchs_with_channels_last_gradients(batch):
     from MedSynthLogic.models import InstanceNorm3dKeepingLayout
 
     torch.manual_seed(0)
@@ -123,7 +127,7 @@ def test_training_instance_norm_matches_pytorchs_with_channels_last_gradients():
         ref.bias.uniform_(-0.5, 0.5)
     ours = InstanceNorm3dKeepingLayout(16, affine=True, track_running_stats=True)
     ours.load_state_dict(ref.state_dict())
-    x, g = torch.randn(1, 16, 12, 12, 12) * 3 + 1, torch.randn(1, 16, 12, 12, 12)
+    x, g = torch.randn(batch, 16, 12, 12, 12) * 3 + 1, torch.randn(batch, 16, 12, 12, 12)
     x_ref, x_cl = x.clone().requires_grad_(True), x.contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
     ref(x_ref).backward(g)
     out = ours(x_cl)
@@ -134,6 +138,26 @@ def test_training_instance_norm_matches_pytorchs_with_channels_last_gradients():
         torch.testing.assert_close(getattr(ours, name).grad, getattr(ref, name).grad, rtol=1e-4, atol=1e-4)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(ours, name), getattr(ref, name), rtol=1e-5, atol=1e-6)
+
+
+def test_training_instance_norm_in_bf16_channels_last_has_float64s_gradients():
+    """Under CPU bf16 autocast, in the U-Net's layout: the input gradient within 1 % of a float64 reference."""
+    from MedSynthLogic.models import InstanceNorm3dKeepingLayout
+
+    g = torch.Generator().manual_seed(1)
+    norm = InstanceNorm3dKeepingLayout(8, affine=True, track_running_stats=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.5, 0.5, generator=g)
+    x, dy = torch.randn(1, 8, 16, 16, 16, generator=g) * 2 + 1, torch.randn(1, 8, 16, 16, 16, generator=g)
+    x64 = x.double().requires_grad_(True)
+    torch.nn.functional.instance_norm(x64, None, None, norm.weight.double(), norm.bias.double(), eps=norm.eps).backward(dy.double())
+    x_cl = x.bfloat16().contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x_cl)
+    out.backward(dy.bfloat16().contiguous(memory_format=torch.channels_last_3d))
+    error = (x_cl.grad.double() - x64.grad).norm() / x64.grad.norm()
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) and error < 0.01, float(error)
 
 
 def test_eval_instance_norm_is_pytorchs_running_statistics_map_and_keeps_the_layout():
