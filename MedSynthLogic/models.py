@@ -164,7 +164,7 @@ class InstanceNorm3dKeepingLayout(nn.InstanceNorm3d):
         PyTorch's own eval path repeats the statistics per sample and copies its input and output, which took
         about a quarter of a U-Net forward on the CPU. Batch norm in eval mode is exactly this map, and its CPU
         kernel keeps channels-last and the input's dtype (applying the statistics in float32) and runs ~3× faster
-        than ``addcmul`` with broadcast per-channel factors (Testing/Benchmarks/results/inference_cpu_unet_eval.txt).
+        than ``addcmul`` with broadcast per-channel factors (Testing/Benchmarks/results/unet_eval_elementwise.txt).
         """
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
@@ -177,6 +177,11 @@ def act_fresh(h: torch.Tensor) -> torch.Tensor:
     """The U-Net's activation of a tensor that its forward made and reads only here: in place when no gradient
     is recorded. On the CPU a new full-resolution activation costs its page faults; in place it runs ~8× faster."""
     return F.leaky_relu_(h, LEAKY_SLOPE) if not torch.is_grad_enabled() else F.leaky_relu(h, LEAKY_SLOPE)
+
+
+def add_fresh(h: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``h + other`` for an ``h`` that the U-Net's forward made and reads only here: into ``h`` when no gradient is recorded."""
+    return h.add_(other) if not torch.is_grad_enabled() else h + other
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -206,7 +211,7 @@ class ResidualBlock(nn.Module):
         h = self.norm1(x)
         h = self.conv1(act_fresh(h) if h is not x else self.act(h)).contiguous(memory_format=layout)
         h = self.conv2(act_fresh(self.norm2(h))).contiguous(memory_format=layout)
-        return h.add_(x) if not torch.is_grad_enabled() else x + h
+        return add_fresh(h, x)
 
 
 class UNet3D(nn.Module):
@@ -247,7 +252,7 @@ class UNet3D(nn.Module):
         h = self.encoders[-1](h)
         for i in range(len(self.ups) - 1, -1, -1):
             up = self.ups[i](act_fresh(h)).contiguous(memory_format=layout)
-            h = self.decoders[i](up.add_(skips[i]) if not torch.is_grad_enabled() else up + skips[i])
+            h = self.decoders[i](add_fresh(up, skips[i]))
         out = self.head(act_fresh(h))
         if self.config.residual:
             out = out + x[:, :1]
