@@ -198,7 +198,8 @@ class TrainConfig:
     ``optimizer`` "adamw" with ``weight_decay``, ``lr_schedule`` "cosine" (linear warm-up over ``lr_warmup``
     iterations, then cosine to 0 at ``iterations``: a pure function of the iteration, so resuming is exact),
     ``grad_clip`` (max gradient norm, 0 = off) and ``ema_decay`` (exponential moving average of G's weights,
-    used for validation and export; 0 = off).
+    used for validation and export; 0 = off). ``aug_gamma_sd``, ``aug_field_sd``, ``aug_scale_sd``: random
+    contrast, bias-field and scale changes of the U-Net's training crops' source (:mod:`.intensity_augment`; 0 = off).
     """
 
     stages: int = 3
@@ -225,8 +226,13 @@ class TrainConfig:
     lr_warmup: int = 0
     grad_clip: float = 0.0
     ema_decay: float = 0.0
+    aug_gamma_sd: float = 0.0
+    aug_field_sd: float = 0.0
+    aug_scale_sd: float = 0.0
 
     def __post_init__(self) -> None:
+        if min(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd) < 0:
+            raise UsageError("aug_gamma_sd, aug_field_sd and aug_scale_sd must be ≥ 0 (0: off).")
         if self.optimizer not in ("adam", "adamw"):
             raise UsageError(f"Unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'.")
         if self.lr_schedule not in ("step", "cosine"):

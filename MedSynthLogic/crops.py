@@ -15,7 +15,12 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .intensity_augment import IntensityAugment
 from .patches import cut_window
+
+
+#: Seed word that separates the intensity augmentation's random stream from the crops'.
+AUGMENT_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class CropBatches:
     """Random brain-centred crops of ``size``³: ``batch(i)`` → (source (B, C, s, s, s), target (B, 1, …), mask (B, 1, …)).
 
     Each crop is centred on a random brain voxel of a random case (so every crop holds brain, near the edge too)
-    and flipped along ``flip_axis`` with probability ½.
+    and flipped along ``flip_axis`` with probability ½. With an enabled ``augment`` the source channel's intensities
+    are then changed, drawn from a stream of their own: the crops themselves stay those of a run without it.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class CropBatches:
         stage: int,
         rank: int = 0,
         flip_axis: int = 2,
+        augment: Optional[IntensityAugment] = None,
     ) -> None:
         if not volumes:
             raise DataError("There are no training volumes to cut crops from.", "Run `medsynth prepare` on at least one case.")
@@ -70,6 +77,7 @@ class CropBatches:
         self.volumes = volumes
         self.size, self.per_rank = int(size), int(per_rank)
         self.seed, self.stage, self.rank, self.flip_axis = int(seed), int(stage), int(rank), int(flip_axis)
+        self.augment = augment if augment is not None and augment.enabled else None
         self._brain = {cid: np.argwhere(v.mask) for cid, v in volumes.items()}
         empty = [cid for cid, idx in self._brain.items() if len(idx) == 0]
         if empty:
@@ -96,4 +104,8 @@ class CropBatches:
         """The batch of ``iteration`` for this rank."""
         rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank])
         samples = [self.sample(rng) for _ in range(self.per_rank)]
+        if self.augment is not None:
+            aug_rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank, AUGMENT_STREAM])
+            for src, _tgt, _mask in samples:
+                src[0] = self.augment(src[0], aug_rng)
         return tuple(torch.from_numpy(np.stack([s[i] for s in samples])) for i in range(3))  # type: ignore[return-value]

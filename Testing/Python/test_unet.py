@@ -243,6 +243,21 @@ def _train_cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def test_unet_batches_take_the_runs_intensity_augmentation(unet_data):
+    """The run's TrainConfig reaches the crops: same crops and targets, a changed source channel."""
+    from pathlib import Path
+
+    from MedSynthLogic.batch_sources import batch_source
+    from MedSynthLogic.distributed import DistContext
+
+    train_h5 = Path(unet_data) / "train.h5"
+    plain, changed = (batch_source(train_h5, None, None, None, small_unet(), _train_cfg(**aug), 0, 0, DistContext())
+                      for aug in ({}, {"aug_gamma_sd": 0.3, "aug_field_sd": 0.1}))
+    (src0, tgt0, m0), (src1, tgt1, m1) = plain.batch(4), changed.batch(4)
+    assert torch.equal(tgt0, tgt1) and torch.equal(m0, m1)
+    assert not torch.allclose(src0, src1) and torch.equal(src0 == 0, src1 == 0)
+
+
 def test_unet_training_lowers_the_validation_loss(tmp_path, unet_data):
     from MedSynthLogic.model_file import read_header
     from MedSynthLogic.training import train

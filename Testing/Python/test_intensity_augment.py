@@ -1,0 +1,76 @@
+"""Intensity augmentation of the U-Net's training crops: what it changes, what it must leave alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from MedSynthLogic.config import IntensityConfig, ModelConfig, NormalisationConfig, TrainConfig
+from MedSynthLogic.crops import CropBatches, CropVolume
+from MedSynthLogic.errors import UsageError
+from MedSynthLogic.intensity_augment import IntensityAugment, augment_of, smooth_field
+
+
+def _volumes(context: bool = False) -> dict:
+    rng = np.random.default_rng(0)
+    out = {}
+    for cid in ("a", "b"):
+        mask = np.zeros((40, 44, 36), bool)
+        mask[6:34, 8:38, 5:31] = True
+        source = np.where(mask, rng.uniform(0.1, 2.0, mask.shape), 0).astype(np.float32)
+        target = np.where(mask, rng.uniform(0.0, 1.0, mask.shape), 0).astype(np.float32)
+        out[cid] = CropVolume(source, target, mask, source * 0.7 if context else None)
+    return out
+
+
+def _numpy(batch: tuple) -> list:
+    return [t.numpy() for t in batch]
+
+
+def test_augmented_crops_change_only_the_source_channel_and_keep_the_background_zero():
+    volumes = _volumes(context=True)
+    plain = CropBatches(volumes, 16, 3, seed=5, stage=1)
+    changed = CropBatches(volumes, 16, 3, seed=5, stage=1, augment=IntensityAugment(0.3, 0.2, 0.2))
+    for it in (0, 7):
+        (src0, tgt0, m0), (src1, tgt1, m1) = _numpy(plain.batch(it)), _numpy(changed.batch(it))
+        assert np.array_equal(tgt0, tgt1) and np.array_equal(m0, m1), "augmentation must not move the crops"
+        assert np.array_equal(src0[:, 1], src1[:, 1]), "the auto-context channel is not a T1ce: left alone"
+        assert not np.allclose(src0[:, 0], src1[:, 0])
+        assert np.all(src1[:, 0][src0[:, 0] == 0] == 0) and np.isfinite(src1).all()
+        assert np.array_equal(_numpy(changed.batch(it))[0], src1), "a batch is a pure function of its iteration (resume)"
+    assert not np.allclose(_numpy(changed.batch(0))[0], _numpy(changed.batch(1))[0])
+
+
+def test_disabled_augmentation_is_no_augmentation():
+    volumes = _volumes()
+    plain = CropBatches(volumes, 16, 2, seed=1, stage=0)
+    off = CropBatches(volumes, 16, 2, seed=1, stage=0, augment=IntensityAugment())
+    assert off.augment is None
+    assert all(np.array_equal(a, b) for a, b in zip(_numpy(plain.batch(3)), _numpy(off.batch(3))))
+
+
+def test_gamma_pivots_on_the_normalised_median_and_keeps_the_order():
+    x = np.linspace(0.0, 3.0, 301, dtype=np.float32)
+    aug = IntensityAugment(gamma_sd=0.5, pivot=0.5)
+    y = aug(x, np.random.default_rng(3))
+    assert y[0] == 0 and np.isclose(y[50], 0.5, atol=1e-6), "0 and the pivot stay where they are"
+    assert np.all(np.diff(y) > 0), "a contrast change, not a reordering of intensities"
+    assert not np.allclose(y, x)
+
+
+def test_bias_field_is_smooth_and_centred():
+    field = smooth_field((32, 32, 32), np.random.default_rng(4), 0.1)
+    assert field.shape == (32, 32, 32) and field.min() > 0
+    assert abs(float(np.log(field).mean())) < 0.1, "no constant term: the overall level is the scale's job"
+    step = np.abs(np.diff(np.log(field), axis=0)).max()
+    assert step < 0.05, "a drift over the crop, not voxel noise"
+
+
+def test_run_config_sets_the_augmentation_and_refuses_negative_spreads():
+    cfg = ModelConfig(normalisation=NormalisationConfig(source=IntensityConfig(mode="median", median_value=0.4, clip_max=3.0)))
+    aug = augment_of(TrainConfig(aug_gamma_sd=0.1, aug_field_sd=0.05), cfg)
+    assert aug.enabled and aug.pivot == 0.4 and aug.scale_sd == 0
+    assert augment_of(TrainConfig(aug_scale_sd=0.1), ModelConfig()).pivot == 0.5, "percentile mode: 0.5"
+    assert not augment_of(TrainConfig(), cfg).enabled, "off unless a run asks for it"
+    with pytest.raises(UsageError):
+        TrainConfig(aug_scale_sd=-0.1)
