@@ -486,7 +486,7 @@ def _check_report(out: Path, cases: Sequence[str]) -> dict:
 def test_evaluate_with_figures(ws):
     out = ws.root / "evaluation"
     proc = medsynth("evaluate", ws.data, "--model", ws.model, "--cases", "case1,case2", "--out", out, "--figures",
-                    "--progress", "json")
+                    "--precision", "fp32", "--progress", "json")
     events = json_lines(proc.stdout)
     progress = [e for e in events if e["event"] == "progress"]
     assert {e["task"] for e in progress} == {"evaluate"}
@@ -498,7 +498,7 @@ def test_evaluate_with_figures(ws):
         assert [e["done"] for e in progress if e["case"] == case][-1] == i + 1
     assert events[-1]["event"] == "done" and set(events[-1]["summary"]) >= {"psnr", "ssim", "mae", "psnr_tumour"}
     report = _check_report(out, ["case1", "case2"])
-    assert report["model"] == str(ws.model)
+    assert report["model"] == str(ws.model) and report["precision"] == "float32", "the report says what it computed in"
     for case in ("case1", "case2"):
         assert_png(out / f"{case}.png")
 
