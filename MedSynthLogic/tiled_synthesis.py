@@ -18,9 +18,8 @@ whose voxels cannot reach a masked output are skipped. On CPUs with native bf16 
 runs bfloat16 autocast: about 2× faster for a whole volume, and the bundled model's output moves by 0.36 % of its
 peak on average (46 dB; Testing/Benchmarks/results/unet_bf16_agreement.txt); other CPUs stay in float32, where bf16
 is emulated and slow, and ``precision="fp32"`` keeps tiled output bit-identical to a whole-volume run anywhere.
-CUDA uses float16
-autocast (error < 5e-5 network units on an H100), larger tiles, retries a batch in float32 if float16 overflowed, and halves
-the tile on out-of-memory.
+CUDA uses float16 autocast (error < 5e-5 network units on an H100), larger tiles, retries a batch in float32 if
+float16 overflowed, and halves the tile on out-of-memory.
 """
 
 from __future__ import annotations
