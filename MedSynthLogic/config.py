@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
 from .errors import UsageError
+from .intensity_augment import check_spreads
 
 T = TypeVar("T")
 
@@ -231,8 +232,7 @@ class TrainConfig:
     aug_scale_sd: float = 0.0
 
     def __post_init__(self) -> None:
-        if min(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd) < 0:
-            raise UsageError("aug_gamma_sd, aug_field_sd and aug_scale_sd must be ≥ 0 (0: off).")
+        check_spreads(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd)
         if self.optimizer not in ("adam", "adamw"):
             raise UsageError(f"Unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'.")
         if self.lr_schedule not in ("step", "cosine"):
