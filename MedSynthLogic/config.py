@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
 from .errors import UsageError
-from .intensity_augment import check_spreads
 
 T = TypeVar("T")
+
+
+def check_augment_spreads(gamma_sd: float, field_sd: float, scale_sd: float) -> None:
+    """Refuse negative intensity-augmentation spreads where a run's configuration is read, not at its first crop."""
+    if min(gamma_sd, field_sd, scale_sd) < 0:
+        raise UsageError("The intensity augmentation's standard deviations must be ≥ 0.",
+                         "Set aug_gamma_sd, aug_field_sd and aug_scale_sd to 0 (off) or small positive values such as 0.1.")
 
 
 GENERATOR_KINDS = ("nie2018", "unet3d")
@@ -232,7 +238,7 @@ class TrainConfig:
     aug_scale_sd: float = 0.0
 
     def __post_init__(self) -> None:
-        check_spreads(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd)
+        check_augment_spreads(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd)
         if self.optimizer not in ("adam", "adamw"):
             raise UsageError(f"Unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'.")
         if self.lr_schedule not in ("step", "cosine"):

@@ -19,17 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import check_augment_spreads
 from .errors import UsageError
 
 if TYPE_CHECKING:
     from .config import ModelConfig, TrainConfig
-
-
-def check_spreads(gamma_sd: float, field_sd: float, scale_sd: float) -> None:
-    """Refuse negative standard deviations where a run's configuration is read, not when its first crop is drawn."""
-    if min(gamma_sd, field_sd, scale_sd) < 0:
-        raise UsageError("The intensity augmentation's standard deviations must be ≥ 0.",
-                         "Set aug_gamma_sd, aug_field_sd and aug_scale_sd to 0 (off) or small positive values such as 0.1.")
 
 
 @dataclass(frozen=True)
@@ -47,7 +41,7 @@ class IntensityAugment:
     pivot: float = 0.5
 
     def __post_init__(self) -> None:
-        check_spreads(self.gamma_sd, self.field_sd, self.scale_sd)
+        check_augment_spreads(self.gamma_sd, self.field_sd, self.scale_sd)
         if self.pivot <= 0:
             raise UsageError(f"The intensity augmentation's pivot must be > 0, not {self.pivot}.")
 
