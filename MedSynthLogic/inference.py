@@ -1,8 +1,9 @@
-"""Synthesis of volumes, files and folders: the layer between images on disk and the tile engine.
+"""Synthesis of files and folders: the layer between images on disk and the volume synthesis.
 
-It normalises a source ``Volume`` with the model's own normalisation, checks the source before any compute
-(:mod:`.input_checks`), checks every output before the first synthesis, and leaves the arrays to
-:func:`.tiled_synthesis.synthesize_array` (re-exported here, with its tile constants, as the public API).
+It checks the source before any compute (:mod:`.input_checks`) and every output before the first synthesis, then
+leaves the volume to :func:`.volume_synthesis.synthesize_volume` (normalisation) or, for an uncertainty map, to
+:mod:`.uncertainty`. ``synthesize_volume`` and :func:`.tiled_synthesis.synthesize_array` (with its tile constants)
+are re-exported here as the public API.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
-import numpy as np
 import torch
 
-from .errors import GeometryError, InputImageError, OutputError
+from .errors import InputImageError, OutputError
 from .model_file import LoadedModel, load_model
 from .progress import warning_event
 from .tiled_synthesis import (
@@ -28,15 +28,14 @@ from .tiled_synthesis import (
     mask_bbox,
     synthesize_array,
 )
+from .uncertainty import check_uncertainty_path, synthesize_with_uncertainty
+from .volume_synthesis import check_receptive_field, synthesize_volume
 
 if TYPE_CHECKING:
     from .volume_io import Volume
 
 PathLike = Union[str, os.PathLike]
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
-
-#: Thinnest source edge accepted: a U-Net sees far more than this, but a thinner volume is not a brain scan.
-MIN_EDGE = 32
 
 __all__ = [
     "synthesize_array",
@@ -50,77 +49,6 @@ __all__ = [
     "CUDA_TILE",
     "MIN_TILE",
 ]
-
-
-def _mask_array(mask: Union["Volume", np.ndarray, None], source: "Volume") -> Optional[np.ndarray]:
-    if mask is None:
-        return None
-    if hasattr(mask, "array") and hasattr(mask, "spacing"):
-        from .volume_io import same_grid
-
-        diffs = same_grid(mask, source)
-        if diffs:
-            raise GeometryError("The mask is not on the source's grid: " + "; ".join(diffs) + ".", "Resample the mask to the source first.")
-        arr = np.asarray(mask.array)
-    else:
-        arr = np.asarray(mask)
-    if arr.shape != source.shape:
-        raise GeometryError(f"The mask's shape {arr.shape} differs from the source's {source.shape}.")
-    return arr > 0
-
-
-def synthesize_volume(
-    model: LoadedModel,
-    source: "Volume",
-    mask: Union["Volume", np.ndarray, None] = None,
-    stages: Optional[int] = None,
-    device: Union[str, torch.device] = "auto",
-    flip_tta: bool = False,
-    tile: Optional[int] = None,
-    progress: ProgressFn = None,
-    cancel: CancelFn = None,
-    precision: str = "auto",
-) -> "Volume":
-    """A source ``Volume`` → the synthetic target ``Volume`` in target units on exactly the source's grid.
-
-    The source is normalised with the model's own normalisation (so training and inference agree); the mask is
-    ``mask`` (a Volume on the same grid, nonzero = brain, or a boolean array) or the model's threshold mask of the
-    source. Outside the mask the output is what 0 network units denormalise to (0 for MR; the window's lower
-    end, e.g. −1000 HU, for CT).
-    """
-    from .normalisation import brain_mask, denormalise_output, normalise_source
-
-    norm_cfg = model.config.normalisation
-    _check_receptive_field(model, source)
-    mask_arr = _mask_array(mask, source)
-    if mask_arr is None:
-        mask_arr = brain_mask(source.array, norm_cfg.mask_threshold)
-    if not mask_arr.any():
-        raise InputImageError(
-            "The brain mask is empty: no voxel of the source is above the mask threshold "
-            f"({norm_cfg.mask_threshold:g}) or inside the given mask.",
-            "Pass a skull-stripped source or a brain mask (--mask).",
-        )
-    normalised, _ = normalise_source(source.array, mask_arr, norm_cfg)
-    options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)
-    out = synthesize_array(model.chain, normalised, mask_arr, **options.keywords())
-    return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
-
-
-def _check_receptive_field(model: LoadedModel, source: "Volume") -> None:
-    """Refuse a volume thinner than one generator's receptive field (at most ``MIN_EDGE``) along any axis.
-
-    Tiled synthesis would still run (the border is edge-padded), but every output voxel would then be computed
-    mostly from repeated border voxels: a plausible-looking image that no training patch resembled. Such a
-    volume is a thumbnail, a few slices or a wrong file, so saying so beats returning it.
-    """
-    field = min(model.config.generator.receptive_field, MIN_EDGE)
-    if min(source.shape) < field:
-        raise InputImageError(
-            f"The source is too small to synthesize: {source.shape[::-1]} voxels (x, y, z), but the model's "
-            f"receptive field needs at least {field} voxels along each axis.",
-            "Use the full 3D brain volume (about 1 mm voxels), not a crop, a thumbnail or a few slices.",
-        )
 
 
 def _as_model(model: Union[LoadedModel, PathLike], stages: Optional[int]) -> LoadedModel:
@@ -158,8 +86,6 @@ def synthesize_file(
     inputs = tuple(p for p in (source_path, mask_path) if p is not None)
     check_image_output(output_path, overwrite=overwrite, inputs=inputs)
     if uncertainty_path is not None:
-        from .uncertainty import check_uncertainty_path
-
         check_uncertainty_path(uncertainty_path, output_path, overwrite=overwrite, inputs=inputs)
     loaded = _as_model(model, stages)
     source = read_volume(source_path)
@@ -169,8 +95,6 @@ def synthesize_file(
     if uncertainty_path is None:
         vol = synthesize_volume(loaded, source, mask=mask, **options)
     else:
-        from .uncertainty import synthesize_with_uncertainty
-
         result = synthesize_with_uncertainty(loaded, source, mask=mask, **options)
         vol = result.synthesis
         write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite, inputs=inputs + (output_path,))
@@ -186,7 +110,7 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
     """
     from .input_checks import check_source, checks_metadata, refuse_or_warn
 
-    _check_receptive_field(model, source)
+    check_receptive_field(model, source)
     findings = check_source(source, model.config, mask=mask)
 
     def warn(message: str) -> None:
@@ -240,7 +164,7 @@ def synthesize_folder(
         _check_creatable(dst_dir)
     for src in sources:  # refusals before any compute; with force, each file's own run below warns once
         volume = read_volume(src.path)
-        _check_receptive_field(loaded, volume)
+        check_receptive_field(loaded, volume)
         if not force:
             refuse_or_warn(check_source(volume, loaded.config), False, source=src.path)
     try:

@@ -1,6 +1,6 @@
 """An uncertainty map beside the synthesis: where two things the model should agree on do not.
 
-Two disagreements are measured, each by re-running :func:`inference.synthesize_array` (never by changing it):
+Two disagreements are measured, each by re-running :func:`.tiled_synthesis.synthesize_array` (never by changing it):
 
 - **flip**: ``|S(x) − mirror(S(mirror(x)))|``, the plain synthesis against the synthesis of the left–right (array
   axis 2) mirrored source, mirrored back. Brains are nearly symmetric and training saw both orientations, so a
@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 
 from .errors import OutputError
+from .tiled_synthesis import SynthesisOptions, synthesize_array
+from .volume_synthesis import synthesize_volume
 
 if TYPE_CHECKING:
     import torch
@@ -115,9 +117,7 @@ def synthesize_with_uncertainty(
     The synthesis is exactly what ``synthesize_volume`` returns for these arguments; the parts always compare
     plain (not flip-averaged) passes, so ``flip_tta`` changes the synthesis, not the map.
     """
-    from .inference import synthesize_array, synthesize_volume
     from .normalisation import denormalise_output, normalise_source
-    from .tiled_synthesis import SynthesisOptions
 
     chain = model.chain
     n = len(chain.stages) if stages is None else int(stages)
