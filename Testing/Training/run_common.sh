@@ -23,6 +23,20 @@ newest_checkpoint() {
   ls "$1"/ckpt_${2:-s*}_it*.pt 2>/dev/null | sort | tail -1 || true
 }
 
+# train_stage1_to RUN_DIR AT TRAIN_ARGS...: `medsynth train TRAIN_ARGS` for stage 1 of the run in RUN_DIR on to its
+# iteration AT, resuming from its newest stage-1 checkpoint; nothing when the run is there already.
+train_stage1_to() {
+  local run=$1 at=$2 newest done_its=0 resume=()
+  shift 2
+  newest=$(newest_checkpoint "$run" s00)
+  if [ -n "$newest" ]; then
+    done_its=$((10#$(basename "$newest" .pt | sed 's/.*_it//')))
+    resume=(--resume)
+  fi
+  [ "$done_its" -lt "$at" ] || return 0
+  $MEDSYNTH train "$@" --run-dir "$run" --stop-after $((at - done_its)) "${resume[@]}"
+}
+
 # run_clock RUN_DIR: the run's own training time in whole seconds (the `time` column of its training log, which
 # counts across resumes); 0 before its first logged iteration.
 run_clock() {

@@ -15,19 +15,9 @@ AT=963
 RUN=$WORK/ablation_l2_only
 prepare_unet_data "$CASES" "$WORK"
 mkdir -p "$RUN"
-newest=$(newest_checkpoint "$RUN/run" s00)
-done_its=0
-resume=()
-if [ -n "$newest" ]; then
-  done_its=$((10#$(basename "$newest" .pt | sed 's/.*_it//')))
-  resume=(--resume)
-fi
-if [ "$done_its" -lt "$AT" ]; then
-  $MEDSYNTH train --data "$WORK/data" --model-config "$HERE/unet_model_config.json" \
-    --train-config "$HERE/unet_train_config.json" --lambda-gdl 0 --no-adversarial --precision "$PRECISION" \
-    --device "${DEVICE:-cpu}" --out "$RUN/l2_only.safetensors" --run-dir "$RUN/run" --progress json --overwrite \
-    --stop-after $((AT - done_its)) "${resume[@]}"
-fi
+train_stage1_to "$RUN/run" "$AT" --data "$WORK/data" --model-config "$HERE/unet_model_config.json" \
+  --train-config "$HERE/unet_train_config.json" --lambda-gdl 0 --no-adversarial --precision "$PRECISION" \
+  --device "${DEVICE:-cpu}" --out "$RUN/l2_only.safetensors" --progress json --overwrite
 newest=$(newest_checkpoint "$RUN/run" s00)
 [ -n "$newest" ] || { echo "no checkpoint in $RUN/run to export" >&2; exit 5; }
 $MEDSYNTH export "$newest" "$RUN/l2_only_it$AT.safetensors" --stages 1 --overwrite

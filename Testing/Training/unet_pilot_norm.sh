@@ -16,18 +16,8 @@ AT=600
 RUN=$WORK/pilot_norm_none
 prepare_unet_data "$CASES" "$WORK"
 mkdir -p "$RUN"
-newest=$(newest_checkpoint "$RUN/run" s00)
-done_its=0
-resume=()
-if [ -n "$newest" ]; then
-  done_its=$((10#$(basename "$newest" .pt | sed 's/.*_it//')))
-  resume=(--resume)
-fi
-if [ "$done_its" -lt "$AT" ]; then
-  $MEDSYNTH train --data "$WORK/data" --model-config "$HERE/unet_pilot_norm_none_model_config.json" \
-    --train-config "$HERE/unet_train_config.json" --no-adversarial --val-every 0 --precision "$PRECISION" \
-    --device "${DEVICE:-cpu}" --out "$RUN/norm_none.safetensors" --run-dir "$RUN/run" --progress json --overwrite \
-    --stop-after $((AT - done_its)) "${resume[@]}"
-fi
+train_stage1_to "$RUN/run" "$AT" --data "$WORK/data" --model-config "$HERE/unet_pilot_norm_none_model_config.json" \
+  --train-config "$HERE/unet_train_config.json" --no-adversarial --val-every 0 --precision "$PRECISION" \
+  --device "${DEVICE:-cpu}" --out "$RUN/norm_none.safetensors" --progress json --overwrite
 python "$HERE/compare_training_logs.py" "$RUN/run/training_log.csv" "${MAIN_LOG:-$WORK/unet_run/training_log.csv}" \
   --stage 0 --first 301 --last $AT
