@@ -136,9 +136,9 @@ def list_checkpoints(directory: os.PathLike | str) -> List[Path]:
         return []
     found = []
     for p in d.iterdir():
-        m = _NAME.match(p.name)
-        if m and p.is_file():
-            found.append(((int(m.group(1)), int(m.group(2))), p))
+        key = checkpoint_iteration(p)
+        if key is not None and p.is_file():
+            found.append((key, p))
     return [p for _, p in sorted(found)]
 
 
@@ -155,11 +155,19 @@ def latest_checkpoint(directory: os.PathLike | str, verify: bool = True) -> Opti
     return None
 
 
-def prune_checkpoints(directory: os.PathLike | str, keep: int = 3) -> List[Path]:
+def checkpoint_iteration(path: os.PathLike | str) -> Optional[Tuple[int, int]]:
+    """(stage, iteration) from a checkpoint's file name, or None for any other file."""
+    m = _NAME.match(Path(path).name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def prune_checkpoints(directory: os.PathLike | str, keep: int = 3, keep_every: int = 0) -> List[Path]:
     """Delete all but the newest ``keep`` checkpoints, but never the newest complete one; returns what was deleted.
 
     If the newest files are damaged, the newest good one survives even when it is older than the last ``keep``,
-    so there is always something to resume from.
+    so there is always something to resume from. With ``keep_every`` N > 0, checkpoints at a multiple of N
+    iterations of their stage also stay: the points an evaluation plan names in advance must still exist when
+    someone gets to them.
     """
     keep = max(1, int(keep))
     files = list_checkpoints(directory)
@@ -167,6 +175,8 @@ def prune_checkpoints(directory: os.PathLike | str, keep: int = 3) -> List[Path]
     deleted = []
     for p in files[: max(0, len(files) - keep)]:
         if protected is not None and p == protected:
+            continue
+        if keep_every > 0 and checkpoint_iteration(p)[1] % keep_every == 0:
             continue
         try:
             p.unlink()

@@ -143,6 +143,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "trained model; if the file also holds stage N (a candidate exported mid-stage), stage N goes on "
                         "from its weights at the exported iteration (default: none)")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept in the run folder (default: 3)")
+    parser.add_argument("--keep-every", type=int, default=0, metavar="N",
+                        help="also keep the checkpoints at every N-th iteration of a stage, e.g. the points an evaluation "
+                        "plan names (default: 0, none)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="run N iterations of the schedule, write a checkpoint and exit with 0, so a long schedule "
                         "runs as a series of calls with --resume, e.g. under a job time limit (default: run to the end)")

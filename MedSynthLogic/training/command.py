@@ -87,6 +87,7 @@ def train_from_args(
             start_stage=args.start_stage,
             command=list(sys.argv),
             keep_checkpoints=args.keep_checkpoints,
+            keep_every=args.keep_every,
             init_model=args.init_model,
             stop_after=args.stop_after,
         )

@@ -50,6 +50,7 @@ def train(
     start_stage: int = 0,
     command: Optional[Sequence[str]] = None,
     keep_checkpoints: int = 3,
+    keep_every: int = 0,
     init_model: Optional[os.PathLike | str] = None,
     stop_after: Optional[int] = None,
 ) -> Optional[Path]:
@@ -63,7 +64,8 @@ def train(
     machine; with ``resume`` a run that already reached ``start_stage`` continues. ``stop_event`` (or SIGTERM/SIGINT with
     :func:`install_signal_handlers`) writes a checkpoint and raises :class:`Cancelled`. ``stop_after`` N runs N
     iterations of the schedule, writes a checkpoint and returns None, so a schedule longer than a job's time limit
-    runs as a series of calls with ``resume`` (the same weights as one uninterrupted run).
+    runs as a series of calls with ``resume`` (the same weights as one uninterrupted run). The run folder keeps the
+    newest ``keep_checkpoints`` checkpoints and, with ``keep_every`` N > 0, those at every N-th iteration of a stage.
     """
     out = check_output_path(out_model, overwrite=True)
     plan = plan_training(data_dir, model_cfg, train_cfg)
@@ -71,10 +73,13 @@ def train(
         raise UsageError(f"start_stage must be in 0..{model_cfg.stages - 1}.")
     if stop_after is not None and stop_after < 1:
         raise UsageError(f"stop_after must be at least 1 iteration, not {stop_after}.")
+    if keep_every < 0:
+        raise UsageError(f"keep_every must be 0 (off) or a number of iterations, not {keep_every}.")
     ctx = dist_utils.init_distributed(resolve_device(str(device)))
     try:
         session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints)
         session.stop_after = stop_after
+        session.keep_every = keep_every
         amp_dtype = amp_settings(ctx.device, train_cfg.precision)
         chain = _seeded_chain(model_cfg, train_cfg, ctx.device)
         start = decide_start(model_cfg, start_stage, resume, init_model, session.run_dir,

@@ -33,6 +33,7 @@ class Session:
     emit: Callback
     stopper: Stopper
     keep: int
+    keep_every: int = 0
     metrics: Dict[str, Any] = field(default_factory=dict)
     elapsed_before: float = 0.0
     t_start: float = 0.0
@@ -55,12 +56,12 @@ class Session:
         return self.elapsed_before + time.perf_counter() - self.t_start
 
     def save(self, chain: AutoContextChain, stage: int, iteration: int, stage_done: bool, trainer: StageTrainer, reason: str) -> None:
-        """A checkpoint at ``iteration`` of ``stage``, keeping the newest ``keep``."""
+        """A checkpoint at ``iteration`` of ``stage``, keeping the newest ``keep`` and every ``keep_every``-th."""
         if self.ctx.is_main:
             state = checkpoint_state(self.model_cfg, self.train_cfg, chain, stage, iteration, stage_done, trainer,
                                      self.elapsed(), self.metrics)
             path = ckpt.save_checkpoint(self.run_dir / ckpt.checkpoint_name(stage, iteration), state)
-            ckpt.prune_checkpoints(self.run_dir, keep=self.keep)
+            ckpt.prune_checkpoints(self.run_dir, keep=self.keep, keep_every=self.keep_every)
             self.emit(checkpoint_event(path, stage, iteration, reason))
         dist_utils.barrier(self.ctx)
 

@@ -86,3 +86,13 @@ def test_latest_and_prune_keep_newest_complete(tmp_path):
     ck.prune_checkpoints(tmp_path, keep=1)
     assert paths[2].exists() and paths[4].exists()
     assert ck.latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_prune_keeps_every_nth_iteration_of_each_stage(tmp_path):
+    paths = {(s, i): ck.save_checkpoint(tmp_path / ck.checkpoint_name(s, i), _state(s, i))
+             for s in (0, 1) for i in (250, 500, 750, 1000, 1050)}
+    deleted = ck.prune_checkpoints(tmp_path, keep=1, keep_every=500)
+    kept = [(0, 500), (0, 1000), (1, 500), (1, 1000), (1, 1050)]
+    assert ck.list_checkpoints(tmp_path) == [paths[k] for k in kept]
+    assert sorted(deleted) == sorted(p for k, p in paths.items() if k not in kept)
+    assert ck.checkpoint_iteration(tmp_path / "loss_curves.png") is None

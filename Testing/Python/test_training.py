@@ -115,6 +115,19 @@ def test_a_nan_loss_stops_training_and_keeps_the_good_checkpoints(tmp_path, data
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def test_keep_every_keeps_the_named_points_that_rotation_would_delete(tmp_path, data_dir, tiny_model_config):
+    """An evaluation plan names iterations in advance; rotating to the newest one must not delete them first."""
+    from MedSynthLogic import training
+
+    run = tmp_path / "run"
+    training.train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
+                   _cfg(iterations=8, checkpoint_every=2), device="cpu", run_dir=run, keep_checkpoints=1, keep_every=4)
+    assert sorted(p.name for p in run.glob("ckpt_*.pt")) == [ckpt.checkpoint_name(0, 4), ckpt.checkpoint_name(0, 8)]
+    with pytest.raises(UsageError, match="keep_every"):
+        training.train(data_dir, tmp_path / "n.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2),
+                       device="cpu", run_dir=tmp_path / "run2", keep_every=-1)
+
+
 def test_plan_refuses_missing_data_and_wrong_patch_size(tmp_path, data_dir, tiny_model_config):
     import dataclasses
 

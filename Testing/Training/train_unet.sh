@@ -8,7 +8,9 @@
 #   AVX-512 BF16 or AMX, else fp32), INIT_MODEL (model file whose weights start the run on a new machine),
 #   STOP_AFTER (run this many iterations, checkpoint and exit 0: a slice that ends before a session does),
 #   RUN (name of the run: WORK/RUN.safetensors and WORK/RUN_run/; default unet, the main run),
-#   MODEL_CONFIG (default unet_model_config.json beside this script; a later run names its own).
+#   MODEL_CONFIG (default unet_model_config.json beside this script; a later run names its own),
+#   KEEP_EVERY (checkpoints at every N-th iteration of a stage that rotation keeps; default 1000, the points the
+#   evaluation plans in UNET_RECIPE.md name).
 # The schedule (unet_train_config.json: 3000 iterations per stage, cosine) and the split are fixed in advance.
 set -euo pipefail
 CASES=$1
@@ -27,4 +29,4 @@ slice=()
 [ -n "${STOP_AFTER:-}" ] && slice=(--stop-after "$STOP_AFTER")
 exec $MEDSYNTH train --data "$WORK/data" --model-config "$MODEL_CONFIG" \
   --train-config "$HERE/unet_train_config.json" --precision "$PRECISION" --device cpu \
-  --out "$WORK/$RUN.safetensors" --run-dir "$WORK/${RUN}_run" --progress json --overwrite "${resume[@]}" "${init[@]}" "${slice[@]}"
+  --out "$WORK/$RUN.safetensors" --run-dir "$WORK/${RUN}_run" --progress json --overwrite --keep-every "${KEEP_EVERY:-1000}" "${resume[@]}" "${init[@]}" "${slice[@]}"
