@@ -22,4 +22,4 @@ newest=$(newest_checkpoint "$RUN/run" s00)
 [ -n "$newest" ] || { echo "no checkpoint in $RUN/run to export" >&2; exit 5; }
 $MEDSYNTH export "$newest" "$RUN/l2_only_it$AT.safetensors" --stages 1 --overwrite
 $MEDSYNTH evaluate "$CASES" --model "$RUN/l2_only_it$AT.safetensors" --cases "$VAL" --out "$RUN/evaluation" \
-  --label "unet3d, L2 only, stage 1 at iteration $AT (EMA)" --progress none
+  --label "unet3d, L2 only, stage 1 at iteration $AT (EMA)" --precision fp32 --progress none
