@@ -37,4 +37,4 @@ newest=$(newest_checkpoint "$RUN/run")
 stage=$((10#$(basename "$newest" | sed 's/ckpt_s\([0-9]*\)_.*/\1/')))
 $MEDSYNTH export "$newest" "$RUN/fcn_same_hours.safetensors" --stages $((stage + 1)) --overwrite
 $MEDSYNTH evaluate "$CASES" --model "$RUN/fcn_same_hours.safetensors" --cases "$VAL" --out "$RUN/evaluation" \
-  --label "nie2018 FCN, ${BUDGET_S} s of CPU training" --progress none
+  --label "nie2018 FCN, ${BUDGET_S} s of CPU training" --precision fp32 --progress none
