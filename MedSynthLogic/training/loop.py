@@ -77,9 +77,8 @@ def train(
         raise UsageError(f"keep_every must be 0 (off) or a number of iterations, not {keep_every}.")
     ctx = dist_utils.init_distributed(resolve_device(str(device)))
     try:
-        session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints)
+        session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints, keep_every)
         session.stop_after = stop_after
-        session.keep_every = keep_every
         amp_dtype = amp_settings(ctx.device, train_cfg.precision)
         chain = _seeded_chain(model_cfg, train_cfg, ctx.device)
         start = decide_start(model_cfg, start_stage, resume, init_model, session.run_dir,

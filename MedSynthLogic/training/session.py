@@ -33,7 +33,7 @@ class Session:
     emit: Callback
     stopper: Stopper
     keep: int
-    keep_every: int = 0
+    keep_every: int
     metrics: Dict[str, Any] = field(default_factory=dict)
     elapsed_before: float = 0.0
     t_start: float = 0.0
@@ -74,6 +74,7 @@ class Session:
 def open_session(
     model_cfg: ModelConfig, train_cfg: TrainConfig, ctx: dist_utils.DistContext, out: Path,
     run_dir: Optional[os.PathLike | str], callback: Optional[Callback], stop_event: Optional[threading.Event], keep: int,
+    keep_every: int = 0,
 ) -> Session:
     """The run folder (default ``<out stem>_run/``), created by rank 0; events go to ``callback`` and its CSV log."""
     folder = Path(run_dir) if run_dir is not None else out.with_name(out.name.split(".")[0] + "_run")
@@ -81,4 +82,4 @@ def open_session(
         folder.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier(ctx)
     emit = CallbackList([callback, CsvLogger(folder / "training_log.csv")] if ctx.is_main else [])
-    return Session(model_cfg, train_cfg, ctx, folder, emit, Stopper(stop_event, ctx), keep)
+    return Session(model_cfg, train_cfg, ctx, folder, emit, Stopper(stop_event, ctx), keep, keep_every)
