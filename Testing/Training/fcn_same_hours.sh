@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The paper's FCN trained on the CPU for the training time the U-Net's stage 1 took to reach its iteration-963
-# point (UNET_RECIPE.md, "FCN against U-Net for the same CPU hours"), then exported and evaluated once.
+# The paper's FCN trained on the CPU for the training time the U-Net's stage 1 took to reach its iteration 960
+# (BUDGET_S; UNET_RECIPE.md, "FCN against U-Net for the same CPU hours"), then exported and evaluated once.
 # The bundled model's recipe (bundled_train_config.json, λ_adv 0.01, 3 stages) at the CPU batch of its stage 3
 # (64), in the precision run_common.sh picks (as the U-Net's runs); evaluated in float32 like every other row.
 # Called again, it resumes until the run's own clock (the `time` column of its training log, cumulative across
