@@ -9,6 +9,7 @@
 #   STOP_AFTER (run this many iterations, checkpoint and exit 0: a slice that ends before a session does),
 #   RUN (name of the run: WORK/RUN.safetensors and WORK/RUN_run/; default unet, the main run),
 #   MODEL_CONFIG (default unet_model_config.json beside this script; a later run names its own),
+#   TRAIN_CONFIG (default unet_train_config.json beside this script; likewise),
 #   KEEP_EVERY (checkpoints at every N-th iteration of a stage that rotation keeps; default 1000, the points the
 #   evaluation plans in UNET_RECIPE.md name).
 # The schedule (unet_train_config.json: 3000 iterations per stage, cosine) and the split are fixed in advance.
@@ -19,6 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/run_common.sh"
 RUN=${RUN:-unet}
 MODEL_CONFIG=${MODEL_CONFIG:-$HERE/unet_model_config.json}
+TRAIN_CONFIG=${TRAIN_CONFIG:-$HERE/unet_train_config.json}
 mkdir -p "$WORK"
 prepare_unet_data "$CASES" "$WORK"
 resume=()
@@ -28,5 +30,5 @@ init=()
 slice=()
 [ -n "${STOP_AFTER:-}" ] && slice=(--stop-after "$STOP_AFTER")
 exec $MEDSYNTH train --data "$WORK/data" --model-config "$MODEL_CONFIG" \
-  --train-config "$HERE/unet_train_config.json" --precision "$PRECISION" --device cpu \
+  --train-config "$TRAIN_CONFIG" --precision "$PRECISION" --device cpu \
   --out "$WORK/$RUN.safetensors" --run-dir "$WORK/${RUN}_run" --progress json --overwrite --keep-every "${KEEP_EVERY:-1000}" "${resume[@]}" "${init[@]}" "${slice[@]}"
