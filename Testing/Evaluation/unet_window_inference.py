@@ -9,7 +9,8 @@ not hold over a larger frame: ``Testing/Benchmarks/unet_frame_margin.py`` showed
 margin everywhere in the brain. This synthesizes each case both ways, stage by stage as ``synthesize_unet`` builds
 its context, the windowed way with MONAI's ``sliding_window_inference`` (Gaussian-weighted overlap) over the same
 frame, and scores both with ``medsynth evaluate``'s protocol (brain-mask PSNR and SSIM of the 99.5th-percentile
-normalised reference, the prediction clipped to [0, 1]).
+normalised reference, the prediction clipped to [0, 1]). MONAI is not a MedSynth dependency: ``pip install --no-deps
+monai`` (it would otherwise resolve its own torch).
 """
 
 from __future__ import annotations
