@@ -21,10 +21,12 @@ import numpy as np
 
 from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.inference import synthesize_array
-from MedSynthLogic.metrics import normalise_for_metrics, psnr, ssim3d
+from MedSynthLogic.metrics import normalise_for_metrics
 from MedSynthLogic.model_file import load_model
 from MedSynthLogic.normalisation import brain_mask, normalise_source
 from MedSynthLogic.volume_io import read_volume
+
+from case_table import markdown, score  # beside this script
 
 QUANTILES = np.linspace(0.0, 100.0, 201)
 
@@ -57,19 +59,8 @@ def adjustments(cases_dir: Path, model_path: str, cases: List[str], train_cases:
             "output / own 99.5th pct": np.where(mask, np.clip(plain / np.percentile(plain[mask], 99.5), 0.0, 1.0), 0.0),
             "output quantile-matched": np.where(mask, np.interp(plain, np.percentile(plain[mask], QUANTILES), quantile_fn), 0.0),
         }
-        out[case] = {name: (psnr(v, ref, mask), ssim3d(v, ref, mask)) for name, v in variants.items()}
-        print(case, {k: f"{p:.2f} dB / {s:.3f}" for k, (p, s) in out[case].items()}, flush=True)
+        out[case] = score(case, variants, ref, mask)
     return out
-
-
-def markdown(results: Dict[str, Dict[str, tuple]]) -> str:
-    names = list(next(iter(results.values())))
-    lines = ["| case | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for case, row in results.items():
-        lines.append(f"| {case} | " + " | ".join(f"{row[n][0]:.2f} / {row[n][1]:.3f}" for n in names) + " |")
-    mean = {n: np.mean([row[n] for row in results.values()], axis=0) for n in names}
-    lines.append("| **mean** | " + " | ".join(f"**{mean[n][0]:.2f} / {mean[n][1]:.3f}**" for n in names) + " |")
-    return "\n".join(lines) + "\n\nCells: brain PSNR (dB) / SSIM.\n"
 
 
 def main() -> None:

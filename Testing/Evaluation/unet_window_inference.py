@@ -27,13 +27,15 @@ from monai.inferers import sliding_window_inference
 
 from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.devices import synthesis_dtype
-from MedSynthLogic.metrics import normalise_for_metrics, psnr, ssim3d
+from MedSynthLogic.metrics import normalise_for_metrics
 from MedSynthLogic.model_file import load_model
 from MedSynthLogic.normalisation import brain_mask, normalise_source
 from MedSynthLogic.patches import cut_window
 from MedSynthLogic.tiled_synthesis import mask_bbox, synthesize_array
 from MedSynthLogic.unet_inference import MARGIN, frame_of
 from MedSynthLogic.volume_io import align_pair, read_volume
+
+from case_table import markdown, score  # beside this script
 
 
 def windowed(chain: torch.nn.Module, src: np.ndarray, mask: np.ndarray, stages: int, window: int, overlap: float,
@@ -78,22 +80,9 @@ def compare(cases_dir: Path, model_path: str, cases: List[str], stages: int, win
         t1 = time.perf_counter()
         win = np.clip(windowed(model.chain, src, mask, stages, window, overlap, precision), 0.0, 1.0)
         t2 = time.perf_counter()
-        out[case] = {"whole frame": (psnr(whole, ref, mask), ssim3d(whole, ref, mask)),
-                     f"{window}³ windows": (psnr(win, ref, mask), ssim3d(win, ref, mask))}
-        print(case, {k: f"{p:.2f} dB / {s:.3f}" for k, (p, s) in out[case].items()},
-              f"({t1 - t0:.0f} s / {t2 - t1:.0f} s)", flush=True)
+        out[case] = score(case, {"whole frame": whole, f"{window}³ windows": win}, ref, mask)
+        print(f"  ({t1 - t0:.0f} s / {t2 - t1:.0f} s)", flush=True)
     return out
-
-
-def markdown(results: Dict[str, Dict[str, Tuple[float, float]]]) -> str:
-    """A table: one row per case, a mean row; cells PSNR / SSIM."""
-    names = list(next(iter(results.values())))
-    lines = ["| case | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for case, row in results.items():
-        lines.append(f"| {case} | " + " | ".join(f"{row[n][0]:.2f} / {row[n][1]:.3f}" for n in names) + " |")
-    mean = {n: np.mean([row[n] for row in results.values()], axis=0) for n in names}
-    lines.append("| **mean** | " + " | ".join(f"**{mean[n][0]:.2f} / {mean[n][1]:.3f}**" for n in names) + " |")
-    return "\n".join(lines) + "\n\nCells: brain PSNR (dB) / SSIM.\n"
 
 
 def main() -> None:
