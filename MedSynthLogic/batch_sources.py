@@ -17,6 +17,7 @@ from . import distributed as dist_utils
 from .config import ModelConfig, TrainConfig
 from .crops import CropBatches, crop_volumes
 from .intensity_augment import augment_of
+from .spatial_augment import spatial_augment_of
 
 Batch = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
 
@@ -123,7 +124,7 @@ class CropSource:
         flip_axis = patch_file_info(train_h5)["flip_axis"]
         volumes = crop_volumes(load_volumes(train_h5), context_train)
         self.crops = CropBatches(volumes, model_cfg.source_patch, cfg.batch_size, cfg.seed, stage, ctx.rank, flip_axis,
-                                 augment_of(cfg, model_cfg))
+                                 augment_of(cfg, model_cfg), spatial_augment_of(cfg))
 
     def batch(self, iteration: int) -> Batch:
         return self.crops.batch(iteration)

@@ -25,6 +25,13 @@ def check_augment_spreads(gamma_sd: float, field_sd: float, scale_sd: float) -> 
                          "Set aug_gamma_sd, aug_field_sd and aug_scale_sd to 0 (off) or small positive values such as 0.1.")
 
 
+def check_spatial_spreads(rotate_deg: float, zoom_sd: float) -> None:
+    """Refuse spatial-augmentation spreads that are negative or beyond a half turn where a run's configuration is read."""
+    if not (0 <= rotate_deg <= 180 and 0 <= zoom_sd <= 1):
+        raise UsageError("The spatial augmentation's spreads are out of range (aug_rotate_deg 0–180, aug_zoom_sd 0–1).",
+                         "Set aug_rotate_deg and aug_zoom_sd to 0 (off) or small values such as 10 and 0.1.")
+
+
 GENERATOR_KINDS = ("nie2018", "unet3d")
 NORMS = ("none", "instance")
 
@@ -207,6 +214,8 @@ class TrainConfig:
     ``grad_clip`` (max gradient norm, 0 = off) and ``ema_decay`` (exponential moving average of G's weights,
     used for validation and export; 0 = off). ``aug_gamma_sd``, ``aug_field_sd``, ``aug_scale_sd``: random
     contrast, bias-field and scale changes of the U-Net's training crops' source (:mod:`.intensity_augment`; 0 = off).
+    ``aug_rotate_deg``, ``aug_zoom_sd``: random rotations (each Euler angle within ± degrees) and isotropic zooms
+    (sd of ln zoom) of those crops, all channels and the mask alike (:mod:`.spatial_augment`; 0 = off).
     """
 
     stages: int = 3
@@ -236,9 +245,12 @@ class TrainConfig:
     aug_gamma_sd: float = 0.0
     aug_field_sd: float = 0.0
     aug_scale_sd: float = 0.0
+    aug_rotate_deg: float = 0.0
+    aug_zoom_sd: float = 0.0
 
     def __post_init__(self) -> None:
         check_augment_spreads(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd)
+        check_spatial_spreads(self.aug_rotate_deg, self.aug_zoom_sd)
         if self.optimizer not in ("adam", "adamw"):
             raise UsageError(f"Unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'.")
         if self.lr_schedule not in ("step", "cosine"):

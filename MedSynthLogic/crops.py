@@ -2,7 +2,8 @@
 
 The U-Net learns from context a 32³ patch cannot hold, so its samples are crops of ``size``³ voxels (e.g. 96³)
 cut from whole volumes kept in memory, with a left–right flip half of the time and the brain mask for a masked
-loss. A batch is a pure function of (seed, stage, iteration, rank), like the patch batches: nothing to save in a
+loss; optionally rotated and zoomed (:mod:`.spatial_augment`) and with the source's intensities changed
+(:mod:`.intensity_augment`). A batch is a pure function of (seed, stage, iteration, rank), like the patch batches: nothing to save in a
 checkpoint, and a resumed run sees exactly the crops an uninterrupted one would.
 """
 
@@ -17,10 +18,13 @@ import torch
 from .errors import DataError
 from .intensity_augment import IntensityAugment
 from .patches import cut_window
+from .spatial_augment import SpatialAugment, resample_crop
 
 
 #: Seed word that separates the intensity augmentation's random stream from the crops'.
 AUGMENT_STREAM = 1
+#: Seed word of the spatial augmentation's stream: the crops' centres and flips stay those of a run without it.
+SPATIAL_STREAM = 2
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ class CropBatches:
     """Random brain-centred crops of ``size``³: ``batch(i)`` → (source (B, C, s, s, s), target (B, 1, …), mask (B, 1, …)).
 
     Each crop is centred on a random brain voxel of a random case (so every crop holds brain, near the edge too)
-    and flipped along ``flip_axis`` with probability ½. With an enabled ``augment`` the source channel's intensities
-    are then changed, drawn from a stream of their own: the crops themselves stay those of a run without it.
+    and flipped along ``flip_axis`` with probability ½. With an enabled ``spatial`` it is cut rotated and zoomed
+    around that centre; with an enabled ``augment`` the source channel's intensities are then changed. Each draws
+    from a stream of its own, so the centres and flips stay those of a run without it.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class CropBatches:
         rank: int = 0,
         flip_axis: int = 2,
         augment: Optional[IntensityAugment] = None,
+        spatial: Optional[SpatialAugment] = None,
     ) -> None:
         if not volumes:
             raise DataError("There are no training volumes to cut crops from.", "Run `medsynth prepare` on at least one case.")
@@ -78,23 +84,29 @@ class CropBatches:
         self.size, self.per_rank = int(size), int(per_rank)
         self.seed, self.stage, self.rank, self.flip_axis = int(seed), int(stage), int(rank), int(flip_axis)
         self.augment = augment if augment is not None and augment.enabled else None
+        self.spatial = spatial if spatial is not None and spatial.enabled else None
+        self._float_masks = {cid: v.mask.astype(np.float32) for cid, v in volumes.items()} if self.spatial is not None else {}
         self._brain = {cid: np.argwhere(v.mask) for cid, v in volumes.items()}
         empty = [cid for cid, idx in self._brain.items() if len(idx) == 0]
         if empty:
             raise DataError(f"The brain mask of case(s) {', '.join(empty)} is empty.", "Check those cases and re-run `medsynth prepare`.")
 
-    def sample(self, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, rng: np.random.Generator, spatial_rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One crop: (source channels (C, s, s, s), target (1, …), mask (1, …)) as float32."""
         cid = self.ids[int(rng.integers(len(self.ids)))]
         vol = self.volumes[cid]
         brain = self._brain[cid]
         centre = brain[int(rng.integers(len(brain)))]
-        corner = [int(c) - self.size // 2 for c in centre]
         channels = [vol.source] + ([vol.context] if vol.context is not None else [])
-        window = [(c, c + self.size) for c in corner]
-        src = np.stack([cut_window(c, window, "constant") for c in channels])
-        tgt = cut_window(vol.target, window, "constant")[None]
-        mask = cut_window(vol.mask, window, "constant")[None].astype(np.float32)
+        if self.spatial is not None and spatial_rng is not None:
+            cut = resample_crop(channels + [vol.target, self._float_masks[cid]], centre, self.size, self.spatial.draw(spatial_rng))
+            src, tgt, mask = cut[:-2], cut[-2:-1], (cut[-1:] > 0.5).astype(np.float32)
+        else:
+            corner = [int(c) - self.size // 2 for c in centre]
+            window = [(c, c + self.size) for c in corner]
+            src = np.stack([cut_window(c, window, "constant") for c in channels])
+            tgt = cut_window(vol.target, window, "constant")[None]
+            mask = cut_window(vol.mask, window, "constant")[None].astype(np.float32)
         if rng.random() < 0.5:
             axis = self.flip_axis + 1
             src, tgt, mask = (np.flip(a, axis=axis) for a in (src, tgt, mask))
@@ -103,7 +115,8 @@ class CropBatches:
     def batch(self, iteration: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch of ``iteration`` for this rank."""
         rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank])
-        samples = [self.sample(rng) for _ in range(self.per_rank)]
+        spatial_rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank, SPATIAL_STREAM])
+        samples = [self.sample(rng, spatial_rng) for _ in range(self.per_rank)]
         if self.augment is not None:
             aug_rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank, AUGMENT_STREAM])
             for src, _tgt, _mask in samples:

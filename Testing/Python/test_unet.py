@@ -258,6 +258,22 @@ def test_unet_batches_take_the_runs_intensity_augmentation(unet_data):
     assert not torch.allclose(src0, src1) and torch.equal(src0 == 0, src1 == 0)
 
 
+def test_unet_batches_take_the_runs_spatial_augmentation(unet_data):
+    """The run's rotation and zoom reach the crops: same shapes, a 0/1 mask, other voxels; off by default."""
+    from pathlib import Path
+
+    from MedSynthLogic.batch_sources import batch_source
+    from MedSynthLogic.distributed import DistContext
+
+    train_h5 = Path(unet_data) / "train.h5"
+    plain, turned = (batch_source(train_h5, None, None, None, small_unet(), _train_cfg(**aug), 0, 0, DistContext())
+                     for aug in ({}, {"aug_rotate_deg": 15.0, "aug_zoom_sd": 0.1}))
+    assert plain.crops.spatial is None and turned.crops.spatial is not None
+    (src0, tgt0, m0), (src1, tgt1, m1) = plain.batch(4), turned.batch(4)
+    assert src0.shape == src1.shape and tgt0.shape == tgt1.shape and m0.shape == m1.shape
+    assert not torch.allclose(tgt0, tgt1) and set(torch.unique(m1).tolist()) <= {0.0, 1.0}
+
+
 def test_unet_training_lowers_the_validation_loss(tmp_path, unet_data):
     from MedSynthLogic.model_file import read_header
     from MedSynthLogic.training import train
