@@ -91,14 +91,15 @@ class CropBatches:
         if empty:
             raise DataError(f"The brain mask of case(s) {', '.join(empty)} is empty.", "Check those cases and re-run `medsynth prepare`.")
 
-    def sample(self, rng: np.random.Generator, spatial_rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One crop: (source channels (C, s, s, s), target (1, …), mask (1, …)) as float32."""
+    def sample(self, rng: np.random.Generator, spatial_rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One crop: (source channels (C, s, s, s), target (1, …), mask (1, …)) as float32; ``spatial_rng`` draws its
+        rotation and zoom when the spatial augmentation is on."""
         cid = self.ids[int(rng.integers(len(self.ids)))]
         vol = self.volumes[cid]
         brain = self._brain[cid]
         centre = brain[int(rng.integers(len(brain)))]
         channels = [vol.source] + ([vol.context] if vol.context is not None else [])
-        if self.spatial is not None and spatial_rng is not None:
+        if self.spatial is not None:
             cut = resample_crop(channels + [vol.target, self._float_masks[cid]], centre, self.size, self.spatial.draw(spatial_rng))
             src, tgt, mask = cut[:-2], cut[-2:-1], (cut[-1:] > 0.5).astype(np.float32)
         else:
