@@ -113,13 +113,16 @@ class CropBatches:
             src, tgt, mask = (np.flip(a, axis=axis) for a in (src, tgt, mask))
         return np.ascontiguousarray(src), np.ascontiguousarray(tgt), np.ascontiguousarray(mask)
 
+    def _stream(self, iteration: int, *word: int) -> np.random.Generator:
+        """The random stream of (seed, stage, iteration, rank), optionally separated by a seed word."""
+        return np.random.default_rng([self.seed, self.stage, int(iteration), self.rank, *word])
+
     def batch(self, iteration: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch of ``iteration`` for this rank."""
-        rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank])
-        spatial_rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank, SPATIAL_STREAM])
+        rng, spatial_rng = self._stream(iteration), self._stream(iteration, SPATIAL_STREAM)
         samples = [self.sample(rng, spatial_rng) for _ in range(self.per_rank)]
         if self.augment is not None:
-            aug_rng = np.random.default_rng([self.seed, self.stage, int(iteration), self.rank, AUGMENT_STREAM])
+            aug_rng = self._stream(iteration, AUGMENT_STREAM)
             for src, _tgt, _mask in samples:
                 src[0] = self.augment(src[0], aug_rng)
         return tuple(torch.from_numpy(np.stack([s[i] for s in samples])) for i in range(3))  # type: ignore[return-value]
