@@ -34,6 +34,7 @@ def check_spatial_spreads(rotate_deg: float, zoom_sd: float) -> None:
 
 GENERATOR_KINDS = ("nie2018", "unet3d")
 NORMS = ("none", "instance")
+UPSAMPLES = ("transpose", "trilinear")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class GeneratorConfig:
     normalises each crop's features during training, which needs no batch, and keeps running statistics that
     inference uses, so a trained stage is a fixed function and tiles equal a whole volume; "none" is plain
     residual blocks (on phantom crops it learned about half as fast: Testing/Training/UNET_RECIPE.md).
+    ``unet_upsample`` "transpose" (default; every model file before it) joins levels upward by transposed 2³
+    convolutions, which give each of a coarse voxel's 8 children its own weights and so can leave a period-2 grid
+    in the output; "trilinear" interpolates instead (after a 1³ convolution at the coarse level), which cannot.
     """
 
     in_channels: int = 1
@@ -64,12 +68,15 @@ class GeneratorConfig:
     unet_channels: Tuple[int, ...] = (16, 32, 64, 128, 128)
     unet_blocks: int = 1
     norm: str = "instance"
+    unet_upsample: str = "transpose"
 
     def __post_init__(self) -> None:
         if self.kind not in GENERATOR_KINDS:
             raise UsageError(f"Unknown generator kind {self.kind!r}; use one of {', '.join(GENERATOR_KINDS)}.")
         if self.norm not in NORMS:
             raise UsageError(f"Unknown generator norm {self.norm!r}; use one of {', '.join(NORMS)}.")
+        if self.unet_upsample not in UPSAMPLES:
+            raise UsageError(f"Unknown unet_upsample {self.unet_upsample!r}; use one of {', '.join(UPSAMPLES)}.")
         if self.kind == "unet3d" and (len(self.unet_channels) < 2 or min(self.unet_channels) < 1 or self.unet_blocks < 1):
             raise UsageError("A unet3d generator needs at least 2 levels of positive widths and unet_blocks ≥ 1.")
         n = len(self.filters)
@@ -109,7 +116,9 @@ class GeneratorConfig:
             if level < levels - 1:
                 field += jump
                 jump *= 2
+        reach_up = 1 if self.unet_upsample == "trilinear" else 0  # interpolation reads a coarse neighbour
         for level in range(levels - 2, -1, -1):
+            field += reach_up * jump
             jump //= 2
             field += per_block * jump
         return field

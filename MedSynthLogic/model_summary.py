@@ -62,6 +62,8 @@ def _architecture(config: Mapping[str, Any]) -> str:
         channels = gen.get("unet_channels") or []
         layers = (f"residual 3D U-Net, {len(channels)} levels (channels {_joined(channels)}), "
                   f"{gen.get('norm', 'instance')} norm")
+        if gen.get("unet_upsample", "transpose") != "transpose":
+            layers += f", {gen['unet_upsample']} upsampling"
     else:
         layers = (f"3D FCN, {len(gen.get('filters') or [])} conv layers (filters {_joined(gen.get('filters'))}, "
                   f"kernels {_joined(gen.get('kernels'))})")

@@ -214,11 +214,32 @@ class ResidualBlock(nn.Module):
         return add_fresh(h, x)
 
 
+class TrilinearUp(nn.Module):
+    """Doubles each edge by trilinear interpolation after a 1³ convolution: one smooth map for all 8 children.
+
+    The convolution runs at the coarse level (it commutes with the interpolation, whose weights sum to 1), so this
+    costs an eighth of a transposed 2³ convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.conv(x), scale_factor=2, mode="trilinear", align_corners=False)
+
+
+def _up(kind: str, in_channels: int, out_channels: int) -> nn.Module:
+    if kind == "trilinear":
+        return TrilinearUp(in_channels, out_channels)
+    return nn.ConvTranspose3d(in_channels, out_channels, 2, stride=2)
+
+
 class UNet3D(nn.Module):
     """Residual 3D U-Net with "same" padding: a crop gives an output of its own size (edges multiples of ``size_multiple``).
 
-    Levels are joined by stride-2 2³ convolutions down and transposed 2³ convolutions up, with additive skips
-    (half the decoder cost of concatenation). With ``residual`` the source (channel 0) is added to the output.
+    Levels are joined by stride-2 2³ convolutions down and transposed 2³ convolutions or trilinear interpolation up
+    (``unet_upsample``), with additive skips (half the decoder cost of concatenation). With ``residual`` the source (channel 0) is added to the output.
     """
 
     def __init__(self, config: GeneratorConfig) -> None:
@@ -232,7 +253,7 @@ class UNet3D(nn.Module):
         self.stem = BF16SafeConv3d(config.in_channels, widths[0], 3, padding=1)
         self.encoders = nn.ModuleList(blocks(c) for c in widths)
         self.downs = nn.ModuleList(nn.Conv3d(a, b, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
-        self.ups = nn.ModuleList(nn.ConvTranspose3d(b, a, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.ups = nn.ModuleList(_up(config.unet_upsample, b, a) for a, b in zip(widths[:-1], widths[1:]))
         self.decoders = nn.ModuleList(blocks(c) for c in widths[:-1])
         self.act = nn.LeakyReLU(LEAKY_SLOPE)
         self.head = nn.Conv3d(widths[0], 1, 1)

@@ -49,22 +49,39 @@ def test_unet_keeps_the_crop_size_and_needs_its_downsampling_multiple():
         dataclasses.replace(cfg, source_patch=30)
     with pytest.raises(UsageError, match="Unknown generator kind"):
         GeneratorConfig(kind="resnet")
+    with pytest.raises(UsageError, match="Unknown unet_upsample"):
+        GeneratorConfig(kind="unet3d", unet_upsample="nearest")
     logits = build_discriminator(cfg)(torch.zeros(2, 1, 32, 32, 32))
     assert logits.shape == (2, 1, 8, 8, 8)
 
 
-def test_default_unet_sees_more_than_100_voxels_and_the_formula_bounds_the_real_field():
+@pytest.mark.parametrize("upsample", ["transpose", "trilinear"])
+def test_default_unet_sees_more_than_100_voxels_and_the_formula_bounds_the_real_field(upsample):
     assert GeneratorConfig(kind="unet3d").receptive_field >= 100
     assert GeneratorConfig().receptive_field == 17
-    cfg = GeneratorConfig(kind="unet3d", unet_channels=(2, 2, 2, 2), residual=False)
-    net = build_generator(cfg)
+    cfg = GeneratorConfig(kind="unet3d", unet_channels=(2, 2, 2, 2), residual=False, unet_upsample=upsample)
+    net = build_generator(cfg).eval()  # training-mode instance norm would couple every voxel of the crop
     randomise(net)
-    x = torch.zeros(1, 1, 96, 96, 96, requires_grad=True)
-    net(x)[0, 0, 48, 48, 48].backward()
+    x = torch.zeros(1, 1, 128, 128, 128, requires_grad=True)
+    net(x)[0, 0, 64, 64, 64].backward()
     hit = (x.grad[0, 0].abs() > 0).nonzero()
-    reach = int(max((hit - 48).abs().max(), 0))
+    reach = int(max((hit - 64).abs().max(), 0))
+    assert reach < 64, "the input is too small to show the field"
     assert reach <= cfg.receptive_field // 2 <= cfg.tile_halo
     assert reach >= cfg.receptive_field // 4, "the field formula is far larger than the network's real reach"
+
+
+@pytest.mark.parametrize("upsample, grid", [("transpose", True), ("trilinear", False)])
+def test_only_transposed_upsampling_leaves_a_grid_on_a_uniform_input(upsample, grid):
+    """Away from the borders a uniform input gives uniform features; a transposed 2³ convolution then writes its 8
+    kernel weights as a period-2 grid, which interpolation cannot (the texture in the run-5 figures)."""
+    net = build_generator(GeneratorConfig(kind="unet3d", unet_channels=(2, 2), residual=False, unet_upsample=upsample))
+    randomise(net, seed=6)
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.ones(1, 1, 48, 48, 48))[0, 0, 16:32, 16:32, 16:32]
+    assert out.abs().mean() > 1e-3, "weights should give a non-trivial output"
+    assert (out.std() > 1e-3 * out.abs().mean()) == grid
 
 
 def test_unet_runs_its_cpu_convolutions_channels_last_with_the_same_result(monkeypatch):
@@ -197,10 +214,12 @@ def test_inference_mode_forward_works_in_place_with_the_same_output(norm):
     assert recorded.abs().max() > 0.01, "weights should give a non-trivial output"
 
 
-def test_tiled_synthesis_equals_one_whole_frame_forward(phantom):
+@pytest.mark.parametrize("upsample", ["transpose", "trilinear"])
+def test_tiled_synthesis_equals_one_whole_frame_forward(phantom, upsample):
     from MedSynthLogic.inference import synthesize_array
 
-    cfg = small_unet(stages=2, unet_channels=(4, 8))  # a 10-voxel halo: each 16³ tile's window is a part of the frame
+    # a 10-voxel halo (12 with interpolation): each 16³ tile's window is a part of the frame
+    cfg = small_unet(stages=2, unet_channels=(4, 8), unet_upsample=upsample)
     chain = build_generators(cfg)
     randomise(chain, scale=0.1)
     src = phantom.t1ce.array / np.percentile(phantom.t1ce.array[phantom.mask], 99.5)
@@ -213,17 +232,20 @@ def test_tiled_synthesis_equals_one_whole_frame_forward(phantom):
     assert np.all(whole[~phantom.mask] == 0)
 
 
-def test_unet_model_file_round_trip_keeps_kind_and_weights(tmp_path):
+@pytest.mark.parametrize("upsample", ["transpose", "trilinear"])
+def test_unet_model_file_round_trip_keeps_kind_and_weights(tmp_path, upsample):
     from MedSynthLogic.model_file import load_model, read_header, save_model
 
-    cfg = small_unet(stages=2)
+    cfg = small_unet(stages=2, unet_upsample=upsample)
     chain = build_generators(cfg)
     randomise(chain)
     path = save_model(tmp_path / "u.safetensors", chain, cfg)
     assert read_header(path)["model_config"]["generator"]["kind"] == "unet3d"
     from MedSynthLogic.model_summary import summarize_header
 
-    assert "residual 3D U-Net, 3 levels (channels 4-8-8), instance norm" in summarize_header(read_header(path), "u")
+    summary = summarize_header(read_header(path), "u")
+    assert "residual 3D U-Net, 3 levels (channels 4-8-8), instance norm" in summary
+    assert ("trilinear upsampling" in summary) == (upsample == "trilinear")
     loaded = load_model(path)
     assert loaded.config == cfg
     x = torch.rand(1, 2, 16, 16, 16)
@@ -317,11 +339,12 @@ def test_unet_resume_equals_uninterrupted(tmp_path, unet_data):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_unet_bf16_step_is_finite_and_keeps_losses_in_float32():
+@pytest.mark.parametrize("upsample", ["transpose", "trilinear"])
+def test_unet_bf16_step_is_finite_and_keeps_losses_in_float32(upsample):
     from MedSynthLogic.distributed import DistContext
     from MedSynthLogic.stage_trainer import StageTrainer
 
-    cfg = small_unet()
+    cfg = small_unet(unet_upsample=upsample)
     torch.manual_seed(0)
     gen, disc = build_generator(cfg.stage_generator(0)), build_discriminator(cfg)
     trainer = StageTrainer(gen, disc, cfg, _train_cfg(precision="bf16", warmup_iterations=0), DistContext())
