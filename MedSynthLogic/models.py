@@ -230,6 +230,7 @@ class TrilinearUp(nn.Module):
 
 
 def _up(kind: str, in_channels: int, out_channels: int) -> nn.Module:
+    """One upward join of ``GeneratorConfig.unet_upsample``'s kind (a transposed convolution keeps old files' keys)."""
     if kind == "trilinear":
         return TrilinearUp(in_channels, out_channels)
     return nn.ConvTranspose3d(in_channels, out_channels, 2, stride=2)
@@ -239,7 +240,8 @@ class UNet3D(nn.Module):
     """Residual 3D U-Net with "same" padding: a crop gives an output of its own size (edges multiples of ``size_multiple``).
 
     Levels are joined by stride-2 2³ convolutions down and transposed 2³ convolutions or trilinear interpolation up
-    (``unet_upsample``), with additive skips (half the decoder cost of concatenation). With ``residual`` the source (channel 0) is added to the output.
+    (``unet_upsample``), with additive skips (half the decoder cost of concatenation). With ``residual`` the source
+    (channel 0) is added to the output.
     """
 
     def __init__(self, config: GeneratorConfig) -> None:
