@@ -28,11 +28,15 @@ from MedSynthLogic.volume_io import read_volume
 PERIODS = (2, 4, 8)
 
 
-def peak_ratios(volume: np.ndarray, mask: np.ndarray, axis: int, window: int) -> List[float]:
-    """Power at the frequency of each period in ``PERIODS`` over the mean power of its neighbouring bins."""
+def inner_box(mask: np.ndarray) -> tuple:
+    """The mask's bounding box, 8 voxels in from each face, so the lines cross brain rather than its edge."""
     idx = [np.nonzero(mask.any(axis=tuple(j for j in range(3) if j != i)))[0] for i in range(3)]
-    box = tuple(slice(i[0] + 8, i[-1] - 8) for i in idx)
-    lines = np.moveaxis(volume[box], axis, -1)
+    return tuple(slice(i[0] + 8, i[-1] - 8) for i in idx)
+
+
+def peak_ratios(block: np.ndarray, axis: int, window: int) -> List[float]:
+    """Power at the frequency of each period in ``PERIODS`` over the mean power of its neighbouring bins."""
+    lines = np.moveaxis(block, axis, -1)
     centre = lines.shape[-1] // 2
     lines = lines[..., centre - window // 2:centre + window // 2]
     lines = lines - lines.mean(axis=-1, keepdims=True)
@@ -57,6 +61,7 @@ def main() -> None:
     (case,) = select_cases(find_cases(args.cases_dir), [args.case], f"Case in {args.cases_dir}")
     source, reference = read_volume(case.source), read_volume(case.target).array
     mask = brain_mask(source.array)
+    box = inner_box(mask)
     rows = [("real T2", reference)]
     for path in args.models:
         rows.append((path.name, synthesize_volume(load_model(path), source, device="cpu").array))
@@ -66,7 +71,7 @@ def main() -> None:
              "neighbours' mean; axes z, y, x.", "", header]
     for name, volume in rows:
         scaled = volume / np.percentile(volume[mask], 99.5)
-        cells = [" ".join(f"{r:7.2f}" for r in peak_ratios(scaled, mask, axis, args.window)) for axis in range(3)]
+        cells = [" ".join(f"{r:7.2f}" for r in peak_ratios(scaled[box], axis, args.window)) for axis in range(3)]
         lines.append(name[:35].ljust(36) + " | ".join(cells))
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
