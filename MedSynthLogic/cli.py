@@ -1,4 +1,4 @@
-"""The ``medsynth`` command: synthesize, prepare, train, export, evaluate, fit-lookup, fit-level, demo, info.
+"""The ``medsynth`` command: synthesize, prepare, train, evaluate, demo, info.
 
 User mistakes end with a one-line message and a documented exit code (see :mod:`MedSynthLogic.errors`),
 never a traceback. ``--progress json`` prints one JSON event per line on stdout, which is what the Slicer
@@ -170,30 +170,6 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     return 0
 
 
-def cmd_fit_level(args: argparse.Namespace, report: Reporter) -> int:
-    import shlex
-
-    from .atomic import check_output_path
-    from .dataset_prep import find_cases, select_cases
-    from .model_file import load_model
-    from .output_level import fit_output_level, write_model_with_level
-
-    check_output_path(args.out, overwrite=args.overwrite)
-    loaded = load_model(args.model)
-    cases = find_cases(args.data, source_suffix=args.source_suffix, target_suffix=args.target_suffix)
-    if args.cases:
-        cases = select_cases(cases, [c for c in args.cases.split(",") if c], f"Case in {args.data}")
-    fit = fit_output_level(loaded, cases, device=args.device, precision=args.precision, progress=report)
-    command = "medsynth fit-level " + " ".join(shlex.quote(a) for a in (args.model, args.data, args.out)) + (
-        f" --cases {args.cases}" if args.cases else "")
-    out = write_model_with_level(args.model, args.out, fit, command=command, overwrite=args.overwrite)
-    report(done_event(out, level=fit["value"], cases=list(fit["per_case"])))
-    if report.mode != "json":
-        print(f"fitted output level {fit['value']:.4f} (in-brain {fit['percentile']:g}th percentile, network units) "
-              f"on {len(cases)} cases: wrote {out}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
     from .demo import run_demo
 
@@ -224,7 +200,6 @@ HANDLERS = {
     "export": cmd_export,
     "evaluate": cmd_evaluate,
     "fit-lookup": cmd_fit_lookup,
-    "fit-level": cmd_fit_level,
     "demo": cmd_demo,
     "info": cmd_info,
 }

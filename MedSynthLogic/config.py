@@ -299,32 +299,6 @@ class InputExpectations:
 
 
 @dataclass(frozen=True)
-class OutputLevel:
-    """A fixed brightness for a model's synthesis, fitted on its training cases (``medsynth fit-level``).
-
-    Each training target is its T2 divided by its own in-brain ``percentile``, a whole-brain statistic that a
-    training crop cannot see, so a context-aware network's synthesis can come out brighter or darker as a whole from
-    case to case. With ``value`` > 0 every synthesis is scaled so that its in-brain ``percentile`` equals ``value``
-    (network units): the median of that percentile over the training cases' syntheses. ``stages``: the stage count it
-    was fitted with; a synthesis with another count is left as it is. ``value`` 0 = off (every older file).
-    """
-
-    value: float = 0.0
-    stages: int = 0
-    percentile: float = 99.5
-
-    def __post_init__(self) -> None:
-        if self.value < 0 or (self.value > 0 and self.stages < 1):
-            raise UsageError("output_level needs a positive value and the stage count it was fitted with (value 0 = off).")
-        if not 0 < self.percentile <= 100:
-            raise UsageError("output_level.percentile must be in (0, 100].")
-
-    def applies(self, stages: int) -> bool:
-        """Whether a synthesis with ``stages`` stages is scaled to this level."""
-        return self.value > 0 and stages == self.stages
-
-
-@dataclass(frozen=True)
 class ModelConfig:
     """The architecture part of a model file: everything needed to rebuild the networks."""
 
@@ -337,11 +311,8 @@ class ModelConfig:
     source_name: str = "T1ce"
     target_name: str = "T2"
     input: InputExpectations = InputExpectations()
-    output_level: OutputLevel = OutputLevel()
 
     def __post_init__(self) -> None:
-        if self.output_level.value > 0 and self.normalisation.target.mode == "window":
-            raise UsageError("output_level applies to MR targets in percentile or median units, not to a window (CT) target.")
         if self.stages < 1:
             raise UsageError("A model needs at least one stage.")
         if self.source_patch % self.generator.size_multiple:

@@ -50,10 +50,6 @@ def _mapping(config: Mapping[str, Any]) -> str:
         unit = f"output x{norm.get('output_scale', 1000):g}: 1000 = the target's 99.5th percentile in the brain"
     else:
         unit = "output unit not stated"
-    level: Mapping[str, Any] = config.get("output_level") or {}
-    if level.get("value", 0) > 0:
-        unit += (f"; scaled so its in-brain {level.get('percentile', 99.5):g}th percentile is {level['value']:.3f}"
-                 f" (fitted on the training cases, with {level.get('stages', '?')} stage(s))")
     return f"{source} -> {target} ({unit})"
 
 

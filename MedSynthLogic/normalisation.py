@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .config import IntensityConfig, NormalisationConfig, OutputLevel
+from .config import IntensityConfig, NormalisationConfig
 from .errors import InputImageError, UsageError
 
 
@@ -113,22 +113,6 @@ def normalise_target(
     return _apply(arr, mask, cfg.target)
 
 
-def apply_output_level(arr: np.ndarray, mask: np.ndarray, level: OutputLevel, stages: int) -> np.ndarray:
-    """A synthesis in network units scaled so that its in-brain percentile is the model's fitted level.
-
-    Unchanged when the level is off or was fitted for another stage count, and when the synthesis is 0 throughout
-    the brain (nothing to scale). Outside ``mask`` the synthesis is 0 and stays 0.
-    """
-    a = np.asarray(arr, dtype=np.float32)
-    if not level.applies(stages):
-        return a
-    values = a[np.asarray(mask, dtype=bool)]
-    tail = float(np.percentile(values, level.percentile)) if values.size else 0.0
-    if not tail > 0:
-        return a
-    return (a * np.float32(level.value / tail)).astype(np.float32, copy=False)
-
-
 def denormalise_output(arr: np.ndarray, cfg: NormalisationConfig) -> np.ndarray:
     """Network output → the unit written to disk (float32).
 
@@ -142,4 +126,4 @@ def denormalise_output(arr: np.ndarray, cfg: NormalisationConfig) -> np.ndarray:
     return (a * np.float32(cfg.output_scale)).astype(np.float32, copy=False)
 
 
-__all__ = ["brain_mask", "IntensityTransform", "normalise_source", "normalise_target", "apply_output_level", "denormalise_output"]
+__all__ = ["brain_mask", "IntensityTransform", "normalise_source", "normalise_target", "denormalise_output"]

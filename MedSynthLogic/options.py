@@ -212,17 +212,6 @@ def add_fit_lookup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="ModelConfig JSON whose normalisation to use (default: the paper's)")
 
 
-def add_fit_level_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file whose output level to fit (all its stages)")
-    p.add_argument("data", help="folder of the model's training cases with BraTS naming")
-    p.add_argument("out", help="output model file: the same weights with the fitted level")
-    p.add_argument("--cases", help="comma-separated training case ids (default: every case in DATA)")
-    _add_suffixes(p)
-    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto, CUDA if present)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=SYNTHESIS_PRECISION_HELP)
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-
-
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="medsynth_demo",
                    help="output folder; the demo's four phantom_* files in it are replaced on every run (default: ./medsynth_demo)")
@@ -249,7 +238,6 @@ COMMANDS: Tuple[Tuple[str, str, Callable[[argparse.ArgumentParser], Any]], ...] 
     ("export", "write a model file from a training checkpoint (after Stop or a cut-short run)", add_export_arguments),
     ("evaluate", "PSNR, SSIM and MAE inside the brain and the tumour", add_evaluate_arguments),
     ("fit-lookup", "fit the 1-D intensity lookup baseline on training cases", add_fit_lookup_arguments),
-    ("fit-level", "fit a model's output brightness on its training cases; write the model with it", add_fit_level_arguments),
     ("demo", "phantom T1ce → synthetic T2 with the bundled model, plus a side-by-side PNG", add_demo_arguments),
     ("info", "summarize a model file: mapping, architecture, stages, training data, metrics, date", add_info_arguments),
 )

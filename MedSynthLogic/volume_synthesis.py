@@ -61,10 +61,9 @@ def synthesize_volume(
     The source is normalised with the model's own normalisation (so training and inference agree); the mask is
     ``mask`` (a Volume on the same grid, nonzero = brain, or a boolean array) or the model's threshold mask of the
     source. Outside the mask the output is what 0 network units denormalise to (0 for MR; the window's lower
-    end, e.g. −1000 HU, for CT). A model file with a fitted output level (:class:`~.config.OutputLevel`) has its
-    synthesis scaled to that level when all the stages it was fitted with run.
+    end, e.g. −1000 HU, for CT).
     """
-    from .normalisation import apply_output_level, brain_mask, denormalise_output, normalise_source
+    from .normalisation import brain_mask, denormalise_output, normalise_source
 
     norm_cfg = model.config.normalisation
     check_receptive_field(model, source)
@@ -80,7 +79,6 @@ def synthesize_volume(
     normalised, _ = normalise_source(source.array, mask_arr, norm_cfg)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)
     out = synthesize_array(model.chain, normalised, mask_arr, **options.keywords())
-    out = apply_output_level(out, mask_arr, model.config.output_level, model.stages if stages is None else int(stages))
     return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
 
 

@@ -180,7 +180,6 @@ KEY_OPTIONS = {
     "export": ("checkpoint", "out", "--stages", "--overwrite"),
     "evaluate": ("data", "--out", "--model", "--lookup", "--cases", "--manifest", "--figures", "--flip-tta"),
     "fit-lookup": ("data", "out", "--cases", "--bins", "--config"),
-    "fit-level": ("model", "data", "out", "--cases", "--overwrite", "--precision"),
     "demo": ("--out", "--model", "--stages", "--device"),
     "info": ("model",),
 }
@@ -502,17 +501,6 @@ def test_evaluate_with_figures(ws):
     assert report["model"] == str(ws.model) and report["precision"] == "float32", "the report says what it computed in"
     for case in ("case1", "case2"):
         assert_png(out / f"{case}.png")
-
-
-def test_fit_level_writes_a_levelled_model_and_refuses_to_overwrite(ws):
-    out = ws.root / "levelled.safetensors"
-    proc = medsynth("fit-level", ws.model, ws.data, out, "--cases", "case0,case1", "--precision", "fp32", "--progress", "json")
-    done = json_lines(proc.stdout)[-1]
-    assert done["event"] == "done" and done["cases"] == ["case0", "case1"] and done["level"] > 0
-    info = medsynth("info", out).stdout
-    assert f"is {done['level']:.3f} (fitted on the training cases, with 2 stage(s))" in info
-    again = medsynth("fit-level", ws.model, ws.data, out, "--cases", "case0", expect=7)
-    assert "--overwrite" in again.stderr
 
 
 def test_fit_lookup_then_evaluate_the_lookup(ws):
