@@ -528,7 +528,8 @@ def _table_cell(md: str, case: str, column: int) -> str:
 
 
 def test_the_report_scripts_measure_what_medsynth_evaluate_measures(ws):
-    """error_breakdown.py and test_time_adjustments.py feed MODEL_CARD.md: their unadjusted PSNR must be evaluate's."""
+    """error_breakdown.py, test_time_adjustments.py and output_level.py feed MODEL_CARD.md: their unadjusted PSNR must
+    be evaluate's."""
     out = ws.root / "evaluation_saved"
     medsynth("evaluate", ws.data, "--model", ws.model, "--cases", "case1,case2", "--out", out, "--save-predictions",
              "--device", "cpu")
@@ -536,8 +537,10 @@ def test_the_report_scripts_measure_what_medsynth_evaluate_measures(ws):
     _script("error_breakdown.py", ws.data, out, out / "breakdown.md")
     _script("test_time_adjustments.py", ws.data, ws.model, out / "adjustments.md", "--cases", "case1,case2",
             "--train-cases", "case0")
+    _script("output_level.py", ws.data, out / "level.md", "--cases", "case1,case2", "--predictions", f"tiny={out}")
     breakdown = (out / "breakdown.md").read_text(encoding="utf-8")
     adjustments = (out / "adjustments.md").read_text(encoding="utf-8")
+    level = (out / "level.md").read_text(encoding="utf-8")
     assert "source median-matched" in adjustments and "output quantile-matched" in adjustments
     for case, value in psnr.items():
         assert float(_table_cell(breakdown, case, 1)) == pytest.approx(value, abs=0.006)
@@ -546,6 +549,8 @@ def test_the_report_scripts_measure_what_medsynth_evaluate_measures(ws):
         assert -1 <= float(unadjusted[1]) <= 1
         for column in (2, 3, 4):
             assert math.isfinite(float(_table_cell(adjustments, case, column).split("/")[0]))
+        assert float(_table_cell(level, case, 1).split("/")[0]) == pytest.approx(value, abs=0.006)
+        assert math.isfinite(float(_table_cell(level, case, 2).split("/")[0]))
 
 
 @pytest.mark.parametrize("command", ["fit-lookup", "evaluate"])
