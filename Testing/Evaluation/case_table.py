@@ -1,10 +1,23 @@
-"""The Markdown table the probe scripts write: one row per case, one column per variant, cells PSNR / SSIM."""
+"""What the probe scripts share: reading a case as `medsynth evaluate` does, and the Markdown table they write
+(one row per case, one column per variant, cells PSNR / SSIM)."""
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
+
+
+def read_scored_case(case: Any, mask_threshold: float = 0.0) -> Tuple[Any, np.ndarray, np.ndarray]:
+    """A case's source ``Volume``, its brain mask and its reference T2 in the metrics' unit, on the source's grid:
+    what `medsynth evaluate` scores against, so a probe's unadjusted column matches the evaluation."""
+    from MedSynthLogic.metrics import normalise_for_metrics
+    from MedSynthLogic.normalisation import brain_mask
+    from MedSynthLogic.volume_io import align_pair, read_volume
+
+    source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
+    mask = brain_mask(source.array, mask_threshold)
+    return source, mask, normalise_for_metrics(target.array, mask)
 
 
 def markdown(results: Dict[str, Dict[str, Tuple[float, float]]]) -> str:

@@ -21,11 +21,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from MedSynthLogic.dataset_prep import find_cases, select_cases
-from MedSynthLogic.metrics import normalise_for_metrics, scale_prediction
-from MedSynthLogic.normalisation import brain_mask
-from MedSynthLogic.volume_io import align_pair, read_volume
+from MedSynthLogic.metrics import scale_prediction
+from MedSynthLogic.volume_io import read_volume
 
-from case_table import markdown, score  # beside this script
+from case_table import markdown, read_scored_case, score  # beside this script
 
 PERCENTILE = 99.5
 
@@ -52,9 +51,7 @@ def main() -> None:
     refs: Dict[str, np.ndarray] = {}
     masks: Dict[str, np.ndarray] = {}
     for case in cases:
-        source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
-        masks[case.case_id] = brain_mask(source.array)
-        refs[case.case_id] = normalise_for_metrics(target.array, masks[case.case_id])
+        _, masks[case.case_id], refs[case.case_id] = read_scored_case(case)
     sections: List[str] = [f"# Output level per model, on {len(cases)} training cases\n",
                            "`python Testing/Evaluation/output_level.py` (see its docstring).\n"]
     for spec in args.predictions:

@@ -17,9 +17,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from MedSynthLogic.dataset_prep import find_cases, select_cases
-from MedSynthLogic.metrics import normalise_for_metrics
-from MedSynthLogic.normalisation import brain_mask
-from MedSynthLogic.volume_io import align_pair, read_volume
+
+from case_table import read_scored_case  # beside this script
 
 SOURCE_STATS = {
     "T1ce 99.5th pct / median": lambda s: float(np.percentile(s, 99.5)),
@@ -34,11 +33,10 @@ def case_rows(cases_dir: Path, cases: List[str]) -> Dict[str, Dict[str, float]]:
     files = {c.case_id: c for c in select_cases(find_cases(cases_dir), cases, f"Case in {cases_dir}")}
     rows = {}
     for case in cases:
-        source, target, _ = align_pair(read_volume(files[case].source), read_volume(files[case].target), policy="resample")
-        mask = brain_mask(source.array, 0.0)
+        source, mask, ref = read_scored_case(files[case])
         t1 = source.array[mask].astype(np.float64)
         t1 /= np.median(t1)
-        rows[case] = {"T2 median": float(np.median(normalise_for_metrics(target.array, mask)[mask]))}
+        rows[case] = {"T2 median": float(np.median(ref[mask]))}
         rows[case].update({name: f(t1) for name, f in SOURCE_STATS.items()})
     return rows
 

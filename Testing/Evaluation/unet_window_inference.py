@@ -27,15 +27,13 @@ from monai.inferers import sliding_window_inference
 
 from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.devices import synthesis_dtype
-from MedSynthLogic.metrics import normalise_for_metrics
 from MedSynthLogic.model_file import load_model
-from MedSynthLogic.normalisation import brain_mask, normalise_source
+from MedSynthLogic.normalisation import normalise_source
 from MedSynthLogic.patches import cut_window
 from MedSynthLogic.tiled_synthesis import mask_bbox, synthesize_array
 from MedSynthLogic.unet_inference import MARGIN, frame_of
-from MedSynthLogic.volume_io import align_pair, read_volume
 
-from case_table import markdown, score  # beside this script
+from case_table import markdown, read_scored_case, score  # beside this script
 
 
 def windowed(chain: torch.nn.Module, src: np.ndarray, mask: np.ndarray, stages: int, window: int, overlap: float,
@@ -71,10 +69,8 @@ def compare(cases_dir: Path, model_path: str, cases: List[str], stages: int, win
     files = {c.case_id: c for c in select_cases(find_cases(cases_dir), cases, f"Case in {cases_dir}")}
     out: Dict[str, Dict[str, Tuple[float, float]]] = {}
     for case in cases:
-        source, target, _ = align_pair(read_volume(files[case].source), read_volume(files[case].target), policy="resample")
-        mask = brain_mask(source.array, norm.mask_threshold)
+        source, mask, ref = read_scored_case(files[case], norm.mask_threshold)
         src = normalise_source(source.array, mask, norm)[0]
-        ref = normalise_for_metrics(target.array, mask)
         t0 = time.perf_counter()
         whole = np.clip(synthesize_array(model.chain, src, mask, stages=stages, precision=precision), 0.0, 1.0)
         t1 = time.perf_counter()
