@@ -35,6 +35,7 @@ def check_spatial_spreads(rotate_deg: float, zoom_sd: float) -> None:
 GENERATOR_KINDS = ("nie2018", "unet3d")
 NORMS = ("none", "instance")
 UPSAMPLES = ("transpose", "trilinear")
+RESIDUAL_FROM = ("source", "context")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class GeneratorConfig:
     ``unet_upsample`` "transpose" (default; every model file before it) joins levels upward by transposed 2³
     convolutions, which give each of a coarse voxel's 8 children its own weights and so can leave a period-2 grid
     in the output; "trilinear" interpolates instead (after a 1³ convolution at the coarse level), which cannot.
+    ``residual_from`` "context" adds the context channel (the synthesis before this stage) instead of the source,
+    so a stage on top of a prior model learns a correction to that model's synthesis rather than to the T1ce.
     """
 
     in_channels: int = 1
@@ -69,12 +72,15 @@ class GeneratorConfig:
     unet_blocks: int = 1
     norm: str = "instance"
     unet_upsample: str = "transpose"
+    residual_from: str = "source"
 
     def __post_init__(self) -> None:
         if self.kind not in GENERATOR_KINDS:
             raise UsageError(f"Unknown generator kind {self.kind!r}; use one of {', '.join(GENERATOR_KINDS)}.")
         if self.norm not in NORMS:
             raise UsageError(f"Unknown generator norm {self.norm!r}; use one of {', '.join(NORMS)}.")
+        if self.residual_from not in RESIDUAL_FROM:
+            raise UsageError(f"Unknown residual_from {self.residual_from!r}; use one of {', '.join(RESIDUAL_FROM)}.")
         if self.unet_upsample not in UPSAMPLES:
             raise UsageError(f"Unknown unet_upsample {self.unet_upsample!r}; use one of {', '.join(UPSAMPLES)}.")
         if self.kind == "unet3d" and (len(self.unet_channels) < 2 or min(self.unet_channels) < 1 or self.unet_blocks < 1):
@@ -300,7 +306,12 @@ class InputExpectations:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The architecture part of a model file: everything needed to rebuild the networks."""
+    """The architecture part of a model file: everything needed to rebuild the networks.
+
+    ``prior``: the configuration of a frozen, already trained model (the paper's FCN, say) whose synthesis is
+    stage 0's context, so the stages of this model refine it (auto-context across generator kinds); its weights
+    travel in the same model file.
+    """
 
     generator: GeneratorConfig = GeneratorConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
@@ -311,10 +322,20 @@ class ModelConfig:
     source_name: str = "T1ce"
     target_name: str = "T2"
     input: InputExpectations = InputExpectations()
+    prior: Optional["ModelConfig"] = None
 
     def __post_init__(self) -> None:
         if self.stages < 1:
             raise UsageError("A model needs at least one stage.")
+        if self.generator.residual_from == "context" and self.prior is None:
+            raise UsageError(
+                "generator.residual_from 'context' needs a prior model: stage 0 has no context without one.",
+                "Pass --prior-model, or set residual_from to 'source'.",
+            )
+        if self.prior is not None:
+            self._check_prior(self.prior)
+            if self.generator.kind != "unet3d":
+                raise UsageError("A prior model is refined by a unet3d generator only.", "Set generator.kind to 'unet3d'.")
         if self.source_patch % self.generator.size_multiple:
             raise UsageError(
                 f"source_patch {self.source_patch} must be a multiple of {self.generator.size_multiple} for this "
@@ -330,9 +351,24 @@ class ModelConfig:
     def target_patch(self) -> int:
         return self.generator.output_size(self.source_patch)
 
+    def _check_prior(self, prior: "ModelConfig") -> None:
+        """A prior must be a plain model of the same pair and units: its synthesis is this model's stage-0 context."""
+        if prior.prior is not None:
+            raise UsageError("A prior model cannot itself have a prior.", "Use a model trained without --prior-model.")
+        if prior.normalisation != self.normalisation:
+            raise UsageError(
+                "The prior model normalises its images differently from this model's configuration.",
+                "Copy the prior's normalisation (`medsynth info --json` shows it) into the model config.",
+            )
+        if (prior.source_name, prior.target_name) != (self.source_name, self.target_name):
+            raise UsageError(
+                f"The prior model maps {prior.source_name}→{prior.target_name}, this model {self.source_name}→{self.target_name}."
+            )
+
     def stage_generator(self, stage: int) -> GeneratorConfig:
-        """Stage 0 sees the source; each later stage sees the source and the previous stage's synthesis."""
-        return dataclasses.replace(self.generator, in_channels=1 if stage == 0 else 2)
+        """Stage 0 sees the source (and, with a prior model, its synthesis); each later stage the source and the
+        previous stage's synthesis."""
+        return dataclasses.replace(self.generator, in_channels=1 if stage == 0 and self.prior is None else 2)
 
 
 def to_dict(obj: Any) -> Dict[str, Any]:
@@ -351,8 +387,10 @@ def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
     kwargs = {}
     hints = _resolved_types(cls)
     for name, value in data.items():
-        typ = hints[name]
-        if dataclasses.is_dataclass(typ):
+        typ = _unwrap_optional(hints[name])
+        if value is None and typ is not hints[name]:
+            kwargs[name] = None
+        elif dataclasses.is_dataclass(typ):
             kwargs[name] = from_dict(typ, value)
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
@@ -362,6 +400,14 @@ def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
         return cls(**kwargs)
     except TypeError as exc:
         raise UsageError(f"Bad {cls.__name__} settings: {exc}.") from exc
+
+
+def _unwrap_optional(typ: Any) -> Any:
+    """``X`` for ``Optional[X]``; any other type unchanged."""
+    import typing
+
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    return args[0] if typing.get_origin(typ) is typing.Union and len(args) == 1 else typ
 
 
 def _resolved_types(cls: type) -> Dict[str, Any]:
@@ -380,11 +426,12 @@ def load_json_config(path: Optional[str | Path], cls: Type[T], overrides: Option
             raise UsageError(f"Config file {path} does not exist.") from exc
         except json.JSONDecodeError as exc:
             raise UsageError(f"Config file {path} is not valid JSON: {exc}.") from exc
-    base = to_dict(from_dict(cls, data))
+    if not isinstance(data, dict):
+        return from_dict(cls, data)  # refuses it with the clear message
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(base, key, value)
-    return from_dict(cls, base)
+            _set_dotted(data, key, value)
+    return from_dict(cls, data)
 
 
 def _set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:
@@ -392,4 +439,6 @@ def _set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"The config setting {part!r} must be a JSON object, got {type(node).__name__}.")
     node[parts[-1]] = value

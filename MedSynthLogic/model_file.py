@@ -6,8 +6,9 @@ MedSynth header (metadata key ``medsynth``) carries the :class:`~MedSynthLogic.c
 and intensity normalisation), so a file is self-describing, and a SHA-256 over the tensors, so a corrupt or
 edited file is refused instead of silently giving a wrong synthesis.
 
-Layout: tensors ``stage{k}.<parameter>`` (contiguous CPU float32; integer buffers such as BatchNorm's
-``num_batches_tracked`` are stored as float32 too and cast back on load) and metadata ``{"medsynth": JSON}`` with
+Layout: tensors ``stage{k}.<parameter>`` and, for a model with a prior, ``prior.stage{k}.<parameter>`` (contiguous
+CPU float32; integer buffers such as BatchNorm's ``num_batches_tracked`` are stored as float32 too and cast back on
+load) and metadata ``{"medsynth": JSON}`` with
 ``format="medsynth-model"``, ``format_version=1``, ``medsynth_version``, ``model_config``, ``stages``,
 ``training``, ``metrics``, ``tensors_sha256``, ``created`` and ``header_sha256`` (over all the rest).
 """
@@ -33,7 +34,7 @@ from .bundled_models import DEFAULT_NAME, models_dir
 from .config import ModelConfig, from_dict, to_dict
 from .devices import resolve_device
 from .errors import MedSynthError, ModelFileError, OutputError, UsageError
-from .models import AutoContextChain, build_generators
+from .models import PRIOR_PREFIX, AutoContextChain, build_generators, generators_state, load_prior_state
 
 PathLike = Union[str, os.PathLike]
 
@@ -138,10 +139,8 @@ def save_model(
         raise UsageError("The chain has no stages to save.")
     if n != cfg.stages:
         cfg = dataclasses.replace(cfg, stages=n)
-    tensors: Dict[str, torch.Tensor] = {}
-    for k, gen in enumerate(chain.stages):
-        for name, t in gen.state_dict().items():
-            tensors[f"stage{k}.{name}"] = t.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    tensors = {name: t.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+               for name, t in generators_state(chain).items()}
     _check_architecture(tensors, cfg, what="The chain")
     header = {
         "format": FORMAT,
@@ -271,10 +270,7 @@ def _config_from_header(p: Path, header: Dict[str, Any]) -> ModelConfig:
 def _check_architecture(tensors: Mapping[str, torch.Tensor], cfg: ModelConfig, what: str, stages: Optional[int] = None) -> None:
     """Raise ModelFileError naming the first differences between ``tensors`` and what ``cfg`` builds."""
     n = cfg.stages if stages is None else stages
-    expected = {}
-    for k, gen in enumerate(build_generators(dataclasses.replace(cfg, stages=n)).stages):
-        for name, t in gen.state_dict().items():
-            expected[f"stage{k}.{name}"] = tuple(t.shape)
+    expected = {name: tuple(t.shape) for name, t in generators_state(build_generators(dataclasses.replace(cfg, stages=n))).items()}
     problems = []
     for name in sorted(expected):
         if name not in tensors:
@@ -282,13 +278,21 @@ def _check_architecture(tensors: Mapping[str, torch.Tensor], cfg: ModelConfig, w
         elif tuple(tensors[name].shape) != expected[name]:
             problems.append(f"{name} has shape {tuple(tensors[name].shape)}, the configuration expects {expected[name]}")
     stage_names = {f"stage{k}." for k in range(n)}
-    extra = sorted(nm for nm in tensors if nm not in expected and nm[: nm.find(".") + 1] in stage_names)
+    if cfg.prior is not None:
+        stage_names |= {f"{PRIOR_PREFIX}stage{k}." for k in range(cfg.prior.stages)}
+    extra = sorted(nm for nm in tensors if nm not in expected and _stage_of(nm) in stage_names)
     problems += [f"{nm} is not part of the configured network" for nm in extra]
     if stages is None:
-        problems += [f"{nm} belongs to no configured stage" for nm in sorted(tensors) if nm[: nm.find(".") + 1] not in stage_names]
+        problems += [f"{nm} belongs to no configured stage" for nm in sorted(tensors) if _stage_of(nm) not in stage_names]
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ModelFileError(f"{what} was made for another architecture: {shown}.")
+
+
+def _stage_of(name: str) -> str:
+    """``stage3.`` of ``stage3.body.0.weight``, ``prior.stage0.`` of ``prior.stage0.body.0.weight``."""
+    rest = name[len(PRIOR_PREFIX):] if name.startswith(PRIOR_PREFIX) else name
+    return name[: len(name) - len(rest)] + rest[: rest.find(".") + 1]
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages: Optional[int] = None) -> LoadedModel:
@@ -332,6 +336,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
             gen.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ModelFileError(f"The model file {p} was made for another architecture: {exc}.") from exc
+    load_prior_state(chain, tensors)
     chain.eval()
     for param in chain.parameters():
         param.requires_grad_(False)

@@ -18,7 +18,7 @@ def summarize_header(header: Mapping[str, Any], name: str) -> str:
     parts: List[Tuple[str, Callable[[], str]]] = [
         ("mapping", lambda: _mapping(config)),
         ("architecture", lambda: _architecture(config)),
-        ("stages", lambda: f"{header.get('stages', config.get('stages', '?'))} auto-context stage(s)"),
+        ("stages", lambda: _stages(header, config)),
         ("training data", lambda: _data(training.get("data"))),
         ("training", lambda: _schedule(training)),
         ("validation", lambda: _metrics(header.get("metrics") or {})),
@@ -71,6 +71,15 @@ def _architecture(config: Mapping[str, Any]) -> str:
     patch = config.get("source_patch")
     sample = "training crops" if kind == "unet3d" else "source patches"
     return f"{layers}, {residual}" + (f"; {patch}^3 {sample}" if patch else "")
+
+
+def _stages(header: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    text = f"{header.get('stages', config.get('stages', '?'))} auto-context stage(s)"
+    prior = config.get("prior")
+    if prior:
+        text += (f" on top of a frozen prior model ({_architecture(prior)}; {prior.get('stages', '?')} stage(s)), "
+                 "whose synthesis stage 1 refines")
+    return text
 
 
 def _data(data: Any) -> str:

@@ -6,13 +6,18 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import DiscriminatorConfig, GeneratorConfig, ModelConfig
+
+
+def residual_channel(config: GeneratorConfig) -> int:
+    """The input channel the long residual adds: the source (0) or the context, the synthesis before this stage (1)."""
+    return 1 if config.residual_from == "context" else 0
 
 
 class BF16SafeConv3d(nn.Conv3d):
@@ -68,8 +73,8 @@ class Generator(nn.Module):
         """
         if not self.config.residual:
             return out
-        h = self.halo
-        return out + x[:, :1, h : x.shape[2] - h, h : x.shape[3] - h, h : x.shape[4] - h]
+        h, c = self.halo, residual_channel(self.config)
+        return out + x[:, c : c + 1, h : x.shape[2] - h, h : x.shape[3] - h, h : x.shape[4] - h]
 
 
 class Discriminator(nn.Module):
@@ -278,7 +283,8 @@ class UNet3D(nn.Module):
             h = self.decoders[i](add_fresh(up, skips[i]))
         out = self.head(act_fresh(h))
         if self.config.residual:
-            out = out + x[:, :1]
+            c = residual_channel(self.config)
+            out = out + x[:, c : c + 1]
         return out
 
 
@@ -316,9 +322,30 @@ class AutoContextChain(nn.Module):
         super().__init__()
         self.config = config
         self.stages = nn.ModuleList(build_generator(config.stage_generator(k)) for k in range(config.stages))
+        self.prior = None if config.prior is None else AutoContextChain(config.prior)
+        if self.prior is not None:
+            self.prior.requires_grad_(False)
+            self.prior.eval()
 
     def __len__(self) -> int:
         return len(self.stages)
+
+    def train(self, mode: bool = True) -> "AutoContextChain":
+        """Set the stages' mode; a prior model stays in eval mode (it is frozen: its BatchNorm statistics too)."""
+        super().train(mode)
+        if self.prior is not None:
+            self.prior.eval()
+        return self
+
+
+@torch.no_grad()
+def start_as_context(gen: nn.Module) -> None:
+    """Zero a generator's output layer, so that with ``residual_from`` "context" it starts as exactly its context:
+    a stage on top of a prior model begins as that model and training can only refine it."""
+    last = [m for m in gen.modules() if isinstance(m, nn.Conv3d)][-1]
+    last.weight.zero_()
+    if last.bias is not None:
+        last.bias.zero_()
 
 
 @torch.no_grad()
@@ -390,11 +417,26 @@ def _measured_flops_per_voxel(net: nn.Module, config: GeneratorConfig) -> float:
     return 2.0 * macs[0] / size**3
 
 
+PRIOR_PREFIX = "prior."
+
+
 def generators_state(chain: AutoContextChain, stages: Sequence[int] | None = None) -> dict:
-    """A flat state dict ``stage{k}.<param>`` for the selected stages (what model files hold)."""
+    """A flat state dict ``stage{k}.<param>`` for the selected stages, and ``prior.stage{k}.<param>`` for every
+    stage of a prior model (what model files and checkpoints hold)."""
     state = {}
     for k, gen in enumerate(chain.stages):
         if stages is None or k in stages:
             for name, tensor in gen.state_dict().items():
                 state[f"stage{k}.{name}"] = tensor
+    if chain.prior is not None:
+        state.update({PRIOR_PREFIX + name: t for name, t in generators_state(chain.prior).items()})
     return state
+
+
+def load_prior_state(chain: AutoContextChain, state: Mapping[str, torch.Tensor]) -> None:
+    """The prior model's weights (``prior.stage{k}.<param>``) of a flat state dict into ``chain.prior``."""
+    if chain.prior is None:
+        return
+    for k, gen in enumerate(chain.prior.stages):
+        prefix = f"{PRIOR_PREFIX}stage{k}."
+        gen.load_state_dict({name[len(prefix):]: t for name, t in state.items() if name.startswith(prefix)})

@@ -142,6 +142,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="with --start-stage N: take stages 0..N-1 from this model file, e.g. to add a stage to a "
                         "trained model; if the file also holds stage N (a candidate exported mid-stage), stage N goes on "
                         "from its weights at the exported iteration (default: none)")
+    parser.add_argument("--prior-model", default=None,
+                        help="a trained model file (e.g. the paper's FCN) whose synthesis stage 0 sees beside the source "
+                        "and refines: auto-context across generator kinds; it stays frozen and travels in the new model "
+                        "file (default: none)")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept in the run folder (default: 3)")
     parser.add_argument("--keep-every", type=int, default=0, metavar="N",
                         help="also keep the checkpoints at every N-th iteration of a stage, e.g. the points an evaluation "

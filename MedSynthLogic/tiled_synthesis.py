@@ -198,14 +198,16 @@ def _gather(arrays: Sequence[np.ndarray], ranges: Sequence[Tuple[int, int]], out
 class _Progress:
     """Emits monotone progress events over all stages (an out-of-memory restart never makes them go back)."""
 
-    def __init__(self, callback: ProgressFn, stages: int) -> None:
+    def __init__(self, callback: ProgressFn, stages: int, first: int = 0) -> None:
         self.callback = callback
         self.stages = stages
+        self.first = first
         self.last = -1.0
 
     def __call__(self, stage: int, done: int, total: int) -> None:
         if self.callback is None:
             return
+        stage += self.first
         fraction = (stage + (done / total if total else 1.0)) / self.stages
         if fraction <= self.last:
             return
@@ -293,7 +295,8 @@ def synthesize_array(
     "fp16". ``flip_tta`` averages each stage with its left–right (array axis 2) mirror. ``progress`` gets
     ``{"event": "progress", "task": "synthesize", ...}`` dicts; ``cancel`` (a callable or an Event) is checked
     between tiles and raises :class:`Cancelled`. ``mask`` None means the whole volume (raw, unmasked output —
-    what auto-context training uses as the next stage's context).
+    what auto-context training uses as the next stage's context). A chain with a prior model runs all of the
+    prior's stages first (its progress counts as the first stages) and gives their synthesis to its stage 0.
     """
     src = np.asarray(source_norm)
     if src.ndim != 3:
@@ -315,13 +318,18 @@ def synthesize_array(
     synthesis_dtype(dev, precision)  # refuses an unknown precision (or bf16 on a GPU without it) before any work
     if tile is not None and int(tile) < 1:
         raise UsageError(f"The tile size must be positive, got {tile}.")
-    report = _Progress(progress, n)
+    before = 0 if chain.prior is None else len(chain.prior.stages)
+    report = _Progress(progress, before + n, first=before)
     if box is None:
         report(n - 1, 1, 1)
         return np.zeros(src.shape, dtype=np.float32)
+    context = None
+    if chain.prior is not None:
+        prior_report = None if progress is None else _PriorProgress(progress, before, before + n)
+        context = synthesize_array(chain.prior, src, mask_arr, None, device, tile, flip_tta, prior_report, cancel, precision)
     if chain.config.generator.kind == "unet3d":
         limits = {} if tile is None else {"tile": int(tile), "max_voxels": int(tile) ** 3}
-        return synthesize_unet(chain, src, mask_arr, box, n, dev, precision, flip_tta, report, cancel, **limits)
+        return synthesize_unet(chain, src, mask_arr, box, n, dev, precision, flip_tta, report, cancel, context=context, **limits)
     tile = default_tile(dev) if tile is None else int(tile)
     try:
         return _synthesize_on(chain, src, mask_arr, box, n, dev, tile, flip_tta, report, cancel, precision)
@@ -334,6 +342,19 @@ def synthesize_array(
         cpu = torch.device("cpu")
         torch.cuda.empty_cache()
         return _synthesize_on(chain, src, mask_arr, box, n, cpu, default_tile(cpu), flip_tta, report, cancel, precision)
+
+
+class _PriorProgress:
+    """A prior model's progress events as the first ``prior`` of ``total`` stages of the whole synthesis."""
+
+    def __init__(self, callback: Callable[[Dict[str, Any]], None], prior: int, total: int) -> None:
+        self.callback, self.share = callback, prior / total
+        self.total = total
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        if "fraction" in event:
+            event = dict(event, stages=self.total, fraction=round(event["fraction"] * self.share, 6))
+        self.callback(event)
 
 
 class _GpuOutOfMemory(Exception):

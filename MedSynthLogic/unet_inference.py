@@ -122,8 +122,11 @@ def synthesize_unet(
     max_voxels: int = UNET_MAX_VOXELS,
     tile: int = UNET_TILE,
     margin: int = MARGIN,
+    context: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Stages 0..stages−1 of a U-Net chain over the frame of ``box``; float32 network units, 0 outside ``mask``.
+
+    ``context``: a prior model's whole-volume synthesis (0 outside ``mask``), stage 0's second channel.
 
     ``margin`` is there for measuring, not tuning: the output depends on it everywhere in the brain, because the
     receptive field spans the whole frame (``Testing/Benchmarks/unet_frame_margin.py``).
@@ -134,7 +137,7 @@ def synthesize_unet(
     src_f = cut_window(src, frame).astype(np.float32, copy=False)
     mask_f = cut_window(mask.astype(np.float32), frame, mode="constant") if mask is not None else None
     tile = max(multiple, tile // multiple * multiple)
-    prev: Optional[np.ndarray] = None
+    prev = None if context is None else cut_window(context.astype(np.float32, copy=False), frame, mode="constant")
     with torch.inference_mode():
         for k in range(stages):
             gen = chain.stages[k]

@@ -49,6 +49,10 @@ def install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
 def configs_from_args(args: argparse.Namespace) -> Tuple[ModelConfig, TrainConfig]:
     """ModelConfig and TrainConfig from the JSON files and the command-line overrides."""
     model_overrides, train_overrides = config_overrides(args)
+    if getattr(args, "prior_model", None):
+        from ..model_file import read_header
+
+        model_overrides["prior"] = read_header(args.prior_model)["model_config"]
     model_cfg = load_json_config(args.model_config, ModelConfig, model_overrides)
     train_cfg = load_json_config(args.train_config, TrainConfig, {**train_overrides, "stages": model_cfg.stages})
     return model_cfg, train_cfg
@@ -89,6 +93,7 @@ def train_from_args(
             keep_checkpoints=args.keep_checkpoints,
             keep_every=args.keep_every,
             init_model=args.init_model,
+            prior_model=args.prior_model,
             stop_after=args.stop_after,
         )
     finally:

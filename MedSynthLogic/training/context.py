@@ -55,13 +55,18 @@ def build_context(
 
     The earlier stages run over the unpadded source exactly as inference runs them: the FCN's raw, unmasked
     synthesis (what inference feeds its stage k), the U-Net's synthesis inside the brain mask (what inference
-    feeds the U-Net's stage k); padding by the halo in edge mode then gives the context inference feeds stage k at
-    the image border, on the grid the patch corners refer to. ``progress(done, total)`` is called per case.
+    feeds the U-Net's stage k) and, for ``stages`` 0, a prior model's synthesis inside the brain mask (what
+    inference feeds stage 0 of a model with a prior); padding by the halo in edge mode then gives the context
+    inference feeds stage k at the image border, on the grid the patch corners refer to. ``progress(done, total)``
+    is called per case.
     """
     from ..h5data import load_volumes, patch_file_info
     from ..patches import pad_volume
 
-    masked = chain.config.generator.kind == "unet3d"
+    from_prior = stages == 0
+    if from_prior:
+        chain, stages = chain.prior, len(chain.prior.stages)
+    masked = from_prior or chain.config.generator.kind == "unet3d"
     context: Dict[str, np.ndarray] = {}
     ids = patch_file_info(h5_path)["case_ids"]
     for i, cid in enumerate(ids):
@@ -81,8 +86,8 @@ def stage_context(
     chain: AutoContextChain, plan: TrainingPlan, stage: int, stages: int, device: torch.device,
     cancel: Optional[threading.Event], emit: Callback,
 ) -> Tuple[Context, Context]:
-    """The (train, val) context of ``stage`` (None for stage 0, which sees the source alone)."""
-    if stage == 0:
+    """The (train, val) context of ``stage`` (None for stage 0 without a prior model: it sees the source alone)."""
+    if stage == 0 and chain.prior is None:
         return None, None
     train = _split_context(chain, plan.train_h5, stage, stages, device, cancel, emit, "train")
     val = None

@@ -24,6 +24,7 @@ from .state import load_generators
 def write_trained_model(
     out: Path, chain: AutoContextChain, model_cfg: ModelConfig, train_cfg: TrainConfig, plan: TrainingPlan, ctx: DistContext,
     wall_s: float, amp_dtype: Optional[torch.dtype], resumed_from: Optional[str], command: Optional[Sequence[str]], metrics: Dict[str, Any],
+    prior: Optional[Dict[str, Any]] = None,
 ) -> None:
     """The model file of a finished run, with its training record (data, schedule, hardware, time, provenance)."""
     from ..model_file import save_model
@@ -43,6 +44,8 @@ def write_trained_model(
         "resumed_from": resumed_from,
         "command": list(command) if command else None,
     }
+    if prior is not None:
+        training["prior_model"] = prior
     chain.cpu()
     save_model(out, chain, model_cfg, training, final_metrics(metrics, model_cfg.stages))
     chain.to(ctx.device)

@@ -1,7 +1,7 @@
 """``train``: the auto-context stages one after another, each a loop of StageTrainer steps.
 
-Stage k trains generator k and a fresh discriminator. Stage 0 sees source patches; stage k > 0 sees
-``[source, synthesis of stages 0..k−1]``, computed over every stored volume with the already trained (frozen,
+Stage k trains generator k and a fresh discriminator. Stage 0 sees source patches (with a prior model,
+``[source, the prior's synthesis]``); stage k > 0 sees ``[source, synthesis of stages 0..k−1]``, computed over every stored volume with the already trained (frozen,
 eval-mode) earlier stages exactly as whole-volume inference computes it. Batches are a pure function of (seed,
 stage, iteration, rank), so a run stopped at any checkpoint and resumed gives bit-identical weights to one never
 stopped (CPU), and under ``torchrun`` each rank reads its own share of every global batch.
@@ -24,7 +24,14 @@ from ..batch_sources import batch_source
 from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
 from ..errors import Cancelled, UsageError
-from ..models import AutoContextChain, build_discriminator, build_generator, build_generators, init_from_previous_stage
+from ..models import (
+    AutoContextChain,
+    build_discriminator,
+    build_generator,
+    build_generators,
+    init_from_previous_stage,
+    start_as_context,
+)
 from ..progress import stage_event, validation_event
 from ..stage_trainer import StageTrainer, amp_settings
 from .context import stage_context
@@ -33,6 +40,7 @@ from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
 from .resume import Start, decide_start
 from .session import Callback, Session, open_session
+from .prior import open_prior_model, prior_record, with_prior
 from .state import latest_state, load_checkpoint_stage, load_earlier_stages, load_model_stage, open_init_model
 from .validation import validate, validation_due, validation_volumes
 
@@ -53,6 +61,7 @@ def train(
     keep_every: int = 0,
     init_model: Optional[os.PathLike | str] = None,
     stop_after: Optional[int] = None,
+    prior_model: Optional[os.PathLike | str] = None,
 ) -> Optional[Path]:
     """Train all auto-context stages and write the model file; returns its path.
 
@@ -66,8 +75,11 @@ def train(
     iterations of the schedule, writes a checkpoint and returns None, so a schedule longer than a job's time limit
     runs as a series of calls with ``resume`` (the same weights as one uninterrupted run). The run folder keeps the
     newest ``keep_checkpoints`` checkpoints and, with ``keep_every`` N > 0, those at every N-th iteration of a stage.
+    ``prior_model``: a model file whose synthesis stage 0 sees beside the source (frozen; saved with this model).
     """
     out = check_output_path(out_model, overwrite=True)
+    prior = open_prior_model(prior_model)
+    model_cfg = with_prior(model_cfg, prior)
     plan = plan_training(data_dir, model_cfg, train_cfg)
     if not 0 <= start_stage < model_cfg.stages:
         raise UsageError(f"start_stage must be in 0..{model_cfg.stages - 1}.")
@@ -81,6 +93,9 @@ def train(
         session.stop_after = stop_after
         amp_dtype = amp_settings(ctx.device, train_cfg.precision)
         chain = _seeded_chain(model_cfg, train_cfg, ctx.device)
+        if prior is not None:
+            chain.prior.load_state_dict(prior.chain.state_dict())
+            chain.prior.to(ctx.device)
         start = decide_start(model_cfg, start_stage, resume, init_model, session.run_dir,
                              lambda: latest_state(session.run_dir), lambda: open_init_model(init_model, model_cfg))
         load_earlier_stages(chain, start)
@@ -97,7 +112,7 @@ def train(
             first = None
         if ctx.is_main:
             write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), amp_dtype,
-                                resumed_from, command, session.metrics)
+                                resumed_from, command, session.metrics, prior_record(prior))
         dist_utils.barrier(ctx)
         return out
     finally:
@@ -127,6 +142,8 @@ def _train_stage(
     gen = build_generator(cfg.stage_generator(stage))
     if stage > 0 and tcfg.init_from_previous:
         init_from_previous_stage(gen, chain.stages[stage - 1])
+    elif stage == 0 and cfg.generator.residual_from == "context" and tcfg.init_from_previous:
+        start_as_context(gen)
     load_model_stage(gen, start)
     chain.stages[stage] = gen.to(dev).train()
     trainer = StageTrainer(gen, build_discriminator(cfg).to(dev).train(), cfg, tcfg, ctx)

@@ -15,7 +15,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, TrainConfig, to_dict
 from ..errors import ModelFileError
-from ..models import AutoContextChain, generators_state
+from ..models import AutoContextChain, generators_state, load_prior_state
 from ..stage_trainer import StageTrainer
 from .resume import Start
 
@@ -89,6 +89,7 @@ def load_generators(chain: AutoContextChain, state: Dict[str, Any], upto: int) -
         if not sd:
             raise ModelFileError(f"The checkpoint lacks the weights of stage {k}.")
         chain.stages[k].load_state_dict(sd)
+    load_prior_state(chain, state["generators"])
 
 
 def latest_state(run_dir: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
@@ -103,7 +104,7 @@ def open_init_model(path: os.PathLike | str, model_cfg: ModelConfig) -> Any:
 
     loaded = load_model(path, stages=None)
     theirs, ours = to_dict(loaded.config), to_dict(model_cfg)
-    differ = sorted(k for k in ("generator", "normalisation", "source_patch") if theirs[k] != ours[k])
+    differ = sorted(k for k in ("generator", "normalisation", "source_patch", "prior") if theirs[k] != ours[k])
     if differ:
         raise ModelFileError(
             f"The model file {path} differs from this training's model config in {', '.join(differ)}.",

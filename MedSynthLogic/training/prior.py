@@ -1,0 +1,57 @@
+"""The ``--prior-model`` of a training: a trained model file whose synthesis the new stage 0 refines.
+
+Auto-context across generator kinds: the prior (the paper's FCN, say) stays frozen; its configuration becomes
+``ModelConfig.prior`` and its weights travel in the new model file, so inference runs it first, exactly as here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, Optional
+
+from ..config import ModelConfig
+from ..errors import UsageError
+
+
+def open_prior_model(path: Optional[os.PathLike | str]) -> Any:
+    """The prior model file, loaded and verified (None without one)."""
+    if path is None:
+        return None
+    from ..model_file import load_model
+
+    loaded = load_model(path, stages=None)
+    if loaded.config.prior is not None:
+        raise UsageError(f"The prior model {path} has a prior of its own.", "Use a model trained without --prior-model.")
+    return loaded
+
+
+def with_prior(model_cfg: ModelConfig, prior: Any) -> ModelConfig:
+    """``model_cfg`` with the prior's configuration (checked: same pair and normalisation).
+
+    A config that names a prior already must name this one, and one without a prior file must not name any: the
+    prior's weights come from its file, never from a random start.
+    """
+    if prior is None:
+        if model_cfg.prior is not None:
+            raise UsageError("The model config has a prior model but no --prior-model file gives its weights.",
+                             "Pass --prior-model with the file the config's prior came from.")
+        return model_cfg
+    if model_cfg.prior is not None and model_cfg.prior != prior.config:
+        raise UsageError(f"The model config's prior differs from the --prior-model file {prior.path}.",
+                         "Use the prior's own configuration (`medsynth info --json`) or leave it out of the config.")
+    return dataclasses.replace(model_cfg, prior=prior.config)
+
+
+def prior_record(prior: Any) -> Optional[Dict[str, Any]]:
+    """What the new model file's training record says about its prior: which file, which weights, how good."""
+    if prior is None:
+        return None
+    header = prior.header
+    return {
+        "file": prior.path.name if prior.path is not None else None,
+        "tensors_sha256": header.get("tensors_sha256"),
+        "generator_kind": prior.config.generator.kind,
+        "stages": prior.config.stages,
+        "metrics": header.get("metrics", {}),
+    }

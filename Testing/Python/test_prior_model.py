@@ -1,0 +1,207 @@
+"""A U-Net on top of a frozen prior model (auto-context across generator kinds): config, file, inference, training."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from MedSynthLogic.config import DiscriminatorConfig, GeneratorConfig, ModelConfig, NormalisationConfig, from_dict, to_dict
+from MedSynthLogic.errors import Cancelled, ModelFileError, UsageError
+from MedSynthLogic.models import build_generators, start_as_context
+
+from _models import random_chain
+from test_unet import _train_cfg, randomise, small_unet
+
+
+def small_fcn(stages: int = 2) -> ModelConfig:
+    """The paper's FCN at a few channels (its 17-voxel view intact): the prior of these tests."""
+    return ModelConfig(
+        generator=GeneratorConfig(filters=(4, 4, 4, 8, 8, 8, 4, 4, 1)),
+        discriminator=DiscriminatorConfig(channels=(4, 8, 8), last_conv=8, fully_connected=(16, 8)),
+        stages=stages,
+    )
+
+
+def refining_unet(stages: int = 1, **generator) -> ModelConfig:
+    """small_unet adding a correction to the synthesis of a small FCN prior."""
+    base = small_unet(stages=stages, residual=True, **generator)
+    return dataclasses.replace(base, generator=dataclasses.replace(base.generator, residual_from="context"), prior=small_fcn())
+
+
+@pytest.fixture(scope="module")
+def prior_file(tmp_path_factory):
+    from MedSynthLogic.model_file import save_model
+
+    cfg = small_fcn()
+    return save_model(tmp_path_factory.mktemp("prior") / "fcn.safetensors", random_chain(cfg, seed=3), cfg)
+
+
+@pytest.fixture(scope="module")
+def case():
+    from MedSynthLogic.phantom import make_phantom
+
+    p = make_phantom(shape=(40, 48, 40), seed=1)
+    return p.t1ce.array / np.percentile(p.t1ce.array[p.mask], 99.5), p.mask
+
+
+def test_config_round_trips_with_its_prior_and_old_configs_have_none():
+    cfg = refining_unet()
+    assert from_dict(ModelConfig, to_dict(cfg)) == cfg
+    assert cfg.stage_generator(0).in_channels == 2 and small_unet().stage_generator(0).in_channels == 1
+    old = to_dict(small_unet())
+    del old["prior"]
+    assert from_dict(ModelConfig, old).prior is None
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(prior=None), "needs a prior model"),
+        (dict(prior=dataclasses.replace(small_fcn(), normalisation=NormalisationConfig(output_scale=1.0))), "normalises"),
+        (dict(prior=dataclasses.replace(small_fcn(), target_name="CT")), "maps T1ce→CT"),
+        (dict(prior=dataclasses.replace(small_unet(), prior=small_fcn(), generator=dataclasses.replace(
+            small_unet().generator, residual_from="source"))), "cannot itself have a prior"),
+        (dict(generator=GeneratorConfig(residual_from="context")), "unet3d generator only"),
+    ],
+)
+def test_config_refuses_what_cannot_refine_a_prior(change, words):
+    with pytest.raises(UsageError, match=words):
+        dataclasses.replace(refining_unet(), **change)
+
+
+def test_a_zero_started_stage_synthesizes_exactly_what_its_prior_does(case):
+    from MedSynthLogic.inference import synthesize_array
+
+    src, mask = case
+    cfg = refining_unet()
+    chain = build_generators(cfg)
+    randomise(chain.stages, scale=0.1)
+    chain.prior.load_state_dict(random_chain(small_fcn(), seed=3).state_dict())
+    start_as_context(chain.stages[0])
+    events = []
+    ours = synthesize_array(chain, src, mask, device="cpu", progress=events.append)
+    prior = synthesize_array(chain.prior, src, mask, device="cpu")
+    assert np.abs(prior).max() > 0.01
+    np.testing.assert_allclose(ours, prior, atol=1e-6)
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {e["stages"] for e in events if e["event"] == "progress"} == {3}, "2 prior stages + 1 of its own"
+
+
+def test_tiles_equal_a_whole_frame_with_a_prior(case):
+    from MedSynthLogic.inference import synthesize_array
+
+    src, mask = case
+    chain = build_generators(refining_unet(stages=2, unet_channels=(4, 8)))
+    randomise(chain.stages, scale=0.1)
+    chain.prior.load_state_dict(random_chain(small_fcn(), seed=3).state_dict())
+    chain.eval()
+    whole = synthesize_array(chain, src, mask, device="cpu")
+    tiled = synthesize_array(chain, src, mask, device="cpu", tile=16)
+    assert np.abs(whole).max() > 0.01
+    assert np.abs(tiled - whole).max() <= 1e-4
+
+
+def test_the_model_file_carries_the_prior_and_refuses_one_without_it(tmp_path, case):
+    from safetensors.torch import load_file, save_file
+
+    from MedSynthLogic.inference import synthesize_array
+    from MedSynthLogic.model_file import load_model, read_header, save_model
+    from MedSynthLogic.model_summary import summarize_header
+
+    src, mask = case
+    cfg = refining_unet()
+    chain = build_generators(cfg)
+    randomise(chain, scale=0.1)
+    chain.eval()
+    path = save_model(tmp_path / "r.safetensors", chain, cfg)
+    loaded = load_model(path)
+    assert loaded.config == cfg
+    np.testing.assert_array_equal(synthesize_array(loaded.chain, src, mask, device="cpu"),
+                                  synthesize_array(chain, src, mask, device="cpu"))
+    assert "on top of a frozen prior model (3D FCN" in summarize_header(read_header(path), "r")
+    tensors = load_file(str(path))
+    assert any(name.startswith("prior.stage1.") for name in tensors)
+    from MedSynthLogic.model_file import METADATA_KEY
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    cut = {k: v for k, v in tensors.items() if not k.startswith("prior.stage1.")}
+    save_file(cut, str(tmp_path / "cut.safetensors"), metadata={METADATA_KEY: metadata[METADATA_KEY]})
+    with pytest.raises(ModelFileError):
+        load_model(tmp_path / "cut.safetensors")
+
+
+@pytest.fixture(scope="module")
+def unet_data(tmp_path_factory):
+    from test_training import make_phantom_data
+
+    return make_phantom_data(tmp_path_factory.mktemp("prior_phantom"), small_unet(), patches_per_case=1, shape=(40, 48, 40))
+
+
+def test_training_on_a_prior_keeps_it_frozen_in_the_file_and_resumes_exactly(tmp_path, unet_data, prior_file):
+    from MedSynthLogic import checkpoint as ckpt
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.training import export_checkpoint, train
+
+    events = []
+    kw = dict(device="cpu", prior_model=prior_file)
+    straight = train(unet_data, tmp_path / "a.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "ra",
+                     callback=events.append, **kw)
+    context = [e for e in events if e["event"] == "progress" and e.get("task") == "context"]
+    assert context and context[-1]["stage"] == 0 and context[-1]["done"] == context[-1]["total"] > 0
+    model, prior = load_model(straight), load_model(prior_file)
+    assert model.header["training"]["prior_model"]["tensors_sha256"] == prior.header["tensors_sha256"]
+    mine, theirs = model.chain.prior.state_dict(), prior.chain.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k].float()) for k in mine)
+
+    stop = threading.Event()
+
+    def stop_at_3(event):
+        if event["event"] == "iteration" and event["iteration"] == 3:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        train(unet_data, tmp_path / "b.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "rb",
+              callback=stop_at_3, stop_event=stop, **kw)
+    candidate = load_model(export_checkpoint(ckpt.latest_checkpoint(tmp_path / "rb"), tmp_path / "c.safetensors", stages=1))
+    assert candidate.config.prior == prior.config
+    resumed = train(unet_data, tmp_path / "b.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "rb",
+                    resume=True, **kw)
+    a, b = load_model(straight).chain.state_dict(), load_model(resumed).chain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+
+def test_a_config_file_refining_a_prior_needs_the_prior_model_option(tmp_path, prior_file):
+    import json
+
+    from MedSynthLogic.options import build_torchrun_parser
+    from MedSynthLogic.training.command import configs_from_args
+
+    config = to_dict(refining_unet())
+    del config["prior"]
+    (tmp_path / "m.json").write_text(json.dumps(config))
+    argv = ["--data", "d", "--out", "o.safetensors", "--model-config", str(tmp_path / "m.json")]
+    with pytest.raises(UsageError, match="needs a prior model"):
+        configs_from_args(build_torchrun_parser("t").parse_args(argv))
+    model_cfg, _ = configs_from_args(build_torchrun_parser("t").parse_args(argv + ["--prior-model", str(prior_file)]))
+    assert model_cfg == refining_unet()
+
+
+def test_training_starts_the_refining_stage_as_the_prior(tmp_path, unet_data, prior_file, case):
+    """With a generator that cannot move (learning rate 0), the trained model is exactly its prior."""
+    from MedSynthLogic.inference import synthesize_array
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.training import train
+
+    out = train(unet_data, tmp_path / "s.safetensors", refining_unet(), _train_cfg(iterations=2, lr_g=0.0, weight_decay=0.0),
+                device="cpu", prior_model=prior_file)
+    src, mask = case
+    np.testing.assert_allclose(synthesize_array(load_model(out).chain, src, mask, device="cpu"),
+                               synthesize_array(load_model(prior_file).chain, src, mask, device="cpu"), atol=1e-6)
