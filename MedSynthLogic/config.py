@@ -327,11 +327,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.stages < 1:
             raise UsageError("A model needs at least one stage.")
-        if self.generator.residual_from == "context" and self.prior is None:
-            raise UsageError(
-                "generator.residual_from 'context' needs a prior model: stage 0 has no context without one.",
-                "Pass --prior-model, or set residual_from to 'source'.",
-            )
         if self.prior is not None:
             self._check_prior(self.prior)
             if self.generator.kind != "unet3d":
@@ -367,7 +362,13 @@ class ModelConfig:
 
     def stage_generator(self, stage: int) -> GeneratorConfig:
         """Stage 0 sees the source (and, with a prior model, its synthesis); each later stage the source and the
-        previous stage's synthesis."""
+        previous stage's synthesis. A generator adding its context (``residual_from`` "context") needs a prior at
+        stage 0; the config alone may lack it (``medsynth prepare`` reads it before ``--prior-model`` adds one)."""
+        if stage == 0 and self.prior is None and self.generator.residual_from == "context":
+            raise UsageError(
+                "generator.residual_from 'context' needs a prior model: stage 0 has no context without one.",
+                "Pass --prior-model, or set residual_from to 'source'.",
+            )
         return dataclasses.replace(self.generator, in_channels=1 if stage == 0 and self.prior is None else 2)
 
 

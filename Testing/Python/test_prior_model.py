@@ -60,7 +60,6 @@ def test_config_round_trips_with_its_prior_and_old_configs_have_none():
 @pytest.mark.parametrize(
     "change, words",
     [
-        (dict(prior=None), "needs a prior model"),
         (dict(prior=dataclasses.replace(small_fcn(), normalisation=NormalisationConfig(output_scale=1.0))), "normalises"),
         (dict(prior=dataclasses.replace(small_fcn(), target_name="CT")), "maps T1ce→CT"),
         (dict(prior=dataclasses.replace(small_unet(), prior=small_fcn(), generator=dataclasses.replace(
@@ -188,8 +187,9 @@ def test_a_config_file_refining_a_prior_needs_the_prior_model_option(tmp_path, p
     del config["prior"]
     (tmp_path / "m.json").write_text(json.dumps(config))
     argv = ["--data", "d", "--out", "o.safetensors", "--model-config", str(tmp_path / "m.json")]
+    alone, _ = configs_from_args(build_torchrun_parser("t").parse_args(argv))  # what `medsynth prepare` reads
     with pytest.raises(UsageError, match="needs a prior model"):
-        configs_from_args(build_torchrun_parser("t").parse_args(argv))
+        build_generators(alone)
     model_cfg, _ = configs_from_args(build_torchrun_parser("t").parse_args(argv + ["--prior-model", str(prior_file)]))
     assert model_cfg == refining_unet()
 

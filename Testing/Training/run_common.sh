@@ -9,10 +9,12 @@ if [ -z "${PRECISION:-}" ]; then
   grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && PRECISION=bf16
 fi
 
-# prepare_unet_data CASES WORK: the stored volumes the U-Net cuts its crops from, once per WORK folder.
+# prepare_unet_data CASES WORK [MODEL_CONFIG]: the stored volumes the U-Net cuts its crops from, once per WORK
+# folder, normalised as MODEL_CONFIG says (default unet_model_config.json; a run with another normalisation, such
+# as one on a prior model, needs its own WORK).
 prepare_unet_data() {
   if [ ! -f "$2/data/manifest.json" ]; then
-    $MEDSYNTH prepare "$1" "$2/data" --config "$HERE/unet_model_config.json" --patches-per-case 1 \
+    $MEDSYNTH prepare "$1" "$2/data" --config "${3:-$HERE/unet_model_config.json}" --patches-per-case 1 \
       --val-cases "$VAL" --seed 0 --progress none --overwrite
   fi
 }

@@ -11,7 +11,8 @@
 #   MODEL_CONFIG (default unet_model_config.json beside this script; a later run names its own),
 #   TRAIN_CONFIG (default unet_train_config.json beside this script; likewise),
 #   KEEP_EVERY (checkpoints at every N-th iteration of a stage that rotation keeps; default 1000, the points the
-#   evaluation plans in UNET_RECIPE.md name).
+#   evaluation plans in UNET_RECIPE.md name), PRIOR_MODEL (a model file whose synthesis stage 0 refines:
+#   `--prior-model`; WORK must then be prepared with MODEL_CONFIG's normalisation, which is the prior's).
 # The schedule (unet_train_config.json: 3000 iterations per stage, cosine) and the split are fixed in advance.
 set -euo pipefail
 CASES=$1
@@ -22,13 +23,15 @@ RUN=${RUN:-unet}
 MODEL_CONFIG=${MODEL_CONFIG:-$HERE/unet_model_config.json}
 TRAIN_CONFIG=${TRAIN_CONFIG:-$HERE/unet_train_config.json}
 mkdir -p "$WORK"
-prepare_unet_data "$CASES" "$WORK"
+prepare_unet_data "$CASES" "$WORK" "$MODEL_CONFIG"
 resume=()
 compgen -G "$WORK/${RUN}_run/ckpt_*.pt" > /dev/null && resume=(--resume)
 init=()
 [ ${#resume[@]} -eq 0 ] && [ -n "${INIT_MODEL:-}" ] && init=(--init-model "$INIT_MODEL" --start-stage "${START_STAGE:-0}")
 slice=()
 [ -n "${STOP_AFTER:-}" ] && slice=(--stop-after "$STOP_AFTER")
+prior=()
+[ -n "${PRIOR_MODEL:-}" ] && prior=(--prior-model "$PRIOR_MODEL")
 exec $MEDSYNTH train --data "$WORK/data" --model-config "$MODEL_CONFIG" \
   --train-config "$TRAIN_CONFIG" --precision "$PRECISION" --device cpu \
-  --out "$WORK/$RUN.safetensors" --run-dir "$WORK/${RUN}_run" --progress json --overwrite --keep-every "${KEEP_EVERY:-1000}" "${resume[@]}" "${init[@]}" "${slice[@]}"
+  --out "$WORK/$RUN.safetensors" --run-dir "$WORK/${RUN}_run" --progress json --overwrite --keep-every "${KEEP_EVERY:-1000}" "${resume[@]}" "${init[@]}" "${slice[@]}" "${prior[@]}"
