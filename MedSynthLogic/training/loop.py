@@ -40,7 +40,7 @@ from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
 from .resume import Start, decide_start
 from .session import Callback, Session, open_session
-from .prior import open_prior_model, prior_record, with_prior
+from .prior import check_same_prior, open_prior_model, prior_record, with_prior
 from .state import latest_state, load_checkpoint_stage, load_earlier_stages, load_model_stage, open_init_model
 from .validation import validate, validation_due, validation_volumes
 
@@ -98,6 +98,7 @@ def train(
             chain.prior.to(ctx.device)
         start = decide_start(model_cfg, start_stage, resume, init_model, session.run_dir,
                              lambda: latest_state(session.run_dir), lambda: open_init_model(init_model, model_cfg))
+        check_same_prior(chain, start)
         load_earlier_stages(chain, start)
         for k in range(start.stage):
             chain.stages[k].to(ctx.device).eval()

@@ -10,8 +10,12 @@ import dataclasses
 import os
 from typing import Any, Dict, Optional
 
+import torch
+
 from ..config import ModelConfig
 from ..errors import UsageError
+from ..models import PRIOR_PREFIX, AutoContextChain, generators_state
+from .resume import Start
 
 
 def open_prior_model(path: Optional[os.PathLike | str]) -> Any:
@@ -41,6 +45,25 @@ def with_prior(model_cfg: ModelConfig, prior: Any) -> ModelConfig:
         raise UsageError(f"The model config's prior differs from the --prior-model file {prior.path}.",
                          "Use the prior's own configuration (`medsynth info --json`) or leave it out of the config.")
     return dataclasses.replace(model_cfg, prior=prior.config)
+
+
+def check_same_prior(chain: AutoContextChain, start: Start) -> None:
+    """Refuse to go on from a checkpoint or model file whose prior weights are not the ``--prior-model`` file's:
+    the stages trained so far learned to refine that prior, and a replaced file would silently change it."""
+    if chain.prior is None:
+        return
+    if start.checkpoint is not None:
+        theirs = {k: v for k, v in start.checkpoint["generators"].items() if k.startswith(PRIOR_PREFIX)}
+    elif start.model is not None:
+        theirs = {k: v for k, v in generators_state(start.model.chain).items() if k.startswith(PRIOR_PREFIX)}
+    else:
+        return
+    ours = {k: v for k, v in generators_state(chain).items() if k.startswith(PRIOR_PREFIX)}
+    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k].float().cpu(), ours[k].float().cpu()) for k in ours):
+        raise UsageError(
+            f"The --prior-model file differs from the prior this run started with ({start.resumed_from}).",
+            "Pass the prior model file the run was started with, or start a new run.",
+        )
 
 
 def prior_record(prior: Any) -> Optional[Dict[str, Any]]:

@@ -145,7 +145,7 @@ def unet_data(tmp_path_factory):
 
 def test_training_on_a_prior_keeps_it_frozen_in_the_file_and_resumes_exactly(tmp_path, unet_data, prior_file):
     from MedSynthLogic import checkpoint as ckpt
-    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.model_file import load_model, save_model
     from MedSynthLogic.training import export_checkpoint, train
 
     events = []
@@ -170,6 +170,10 @@ def test_training_on_a_prior_keeps_it_frozen_in_the_file_and_resumes_exactly(tmp
               callback=stop_at_3, stop_event=stop, **kw)
     candidate = load_model(export_checkpoint(ckpt.latest_checkpoint(tmp_path / "rb"), tmp_path / "c.safetensors", stages=1))
     assert candidate.config.prior == prior.config
+    other = save_model(tmp_path / "other.safetensors", random_chain(small_fcn(), seed=4), small_fcn())
+    with pytest.raises(UsageError, match="differs from the prior this run started with"):
+        train(unet_data, tmp_path / "b.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "rb",
+              resume=True, device="cpu", prior_model=other)
     resumed = train(unet_data, tmp_path / "b.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "rb",
                     resume=True, **kw)
     a, b = load_model(straight).chain.state_dict(), load_model(resumed).chain.state_dict()
