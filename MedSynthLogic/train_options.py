@@ -22,14 +22,19 @@ def train_argument_list(
     device: str = "auto",
     resume: bool = False,
     progress: str = "json",
+    prior_model: "Optional[str | os.PathLike]" = None,
 ) -> List[str]:
     """The ``medsynth train`` arguments that run exactly these configs (the Slicer module's train command).
 
     Both configs are written as JSON into ``config_dir`` and passed with ``--model-config``/``--train-config``,
     so every setting reaches the trainer through the same loader as a hand-written config file and no flag is
-    spelled twice; only what is not a config (paths, device, resume, progress) is a flag.
+    spelled twice; only what is not a config (paths, device, resume, progress, the prior model's file) is a flag.
     """
     from .config import to_dict
+    from .errors import UsageError
+
+    if model_config.prior is not None and prior_model is None:
+        raise UsageError("The model config refines a prior model; pass the prior's file (prior_model) too.")
 
     folder = Path(config_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -43,4 +48,6 @@ def train_argument_list(
         args += ["--run-dir", os.fspath(run_dir)]
     if resume:
         args.append("--resume")
+    if prior_model is not None:
+        args += ["--prior-model", os.fspath(prior_model)]
     return args

@@ -206,6 +206,25 @@ def test_train_argument_list_runs_exactly_the_configs(tmp_path):
     assert (train_cfg.iterations, train_cfg.batch_size, train_cfg.precision, train_cfg.stages) == (7, 4, "bf16", 2)
 
 
+def test_train_argument_list_passes_a_prior_models_file(tmp_path):
+    from MedSynthLogic.config import GeneratorConfig
+    from MedSynthLogic.errors import UsageError
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.models import build_generators
+    from MedSynthLogic.training.command import configs_from_args
+
+    prior = tmp_path / "fcn.safetensors"
+    save_model(prior, build_generators(ModelConfig(stages=1)), ModelConfig(stages=1))
+    refiner = ModelConfig(generator=GeneratorConfig(kind="unet3d", residual_from="context"), source_patch=96,
+                          prior=ModelConfig(stages=1))
+    with pytest.raises(UsageError, match="prior"):
+        train_argument_list(refiner, TrainConfig(), tmp_path / "d", tmp_path / "m.safetensors", tmp_path / "cfg")
+    args = train_argument_list(refiner, TrainConfig(), tmp_path / "d", tmp_path / "m.safetensors", tmp_path / "cfg",
+                               prior_model=prior)
+    assert args[args.index("--prior-model") + 1] == str(prior)
+    assert configs_from_args(build_parser().parse_args(args))[0] == refiner
+
+
 def test_prepare_and_synthesize_arguments_parse(tmp_path):
     parsed = build_parser().parse_args(prepare_arguments(PrepareRequest(tmp_path / "cases", tmp_path / "data", 50)))
     assert (parsed.command, parsed.patches_per_case, parsed.progress) == ("prepare", 50, "json")
