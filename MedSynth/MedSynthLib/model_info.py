@@ -35,9 +35,11 @@ def describe_model(header: Mapping[str, Any], file_name: str) -> str:
     config = header.get("model_config") or {}
     training = header.get("training") or {}
     stages = header.get("stages", config.get("stages", "?"))
+    prior = config.get("prior") if isinstance(config.get("prior"), Mapping) else None
+    on_prior = f" on top of a frozen {_esc(prior.get('stages', '?'))}-stage model whose synthesis they refine" if prior else ""
     lines = [
         f"<b>{_esc(file_name)}</b>: {_esc(config.get('source_name', 'T1ce'))} → {_esc(config.get('target_name', 'T2'))}, "
-        f"{_esc(stages)} auto-context stage(s)."
+        f"{_esc(stages)} auto-context stage(s){on_prior}."
     ]
     data = _data_line(training.get("data") or {})
     if data:

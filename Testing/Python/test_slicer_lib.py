@@ -170,6 +170,9 @@ def test_model_description_hides_paths_and_labels_training_metrics():
     assert "/home" not in text and "C:" not in text and "my data" in text and "1 training cases" in text
     assert "T1 → CT" in text and "Validation during training only" in text and "21.23 dB" in text
     assert "No model information" in model_info.describe_model_file(Path("/nonexistent/model.safetensors"))
+    assert "on top of" not in text
+    header["model_config"]["prior"] = {"stages": 3}
+    assert "2 auto-context stage(s) on top of a frozen 3-stage model" in model_info.describe_model(header, "m")
 
 
 def test_model_list_offers_every_shipped_model_default_first_then_another_file(tmp_path):
