@@ -6,7 +6,8 @@ Two disagreements are measured, each by re-running :func:`.tiled_synthesis.synth
   axis 2) mirrored source, mirrored back. Brains are nearly symmetric and training saw both orientations, so a
   model that is sure of a voxel gives it the same value both ways.
 - **stages**: ``|S_n(x) − S_(n−1)(x)|``, the last auto-context stage against the one before it. Where the last
-  stage still moves the image a lot, the chain has not settled. Absent for a one-stage model.
+  stage still moves the image a lot, the chain has not settled. For a one-stage model on a prior model, the
+  stage against the prior's synthesis it refines; absent for a plain one-stage model.
 
 The map is the root mean square of the available parts, ``sqrt((flip² + stages²) / 2)`` (just ``flip`` for one
 stage), in the synthetic image's own unit (for the bundled model: 1000 = the T2's 99.5th percentile in the
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -121,7 +122,9 @@ def synthesize_with_uncertainty(
 
     chain = model.chain
     n = len(chain.stages) if stages is None else int(stages)
-    extra = ["mirrored"] + (["plain"] if flip_tta else []) + (["previous stage"] if n >= 2 else [])
+    # the synthesis before the last stage: the stage before it, or for a one-stage model on a prior, the prior's
+    previous_of: Optional[Tuple[Any, Optional[int]]] = (chain, n - 1) if n >= 2 else (chain.prior, None) if chain.prior is not None else None
+    extra = ["mirrored"] + (["plain"] if flip_tta else []) + (["previous stage"] if previous_of else [])
     passes = 1 + len(extra)
     options = SynthesisOptions(stages, device, flip_tta, tile, _PassProgress(progress, 0, passes, "synthesize"),
                                cancel, precision)
@@ -130,11 +133,12 @@ def synthesize_with_uncertainty(
     norm_cfg = model.config.normalisation
     normalised, _ = normalise_source(source.array, mask_arr, norm_cfg)
 
-    def run(index: int, name: str, array: np.ndarray, mask_of_pass: np.ndarray, n_stages: int) -> np.ndarray:
-        """One plain pass (no flip averaging) of ``n_stages`` stages, with its own share of the progress."""
+    def run(index: int, name: str, array: np.ndarray, mask_of_pass: np.ndarray, n_stages: Optional[int],
+            of: Any = chain) -> np.ndarray:
+        """One plain pass (no flip averaging) of ``n_stages`` stages of ``of``, with its own share of the progress."""
         part = dataclasses.replace(options, stages=n_stages, flip_tta=False,
                                    progress=_PassProgress(progress, index, passes, f"uncertainty ({name})"))
-        out = synthesize_array(chain, array, mask_of_pass, **part.keywords())
+        out = synthesize_array(of, array, mask_of_pass, **part.keywords())
         return np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32)
 
     index = {name: i + 1 for i, name in enumerate(extra)}
@@ -143,8 +147,8 @@ def synthesize_with_uncertainty(
     plain = run(index["plain"], "plain", normalised, mask_arr, n) if flip_tta else synthesis.array
     flip = np.abs(plain - mirrored) * mask_arr
     stage_part = None
-    if n >= 2:
-        previous = run(index["previous stage"], "previous stage", normalised, mask_arr, n - 1)
+    if previous_of is not None:
+        previous = run(index["previous stage"], "previous stage", normalised, mask_arr, previous_of[1], previous_of[0])
         stage_part = np.abs(plain - previous) * mask_arr
     combined = combine_parts(flip, stage_part) * mask_arr
     return UncertainSynthesis(

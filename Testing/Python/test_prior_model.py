@@ -209,3 +209,21 @@ def test_training_starts_the_refining_stage_as_the_prior(tmp_path, unet_data, pr
     src, mask = case
     np.testing.assert_allclose(synthesize_array(load_model(out).chain, src, mask, device="cpu"),
                                synthesize_array(load_model(prior_file).chain, src, mask, device="cpu"), atol=1e-6)
+
+
+def test_the_uncertainty_map_of_a_one_stage_model_compares_it_with_its_prior(tmp_path):
+    from MedSynthLogic.model_file import load_model, save_model
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.uncertainty import synthesize_with_uncertainty
+
+    cfg = refining_unet()
+    chain = build_generators(cfg)
+    chain.prior.load_state_dict(random_chain(small_fcn(), seed=3).state_dict())
+    start_as_context(chain.stages[0])
+    still = load_model(save_model(tmp_path / "still.safetensors", chain.eval(), cfg))
+    randomise(chain.stages, scale=0.1)
+    moving = load_model(save_model(tmp_path / "moving.safetensors", chain.eval(), cfg))
+    phantom = make_phantom(shape=(40, 48, 40), seed=1)
+    parts = [synthesize_with_uncertainty(m, phantom.t1ce, device="cpu", precision="fp32").stages for m in (still, moving)]
+    assert parts[0] is not None and float(np.abs(parts[0]).max()) < 1e-3 * 1000, "a stage that starts as its prior moves nothing"
+    assert float(parts[1][phantom.mask].mean()) > 1.0
