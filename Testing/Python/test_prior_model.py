@@ -199,13 +199,18 @@ def test_a_config_file_refining_a_prior_needs_the_prior_model_option(tmp_path, p
 
 
 def test_training_starts_the_refining_stage_as_the_prior(tmp_path, unet_data, prior_file, case):
-    """With a generator that cannot move (learning rate 0), the trained model is exactly its prior."""
+    """With a generator that cannot move (learning rate 0), the trained model is exactly its prior; its validation
+    during training (which runs the prior too) gives the same figures at every point."""
     from MedSynthLogic.inference import synthesize_array
     from MedSynthLogic.model_file import load_model
     from MedSynthLogic.training import train
 
-    out = train(unet_data, tmp_path / "s.safetensors", refining_unet(), _train_cfg(iterations=2, lr_g=0.0, weight_decay=0.0),
-                device="cpu", prior_model=prior_file)
+    events = []
+    out = train(unet_data, tmp_path / "s.safetensors", refining_unet(),
+                _train_cfg(iterations=2, lr_g=0.0, weight_decay=0.0, val_every=1), device="cpu", prior_model=prior_file,
+                callback=events.append)
+    psnr = [e["psnr"] for e in events if e["event"] == "validation"]
+    assert len(psnr) == 2 and psnr[0] == psnr[1]
     src, mask = case
     np.testing.assert_allclose(synthesize_array(load_model(out).chain, src, mask, device="cpu"),
                                synthesize_array(load_model(prior_file).chain, src, mask, device="cpu"), atol=1e-6)
