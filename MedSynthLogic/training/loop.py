@@ -3,9 +3,9 @@
 Stage k trains generator k and a fresh discriminator. Stage 0 sees source patches (with a prior model,
 ``[source, the prior's synthesis]``); stage k > 0 sees ``[source, synthesis of stages 0..k−1]``, computed over
 every stored volume with the already trained (frozen, eval-mode) earlier stages exactly as whole-volume inference
-computes it. Batches are a pure function of (seed,
-stage, iteration, rank), so a run stopped at any checkpoint and resumed gives bit-identical weights to one never
-stopped (CPU), and under ``torchrun`` each rank reads its own share of every global batch.
+computes it. Batches are a pure function of (seed, stage, iteration, rank), so a run stopped at any checkpoint and
+resumed gives bit-identical weights to one never stopped (CPU), and under ``torchrun`` each rank reads its own share
+of every global batch.
 """
 
 from __future__ import annotations
