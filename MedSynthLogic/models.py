@@ -433,6 +433,12 @@ def generators_state(chain: AutoContextChain, stages: Sequence[int] | None = Non
     return state
 
 
+def prior_state(state: Mapping[str, torch.Tensor]) -> dict:
+    """The prior model's entries (``prior.stage{k}.<param>``) of a flat state dict, so callers compare or copy the
+    frozen prior without knowing how its names are spelled."""
+    return {name: t for name, t in state.items() if name.startswith(PRIOR_PREFIX)}
+
+
 def load_prior_state(chain: AutoContextChain, state: Mapping[str, torch.Tensor]) -> None:
     """The prior model's weights (``prior.stage{k}.<param>``) of a flat state dict into ``chain.prior``."""
     if chain.prior is None:

@@ -14,7 +14,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import UsageError
-from ..models import PRIOR_PREFIX, AutoContextChain, generators_state
+from ..models import AutoContextChain, generators_state, prior_state
 from .resume import Start
 
 
@@ -53,12 +53,12 @@ def check_same_prior(chain: AutoContextChain, start: Start) -> None:
     if chain.prior is None:
         return
     if start.checkpoint is not None:
-        theirs = {k: v for k, v in start.checkpoint["generators"].items() if k.startswith(PRIOR_PREFIX)}
+        theirs = prior_state(start.checkpoint["generators"])
     elif start.model is not None:
-        theirs = {k: v for k, v in generators_state(start.model.chain).items() if k.startswith(PRIOR_PREFIX)}
+        theirs = prior_state(generators_state(start.model.chain))
     else:
         return
-    ours = {k: v for k, v in generators_state(chain).items() if k.startswith(PRIOR_PREFIX)}
+    ours = prior_state(generators_state(chain))
     if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k].float().cpu(), ours[k].float().cpu()) for k in ours):
         raise UsageError(
             f"The --prior-model file differs from the prior this run started with ({start.resumed_from}).",
