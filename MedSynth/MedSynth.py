@@ -38,7 +38,7 @@ from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
 from MedSynthLib.synthesis import OTHER_MODEL, SYNTHETIC_SUFFIX, SynthesisRequest, model_choices  # noqa: E402
 from MedSynthLib.synthesis import chosen_model_path, synthesize_in_process  # noqa: E402
-from MedSynthLib.training_jobs import PrepareRequest, training_configs  # noqa: E402
+from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, prepare_request, training_configs  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
 from MedSynthLogic.errors import MedSynthError  # noqa: E402
 
@@ -90,6 +90,7 @@ class MedSynthParameterNode:
     flipTTA: bool = False
     uncertainty: bool = False
     force: bool = False
+    generatorKind: Annotated[str, Choice(GENERATOR_KINDS)] = GENERATOR_KINDS[0]
     casesDir: Path
     patchesPerCase: Annotated[int, WithinRange(1, 100000)] = 1000
     dataDir: Path
@@ -145,6 +146,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.connect("clicked(bool)", slot)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateModelDescription)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelDescription)
+        self.ui.generatorKindComboBox.connect("activated(int)", self.onGeneratorKindChosen)
         self.initializeParameterNode()
         self.updateModelDescription()
         self._checkCanApply()
@@ -215,7 +217,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start the synthesis."), waitCursor=True):
-            request = self.logic.synthesisRequest(p)
+            request = SynthesisRequest.from_settings(p)
             plan = self.logic.controller.plan_synthesis(p.inputVolume, request)
             if plan.blocked:
                 self.appendLog(plan.message)
@@ -227,10 +229,15 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.controller.start_synthesis(p.inputVolume, request, p.outputVolume)
             self.startPolling(_("Synthesizing… ") + plan.estimate.text())
 
+    def onGeneratorKindChosen(self, index: int) -> None:
+        """Only a user's pick (``activated``), not a saved scene's value, replaces the settings by that kind's recipe."""
+        if self._parameterNode:
+            apply_recipe(self._parameterNode, self.ui.generatorKindComboBox.currentText)
+
     def onPrepareButton(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not start preparing the data."), waitCursor=True):
-            self.logic.controller.start_prepare(PrepareRequest(p.casesDir, p.dataDir, p.patchesPerCase))
+            self.logic.controller.start_prepare(prepare_request(p))
             self.startPolling(_("Preparing data…"))
 
     def startTraining(self, resume: bool) -> None:
@@ -326,15 +333,10 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
         requirements = dependencies.requirements_path(HERE)
         return dependencies.ensure_dependencies(requirements, Path(slicer.app.temporaryPath), askConfirmation)
 
-    @staticmethod
-    def synthesisRequest(p: MedSynthParameterNode) -> SynthesisRequest:
-        return SynthesisRequest(model_path=chosen_model_path(p.model, p.modelPath), stages=p.stages or None,
-                                device=p.device, flip_tta=p.flipTTA, force=p.force, uncertainty=p.uncertainty)
-
     def estimateText(self, p: MedSynthParameterNode) -> str:
         """The time estimate for the current choices, before anything starts."""
         try:
-            return self.controller.estimate(p.inputVolume, self.synthesisRequest(p)).text()
+            return self.controller.estimate(p.inputVolume, SynthesisRequest.from_settings(p)).text()
         except (MedSynthError, OSError, ValueError):
             return ""
 

@@ -1,5 +1,5 @@
-"""The ``medsynth train`` argument list built from configs (what the Slicer module runs); the options themselves
-are defined with every other subcommand's in :mod:`.options`."""
+"""The ``medsynth prepare`` and ``medsynth train`` argument lists built from configs (what the Slicer module runs);
+the options themselves are defined with every other subcommand's in :mod:`.options`."""
 
 from __future__ import annotations
 
@@ -30,17 +30,13 @@ def train_argument_list(
     so every setting reaches the trainer through the same loader as a hand-written config file and no flag is
     spelled twice; only what is not a config (paths, device, resume, progress, the prior model's file) is a flag.
     """
-    from .config import to_dict
     from .errors import UsageError
 
     if model_config.prior is not None and prior_model is None:
         raise UsageError("The model config refines a prior model; pass the prior's file (prior_model) too.")
 
-    folder = Path(config_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    model_path, train_path = folder / "model_config.json", folder / "train_config.json"
-    model_path.write_text(json.dumps(to_dict(model_config), indent=2), encoding="utf-8")
-    train_path.write_text(json.dumps(to_dict(train_config), indent=2), encoding="utf-8")
+    model_path = write_config(model_config, Path(config_dir) / "model_config.json")
+    train_path = write_config(train_config, Path(config_dir) / "train_config.json")
     args = ["train", "--data", os.fspath(data_dir), "--out", os.fspath(out_model),
             "--model-config", str(model_path), "--train-config", str(train_path),
             "--device", device, "--progress", progress]
@@ -51,3 +47,32 @@ def train_argument_list(
     if prior_model is not None:
         args += ["--prior-model", os.fspath(prior_model)]
     return args
+
+
+def prepare_argument_list(
+    cases_dir: "str | os.PathLike",
+    data_dir: "str | os.PathLike",
+    model_config: "ModelConfig",
+    config_dir: "str | os.PathLike",
+    patches_per_case: int = 1000,
+    val_fraction: float = 0.2,
+    progress: str = "json",
+) -> List[str]:
+    """The ``medsynth prepare`` arguments that store the cases as ``model_config`` will train on them.
+
+    ``train`` refuses data whose patch size or normalisation is not its model config's, so the config is written into
+    ``config_dir`` and passed with ``--config``, as for :func:`train_argument_list`.
+    """
+    config_path = write_config(model_config, Path(config_dir) / "model_config.json")
+    return ["prepare", os.fspath(cases_dir), os.fspath(data_dir), "--config", str(config_path),
+            "--patches-per-case", str(int(patches_per_case)), "--val-fraction", repr(float(val_fraction)),
+            "--progress", progress]
+
+
+def write_config(config: object, path: Path) -> Path:
+    """A config dataclass as the JSON file its loader reads; returns ``path``."""
+    from .config import to_dict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_dict(config), indent=2), encoding="utf-8")
+    return path

@@ -135,7 +135,9 @@ class MedSynthController:
     def start_prepare(self, request: PrepareRequest) -> None:
         """Start ``medsynth prepare`` on a folder of cases, in the background, with one progress event per case."""
         self._refuse_if_busy()
-        self._start("prepare", prepare_arguments(request), {"data_dir": Path(request.data_dir)})
+        config_dir = Path(tempfile.mkdtemp(prefix="MedSynth-prepare-", dir=self.temp_root))
+        self._start("prepare", prepare_arguments(request, config_dir), {"work_dir": config_dir,
+                                                                         "data_dir": Path(request.data_dir)})
 
     # ------------------------------------------------------------------ running
     def poll(self) -> Tuple[List[PanelUpdate], Optional[JobOutcome]]:

@@ -29,6 +29,13 @@ class SynthesisRequest:
     force: bool = False
     uncertainty: bool = False
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> "SynthesisRequest":
+        """The request of the panel's settings (the parameter node or any object with its fields)."""
+        return cls(model_path=chosen_model_path(settings.model, settings.modelPath), stages=settings.stages or None,
+                   device=settings.device, flip_tta=settings.flipTTA, force=settings.force,
+                   uncertainty=settings.uncertainty)
+
 
 def model_choices() -> List[str]:
     """The panel's model list: the shipped models' file names (the default first), then :data:`OTHER_MODEL`."""

@@ -1,53 +1,92 @@
-"""Training and data preparation from the panel: the configs from the panel's settings, the ``prepare`` arguments.
+"""Training and data preparation from the panel: the configs from the panel's settings, the ``prepare`` arguments,
+and the panel's values of each generator kind's recipe.
 
-The ``train`` argument list itself comes from the core (``train_options.train_argument_list``), so the panel never
-spells a training flag.
+The argument lists themselves come from the core (``train_options``), so the panel never spells a flag.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from MedSynthLogic.recipes import RECIPE_KINDS
+
+#: The generator kinds the panel trains, in its list's order (the paper's FCN first).
+GENERATOR_KINDS = list(RECIPE_KINDS)
 
 
 @dataclass(frozen=True)
 class PrepareRequest:
-    """A folder of paired cases (BraTS naming) to turn into a prepared data folder."""
+    """A folder of paired cases (BraTS naming) to turn into a prepared data folder for the model config that will
+    train on it (``None``: the paper's)."""
 
     cases_dir: Path
     data_dir: Path
     patches_per_case: int = 1000
     val_fraction: float = 0.2
+    model_config: Optional[Any] = None
+
+
+def recipe_settings(kind: str) -> Dict[str, Any]:
+    """The panel's values of a generator kind's recipe: what the panel shows when the user picks that kind."""
+    from MedSynthLogic.recipes import recipe
+
+    r = recipe(kind)
+    return {
+        "iterations": r.train.iterations, "batchSize": r.train.batch_size, "lrG": r.train.lr_g, "lrD": r.train.lr_d,
+        "lambdaAdv": r.model.loss.lambda_adv, "lambdaL2": r.model.loss.lambda_l2, "lambdaGdl": r.model.loss.lambda_gdl,
+        "trainStages": r.model.stages, "residual": r.model.generator.residual, "patchesPerCase": r.patches_per_case,
+    }
+
+
+def apply_recipe(settings: Any, kind: str) -> None:
+    """Set the panel's settings to a generator kind's recipe (what the user then sees and may change)."""
+    for name, value in recipe_settings(kind).items():
+        setattr(settings, name, value)
+
+
+def prepare_request(settings: Any) -> PrepareRequest:
+    """The 'Prepare data' request of the panel's settings, for the model config that their training will use."""
+    model_config, _train_config = training_configs(settings)
+    return PrepareRequest(Path(settings.casesDir), Path(settings.dataDir), int(settings.patchesPerCase),
+                          model_config=model_config)
 
 
 def training_configs(settings: Any) -> Tuple[Any, Any]:
-    """``(ModelConfig, TrainConfig)`` from the panel's settings (the parameter node or any object with its fields).
+    """``(ModelConfig, TrainConfig)`` from the panel's settings (the parameter node or any object with its fields):
+    the chosen kind's recipe with the panel's values in place of its own.
 
     Loss weights and residual learning belong to the architecture (``ModelConfig``); the schedule, learning rates,
-    batch size and precision to the run (``TrainConfig``).
+    batch size and precision to the run (``TrainConfig``). What the panel does not show (crop size, normalisation,
+    optimiser, augmentation) stays the recipe's.
     """
-    from MedSynthLogic.config import GeneratorConfig, LossConfig, ModelConfig, TrainConfig
+    from MedSynthLogic.recipes import recipe
 
-    model_config = ModelConfig(
-        generator=GeneratorConfig(residual=bool(settings.residual)),
-        loss=LossConfig(lambda_adv=float(settings.lambdaAdv), lambda_l2=float(settings.lambdaL2),
-                        lambda_gdl=float(settings.lambdaGdl)),
-        stages=int(settings.trainStages),
+    r = recipe(str(settings.generatorKind))
+    stages = int(settings.trainStages)
+    model_config = dataclasses.replace(
+        r.model,
+        generator=dataclasses.replace(r.model.generator, residual=bool(settings.residual)),
+        loss=dataclasses.replace(r.model.loss, lambda_adv=float(settings.lambdaAdv), lambda_l2=float(settings.lambdaL2),
+                                 lambda_gdl=float(settings.lambdaGdl)),
+        stages=stages,
     )
-    train_config = TrainConfig(
-        stages=int(settings.trainStages), iterations=int(settings.iterations), batch_size=int(settings.batchSize),
+    train_config = dataclasses.replace(
+        r.train, stages=stages, iterations=int(settings.iterations), batch_size=int(settings.batchSize),
         lr_g=float(settings.lrG), lr_d=float(settings.lrD), precision=str(settings.trainPrecision),
     )
     return model_config, train_config
 
 
-def prepare_arguments(request: PrepareRequest) -> List[str]:
-    """``medsynth prepare`` arguments with JSON progress (one event per prepared case)."""
-    return [
-        "prepare", os.fspath(request.cases_dir), os.fspath(request.data_dir),
-        "--patches-per-case", str(int(request.patches_per_case)),
-        "--val-fraction", repr(float(request.val_fraction)),
-        "--progress", "json",
-    ]
+def prepare_arguments(request: PrepareRequest, config_dir: "str | os.PathLike") -> List[str]:
+    """``medsynth prepare`` arguments with JSON progress (one event per prepared case) that store the cases as the
+    request's model config trains on them (``train`` refuses another patch size or normalisation)."""
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.train_options import prepare_argument_list
+
+    config = request.model_config if request.model_config is not None else ModelConfig()
+    return prepare_argument_list(request.cases_dir, request.data_dir, config, config_dir,
+                                 patches_per_case=request.patches_per_case, val_fraction=request.val_fraction)

@@ -25,7 +25,9 @@ from MedSynthLib.events import describe_event  # noqa: E402
 from MedSynthLib.synthesis import (  # noqa: E402
     OTHER_MODEL, SynthesisRequest, chosen_model_path, findings_message, model_choices, synthesize_arguments,
 )
-from MedSynthLib.training_jobs import PrepareRequest, prepare_arguments, training_configs  # noqa: E402
+from MedSynthLib.training_jobs import (  # noqa: E402
+    PrepareRequest, apply_recipe, prepare_arguments, prepare_request, recipe_settings, training_configs,
+)
 from MedSynthLogic import jobs  # noqa: E402
 from MedSynthLogic.cli import build_parser  # noqa: E402
 from MedSynthLogic.config import ModelConfig, TrainConfig, load_json_config  # noqa: E402
@@ -196,8 +198,8 @@ def test_model_list_offers_every_shipped_model_default_first_then_another_file(t
 # ---------------------------------------------------------------------------------------------------------- argument lists
 def test_train_argument_list_runs_exactly_the_configs(tmp_path):
     model_cfg, train_cfg = training_configs(SimpleNamespace(
-        residual=False, lambdaAdv=0.02, lambdaL2=1.5, lambdaGdl=0.5, trainStages=2, iterations=7, batchSize=4,
-        lrG=1e-3, lrD=2e-4, trainPrecision="bf16"))
+        generatorKind="nie2018", residual=False, lambdaAdv=0.02, lambdaL2=1.5, lambdaGdl=0.5, trainStages=2,
+        iterations=7, batchSize=4, lrG=1e-3, lrD=2e-4, trainPrecision="bf16"))
     args = train_argument_list(model_cfg, train_cfg, tmp_path / "data dir", tmp_path / "m.safetensors",
                                tmp_path / "cfg", run_dir=tmp_path / "run", device="cpu", resume=True)
     parsed = build_parser().parse_args(args)
@@ -228,9 +230,44 @@ def test_train_argument_list_passes_a_prior_models_file(tmp_path):
     assert configs_from_args(build_parser().parse_args(args))[0] == refiner
 
 
+@pytest.mark.parametrize("kind", ["nie2018", "unet3d"])
+def test_a_generator_kinds_panel_values_train_its_recipe(kind):
+    """Picking a kind fills the panel with its recipe's values; unchanged, they give back exactly the recipe's configs
+    (what the panel does not show, such as the U-Net's crops and normalisation, is the recipe's too)."""
+    from MedSynthLogic.recipes import recipe
+
+    settings = SimpleNamespace(generatorKind=kind, trainPrecision="auto")
+    apply_recipe(settings, kind)
+    assert training_configs(settings) == (recipe(kind).model, recipe(kind).train)
+    assert recipe_settings("unet3d")["batchSize"] == 1 and recipe_settings("nie2018")["batchSize"] == 32
+
+
+def test_panel_prepares_the_data_its_generator_kind_trains_on(tmp_path):
+    """``train`` refuses data stored for another patch size or normalisation, so 'Prepare data' must store the cases
+    as the chosen kind trains on them: the panel's unet3d preparation passes the unet3d run's data check."""
+    from MedSynthLogic.cli import main
+    from MedSynthLogic.errors import DataError
+    from MedSynthLogic.training.plan import plan_training
+    from test_cli import write_cases
+
+    write_cases(tmp_path / "cases", ("a", "b"), shape=(96, 104, 96))  # a 96³ crop fits
+    settings = SimpleNamespace(generatorKind="unet3d", trainPrecision="auto", casesDir=tmp_path / "cases",
+                               dataDir=tmp_path / "unet3d", **recipe_settings("unet3d"))
+    model_cfg, train_cfg = training_configs(settings)
+    papers = PrepareRequest(tmp_path / "cases", tmp_path / "paper", patches_per_case=1)
+    for kind, request in (("unet3d", prepare_request(settings)), ("paper", papers)):
+        args = prepare_arguments(request, tmp_path / f"{kind}_config")
+        assert main(args[:-2] + ["--progress", "none"]) == 0
+    assert plan_training(tmp_path / "unet3d", model_cfg, train_cfg).source_patch == 96
+    with pytest.raises(DataError, match="prepare"):
+        plan_training(tmp_path / "paper", model_cfg, train_cfg)
+
+
 def test_prepare_and_synthesize_arguments_parse(tmp_path):
-    parsed = build_parser().parse_args(prepare_arguments(PrepareRequest(tmp_path / "cases", tmp_path / "data", 50)))
+    parsed = build_parser().parse_args(prepare_arguments(PrepareRequest(tmp_path / "cases", tmp_path / "data", 50),
+                                                         tmp_path / "config"))
     assert (parsed.command, parsed.patches_per_case, parsed.progress) == ("prepare", 50, "json")
+    assert load_json_config(parsed.config, ModelConfig) == ModelConfig()
     request = SynthesisRequest(model_path=tmp_path / "m.safetensors", stages=2, device="cpu", flip_tta=True, force=True)
     args = synthesize_arguments(tmp_path / "in put.nii.gz", tmp_path / "out.nii.gz", request)
     assert args[-1] == "--force" and "--flip-tta" in args and args[args.index("--stages") + 1] == "2"
