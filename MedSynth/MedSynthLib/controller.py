@@ -100,7 +100,7 @@ class MedSynthController:
         if input_node is None or input_node.GetImageData() is None:
             raise ValueError("Select the T1ce volume first.")
         shape = tuple(reversed(input_node.GetImageData().GetDimensions()))
-        stages = request.stages or synthesis.model_stages(request)
+        stages = synthesis.stages_to_run(request)
         # The uncertainty map needs the flipped pass too, so it costs what flip averaging costs.
         return self.rates.estimate(shape, stages, request.flip_tta or request.uncertainty, request.device)
 
@@ -203,7 +203,7 @@ class MedSynthController:
                 synthesis.show_uncertainty(self.scene, context["uncertainty_path"], node)
         except (MedSynthError, OSError) as exc:
             return JobOutcome("synthesize", jobs.FAILED, f"Could not load the synthetic image: {exc}")
-        stages = request.stages or synthesis.model_stages(request)
+        stages = synthesis.stages_to_run(request)
         two_passes = request.flip_tta or request.uncertainty
         self.rates.record(request.device, context["shape"], stages, two_passes, job.elapsed_s)
         return JobOutcome("synthesize", jobs.FINISHED, f"Done in {job.elapsed_s:.0f} s.", node)

@@ -62,11 +62,15 @@ def model_path(request: SynthesisRequest) -> Path:
     return Path(request.model_path) if request.model_path else bundled_model_path()
 
 
-def model_stages(request: SynthesisRequest) -> int:
-    """How many auto-context stages the chosen model has (its header's ``stages``)."""
+def stages_to_run(request: SynthesisRequest) -> int:
+    """How many generator stages the synthesis runs: the chosen count (else all of the model's, its header's
+    ``stages``) plus every stage of a prior model it refines, which always runs first. The time estimate counts them
+    alike: a U-Net stage costs about what an FCN stage does (Testing/Benchmarks/results/inference_cpu_bf16.txt)."""
     from MedSynthLogic.model_file import read_header
 
-    return int(read_header(model_path(request)).get("stages") or 1)
+    header = read_header(model_path(request))
+    prior = (header.get("model_config") or {}).get("prior") or {}
+    return int(request.stages or header.get("stages") or 1) + int(prior.get("stages") or 0)
 
 
 def synthesize_arguments(source: "str | os.PathLike", output: "str | os.PathLike", request: SynthesisRequest,

@@ -143,6 +143,26 @@ def test_estimate_reproduces_the_benchmark_and_learns_this_computer():
     assert "min" in book.estimate((400, 512, 512), 3, False, "cpu").text()
 
 
+def test_estimate_counts_the_stages_of_a_prior_model_too(scene, phantom_node, tmp_path):
+    """A model on a prior runs the prior's stages first: a 1-stage U-Net on a 3-stage FCN costs four stages."""
+    from MedSynthLogic.config import GeneratorConfig
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.models import build_generators
+
+    prior = ModelConfig(generator=GeneratorConfig(filters=(4, 1), kernels=(3, 1), dilations=(1, 1)), stages=3,
+                        source_patch=6)
+    refiner = ModelConfig(generator=GeneratorConfig(kind="unet3d", unet_channels=(2, 4), residual_from="context"),
+                          normalisation=prior.normalisation, stages=1, source_patch=8, prior=prior)
+    path = save_model(tmp_path / "on_prior.safetensors", build_generators(refiner), refiner)
+    controller = _controller(scene, FakeRunner(events=[]), tmp_path)
+    shape = tuple(reversed(phantom_node.GetImageData().GetDimensions()))
+    expected = controller.rates.estimate(shape, 4, False, "cpu").seconds
+    assert controller.estimate(phantom_node, SynthesisRequest(model_path=path, device="cpu")).seconds == expected
+    alone = save_model(tmp_path / "fcn.safetensors", build_generators(prior), prior)
+    assert controller.estimate(phantom_node, SynthesisRequest(model_path=alone, device="cpu")).seconds == (
+        controller.rates.estimate(shape, 3, False, "cpu").seconds)
+
+
 # ---------------------------------------------------------------------------------------------------------- model description
 def _model_card_bundled_row() -> List[str]:
     for line in (REPO / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines():
