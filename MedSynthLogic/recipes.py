@@ -58,4 +58,3 @@ def recipe(kind: str) -> Recipe:
     if kind == "unet3d":
         return _unet3d()
     raise UsageError(f"No training recipe for generator kind {kind!r}; use one of {', '.join(RECIPE_KINDS)}.")
-

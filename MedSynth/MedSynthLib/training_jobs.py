@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from MedSynthLogic.recipes import RECIPE_KINDS
+from MedSynthLogic.recipes import RECIPE_KINDS, recipe
 
 #: The generator kinds the panel trains, in its list's order (the paper's FCN first).
 GENERATOR_KINDS = list(RECIPE_KINDS)
@@ -32,8 +32,6 @@ class PrepareRequest:
 
 def recipe_settings(kind: str) -> Dict[str, Any]:
     """The panel's values of a generator kind's recipe: what the panel shows when the user picks that kind."""
-    from MedSynthLogic.recipes import recipe
-
     r = recipe(kind)
     return {
         "iterations": r.train.iterations, "batchSize": r.train.batch_size, "lrG": r.train.lr_g, "lrD": r.train.lr_d,
@@ -63,8 +61,6 @@ def training_configs(settings: Any) -> Tuple[Any, Any]:
     batch size and precision to the run (``TrainConfig``). What the panel does not show (crop size, normalisation,
     optimiser, augmentation) stays the recipe's.
     """
-    from MedSynthLogic.recipes import recipe
-
     r = recipe(str(settings.generatorKind))
     stages = int(settings.trainStages)
     model_config = dataclasses.replace(
