@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DiscriminatorConfig, GeneratorConfig, ModelConfig
+from .errors import UsageError
 
 
 def residual_channel(config: GeneratorConfig) -> int:
@@ -346,6 +347,23 @@ def start_as_context(gen: nn.Module) -> None:
     last.weight.zero_()
     if last.bias is not None:
         last.bias.zero_()
+
+
+@torch.no_grad()
+def scale_refinement(gen: nn.Module, weight: float) -> None:
+    """Scale what a generator adds to its context by ``weight``: with ``residual_from`` "context" its output becomes
+    context + weight·(correction), so 0.5 makes a refiner the mean of its prior's synthesis and its own (a two-model
+    average that keeps the prior's generalisation and half the refiner's gain). The output layer is linear, so
+    scaling its weights and bias is exact."""
+    config = getattr(gen, "config", None)
+    if config is None or not config.residual or config.residual_from != "context":
+        raise UsageError("Only a generator that adds its context (residual_from 'context') refines a synthesis to scale.")
+    if not 0.0 <= weight <= 1.0:
+        raise UsageError(f"The refinement weight must be in [0, 1], not {weight}.")
+    last = [m for m in gen.modules() if isinstance(m, nn.Conv3d)][-1]
+    last.weight.mul_(weight)
+    if last.bias is not None:
+        last.bias.mul_(weight)
 
 
 @torch.no_grad()

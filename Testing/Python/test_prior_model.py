@@ -11,7 +11,7 @@ import torch
 
 from MedSynthLogic.config import DiscriminatorConfig, GeneratorConfig, ModelConfig, NormalisationConfig, from_dict, to_dict
 from MedSynthLogic.errors import Cancelled, ModelFileError, UsageError
-from MedSynthLogic.models import build_generators, start_as_context
+from MedSynthLogic.models import build_generators, scale_refinement, start_as_context
 
 from _models import random_chain
 from test_unet import _train_cfg, randomise, small_unet
@@ -89,6 +89,32 @@ def test_a_zero_started_stage_synthesizes_exactly_what_its_prior_does(case):
     fractions = [e["fraction"] for e in events if e["event"] == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert {e["stages"] for e in events if e["event"] == "progress"} == {3}, "2 prior stages + 1 of its own"
+
+
+def test_a_halved_refinement_synthesizes_the_mean_of_the_prior_and_the_refiner(case):
+    from MedSynthLogic.inference import synthesize_array
+
+    src, mask = case
+    chain = build_generators(refining_unet())
+    randomise(chain.stages, scale=0.1)
+    chain.prior.load_state_dict(random_chain(small_fcn(), seed=3).state_dict())
+    chain.eval()
+    refiner = synthesize_array(chain, src, mask, device="cpu")
+    prior = synthesize_array(chain.prior, src, mask, device="cpu")
+    assert np.abs(refiner - prior).max() > 0.01, "the refiner must change its prior for the test to mean anything"
+    scale_refinement(chain.stages[0], 0.5)
+    np.testing.assert_allclose(synthesize_array(chain, src, mask, device="cpu"), 0.5 * (prior + refiner), atol=1e-5)
+
+
+@pytest.mark.parametrize("gen_config, weight, words", [
+    (GeneratorConfig(), 0.5, "residual_from 'context'"),
+    (refining_unet().generator, 1.5, r"in \[0, 1\]"),
+])
+def test_scale_refinement_refuses_a_generator_without_context_or_a_weight_out_of_range(gen_config, weight, words):
+    from MedSynthLogic.models import build_generator
+
+    with pytest.raises(UsageError, match=words):
+        scale_refinement(build_generator(gen_config), weight)
 
 
 def test_tiles_equal_a_whole_frame_with_a_prior(case):
