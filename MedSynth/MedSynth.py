@@ -38,7 +38,7 @@ from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
 from MedSynthLib.synthesis import OTHER_MODEL, SYNTHETIC_SUFFIX, SynthesisRequest, model_choices  # noqa: E402
 from MedSynthLib.synthesis import chosen_model_path, synthesize_in_process  # noqa: E402
-from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, prepare_request, training_configs  # noqa: E402
+from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, prepare_request, training_request  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
 from MedSynthLogic.errors import MedSynthError  # noqa: E402
 
@@ -245,9 +245,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-            modelConfig, trainConfig = training_configs(p)
-            plot = self.logic.controller.start_training(modelConfig, trainConfig, p.dataDir, p.outputModelPath,
-                                                        p.runDir, device=p.trainDevice, resume=resume)
+            plot = self.logic.controller.start_training(training_request(p, resume))
             self.logic.showChart(plot.chart_node)
             self.startPolling(_("Training…"))
 

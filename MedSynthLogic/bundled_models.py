@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
+#: File name of the paper's 3-stage FCN in :func:`models_dir` (what a ``unet3d_refiner`` recipe refines).
+PAPER_FCN_NAME = "medsynth_t1ce_t2.safetensors"
 #: File name of the default model in :func:`models_dir`.
-DEFAULT_NAME = "medsynth_t1ce_t2.safetensors"
+DEFAULT_NAME = PAPER_FCN_NAME
 
 
 def models_dir() -> Path:

@@ -6,28 +6,36 @@ measured in Testing/Training/UNET_RECIPE.md: the model config of run 8 and the t
 EMA, the adversarial term after a warm start, intensity and spatial augmentation); a test keeps it equal to those
 committed files. Run 8 upsamples trilinearly, which removed run 6's period-2 grid texture at 0.57 dB less validation
 PSNR after one 3000-iteration stage (17.25 against 17.82): a picture without a grid is chosen over those tenths.
+``unet3d_refiner``: one U-Net stage that refines the synthesis of the bundled paper's FCN (frozen, ``--prior-model``),
+as run P of UNET_RECIPE.md (unet_prior_model_config + unet_prior_train_config); it starts as exactly the FCN and
+keeps the FCN's normalisation, which a prior requires.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 from .config import (
     DiscriminatorConfig, GeneratorConfig, IntensityConfig, LossConfig, ModelConfig, NormalisationConfig, TrainConfig,
 )
+from .bundled_models import PAPER_FCN_NAME
 from .errors import UsageError
 
-RECIPE_KINDS = ("nie2018", "unet3d")
+RECIPE_KINDS = ("nie2018", "unet3d", "unet3d_refiner")
 
 
 @dataclass(frozen=True)
 class Recipe:
     """The configs a run of one generator kind starts from, and how many patches ``prepare`` should cut per case
-    (the U-Net cuts its crops on the fly from the stored volumes, so it needs one)."""
+    (the U-Net cuts its crops on the fly from the stored volumes, so it needs one); ``prior_model`` names the bundled
+    model file whose synthesis a refiner's first stage refines (None: the recipe trains from the source alone)."""
 
     model: ModelConfig
     train: TrainConfig
     patches_per_case: int
+    prior_model: Optional[str] = None
 
 
 def _unet3d() -> Recipe:
@@ -51,10 +59,26 @@ def _unet3d() -> Recipe:
     return Recipe(model, train, patches_per_case=1)
 
 
+def _unet3d_refiner() -> Recipe:
+    unet = _unet3d()
+    model = ModelConfig(
+        generator=dataclasses.replace(unet.model.generator, residual=True, residual_from="context"),
+        discriminator=unet.model.discriminator,
+        normalisation=NormalisationConfig(),
+        loss=unet.model.loss,
+        stages=1,
+        source_patch=96,
+    )
+    train = dataclasses.replace(unet.train, stages=1, val_every=1000)
+    return Recipe(model, train, patches_per_case=1, prior_model=PAPER_FCN_NAME)
+
+
 def recipe(kind: str) -> Recipe:
     """The recipe of a generator kind (one of :data:`RECIPE_KINDS`)."""
     if kind == "nie2018":
         return Recipe(ModelConfig(), TrainConfig(), patches_per_case=1000)
     if kind == "unet3d":
         return _unet3d()
+    if kind == "unet3d_refiner":
+        return _unet3d_refiner()
     raise UsageError(f"No training recipe for generator kind {kind!r}; use one of {', '.join(RECIPE_KINDS)}.")

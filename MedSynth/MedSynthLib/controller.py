@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import synthesis
 from .estimate import Estimate, RateBook
 from .events import PanelUpdate, describe_event
-from .training_jobs import PrepareRequest, prepare_arguments
+from .training_jobs import PrepareRequest, TrainingRequest, prepare_arguments
 
 #: ``runner(args) -> started job`` with ``poll()``, ``cancel(timeout)``, ``running``, ``state``,
 #: ``error_message`` and ``elapsed_s`` (``MedSynthLogic.jobs.Job``'s interface).
@@ -118,18 +118,15 @@ class MedSynthController:
         self._start("synthesize", synthesis.synthesize_arguments(source, output, request, uncertainty), context)
 
     # ------------------------------------------------------------------ training and preparation
-    def start_training(self, model_config: Any, train_config: Any, data_dir: Path, out_model: Path,
-                       run_dir: Optional[Path], device: str = "auto", resume: bool = False) -> Any:
-        """Start ``medsynth train`` with exactly these configs; returns the live loss plot (a ``TrainingPlot``)."""
+    def start_training(self, request: TrainingRequest) -> Any:
+        """Start ``medsynth train`` with exactly the request's configs; returns the live loss plot (a ``TrainingPlot``)."""
         from MedSynthLogic import mrml
-        from MedSynthLogic.train_options import train_argument_list
 
         self._refuse_if_busy()
         config_dir = Path(tempfile.mkdtemp(prefix="MedSynth-train-", dir=self.temp_root))
-        args = train_argument_list(model_config, train_config, data_dir, out_model, config_dir,
-                                   run_dir=run_dir, device=device, resume=resume)
+        args = request.arguments(config_dir)
         self.training_plot = mrml.TrainingPlot(self.scene)
-        self._start("train", args, {"work_dir": config_dir, "out_model": Path(out_model)})
+        self._start("train", args, {"work_dir": config_dir, "out_model": Path(request.out_model)})
         return self.training_plot
 
     def start_prepare(self, request: PrepareRequest) -> None:

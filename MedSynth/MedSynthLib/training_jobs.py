@@ -30,6 +30,41 @@ class PrepareRequest:
     model_config: Optional[Any] = None
 
 
+@dataclass(frozen=True)
+class TrainingRequest:
+    """A training run the panel starts: its configs, folders and device, and the model file whose synthesis its first
+    stage refines (a ``unet3d_refiner`` recipe's bundled FCN; None otherwise)."""
+
+    model_config: Any
+    train_config: Any
+    data_dir: Path
+    out_model: Path
+    run_dir: Optional[Path] = None
+    device: str = "auto"
+    resume: bool = False
+    prior_model: Optional[Path] = None
+
+    def arguments(self, config_dir: "str | os.PathLike") -> List[str]:
+        """``medsynth train`` arguments that run exactly this request (configs written into ``config_dir``)."""
+        from MedSynthLogic.train_options import train_argument_list
+
+        return train_argument_list(self.model_config, self.train_config, self.data_dir, self.out_model, config_dir,
+                                   run_dir=self.run_dir, device=self.device, resume=self.resume,
+                                   prior_model=self.prior_model)
+
+
+def training_request(settings: Any, resume: bool = False) -> TrainingRequest:
+    """The 'Train'/'Resume' request of the panel's settings: :func:`training_configs` and, for a refiner, the bundled
+    model its recipe refines."""
+    from MedSynthLogic.bundled_models import models_dir
+
+    model_config, train_config = training_configs(settings)
+    prior = recipe(str(settings.generatorKind)).prior_model
+    return TrainingRequest(model_config, train_config, Path(settings.dataDir), Path(settings.outputModelPath),
+                           Path(settings.runDir), str(settings.trainDevice), resume,
+                           None if prior is None else models_dir() / prior)
+
+
 def recipe_settings(kind: str) -> Dict[str, Any]:
     """The panel's values of a generator kind's recipe: what the panel shows when the user picks that kind."""
     r = recipe(kind)

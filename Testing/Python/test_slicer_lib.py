@@ -6,6 +6,7 @@ estimate, the sample data, the installer's pure parts, and the argument lists pa
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ from MedSynthLib.synthesis import (  # noqa: E402
     OTHER_MODEL, SynthesisRequest, chosen_model_path, findings_message, model_choices, synthesize_arguments,
 )
 from MedSynthLib.training_jobs import (  # noqa: E402
-    PrepareRequest, apply_recipe, prepare_arguments, prepare_request, recipe_settings, training_configs,
+    PrepareRequest, TrainingRequest, apply_recipe, prepare_arguments, prepare_request, recipe_settings,
+    training_configs, training_request,
 )
 from MedSynthLogic import jobs  # noqa: E402
 from MedSynthLogic.cli import build_parser  # noqa: E402
@@ -250,7 +252,28 @@ def test_train_argument_list_passes_a_prior_models_file(tmp_path):
     assert configs_from_args(build_parser().parse_args(args))[0] == refiner
 
 
-@pytest.mark.parametrize("kind", ["nie2018", "unet3d"])
+def test_the_refiner_recipe_trains_on_the_bundled_fcn_from_the_panel(tmp_path):
+    """The panel's unet3d_refiner request passes the bundled FCN as the prior, and its arguments give the trainer the
+    recipe's configs with that FCN as their prior."""
+    from MedSynthLogic.bundled_models import PAPER_FCN_NAME, models_dir
+    from MedSynthLogic.recipes import recipe
+    from MedSynthLogic.training.command import configs_from_args
+
+    fcn = models_dir() / PAPER_FCN_NAME
+    settings = SimpleNamespace(generatorKind="unet3d_refiner", trainPrecision="auto", dataDir=tmp_path / "d",
+                               outputModelPath=tmp_path / "m.safetensors", runDir=tmp_path / "run", trainDevice="cpu",
+                               **recipe_settings("unet3d_refiner"))
+    request = training_request(settings, resume=True)
+    assert request.prior_model == fcn and request.resume and request.run_dir == tmp_path / "run"
+    model_cfg, train_cfg = configs_from_args(build_parser().parse_args(request.arguments(tmp_path / "cfg")))
+    assert model_cfg.prior is not None and model_cfg.prior.generator.kind == "nie2018"
+    assert dataclasses.replace(model_cfg, prior=None) == recipe("unet3d_refiner").model
+    assert train_cfg == recipe("unet3d_refiner").train
+    settings.generatorKind = "unet3d"
+    assert training_request(settings).prior_model is None
+
+
+@pytest.mark.parametrize("kind", ["nie2018", "unet3d", "unet3d_refiner"])
 def test_a_generator_kinds_panel_values_train_its_recipe(kind):
     """Picking a kind fills the panel with its recipe's values; unchanged, they give back exactly the recipe's configs
     (what the panel does not show, such as the U-Net's crops and normalisation, is the recipe's too)."""
@@ -396,8 +419,9 @@ def test_training_job_feeds_the_loss_plot(scene, tmp_path):
               for i in (10, 20)] + [{"event": "validation", "stage": 0, "iteration": 20, "psnr": 15.0, "ssim": 0.4}]
     runner = FakeRunner(events=events)
     controller = _controller(scene, runner, tmp_path)
-    plot = controller.start_training(ModelConfig(stages=1), TrainConfig(stages=1, iterations=20), tmp_path / "data",
-                                     tmp_path / "m.safetensors", tmp_path / "run", device="cpu")
+    plot = controller.start_training(TrainingRequest(ModelConfig(stages=1), TrainConfig(stages=1, iterations=20),
+                                                     tmp_path / "data", tmp_path / "m.safetensors", tmp_path / "run",
+                                                     device="cpu"))
     config = Path(runner.jobs[0].args[runner.jobs[0].args.index("--model-config") + 1])
     assert config.is_file() and controller.kind == "train"
     updates, outcome = controller.poll()
