@@ -17,10 +17,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from .bundled_models import PAPER_FCN_NAME
 from .config import (
     DiscriminatorConfig, GeneratorConfig, IntensityConfig, LossConfig, ModelConfig, NormalisationConfig, TrainConfig,
 )
-from .bundled_models import PAPER_FCN_NAME
 from .errors import UsageError
 
 RECIPE_KINDS = ("nie2018", "unet3d", "unet3d_refiner")
