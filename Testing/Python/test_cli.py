@@ -600,6 +600,16 @@ def test_bundled_model_export_script_records_provenance_and_evaluation(ws):
     measured = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
     assert header["metrics"]["evaluation"]["cases"] == ["case2"]
     assert header["metrics"]["evaluation"]["summary"]["psnr"]["mean"] == pytest.approx(measured["summary"]["psnr"]["mean"])
+    from_file = ws.root / "bundled_from_file.safetensors"
+    proc = subprocess.run([sys.executable, str(script), str(ws.model), str(from_file), "--evaluation",
+                           str(evaluation / "metrics.json")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    restamped, original = read_header(from_file), read_header(ws.model)
+    assert restamped["training"]["exported_from_model"] == ws.model.name
+    assert all(restamped["training"][k] == v for k, v in provenance.items())
+    assert restamped["training"]["train_config"] == original["training"]["train_config"], "the file's own record stays"
+    assert restamped["metrics"]["evaluation"]["cases"] == ["case2"]
+    assert restamped["tensors_sha256"] == original["tensors_sha256"], "the weights are the file's, unchanged"
 
 
 # --- demo -----------------------------------------------------------------------------------------------------
