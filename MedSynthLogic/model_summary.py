@@ -79,6 +79,9 @@ def _stages(header: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if prior:
         text += (f" on top of a frozen prior model ({_architecture(prior)}; {prior.get('stages', '?')} stage(s)), "
                  "whose synthesis stage 1 refines")
+    blend = (header.get("training") or {}).get("blend_with_prior")
+    if blend:
+        text += f"; its correction scaled by {blend.get('weight')} (0.5: the mean of the prior's synthesis and the refiner's)"
     return text
 
 

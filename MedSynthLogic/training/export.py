@@ -1,4 +1,5 @@
-"""Model files out of training: the finished run's, and one from a checkpoint (``medsynth export``)."""
+"""Model files out of training: the finished run's, one from a checkpoint (``medsynth export``), and a refiner's blend
+with its prior."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..atomic import check_output_path
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..distributed import DistContext
 from ..errors import UsageError
-from ..models import AutoContextChain, build_generators
+from ..models import AutoContextChain, build_generators, scale_refinement
 from .plan import TrainingPlan
 from .state import load_generators
 
@@ -116,3 +117,24 @@ def final_metrics(metrics: Dict[str, Any], stages: int) -> Dict[str, Any]:
     if last:
         out.update({k: v for k, v in last.items() if k in ("psnr", "ssim", "val_loss")})
     return out
+
+
+#: The training-record key of a blended model file (``medsynth info`` and the panel describe it from there).
+BLEND_KEY = "blend_with_prior"
+
+
+def blend_model_file(model: os.PathLike | str, out: os.PathLike | str, weight: float = 0.5, overwrite: bool = False) -> Path:
+    """A copy of a refiner model file (one stage on top of a prior model) whose correction is scaled by ``weight``:
+    0.5 synthesises the mean of the prior's synthesis and the refiner's. The training record is kept with what was
+    blended added; the measured metrics are dropped, since they belong to the unblended model."""
+    from ..model_file import load_model, save_model
+
+    loaded = load_model(model, stages=None)
+    if loaded.config.prior is None or loaded.stages != 1:
+        raise UsageError(f"{model} is not one stage on top of a prior model; only such a refiner can be blended.",
+                         "Pass a model trained with --prior-model and one stage.")
+    scale_refinement(loaded.chain.stages[0], weight)
+    check_output_path(out, overwrite=overwrite)
+    training = dict(loaded.header.get("training", {}))
+    training[BLEND_KEY] = {"weight": float(weight), "from": Path(model).name}
+    return save_model(out, loaded.chain, loaded.config, training, overwrite=overwrite)

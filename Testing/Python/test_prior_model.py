@@ -106,6 +106,32 @@ def test_a_halved_refinement_synthesizes_the_mean_of_the_prior_and_the_refiner(c
     np.testing.assert_allclose(synthesize_array(chain, src, mask, device="cpu"), 0.5 * (prior + refiner), atol=1e-5)
 
 
+def test_a_blended_model_file_says_so_and_differs_only_in_the_refiners_output_layer(tmp_path):
+    from safetensors.torch import load_file
+
+    from MedSynthLogic.model_file import read_header, save_model
+    from MedSynthLogic.model_summary import summarize_header
+    from MedSynthLogic.training import blend_model_file
+
+    cfg = refining_unet()
+    chain = build_generators(cfg)
+    randomise(chain, scale=0.1)
+    src = save_model(tmp_path / "r.safetensors", chain, cfg, training={"iterations_per_stage": 7}, metrics={"psnr": 20.0})
+    out = blend_model_file(src, tmp_path / "b.safetensors")
+    with pytest.raises(Exception, match="exists"):
+        blend_model_file(src, out)
+    before, after = load_file(str(src)), load_file(str(out))
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert changed == ["stage0.head.bias", "stage0.head.weight"]
+    torch.testing.assert_close(after["stage0.head.weight"], 0.5 * before["stage0.head.weight"])
+    header = read_header(out)
+    assert header["training"]["iterations_per_stage"] == 7 and header["training"]["blend_with_prior"]["weight"] == 0.5
+    assert "psnr" not in header["metrics"], "the unblended model's metrics do not describe the blend"
+    assert "correction scaled by 0.5" in summarize_header(header, "b")
+    with pytest.raises(UsageError, match="prior"):
+        blend_model_file(save_model(tmp_path / "u.safetensors", build_generators(small_unet()), small_unet()), tmp_path / "x.safetensors")
+
+
 @pytest.mark.parametrize("gen_config, weight, words", [
     (GeneratorConfig(), 0.5, "residual_from 'context'"),
     (refining_unet().generator, 1.5, r"in \[0, 1\]"),
