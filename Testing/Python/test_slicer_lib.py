@@ -458,7 +458,7 @@ def test_real_child_process_synthesizes_into_the_scene(scene, tmp_path, slicer_m
     source = mrml.load_volume_file(scene, write_volume(make_phantom(shape=(40, 48, 40)).t1ce, tmp_path / "p.nii.gz"))
     controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=no_findings)
     cli_has_force = not build_parser().parse_known_args(["synthesize", "a", "b", "--force"])[1]
-    request = SynthesisRequest(device="cpu", stages=2, force=cli_has_force, uncertainty=True)
+    request = SynthesisRequest(device="cpu", stages=1, force=cli_has_force, uncertainty=True)  # any default has 1
     controller.start_synthesis(source, request)
     updates, outcome = _run_to_end(controller)
     assert outcome.state == jobs.FINISHED, outcome.message
