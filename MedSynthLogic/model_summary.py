@@ -11,6 +11,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 __all__ = ["summarize_header", "held_out_figures", "case_count"]
 
 
+#: The training-record key of a blended model file (``training.blend_model_file`` writes it; the summary reads it).
+BLEND_KEY = "blend_with_prior"
+
 def summarize_header(header: Mapping[str, Any], name: str) -> str:
     """Plain-text summary of a model header (from :func:`model_file.read_header`); ``name`` labels the file."""
     config: Mapping[str, Any] = header.get("model_config") or {}
@@ -79,7 +82,7 @@ def _stages(header: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if prior:
         text += (f" on top of a frozen prior model ({_architecture(prior)}; {prior.get('stages', '?')} stage(s)), "
                  "whose synthesis stage 1 refines")
-    blend = (header.get("training") or {}).get("blend_with_prior")
+    blend = (header.get("training") or {}).get(BLEND_KEY)
     if blend:
         text += f"; its correction scaled by {blend.get('weight')} (0.5: the mean of the prior's synthesis and the refiner's)"
     return text

@@ -339,11 +339,16 @@ class AutoContextChain(nn.Module):
         return self
 
 
+def output_layer(gen: nn.Module) -> nn.Conv3d:
+    """A generator's last convolution, the linear layer whose output the long residual is added to."""
+    return [m for m in gen.modules() if isinstance(m, nn.Conv3d)][-1]
+
+
 @torch.no_grad()
 def start_as_context(gen: nn.Module) -> None:
     """Zero a generator's output layer, so that with ``residual_from`` "context" it starts as exactly its context:
     a stage on top of a prior model begins as that model and training can only refine it."""
-    last = [m for m in gen.modules() if isinstance(m, nn.Conv3d)][-1]
+    last = output_layer(gen)
     last.weight.zero_()
     if last.bias is not None:
         last.bias.zero_()
@@ -360,7 +365,7 @@ def scale_refinement(gen: nn.Module, weight: float) -> None:
         raise UsageError("Only a generator that adds its context (residual_from 'context') refines a synthesis to scale.")
     if not 0.0 <= weight <= 1.0:
         raise UsageError(f"The refinement weight must be in [0, 1], not {weight}.")
-    last = [m for m in gen.modules() if isinstance(m, nn.Conv3d)][-1]
+    last = output_layer(gen)
     last.weight.mul_(weight)
     if last.bias is not None:
         last.bias.mul_(weight)

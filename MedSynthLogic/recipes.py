@@ -61,14 +61,9 @@ def _unet3d() -> Recipe:
 
 def _unet3d_refiner() -> Recipe:
     unet = _unet3d()
-    model = ModelConfig(
-        generator=dataclasses.replace(unet.model.generator, residual=True, residual_from="context"),
-        discriminator=unet.model.discriminator,
-        normalisation=NormalisationConfig(),
-        loss=unet.model.loss,
-        stages=1,
-        source_patch=96,
-    )
+    model = dataclasses.replace(
+        unet.model, generator=dataclasses.replace(unet.model.generator, residual=True, residual_from="context"),
+        normalisation=NormalisationConfig(), stages=1)
     train = dataclasses.replace(unet.train, stages=1, val_every=1000)
     return Recipe(model, train, patches_per_case=1, prior_model=PAPER_FCN_NAME)
 

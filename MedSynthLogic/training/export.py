@@ -17,6 +17,7 @@ from ..atomic import check_output_path
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..distributed import DistContext
 from ..errors import UsageError
+from ..model_summary import BLEND_KEY
 from ..models import AutoContextChain, build_generators, scale_refinement
 from .plan import TrainingPlan
 from .state import load_generators
@@ -119,10 +120,6 @@ def final_metrics(metrics: Dict[str, Any], stages: int) -> Dict[str, Any]:
     return out
 
 
-#: The training-record key of a blended model file (``medsynth info`` and the panel describe it from there).
-BLEND_KEY = "blend_with_prior"
-
-
 def blend_model_file(model: os.PathLike | str, out: os.PathLike | str, weight: float = 0.5, overwrite: bool = False) -> Path:
     """A copy of a refiner model file (one stage on top of a prior model) whose correction is scaled by ``weight``:
     0.5 synthesises the mean of the prior's synthesis and the refiner's. The training record is kept with what was
@@ -134,7 +131,6 @@ def blend_model_file(model: os.PathLike | str, out: os.PathLike | str, weight: f
         raise UsageError(f"{model} is not one stage on top of a prior model; only such a refiner can be blended.",
                          "Pass a model trained with --prior-model and one stage.")
     scale_refinement(loaded.chain.stages[0], weight)
-    check_output_path(out, overwrite=overwrite)
     training = dict(loaded.header.get("training", {}))
     training[BLEND_KEY] = {"weight": float(weight), "from": Path(model).name}
     return save_model(out, loaded.chain, loaded.config, training, overwrite=overwrite)
