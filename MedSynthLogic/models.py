@@ -358,8 +358,8 @@ def start_as_context(gen: nn.Module) -> None:
 def scale_refinement(gen: nn.Module, weight: float) -> None:
     """Scale what a generator adds to its context by ``weight``: with ``residual_from`` "context" its output becomes
     context + weight·(correction), so 0.5 makes a refiner the mean of its prior's synthesis and its own (a two-model
-    average that keeps the prior's generalisation and half the refiner's gain). The output layer is linear, so
-    scaling its weights and bias is exact."""
+    average; for run P+ it recovered most, not all, of the refiner's validation loss: MODEL_CARD.md). The output
+    layer is linear, so scaling its weights and bias is exact."""
     config = getattr(gen, "config", None)
     if config is None or not config.residual or config.residual_from != "context":
         raise UsageError("Only a generator that adds its context (residual_from 'context') refines a synthesis to scale.")
