@@ -13,6 +13,8 @@ __all__ = ["summarize_header", "held_out_figures", "case_count"]
 
 #: The training-record key of a blended model file (``training.blend_model_file`` writes it; the summary reads it).
 BLEND_KEY = "blend_with_prior"
+#: The training-record key of a weight-averaged model file (``training.average_model_files``).
+AVERAGE_KEY = "weight_average_of"
 
 def summarize_header(header: Mapping[str, Any], name: str) -> str:
     """Plain-text summary of a model header (from :func:`model_file.read_header`); ``name`` labels the file."""
@@ -85,6 +87,9 @@ def _stages(header: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     blend = (header.get("training") or {}).get(BLEND_KEY)
     if blend:
         text += f"; its correction scaled by {blend.get('weight')} (0.5: the mean of the prior's synthesis and the refiner's)"
+    averaged = (header.get("training") or {}).get(AVERAGE_KEY)
+    if averaged:
+        text += f"; weights averaged over {len(averaged.get('from') or [])} model files"
     return text
 
 

@@ -9,7 +9,7 @@ from this package at each validation, so lowering it here takes effect.
 
 from .command import configs_from_args, install_signal_handlers, main, train_from_args
 from .context import build_context
-from .export import blend_model_file, export_checkpoint
+from .export import average_model_files, blend_model_file, export_checkpoint
 from .loop import train
 from .plan import TrainingPlan, plan_training
 from .validation import VAL_PATCHES
@@ -17,6 +17,7 @@ from .validation import VAL_PATCHES
 __all__ = [
     "TrainingPlan",
     "VAL_PATCHES",
+    "average_model_files",
     "blend_model_file",
     "build_context",
     "configs_from_args",

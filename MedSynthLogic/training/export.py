@@ -1,5 +1,5 @@
-"""Model files out of training: the finished run's, one from a checkpoint (``medsynth export``), and a refiner's blend
-with its prior."""
+"""Model files out of training: the finished run's, one from a checkpoint (``medsynth export``), a refiner's blend
+with its prior, and the weight average of runs that share a start."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from ..atomic import check_output_path
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..distributed import DistContext
 from ..errors import UsageError
-from ..model_summary import BLEND_KEY
-from ..models import AutoContextChain, build_generators, scale_refinement
+from ..model_summary import AVERAGE_KEY, BLEND_KEY
+from ..models import PRIOR_PREFIX, AutoContextChain, build_generators, generators_state, scale_refinement
 from .plan import TrainingPlan
 from .state import load_generators
 
@@ -134,3 +134,37 @@ def blend_model_file(model: os.PathLike | str, out: os.PathLike | str, weight: f
     training = dict(loaded.header.get("training", {}))
     training[BLEND_KEY] = {"weight": float(weight), "from": Path(model).name}
     return save_model(out, loaded.chain, loaded.config, training, overwrite=overwrite)
+
+
+def average_model_files(models: Sequence[os.PathLike | str], out: os.PathLike | str, overwrite: bool = False) -> Path:
+    """A model file whose weights are the uniform mean of several files' (a "model soup", Wortsman et al. 2022).
+
+    Averaging weights only makes sense for runs fine-tuned from one starting model (e.g. two seeds of one refiner);
+    the files must share the architecture, and a prior model, if they have one, must be the same in each, since the
+    mean of two different priors is neither. The first file's training record is kept with the sources added; the
+    measured metrics are dropped, since they belong to the sources."""
+    from ..model_file import load_model, save_model
+
+    if len(models) < 2:
+        raise UsageError(f"Averaging needs at least two model files, not {len(models)}.")
+    loaded = [load_model(m, stages=None) for m in models]
+    first = loaded[0]
+    for path, other in zip(models[1:], loaded[1:]):
+        if to_dict(other.config) != to_dict(first.config):
+            raise UsageError(f"{path} and {models[0]} have different architectures or settings; only runs of one "
+                             "model config can be averaged.")
+    states = [generators_state(m.chain) for m in loaded]
+    mean = {}
+    for name, tensor in states[0].items():
+        if name.startswith(PRIOR_PREFIX):
+            if not all(torch.equal(tensor, s[name]) for s in states[1:]):
+                raise UsageError(f"The model files hold different prior models ({name} differs); average only runs "
+                                 "trained on the same prior.")
+            continue
+        mean[name] = torch.stack([s[name].float() for s in states]).mean(0).to(tensor.dtype)
+    for k, gen in enumerate(first.chain.stages):
+        prefix = f"stage{k}."
+        gen.load_state_dict({n[len(prefix):]: t for n, t in mean.items() if n.startswith(prefix)})
+    training = dict(first.header.get("training", {}))
+    training[AVERAGE_KEY] = {"from": [Path(m).name for m in models]}
+    return save_model(out, first.chain, first.config, training, overwrite=overwrite)

@@ -132,6 +132,83 @@ def test_a_blended_model_file_says_so_and_differs_only_in_the_refiners_output_la
         blend_model_file(save_model(tmp_path / "u.safetensors", build_generators(small_unet()), small_unet()), tmp_path / "x.safetensors")
 
 
+def test_an_averaged_model_file_holds_the_mean_of_its_sources_weights_and_the_prior_unchanged(tmp_path):
+    from safetensors.torch import load_file
+
+    from MedSynthLogic.model_file import read_header, save_model
+    from MedSynthLogic.model_summary import summarize_header
+    from MedSynthLogic.training import average_model_files
+
+    cfg = refining_unet()
+    prior = random_chain(small_fcn(), seed=3).state_dict()
+    files = []
+    for seed in (1, 2):
+        chain = build_generators(cfg)
+        randomise(chain.stages, seed=seed, scale=0.1)
+        chain.prior.load_state_dict(prior)
+        files.append(save_model(tmp_path / f"r{seed}.safetensors", chain, cfg, training={"iterations_per_stage": 7},
+                                metrics={"psnr": 20.0}))
+    out = average_model_files(files, tmp_path / "soup.safetensors")
+    with pytest.raises(Exception, match="exists"):
+        average_model_files(files, out)
+    a, b, soup = (load_file(str(f)) for f in (*files, out))
+    own = [k for k in soup if k.startswith("stage0.")]
+    assert any(not torch.equal(a[k], b[k]) for k in own), "the sources must differ for the test to mean anything"
+    for k in own:
+        torch.testing.assert_close(soup[k], (a[k] + b[k]) / 2)
+    assert all(torch.equal(soup[k], a[k]) for k in soup if k.startswith("prior."))
+    header = read_header(out)
+    assert header["training"]["weight_average_of"]["from"] == ["r1.safetensors", "r2.safetensors"]
+    assert "psnr" not in header["metrics"], "the sources' metrics do not describe their average"
+    assert "weights averaged over 2 model files" in summarize_header(header, "soup")
+
+
+def test_averaging_refuses_one_file_other_architectures_and_different_priors(tmp_path):
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.training import average_model_files
+
+    cfg = refining_unet()
+    a = save_model(tmp_path / "a.safetensors", random_chain(cfg, seed=1), cfg)
+    with pytest.raises(UsageError, match="at least two"):
+        average_model_files([a], tmp_path / "x.safetensors")
+    other_prior = save_model(tmp_path / "b.safetensors", random_chain(cfg, seed=2), cfg)
+    with pytest.raises(UsageError, match="different prior"):
+        average_model_files([a, other_prior], tmp_path / "x.safetensors")
+    plain = save_model(tmp_path / "u.safetensors", build_generators(small_unet()), small_unet())
+    with pytest.raises(UsageError, match="different architectures"):
+        average_model_files([a, plain], tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_blend_and_average_scripts_write_what_their_functions_do(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from MedSynthLogic.model_file import save_model
+
+    def script(name):
+        path = Path(__file__).resolve().parents[2] / "Testing" / "Training" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
+
+    cfg = refining_unet()
+    chain = build_generators(cfg)
+    randomise(chain.stages, scale=0.1)
+    src = save_model(tmp_path / "r.safetensors", chain, cfg)
+    assert script("blend_with_prior")([str(src), str(tmp_path / "b.safetensors"), "--weight", "0.25"]) == 0
+    torch.testing.assert_close(load_file(str(tmp_path / "b.safetensors"))["stage0.head.bias"],
+                               0.25 * load_file(str(src))["stage0.head.bias"])
+    args = [str(src), str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "s.safetensors")]
+    assert script("average_models")(args) == 0
+    torch.testing.assert_close(load_file(str(tmp_path / "s.safetensors"))["stage0.head.bias"],
+                               0.625 * load_file(str(src))["stage0.head.bias"])
+    assert "the mean of the weights" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("gen_config, weight, words", [
     (GeneratorConfig(), 0.5, "residual_from 'context'"),
     (refining_unet().generator, 1.5, r"in \[0, 1\]"),
