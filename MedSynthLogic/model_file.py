@@ -34,7 +34,7 @@ from .bundled_models import DEFAULT_NAME, models_dir
 from .config import ModelConfig, from_dict, to_dict
 from .devices import resolve_device
 from .errors import MedSynthError, ModelFileError, OutputError, UsageError
-from .models import PRIOR_PREFIX, AutoContextChain, build_generators, generators_state, load_prior_state
+from .models import PRIOR_PREFIX, AutoContextChain, build_generators, generators_state, load_prior_state, sub_state
 
 PathLike = Union[str, os.PathLike]
 
@@ -330,8 +330,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
     run_cfg = dataclasses.replace(cfg, stages=n)
     chain = build_generators(run_cfg)
     for k, gen in enumerate(chain.stages):
-        prefix = f"stage{k}."
-        state = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
+        state = sub_state(tensors, f"stage{k}.")
         try:
             gen.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -462,10 +462,16 @@ def prior_state(state: Mapping[str, torch.Tensor]) -> dict:
     return {name: t for name, t in state.items() if name.startswith(PRIOR_PREFIX)}
 
 
+def sub_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
+    """The entries of a flat state dict under ``prefix`` (e.g. ``stage1.``), with it removed: one generator's
+    ``load_state_dict`` input."""
+    return {name[len(prefix):]: t for name, t in state.items() if name.startswith(prefix)}
+
+
 def load_prior_state(chain: AutoContextChain, state: Mapping[str, torch.Tensor]) -> None:
     """The prior model's weights (``prior.stage{k}.<param>``) of a flat state dict into ``chain.prior``."""
     if chain.prior is None:
         return
     for k, gen in enumerate(chain.prior.stages):
         prefix = f"{PRIOR_PREFIX}stage{k}."
-        gen.load_state_dict({name[len(prefix):]: t for name, t in state.items() if name.startswith(prefix)})
+        gen.load_state_dict(sub_state(state, prefix))

@@ -18,7 +18,7 @@ from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..distributed import DistContext
 from ..errors import UsageError
 from ..model_summary import AVERAGE_KEY, BLEND_KEY
-from ..models import PRIOR_PREFIX, AutoContextChain, build_generators, generators_state, scale_refinement
+from ..models import PRIOR_PREFIX, AutoContextChain, build_generators, generators_state, scale_refinement, sub_state
 from .plan import TrainingPlan
 from .state import load_generators
 
@@ -91,8 +91,7 @@ def export_checkpoint(
     load_generators(chain, state, n - 1)
     partial_ema = "ema" in state and not state["stage_done"] and n - 1 == int(state["stage"])
     if partial_ema:
-        prefix = "module."
-        chain.stages[n - 1].load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
+        chain.stages[n - 1].load_state_dict(sub_state(state["ema"], "module."))
     check_output_path(out_model, overwrite=overwrite)
     record = {
         "exported_from_checkpoint": Path(checkpoint).name,
@@ -163,8 +162,7 @@ def average_model_files(models: Sequence[os.PathLike | str], out: os.PathLike | 
             continue
         mean[name] = torch.stack([s[name].float() for s in states]).mean(0).to(tensor.dtype)
     for k, gen in enumerate(first.chain.stages):
-        prefix = f"stage{k}."
-        gen.load_state_dict({n[len(prefix):]: t for n, t in mean.items() if n.startswith(prefix)})
+        gen.load_state_dict(sub_state(mean, f"stage{k}."))
     training = dict(first.header.get("training", {}))
     training[AVERAGE_KEY] = {"from": [Path(m).name for m in models]}
     return save_model(out, first.chain, first.config, training, overwrite=overwrite)

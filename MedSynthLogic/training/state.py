@@ -15,7 +15,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, TrainConfig, to_dict
 from ..errors import ModelFileError
-from ..models import AutoContextChain, generators_state, load_prior_state
+from ..models import AutoContextChain, generators_state, load_prior_state, sub_state
 from ..stage_trainer import StageTrainer
 from .resume import Start
 
@@ -78,8 +78,7 @@ def checkpoint_state(
 
 def stage_weights(state: Dict[str, Any], stage: int) -> Dict[str, torch.Tensor]:
     """Generator ``stage``'s weights from a checkpoint's ``generators``."""
-    prefix = f"stage{stage}."
-    return {name[len(prefix):]: t for name, t in state["generators"].items() if name.startswith(prefix)}
+    return sub_state(state["generators"], f"stage{stage}.")
 
 
 def load_generators(chain: AutoContextChain, state: Dict[str, Any], upto: int) -> None:
