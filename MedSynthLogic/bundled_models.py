@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import List
 
 #: File name of the paper's 3-stage FCN in :func:`models_dir` (what a ``unet3d_refiner`` recipe refines).
-PAPER_FCN_NAME = "medsynth_t1ce_t2.safetensors"
+PAPER_FCN_NAME = "medsynth_t1ce_t2_nie2018.safetensors"
 #: File name of the default model in :func:`models_dir`.
-DEFAULT_NAME = PAPER_FCN_NAME
+DEFAULT_NAME = "medsynth_t1ce_t2.safetensors"
 
 
 def models_dir() -> Path:

@@ -8,7 +8,8 @@ OUT=${2:-docs/evaluation}
 VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
 TRAIN=Brats18_2013_11_1,Brats18_2013_3_1,Brats18_CBICA_ABM_1,Brats18_CBICA_AME_1,Brats18_TCIA01_201_1,Brats18_TCIA01_378_1,Brats18_TCIA01_499_1,Brats18_TCIA02_135_1,Brats18_TCIA03_265_1,Brats18_TCIA10_628_1,Brats18_TCIA10_639_1
 M=$OUT/models
-BUNDLED=Resources/Models/medsynth_t1ce_t2.safetensors
+# the paper's 3-stage FCN, the bundled default until session 26: the "bundled" rows describe it
+BUNDLED=Resources/Models/medsynth_t1ce_t2_nie2018.safetensors
 ev() {  # row name, options...
   local name=$1; shift
   echo "== $name"
