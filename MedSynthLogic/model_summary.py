@@ -84,10 +84,11 @@ def _stages(header: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if prior:
         text += (f" on top of a frozen prior model ({_architecture(prior)}; {prior.get('stages', '?')} stage(s)), "
                  "whose synthesis stage 1 refines")
-    blend = (header.get("training") or {}).get(BLEND_KEY)
+    training = header.get("training") or {}
+    blend = training.get(BLEND_KEY)
     if blend:
         text += f"; its correction scaled by {blend.get('weight')} (0.5: the mean of the prior's synthesis and the refiner's)"
-    averaged = (header.get("training") or {}).get(AVERAGE_KEY)
+    averaged = training.get(AVERAGE_KEY)
     if averaged:
         text += f"; weights averaged over {len(averaged.get('from') or [])} model files"
     return text

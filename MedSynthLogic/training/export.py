@@ -160,7 +160,7 @@ def average_model_files(models: Sequence[os.PathLike | str], out: os.PathLike | 
                 raise UsageError(f"The model files hold different prior models ({name} differs); average only runs "
                                  "trained on the same prior.")
             continue
-        mean[name] = torch.stack([s[name].float() for s in states]).mean(0).to(tensor.dtype)
+        mean[name] = torch.stack([s[name].float() for s in states]).mean(0).to(tensor.dtype)  # counters are integers
     for k, gen in enumerate(first.chain.stages):
         gen.load_state_dict(sub_state(mean, f"stage{k}."))
     training = dict(first.header.get("training", {}))
