@@ -21,9 +21,12 @@ ROWS = [
     ("run1_acm_3stages", "run 1, + ACM stage 3"),
     ("bundled_stage1", "bundled model (run 2, λ1 = 0.01), stage 1 only"),
     ("bundled_2stages", "bundled model, stages 1–2 (H100; the model shipped until stage 3 was trained)"),
-    ("bundled", "**bundled model, 3 stages** (stage 3 trained on the CPU; what Slicer and the CLI use)"),
-    ("bundled_flip_tta", "bundled model, 3 stages, with flip averaging"),
-    ("bundled_plus_stage4", "bundled model + a 4th stage (CPU, 602 iterations; not shipped, see below)"),
+    ("bundled", "the paper's 3-stage FCN (stage 3 trained on the CPU; the default until session 26, now "
+                "`medsynth_t1ce_t2_nie2018.safetensors`)"),
+    ("bundled_flip_tta", "the paper's 3-stage FCN, with flip averaging"),
+    ("bundled_plus_stage4", "the 3-stage FCN + a 4th stage (CPU, 602 iterations; not shipped, MODEL_CARD.md)"),
+    ("unet3d_ablation/prior_fcn_q_blend", "**the default since session 26: the Q blend** (the 3-stage FCN + one U-Net "
+                                          "stage trained on the CPU, blended 0.5; MODEL_CARD.md)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
