@@ -1,15 +1,16 @@
-"""A convolution followed by a ReLU, run as one oneDNN call on the CPU at inference.
+"""A convolution and the activation after it, run as one oneDNN call on the CPU at inference.
 
 Why: in a whole-volume FCN synthesis in bf16 on the 2-core AVX-512 BF16 machine, the ReLUs alone took about a third
 of the convolutions' time (2.2 of 7.2 s, cProfile of ``medsynth synthesize``): each reads and writes a 64-channel
 activation that the convolution has just written. oneDNN applies the ReLU while it writes the convolution's output
 (a "post-op"), which PyTorch exposes as ``torch.ops.mkldnn._convolution_pointwise`` (the op its own compiler emits
-for this fusion). Where that op, the CPU or the layout is missing, the module runs ``relu(conv(x))`` unchanged.
+for this fusion). The same call with no activation still saves autocast's weight cast on every call, since the
+weight is kept in the compute dtype. Where that op, the CPU or the layout is missing, the module runs the plain calls.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,19 +27,28 @@ def _pointwise_op() -> Optional[object]:
         return None
 
 
-class ConvReLU3d(nn.Module):
-    """``relu(conv(x))`` for inference only (no gradients), from an eval-mode ``nn.Conv3d`` (BatchNorm already folded).
+#: The activations a ``FusedConv3d`` can apply: oneDNN's post-op names.
+ACTIVATIONS = ("none", "relu", "leaky_relu")
 
-    The fused call is taken for a channels-last 3D input on the CPU whose edges are at least the kernel; its dtype
-    is the CPU autocast dtype when autocast is on (so the module behaves like the convolution it replaces under
-    ``torch.autocast``), else the input's. The weight is kept once per dtype. Any other input takes the plain path.
+
+class FusedConv3d(nn.Module):
+    """``act(conv(x))`` for inference only (no gradients), from an eval-mode ``nn.Conv3d`` (norms already folded in).
+
+    ``activation``: ``"none"``, ``"relu"`` or ``"leaky_relu"`` (with ``slope``). The fused call is taken for a
+    channels-last 3D input on the CPU whose edges are at least the kernel; its dtype is the CPU autocast dtype when
+    autocast is on (so the module behaves like the layers it replaces under ``torch.autocast``), else the input's.
+    The weight is kept once per dtype. Any other input takes the plain path.
     """
 
-    def __init__(self, conv: nn.Conv3d) -> None:
+    def __init__(self, conv: nn.Conv3d, activation: str = "relu", slope: float = 0.0) -> None:
         super().__init__()
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError("ConvReLU3d needs an ungrouped convolution with numeric zero padding")
+            raise ValueError("FusedConv3d needs an ungrouped convolution with numeric zero padding")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"FusedConv3d: unknown activation {activation!r}; one of {', '.join(ACTIVATIONS)}")
         self.conv = conv
+        self.activation = activation
+        self.slope = float(slope)
         self._weights: Dict[torch.dtype, tuple] = {}
         self._op = _pointwise_op()
 
@@ -59,17 +69,26 @@ class ConvReLU3d(nn.Module):
             and min(x.shape[2:]) >= max(self.conv.kernel_size)
         )
 
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.activation == "relu":
+            return F.relu(y)
+        if self.activation == "leaky_relu":
+            return F.leaky_relu(y, self.slope)
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._can_fuse(x):
-            return F.relu(self.conv(x))
+            return self._plain(x)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if dtype not in (torch.float32, torch.bfloat16):
-            return F.relu(self.conv(x))
+            return self._plain(x)
         w, b = self._fused_weights(dtype)
         c = self.conv
+        scalars: List[float] = [self.slope] if self.activation == "leaky_relu" else []
         return self._op(  # type: ignore[operator]
-            x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation), c.groups, "relu", [], ""
+            x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation), c.groups, self.activation, scalars, ""
         )
 
 
-__all__ = ["ConvReLU3d"]
+__all__ = ["ACTIVATIONS", "FusedConv3d"]

@@ -13,7 +13,7 @@ the stages after it (clipped to the volume), which is exactly the context the la
 mask the output is 0 (network units).
 
 Speed (CPU): BatchNorm is folded into the convolutions, each ReLU runs inside its convolution
-(``fused_conv.ConvReLU3d``), tensors are channels-last 3D (oneDNN's fast layout for
+(``fused_conv.FusedConv3d``), tensors are channels-last 3D (oneDNN's fast layout for
 3D convolutions, ~2× over the default layout here) and tiles are processed under ``torch.inference_mode``; tiles
 whose voxels cannot reach a masked output are skipped. On CPUs with native bf16 (AVX-512 BF16 or AMX) ``auto``
 runs bfloat16 autocast: about 2× faster for a whole volume, and the bundled model's output moves by 0.36 % of its
@@ -37,7 +37,7 @@ from torch import nn
 
 from .devices import resolve_device, synthesis_dtype
 from .errors import Cancelled, GeometryError, ResourceError, UsageError
-from .fused_conv import ConvReLU3d
+from .fused_conv import FusedConv3d
 from .models import AutoContextChain
 from .progress import progress_event, warning_event
 from .unet_inference import is_cancelled, synthesize_unet
@@ -126,13 +126,13 @@ def _split(length: int, tile: int) -> List[Tuple[int, int]]:
 
 
 def _fuse_relus(body: nn.Sequential) -> nn.Sequential:
-    """``body`` with each convolution that a ReLU follows replaced by one ``ConvReLU3d`` (one oneDNN call on the CPU)."""
+    """``body`` with each convolution that a ReLU follows replaced by one ``FusedConv3d`` (one oneDNN call on the CPU)."""
     layers = list(body)
     out: List[nn.Module] = []
     i = 0
     while i < len(layers):
         if isinstance(layers[i], nn.Conv3d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
-            out.append(ConvReLU3d(layers[i]))
+            out.append(FusedConv3d(layers[i], "relu"))
             i += 2
         else:
             out.append(layers[i])

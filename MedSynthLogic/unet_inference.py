@@ -22,6 +22,7 @@ from torch import nn
 from .devices import synthesis_dtype
 from .errors import Cancelled
 from .patches import cut_window
+from .unet_folding import inference_copy
 
 #: Context around the brain box (voxels) so the network's own zero padding stays off the brain's edge.
 MARGIN = 16
@@ -59,10 +60,11 @@ def tiles_of(size: int, tile: int, multiple: int) -> List[Tuple[int, int]]:
 
 
 class _Runner:
-    """One U-Net stage in eval mode on ``device``: channels-last, autocast by ``precision``, optional flip averaging."""
+    """One U-Net stage on ``device``: an eval-mode inference copy (``unet_folding``), channels-last, autocast by
+    ``precision``, optional flip averaging. The caller's generator is left untouched (it may be mid-training)."""
 
     def __init__(self, gen: nn.Module, device: torch.device, precision: str, flip: bool) -> None:
-        self.gen, self.device, self.flip = gen, device, flip
+        self.gen, self.device, self.flip = inference_copy(gen), device, flip
         self.dtype = synthesis_dtype(device, precision)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -140,14 +142,9 @@ def synthesize_unet(
     prev = None if context is None else cut_window(context.astype(np.float32, copy=False), frame, mode="constant")
     with torch.inference_mode():
         for k in range(stages):
-            gen = chain.stages[k]
-            was_training = gen.training
-            gen.eval()
-            try:
-                channels = [src_f] if prev is None else [src_f, prev]
-                out = _run_stage(_Runner(gen, device, precision, flip), np.stack(channels), halo, multiple, max_voxels, tile, k, report, cancel)
-            finally:
-                gen.train(was_training)
+            channels = [src_f] if prev is None else [src_f, prev]
+            runner = _Runner(chain.stages[k], device, precision, flip)
+            out = _run_stage(runner, np.stack(channels), halo, multiple, max_voxels, tile, k, report, cancel)
             prev = out * mask_f if mask_f is not None else out
     result = np.zeros(src.shape, dtype=np.float32)
     inside = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(frame, src.shape))

@@ -1,4 +1,4 @@
-"""ConvReLU3d: a convolution and its ReLU as one oneDNN call at inference, giving what ``relu(conv(x))`` gives.
+"""FusedConv3d: a convolution and its activation as one oneDNN call at inference, giving what the two calls give.
 
 The fused op is PyTorch's own (``torch.ops.mkldnn._convolution_pointwise``); these tests check that the module takes
 it where it should, that its output equals the two separate calls in float32 and under bf16 autocast, and that every
@@ -17,7 +17,7 @@ from MedSynthLogic.config import GeneratorConfig, ModelConfig
 from MedSynthLogic.models import AutoContextChain
 from MedSynthLogic.tiled_synthesis import synthesize_array
 
-HAS_FUSED = fused_conv.ConvReLU3d(nn.Conv3d(1, 1, 3))._op is not None
+HAS_FUSED = fused_conv.FusedConv3d(nn.Conv3d(1, 1, 3))._op is not None
 needs_fused = pytest.mark.skipif(not HAS_FUSED, reason="this torch build has no oneDNN fused convolution")
 
 
@@ -42,23 +42,31 @@ class _Counting:
         return self.op(*args)
 
 
+PLAIN = {
+    "none": lambda y: y,
+    "relu": torch.relu,
+    "leaky_relu": lambda y: torch.nn.functional.leaky_relu(y, 0.1),
+}
+
+
 @needs_fused
+@pytest.mark.parametrize("activation", sorted(PLAIN))
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_fused_equals_conv_then_relu(dtype):
+def test_fused_equals_conv_then_activation(dtype, activation):
     conv = _conv()
-    fused = fused_conv.ConvReLU3d(conv)
+    fused = fused_conv.FusedConv3d(conv, activation, slope=0.1)
     counter = _Counting(fused._op)
     fused._op = counter
     x = _input()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-        want = torch.relu(conv(x))
+        want = PLAIN[activation](conv(x))
         got = fused(x)
     assert counter.calls == 1
     assert got.dtype == want.dtype
     assert got.is_contiguous(memory_format=torch.channels_last_3d)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype is None else dict(rtol=1.6e-2, atol=1e-2)
     torch.testing.assert_close(got, want, **tol)
-    assert float(got.min()) == 0.0
+    assert (float(got.min()) == 0.0) == (activation == "relu")
 
 
 def _refusing(*args):
@@ -71,7 +79,7 @@ def _refusing(*args):
 )
 def test_inputs_the_fused_op_cannot_take_go_the_plain_way(case):
     conv = _conv(dilation=1)
-    fused = fused_conv.ConvReLU3d(conv)
+    fused = fused_conv.FusedConv3d(conv, "relu")
     fused._op = _refusing
     x = _input(edge=2 if case == "small_edge" else 8)
     if case == "default_layout":
@@ -84,9 +92,11 @@ def test_inputs_the_fused_op_cannot_take_go_the_plain_way(case):
     torch.testing.assert_close(got, want)
 
 
-def test_grouped_convolutions_are_refused():
+def test_grouped_convolutions_and_unknown_activations_are_refused():
     with pytest.raises(ValueError, match="ungrouped"):
-        fused_conv.ConvReLU3d(nn.Conv3d(4, 4, 3, groups=2))
+        fused_conv.FusedConv3d(nn.Conv3d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        fused_conv.FusedConv3d(nn.Conv3d(4, 4, 3), "gelu")
 
 
 @needs_fused
