@@ -86,9 +86,14 @@ class FusedConv3d(nn.Module):
         w, b = self._fused_weights(dtype)
         c = self.conv
         scalars: List[float] = [self.slope] if self.activation == "leaky_relu" else []
-        return self._op(  # type: ignore[operator]
-            x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation), c.groups, self.activation, scalars, ""
-        )
+        try:
+            return self._op(  # type: ignore[operator]
+                x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation), c.groups, self.activation, scalars, ""
+            )
+        except (RuntimeError, TypeError):
+            # the op is internal to PyTorch: a build whose signature or kernels differ falls back for good
+            self._op = None
+            return self._plain(x)
 
 
 __all__ = ["ACTIVATIONS", "FusedConv3d"]

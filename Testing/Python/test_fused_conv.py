@@ -92,6 +92,26 @@ def test_inputs_the_fused_op_cannot_take_go_the_plain_way(case):
     torch.testing.assert_close(got, want)
 
 
+def test_an_op_that_fails_is_dropped_for_the_plain_path():
+    """The fused op is internal to PyTorch; if another build's signature differs, the module falls back for good."""
+    conv = _conv()
+    fused = fused_conv.FusedConv3d(conv, "relu")
+    calls = []
+
+    def changed(*args):
+        calls.append(1)
+        raise TypeError("_convolution_pointwise() takes other arguments")
+
+    fused._op = changed
+    x = _input()
+    with torch.inference_mode():
+        first, second = fused(x), fused(x)
+        want = torch.relu(conv(x))
+    assert calls == [1]
+    torch.testing.assert_close(first, want)
+    torch.testing.assert_close(second, want)
+
+
 def test_grouped_convolutions_and_unknown_activations_are_refused():
     with pytest.raises(ValueError, match="ungrouped"):
         fused_conv.FusedConv3d(nn.Conv3d(4, 4, 3, groups=2))
