@@ -125,23 +125,9 @@ def _split(length: int, tile: int) -> List[Tuple[int, int]]:
     return out
 
 
-def _fuse_relus(body: nn.Sequential) -> nn.Sequential:
-    """``body`` with each convolution that a ReLU follows replaced by one ``FusedConv3d`` (one oneDNN call on the CPU)."""
-    layers = list(body)
-    out: List[nn.Module] = []
-    i = 0
-    while i < len(layers):
-        if isinstance(layers[i], nn.Conv3d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
-            out.append(FusedConv3d(layers[i], "relu"))
-            i += 2
-        else:
-            out.append(layers[i])
-            i += 1
-    return nn.Sequential(*out)
-
-
 class _StageRunner:
-    """One generator prepared for inference: BatchNorm folded into the convolutions, channels-last, on device.
+    """One generator prepared for inference: BatchNorm folded into the convolutions, each ReLU fused into the
+    convolution before it (``FusedConv3d``), channels-last, on device.
 
     It runs ``Generator.forward`` in eval mode (body, then ``Generator.add_residual``) on a copy of the body, so
     the caller's model is left untouched (it may be in training mode mid-training).
@@ -154,19 +140,18 @@ class _StageRunner:
         fused: List[nn.Module] = []
         i = 0
         while i < len(layers):
-            layer = layers[i]
-            if isinstance(layer, nn.Conv3d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm3d):
-                conv = copy.deepcopy(layer).eval()
-                bn = copy.deepcopy(layers[i + 1]).eval()
-                fused.append(fuse_conv_bn_eval(conv, bn))
-                i += 2
-            else:
-                fused.append(copy.deepcopy(layer).eval())
+            layer = copy.deepcopy(layers[i]).eval()
+            i += 1
+            if isinstance(layer, nn.Conv3d) and i < len(layers) and isinstance(layers[i], nn.BatchNorm3d):
+                layer = fuse_conv_bn_eval(layer, copy.deepcopy(layers[i]).eval())
                 i += 1
-        body = nn.Sequential(*fused).to(device=device, dtype=torch.float32).to(memory_format=torch.channels_last_3d)
-        for p in body.parameters():
+            if isinstance(layer, nn.Conv3d) and i < len(layers) and isinstance(layers[i], nn.ReLU):
+                layer = FusedConv3d(layer, "relu")
+                i += 1
+            fused.append(layer)
+        self.body = nn.Sequential(*fused).to(device=device, dtype=torch.float32).to(memory_format=torch.channels_last_3d)
+        for p in self.body.parameters():
             p.requires_grad_(False)
-        self.body = _fuse_relus(body)
         self.config = gen.config
         self.halo = int(gen.halo)
         self.add_residual = gen.add_residual
