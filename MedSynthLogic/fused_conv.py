@@ -70,11 +70,13 @@ class FusedConv3d(nn.Module):
         )
 
     def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The two calls; the activation in place when no gradient is recorded (``y`` is fresh), as ``models.act_fresh``."""
         y = self.conv(x)
+        inplace = not torch.is_grad_enabled()
         if self.activation == "relu":
-            return F.relu(y)
+            return F.relu(y, inplace=inplace)
         if self.activation == "leaky_relu":
-            return F.leaky_relu(y, self.slope)
+            return F.leaky_relu(y, self.slope, inplace=inplace)
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
