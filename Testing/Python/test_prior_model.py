@@ -14,7 +14,7 @@ from MedSynthLogic.errors import Cancelled, ModelFileError, UsageError
 from MedSynthLogic.models import build_generators, scale_refinement, start_as_context
 
 from _models import random_chain
-from test_unet import _train_cfg, randomise, small_unet
+from test_unet import train_cfg, randomise, small_unet
 
 
 def small_fcn(stages: int = 2) -> ModelConfig:
@@ -279,7 +279,7 @@ def test_training_on_a_prior_keeps_it_frozen_in_the_file_and_resumes_exactly(tmp
 
     events = []
     kw = dict(device="cpu", prior_model=prior_file)
-    straight = train(unet_data, tmp_path / "a.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "ra",
+    straight = train(unet_data, tmp_path / "a.safetensors", refining_unet(), train_cfg(), run_dir=tmp_path / "ra",
                      callback=events.append, **kw)
     context = [e for e in events if e["event"] == "progress" and e.get("task") == "context"]
     assert context and context[-1]["stage"] == 0 and context[-1]["done"] == context[-1]["total"] > 0
@@ -295,15 +295,15 @@ def test_training_on_a_prior_keeps_it_frozen_in_the_file_and_resumes_exactly(tmp
             stop.set()
 
     with pytest.raises(Cancelled):
-        train(unet_data, tmp_path / "b.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "rb",
+        train(unet_data, tmp_path / "b.safetensors", refining_unet(), train_cfg(), run_dir=tmp_path / "rb",
               callback=stop_at_3, stop_event=stop, **kw)
     candidate = load_model(export_checkpoint(ckpt.latest_checkpoint(tmp_path / "rb"), tmp_path / "c.safetensors", stages=1))
     assert candidate.config.prior == prior.config
     other = save_model(tmp_path / "other.safetensors", random_chain(small_fcn(), seed=4), small_fcn())
     with pytest.raises(UsageError, match="differs from the prior this run started with"):
-        train(unet_data, tmp_path / "b.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "rb",
+        train(unet_data, tmp_path / "b.safetensors", refining_unet(), train_cfg(), run_dir=tmp_path / "rb",
               resume=True, device="cpu", prior_model=other)
-    resumed = train(unet_data, tmp_path / "b.safetensors", refining_unet(), _train_cfg(), run_dir=tmp_path / "rb",
+    resumed = train(unet_data, tmp_path / "b.safetensors", refining_unet(), train_cfg(), run_dir=tmp_path / "rb",
                     resume=True, **kw)
     a, b = load_model(straight).chain.state_dict(), load_model(resumed).chain.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -336,7 +336,7 @@ def test_training_starts_the_refining_stage_as_the_prior(tmp_path, unet_data, pr
 
     events = []
     out = train(unet_data, tmp_path / "s.safetensors", refining_unet(),
-                _train_cfg(iterations=2, lr_g=0.0, weight_decay=0.0, val_every=1), device="cpu", prior_model=prior_file,
+                train_cfg(iterations=2, lr_g=0.0, weight_decay=0.0, val_every=1), device="cpu", prior_model=prior_file,
                 callback=events.append)
     psnr = [e["psnr"] for e in events if e["event"] == "validation"]
     assert len(psnr) == 2 and psnr[0] == psnr[1]

@@ -257,7 +257,7 @@ def unet_data(tmp_path_factory):
     return make_phantom_data(tmp_path_factory.mktemp("unet_phantom"), small_unet(), patches_per_case=1, shape=(40, 48, 40))
 
 
-def _train_cfg(**kw) -> TrainConfig:
+def train_cfg(**kw) -> TrainConfig:
     base = dict(iterations=6, batch_size=2, val_every=0, checkpoint_every=0, log_every=1, val_volumes=1, precision="fp32",
                 lr_g=3e-3, lr_d=1e-3, optimizer="adamw", weight_decay=1e-4, lr_schedule="cosine", lr_warmup=2,
                 grad_clip=1.0, ema_decay=0.5, warmup_iterations=3)
@@ -273,7 +273,7 @@ def test_unet_batches_take_the_runs_intensity_augmentation(unet_data):
     from MedSynthLogic.distributed import DistContext
 
     train_h5 = Path(unet_data) / "train.h5"
-    plain, changed = (batch_source(train_h5, None, None, None, small_unet(), _train_cfg(**aug), 0, 0, DistContext())
+    plain, changed = (batch_source(train_h5, None, None, None, small_unet(), train_cfg(**aug), 0, 0, DistContext())
                       for aug in ({}, {"aug_gamma_sd": 0.3, "aug_field_sd": 0.1}))
     (src0, tgt0, m0), (src1, tgt1, m1) = plain.batch(4), changed.batch(4)
     assert torch.equal(tgt0, tgt1) and torch.equal(m0, m1)
@@ -288,7 +288,7 @@ def test_unet_batches_take_the_runs_spatial_augmentation(unet_data):
     from MedSynthLogic.distributed import DistContext
 
     train_h5 = Path(unet_data) / "train.h5"
-    plain, turned = (batch_source(train_h5, None, None, None, small_unet(), _train_cfg(**aug), 0, 0, DistContext())
+    plain, turned = (batch_source(train_h5, None, None, None, small_unet(), train_cfg(**aug), 0, 0, DistContext())
                      for aug in ({}, {"aug_rotate_deg": 15.0, "aug_zoom_sd": 0.1}))
     assert plain.crops.spatial is None and turned.crops.spatial is not None
     (src0, tgt0, m0), (src1, tgt1, m1) = plain.batch(4), turned.batch(4)
@@ -301,7 +301,7 @@ def test_unet_training_lowers_the_validation_loss(tmp_path, unet_data):
     from MedSynthLogic.training import train
 
     events = []
-    out = train(unet_data, tmp_path / "u.safetensors", small_unet(), _train_cfg(iterations=60, val_every=20, ema_decay=0.0),
+    out = train(unet_data, tmp_path / "u.safetensors", small_unet(), train_cfg(iterations=60, val_every=20, ema_decay=0.0),
                 device="cpu", callback=events.append)
     vals = [e["val_loss"] for e in events if e["event"] == "validation"]
     assert len(vals) == 3 and vals[0] > vals[1] > vals[2] and vals[-1] < 0.8 * vals[0]
@@ -314,7 +314,7 @@ def test_unet_resume_equals_uninterrupted(tmp_path, unet_data):
     from MedSynthLogic.training import train
 
     cfg = small_unet()
-    straight = train(unet_data, tmp_path / "a.safetensors", cfg, _train_cfg(), device="cpu", run_dir=tmp_path / "ra")
+    straight = train(unet_data, tmp_path / "a.safetensors", cfg, train_cfg(), device="cpu", run_dir=tmp_path / "ra")
     stop = __import__("threading").Event()
 
     def stop_at_3(event):
@@ -324,7 +324,7 @@ def test_unet_resume_equals_uninterrupted(tmp_path, unet_data):
     from MedSynthLogic.errors import Cancelled
 
     with pytest.raises(Cancelled):
-        train(unet_data, tmp_path / "b.safetensors", cfg, _train_cfg(), device="cpu", run_dir=tmp_path / "rb",
+        train(unet_data, tmp_path / "b.safetensors", cfg, train_cfg(), device="cpu", run_dir=tmp_path / "rb",
               callback=stop_at_3, stop_event=stop)
     from MedSynthLogic import checkpoint as ckpt
     from MedSynthLogic.training import export_checkpoint
@@ -334,7 +334,7 @@ def test_unet_resume_equals_uninterrupted(tmp_path, unet_data):
     assert candidate.header["training"]["exported_ema"]
     ema = {k[len("module."):]: v for k, v in stopped["ema"].items() if k.startswith("module.")}
     assert all(torch.equal(candidate.chain.stages[0].state_dict()[k], ema[k]) for k in ema)
-    resumed = train(unet_data, tmp_path / "b.safetensors", cfg, _train_cfg(), device="cpu", run_dir=tmp_path / "rb", resume=True)
+    resumed = train(unet_data, tmp_path / "b.safetensors", cfg, train_cfg(), device="cpu", run_dir=tmp_path / "rb", resume=True)
     a, b = load_model(straight).chain.state_dict(), load_model(resumed).chain.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -347,7 +347,7 @@ def test_unet_bf16_step_is_finite_and_keeps_losses_in_float32(upsample):
     cfg = small_unet(unet_upsample=upsample)
     torch.manual_seed(0)
     gen, disc = build_generator(cfg.stage_generator(0)), build_discriminator(cfg)
-    trainer = StageTrainer(gen, disc, cfg, _train_cfg(precision="bf16", warmup_iterations=0), DistContext())
+    trainer = StageTrainer(gen, disc, cfg, train_cfg(precision="bf16", warmup_iterations=0), DistContext())
     src, tgt = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
     mask = (torch.rand(1, 1, 32, 32, 32) > 0.3).float()
     for i in range(3):
@@ -362,7 +362,7 @@ def test_unet_auto_context_stage_trains_on_the_first(tmp_path, unet_data):
     from MedSynthLogic.training import train
 
     events = []
-    out = train(unet_data, tmp_path / "u2.safetensors", small_unet(stages=2), _train_cfg(iterations=4), device="cpu",
+    out = train(unet_data, tmp_path / "u2.safetensors", small_unet(stages=2), train_cfg(iterations=4), device="cpu",
                 callback=events.append)
     model = load_model(out)
     assert model.stages == 2 and model.chain.stages[1].config.in_channels == 2
