@@ -25,7 +25,7 @@ def summarize_header(header: Mapping[str, Any], name: str) -> str:
         ("architecture", lambda: _architecture(config)),
         ("stages", lambda: _stages(header, config)),
         ("training data", lambda: _data(training.get("data"))),
-        ("training", lambda: _schedule(training)),
+        ("training", lambda: _schedule(training, config.get("loss") or {})),
         ("validation", lambda: _metrics(header.get("metrics") or {})),
         ("created", lambda: _created(header)),
     ]
@@ -113,7 +113,7 @@ def _data(data: Any) -> str:
     return "; ".join(parts)
 
 
-def _schedule(training: Mapping[str, Any]) -> str:
+def _schedule(training: Mapping[str, Any], loss: Mapping[str, Any]) -> str:
     parts: List[str] = []
     trained = training.get("stages_trained")
     for entry in trained if isinstance(trained, list) else []:
@@ -127,12 +127,23 @@ def _schedule(training: Mapping[str, Any]) -> str:
         parts.append(f"{training['iterations_per_stage']} iterations per stage{stages}")
     adversarial = (training.get("train_config") or {}).get("adversarial")
     if adversarial is not None:
-        parts.append("adversarial (GAN) + L2 + GDL" if adversarial else "L2 + GDL only, no adversarial term")
+        parts.append(_loss_terms(loss, bool(adversarial)))
     if training.get("wall_time_s") is not None:
         parts.append(f"{float(training['wall_time_s']) / 60:.0f} min")
     if training.get("device"):
         parts.append(str(training["device"]))
     return "; ".join(parts) if parts else "not stated"
+
+
+def _loss_terms(loss: Mapping[str, Any], adversarial: bool) -> str:
+    """The generator's loss as trained: only the terms with a non-zero weight (a header without a loss section
+    was written with the defaults, which weigh all three)."""
+    pixel = str(loss.get("pixel", "l2")).upper()
+    terms = [name for name, key in ((pixel, "lambda_l2"), ("GDL", "lambda_gdl")) if float(loss.get(key, 1.0)) > 0]
+    pixel_terms = " + ".join(terms) or "no pixel loss"
+    if adversarial and float(loss.get("lambda_adv", 1.0)) > 0:
+        return f"adversarial (GAN) + {pixel_terms}"
+    return f"{pixel_terms} only, no adversarial term"
 
 
 def held_out_figures(metrics: Mapping[str, Any]) -> Optional[Tuple[Any, str]]:

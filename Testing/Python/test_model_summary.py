@@ -1,0 +1,27 @@
+"""The model summary names the loss terms a model was trained with, not the full method regardless of weights."""
+
+import pytest
+
+from MedSynthLogic.model_summary import summarize_header
+
+
+def header(adversarial: bool, **loss: float) -> dict:
+    return {"model_config": {"loss": {"pixel": "l2", **loss}},
+            "training": {"iterations_per_stage": 10, "train_config": {"adversarial": adversarial}}}
+
+
+@pytest.mark.parametrize("adversarial, loss, expected", [
+    (True, dict(lambda_adv=0.05, lambda_l2=1.0, lambda_gdl=1.0), "adversarial (GAN) + L2 + GDL"),
+    (False, dict(lambda_adv=0.05, lambda_l2=1.0, lambda_gdl=0.3), "L2 + GDL only, no adversarial term"),
+    (False, dict(lambda_adv=0.0, lambda_l2=1.0, lambda_gdl=0.0), "L2 only, no adversarial term"),
+    (True, dict(lambda_adv=0.0, lambda_l2=1.0, lambda_gdl=1.0), "L2 + GDL only, no adversarial term"),
+    (True, dict(lambda_adv=0.05, lambda_l2=1.0, lambda_gdl=0.0, pixel="l1"), "adversarial (GAN) + L1"),
+])
+def test_training_line_names_the_weighted_terms(adversarial, loss, expected):
+    line = next(row for row in summarize_header(header(adversarial, **loss), "m").splitlines() if "training  " in row)
+    assert line.split("; ")[1] == expected
+
+
+def test_a_header_without_a_loss_section_reads_as_the_defaults():
+    bare = {"training": {"iterations_per_stage": 10, "train_config": {"adversarial": True}}}
+    assert "adversarial (GAN) + L2 + GDL" in summarize_header(bare, "m")
