@@ -25,8 +25,10 @@ ROWS = [
                 "`medsynth_t1ce_t2_nie2018.safetensors`)"),
     ("bundled_flip_tta", "the paper's 3-stage FCN, with flip averaging"),
     ("bundled_plus_stage4", "the 3-stage FCN + a 4th stage (CPU, 602 iterations; not shipped, MODEL_CARD.md)"),
-    ("unet3d_ablation/prior_fcn_q_blend", "**the default since session 26: the Q blend** (the 3-stage FCN + one U-Net "
-                                          "stage trained on the CPU, blended 0.5; MODEL_CARD.md)"),
+    ("unet3d_ablation/prior_fcn_q_blend", "the Q blend (the 3-stage FCN + one U-Net stage trained on the CPU with the "
+                                          "full loss, blended 0.5; the default in sessions 26–27)"),
+    ("unet3d_ablation/prior_fcn_l2_blend", "**the default since session 28: the L2-only blend** (the same with a U-Net "
+                                           "stage trained with the L2 loss alone; MODEL_CARD.md)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
