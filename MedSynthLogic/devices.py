@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import re
-from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
+from .cpu_features import CPU_BF16_FLAGS, cpu_has_native_bf16
 from .errors import ResourceError, UsageError
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
@@ -75,20 +74,6 @@ def autocast_dtype(
     return cuda_auto if device.type == "cuda" else cpu_auto if device.type == "cpu" else None
 
 
-#: CPU flags of native bf16 arithmetic (oneDNN's fast bf16 kernels need one of them).
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively, from /proc/cpuinfo (False where that file is missing: macOS, Windows)."""
-    try:
-        words = set(Path("/proc/cpuinfo").read_text(errors="replace").split())
-    except OSError:
-        return False
-    return any(flag in words for flag in CPU_BF16_FLAGS)
-
-
 def synthesis_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
     """The autocast dtype of a synthesis: ``auto`` is bf16 on CPUs with native bf16, float32 on other CPUs.
 
@@ -106,4 +91,5 @@ def arithmetic_name(device: Union[str, torch.device], precision: str = "auto") -
     return str(dtype or torch.float32).replace("torch.", "")
 
 
-__all__ = ["PRECISIONS", "arithmetic_name", "autocast_dtype", "cpu_has_native_bf16", "resolve_device", "synthesis_dtype"]
+__all__ = ["CPU_BF16_FLAGS", "PRECISIONS", "arithmetic_name", "autocast_dtype", "cpu_has_native_bf16", "resolve_device",
+           "synthesis_dtype"]
