@@ -29,6 +29,7 @@ ROWS = [
                                           "full loss, blended 0.5; the default in sessions 26–27)"),
     ("unet3d_ablation/prior_fcn_l2_blend", "**the default since session 28: the L2-only blend** (the same with a U-Net "
                                            "stage trained with the L2 loss alone; MODEL_CARD.md)"),
+    ("unet3d_ablation/default_l2_blend_flip", "the default with flip averaging (`--flip-tta`, 1.7× the time)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
