@@ -557,6 +557,39 @@ def test_the_report_scripts_measure_what_medsynth_evaluate_measures(ws):
         assert math.isfinite(float(_table_cell(level, case, 2).split("/")[0]))
 
 
+def test_input_shift_scores_the_unshifted_row_as_evaluate_does_and_every_shift_moves_it(ws, tmp_path):
+    """input_shift.py feeds MODEL_CARD.md: its "none" row must be evaluate's, a shifted source must change the
+    synthesis, and a case's T1 beside its T1ce is found (only case1 gets one here, so that row has one case)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(ws.data, data)
+    shutil.copy(data / "case1" / "case1_t1ce.nii.gz", data / "case1" / "case1_t1.nii.gz")
+    out = ws.root / "evaluation_fp32"
+    medsynth("evaluate", data, "--model", ws.model, "--cases", "case1,case2", "--out", out, "--device", "cpu",
+             "--precision", "fp32")
+    psnr = {c["case"]: c["psnr"] for c in _check_report(out, ["case1", "case2"])["cases"]}
+    lookup = ws.root / "shift_lookup.json"
+    medsynth("fit-lookup", data, lookup, "--cases", "case0", "--bins", 64, "--config", ws.config)
+    shifted = tmp_path / "shift"
+    _script("input_shift.py", data, shifted, "--cases", "case1,case2", "--model", f"tiny={ws.model}",
+            "--lookup", f"lookup={lookup}")
+    report = json.loads((shifted / "input_shift.json").read_text(encoding="utf-8"))
+    tiny = report["results"]["tiny"]
+    assert {c["case"]: c["psnr"] for c in tiny["none"]["cases"]} == pytest.approx(psnr, abs=1e-6)
+    assert [c["case"] for c in tiny["T1 instead of T1ce"]["cases"]] == ["case1"]
+    assert tiny["T1 instead of T1ce"]["cases"][0]["psnr"] == pytest.approx(psnr["case1"], abs=1e-6), \
+        "case1's T1 is a copy of its T1ce here"
+    for shift in ("gamma 0.8", "gamma 1.25", "bias field ±20 %", "noise 5 %", "3 mm slices"):
+        assert tiny[shift]["cases"][0]["psnr"] != pytest.approx(psnr["case1"], abs=1e-4), shift
+        assert set(report["results"]["lookup"][shift]["cases"][0]) >= {"psnr", "ssim"}
+    verdicts = report["input_checks"]["case1"]
+    assert verdicts["none"] == "accepted" and set(verdicts) == set(tiny)
+    assert all(v == "accepted" or v.startswith("refused: ") for v in verdicts.values()), verdicts
+    md = (shifted / "INPUT_SHIFT.md").read_text(encoding="utf-8")
+    assert "### tiny" in md and "### lookup" in md and "| gamma 0.8 | 2 |" in md
+
+
 @pytest.mark.parametrize("command", ["fit-lookup", "evaluate"])
 def test_a_misspelt_case_id_is_refused_not_skipped(ws, command):
     out = ws.root / f"typo_{command}"

@@ -1,0 +1,184 @@
+"""How far does the synthesis fall when the T1ce is not like the training cases'? Shifted sources, measured.
+
+usage: python Testing/Evaluation/input_shift.py CASES_DIR OUT_DIR --cases A,B,C --model LABEL=FILE [--model ...]
+       [--lookup LABEL=FILE ...] [--precision fp32]
+
+The held-out scans MedSynth meets come from other scanners and pipelines; the input checks let most of them through.
+Each shift below is a pure function of the case's own T1ce (nothing is fitted), applied inside the T1ce's brain mask,
+which stays the scoring mask for every row so the rows compare like with like:
+
+- ``gamma 0.8`` / ``gamma 1.25``: brain intensities mapped through x**gamma on [0, brain max] (another contrast);
+- ``bias field ±20 %``: multiplied by 1 + 0.2·u, u linear from −1 to 1 across the brain's left–right extent;
+- ``noise 5 %``: Gaussian noise of sd 5 % of the brain's median (seed 0), negatives set to 0;
+- ``3 mm slices``: a 3-voxel box average along the slice axis (array axis 0), i.e. thick slices resampled to 1 mm;
+- ``T1 instead of T1ce``: the case's non-contrast T1 (the file named like the source with ``t1ce`` → ``t1``), the
+  likeliest wrong pick in Slicer's volume selector.
+
+Every row is scored by ``medsynth evaluate``'s protocol (``metrics.evaluate_pairs``), and says whether
+``input_checks.check_source`` accepts the shifted file for the first model. Writes OUT_DIR/input_shift.json (every
+case) and OUT_DIR/INPUT_SHIFT.md (means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from MedSynthLogic.baselines import IntensityLookup
+from MedSynthLogic.dataset_prep import find_cases, select_cases
+from MedSynthLogic.input_checks import check_source
+from MedSynthLogic.metrics import evaluate_pairs
+from MedSynthLogic.model_file import load_model
+from MedSynthLogic.normalisation import brain_mask
+from MedSynthLogic.volume_io import align_pair, read_volume
+from MedSynthLogic.volume_synthesis import synthesize_volume
+
+Shift = Callable[[np.ndarray, np.ndarray], np.ndarray]
+COLUMNS = ("psnr", "ssim", "psnr_tumour", "psnr_calibrated")
+
+
+def _gamma(g: float) -> Shift:
+    def shift(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        top = float(x[mask].max())
+        return np.where(mask, top * (np.clip(x, 0.0, None) / top) ** g, 0.0)
+    return shift
+
+
+def _bias(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    cols = np.flatnonzero(mask.any(axis=(0, 1)))
+    u = np.clip((np.arange(x.shape[2]) - cols[0]) / max(cols[-1] - cols[0], 1) * 2.0 - 1.0, -1.0, 1.0)
+    return np.where(mask, x * (1.0 + 0.2 * u)[None, None, :], 0.0)
+
+
+def _noise(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    sd = 0.05 * float(np.median(x[mask]))
+    noisy = x + np.random.default_rng(0).normal(0.0, sd, x.shape)
+    return np.where(mask, np.clip(noisy, 0.0, None), 0.0)
+
+
+def _thick(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, ndimage.uniform_filter1d(x.astype(np.float64), 3, axis=0, mode="nearest"), 0.0)
+
+
+SHIFTS: Dict[str, Optional[Shift]] = {
+    "none": lambda x, mask: x,
+    "gamma 0.8": _gamma(0.8),
+    "gamma 1.25": _gamma(1.25),
+    "bias field ±20 %": _bias,
+    "noise 5 %": _noise,
+    "3 mm slices": _thick,
+    "T1 instead of T1ce": None,  # another file, not a function of the T1ce
+}
+
+
+def _t1_file(source: Path) -> Optional[Path]:
+    """The case's non-contrast T1 beside its T1ce, if the names say which it is."""
+    if "t1ce" not in source.name:
+        return None
+    t1 = source.with_name(source.name.replace("t1ce", "t1"))
+    return t1 if t1.is_file() else None
+
+
+def shifted_sources(case, mask: np.ndarray, source) -> Dict[str, object]:
+    """Shift name → shifted source Volume (absent when the case has no such file)."""
+    out = {}
+    for name, fn in SHIFTS.items():
+        if fn is not None:
+            out[name] = source.with_array(fn(source.array, mask).astype(np.float32))
+            continue
+        t1 = _t1_file(Path(case.source))
+        if t1 is not None:
+            other, _, _ = align_pair(read_volume(t1), source, policy="resample")
+            out[name] = source.with_array(np.where(mask, other.array, 0.0).astype(np.float32))
+    return out
+
+
+def measure(cases_dir: Path, cases: List[str], models: Dict[str, str], lookups: Dict[str, str],
+            precision: str) -> Tuple[Dict[str, Dict[str, dict]], Dict[str, Dict[str, str]]]:
+    """(predictor → shift → evaluate_pairs result, case → shift → input-check verdict for the first model)."""
+    loaded = {label: load_model(path) for label, path in models.items()}
+    tables = {label: IntensityLookup.load(path) for label, path in lookups.items()}
+    first = next(iter(loaded.values()))
+    norm = first.config.normalisation
+    entries: Dict[str, Dict[str, list]] = {label: {} for label in [*loaded, *tables]}
+    verdicts: Dict[str, Dict[str, str]] = {}
+    for case in select_cases(find_cases(cases_dir), cases, f"Case in {cases_dir}"):
+        source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
+        seg = read_volume(case.seg).array.astype(np.uint8) if case.seg else None
+        mask = brain_mask(source.array, norm.mask_threshold)
+        verdicts[case.case_id] = {}
+        for shift, shifted in shifted_sources(case, mask, source).items():
+            findings = check_source(shifted, first.config)
+            verdicts[case.case_id][shift] = "refused: " + ", ".join(f.code for f in findings) if findings else "accepted"
+            for label, model in loaded.items():
+                pred = synthesize_volume(model, shifted, mask=mask, device="cpu", precision=precision)
+                entries[label].setdefault(shift, []).append((case.case_id, pred, target, mask, seg))
+            for label, table in tables.items():
+                pred = shifted.with_array(table.apply(shifted.array, mask))
+                entries[label].setdefault(shift, []).append((case.case_id, pred, target, mask, seg))
+            print(case.case_id, shift, verdicts[case.case_id][shift], flush=True)
+    results = {label: {shift: evaluate_pairs(pairs, pred_scale=norm.output_scale) for shift, pairs in by_shift.items()}
+               for label, by_shift in entries.items()}
+    return results, verdicts
+
+
+def markdown(results: Dict[str, Dict[str, dict]], verdicts: Dict[str, Dict[str, str]]) -> str:
+    """One table per predictor: a row per shift, the mean of each column over the cases, its change from no shift."""
+    lines = []
+    for label, by_shift in results.items():
+        lines += [f"### {label}", "", "| source | cases | PSNR (dB) | SSIM | tumour PSNR | PSNR after gain/offset | input checks |",
+                  "|---|---|---|---|---|---|---|"]
+        base = by_shift["none"]["summary"]
+        for shift, result in by_shift.items():
+            s = result["summary"]
+            cells = []
+            for key in COLUMNS:
+                if key not in s:
+                    cells.append("")
+                    continue
+                fmt = ".3f" if key == "ssim" else ".2f"
+                delta = "" if shift == "none" else f" ({s[key]['mean'] - base[key]['mean']:+{fmt}})"
+                cells.append(f"{s[key]['mean']:{fmt}}{delta}")
+            said = sorted({verdicts[c["case"]][shift] for c in result["cases"]})
+            lines.append(f"| {shift} | {len(result['cases'])} | " + " | ".join(cells) + f" | {'; '.join(said)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pairs(values: List[str], flag: str) -> Dict[str, str]:
+    out = {}
+    for value in values:
+        label, sep, path = value.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"{flag} takes LABEL=FILE, not {value!r}")
+        out[label] = path
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cases_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--cases", required=True)
+    ap.add_argument("--model", action="append", required=True, help="LABEL=FILE; the first one's input checks are reported")
+    ap.add_argument("--lookup", action="append", default=[], help="LABEL=FILE from medsynth fit-lookup")
+    ap.add_argument("--precision", default="fp32")
+    args = ap.parse_args()
+    results, verdicts = measure(args.cases_dir, args.cases.split(","), _pairs(args.model, "--model"),
+                                _pairs(args.lookup, "--lookup"), args.precision)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "input_shift.json").write_text(json.dumps({"results": results, "input_checks": verdicts}, indent=1),
+                                                   encoding="utf-8")
+    intro = (f"# Shifted sources\n\n`python Testing/Evaluation/input_shift.py` on {', '.join(verdicts)} "
+             f"(precision {args.precision}; the shifts: its docstring). Means over the cases; in brackets the change "
+             "from the unshifted source.\n\n")
+    (args.out_dir / "INPUT_SHIFT.md").write_text(intro + markdown(results, verdicts), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
