@@ -15,7 +15,8 @@ import torch
 
 from . import distributed as dist_utils
 from .config import ModelConfig, TrainConfig
-from .crops import CropBatches, crop_volumes
+from .crops import ContextByGamma, CropBatches, crop_volumes
+from .errors import UsageError
 from .intensity_augment import augment_of
 from .spatial_augment import spatial_augment_of
 
@@ -118,13 +119,14 @@ class CropSource:
         cfg: TrainConfig,
         stage: int,
         ctx: dist_utils.DistContext,
+        variants: Optional[ContextByGamma] = None,
     ) -> None:
         from .h5data import load_volumes, patch_file_info
 
         flip_axis = patch_file_info(train_h5)["flip_axis"]
-        volumes = crop_volumes(load_volumes(train_h5), context_train)
+        volumes = crop_volumes(load_volumes(train_h5), context_train, variants)
         self.crops = CropBatches(volumes, model_cfg.source_patch, cfg.batch_size, cfg.seed, stage, ctx.rank, flip_axis,
-                                 augment_of(cfg, model_cfg), spatial_augment_of(cfg))
+                                 augment_of(cfg, model_cfg), spatial_augment_of(cfg), tuple(variants or ()))
 
     def batch(self, iteration: int) -> Batch:
         return self.crops.batch(iteration)
@@ -136,8 +138,13 @@ class CropSource:
 def batch_source(
     train_h5: Path, val_h5: Optional[Path], context_train: Optional[Mapping[str, np.ndarray]], context_val: Optional[Mapping[str, np.ndarray]],
     model_cfg: ModelConfig, cfg: TrainConfig, stage: int, start: int, ctx: dist_utils.DistContext,
+    variants: Optional[ContextByGamma] = None,
 ) -> "PatchSource | CropSource":
-    """The batches of the generator kind: patches for the paper's FCN, crops of whole volumes for the U-Net."""
+    """The batches of the generator kind: patches for the paper's FCN, crops of whole volumes for the U-Net (which
+    alone takes ``variants``, the context for other contrasts: ``TrainConfig.aug_context_gammas``)."""
     if model_cfg.generator.kind == "unet3d":
-        return CropSource(train_h5, context_train, model_cfg, cfg, stage, ctx)
+        return CropSource(train_h5, context_train, model_cfg, cfg, stage, ctx, variants)
+    if variants:
+        raise UsageError("aug_context_gammas applies to the U-Net's crops only (the paper's FCN trains on patches).",
+                         "Set aug_context_gammas to [] for a nie2018 model.")
     return PatchSource(train_h5, val_h5, context_train, context_val, cfg, stage, start, ctx)

@@ -231,6 +231,10 @@ class TrainConfig:
     contrast, bias-field and scale changes of the U-Net's training crops' source (:mod:`.intensity_augment`; 0 = off).
     ``aug_rotate_deg``, ``aug_zoom_sd``: random rotations (each Euler angle within ± degrees) and isotropic zooms
     (sd of ln zoom) of those crops, all channels and the mask alike (:mod:`.spatial_augment`; 0 = off).
+    ``aug_context_gammas``: contrasts (gamma ≠ 1) at which the auto-context input (the previous stage's or the prior
+    model's synthesis) is also computed for the training cases; each augmented crop then gets the one whose gamma is
+    nearest its own drawn gamma (1 included), so the stage learns what its context does when the contrast changes
+    (:mod:`.training.context`; empty = off; needs ``aug_gamma_sd`` > 0).
     """
 
     stages: int = 3
@@ -262,10 +266,14 @@ class TrainConfig:
     aug_scale_sd: float = 0.0
     aug_rotate_deg: float = 0.0
     aug_zoom_sd: float = 0.0
+    aug_context_gammas: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_augment_spreads(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd)
         check_spatial_spreads(self.aug_rotate_deg, self.aug_zoom_sd)
+        if any(not (g > 0 and g != 1.0) for g in self.aug_context_gammas) or (self.aug_context_gammas and self.aug_gamma_sd <= 0):
+            raise UsageError(f"aug_context_gammas {list(self.aug_context_gammas)} must be gammas > 0 other than 1, with "
+                             "aug_gamma_sd > 0.", "Use e.g. [0.8, 1.25] with aug_gamma_sd 0.2, or [] (off).")
         if self.optimizer not in ("adam", "adamw"):
             raise UsageError(f"Unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'.")
         if self.lr_schedule not in ("step", "cosine"):

@@ -10,7 +10,7 @@ checkpoint, and a resumed run sees exactly the crops an uninterrupted one would.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from .spatial_augment import SpatialAugment, resample_crop
 AUGMENT_STREAM = 1
 #: Seed word of the spatial augmentation's stream: the crops' centres and flips stay those of a run without it.
 SPATIAL_STREAM = 2
+#: gamma → (case id → the auto-context input computed for that contrast of the source, on the padded grid).
+ContextByGamma = Mapping[float, Mapping[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -35,25 +37,39 @@ class CropVolume:
     target: np.ndarray
     mask: np.ndarray
     context: Optional[np.ndarray] = None
+    #: The context computed for other contrasts of the source, in the order of ``CropBatches.variant_gammas``.
+    variants: Tuple[np.ndarray, ...] = ()
 
 
-def crop_volumes(volumes: Mapping[str, Mapping[str, object]], context: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, CropVolume]:
+def crop_volumes(
+    volumes: Mapping[str, Mapping[str, object]],
+    context: Optional[Mapping[str, np.ndarray]] = None,
+    variants: Optional[ContextByGamma] = None,
+) -> Dict[str, CropVolume]:
     """``h5data.load_volumes`` entries (padded by their ``pad``) → unpadded :class:`CropVolume`s.
 
-    ``context`` (case id → previous-stage synthesis on the same padded grid) becomes each case's second channel.
+    ``context`` (case id → previous-stage synthesis on the same padded grid) becomes each case's second channel;
+    ``variants`` (gamma → such a mapping, computed for that contrast of the source) its alternatives.
     """
     out: Dict[str, CropVolume] = {}
     for cid, vol in volumes.items():
         pad = int(vol["pad"])  # type: ignore[arg-type]
         inner = tuple(slice(pad, n - pad) for n in np.shape(vol["source"]))
         ctx = None if context is None else np.asarray(context[cid], dtype=np.float32)[inner]
+        alternatives = tuple(np.asarray(by_case[cid], dtype=np.float32)[inner] for by_case in (variants or {}).values())
         out[cid] = CropVolume(
             np.asarray(vol["source"], dtype=np.float32)[inner],
             np.asarray(vol["target"], dtype=np.float32)[inner],
             np.asarray(vol["mask"], dtype=bool)[inner],
             ctx,
+            alternatives,
         )
     return out
+
+
+def nearest_gamma(gamma: float, gammas: Sequence[float]) -> int:
+    """The index of the gamma in ``gammas`` nearest ``gamma`` on a log scale (contrast changes compose as products)."""
+    return int(np.argmin([abs(np.log(gamma) - np.log(g)) for g in gammas]))
 
 
 class CropBatches:
@@ -62,7 +78,9 @@ class CropBatches:
     Each crop is centred on a random brain voxel of a random case (so every crop holds brain, near the edge too)
     and flipped along ``flip_axis`` with probability ½. With an enabled ``spatial`` it is cut rotated and zoomed
     around that centre; with an enabled ``augment`` the source channel's intensities are then changed. Each draws
-    from a stream of its own, so the centres and flips stay those of a run without it.
+    from a stream of its own, so the centres and flips stay those of a run without it. With ``variant_gammas`` (the
+    gammas of each volume's ``variants``) the context channel is the one computed for the contrast nearest the
+    crop's drawn gamma (:func:`nearest_gamma`; the plain context is gamma 1).
     """
 
     def __init__(
@@ -76,6 +94,7 @@ class CropBatches:
         flip_axis: int = 2,
         augment: Optional[IntensityAugment] = None,
         spatial: Optional[SpatialAugment] = None,
+        variant_gammas: Sequence[float] = (),
     ) -> None:
         if not volumes:
             raise DataError("There are no training volumes to cut crops from.", "Run `medsynth prepare` on at least one case.")
@@ -85,6 +104,11 @@ class CropBatches:
         self.seed, self.stage, self.rank, self.flip_axis = int(seed), int(stage), int(rank), int(flip_axis)
         self.augment = augment if augment is not None and augment.enabled else None
         self.spatial = spatial if spatial is not None and spatial.enabled else None
+        self.variant_gammas = tuple(float(g) for g in variant_gammas)
+        if self.variant_gammas and (self.augment is None or any(
+                v.context is None or len(v.variants) != len(self.variant_gammas) for v in volumes.values())):
+            raise DataError("Contexts for other contrasts need the intensity augmentation and one context per gamma "
+                            "for every volume.", "Set aug_gamma_sd > 0, or aug_context_gammas to [].")
         self._float_masks = {cid: v.mask.astype(np.float32) for cid, v in volumes.items()} if self.spatial is not None else {}
         self._brain = {cid: np.argwhere(v.mask) for cid, v in volumes.items()}
         empty = [cid for cid, idx in self._brain.items() if len(idx) == 0]
@@ -98,7 +122,7 @@ class CropBatches:
         vol = self.volumes[cid]
         brain = self._brain[cid]
         centre = brain[int(rng.integers(len(brain)))]
-        channels = [vol.source] + ([vol.context] if vol.context is not None else [])
+        channels = [vol.source] + ([vol.context] if vol.context is not None else []) + list(vol.variants)
         if self.spatial is not None:
             cut = resample_crop(channels + [vol.target, self._float_masks[cid]], centre, self.size, self.spatial.draw(spatial_rng))
             src, tgt, mask = cut[:-2], cut[-2:-1], (cut[-1:] > 0.5).astype(np.float32)
@@ -123,6 +147,9 @@ class CropBatches:
         samples = [self.sample(rng, spatial_rng) for _ in range(self.per_rank)]
         if self.augment is not None:
             aug_rng = self._stream(iteration, AUGMENT_STREAM)
-            for src, _tgt, _mask in samples:
-                src[0] = self.augment(src[0], aug_rng)
+            for i, (src, tgt, mask) in enumerate(samples):
+                src[0], gamma = self.augment.changed(src[0], aug_rng)
+                if self.variant_gammas:
+                    pick = 1 + nearest_gamma(gamma, (1.0,) + self.variant_gammas)
+                    samples[i] = (np.ascontiguousarray(src[[0, pick]]), tgt, mask)
         return tuple(torch.from_numpy(np.stack([s[i] for s in samples])) for i in range(3))  # type: ignore[return-value]

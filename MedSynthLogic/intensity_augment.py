@@ -15,7 +15,7 @@ crops are the same with and without augmentation, and a resumed run sees the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
 
@@ -52,14 +52,25 @@ class IntensityAugment:
 
     def __call__(self, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A changed copy of ``source`` (a float32 crop of any shape, ≥ 0); the same ``rng`` state gives the same copy."""
+        return self.changed(source, rng)[0]
+
+    def changed(self, source: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, float]:
+        """``__call__``'s copy and the gamma it drew (the same draws), so a context can be matched to the contrast."""
         gamma = float(np.exp(rng.normal(0.0, self.gamma_sd))) if self.gamma_sd > 0 else 1.0
         scale = float(np.exp(rng.normal(0.0, self.scale_sd))) if self.scale_sd > 0 else 1.0
-        out = np.maximum(source.astype(np.float32, copy=True), 0.0)
-        if gamma != 1.0:
-            out = self.pivot * np.power(out / self.pivot, gamma, dtype=np.float32)
+        out = change_contrast(source, gamma, self.pivot)
         if self.field_sd > 0:
             out *= smooth_field(source.shape, rng, self.field_sd)
-        return (out * np.float32(scale)).astype(np.float32, copy=False)
+        return (out * np.float32(scale)).astype(np.float32, copy=False), gamma
+
+
+def change_contrast(source: np.ndarray, gamma: float, pivot: float) -> np.ndarray:
+    """``pivot · (x / pivot)^gamma`` of a normalised source clipped at 0 (a float32 copy): the augmentation's contrast
+    change, also applied to whole volumes to compute a context for that contrast (``training.context``)."""
+    out = np.maximum(source.astype(np.float32, copy=True), 0.0)
+    if gamma != 1.0:
+        out = pivot * np.power(out / pivot, gamma, dtype=np.float32)
+    return out
 
 
 def smooth_field(shape: tuple, rng: np.random.Generator, sd: float) -> np.ndarray:

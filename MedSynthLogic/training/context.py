@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,6 +50,8 @@ def build_context(
     device: torch.device,
     cancel: Optional[threading.Event] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    gamma: float = 1.0,
+    pivot: float = 0.5,
 ) -> Dict[str, np.ndarray]:
     """Synthesis of stages 0..stages−1 for every volume of a patch file, edge-padded onto its padded grid.
 
@@ -58,8 +60,10 @@ def build_context(
     feeds the U-Net's stage k) and, for ``stages`` 0, a prior model's synthesis inside the brain mask (what
     inference feeds stage 0 of a model with a prior); padding by the halo in edge mode then gives the context
     inference feeds stage k at the image border, on the grid the patch corners refer to. ``progress(done, total)``
-    is called per case.
+    is called per case. ``gamma`` ≠ 1: the synthesis of the source's contrast changed as the intensity augmentation
+    changes it (``intensity_augment.change_contrast`` about ``pivot``).
     """
+    from ..intensity_augment import change_contrast
     from ..h5data import load_volumes, patch_file_info
     from ..patches import pad_volume
 
@@ -75,7 +79,10 @@ def build_context(
         vol = load_volumes(h5_path, cases=[cid])[cid]
         pad = vol["pad"]
         mask = unpad(vol["mask"], pad) if masked else None
-        syn = whole_volume(chain, unpad(vol["source"], pad), mask, stages, device, cancel)
+        source = unpad(vol["source"], pad)
+        if gamma != 1.0:
+            source = change_contrast(source, gamma, pivot)
+        syn = whole_volume(chain, source, mask, stages, device, cancel)
         context[cid] = pad_volume(syn, pad, mode="edge").astype(np.float32)
         if progress is not None:
             progress(i + 1, len(ids))
@@ -96,9 +103,21 @@ def stage_context(
     return train, val
 
 
+def contrast_contexts(
+    chain: AutoContextChain, plan: TrainingPlan, stage: int, stages: int, device: torch.device, gammas: Sequence[float],
+    pivot: float, cancel: Optional[threading.Event], emit: Callback,
+) -> Optional[Dict[float, Dict[str, np.ndarray]]]:
+    """The training cases' context for each of ``gammas`` (``TrainConfig.aug_context_gammas``), or None when there
+    is none to vary (no gammas, or stage 0 without a prior model). Each costs what the plain context costs."""
+    if not gammas or (stage == 0 and chain.prior is None):
+        return None
+    return {float(g): _split_context(chain, plan.train_h5, stage, stages, device, cancel, emit, f"train, gamma {g:g}",
+                                     gamma=float(g), pivot=pivot) for g in gammas}
+
+
 def _split_context(
     chain: AutoContextChain, path: Path, stage: int, stages: int, device: torch.device,
-    cancel: Optional[threading.Event], emit: Callback, split: str,
+    cancel: Optional[threading.Event], emit: Callback, split: str, gamma: float = 1.0, pivot: float = 0.5,
 ) -> Dict[str, np.ndarray]:
     """build_context for one split, reporting each finished case (it takes minutes on a CPU)."""
     emit(progress_event("context", 0, 1, stage=stage, stages=stages, split=split))
@@ -106,4 +125,4 @@ def _split_context(
     def report(done: int, total: int) -> None:
         emit(progress_event("context", done, total, stage=stage, stages=stages, split=split))
 
-    return build_context(chain, path, stage, device, cancel, report)
+    return build_context(chain, path, stage, device, cancel, report, gamma, pivot)

@@ -25,6 +25,7 @@ from ..batch_sources import batch_source
 from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
 from ..errors import Cancelled, UsageError
+from ..intensity_augment import augment_of
 from ..models import (
     AutoContextChain,
     build_discriminator,
@@ -35,7 +36,7 @@ from ..models import (
 )
 from ..progress import stage_event, validation_event
 from ..stage_trainer import StageTrainer, amp_settings
-from .context import stage_context
+from .context import contrast_contexts, stage_context
 from .export import write_trained_model
 from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
@@ -140,6 +141,8 @@ def _train_stage(
     cfg, tcfg, ctx, dev = s.model_cfg, s.train_cfg, s.ctx, s.ctx.device
     s.emit(stage_event(stage, cfg.stages, "start"))
     context_train, context_val = stage_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit)
+    variants = contrast_contexts(chain, plan, stage, cfg.stages, dev, tcfg.aug_context_gammas,
+                                 augment_of(tcfg, cfg).pivot, s.stopper.event, s.emit)
     torch.manual_seed(tcfg.seed * 1000 + stage)
     gen = build_generator(cfg.stage_generator(stage))
     if stage > 0 and tcfg.init_from_previous:
@@ -151,7 +154,7 @@ def _train_stage(
     trainer = StageTrainer(gen, build_discriminator(cfg).to(dev).train(), cfg, tcfg, ctx)
     load_checkpoint_stage(gen, trainer, start)
     first = start.iteration if start is not None else 0
-    source = batch_source(plan.train_h5, plan.val_h5, context_train, context_val, cfg, tcfg, stage, first, ctx)
+    source = batch_source(plan.train_h5, plan.val_h5, context_train, context_val, cfg, tcfg, stage, first, ctx, variants)
     log = LossLog(tcfg, ctx, tcfg.iterations * cfg.stages, stage, s.elapsed_before - s.t_start)
     for it in range(first, tcfg.iterations):
         src, tgt, mask = (None if t is None else t.to(dev, non_blocking=True) for t in source.batch(it))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from MedSynthLogic.config import IntensityConfig, ModelConfig, NormalisationConfig, TrainConfig
-from MedSynthLogic.crops import CropBatches, CropVolume
-from MedSynthLogic.errors import UsageError
-from MedSynthLogic.intensity_augment import IntensityAugment, augment_of, smooth_field
+from MedSynthLogic.crops import AUGMENT_STREAM, CropBatches, CropVolume, nearest_gamma
+from MedSynthLogic.errors import DataError, UsageError
+from MedSynthLogic.intensity_augment import IntensityAugment, augment_of, change_contrast, smooth_field
 
 
 def _volumes(context: bool = False) -> dict:
@@ -74,3 +76,50 @@ def test_run_config_sets_the_augmentation_and_refuses_negative_spreads():
     assert not augment_of(TrainConfig(), cfg).enabled, "off unless a run asks for it"
     with pytest.raises(UsageError):
         TrainConfig(aug_scale_sd=-0.1)
+
+
+def test_changed_is_the_call_with_the_gamma_it_drew():
+    aug = IntensityAugment(0.3, 0.2, 0.2, pivot=0.7)
+    crop = _volumes()["a"].source[:16, :16, :16]
+    out, gamma = aug.changed(crop, np.random.default_rng(3))
+    assert np.array_equal(out, aug(crop, np.random.default_rng(3)))
+    assert gamma == pytest.approx(float(np.exp(np.random.default_rng(3).normal(0.0, 0.3))))
+    only_gamma = IntensityAugment(0.3, pivot=0.7)
+    assert np.array_equal(only_gamma(crop, np.random.default_rng(3)), change_contrast(crop, gamma, 0.7))
+
+
+def _with_variants(gammas: tuple) -> dict:
+    """Volumes whose plain context is 1 in the brain and whose context for gammas[k] is k + 2 there."""
+    return {cid: dataclasses.replace(v, context=v.mask * np.float32(1.0),
+                                     variants=tuple(v.mask * np.float32(k + 2) for k in range(len(gammas))))
+            for cid, v in _volumes().items()}
+
+
+def test_a_crop_gets_the_context_of_the_contrast_nearest_its_drawn_gamma():
+    gammas = (0.7, 1.5)
+    batches = CropBatches(_with_variants(gammas), 16, 4, seed=5, stage=0, augment=IntensityAugment(0.5),
+                          variant_gammas=gammas)
+    seen = set()
+    for it in range(6):
+        src, _, _ = _numpy(batches.batch(it))
+        assert src.shape[1] == 2, "the variants are alternatives of one context channel, not extra channels"
+        draws = np.random.default_rng([5, 0, it, 0, AUGMENT_STREAM])
+        for crop in src:
+            gamma = float(np.exp(draws.normal(0.0, 0.5)))
+            want = 1 + nearest_gamma(gamma, (1.0,) + gammas)
+            assert crop[1].max() == want, (gamma, crop[1].max())
+            seen.add(want)
+    assert seen == {1, 2, 3}, "every context is used over 24 crops with sd 0.5"
+    assert nearest_gamma(1.24, (1.0, 0.7, 1.5)) == 2 and nearest_gamma(0.84, (1.0, 0.7, 1.5)) == 0  # log scale
+
+
+def test_contexts_for_other_contrasts_need_the_augmentation_and_a_context_per_gamma():
+    with pytest.raises(DataError, match="aug_gamma_sd"):
+        CropBatches(_with_variants((0.7,)), 16, 2, seed=0, stage=0, variant_gammas=(0.7,))
+    with pytest.raises(DataError, match="one context per gamma"):
+        CropBatches(_with_variants((0.7,)), 16, 2, seed=0, stage=0, augment=IntensityAugment(0.2), variant_gammas=(0.7, 1.5))
+    for bad in ({"aug_context_gammas": (1.0,), "aug_gamma_sd": 0.2}, {"aug_context_gammas": (0.8,)},
+                {"aug_context_gammas": (-0.5,), "aug_gamma_sd": 0.2}):
+        with pytest.raises(UsageError, match="aug_context_gammas"):
+            TrainConfig(**bad)
+    assert TrainConfig(aug_context_gammas=(0.8, 1.25), aug_gamma_sd=0.2).aug_context_gammas == (0.8, 1.25)

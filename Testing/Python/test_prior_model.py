@@ -310,6 +310,42 @@ def test_training_on_a_prior_keeps_it_frozen_in_the_file_and_resumes_exactly(tmp
 
 
 
+def test_contexts_for_other_contrasts_are_the_priors_synthesis_of_that_contrast_and_reach_training(tmp_path, unet_data, prior_file):
+    """aug_context_gammas: one more prior synthesis per gamma, of the source changed as the augmentation changes it;
+    the run trains on them (other weights than the same run without them) and reports building each."""
+    from MedSynthLogic.h5data import load_volumes
+    from MedSynthLogic.intensity_augment import change_contrast
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.patches import pad_volume
+    from MedSynthLogic.training import build_context, train
+    from MedSynthLogic.training.context import unpad, whole_volume
+
+    refiner = load_model(prior_file)
+    chain = build_generators(refining_unet())
+    chain.prior = refiner.chain
+    h5 = unet_data / "train.h5"
+    plain, darker = (build_context(chain, h5, 0, torch.device("cpu"), gamma=g, pivot=0.6) for g in (1.0, 1.25))
+    vol = next(iter(load_volumes(h5).items()))
+    cid, vol = vol
+    pad = vol["pad"]
+    source, mask = unpad(vol["source"], pad), unpad(vol["mask"], pad)
+    want = whole_volume(refiner.chain, change_contrast(source, 1.25, 0.6), mask, len(refiner.chain.stages), torch.device("cpu"))
+    np.testing.assert_array_equal(darker[cid], pad_volume(want, pad, mode="edge"))
+    assert not np.array_equal(darker[cid], plain[cid])
+
+    runs = {}
+    for name, extra in (("plain", {}), ("contrasts", {"aug_context_gammas": (0.8, 1.25)})):
+        events = []
+        cfg = train_cfg(aug_gamma_sd=0.3, **extra)
+        runs[name] = load_model(train(unet_data, tmp_path / f"{name}.safetensors", refining_unet(), cfg,
+                                      run_dir=tmp_path / f"run_{name}", callback=events.append, device="cpu",
+                                      prior_model=prior_file)).chain.stages[0].state_dict()
+        built = {e["split"] for e in events if e["event"] == "progress" and e.get("task") == "context"
+                 and e["done"] == e["total"] > 0}
+        assert built == ({"train", "val"} | ({"train, gamma 0.8", "train, gamma 1.25"} if extra else set())), built
+    assert any(not torch.equal(runs["plain"][k], runs["contrasts"][k]) for k in runs["plain"])
+
+
 def test_a_config_file_refining_a_prior_needs_the_prior_model_option(tmp_path, prior_file):
     import json
 
