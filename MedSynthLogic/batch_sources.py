@@ -16,7 +16,6 @@ import torch
 from . import distributed as dist_utils
 from .config import ModelConfig, TrainConfig
 from .crops import ContextByGamma, CropBatches, crop_volumes
-from .errors import UsageError
 from .intensity_augment import augment_of
 from .spatial_augment import spatial_augment_of
 
@@ -144,7 +143,4 @@ def batch_source(
     alone takes ``variants``, the context for other contrasts: ``TrainConfig.aug_context_gammas``)."""
     if model_cfg.generator.kind == "unet3d":
         return CropSource(train_h5, context_train, model_cfg, cfg, stage, ctx, variants)
-    if variants:
-        raise UsageError("aug_context_gammas applies to the U-Net's crops only (the paper's FCN trains on patches).",
-                         "Set aug_context_gammas to [] for a nie2018 model.")
     return PatchSource(train_h5, val_h5, context_train, context_val, cfg, stage, start, ctx)

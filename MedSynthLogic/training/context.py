@@ -9,7 +9,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import Cancelled
+from ..errors import Cancelled, UsageError
 from ..models import AutoContextChain
 from ..progress import Event, progress_event
 from .plan import TrainingPlan
@@ -111,6 +111,9 @@ def contrast_contexts(
     is none to vary (no gammas, or stage 0 without a prior model). Each costs what the plain context costs."""
     if not gammas or (stage == 0 and chain.prior is None):
         return None
+    if chain.config.generator.kind != "unet3d":
+        raise UsageError("aug_context_gammas applies to the U-Net's crops only (the paper's FCN trains on patches).",
+                         "Set aug_context_gammas to [] for a nie2018 model.")
     return {float(g): _split_context(chain, plan.train_h5, stage, stages, device, cancel, emit, f"train, gamma {g:g}",
                                      gamma=float(g), pivot=pivot) for g in gammas}
 

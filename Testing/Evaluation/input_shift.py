@@ -32,6 +32,7 @@ from scipy import ndimage
 from MedSynthLogic.baselines import IntensityLookup
 from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.input_checks import check_source
+from MedSynthLogic.intensity_augment import change_contrast
 from MedSynthLogic.metrics import evaluate_pairs
 from MedSynthLogic.model_file import load_model
 from MedSynthLogic.normalisation import brain_mask
@@ -44,8 +45,7 @@ COLUMNS = ("psnr", "ssim", "psnr_tumour", "psnr_calibrated")
 
 def _gamma(g: float) -> Shift:
     def shift(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        top = float(x[mask].max())
-        return np.where(mask, top * (np.clip(x, 0.0, None) / top) ** g, 0.0)
+        return np.where(mask, change_contrast(x, g, float(x[mask].max())), 0.0)
     return shift
 
 
