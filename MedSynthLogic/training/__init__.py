@@ -3,7 +3,7 @@
 One module a job: ``plan`` (the data folder checked against the configs), ``context`` (the auto-context input),
 ``resume`` (where a run starts), ``state`` (checkpoint state in and out), ``session`` (the run folder,
 events, checkpoints), ``monitor`` (losses, NaN guard, stop), ``validation``, ``loop`` (``train``), ``export``
-(model files) and ``command`` (options, signals, ``python -m MedSynthLogic.training``). ``VAL_PATCHES`` is read
+(model files), ``rebase`` (model files moved onto another normalisation, prior or stages for fine-tuning) and ``command`` (options, signals, ``python -m MedSynthLogic.training``). ``VAL_PATCHES`` is read
 from this package at each validation, so lowering it here takes effect.
 """
 
@@ -12,6 +12,7 @@ from .context import build_context
 from .export import average_model_files, blend_model_file, export_checkpoint
 from .loop import train
 from .plan import TrainingPlan, plan_training
+from .rebase import extended_model_file, rebased_refiner_file, renormalised_model_file
 from .validation import VAL_PATCHES
 
 __all__ = [
@@ -22,9 +23,12 @@ __all__ = [
     "build_context",
     "configs_from_args",
     "export_checkpoint",
+    "extended_model_file",
     "install_signal_handlers",
     "main",
     "plan_training",
+    "rebased_refiner_file",
+    "renormalised_model_file",
     "train",
     "train_from_args",
 ]

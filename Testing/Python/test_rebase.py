@@ -1,0 +1,108 @@
+"""Model files moved onto another normalisation, prior or later stages (``MedSynthLogic.training.rebase``): the
+weights travel unchanged, the configuration is the new one, and ``--init-model`` then accepts the file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from MedSynthLogic.config import IntensityConfig, NormalisationConfig
+from MedSynthLogic.errors import UsageError
+from MedSynthLogic.model_file import load_model, read_header, save_model
+from MedSynthLogic.models import build_generators
+from MedSynthLogic.training import extended_model_file, rebased_refiner_file, renormalised_model_file
+from MedSynthLogic.training.prior import open_prior_model, with_prior
+from MedSynthLogic.training.state import open_init_model
+
+from _models import random_chain
+from test_prior_model import refining_unet, small_fcn
+from test_unet import randomise
+
+MEDIAN = IntensityConfig(mode="median", median_value=0.5, clip_max=2.0)
+
+
+def median_fcn(stages: int = 2):
+    cfg = small_fcn(stages)
+    return dataclasses.replace(cfg, normalisation=dataclasses.replace(cfg.normalisation, source=MEDIAN))
+
+
+def test_renormalised_file_keeps_every_tensor_and_names_the_new_source(tmp_path):
+    src = save_model(tmp_path / "fcn.safetensors", random_chain(small_fcn(), seed=1), small_fcn())
+    out = renormalised_model_file(src, tmp_path / "median.safetensors", MEDIAN)
+    before, after = load_file(str(src)), load_file(str(out))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    loaded = load_model(out)
+    assert loaded.config.normalisation.source == MEDIAN
+    assert loaded.config.normalisation.target == NormalisationConfig().target
+    assert read_header(out)["training"]["rebased"][0]["op"] == "source normalisation"
+    with pytest.raises(Exception, match="exists"):
+        renormalised_model_file(src, out, MEDIAN)
+    assert open_init_model(out, median_fcn()).config == median_fcn()
+
+
+def test_a_refiner_is_not_renormalised_alone(tmp_path):
+    cfg = refining_unet()
+    src = save_model(tmp_path / "r.safetensors", build_generators(cfg), cfg)
+    with pytest.raises(UsageError, match="rebased_refiner_file"):
+        renormalised_model_file(src, tmp_path / "x.safetensors", MEDIAN)
+
+
+def test_a_rebased_refiner_keeps_its_stage_and_takes_the_new_priors_weights_and_normalisation(tmp_path):
+    cfg = refining_unet()
+    chain = build_generators(cfg)
+    randomise(chain.stages, scale=0.1)
+    refiner = save_model(tmp_path / "r.safetensors", chain, cfg)
+    prior = save_model(tmp_path / "p.safetensors", random_chain(median_fcn(), seed=5), median_fcn())
+    out = rebased_refiner_file(refiner, prior, tmp_path / "rebased.safetensors")
+    old, new, p = load_file(str(refiner)), load_file(str(out)), load_file(str(prior))
+    stage = [k for k in old if k.startswith("stage0.")]
+    assert stage and all(torch.equal(old[k], new[k]) for k in stage)
+    assert all(torch.equal(p[k], new["prior." + k]) for k in p)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("prior."))
+    train_cfg = with_prior(dataclasses.replace(cfg, prior=None, normalisation=median_fcn().normalisation),
+                           open_prior_model(prior))
+    assert open_init_model(out, train_cfg).config.prior == median_fcn()
+
+
+def test_rebasing_refuses_a_model_without_a_prior_and_a_prior_with_one(tmp_path):
+    plain = save_model(tmp_path / "p.safetensors", random_chain(small_fcn()), small_fcn())
+    cfg = refining_unet()
+    refiner = save_model(tmp_path / "r.safetensors", build_generators(cfg), cfg)
+    with pytest.raises(UsageError, match="no prior model"):
+        rebased_refiner_file(plain, plain, tmp_path / "x.safetensors")
+    with pytest.raises(UsageError, match="prior of its own"):
+        rebased_refiner_file(refiner, refiner, tmp_path / "y.safetensors")
+
+
+def test_an_extended_file_holds_the_models_stages_then_the_donors(tmp_path):
+    head = save_model(tmp_path / "h.safetensors", random_chain(small_fcn(1), seed=1), small_fcn(1))
+    donor = save_model(tmp_path / "d.safetensors", random_chain(small_fcn(3), seed=2), small_fcn(3))
+    out = extended_model_file(head, donor, tmp_path / "e.safetensors")
+    h, d, e = load_file(str(head)), load_file(str(donor)), load_file(str(out))
+    assert e.keys() == d.keys()
+    assert all(torch.equal(e[k], h[k]) for k in h)
+    assert all(torch.equal(e[k], d[k]) for k in d if not k.startswith("stage0."))
+    assert load_model(out).stages == 3
+    with pytest.raises(UsageError, match="nothing to add"):
+        extended_model_file(donor, head, tmp_path / "x.safetensors")
+    other = save_model(tmp_path / "m.safetensors", random_chain(median_fcn(3)), median_fcn(3))
+    with pytest.raises(UsageError, match="more than their stage count"):
+        extended_model_file(head, other, tmp_path / "y.safetensors")
+
+
+def test_the_rebase_script_writes_what_its_functions_do(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "Testing" / "Training" / "rebase_model.py"
+    spec = importlib.util.spec_from_file_location("rebase_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    src = save_model(tmp_path / "fcn.safetensors", random_chain(small_fcn(), seed=1), small_fcn())
+    args = ["normalise", str(src), str(tmp_path / "m.safetensors"), "--source", '{"mode": "median", "clip_max": 2.0}']
+    assert module.main(args) == 0
+    assert load_model(tmp_path / "m.safetensors").config.normalisation.source == MEDIAN
+    assert "wrote" in capsys.readouterr().out
