@@ -397,3 +397,13 @@ def test_the_uncertainty_map_of_a_one_stage_model_compares_it_with_its_prior(tmp
     parts = [synthesize_with_uncertainty(m, phantom.t1ce, device="cpu", precision="fp32").stages for m in (still, moving)]
     assert parts[0] is not None and float(np.abs(parts[0]).max()) < 1e-3 * 1000, "a stage that starts as its prior moves nothing"
     assert float(parts[1][phantom.mask].mean()) > 1.0
+
+
+def test_contexts_for_other_contrasts_are_refused_for_the_papers_fcn_before_any_is_built():
+    """The refusal comes before minutes of context building: with no data plan at all it is still the refusal."""
+    from MedSynthLogic.training.context import contrast_contexts
+
+    chain = build_generators(small_fcn(2))
+    with pytest.raises(UsageError, match="nie2018"):
+        contrast_contexts(chain, None, 1, 2, torch.device("cpu"), (0.8,), 0.5, None, lambda *a, **k: None)
+    assert contrast_contexts(chain, None, 1, 2, torch.device("cpu"), (), 0.5, None, lambda *a, **k: None) is None
