@@ -55,7 +55,20 @@ def _mapping(config: Mapping[str, Any]) -> str:
         unit = f"output x{norm.get('output_scale', 1000):g}: 1000 = the target's 99.5th percentile in the brain"
     else:
         unit = "output unit not stated"
-    return f"{source} -> {target} ({unit})"
+    return f"{source} -> {target} ({_source_units(source, norm.get('source') or {})}; {unit})"
+
+
+def _source_units(source: str, cfg: Mapping[str, Any]) -> str:
+    """How the source reaches the network: two models of one architecture differ in this alone (e.g. a median-
+    normalised fine-tuning), and it decides which inputs shift the synthesis."""
+    mode = cfg.get("mode")
+    if mode == "median":
+        return f"{source} / its median in the brain x {cfg.get('median_value', 0.5):g}"
+    if mode == "percentile":
+        return f"{source} / its {cfg.get('percentile', 99.5):g}th percentile in the brain"
+    if mode == "window":
+        return f"{source} window {cfg.get('window_min', -1000):g} to {cfg.get('window_max', 2000):g}"
+    return f"{source} normalisation not stated"
 
 
 def _architecture(config: Mapping[str, Any]) -> str:

@@ -25,3 +25,15 @@ def test_training_line_names_the_weighted_terms(adversarial, loss, expected):
 def test_a_header_without_a_loss_section_reads_as_the_defaults():
     bare = {"training": {"iterations_per_stage": 10, "train_config": {"adversarial": True}}}
     assert "adversarial (GAN) + L2 + GDL" in summarize_header(bare, "m")
+
+
+@pytest.mark.parametrize("source, expected", [
+    ({"mode": "percentile", "percentile": 99.5}, "T1ce / its 99.5th percentile in the brain;"),
+    ({"mode": "median", "median_value": 0.5}, "T1ce / its median in the brain x 0.5;"),
+    ({}, "T1ce normalisation not stated;"),
+])
+def test_mapping_line_says_how_the_source_is_normalised(source, expected):
+    cfg = {"source_name": "T1ce", "target_name": "T2",
+           "normalisation": {"source": source, "target": {"mode": "percentile"}, "output_scale": 1000}}
+    line = next(row for row in summarize_header({"model_config": cfg}, "m").splitlines() if "mapping" in row)
+    assert expected in line and "1000 = the target's 99.5th percentile" in line
