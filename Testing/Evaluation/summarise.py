@@ -30,6 +30,10 @@ ROWS = [
     ("unet3d_ablation/prior_fcn_l2_blend", "**the default since session 28: the L2-only blend** (the same with a U-Net "
                                            "stage trained with the L2 loss alone; MODEL_CARD.md)"),
     ("unet3d_ablation/default_l2_blend_flip", "the default with flip averaging (`--flip-tta`, 1.7× the time)"),
+    ("unet3d_ablation/median_fcn", "the paper's 3-stage FCN fine-tuned on the CPU (30 min) on a T1ce divided by its "
+                                   "in-brain median instead of its 99.5th percentile (session 30; reported)"),
+    ("unet3d_ablation/median_chain_blend", "the median chain blend (that FCN + half of a U-Net stage fine-tuned on it; "
+                                           "not shipped: it missed its rule's shifted-source half, MODEL_CARD.md)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
