@@ -3,8 +3,9 @@
 One module a job: ``plan`` (the data folder checked against the configs), ``context`` (the auto-context input),
 ``resume`` (where a run starts), ``state`` (checkpoint state in and out), ``session`` (the run folder,
 events, checkpoints), ``monitor`` (losses, NaN guard, stop), ``validation``, ``loop`` (``train``), ``export``
-(model files), ``rebase`` (model files moved onto another normalisation, prior or stages for fine-tuning) and ``command`` (options, signals, ``python -m MedSynthLogic.training``). ``VAL_PATCHES`` is read
-from this package at each validation, so lowering it here takes effect.
+(model files), ``rebase`` (model files moved onto another normalisation, prior or stages for fine-tuning) and
+``command`` (options, signals, ``python -m MedSynthLogic.training``). ``VAL_PATCHES`` is read from this package at
+each validation, so lowering it here takes effect.
 """
 
 from .command import configs_from_args, install_signal_handlers, main, train_from_args

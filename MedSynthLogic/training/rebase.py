@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 from ..config import IntensityConfig, ModelConfig
 from ..errors import UsageError
-from ..models import AutoContextChain, generators_state, load_prior_state, sub_state
+from ..models import PRIOR_PREFIX, AutoContextChain, generators_state, load_prior_state, sub_state
 
 REBASE_KEY = "rebased"
 
@@ -65,7 +65,7 @@ def rebased_refiner_file(
     state = generators_state(ref.chain)
     for k, gen in enumerate(chain.stages):
         gen.load_state_dict(sub_state(state, f"stage{k}."))
-    load_prior_state(chain, {"prior." + name: t for name, t in generators_state(new.chain).items()})
+    load_prior_state(chain, {PRIOR_PREFIX + name: t for name, t in generators_state(new.chain).items()})
     what = {"op": "prior", "from": Path(refiner).name, "prior": Path(prior).name}
     return save_model(out, chain, cfg, _record(ref, what), overwrite=overwrite)
 
