@@ -56,6 +56,7 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
         raise UsageError("iterations and batch_size must be at least 1.")
     if train_cfg.log_every < 1 or train_cfg.val_every < 0 or train_cfg.checkpoint_every < 0:
         raise UsageError("log_every must be ≥ 1; val_every and checkpoint_every ≥ 0 (0 = only at stage end).")
+    check_augmentation_applies(model_cfg, train_cfg)
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"The data folder {d} does not exist.", PREPARE_HINT)
@@ -96,6 +97,21 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
         batch_size=train_cfg.batch_size,
         warnings=warnings,
     )
+
+
+def check_augmentation_applies(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Refuse augmentation settings that a run would ignore: the U-Net's crops are changed on the fly, the paper's
+    FCN trains on the stored patches as they are, so a nie2018 run asked to augment would silently not."""
+    asked = {name: value for name, value in (
+        ("aug_gamma_sd", train_cfg.aug_gamma_sd), ("aug_field_sd", train_cfg.aug_field_sd),
+        ("aug_scale_sd", train_cfg.aug_scale_sd), ("aug_rotate_deg", train_cfg.aug_rotate_deg),
+        ("aug_zoom_sd", train_cfg.aug_zoom_sd), ("aug_context_gammas", list(train_cfg.aug_context_gammas)),
+    ) if value}
+    if asked and model_cfg.generator.kind != "unet3d":
+        raise UsageError(
+            f"The augmentation settings {', '.join(sorted(asked))} apply to the U-Net's crops only; the paper's FCN "
+            "(nie2018) trains on the stored patches unchanged.",
+            "Set them to 0 (aug_context_gammas to []) for a nie2018 model, or train a unet3d model.")
 
 
 def check_patch_sizes(info: Dict[str, Any], cfg: ModelConfig, path: Path) -> None:

@@ -144,6 +144,20 @@ def test_plan_refuses_missing_data_and_wrong_patch_size(tmp_path, data_dir, tiny
     assert plan.n_train == 256 and plan.n_val == 128 and plan.val_cases == ["c2"]
 
 
+@pytest.mark.parametrize("setting", [
+    dict(aug_gamma_sd=0.1), dict(aug_field_sd=0.1), dict(aug_scale_sd=0.1), dict(aug_rotate_deg=10.0),
+    dict(aug_zoom_sd=0.1), dict(aug_gamma_sd=0.2, aug_context_gammas=(0.8,)),
+])
+def test_a_run_of_the_papers_fcn_refuses_augmentation_it_would_ignore(tmp_path, data_dir, tiny_model_config, setting):
+    from MedSynthLogic.training import plan_training, train
+
+    with pytest.raises(UsageError, match=next(iter(setting))):
+        plan_training(data_dir, tiny_model_config, _cfg(**setting))
+    with pytest.raises(UsageError, match="nie2018"):
+        train(data_dir, tmp_path / "m.safetensors", tiny_model_config, _cfg(**setting), device="cpu")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_short_run_validation_loss_falls(tmp_path, data_dir, tiny_model_config):
     from MedSynthLogic.model_file import read_header
     from MedSynthLogic.training import train
