@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 from ..config import IntensityConfig, ModelConfig
 from ..errors import UsageError
-from ..models import PRIOR_PREFIX, AutoContextChain, generators_state, load_prior_state, sub_state
+from ..models import AutoContextChain
 
 REBASE_KEY = "rebased"
 
@@ -62,10 +62,8 @@ def rebased_refiner_file(
         raise UsageError(f"The prior model {prior} has a prior of its own.", "Use a model trained without --prior-model.")
     cfg = dataclasses.replace(ref.config, normalisation=new.config.normalisation, prior=new.config)
     chain = AutoContextChain(cfg)
-    state = generators_state(ref.chain)
-    for k, gen in enumerate(chain.stages):
-        gen.load_state_dict(sub_state(state, f"stage{k}."))
-    load_prior_state(chain, {PRIOR_PREFIX + name: t for name, t in generators_state(new.chain).items()})
+    chain.stages.load_state_dict(ref.chain.stages.state_dict())
+    chain.prior.load_state_dict(new.chain.state_dict())
     what = {"op": "prior", "from": Path(refiner).name, "prior": Path(prior).name}
     return save_model(out, chain, cfg, _record(ref, what), overwrite=overwrite)
 
