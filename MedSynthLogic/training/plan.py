@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -102,11 +102,7 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
 def check_augmentation_applies(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Refuse augmentation settings that a run would ignore: the U-Net's crops are changed on the fly, the paper's
     FCN trains on the stored patches as they are, so a nie2018 run asked to augment would silently not."""
-    asked = {name: value for name, value in (
-        ("aug_gamma_sd", train_cfg.aug_gamma_sd), ("aug_field_sd", train_cfg.aug_field_sd),
-        ("aug_scale_sd", train_cfg.aug_scale_sd), ("aug_rotate_deg", train_cfg.aug_rotate_deg),
-        ("aug_zoom_sd", train_cfg.aug_zoom_sd), ("aug_context_gammas", list(train_cfg.aug_context_gammas)),
-    ) if value}
+    asked = [f.name for f in fields(train_cfg) if f.name.startswith("aug_") and getattr(train_cfg, f.name)]
     if asked and model_cfg.generator.kind != "unet3d":
         raise UsageError(
             f"The augmentation settings {', '.join(sorted(asked))} apply to the U-Net's crops only; the paper's FCN "
