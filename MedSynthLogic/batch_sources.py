@@ -1,7 +1,8 @@
 """Where a stage's training batches come from, one class per generator kind, all with ``batch(iteration)``.
 
 ``PatchSource`` (the paper's FCN): shuffled 32³→16³ patches of the HDF5 patch file, no mask (the paper's loss
-covers the whole patch). ``CropSource`` (the U-Net): large brain-centred crops cut on the fly from the stored
+covers the whole patch), the source channel optionally changed by the intensity augmentation (off by default: the
+paper's method). ``CropSource`` (the U-Net): large brain-centred crops cut on the fly from the stored
 volumes, with the brain mask. Both are pure functions of (seed, stage, iteration, rank), so resuming is exact.
 """
 
@@ -15,8 +16,8 @@ import torch
 
 from . import distributed as dist_utils
 from .config import ModelConfig, TrainConfig
-from .crops import ContextByGamma, CropBatches, crop_volumes
-from .intensity_augment import augment_of
+from .crops import AUGMENT_STREAM, ContextByGamma, CropBatches, crop_volumes
+from .intensity_augment import IntensityAugment, augment_of
 from .spatial_augment import spatial_augment_of
 
 Batch = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
@@ -75,7 +76,11 @@ def _batches(dataset: Any, sampler: IterationBatches, num_workers: int, pin: boo
 
 
 class PatchSource:
-    """The patch files of ``medsynth prepare``; ``batch(i)`` must be called for consecutive i from ``start``."""
+    """The patch files of ``medsynth prepare``; ``batch(i)`` must be called for consecutive i from ``start``.
+
+    With an enabled ``augment`` each patch's source channel is changed with draws from the stream of (seed, stage,
+    iteration, rank, ``AUGMENT_STREAM``), so the patches are those of a run without it and resuming stays exact; an
+    auto-context channel is the previous stage's synthesis of the unchanged source and is left as it is."""
 
     def __init__(
         self,
@@ -87,6 +92,7 @@ class PatchSource:
         stage: int,
         start: int,
         ctx: dist_utils.DistContext,
+        augment: Optional[IntensityAugment] = None,
     ) -> None:
         from .h5data import PatchDataset
 
@@ -94,9 +100,17 @@ class PatchSource:
         self.val = PatchDataset(val_h5, context=context_val) if val_h5 is not None else None
         sampler = IterationBatches(len(self.train), cfg.batch_size, cfg.seed, stage, start, cfg.iterations, ctx)
         self._batches = _batches(self.train, sampler, cfg.num_workers, ctx.device.type == "cuda")
+        self.augment = augment if augment is not None and augment.enabled else None
+        self._stream_key = (cfg.seed, stage, ctx.rank)
 
     def batch(self, iteration: int) -> Batch:
         src, tgt = next(self._batches)
+        if self.augment is not None:
+            seed, stage, rank = self._stream_key
+            rng = np.random.default_rng([seed, stage, int(iteration), rank, AUGMENT_STREAM])
+            src = src.clone()
+            for sample in src:
+                sample[0] = torch.from_numpy(self.augment(sample[0].numpy(), rng))
         return src, tgt, None
 
     def close(self) -> None:
@@ -143,4 +157,4 @@ def batch_source(
     alone takes ``variants``, the context for other contrasts: ``TrainConfig.aug_context_gammas``)."""
     if model_cfg.generator.kind == "unet3d":
         return CropSource(train_h5, context_train, model_cfg, cfg, stage, ctx, variants)
-    return PatchSource(train_h5, val_h5, context_train, context_val, cfg, stage, start, ctx)
+    return PatchSource(train_h5, val_h5, context_train, context_val, cfg, stage, start, ctx, augment_of(cfg, model_cfg))

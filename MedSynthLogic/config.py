@@ -18,11 +18,15 @@ from .errors import UsageError
 T = TypeVar("T")
 
 
-def check_augment_spreads(gamma_sd: float, field_sd: float, scale_sd: float) -> None:
+def check_augment_spreads(gamma_sd: float, field_sd: float, scale_sd: float, noise_sd: float = 0.0, slab_max: int = 0) -> None:
     """Refuse negative intensity-augmentation spreads where a run's configuration is read, not at its first crop."""
-    if min(gamma_sd, field_sd, scale_sd) < 0:
+    if min(gamma_sd, field_sd, scale_sd, noise_sd) < 0:
         raise UsageError("The intensity augmentation's standard deviations must be ≥ 0.",
-                         "Set aug_gamma_sd, aug_field_sd and aug_scale_sd to 0 (off) or small positive values such as 0.1.")
+                         "Set aug_gamma_sd, aug_field_sd, aug_scale_sd and aug_noise_sd to 0 (off) or small positive "
+                         "values such as 0.1.")
+    if not (isinstance(slab_max, int) and 0 <= slab_max <= 9):
+        raise UsageError(f"aug_slab_max must be a whole number of voxels from 0 to 9, not {slab_max!r}.",
+                         "Set it to 0 (off) or e.g. 4 (slabs of 1–4 voxels: slices up to 4 times as thick).")
 
 
 def check_spatial_spreads(rotate_deg: float, zoom_sd: float) -> None:
@@ -228,7 +232,10 @@ class TrainConfig:
     iterations, then cosine to 0 at ``iterations``: a pure function of the iteration, so resuming is exact),
     ``grad_clip`` (max gradient norm, 0 = off) and ``ema_decay`` (exponential moving average of G's weights,
     used for validation and export; 0 = off). ``aug_gamma_sd``, ``aug_field_sd``, ``aug_scale_sd``: random
-    contrast, bias-field and scale changes of the U-Net's training crops' source (:mod:`.intensity_augment`; 0 = off).
+    contrast, bias-field and scale changes of the training crops' or patches' source (:mod:`.intensity_augment`; 0 = off);
+    ``aug_noise_sd`` (sd, relative to the normalised median, of the largest noise added in the brain) and
+    ``aug_slab_max`` (thick slices: an average over 1 to that many voxels along one random axis) degrade it as other
+    scanners do. These five apply to both generator kinds; the rest to the U-Net's crops only.
     ``aug_rotate_deg``, ``aug_zoom_sd``: random rotations (each Euler angle within ± degrees) and isotropic zooms
     (sd of ln zoom) of those crops, all channels and the mask alike (:mod:`.spatial_augment`; 0 = off).
     ``aug_context_gammas``: contrasts (gamma ≠ 1) at which the auto-context input (the previous stage's or the prior
@@ -264,12 +271,14 @@ class TrainConfig:
     aug_gamma_sd: float = 0.0
     aug_field_sd: float = 0.0
     aug_scale_sd: float = 0.0
+    aug_noise_sd: float = 0.0
+    aug_slab_max: int = 0
     aug_rotate_deg: float = 0.0
     aug_zoom_sd: float = 0.0
     aug_context_gammas: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        check_augment_spreads(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd)
+        check_augment_spreads(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd, self.aug_noise_sd, self.aug_slab_max)
         check_spatial_spreads(self.aug_rotate_deg, self.aug_zoom_sd)
         if any(not (g > 0 and g != 1.0) for g in self.aug_context_gammas) or (self.aug_context_gammas and self.aug_gamma_sd <= 0):
             raise UsageError(f"aug_context_gammas {list(self.aug_context_gammas)} must be gammas > 0 other than 1, with "

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from ..config import ModelConfig, TrainConfig, to_dict
 from ..errors import DataError, UsageError
+from ..intensity_augment import IntensityAugment
 
 PREPARE_HINT = "Run `medsynth prepare <cases> <data_dir>` first to create train.h5, val.h5 and manifest.json."
 
@@ -99,14 +100,20 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
     )
 
 
+#: The augmentation settings that change a patch's source voxel by voxel, which the paper's FCN's patches take too.
+PATCH_AUGMENTATIONS = frozenset(f.name for f in fields(IntensityAugment) if f.name != "pivot")
+
+
 def check_augmentation_applies(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    """Refuse augmentation settings that a run would ignore: the U-Net's crops are changed on the fly, the paper's
-    FCN trains on the stored patches as they are, so a nie2018 run asked to augment would silently not."""
-    asked = [f.name for f in fields(train_cfg) if f.name.startswith("aug_") and getattr(train_cfg, f.name)]
+    """Refuse augmentation settings that a run would ignore: the U-Net's crops are cut, rotated and given contexts
+    for other contrasts on the fly, the paper's FCN trains on stored patches whose contexts are fixed, so a nie2018
+    run takes the intensity changes (:data:`PATCH_AUGMENTATIONS`) and would silently ignore the rest."""
+    asked = [f.name for f in fields(train_cfg) if f.name.startswith("aug_") and getattr(train_cfg, f.name)
+             and f.name[len("aug_"):] not in PATCH_AUGMENTATIONS]
     if asked and model_cfg.generator.kind != "unet3d":
         raise UsageError(
             f"The augmentation settings {', '.join(sorted(asked))} apply to the U-Net's crops only; the paper's FCN "
-            "(nie2018) trains on the stored patches unchanged.",
+            "(nie2018) trains on stored 32³ patches, whose intensities alone can be changed.",
             "Set them to 0 (aug_context_gammas to []) for a nie2018 model, or train a unet3d model.")
 
 

@@ -1,4 +1,4 @@
-"""Intensity augmentation of the U-Net's training crops: what it changes, what it must leave alone."""
+"""Intensity augmentation of the training crops and patches: what it changes, what it must leave alone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from MedSynthLogic.config import IntensityConfig, ModelConfig, NormalisationConfig, TrainConfig
 from MedSynthLogic.crops import AUGMENT_STREAM, CropBatches, CropVolume, nearest_gamma
 from MedSynthLogic.errors import DataError, UsageError
-from MedSynthLogic.intensity_augment import IntensityAugment, augment_of, change_contrast, smooth_field
+from MedSynthLogic.intensity_augment import IntensityAugment, add_noise, augment_of, change_contrast, smooth_field, thick_slices
 
 
 def _volumes(context: bool = False) -> dict:
@@ -123,3 +123,38 @@ def test_contexts_for_other_contrasts_need_the_augmentation_and_a_context_per_ga
         with pytest.raises(UsageError, match="aug_context_gammas"):
             TrainConfig(**bad)
     assert TrainConfig(aug_context_gammas=(0.8, 1.25), aug_gamma_sd=0.2).aug_context_gammas == (0.8, 1.25)
+
+
+def test_thick_slices_average_along_one_axis_inside_the_brain_only():
+    crop = _volumes()["a"].source[:16, :16, :16]
+    slab = thick_slices(crop, 3, axis=1)
+    inside = crop[:, 1:-1, :] > 0
+    mean3 = (crop[:, :-2, :] + crop[:, 1:-1, :] + crop[:, 2:, :]) / 3
+    assert np.allclose(slab[:, 1:-1, :][inside], mean3[inside], atol=1e-6)
+    assert np.all(slab[crop == 0] == 0), "the background stays 0"
+    layered = np.broadcast_to(np.arange(1, 17, dtype=np.float32)[:, None, None], (16, 16, 16))
+    assert np.array_equal(thick_slices(layered, 4, axis=2), layered), "constant along the axis: unchanged"
+    assert np.array_equal(thick_slices(crop, 1, axis=0), crop)
+
+
+def test_noise_is_added_in_the_brain_and_the_background_stays_zero():
+    crop = _volumes()["a"].source[:16, :16, :16]
+    noisy = add_noise(crop, 0.1, np.random.default_rng(2))
+    brain = crop > 0
+    assert np.all(noisy[~brain] == 0) and noisy.min() >= 0
+    assert 0.07 < float(np.std((noisy - crop)[brain & (crop > 0.5)])) < 0.13
+
+
+def test_slab_and_noise_come_after_the_other_draws():
+    crop = _volumes()["a"].source[:16, :16, :16]
+    base = IntensityAugment(0.3, 0.2, 0.2, pivot=0.7)
+    degraded = IntensityAugment(0.3, 0.2, 0.2, pivot=0.7, noise_sd=0.1, slab_max=4)
+    out0, gamma0 = base.changed(crop, np.random.default_rng(8))
+    out1, gamma1 = degraded.changed(crop, np.random.default_rng(8))
+    assert gamma0 == gamma1 and not np.allclose(out0, out1), "the contrast draws are those of a run without them"
+    assert np.all(out1[crop == 0] == 0) and np.isfinite(out1).all()
+    assert IntensityAugment(slab_max=2).enabled and not IntensityAugment(slab_max=1).enabled
+    assert augment_of(TrainConfig(aug_noise_sd=0.05, aug_slab_max=3), ModelConfig()).slab_max == 3
+    for bad in ({"aug_noise_sd": -0.1}, {"aug_slab_max": -1}, {"aug_slab_max": 12}, {"aug_slab_max": 2.5}):
+        with pytest.raises(UsageError, match="aug_"):
+            TrainConfig(**bad)

@@ -7,7 +7,8 @@
 # usage: nice -n 19 Testing/Training/train_median_chain.sh CASES_DIR WORK_DIR REFINER_START
 #   REFINER_START: the refiner whose weights the last step starts from (run S's end: the default's refiner unblended)
 # Environment: as train_unet.sh (MEDSYNTH, THREADS, PRECISION), FCN (the FCN to start from; default the bundled
-#   medsynth_t1ce_t2_nie2018.safetensors of this checkout).
+#   medsynth_t1ce_t2_nie2018.safetensors of this checkout), FCN_TRAIN_CONFIG (the FCN stages' training config;
+#   default fcn_median_finetune_train_config.json; fcn_median_aug_finetune_train_config.json is the augmented chain's).
 set -euo pipefail
 CASES=$1
 WORK=$2
@@ -16,6 +17,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/run_common.sh"
 FCN=${FCN:-$HERE/../../Resources/Models/medsynth_t1ce_t2_nie2018.safetensors}
 FCN_CONFIG=$HERE/fcn_median_model_config.json
+FCN_TRAIN_CONFIG=${FCN_TRAIN_CONFIG:-$HERE/fcn_median_finetune_train_config.json}
 SOURCE='{"mode": "median", "median_value": 0.5, "clip_min": 0.0, "clip_max": 2.0}'
 PY=${PYTHON:-python}
 mkdir -p "$WORK"
@@ -34,7 +36,7 @@ for k in 0 1 2; do
   fi
   resume=()
   compgen -G "$WORK/fcn_s$((k + 1))_run/ckpt_*.pt" > /dev/null && resume=(--resume)
-  $MEDSYNTH train --data "$WORK/fcn_data" --model-config "$FCN_CONFIG" --train-config "$HERE/fcn_median_finetune_train_config.json" \
+  $MEDSYNTH train --data "$WORK/fcn_data" --model-config "$FCN_CONFIG" --train-config "$FCN_TRAIN_CONFIG" \
     --stages $((k + 1)) --start-stage "$k" --init-model "$init" --precision "$PRECISION" --device cpu \
     --out "$out" --run-dir "$WORK/fcn_s$((k + 1))_run" --progress json --overwrite "${resume[@]}"
 done
