@@ -22,8 +22,7 @@ if [ ! -f "$RUN/data/manifest.json" ]; then
 fi
 left=$((BUDGET_S - $(run_clock "$RUN/run")))
 if [ "$left" -gt 0 ]; then
-  resume=()
-  compgen -G "$RUN/run/ckpt_*.pt" > /dev/null && resume=(--resume)
+  resume=($(resume_flag "$RUN/run"))
   rc=0
   timeout -s TERM "$left" $MEDSYNTH train --data "$RUN/data" --train-config "$HERE/bundled_train_config.json" \
     --lambda-adv 0.01 --batch-size 64 --precision "$PRECISION" --device cpu --out "$RUN/fcn.safetensors" --run-dir "$RUN/run" \

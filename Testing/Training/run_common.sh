@@ -1,5 +1,6 @@
-# Sourced by the U-Net training scripts here (train_unet.sh, unet_ablation_l2_only.sh, fcn_same_hours.sh): the split
-# fixed in UNET_RECIPE.md, the command, the thread count, and the CPU precision rule, so the runs compared agree.
+# Sourced by the U-Net training scripts here (train_unet.sh, unet_ablation_l2_only.sh, fcn_same_hours.sh,
+# train_median_chain.sh): the split fixed in UNET_RECIPE.md, the command, the thread count, the CPU precision rule
+# and when a run resumes, so the runs compared agree.
 VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
 MEDSYNTH=${MEDSYNTH:-medsynth}
 export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
@@ -23,6 +24,11 @@ prepare_unet_data() {
 # only of STAGE (e.g. s00) when given; nothing when there is none.
 newest_checkpoint() {
   ls "$1"/ckpt_${2:-s*}_it*.pt 2>/dev/null | sort | tail -1 || true
+}
+
+# resume_flag RUN_DIR: --resume when the run folder holds a checkpoint, else nothing: resume=($(resume_flag DIR)).
+resume_flag() {
+  if [ -n "$(newest_checkpoint "$1")" ]; then echo --resume; fi
 }
 
 # train_stage1_to RUN_DIR AT TRAIN_ARGS...: `medsynth train TRAIN_ARGS` for stage 1 of the run in RUN_DIR on to its

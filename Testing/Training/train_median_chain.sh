@@ -34,8 +34,7 @@ for k in 0 1 2; do
     init=$WORK/fcn_s${k}_init.safetensors
     [ -f "$init" ] || $PY "$HERE/rebase_model.py" extend "$WORK/fcn_s${k}.safetensors" "$WORK/fcn_init.safetensors" "$init"
   fi
-  resume=()
-  compgen -G "$WORK/fcn_s$((k + 1))_run/ckpt_*.pt" > /dev/null && resume=(--resume)
+  resume=($(resume_flag "$WORK/fcn_s$((k + 1))_run"))
   $MEDSYNTH train --data "$WORK/fcn_data" --model-config "$FCN_CONFIG" --train-config "$FCN_TRAIN_CONFIG" \
     --stages $((k + 1)) --start-stage "$k" --init-model "$init" --precision "$PRECISION" --device cpu \
     --out "$out" --run-dir "$WORK/fcn_s$((k + 1))_run" --progress json --overwrite "${resume[@]}"

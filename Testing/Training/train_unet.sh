@@ -24,8 +24,7 @@ MODEL_CONFIG=${MODEL_CONFIG:-$HERE/unet_model_config.json}
 TRAIN_CONFIG=${TRAIN_CONFIG:-$HERE/unet_train_config.json}
 mkdir -p "$WORK"
 prepare_unet_data "$CASES" "$WORK" "$MODEL_CONFIG"
-resume=()
-compgen -G "$WORK/${RUN}_run/ckpt_*.pt" > /dev/null && resume=(--resume)
+resume=($(resume_flag "$WORK/${RUN}_run"))
 init=()
 [ ${#resume[@]} -eq 0 ] && [ -n "${INIT_MODEL:-}" ] && init=(--init-model "$INIT_MODEL" --start-stage "${START_STAGE:-0}")
 slice=()
