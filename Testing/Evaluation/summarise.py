@@ -27,9 +27,11 @@ ROWS = [
     ("bundled_plus_stage4", "the 3-stage FCN + a 4th stage (CPU, 602 iterations; not shipped, MODEL_CARD.md)"),
     ("unet3d_ablation/prior_fcn_q_blend", "the Q blend (the 3-stage FCN + one U-Net stage trained on the CPU with the "
                                           "full loss, blended 0.5; the default in sessions 26–27)"),
-    ("unet3d_ablation/prior_fcn_l2_blend", "**the default since session 28: the L2-only blend** (the same with a U-Net "
-                                           "stage trained with the L2 loss alone; MODEL_CARD.md)"),
-    ("unet3d_ablation/default_l2_blend_flip", "the default with flip averaging (`--flip-tta`, 1.7× the time)"),
+    ("unet3d_ablation/prior_fcn_l2_blend", "the L2-only blend (the same with a U-Net stage trained with the L2 loss "
+                                           "alone, run S, seed 0; the default in sessions 28–30)"),
+    ("unet3d_ablation/default_l2_blend_flip", "the L2-only blend with flip averaging (`--flip-tta`, 1.7× the time)"),
+    ("unet3d_ablation/prior_fcn_l2_seed2_blend", "**the default since session 31: the L2-only seed-2 blend** (the same "
+                                                 "recipe with seed 2, run W; MODEL_CARD.md)"),
     ("unet3d_ablation/median_fcn", "the paper's 3-stage FCN fine-tuned on the CPU (30 min) on a T1ce divided by its "
                                    "in-brain median instead of its 99.5th percentile (session 30; reported)"),
     ("unet3d_ablation/median_chain_blend", "the median chain blend (that FCN + half of a U-Net stage fine-tuned on it; "
