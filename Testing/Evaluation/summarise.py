@@ -34,6 +34,8 @@ ROWS = [
                                                  "recipe with seed 2, run W; MODEL_CARD.md)"),
     ("unet3d_ablation/median_fcn", "the paper's 3-stage FCN fine-tuned on the CPU (30 min) on a T1ce divided by its "
                                    "in-brain median instead of its 99.5th percentile (session 30; reported)"),
+    ("unet3d_ablation/median_aug_fcn", "the same fine-tuning with the patches' T1ce augmented (gamma, noise, thick "
+                                       "slices; session 31; reported)"),
     ("unet3d_ablation/median_chain_blend", "the median chain blend (that FCN + half of a U-Net stage fine-tuned on it; "
                                            "not shipped: it missed its rule's shifted-source half, MODEL_CARD.md)"),
 ]
