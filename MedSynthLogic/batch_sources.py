@@ -16,7 +16,7 @@ import torch
 
 from . import distributed as dist_utils
 from .config import ModelConfig, TrainConfig
-from .crops import AUGMENT_STREAM, ContextByGamma, CropBatches, crop_volumes
+from .crops import AUGMENT_STREAM, ContextByGamma, CropBatches, crop_volumes, iteration_stream
 from .intensity_augment import IntensityAugment, augment_of
 from .spatial_augment import spatial_augment_of
 
@@ -101,13 +101,12 @@ class PatchSource:
         sampler = IterationBatches(len(self.train), cfg.batch_size, cfg.seed, stage, start, cfg.iterations, ctx)
         self._batches = _batches(self.train, sampler, cfg.num_workers, ctx.device.type == "cuda")
         self.augment = augment if augment is not None and augment.enabled else None
-        self._stream_key = (cfg.seed, stage, ctx.rank)
+        self.seed, self.stage, self.rank = cfg.seed, stage, ctx.rank
 
     def batch(self, iteration: int) -> Batch:
         src, tgt = next(self._batches)
         if self.augment is not None:
-            seed, stage, rank = self._stream_key
-            rng = np.random.default_rng([seed, stage, int(iteration), rank, AUGMENT_STREAM])
+            rng = iteration_stream(self.seed, self.stage, iteration, self.rank, AUGMENT_STREAM)
             src = src.clone()
             for sample in src:
                 sample[0] = torch.from_numpy(self.augment(sample[0].numpy(), rng))

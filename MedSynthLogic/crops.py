@@ -29,6 +29,12 @@ SPATIAL_STREAM = 2
 ContextByGamma = Mapping[float, Mapping[str, np.ndarray]]
 
 
+def iteration_stream(seed: int, stage: int, iteration: int, rank: int, *word: int) -> np.random.Generator:
+    """The random stream of (seed, stage, iteration, rank), optionally separated by a seed word: what makes a batch a
+    pure function of its iteration, for the crops and for the patches' augmentation alike."""
+    return np.random.default_rng([int(seed), int(stage), int(iteration), int(rank), *word])
+
+
 @dataclass(frozen=True)
 class CropVolume:
     """One case on its original (unpadded) grid: source, target and mask, plus an optional context channel."""
@@ -138,8 +144,7 @@ class CropBatches:
         return np.ascontiguousarray(src), np.ascontiguousarray(tgt), np.ascontiguousarray(mask)
 
     def _stream(self, iteration: int, *word: int) -> np.random.Generator:
-        """The random stream of (seed, stage, iteration, rank), optionally separated by a seed word."""
-        return np.random.default_rng([self.seed, self.stage, int(iteration), self.rank, *word])
+        return iteration_stream(self.seed, self.stage, iteration, self.rank, *word)
 
     def batch(self, iteration: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch of ``iteration`` for this rank."""

@@ -3,10 +3,11 @@
 The normalised T1ce of another preprocessing pipeline differs from the training cases' in contrast (a different
 gamma), in slow intensity drifts (a bias field that skull stripping and N4 left behind) and in overall scale (a
 normalisation reference that moved); another scanner's may be noisier, or acquired in thick slices and resampled
-(a blur along one axis). ``IntensityAugment`` draws one of each per crop and applies them to the source channel only: the target is the real T2 and stays as it is, and so does an auto-context channel (the
-previous stage's synthesis of the unchanged source). The first three are multiplicative or powers, and the slab
-average and the noise change only voxels where the source is > 0 (the brain mask is applied after resampling, as a
-skull stripping of the thick-slice scan would), so the background stays exactly 0; the contrast change pivots on ``pivot`` (the normalised
+(a blur along one axis). ``IntensityAugment`` draws one of each per crop and applies them to the source channel
+only: the target is the real T2 and stays as it is, and so does an auto-context channel (the previous stage's
+synthesis of the unchanged source). The first three are multiplicative or powers, and the slab average and the noise
+change only voxels where the source is > 0 (the brain mask is applied after resampling, as a skull stripping of the
+thick-slice scan would), so the background stays exactly 0; the contrast change pivots on ``pivot`` (the normalised
 source's median in the brain), so the normalisation's anchor stays where it was on average.
 
 Every draw comes from the generator it is given; :class:`crops.CropBatches` and the paper's patch batches
@@ -36,8 +37,8 @@ class IntensityAugment:
     ``gamma_sd``: standard deviation of ln(gamma); ``field_sd``: of each coefficient of ln(field), a polynomial of
     degree ≤ 2 in the crop's coordinates scaled to [−1, 1] (a smooth drift over the crop); ``scale_sd``: of ln(scale).
     ``slab_max``: the crop's brain is averaged over a box of 1 to ``slab_max`` voxels (uniformly; 1 = unchanged)
-    along one random axis, as thick slices resampled to the voxel grid are; ``noise_sd``: Gaussian noise of standard deviation
-    ``pivot · noise_sd · u`` (u uniform in [0, 1], so clean crops stay common) is added where the source is > 0.
+    along one random axis, as thick slices resampled to the voxel grid are; ``noise_sd``: Gaussian noise of standard
+    deviation ``pivot · noise_sd · u`` (u uniform in [0, 1], so clean crops stay common) is added where the source is > 0.
     All 0 (the default) is no augmentation.
     """
 
