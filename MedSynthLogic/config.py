@@ -18,7 +18,7 @@ from .errors import UsageError
 T = TypeVar("T")
 
 
-def check_augment_spreads(gamma_sd: float, field_sd: float, scale_sd: float, noise_sd: float = 0.0, slab_max: int = 0) -> None:
+def check_augment_spreads(gamma_sd: float, field_sd: float, scale_sd: float, noise_sd: float, slab_max: int) -> None:
     """Refuse negative intensity-augmentation spreads where a run's configuration is read, not at its first crop."""
     if min(gamma_sd, field_sd, scale_sd, noise_sd) < 0:
         raise UsageError("The intensity augmentation's standard deviations must be ≥ 0.",

@@ -100,7 +100,8 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
     )
 
 
-#: The IntensityAugment settings (TrainConfig's aug_ + name): changes of a patch's source intensities, which the paper's FCN's patches take too.
+#: The IntensityAugment settings (TrainConfig's aug_ + name): changes of a patch's source intensities, which the
+#: paper's FCN's patches take too.
 PATCH_AUGMENTATIONS = frozenset(f.name for f in fields(IntensityAugment) if f.name != "pivot")
 
 
