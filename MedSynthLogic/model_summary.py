@@ -48,14 +48,21 @@ def _safely(describe: Callable[[], str]) -> str:
 def _mapping(config: Mapping[str, Any]) -> str:
     source, target = config.get("source_name", "?"), config.get("target_name", "?")
     norm: Mapping[str, Any] = config.get("normalisation") or {}
-    mode = (norm.get("target") or {}).get("mode")
-    if mode == "window":
-        unit = "output in Hounsfield units"
-    elif mode == "percentile":
-        unit = f"output x{norm.get('output_scale', 1000):g}: 1000 = the target's 99.5th percentile in the brain"
-    else:
-        unit = "output unit not stated"
+    unit = _output_unit(norm.get("target") or {}, float(norm.get("output_scale", 1000)))
     return f"{source} -> {target} ({_source_units(source, norm.get('source') or {})}; {unit})"
+
+
+def _output_unit(cfg: Mapping[str, Any], scale: float) -> str:
+    """What a synthetic voxel's value means, read from the target's own normalisation: the unit a user compares
+    with their scanner's T2 (or HU) differs between a percentile and a median target."""
+    mode = cfg.get("mode")
+    if mode == "window":
+        return "output in the window's unit (Hounsfield units for CT)"
+    if mode == "percentile":
+        return f"output x{scale:g}: {scale:g} = the target's {cfg.get('percentile', 99.5):g}th percentile in the brain"
+    if mode == "median":
+        return f"output x{scale:g}: {float(cfg.get('median_value', 0.5)) * scale:g} = the target's median in the brain"
+    return "output unit not stated"
 
 
 def _source_units(source: str, cfg: Mapping[str, Any]) -> str:

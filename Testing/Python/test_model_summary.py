@@ -37,3 +37,17 @@ def test_mapping_line_says_how_the_source_is_normalised(source, expected):
            "normalisation": {"source": source, "target": {"mode": "percentile"}, "output_scale": 1000}}
     line = next(row for row in summarize_header({"model_config": cfg}, "m").splitlines() if "mapping" in row)
     assert expected in line and "1000 = the target's 99.5th percentile" in line
+
+
+@pytest.mark.parametrize("target, scale, expected", [
+    ({"mode": "percentile", "percentile": 99.5}, 1000, "output x1000: 1000 = the target's 99.5th percentile"),
+    ({"mode": "percentile", "percentile": 99.0}, 1000, "output x1000: 1000 = the target's 99th percentile"),
+    ({"mode": "median", "median_value": 0.25}, 1000, "output x1000: 250 = the target's median in the brain"),
+    ({"mode": "window"}, 1000, "output in the window's unit"),
+    ({}, 1000, "output unit not stated"),
+])
+def test_mapping_line_reads_the_output_unit_from_the_target_normalisation(target, scale, expected):
+    cfg = {"source_name": "T1ce", "target_name": "T2",
+           "normalisation": {"source": {"mode": "percentile"}, "target": target, "output_scale": scale}}
+    line = next(row for row in summarize_header({"model_config": cfg}, "m").splitlines() if "mapping" in row)
+    assert expected in line
