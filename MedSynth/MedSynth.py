@@ -223,7 +223,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.appendLog(plan.message)
                 slicer.util.errorDisplay(plan.message, windowTitle=_("MedSynth: input check"))
                 return
-            if plan.findings and not slicer.util.confirmOkCancelDisplay(plan.message, windowTitle=_("MedSynth")):
+            if plan.needs_confirmation and not slicer.util.confirmOkCancelDisplay(plan.message, windowTitle=_("MedSynth")):
                 return
             self.appendLog((plan.message or _("Input check passed.")) + "\n" + plan.estimate.text())
             self.logic.controller.start_synthesis(p.inputVolume, request, p.outputVolume)

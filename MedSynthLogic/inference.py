@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
@@ -106,9 +107,11 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
     """Check the source before any compute: refuse it (exit 3) or, with ``force``, emit a warning event.
 
     Returns the header entries that record the checks with the output. The receptive-field check comes first so
-    a thumbnail gets that message rather than a guess about its sequence.
+    a thumbnail gets that message rather than a guess about its sequence. What the file's name says
+    (:func:`.source_names.name_notes`, e.g. a T1 named where the model expects the T1ce) is only ever a warning.
     """
     from .input_checks import check_source, checks_metadata, refuse_or_warn
+    from .source_names import name_notes
 
     check_receptive_field(model, source)
     findings = check_source(source, model.config, mask=mask)
@@ -118,7 +121,14 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
             progress(warning_event("synthesize", message, source=str(name), input_checks=[f.code for f in findings]))
 
     refuse_or_warn(findings, force, warn if progress is not None else None, source=name)
-    return checks_metadata(findings, force, model.config, mask is not None)
+    notes = name_notes(str(name), model.config)
+    for note in notes:
+        text = f"{name}: {note}. Synthesizing it as the model's {model.config.source_name}."
+        if progress is not None:
+            progress(warning_event("synthesize", text, source=str(name), input_checks=["name"]))
+        else:
+            warnings.warn(text, UserWarning, stacklevel=3)
+    return checks_metadata(findings, force, model.config, mask is not None, notes=notes)
 
 
 def synthesize_folder(

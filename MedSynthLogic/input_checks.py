@@ -272,10 +272,12 @@ def refuse_or_warn(
 
 
 def checks_metadata(
-    findings: Sequence[InputFinding], forced: bool, model_config: "ModelConfig", mask_given: bool
+    findings: Sequence[InputFinding], forced: bool, model_config: "ModelConfig", mask_given: bool,
+    notes: Sequence[str] = (),
 ) -> Dict[str, str]:
     """Header entries that record the checks with the output: the JSON record under :data:`METADATA_KEY` and a
-    short note (``ITK_FileNotes``, NIfTI's 80-character description) saying whether they passed."""
+    short note (``ITK_FileNotes``, NIfTI's 80-character description) saying whether they passed. ``notes``: the
+    warnings that never refuse (what the source's name says, :mod:`.source_names`), kept with the record."""
     failed = [f.code for f in findings]
     record = {
         "checks": checks_run(model_config, mask_given),
@@ -283,6 +285,7 @@ def checks_metadata(
         "forced": bool(forced and failed),
         "expected": asdict(model_config.input),
         "findings": [asdict(f) for f in findings],
+        "notes": list(notes),
     }
     note = "input checks passed" if not failed else "input checks FAILED, forced: " + ",".join(failed)
     return {

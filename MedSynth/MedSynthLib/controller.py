@@ -35,12 +35,19 @@ def start_cli_job(args: Sequence[str]) -> Any:
 
 @dataclass
 class SynthesisPlan:
-    """Decided before launching: the input check's findings, whether they block, and the time estimate."""
+    """Decided before launching: the input check's findings, whether they block, the time estimate, and the notes
+    on the input's name (never blocking: the panel asks before it starts)."""
 
     findings: List[Any]
     blocked: bool
     message: str
     estimate: Estimate
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """Not blocked, but a forced finding or a name note the user should see before the work starts."""
+        return not self.blocked and bool(self.findings or self.notes)
 
 
 @dataclass
@@ -91,9 +98,13 @@ class MedSynthController:
         if input_node is None:
             raise ValueError("Select the T1ce volume first.")
         volume = mrml.volume_from_node(input_node)
-        findings = synthesis.check_input(volume, read_header(synthesis.model_path(request)), self.input_checker)
-        message = synthesis.findings_message(findings, request.force) if findings else ""
-        return SynthesisPlan(findings, bool(findings) and not request.force, message, self.estimate(input_node, request))
+        header = read_header(synthesis.model_path(request))
+        findings = synthesis.check_input(volume, header, self.input_checker)
+        notes = synthesis.check_name(input_node.GetName() or "", header)
+        blocked = bool(findings) and not request.force
+        parts = [synthesis.findings_message(findings, request.force)] if findings else []
+        parts += [synthesis.notes_message(notes, ask=not blocked)] if notes else []
+        return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request), notes)
 
     def estimate(self, input_node: Any, request: synthesis.SynthesisRequest) -> Estimate:
         """How long synthesizing ``input_node`` will take (see ``MedSynthLib.estimate``)."""
@@ -110,7 +121,7 @@ class MedSynthController:
 
         self._refuse_if_busy()
         work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))
-        source = mrml.save_volume_node(input_node, work_dir / "source_t1ce.nii.gz")
+        source = mrml.save_volume_node(input_node, work_dir / "source.nii.gz")  # a neutral name: the child's name note must not read ours
         output, uncertainty = work_dir / "synthetic_t2.nii.gz", work_dir / "uncertainty.nii.gz"
         context = {"input": input_node, "output_node": output_node, "output_path": output, "work_dir": work_dir,
                    "request": request, "shape": tuple(reversed(input_node.GetImageData().GetDimensions())),

@@ -109,6 +109,27 @@ def check_input(volume: Any, header: dict, checker: Optional[InputChecker]) -> L
     return list(checker(volume, from_dict(ModelConfig, header.get("model_config") or {})))
 
 
+def check_name(name: str, header: dict) -> List[str]:
+    """What the input's node name says against the model's source (``MedSynthLogic.source_names``): notes that
+    never block, e.g. a T1 named where the model expects the T1ce; empty in an installation that predates them."""
+    try:
+        from MedSynthLogic.source_names import name_notes
+    except ImportError:
+        return []
+    from MedSynthLogic.config import ModelConfig, from_dict
+
+    return name_notes(name, from_dict(ModelConfig, header.get("model_config") or {}))
+
+
+def notes_message(notes: Sequence[str], ask: bool = True) -> str:
+    """What the panel says (and, with ``ask``, asks before starting) when the input's name names another sequence
+    than the model's."""
+    lines = ["The input's name suggests another sequence than the model's:", *[f"- {note}" for note in notes]]
+    if ask:
+        lines.append("Synthesize it anyway? (Cancel, then pick the T1ce volume, if it is the wrong one.)")
+    return "\n".join(lines)
+
+
 def findings_message(findings: Sequence[Any], force: bool) -> str:
     """What the panel says about failed input checks, before synthesis starts."""
     lines = [f"- {finding.message}" for finding in findings]

@@ -365,6 +365,26 @@ def test_real_input_check_refuses_the_phantoms_t2_before_launching(scene, tmp_pa
     assert not controller.plan_synthesis(t2, SynthesisRequest(force=True)).blocked and not runner.jobs
 
 
+def test_a_node_named_as_another_sequence_asks_before_launching_and_never_blocks(scene, tmp_path):
+    """The node's name is the one hint for a T1 picked instead of the T1ce (the intensity check passes both)."""
+    checks = pytest.importorskip("MedSynthLogic.input_checks")
+    from MedSynthLib.controller import MedSynthController
+
+    t1ce, t2 = sample_data.load_phantom_pair(scene, tmp_path / "cache")
+    runner = FakeRunner(events=[])
+    controller = MedSynthController(scene, runner=runner, temp_root=str(tmp_path), input_checker=checks.check_source)
+    sample = controller.plan_synthesis(t1ce, SynthesisRequest())
+    assert not sample.notes and not sample.needs_confirmation and sample.message == ""
+    t1ce.SetName("7: Sag T1 pre")
+    plan = controller.plan_synthesis(t1ce, SynthesisRequest())
+    assert not plan.blocked and plan.needs_confirmation and not plan.findings and len(plan.notes) == 1
+    assert "'7: Sag T1 pre' says a T1 without contrast" in plan.message and "Synthesize it anyway?" in plan.message
+    t2.SetName("AX T2")
+    refused = controller.plan_synthesis(t2, SynthesisRequest())
+    assert refused.blocked and not refused.needs_confirmation and "names a T2" in refused.message
+    assert "Synthesize it anyway?" not in refused.message and not runner.jobs
+
+
 def test_synthesis_job_loads_the_result_side_by_side(scene, phantom_node, tmp_path):
     from MedSynthLogic import mrml
 

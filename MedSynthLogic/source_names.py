@@ -1,0 +1,119 @@
+"""What a source's name says about its sequence: the one hint for a T1 picked instead of the T1ce.
+
+The intensity rule of :mod:`.input_checks` cannot tell a T1 from a T1ce (their histograms overlap on the 14 BraTS
+cases), and a non-contrast T1 synthesized as if it were the T1ce costs the default model 1.5 dB and the enhancing
+rim without a word (``docs/evaluation/input_shift``). Names often say which is which: BraTS files end in ``_t1`` /
+``_t1ce`` (2023: ``-t1n`` / ``-t1c``), DICOM series descriptions (Slicer's node names) read "AX T1 POST GD",
+"T1 +C" or "Sag T1 pre". A name can be wrong or silent, so what it says is a note for the user, never a refusal;
+a name that names no sequence ("MRHead", "image") gives no note.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import TYPE_CHECKING, List, Optional
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+__all__ = ["NamedSequence", "named_sequence", "name_notes", "display_name"]
+
+T1CE, T1, T2, FLAIR = "T1ce", "T1", "T2", "FLAIR"
+#: Words (whole tokens) that name a T1-weighted acquisition without a "t1" in them.
+T1_WORDS = frozenset({"mprage", "mp2rage", "spgr", "fspgr", "bravo"})
+#: Token endings after "t1" and whole tokens that say the contrast agent was given.
+CONTRAST_SUFFIXES = frozenset({"ce", "c", "gd", "cgd", "post", "km"})
+CONTRAST_WORDS = frozenset({"ce", "gd", "gad", "gado", "gadolinium", "post", "postcontrast", "postgad", "contrast",
+                            "enhanced", "km"})
+#: Token endings after "t1" and whole tokens that say it was not.
+NATIVE_SUFFIXES = frozenset({"n", "pre", "native", "nc"})
+NATIVE_WORDS = frozenset({"pre", "precontrast", "native", "nativ", "nc", "noncontrast", "nocontrast", "plain",
+                          "without"})
+#: File-name endings that are not part of the name.
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".dcm")
+
+
+@dataclass(frozen=True)
+class NamedSequence:
+    """The sequence a name names (``T1ce``, ``T1``, ``T2``, ``FLAIR``); ``explicit``: for a T1, whether the name
+    says "without contrast" (pre, native, t1n) rather than just not saying "with"."""
+
+    kind: str
+    explicit: bool = True
+
+
+def display_name(path_or_name: str) -> str:
+    """A file's name without its folder and image extension (``/x/Brats18_1_t1.nii.gz`` → ``Brats18_1_t1``)."""
+    name = PurePath(str(path_or_name)).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _tokens(name: str) -> List[str]:
+    text = name.lower().replace("c+", " post ").replace("+c", " post ")
+    return [t for t in re.split(r"[^a-z0-9]+", text) if t]
+
+
+def _family(token: str) -> Optional[str]:
+    """The sequence family of one token: "t1…" (not "t10"), "t2…", a FLAIR word, a T1 acquisition word."""
+    if "flair" in token and not token.startswith("t1"):
+        return FLAIR
+    if token == "t2f":
+        return FLAIR
+    for prefix, kind in (("t1", T1), ("t2", T2)):
+        if token.startswith(prefix) and (len(token) == 2 or token[2].isalpha()):
+            return kind
+    return T1 if token in T1_WORDS else None
+
+
+def named_sequence(name: str) -> Optional[NamedSequence]:
+    """The sequence ``name`` names, or None when it names none or several (``"t1_t2"``, "pre and post")."""
+    tokens = _tokens(name)
+    families = {f for f in map(_family, tokens) if f is not None}
+    if FLAIR in families and len(families) == 2:  # "T1 FLAIR" is T1-weighted, "T2 FLAIR" is a FLAIR
+        families = {T1} if T1 in families else ({FLAIR} if T2 in families else families)
+    if len(families) != 1:
+        return None
+    (family,) = families
+    if family != T1:
+        return NamedSequence(family)
+    suffixes = {t[2:] for t in tokens if t.startswith("t1") and _family(t) == T1}
+    words = set(tokens)
+    native = bool(suffixes & NATIVE_SUFFIXES or words & NATIVE_WORDS)
+    contrast = bool(suffixes & CONTRAST_SUFFIXES or words & (CONTRAST_WORDS - {"contrast"}))
+    if contrast and native:
+        return None
+    if contrast or ("contrast" in words and not native):  # "without contrast" is native
+        return NamedSequence(T1CE)
+    return NamedSequence(T1, explicit=native)
+
+
+def _expected(model_config: "ModelConfig") -> Optional[NamedSequence]:
+    """What the model's source is, when its ``input.sequence`` and ``source_name`` name the same sequence."""
+    by_input = named_sequence(model_config.input.sequence)
+    by_source = named_sequence(model_config.source_name)
+    if by_input is None or by_source is None or by_input.kind != by_source.kind:
+        return None
+    return by_input
+
+
+def name_notes(name: Optional[str], model_config: "ModelConfig") -> List[str]:
+    """Sentences for the user when ``name`` (a file path or a Slicer node name) names another sequence than the
+    model's source; empty when it names the same, none, or the model's source is not an MR sequence named here."""
+    if not name:
+        return []
+    shown = display_name(name)
+    named, expected = named_sequence(shown), _expected(model_config)
+    if named is None or expected is None or named.kind == expected.kind:
+        return []
+    wanted = model_config.input.sequence
+    if expected.kind == T1CE and named.kind == T1:
+        said = "says a T1 without contrast" if named.explicit else "names a T1 without saying contrast-enhanced"
+        return [f"its name '{shown}' {said}, and the model expects a {wanted}: the intensity checks cannot tell a "
+                "T1 from a T1ce, and a non-contrast T1 gives a synthesis without the enhancing rim and measurably "
+                "worse (MODEL_CARD.md, Known failure modes)"]
+    return [f"its name '{shown}' names a {named.kind}, and the model expects a {wanted}"]
