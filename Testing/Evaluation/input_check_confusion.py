@@ -28,6 +28,7 @@ from MedSynthLogic.input_checks import (  # noqa: E402
 )
 from MedSynthLogic.model_file import bundled_model_path, read_header  # noqa: E402
 from MedSynthLogic.phantom import make_phantom  # noqa: E402
+from MedSynthLogic.source_names import name_notes  # noqa: E402
 from MedSynthLogic.volume_io import Volume, read_volume  # noqa: E402
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair", "seg")
@@ -43,16 +44,17 @@ class Row:
     t2_score: str
     outcome: str
     bright_tail: str = ""
+    name_note: bool = False
 
 
-def judge(source: str, case: str, sequence: str, vol: Volume, cfg: ModelConfig) -> Row:
+def judge(source: str, case: str, sequence: str, vol: Volume, cfg: ModelConfig, name: str = "") -> Row:
     guess = classify_sequence(vol.array, vol.array > cfg.normalisation.mask_threshold)
     findings = check_source(vol, cfg)
     outcome = "refused: " + ", ".join(f.code for f in findings) if findings else "accepted"
     score = "" if guess.t2_score is None else f"{guess.t2_score:.3f}"
     brain = vol.array[vol.array > cfg.normalisation.mask_threshold]
     tail = f"{np.percentile(brain, 99.5) / np.median(brain):.2f}" if brain.size else ""
-    return Row(source, case, sequence, guess.kind, score, outcome, tail)
+    return Row(source, case, sequence, guess.kind, score, outcome, tail, bool(name_notes(name, cfg)))
 
 
 def brats_rows(folder: Path, cfg: ModelConfig) -> List[Row]:
@@ -61,7 +63,7 @@ def brats_rows(folder: Path, cfg: ModelConfig) -> List[Row]:
         for seq in SEQUENCES:
             path = case / f"{case.name}_{seq}.nii.gz"
             if path.is_file():
-                rows.append(judge("BraTS", case.name, seq, read_volume(path), cfg))
+                rows.append(judge("BraTS", case.name, seq, read_volume(path), cfg, name=path.name))
                 print(rows[-1], flush=True)
     return rows
 
@@ -94,15 +96,18 @@ def altered_rows(cfg: ModelConfig) -> List[Row]:
 def confusion(rows: List[Row]) -> str:
     counts: Dict[str, Counter] = {seq: Counter() for seq in SEQUENCES}
     refused: Counter = Counter()
+    noted: Counter = Counter()
     for r in rows:
         counts[r.sequence][r.kind] += 1
         refused[r.sequence] += r.outcome != "accepted"
-    lines = ["| true sequence | files | " + " | ".join(KINDS) + " | refused by the T1ce model |",
-             "|---|---|" + "---|" * (len(KINDS) + 1)]
+        noted[r.sequence] += r.name_note
+    lines = ["| true sequence | files | " + " | ".join(KINDS) + " | refused by the T1ce model | warned by its file name |",
+             "|---|---|" + "---|" * (len(KINDS) + 2)]
     for seq in SEQUENCES:
         n = sum(counts[seq].values())
         if n:
-            lines.append(f"| {seq} | {n} | " + " | ".join(str(counts[seq][k]) for k in KINDS) + f" | {refused[seq]} |")
+            lines.append(f"| {seq} | {n} | " + " | ".join(str(counts[seq][k]) for k in KINDS)
+                         + f" | {refused[seq]} | {noted[seq]} |")
     return "\n".join(lines)
 
 
@@ -191,6 +196,10 @@ training-set figure, not a held-out one.
 {leave_one_case_out(brats)}
 
 {t1_against_t1ce(brats)}
+
+"Warned by its file name": `MedSynthLogic.source_names.name_notes` on the file's name (`<case>_<sequence>.nii.gz`), the
+one hint for a T1 given as the T1ce; a warning, never a refusal. BraTS names are its easy case: a clinic's series
+descriptions vary, and a T1 named like a T1ce, or named nothing, passes silently.
 
 ## Phantom (`make_phantom`, default shape, seeds 0–2)
 
