@@ -38,6 +38,8 @@ ROWS = [
                                        "slices; session 31; reported)"),
     ("unet3d_ablation/median_chain_blend", "the median chain blend (that FCN + half of a U-Net stage fine-tuned on it; "
                                            "not shipped: it missed its rule's shifted-source half, MODEL_CARD.md)"),
+    ("unet3d_ablation/median_aug_chain_blend", "the augmented median chain blend (the augmented FCN + half of a U-Net "
+                                               "stage fine-tuned on it; session 32; not shipped, below the default)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
