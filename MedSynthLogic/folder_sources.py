@@ -22,7 +22,7 @@ PathLike = Union[str, os.PathLike]
 #: File endings read as images in a folder (the formats SimpleITK reads that MedSynth documents).
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".hdr")
 
-__all__ = ["Source", "find_sources", "output_name", "check_output_folder", "IMAGE_SUFFIXES"]
+__all__ = ["Source", "find_sources", "output_name", "check_output_folder", "image_stem", "IMAGE_SUFFIXES"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ def _image_suffix(name: str) -> str:
     return next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), "")
 
 
-def _stem(name: str) -> str:
+def image_stem(name: str) -> str:
+    """A file name without its image ending (``case_t1ce.nii.gz`` → ``case_t1ce``); other names unchanged."""
     suffix = _image_suffix(name)
     return name[: len(name) - len(suffix)] if suffix else name
 
@@ -47,7 +48,7 @@ def _brats_sources(folder: Path, suffix: str) -> List[Source]:
     """``<case>/<case>_<suffix>.<ext>`` and ``<case>_<suffix>.<ext>`` (case-insensitive suffix)."""
     found = []
     for path in sorted(list(folder.glob("*/*")) + list(folder.glob("*"))):
-        stem = _stem(path.name)
+        stem = image_stem(path.name)
         if not path.is_file() or not _image_suffix(path.name) or not stem.lower().endswith("_" + suffix):
             continue
         case = stem[: -len(suffix) - 1]
@@ -81,7 +82,7 @@ def _pattern_sources(folder: Path, pattern: str, suffix: str) -> List[Source]:
                 continue
             case = match.group("case")
         else:
-            case = _stem(path.name)
+            case = image_stem(path.name)
             if case.lower().endswith("_" + suffix) and len(case) > len(suffix) + 1:
                 case = case[: -len(suffix) - 1]
         found.append(Source(case, path))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, List, Optional
 
+from .folder_sources import image_stem
+
 if TYPE_CHECKING:
     from .config import ModelConfig
 
@@ -31,8 +33,6 @@ CONTRAST_WORDS = frozenset({"ce", "gd", "gad", "gado", "gadolinium", "post", "po
 NATIVE_SUFFIXES = frozenset({"n", "pre", "native", "nc"})
 NATIVE_WORDS = frozenset({"pre", "precontrast", "native", "nativ", "nc", "noncontrast", "nocontrast", "plain",
                           "without"})
-#: File-name endings that are not part of the name.
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".dcm")
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,7 @@ class NamedSequence:
 
 def display_name(path_or_name: str) -> str:
     """A file's name without its folder and image extension (``/x/Brats18_1_t1.nii.gz`` → ``Brats18_1_t1``)."""
-    name = PurePath(str(path_or_name)).name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return image_stem(PurePath(str(path_or_name)).name)
 
 
 def _tokens(name: str) -> List[str]:

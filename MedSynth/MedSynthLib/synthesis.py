@@ -104,9 +104,7 @@ def check_input(volume: Any, header: dict, checker: Optional[InputChecker]) -> L
     """Findings of the input check for ``volume`` against the model whose header is given (empty: looks fine)."""
     if checker is None:
         return []
-    from MedSynthLogic.config import ModelConfig, from_dict
-
-    return list(checker(volume, from_dict(ModelConfig, header.get("model_config") or {})))
+    return list(checker(volume, _model_config(header)))
 
 
 def check_name(name: str, header: dict) -> List[str]:
@@ -116,9 +114,14 @@ def check_name(name: str, header: dict) -> List[str]:
         from MedSynthLogic.source_names import name_notes
     except ImportError:
         return []
+    return name_notes(name, _model_config(header))
+
+
+def _model_config(header: dict) -> Any:
+    """The ``ModelConfig`` a model header states (its defaults for what an older header lacks)."""
     from MedSynthLogic.config import ModelConfig, from_dict
 
-    return name_notes(name, from_dict(ModelConfig, header.get("model_config") or {}))
+    return from_dict(ModelConfig, header.get("model_config") or {})
 
 
 def notes_message(notes: Sequence[str], ask: bool = True) -> str:
