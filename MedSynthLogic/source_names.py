@@ -45,8 +45,12 @@ class NamedSequence:
 
 
 def display_name(path_or_name: str) -> str:
-    """A file's name without its folder and image extension (``/x/Brats18_1_t1.nii.gz`` → ``Brats18_1_t1``)."""
-    return image_stem(PurePath(str(path_or_name)).name)
+    """An image file's name without its folder and ending (``/x/Brats18_1_t1.nii.gz`` → ``Brats18_1_t1``); any
+    other name whole, since a series description may hold a slash ("T1 SE AX +C/FS")."""
+    text = str(path_or_name)
+    base = PurePath(text).name
+    stem = image_stem(base)
+    return stem if stem != base else text
 
 
 def _tokens(name: str) -> List[str]:

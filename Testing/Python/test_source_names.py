@@ -53,6 +53,8 @@ def test_display_name_drops_the_folder_and_the_image_extension():
     assert display_name("/data/c/Brats18_1_t1.nii.gz") == "Brats18_1_t1"
     assert display_name("AX T1 POST") == "AX T1 POST"
     assert display_name("x/scan.nrrd") == "scan"
+    assert display_name("T1 SE AX +C/FS") == "T1 SE AX +C/FS"
+    assert named_sequence(display_name("T1 SE AX +C/FS")).kind == "T1ce"
 
 
 def test_a_t1ce_model_gets_a_note_for_a_named_t1_t2_or_flair_and_none_for_a_t1ce():
