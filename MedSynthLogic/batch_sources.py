@@ -8,6 +8,7 @@ volumes, with the brain mask. Both are pure functions of (seed, stage, iteration
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -21,6 +22,14 @@ from .intensity_augment import IntensityAugment, augment_of
 from .spatial_augment import spatial_augment_of
 
 Batch = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class AlternateSource:
+    """Another real source contrast of the training cases: its patch file and the context computed from it."""
+
+    train_h5: Path
+    context: Optional[Mapping[str, np.ndarray]] = None
 
 
 class IterationBatches:
@@ -132,13 +141,17 @@ class CropSource:
         stage: int,
         ctx: dist_utils.DistContext,
         variants: Optional[ContextByGamma] = None,
+        alternate: Optional[AlternateSource] = None,
     ) -> None:
         from .h5data import load_volumes, patch_file_info
 
         flip_axis = patch_file_info(train_h5)["flip_axis"]
-        volumes = crop_volumes(load_volumes(train_h5), context_train, variants)
+        alt_volumes = load_volumes(alternate.train_h5) if alternate is not None else None
+        volumes = crop_volumes(load_volumes(train_h5), context_train, variants, alt_volumes,
+                               alternate.context if alternate is not None else None)
         self.crops = CropBatches(volumes, model_cfg.source_patch, cfg.batch_size, cfg.seed, stage, ctx.rank, flip_axis,
-                                 augment_of(cfg, model_cfg), spatial_augment_of(cfg), tuple(variants or ()))
+                                 augment_of(cfg, model_cfg), spatial_augment_of(cfg), tuple(variants or ()),
+                                 cfg.alt_source_p if alternate is not None else 0.0)
 
     def batch(self, iteration: int) -> Batch:
         return self.crops.batch(iteration)
@@ -151,9 +164,11 @@ def batch_source(
     train_h5: Path, val_h5: Optional[Path], context_train: Optional[Mapping[str, np.ndarray]], context_val: Optional[Mapping[str, np.ndarray]],
     model_cfg: ModelConfig, cfg: TrainConfig, stage: int, start: int, ctx: dist_utils.DistContext,
     variants: Optional[ContextByGamma] = None,
+    alternate: Optional[AlternateSource] = None,
 ) -> "PatchSource | CropSource":
     """The batches of the generator kind: patches for the paper's FCN, crops of whole volumes for the U-Net (which
-    alone takes ``variants``, the context for other contrasts: ``TrainConfig.aug_context_gammas``)."""
+    alone takes ``variants``, the context for other contrasts: ``TrainConfig.aug_context_gammas``, and
+    ``alternate``, another real contrast: ``TrainConfig.alt_source_data``)."""
     if model_cfg.generator.kind == "unet3d":
-        return CropSource(train_h5, context_train, model_cfg, cfg, stage, ctx, variants)
+        return CropSource(train_h5, context_train, model_cfg, cfg, stage, ctx, variants, alternate)
     return PatchSource(train_h5, val_h5, context_train, context_val, cfg, stage, start, ctx, augment_of(cfg, model_cfg))

@@ -242,6 +242,10 @@ class TrainConfig:
     model's synthesis) is also computed for the training cases; each augmented crop then gets the one whose gamma is
     nearest its own drawn gamma (1 included), so the stage learns what its context does when the contrast changes
     (:mod:`.training.context`; empty = off; needs ``aug_gamma_sd`` > 0).
+    ``alt_source_data``, ``alt_source_p``: a second ``medsynth prepare`` folder of the same cases with another real
+    source contrast (BraTS: each case's T1, ``--source-pattern '{case}/{case}_t1.nii.gz'``); each U-Net crop takes its
+    source, and the context computed from it, from there with probability ``alt_source_p`` (0 = off), so the stage
+    learns from a real contrast change rather than a synthetic one (U-Net only; not with ``aug_context_gammas``).
     """
 
     stages: int = 3
@@ -276,6 +280,8 @@ class TrainConfig:
     aug_rotate_deg: float = 0.0
     aug_zoom_sd: float = 0.0
     aug_context_gammas: Tuple[float, ...] = ()
+    alt_source_data: str = ""
+    alt_source_p: float = 0.0
 
     def __post_init__(self) -> None:
         check_augment_spreads(self.aug_gamma_sd, self.aug_field_sd, self.aug_scale_sd, self.aug_noise_sd, self.aug_slab_max)
@@ -283,6 +289,13 @@ class TrainConfig:
         if any(not (g > 0 and g != 1.0) for g in self.aug_context_gammas) or (self.aug_context_gammas and self.aug_gamma_sd <= 0):
             raise UsageError(f"aug_context_gammas {list(self.aug_context_gammas)} must be gammas > 0 other than 1, with "
                              "aug_gamma_sd > 0.", "Use e.g. [0.8, 1.25] with aug_gamma_sd 0.2, or [] (off).")
+        if not 0.0 <= self.alt_source_p < 1.0 or (self.alt_source_p > 0) != bool(self.alt_source_data):
+            raise UsageError(f"alt_source_p {self.alt_source_p} must be in [0, 1), and above 0 exactly when "
+                             "alt_source_data names a prepared data folder.",
+                             "Set both (e.g. 0.25 and the folder of `medsynth prepare --source-pattern …`) or neither.")
+        if self.alt_source_p > 0 and self.aug_context_gammas:
+            raise UsageError("alt_source_p and aug_context_gammas cannot be combined (the alternate source has no "
+                             "contexts for other contrasts).", "Set aug_context_gammas to [] or alt_source_p to 0.")
         if self.optimizer not in ("adam", "adamw"):
             raise UsageError(f"Unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'.")
         if self.lr_schedule not in ("step", "cosine"):

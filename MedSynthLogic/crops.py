@@ -25,6 +25,8 @@ from .spatial_augment import SpatialAugment, resample_crop
 AUGMENT_STREAM = 1
 #: Seed word of the spatial augmentation's stream: the crops' centres and flips stay those of a run without it.
 SPATIAL_STREAM = 2
+#: Seed word of the alternate-source draws (``TrainConfig.alt_source_p``): the other draws stay those of a run without.
+ALT_SOURCE_STREAM = 3
 #: gamma → (case id → the auto-context input computed for that contrast of the source, on the padded grid).
 ContextByGamma = Mapping[float, Mapping[str, np.ndarray]]
 
@@ -45,17 +47,30 @@ class CropVolume:
     context: Optional[np.ndarray] = None
     #: The context computed for other contrasts of the source, in the order of ``CropBatches.variant_gammas``.
     variants: Tuple[np.ndarray, ...] = ()
+    #: The same case's other real contrast (``TrainConfig.alt_source_data``) and the context computed from it.
+    alt_source: Optional[np.ndarray] = None
+    alt_context: Optional[np.ndarray] = None
+
+    @property
+    def alternate(self) -> Tuple[np.ndarray, ...]:
+        """The channels a crop takes instead of the source's (and context's) when it draws the alternate source."""
+        if self.alt_source is None:
+            return ()
+        return (self.alt_source,) + ((self.alt_context,) if self.alt_context is not None else ())
 
 
 def crop_volumes(
     volumes: Mapping[str, Mapping[str, object]],
     context: Optional[Mapping[str, np.ndarray]] = None,
     variants: Optional[ContextByGamma] = None,
+    alt_volumes: Optional[Mapping[str, Mapping[str, object]]] = None,
+    alt_context: Optional[Mapping[str, np.ndarray]] = None,
 ) -> Dict[str, CropVolume]:
     """``h5data.load_volumes`` entries (padded by their ``pad``) → unpadded :class:`CropVolume`s.
 
     ``context`` (case id → previous-stage synthesis on the same padded grid) becomes each case's second channel;
-    ``variants`` (gamma → such a mapping, computed for that contrast of the source) its alternatives.
+    ``variants`` (gamma → such a mapping, computed for that contrast of the source) its alternatives;
+    ``alt_volumes`` (the alternate source's ``load_volumes``) and ``alt_context`` (its context) the other contrast.
     """
     out: Dict[str, CropVolume] = {}
     for cid, vol in volumes.items():
@@ -63,12 +78,22 @@ def crop_volumes(
         inner = tuple(slice(pad, n - pad) for n in np.shape(vol["source"]))
         ctx = None if context is None else np.asarray(context[cid], dtype=np.float32)[inner]
         alternatives = tuple(np.asarray(by_case[cid], dtype=np.float32)[inner] for by_case in (variants or {}).values())
+        alt_src = alt_ctx = None
+        if alt_volumes is not None:
+            if np.shape(alt_volumes[cid]["source"]) != np.shape(vol["source"]):
+                raise DataError(f"Case {cid}'s alternate source has the shape {np.shape(alt_volumes[cid]['source'])}, "
+                                f"its source {np.shape(vol['source'])}.",
+                                "Prepare both from co-registered volumes of the same cases with the same model config.")
+            alt_src = np.asarray(alt_volumes[cid]["source"], dtype=np.float32)[inner]
+            alt_ctx = None if alt_context is None else np.asarray(alt_context[cid], dtype=np.float32)[inner]
         out[cid] = CropVolume(
             np.asarray(vol["source"], dtype=np.float32)[inner],
             np.asarray(vol["target"], dtype=np.float32)[inner],
             np.asarray(vol["mask"], dtype=bool)[inner],
             ctx,
             alternatives,
+            alt_src,
+            alt_ctx,
         )
     return out
 
@@ -86,7 +111,9 @@ class CropBatches:
     around that centre; with an enabled ``augment`` the source channel's intensities are then changed. Each draws
     from a stream of its own, so the centres and flips stay those of a run without it. With ``variant_gammas`` (the
     gammas of each volume's ``variants``) the context channel is the one computed for the contrast nearest the
-    crop's drawn gamma (:func:`nearest_gamma`; the plain context is gamma 1).
+    crop's drawn gamma (:func:`nearest_gamma`; the plain context is gamma 1). With ``alt_p`` > 0 a crop takes the
+    case's alternate source and its context (:attr:`CropVolume.alternate`) instead, with that probability, drawn from
+    a stream of its own before the intensity augmentation, which then changes whichever source the crop holds.
     """
 
     def __init__(
@@ -101,6 +128,7 @@ class CropBatches:
         augment: Optional[IntensityAugment] = None,
         spatial: Optional[SpatialAugment] = None,
         variant_gammas: Sequence[float] = (),
+        alt_p: float = 0.0,
     ) -> None:
         if not volumes:
             raise DataError("There are no training volumes to cut crops from.", "Run `medsynth prepare` on at least one case.")
@@ -115,6 +143,12 @@ class CropBatches:
                 v.context is None or len(v.variants) != len(self.variant_gammas) for v in volumes.values())):
             raise DataError("Contexts for other contrasts need the intensity augmentation and one context per gamma "
                             "for every volume.", "Set aug_gamma_sd > 0, or aug_context_gammas to [].")
+        self.alt_p = float(alt_p)
+        if self.alt_p > 0 and (self.variant_gammas or any(
+                v.alt_source is None or (v.context is None) != (v.alt_context is None) for v in volumes.values())):
+            raise DataError("Crops from an alternate source need it, and its context where the source has one, for "
+                            "every volume, and no contexts for other contrasts.",
+                            "Set alt_source_data to a folder prepared from the same cases, and aug_context_gammas to [].")
         self._float_masks = {cid: v.mask.astype(np.float32) for cid, v in volumes.items()} if self.spatial is not None else {}
         self._brain = {cid: np.argwhere(v.mask) for cid, v in volumes.items()}
         empty = [cid for cid, idx in self._brain.items() if len(idx) == 0]
@@ -129,6 +163,7 @@ class CropBatches:
         brain = self._brain[cid]
         centre = brain[int(rng.integers(len(brain)))]
         channels = [vol.source] + ([vol.context] if vol.context is not None else []) + list(vol.variants)
+        channels += list(vol.alternate) if self.alt_p > 0 else []
         if self.spatial is not None:
             cut = resample_crop(channels + [vol.target, self._float_masks[cid]], centre, self.size, self.spatial.draw(spatial_rng))
             src, tgt, mask = cut[:-2], cut[-2:-1], (cut[-1:] > 0.5).astype(np.float32)
@@ -150,6 +185,11 @@ class CropBatches:
         """The batch of ``iteration`` for this rank."""
         rng, spatial_rng = self._stream(iteration), self._stream(iteration, SPATIAL_STREAM)
         samples = [self.sample(rng, spatial_rng) for _ in range(self.per_rank)]
+        if self.alt_p > 0:
+            alt_rng = self._stream(iteration, ALT_SOURCE_STREAM)
+            half = samples[0][0].shape[0] // 2  # (source, context?) then (alternate source, its context?)
+            samples = [(np.ascontiguousarray(src[half:] if alt_rng.random() < self.alt_p else src[:half]), tgt, mask)
+                       for src, tgt, mask in samples]
         if self.augment is not None:
             aug_rng = self._stream(iteration, AUGMENT_STREAM)
             for i, (src, tgt, mask) in enumerate(samples):

@@ -118,6 +118,17 @@ def contrast_contexts(
                                      gamma=float(g), pivot=pivot) for g in gammas}
 
 
+def alt_source_context(
+    chain: AutoContextChain, plan: TrainingPlan, stage: int, stages: int, device: torch.device,
+    cancel: Optional[threading.Event], emit: Callback,
+) -> Context:
+    """The training cases' context computed from the alternate source (``TrainConfig.alt_source_data``), or None
+    without one (or for stage 0 without a prior model). It costs what the plain context costs."""
+    if plan.alt_train_h5 is None or (stage == 0 and chain.prior is None):
+        return None
+    return _split_context(chain, plan.alt_train_h5, stage, stages, device, cancel, emit, "train, alternate source")
+
+
 def _split_context(
     chain: AutoContextChain, path: Path, stage: int, stages: int, device: torch.device,
     cancel: Optional[threading.Event], emit: Callback, split: str, gamma: float = 1.0, pivot: float = 0.5,

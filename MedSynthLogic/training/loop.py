@@ -21,7 +21,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..atomic import check_output_path
-from ..batch_sources import batch_source
+from ..batch_sources import AlternateSource, batch_source
 from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
 from ..errors import Cancelled, UsageError
@@ -36,7 +36,7 @@ from ..models import (
 )
 from ..progress import stage_event, validation_event
 from ..stage_trainer import StageTrainer, amp_settings
-from .context import contrast_contexts, stage_context
+from .context import alt_source_context, contrast_contexts, stage_context
 from .export import write_trained_model
 from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
@@ -143,6 +143,10 @@ def _train_stage(
     context_train, context_val = stage_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit)
     variants = contrast_contexts(chain, plan, stage, cfg.stages, dev, tcfg.aug_context_gammas,
                                  augment_of(tcfg, cfg).pivot, s.stopper.event, s.emit)
+    alternate = None
+    if plan.alt_train_h5 is not None:
+        alternate = AlternateSource(plan.alt_train_h5,
+                                    alt_source_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit))
     torch.manual_seed(tcfg.seed * 1000 + stage)
     gen = build_generator(cfg.stage_generator(stage))
     if stage > 0 and tcfg.init_from_previous:
@@ -154,7 +158,8 @@ def _train_stage(
     trainer = StageTrainer(gen, build_discriminator(cfg).to(dev).train(), cfg, tcfg, ctx)
     load_checkpoint_stage(gen, trainer, start)
     first = start.iteration if start is not None else 0
-    source = batch_source(plan.train_h5, plan.val_h5, context_train, context_val, cfg, tcfg, stage, first, ctx, variants)
+    source = batch_source(plan.train_h5, plan.val_h5, context_train, context_val, cfg, tcfg, stage, first, ctx, variants,
+                          alternate)
     log = LossLog(tcfg, ctx, tcfg.iterations * cfg.stages, stage, s.elapsed_before - s.t_start)
     for it in range(first, tcfg.iterations):
         src, tgt, mask = (None if t is None else t.to(dev, non_blocking=True) for t in source.batch(it))

@@ -33,6 +33,8 @@ class TrainingPlan:
     iterations: int
     batch_size: int
     warnings: List[str] = field(default_factory=list)
+    #: The alternate source's patch file (``TrainConfig.alt_source_data``), or None.
+    alt_train_h5: Optional[Path] = None
 
     def summary(self) -> Dict[str, Any]:
         """The data part of the model file's training record."""
@@ -82,6 +84,7 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
     else:
         val_h5 = None
         warnings.append("no val.h5: training runs without validation")
+    alt_h5 = check_alt_source(train_cfg, model_cfg, list(info["case_ids"])) if train_cfg.alt_source_p > 0 else None
     return TrainingPlan(
         data_dir=d,
         train_h5=train_h5,
@@ -97,7 +100,29 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
         iterations=train_cfg.iterations,
         batch_size=train_cfg.batch_size,
         warnings=warnings,
+        alt_train_h5=alt_h5,
     )
+
+
+def check_alt_source(train_cfg: TrainConfig, model_cfg: ModelConfig, case_ids: List[str]) -> Path:
+    """The alternate source's train.h5, refused unless a U-Net trains and it holds exactly the training cases, made
+    with the same model config: a crop swaps its source for the same case's, voxel for voxel."""
+    from ..h5data import patch_file_info
+
+    if model_cfg.generator.kind != "unet3d":
+        raise UsageError("alt_source_p applies to the U-Net's crops only; the paper's FCN (nie2018) trains on stored "
+                         "32³ patches.", "Set alt_source_p to 0 for a nie2018 model, or train a unet3d model.")
+    path = Path(train_cfg.alt_source_data) / "train.h5"
+    if not path.is_file():
+        raise DataError(f"The alternate source's {path} is missing.",
+                        "Run `medsynth prepare` on the same cases with --source-pattern for the other contrast and "
+                        "the same --val-cases and model config.")
+    info = patch_file_info(path)
+    check_patch_sizes(info, model_cfg, path)
+    if sorted(info["case_ids"]) != sorted(case_ids):
+        raise DataError(f"{path} holds the cases {sorted(info['case_ids'])}, the training data {sorted(case_ids)}.",
+                        "Prepare the alternate source from the same cases with the same --val-cases.")
+    return path
 
 
 #: The IntensityAugment settings (TrainConfig's aug_ + name): changes of a patch's source intensities, which the
