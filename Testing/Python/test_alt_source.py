@@ -11,26 +11,20 @@ import pytest
 import torch
 
 from MedSynthLogic.config import TrainConfig
-from MedSynthLogic.crops import ALT_SOURCE_STREAM, CropBatches, CropVolume
+from MedSynthLogic.crops import ALT_SOURCE_STREAM, CropBatches
 from MedSynthLogic.errors import DataError, UsageError
 from MedSynthLogic.intensity_augment import IntensityAugment
 
+from test_intensity_augment import crop_test_volumes
 from test_prior_model import prior_file, refining_unet  # noqa: F401  (a module fixture, used by name)
 from test_unet import train_cfg
 
 
 def _volumes(alt: bool = True) -> dict:
-    """Channels told apart by their ratio to the source: context 0.7×, alternate source 3×, its context 5×."""
-    rng = np.random.default_rng(0)
-    out = {}
-    for cid in ("a", "b"):
-        mask = np.zeros((40, 44, 36), bool)
-        mask[6:34, 8:38, 5:31] = True
-        source = np.where(mask, rng.uniform(0.1, 2.0, mask.shape), 0).astype(np.float32)
-        target = np.where(mask, rng.uniform(0.0, 1.0, mask.shape), 0).astype(np.float32)
-        out[cid] = CropVolume(source, target, mask, source * 0.7, (), source * 3 if alt else None,
-                              source * 5 if alt else None)
-    return out
+    """The crop tests' volumes, told apart by their ratio to the source: context 0.7×, alternate source 3×, its
+    context 5×."""
+    return {cid: dataclasses.replace(v, alt_source=v.source * 3 if alt else None, alt_context=v.source * 5 if alt else None)
+            for cid, v in crop_test_volumes(context=True).items()}
 
 
 def _ratio(crop: np.ndarray) -> float:

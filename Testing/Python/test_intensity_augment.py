@@ -13,7 +13,8 @@ from MedSynthLogic.errors import DataError, UsageError
 from MedSynthLogic.intensity_augment import IntensityAugment, add_noise, augment_of, change_contrast, smooth_field, thick_slices
 
 
-def _volumes(context: bool = False) -> dict:
+def crop_test_volumes(context: bool = False) -> dict:
+    """Two random cases with a box-shaped brain (and a context of 0.7× the source): the crop tests' volumes."""
     rng = np.random.default_rng(0)
     out = {}
     for cid in ("a", "b"):
@@ -30,7 +31,7 @@ def _numpy(batch: tuple) -> list:
 
 
 def test_augmented_crops_change_only_the_source_channel_and_keep_the_background_zero():
-    volumes = _volumes(context=True)
+    volumes = crop_test_volumes(context=True)
     plain = CropBatches(volumes, 16, 3, seed=5, stage=1)
     changed = CropBatches(volumes, 16, 3, seed=5, stage=1, augment=IntensityAugment(0.3, 0.2, 0.2))
     for it in (0, 7):
@@ -44,7 +45,7 @@ def test_augmented_crops_change_only_the_source_channel_and_keep_the_background_
 
 
 def test_disabled_augmentation_is_no_augmentation():
-    volumes = _volumes()
+    volumes = crop_test_volumes()
     plain = CropBatches(volumes, 16, 2, seed=1, stage=0)
     off = CropBatches(volumes, 16, 2, seed=1, stage=0, augment=IntensityAugment())
     assert off.augment is None
@@ -80,7 +81,7 @@ def test_run_config_sets_the_augmentation_and_refuses_negative_spreads():
 
 def test_changed_is_the_call_with_the_gamma_it_drew():
     aug = IntensityAugment(0.3, 0.2, 0.2, pivot=0.7)
-    crop = _volumes()["a"].source[:16, :16, :16]
+    crop = crop_test_volumes()["a"].source[:16, :16, :16]
     out, gamma = aug.changed(crop, np.random.default_rng(3))
     assert np.array_equal(out, aug(crop, np.random.default_rng(3)))
     assert gamma == pytest.approx(float(np.exp(np.random.default_rng(3).normal(0.0, 0.3))))
@@ -92,7 +93,7 @@ def _with_variants(gammas: tuple) -> dict:
     """Volumes whose plain context is 1 in the brain and whose context for gammas[k] is k + 2 there."""
     return {cid: dataclasses.replace(v, context=v.mask * np.float32(1.0),
                                      variants=tuple(v.mask * np.float32(k + 2) for k in range(len(gammas))))
-            for cid, v in _volumes().items()}
+            for cid, v in crop_test_volumes().items()}
 
 
 def test_a_crop_gets_the_context_of_the_contrast_nearest_its_drawn_gamma():
@@ -126,7 +127,7 @@ def test_contexts_for_other_contrasts_need_the_augmentation_and_a_context_per_ga
 
 
 def test_thick_slices_average_along_one_axis_inside_the_brain_only():
-    crop = _volumes()["a"].source[:16, :16, :16]
+    crop = crop_test_volumes()["a"].source[:16, :16, :16]
     slab = thick_slices(crop, 3, axis=1)
     inside = crop[:, 1:-1, :] > 0
     mean3 = (crop[:, :-2, :] + crop[:, 1:-1, :] + crop[:, 2:, :]) / 3
@@ -138,7 +139,7 @@ def test_thick_slices_average_along_one_axis_inside_the_brain_only():
 
 
 def test_noise_is_added_in_the_brain_and_the_background_stays_zero():
-    crop = _volumes()["a"].source[:16, :16, :16]
+    crop = crop_test_volumes()["a"].source[:16, :16, :16]
     noisy = add_noise(crop, 0.1, np.random.default_rng(2))
     brain = crop > 0
     assert np.all(noisy[~brain] == 0) and noisy.min() >= 0
@@ -146,7 +147,7 @@ def test_noise_is_added_in_the_brain_and_the_background_stays_zero():
 
 
 def test_slab_and_noise_come_after_the_other_draws():
-    crop = _volumes()["a"].source[:16, :16, :16]
+    crop = crop_test_volumes()["a"].source[:16, :16, :16]
     base = IntensityAugment(0.3, 0.2, 0.2, pivot=0.7)
     degraded = IntensityAugment(0.3, 0.2, 0.2, pivot=0.7, noise_sd=0.1, slab_max=4)
     out0, gamma0 = base.changed(crop, np.random.default_rng(8))
