@@ -42,6 +42,9 @@ ROWS = [
                                            "not shipped: it missed its rule's shifted-source half, MODEL_CARD.md)"),
     ("unet3d_ablation/median_aug_chain_blend", "the augmented median chain blend (the augmented FCN + half of a U-Net "
                                                "stage fine-tuned on it; session 32; not shipped, below the default)"),
+    ("unet3d_ablation/prior_fcn_l2_alt_t1_blend", "the T1-mixed blend (W's refiner fine-tuned with a quarter of its "
+                                                  "crops from each case's T1; session 32; not shipped: SSIM under its "
+                                                  "rule's floor)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
