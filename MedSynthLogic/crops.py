@@ -155,15 +155,20 @@ class CropBatches:
         if empty:
             raise DataError(f"The brain mask of case(s) {', '.join(empty)} is empty.", "Check those cases and re-run `medsynth prepare`.")
 
-    def sample(self, rng: np.random.Generator, spatial_rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(
+        self, rng: np.random.Generator, spatial_rng: np.random.Generator, alternate: bool = False
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One crop: (source channels (C, s, s, s), target (1, …), mask (1, …)) as float32; ``spatial_rng`` draws its
-        rotation and zoom when the spatial augmentation is on."""
+        rotation and zoom when the spatial augmentation is on; ``alternate``: the source channels are the case's
+        alternate source and its context (:attr:`CropVolume.alternate`), cut at the same place."""
         cid = self.ids[int(rng.integers(len(self.ids)))]
         vol = self.volumes[cid]
         brain = self._brain[cid]
         centre = brain[int(rng.integers(len(brain)))]
-        channels = [vol.source] + ([vol.context] if vol.context is not None else []) + list(vol.variants)
-        channels += list(vol.alternate) if self.alt_p > 0 else []
+        if alternate:
+            channels = list(vol.alternate)
+        else:
+            channels = [vol.source] + ([vol.context] if vol.context is not None else []) + list(vol.variants)
         if self.spatial is not None:
             cut = resample_crop(channels + [vol.target, self._float_masks[cid]], centre, self.size, self.spatial.draw(spatial_rng))
             src, tgt, mask = cut[:-2], cut[-2:-1], (cut[-1:] > 0.5).astype(np.float32)
@@ -184,12 +189,9 @@ class CropBatches:
     def batch(self, iteration: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch of ``iteration`` for this rank."""
         rng, spatial_rng = self._stream(iteration), self._stream(iteration, SPATIAL_STREAM)
-        samples = [self.sample(rng, spatial_rng) for _ in range(self.per_rank)]
-        if self.alt_p > 0:
-            alt_rng = self._stream(iteration, ALT_SOURCE_STREAM)
-            half = samples[0][0].shape[0] // 2  # (source, context?) then (alternate source, its context?)
-            samples = [(np.ascontiguousarray(src[half:] if alt_rng.random() < self.alt_p else src[:half]), tgt, mask)
-                       for src, tgt, mask in samples]
+        alt_rng = self._stream(iteration, ALT_SOURCE_STREAM) if self.alt_p > 0 else None
+        samples = [self.sample(rng, spatial_rng, alt_rng is not None and alt_rng.random() < self.alt_p)
+                   for _ in range(self.per_rank)]
         if self.augment is not None:
             aug_rng = self._stream(iteration, AUGMENT_STREAM)
             for i, (src, tgt, mask) in enumerate(samples):

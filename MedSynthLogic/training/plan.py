@@ -105,13 +105,11 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
 
 
 def check_alt_source(train_cfg: TrainConfig, model_cfg: ModelConfig, case_ids: List[str]) -> Path:
-    """The alternate source's train.h5, refused unless a U-Net trains and it holds exactly the training cases, made
-    with the same model config: a crop swaps its source for the same case's, voxel for voxel."""
+    """The alternate source's train.h5, refused unless it holds exactly the training cases, made with the same model
+    config: a crop swaps its source for the same case's, voxel for voxel (a nie2018 run refuses ``alt_source_p`` in
+    :func:`check_augmentation_applies`, which runs first)."""
     from ..h5data import patch_file_info
 
-    if model_cfg.generator.kind != "unet3d":
-        raise UsageError("alt_source_p applies to the U-Net's crops only; the paper's FCN (nie2018) trains on stored "
-                         "32³ patches.", "Set alt_source_p to 0 for a nie2018 model, or train a unet3d model.")
     path = Path(train_cfg.alt_source_data) / "train.h5"
     if not path.is_file():
         raise DataError(f"The alternate source's {path} is missing.",
@@ -133,9 +131,10 @@ PATCH_AUGMENTATIONS = frozenset(f.name for f in fields(IntensityAugment) if f.na
 def check_augmentation_applies(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Refuse augmentation settings that a run would ignore: the U-Net's crops are cut, rotated and given contexts
     for other contrasts on the fly, the paper's FCN trains on stored patches whose contexts are fixed, so a nie2018
-    run takes the intensity changes (:data:`PATCH_AUGMENTATIONS`) and would silently ignore the rest."""
+    run takes the intensity changes (:data:`PATCH_AUGMENTATIONS`) and would silently ignore the rest, and the
+    crops' alternate source (``alt_source_p``) too."""
     asked = [f.name for f in fields(train_cfg) if f.name.startswith("aug_") and getattr(train_cfg, f.name)
-             and f.name[len("aug_"):] not in PATCH_AUGMENTATIONS]
+             and f.name[len("aug_"):] not in PATCH_AUGMENTATIONS] + (["alt_source_p"] if train_cfg.alt_source_p else [])
     if asked and model_cfg.generator.kind != "unet3d":
         raise UsageError(
             f"The augmentation settings {', '.join(sorted(asked))} apply to the U-Net's crops only; the paper's FCN "

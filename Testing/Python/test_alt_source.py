@@ -135,7 +135,7 @@ def test_a_refiner_trains_on_the_alternate_source_and_its_priors_context(tmp_pat
 
 def test_the_papers_fcn_refuses_it(tmp_path):
     from MedSynthLogic.config import ModelConfig
-    from MedSynthLogic.training.plan import check_alt_source
+    from MedSynthLogic.training.plan import check_augmentation_applies
 
     with pytest.raises(UsageError, match="U-Net's crops only"):
-        check_alt_source(TrainConfig(alt_source_p=0.5, alt_source_data=str(tmp_path)), ModelConfig(), ["c0"])
+        check_augmentation_applies(ModelConfig(), TrainConfig(alt_source_p=0.5, alt_source_data=str(tmp_path)))
