@@ -59,9 +59,9 @@ class MedSynth(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Synthesizes a T2-weighted brain MRI from a contrast-enhanced T1 (T1ce) volume (the default model: the paper's
 3-stage auto-context FCN refined by a 3D U-Net), and trains new models from paired data. Inputs should be
-skull-stripped and roughly 1 mm isotropic like BraTS; other inputs are refused unless Force is ticked. A T1 without
-contrast looks like a T1ce to the checks: pick the post-contrast series (a volume whose name says T1 without
-"post", "Gd", "+C" or "ce" gets a warning first). The synthetic image is <b>not</b> for diagnosis. See the
+skull-stripped and roughly 1 mm isotropic like BraTS; other inputs are refused unless Force is ticked. Pick the
+post-contrast series: a volume named as a T1 without "post", "Gd", "+C" or "ce", or one without any sign of contrast
+enhancement, gets a warning first. The synthetic image is <b>not</b> for diagnosis. See the
 <a href="https://github.com/medsynth/SlicerMedSynth">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""

@@ -108,8 +108,10 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
 
     Returns the header entries that record the checks with the output. The receptive-field check comes first so
     a thumbnail gets that message rather than a guess about its sequence. What the file's name says
-    (:func:`.source_names.name_notes`, e.g. a T1 named where the model expects the T1ce) is only ever a warning.
+    (:func:`.source_names.name_notes`, e.g. a T1 named where the model expects the T1ce) and a T1ce source without
+    any sign of contrast agent (:func:`.enhancement.enhancement_notes`) are only ever warnings.
     """
+    from .enhancement import enhancement_notes
     from .input_checks import check_source, checks_metadata, refuse_or_warn
     from .source_names import name_notes
 
@@ -121,14 +123,16 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
             progress(warning_event("synthesize", message, source=str(name), input_checks=[f.code for f in findings]))
 
     refuse_or_warn(findings, force, warn if progress is not None else None, source=name)
-    notes = name_notes(str(name), model.config)
-    for note in notes:
-        text = f"{name}: {note}. Synthesizing it as the model's {model.config.source_name}."
-        if progress is not None:
-            progress(warning_event("synthesize", text, source=str(name), input_checks=["name"]))
-        else:
-            warnings.warn(text, UserWarning, stacklevel=3)
-    return checks_metadata(findings, force, model.config, mask is not None, notes=notes)
+    notes = {"name": name_notes(str(name), model.config),
+             "enhancement": enhancement_notes(source, model.config, mask=mask, findings=findings)}
+    for check, texts in notes.items():
+        for note in texts:
+            text = f"{name}: {note}. Synthesizing it as the model's {model.config.source_name}."
+            if progress is not None:
+                progress(warning_event("synthesize", text, source=str(name), input_checks=[check]))
+            else:
+                warnings.warn(text, UserWarning, stacklevel=3)
+    return checks_metadata(findings, force, model.config, mask is not None, notes=notes["name"] + notes["enhancement"])
 
 
 def synthesize_folder(

@@ -57,6 +57,8 @@ __all__ = [
     "refuse_or_warn",
     "checks_metadata",
     "sequence_kind",
+    "source_brain",
+    "brain_box",
     "METADATA_KEY",
 ]
 
@@ -122,7 +124,8 @@ def _expected_kind(model_config: "ModelConfig") -> Optional[str]:
     return expected if expected is not None and expected == sequence_kind(model_config.source_name) else None
 
 
-def _brain(volume: "Volume", mask: MaskLike, threshold: float) -> np.ndarray:
+def source_brain(volume: "Volume", mask: MaskLike, threshold: float) -> np.ndarray:
+    """The brain the checks look at: ``mask`` (nonzero, on the source's grid) when given, else source > threshold."""
     if mask is None:
         return volume.array > threshold
     arr = np.asarray(mask.array if hasattr(mask, "array") else mask)
@@ -132,7 +135,7 @@ def _brain(volume: "Volume", mask: MaskLike, threshold: float) -> np.ndarray:
     return arr > 0
 
 
-def _crop(array: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def brain_box(array: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """The mask's bounding box (plus the erosion margin) of both arrays: the rule never looks outside it."""
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     box = tuple(slice(max(0, int(i[0]) - 1), int(i[-1]) + 2) for i in idx)
@@ -146,7 +149,7 @@ def classify_sequence(array: np.ndarray, mask: np.ndarray) -> SequenceGuess:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return SequenceGuess("unknown", None, {"brain_voxels": 0.0})
-    arr, box_mask = _crop(np.asarray(array, dtype=np.float32), mask)
+    arr, box_mask = brain_box(np.asarray(array, dtype=np.float32), mask)
     values = arr[box_mask]
     distinct = np.unique(values)
     if distinct.size <= LABEL_MAX_VALUES and np.all(distinct == np.round(distinct)):
@@ -193,7 +196,7 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
     expect = model_config.input
     threshold = model_config.normalisation.mask_threshold
     findings: List[InputFinding] = []
-    brain = _brain(volume, mask, threshold)
+    brain = source_brain(volume, mask, threshold)
     if expect.skull_stripped and mask is None:
         background = float(np.mean(volume.array <= threshold))
         if background < expect.min_background_fraction:
@@ -277,7 +280,8 @@ def checks_metadata(
 ) -> Dict[str, str]:
     """Header entries that record the checks with the output: the JSON record under :data:`METADATA_KEY` and a
     short note (``ITK_FileNotes``, NIfTI's 80-character description) saying whether they passed. ``notes``: the
-    warnings that never refuse (what the source's name says, :mod:`.source_names`), kept with the record."""
+    warnings that never refuse (what the source's name says, :mod:`.source_names`; no sign of contrast agent
+    in a T1ce, :mod:`.enhancement`), kept with the record."""
     failed = [f.code for f in findings]
     record = {
         "checks": checks_run(model_config, mask_given),

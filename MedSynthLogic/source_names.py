@@ -1,8 +1,9 @@
-"""What a source's name says about its sequence: the one hint for a T1 picked instead of the T1ce.
+"""What a source's name says about its sequence: one of two hints for a T1 picked instead of the T1ce.
 
-The intensity rule of :mod:`.input_checks` cannot tell a T1 from a T1ce (their histograms overlap on the 14 BraTS
+The sequence rule of :mod:`.input_checks` cannot tell a T1 from a T1ce (their histograms overlap on the 14 BraTS
 cases), and a non-contrast T1 synthesized as if it were the T1ce costs the default model 1.5 dB and the enhancing
-rim without a word (``docs/evaluation/input_shift``). Names often say which is which: BraTS files end in ``_t1`` /
+rim (``docs/evaluation/input_shift``). The other hint is the intensities' lack of contrast agent
+(:mod:`.enhancement`), which noise can hide. Names often say which is which: BraTS files end in ``_t1`` /
 ``_t1ce`` (2023: ``-t1n`` / ``-t1c``), DICOM series descriptions (Slicer's node names) read "AX T1 POST GD",
 "T1 +C" or "Sag T1 pre". A name can be wrong or silent, so what it says is a note for the user, never a refusal;
 a name that names no sequence ("MRHead", "image") gives no note.
@@ -20,7 +21,7 @@ from .folder_sources import image_stem
 if TYPE_CHECKING:
     from .config import ModelConfig
 
-__all__ = ["NamedSequence", "named_sequence", "name_notes", "display_name"]
+__all__ = ["NamedSequence", "named_sequence", "expected_sequence", "name_notes", "display_name", "T1CE"]
 
 T1CE, T1, T2, FLAIR = "T1ce", "T1", "T2", "FLAIR"
 #: Words (whole tokens) that name a T1-weighted acquisition without a "t1" in them.
@@ -92,7 +93,7 @@ def named_sequence(name: str) -> Optional[NamedSequence]:
     return NamedSequence(T1, explicit=native)
 
 
-def _expected(model_config: "ModelConfig") -> Optional[NamedSequence]:
+def expected_sequence(model_config: "ModelConfig") -> Optional[NamedSequence]:
     """What the model's source is, when its ``input.sequence`` and ``source_name`` name the same sequence."""
     by_input = named_sequence(model_config.input.sequence)
     by_source = named_sequence(model_config.source_name)
@@ -107,13 +108,13 @@ def name_notes(name: Optional[str], model_config: "ModelConfig") -> List[str]:
     if not name:
         return []
     shown = display_name(name)
-    named, expected = named_sequence(shown), _expected(model_config)
+    named, expected = named_sequence(shown), expected_sequence(model_config)
     if named is None or expected is None or named.kind == expected.kind:
         return []
     wanted = model_config.input.sequence
     if expected.kind == T1CE and named.kind == T1:
         said = "says a T1 without contrast" if named.explicit else "names a T1 without saying contrast-enhanced"
-        return [f"its name '{shown}' {said}, and the model expects a {wanted}: the intensity checks cannot tell a "
+        return [f"its name '{shown}' {said}, and the model expects a {wanted}: the sequence check cannot tell a "
                 "T1 from a T1ce, and a non-contrast T1 gives a synthesis without the enhancing rim and measurably "
                 "worse (MODEL_CARD.md, Known failure modes)"]
     return [f"its name '{shown}' names a {named.kind}, and the model expects a {wanted}"]

@@ -36,7 +36,7 @@ def start_cli_job(args: Sequence[str]) -> Any:
 @dataclass
 class SynthesisPlan:
     """Decided before launching: the input check's findings, whether they block, the time estimate, and the notes
-    on the input's name (never blocking: the panel asks before it starts)."""
+    on the input's name and on its contrast enhancement (never blocking: the panel asks before it starts)."""
 
     findings: List[Any]
     blocked: bool
@@ -46,7 +46,7 @@ class SynthesisPlan:
 
     @property
     def needs_confirmation(self) -> bool:
-        """Not blocked, but a forced finding or a name note the user should see before the work starts."""
+        """Not blocked, but a forced finding or a note (name, enhancement) to see before the work starts."""
         return not self.blocked and bool(self.findings or self.notes)
 
 
@@ -101,6 +101,7 @@ class MedSynthController:
         header = read_header(synthesis.model_path(request))
         findings = synthesis.check_input(volume, header, self.input_checker)
         notes = synthesis.check_name(input_node.GetName() or "", header)
+        notes += synthesis.check_enhancement(volume, header, findings)
         blocked = bool(findings) and not request.force
         parts = [synthesis.findings_message(findings, request.force)] if findings else []
         parts += [synthesis.notes_message(notes, ask=not blocked)] if notes else []

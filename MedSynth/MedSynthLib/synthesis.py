@@ -117,6 +117,17 @@ def check_name(name: str, header: dict) -> List[str]:
     return name_notes(name, _model_config(header))
 
 
+def check_enhancement(volume: Any, header: dict, findings: Sequence[Any] = ()) -> List[str]:
+    """Whether an input meant as the T1ce shows any sign of contrast agent (``MedSynthLogic.enhancement``): a
+    note that never blocks; empty when it does, when ``findings`` already say it is no T1-weighted brain, and in an
+    installation that predates the check."""
+    try:
+        from MedSynthLogic.enhancement import enhancement_notes
+    except ImportError:
+        return []
+    return enhancement_notes(volume, _model_config(header), findings=findings)
+
+
 def _model_config(header: dict) -> Any:
     """The ``ModelConfig`` a model header states (its defaults for what an older header lacks)."""
     from MedSynthLogic.config import ModelConfig, from_dict
@@ -126,8 +137,8 @@ def _model_config(header: dict) -> Any:
 
 def notes_message(notes: Sequence[str], ask: bool = True) -> str:
     """What the panel says (and, with ``ask``, asks before starting) when the input's name names another sequence
-    than the model's."""
-    lines = ["The input's name suggests another sequence than the model's:", *[f"- {note}" for note in notes]]
+    than the model's, or its intensities show no contrast agent where the model expects a T1ce."""
+    lines = ["The input may not be the sequence the model expects:", *[f"- {note}" for note in notes]]
     if ask:
         lines.append("Synthesize it anyway? (Cancel, then pick the T1ce volume, if it is the wrong one.)")
     return "\n".join(lines)

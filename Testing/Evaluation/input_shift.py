@@ -15,7 +15,8 @@ which stays the scoring mask for every row so the rows compare like with like:
   likeliest wrong pick in Slicer's volume selector.
 
 Every row is scored by ``medsynth evaluate``'s protocol (``metrics.evaluate_pairs``), and says whether
-``input_checks.check_source`` accepts the shifted file for the first model. Writes OUT_DIR/input_shift.json (every
+``input_checks.check_source`` accepts the shifted file for the first model and whether
+``enhancement.enhancement_notes`` warns that it shows no contrast agent. Writes OUT_DIR/input_shift.json (every
 case) and OUT_DIR/INPUT_SHIFT.md (means).
 """
 
@@ -31,6 +32,7 @@ from scipy import ndimage
 
 from MedSynthLogic.baselines import IntensityLookup
 from MedSynthLogic.dataset_prep import find_cases, select_cases
+from MedSynthLogic.enhancement import enhancement_notes
 from MedSynthLogic.input_checks import check_source
 from MedSynthLogic.intensity_augment import change_contrast
 from MedSynthLogic.metrics import evaluate_pairs
@@ -114,7 +116,10 @@ def measure(cases_dir: Path, cases: List[str], models: Dict[str, str], lookups: 
         verdicts[case.case_id] = {}
         for shift, shifted in shifted_sources(case, mask, source).items():
             findings = check_source(shifted, first.config)
-            verdicts[case.case_id][shift] = "refused: " + ", ".join(f.code for f in findings) if findings else "accepted"
+            verdict = "refused: " + ", ".join(f.code for f in findings) if findings else "accepted"
+            if enhancement_notes(shifted, first.config, mask=mask, findings=findings):
+                verdict += ", warned: no sign of enhancement"
+            verdicts[case.case_id][shift] = verdict
             for label, model in loaded.items():
                 pred = synthesize_volume(model, shifted, mask=mask, device="cpu", precision=precision)
                 entries[label].setdefault(shift, []).append((case.case_id, pred, target, mask, seg))

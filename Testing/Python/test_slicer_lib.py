@@ -366,7 +366,7 @@ def test_real_input_check_refuses_the_phantoms_t2_before_launching(scene, tmp_pa
 
 
 def test_a_node_named_as_another_sequence_asks_before_launching_and_never_blocks(scene, tmp_path):
-    """The node's name is the one hint for a T1 picked instead of the T1ce (the intensity check passes both)."""
+    """The node's name is a hint for a T1 picked instead of the T1ce (the sequence check passes both)."""
     checks = pytest.importorskip("MedSynthLogic.input_checks")
     from MedSynthLib.controller import MedSynthController
 
@@ -383,6 +383,26 @@ def test_a_node_named_as_another_sequence_asks_before_launching_and_never_blocks
     refused = controller.plan_synthesis(t2, SynthesisRequest())
     assert refused.blocked and not refused.needs_confirmation and "names a T2" in refused.message
     assert "Synthesize it anyway?" not in refused.message and not runner.jobs
+
+
+def test_a_t1ce_node_without_enhancement_asks_before_launching_and_never_blocks(scene, tmp_path):
+    """A source meant as the T1ce without any sign of contrast agent: a note from its intensities, whatever its
+    name, shown and asked about before the job starts."""
+    import numpy as np
+
+    checks = pytest.importorskip("MedSynthLogic.input_checks")
+    from MedSynthLib.controller import MedSynthController
+    from MedSynthLogic import mrml
+
+    t1ce, _ = sample_data.load_phantom_pair(scene, tmp_path / "cache")
+    volume = mrml.volume_from_node(t1ce)
+    flat = volume.with_array(np.minimum(volume.array, np.float32(1.2 * np.median(volume.array[volume.array > 0]))))
+    node = mrml.node_from_volume(scene, flat, "AX T1 POST GAD", reference=t1ce)
+    controller = MedSynthController(scene, runner=FakeRunner(events=[]), temp_root=str(tmp_path),
+                                    input_checker=checks.check_source)
+    plan = controller.plan_synthesis(node, SynthesisRequest())
+    assert not plan.blocked and plan.needs_confirmation and not plan.findings and len(plan.notes) == 1
+    assert "no sign of contrast enhancement" in plan.message and "Synthesize it anyway?" in plan.message
 
 
 def test_synthesis_job_loads_the_result_side_by_side(scene, phantom_node, tmp_path):

@@ -1,5 +1,5 @@
-"""What a source's name says about its sequence (MedSynthLogic.source_names): the only hint for a T1 picked instead
-of the T1ce, which the intensity checks cannot tell apart. A note, never a refusal."""
+"""What a source's name says about its sequence (MedSynthLogic.source_names): a hint for a T1 picked instead
+of the T1ce, which the sequence check cannot tell apart. A note, never a refusal."""
 
 from __future__ import annotations
 

@@ -1,0 +1,108 @@
+"""The enhancement note (MedSynthLogic.enhancement): a source meant as the T1ce without either mark of contrast agent
+(a bright tail, thin bright structures) gets a note, never a refusal."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from MedSynthLogic.config import InputExpectations, ModelConfig
+from MedSynthLogic.enhancement import BRIGHT_TAIL_MIN, THIN_BRIGHT_MIN, enhancement_notes, enhancement_stats
+from MedSynthLogic.input_checks import InputFinding
+from _models import random_chain
+
+T1CE_MODEL = ModelConfig()
+
+
+def flattened(phantom):
+    """The phantom's T1ce with every voxel above 1.2 × the brain's median clipped to it: no enhancing rim left."""
+    a = phantom.t1ce.array
+    return phantom.t1ce.with_array(np.minimum(a, np.float32(1.2 * np.median(a[a > 0]))))
+
+
+def with_vessels(volume):
+    """Thin lines at 1.5 × the median (under the bright-tail threshold on their own): enhancing vessels."""
+    a = volume.array.copy()
+    brain = a > 0
+    level = np.float32(1.5 * np.median(a[brain]))
+    for z in range(8, a.shape[0] - 8, 3):
+        for y in range(10, a.shape[1] - 10, 4):
+            a[z, y, :] = np.where(brain[z, y, :], level, a[z, y, :])
+    return volume.with_array(a)
+
+
+def test_the_phantoms_t1ce_enhances_and_a_flattened_one_does_not(phantom):
+    brain = phantom.t1ce.array > 0
+    assert enhancement_stats(phantom.t1ce.array, brain).enhances
+    flat = enhancement_stats(flattened(phantom).array, brain)
+    assert flat.bright_tail < BRIGHT_TAIL_MIN and flat.thin_bright < THIN_BRIGHT_MIN and not flat.enhances
+    notes = enhancement_notes(flattened(phantom), T1CE_MODEL)
+    assert len(notes) == 1 and "no sign of contrast enhancement" in notes[0] and "barely enhance" in notes[0]
+    assert enhancement_notes(phantom.t1ce, T1CE_MODEL) == []
+
+
+def test_thin_bright_structures_alone_count_as_enhancement(phantom):
+    vessels = enhancement_stats(with_vessels(flattened(phantom)).array, phantom.t1ce.array > 0)
+    assert vessels.bright_tail < BRIGHT_TAIL_MIN and vessels.thin_bright >= THIN_BRIGHT_MIN
+    assert enhancement_notes(with_vessels(flattened(phantom)), T1CE_MODEL) == []
+
+
+def test_only_a_t1ce_model_and_a_t1_weighted_brain_get_the_note(phantom):
+    flat = flattened(phantom)
+    for model in (ModelConfig(source_name="T1", input=InputExpectations(sequence="T1")),
+                  ModelConfig(source_name="MR", target_name="CT")):
+        assert enhancement_notes(flat, model) == []
+    for code in ("sequence", "label_map", "skull_stripped"):
+        assert enhancement_notes(flat, T1CE_MODEL, findings=[InputFinding(code, "…")]) == []
+    assert len(enhancement_notes(flat, T1CE_MODEL, findings=[InputFinding("spacing", "…")])) == 1
+
+
+def test_a_given_mask_is_the_brain_and_too_little_brain_says_nothing(phantom):
+    flat = flattened(phantom)
+    tiny = np.zeros(flat.shape, dtype=np.uint8)
+    tiny[20:24, 20:24, 20:24] = 1
+    assert enhancement_notes(flat, T1CE_MODEL, mask=tiny) == []
+    assert enhancement_stats(flat.array, np.zeros(flat.shape, bool)) is None
+    assert len(enhancement_notes(flat, T1CE_MODEL, mask=(flat.array > 0).astype(np.uint8))) == 1
+
+
+def test_synthesize_file_warns_and_records_the_note(tmp_path, phantom, tiny_model_config):
+    """A T1ce without enhancement passes every check, is synthesized, and the note reaches the progress stream (or
+    Python's warnings) and the output's header; the phantom's own T1ce gets no warning."""
+    import SimpleITK as sitk
+
+    from MedSynthLogic.inference import synthesize_file
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.volume_io import write_volume
+
+    model = tmp_path / "model.safetensors"
+    save_model(model, random_chain(tiny_model_config), tiny_model_config)
+    flat = tmp_path / "source.nii.gz"
+    write_volume(flattened(phantom), flat)
+    events = []
+    out = synthesize_file(model, flat, tmp_path / "out.nrrd", device="cpu", stages=1, progress=events.append)
+    said = [e for e in events if e["event"] == "warning"]
+    assert len(said) == 1 and said[0]["input_checks"] == ["enhancement"]
+    assert "no sign of contrast enhancement" in said[0]["message"]
+    record = json.loads(sitk.ReadImage(str(out)).GetMetaData("medsynth_input_checks"))
+    assert record["passed"] is True and len(record["notes"]) == 1 and "bright tail" in record["notes"][0]
+    with pytest.warns(UserWarning, match="no sign of contrast enhancement"):
+        synthesize_file(model, flat, tmp_path / "out2.nii.gz", device="cpu", stages=1)
+    enhancing = tmp_path / "t1ce.nii.gz"
+    write_volume(phantom.t1ce, enhancing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synthesize_file(model, enhancing, tmp_path / "out3.nii.gz", device="cpu", stages=1)
+
+
+def test_every_brats_t1_gets_the_note_and_at_most_two_t1ce(brats_dir):
+    """The measured claim of docs/evaluation/INPUT_CHECKS.md on the 14 shared BraTS 2018 cases."""
+    from MedSynthLogic.volume_io import read_volume
+
+    cases = sorted(p for p in brats_dir.iterdir() if p.is_dir())
+    noted = {seq: [c.name for c in cases if enhancement_notes(read_volume(c / f"{c.name}_{seq}.nii.gz"), T1CE_MODEL)]
+             for seq in ("t1", "t1ce")}
+    assert len(noted["t1"]) == len(cases) and len(noted["t1ce"]) <= 2, noted
