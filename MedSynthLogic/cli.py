@@ -170,6 +170,24 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     return 0
 
 
+def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
+    from .error_map_fit import fit_error_map_for
+
+    def line(text: str) -> None:
+        if report.mode == "json":
+            report({"event": "log", "stream": "stdout", "line": text})
+        else:
+            print(text, flush=True)
+
+    cases = [c for c in args.cases.split(",") if c] if args.cases else None
+    out = fit_error_map_for(args.model, args.data, args.out, cases=cases, voxels_per_case=args.voxels_per_case,
+                            seed=args.seed, device=args.device, overwrite=args.overwrite, report=line)
+    report(done_event(out))
+    if report.mode != "json":
+        print(f"wrote {out}: {args.model} with a learned error map (medsynth synthesize --uncertainty uses it)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
     from .demo import run_demo
 
@@ -200,6 +218,7 @@ HANDLERS = {
     "export": cmd_export,
     "evaluate": cmd_evaluate,
     "fit-lookup": cmd_fit_lookup,
+    "fit-error-map": cmd_fit_error_map,
     "demo": cmd_demo,
     "info": cmd_info,
 }

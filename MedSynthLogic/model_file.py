@@ -6,7 +6,8 @@ MedSynth header (metadata key ``medsynth``) carries the :class:`~MedSynthLogic.c
 and intensity normalisation), so a file is self-describing, and a SHA-256 over the tensors, so a corrupt or
 edited file is refused instead of silently giving a wrong synthesis.
 
-Layout: tensors ``stage{k}.<parameter>`` and, for a model with a prior, ``prior.stage{k}.<parameter>`` (contiguous
+Layout: tensors ``stage{k}.<parameter>``, for a model with a prior ``prior.stage{k}.<parameter>``, and for a model
+with a learned error map (:mod:`.error_map`) ``error_map.<name>`` with a header entry ``error_map`` (contiguous
 CPU float32; integer buffers such as BatchNorm's ``num_batches_tracked`` are stored as float32 too and cast back on
 load) and metadata ``{"medsynth": JSON}`` with
 ``format="medsynth-model"``, ``format_version=1``, ``medsynth_version``, ``model_config``, ``stages``,
@@ -33,6 +34,8 @@ from .atomic import atomic_path, check_output_path
 from .bundled_models import DEFAULT_NAME, models_dir
 from .config import ModelConfig, from_dict, to_dict
 from .devices import resolve_device
+from .error_map import TENSOR_PREFIX as ERROR_MAP_PREFIX
+from .error_map import ErrorMap
 from .errors import MedSynthError, ModelFileError, OutputError, UsageError
 from .models import PRIOR_PREFIX, AutoContextChain, build_generators, generators_state, load_prior_state, sub_state
 
@@ -49,6 +52,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 __all__ = [
     "LoadedModel",
     "save_model",
+    "with_error_map",
     "read_header",
     "load_model",
     "bundled_model_path",
@@ -67,6 +71,7 @@ class LoadedModel:
     config: ModelConfig
     header: Dict[str, Any]
     path: Optional[Path] = None
+    error_map: Optional[ErrorMap] = None
 
     @property
     def stages(self) -> int:
@@ -127,11 +132,13 @@ def save_model(
     training: Optional[Dict[str, Any]] = None,
     metrics: Optional[Dict[str, Any]] = None,
     overwrite: bool = True,
+    error_map: Optional[ErrorMap] = None,
 ) -> Path:
     """Write every stage of ``chain`` with its config and a checksum, atomically (old file or complete new one).
 
     A chain with fewer stages than ``cfg.stages`` (training stopped after an earlier stage) is saved with
-    ``stages`` set to what it has, so the file always rebuilds to exactly its tensors.
+    ``stages`` set to what it has, so the file always rebuilds to exactly its tensors. ``error_map``: a learned
+    error map fitted for this very chain (:mod:`.error_map`), stored with it.
     """
     chain = _unwrap(chain)
     n = len(chain.stages)
@@ -142,6 +149,8 @@ def save_model(
     tensors = {name: t.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
                for name, t in generators_state(chain).items()}
     _check_architecture(tensors, cfg, what="The chain")
+    if error_map is not None:
+        tensors.update(error_map.tensors())
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -153,6 +162,13 @@ def save_model(
         "tensors_sha256": tensors_sha256(tensors),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if error_map is not None:
+        header["error_map"] = error_map.header()
+    return _write(path, tensors, header, overwrite)
+
+
+def _write(path: PathLike, tensors: Dict[str, torch.Tensor], header: Dict[str, Any], overwrite: bool) -> Path:
+    """Seal ``header`` with its checksum and write it with ``tensors``, atomically."""
     try:
         header["header_sha256"] = header_sha256(header)
         header_json = json.dumps(header, default=_jsonable, allow_nan=True)
@@ -326,6 +342,8 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
             f"The model file {p} is tampered or corrupt: its tensors do not match the checksum in its header.",
             "Copy or download it again; do not edit model files by hand.",
         )
+    error_map = _error_map_of(p, tensors, header)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(ERROR_MAP_PREFIX)}
     _check_architecture(tensors, cfg, what=f"The model file {p}")
     run_cfg = dataclasses.replace(cfg, stages=n)
     chain = build_generators(run_cfg)
@@ -340,7 +358,36 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
     for param in chain.parameters():
         param.requires_grad_(False)
     chain.to(resolve_device(device))
-    return LoadedModel(chain=chain, config=run_cfg, header=header, path=p)
+    return LoadedModel(chain=chain, config=run_cfg, header=header, path=p,
+                       error_map=error_map if n == cfg.stages else None)
+
+
+def _error_map_of(p: Path, tensors: Mapping[str, torch.Tensor], header: Dict[str, Any]) -> Optional[ErrorMap]:
+    """The file's learned error map, or None; its tensors and header entry must come together and fit."""
+    own = {k: v for k, v in tensors.items() if k.startswith(ERROR_MAP_PREFIX)}
+    if not own and "error_map" not in header:
+        return None
+    try:
+        return ErrorMap.from_tensors(own, header["error_map"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ModelFileError(f"The error map stored in {p} does not rebuild: {exc}.",
+                             "Use the original model file, or one without an error map.") from exc
+
+
+def with_error_map(path: PathLike, out: PathLike, error_map: ErrorMap, overwrite: bool = False) -> Path:
+    """A copy of the model file ``path`` with ``error_map`` stored in it (any earlier one replaced), its generators
+    and header otherwise unchanged apart from the checksums and ``created``: fit the map for the model in ``path``."""
+    from safetensors.torch import load_file
+
+    header = dict(read_header(path))
+    load_model(path)  # verifies the file before it is copied
+    tensors = {k: v for k, v in load_file(str(path), device="cpu").items() if not k.startswith(ERROR_MAP_PREFIX)}
+    tensors.update(error_map.tensors())
+    header["error_map"] = error_map.header()
+    header["tensors_sha256"] = tensors_sha256(tensors)
+    header["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    header.pop("header_sha256", None)
+    return _write(out, tensors, header, overwrite)
 
 
 def bundled_model_path() -> Path:

@@ -27,6 +27,7 @@ def summarize_header(header: Mapping[str, Any], name: str) -> str:
         ("training data", lambda: _data(training.get("data"))),
         ("training", lambda: _schedule(training, config.get("loss") or {})),
         ("validation", lambda: _metrics(header.get("metrics") or {})),
+        ("uncertainty", lambda: _uncertainty(header.get("error_map"))),
         ("created", lambda: _created(header)),
     ]
     rows = [(label, _safely(describe)) for label, describe in parts]
@@ -43,6 +44,15 @@ def _safely(describe: Callable[[], str]) -> str:
         return describe()
     except (AttributeError, KeyError, TypeError, ValueError):
         return "in a form this version does not summarize (see --json)"
+
+
+def _uncertainty(error_map: Any) -> str:
+    """What ``--uncertainty`` gives with this file: its learned error map, or the disagreement of passes."""
+    if not error_map:
+        return "disagreement of flipped passes and of the last two stages (no learned error map)"
+    cases = (error_map.get("fitted_on") or {}).get("cases") or []
+    fitted = f" on {case_count(cases)} case{'' if case_count(cases) == 1 else 's'}" if cases else ""
+    return f"learned error map (expected |error| per voxel), fitted{fitted}"
 
 
 def _mapping(config: Mapping[str, Any]) -> str:

@@ -38,8 +38,9 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", help="brain mask volume (default: source > 0, for skull-stripped input)")
     p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
     p.add_argument("--uncertainty", metavar="UNC_FILE",
-                   help="also write an uncertainty map there (flip and last-stage disagreement, in the output's unit; "
-                   "about 3x the time; default: none)")
+                   help="also write an uncertainty map there, in the output's unit: the model's learned expected "
+                   "error when its file holds one (medsynth fit-error-map), else the flip and last-stage "
+                   "disagreement; about 3x the time (default: none)")
     p.add_argument("--tile", type=int, default=None, help="output tile edge in voxels (default: chosen per device)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=SYNTHESIS_PRECISION_HELP)
     p.add_argument("--pattern", default=None,
@@ -216,6 +217,17 @@ def add_fit_lookup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="ModelConfig JSON whose normalisation to use (default: the paper's)")
 
 
+def add_fit_error_map_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="folder of cases with BraTS naming (the model's training cases among them)")
+    p.add_argument("model", help="model file to fit the error map for")
+    p.add_argument("out", help="output model file: the model with its error map")
+    p.add_argument("--cases", help="comma-separated case ids to fit on (default: the model header's training cases)")
+    p.add_argument("--voxels-per-case", type=int, default=300_000, help="brain voxels sampled per case (default: 300000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the voxel sample and the fit (default: 0)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs (default: cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="medsynth_demo",
                    help="output folder; the demo's four phantom_* files in it are replaced on every run (default: ./medsynth_demo)")
@@ -242,6 +254,7 @@ COMMANDS: Tuple[Tuple[str, str, Callable[[argparse.ArgumentParser], Any]], ...] 
     ("export", "write a model file from a training checkpoint (after Stop or a cut-short run)", add_export_arguments),
     ("evaluate", "PSNR, SSIM and MAE inside the brain and the tumour", add_evaluate_arguments),
     ("fit-lookup", "fit the 1-D intensity lookup baseline on training cases", add_fit_lookup_arguments),
+    ("fit-error-map", "fit a model's learned error map (--uncertainty) on its training cases", add_fit_error_map_arguments),
     ("demo", "phantom T1ce → synthetic T2 with the bundled model, plus a side-by-side PNG", add_demo_arguments),
     ("info", "summarize a model file: mapping, architecture, stages, training data, metrics, date", add_info_arguments),
 )

@@ -11,8 +11,10 @@ Two disagreements are measured, each by re-running :func:`.tiled_synthesis.synth
 
 The map is the root mean square of the available parts, ``sqrt((flip² + stages²) / 2)`` (just ``flip`` for one
 stage), in the synthetic image's own unit (for the bundled model: 1000 = the T2's 99.5th percentile in the
-brain; HU for a CT target), and 0 outside the brain mask. It is a disagreement, not a calibrated error bar: how
-well it predicts the real error of the bundled model is measured in docs/evaluation/UNCERTAINTY.md.
+brain; HU for a CT target), and 0 outside the brain mask. That is a disagreement, not an error estimate. A model
+file that holds a learned error map (:mod:`.error_map`, fitted to that model's error on its training cases) gives
+instead its **expected absolute error** per voxel, from the same parts plus the source and the synthesis, in the
+same unit. How well either predicts the real error is measured in docs/evaluation/UNCERTAINTY.md.
 
 Cost: the main synthesis plus one pass per part (plus one plain pass when the main synthesis is flip-averaged),
 so about three times a plain synthesis for the bundled model.
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .error_map import error_features
 from .errors import OutputError
 from .tiled_synthesis import SynthesisOptions, synthesize_array
 from .volume_synthesis import synthesize_volume
@@ -116,7 +119,8 @@ def synthesize_with_uncertainty(
     """``synthesize_volume``'s result (same arguments, same checks) plus the uncertainty map described above.
 
     The synthesis is exactly what ``synthesize_volume`` returns for these arguments; the parts always compare
-    plain (not flip-averaged) passes, so ``flip_tta`` changes the synthesis, not the map.
+    plain (not flip-averaged) passes, so ``flip_tta`` changes the synthesis, not the map. A learned error map is
+    used for the model's full chain only (``stages`` None or all of them): it was fitted for that synthesis.
     """
     from .normalisation import denormalise_output, normalise_source
 
@@ -150,7 +154,13 @@ def synthesize_with_uncertainty(
     if previous_of is not None:
         previous = run(index["previous stage"], "previous stage", normalised, mask_arr, previous_of[1], previous_of[0])
         stage_part = np.abs(plain - previous) * mask_arr
-    combined = combine_parts(flip, stage_part) * mask_arr
+    if model.error_map is not None and n == model.config.stages:
+        scale = float(norm_cfg.output_scale)
+        rows = error_features(plain, source.array, flip, stage_part, mask_arr, scale)
+        combined = np.zeros(mask_arr.shape, dtype=np.float32)
+        combined[mask_arr] = model.error_map.predict(rows) * np.float32(scale)
+    else:
+        combined = combine_parts(flip, stage_part) * mask_arr
     return UncertainSynthesis(
         synthesis=synthesis,
         uncertainty=source.with_array(combined.astype(np.float32)),

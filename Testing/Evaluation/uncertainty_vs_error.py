@@ -3,6 +3,7 @@
 usage: python Testing/Evaluation/uncertainty_vs_error.py CASES_DIR OUT_DIR [--model MODEL] [--cases A,B,C] [--figures]
 
 For each case (default: the model header's validation cases) the model synthesizes the T2 with its uncertainty map
+(its learned error map's expected error when the model file holds one, else the RMS of the parts; both are scored)
 (``MedSynthLogic.uncertainty.synthesize_with_uncertainty``, CPU, fp32), and inside the brain mask (T1ce > 0) the map
 and each of its parts are compared with the absolute error |synthesis − real T2| in `medsynth evaluate`'s unit
 (reference / its 99.5th percentile in the brain, prediction / the output scale, both clipped to [0, 1]):
@@ -28,12 +29,13 @@ from MedSynthLogic.figures import comparison_figure, focus_point
 from MedSynthLogic.metrics import normalise_for_metrics, scale_prediction
 from MedSynthLogic.model_file import bundled_model_path, load_model, read_header
 from MedSynthLogic.normalisation import brain_mask
-from MedSynthLogic.uncertainty import synthesize_with_uncertainty
+from MedSynthLogic.uncertainty import combine_parts, synthesize_with_uncertainty
 from MedSynthLogic.volume_io import read_volume
 
-PREDICTORS = ("map", "flip", "stages", "edge")
+PREDICTORS = ("map", "rms", "flip", "stages", "edge")
 NAMES = {
-    "map": "uncertainty map (RMS of both parts)",
+    "map": "uncertainty map (what --uncertainty writes)",
+    "rms": "RMS of both parts (the map of a model without a learned error map)",
     "flip": "flip part only",
     "stages": "last-two-stages part only",
     "edge": "closeness to the brain's edge (no model; reference)",
@@ -65,6 +67,7 @@ def evaluate_case(model, case) -> Dict[str, object]:
     error = np.abs(prediction - reference)
     parts = {
         "map": result.uncertainty.array / scale,
+        "rms": combine_parts(result.flip, result.stages) / scale,
         "flip": result.flip / scale,
         "stages": result.stages / scale,
         "edge": -ndimage.distance_transform_edt(brain).astype(np.float32),

@@ -180,6 +180,7 @@ KEY_OPTIONS = {
     "export": ("checkpoint", "out", "--stages", "--overwrite"),
     "evaluate": ("data", "--out", "--model", "--lookup", "--cases", "--manifest", "--figures", "--flip-tta"),
     "fit-lookup": ("data", "out", "--cases", "--bins", "--config"),
+    "fit-error-map": ("data", "model", "out", "--cases", "--voxels-per-case", "--seed", "--overwrite"),
     "demo": ("--out", "--model", "--stages", "--device"),
     "info": ("model",),
 }
@@ -301,7 +302,9 @@ def test_info_prints_a_short_summary(ws):
     lines = text.splitlines()
     assert lines[0] == f"MedSynth model {ws.model.name}" and len(lines) <= 12
     fields = {line.split("  ")[1].strip(): line for line in lines[1:-1]}
-    assert set(fields) == {"mapping", "architecture", "stages", "training data", "training", "validation", "created"}
+    assert set(fields) == {"mapping", "architecture", "stages", "training data", "training", "validation", "uncertainty",
+                           "created"}
+    assert "no learned error map" in fields["uncertainty"]
     assert "T1ce -> T2" in fields["mapping"]
     assert "filters 4-4-4-8-8-8-4-4-1" in fields["architecture"]
     assert "2 auto-context stage(s)" in fields["stages"]
@@ -517,6 +520,32 @@ def test_fit_lookup_then_evaluate_the_lookup(ws):
     report = _check_report(out, ["case2"])
     assert report["label"] == "lookup"
     assert report["cases"][0]["psnr"] > 12, "a lookup fitted on phantoms should fit another phantom well"
+
+
+def test_fit_error_map_then_synthesize_with_it(ws):
+    """The map is fitted on the model's own training cases (its header's), stored in a copy of the model whose
+    synthesis is unchanged, and becomes the --uncertainty map; an existing output is refused before any work."""
+    import SimpleITK as sitk
+
+    from MedSynthLogic.model_file import load_model
+
+    out = ws.root / "tiny_error_map.safetensors"
+    proc = medsynth("fit-error-map", ws.data, ws.model, out, "--voxels-per-case", 3000, "--progress", "none")
+    assert "case0: mean |error|" in proc.stdout and "case1: mean |error|" in proc.stdout and "case2" not in proc.stdout
+    assert "learned error map (expected |error| per voxel), fitted on 2 cases" in medsynth("info", out).stdout
+    fitted = load_model(out).error_map
+    assert fitted is not None and fitted.fitted_on["cases"] == ["case0", "case1"] and fitted.fitted_on["voxels"] == 6000
+    source = ws.data / "case2" / "case2_t1ce.nii.gz"
+    medsynth("synthesize", source, ws.root / "plain.nii.gz", "--model", ws.model, "--device", "cpu")
+    medsynth("synthesize", source, ws.root / "mapped.nii.gz", "--model", out, "--device", "cpu",
+             "--uncertainty", ws.root / "mapped_unc.nii.gz")
+    plain, mapped = (sitk.GetArrayFromImage(sitk.ReadImage(str(ws.root / n))) for n in ("plain.nii.gz", "mapped.nii.gz"))
+    np.testing.assert_array_equal(plain, mapped)
+    unc = sitk.GetArrayFromImage(sitk.ReadImage(str(ws.root / "mapped_unc.nii.gz")))
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(source))) > 0
+    assert unc.min() >= 0 and np.all(unc[~brain] == 0) and unc[brain].max() > 0
+    refused = medsynth("fit-error-map", ws.data, ws.model, out, "--progress", "none", expect=7, timeout=60)
+    assert "exists" in refused.stderr and "case0" not in refused.stdout
 
 
 def _script(name: str, *args: object) -> str:

@@ -1,0 +1,113 @@
+"""The learned error map (MedSynthLogic.error_map): its features, its fit, its place in the model file and in the
+uncertainty map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from MedSynthLogic.error_map import EDGE_CAP, FEATURES, ErrorMap, error_features, fit_error_map
+from MedSynthLogic.errors import ModelFileError, OutputError
+from _models import random_chain
+
+
+def small_case(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((20, 24, 22), dtype=bool)
+    mask[3:17, 4:20, 3:19] = True
+    source = (rng.uniform(50, 150, mask.shape) * mask).astype(np.float32)
+    synthesis = (rng.uniform(0, 1000, mask.shape) * mask).astype(np.float32)
+    flip = (rng.uniform(0, 50, mask.shape) * mask).astype(np.float32)
+    return source, synthesis, flip, mask
+
+
+def test_features_are_one_row_per_brain_voxel_in_the_documented_order():
+    source, synthesis, flip, mask = small_case()
+    rows = error_features(synthesis, source, flip, None, mask, scale=1000.0)
+    assert rows.shape == (int(mask.sum()), len(FEATURES)) and rows.dtype == np.float32
+    np.testing.assert_allclose(rows[:, 0], synthesis[mask] / 1000.0, rtol=1e-6)
+    np.testing.assert_allclose(np.median(rows[:, 1]), 1.0, rtol=1e-2)  # the source over its brain median
+    np.testing.assert_allclose(rows[:, 2], np.log1p(50.0 * flip[mask] / 1000.0), rtol=1e-5)
+    assert np.all(rows[:, 3] == 0.0), "no stage part: zeros"
+    assert rows[:, 4].min() > 0 and rows[:, 4].max() <= 1.0 and EDGE_CAP >= 1
+    with_stages = error_features(synthesis, source, flip, flip * 2, mask, scale=1000.0)
+    others = [0, 1, 2, 4, 5, 6]
+    assert with_stages[:, 3].max() > 0 and np.array_equal(with_stages[:, others], rows[:, others])
+
+
+def test_the_fit_learns_a_relation_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20000, len(FEATURES))).astype(np.float32)
+    error = (0.05 + 0.03 * np.abs(x[:, 0]) + 0.01 * x[:, 4] ** 2 + 0.005 * rng.normal(size=len(x))).astype(np.float32)
+    fitted = fit_error_map(x[:15000], error[:15000], epochs=6, batch=256, seed=0, fitted_on={"cases": ["a"]})
+    predicted = fitted.predict(x[15000:])
+    assert predicted.min() >= 0 and np.corrcoef(predicted, error[15000:])[0, 1] > 0.8
+    again = fit_error_map(x[:15000], error[:15000], epochs=6, batch=256, seed=0)
+    np.testing.assert_array_equal(again.predict(x[15000:]), predicted)
+    assert fitted.header()["fitted_on"] == {"cases": ["a"], "voxels": 15000}
+    with pytest.raises(ValueError, match="features"):
+        fit_error_map(x[:, :3], error)
+    with pytest.raises(ValueError, match="features"):
+        fit_error_map(x, error[:10])
+
+
+def _fitted(seed: int = 0) -> ErrorMap:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2000, len(FEATURES))).astype(np.float32)
+    return fit_error_map(x, np.abs(x[:, 0]).astype(np.float32) * 0.1, epochs=1, seed=seed)
+
+
+def test_the_model_file_keeps_the_map_and_refuses_a_broken_one(tmp_path, tiny_model_config):
+    from safetensors.torch import load_file, save_file
+
+    from MedSynthLogic.model_file import METADATA_KEY, load_model, read_header, save_model, with_error_map
+
+    plain = save_model(tmp_path / "plain.safetensors", random_chain(tiny_model_config), tiny_model_config,
+                       training={"data": {"train_cases": ["a"]}})
+    assert load_model(plain).error_map is None
+    fitted = _fitted()
+    withmap = with_error_map(plain, tmp_path / "with.safetensors", fitted)
+    loaded = load_model(withmap)
+    rows = np.random.default_rng(3).normal(size=(50, len(FEATURES))).astype(np.float32)
+    np.testing.assert_array_equal(loaded.error_map.predict(rows), fitted.predict(rows))
+    assert read_header(withmap)["training"] == read_header(plain)["training"]
+    for name, tensor in load_model(plain).chain.state_dict().items():
+        assert torch.equal(loaded.chain.state_dict()[name], tensor), "the generators are unchanged"
+    assert load_model(withmap, stages=1).error_map is None, "fitted for the whole chain only"
+    with pytest.raises(OutputError, match="exists"):
+        with_error_map(plain, withmap, fitted)
+    direct = save_model(tmp_path / "direct.safetensors", random_chain(tiny_model_config), tiny_model_config,
+                        error_map=fitted)
+    np.testing.assert_array_equal(load_model(direct).error_map.predict(rows), fitted.predict(rows))
+    tensors = load_file(str(withmap))
+    tensors["error_map.mean"] = tensors["error_map.mean"] + 1.0
+    from safetensors import safe_open
+
+    with safe_open(str(withmap), framework="pt") as fh:
+        metadata = fh.metadata()
+    save_file(tensors, str(tmp_path / "tampered.safetensors"), metadata=metadata)
+    with pytest.raises(ModelFileError, match="tampered"):
+        load_model(tmp_path / "tampered.safetensors")
+    assert METADATA_KEY in metadata
+
+
+def test_the_uncertainty_map_is_the_predicted_error_when_the_model_has_one(tmp_path, phantom, tiny_model_config):
+    from MedSynthLogic.model_file import load_model, save_model, with_error_map
+    from MedSynthLogic.uncertainty import combine_parts, synthesize_with_uncertainty
+
+    plain = save_model(tmp_path / "plain.safetensors", random_chain(tiny_model_config), tiny_model_config)
+    withmap = with_error_map(plain, tmp_path / "with.safetensors", _fitted())
+    without = synthesize_with_uncertainty(load_model(plain), phantom.t1ce, device="cpu", precision="fp32")
+    model = load_model(withmap)
+    learned = synthesize_with_uncertainty(model, phantom.t1ce, device="cpu", precision="fp32")
+    np.testing.assert_array_equal(learned.synthesis.array, without.synthesis.array)
+    mask = phantom.t1ce.array > model.config.normalisation.mask_threshold
+    scale = float(model.config.normalisation.output_scale)
+    rows = error_features(learned.synthesis.array, phantom.t1ce.array, learned.flip, learned.stages, mask, scale)
+    np.testing.assert_allclose(learned.uncertainty.array[mask], model.error_map.predict(rows) * scale, rtol=1e-6)
+    assert np.all(learned.uncertainty.array[~mask] == 0) and learned.uncertainty.array.min() >= 0
+    np.testing.assert_allclose(without.uncertainty.array, combine_parts(without.flip, without.stages) * mask, rtol=1e-6)
+    one_stage = synthesize_with_uncertainty(model, phantom.t1ce, stages=1, device="cpu", precision="fp32")
+    np.testing.assert_allclose(one_stage.uncertainty.array, combine_parts(one_stage.flip, one_stage.stages) * mask,
+                               rtol=1e-6)
