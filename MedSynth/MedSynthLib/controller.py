@@ -209,7 +209,8 @@ class MedSynthController:
             node = synthesis.store_result(self.scene, context["input"], context["output_node"],
                                           read_volume(context["output_path"]))
             if context["uncertainty_path"] is not None:
-                synthesis.show_uncertainty(self.scene, context["uncertainty_path"], node)
+                synthesis.show_uncertainty(self.scene, context["uncertainty_path"], node,
+                                           title=synthesis.uncertainty_title(request))
         except (MedSynthError, OSError) as exc:
             return JobOutcome("synthesize", jobs.FAILED, f"Could not load the synthetic image: {exc}")
         stages = synthesis.stages_to_run(request)

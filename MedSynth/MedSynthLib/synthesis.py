@@ -170,11 +170,28 @@ def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any) -> 
     return output_node
 
 
-def show_uncertainty(scene: Any, path: "str | os.PathLike", synthetic_node: Any) -> Any:
+def uncertainty_title(request: SynthesisRequest) -> str:
+    """The legend's title: what the child's map holds for this model and these stages (a learned error map is
+    used only with all the model's stages, as ``MedSynthLogic.uncertainty`` does)."""
+    from MedSynthLogic.errors import MedSynthError
+    from MedSynthLogic.model_file import read_header
+
+    try:
+        header = read_header(model_path(request))
+    except (MedSynthError, OSError):
+        header = {}
+    whole_chain = not request.stages or int(request.stages) == int(header.get("stages", 0))
+    if header.get("error_map") and whole_chain:
+        return "Expected |error| (synthetic image units)"
+    return "Uncertainty: disagreement (synthetic image units)"
+
+
+def show_uncertainty(scene: Any, path: "str | os.PathLike", synthetic_node: Any, title: Optional[str] = None) -> Any:
     """Load the uncertainty map the child wrote and lay it over the synthetic image in colour, with a legend."""
     from MedSynthLogic import mrml
 
-    return mrml.load_uncertainty_overlay(scene, path, synthetic_node)[0]
+    options = {"title": title} if title else {}
+    return mrml.load_uncertainty_overlay(scene, path, synthetic_node, **options)[0]
 
 
 def synthesize_in_process(scene: Any, input_node: Any, request: SynthesisRequest, output_node: Any = None) -> Any:

@@ -429,6 +429,24 @@ def test_synthesis_job_loads_the_result_side_by_side(scene, phantom_node, tmp_pa
     assert "cpu" in controller.rates.measured and not controller.busy and controller.poll() == ([], None)
 
 
+def test_the_overlay_legend_says_what_the_map_holds(tmp_path, tiny_model_config):
+    """A model file with a learned error map gives an expected error (with all its stages), any other a disagreement."""
+    error_map = pytest.importorskip("MedSynthLogic.error_map")
+
+    from MedSynthLib.synthesis import uncertainty_title
+    from MedSynthLogic.model_file import save_model, with_error_map
+    from _models import random_chain
+
+    plain = save_model(tmp_path / "plain.safetensors", random_chain(tiny_model_config), tiny_model_config)
+    rows = np.random.default_rng(0).normal(size=(500, len(error_map.FEATURES))).astype(np.float32)
+    mapped = with_error_map(plain, tmp_path / "mapped.safetensors", error_map.fit_error_map(rows, np.abs(rows[:, 0]), epochs=1))
+    assert uncertainty_title(SynthesisRequest(model_path=mapped)).startswith("Expected |error|")
+    assert uncertainty_title(SynthesisRequest(model_path=mapped, stages=2)).startswith("Expected |error|")
+    for request in (SynthesisRequest(model_path=mapped, stages=1), SynthesisRequest(model_path=plain),
+                    SynthesisRequest(model_path=tmp_path / "missing.safetensors")):
+        assert "disagreement" in uncertainty_title(request)
+
+
 def test_uncertainty_map_is_overlaid_on_the_result(scene, phantom_node, tmp_path):
     from MedSynthLogic import mrml
     from MedSynthLogic.volume_io import read_volume, write_volume
