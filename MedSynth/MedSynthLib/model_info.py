@@ -48,6 +48,8 @@ def describe_model(header: Mapping[str, Any], file_name: str) -> str:
     if schedule:
         lines.append(schedule)
     lines.append(_metrics_line(header.get("metrics") or {}))
+    if header.get("error_map"):
+        lines.append("Uncertainty map: its expected error per voxel (a learned error map fitted on its training cases).")
     if header.get("created"):
         lines.append(f"Created {_esc(str(header['created'])[:10])}.")
     lines.append(f'Research use only, not for diagnosis. <a href="{MODEL_CARD_URL}">Model card</a>.')

@@ -197,6 +197,7 @@ def test_bundled_model_description_matches_the_model_card():
     without_link = text.replace(model_info.MODEL_CARD_URL, "")
     assert "shared" not in without_link and "/" not in re.sub(r"</?\w+>", "", without_link)
     assert "not for diagnosis" in text
+    assert "Uncertainty map: its expected error per voxel" in text, "the default holds a learned error map"
 
 
 def test_model_description_hides_paths_and_labels_training_metrics():
@@ -207,7 +208,7 @@ def test_model_description_hides_paths_and_labels_training_metrics():
     assert "/home" not in text and "C:" not in text and "my data" in text and "1 training cases" in text
     assert "T1 → CT" in text and "Validation during training only" in text and "21.23 dB" in text
     assert "No model information" in model_info.describe_model_file(Path("/nonexistent/model.safetensors"))
-    assert "on top of" not in text
+    assert "on top of" not in text and "Uncertainty map" not in text
     header["model_config"]["prior"] = {"stages": 3}
     assert "2 auto-context stage(s) on top of a frozen 3-stage model" in model_info.describe_model(header, "m")
 
