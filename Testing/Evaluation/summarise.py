@@ -45,6 +45,9 @@ ROWS = [
     ("unet3d_ablation/prior_fcn_l2_alt_t1_blend", "the T1-mixed blend (W's refiner fine-tuned with a quarter of its "
                                                   "crops from each case's T1; session 32; not shipped: SSIM under its "
                                                   "rule's floor)"),
+    ("unet3d_ablation/prior_fcn_l2_alt_t1_p50_blend", "the half-T1 blend (X's refiner fine-tuned with half of its crops "
+                                                      "from each case's T1; session 33; not shipped: below the "
+                                                      "default)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
