@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
-from .progress import done_event, error_event
+from .progress import done_event, error_event, log_event
 from .reporting import Reporter, silence
 
 def _cancel_on_signals() -> Callable[[], bool]:
@@ -175,7 +175,7 @@ def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
 
     def line(text: str) -> None:
         if report.mode == "json":
-            report({"event": "log", "stream": "stdout", "line": text})
+            report(log_event("stdout", text))
         else:
             print(text, flush=True)
 

@@ -9,7 +9,7 @@ two marks that a non-contrast T1 lacks, and a T1ce shows at least one of them:
 * **thin bright structures**: the 99th percentile of the white top-hat (the image minus its grey opening with a
   3×3×3 cube) over the median: enhancing vessels and rims a few voxels wide, which the opening removes.
 
-Both are read inside the brain eroded by :data:`EDGE_EROSION` voxels (the skull-stripped edge against a zero
+Both are read inside the brain eroded by the sequence rule's ``EDGE_EROSION`` voxels (the skull-stripped edge against a zero
 background would itself look like a thin bright structure). A source below both thresholds gets a **note**, never a
 refusal: a T1ce whose tumour and vessels barely enhance looks the same. The thresholds lie midway between the
 highest T1 and the next T1ce of the 14 BraTS 2018 cases (``docs/evaluation/INPUT_CHECKS.md``, written by
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .input_checks import brain_box, source_brain
+from .input_checks import EDGE_EROSION, MIN_VOXELS, brain_box, source_brain
 from .source_names import T1CE, expected_sequence
 
 if TYPE_CHECKING:
@@ -40,9 +40,6 @@ BRIGHT_TAIL_MIN = 1.66
 #: A source whose top-hat 99th percentile / median is at least this shows enhancement (BraTS 2018: T1 0.072–0.214,
 #: T1ce 0.170–0.725, midway between the highest T1 and the next T1ce 0.237).
 THIN_BRIGHT_MIN = 0.225
-EDGE_EROSION = 2
-#: Fewer (eroded) brain voxels than this: too little to judge (no note).
-MIN_VOXELS = 500
 #: Findings that say the image is not a T1-weighted brain at all: then whether it enhances is beside the point.
 NOT_THE_IMAGE_KIND = frozenset({"label_map", "sequence", "skull_stripped"})
 
@@ -69,7 +66,7 @@ def enhancement_stats(array: np.ndarray, mask: np.ndarray) -> Optional[Enhanceme
         return None
     arr, box_mask = brain_box(np.asarray(array, dtype=np.float32), mask)
     inner = ndimage.binary_erosion(box_mask, iterations=EDGE_EROSION)
-    if int(inner.sum()) < MIN_VOXELS:
+    if int(inner.sum()) < MIN_VOXELS:  # too little brain to judge: no note
         return None
     median = float(np.median(arr[inner]))
     if median <= 0:
