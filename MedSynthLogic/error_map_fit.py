@@ -41,7 +41,8 @@ def training_cases_of(model_path: PathLike, available: Sequence[str]) -> List[st
     if not isinstance(held_out, list):
         raise UsageError(f"The header of {model_path} names neither its training nor its validation cases.",
                          "Name the cases to fit the error map on (--cases).")
-    return [c for c in available if c not in set(held_out)]
+    held = set(held_out)
+    return [c for c in available if c not in held]
 
 
 def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, cases: Optional[Sequence[str]] = None,
