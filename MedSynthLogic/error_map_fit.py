@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from .dataset_prep import find_cases, select_cases
 from .error_map import error_features, fit_error_map
 from .errors import UsageError
 from .metrics import normalise_for_metrics, scale_prediction
-from .model_file import load_model, read_header, with_error_map
+from .model_file import load_model, with_error_map
 from .normalisation import brain_mask
 from .uncertainty import synthesize_with_uncertainty
 from .volume_io import read_volume
@@ -29,17 +29,17 @@ PathLike = Union[str, os.PathLike]
 __all__ = ["fit_error_map_for", "training_cases_of"]
 
 
-def training_cases_of(model_path: PathLike, available: Sequence[str]) -> List[str]:
+def training_cases_of(header: Mapping[str, Any], available: Sequence[str]) -> List[str]:
     """The cases of ``available`` the model was trained on, from its header: the ``train_cases`` it lists, or, for a
     model from ``medsynth train`` (which records only their number), every available case but its validation
     cases (``val_case_ids``). UsageError when the header says neither."""
-    data = read_header(model_path).get("training", {}).get("data", {})
+    data = header.get("training", {}).get("data", {})
     listed = data.get("train_cases")
     if isinstance(listed, list) and listed:
         return [str(c) for c in listed]
     held_out = data.get("val_case_ids", data.get("val_cases"))
     if not isinstance(held_out, list):
-        raise UsageError(f"The header of {model_path} names neither its training nor its validation cases.",
+        raise UsageError("The model's header names neither its training nor its validation cases.",
                          "Name the cases to fit the error map on (--cases).")
     held = set(held_out)
     return [c for c in available if c not in held]
@@ -55,7 +55,7 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
     check_output_path(out, overwrite=overwrite, inputs=(model_path,))  # before the long part, not after it
     model = load_model(model_path)
     found = find_cases(cases_dir)
-    ids = list(cases) if cases else training_cases_of(model_path, [c.case_id for c in found])
+    ids = list(cases) if cases else training_cases_of(model.header, [c.case_id for c in found])
     scale = float(model.config.normalisation.output_scale)
     rng = np.random.default_rng(seed)
     rows, errors = [], []

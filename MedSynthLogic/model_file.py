@@ -331,17 +331,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
                 f"The model {p.name} has {cfg.stages} auto-context stage(s); {n} were asked for.",
                 f"Pass --stages {cfg.stages} or fewer.",
             )
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(p), device="cpu")
-    except Exception as exc:  # safetensors' own errors for truncated or malformed data
-        raise ModelFileError(f"The model file {p} is truncated or corrupt: {exc}.", "Copy or download it again.") from exc
-    if tensors_sha256(tensors) != header["tensors_sha256"]:
-        raise ModelFileError(
-            f"The model file {p} is tampered or corrupt: its tensors do not match the checksum in its header.",
-            "Copy or download it again; do not edit model files by hand.",
-        )
+    tensors = _verified_tensors(p, header)
     error_map = _error_map_of(p, tensors, header)
     tensors = {k: v for k, v in tensors.items() if not k.startswith(ERROR_MAP_PREFIX)}
     _check_architecture(tensors, cfg, what=f"The model file {p}")
@@ -362,6 +352,22 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
                        error_map=error_map if n == cfg.stages else None)
 
 
+def _verified_tensors(p: Path, header: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """Every tensor of the file, read once and checked against the header's checksum."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(p), device="cpu")
+    except Exception as exc:  # safetensors' own errors for truncated or malformed data
+        raise ModelFileError(f"The model file {p} is truncated or corrupt: {exc}.", "Copy or download it again.") from exc
+    if tensors_sha256(tensors) != header["tensors_sha256"]:
+        raise ModelFileError(
+            f"The model file {p} is tampered or corrupt: its tensors do not match the checksum in its header.",
+            "Copy or download it again; do not edit model files by hand.",
+        )
+    return tensors
+
+
 def _error_map_of(p: Path, tensors: Mapping[str, torch.Tensor], header: Dict[str, Any]) -> Optional[ErrorMap]:
     """The file's learned error map, or None; its tensors and header entry must come together and fit."""
     own = {k: v for k, v in tensors.items() if k.startswith(ERROR_MAP_PREFIX)}
@@ -377,11 +383,10 @@ def _error_map_of(p: Path, tensors: Mapping[str, torch.Tensor], header: Dict[str
 def with_error_map(path: PathLike, out: PathLike, error_map: ErrorMap, overwrite: bool = False) -> Path:
     """A copy of the model file ``path`` with ``error_map`` stored in it (any earlier one replaced), its generators
     and header otherwise unchanged apart from the checksums and ``created``: fit the map for the model in ``path``."""
-    from safetensors.torch import load_file
-
-    header = dict(read_header(path))
-    load_model(path)  # verifies the file before it is copied
-    tensors = {k: v for k, v in load_file(str(path), device="cpu").items() if not k.startswith(ERROR_MAP_PREFIX)}
+    p = Path(path)
+    header = dict(read_header(p))
+    tensors = {k: v for k, v in _verified_tensors(p, header).items() if not k.startswith(ERROR_MAP_PREFIX)}
+    _check_architecture(tensors, _config_from_header(p, header), what=f"The model file {p}")
     tensors.update(error_map.tensors())
     header["error_map"] = error_map.header()
     header["tensors_sha256"] = tensors_sha256(tensors)
