@@ -5,16 +5,22 @@ The sequence rule of :mod:`.input_checks` sees a T1 and a T1ce alike (both T1-we
 1.2–1.5 dB and the enhancing rim (``docs/evaluation/input_shift*``, row "T1 instead of T1ce"). Gadolinium leaves
 two marks that a non-contrast T1 lacks, and a T1ce shows at least one of them:
 
-* a **bright tail**: the brain's 99.5th percentile over its median (enhancing tumour, choroid plexus, sinuses);
+Both are read on the logarithm of the image, lightly smoothed (Gaussian, sigma 1 voxel), and measured in units of
+the brain's own spread there (its median minus its 5th percentile), so that a gamma change of the contrast, a
+multiplicative field and 5 % noise move them little (the first form, on the raw intensities over the median, lost
+half the T1 under a gamma of 1.25 or 5 % noise):
+
+* a **bright tail**: the 99.5th percentile minus the median (enhancing tumour, choroid plexus, sinuses);
 * **thin bright structures**: the 99th percentile of the white top-hat (the image minus its grey opening with a
-  3×3×3 cube) over the median: enhancing vessels and rims a few voxels wide, which the opening removes.
+  3×3×3 cube): enhancing vessels and rims a few voxels wide, which the opening removes.
 
 Both are read inside the brain eroded by the sequence rule's ``EDGE_EROSION`` voxels (the skull-stripped edge against a zero
 background would itself look like a thin bright structure). A source below both thresholds gets a **note**, never a
 refusal: a T1ce whose tumour and vessels barely enhance looks the same. The thresholds lie midway between the
 highest T1 and the next T1ce of the 14 BraTS 2018 cases (``docs/evaluation/INPUT_CHECKS.md``, written by
-``Testing/Evaluation/input_check_confusion.py``): every T1 noted, 2 of the 14 T1ce (the two that enhance least),
-and the same with each case left out of the choice. Chosen on those cases, so a held-out site may do worse.
+``Testing/Evaluation/input_check_confusion.py``): every T1 noted and no T1ce, the same with each case left out of
+the choice. The form was chosen among seven on those same cases (Testing/Training/UNET_RECIPE.md, session 34), so a
+held-out site may do worse.
 """
 
 from __future__ import annotations
@@ -34,19 +40,23 @@ if TYPE_CHECKING:
 
 __all__ = ["EnhancementStats", "enhancement_stats", "enhancement_notes", "BRIGHT_TAIL_MIN", "THIN_BRIGHT_MIN"]
 
-#: A source whose 99.5th percentile / median is at least this shows enhancement (BraTS 2018: T1 1.18–1.60, T1ce
-#: 1.37–2.53, midway between the highest T1 and the next T1ce 1.73).
-BRIGHT_TAIL_MIN = 1.66
-#: A source whose top-hat 99th percentile / median is at least this shows enhancement (BraTS 2018: T1 0.072–0.214,
-#: T1ce 0.170–0.725, midway between the highest T1 and the next T1ce 0.237).
-THIN_BRIGHT_MIN = 0.225
+#: A source whose bright tail reaches this shows enhancement (BraTS 2018: T1 0.37–1.07, T1ce 0.58–2.95, midway
+#: between the highest T1 and the next T1ce 1.15).
+BRIGHT_TAIL_MIN = 1.11
+#: A source whose thin bright structures reach this show enhancement (BraTS 2018: T1 0.085–0.157, T1ce 0.185–0.675,
+#: midway between them).
+THIN_BRIGHT_MIN = 0.171
+#: Gaussian smoothing (voxels) before the logarithm: 5 % noise would otherwise fill the top-hat.
+SMOOTHING_SIGMA = 1.0
+#: The brain's spread in the log image: the median minus this percentile.
+SPREAD_PERCENTILE = 5.0
 #: Findings that say the image is not a T1-weighted brain at all: then whether it enhances is beside the point.
 NOT_THE_IMAGE_KIND = frozenset({"label_map", "sequence", "skull_stripped"})
 
 
 @dataclass(frozen=True)
 class EnhancementStats:
-    """The two marks of contrast agent, each over the brain's median (see the module docstring)."""
+    """The two marks of contrast agent, each in units of the brain's spread in the log image (module docstring)."""
 
     bright_tail: float
     thin_bright: float
@@ -71,10 +81,14 @@ def enhancement_stats(array: np.ndarray, mask: np.ndarray) -> Optional[Enhanceme
     median = float(np.median(arr[inner]))
     if median <= 0:
         return None
-    x = arr / np.float32(median)
-    top_hat = x - ndimage.grey_opening(x, size=(3, 3, 3))
-    return EnhancementStats(float(np.percentile(x[inner], 99.5)), float(np.percentile(top_hat[inner], 99)))
-
+    smooth = ndimage.gaussian_filter(arr / np.float32(median), SMOOTHING_SIGMA)
+    log = np.log(np.maximum(smooth, np.float32(1e-3)))
+    low, mid, high = np.percentile(log[inner], [SPREAD_PERCENTILE, 50.0, 99.5])
+    spread = float(mid - low)
+    if spread <= 1e-6:  # a flat brain: nothing to measure against
+        return None
+    top_hat = log - ndimage.grey_opening(log, size=(3, 3, 3))
+    return EnhancementStats(float(high - mid) / spread, float(np.percentile(top_hat[inner], 99)) / spread)
 
 def enhancement_notes(volume: "Volume", model_config: "ModelConfig", mask: Union["Volume", np.ndarray, None] = None,
                       findings: Sequence["InputFinding"] = ()) -> List[str]:

@@ -180,10 +180,14 @@ def t1_against_t1ce(rows: List[Row]) -> str:
         tail, thin = cut(held, 0), cut(held, 1)
         missed += not (marks[held, "t1"][0] < tail and marks[held, "t1"][1] < thin)
         wrongly += marks[held, "t1ce"][0] < tail and marks[held, "t1ce"][1] < thin
-    return (f"T1 against T1ce (`MedSynthLogic.enhancement`): the bright tail (99.5th percentile / median, brain eroded "
-            f"by 2 voxels) spans {span('t1', 0)} for the T1 and {span('t1ce', 0)} for the T1ce, the thin bright "
-            f"structures (top-hat 99th percentile / median) {span('t1', 1)} and {span('t1ce', 1)}: neither alone "
-            "separates them. A T1ce shows at least one of the two marks, a T1 neither, so a source below both "
+    alone = [name for k, name in enumerate(("the bright tail", "the thin bright structures"))
+             if max(marks[c, "t1"][k] for c in cases) < min(marks[c, "t1ce"][k] for c in cases)]
+    separation = f"{' and '.join(alone)} alone separate them" if alone else "neither alone separates them"
+    return (f"T1 against T1ce (`MedSynthLogic.enhancement`; both marks on the log of the lightly smoothed image, in "
+            "units of the brain's spread there, brain eroded by 2 voxels): the bright tail spans "
+            f"{span('t1', 0)} for the T1 and {span('t1ce', 0)} for the T1ce, the thin bright structures (top-hat 99th "
+            f"percentile) {span('t1', 1)} and {span('t1ce', 1)}; {separation} on these cases. A T1ce shows at least "
+            "one of the two marks, a T1 neither, so a source below both "
             f"thresholds ({BRIGHT_TAIL_MIN}, {THIN_BRIGHT_MIN}; chosen on these cases) gets a note, never a refusal. "
             f"Leave one case out (both thresholds re-chosen without the case, then applied to it): {missed} of "
             f"{len(cases)} T1 without the note, {wrongly} of {len(cases)} T1ce with it (what a T1 costs: "
