@@ -60,6 +60,8 @@ class EnhancementStats:
 
     bright_tail: float
     thin_bright: float
+    #: Their unit, the brain's spread in the log image: a gamma γ multiplies it by γ (reported beside the marks).
+    spread: float
 
     @property
     def enhances(self) -> bool:
@@ -88,7 +90,7 @@ def enhancement_stats(array: np.ndarray, mask: np.ndarray) -> Optional[Enhanceme
     if spread <= 1e-6:  # a flat brain: nothing to measure against
         return None
     top_hat = log - ndimage.grey_opening(log, size=(3, 3, 3))
-    return EnhancementStats(float(high - mid) / spread, float(np.percentile(top_hat[inner], 99)) / spread)
+    return EnhancementStats(float(high - mid) / spread, float(np.percentile(top_hat[inner], 99)) / spread, spread)
 
 def enhancement_notes(volume: "Volume", model_config: "ModelConfig", mask: Union["Volume", np.ndarray, None] = None,
                       findings: Sequence["InputFinding"] = ()) -> List[str]:

@@ -54,6 +54,7 @@ class Row:
     name_note: bool = False
     thin_bright: str = ""
     enhancement_note: bool = False
+    spread: str = ""
 
 
 def judge(source: str, case: str, sequence: str, vol: Volume, cfg: ModelConfig, name: str = "") -> Row:
@@ -62,9 +63,10 @@ def judge(source: str, case: str, sequence: str, vol: Volume, cfg: ModelConfig, 
     outcome = "refused: " + ", ".join(f.code for f in findings) if findings else "accepted"
     score = "" if guess.t2_score is None else f"{guess.t2_score:.3f}"
     stats = enhancement_stats(vol.array, vol.array > cfg.normalisation.mask_threshold)
-    tail, thin = (f"{stats.bright_tail:.2f}", f"{stats.thin_bright:.3f}") if stats else ("", "")
+    tail, thin, spread = ((f"{stats.bright_tail:.2f}", f"{stats.thin_bright:.3f}", f"{stats.spread:.3f}") if stats
+                          else ("", "", ""))
     return Row(source, case, sequence, guess.kind, score, outcome, tail, bool(name_notes(name, cfg)), thin,
-               bool(enhancement_notes(vol, cfg, findings=findings)))
+               bool(enhancement_notes(vol, cfg, findings=findings)), spread)
 
 
 def brats_rows(folder: Path, cfg: ModelConfig) -> List[Row]:
@@ -183,6 +185,7 @@ def t1_against_t1ce(rows: List[Row]) -> str:
     alone = [name for k, name in enumerate(("the bright tail", "the thin bright structures"))
              if max(marks[c, "t1"][k] for c in cases) < min(marks[c, "t1ce"][k] for c in cases)]
     separation = f"{' and '.join(alone)} alone separate them" if alone else "neither alone separates them"
+    spreads = [float(r.spread) for r in rows if r.sequence == "t1ce" and r.spread]
     return (f"T1 against T1ce (`MedSynthLogic.enhancement`; both marks on the log of the lightly smoothed image, in "
             "units of the brain's spread there, brain eroded by 2 voxels): the bright tail spans "
             f"{span('t1', 0)} for the T1 and {span('t1ce', 0)} for the T1ce, the thin bright structures (top-hat 99th "
@@ -191,7 +194,10 @@ def t1_against_t1ce(rows: List[Row]) -> str:
             f"thresholds ({BRIGHT_TAIL_MIN}, {THIN_BRIGHT_MIN}; chosen on these cases) gets a note, never a refusal. "
             f"Leave one case out (both thresholds re-chosen without the case, then applied to it): {missed} of "
             f"{len(cases)} T1 without the note, {wrongly} of {len(cases)} T1ce with it (what a T1 costs: "
-            "[input_shift/INPUT_SHIFT.md](input_shift/INPUT_SHIFT.md)).")
+            "[input_shift/INPUT_SHIFT.md](input_shift/INPUT_SHIFT.md)). Their unit, the brain's spread in the log "
+            f"image (median − 5th percentile), spans {min(spreads):.2f}–{max(spreads):.2f} over the T1ce: a gamma of "
+            "1.25 multiplies it by 1.25, well inside that range, so the spread cannot tell a gamma-changed T1ce "
+            "from a case whose own contrast differs (what a gamma of 1.25 costs stays unflagged).")
 
 
 def shifted_notes(folder: Path, cfg: ModelConfig) -> str:
