@@ -5,22 +5,22 @@ The sequence rule of :mod:`.input_checks` sees a T1 and a T1ce alike (both T1-we
 1.2–1.5 dB and the enhancing rim (``docs/evaluation/input_shift*``, row "T1 instead of T1ce"). Gadolinium leaves
 two marks that a non-contrast T1 lacks, and a T1ce shows at least one of them:
 
-Both are read on the logarithm of the image, lightly smoothed (Gaussian, sigma 1 voxel), and measured in units of
-the brain's own spread there (its median minus its 5th percentile), so that a gamma change of the contrast, a
-multiplicative field and 5 % noise move them little (the first form, on the raw intensities over the median, lost
-half the T1 under a gamma of 1.25 or 5 % noise):
-
 * a **bright tail**: the 99.5th percentile minus the median (enhancing tumour, choroid plexus, sinuses);
 * **thin bright structures**: the 99th percentile of the white top-hat (the image minus its grey opening with a
   3×3×3 cube): enhancing vessels and rims a few voxels wide, which the opening removes.
+
+Both are read on the logarithm of the image, lightly smoothed (Gaussian, sigma 1 voxel), and measured in units of
+the brain's own spread there (its median minus its 5th percentile), so that a gamma change of the contrast, a
+multiplicative field and 5 % noise move them little (the first form, on the raw intensities over the median, lost
+half the T1 under a gamma of 1.25 or 5 % noise).
 
 Both are read inside the brain eroded by the sequence rule's ``EDGE_EROSION`` voxels (the skull-stripped edge against a zero
 background would itself look like a thin bright structure). A source below both thresholds gets a **note**, never a
 refusal: a T1ce whose tumour and vessels barely enhance looks the same. The thresholds lie midway between the
 highest T1 and the next T1ce of the 14 BraTS 2018 cases (``docs/evaluation/INPUT_CHECKS.md``, written by
 ``Testing/Evaluation/input_check_confusion.py``): every T1 noted and no T1ce, the same with each case left out of
-the choice. The form was chosen among seven on those same cases (Testing/Training/UNET_RECIPE.md, session 34), so a
-held-out site may do worse.
+the choice. The form was chosen among the eight of ``Testing/Evaluation/enhancement_forms.py`` on those same cases
+(Testing/Training/UNET_RECIPE.md, session 34), so a held-out site may do worse.
 """
 
 from __future__ import annotations
