@@ -92,6 +92,7 @@ def enhancement_stats(array: np.ndarray, mask: np.ndarray) -> Optional[Enhanceme
     top_hat = log - ndimage.grey_opening(log, size=(3, 3, 3))
     return EnhancementStats(float(high - mid) / spread, float(np.percentile(top_hat[inner], 99)) / spread, spread)
 
+
 def enhancement_notes(volume: "Volume", model_config: "ModelConfig", mask: Union["Volume", np.ndarray, None] = None,
                       findings: Sequence["InputFinding"] = ()) -> List[str]:
     """A sentence for the user when a model that expects a T1ce is given a source without either mark of contrast

@@ -57,6 +57,19 @@ def test_thin_bright_structures_alone_count_as_enhancement(phantom):
     assert enhancement_notes(with_vessels(flattened(phantom)), T1CE_MODEL) == []
 
 
+def test_a_contrast_change_keeps_both_marks_nearly_where_they_were(phantom):
+    """On the log image, in units of its spread, a gamma of the intensities cancels (up to the smoothing): the note
+    of a flattened T1ce survives a gamma of 1.25, the enhancing phantom still enhances, and the spread takes the
+    gamma (the first form, on intensity / median, lost half the BraTS T1 to it)."""
+    brain = phantom.t1ce.array > 0
+    for volume in (phantom.t1ce, flattened(phantom)):
+        before = enhancement_stats(volume.array, brain)
+        after = enhancement_stats(np.where(brain, volume.array ** np.float32(1.25), 0).astype(np.float32), brain)
+        assert after.enhances == before.enhances
+        assert abs(after.bright_tail / before.bright_tail - 1) < 0.1 and abs(after.thin_bright / before.thin_bright - 1) < 0.1
+        assert 1.15 < after.spread / before.spread < 1.35
+
+
 def test_only_a_t1ce_model_and_a_t1_weighted_brain_get_the_note(phantom):
     flat = flattened(phantom)
     for model in (ModelConfig(source_name="T1", input=InputExpectations(sequence="T1")),
