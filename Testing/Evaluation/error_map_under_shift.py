@@ -27,17 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from MedSynthLogic.dataset_prep import find_cases, select_cases  # noqa: E402
 from MedSynthLogic.metrics import normalise_for_metrics, scale_prediction  # noqa: E402
-from MedSynthLogic.model_file import bundled_model_path, load_model  # noqa: E402
+from MedSynthLogic.model_file import LoadedModel, bundled_model_path, load_model  # noqa: E402
 from MedSynthLogic.normalisation import brain_mask  # noqa: E402
 from MedSynthLogic.uncertainty import synthesize_with_uncertainty  # noqa: E402
 from MedSynthLogic.volume_io import align_pair, read_volume  # noqa: E402
 from input_shift import shifted_sources  # noqa: E402
 
 
-def measure(cases_dir: Path, model_path: str, cases: List[str]) -> List[Dict[str, object]]:
-    model = load_model(model_path)
-    if model.error_map is None:
-        raise SystemExit(f"{model_path} holds no learned error map (medsynth fit-error-map makes one).")
+def measure(cases_dir: Path, model: LoadedModel, cases: List[str]) -> List[Dict[str, object]]:
     norm = model.config.normalisation
     scale = float(norm.output_scale)
     rows = []
@@ -78,11 +75,13 @@ def main() -> int:
     parser.add_argument("--model", default=str(bundled_model_path()))
     parser.add_argument("--cases", default=None, help="comma-separated case ids (default: the header's validation cases)")
     args = parser.parse_args()
-    header = load_model(args.model).header
-    cases = args.cases.split(",") if args.cases else list(header["training"]["data"]["val_cases"])
+    model = load_model(args.model)  # read and verified once, for its header and every case
+    if model.error_map is None:
+        raise SystemExit(f"{args.model} holds no learned error map (medsynth fit-error-map makes one).")
+    cases = args.cases.split(",") if args.cases else list(model.header["training"]["data"]["val_cases"])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    rows = measure(args.cases_dir, args.model, cases)
+    rows = measure(args.cases_dir, model, cases)
     (args.out_dir / "error_map_under_shift.json").write_text(json.dumps({"model": args.model, "rows": rows}, indent=1))
     text = (f"Written by `Testing/Evaluation/error_map_under_shift.py` ({time.monotonic() - t0:.0f} s, CPU, precision "
             f"auto) for `{Path(args.model).name}` on {', '.join(cases)}; means over the cases.\n\n{markdown(rows)}\n")
