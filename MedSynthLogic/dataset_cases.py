@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 BRATS_PATTERN = "{case}/{case}_{suffix}.nii*"
 
-__all__ = ["BRATS_PATTERN", "Case", "case_key", "find_cases", "select_cases", "split_cases"]
+__all__ = ["BRATS_PATTERN", "Case", "case_key", "companion_t1", "find_cases", "select_cases", "split_cases"]
 
 
 @dataclass(frozen=True)
@@ -223,6 +223,17 @@ def _cases_from_csv(path: Path, skip_incomplete: bool) -> List[Case]:
 
 
 # --------------------------------------------------------------------------------------------- split
+
+
+def companion_t1(source: PathLike) -> Optional[Path]:
+    """The non-contrast T1 beside a T1ce source, when the names say which is which (BraTS: ``…_t1ce.nii.gz`` →
+    ``…_t1.nii.gz``); None when the source's name has no ``t1ce`` or no such file exists. The likeliest wrong pick
+    for a T1ce, so the studies and the error map's fit use it as a shifted source."""
+    path = Path(source)
+    if "t1ce" not in path.name:
+        return None
+    t1 = path.with_name(path.name.replace("t1ce", "t1"))
+    return t1 if t1.is_file() else None
 
 
 def case_key(seed: int, case_id: str) -> int:

@@ -4,29 +4,43 @@ Files → arrays → the model's synthesis and disagreement parts (:func:`.uncer
 feature rows and |error| per brain voxel (``medsynth evaluate``'s unit) → a sample of each case's voxels → the fitted
 map → the model file with it. The cases default to the model's training cases (:func:`training_cases_of`): the
 validation cases stay unseen, so the map can be scored on them (``Testing/Evaluation/uncertainty_vs_error.py``).
+
+A map fitted only on the cases as they are has never met a source unlike them, and a T1 given as the T1ce raised
+the real error while the map fell (``docs/evaluation/uncertainty/error_map_under_shift.md``). ``variants`` adds, per
+case, sources it may meet in use (:data:`VARIANTS`), each scored against the case's own target inside the brain mask
+of its T1ce, as ``error_map_under_shift.py`` scores them.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .atomic import check_output_path
+from .dataset_cases import Case, companion_t1
 from .dataset_prep import find_cases, select_cases
 from .error_map import error_features, fit_error_map
 from .errors import UsageError
+from .intensity_augment import change_contrast
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
 from .normalisation import brain_mask
 from .uncertainty import synthesize_with_uncertainty
+from .volume import Volume, align_pair
 from .volume_io import read_volume
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["fit_error_map_for", "training_cases_of"]
+__all__ = ["VARIANTS", "GAMMA_RANGE", "fit_error_map_for", "training_cases_of", "variant_sources"]
+
+#: Sources besides each case's own that a map can be fitted on: ``t1``, the case's non-contrast T1 (the likeliest
+#: wrong pick, :func:`.dataset_cases.companion_t1`); ``contrast``, its T1ce through a gamma drawn per case.
+VARIANTS = ("t1", "contrast")
+#: The contrast variant's gamma, log-uniform in this range, on [0, the brain's maximum] (input_shift.py's form).
+GAMMA_RANGE = (0.7, 1.4)
 
 
 def training_cases_of(header: Mapping[str, Any], available: Sequence[str]) -> List[str]:
@@ -45,13 +59,40 @@ def training_cases_of(header: Mapping[str, Any], available: Sequence[str]) -> Li
     return [c for c in available if c not in held]
 
 
+def _check_variants(variants: Sequence[str]) -> None:
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UsageError(f"Unknown error-map variant(s): {', '.join(unknown)}.", f"Choose among {', '.join(VARIANTS)}.")
+
+
+def variant_sources(case: Case, source: Volume, mask: np.ndarray, variants: Sequence[str],
+                    rng: np.random.Generator) -> Dict[str, Tuple[Volume, Dict[str, Any]]]:
+    """Variant name → (its source on ``source``'s grid, zero outside ``mask``; what was drawn for it), for each of
+    ``variants`` the case has (``t1`` needs its T1 file beside the T1ce)."""
+    _check_variants(variants)
+    out: Dict[str, Tuple[Volume, Dict[str, Any]]] = {}
+    for name in variants:
+        if name == "t1":
+            t1 = companion_t1(case.source)
+            if t1 is not None:
+                other, _, _ = align_pair(read_volume(t1), source, policy="resample")
+                out[name] = (source.with_array(np.where(mask, other.array, 0.0).astype(np.float32)), {"file": t1.name})
+        else:
+            gamma = float(np.exp(rng.uniform(np.log(GAMMA_RANGE[0]), np.log(GAMMA_RANGE[1]))))
+            shifted = change_contrast(source.array, gamma, float(source.array[mask].max()))
+            out[name] = (source.with_array(np.where(mask, shifted, 0.0).astype(np.float32)), {"gamma": round(gamma, 4)})
+    return out
+
+
 def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, cases: Optional[Sequence[str]] = None,
                       voxels_per_case: int = 300_000, seed: int = 0, device: str = "cpu", overwrite: bool = False,
-                      report: Callable[[str], None] = print) -> Path:
+                      variants: Sequence[str] = (), report: Callable[[str], None] = print) -> Path:
     """Fit the error map of the model in ``model_path`` on ``cases`` (default: its training cases) of ``cases_dir``
-    and write the model with it to ``out``; ``voxels_per_case`` brain voxels of each case, drawn with ``seed``."""
+    and write the model with it to ``out``; ``voxels_per_case`` brain voxels of each case and of each of its
+    ``variants`` (:data:`VARIANTS`), drawn with ``seed``."""
     if int(voxels_per_case) < 1:
         raise UsageError(f"voxels_per_case must be at least 1, got {voxels_per_case}.")
+    _check_variants(variants)
     check_output_path(out, overwrite=overwrite, inputs=(model_path,))  # before the long part, not after it
     model = load_model(model_path)
     found = find_cases(cases_dir)
@@ -59,16 +100,22 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
     scale = float(model.config.normalisation.output_scale)
     rng = np.random.default_rng(seed)
     rows, errors = [], []
+    drawn: Dict[str, Dict[str, Any]] = {}
     for case in select_cases(found, ids, f"Case in {cases_dir}"):
         source, target = read_volume(case.source), read_volume(case.target).array
         mask = brain_mask(source.array, model.config.normalisation.mask_threshold)
-        result = synthesize_with_uncertainty(model, source, device=device, precision="fp32")
-        error = np.abs(scale_prediction(result.synthesis.array, mask, scale) - normalise_for_metrics(target, mask))[mask]
-        features = error_features(result.synthesis.array, source.array, result.flip, result.stages, mask, scale)
-        pick = rng.choice(len(error), size=min(len(error), int(voxels_per_case)), replace=False)
-        rows.append(features[pick])
-        errors.append(error[pick].astype(np.float32))
-        report(f"{case.case_id}: mean |error| {float(error.mean()):.4f} over {len(error)} brain voxels")
+        reference = normalise_for_metrics(target, mask)
+        extra = variant_sources(case, source, mask, variants, rng)
+        drawn[case.case_id] = {name: info for name, (_, info) in extra.items()}
+        for name, shifted in [("as given", source)] + [(name, vol) for name, (vol, _) in extra.items()]:
+            result = synthesize_with_uncertainty(model, shifted, mask=mask, device=device, precision="fp32")
+            error = np.abs(scale_prediction(result.synthesis.array, mask, scale) - reference)[mask]
+            features = error_features(result.synthesis.array, shifted.array, result.flip, result.stages, mask, scale)
+            pick = rng.choice(len(error), size=min(len(error), int(voxels_per_case)), replace=False)
+            rows.append(features[pick])
+            errors.append(error[pick].astype(np.float32))
+            report(f"{case.case_id} ({name}): mean |error| {float(error.mean()):.4f} over {len(error)} brain voxels")
     fitted = fit_error_map(np.concatenate(rows), np.concatenate(errors), seed=seed,
-                           fitted_on={"cases": ids, "voxels_per_case": int(voxels_per_case), "seed": int(seed)})
+                           fitted_on={"cases": ids, "voxels_per_case": int(voxels_per_case), "seed": int(seed),
+                                      **({"variants": drawn} if variants else {})})
     return with_error_map(model_path, out, fitted, overwrite=overwrite)

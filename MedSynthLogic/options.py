@@ -224,6 +224,9 @@ def add_fit_error_map_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", help="comma-separated case ids to fit on (default: the model header's training cases)")
     p.add_argument("--voxels-per-case", type=int, default=300_000, help="brain voxels sampled per case (default: 300000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voxel sample and the fit (default: 0)")
+    p.add_argument("--variants", default="",
+                   help="comma-separated sources to fit on besides each case's own: t1 (its non-contrast T1, "
+                   "found by name), contrast (its T1ce through a gamma drawn in 0.7-1.4) (default: none)")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from MedSynthLogic.baselines import IntensityLookup
+from MedSynthLogic.dataset_cases import companion_t1
 from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.enhancement import enhancement_notes
 from MedSynthLogic.input_checks import check_source
@@ -78,14 +79,6 @@ SHIFTS: Dict[str, Optional[Shift]] = {
 }
 
 
-def _t1_file(source: Path) -> Optional[Path]:
-    """The case's non-contrast T1 beside its T1ce, if the names say which it is."""
-    if "t1ce" not in source.name:
-        return None
-    t1 = source.with_name(source.name.replace("t1ce", "t1"))
-    return t1 if t1.is_file() else None
-
-
 def shifted_sources(case, mask: np.ndarray, source) -> Dict[str, object]:
     """Shift name → shifted source Volume (absent when the case has no such file)."""
     out = {}
@@ -93,7 +86,7 @@ def shifted_sources(case, mask: np.ndarray, source) -> Dict[str, object]:
         if fn is not None:
             out[name] = source.with_array(fn(source.array, mask).astype(np.float32))
             continue
-        t1 = _t1_file(Path(case.source))
+        t1 = companion_t1(case.source)
         if t1 is not None:
             other, _, _ = align_pair(read_volume(t1), source, policy="resample")
             out[name] = source.with_array(np.where(mask, other.array, 0.0).astype(np.float32))

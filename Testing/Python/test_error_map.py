@@ -111,3 +111,38 @@ def test_the_uncertainty_map_is_the_predicted_error_when_the_model_has_one(tmp_p
     one_stage = synthesize_with_uncertainty(model, phantom.t1ce, stages=1, device="cpu", precision="fp32")
     np.testing.assert_allclose(one_stage.uncertainty.array, combine_parts(one_stage.flip, one_stage.stages) * mask,
                                rtol=1e-6)
+
+
+def test_variant_sources_are_the_cases_t1_and_a_drawn_contrast_inside_the_mask(tmp_path):
+    """``fit-error-map --variants``: the T1 is found by name beside the T1ce and brought onto its grid, the contrast
+    variant's gamma is drawn in GAMMA_RANGE from the rng; both are 0 outside the T1ce's mask; a name not in VARIANTS
+    is refused, and a case without a T1 file simply has no ``t1`` variant."""
+    from MedSynthLogic.dataset_cases import Case
+    from MedSynthLogic.error_map_fit import GAMMA_RANGE, variant_sources
+    from MedSynthLogic.errors import UsageError
+    from MedSynthLogic.volume import Volume
+    from MedSynthLogic.volume_write import write_volume
+
+    t1ce, _, _, mask = small_case(3)
+    t1 = (t1ce * 0.5 + 7.0).astype(np.float32)  # anything other than the T1ce, also outside the mask
+    folder = tmp_path / "c1"
+    folder.mkdir()
+    source = Volume(t1ce, spacing=(1.0, 1.0, 1.2))
+    write_volume(source, folder / "c1_t1ce.nii.gz")
+    write_volume(Volume(t1, spacing=(1.0, 1.0, 1.2)), folder / "c1_t1.nii.gz")
+    case = Case("c1", folder / "c1_t1ce.nii.gz", folder / "c1_t2.nii.gz")
+    out = variant_sources(case, source, mask, ["t1", "contrast"], np.random.default_rng(5))
+    assert set(out) == {"t1", "contrast"} and out["t1"][1] == {"file": "c1_t1.nii.gz"}
+    np.testing.assert_allclose(out["t1"][0].array, np.where(mask, t1, 0.0), rtol=1e-6)
+    gamma = out["contrast"][1]["gamma"]
+    assert GAMMA_RANGE[0] <= gamma <= GAMMA_RANGE[1] and gamma != 1.0
+    shifted = out["contrast"][0].array
+    assert np.all(shifted[~mask] == 0) and not np.allclose(shifted[mask], t1ce[mask])
+    top = np.unravel_index(np.argmax(np.where(mask, t1ce, 0)), mask.shape)
+    assert shifted[top] == pytest.approx(t1ce[top], rel=1e-5), "the brain's maximum is the pivot, kept"
+    again = variant_sources(case, source, mask, ["contrast"], np.random.default_rng(5))
+    assert again["contrast"][1]["gamma"] == gamma, "the same rng state draws the same gamma"
+    (folder / "c1_t1.nii.gz").unlink()
+    assert set(variant_sources(case, source, mask, ["t1"], np.random.default_rng(5))) == set()
+    with pytest.raises(UsageError, match="t2"):
+        variant_sources(case, source, mask, ["t2"], np.random.default_rng(5))
