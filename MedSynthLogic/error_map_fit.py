@@ -24,12 +24,12 @@ from .dataset_cases import Case, companion_t1
 from .dataset_prep import find_cases, select_cases
 from .error_map import error_features, fit_error_map
 from .errors import UsageError
-from .intensity_augment import change_contrast
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
 from .normalisation import brain_mask
 from .uncertainty import synthesize_with_uncertainty
-from .volume import Volume, align_pair
+from .source_shifts import contrast_in_brain, t1_in_place
+from .volume import Volume
 from .volume_io import read_volume
 
 PathLike = Union[str, os.PathLike]
@@ -73,14 +73,12 @@ def variant_sources(case: Case, source: Volume, mask: np.ndarray, variants: Sequ
     out: Dict[str, Tuple[Volume, Dict[str, Any]]] = {}
     for name in variants:
         if name == "t1":
-            t1 = companion_t1(case.source)
+            t1 = t1_in_place(case.source, source, mask)
             if t1 is not None:
-                other, _, _ = align_pair(read_volume(t1), source, policy="resample")
-                out[name] = (source.with_array(np.where(mask, other.array, 0.0).astype(np.float32)), {"file": t1.name})
+                out[name] = (t1, {"file": companion_t1(case.source).name})
         else:
             gamma = float(np.exp(rng.uniform(np.log(GAMMA_RANGE[0]), np.log(GAMMA_RANGE[1]))))
-            shifted = change_contrast(source.array, gamma, float(source.array[mask].max()))
-            out[name] = (source.with_array(np.where(mask, shifted, 0.0).astype(np.float32)), {"gamma": round(gamma, 4)})
+            out[name] = (source.with_array(contrast_in_brain(source.array, mask, gamma)), {"gamma": round(gamma, 4)})
     return out
 
 

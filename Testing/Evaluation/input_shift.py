@@ -31,14 +31,13 @@ import numpy as np
 from scipy import ndimage
 
 from MedSynthLogic.baselines import IntensityLookup
-from MedSynthLogic.dataset_cases import companion_t1
 from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.enhancement import enhancement_notes
 from MedSynthLogic.input_checks import check_source
-from MedSynthLogic.intensity_augment import change_contrast
 from MedSynthLogic.metrics import evaluate_pairs
 from MedSynthLogic.model_file import load_model
 from MedSynthLogic.normalisation import brain_mask
+from MedSynthLogic.source_shifts import contrast_in_brain, t1_in_place
 from MedSynthLogic.volume_io import align_pair, read_volume
 from MedSynthLogic.volume_synthesis import synthesize_volume
 
@@ -48,7 +47,7 @@ COLUMNS = ("psnr", "ssim", "psnr_tumour", "psnr_calibrated")
 
 def _gamma(g: float) -> Shift:
     def shift(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return np.where(mask, change_contrast(x, g, float(x[mask].max())), 0.0)
+        return contrast_in_brain(x, mask, g)
     return shift
 
 
@@ -86,10 +85,9 @@ def shifted_sources(case, mask: np.ndarray, source) -> Dict[str, object]:
         if fn is not None:
             out[name] = source.with_array(fn(source.array, mask).astype(np.float32))
             continue
-        t1 = companion_t1(case.source)
+        t1 = t1_in_place(case.source, source, mask)
         if t1 is not None:
-            other, _, _ = align_pair(read_volume(t1), source, policy="resample")
-            out[name] = source.with_array(np.where(mask, other.array, 0.0).astype(np.float32))
+            out[name] = t1
     return out
 
 
