@@ -50,8 +50,11 @@ def _uncertainty(error_map: Any) -> str:
     """What ``--uncertainty`` gives with this file: its learned error map, or the disagreement of passes."""
     if not error_map:
         return "disagreement of flipped passes and of the last two stages (no learned error map)"
-    cases = (error_map.get("fitted_on") or {}).get("cases") or []
+    fitted_on = error_map.get("fitted_on") or {}
+    cases = fitted_on.get("cases") or []
     fitted = f" on {case_count(cases)} case{'' if case_count(cases) == 1 else 's'}" if cases else ""
+    shifted = sorted({name for drawn in (fitted_on.get("variants") or {}).values() for name in drawn})
+    fitted += f" and their shifted sources ({', '.join(shifted)})" if shifted else ""
     return f"learned error map (expected |error| per voxel), fitted{fitted}"
 
 

@@ -535,7 +535,8 @@ def test_fit_error_map_then_synthesize_with_it(ws):
     for line in ("case0 (as given): mean |error|", "case0 (contrast)", "case1 (as given)", "case1 (contrast)"):
         assert line in proc.stdout
     assert "case2" not in proc.stdout
-    assert "learned error map (expected |error| per voxel), fitted on 2 cases" in medsynth("info", out).stdout
+    info = medsynth("info", out).stdout
+    assert "learned error map (expected |error| per voxel), fitted on 2 cases and their shifted sources (contrast)" in info
     fitted = load_model(out).error_map
     assert fitted is not None and fitted.fitted_on["cases"] == ["case0", "case1"] and fitted.fitted_on["voxels"] == 12000
     gammas = [fitted.fitted_on["variants"][c]["contrast"]["gamma"] for c in ("case0", "case1")]
