@@ -27,8 +27,8 @@ from .errors import UsageError
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
 from .normalisation import brain_mask
-from .uncertainty import synthesize_with_uncertainty
 from .source_shifts import contrast_in_brain, t1_in_place
+from .uncertainty import synthesize_with_uncertainty
 from .volume import Volume
 from .volume_io import read_volume
 
@@ -73,9 +73,9 @@ def variant_sources(case: Case, source: Volume, mask: np.ndarray, variants: Sequ
     out: Dict[str, Tuple[Volume, Dict[str, Any]]] = {}
     for name in variants:
         if name == "t1":
-            t1 = t1_in_place(case.source, source, mask)
+            t1 = companion_t1(case.source)
             if t1 is not None:
-                out[name] = (t1, {"file": companion_t1(case.source).name})
+                out[name] = (t1_in_place(t1, source, mask), {"file": t1.name})
         else:
             gamma = float(np.exp(rng.uniform(np.log(GAMMA_RANGE[0]), np.log(GAMMA_RANGE[1]))))
             out[name] = (source.with_array(contrast_in_brain(source.array, mask, gamma)), {"gamma": round(gamma, 4)})

@@ -9,11 +9,10 @@ T1ce in Slicer's volume selector) brought onto the T1ce's grid.
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
-from .dataset_cases import companion_t1
 from .intensity_augment import change_contrast
 from .volume import Volume, align_pair
 from .volume_io import read_volume
@@ -26,11 +25,8 @@ def contrast_in_brain(array: np.ndarray, mask: np.ndarray, gamma: float) -> np.n
     return np.where(mask, change_contrast(array, gamma, float(array[mask].max())), 0.0).astype(np.float32)
 
 
-def t1_in_place(source_path: Union[str, os.PathLike], source: Volume, mask: np.ndarray) -> Optional[Volume]:
-    """The case's T1 (found by name beside the T1ce at ``source_path``) on ``source``'s grid, 0 outside ``mask``;
-    None when there is no such file."""
-    t1 = companion_t1(source_path)
-    if t1 is None:
-        return None
-    other, _, _ = align_pair(read_volume(t1), source, policy="resample")
+def t1_in_place(t1_path: Union[str, os.PathLike], source: Volume, mask: np.ndarray) -> Volume:
+    """The case's T1 at ``t1_path`` (:func:`.dataset_cases.companion_t1` finds it beside the T1ce) on ``source``'s
+    grid, 0 outside ``mask``."""
+    other, _, _ = align_pair(read_volume(t1_path), source, policy="resample")
     return source.with_array(np.where(mask, other.array, 0.0).astype(np.float32))

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from MedSynthLogic.baselines import IntensityLookup
+from MedSynthLogic.dataset_cases import companion_t1
 from MedSynthLogic.dataset_prep import find_cases, select_cases
 from MedSynthLogic.enhancement import enhancement_notes
 from MedSynthLogic.input_checks import check_source
@@ -85,9 +86,9 @@ def shifted_sources(case, mask: np.ndarray, source) -> Dict[str, object]:
         if fn is not None:
             out[name] = source.with_array(fn(source.array, mask).astype(np.float32))
             continue
-        t1 = t1_in_place(case.source, source, mask)
+        t1 = companion_t1(case.source)
         if t1 is not None:
-            out[name] = t1
+            out[name] = t1_in_place(t1, source, mask)
     return out
 
 
