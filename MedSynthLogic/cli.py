@@ -182,7 +182,8 @@ def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
     cases = [c for c in args.cases.split(",") if c] if args.cases else None
     out = fit_error_map_for(args.model, args.data, args.out, cases=cases, voxels_per_case=args.voxels_per_case,
                             seed=args.seed, device=args.device, overwrite=args.overwrite,
-                            variants=[v for v in args.variants.split(",") if v], report=line)
+                            variants=[v for v in args.variants.split(",") if v], image_features=args.image_features,
+                            report=line)
     report(done_event(out))
     if report.mode != "json":
         print(f"wrote {out}: {args.model} with a learned error map (medsynth synthesize --uncertainty uses it)")

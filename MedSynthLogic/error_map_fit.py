@@ -22,13 +22,13 @@ import numpy as np
 from .atomic import check_output_path
 from .dataset_cases import Case, companion_t1
 from .dataset_prep import find_cases, select_cases
-from .error_map import error_features, fit_error_map
+from .error_map import FEATURES, IMAGE_FEATURES, fit_error_map
 from .errors import UsageError
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
 from .normalisation import brain_mask
 from .source_shifts import contrast_in_brain, t1_in_place
-from .uncertainty import synthesize_with_uncertainty
+from .uncertainty import error_map_rows, synthesize_with_uncertainty
 from .volume import Volume
 from .volume_io import read_volume
 
@@ -84,10 +84,12 @@ def variant_sources(case: Case, source: Volume, mask: np.ndarray, variants: Sequ
 
 def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, cases: Optional[Sequence[str]] = None,
                       voxels_per_case: int = 300_000, seed: int = 0, device: str = "cpu", overwrite: bool = False,
-                      variants: Sequence[str] = (), report: Callable[[str], None] = print) -> Path:
+                      variants: Sequence[str] = (), image_features: bool = False,
+                      report: Callable[[str], None] = print) -> Path:
     """Fit the error map of the model in ``model_path`` on ``cases`` (default: its training cases) of ``cases_dir``
     and write the model with it to ``out``; ``voxels_per_case`` brain voxels of each case and of each of its
-    ``variants`` (:data:`VARIANTS`), drawn with ``seed``."""
+    ``variants`` (:data:`VARIANTS`), drawn with ``seed``; ``image_features``: the map also reads
+    :data:`.error_map.IMAGE_FEATURES`."""
     if int(voxels_per_case) < 1:
         raise UsageError(f"voxels_per_case must be at least 1, got {voxels_per_case}.")
     _check_variants(variants)
@@ -97,6 +99,7 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
     ids = list(cases) if cases else training_cases_of(model.header, [c.case_id for c in found])
     scale = float(model.config.normalisation.output_scale)
     rng = np.random.default_rng(seed)
+    names = FEATURES + IMAGE_FEATURES if image_features else FEATURES
     rows, errors = [], []
     drawn: Dict[str, Dict[str, Any]] = {}
     for case in select_cases(found, ids, f"Case in {cases_dir}"):
@@ -108,12 +111,13 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
         for name, shifted in [("as given", source)] + [(name, vol) for name, (vol, _) in extra.items()]:
             result = synthesize_with_uncertainty(model, shifted, mask=mask, device=device, precision="fp32")
             error = np.abs(scale_prediction(result.synthesis.array, mask, scale) - reference)[mask]
-            features = error_features(result.synthesis.array, shifted.array, result.flip, result.stages, mask, scale)
+            features = error_map_rows(names, result.synthesis.array, shifted.array, result.flip, result.stages, mask,
+                                      scale)
             pick = rng.choice(len(error), size=min(len(error), int(voxels_per_case)), replace=False)
             rows.append(features[pick])
             errors.append(error[pick].astype(np.float32))
             report(f"{case.case_id} ({name}): mean |error| {float(error.mean()):.4f} over {len(error)} brain voxels")
     fitted = fit_error_map(np.concatenate(rows), np.concatenate(errors), seed=seed,
                            fitted_on={"cases": ids, "voxels_per_case": int(voxels_per_case), "seed": int(seed),
-                                      **({"variants": drawn} if variants else {})})
+                                      **({"variants": drawn} if variants else {})}, names=names)
     return with_error_map(model_path, out, fitted, overwrite=overwrite)

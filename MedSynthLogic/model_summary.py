@@ -55,6 +55,8 @@ def _uncertainty(error_map: Any) -> str:
     fitted = f" on {case_count(cases)} case{'' if case_count(cases) == 1 else 's'}" if cases else ""
     shifted = sorted({name for drawn in (fitted_on.get("variants") or {}).values() for name in drawn})
     fitted += f" and their shifted sources ({', '.join(shifted)})" if shifted else ""
+    whole = error_map.get("image_features") or []
+    fitted += f"; it also reads the whole source ({', '.join(whole)})" if whole else ""
     return f"learned error map (expected |error| per voxel), fitted{fitted}"
 
 

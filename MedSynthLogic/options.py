@@ -227,6 +227,9 @@ def add_fit_error_map_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="",
                    help="comma-separated sources to fit on besides each case's own: t1 (its non-contrast T1, "
                    "found by name), contrast (its T1ce through a gamma drawn in 0.7-1.4) (default: none)")
+    p.add_argument("--image-features", action="store_true",
+                   help="the map also reads two values of the whole source, the enhancement note's thin-bright and "
+                   "bright-tail statistics (default: voxel features only)")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .error_map import error_features
+from .enhancement import enhancement_stats
+from .error_map import FEATURES, IMAGE_FEATURES, error_features
 from .errors import OutputError
 from .tiled_synthesis import SynthesisOptions, synthesize_array
 from .volume_synthesis import synthesize_volume
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
 PathLike = Union[str, os.PathLike]
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 
-__all__ = ["UncertainSynthesis", "combine_parts", "synthesize_with_uncertainty", "check_uncertainty_path"]
+__all__ = ["UncertainSynthesis", "combine_parts", "error_map_rows", "image_feature_values", "synthesize_with_uncertainty",
+           "check_uncertainty_path"]
 
 
 @dataclasses.dataclass
@@ -54,6 +56,23 @@ class UncertainSynthesis:
     uncertainty: "Volume"
     flip: np.ndarray
     stages: Optional[np.ndarray]
+
+
+def image_feature_values(source: np.ndarray, mask: np.ndarray) -> Tuple[float, ...]:
+    """The source's values of :data:`.error_map.IMAGE_FEATURES` (the enhancement note's statistics, in that order);
+    0 for each when too little brain is left to measure them."""
+    stats = enhancement_stats(source, mask)
+    if stats is None:
+        return (0.0,) * len(IMAGE_FEATURES)
+    return (float(stats.thin_bright), float(stats.bright_tail))
+
+
+def error_map_rows(names: Sequence[str], synthesis: np.ndarray, source: np.ndarray, flip: np.ndarray,
+                   stages: Optional[np.ndarray], mask: np.ndarray, scale: float) -> np.ndarray:
+    """The feature rows a map reading ``names`` (one of :data:`.error_map.FEATURE_SETS`) needs: the voxel features,
+    and the image's when it reads them; the one place both the fit and the synthesis build them."""
+    image = image_feature_values(source, mask) if len(names) > len(FEATURES) else ()
+    return error_features(synthesis, source, flip, stages, mask, scale, image=image)
 
 
 def combine_parts(flip: np.ndarray, stages: Optional[np.ndarray]) -> np.ndarray:
@@ -156,7 +175,7 @@ def synthesize_with_uncertainty(
         stage_part = np.abs(plain - previous) * mask_arr
     if model.error_map is not None and n == model.config.stages:
         scale = float(norm_cfg.output_scale)
-        rows = error_features(plain, source.array, flip, stage_part, mask_arr, scale)
+        rows = error_map_rows(model.error_map.features, plain, source.array, flip, stage_part, mask_arr, scale)
         combined = np.zeros(mask_arr.shape, dtype=np.float32)
         combined[mask_arr] = model.error_map.predict(rows) * np.float32(scale)
     else:

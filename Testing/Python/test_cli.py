@@ -180,7 +180,8 @@ KEY_OPTIONS = {
     "export": ("checkpoint", "out", "--stages", "--overwrite"),
     "evaluate": ("data", "--out", "--model", "--lookup", "--cases", "--manifest", "--figures", "--flip-tta"),
     "fit-lookup": ("data", "out", "--cases", "--bins", "--config"),
-    "fit-error-map": ("data", "model", "out", "--cases", "--voxels-per-case", "--seed", "--variants", "--overwrite"),
+    "fit-error-map": ("data", "model", "out", "--cases", "--voxels-per-case", "--seed", "--variants", "--image-features",
+                      "--overwrite"),
     "demo": ("--out", "--model", "--stages", "--device"),
     "info": ("model",),
 }
@@ -531,16 +532,18 @@ def test_fit_error_map_then_synthesize_with_it(ws):
 
     out = ws.root / "tiny_error_map.safetensors"
     proc = medsynth("fit-error-map", ws.data, ws.model, out, "--voxels-per-case", 3000, "--variants", "contrast",
-                    "--progress", "none")
+                    "--image-features", "--progress", "none")
     for line in ("case0 (as given): mean |error|", "case0 (contrast)", "case1 (as given)", "case1 (contrast)"):
         assert line in proc.stdout
     assert "case2" not in proc.stdout
     info = medsynth("info", out).stdout
-    assert "learned error map (expected |error| per voxel), fitted on 2 cases and their shifted sources (contrast)" in info
+    assert ("learned error map (expected |error| per voxel), fitted on 2 cases and their shifted sources (contrast); "
+            "it also reads the whole source (thin bright, bright tail)") in info
     fitted = load_model(out).error_map
     assert fitted is not None and fitted.fitted_on["cases"] == ["case0", "case1"] and fitted.fitted_on["voxels"] == 12000
     gammas = [fitted.fitted_on["variants"][c]["contrast"]["gamma"] for c in ("case0", "case1")]
     assert len(set(gammas)) == 2, "a gamma drawn per case, recorded in the header"
+    assert len(fitted.features) == 9 and fitted.image_features == ("thin bright", "bright tail")
     source = ws.data / "case2" / "case2_t1ce.nii.gz"
     medsynth("synthesize", source, ws.root / "plain.nii.gz", "--model", ws.model, "--device", "cpu")
     medsynth("synthesize", source, ws.root / "mapped.nii.gz", "--model", out, "--device", "cpu",

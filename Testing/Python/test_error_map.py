@@ -146,3 +146,49 @@ def test_variant_sources_are_the_cases_t1_and_a_drawn_contrast_inside_the_mask(t
     assert set(variant_sources(case, source, mask, ["t1"], np.random.default_rng(5))) == set()
     with pytest.raises(UsageError, match="t2"):
         variant_sources(case, source, mask, ["t2"], np.random.default_rng(5))
+
+
+def test_a_map_can_also_read_the_whole_source(tmp_path, phantom, tiny_model_config):
+    """``--image-features``: the rows end in the source's enhancement statistics, the same on every voxel; such a map
+    round-trips through the model file, the synthesis's map is its prediction on exactly those rows, and a header
+    naming features this version does not know is refused."""
+    from MedSynthLogic.enhancement import enhancement_stats
+    from MedSynthLogic.error_map import IMAGE_FEATURES
+    from MedSynthLogic.model_file import load_model, read_header, save_model, with_error_map
+    from MedSynthLogic.uncertainty import error_map_rows, synthesize_with_uncertainty
+
+    source, synthesis, flip, mask = small_case(4)
+    plain_rows = error_features(synthesis, source, flip, None, mask, scale=1000.0)
+    rows = error_features(synthesis, source, flip, None, mask, scale=1000.0, image=(0.3, 1.2))
+    assert rows.shape == (int(mask.sum()), len(FEATURES) + len(IMAGE_FEATURES))
+    np.testing.assert_array_equal(rows[:, :len(FEATURES)], plain_rows)
+    assert np.all(rows[:, -2] == np.float32(0.3)) and np.all(rows[:, -1] == np.float32(1.2))
+
+    names = FEATURES + IMAGE_FEATURES
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, len(names))).astype(np.float32)
+    fitted = fit_error_map(x, np.abs(x[:, -1]).astype(np.float32) * 0.1, epochs=1, names=names)
+    assert fitted.image_features == IMAGE_FEATURES and _fitted().image_features == ()
+    with pytest.raises(ValueError, match="features"):
+        fit_error_map(x[:, :len(FEATURES)], np.abs(x[:, 0]), names=names)
+    with pytest.raises(ValueError, match="reads one of"):
+        fit_error_map(x, np.abs(x[:, 0]), names=FEATURES + ("age",) * 2)
+
+    plain = save_model(tmp_path / "plain.safetensors", random_chain(tiny_model_config), tiny_model_config)
+    withmap = with_error_map(plain, tmp_path / "with.safetensors", fitted)
+    model = load_model(withmap)
+    assert model.error_map.features == names and read_header(withmap)["error_map"]["image_features"] == list(IMAGE_FEATURES)
+    np.testing.assert_array_equal(model.error_map.predict(x[:50]), fitted.predict(x[:50]))
+
+    learned = synthesize_with_uncertainty(model, phantom.t1ce, device="cpu", precision="fp32")
+    brain = phantom.t1ce.array > model.config.normalisation.mask_threshold
+    scale = float(model.config.normalisation.output_scale)
+    used = error_map_rows(names, learned.synthesis.array, phantom.t1ce.array, learned.flip, learned.stages, brain, scale)
+    stats = enhancement_stats(phantom.t1ce.array, brain)
+    np.testing.assert_allclose(used[0, -2:], [stats.thin_bright, stats.bright_tail], rtol=1e-6)
+    np.testing.assert_allclose(learned.uncertainty.array[brain], model.error_map.predict(used) * scale, rtol=1e-6)
+
+    header = fitted.header()
+    header["features"] = list(FEATURES) + ["age"]
+    with pytest.raises(ValueError, match="reads the features"):
+        ErrorMap.from_tensors(fitted.tensors(), header)
