@@ -59,12 +59,12 @@ class UncertainSynthesis:
 
 
 def image_feature_values(source: np.ndarray, mask: np.ndarray) -> Tuple[float, ...]:
-    """The source's values of :data:`.error_map.IMAGE_FEATURES` (the enhancement note's statistics, in that order);
-    0 for each when too little brain is left to measure them."""
+    """The source's values of :data:`.error_map.IMAGE_FEATURES`, in that order: the enhancement note's statistics of
+    those names; 0 for each when too little brain is left to measure them."""
     stats = enhancement_stats(source, mask)
     if stats is None:
         return (0.0,) * len(IMAGE_FEATURES)
-    return (float(stats.thin_bright), float(stats.bright_tail))
+    return tuple(float(getattr(stats, name.replace(" ", "_"))) for name in IMAGE_FEATURES)
 
 
 def error_map_rows(names: Sequence[str], synthesis: np.ndarray, source: np.ndarray, flip: np.ndarray,
