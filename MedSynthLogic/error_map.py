@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["FEATURES", "IMAGE_FEATURES", "ErrorMap", "error_features", "fit_error_map", "TENSOR_PREFIX"]
+__all__ = ["FEATURES", "IMAGE_FEATURES", "FEATURE_SETS", "ErrorMap", "error_features", "fit_error_map", "TENSOR_PREFIX"]
 
 FEATURES = ("synthesis", "source", "flip part", "stage part", "edge distance", "source local sd", "synthesis local sd")
 #: Whole-image features a map may read after :data:`FEATURES`, in this order (``fit-error-map --image-features``).
