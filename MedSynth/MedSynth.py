@@ -36,7 +36,7 @@ if not (HERE / "MedSynthLogic").is_dir() and (HERE.parent / "MedSynthLogic" / "_
 from MedSynthLib import dependencies, sample_data  # noqa: E402
 from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
-from MedSynthLib.synthesis import OTHER_MODEL, SYNTHETIC_SUFFIX, SynthesisRequest, model_choices  # noqa: E402
+from MedSynthLib.synthesis import OTHER_MODEL, SynthesisRequest, model_choices, synthetic_node_name  # noqa: E402
 from MedSynthLib.synthesis import chosen_model_path, synthesize_in_process  # noqa: E402
 from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, prepare_request, training_request  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
@@ -376,7 +376,7 @@ class MedSynthTest(ScriptedLoadableModuleTest):
 
         source, target = sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.slicer_cache_folder())
         output = MedSynthModuleLogic().synthesize(source, device="cpu")
-        self.assertEqual(output.GetName(), f"{source.GetName()} {SYNTHETIC_SUFFIX}")
+        self.assertEqual(output.GetName(), synthetic_node_name(source.GetName()))
         np.testing.assert_array_equal(mrml.node_ijk_to_ras(output), mrml.node_ijk_to_ras(source))
         predicted, reference = (slicer.util.arrayFromVolume(n).astype(np.float64) for n in (output, target))
         value = evaluate_case(predicted, reference, reference > 0, pred_scale=1000.0)["psnr"]

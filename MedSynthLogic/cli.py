@@ -71,12 +71,14 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
 def cmd_prepare(args: argparse.Namespace, report: Reporter) -> int:
     from .config import ModelConfig, load_json_config
     from .dataset_prep import find_cases, prepare_dataset
+    from .source_names import file_suffixes
 
     model_cfg = load_json_config(args.config, ModelConfig)
+    source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
     cases = find_cases(
         args.data,
-        source_suffix=args.source_suffix,
-        target_suffix=args.target_suffix,
+        source_suffix=source_suffix,
+        target_suffix=target_suffix,
         source_pattern=args.source_pattern,
         target_pattern=args.target_pattern,
         csv=args.csv,
@@ -130,13 +132,15 @@ def cmd_export(args: argparse.Namespace, report: Reporter) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
-    from .evaluation import cases_to_evaluate, evaluate_cases
+    from .evaluation import cases_to_evaluate, evaluate_cases, scored_pair
+    from .source_names import file_suffixes
 
+    source_suffix, target_suffix = file_suffixes(scored_pair(args.model, args.lookup), args.source_suffix, args.target_suffix)
     cases = cases_to_evaluate(args.data, case_ids=[c for c in (args.cases or "").split(",") if c], manifest=args.manifest,
-                              source_suffix=args.source_suffix, target_suffix=args.target_suffix)
+                              source_suffix=source_suffix, target_suffix=target_suffix)
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
                              flip_tta=args.flip_tta, device=args.device, precision=args.precision, figures=args.figures,
-                             save_predictions=args.save_predictions, label=args.label, target_name=args.target_suffix,
+                             save_predictions=args.save_predictions, label=args.label, target_name=target_suffix,
                              progress=report)["summary"]
     report(done_event(args.out, summary=summary))
     if report.mode != "json":
@@ -150,10 +154,13 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .config import ModelConfig, load_json_config
     from .dataset_prep import find_cases, select_cases
     from .normalisation import brain_mask
+    from .source_names import file_suffixes
     from .volume_io import align_pair, read_volume
 
-    cfg = load_json_config(args.config, ModelConfig).normalisation
-    cases = find_cases(args.data, source_suffix=args.source_suffix, target_suffix=args.target_suffix)
+    model_cfg = load_json_config(args.config, ModelConfig)
+    cfg = model_cfg.normalisation
+    source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
+    cases = find_cases(args.data, source_suffix=source_suffix, target_suffix=target_suffix)
     if args.cases:
         cases = select_cases(cases, [c for c in args.cases.split(",") if c])
 

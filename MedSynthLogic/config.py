@@ -309,16 +309,17 @@ class InputExpectations:
     """What a source image must look like for this model; ``input_checks.check_source`` refuses anything else.
 
     It lives in the model header because it is a fact about the training data: an MR→CT model states its own.
-    ``sequence``: the MR contrast trained on (T1ce for the bundled model); the sequence check runs only when this
-    and the model's ``source_name`` both name a sequence the rule knows (T1, T1ce, T2, FLAIR and spellings of
-    them) and agree, so a source the rule cannot judge (CT, PD, "MR") gets no sequence check.
+    ``sequence``: the MR contrast trained on (T1ce for the bundled model); empty, it is the model's ``source_name``
+    (filled in by :class:`ModelConfig`), so a config that names another pair checks its own source. The sequence
+    check runs only when this and ``source_name`` both name a sequence the rule knows (T1, T1ce, T2, FLAIR and
+    spellings of them) and agree, so a source the rule cannot judge (CT, PD, "MR") gets no sequence check.
     ``skull_stripped``: the background must be 0, because the brain mask is ``source > mask_threshold``
     (not checked when a brain mask is given); at least ``min_background_fraction`` of the voxels must be 0.
     ``spacing_mm``: the training voxel size (x, y, z); every axis may differ from it by ``spacing_tolerance_mm``,
     and the largest spacing may be at most ``max_anisotropy`` times the smallest.
     """
 
-    sequence: str = "T1ce"
+    sequence: str = ""
     skull_stripped: bool = True
     min_background_fraction: float = 0.2
     spacing_mm: Tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -355,6 +356,8 @@ class ModelConfig:
     prior: Optional["ModelConfig"] = None
 
     def __post_init__(self) -> None:
+        if not self.input.sequence:
+            object.__setattr__(self, "input", dataclasses.replace(self.input, sequence=self.source_name))
         if self.stages < 1:
             raise UsageError("A model needs at least one stage.")
         if self.prior is not None:

@@ -17,6 +17,7 @@ from .errors import DataError
 from .progress import progress_event
 
 if TYPE_CHECKING:
+    from .config import ModelConfig
     from .dataset_prep import Case
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -53,6 +54,17 @@ def _validation_split(manifest: Path) -> List[str]:
                         "Pass the manifest.json that `medsynth prepare` wrote, or --cases.") from exc
 
 
+def scored_pair(model: Optional[PathLike] = None, lookup: Optional[PathLike] = None) -> "ModelConfig":
+    """The config whose pair an evaluation scores: the model file's (header only; default the bundled model), or
+    the T1ce→T2 default for a lookup, whose file holds no names. Its names give the files' default suffixes."""
+    from .config import ModelConfig
+    from .model_file import bundled_model_path, read_config
+
+    if lookup:
+        return ModelConfig()
+    return read_config(Path(model) if model else bundled_model_path())
+
+
 def evaluate_cases(
     cases: Sequence[Case],
     out_dir: PathLike,
@@ -86,6 +98,7 @@ def evaluate_cases(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     norm = scorer.normalisation if scorer else loaded.config.normalisation
+    names = (loaded.config.source_name, loaded.config.target_name) if loaded else ("T1ce", "T2")
     entries = []
     for i, case in enumerate(cases):
         source, pred, target, mask, seg = _predict_case(case, scorer, loaded, norm, stages, flip_tta, device, precision,
@@ -96,12 +109,14 @@ def evaluate_cases(
 
             write_volume(pred, out / f"{case.case_id}_synthetic_{target_name}.nii.gz", overwrite=True)
         if figures:
-            _case_figure(out / f"{case.case_id}.png", source, pred, target, mask, norm, f"{case.case_id} {label}".strip())
+            _case_figure(out / f"{case.case_id}.png", source, pred, target, mask, norm, f"{case.case_id} {label}".strip(),
+                         names)
         if progress:
             progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
     results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None)
     results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
-                   precision=None if scorer else arithmetic_name(device, precision))
+                   precision=None if scorer else arithmetic_name(device, precision),
+                   files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases})
     write_report(results, out / "metrics.json", out / "metrics.md")
     return results
 
@@ -124,17 +139,20 @@ def _predict_case(case: Case, scorer: Any, loaded: Any, norm: Any, stages: Optio
     return source, pred, target, mask, seg
 
 
-def _case_figure(path: Path, source: Any, pred: Any, target: Any, mask: np.ndarray, norm: Any, title: str) -> None:
-    """T1ce | synthetic | real | error map, the error in the metrics' unit (0–0.5)."""
+def _case_figure(path: Path, source: Any, pred: Any, target: Any, mask: np.ndarray, norm: Any, title: str,
+                 names: Tuple[str, str]) -> None:
+    """Source | synthetic | real | error map, the error in the metrics' unit (0–0.5); ``names``: the pair's."""
     from .figures import comparison_figure, metric_unit_ranges
     from .metrics import scale_prediction
 
+    source_name, target_name = names
     err = np.abs(scale_prediction(pred.array, mask, norm.output_scale) - _unit(target.array, mask))
-    ranges = (metric_unit_ranges("synthetic T2", "real T2", target.array, mask, norm.output_scale)
+    ranges = (metric_unit_ranges(f"synthetic {target_name}", f"real {target_name}", target.array, mask, norm.output_scale)
               if norm.target.mode == "percentile" else None)
     comparison_figure(
         path,
-        [("T1ce", source.array), ("synthetic T2", pred.array), ("real T2", target.array), ("|error| (0–0.5, normalised)", err)],
+        [(source_name, source.array), (f"synthetic {target_name}", pred.array), (f"real {target_name}", target.array),
+         ("|error| (0–0.5, normalised)", err)],
         mask=mask, spacing=source.spacing, title=title, ranges=ranges,
     )
 

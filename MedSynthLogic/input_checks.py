@@ -279,7 +279,8 @@ def checks_metadata(
     notes: Sequence[str] = (),
 ) -> Dict[str, str]:
     """Header entries that record the checks with the output: the JSON record under :data:`METADATA_KEY` and a
-    short note (``ITK_FileNotes``, NIfTI's 80-character description) saying whether they passed. ``notes``: the
+    short note (``ITK_FileNotes``, NIfTI's 80-character description) saying whether they passed, and how many
+    warnings came with them (NIfTI keeps nothing else, so its reader must not see a bare "passed"). ``notes``: the
     warnings that never refuse (what the source's name says, :mod:`.source_names`; no sign of contrast agent
     in a T1ce, :mod:`.enhancement`), kept with the record."""
     failed = [f.code for f in findings]
@@ -291,7 +292,10 @@ def checks_metadata(
         "findings": [asdict(f) for f in findings],
         "notes": list(notes),
     }
-    note = "input checks passed" if not failed else "input checks FAILED, forced: " + ",".join(failed)
+    if failed:
+        note = "input checks FAILED, forced: " + ",".join(failed)
+    else:
+        note = "input checks passed" + (f", {len(notes)} warning{'s' if len(notes) > 1 else ''}" if notes else "")
     return {
         METADATA_KEY: json.dumps(record, default=float),
         "ITK_FileNotes": f"MedSynth synthetic {model_config.target_name}; {note}"[:79],

@@ -54,6 +54,7 @@ __all__ = [
     "save_model",
     "with_error_map",
     "read_header",
+    "read_config",
     "load_model",
     "bundled_model_path",
     "tensors_sha256",
@@ -267,6 +268,12 @@ def read_header(path: PathLike) -> Dict[str, Any]:
             "Use the original model file.",
         )
     return header
+
+
+def read_config(path: PathLike) -> ModelConfig:
+    """The ``ModelConfig`` of a model file from its header alone: its pair's names and input expectations, before
+    (or instead of) loading the weights."""
+    return _config_from_header(Path(path), read_header(path))
 
 
 def _config_from_header(p: Path, header: Dict[str, Any]) -> ModelConfig:

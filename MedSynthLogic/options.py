@@ -30,7 +30,8 @@ def add_progress_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="T1ce volume (nii, nii.gz, mha, mhd, nrrd, hdr) or a folder of them")
+    p.add_argument("source", help="the model's source volume, a T1ce for the bundled model (nii, nii.gz, mha, mhd, "
+                   "nrrd, hdr), or a folder of them")
     p.add_argument("output", help="output volume path (or folder, for a folder source)")
     p.add_argument("--model", help="model file (.safetensors) (default: the bundled T1ce→T2 model)")
     p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
@@ -55,7 +56,7 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
 def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="folder of paired cases (BraTS naming <case>/<case>_t1ce.nii.gz + _t2), or see --csv")
     p.add_argument("out", help="output folder for train.h5, val.h5 and manifest.json")
-    _add_suffixes(p)
+    _add_suffixes(p, "the --config")
     p.add_argument("--source-pattern", help="glob for sources with {case}, e.g. '{case}/*T1*.nii.gz' (default: BraTS naming)")
     p.add_argument("--target-pattern", help="glob for targets with {case} (default: BraTS naming)")
     p.add_argument("--csv", help="CSV with columns case,source,target[,mask][,seg] (default: find the files in DATA)")
@@ -136,7 +137,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in the run folder; never replaces an existing "
                         "--out model without --overwrite")
-    parser.add_argument("--run-dir", default=None, help="checkpoints, CSV log and loss plot (default: <out stem>_run/ beside --out)")
+    parser.add_argument("--run-dir", default=None, help="checkpoints, CSV log and loss plot; a run from stage 0 without --resume refuses a folder that "
+                        "already holds checkpoints (default: <out stem>_run/ beside --out)")
     parser.add_argument("--start-stage", type=int, default=0,
                         help="retrain from this stage on, earlier stages from the newest checkpoint (default: 0)")
     parser.add_argument("--init-model", default=None,
@@ -198,12 +200,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", help="comma-separated case ids (default: --manifest's validation cases, else every case)")
     p.add_argument("--manifest", help="use the validation cases listed in this manifest.json from 'medsynth prepare' "
                    "(default: none)")
-    _add_suffixes(p)
+    _add_suffixes(p, "the model (a lookup: the T1ce→T2 default)")
     p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
     p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto, CUDA if present)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=SYNTHESIS_PRECISION_HELP)
-    p.add_argument("--figures", action="store_true", help="save T1ce | synthetic | real | error PNGs per case")
+    p.add_argument("--figures", action="store_true", help="save source | synthetic | real | error PNGs per case")
     p.add_argument("--save-predictions", action="store_true", help="save the synthetic volumes too")
     p.add_argument("--label", default="", help="a name for this row in the report, e.g. 'L2 only' (default: none)")
 
@@ -213,7 +215,7 @@ def add_fit_lookup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output JSON file")
     p.add_argument("--cases", help="comma-separated case ids to fit on (default: all)")
     p.add_argument("--bins", type=int, default=256, help="intensity bins of the lookup (default: 256)")
-    _add_suffixes(p)
+    _add_suffixes(p, "the --config")
     p.add_argument("--config", help="ModelConfig JSON whose normalisation to use (default: the paper's)")
 
 
@@ -247,14 +249,19 @@ def add_info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the whole header as JSON instead of the summary")
 
 
-def _add_suffixes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source-suffix", default="t1ce", help="BraTS-style file suffix of the source (default: t1ce)")
-    p.add_argument("--target-suffix", default="t2", help="BraTS-style file suffix of the target (default: t2)")
+def _add_suffixes(p: argparse.ArgumentParser, whose: str) -> None:
+    """The pair's file suffixes; by default the names of the pair that ``whose`` names, in lower case."""
+    p.add_argument("--source-suffix", default=None,
+                   help=f"BraTS-style file suffix of the source; refused when it names another sequence than {whose} "
+                   f"(default: the source name of {whose} in lower case: t1ce for the T1ce→T2 default)")
+    p.add_argument("--target-suffix", default=None,
+                   help=f"BraTS-style file suffix of the target (default: the target name of {whose} in lower case: t2)")
 
 
 #: (name, one-line help, options) of every subcommand, in the order --help lists them.
 COMMANDS: Tuple[Tuple[str, str, Callable[[argparse.ArgumentParser], Any]], ...] = (
-    ("synthesize", "synthesize a T2 from a T1ce volume (or every volume in a folder)", add_synthesize_arguments),
+    ("synthesize", "synthesize a T2 from a T1ce volume, or another pair with its --model (or every volume in a folder)",
+     add_synthesize_arguments),
     ("prepare", "turn a folder of paired volumes into HDF5 patch files", add_prepare_arguments),
     ("train", "train the adversarial model and its auto-context stages", add_train_arguments),
     ("export", "write a model file from a training checkpoint (after Stop or a cut-short run)", add_export_arguments),

@@ -14,14 +14,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
+from .errors import UsageError
 from .folder_sources import image_stem
 
 if TYPE_CHECKING:
     from .config import ModelConfig
 
-__all__ = ["NamedSequence", "named_sequence", "expected_sequence", "name_notes", "display_name", "T1CE"]
+__all__ = ["NamedSequence", "named_sequence", "expected_sequence", "name_notes", "display_name", "check_pair_suffixes",
+           "file_suffixes",
+           "T1CE"]
 
 T1CE, T1, T2, FLAIR = "T1ce", "T1", "T2", "FLAIR"
 #: Words (whole tokens) that name a T1-weighted acquisition without a "t1" in them.
@@ -118,3 +121,32 @@ def name_notes(name: Optional[str], model_config: "ModelConfig") -> List[str]:
                 "T1 from a T1ce, and a non-contrast T1 gives a synthesis without the enhancing rim and measurably "
                 "worse (MODEL_CARD.md, Known failure modes)"]
     return [f"its name '{shown}' names a {named.kind}, and the model expects a {wanted}"]
+
+
+def check_pair_suffixes(source_suffix: str, target_suffix: str, model_config: "ModelConfig") -> None:
+    """Refuse file suffixes that name other sequences than the config's ``source_name`` / ``target_name``.
+
+    The suffixes pick the files, the config names the model: a T1→FLAIR pair read with the default T1ce→T2
+    config would make a model whose header, input checks and panel all say T1ce→T2. Names this module does not
+    know (``seg``, ``ct``, ``t1c`` is known) are not judged.
+    """
+    for role, suffix, name in (("source", source_suffix, model_config.source_name),
+                               ("target", target_suffix, model_config.target_name)):
+        by_file, by_config = named_sequence(suffix), named_sequence(name)
+        if by_file is not None and by_config is not None and by_file.kind != by_config.kind:
+            raise UsageError(
+                f"The {role} files (suffix '{suffix}') hold a {by_file.kind}, but the model config names its {role} "
+                f"{name}.",
+                f'Pass a --config whose "source_name" and "target_name" name this pair (e.g. "{by_file.kind}"), '
+                f"or the --{role}-suffix of a {name}.",
+            )
+
+
+def file_suffixes(model_config: "ModelConfig", source_suffix: Optional[str] = None,
+                  target_suffix: Optional[str] = None) -> Tuple[str, str]:
+    """The BraTS-style suffixes of a pair's files: those given, else the config's names in lower case (``t1ce``,
+    ``t2`` for the bundled model, ``t1``, ``flair`` for a T1→FLAIR config), checked by :func:`check_pair_suffixes`."""
+    source = source_suffix or model_config.source_name.lower()
+    target = target_suffix or model_config.target_name.lower()
+    check_pair_suffixes(source, target, model_config)
+    return source, target

@@ -96,21 +96,22 @@ class MedSynthController:
         from MedSynthLogic.model_file import read_header
 
         if input_node is None:
-            raise ValueError("Select the T1ce volume first.")
+            raise ValueError("Select the input volume (the T1ce for the default model) first.")
         volume = mrml.volume_from_node(input_node)
         header = read_header(synthesis.model_path(request))
         findings = synthesis.check_input(volume, header, self.input_checker)
         notes = synthesis.check_name(input_node.GetName() or "", header)
         notes += synthesis.check_enhancement(volume, header, findings)
         blocked = bool(findings) and not request.force
-        parts = [synthesis.findings_message(findings, request.force)] if findings else []
-        parts += [synthesis.notes_message(notes, ask=not blocked)] if notes else []
+        source_name, _ = synthesis.pair_names(header)
+        parts = [synthesis.findings_message(findings, request.force, source_name)] if findings else []
+        parts += [synthesis.notes_message(notes, ask=not blocked, source_name=source_name)] if notes else []
         return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request), notes)
 
     def estimate(self, input_node: Any, request: synthesis.SynthesisRequest) -> Estimate:
         """How long synthesizing ``input_node`` will take (see ``MedSynthLib.estimate``)."""
         if input_node is None or input_node.GetImageData() is None:
-            raise ValueError("Select the T1ce volume first.")
+            raise ValueError("Select the input volume (the T1ce for the default model) first.")
         shape = tuple(reversed(input_node.GetImageData().GetDimensions()))
         stages = synthesis.stages_to_run(request)
         # The uncertainty map needs the flipped pass too, so it costs what flip averaging costs.
@@ -119,14 +120,16 @@ class MedSynthController:
     def start_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest, output_node: Any = None) -> None:
         """Write the input to a temporary file and start ``medsynth synthesize`` on it."""
         from MedSynthLogic import mrml
+        from MedSynthLogic.model_file import read_header
 
         self._refuse_if_busy()
+        _, target_name = synthesis.pair_names(read_header(synthesis.model_path(request)))
         work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))
         source = mrml.save_volume_node(input_node, work_dir / "source.nii.gz")  # a neutral name: the child's name note must not read ours
         output, uncertainty = work_dir / "synthetic_t2.nii.gz", work_dir / "uncertainty.nii.gz"
         context = {"input": input_node, "output_node": output_node, "output_path": output, "work_dir": work_dir,
                    "request": request, "shape": tuple(reversed(input_node.GetImageData().GetDimensions())),
-                   "uncertainty_path": uncertainty if request.uncertainty else None}
+                   "uncertainty_path": uncertainty if request.uncertainty else None, "target_name": target_name}
         self._start("synthesize", synthesis.synthesize_arguments(source, output, request, uncertainty), context)
 
     # ------------------------------------------------------------------ training and preparation
@@ -207,7 +210,7 @@ class MedSynthController:
         request = context["request"]
         try:
             node = synthesis.store_result(self.scene, context["input"], context["output_node"],
-                                          read_volume(context["output_path"]))
+                                          read_volume(context["output_path"]), context["target_name"])
             if context["uncertainty_path"] is not None:
                 synthesis.show_uncertainty(self.scene, context["uncertainty_path"], node,
                                            title=synthesis.uncertainty_title(request))

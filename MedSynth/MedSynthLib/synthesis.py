@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
-SYNTHETIC_SUFFIX = "synthetic T2"
 #: The model list's last entry: the file named in the path field under it.
 OTHER_MODEL = "Other model file"
 #: ``check_source(volume, model_config, mask=None) -> list of findings`` (each with ``.code`` and ``.message``).
@@ -135,32 +134,44 @@ def _model_config(header: dict) -> Any:
     return from_dict(ModelConfig, header.get("model_config") or {})
 
 
-def notes_message(notes: Sequence[str], ask: bool = True) -> str:
+def pair_names(header: dict) -> "tuple[str, str]":
+    """The model's source and target names (T1ce, T2 for the bundled model): what the panel's messages and the
+    result's node name say, so a T1→FLAIR model's result is not called a T2."""
+    config = _model_config(header)
+    return config.source_name, config.target_name
+
+
+def synthetic_node_name(input_name: str, target_name: str = "T2") -> str:
+    """The name of a new result node: "<input> synthetic <target>"."""
+    return f"{input_name} synthetic {target_name}"
+
+
+def notes_message(notes: Sequence[str], ask: bool = True, source_name: str = "T1ce") -> str:
     """What the panel says (and, with ``ask``, asks before starting) when the input's name names another sequence
     than the model's, or its intensities show no contrast agent where the model expects a T1ce."""
     lines = ["The input may not be the sequence the model expects:", *[f"- {note}" for note in notes]]
     if ask:
-        lines.append("Synthesize it anyway? (Cancel, then pick the T1ce volume, if it is the wrong one.)")
+        lines.append(f"Synthesize it anyway? (Cancel, then pick the {source_name} volume, if it is the wrong one.)")
     return "\n".join(lines)
 
 
-def findings_message(findings: Sequence[Any], force: bool) -> str:
+def findings_message(findings: Sequence[Any], force: bool, source_name: str = "T1ce") -> str:
     """What the panel says about failed input checks, before synthesis starts."""
     lines = [f"- {finding.message}" for finding in findings]
     if force:
         head = "The input does not look like what the model was trained on; synthesizing anyway (Force is on):"
         return "\n".join([head, *lines])
     head = "The input does not look like what the model was trained on, so synthesis was not started:"
-    tail = "Pick the T1ce volume, or tick 'Force (skip input checks)' to synthesize anyway."
+    tail = f"Pick the {source_name} volume, or tick 'Force (skip input checks)' to synthesize anyway."
     return "\n".join([head, *lines, tail])
 
 
-def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any) -> Any:
-    """Put the synthetic volume on the input's exact grid, in ``output_node`` or a new "<input> synthetic T2"."""
+def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any, target_name: str = "T2") -> Any:
+    """Put the synthetic volume on the input's exact grid, in ``output_node`` or a new "<input> synthetic <target>"."""
     from MedSynthLogic import mrml
 
     if output_node is None:
-        name = f"{input_node.GetName()} {SYNTHETIC_SUFFIX}"
+        name = synthetic_node_name(input_node.GetName(), target_name)
         output_node = mrml.node_from_volume(scene, volume, name, reference=input_node)
     else:
         mrml.update_node_from_volume(output_node, volume, reference=input_node)
@@ -204,4 +215,4 @@ def synthesize_in_process(scene: Any, input_node: Any, request: SynthesisRequest
     model = load_model(model_path(request))
     result = inference.synthesize_volume(model, mrml.volume_from_node(input_node), stages=request.stages,
                                          device=request.device, flip_tta=request.flip_tta)
-    return store_result(scene, input_node, output_node, result)
+    return store_result(scene, input_node, output_node, result, model.config.target_name)

@@ -40,7 +40,7 @@ from .context import alt_source_context, contrast_contexts, stage_context
 from .export import write_trained_model
 from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
-from .resume import Start, decide_start
+from .resume import Start, decide_start, refuse_earlier_run
 from .session import Callback, Session, open_session
 from .prior import check_same_prior, open_prior_model, prior_record, with_prior
 from .state import latest_state, load_checkpoint_stage, load_earlier_stages, load_model_stage, open_init_model
@@ -68,7 +68,8 @@ def train(
     """Train all auto-context stages and write the model file; returns its path.
 
     ``resume`` continues from the newest complete checkpoint in ``run_dir`` (default ``<out stem>_run/``)
-    and starts afresh when there is none. ``start_stage`` > 0 retrains from that stage on, taking the earlier
+    and starts afresh when there is none; without ``resume``, a run from stage 0 refuses a run folder that already
+    holds checkpoints (they would be replaced). ``start_stage`` > 0 retrains from that stage on, taking the earlier
     stages from the newest checkpoint that holds them, or from the model file ``init_model`` (to add stages to a
     trained model); when ``init_model`` also holds stage ``start_stage``, that stage starts from its weights at
     the iteration it was exported at (fresh optimisers), so a schedule continues from a committed candidate on a new
@@ -93,6 +94,8 @@ def train(
     try:
         session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints, keep_every)
         session.stop_after = stop_after
+        if not resume and start_stage == 0:
+            refuse_earlier_run(session.run_dir)
         amp_dtype = amp_settings(ctx.device, train_cfg.precision)
         chain = _seeded_chain(model_cfg, train_cfg, ctx.device)
         if prior is not None:

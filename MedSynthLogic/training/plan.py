@@ -152,7 +152,15 @@ def check_patch_sizes(info: Dict[str, Any], cfg: ModelConfig, path: Path) -> Non
         )
     if info["channels"] != 1:
         raise DataError(f"{path} stores {info['channels']}-channel source patches; expected 1.", PREPARE_HINT)
-    stored = (info.get("model_config") or {}).get("normalisation")
+    prepared = info.get("model_config") or {}
+    pair = (prepared.get("source_name", cfg.source_name), prepared.get("target_name", cfg.target_name))
+    if pair != (cfg.source_name, cfg.target_name):
+        raise DataError(
+            f"{path} was prepared as {pair[0]}→{pair[1]} but the model config names {cfg.source_name}→{cfg.target_name}; "
+            "the model file would carry the wrong names, input checks and labels.",
+            "Pass the --model-config that `medsynth prepare` was given (its source_name and target_name).",
+        )
+    stored = prepared.get("normalisation")
     if stored is not None and stored != to_dict(cfg.normalisation):
         raise DataError(
             f"{path} was normalised with {json.dumps(stored)} but the model config asks for "

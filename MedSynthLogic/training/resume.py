@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from .. import checkpoint as ckpt
 from ..config import ModelConfig, from_dict
-from ..errors import DataError, ModelFileError, UsageError
+from ..errors import DataError, ModelFileError, OutputError, UsageError
 
 FoundCheckpoint = Optional[Tuple[Path, Dict[str, Any]]]
 
@@ -84,3 +85,14 @@ def _from_model(model: Any, path: os.PathLike | str, start_stage: int) -> Start:
     partial = record.get("checkpoint_stage") == start_stage and not record.get("checkpoint_stage_done", True)
     iteration = int(record.get("checkpoint_iteration", 0)) if holds_stage and partial else 0
     return Start(start_stage, iteration, model=model, model_stage=holds_stage, resumed_from=str(path))
+
+
+def refuse_earlier_run(run_dir: Path) -> None:
+    """A run starting at stage 0 without ``resume`` must not write into another run's folder: its checkpoints would
+    replace the older ones of the same names, and pruning would count the older run's later ones as newer."""
+    found = ckpt.latest_checkpoint(run_dir, verify=False)
+    if found is not None:
+        raise OutputError(
+            f"The run folder {run_dir} already holds checkpoints of an earlier run (newest: {found.name}).",
+            "Add --resume to continue that run, pass another --run-dir, or move that folder away first.",
+        )

@@ -85,3 +85,29 @@ def test_a_bad_model_file_leaves_no_output_folder(cases_dir, tmp_path):
     with pytest.raises(ModelFileError):
         evaluate_cases(cases_to_evaluate(cases_dir), tmp_path / "never", model=bad)
     assert not (tmp_path / "never").exists()
+
+
+def test_evaluate_reads_the_files_of_the_models_own_pair(cases_dir, tmp_path, tiny_model_config):
+    """A T1→FLAIR model is scored on the _t1/_flair files by default, and the report names the files it read."""
+    import dataclasses
+
+    from MedSynthLogic.cli import main
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.evaluation import scored_pair
+    from MedSynthLogic.model_file import save_model
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1, source_name="T1", target_name="FLAIR")
+    model = save_model(tmp_path / "t1_flair.safetensors", random_chain(cfg), cfg)
+    assert (scored_pair(model).source_name, scored_pair(model).target_name) == ("T1", "FLAIR")
+    assert scored_pair(None, lookup="any.json") == ModelConfig()
+    pair_dir = tmp_path / "cases"
+    (pair_dir / "a").mkdir(parents=True)
+    for suffix, original in (("t1", "t1ce"), ("flair", "t2")):
+        (pair_dir / "a" / f"a_{suffix}.nii.gz").write_bytes((cases_dir / "a" / f"a_{original}.nii.gz").read_bytes())
+    assert main(["evaluate", str(pair_dir), "--model", str(model), "--out", str(tmp_path / "r"), "--device", "cpu",
+                 "--progress", "none"]) == 0
+    files = json.loads((tmp_path / "r" / "metrics.json").read_text(encoding="utf-8"))["files"]["a"]
+    assert (Path(files["source"]).name, Path(files["target"]).name) == ("a_t1.nii.gz", "a_flair.nii.gz")
+    assert main(["evaluate", str(pair_dir), "--model", str(model), "--out", str(tmp_path / "r2"),
+                 "--source-suffix", "t1ce", "--progress", "none"]) == 2

@@ -66,7 +66,7 @@ def test_expectations_come_from_the_header_and_old_headers_get_the_t1ce_defaults
     old = to_dict(CFG)
     del old["input"]
     cfg = from_dict(ModelConfig, old)
-    assert cfg.input == InputExpectations() and cfg.input.sequence == "T1ce" and cfg.input.skull_stripped
+    assert cfg.input == dataclasses.replace(InputExpectations(), sequence="T1ce") and cfg.input.skull_stripped
     tight = from_dict(ModelConfig, {**to_dict(CFG), "input": {"spacing_mm": [0.5, 0.5, 0.5], "spacing_tolerance_mm": 0.1}})
     assert tight.input.spacing_mm == (0.5, 0.5, 0.5)
     assert codes(check_source(make_phantom(shape=(48, 56, 48)).t1ce, tight)) == ["spacing"]
@@ -74,12 +74,17 @@ def test_expectations_come_from_the_header_and_old_headers_get_the_t1ce_defaults
 
 def test_a_source_the_rule_does_not_know_gets_no_sequence_check(phantom):
     """An MR→CT or CT→MR model: the sequence check runs only for known, agreeing sequence names."""
-    ct_source = ModelConfig(source_name="CT", target_name="MR")  # an old header: input.sequence is the T1ce default
+    ct_source = ModelConfig(source_name="CT", target_name="MR")
+    assert ct_source.input.sequence == "CT"
     assert check_source(phantom.t2, ct_source) == [] and "sequence" not in checks_run(ct_source, False)
+    old_ct_header = ModelConfig(source_name="CT", target_name="MR", input=InputExpectations(sequence="T1ce"))
+    assert check_source(phantom.t2, old_ct_header) == [] and "sequence" not in checks_run(old_ct_header, False)
     t1_to_ct = ModelConfig(source_name="T1", target_name="CT", input=InputExpectations(sequence="T1"))
     assert codes(check_source(phantom.t2, t1_to_ct)) == ["sequence"]
     t2_model = ModelConfig(source_name="T2", target_name="T1", input=InputExpectations(sequence="T2"))
     assert codes(check_source(phantom.t1ce, t2_model)) == ["sequence"] and check_source(phantom.t2, t2_model) == []
+    names_only = from_dict(ModelConfig, {"source_name": "T1", "target_name": "FLAIR"})  # a config naming its pair
+    assert names_only.input.sequence == "T1" and codes(check_source(phantom.t2, names_only)) == ["sequence"]
     assert sequence_kind("T1-CE") == T1_WEIGHTED and sequence_kind("FLAIR") == T2_WEIGHTED and sequence_kind("CT") is None
 
 
@@ -102,6 +107,9 @@ def test_the_record_written_with_the_output(phantom):
     passed = checks_metadata([], False, CFG, mask_given=False)
     assert json.loads(passed[METADATA_KEY])["passed"] is True
     assert passed["ITK_FileNotes"] == "MedSynth synthetic T2; input checks passed"
+    warned = checks_metadata([], False, CFG, mask_given=False, notes=["its name 'x_t1' names a T1"])
+    assert warned["ITK_FileNotes"] == "MedSynth synthetic T2; input checks passed, 1 warning"
+    assert json.loads(warned[METADATA_KEY])["notes"] == ["its name 'x_t1' names a T1"]
     forced = checks_metadata(check_source(phantom.t2, CFG), True, CFG, mask_given=False)
     record = json.loads(forced[METADATA_KEY])
     assert record["forced"] is True and record["findings"][0]["code"] == "sequence"

@@ -406,6 +406,25 @@ def test_a_t1ce_node_without_enhancement_asks_before_launching_and_never_blocks(
     assert "no sign of contrast enhancement" in plan.message and "Synthesize it anyway?" in plan.message
 
 
+def test_another_pairs_model_names_its_result_and_its_messages_by_its_pair(scene, phantom_node, tmp_path,
+                                                                          tiny_model_config):
+    """A T1→FLAIR model's result is "<input> synthetic FLAIR", and a refusal asks for its T1, not a T1ce."""
+    import dataclasses
+
+    from MedSynthLogic.model_file import save_model
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1, source_name="T1", target_name="FLAIR")
+    model = save_model(tmp_path / "t1_flair.safetensors", random_chain(cfg), cfg)
+    refused = findings_message([SimpleNamespace(code="sequence", message="m")], force=False, source_name="T1")
+    assert "Pick the T1 volume" in refused
+    runner = FakeRunner(events=[], on_finish=_write_output_like_input)
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_synthesis(phantom_node, SynthesisRequest(model_path=model, device="cpu"))
+    _, outcome = controller.poll()
+    assert outcome.state == jobs.FINISHED and outcome.result.GetName() == f"{phantom_node.GetName()} synthetic FLAIR"
+
+
 def test_synthesis_job_loads_the_result_side_by_side(scene, phantom_node, tmp_path):
     from MedSynthLogic import mrml
 

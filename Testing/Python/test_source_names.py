@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from MedSynthLogic.config import InputExpectations, ModelConfig
-from MedSynthLogic.source_names import display_name, name_notes, named_sequence
+from MedSynthLogic.errors import UsageError
+from MedSynthLogic.source_names import display_name, file_suffixes, name_notes, named_sequence
 from _models import random_chain
 from _notes import assert_note_flows
 
@@ -89,3 +90,17 @@ def test_synthesize_file_warns_about_the_name_and_records_it(tmp_path, phantom, 
     named_t1ce = tmp_path / "case_t1ce.nii.gz"
     write_volume(phantom.t1ce, named_t1ce)
     assert_note_flows(model, named_t1, named_t1ce, tmp_path, "name", "names a T1 without saying contrast-enhanced", "T1ce")
+
+
+def test_file_suffixes_follow_the_configs_names_and_refuse_another_pair():
+    """The suffixes pick the files and the config names the model: they must not disagree."""
+    assert file_suffixes(ModelConfig()) == ("t1ce", "t2")
+    t1_flair = ModelConfig(source_name="T1", target_name="FLAIR")
+    assert file_suffixes(t1_flair) == ("t1", "flair")
+    assert file_suffixes(ModelConfig(), "t1c", "t2w") == ("t1c", "t2w")  # BraTS 2023 names of the same pair
+    assert file_suffixes(ModelConfig(source_name="CT", target_name="MR"), "ct", "t1") == ("ct", "t1")  # not judged
+    with pytest.raises(UsageError, match=r"source files \(suffix 't1'\) hold a T1.*names its source T1ce") as err:
+        file_suffixes(ModelConfig(), "t1", "flair")
+    assert '"source_name"' in err.value.hint and err.value.exit_code == 2
+    with pytest.raises(UsageError, match="target files"):
+        file_suffixes(t1_flair, None, "t2")

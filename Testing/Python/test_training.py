@@ -12,7 +12,7 @@ import torch
 
 from MedSynthLogic import checkpoint as ckpt
 from MedSynthLogic.config import TrainConfig
-from MedSynthLogic.errors import Cancelled, DataError, ModelFileError, UsageError
+from MedSynthLogic.errors import Cancelled, DataError, ModelFileError, OutputError, UsageError
 
 
 def make_phantom_data(root: Path, model_cfg, n_cases: int = 3, shape=(40, 44, 40), patches_per_case: int = 64) -> Path:
@@ -140,6 +140,9 @@ def test_plan_refuses_missing_data_and_wrong_patch_size(tmp_path, data_dir, tiny
     wrong = dataclasses.replace(tiny_model_config, source_patch=34)
     with pytest.raises(DataError, match="patches"):
         plan_training(data_dir, wrong, _cfg())
+    renamed = dataclasses.replace(tiny_model_config, source_name="T1", target_name="FLAIR")
+    with pytest.raises(DataError, match="prepared as T1ce→T2 but the model config names T1→FLAIR"):
+        plan_training(data_dir, renamed, _cfg())
     plan = plan_training(data_dir, tiny_model_config, _cfg())
     assert plan.n_train == 256 and plan.n_val == 128 and plan.val_cases == ["c2"]
 
@@ -279,6 +282,25 @@ def test_stop_event_writes_loadable_checkpoint_and_corrupt_is_refused(tmp_path, 
     with pytest.raises(ModelFileError):
         ckpt.load_checkpoint(path)
     assert ckpt.latest_checkpoint(tmp_path / "m_run") is None
+
+
+def test_a_fresh_run_refuses_a_run_folder_with_checkpoints_and_resume_takes_it(tmp_path, data_dir, tiny_model_config):
+    """Forgetting --resume, or reusing --run-dir for another run, must not replace the earlier run's checkpoints."""
+    from MedSynthLogic.training import train
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(), device="cpu", stop_event=stop)
+    kept = ckpt.latest_checkpoint(tmp_path / "m_run")
+    before = kept.read_bytes()
+    for out, run_dir in ((tmp_path / "m.safetensors", None), (tmp_path / "other.safetensors", tmp_path / "m_run")):
+        with pytest.raises(OutputError, match="--resume") as err:
+            train(data_dir, out, _one_stage(tiny_model_config), _cfg(), device="cpu", run_dir=run_dir)
+        assert err.value.exit_code == 7 and kept.name in str(err.value)
+    assert kept.read_bytes() == before and not (tmp_path / "other.safetensors").exists()
+    out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu", resume=True)
+    assert out is not None and out.exists()
 
 
 def test_two_stage_model_file(tmp_path, data_dir, tiny_model_config):
