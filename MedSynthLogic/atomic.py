@@ -12,9 +12,23 @@ from typing import Iterator
 from .errors import OutputError
 
 
+#: The longest output name: a file system's 255 bytes less the temporary file's prefix and suffix.
+MAX_NAME_BYTES = 220
+
+
+def check_output_name(path: str | os.PathLike) -> Path:
+    """Refuse a file name too long to write (with its temporary twin) before anything asks the file system about it."""
+    out = Path(path)
+    size = len(out.name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise OutputError(f"The file name {out.name[:40]}… is too long ({size} bytes; at most {MAX_NAME_BYTES}).",
+                          "Choose a shorter name.")
+    return out
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool = False, inputs: tuple = ()) -> Path:
     """Refuse an output that would destroy something the user made: an existing file, or one of the inputs."""
-    out = Path(path)
+    out = check_output_name(path)
     for src in inputs:
         if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
             raise OutputError(f"The output {out} is one of the inputs.", "Choose another output path.")
@@ -41,7 +55,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     name = final.name
     if suffix is None:
         suffix = "".join(final.suffixes[-2:]) if name.endswith(".gz") else final.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=final.parent if str(final.parent) else ".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=final.parent if str(final.parent) else ".")
+    except OSError as exc:
+        raise (as_output_error(exc, final) or exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -67,6 +84,10 @@ def as_output_error(exc: OSError, path: str | os.PathLike) -> OutputError | None
         return OutputError(f"No space left while writing {path}.", "Free disk space and try again; earlier files are intact.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"Permission denied writing {path}.", "Choose a folder you can write to.")
+    if exc.errno == errno.ENOENT:
+        return OutputError(f"The folder of {path} does not exist.", "Create it first or choose another output path.")
+    if exc.errno == errno.ENAMETOOLONG:
+        return OutputError(f"The file name of {path} is too long.", "Choose a shorter name.")
     return None
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .config import NormalisationConfig
-from .errors import DataError
+from .errors import DataError, UsageError
 
 
 @dataclass
@@ -45,10 +45,20 @@ class IntensityLookup:
     def load(cls, path: str | Path) -> "IntensityLookup":
         from .config import from_dict
 
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("kind") != "intensity-lookup":
-            raise DataError(f"{path} is not an intensity lookup file.")
-        return cls(np.asarray(data["edges"]), np.asarray(data["values"]), from_dict(NormalisationConfig, data["normalisation"]))
+        hint = "Pass the JSON file that `medsynth fit-lookup` wrote."
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise DataError(f"Cannot read the lookup file {path}: {exc.strerror or exc}.", hint) from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path} is not an intensity lookup file (not JSON).", hint) from exc
+        if not isinstance(data, dict) or data.get("kind") != "intensity-lookup":
+            raise DataError(f"{path} is not an intensity lookup file.", hint)
+        try:
+            return cls(np.asarray(data["edges"], dtype=np.float64), np.asarray(data["values"], dtype=np.float64),
+                       from_dict(NormalisationConfig, data["normalisation"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path} is an incomplete intensity lookup file ({exc}).", hint) from exc
 
 
 def fit_intensity_lookup(
@@ -57,6 +67,8 @@ def fit_intensity_lookup(
     """Fit the lookup on (source, target, mask) arrays, all normalised as the models normalise them."""
     from .normalisation import normalise_source, normalise_target
 
+    if bins < 2:
+        raise UsageError(f"A lookup needs at least 2 intensity bins, not {bins}.", "Pass --bins 2 or more (default 256).")
     edges = np.linspace(normalisation.source.clip_min, normalisation.source.clip_max, bins + 1)
     sums = np.zeros(bins)
     counts = np.zeros(bins)

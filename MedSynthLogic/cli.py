@@ -141,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
                              flip_tta=args.flip_tta, device=args.device, precision=args.precision, figures=args.figures,
                              save_predictions=args.save_predictions, label=args.label, target_name=target_suffix,
-                             progress=report)["summary"]
+                             progress=report, overwrite=args.overwrite)["summary"]
     report(done_event(args.out, summary=summary))
     if report.mode != "json":
         for name, stats in summary.items():
@@ -150,6 +150,7 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
 
 
 def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
+    from .atomic import check_output_path
     from .baselines import fit_intensity_lookup
     from .config import ModelConfig, load_json_config
     from .dataset_prep import find_cases, select_cases
@@ -162,7 +163,8 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
     cases = find_cases(args.data, source_suffix=source_suffix, target_suffix=target_suffix)
     if args.cases:
-        cases = select_cases(cases, [c for c in args.cases.split(",") if c])
+        cases = select_cases(cases, [c for c in args.cases.split(",") if c], where=str(args.data))
+    check_output_path(args.out, overwrite=args.overwrite, inputs=[p for c in cases for p in (c.source, c.target, c.mask)])
 
     def pairs():
         for case in cases:

@@ -138,8 +138,9 @@ def find_cases(
     if not ids:
         raise DataError(
             f"No cases found in {root}: looked for {how}.",
-            "For BraTS naming put each case in <case>/<case>_t1ce.nii.gz + <case>/<case>_t2.nii.gz; otherwise "
-            "use --source-pattern/--target-pattern with {case}, or --csv.",
+            f"For BraTS naming put each case in <case>/<case>_{source_suffix}.nii.gz + "
+            f"<case>/<case>_{target_suffix}.nii.gz, or pass the folder's --source-suffix/--target-suffix "
+            "(`medsynth prepare` also takes --source-pattern/--target-pattern with {case}, or --csv).",
         )
     cases: List[Case] = []
     incomplete: List[str] = []
@@ -241,8 +242,9 @@ def case_key(seed: int, case_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{case_id}".encode("utf-8")).digest()[:8], "big")
 
 
-def select_cases(cases: Sequence[Case], wanted: Sequence[str], what: str = "Case") -> List[Case]:
-    """The cases named in ``wanted``, in that order; an unknown id is an error, never silently dropped.
+def select_cases(cases: Sequence[Case], wanted: Sequence[str], what: str = "Case", where: str = "") -> List[Case]:
+    """The cases named in ``wanted``, in that order; an unknown id is an error, never silently dropped (``where``:
+    the folder they were looked for in, for the message).
 
     A typo in a case list would otherwise shrink a training set or a validation report without a word.
     """
@@ -251,7 +253,7 @@ def select_cases(cases: Sequence[Case], wanted: Sequence[str], what: str = "Case
     unknown = [w for w in ids if w not in by_id]
     if unknown:
         raise UsageError(
-            f"{what}(s) not found: {', '.join(unknown)}.",
+            f"{what}(s) not found{f' in {where}' if where else ''}: {', '.join(unknown)}.",
             f"Known cases: {', '.join(sorted(by_id)[:20])}{' …' if len(by_id) > 20 else ''}.",
         )
     return [by_id[w] for w in ids]

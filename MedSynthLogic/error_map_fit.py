@@ -24,6 +24,7 @@ from .dataset_cases import Case, companion_t1
 from .dataset_prep import find_cases, select_cases
 from .error_map import FEATURES, IMAGE_FEATURES, fit_error_map
 from .errors import UsageError
+from .source_names import file_suffixes
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
 from .normalisation import brain_mask
@@ -95,14 +96,15 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
     _check_variants(variants)
     check_output_path(out, overwrite=overwrite, inputs=(model_path,))  # before the long part, not after it
     model = load_model(model_path)
-    found = find_cases(cases_dir)
+    source_suffix, target_suffix = file_suffixes(model.config)
+    found = find_cases(cases_dir, source_suffix=source_suffix, target_suffix=target_suffix)
     ids = list(cases) if cases else training_cases_of(model.header, [c.case_id for c in found])
     scale = float(model.config.normalisation.output_scale)
     rng = np.random.default_rng(seed)
     names = FEATURES + IMAGE_FEATURES if image_features else FEATURES
     rows, errors = [], []
     drawn: Dict[str, Dict[str, Any]] = {}
-    for case in select_cases(found, ids, f"Case in {cases_dir}"):
+    for case in select_cases(found, ids, where=str(cases_dir)):
         source, target = read_volume(case.source), read_volume(case.target).array
         mask = brain_mask(source.array, model.config.normalisation.mask_threshold)
         reference = normalise_for_metrics(target, mask)

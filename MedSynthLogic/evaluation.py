@@ -40,7 +40,7 @@ def cases_to_evaluate(
     if wanted is None and manifest is not None:
         wanted = _validation_split(Path(manifest))
     if wanted is not None:
-        cases = select_cases(cases, wanted, f"Case in {data_dir}")
+        cases = select_cases(cases, wanted, where=str(data_dir))
     return cases
 
 
@@ -52,6 +52,18 @@ def _validation_split(manifest: Path) -> List[str]:
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{manifest} is not a manifest with a validation split (splits.val).",
                         "Pass the manifest.json that `medsynth prepare` wrote, or --cases.") from exc
+
+
+def check_report_folder(out_dir: PathLike, overwrite: bool = False) -> None:
+    """Refuse an ``out_dir`` that is a file, or that holds an earlier report (``metrics.json``) without ``overwrite``."""
+    from .errors import OutputError
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; the report needs a folder.", "Choose a folder name.")
+    if (out / "metrics.json").exists() and not overwrite:
+        raise OutputError(f"{out} holds the report of an earlier evaluation (metrics.json).",
+                          "Pass --overwrite to replace it, or choose another --out.")
 
 
 def scored_pair(model: Optional[PathLike] = None, lookup: Optional[PathLike] = None) -> "ModelConfig":
@@ -79,6 +91,7 @@ def evaluate_cases(
     label: str = "",
     target_name: str = "t2",
     progress: ProgressFn = None,
+    overwrite: bool = False,
 ) -> Dict[str, Any]:
     """Synthesize every case with ``model`` (default: the bundled one) or apply an intensity ``lookup`` instead,
     score it, and write ``metrics.json``/``metrics.md`` (and per-case PNGs with ``figures``, the synthetic volumes,
@@ -86,8 +99,10 @@ def evaluate_cases(
 
     Returns the report (per-case rows and ``summary``: metric → mean/std/n; ``precision``: the arithmetic the
     synthesis ran in, since ``auto`` depends on the machine). The model or lookup is loaded before ``out_dir`` is
-    created, so a bad file leaves nothing behind.
+    created, so a bad file leaves nothing behind; a folder holding an earlier report is refused without
+    ``overwrite`` (an evaluation can take hours, and its report is what a study cites).
     """
+    check_report_folder(out_dir, overwrite)
     from .baselines import IntensityLookup
     from .devices import arithmetic_name
     from .metrics import evaluate_pairs, write_report

@@ -31,6 +31,10 @@ states its own. Three checks:
   (≤ the model's mask threshold). A head whose air was set to 0 passes; a head with scanner noise does not, and
   then the sequence is not judged (the "brain" would be the whole head).
 * **spacing**: each axis within ``spacing_tolerance_mm`` of ``spacing_mm``; largest/smallest ≤ ``max_anisotropy``.
+* **negative values** (MR sources, i.e. not ``window`` normalisation, where CT's negative HU are expected): more
+  than :data:`NEGATIVE_MAX_FRACTION` of the non-zero voxels below 0 means an image already normalised (z-scored),
+  not the scanner's intensities: the brain mask (source > threshold) would drop those voxels and the sequence
+  rule would misread the histogram, so the sequence is then not judged.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ HIST_SMOOTH = 1.5
 #: ``t2_score`` at or above this: T2-weighted. Midway between the highest BraTS T1ce (0.558) and the lowest
 #: BraTS T2 (0.790) of the 14 shared cases; see docs/evaluation/INPUT_CHECKS.md.
 T2_SCORE_THRESHOLD = 0.67
+#: Above this fraction of negative non-zero voxels an MR source is taken for an already normalised image.
+NEGATIVE_MAX_FRACTION = 0.01
 #: The bright tail is this percentile of the brain over its median.
 TAIL_PERCENTILE = 95.0
 #: Fewer brain voxels than this: too little to judge the sequence (no finding).
@@ -92,7 +98,7 @@ MaskLike = Union["Volume", np.ndarray, None]
 
 @dataclass(frozen=True)
 class InputFinding:
-    """One failed check: ``code`` (sequence, label_map, skull_stripped, spacing, anisotropy), a sentence for the
+    """One failed check: ``code`` (sequence, label_map, skull_stripped, negative_values, spacing, anisotropy), a sentence for the
     user, and the measured values behind it."""
 
     code: str
@@ -183,6 +189,8 @@ def checks_run(model_config: "ModelConfig", mask_given: bool) -> List[str]:
     names = ["sequence"] if _expected_kind(model_config) else []
     if expect.skull_stripped and not mask_given:
         names.append("skull_stripped")
+    if model_config.normalisation.source.mode != "window":
+        names.append("negative_values")
     return names + ["spacing"]
 
 
@@ -206,6 +214,15 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
                 f"at least {100 * expect.min_background_fraction:.0f}% expected",
                 {"background_fraction": round(background, 4)},
             ))
+    negative = _negative_fraction(volume.array) if model_config.normalisation.source.mode != "window" else 0.0
+    if negative > NEGATIVE_MAX_FRACTION:
+        findings.append(InputFinding(
+            "negative_values",
+            f"{100 * negative:.1f}% of its non-zero voxels are negative: it looks intensity-normalised (e.g. "
+            "z-scored), and the model expects the scanner's intensities; the brain mask (source > 0) would leave "
+            "those voxels out",
+            {"negative_fraction": round(negative, 4)},
+        ))
     expected = _expected_kind(model_config)
     if expected is not None and not findings:  # without a clean background the "brain" is the whole head
         guess = classify_sequence(volume.array, brain)
@@ -242,6 +259,12 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
             {"spacing_mm": list(spacing), "anisotropy": round(ratio, 3)},
         ))
     return findings
+
+
+def _negative_fraction(array: np.ndarray) -> float:
+    """The fraction of the non-zero voxels below 0."""
+    nonzero = int(np.count_nonzero(array))
+    return float(np.count_nonzero(array < 0)) / nonzero if nonzero else 0.0
 
 
 def _mm(values: Sequence[float]) -> str:

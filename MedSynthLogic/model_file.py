@@ -211,7 +211,7 @@ def _check_file(path: PathLike) -> Path:
     """Refuse, without parsing it, anything that cannot be a safetensors file (pickles, zips, truncations)."""
     p = Path(path)
     if not p.exists():
-        raise ModelFileError(f"The model file {p} does not exist.", "Check the path, or pass --model.")
+        raise ModelFileError(f"The model file {p} does not exist.", "Check the path.")
     if p.is_dir():
         raise ModelFileError(f"The model path {p} is a folder, not a file.", "Pass the .safetensors file itself.")
     try:

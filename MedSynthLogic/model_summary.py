@@ -27,7 +27,7 @@ def summarize_header(header: Mapping[str, Any], name: str) -> str:
         ("training data", lambda: _data(training.get("data"))),
         ("training", lambda: _schedule(training, config.get("loss") or {})),
         ("validation", lambda: _metrics(header.get("metrics") or {})),
-        ("uncertainty", lambda: _uncertainty(header.get("error_map"))),
+        ("uncertainty", lambda: _uncertainty(header.get("error_map"), _has_stage_part(header, config))),
         ("created", lambda: _created(header)),
     ]
     rows = [(label, _safely(describe)) for label, describe in parts]
@@ -46,10 +46,16 @@ def _safely(describe: Callable[[], str]) -> str:
         return "in a form this version does not summarize (see --json)"
 
 
-def _uncertainty(error_map: Any) -> str:
+def _has_stage_part(header: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """Whether a synthesis has a stage before its last (an earlier stage, or a prior model) to disagree with."""
+    return int(header.get("stages", config.get("stages", 1)) or 1) > 1 or bool(config.get("prior"))
+
+
+def _uncertainty(error_map: Any, stage_part: bool = True) -> str:
     """What ``--uncertainty`` gives with this file: its learned error map, or the disagreement of passes."""
     if not error_map:
-        return "disagreement of flipped passes and of the last two stages (no learned error map)"
+        stages = " and of the last stage against the synthesis before it" if stage_part else ""
+        return f"disagreement of flipped passes{stages} (no learned error map)"
     fitted_on = error_map.get("fitted_on") or {}
     cases = fitted_on.get("cases") or []
     fitted = f" on {case_count(cases)} case{'' if case_count(cases) == 1 else 's'}" if cases else ""
@@ -107,7 +113,8 @@ def _architecture(config: Mapping[str, Any]) -> str:
     else:
         layers = (f"3D FCN, {len(gen.get('filters') or [])} conv layers (filters {_joined(gen.get('filters'))}, "
                   f"kernels {_joined(gen.get('kernels'))})")
-    residual = "residual" if gen.get("residual", True) else "no residual"
+    added = "its context" if gen.get("residual_from") == "context" else "its source"
+    residual = f"long-term residual (adds {added})" if gen.get("residual", True) else "no long-term residual"
     patch = config.get("source_patch")
     sample = "training crops" if kind == "unet3d" else "source patches"
     return f"{layers}, {residual}" + (f"; {patch}^3 {sample}" if patch else "")

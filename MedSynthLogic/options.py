@@ -208,13 +208,15 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figures", action="store_true", help="save source | synthetic | real | error PNGs per case")
     p.add_argument("--save-predictions", action="store_true", help="save the synthetic volumes too")
     p.add_argument("--label", default="", help="a name for this row in the report, e.g. 'L2 only' (default: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier evaluation in --out")
 
 
 def add_fit_lookup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="folder of cases with BraTS naming")
     p.add_argument("out", help="output JSON file")
     p.add_argument("--cases", help="comma-separated case ids to fit on (default: all)")
-    p.add_argument("--bins", type=int, default=256, help="intensity bins of the lookup (default: 256)")
+    p.add_argument("--bins", type=int, default=256, help="intensity bins of the lookup, at least 2 (default: 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _add_suffixes(p, "the --config")
     p.add_argument("--config", help="ModelConfig JSON whose normalisation to use (default: the paper's)")
 

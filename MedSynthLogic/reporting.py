@@ -74,6 +74,9 @@ class Reporter:
             (self._bar if self.mode == "bar" else self._plain)(event)
         elif self.mode in ("bar", "plain") and kind in ("iteration", "validation"):
             self._line(_training_line(event))
+        elif self.mode in ("bar", "plain") and kind == "stage" and event.get("resumed_from"):
+            self._line(f"stage {event['stage'] + 1}/{event['stages']} goes on from {event['resumed_from']} at iteration "
+                       f"{event.get('iteration', 0)}")
         if kind == "warning" and self.mode != "json":
             self._line(f"medsynth: warning: {event.get('message')}")
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import as_output_error, atomic_path, check_output_path, short_write_error
+from .atomic import as_output_error, atomic_path, check_output_name, check_output_path, short_write_error
 from .errors import InputImageError, OutputError
 from .volume import NIFTI_SUFFIXES, Volume, image_suffix, sitk_module, to_sitk_image
 from .volume_read import check_nifti_complete, nifti_parts
@@ -32,7 +32,7 @@ def check_image_output(path: str | os.PathLike, overwrite: bool = False, inputs:
     folder, and a name without one of :data:`WRITABLE_SUFFIXES` (the writer would fail only at the end, and its
     message would name a temporary file).
     """
-    out = Path(path)
+    out = check_output_name(path)
     if out.is_dir():
         raise OutputError(
             f"The output {out} is a folder; a single source needs an output file name.",

@@ -142,7 +142,8 @@ def _train_stage(
 ) -> bool:
     """One stage from its first iteration (0, or where ``start`` says) to its end checkpoint; False: the slice ended first."""
     cfg, tcfg, ctx, dev = s.model_cfg, s.train_cfg, s.ctx, s.ctx.device
-    s.emit(stage_event(stage, cfg.stages, "start"))
+    resumed = {"resumed_from": start.resumed_from, "iteration": start.iteration} if start and start.resumed_from else {}
+    s.emit(stage_event(stage, cfg.stages, "start", **resumed))
     context_train, context_val = stage_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit)
     variants = contrast_contexts(chain, plan, stage, cfg.stages, dev, tcfg.aug_context_gammas,
                                  augment_of(tcfg, cfg).pivot, s.stopper.event, s.emit)

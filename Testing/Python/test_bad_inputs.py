@@ -424,6 +424,59 @@ def bad_tile(d: Path, s: Shared) -> List[str]:
     return _synth(_source(d, s), d / "out.nii.gz", s, "--tile", "0")
 
 
+def fit_lookup_output_exists(d: Path, s: Shared) -> List[str]:
+    cases = _case_folder(d, s)
+    (d / "lookup.json").write_text('{"an earlier lookup": 1}', encoding="utf-8")
+    return ["fit-lookup", str(cases), str(d / "lookup.json")]
+
+
+def fit_lookup_output_is_input(d: Path, s: Shared) -> List[str]:
+    cases = _case_folder(d, s)
+    return ["fit-lookup", str(cases), str(cases / "c0" / "c0_t1ce.nii.gz"), "--overwrite"]
+
+
+def fit_lookup_bins_0(d: Path, s: Shared) -> List[str]:
+    return ["fit-lookup", str(_case_folder(d, s)), str(d / "lookup.json"), "--bins", "0"]
+
+
+def lookup_not_json(d: Path, s: Shared) -> List[str]:
+    (d / "lookup.json").write_text("not JSON", encoding="utf-8")
+    return ["evaluate", str(_case_folder(d, s)), "--lookup", str(d / "lookup.json"), "--out", str(d / "report")]
+
+
+def lookup_missing(d: Path, s: Shared) -> List[str]:
+    return ["evaluate", str(_case_folder(d, s)), "--lookup", str(d / "no_lookup.json"), "--out", str(d / "report")]
+
+
+def evaluate_report_exists(d: Path, s: Shared) -> List[str]:
+    (d / "report").mkdir()
+    (d / "report" / "metrics.json").write_text('{"an earlier evaluation": 1}', encoding="utf-8")
+    return ["evaluate", str(_case_folder(d, s)), "--model", str(s.model), "--out", str(d / "report")]
+
+
+def output_name_too_long(d: Path, s: Shared) -> List[str]:
+    return _synth(_source(d, s), d / ("a" * 300 + ".nii.gz"), s)
+
+
+def negative_values(d: Path, s: Shared) -> List[str]:
+    """A z-scored T1ce: its brain is partly below 0, which the brain mask (source > 0) would drop."""
+    from MedSynthLogic.volume_io import write_volume
+
+    vol = _phantom_volume(s, "t1ce")
+    brain = vol.array > 0
+    arr = vol.array.copy()
+    arr[brain] = (arr[brain] - arr[brain].mean()) / arr[brain].std()
+    write_volume(vol.with_array(arr), d / "zscored.nii.gz")
+    return _synth(d / "zscored.nii.gz", d / "out.nii.gz", s)
+
+
+def suffix_names_another_pair(d: Path, s: Shared) -> List[str]:
+    """T1 files prepared with the T1ce→T2 config: the data and the model would carry different pairs."""
+    cases = _case_folder(d, s)
+    (cases / "c0" / "c0_t1ce.nii.gz").rename(cases / "c0" / "c0_t1.nii.gz")
+    return ["prepare", str(cases), str(d / "prepared"), "--config", str(s.config), "--source-suffix", "t1"]
+
+
 def good_unicode_paths(d: Path, s: Shared) -> List[str]:
     folder = d / "dossier données ü 日本"
     folder.mkdir()
@@ -577,6 +630,19 @@ ROWS = [
     Row("output-no-extension", "output name without an extension", output_without_extension, 7, "has no image extension"),
     Row("output-png", "output name ending in .png", output_unknown_extension, 7, "has extension '.png'"),
     Row("output-is-folder", "an existing folder as the output file (even with --overwrite)", output_is_a_folder, 7, "is a folder"),
+    Row("fit-lookup-output-exists", "fit-lookup onto an existing file, no --overwrite", fit_lookup_output_exists, 7,
+        "exists already"),
+    Row("fit-lookup-output-is-input", "fit-lookup onto its own T1ce (even with --overwrite)", fit_lookup_output_is_input, 7,
+        "is one of the inputs"),
+    Row("fit-lookup-bins-0", "fit-lookup --bins 0", fit_lookup_bins_0, 2, "at least 2 intensity bins"),
+    Row("lookup-not-json", "evaluate --lookup with a file that is not JSON", lookup_not_json, 5, "not an intensity lookup file"),
+    Row("lookup-missing", "evaluate --lookup with a missing file", lookup_missing, 5, "Cannot read the lookup file"),
+    Row("evaluate-report-exists", "evaluate into a folder holding an earlier report, no --overwrite",
+        evaluate_report_exists, 7, "holds the report of an earlier evaluation"),
+    Row("output-name-too-long", "an output file name of 307 characters", output_name_too_long, 7, "is too long"),
+    Row("negative-values", "a z-scored T1ce (a third of the brain below 0)", negative_values, 3, "looks intensity-normalised"),
+    Row("suffix-names-another-pair", "prepare --source-suffix t1 with the T1ce→T2 config", suffix_names_another_pair, 2,
+        "hold a T1, but the model config names its source T1ce"),
     Row("bad-option", "unknown option", bad_option, 2, "unrecognized arguments"),
     Row("bad-tile", "--tile 0", bad_tile, 2, "tile size must be positive"),
     Row("unicode-paths", "spaces and non-ASCII in every path (valid)", good_unicode_paths, 0, "",

@@ -419,7 +419,7 @@ def test_synthesize_records_the_input_checks_in_the_output_header(ws):
     record = json.loads(image.GetMetaData("medsynth_input_checks"))
     assert record["passed"] is False and record["forced"] is True
     assert [f["code"] for f in record["findings"]] == ["sequence"]
-    assert record["checks"] == ["sequence", "skull_stripped", "spacing"]
+    assert record["checks"] == ["sequence", "skull_stripped", "negative_values", "spacing"]
     assert "FAILED, forced: sequence" in image.GetMetaData("ITK_FileNotes")
 
 

@@ -51,7 +51,7 @@ def test_cases_follow_the_ids_or_the_manifest_or_all(cases_dir, tmp_path):
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"splits": {"train": ["a"], "val": ["b"]}}), encoding="utf-8")
     assert [c.case_id for c in cases_to_evaluate(cases_dir, manifest=manifest)] == ["b"]
-    with pytest.raises(UsageError, match="not found: c"):
+    with pytest.raises(UsageError, match=f"^Case\\(s\\) not found in {cases_dir}: c\\. Known cases: a, b\\.$"):
         cases_to_evaluate(cases_dir, case_ids=["c"])
 
 

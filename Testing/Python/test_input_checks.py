@@ -47,8 +47,8 @@ def test_a_noisy_background_is_not_skull_stripped_unless_a_mask_is_given(phantom
     noisy = phantom.t1ce.with_array(phantom.t1ce.array + rng.uniform(1, 20, phantom.t1ce.shape).astype(np.float32))
     assert "skull_stripped" in codes(check_source(noisy, CFG))
     assert "skull_stripped" not in codes(check_source(noisy, CFG, mask=phantom.mask))
-    assert checks_run(CFG, mask_given=True) == ["sequence", "spacing"]
-    assert checks_run(CFG, mask_given=False) == ["sequence", "skull_stripped", "spacing"]
+    assert checks_run(CFG, mask_given=True) == ["sequence", "negative_values", "spacing"]
+    assert checks_run(CFG, mask_given=False) == ["sequence", "skull_stripped", "negative_values", "spacing"]
 
 
 @pytest.mark.parametrize("spacing, expected", [
@@ -133,3 +133,20 @@ def test_real_brats_t1ce_accepted_t2_and_label_maps_refused(brats_dir):
         assert check_source(t1ce, CFG) == [], case.name
         assert codes(check_source(read_volume(case / f"{case.name}_t2.nii.gz"), CFG)) == ["sequence"], case.name
         assert codes(check_source(read_volume(case / f"{case.name}_seg.nii.gz"), CFG)) == ["label_map"], case.name
+
+
+def test_a_z_scored_mr_source_is_named_as_such_and_ct_may_be_negative(phantom):
+    """Negative voxels mean an already normalised image for an MR model (not a "T2-weighted" verdict), while a CT
+    source (window normalisation) is negative in air and fat by nature."""
+    from MedSynthLogic.config import IntensityConfig, NormalisationConfig
+
+    brain = phantom.t1ce.array > 0
+    zscored = phantom.t1ce.array.copy()
+    zscored[brain] = (zscored[brain] - zscored[brain].mean()) / zscored[brain].std()
+    findings = check_source(phantom.t1ce.with_array(zscored), CFG)
+    assert codes(findings) == ["negative_values"] and "intensity-normalised" in findings[0].message
+    assert 0.2 < findings[0].measured["negative_fraction"] < 0.8
+    ct = ModelConfig(source_name="CT", target_name="MR",
+                     normalisation=NormalisationConfig(source=IntensityConfig(mode="window")))
+    assert "negative_values" not in codes(check_source(phantom.t1ce.with_array(zscored), ct))
+    assert "negative_values" not in checks_run(ct, False)

@@ -299,8 +299,12 @@ def test_a_fresh_run_refuses_a_run_folder_with_checkpoints_and_resume_takes_it(t
             train(data_dir, out, _one_stage(tiny_model_config), _cfg(), device="cpu", run_dir=run_dir)
         assert err.value.exit_code == 7 and kept.name in str(err.value)
     assert kept.read_bytes() == before and not (tmp_path / "other.safetensors").exists()
-    out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu", resume=True)
+    events = []
+    out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu",
+                resume=True, callback=events.append)
     assert out is not None and out.exists()
+    starts = [e for e in events if e["event"] == "stage" and e["status"] == "start"]
+    assert starts == [{"event": "stage", "stage": 0, "stages": 1, "status": "start", "resumed_from": str(kept), "iteration": 1}]
 
 
 def test_two_stage_model_file(tmp_path, data_dir, tiny_model_config):
