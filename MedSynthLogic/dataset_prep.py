@@ -168,8 +168,8 @@ def prepare_dataset(
     plan = _Plan(model_cfg, int(patches_per_case), 1 if flip_axis is None else 2, flip_axis, inside_fraction,
                  seed, geometry, compression, volume_dtype)
     out = Path(out_dir)
+    train, val = split_cases(cases, val_cases=val_cases, val_fraction=val_fraction, seed=seed)  # before the folder exists
     _check_outputs(out, overwrite)
-    train, val = split_cases(cases, val_cases=val_cases, val_fraction=val_fraction, seed=seed)
     splits = {"train": train, "val": val}
     emit = progress or (lambda event: None)
     emit(progress_event("prepare", 0, len(cases), case=None))

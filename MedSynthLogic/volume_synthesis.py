@@ -70,6 +70,9 @@ def synthesize_volume(
     mask_arr = _mask_array(mask, source)
     if mask_arr is None:
         mask_arr = brain_mask(source.array, norm_cfg.mask_threshold)
+    if not mask_arr.any() and not np.any(source.array):
+        raise InputImageError("The source is empty: every voxel is 0.",
+                              "Check that the right image was exported (an empty series or a failed conversion).")
     if not mask_arr.any():
         raise InputImageError(
             "The brain mask is empty: no voxel of the source is above the mask threshold "

@@ -93,7 +93,7 @@ def train(
     ctx = dist_utils.init_distributed(resolve_device(str(device)))
     try:
         session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints, keep_every)
-        session.stop_after = stop_after
+        session.stop_after, session.data = stop_after, plan.summary()
         if not resume and start_stage == 0:
             refuse_earlier_run(session.run_dir)
         amp_dtype = amp_settings(ctx.device, train_cfg.precision)

@@ -38,6 +38,7 @@ class Session:
     elapsed_before: float = 0.0
     t_start: float = 0.0
     stop_after: Optional[int] = None
+    data: Dict[str, Any] = field(default_factory=dict)
     ran: int = 0
 
     def slice_over(self) -> bool:
@@ -59,7 +60,7 @@ class Session:
         """A checkpoint at ``iteration`` of ``stage``, keeping the newest ``keep`` and every ``keep_every``-th."""
         if self.ctx.is_main:
             state = checkpoint_state(self.model_cfg, self.train_cfg, chain, stage, iteration, stage_done, trainer,
-                                     self.elapsed(), self.metrics)
+                                     self.elapsed(), self.metrics, self.data)
             path = ckpt.save_checkpoint(self.run_dir / ckpt.checkpoint_name(stage, iteration), state)
             ckpt.prune_checkpoints(self.run_dir, keep=self.keep, keep_every=self.keep_every)
             self.emit(checkpoint_event(path, stage, iteration, reason))

@@ -58,8 +58,10 @@ def checkpoint_state(
     trainer: StageTrainer,
     elapsed_s: float,
     metrics: Dict[str, Any],
+    data: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The checkpoint (format ``medsynth-training-state``): generators 0..stage, the trainer's state, RNG, history."""
+    """The checkpoint (format ``medsynth-training-state``): generators 0..stage, the trainer's state, RNG, history,
+    and ``data`` (the plan's summary of the training data), so a model exported from it says what it learned from."""
     state = {
         "format": "medsynth-training-state",
         "model_config": json.dumps(to_dict(model_cfg)),
@@ -71,6 +73,7 @@ def checkpoint_state(
         "rng": rng_state(),
         "elapsed_s": float(elapsed_s),
         "metrics": json.dumps(metrics),
+        "data": json.dumps(data or {}),
     }
     state.update(trainer.state_dict())
     return state

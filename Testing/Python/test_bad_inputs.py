@@ -53,6 +53,7 @@ class Row:
     code: int
     message: str
     output: Optional[str] = None  # the one file a successful row may create, relative to its folder
+    absent: Optional[str] = None  # a folder the refused command must not leave behind, relative to its folder
 
 
 # ------------------------------------------------------------------------------------------ input makers
@@ -477,6 +478,11 @@ def suffix_names_another_pair(d: Path, s: Shared) -> List[str]:
     return ["prepare", str(cases), str(d / "prepared"), "--config", str(s.config), "--source-suffix", "t1"]
 
 
+def val_fraction_too_large(d: Path, s: Shared) -> List[str]:
+    """Refused before the output folder is made: no empty folder is left behind."""
+    return ["prepare", str(_case_folder(d, s)), str(d / "prepared"), "--config", str(s.config), "--val-fraction", "1.5"]
+
+
 def good_unicode_paths(d: Path, s: Shared) -> List[str]:
     folder = d / "dossier données ü 日本"
     folder.mkdir()
@@ -588,7 +594,7 @@ ROWS = [
     Row("int16-slope-overflow", "int16 with scl_slope 1e36 (overflows float32)", int_scaling_overflow, 3, "NaN or infinite"),
     Row("float64-overflow", "float64 voxels of 1e300", float64_overflow, 3, "beyond any image intensity"),
     Row("int64-large", "int64 voxels up to 2^52 (valid: read as float32)", int64_large, 0, "", output="out.nii.gz"),
-    Row("all-zero", "all-zero volume", all_zero, 3, "brain mask is empty"),
+    Row("all-zero", "all-zero volume", all_zero, 3, "The source is empty: every voxel is 0"),
     Row("nan", "NaN voxels", nan_voxels, 3, "4 voxels that are NaN or infinite"),
     Row("inf", "Inf voxel (uncompressed .nii)", inf_voxels, 3, "1 voxels that are NaN or infinite"),
     Row("below-receptive-field", "5×5×5 volume (receptive field 17³)", below_receptive_field, 3, "receptive field"),
@@ -643,6 +649,8 @@ ROWS = [
     Row("negative-values", "a z-scored T1ce (a third of the brain below 0)", negative_values, 3, "looks intensity-normalised"),
     Row("suffix-names-another-pair", "prepare --source-suffix t1 with the T1ce→T2 config", suffix_names_another_pair, 2,
         "hold a T1, but the model config names its source T1ce"),
+    Row("val-fraction-too-large", "prepare --val-fraction 1.5", val_fraction_too_large, 2, "val_fraction",
+        absent="prepared"),
     Row("bad-option", "unknown option", bad_option, 2, "unrecognized arguments"),
     Row("bad-tile", "--tile 0", bad_tile, 2, "tile size must be positive"),
     Row("unicode-paths", "spaces and non-ASCII in every path (valid)", good_unicode_paths, 0, "",
@@ -784,6 +792,7 @@ def test_bad_input(row: Row, results: Dict[str, Result], shared: Shared) -> None
     expected = [row.output] if row.output else []
     assert created == expected and not changed, (created, changed, where)
     assert not (res.folder / "PWNED").exists()
+    assert row.absent is None or not (res.folder / row.absent).exists(), (row.absent, where)
     if row.output:
         from MedSynthLogic.volume_io import read_volume
 

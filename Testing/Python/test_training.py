@@ -402,6 +402,8 @@ def test_init_model_continues_a_stage_exported_mid_way(tmp_path, data_dir, tiny_
               run_dir=tmp_path / "run", callback=stop_at_3, stop_event=stop)
     candidate = export_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"), tmp_path / "candidate.safetensors", stages=1)
     exported = _stage_weights(load_model(candidate).chain, 0)
+    data = load_model(candidate).header["training"]["data"]  # what `medsynth info` shows as its training data
+    assert data["train_cases"] == 2 and data["val_case_ids"] == ["c2"]
     events = []
     out = train(data_dir, tmp_path / "b.safetensors", tiny_model_config, _cfg(iterations=6), device="cpu",
                 run_dir=tmp_path / "fresh", init_model=candidate, callback=events.append)
