@@ -32,10 +32,12 @@ def silence(stream: TextIO) -> None:
 
 
 def describe(event: Event) -> str:
-    """A short label of a progress event: its task, stage k/K and case when present."""
+    """A short label of a progress event: its task, stage k/K, split and case when present."""
     text = str(event.get("task", "work"))
     if event.get("stages"):
         text += f" stage {int(event.get('stage', 0)) + 1}/{event['stages']}"
+    if event.get("split"):
+        text += f" ({event['split']})"
     if event.get("case"):
         text += f" {event['case']}"
     return text

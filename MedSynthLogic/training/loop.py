@@ -178,7 +178,8 @@ def _train_stage(
             _validate(s, chain, stage, trainer, source, val_volumes, done)
         if s.stopper():
             s.save(chain, stage, done, done == tcfg.iterations, trainer, "stop")
-            raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; resume with --resume.")
+            raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; its checkpoint is in {s.run_dir}: run "
+                            "the same command with --resume to go on.")
         if s.slice_over() and done < tcfg.iterations:
             s.save(chain, stage, done, False, trainer, "stop_after")
             source.close()

@@ -116,3 +116,9 @@ def test_json_mode_stops_as_cancelled_when_the_reader_closes_the_pipe():
         report(progress_event("synthesize", 1, 4))
     assert report.mode == "none"
     report(progress_event("synthesize", 2, 4))  # later events (the error event) go nowhere, quietly
+
+
+def test_a_label_names_the_split_so_train_and_validation_context_read_apart():
+    event = progress_event("context", 1, 2, stage=1, stages=2, split="val")
+    assert reporting.describe(event) == "context stage 2/2 (val)"
+    assert reporting.describe(progress_event("synthesize", 1, 2, stage=0, stages=1)) == "synthesize stage 1/1"
