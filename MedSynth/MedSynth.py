@@ -156,8 +156,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """The application closes: never leave a child process behind."""
         self._timer.stop()
-        if self.logic is not None and self.logic.controller.busy:
-            self.logic.controller.cancel()
+        self.logic.controller.discard()  # setup made it: cleanup runs only for a widget that was set up
         self.removeObservers()
 
     def enter(self) -> None:
@@ -170,6 +169,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.logic.controller.discard(kinds=("synthesize",))  # its result must not land in the next scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -254,7 +254,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancel(self) -> None:
         training = self.logic.controller.kind == "train"
         self.setStatus(_("Stopping training (the last checkpoint is kept)…") if training else _("Cancelling…"))
-        self.logic.controller.cancel(timeout=30 if training else 5)
+        self.logic.controller.cancel(timeout=30 if training else 5, background=training)
 
     def ensureDependencies(self) -> bool:
         try:
@@ -311,9 +311,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.info(f"MedSynth: {text}")
 
     def updateModelDescription(self, *args) -> None:
-        p = self._parameterNode
-        self.ui.modelPathLineEdit.enabled = bool(p) and p.model == OTHER_MODEL
-        self.ui.modelDescriptionLabel.text = describe_model_file(chosen_model_path(p.model, p.modelPath) if p else None)
+        choice, path = self.ui.modelComboBox.currentText, self.ui.modelPathLineEdit.currentPath  # the parameter node may lag
+        self.ui.modelPathLineEdit.enabled = choice == OTHER_MODEL
+        self.ui.modelDescriptionLabel.text = describe_model_file(chosen_model_path(choice, path))
         self._checkCanApply()
 
 

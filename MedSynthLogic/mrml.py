@@ -12,8 +12,10 @@ from .mrml_overlays import (
     SERIES_COLORS,
     TRAINING_COLUMNS,
     UNCERTAINTY_COLORS,
+    UNCERTAINTY_OF,
     TrainingPlot,
     load_uncertainty_overlay,
+    remove_uncertainty_overlays,
     show_uncertainty_overlay,
 )
 from .mrml_scene import (
@@ -43,6 +45,7 @@ __all__ = [
     "SERIES_COLORS",
     "TRAINING_COLUMNS",
     "UNCERTAINTY_COLORS",
+    "UNCERTAINTY_OF",
     "TrainingPlot",
     "builtin_color_node",
     "ensure_display_node",
@@ -52,6 +55,7 @@ __all__ = [
     "ijk_to_ras_from_geometry",
     "load_uncertainty_overlay",
     "load_volume_file",
+    "remove_uncertainty_overlays",
     "node_from_volume",
     "node_ijk_to_ras",
     "save_volume_node",

@@ -22,6 +22,9 @@ from .mrml_scene import (
 )
 
 
+#: Node attribute of an uncertainty map: the ID of the synthetic volume it belongs to.
+UNCERTAINTY_OF = "MedSynth.UncertaintyOf"
+
 #: Columns of the training table; ``iteration`` counts across stages so the x axis never goes back.
 TRAINING_COLUMNS: Tuple[str, ...] = ("iteration", "stage", "g", "d", "l2", "gdl", "g_adv", "val_psnr", "val_ssim")
 #: Losses drawn as one plot series each.
@@ -120,13 +123,32 @@ def load_uncertainty_overlay(
         update_node_from_volume(node, volume_from_node(node), reference=synthetic_node)
         shown = show_uncertainty_overlay(scene, node, synthetic_node, **options)
     except Exception:
-        attached = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] + [node.GetStorageNode()]
-        scene.RemoveNode(node)
-        for other in attached:
-            if other is not None:
-                scene.RemoveNode(other)
+        _remove_with_attached(scene, node)
         raise
+    node.SetAttribute(UNCERTAINTY_OF, synthetic_node.GetID())
     return node, shown
+
+
+def remove_uncertainty_overlays(scene: Any, synthetic_node: Any) -> int:
+    """Remove the uncertainty maps loaded for ``synthetic_node`` (with their display, legend and storage nodes):
+    a new synthesis into that node makes them wrong. Returns how many were removed."""
+    maps = [node for node in _volume_nodes(scene) if node.GetAttribute(UNCERTAINTY_OF) == synthetic_node.GetID()]
+    for node in maps:
+        _remove_with_attached(scene, node)
+    return len(maps)
+
+
+def _volume_nodes(scene: Any) -> list:
+    collection = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+def _remove_with_attached(scene: Any, node: Any) -> None:
+    attached = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] + [node.GetStorageNode()]
+    scene.RemoveNode(node)
+    for other in attached:
+        if other is not None:
+            scene.RemoveNode(other)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -99,6 +100,10 @@ class MedSynthController:
             raise ValueError("Select the input volume (the T1ce for the default model) first.")
         volume = mrml.volume_from_node(input_node)
         header = read_header(synthesis.model_path(request))
+        available = int(header.get("stages") or 1)
+        if request.stages and int(request.stages) > available:
+            raise ValueError(f"The model has {available} auto-context stage(s): set 'Auto-context stages' to "
+                             f"{available} or fewer (0 runs them all).")
         findings = synthesis.check_input(volume, header, self.input_checker)
         notes = synthesis.check_name(input_node.GetName() or "", header)
         notes += synthesis.check_enhancement(volume, header, findings)
@@ -114,8 +119,7 @@ class MedSynthController:
             raise ValueError("Select the input volume (the T1ce for the default model) first.")
         shape = tuple(reversed(input_node.GetImageData().GetDimensions()))
         stages = synthesis.stages_to_run(request)
-        # The uncertainty map needs the flipped pass too, so it costs what flip averaging costs.
-        return self.rates.estimate(shape, stages, request.flip_tta or request.uncertainty, request.device)
+        return self.rates.estimate(shape, stages, synthesis.passes_to_run(request, stages), request.device)
 
     def start_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest, output_node: Any = None) -> None:
         """Write the input to a temporary file and start ``medsynth synthesize`` on it."""
@@ -123,6 +127,7 @@ class MedSynthController:
         from MedSynthLogic.model_file import read_header
 
         self._refuse_if_busy()
+        synthesis.check_output_node(input_node, output_node)
         _, target_name = synthesis.pair_names(read_header(synthesis.model_path(request)))
         work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))
         source = mrml.save_volume_node(input_node, work_dir / "source.nii.gz")  # a neutral name: the child's name note must not read ours
@@ -168,10 +173,28 @@ class MedSynthController:
             updates.append(describe_event(event))
         return updates, outcome
 
-    def cancel(self, timeout: float = 5.0) -> None:
-        """Cancel (synthesis, preparation) or stop (training keeps its last checkpoint) the running job."""
-        if self.current is not None:
+    def cancel(self, timeout: float = 5.0, background: bool = False) -> None:
+        """Cancel (synthesis, preparation) or stop (training keeps its last checkpoint) the running job;
+        ``background``: without waiting for it here (a training saves its checkpoint first, which can take a
+        minute the panel must not freeze for); :meth:`poll` collects its end either way."""
+        if self.current is None:
+            return
+        if background:
+            threading.Thread(target=self.current.job.cancel, kwargs={"timeout": timeout}, daemon=True).start()
+        else:
             self.current.job.cancel(timeout=timeout)
+
+    def discard(self, kinds: Tuple[str, ...] = ("synthesize", "prepare", "train")) -> None:
+        """Stop a running job of ``kinds`` and forget it with its temporary folder (the input image): the scene
+        closes, or the application quits, so its result must not land in another scene. A training's loss plot
+        belonged to the closing scene and is let go."""
+        self.training_plot = None
+        running = self.current
+        if running is None or running.kind not in kinds:
+            return
+        self.current = None
+        running.job.cancel(timeout=5.0)
+        _remove(running.context.get("work_dir"))
 
     def _refuse_if_busy(self) -> None:
         if self.busy:
@@ -217,8 +240,7 @@ class MedSynthController:
         except (MedSynthError, OSError) as exc:
             return JobOutcome("synthesize", jobs.FAILED, f"Could not load the synthetic image: {exc}")
         stages = synthesis.stages_to_run(request)
-        two_passes = request.flip_tta or request.uncertainty
-        self.rates.record(request.device, context["shape"], stages, two_passes, job.elapsed_s)
+        self.rates.record(request.device, context["shape"], stages, synthesis.passes_to_run(request, stages), job.elapsed_s)
         return JobOutcome("synthesize", jobs.FINISHED, f"Done in {job.elapsed_s:.0f} s.", node)
 
 

@@ -1,6 +1,7 @@
 """How long a synthesis will take, said before it starts.
 
-Time = start-up + voxels × stages × passes × seconds per voxel-stage, where passes is 2 with flip averaging.
+Time = start-up + voxels × stages × passes × seconds per voxel-stage, where passes is 2 with flip averaging and
+about 3 with the uncertainty map (``synthesis.passes_to_run``).
 
 Where the rates come from (until this computer has measured its own, see ``RateBook``):
 
@@ -68,19 +69,20 @@ class RateBook:
             return BENCHMARK_RATES["cpu-bf16"], f"benchmark rate of a 2-core CPU computing in bf16{suffix}"
         return BENCHMARK_RATES["cpu"], f"benchmark rate of a 2-core CPU{suffix}"
 
-    def record(self, device: str, shape: Sequence[int], stages: int, flip: bool, elapsed_s: float) -> None:
+    def record(self, device: str, shape: Sequence[int], stages: int, passes: float, elapsed_s: float) -> None:
         """Learn this computer's rate from a finished synthesis (start-up time taken off)."""
-        work = _voxel_stages(shape, stages, flip)
+        work = _voxel_stages(shape, stages, passes)
         if work > 0 and elapsed_s > STARTUP_SECONDS:
             self.measured["cuda" if device.startswith("cuda") else device] = (elapsed_s - STARTUP_SECONDS) / work
 
-    def estimate(self, shape: Sequence[int], stages: int, flip: bool, device: str) -> Estimate:
+    def estimate(self, shape: Sequence[int], stages: int, passes: float, device: str) -> Estimate:
+        """``passes``: whole-chain passes (1; 2 with flip averaging; see ``synthesis.passes_to_run``)."""
         rate, basis = self.rate(device)
-        return Estimate(STARTUP_SECONDS + _voxel_stages(shape, stages, flip) * rate, basis)
+        return Estimate(STARTUP_SECONDS + _voxel_stages(shape, stages, passes) * rate, basis)
 
 
-def _voxel_stages(shape: Sequence[int], stages: int, flip: bool) -> float:
+def _voxel_stages(shape: Sequence[int], stages: int, passes: float) -> float:
     voxels = 1.0
     for size in shape:
         voxels *= int(size)
-    return voxels * max(1, int(stages)) * (2 if flip else 1)
+    return voxels * max(1, int(stages)) * max(1.0, float(passes))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
+#: Node attribute of a synthetic volume: the ID of the input it was synthesized from.
+SYNTHETIC_OF = "MedSynth.SyntheticOf"
 #: The model list's last entry: the file named in the path field under it.
 OTHER_MODEL = "Other model file"
 #: ``check_source(volume, model_config, mask=None) -> list of findings`` (each with ``.code`` and ``.message``).
@@ -70,6 +72,16 @@ def stages_to_run(request: SynthesisRequest) -> int:
     header = read_header(model_path(request))
     prior = (header.get("model_config") or {}).get("prior") or {}
     return int(request.stages or header.get("stages") or 1) + int(prior.get("stages") or 0)
+
+
+def passes_to_run(request: SynthesisRequest, stages: int) -> float:
+    """Whole-chain passes a synthesis costs: 1, or 2 with flip averaging; the uncertainty map adds the mirrored
+    pass, a plain one under flip averaging, and the chain without its last stage ((stages − 1) / stages of a pass),
+    as ``MedSynthLogic.uncertainty`` runs them."""
+    passes = 2.0 if request.flip_tta else 1.0
+    if request.uncertainty:
+        passes += 1.0 + (1.0 if request.flip_tta else 0.0) + (stages - 1) / max(1, stages)
+    return passes
 
 
 def synthesize_arguments(source: "str | os.PathLike", output: "str | os.PathLike", request: SynthesisRequest,
@@ -166,16 +178,40 @@ def findings_message(findings: Sequence[Any], force: bool, source_name: str = "T
     return "\n".join([head, *lines, tail])
 
 
+def check_output_node(input_node: Any, output_node: Any) -> None:
+    """Refuse an output volume whose image the synthesis would destroy: the input itself, or an image loaded
+    from a file that MedSynth did not make (an acquired T2, say: File › Save would then write over its file)."""
+    if output_node is None:
+        return
+    if input_node is not None and output_node.GetID() == input_node.GetID():
+        raise ValueError("The output volume is the input volume: synthesizing would replace the input image. "
+                         "Pick another output volume, or none (a new volume is made).")
+    storage = output_node.GetStorageNode()
+    loaded = storage is not None and bool(storage.GetFileName()) and output_node.GetImageData() is not None
+    if loaded and output_node.GetAttribute(SYNTHETIC_OF) is None:
+        raise ValueError(f"The output volume '{output_node.GetName()}' holds an image loaded from {storage.GetFileName()}; "
+                         "synthesizing into it would replace that image. Pick a synthetic volume, or none (a new volume "
+                         "is made).")
+
+
 def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any, target_name: str = "T2") -> Any:
-    """Put the synthetic volume on the input's exact grid, in ``output_node`` or a new "<input> synthetic <target>"."""
+    """Put the synthetic volume on the input's exact grid, in ``output_node`` or a new "<input> synthetic <target>".
+
+    A reused node that held the synthesis of another input is renamed after this one (the panel keeps the last
+    result as its output, and the next patient's image must not carry the previous one's name); the uncertainty
+    maps loaded for it are removed, since they no longer match."""
     from MedSynthLogic import mrml
 
+    name = synthetic_node_name(input_node.GetName(), target_name)
     if output_node is None:
-        name = synthetic_node_name(input_node.GetName(), target_name)
         output_node = mrml.node_from_volume(scene, volume, name, reference=input_node)
     else:
+        mrml.remove_uncertainty_overlays(scene, output_node)
+        if output_node.GetAttribute(SYNTHETIC_OF) not in (None, input_node.GetID()):
+            output_node.SetName(scene.GenerateUniqueName(name))
         mrml.update_node_from_volume(output_node, volume, reference=input_node)
         output_node.CreateDefaultDisplayNodes()
+    output_node.SetAttribute(SYNTHETIC_OF, input_node.GetID())
     mrml.set_window_level(output_node)
     mrml.show_side_by_side(scene, input_node, output_node)
     return output_node

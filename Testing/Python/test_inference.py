@@ -242,8 +242,10 @@ def test_synthesize_volume_geometry_mask_and_units(model_file, phantom):
     assert np.all(given.array[~phantom.mask] == 0)
     with pytest.raises(GeometryError):
         synthesize_volume(model, src, mask=np.ones((3, 3, 3), bool), device="cpu")
-    with pytest.raises(InputImageError, match="mask is empty"):
+    with pytest.raises(InputImageError, match="source is empty: every voxel is 0"):
         synthesize_volume(model, src.with_array(np.zeros(src.shape, np.float32)), device="cpu")
+    with pytest.raises(InputImageError, match="mask is empty"):
+        synthesize_volume(model, src, mask=np.zeros(src.shape, bool), device="cpu")
 
 
 def test_synthesize_file_and_folder(model_file, phantom, tmp_path):

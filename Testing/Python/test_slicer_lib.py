@@ -133,28 +133,28 @@ def test_events_become_panel_updates():
 def test_estimate_reproduces_the_benchmark_and_learns_this_computer():
     book = estimate.RateBook(cpu_bf16=False)
     brats = (155, 240, 240)
-    cpu = book.estimate(brats, 3, False, "cpu")
+    cpu = book.estimate(brats, 3, 1, "cpu")
     assert cpu.seconds == pytest.approx(estimate.STARTUP_SECONDS + 23.7)
-    assert book.estimate(brats, 3, True, "cpu").seconds == pytest.approx(estimate.STARTUP_SECONDS + 2 * 23.7)
-    assert book.estimate(brats, 3, False, "cuda").seconds == pytest.approx(estimate.STARTUP_SECONDS + 0.2)
-    assert "GPU" in book.estimate(brats, 3, False, "auto").basis
+    assert book.estimate(brats, 3, 2, "cpu").seconds == pytest.approx(estimate.STARTUP_SECONDS + 2 * 23.7)
+    assert book.estimate(brats, 3, 1, "cuda").seconds == pytest.approx(estimate.STARTUP_SECONDS + 0.2)
+    assert "GPU" in book.estimate(brats, 3, 1, "auto").basis
     assert "about 28 s" in cpu.text()
-    book.record("cpu", brats, 3, False, elapsed_s=estimate.STARTUP_SECONDS + 47.4)
-    again = book.estimate(brats, 3, False, "cpu")
+    book.record("cpu", brats, 3, 1, elapsed_s=estimate.STARTUP_SECONDS + 47.4)
+    again = book.estimate(brats, 3, 1, "cpu")
     assert again.seconds == pytest.approx(estimate.STARTUP_SECONDS + 47.4) and "measured on this computer" in again.basis
-    assert "min" in book.estimate((400, 512, 512), 3, False, "cpu").text()
+    assert "min" in book.estimate((400, 512, 512), 3, 1, "cpu").text()
 
 
 def test_estimate_on_a_cpu_with_native_bf16_uses_the_bf16_benchmark():
     """Synthesis runs in bf16 there (``--precision auto``), about 4x faster than the float32 rate says."""
     brats, default_stages = (155, 240, 240), 4
-    bf16 = estimate.RateBook(cpu_bf16=True).estimate(brats, default_stages, False, "cpu")
-    fp32 = estimate.RateBook(cpu_bf16=False).estimate(brats, default_stages, False, "cpu")
+    bf16 = estimate.RateBook(cpu_bf16=True).estimate(brats, default_stages, 1, "cpu")
+    fp32 = estimate.RateBook(cpu_bf16=False).estimate(brats, default_stages, 1, "cpu")
     assert bf16.seconds == pytest.approx(8.6) and "bf16" in bf16.basis
     assert fp32.seconds == pytest.approx(estimate.STARTUP_SECONDS + 4 / 3 * 23.7) and "bf16" not in fp32.basis
-    gpu = estimate.RateBook(cpu_bf16=True).estimate(brats, 3, False, "cuda")
+    gpu = estimate.RateBook(cpu_bf16=True).estimate(brats, 3, 1, "cuda")
     assert gpu.seconds == pytest.approx(estimate.STARTUP_SECONDS + 0.2) and "H100" in gpu.basis
-    auto = estimate.RateBook(cpu_bf16=True).estimate(brats, default_stages, False, "auto")
+    auto = estimate.RateBook(cpu_bf16=True).estimate(brats, default_stages, 1, "auto")
     assert auto.seconds == bf16.seconds and "GPU" in auto.basis
 
 
@@ -171,11 +171,14 @@ def test_estimate_counts_the_stages_of_a_prior_model_too(scene, phantom_node, tm
     path = save_model(tmp_path / "on_prior.safetensors", build_generators(refiner), refiner)
     controller = _controller(scene, FakeRunner(events=[]), tmp_path)
     shape = tuple(reversed(phantom_node.GetImageData().GetDimensions()))
-    expected = controller.rates.estimate(shape, 4, False, "cpu").seconds
+    expected = controller.rates.estimate(shape, 4, 1, "cpu").seconds
     assert controller.estimate(phantom_node, SynthesisRequest(model_path=path, device="cpu")).seconds == expected
     alone = save_model(tmp_path / "fcn.safetensors", build_generators(prior), prior)
     assert controller.estimate(phantom_node, SynthesisRequest(model_path=alone, device="cpu")).seconds == (
-        controller.rates.estimate(shape, 3, False, "cpu").seconds)
+        controller.rates.estimate(shape, 3, 1, "cpu").seconds)
+    # the map costs the mirrored pass and the chain without its last stage, as MedSynthLogic.uncertainty runs them
+    with_map = controller.estimate(phantom_node, SynthesisRequest(model_path=path, device="cpu", uncertainty=True))
+    assert with_map.seconds == controller.rates.estimate(shape, 4, 1 + 1 + 3 / 4, "cpu").seconds
 
 
 # ---------------------------------------------------------------------------------------------------------- model description
@@ -482,8 +485,8 @@ def test_uncertainty_map_is_overlaid_on_the_result(scene, phantom_node, tmp_path
     runner = FakeRunner(events=[], on_finish=write_both)
     controller = _controller(scene, runner, tmp_path)
     request = SynthesisRequest(uncertainty=True)
-    assert controller.estimate(phantom_node, request).seconds == controller.estimate(
-        phantom_node, SynthesisRequest(flip_tta=True)).seconds
+    assert controller.estimate(phantom_node, request).seconds > controller.estimate(
+        phantom_node, SynthesisRequest(flip_tta=True)).seconds  # the mirrored pass and the chain before its last stage
     controller.start_synthesis(phantom_node, request)
     outcome = controller.poll()[1]
     assert outcome.state == jobs.FINISHED, outcome.message
@@ -503,6 +506,79 @@ def test_failed_and_cancelled_jobs_clean_up(scene, phantom_node, tmp_path):
     controller.cancel(timeout=3)
     assert runner.jobs[1].cancelled_with == 3
     assert controller.poll()[1].state == jobs.CANCELLED and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
+
+
+def test_the_output_never_replaces_the_input_or_an_acquired_image_and_a_reused_one_is_renamed(
+        scene, phantom_node, tmp_path, phantom):
+    """The panel keeps the last result as its output: the next patient's image must not keep the previous name,
+    and neither the input nor a scan loaded from a file may be written over."""
+    from MedSynthLogic import mrml
+    from MedSynthLogic.volume_io import write_volume
+
+    runner = FakeRunner(events=[], on_finish=_write_output_like_input)
+    controller = _controller(scene, runner, tmp_path)
+    with pytest.raises(ValueError, match="is the input volume"):
+        controller.start_synthesis(phantom_node, SynthesisRequest(), phantom_node)
+    write_volume(phantom.t2, tmp_path / "case_t2.nii.gz")
+    acquired = mrml.load_volume_file(scene, tmp_path / "case_t2.nii.gz")
+    with pytest.raises(ValueError, match="loaded from"):
+        controller.start_synthesis(phantom_node, SynthesisRequest(), acquired)
+    assert not runner.jobs
+    controller.start_synthesis(phantom_node, SynthesisRequest())
+    first = controller.poll()[1].result
+    controller.start_synthesis(phantom_node, SynthesisRequest(), first)  # the same input again: same node, same name
+    assert controller.poll()[1].result is first and first.GetName() == f"{phantom_node.GetName()} synthetic T2"
+    other = mrml.node_from_volume(scene, mrml.volume_from_node(phantom_node), "patient B t1ce", reference=phantom_node)
+    controller.start_synthesis(other, SynthesisRequest(), first)
+    assert controller.poll()[1].result is first and first.GetName() == "patient B t1ce synthetic T2"
+
+
+def test_a_new_synthesis_removes_the_uncertainty_map_of_the_old_one(scene, phantom_node, tmp_path):
+    from MedSynthLogic import mrml
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    def write_both(args):
+        _write_output_like_input(args)
+        if "--uncertainty" in args:
+            source = read_volume(args[1])
+            write_volume(source.with_array((source.array > 0) * 7.0), args[args.index("--uncertainty") + 1])
+
+    controller = _controller(scene, FakeRunner(events=[], on_finish=write_both), tmp_path)
+    controller.start_synthesis(phantom_node, SynthesisRequest(uncertainty=True))
+    result = controller.poll()[1].result
+    volumes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    maps = [m for m in (volumes.GetItemAsObject(i) for i in range(volumes.GetNumberOfItems()))
+            if m.GetAttribute(mrml.UNCERTAINTY_OF) == result.GetID()]
+    assert len(maps) == 1
+    controller.start_synthesis(phantom_node, SynthesisRequest(), result)
+    assert controller.poll()[1].result is result
+    assert scene.GetNodeByID(maps[0].GetID()) is None and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
+    assert not mrml.slice_composite_node(scene, "Yellow").GetForegroundVolumeID()
+
+
+def test_a_closing_scene_discards_the_running_synthesis_and_its_input_copy(scene, phantom_node, tmp_path):
+    runner = FakeRunner(events=[], on_finish=_write_output_like_input)
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_synthesis(phantom_node, SynthesisRequest())
+    work = Path(runner.jobs[0].args[1]).parent
+    controller.discard(kinds=("synthesize",))
+    assert runner.jobs[0].cancelled_with == 5.0 and not work.exists() and not controller.busy
+    assert controller.poll() == ([], None) and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
+
+
+def test_stopping_a_training_does_not_wait_in_the_panel_and_too_many_stages_are_refused(scene, phantom_node, tmp_path):
+    import time
+
+    runner = FakeRunner(events=[])
+    controller = _controller(scene, runner, tmp_path)
+    with pytest.raises(ValueError, match="auto-context stage"):
+        controller.plan_synthesis(phantom_node, SynthesisRequest(stages=9))
+    controller.start_synthesis(phantom_node, SynthesisRequest())
+    controller.cancel(timeout=30, background=True)
+    deadline = time.monotonic() + 5
+    while runner.jobs[0].cancelled_with is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert runner.jobs[0].cancelled_with == 30 and controller.poll()[1].state == jobs.CANCELLED
 
 
 def test_training_job_feeds_the_loss_plot(scene, tmp_path):
