@@ -171,8 +171,8 @@ def findings_message(findings: Sequence[Any], force: bool, source_name: str = "T
     """What the panel says about failed input checks, before synthesis starts."""
     lines = [f"- {finding.message}" for finding in findings]
     if force:
-        head = "The input does not look like what the model was trained on; synthesizing anyway (Force is on):"
-        return "\n".join([head, *lines])
+        head = "The input does not look like what the model was trained on (Force is on):"
+        return "\n".join([head, *lines, "Synthesize it anyway? The result is unreliable."])
     head = "The input does not look like what the model was trained on, so synthesis was not started:"
     tail = f"Pick the {source_name} volume, or tick 'Force (skip input checks)' to synthesize anyway."
     return "\n".join([head, *lines, tail])
@@ -228,9 +228,10 @@ def uncertainty_title(request: SynthesisRequest) -> str:
     except (MedSynthError, OSError):
         header = {}
     whole_chain = not request.stages or int(request.stages) == int(header.get("stages", 0))
+    unit = f"in the synthetic {pair_names(header)[1] if header else 'image'}'s grey values"
     if header.get("error_map") and whole_chain:
-        return "Expected |error| (synthetic image units)"
-    return "Uncertainty: disagreement (synthetic image units)"
+        return f"Expected |error| ({unit})"
+    return f"Uncertainty: disagreement ({unit})"
 
 
 def show_uncertainty(scene: Any, path: "str | os.PathLike", synthetic_node: Any, title: Optional[str] = None) -> Any:
@@ -244,11 +245,15 @@ def show_uncertainty(scene: Any, path: "str | os.PathLike", synthetic_node: Any,
 def synthesize_in_process(scene: Any, input_node: Any, request: SynthesisRequest, output_node: Any = None) -> Any:
     """Synthesize in this process (blocking): for scripts and the self-test; the panel runs a child process."""
     from MedSynthLogic import inference, mrml
+    from MedSynthLogic.input_checks import check_source, refuse_or_warn
     from MedSynthLogic.model_file import load_model
 
     if input_node is None:
         raise ValueError("No input volume.")
+    check_output_node(input_node, output_node)
     model = load_model(model_path(request))
-    result = inference.synthesize_volume(model, mrml.volume_from_node(input_node), stages=request.stages,
-                                         device=request.device, flip_tta=request.flip_tta)
+    volume = mrml.volume_from_node(input_node)
+    refuse_or_warn(check_source(volume, model.config), request.force, source=input_node.GetName())  # as the panel does
+    result = inference.synthesize_volume(model, volume, stages=request.stages, device=request.device,
+                                         flip_tta=request.flip_tta)
     return store_result(scene, input_node, output_node, result, model.config.target_name)

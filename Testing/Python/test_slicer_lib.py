@@ -751,3 +751,28 @@ def test_input_selector_starts_empty():
 
 def module_source() -> str:
     return (MODULE_DIR / "MedSynth.py").read_text(encoding="utf-8")
+
+
+def test_in_process_synthesis_checks_its_input_as_the_panel_does(scene, phantom_node, tmp_path, phantom,
+                                                                   tiny_model_config):
+    """Scripts and the self-test synthesize in Slicer's process: the same input checks, Force, and output rules."""
+    import dataclasses
+
+    from MedSynthLib.synthesis import synthesize_in_process
+    from MedSynthLogic import mrml
+    from MedSynthLogic.errors import InputImageError
+    from MedSynthLogic.model_file import save_model
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    request = SynthesisRequest(model_path=save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg), device="cpu")
+    result = synthesize_in_process(scene, phantom_node, request)
+    assert result.GetName() == f"{phantom_node.GetName()} synthetic T2"
+    np.testing.assert_array_equal(mrml.node_ijk_to_ras(result), mrml.node_ijk_to_ras(phantom_node))
+    t2 = mrml.node_from_volume(scene, phantom.t2, "case T2", reference=phantom_node)
+    with pytest.raises(InputImageError, match="T2-weighted"):
+        synthesize_in_process(scene, t2, request)
+    with pytest.warns(UserWarning, match="T2-weighted"):
+        synthesize_in_process(scene, t2, dataclasses.replace(request, force=True))
+    with pytest.raises(ValueError, match="is the input volume"):
+        synthesize_in_process(scene, phantom_node, request, phantom_node)
