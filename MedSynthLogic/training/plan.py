@@ -37,7 +37,12 @@ class TrainingPlan:
     alt_train_h5: Optional[Path] = None
 
     def summary(self) -> Dict[str, Any]:
-        """The data part of the model file's training record."""
+        """The data part of the model file's training record; ``source`` / ``target``: the pair's file names (the
+        first case's, its id written ``<case>``), which `medsynth info` shows."""
+        cases = self.manifest.get("cases") or {}
+        first = min(cases) if cases else None
+        files = {role: Path(str(cases[first][role])).name.replace(first, "<case>")
+                 for role in ("source", "target") if first and isinstance(cases[first], dict) and cases[first].get(role)}
         return {
             "data_dir": str(self.data_dir),
             "train_patches": self.n_train,
@@ -48,6 +53,7 @@ class TrainingPlan:
             "source_patch": self.source_patch,
             "target_patch": self.target_patch,
             "manifest": {k: v for k, v in self.manifest.items() if k not in ("cases", "splits")},
+            **files,
         }
 
 

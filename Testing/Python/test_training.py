@@ -404,6 +404,7 @@ def test_init_model_continues_a_stage_exported_mid_way(tmp_path, data_dir, tiny_
     exported = _stage_weights(load_model(candidate).chain, 0)
     data = load_model(candidate).header["training"]["data"]  # what `medsynth info` shows as its training data
     assert data["train_cases"] == 2 and data["val_case_ids"] == ["c2"]
+    assert (data["source"], data["target"]) == ("<case>_t1ce.nii.gz", "<case>_t2.nii.gz")
     events = []
     out = train(data_dir, tmp_path / "b.safetensors", tiny_model_config, _cfg(iterations=6), device="cpu",
                 run_dir=tmp_path / "fresh", init_model=candidate, callback=events.append)
