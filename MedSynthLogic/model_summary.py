@@ -24,7 +24,7 @@ def summarize_header(header: Mapping[str, Any], name: str) -> str:
         ("mapping", lambda: _mapping(config)),
         ("architecture", lambda: _architecture(config)),
         ("stages", lambda: _stages(header, config)),
-        ("training data", lambda: _data(training.get("data"))),
+        ("training data", lambda: _data(training.get("data"), (config.get("generator") or {}).get("kind"))),
         ("training", lambda: _schedule(training, config.get("loss") or {})),
         ("validation", lambda: _metrics(header.get("metrics") or {})),
         ("uncertainty", lambda: _uncertainty(header.get("error_map"), _has_stage_part(header, config))),
@@ -136,7 +136,8 @@ def _stages(header: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     return text
 
 
-def _data(data: Any) -> str:
+def _data(data: Any, kind: Any = None) -> str:
+    """The training data in a line; a U-Net trains on crops of the stored volumes, so its patch count says nothing."""
     if not data:
         return "not stated"
     if isinstance(data, str):
@@ -148,7 +149,7 @@ def _data(data: Any) -> str:
             parts.append(f"{count} {label}{'' if count == 1 else 's'}")
     if data.get("patches_per_case"):
         parts.append(f"{data['patches_per_case']} patches per case")
-    if data.get("train_patches"):
+    if data.get("train_patches") and kind != "unet3d":
         parts.append(f"{data['train_patches']} training patches")
     if data.get("source") and data.get("target"):
         parts.append(f"files {data['source']} -> {data['target']}")
