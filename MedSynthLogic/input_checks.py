@@ -189,7 +189,7 @@ def checks_run(model_config: "ModelConfig", mask_given: bool) -> List[str]:
     names = ["sequence"] if _expected_kind(model_config) else []
     if expect.skull_stripped and not mask_given:
         names.append("skull_stripped")
-    if model_config.normalisation.source.mode != "window":
+    if _judges_negatives(model_config):
         names.append("negative_values")
     return names + ["spacing"]
 
@@ -214,7 +214,7 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
                 f"at least {100 * expect.min_background_fraction:.0f}% expected",
                 {"background_fraction": round(background, 4)},
             ))
-    negative = _negative_fraction(volume.array) if model_config.normalisation.source.mode != "window" else 0.0
+    negative = _negative_fraction(volume.array) if _judges_negatives(model_config) else 0.0
     if negative > NEGATIVE_MAX_FRACTION:
         findings.append(InputFinding(
             "negative_values",
@@ -259,6 +259,11 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
             {"spacing_mm": list(spacing), "anisotropy": round(ratio, 3)},
         ))
     return findings
+
+
+def _judges_negatives(model_config: "ModelConfig") -> bool:
+    """An MR source (any normalisation but CT's ``window``) must not be negative; CT is, in air and fat."""
+    return model_config.normalisation.source.mode != "window"
 
 
 def _negative_fraction(array: np.ndarray) -> float:
