@@ -106,6 +106,7 @@ def enhancement_notes(volume: "Volume", model_config: "ModelConfig", mask: Union
         return []
     return [f"it shows no sign of contrast enhancement (bright tail {stats.bright_tail:.2f}, below "
             f"{BRIGHT_TAIL_MIN}; thin bright structures {stats.thin_bright:.3f}, below {THIN_BRIGHT_MIN}): a T1 "
-            "without contrast looks like this, and so does a T1ce whose tumour and vessels barely enhance. If it is "
+            "without contrast looks like this, and so does a T1ce whose tumour and vessels barely enhance, or a FLAIR "
+            "with little oedema, which the sequence check can take for T1-weighted. If it is "
             "a non-contrast T1, the synthesis lacks the enhancing rim and is measurably worse (MODEL_CARD.md, Known "
             "failure modes)"]
