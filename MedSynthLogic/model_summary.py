@@ -168,9 +168,13 @@ def _schedule(training: Mapping[str, Any], loss: Mapping[str, Any]) -> str:
     if not parts and training.get("iterations_per_stage"):
         stages = f" x {trained} stages" if isinstance(trained, int) else ""
         parts.append(f"{training['iterations_per_stage']} iterations per stage{stages}")
-    adversarial = (training.get("train_config") or {}).get("adversarial")
+    schedule = training.get("train_config") or {}
+    adversarial = schedule.get("adversarial")
     if adversarial is not None:
-        parts.append(_loss_terms(loss, bool(adversarial)))
+        ran, warm = int(schedule.get("iterations") or 0), int(schedule.get("warmup_iterations") or 0)
+        never = bool(adversarial) and 0 < ran <= warm  # the term waits for a warm-up the run never finished
+        terms = _loss_terms(loss, bool(adversarial) and not never)
+        parts.append(terms + (f" (its adversarial term waits for {warm} warm-up iterations; {ran} ran)" if never else ""))
     if training.get("wall_time_s") is not None:
         parts.append(f"{float(training['wall_time_s']) / 60:.0f} min")
     if training.get("device"):

@@ -149,7 +149,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="a trained model file (e.g. the paper's FCN) whose synthesis stage 0 sees beside the source "
                         "and refines: auto-context across generator kinds; it stays frozen and travels in the new model "
                         "file (default: none)")
-    parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept in the run folder (default: 3)")
+    parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept in the run folder, at least 1 (default: 3)")
     parser.add_argument("--keep-every", type=int, default=0, metavar="N",
                         help="also keep the checkpoints at every N-th iteration of a stage, e.g. the points an evaluation "
                         "plan names (default: 0, none)")

@@ -40,7 +40,7 @@ from .context import alt_source_context, contrast_contexts, stage_context
 from .export import write_trained_model
 from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
-from .resume import Start, decide_start, refuse_earlier_run
+from .resume import Start, decide_start, refuse_changed_schedule, refuse_earlier_run
 from .session import Callback, Session, open_session
 from .prior import check_same_prior, open_prior_model, prior_record, with_prior
 from .state import latest_state, load_checkpoint_stage, load_earlier_stages, load_model_stage, open_init_model
@@ -85,7 +85,11 @@ def train(
     model_cfg = with_prior(model_cfg, prior)
     plan = plan_training(data_dir, model_cfg, train_cfg)
     if not 0 <= start_stage < model_cfg.stages:
-        raise UsageError(f"start_stage must be in 0..{model_cfg.stages - 1}.")
+        raise UsageError(f"--start-stage must be in 0..{model_cfg.stages - 1}: stages count from 0 here (the progress "
+                         f"lines' stage 1/{model_cfg.stages} is stage 0).")
+    if keep_checkpoints < 1:
+        raise UsageError(f"--keep-checkpoints must be at least 1, not {keep_checkpoints}: the newest checkpoint is "
+                         "what --resume goes on from.")
     if stop_after is not None and stop_after < 1:
         raise UsageError(f"stop_after must be at least 1 iteration, not {stop_after}.")
     if keep_every < 0:
@@ -104,6 +108,8 @@ def train(
         start = decide_start(model_cfg, start_stage, resume, init_model, session.run_dir,
                              lambda: latest_state(session.run_dir), lambda: open_init_model(init_model, model_cfg))
         check_same_prior(chain, start)
+        if resume:
+            refuse_changed_schedule(train_cfg, start)
         load_earlier_stages(chain, start)
         for k in range(start.stage):
             chain.stages[k].to(ctx.device).eval()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .. import checkpoint as ckpt
-from ..config import ModelConfig, from_dict
+from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..errors import DataError, ModelFileError, OutputError, UsageError
 
 FoundCheckpoint = Optional[Tuple[Path, Dict[str, Any]]]
@@ -85,6 +85,28 @@ def _from_model(model: Any, path: os.PathLike | str, start_stage: int) -> Start:
     partial = record.get("checkpoint_stage") == start_stage and not record.get("checkpoint_stage_done", True)
     iteration = int(record.get("checkpoint_iteration", 0)) if holds_stage and partial else 0
     return Start(start_stage, iteration, model=model, model_stage=holds_stage, resumed_from=str(path))
+
+
+#: TrainConfig fields a resumed run may change: they decide what is logged, validated and kept, not the weights.
+RESUMABLE_CHANGES = frozenset({"val_every", "checkpoint_every", "log_every", "num_workers", "val_volumes"})
+
+
+def refuse_changed_schedule(train_cfg: TrainConfig, start: Start) -> None:
+    """``--resume`` continues a run as if it had never stopped, which a changed schedule (iterations, learning
+    rates, losses, augmentation, seed) would silently break: refused, naming what changed."""
+    if start.checkpoint is None or "train_config" not in start.checkpoint:
+        return
+    saved = {**to_dict(TrainConfig()), **json.loads(start.checkpoint["train_config"])}  # older checkpoints: defaults
+    now = to_dict(train_cfg)
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k} {saved.get(k)!r} → {now.get(k)!r}" for k in changed)
+        raise UsageError(
+            f"The run in {start.resumed_from} was trained with another schedule ({shown}); --resume would not go on "
+            "as that run would have.",
+            "Resume with its train config, or start a new run from an export of it (`medsynth export`, then "
+            "--init-model).",
+        )
 
 
 def refuse_earlier_run(run_dir: Path) -> None:

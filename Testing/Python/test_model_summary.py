@@ -68,3 +68,13 @@ def test_data_architecture_and_uncertainty_lines_say_what_the_file_holds():
     text = summarize_header(fcn, "m")
     assert "4 training patches" in text and "long-term residual (adds its source)" in text
     assert "and of the last stage against the synthesis before it" in text
+
+
+def test_a_run_shorter_than_its_warm_up_is_not_called_adversarial():
+    """The panel's U-Net recipe warms up for 1000 iterations: a 2-iteration run never used the adversarial term."""
+    short = header(True, lambda_adv=0.05, lambda_l2=1.0, lambda_gdl=0.3)
+    short["training"]["train_config"].update(iterations=2, warmup_iterations=1000)
+    line = next(row for row in summarize_header(short, "m").splitlines() if "training  " in row)
+    assert "L2 + GDL only, no adversarial term (its adversarial term waits for 1000 warm-up iterations; 2 ran)" in line
+    short["training"]["train_config"].update(iterations=3000)
+    assert "adversarial (GAN) + L2 + GDL" in summarize_header(short, "m")

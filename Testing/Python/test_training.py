@@ -300,7 +300,13 @@ def test_a_fresh_run_refuses_a_run_folder_with_checkpoints_and_resume_takes_it(t
         assert err.value.exit_code == 7 and kept.name in str(err.value)
     assert kept.read_bytes() == before and not (tmp_path / "other.safetensors").exists()
     events = []
-    out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu",
+    with pytest.raises(UsageError, match=r"another schedule \(iterations 8 → 2\)"):
+        train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu",
+              resume=True)
+    with pytest.raises(UsageError, match="--keep-checkpoints must be at least 1"):
+        train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(), device="cpu", resume=True,
+              keep_checkpoints=0)
+    out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(log_every=2), device="cpu",
                 resume=True, callback=events.append)
     assert out is not None and out.exists()
     starts = [e for e in events if e["event"] == "stage" and e["status"] == "start"]
