@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, OutputError
 from .progress import progress_event
 
 if TYPE_CHECKING:
@@ -56,8 +56,6 @@ def _validation_split(manifest: Path) -> List[str]:
 
 def check_report_folder(out_dir: PathLike, overwrite: bool = False) -> None:
     """Refuse an ``out_dir`` that is a file, or that holds an earlier report (``metrics.json``) without ``overwrite``."""
-    from .errors import OutputError
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; the report needs a folder.", "Choose a folder name.")

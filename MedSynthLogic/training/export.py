@@ -103,8 +103,9 @@ def export_checkpoint(
         "wall_time_s": round(float(state["elapsed_s"]), 1),
         "exported_with_torch": torch.__version__,
     }
-    if json.loads(state.get("data") or "{}"):  # checkpoints before 2026-12-06 do not hold it
-        record["data"] = json.loads(state["data"])
+    data = json.loads(state.get("data") or "{}")  # checkpoints before 2026-12-06 do not hold it
+    if data:
+        record["data"] = data
     record.update(training or {})
     metrics = final_metrics(json.loads(state.get("metrics") or "{}"), n)
     if evaluation:
