@@ -118,9 +118,13 @@ def denormalise_output(arr: np.ndarray, cfg: NormalisationConfig) -> np.ndarray:
 
     Percentile mode: network units × ``cfg.output_scale`` (an arbitrary MR unit; 1000 ≈ the 99.5th percentile of
     T2 inside the brain). Window mode: the target window's unit, e.g. HU for CT.
+
+    The output never goes below the lowest value a training target could hold (``clip_min``; the window's bottom):
+    a linear last layer can undershoot a little at dark edges, and a negative MR magnitude is not an image value.
     """
-    a = np.asarray(arr, dtype=np.float32)
     t = cfg.target
+    lowest = 0.0 if t.mode == "window" else float(t.clip_min)
+    a = np.maximum(np.asarray(arr, dtype=np.float32), np.float32(lowest))
     if t.mode == "window":
         return (a * np.float32(t.window_max - t.window_min) + np.float32(t.window_min)).astype(np.float32)
     return (a * np.float32(cfg.output_scale)).astype(np.float32, copy=False)

@@ -34,7 +34,7 @@ from ..models import (
     init_from_previous_stage,
     start_as_context,
 )
-from ..progress import stage_event, validation_event
+from ..progress import stage_event, validation_event, warning_event
 from ..stage_trainer import StageTrainer, amp_settings
 from .context import alt_source_context, contrast_contexts, stage_context
 from .export import write_trained_model
@@ -100,6 +100,8 @@ def train(
         session.stop_after, session.data = stop_after, plan.summary()
         if not resume and start_stage == 0:
             refuse_earlier_run(session.run_dir)
+        for message in plan.warnings:
+            session.emit(warning_event("train", message))
         amp_dtype = amp_settings(ctx.device, train_cfg.precision)
         chain = _seeded_chain(model_cfg, train_cfg, ctx.device)
         if prior is not None:

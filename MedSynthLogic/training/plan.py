@@ -90,6 +90,10 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
     else:
         val_h5 = None
         warnings.append("no val.h5: training runs without validation")
+    if train_cfg.adversarial and model_cfg.loss.lambda_adv > 0 and train_cfg.warmup_iterations >= train_cfg.iterations:
+        warnings.append(f"the adversarial term waits for {train_cfg.warmup_iterations} warm-up iterations per stage and "
+                        f"this run has {train_cfg.iterations}, so it trains without it: give more iterations than the "
+                        "warm-up for the paper's adversarial method")
     alt_h5 = check_alt_source(train_cfg, model_cfg, list(info["case_ids"])) if train_cfg.alt_source_p > 0 else None
     return TrainingPlan(
         data_dir=d,

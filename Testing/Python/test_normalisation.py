@@ -86,6 +86,15 @@ def test_denormalise_output_percentile_uses_output_scale() -> None:
     np.testing.assert_allclose(out, [0, 500, 1000])
 
 
+def test_denormalise_output_never_goes_below_what_a_training_target_held() -> None:
+    """A linear last layer undershoots a little at dark edges (983 voxels down to -128 in a BraTS synthesis); the
+    written image keeps the training targets' floor: 0 for MR, the window's bottom for CT."""
+    out = denormalise_output(np.array([-0.13, -0.0, 0.2], np.float32), NormalisationConfig(output_scale=1000.0))
+    np.testing.assert_allclose(out, [0, 0, 200])
+    ct = NormalisationConfig(target=IntensityConfig(mode="window", window_min=-1000, window_max=2000))
+    np.testing.assert_allclose(denormalise_output(np.array([-0.1, 0.5], np.float32), ct), [-1000, 500], atol=1e-3)
+
+
 def test_transform_dict_round_trip_is_json() -> None:
     arr = _brain()
     _, t = normalise_source(arr, brain_mask(arr), NormalisationConfig())

@@ -147,6 +147,20 @@ def test_plan_refuses_missing_data_and_wrong_patch_size(tmp_path, data_dir, tiny
     assert plan.n_train == 256 and plan.n_val == 128 and plan.val_cases == ["c2"]
 
 
+def test_a_run_shorter_than_its_adversarial_warm_up_is_warned(tmp_path, data_dir, tiny_model_config):
+    """The warning reaches the user (a "warning" event, which the CLI and the panel show) before any iteration."""
+    from MedSynthLogic.training import plan_training, train
+
+    assert tiny_model_config.loss.lambda_adv > 0
+    assert not plan_training(data_dir, tiny_model_config, _cfg(adversarial=True, warmup_iterations=7)).warnings
+    events = []
+    train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
+          _cfg(iterations=2, adversarial=True, warmup_iterations=5), device="cpu", callback=events.append)
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and "waits for 5 warm-up iterations per stage and this run has 2" in warnings[0]["message"]
+    assert events.index(warnings[0]) < min(i for i, e in enumerate(events) if e["event"] == "iteration")
+
+
 @pytest.mark.parametrize("setting", [
     dict(aug_rotate_deg=10.0), dict(aug_zoom_sd=0.1), dict(aug_context_gammas=(0.8,), aug_gamma_sd=0.2),
 ])
