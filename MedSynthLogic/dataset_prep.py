@@ -70,6 +70,7 @@ def _in_case(case_id: str, exc: MedSynthError) -> MedSynthError:
 def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, Any]:
     """Read, align, mask and normalise one case (unpadded, float32)."""
     from .normalisation import brain_mask, normalise_source, normalise_target
+    from .orientation import axis_order, orientation_code
     from .volume_io import align_pair, read_volume, resample_like, same_grid
 
     norm = model_cfg.normalisation
@@ -93,6 +94,11 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
             "The brain mask is empty.",
             "Check the mask file, or the mask threshold for skull-stripped sources (voxels above it are brain).",
         )
+    order = axis_order(source.direction)
+    if not order.is_identity:  # trained in the order every synthesis runs in (orientation.py)
+        notes.append(f"Reordered the voxel axes from {orientation_code(source.direction)} to LPS, the order models "
+                     "see every volume in.")
+        source, target, mask = order.volume(source), order.volume(target), np.ascontiguousarray(order.forward(mask))
     t1 = time.perf_counter()
     src, src_tr = normalise_source(source.array, mask, norm)
     tgt, tgt_tr = normalise_target(target.array, mask, norm)

@@ -33,12 +33,13 @@ from .enhancement import enhancement_stats
 from .error_map import FEATURES, IMAGE_FEATURES, error_features
 from .errors import OutputError
 from .tiled_synthesis import SynthesisOptions, synthesize_array
-from .volume_synthesis import synthesize_volume
+from .volume_synthesis import mask_on_grid, synthesize_volume
 
 if TYPE_CHECKING:
     import torch
 
     from .model_file import LoadedModel
+    from .orientation import AxisOrder
     from .volume_io import Volume
 
 PathLike = Union[str, os.PathLike]
@@ -56,6 +57,15 @@ class UncertainSynthesis:
     uncertainty: "Volume"
     flip: np.ndarray
     stages: Optional[np.ndarray]
+
+    def restored(self, source: "Volume", order: "AxisOrder") -> "UncertainSynthesis":
+        """This result, computed in the canonical axis order (:mod:`.orientation`), on ``source``'s own grid."""
+        return UncertainSynthesis(
+            synthesis=source.with_array(order.inverse(self.synthesis.array)),
+            uncertainty=source.with_array(order.inverse(self.uncertainty.array)),
+            flip=order.inverse(self.flip),
+            stages=None if self.stages is None else order.inverse(self.stages),
+        )
 
 
 def image_feature_values(source: np.ndarray, mask: np.ndarray) -> Tuple[float, ...]:
@@ -142,7 +152,14 @@ def synthesize_with_uncertainty(
     used for the model's full chain only (``stages`` None or all of them): it was fitted for that synthesis.
     """
     from .normalisation import denormalise_output, normalise_source
+    from .orientation import axis_order
 
+    order = axis_order(source.direction)
+    if not order.is_identity:  # the mirrored pass must mirror left-right, whatever the file's axis order
+        mask_arr = mask_on_grid(mask, source)
+        result = synthesize_with_uncertainty(model, order.volume(source), None if mask_arr is None else order.forward(mask_arr),
+                                             stages, device, flip_tta, tile, progress, cancel, precision)
+        return result.restored(source, order)
     chain = model.chain
     n = len(chain.stages) if stages is None else int(stages)
     # the synthesis before the last stage: the stage before it, or for a one-stage model on a prior, the prior's

@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 
-__all__ = ["synthesize_volume", "check_receptive_field", "MIN_EDGE"]
+__all__ = ["synthesize_volume", "check_receptive_field", "mask_on_grid", "MIN_EDGE"]
 
 #: Thinnest source edge accepted: a U-Net sees far more than this, but a thinner volume is not a brain scan.
 MIN_EDGE = 32
 
 
-def _mask_array(mask: Union["Volume", np.ndarray, None], source: "Volume") -> Optional[np.ndarray]:
+def mask_on_grid(mask: Union["Volume", np.ndarray, None], source: "Volume") -> Optional[np.ndarray]:
     """A given mask as booleans on the source's grid, refused if it lies on another grid; ``None`` stays ``None``."""
     if mask is None:
         return None
@@ -62,12 +62,21 @@ def synthesize_volume(
     ``mask`` (a Volume on the same grid, nonzero = brain, or a boolean array) or the model's threshold mask of the
     source. Outside the mask the output is what 0 network units denormalise to (0 for MR; the window's lower
     end, e.g. −1000 HU, for CT).
+
+    A source stored in another axis order than the training data's runs in that order and comes back in its own
+    (:mod:`.orientation`), so the same brain gives the same synthesis however its file orders the voxels.
     """
     from .normalisation import brain_mask, denormalise_output, normalise_source
+    from .orientation import axis_order
 
     norm_cfg = model.config.normalisation
     check_receptive_field(model, source)
-    mask_arr = _mask_array(mask, source)
+    mask_arr = mask_on_grid(mask, source)
+    order = axis_order(source.direction)
+    if not order.is_identity:
+        canonical = synthesize_volume(model, order.volume(source), None if mask_arr is None else order.forward(mask_arr),
+                                      stages, device, flip_tta, tile, progress, cancel, precision)
+        return source.with_array(order.inverse(canonical.array))
     if mask_arr is None:
         mask_arr = brain_mask(source.array, norm_cfg.mask_threshold)
     if not mask_arr.any() and not np.any(source.array):
