@@ -29,7 +29,11 @@ states its own. Three checks:
   check.
 * **skull-stripped** (when no brain mask is given): at least ``min_background_fraction`` of the voxels are 0
   (≤ the model's mask threshold). A head whose air was set to 0 passes; a head with scanner noise does not, and
-  then the sequence is not judged (the "brain" would be the whole head).
+  then the sequence is not judged (the "brain" would be the whole head). A source whose brightest voxels crowd
+  along the brain's edge (:func:`bright_rim_ratio` ≥ :data:`RIM_RATIO_MIN`; checked with the sequence, for a model
+  whose sequence the rule knows, and not for a label map) is refused as incompletely skull-stripped: scalp fat or
+  marrow left around the brain is bright in a T1, the model never saw it, and it made the sequence rule answer
+  "T2-weighted", which sent the user looking for another sequence instead of another skull-strip.
 * **spacing**: each axis within ``spacing_tolerance_mm`` of ``spacing_mm``; largest/smallest ≤ ``max_anisotropy``.
 * **negative values** (MR sources, i.e. not ``window`` normalisation, where CT's negative HU are expected): more
   than :data:`NEGATIVE_MAX_FRACTION` of the non-zero voxels below 0 means an image already normalised (z-scored),
@@ -63,6 +67,7 @@ __all__ = [
     "sequence_kind",
     "source_brain",
     "brain_box",
+    "bright_rim_ratio",
     "METADATA_KEY",
 ]
 
@@ -81,6 +86,12 @@ NEGATIVE_MAX_FRACTION = 0.01
 TAIL_PERCENTILE = 95.0
 #: Fewer brain voxels than this: too little to judge the sequence (no finding).
 MIN_VOXELS = 500
+#: The shell along the brain's edge, in voxels, where :func:`bright_rim_ratio` looks for left-over scalp or skull.
+RIM_WIDTH = 3
+#: ``bright_rim_ratio`` at or above this: bright tissue lines the brain's edge. Above the highest of the 56 BraTS
+#: T1, T1ce, T2 and FLAIR files (2.94, a T1ce) and below every T1ce given a bright rim of fat's brightness (5.19;
+#: docs/evaluation/input_checks/BRIGHT_RIM.md).
+RIM_RATIO_MIN = 4.0
 
 T1_WEIGHTED = "T1-weighted"
 T2_WEIGHTED = "T2-weighted"
@@ -183,6 +194,26 @@ def classify_sequence(array: np.ndarray, mask: np.ndarray) -> SequenceGuess:
     return SequenceGuess(kind, round(score, 4), stats)
 
 
+def bright_rim_ratio(array: np.ndarray, mask: np.ndarray) -> float:
+    """How much more often the brain's brightest 5 % lie within :data:`RIM_WIDTH` voxels of its edge than chance.
+
+    1 means no preference for the edge. An incomplete skull-strip leaves scalp fat or marrow around the brain,
+    bright in a T1: the brightest voxels then crowd into that shell, and the sequence rule reads the image as
+    T2-weighted (docs/evaluation/input_checks/BRIGHT_RIM.md).
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if int(mask.sum()) < MIN_VOXELS:
+        return 1.0
+    arr, brain = brain_box(np.asarray(array, dtype=np.float32), mask)
+    shell = brain & ~ndimage.binary_erosion(brain, iterations=RIM_WIDTH)
+    bright = brain & (arr >= np.percentile(arr[brain], TAIL_PERCENTILE))
+    if not bright.any() or not shell.any():
+        return 1.0
+    return float((bright & shell).sum() / bright.sum() / (shell.sum() / brain.sum()))
+
+
 def checks_run(model_config: "ModelConfig", mask_given: bool) -> List[str]:
     """The names of the checks that apply to this model (and mask), for the record written with the output."""
     expect = model_config.input
@@ -227,12 +258,23 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
     if expected is not None and not findings:  # without a clean background the "brain" is the whole head
         guess = classify_sequence(volume.array, brain)
         wanted = model_config.input.sequence
+        rim_judged = expect.skull_stripped and mask is None and guess.kind != LABEL_MAP
+        ratio = bright_rim_ratio(volume.array, brain) if rim_judged else 0.0
         if guess.kind == LABEL_MAP:
             findings.append(InputFinding(
                 "label_map",
                 f"it looks like a label map (segmentation), not a {wanted} image: "
                 f"{int(guess.stats['distinct_values'])} distinct integer values inside the brain",
                 {"kind": guess.kind, **guess.stats},
+            ))
+        elif ratio >= RIM_RATIO_MIN:
+            findings.append(InputFinding(
+                "skull_stripped",
+                f"bright tissue lines the edge of its brain ({ratio:.1f}× more of the brightest voxels within "
+                f"{RIM_WIDTH} voxels of the edge than elsewhere): it looks incompletely skull-stripped, scalp or "
+                "skull left around the brain" + (", which also makes its intensities look T2-weighted"
+                                                 if guess.kind != expected else ""),
+                {"bright_rim_ratio": round(ratio, 3), **guess.stats},
             ))
         elif guess.kind not in (expected, "unknown"):
             findings.append(InputFinding(

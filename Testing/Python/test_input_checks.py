@@ -150,3 +150,36 @@ def test_a_z_scored_mr_source_is_named_as_such_and_ct_may_be_negative(phantom):
                      normalisation=NormalisationConfig(source=IntensityConfig(mode="window")))
     assert "negative_values" not in codes(check_source(phantom.t1ce.with_array(zscored), ct))
     assert "negative_values" not in checks_run(ct, False)
+
+
+def test_a_bright_rim_left_by_skull_stripping_is_named_as_such_not_as_a_t2():
+    """Scalp fat around a T1 brain made the sequence rule say "T2-weighted", which sends the user to look for
+    another sequence; the fix is another skull-strip, so the finding says that. (The phantom at its full size: in
+    the tests' small one a 3-voxel shell is 29 % of the brain, so no ratio can reach 4.)"""
+    from scipy import ndimage
+
+    from MedSynthLogic.input_checks import bright_rim_ratio
+
+    phantom = make_phantom(seed=0)
+    t1ce = phantom.t1ce.array
+    rim = ndimage.binary_dilation(t1ce > 0, iterations=3) & ~(t1ce > 0)
+    ringed = t1ce.copy()
+    ringed[rim] = 1.3 * np.percentile(t1ce[t1ce > 0], 99)
+    findings = check_source(phantom.t1ce.with_array(ringed), CFG)
+    assert codes(findings) == ["skull_stripped"] and "incompletely skull-stripped" in findings[0].message
+    assert findings[0].measured["bright_rim_ratio"] >= 4.0 > bright_rim_ratio(t1ce, t1ce > 0)
+    assert classify_sequence(ringed, ringed > 0).kind == T2_WEIGHTED  # what the finding used to say
+    assert check_source(phantom.t1ce.with_array(ringed), CFG, mask=phantom.mask) == []  # the rim is outside
+    assert codes(check_source(phantom.t2, CFG)) == ["sequence"]
+    half = ringed.copy()
+    half[: half.shape[0] // 2][rim[: half.shape[0] // 2]] = 0.0  # the upper half of the rim only
+    assert classify_sequence(half, half > 0).kind == T1_WEIGHTED  # the sequence rule alone let it through
+    findings = check_source(phantom.t1ce.with_array(half), CFG)
+    assert codes(findings) == ["skull_stripped"] and "T2-weighted" not in findings[0].message
+
+
+def test_the_rim_ratio_of_an_empty_or_tiny_brain_is_neutral():
+    from MedSynthLogic.input_checks import bright_rim_ratio
+
+    assert bright_rim_ratio(np.zeros((8, 8, 8), np.float32), np.zeros((8, 8, 8), bool)) == 1.0
+    assert bright_rim_ratio(np.ones((8, 8, 8), np.float32), np.ones((8, 8, 8), bool)) == 1.0
