@@ -123,6 +123,17 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     return bool(t.item() > 0)
 
 
+def lost_contact(exc: BaseException) -> bool:
+    """Whether an error raised in a collective means that another rank stopped or died: gloo and NCCL report it
+    as a plain RuntimeError naming themselves or the closed connection."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(word in text for word in ("gloo", "NCCL", "Connection reset", "Connection closed"))
+
+
 def mean_over_ranks(values: Dict[str, float], ctx: DistContext) -> Dict[str, float]:
     """Average logged scalars over ranks (for reporting only)."""
     if not ctx.enabled or not values:
@@ -137,17 +148,26 @@ def mean_over_ranks(values: Dict[str, float], ctx: DistContext) -> Dict[str, flo
 
 
 def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank, one broadcast per dtype.
 
     DDP syncs buffers at the start of each forward, but the last forward of a stage leaves each rank with
-    its own running statistics; broadcasting at stage end makes the whole state identical on every rank.
+    its own running statistics; broadcasting at stage end makes the whole state identical on every rank. An
+    EMA of G averages each rank's own statistics, so it is broadcast after every update (``StageTrainer.step``).
     """
     if not ctx.enabled:
         return
     import torch.distributed as dist
 
+    by_dtype: Dict[torch.dtype, List[torch.Tensor]] = {}
     for buf in unwrap(module).buffers():
-        dist.broadcast(buf.data, src=0)
+        by_dtype.setdefault(buf.dtype, []).append(buf)
+    for buffers in by_dtype.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for b in buffers:
+            b.data.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def state_digest(module: nn.Module) -> str:

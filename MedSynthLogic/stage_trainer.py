@@ -136,6 +136,7 @@ class StageTrainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(self.gen)
+            dist_utils.broadcast_buffers(self.ema, self.ctx)  # each rank averaged its own running statistics
         parts["g"] = float(g_loss.detach())
         parts.update(g_parts)
         return parts

@@ -67,8 +67,9 @@ def train_from_args(
     """
     model_cfg, train_cfg = configs_from_args(args)
     out = Path(args.out)
-    if out.exists() and not args.overwrite and dist_utils.int_env("RANK", 0) == 0:
+    if out.exists() and not args.overwrite:
         # --resume too: the model exists once its run finished, and resuming a finished run must not rewrite it.
+        # Every rank refuses at once: a rank left waiting for rank 0 would hang until torchrun kills it.
         from ..errors import OutputError
 
         hint = "Pass --overwrite to replace it, or choose another --out."
@@ -101,23 +102,26 @@ def train_from_args(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m MedSynthLogic.training`` (what torchrun launches): JSON-lines events from rank 0 on stdout."""
+    """``python -m MedSynthLogic.training`` (what torchrun launches): JSON-lines events from rank 0 only on stdout,
+    so a job reports one error or one ``done``; each process names itself on stderr when it fails."""
     from ..errors import MedSynthError
     from ..progress import JsonLinesReporter, done_event, error_event
 
     args = build_torchrun_parser(__doc__.splitlines()[0]).parse_args(argv)
-    report = JsonLinesReporter(sys.stdout) if args.progress == "json" else None
+    rank = dist_utils.int_env("RANK", 0)
+    report = JsonLinesReporter(sys.stdout) if args.progress == "json" and rank == 0 else None
     try:
         out = train_from_args(args, callback=report)
     except MedSynthError as exc:
-        if report is not None:
+        if report is not None:  # one error event per job; every process still says on stderr why it ended
             report(error_event(str(exc), exc.exit_code))
-        sys.stderr.write(f"medsynth train: error: {exc}\n")
+        where = "" if rank == 0 else f" (process {rank})"
+        sys.stderr.write(f"medsynth train{where}: error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         if report is not None:
             report(error_event("Interrupted.", Cancelled.exit_code))
         return Cancelled.exit_code
-    if report is not None and dist_utils.int_env("RANK", 0) == 0:
+    if report is not None:
         report(done_event(out) if out is not None else done_event(None, stopped_after=args.stop_after))
     return 0

@@ -25,10 +25,11 @@ from .state import load_generators
 
 def write_trained_model(
     out: Path, chain: AutoContextChain, model_cfg: ModelConfig, train_cfg: TrainConfig, plan: TrainingPlan, ctx: DistContext,
-    wall_s: float, amp_dtype: Optional[torch.dtype], resumed_from: Optional[str], command: Optional[Sequence[str]], metrics: Dict[str, Any],
+    wall_s: float, patches_seen: int, amp_dtype: Optional[torch.dtype], resumed_from: Optional[str], command: Optional[Sequence[str]], metrics: Dict[str, Any],
     prior: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """The model file of a finished run, with its training record (data, schedule, hardware, time, provenance)."""
+    """The model file of a finished run, with its training record (data, schedule, hardware, time, provenance);
+    ``patches_seen`` counts every patch drawn, across resumes with other numbers of processes."""
     from ..model_file import save_model
 
     training = {
@@ -36,7 +37,7 @@ def write_trained_model(
         "train_config": to_dict(train_cfg),
         "iterations_per_stage": train_cfg.iterations,
         "stages_trained": model_cfg.stages,
-        "patches_seen": train_cfg.iterations * model_cfg.stages * train_cfg.batch_size * ctx.world_size,
+        "patches_seen": int(patches_seen),
         "generator_kind": model_cfg.generator.kind,
         "wall_time_s": round(wall_s, 1),
         "device": device_name(ctx.device),

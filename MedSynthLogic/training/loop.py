@@ -24,7 +24,7 @@ from ..atomic import check_output_path
 from ..batch_sources import AlternateSource, batch_source
 from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
-from ..errors import Cancelled, UsageError
+from ..errors import Cancelled, ResourceError, UsageError
 from ..intensity_augment import augment_of
 from ..models import (
     AutoContextChain,
@@ -40,7 +40,9 @@ from .context import alt_source_context, contrast_contexts, stage_context
 from .export import write_trained_model
 from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
-from .resume import Start, decide_start, refuse_changed_schedule, refuse_earlier_run
+from .resume import (
+    Start, changed_world_size, decide_start, patches_before, refuse_changed_schedule, refuse_earlier_run,
+)
 from .session import Callback, Session, open_session
 from .prior import check_same_prior, open_prior_model, prior_record, with_prior
 from .state import latest_state, load_checkpoint_stage, load_earlier_stages, load_model_stage, open_init_model
@@ -116,16 +118,29 @@ def train(
         for k in range(start.stage):
             chain.stages[k].to(ctx.device).eval()
         session.carry_history(start.checkpoint)
+        session.patches_seen = patches_before(start, train_cfg, ctx.world_size)
+        moved = changed_world_size(start, train_cfg, ctx.world_size) if resume else None
+        if moved:
+            session.emit(warning_event("train", moved))
         val_volumes = validation_volumes(plan, train_cfg) if ctx.is_main else {}
         first: Optional[Start] = start
         resumed_from, stages = start.resumed_from, range(start.stage, model_cfg.stages)
         del start  # only the first stage starts from it; past that, its checkpoint or model file can go
-        for stage in stages:
-            if session.slice_over() or not _train_stage(session, plan, chain, stage, first, val_volumes):
-                return None
-            first = None
+        try:
+            for stage in stages:
+                if session.slice_over() or not _train_stage(session, plan, chain, stage, first, val_volumes):
+                    return None
+                first = None
+        except RuntimeError as exc:
+            if ctx.enabled and dist_utils.lost_contact(exc):
+                raise ResourceError(
+                    f"Process {ctx.rank} of {ctx.world_size} lost contact with another process of this run, which "
+                    f"stopped or died ({str(exc).splitlines()[0][:200]}).",
+                    f"Find why in that process's log; the newest checkpoint is in {session.run_dir}: run the same "
+                    "command with --resume.") from exc
+            raise
         if ctx.is_main:
-            write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), amp_dtype,
+            write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), session.patches_seen, amp_dtype,
                                 resumed_from, command, session.metrics, prior_record(prior))
         dist_utils.barrier(ctx)
         return out
@@ -179,6 +194,7 @@ def _train_stage(
         check_finite(losses, stage, it, s.run_dir, ctx)
         done = it + 1
         s.ran += 1
+        s.patches_seen += tcfg.batch_size * ctx.world_size
         event = log.add(losses, done, trainer.lr_g)
         if event is not None:
             s.emit(event)

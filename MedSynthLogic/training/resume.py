@@ -118,3 +118,25 @@ def refuse_earlier_run(run_dir: Path) -> None:
             f"The run folder {run_dir} already holds checkpoints of an earlier run (newest: {found.name}).",
             "Add --resume to continue that run, pass another --run-dir, or move that folder away first.",
         )
+
+
+def patches_before(start: Start, train_cfg: TrainConfig, world_size: int) -> int:
+    """Patches the schedule drew before this call: the checkpoint's own count when the run goes on from it (so a
+    resume with another number of processes still counts right), else what an uninterrupted run would have drawn."""
+    state = start.checkpoint
+    goes_on = state is not None and (start.continues or (bool(state.get("stage_done")) and int(state["stage"]) + 1 == start.stage))
+    if goes_on and "patches_seen" in state:
+        return int(state["patches_seen"])
+    return (start.stage * train_cfg.iterations + start.iteration) * train_cfg.batch_size * world_size
+
+
+def changed_world_size(start: Start, train_cfg: TrainConfig, world_size: int) -> Optional[str]:
+    """A warning when ``--resume`` goes on with another number of processes than wrote the checkpoint: the global
+    batch changes, so the run no longer follows the one it continues (allowed: a cluster job may get fewer GPUs)."""
+    saved = None if start.checkpoint is None else start.checkpoint.get("world_size")
+    if saved is None or int(saved) == world_size:
+        return None
+    b = train_cfg.batch_size
+    return (f"{start.resumed_from} was written by {int(saved)} process(es) and this run has {world_size}: the global "
+            f"batch changes from {b * int(saved)} to {b * world_size} patches, so the run goes on from there but no "
+            "longer follows an uninterrupted one")

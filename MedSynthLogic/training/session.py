@@ -40,6 +40,7 @@ class Session:
     stop_after: Optional[int] = None
     data: Dict[str, Any] = field(default_factory=dict)
     ran: int = 0
+    patches_seen: int = 0
 
     def slice_over(self) -> bool:
         """Whether this call has run the ``stop_after`` iterations it was asked for (a slice of a long schedule)."""
@@ -60,7 +61,7 @@ class Session:
         """A checkpoint at ``iteration`` of ``stage``, keeping the newest ``keep`` and every ``keep_every``-th."""
         if self.ctx.is_main:
             state = checkpoint_state(self.model_cfg, self.train_cfg, chain, stage, iteration, stage_done, trainer,
-                                     self.elapsed(), self.metrics, self.data)
+                                     self.elapsed(), self.metrics, self.data, self.ctx.world_size, self.patches_seen)
             path = ckpt.save_checkpoint(self.run_dir / ckpt.checkpoint_name(stage, iteration), state)
             ckpt.prune_checkpoints(self.run_dir, keep=self.keep, keep_every=self.keep_every)
             self.emit(checkpoint_event(path, stage, iteration, reason))

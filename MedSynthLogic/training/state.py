@@ -59,9 +59,12 @@ def checkpoint_state(
     elapsed_s: float,
     metrics: Dict[str, Any],
     data: Optional[Dict[str, Any]] = None,
+    world_size: int = 1,
+    patches_seen: int = 0,
 ) -> Dict[str, Any]:
     """The checkpoint (format ``medsynth-training-state``): generators 0..stage, the trainer's state, RNG, history,
-    and ``data`` (the plan's summary of the training data), so a model exported from it says what it learned from."""
+    ``data`` (the plan's summary of the training data), so a model exported from it says what it learned from, and
+    the number of processes that wrote it with the patches drawn so far (a resume may have another number)."""
     state = {
         "format": "medsynth-training-state",
         "model_config": json.dumps(to_dict(model_cfg)),
@@ -74,6 +77,8 @@ def checkpoint_state(
         "elapsed_s": float(elapsed_s),
         "metrics": json.dumps(metrics),
         "data": json.dumps(data or {}),
+        "world_size": int(world_size),
+        "patches_seen": int(patches_seen),
     }
     state.update(trainer.state_dict())
     return state

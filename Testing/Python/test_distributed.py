@@ -47,10 +47,9 @@ def test_batches_are_disjoint_shards_of_one_global_stream():
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
 
 
-@pytest.mark.slow
-def test_torchrun_two_process_gloo(tmp_path):
+def _phantom_run(tmp_path: Path) -> tuple:
+    """A tiny two-stage FCN config on two phantom cases, and the ``torchrun`` command of 2 gloo processes."""
     from MedSynthLogic.config import DiscriminatorConfig, GeneratorConfig, ModelConfig, to_dict
-    from MedSynthLogic.model_file import load_model
     from test_training import make_phantom_data
 
     cfg = ModelConfig(
@@ -60,14 +59,25 @@ def test_torchrun_two_process_gloo(tmp_path):
     )
     data = make_phantom_data(tmp_path / "phantom", cfg, n_cases=2, shape=(36, 40, 36), patches_per_case=16)
     (tmp_path / "model.json").write_text(json.dumps(to_dict(cfg)))
-    digests = tmp_path / "digests"
+    (tmp_path / "train.json").write_text(json.dumps({"ema_decay": 0.9}))
     out = tmp_path / "ddp.safetensors"
-    env = dict(os.environ, MEDSYNTH_RANK_DIGEST_DIR=str(digests), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
         "-m", "MedSynthLogic.training", "--data", str(data), "--out", str(out), "--model-config", str(tmp_path / "model.json"),
-        "--device", "cpu", "--iterations", "3", "--batch-size", "2", "--val-every", "3", "--log-every", "1", "--checkpoint-every", "2",
+        "--train-config", str(tmp_path / "train.json"), "--device", "cpu", "--iterations", "3", "--batch-size", "2",
+        "--val-every", "3", "--log-every", "1", "--checkpoint-every", "2",
     ]
+    return cfg, data, out, cmd
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo(tmp_path):
+    """With an EMA of G too: each rank's EMA used to average its own BatchNorm statistics, so ranks drifted apart."""
+    from MedSynthLogic.model_file import load_model
+
+    _cfg, _data, out, cmd = _phantom_run(tmp_path)
+    digests = tmp_path / "digests"
+    env = dict(os.environ, MEDSYNTH_RANK_DIGEST_DIR=str(digests), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -81,3 +91,25 @@ def test_torchrun_two_process_gloo(tmp_path):
     model = load_model(out)
     assert len(model.chain.stages) == 2 and model.header["training"]["world_size"] == 2
     assert model.header["training"]["patches_seen"] == 2 * 3 * 2 * 2
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_number_of_processes_is_warned_and_counted(tmp_path):
+    """2 processes stop after 4 iterations (stage 0 done, 1 of stage 1); one process goes on: it says that the global
+    batch changed, and the model counts the patches really drawn (4·2·2 + 2·2·1), not 6·2·1."""
+    from MedSynthLogic.config import TrainConfig, load_json_config
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.training import train
+
+    cfg, data, out, cmd = _phantom_run(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd + ["--stop-after", "4"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    train_cfg = load_json_config(tmp_path / "train.json", TrainConfig, {
+        "iterations": 3, "batch_size": 2, "val_every": 3, "log_every": 1, "checkpoint_every": 2, "stages": 2})
+    events = []
+    train(data, out, cfg, train_cfg, device="cpu", resume=True, callback=events.append)
+    warned = [e["message"] for e in events if e["event"] == "warning"]
+    assert any("written by 2 process(es) and this run has 1: the global batch changes from 4 to 2" in w for w in warned)
+    training = load_model(out).header["training"]
+    assert training["world_size"] == 1 and training["patches_seen"] == 4 * 2 * 2 + 2 * 2 * 1

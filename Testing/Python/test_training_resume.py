@@ -90,3 +90,43 @@ def test_errors():
         _decide(resume=True, checkpoint=_checkpoint(0, 5, False, ModelConfig(stages=2)))
     with pytest.raises(UsageError, match="has 1 stage.*start_stage 2 needs 2"):
         _decide(start_stage=2, init_model="one.safetensors", model=_model(1))
+
+
+def test_the_patch_count_goes_on_from_the_checkpoint_whatever_the_number_of_processes():
+    from MedSynthLogic.config import TrainConfig
+    from MedSynthLogic.training.resume import changed_world_size, patches_before
+
+    cfg = TrainConfig(iterations=10, batch_size=2)
+    mid = Start(1, 4, checkpoint={"stage": 1, "iteration": 4, "stage_done": False, "world_size": 3, "patches_seen": 84},
+                continues=True, resumed_from="run/ckpt.pt")
+    assert patches_before(mid, cfg, world_size=1) == 84  # 10·2·3 + 4·2·3, drawn by 3 processes
+    assert "written by 3 process(es) and this run has 1: the global batch changes from 6 to 2" in changed_world_size(mid, cfg, 1)
+    assert changed_world_size(mid, cfg, 3) is None
+    old = Start(1, 4, checkpoint={"stage": 1, "iteration": 4, "stage_done": False}, continues=True)
+    assert patches_before(old, cfg, world_size=2) == (10 + 4) * 2 * 2 and changed_world_size(old, cfg, 2) is None
+    retrain = Start(1, checkpoint={"stage": 2, "iteration": 3, "stage_done": False, "patches_seen": 999})
+    assert patches_before(retrain, cfg, world_size=1) == 10 * 2  # stage 1 retrained: the later count does not apply
+    next_stage = Start(2, checkpoint={"stage": 1, "iteration": 10, "stage_done": True, "patches_seen": 50})
+    assert patches_before(next_stage, cfg, world_size=4) == 50
+    assert patches_before(Start(0), cfg, world_size=4) == 0
+
+
+def test_every_process_refuses_an_existing_model_at_once(tmp_path, monkeypatch):
+    """Only rank 0 used to check: the others waited for it in the process group until torchrun killed them."""
+    from MedSynthLogic.errors import OutputError
+    from MedSynthLogic.options import build_torchrun_parser
+    from MedSynthLogic.training.command import train_from_args
+
+    (tmp_path / "m.safetensors").write_bytes(b"x")
+    monkeypatch.setenv("RANK", "2")
+    args = build_torchrun_parser("train").parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors")])
+    with pytest.raises(OutputError, match="exists already"):
+        train_from_args(args)
+
+
+def test_a_lost_process_is_told_apart_from_other_errors():
+    from MedSynthLogic.distributed import lost_contact
+
+    assert lost_contact(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer."))
+    assert lost_contact(RuntimeError("NCCL communicator was aborted on rank 1."))
+    assert not lost_contact(RuntimeError("CUDA out of memory"))
