@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -199,7 +200,9 @@ def _train_stage(
         if event is not None:
             s.emit(event)
         if validation_due(tcfg, done):
+            paused = time.perf_counter()
             _validate(s, chain, stage, trainer, source, val_volumes, done)
+            log.exclude(time.perf_counter() - paused)
         if s.stopper():
             s.save(chain, stage, done, done == tcfg.iterations, trainer, "stop")
             raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; its checkpoint is in {s.run_dir}: run "
@@ -209,7 +212,9 @@ def _train_stage(
             source.close()
             return False
         if tcfg.checkpoint_every > 0 and done % tcfg.checkpoint_every == 0 and done < tcfg.iterations:
+            paused = time.perf_counter()
             s.save(chain, stage, done, False, trainer, "periodic")
+            log.exclude(time.perf_counter() - paused)
     dist_utils.broadcast_buffers(gen, ctx)
     dist_utils.broadcast_buffers(trainer.disc, ctx)
     trainer.finish()

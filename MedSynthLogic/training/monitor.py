@@ -26,6 +26,11 @@ class LossLog:
         self.count = 0
         self.window_t, self.window_n = time.perf_counter(), 0
 
+    def exclude(self, seconds: float) -> None:
+        """Leave a pause (validation, a checkpoint) out of the rate: it fell in one short window and made that
+        window's patches/s several times too low and its ETA as many times too long."""
+        self.window_t += seconds
+
     def add(self, losses: Dict[str, float], done: int, lr: float) -> Optional[Event]:
         for key, v in losses.items():
             self.sums[key] = self.sums.get(key, 0.0) + v

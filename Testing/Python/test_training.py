@@ -468,3 +468,19 @@ def test_start_stage_from_a_checkpoint_retrains_only_the_later_stages(tmp_path, 
     assert all(torch.equal(b0[n], a0[n]) for n in b0)
     b1, a1 = _stage_weights(before, 1), _stage_weights(after, 1)
     assert not all(torch.equal(b1[n], a1[n]) for n in b1)
+
+
+def test_a_validation_pause_is_left_out_of_the_rate_and_eta(monkeypatch):
+    """A 30 s validation inside a 2-iteration window made that line say 0.26 patches/s instead of 4."""
+    from MedSynthLogic.distributed import DistContext
+    from MedSynthLogic.training import monitor
+
+    clock = [100.0]
+    monkeypatch.setattr(monitor.time, "perf_counter", lambda: clock[0])
+    log = monitor.LossLog(TrainConfig(iterations=10, log_every=2, batch_size=4), DistContext(), 10, 0, 0.0)
+    clock[0] += 1.0
+    assert log.add({"g": 1.0}, 1, 1e-3) is None
+    clock[0] += 30.0 + 1.0  # a validation of 30 s, then the second iteration
+    log.exclude(30.0)
+    event = log.add({"g": 1.0}, 2, 1e-3)
+    assert event["patches_per_s"] == pytest.approx(2 * 4 / 2.0) and event["eta_s"] == pytest.approx(8 * 1.0)
