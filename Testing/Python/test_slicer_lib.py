@@ -776,3 +776,30 @@ def test_in_process_synthesis_checks_its_input_as_the_panel_does(scene, phantom_
         synthesize_in_process(scene, t2, dataclasses.replace(request, force=True))
     with pytest.raises(ValueError, match="is the input volume"):
         synthesize_in_process(scene, phantom_node, request, phantom_node)
+
+
+def test_a_sagittal_first_node_gets_the_synthesis_of_the_same_brain_stored_axially(scene, phantom_node, tmp_path,
+                                                                                   phantom, tiny_model_config):
+    """Slicer's DICOM import keeps the acquisition's axis order; the node's IJK→RAS carries it to the network's order
+    and back (orientation.py), so a sagittal series gets the axial one's synthesis, voxel for voxel."""
+    import dataclasses
+
+    import SimpleITK as sitk
+
+    from MedSynthLib.synthesis import synthesize_in_process
+    from MedSynthLogic import mrml
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.orientation import axis_order
+    from MedSynthLogic.volume import Volume, to_sitk_image
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    request = SynthesisRequest(model_path=save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg), device="cpu")
+    stored = sitk.PermuteAxes(to_sitk_image(sitk, phantom.t1ce), [2, 0, 1])
+    sagittal = Volume(sitk.GetArrayFromImage(stored), stored.GetSpacing(), stored.GetOrigin(), stored.GetDirection())
+    node = mrml.node_from_volume(scene, sagittal, "sagittal T1ce")
+    axial = mrml.volume_from_node(synthesize_in_process(scene, phantom_node, request))
+    result = mrml.volume_from_node(synthesize_in_process(scene, node, request))
+    order = axis_order(result.direction)
+    assert not order.is_identity and result.shape == sagittal.shape
+    np.testing.assert_allclose(order.forward(result.array), axial.array, atol=1e-4)
