@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from .errors import GeometryError, InputImageError
+from .orientation import axis_order
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -283,7 +284,7 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
                 f"(t2_score {guess.t2_score:.3f}; {T2_WEIGHTED} from {T2_SCORE_THRESHOLD})",
                 {"kind": guess.kind, **guess.stats},
             ))
-    spacing = tuple(float(s) for s in volume.spacing)
+    spacing = axis_order(volume.direction).spacing(volume.spacing)  # the model's axes, whatever the file's order
     far = [abs(s - e) > expect.spacing_tolerance_mm + 1e-6 for s, e in zip(spacing, expect.spacing_mm)]
     if any(far):
         findings.append(InputFinding(

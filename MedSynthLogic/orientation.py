@@ -50,12 +50,20 @@ class AxisOrder:
         out = np.flip(array, axis=flipped) if flipped else array
         return np.ascontiguousarray(np.transpose(out, np.argsort(self.axes)))
 
+    def spacing(self, spacing: Tuple[float, float, float]) -> Tuple[float, float, float]:
+        """A stored voxel size (x, y, z) as the canonical axes see it: what a model's expected spacing refers to."""
+        return tuple(float(spacing[i]) for i in self._index_axes())  # type: ignore[return-value]
+
+    def _index_axes(self) -> list:
+        """For each canonical index axis (x, y, z), the stored index axis that becomes it."""
+        return [2 - self.axes[2 - c] for c in range(3)]
+
     def volume(self, volume: Volume) -> Volume:
         """``volume`` in the canonical order with the geometry that keeps every voxel where it was in the world."""
         direction = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
         spacing = np.asarray(volume.spacing, dtype=np.float64)
         shape_xyz = np.asarray(volume.shape[::-1])
-        index_axes = [2 - self.axes[2 - c] for c in range(3)]  # canonical index axis c (x, y, z) ← stored index axis
+        index_axes = self._index_axes()
         signs = np.array([-1.0 if self.flips[2 - c] else 1.0 for c in range(3)])
         new_direction = direction[:, index_axes] * signs
         first = np.zeros(3)
@@ -63,7 +71,7 @@ class AxisOrder:
             if self.flips[2 - c]:
                 first[index_axes[c]] = shape_xyz[index_axes[c]] - 1
         origin = np.asarray(volume.origin, dtype=np.float64) + direction @ (first * spacing)
-        return Volume(np.ascontiguousarray(self.forward(volume.array)), spacing=tuple(spacing[index_axes].tolist()),
+        return Volume(np.ascontiguousarray(self.forward(volume.array)), spacing=self.spacing(volume.spacing),
                       origin=tuple(origin.tolist()), direction=tuple(new_direction.reshape(9).tolist()))
 
 

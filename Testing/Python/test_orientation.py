@@ -129,3 +129,19 @@ def test_prepare_stores_a_case_in_the_order_synthesis_runs_in(phantom, tmp_path)
         np.testing.assert_array_equal(a["target"][...], b["target"][...])
     notes = json.loads((roots["sagittal"] / "manifest.json").read_text())["cases"]["case1"]["notes"]
     assert any("Reordered the voxel axes from" in note and "to LPS" in note for note in notes)
+
+
+def test_the_spacing_check_reads_the_voxel_size_along_the_models_axes(phantom):
+    """A model trained on 1 × 1 × 3 mm (thick axial slices) expects 3 mm along z however the file orders its axes."""
+    import dataclasses
+
+    from MedSynthLogic.config import InputExpectations, ModelConfig
+    from MedSynthLogic.input_checks import check_source
+    from MedSynthLogic.volume import to_sitk_image
+
+    cfg = ModelConfig(input=InputExpectations(spacing_mm=(1.0, 1.0, 3.0), max_anisotropy=4.0))
+    axial = dataclasses.replace(phantom.t1ce, spacing=(1.0, 1.0, 3.0))
+    stored = _stored(to_sitk_image(sitk, axial), (2, 0, 1), (False, False, False))
+    assert stored.GetSpacing() == (3.0, 1.0, 1.0)
+    assert "spacing" not in [f.code for f in check_source(_volume(stored), cfg)]
+    assert "spacing" in [f.code for f in check_source(phantom.t1ce, cfg)]
