@@ -20,11 +20,13 @@ from .errors import DataError, UsageError
 
 @dataclass
 class IntensityLookup:
-    """Bin edges over normalised source units and the mean normalised target in each bin."""
+    """Bin edges over normalised source units and the mean normalised target in each bin; ``names``: the pair
+    (source, target) it maps, so an evaluation of it reads that pair's files."""
 
     edges: np.ndarray
     values: np.ndarray
     normalisation: NormalisationConfig
+    names: Tuple[str, str] = ("T1ce", "T2")
 
     def apply(self, source: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Normalise ``source`` as in training, look each voxel up, return target units (as the models do)."""
@@ -39,7 +41,8 @@ class IntensityLookup:
         from .config import to_dict
 
         atomic_write_text(path, json.dumps({"kind": "intensity-lookup", "edges": self.edges.tolist(),
-                                            "values": self.values.tolist(), "normalisation": to_dict(self.normalisation)}))
+                                            "values": self.values.tolist(), "normalisation": to_dict(self.normalisation),
+                                            "source_name": self.names[0], "target_name": self.names[1]}))
 
     @classmethod
     def load(cls, path: str | Path) -> "IntensityLookup":
@@ -56,15 +59,18 @@ class IntensityLookup:
             raise DataError(f"{path} is not an intensity lookup file.", hint)
         try:
             return cls(np.asarray(data["edges"], dtype=np.float64), np.asarray(data["values"], dtype=np.float64),
-                       from_dict(NormalisationConfig, data["normalisation"]))
+                       from_dict(NormalisationConfig, data["normalisation"]),
+                       (str(data.get("source_name", "T1ce")), str(data.get("target_name", "T2"))))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path} is an incomplete intensity lookup file ({exc}).", hint) from exc
 
 
 def fit_intensity_lookup(
-    pairs: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]], normalisation: NormalisationConfig, bins: int = 256
+    pairs: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]], normalisation: NormalisationConfig, bins: int = 256,
+    names: Tuple[str, str] = ("T1ce", "T2"),
 ) -> IntensityLookup:
-    """Fit the lookup on (source, target, mask) arrays, all normalised as the models normalise them."""
+    """Fit the lookup on (source, target, mask) arrays, all normalised as the models normalise them; ``names``: the
+    pair's (source, target), recorded in the file."""
     from .normalisation import normalise_source, normalise_target
 
     if bins < 2:
@@ -83,4 +89,4 @@ def fit_intensity_lookup(
     values = np.divide(sums, counts, out=np.zeros(bins), where=counts > 0)
     filled = counts > 0
     values = np.interp(np.arange(bins), np.flatnonzero(filled), values[filled])
-    return IntensityLookup(edges, values, normalisation)
+    return IntensityLookup(edges, values, normalisation, (str(names[0]), str(names[1])))

@@ -137,7 +137,8 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
 
     source_suffix, target_suffix = file_suffixes(scored_pair(args.model, args.lookup), args.source_suffix, args.target_suffix)
     cases = cases_to_evaluate(args.data, case_ids=[c for c in (args.cases or "").split(",") if c], manifest=args.manifest,
-                              source_suffix=source_suffix, target_suffix=target_suffix)
+                              source_suffix=source_suffix, target_suffix=target_suffix, model=args.model,
+                              lookup=args.lookup)
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
                              flip_tta=args.flip_tta, device=args.device, precision=args.precision, figures=args.figures,
                              save_predictions=args.save_predictions, label=args.label, target_name=target_suffix,
@@ -171,7 +172,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
             source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
             yield source.array, target.array, brain_mask(source.array, cfg.mask_threshold)
 
-    lookup = fit_intensity_lookup(pairs(), cfg, bins=args.bins)
+    lookup = fit_intensity_lookup(pairs(), cfg, bins=args.bins, names=(model_cfg.source_name, model_cfg.target_name))
     lookup.save(args.out)
     report(done_event(args.out, cases=[c.case_id for c in cases]))
     if report.mode != "json":

@@ -28,13 +28,18 @@ def cases_to_evaluate(
     data_dir: PathLike,
     case_ids: Optional[Sequence[str]] = None,
     manifest: Optional[PathLike] = None,
-    source_suffix: str = "t1ce",
-    target_suffix: str = "t2",
+    source_suffix: Optional[str] = None,
+    target_suffix: Optional[str] = None,
+    model: Optional[PathLike] = None,
+    lookup: Optional[PathLike] = None,
 ) -> List[Case]:
     """The cases of ``data_dir`` to score: ``case_ids`` (in that order), else the validation split of a
-    ``manifest.json`` written by ``prepare_dataset``, else every case; an unknown id is refused, never skipped."""
+    ``manifest.json`` written by ``prepare_dataset``, else every case; an unknown id is refused, never skipped.
+    The files' suffixes default to the pair that ``model`` or ``lookup`` scores (:func:`scored_pair`)."""
     from .dataset_prep import find_cases, select_cases
+    from .source_names import file_suffixes
 
+    source_suffix, target_suffix = file_suffixes(scored_pair(model, lookup), source_suffix, target_suffix)
     cases = find_cases(data_dir, source_suffix=source_suffix, target_suffix=target_suffix)
     wanted: Optional[List[str]] = list(case_ids) if case_ids else None
     if wanted is None and manifest is not None:
@@ -66,12 +71,15 @@ def check_report_folder(out_dir: PathLike, overwrite: bool = False) -> None:
 
 def scored_pair(model: Optional[PathLike] = None, lookup: Optional[PathLike] = None) -> "ModelConfig":
     """The config whose pair an evaluation scores: the model file's (header only; default the bundled model), or
-    the T1ce→T2 default for a lookup, whose file holds no names. Its names give the files' default suffixes."""
+    a lookup's (the names ``fit-lookup`` recorded; T1ce→T2 for a file from before). Its names give the files'
+    default suffixes."""
+    from .baselines import IntensityLookup
     from .config import ModelConfig
     from .model_file import bundled_model_path, read_config
 
     if lookup:
-        return ModelConfig()
+        fitted = IntensityLookup.load(lookup)
+        return ModelConfig(source_name=fitted.names[0], target_name=fitted.names[1], normalisation=fitted.normalisation)
     return read_config(Path(model) if model else bundled_model_path())
 
 
@@ -87,13 +95,14 @@ def evaluate_cases(
     figures: bool = False,
     save_predictions: bool = False,
     label: str = "",
-    target_name: str = "t2",
+    target_name: Optional[str] = None,
     progress: ProgressFn = None,
     overwrite: bool = False,
 ) -> Dict[str, Any]:
     """Synthesize every case with ``model`` (default: the bundled one) or apply an intensity ``lookup`` instead,
     score it, and write ``metrics.json``/``metrics.md`` (and per-case PNGs with ``figures``, the synthetic volumes,
-    named ``<case>_synthetic_<target_name>.nii.gz``, with ``save_predictions``) into ``out_dir``.
+    named ``<case>_synthetic_<target_name>.nii.gz``, with ``save_predictions``; ``target_name`` defaults to the
+    model's target in lower case) into ``out_dir``.
 
     Returns the report (per-case rows and ``summary``: metric → mean/std/n; ``precision``: the arithmetic the
     synthesis ran in, since ``auto`` depends on the machine). The model or lookup is loaded before ``out_dir`` is
@@ -111,7 +120,9 @@ def evaluate_cases(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     norm = scorer.normalisation if scorer else loaded.config.normalisation
-    names = (loaded.config.source_name, loaded.config.target_name) if loaded else ("T1ce", "T2")
+    pair = loaded.config if loaded else scored_pair(lookup=lookup)
+    names = (pair.source_name, pair.target_name)
+    target_name = target_name or pair.target_name.lower()
     entries = []
     for i, case in enumerate(cases):
         source, pred, target, mask, seg = _predict_case(case, scorer, loaded, norm, stages, flip_tta, device, precision,
@@ -126,7 +137,9 @@ def evaluate_cases(
                          names)
         if progress:
             progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
-    results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None)
+    window = (norm.target.window_min, norm.target.window_max) if norm.target.mode == "window" else None
+    results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None,
+                             window=window)
     results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
                    precision=None if scorer else arithmetic_name(device, precision),
                    files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases})
@@ -136,14 +149,20 @@ def evaluate_cases(
 
 def _predict_case(case: Case, scorer: Any, loaded: Any, norm: Any, stages: Optional[int], flip_tta: bool, device: str,
                   precision: str, progress: ProgressFn) -> Tuple[Any, Any, Any, np.ndarray, Optional[np.ndarray]]:
-    """One case's (source, prediction, target, brain mask, segmentation), the target on the source's grid."""
+    """One case's (source, prediction, target, brain mask, segmentation), the target on the source's grid. The mask
+    is the case's own mask file when it has one (as ``prepare`` trained with it), else the source's threshold mask."""
     from .inference import synthesize_volume
     from .normalisation import brain_mask
-    from .volume_io import align_pair, read_volume
+    from .volume_io import align_pair, read_volume, resample_like, same_grid
 
     source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
     seg = read_volume(case.seg).array.astype(np.uint8) if case.seg else None
-    mask = brain_mask(source.array, norm.mask_threshold)
+    if case.mask:
+        given = read_volume(case.mask)
+        off_grid = same_grid(given, source)
+        mask = resample_like(given, source).array > 0.5 if off_grid else given.array > 0
+    else:
+        mask = brain_mask(source.array, norm.mask_threshold)
     if scorer is not None:
         pred = source.with_array(scorer.apply(source.array, mask))
     else:
@@ -156,10 +175,14 @@ def _case_figure(path: Path, source: Any, pred: Any, target: Any, mask: np.ndarr
                  names: Tuple[str, str]) -> None:
     """Source | synthetic | real | error map, the error in the metrics' unit (0–0.5); ``names``: the pair's."""
     from .figures import comparison_figure, metric_unit_ranges
-    from .metrics import scale_prediction
+    from .metrics import scale_prediction, window_unit
 
     source_name, target_name = names
-    err = np.abs(scale_prediction(pred.array, mask, norm.output_scale) - _unit(target.array, mask))
+    if norm.target.mode == "window":  # the metrics' unit: the window mapped to [0, 1]
+        window = (norm.target.window_min, norm.target.window_max)
+        err = np.abs(window_unit(pred.array, window) - window_unit(target.array, window)) * mask
+    else:
+        err = np.abs(scale_prediction(pred.array, mask, norm.output_scale) - _unit(target.array, mask))
     ranges = (metric_unit_ranges(f"synthetic {target_name}", f"real {target_name}", target.array, mask, norm.output_scale)
               if norm.target.mode == "percentile" else None)
     comparison_figure(

@@ -25,8 +25,9 @@ states its own. Three checks:
     and a white-matter peak like a T1.
 
   The check runs only when the model's ``input.sequence`` and ``source_name`` both name a sequence the rule
-  knows (:data:`T1_WEIGHTED`, :data:`T2_WEIGHTED`) and agree; any other source (CT, PD, "MR") gets no sequence
-  check.
+  knows (:data:`T1_WEIGHTED`, :data:`T2_WEIGHTED`; also names such as "T1_3T" that :mod:`.source_names` reads)
+  and agree, and the model expects skull-stripped input; any other source (CT, PD, "MR", a whole head) gets no
+  sequence check.
 * **skull-stripped** (when no brain mask is given): at least ``min_background_fraction`` of the voxels are 0
   (≤ the model's mask threshold). A head whose air was set to 0 passes; a head with scanner noise does not, and
   then the sequence is not judged (the "brain" would be the whole head). A source whose brightest voxels crowd
@@ -129,15 +130,28 @@ class SequenceGuess:
 
 
 def sequence_kind(name: str) -> Optional[str]:
-    """The kind the rule can tell for a sequence name (``"T1ce"`` → T1-weighted), or None for one it does not know."""
+    """The kind the rule can tell for a sequence name (``"T1ce"`` → T1-weighted), or None for one it does not know.
+
+    A name the file-name reader understands counts too (``"T1_3T"``, ``"MPRAGE 7T"`` → T1-weighted): a 3T→7T model
+    named so used to get no sequence check at all, and a T2 went through it.
+    """
+    from .source_names import FLAIR, T1, T1CE, T2, named_sequence
+
     key = "".join(ch for ch in name.lower() if ch not in " -_")
     for kind, names in _KNOWN.items():
         if key in names:
             return kind
-    return None
+    named = named_sequence(name)
+    if named is None:
+        return None
+    return T1_WEIGHTED if named.kind in (T1, T1CE) else T2_WEIGHTED if named.kind in (T2, FLAIR) else None
 
 
 def _expected_kind(model_config: "ModelConfig") -> Optional[str]:
+    """The kind the sequence rule checks for, or None: names it does not know or that disagree, and models that
+    take whole heads (the rule reads a skull-stripped brain's histogram)."""
+    if not model_config.input.skull_stripped:
+        return None
     expected = sequence_kind(model_config.input.sequence)
     return expected if expected is not None and expected == sequence_kind(model_config.source_name) else None
 

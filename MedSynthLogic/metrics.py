@@ -9,6 +9,10 @@ way: a prediction with too little contrast is penalised, as it should be. A pred
 and offset (least squares in the mask), i.e. the error that is not a global brightness/contrast mismatch with
 this case's reference. PSNR of identical images is ``inf``; the JSON report writes non-finite
 numbers as ``null`` and summaries average the finite values only (``n`` says how many).
+
+A target in a fixed unit (``window``: CT in Hounsfield units) is not rescaled per image: prediction and reference
+both map the window to [0, 1] (``window_unit``), so a prediction three times too bright no longer scores 150 dB,
+and ``mae_target_unit`` gives the MAE in the target's own unit (HU).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .errors import DataError, GeometryError, InputImageError
 from .volume_io import Volume, read_volume, same_grid
 
 ArrayLike = Union[np.ndarray, Volume]
-METRICS = ("psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated")
+METRICS = ("psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated", "mae_target_unit")
 SSIM_WINDOW = 7
 
 
@@ -52,6 +56,15 @@ def normalise_for_metrics(raw: ArrayLike, mask: Optional[np.ndarray], percentile
     if not scale > 0:
         return np.zeros_like(a, dtype=np.float32)
     return np.clip(a / np.float32(scale), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def window_unit(raw: ArrayLike, window: Tuple[float, float]) -> np.ndarray:
+    """``raw`` in a fixed unit (e.g. HU) with the window ``(low, high)`` mapped to [0, 1] and clipped (float32)."""
+    low, high = float(window[0]), float(window[1])
+    if not high > low:
+        raise InputImageError(f"The metric window must run upwards, got {window}.")
+    a = _arr(raw).astype(np.float32, copy=False)
+    return np.clip((a - np.float32(low)) / np.float32(high - low), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def mae(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
@@ -125,8 +138,10 @@ def evaluate_case(
     seg: Optional[ArrayLike] = None,
     percentile: float = 99.5,
     pred_scale: Optional[float] = None,
+    window: Optional[Tuple[float, float]] = None,
 ) -> Dict[str, Any]:
-    """Brain metrics (and tumour metrics where ``seg`` has labels > 0) of one case, after the normalisation protocol.
+    """Brain metrics (and tumour metrics where ``seg`` has labels > 0) of one case, after the normalisation protocol
+    (``window``: both images in a fixed unit, mapped by :func:`window_unit`, with ``mae_target_unit`` too).
 
     ``mask`` defaults to ``target > 0`` (skull-stripped reference). Tumour metrics use the same brain-normalised
     images, restricted to tumour voxels (SSIM: the brain SSIM map averaged over tumour voxels).
@@ -139,8 +154,12 @@ def evaluate_case(
         raise GeometryError("The mask or segmentation does not have the reference's size.", "Use files on the reference grid.")
     if not brain.any():
         raise InputImageError("The brain mask (or the reference) is empty.", "Check the mask / reference files.")
-    pn = normalise_for_metrics(p, brain, percentile) if pred_scale is None else scale_prediction(p, brain, pred_scale)
-    tn = normalise_for_metrics(t, brain, percentile)
+    if window is not None:
+        pn, tn = np.where(brain, window_unit(p, window), np.float32(0.0)), window_unit(t, window)
+    elif pred_scale is None:
+        pn, tn = normalise_for_metrics(p, brain, percentile), normalise_for_metrics(t, brain, percentile)
+    else:
+        pn, tn = scale_prediction(p, brain, pred_scale), normalise_for_metrics(t, brain, percentile)
     smap, box = ssim_map(pn, tn, brain)
     inner = brain[box]
     result: Dict[str, Any] = {
@@ -150,6 +169,8 @@ def evaluate_case(
         "psnr_calibrated": psnr_after_gain_offset(pn, tn, brain),
         "brain_voxels": int(brain.sum()),
     }
+    if window is not None:
+        result["mae_target_unit"] = result["mae"] * (float(window[1]) - float(window[0]))
     if s is not None:
         tumour = (s > 0) & brain
         result["tumour_voxels"] = int(tumour.sum())
@@ -185,6 +206,7 @@ def evaluate_pairs(
     pairs: Iterable[Tuple[str, Volume, Volume, Optional[ArrayLike], Optional[ArrayLike]]],
     percentile: float = 99.5,
     pred_scale: Optional[float] = None,
+    window: Optional[Tuple[float, float]] = None,
 ) -> Dict[str, Any]:
     """Evaluate (case_id, prediction, reference, mask or None, seg or None) tuples: per-case metrics and mean ± std.
 
@@ -196,13 +218,17 @@ def evaluate_pairs(
             diffs = same_grid(pred, target)
             if diffs:
                 raise GeometryError(f"Case {case_id}: prediction and reference grids differ: " + "; ".join(diffs) + ".")
-        cases.append({"case": str(case_id), **evaluate_case(pred, target, mask, seg, percentile, pred_scale)})
+        cases.append({"case": str(case_id), **evaluate_case(pred, target, mask, seg, percentile, pred_scale, window)})
     if not cases:
         raise DataError("There is nothing to evaluate (no prediction/reference pairs).")
-    return {"protocol": _protocol(percentile, pred_scale), "cases": cases, "summary": _summary(cases)}
+    return {"protocol": _protocol(percentile, pred_scale, window), "cases": cases, "summary": _summary(cases)}
 
 
-def _protocol(percentile: float, pred_scale: Optional[float] = None) -> str:
+def _protocol(percentile: float, pred_scale: Optional[float] = None, window: Optional[Tuple[float, float]] = None) -> str:
+    if window is not None:
+        return (f"prediction and reference in the target's unit, the window {window[0]:g} to {window[1]:g} mapped to "
+                "[0, 1] and clipped; PSNR/MAE over the mask (mae_target_unit: the MAE in the target's unit); SSIM "
+                "(7x7x7 uniform window, data_range 1) averaged over the mask")
     pred = (
         f"prediction divided by its output scale {pred_scale:g} (1 = the reference's {percentile}th percentile)"
         if pred_scale is not None

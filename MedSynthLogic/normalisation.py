@@ -121,10 +121,11 @@ def denormalise_output(arr: np.ndarray, cfg: NormalisationConfig) -> np.ndarray:
 
     The output never goes below the lowest value a training target could hold (``clip_min``; the window's bottom):
     a linear last layer can undershoot a little at dark edges, and a negative MR magnitude is not an image value.
+    A window's top bounds it too (a CT model wrote 2158 HU for a 2000 HU window); an MR image has no such top.
     """
     t = cfg.target
-    lowest = 0.0 if t.mode == "window" else float(t.clip_min)
-    a = np.maximum(np.asarray(arr, dtype=np.float32), np.float32(lowest))
+    a = np.asarray(arr, dtype=np.float32)
+    a = np.clip(a, 0.0, 1.0) if t.mode == "window" else np.maximum(a, np.float32(t.clip_min))
     if t.mode == "window":
         return (a * np.float32(t.window_max - t.window_min) + np.float32(t.window_min)).astype(np.float32)
     return (a * np.float32(cfg.output_scale)).astype(np.float32, copy=False)

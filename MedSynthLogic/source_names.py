@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NamedSequence", "named_sequence", "expected_sequence", "name_notes", "display_name", "check_pair_suffixes",
            "file_suffixes",
-           "T1CE"]
+           "T1CE", "T1", "T2", "FLAIR"]
 
 T1CE, T1, T2, FLAIR = "T1ce", "T1", "T2", "FLAIR"
 #: Words (whole tokens) that name a T1-weighted acquisition without a "t1" in them.
@@ -137,8 +137,9 @@ def check_pair_suffixes(source_suffix: str, target_suffix: str, model_config: "M
             raise UsageError(
                 f"The {role} files (suffix '{suffix}') hold a {by_file.kind}, but the model config names its {role} "
                 f"{name}.",
-                f'Pass a --config whose "source_name" and "target_name" name this pair (e.g. "{by_file.kind}"), '
-                f"or the --{role}-suffix of a {name}.",
+                f'Use a config whose "source_name" and "target_name" name this pair (e.g. "{by_file.kind}"): '
+                "--config for prepare and fit-lookup; evaluate reads it from the --model or --lookup file. Or pass "
+                f"the --{role}-suffix of a {name}.",
             )
 
 

@@ -100,7 +100,7 @@ def test_evaluate_reads_the_files_of_the_models_own_pair(cases_dir, tmp_path, ti
     cfg = dataclasses.replace(tiny_model_config, stages=1, source_name="T1", target_name="FLAIR")
     model = save_model(tmp_path / "t1_flair.safetensors", random_chain(cfg), cfg)
     assert (scored_pair(model).source_name, scored_pair(model).target_name) == ("T1", "FLAIR")
-    assert scored_pair(None, lookup="any.json") == ModelConfig()
+    assert (scored_pair(None).source_name, scored_pair(None).target_name) == (ModelConfig().source_name, "T2")
     pair_dir = tmp_path / "cases"
     (pair_dir / "a").mkdir(parents=True)
     for suffix, original in (("t1", "t1ce"), ("flair", "t2")):
@@ -111,3 +111,33 @@ def test_evaluate_reads_the_files_of_the_models_own_pair(cases_dir, tmp_path, ti
     assert (Path(files["source"]).name, Path(files["target"]).name) == ("a_t1.nii.gz", "a_flair.nii.gz")
     assert main(["evaluate", str(pair_dir), "--model", str(model), "--out", str(tmp_path / "r2"),
                  "--source-suffix", "t1ce", "--progress", "none"]) == 2
+
+
+def test_a_lookup_and_the_python_defaults_follow_the_pair_and_a_cases_mask_is_the_scored_region(cases_dir, tmp_path):
+    """A T1→FLAIR lookup is scored on _t1/_flair files without suffixes, its predictions are named after FLAIR, and a
+    case's _mask file is the region scored (it was the source's threshold mask, the whole head for a head model)."""
+    from MedSynthLogic.baselines import IntensityLookup, fit_intensity_lookup
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.evaluation import scored_pair
+    from MedSynthLogic.normalisation import brain_mask
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    pair_dir = tmp_path / "cases"
+    (pair_dir / "a").mkdir(parents=True)
+    source = read_volume(cases_dir / "a" / "a_t1ce.nii.gz")
+    write_volume(source, pair_dir / "a" / "a_t1.nii.gz")
+    write_volume(read_volume(cases_dir / "a" / "a_t2.nii.gz"), pair_dir / "a" / "a_flair.nii.gz")
+    half = brain_mask(source.array, 0.0)
+    half[: half.shape[0] // 2] = False
+    write_volume(source.with_array(half.astype(np.float32)), pair_dir / "a" / "a_mask.nii.gz")
+    cfg = ModelConfig().normalisation
+    pairs = [(source.array, read_volume(pair_dir / "a" / "a_flair.nii.gz").array, brain_mask(source.array, 0.0))]
+    path = tmp_path / "t1_flair_lookup.json"
+    fit_intensity_lookup(pairs, cfg, bins=16, names=("T1", "FLAIR")).save(path)
+    assert IntensityLookup.load(path).names == ("T1", "FLAIR")
+    assert (scored_pair(lookup=path).source_name, scored_pair(lookup=path).target_name) == ("T1", "FLAIR")
+    cases = cases_to_evaluate(pair_dir, lookup=path)
+    assert [(c.source.name, c.target.name) for c in cases] == [("a_t1.nii.gz", "a_flair.nii.gz")]
+    report = evaluate_cases(cases, tmp_path / "r", lookup=path, save_predictions=True)
+    assert (tmp_path / "r" / "a_synthetic_flair.nii.gz").is_file()
+    assert report["cases"][0]["brain_voxels"] == int(half.sum())

@@ -86,6 +86,19 @@ def test_a_source_the_rule_does_not_know_gets_no_sequence_check(phantom):
     names_only = from_dict(ModelConfig, {"source_name": "T1", "target_name": "FLAIR"})  # a config naming its pair
     assert names_only.input.sequence == "T1" and codes(check_source(phantom.t2, names_only)) == ["sequence"]
     assert sequence_kind("T1-CE") == T1_WEIGHTED and sequence_kind("FLAIR") == T2_WEIGHTED and sequence_kind("CT") is None
+    seven_tesla = ModelConfig(source_name="T1_3T", target_name="T1_7T")
+    assert sequence_kind("T1_3T") == T1_WEIGHTED and sequence_kind("MPRAGE 7T") == T1_WEIGHTED
+    assert codes(check_source(phantom.t2, seven_tesla)) == ["sequence"]  # a T2 used to pass a 3T→7T model
+    assert sequence_kind("PD") is None and sequence_kind("T1 T2") is None
+
+
+def test_a_model_for_whole_heads_gets_no_histogram_rule(phantom):
+    """The rule reads a skull-stripped brain's histogram; inside a head mask scalp and marrow make a T1 look
+    T2-weighted (t2_score 1.6 on a whole-head phantom T1), so a model that takes whole heads does not run it."""
+    head = ModelConfig(source_name="T1", target_name="CT",
+                       input=InputExpectations(sequence="T1", skull_stripped=False))
+    assert "sequence" not in checks_run(head, mask_given=True)
+    assert check_source(phantom.t2, head, mask=phantom.mask) == []
 
 
 def test_refuse_or_warn(phantom):

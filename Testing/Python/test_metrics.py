@@ -193,3 +193,21 @@ def test_pred_scale_penalises_flat_contrast_that_own_percentile_hides() -> None:
     assert evaluate_case(exact, target, mask, pred_scale=1000.0)["psnr"] > 40
     assert evaluate_case(flat, target, mask)["psnr"] > 40
     assert evaluate_case(flat, target, mask, pred_scale=1000.0)["psnr"] < 15
+
+
+def test_a_target_in_hounsfield_units_is_scored_in_its_window_not_by_its_own_percentile():
+    """Divided by their own 99.5th percentiles, a CT prediction three times too bright scored 150 dB and SSIM 1."""
+    from MedSynthLogic.metrics import evaluate_case, evaluate_pairs
+
+    rng = np.random.default_rng(0)
+    target = np.full((20, 20, 20), -1000.0, np.float32)
+    target[4:16, 4:16, 4:16] = rng.uniform(10, 45, (12, 12, 12))
+    target[4:16, 4:6, 4:16] = 1000.0  # bone
+    mask = target > -500
+    window = (-1000.0, 2000.0)
+    assert evaluate_case(target * 3, target, mask, window=window)["psnr"] < 20
+    assert evaluate_case(target, target, mask, window=window)["psnr"] == float("inf")
+    off = evaluate_case(target + 30.0, target, mask, window=window)
+    assert off["mae_target_unit"] == pytest.approx(30.0, rel=1e-3)
+    report = evaluate_pairs([("c", target + 30.0, target, mask, None)], window=window)
+    assert "window -1000 to 2000" in report["protocol"] and report["summary"]["mae_target_unit"]["mean"] == pytest.approx(30.0, rel=1e-3)

@@ -92,7 +92,8 @@ def test_denormalise_output_never_goes_below_what_a_training_target_held() -> No
     out = denormalise_output(np.array([-0.13, -0.0, 0.2], np.float32), NormalisationConfig(output_scale=1000.0))
     np.testing.assert_allclose(out, [0, 0, 200])
     ct = NormalisationConfig(target=IntensityConfig(mode="window", window_min=-1000, window_max=2000))
-    np.testing.assert_allclose(denormalise_output(np.array([-0.1, 0.5], np.float32), ct), [-1000, 500], atol=1e-3)
+    np.testing.assert_allclose(denormalise_output(np.array([-0.1, 0.5, 1.05], np.float32), ct), [-1000, 500, 2000],
+                               atol=1e-3)
 
 
 def test_transform_dict_round_trip_is_json() -> None:
