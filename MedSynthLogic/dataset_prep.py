@@ -35,7 +35,7 @@ from .atomic import atomic_path, atomic_write_text
 from .config import ModelConfig, to_dict
 from .dataset_cases import BRATS_PATTERN, Case, case_key, find_cases, select_cases, split_cases
 from .errors import DataError, GeometryError, MedSynthError, OutputError, UsageError
-from .progress import progress_event
+from .progress import progress_event, warning_event
 
 PathLike = Union[str, os.PathLike]
 OUTPUT_FILES = ("train.h5", "val.h5", "manifest.json")
@@ -99,6 +99,7 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         notes.append(f"Reordered the voxel axes from {orientation_code(source.direction)} to LPS, the order models "
                      "see every volume in.")
         source, target, mask = order.volume(source), order.volume(target), np.ascontiguousarray(order.forward(mask))
+    warnings = target_warnings(target.array, mask, norm.target)
     t1 = time.perf_counter()
     src, src_tr = normalise_source(source.array, mask, norm)
     tgt, tgt_tr = normalise_target(target.array, mask, norm)
@@ -110,10 +111,36 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         "source_transform": src_tr.to_dict(),
         "target_transform": tgt_tr.to_dict(),
         "geometry": {"spacing": list(source.spacing), "origin": list(source.origin), "direction": list(source.direction)},
-        "notes": notes,
+        "notes": notes + warnings,
+        "warnings": warnings,
         "read_s": t1 - t0,
         "normalise_s": t2 - t1,
     }
+
+
+#: Target tissue outside the mask, as a share of the mask's size, above which prepare warns (BraTS: at most 3.3 %).
+OUTSIDE_TARGET_MAX = 0.10
+
+
+def target_warnings(target: np.ndarray, mask: np.ndarray, target_cfg: Any) -> List[str]:
+    """What the user must hear about a target before training on it: tissue outside the mask, which training never
+    sees and synthesis leaves at the background (a CT's skull under an MR brain mask), and negative values under an
+    MR normalisation, which clips them to 0 (a CT in HU needs ``window``)."""
+    out: List[str] = []
+    window = target_cfg.mode == "window"
+    floor = target_cfg.window_min + 0.1 * (target_cfg.window_max - target_cfg.window_min) if window else 0.0
+    outside = int(np.count_nonzero((target > floor) & ~mask))
+    if outside > OUTSIDE_TARGET_MAX * max(int(mask.sum()), 1):
+        out.append(f"{outside} target voxels outside the mask ({100 * outside / max(int(mask.sum()), 1):.0f}% of the "
+                   "mask's size) hold tissue: training never sees them and the synthesis leaves them at the background "
+                   "value; give a mask that covers them (a head mask: <case>_mask or the --csv mask column) if the model "
+                   "should synthesize them")
+    negative = float(np.mean(target[mask] < 0)) if mask.any() else 0.0
+    if not window and negative > 0.01:
+        out.append(f"{100 * negative:.0f}% of the target's voxels in the mask are negative, and its normalisation "
+                   f"({target_cfg.mode}) clips them to 0: a CT in Hounsfield units needs \"mode\": \"window\" in the "
+                   "config's target normalisation")
+    return out
 
 
 def _case_rng(seed: int, case_id: str) -> np.random.Generator:
@@ -186,6 +213,8 @@ def prepare_dataset(
         for name, members in splits.items():
             for case in members:
                 case_entries[case.case_id] = _write_case(writers[name], case, plan, name)
+                for message in case_entries[case.case_id].pop("warnings"):
+                    emit(warning_event("prepare", f"{case.case_id}: {message}.", case=case.case_id))
                 done += 1
                 emit(progress_event("prepare", done, len(cases), case=case.case_id))
         for w in writers.values():
@@ -318,6 +347,7 @@ def _case_entry(case: Case, data: Dict[str, Any], padded_shape: Tuple[int, ...],
         "patches_centred_in_mask": centred,
         "normalisation": {"source": data["source_transform"], "target": data["target_transform"]},
         "notes": data["notes"],
+        "warnings": data["warnings"],
         "timings": {key: round(value, 3) for key, value in timings.items()},
     }
 

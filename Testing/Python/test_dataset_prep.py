@@ -339,3 +339,34 @@ def test_prepare_two_real_brats_cases(brats_dir, tmp_path):
     for entry in m["cases"].values():
         assert entry["shape"] == [155, 240, 240] and entry["seg"] is not None
         assert entry["patches_centred_in_mask"] >= 2 * round(16 * 0.9)
+
+
+def test_prepare_warns_of_target_tissue_outside_the_mask_and_of_a_ct_under_an_mr_normalisation(tmp_path):
+    """An MR→CT pair: the CT's skull lies outside the MR brain mask (training never sees it, the synthesis leaves it
+    at air), and a CT read with the default percentile normalisation loses its negative HU; both were silent."""
+    from scipy import ndimage
+
+    from MedSynthLogic.config import IntensityConfig, ModelConfig, NormalisationConfig
+    from MedSynthLogic.dataset_prep import prepare_dataset, target_warnings
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(40, 44, 40), seed=0)
+    brain = p.t1ce.array > 0
+    skull = ndimage.binary_dilation(brain, iterations=4) & ~brain
+    ct = np.where(brain, 35.0, -1000.0).astype(np.float32)
+    ct[skull] = 1000.0
+    (tmp_path / "cases" / "c1").mkdir(parents=True)
+    write_volume(p.t1ce, tmp_path / "cases" / "c1" / "c1_t1.nii.gz")
+    write_volume(p.t1ce.with_array(ct), tmp_path / "cases" / "c1" / "c1_ct.nii.gz")
+    window = NormalisationConfig(target=IntensityConfig(mode="window", window_min=-1000.0, window_max=2000.0))
+    events = []
+    manifest = prepare_dataset(find_cases(tmp_path / "cases", source_suffix="t1", target_suffix="ct"), tmp_path / "data",
+                               ModelConfig(source_name="T1", target_name="CT", normalisation=window),
+                               patches_per_case=4, val_fraction=0.0, progress=events.append)
+    warned = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warned) == 1 and warned[0].startswith("c1: ") and "outside the mask" in warned[0]
+    assert "warnings" not in manifest["cases"]["c1"] and any("outside the mask" in n for n in manifest["cases"]["c1"]["notes"])
+    clipped = target_warnings(np.where(brain, -5.0, 0.0).astype(np.float32), brain, ModelConfig().normalisation.target)
+    assert len(clipped) == 1 and '"window"' in clipped[0]
+    assert target_warnings(p.t2.array, brain, ModelConfig().normalisation.target) == []
