@@ -350,7 +350,8 @@ def refuse_or_warn(
         raise InputImageError(
             text,
             "Check that this is the right image (skull-stripped, about 1 mm voxels, the sequence the model expects); "
-            "to synthesize anyway, knowing the result is unreliable, pass --force (force=True in Python).",
+            "for a head that is not skull-stripped give its brain mask (--mask); to synthesize anyway, knowing the "
+            "result is unreliable, pass --force (force=True in Python).",
         )
     message = text + " Synthesizing anyway (--force): the result is unreliable."
     if warn is None:

@@ -293,16 +293,17 @@ def show_side_by_side(
 def set_window_level(node: Any, lo_percentile: float = 1.0, hi_percentile: float = 99.0) -> Tuple[float, float]:
     """Fix the display window to the given percentiles of the volume's voxels; returns ``(low, high)``.
 
-    Skull-stripped MR is mostly zeros, so percentiles are taken over non-zero voxels when there are enough of
-    them; otherwise the window would collapse onto the background. A display node with the grey colour table is
-    created when absent (a bare ``slicer-core`` scene has no colour nodes).
+    Skull-stripped MR is mostly zeros and a synthetic CT mostly air at the window's bottom (−1000 HU), so
+    percentiles are taken over the voxels above the volume's minimum, its background, when there are enough of
+    them; otherwise the window would collapse onto the background (a synthetic CT's brain showed flat grey). A
+    display node with the grey colour table is created when absent (a bare ``slicer-core`` scene has no colour nodes).
     """
     import slicer.util
 
     array = slicer.util.arrayFromVolume(node)
     finite = array[np.isfinite(array)]
-    nonzero = finite[finite != 0]
-    values = nonzero if nonzero.size >= max(100, finite.size // 100) else finite
+    foreground = finite[finite > finite.min()] if finite.size else finite
+    values = foreground if foreground.size >= max(100, finite.size // 100) else finite
     if values.size == 0:
         low, high = 0.0, 1.0
     else:

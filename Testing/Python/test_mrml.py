@@ -168,6 +168,10 @@ def test_set_window_level_creates_grey_display(scene):
     flat = mrml.node_from_volume(scene, Volume(np.full((4, 4, 4), 7, np.float32)), "flat")
     low, high = mrml.set_window_level(flat)
     assert high > low
+    ct = np.full((10, 20, 20), -1000.0, np.float32)  # a synthetic CT: air at the window's bottom, brain 10-45 HU
+    ct[2:8, 5:15, 5:15] = np.linspace(10, 45, 600, dtype=np.float32).reshape(6, 10, 10)
+    low, high = mrml.set_window_level(mrml.node_from_volume(scene, Volume(ct), "ct"))
+    assert 10 <= low < 12 and 43 < high <= 45  # was -1000 to 45: the brain flat grey
 
 
 def test_training_plot_grows_with_events(scene):
