@@ -96,6 +96,12 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
     _check_variants(variants)
     check_output_path(out, overwrite=overwrite, inputs=(model_path,))  # before the long part, not after it
     model = load_model(model_path)
+    if model.config.normalisation.target.mode != "percentile":
+        raise UsageError(
+            f"A learned error map is fitted in the unit of a percentile-normalised target (×output_scale); this "
+            f"model's {model.config.target_name} uses {model.config.normalisation.target.mode!r} normalisation, "
+            "and a map fitted so came out a third of the real error in HU.",
+            "Use --uncertainty without a learned map (the flip and stage disagreement, in the output's own unit).")
     source_suffix, target_suffix = file_suffixes(model.config)
     found = find_cases(cases_dir, source_suffix=source_suffix, target_suffix=target_suffix)
     ids = list(cases) if cases else training_cases_of(model.header, [c.case_id for c in found])

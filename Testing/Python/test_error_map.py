@@ -192,3 +192,21 @@ def test_a_map_can_also_read_the_whole_source(tmp_path, phantom, tiny_model_conf
     header["features"] = list(FEATURES) + ["age"]
     with pytest.raises(ValueError, match="reads the features"):
         ErrorMap.from_tensors(fitted.tensors(), header)
+
+
+def test_a_model_whose_target_is_not_percentile_normalised_gets_no_learned_map(tmp_path, tiny_model_config):
+    """For a CT model (window, HU) the fit compared units that do not meet; refused before any compute."""
+    import dataclasses
+
+    from MedSynthLogic.config import IntensityConfig, NormalisationConfig
+    from MedSynthLogic.error_map_fit import fit_error_map_for
+    from MedSynthLogic.errors import UsageError
+    from MedSynthLogic.model_file import save_model
+    from _models import random_chain
+
+    window = NormalisationConfig(target=IntensityConfig(mode="window", window_min=-1000.0, window_max=2000.0))
+    cfg = dataclasses.replace(tiny_model_config, stages=1, source_name="T1", target_name="CT", normalisation=window)
+    model = save_model(tmp_path / "ct.safetensors", random_chain(cfg), cfg)
+    with pytest.raises(UsageError, match="percentile-normalised target"):
+        fit_error_map_for(model, tmp_path, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
