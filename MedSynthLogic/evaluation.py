@@ -77,6 +77,8 @@ def scored_pair(model: Optional[PathLike] = None, lookup: Optional[PathLike] = N
     from .config import ModelConfig
     from .model_file import bundled_model_path, read_config
 
+    if hasattr(model, "config") and hasattr(model, "chain"):  # a LoadedModel
+        return model.config  # type: ignore[union-attr]
     if lookup:
         fitted = IntensityLookup.load(lookup)
         return ModelConfig(source_name=fitted.names[0], target_name=fitted.names[1], normalisation=fitted.normalisation)
@@ -99,7 +101,8 @@ def evaluate_cases(
     progress: ProgressFn = None,
     overwrite: bool = False,
 ) -> Dict[str, Any]:
-    """Synthesize every case with ``model`` (default: the bundled one) or apply an intensity ``lookup`` instead,
+    """Synthesize every case with ``model`` (a model file, default the bundled one, or a loaded model) or apply an
+    intensity ``lookup`` instead,
     score it, and write ``metrics.json``/``metrics.md`` (and per-case PNGs with ``figures``, the synthetic volumes,
     named ``<case>_synthetic_<target_name>.nii.gz``, with ``save_predictions``; ``target_name`` defaults to the
     model's target in lower case) into ``out_dir``.
@@ -116,7 +119,10 @@ def evaluate_cases(
     from .model_file import bundled_model_path, load_model
 
     scorer = IntensityLookup.load(lookup) if lookup else None
-    loaded = None if scorer else load_model(Path(model) if model else bundled_model_path(), stages=stages)
+    if scorer is None and hasattr(model, "chain") and hasattr(model, "config"):  # already loaded
+        loaded, model = model, getattr(model, "path", None)
+    else:
+        loaded = None if scorer else load_model(Path(model) if model else bundled_model_path(), stages=stages)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     norm = scorer.normalisation if scorer else loaded.config.normalisation

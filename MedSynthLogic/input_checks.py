@@ -247,6 +247,11 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
     the brain and turns the skull-stripping check off. Nothing is raised for a failed check: the caller decides
     with :func:`refuse_or_warn`.
     """
+    from .volume import as_volume
+
+    volume = as_volume(volume)
+    if hasattr(model_config, "chain") and hasattr(model_config, "config"):  # a LoadedModel: its config is meant
+        model_config = model_config.config
     expect = model_config.input
     threshold = model_config.normalisation.mask_threshold
     findings: List[InputFinding] = []

@@ -74,7 +74,9 @@ def mae(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = None)
 
 
 def psnr(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = None, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB over ``mask``: 10·log10(data_range² / MSE); ``inf`` for identical images."""
+    """Peak signal-to-noise ratio in dB over ``mask``: 10·log10(data_range² / MSE); ``inf`` for identical images.
+    Both images in the metrics' unit ([0, 1] with the default ``data_range``): raw intensities give meaningless
+    negative dB, so call :func:`evaluate_case` for raw images."""
     region = _region(mask, np.shape(target))
     diff = np.asarray(pred, np.float64)[region] - np.asarray(target, np.float64)[region]
     if diff.size == 0:
@@ -142,6 +144,10 @@ def evaluate_case(
 ) -> Dict[str, Any]:
     """Brain metrics (and tumour metrics where ``seg`` has labels > 0) of one case, after the normalisation protocol
     (``window``: both images in a fixed unit, mapped by :func:`window_unit`, with ``mae_target_unit`` too).
+
+    The project scores a MedSynth synthesis with ``pred_scale`` = its model's ``normalisation.output_scale`` (1000;
+    ``evaluation.evaluate_cases`` passes it). Without it the prediction is divided by its own percentile, the
+    protocol for another tool's output of unknown unit: on the bundled model that reads 1.3–4.6 dB lower.
 
     ``mask`` defaults to ``target > 0`` (skull-stripped reference). Tumour metrics use the same brain-normalised
     images, restricted to tumour voxels (SSIM: the brain SSIM map averaged over tumour voxels).

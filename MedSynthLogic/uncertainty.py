@@ -33,7 +33,7 @@ from .enhancement import enhancement_stats
 from .error_map import FEATURES, IMAGE_FEATURES, error_features
 from .errors import OutputError
 from .tiled_synthesis import SynthesisOptions, synthesize_array
-from .volume_synthesis import mask_on_grid, synthesize_volume
+from .volume_synthesis import as_loaded_model, mask_on_grid, synthesize_volume
 
 if TYPE_CHECKING:
     import torch
@@ -154,6 +154,9 @@ def synthesize_with_uncertainty(
     from .normalisation import denormalise_output, normalise_source
     from .orientation import axis_order
 
+    from .volume_io import as_volume
+
+    model, source = as_loaded_model(model), as_volume(source)
     order = axis_order(source.direction)
     if not order.is_identity:  # the mirrored pass must mirror left-right, whatever the file's axis order
         mask_arr = mask_on_grid(mask, source)

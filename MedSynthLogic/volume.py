@@ -44,6 +44,9 @@ class Volume:
         object.__setattr__(self, "direction", _tuple(self.direction, 9, "direction"))
         if any(s <= 0 for s in self.spacing):
             raise InputImageError(f"Voxel spacing must be positive, got {self.spacing}.")
+        if abs(float(np.linalg.det(np.asarray(self.direction).reshape(3, 3)))) < 1e-3:
+            raise InputImageError(f"The direction {self.direction} is singular: two voxel axes point the same way.",
+                                  "Give the direction cosines of three independent axes (row-major 3×3).")
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -63,6 +66,22 @@ def _tuple(values: Sequence[float], n: int, what: str) -> tuple:
     if len(out) != n:
         raise InputImageError(f"Volume {what} must have {n} values, got {len(out)}.")
     return out
+
+
+def as_volume(source: Any) -> "Volume":
+    """``source`` when it is a :class:`Volume` with finite voxels; a clear error for what a Python user passes by
+    mistake (a bare array, whose axis order and geometry nothing would know) or NaN/infinite voxels, which
+    ``read_volume`` refuses in files and which left holes or a misleading "empty image" message."""
+    if not isinstance(source, Volume):
+        raise UsageError(
+            f"Expected a Volume, got {type(source).__name__}.",
+            "Wrap a (z, y, x) array as Volume(array, spacing=(x, y, z) mm, origin=..., direction=...), or read a file "
+            "with volume_io.read_volume; from nibabel use volume_io.volume_from_nibabel(image) (its arrays are x, y, z).")
+    bad = int(source.array.size - np.count_nonzero(np.isfinite(source.array)))
+    if bad:
+        raise InputImageError(f"The source holds {bad} voxels that are NaN or infinite.",
+                              "Replace them (e.g. with 0, or the mean of their neighbours) before synthesizing.")
+    return source
 
 
 def ensure_not_empty(vol: Volume, what: str) -> None:

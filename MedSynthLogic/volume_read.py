@@ -177,6 +177,22 @@ def _read_nibabel(p: Path, max_axis: int, max_voxels: int) -> Volume:
     return Volume(_to_float32(p, data.transpose(2, 1, 0)), spacing=spacing, origin=origin, direction=direction)
 
 
+def volume_from_nibabel(image: Any) -> Volume:
+    """A nibabel image (``nib.load(...)`` or one made in memory) as a :class:`Volume`: its array turned from
+    nibabel's (x, y, z) to this project's (z, y, x) and its RAS affine to ITK/LPS geometry. ``Volume(img.get_fdata())``
+    would be read transposed, with no geometry to say so (a BraTS case then scored up to 1.7 dB lower)."""
+    shape = tuple(int(n) for n in image.shape)
+    data = np.asanyarray(image.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputImageError(f"A volume must be 3D; this nibabel image has the shape {shape}.",
+                              "Pass one 3D image (one volume of a 4D series, one component of a vector image).")
+    spacing, origin, direction = _ras_affine_to_lps(np.asarray(image.affine, dtype=np.float64))
+    return Volume(np.asarray(data, dtype=np.float32).transpose(2, 1, 0), spacing=spacing, origin=origin,
+                  direction=direction)
+
+
 def nifti_parts(p: Path) -> Tuple[Path, Path] | None:
     """(header file, voxel file) of a NIfTI/Analyze image, or None for other formats."""
     name = p.name.lower()
@@ -317,4 +333,5 @@ def _to_float32(p: Path, arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-__all__ = ["MAX_AXIS", "MAX_VOXELS", "available_ram", "check_nifti_complete", "nifti_parts", "read_volume"]
+__all__ = ["MAX_AXIS", "MAX_VOXELS", "available_ram", "check_nifti_complete", "nifti_parts", "read_volume",
+           "volume_from_nibabel"]

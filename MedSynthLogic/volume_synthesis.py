@@ -6,12 +6,13 @@ Below the file and folder layer (:mod:`.inference`) and the uncertainty map (:mo
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
 
-from .errors import GeometryError, InputImageError
+from .errors import GeometryError, InputImageError, UsageError
 from .model_file import LoadedModel
 from .tiled_synthesis import CancelFn, SynthesisOptions, synthesize_array
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 
-__all__ = ["synthesize_volume", "check_receptive_field", "mask_on_grid", "MIN_EDGE"]
+__all__ = ["synthesize_volume", "check_receptive_field", "mask_on_grid", "as_loaded_model", "MIN_EDGE"]
 
 #: Thinnest source edge accepted: a U-Net sees far more than this, but a thinner volume is not a brain scan.
 MIN_EDGE = 32
@@ -45,7 +46,7 @@ def mask_on_grid(mask: Union["Volume", np.ndarray, None], source: "Volume") -> O
 
 
 def synthesize_volume(
-    model: LoadedModel,
+    model: Union[LoadedModel, str, "os.PathLike[str]"],
     source: "Volume",
     mask: Union["Volume", np.ndarray, None] = None,
     stages: Optional[int] = None,
@@ -69,6 +70,9 @@ def synthesize_volume(
     from .normalisation import brain_mask, denormalise_output, normalise_source
     from .orientation import axis_order
 
+    from .volume_io import as_volume
+
+    model, source = as_loaded_model(model), as_volume(source)
     norm_cfg = model.config.normalisation
     check_receptive_field(model, source)
     mask_arr = mask_on_grid(mask, source)
@@ -92,6 +96,18 @@ def synthesize_volume(
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)
     out = synthesize_array(model.chain, normalised, mask_arr, **options.keywords())
     return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
+
+
+def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"]) -> LoadedModel:
+    """``model`` itself, or the model file it names loaded (what ``synthesize_file`` accepts too)."""
+    from .model_file import load_model
+
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    raise UsageError(f"Expected a model (load_model(path)) or a model file's path, got {type(model).__name__}.",
+                     "Pass MedSynthLogic.model_file.load_model(path), or the path itself.")
 
 
 def check_receptive_field(model: LoadedModel, source: "Volume") -> None:

@@ -141,3 +141,18 @@ def test_a_lookup_and_the_python_defaults_follow_the_pair_and_a_cases_mask_is_th
     report = evaluate_cases(cases, tmp_path / "r", lookup=path, save_predictions=True)
     assert (tmp_path / "r" / "a_synthetic_flair.nii.gz").is_file()
     assert report["cases"][0]["brain_voxels"] == int(half.sum())
+
+
+def test_a_loaded_model_is_evaluated_as_its_file_is(cases_dir, tmp_path, tiny_model_config):
+    """The README builds a LoadedModel just before calling evaluate_cases; that used to be a TypeError from pathlib."""
+    import dataclasses
+
+    from MedSynthLogic.model_file import load_model, save_model
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    path = save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg)
+    cases = cases_to_evaluate(cases_dir, case_ids=["a"], model=load_model(path))
+    by_file = evaluate_cases(cases, tmp_path / "f", model=path, device="cpu")
+    by_object = evaluate_cases(cases, tmp_path / "o", model=load_model(path), device="cpu")
+    assert by_object["summary"] == by_file["summary"] and by_object["model"] == str(path)

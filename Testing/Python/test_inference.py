@@ -320,3 +320,45 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
     assert devices.synthesis_dtype(cpu) is None
     assert devices.synthesis_dtype(cpu, "bf16") == torch.bfloat16
     assert devices.arithmetic_name("cpu") == "float32"
+
+
+def test_what_a_python_user_passes_by_mistake_gets_a_clear_error(model_file, phantom):
+    """A bare array, NaN voxels, a model path, a loaded model where a config is meant: each used to end in an
+    AttributeError or a numpy error from deep inside, or (NaN) in holes in the synthesis."""
+    from MedSynthLogic.input_checks import check_source
+    from MedSynthLogic.uncertainty import synthesize_with_uncertainty
+
+    model = load_model(model_file)
+    src = _volume(phantom.t1ce.array)
+    for call in (synthesize_volume, synthesize_with_uncertainty):
+        with pytest.raises(UsageError, match="Expected a Volume, got ndarray.*volume_from_nibabel"):
+            call(model, phantom.t1ce.array, device="cpu")
+    with pytest.raises(UsageError, match="Expected a Volume"):
+        check_source(phantom.t1ce.array, model.config)
+    holed = phantom.t1ce.array.copy()
+    holed[20, 20, 20:23] = [np.nan, np.inf, -np.inf]
+    with pytest.raises(InputImageError, match="3 voxels that are NaN or infinite"):
+        synthesize_volume(model, src.with_array(holed), device="cpu")
+    with pytest.raises(InputImageError, match="NaN or infinite"):
+        check_source(src.with_array(holed), model.config)
+    by_path = synthesize_volume(str(model_file), src, device="cpu", tile=20)
+    np.testing.assert_array_equal(by_path.array, synthesize_volume(model, src, device="cpu", tile=20).array)
+    assert check_source(src, model) == check_source(src, model.config)
+    with pytest.raises(UsageError, match="Expected a model"):
+        synthesize_volume(42, src, device="cpu")
+    with pytest.raises(InputImageError, match="singular"):
+        Volume(phantom.t1ce.array, direction=(1, 0, 0, 1, 0, 0, 0, 0, 1))
+
+
+def test_a_nibabel_image_becomes_the_volume_read_volume_gives(phantom, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from MedSynthLogic.volume_io import volume_from_nibabel
+
+    path = write_volume(_volume(phantom.t1ce.array), tmp_path / "t1ce.nii.gz")
+    via_file, via_nibabel = read_volume(path), volume_from_nibabel(nib.load(str(path)))
+    np.testing.assert_array_equal(via_nibabel.array, via_file.array)
+    np.testing.assert_allclose(via_nibabel.spacing, via_file.spacing, atol=1e-5)
+    np.testing.assert_allclose(via_nibabel.origin, via_file.origin, atol=1e-4)
+    np.testing.assert_allclose(via_nibabel.direction, via_file.direction, atol=1e-5)
+    with pytest.raises(InputImageError, match="must be 3D"):
+        volume_from_nibabel(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)))
