@@ -126,9 +126,8 @@ def evaluate_cases(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     norm = scorer.normalisation if scorer else loaded.config.normalisation
-    pair = loaded.config if loaded else scored_pair(lookup=lookup)
-    names = (pair.source_name, pair.target_name)
-    target_name = target_name or pair.target_name.lower()
+    names = (loaded.config.source_name, loaded.config.target_name) if loaded else scorer.names
+    target_name = target_name or names[1].lower()
     entries = []
     for i, case in enumerate(cases):
         source, pred, target, mask, seg = _predict_case(case, scorer, loaded, norm, stages, flip_tta, device, precision,
