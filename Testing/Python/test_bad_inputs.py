@@ -496,6 +496,23 @@ def _phantom_volume(s: Shared, which: str):
     return read_volume(s.t2 if which == "t2" else s.t1ce)
 
 
+def bright_rim(d: Path, s: Shared) -> List[str]:
+    """A T1ce with scalp fat left around its brain by a skull-strip (a full-size phantom: in the small one a 3-voxel
+    shell is too large a share of the brain for any rim to stand out)."""
+    from scipy import ndimage
+
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    t1ce = make_phantom(seed=0).t1ce
+    brain = t1ce.array > 0
+    rim = ndimage.binary_dilation(brain, iterations=3) & ~brain
+    arr = t1ce.array.copy()
+    arr[rim] = 1.3 * np.percentile(arr[brain], 99)
+    write_volume(t1ce.with_array(arr), d / "rimmed_t1ce.nii.gz")
+    return _synth(d / "rimmed_t1ce.nii.gz", d / "out.nii.gz", s)
+
+
 def t2_as_source(d: Path, s: Shared) -> List[str]:
     """A T2 given as the T1ce: its histogram is T2-weighted (issue 13: it used to give a contrast-inverted 'T2')."""
     shutil.copyfile(s.t2, d / "case_t2.nii.gz")
@@ -647,6 +664,8 @@ ROWS = [
         evaluate_report_exists, 7, "holds the report of an earlier evaluation"),
     Row("output-name-too-long", "an output file name of 307 characters", output_name_too_long, 7, "is too long"),
     Row("negative-values", "a z-scored T1ce (a third of the brain below 0)", negative_values, 3, "looks intensity-normalised"),
+    Row("bright-rim", "a T1ce with scalp fat left around the brain (3 voxels)", bright_rim, 3,
+        "looks incompletely skull-stripped"),
     Row("suffix-names-another-pair", "prepare --source-suffix t1 with the T1ce→T2 config", suffix_names_another_pair, 2,
         "hold a T1, but the model config names its source T1ce"),
     Row("val-fraction-too-large", "prepare --val-fraction 1.5", val_fraction_too_large, 2, "val_fraction",
