@@ -98,13 +98,17 @@ def barrier(ctx: DistContext) -> None:
 
 
 def wrap_ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
-    """Wrap in DistributedDataParallel when distributed (gradients averaged across ranks), else return as is."""
+    """Wrap in DistributedDataParallel when distributed (gradients averaged across ranks), else return as is.
+
+    Rank 0's buffers reach every rank at each forward: DDP's default, left unnamed because naming it
+    (``broadcast_buffers``) prints a deprecation warning from every rank since torch 2.13.
+    """
     if not ctx.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=True)
+    return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
