@@ -75,10 +75,10 @@ def scored_pair(model: Optional[PathLike] = None, lookup: Optional[PathLike] = N
     default suffixes."""
     from .baselines import IntensityLookup
     from .config import ModelConfig
-    from .model_file import bundled_model_path, read_config
+    from .model_file import LoadedModel, bundled_model_path, read_config
 
-    if hasattr(model, "config") and hasattr(model, "chain"):  # a LoadedModel
-        return model.config  # type: ignore[union-attr]
+    if isinstance(model, LoadedModel):
+        return model.config
     if lookup:
         fitted = IntensityLookup.load(lookup)
         return ModelConfig(source_name=fitted.names[0], target_name=fitted.names[1], normalisation=fitted.normalisation)
@@ -116,11 +116,11 @@ def evaluate_cases(
     from .baselines import IntensityLookup
     from .devices import arithmetic_name
     from .metrics import evaluate_pairs, write_report
-    from .model_file import bundled_model_path, load_model
+    from .model_file import LoadedModel, bundled_model_path, load_model
 
     scorer = IntensityLookup.load(lookup) if lookup else None
-    if scorer is None and hasattr(model, "chain") and hasattr(model, "config"):  # already loaded
-        loaded, model = model, getattr(model, "path", None)
+    if scorer is None and isinstance(model, LoadedModel):
+        loaded, model = model, model.path
     else:
         loaded = None if scorer else load_model(Path(model) if model else bundled_model_path(), stages=stages)
     out = Path(out_dir)

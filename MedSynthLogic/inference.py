@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 import torch
 
 from .errors import InputImageError, OutputError
-from .model_file import LoadedModel, load_model
+from .model_file import LoadedModel
 from .progress import warning_event
 from .tiled_synthesis import (
     CPU_TILE,
@@ -30,7 +30,7 @@ from .tiled_synthesis import (
     synthesize_array,
 )
 from .uncertainty import check_uncertainty_path, synthesize_with_uncertainty
-from .volume_synthesis import check_receptive_field, synthesize_volume
+from .volume_synthesis import as_loaded_model, check_receptive_field, synthesize_volume
 
 if TYPE_CHECKING:
     from .volume_io import Volume
@@ -50,12 +50,6 @@ __all__ = [
     "CUDA_TILE",
     "MIN_TILE",
 ]
-
-
-def _as_model(model: Union[LoadedModel, PathLike], stages: Optional[int]) -> LoadedModel:
-    if isinstance(model, LoadedModel):
-        return model
-    return load_model(model, device="cpu", stages=stages)
 
 
 def synthesize_file(
@@ -88,7 +82,7 @@ def synthesize_file(
     check_image_output(output_path, overwrite=overwrite, inputs=inputs)
     if uncertainty_path is not None:
         check_uncertainty_path(uncertainty_path, output_path, overwrite=overwrite, inputs=inputs)
-    loaded = _as_model(model, stages)
+    loaded = as_loaded_model(model, stages)
     source = read_volume(source_path)
     mask = read_volume(mask_path) if mask_path is not None else None
     checks = _checked_source(loaded, source, mask, force, progress, source_path)
@@ -168,7 +162,7 @@ def synthesize_folder(
     if not src_dir.is_dir():
         raise InputImageError(f"The input folder {src_dir} does not exist.")
     dst_dir = check_output_folder(out_dir, src_dir)
-    loaded = _as_model(model, stages)
+    loaded = as_loaded_model(model, stages)
     sources = find_sources(src_dir, loaded.config.source_name, pattern)
     targets = [dst_dir / output_name(s, loaded.config.target_name) for s in sources]
     if dst_dir.is_dir():

@@ -98,14 +98,15 @@ def synthesize_volume(
     return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
 
 
-def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"]) -> LoadedModel:
-    """``model`` itself, or the model file it names loaded (what ``synthesize_file`` accepts too)."""
+def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"], stages: Optional[int] = None) -> LoadedModel:
+    """``model`` itself, or the model file it names loaded (its first ``stages`` generators; None: all), so every
+    synthesis entry point takes either."""
     from .model_file import load_model
 
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model)
+        return load_model(model, device="cpu", stages=stages)
     raise UsageError(f"Expected a model (load_model(path)) or a model file's path, got {type(model).__name__}.",
                      "Pass MedSynthLogic.model_file.load_model(path), or the path itself.")
 
