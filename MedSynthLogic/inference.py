@@ -29,7 +29,7 @@ from .tiled_synthesis import (
     mask_bbox,
     synthesize_array,
 )
-from .uncertainty import check_uncertainty_path, synthesize_with_uncertainty
+from .uncertainty import check_uncertainty_path, synthesize_with_uncertainty, uncertainty_metadata
 from .volume_synthesis import as_loaded_model, check_receptive_field, synthesize_volume
 
 if TYPE_CHECKING:
@@ -92,7 +92,8 @@ def synthesize_file(
     else:
         result = synthesize_with_uncertainty(loaded, source, mask=mask, **options)
         vol = result.synthesis
-        write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite, inputs=inputs + (output_path,))
+        write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite, inputs=inputs + (output_path,),
+                     metadata=uncertainty_metadata(loaded, stages))
     return write_volume(vol, output_path, overwrite=overwrite, inputs=inputs, metadata=checks)
 
 

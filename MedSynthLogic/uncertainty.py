@@ -46,7 +46,7 @@ PathLike = Union[str, os.PathLike]
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 
 __all__ = ["UncertainSynthesis", "combine_parts", "error_map_rows", "image_feature_values", "synthesize_with_uncertainty",
-           "check_uncertainty_path"]
+           "check_uncertainty_path", "uncertainty_metadata"]
 
 
 @dataclasses.dataclass
@@ -122,6 +122,14 @@ class _PassProgress:
             return
         fraction = (self.index + float(event.get("fraction", 0.0))) / self.passes
         self.callback({**event, "task": self.task, "pass": self.index + 1, "passes": self.passes, "fraction": round(fraction, 6)})
+
+
+def uncertainty_metadata(model: "LoadedModel", stages: Optional[int] = None) -> Dict[str, str]:
+    """The header note of an uncertainty map file: what it holds and in which unit (NIfTI's 80-character
+    description), so the file says so when it is opened apart from its synthesis."""
+    learned = model.error_map is not None and (stages is None or int(stages) == model.config.stages)
+    what = "expected |error|" if learned else "flip/stage disagreement"
+    return {"ITK_FileNotes": f"MedSynth {what} of the synthetic {model.config.target_name}, in its unit"[:79]}
 
 
 def _mask_of(model: "LoadedModel", source: "Volume", mask: Union["Volume", np.ndarray, None]) -> np.ndarray:

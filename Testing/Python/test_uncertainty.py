@@ -141,6 +141,9 @@ def test_cli_writes_the_map_and_refuses_bad_paths_before_work(lopsided, phantom,
     expected = synthesize_with_uncertainty(lopsided, source, device="cpu")
     np.testing.assert_allclose(written.array, expected.uncertainty.array, atol=1e-2)
     np.testing.assert_allclose(synthetic.array, expected.synthesis.array, atol=1e-2)
+    import SimpleITK as sitk  # the map's file says what it holds (its description was empty)
+
+    assert sitk.ReadImage(str(unc)).GetMetaData("descrip") == "MedSynth flip/stage disagreement of the synthetic T2, in its unit"
     stamp = (unc.stat().st_mtime_ns, out.stat().st_mtime_ns)
     # Refused at once (exit 7, nothing touched): the map exists, the map is the output (the source: see above).
     other = tmp_path / "other_t2.nii.gz"
@@ -190,3 +193,13 @@ def test_overlay_on_the_synthetic_image_with_legend(source, tmp_path):
     with pytest.raises(Exception, match="shape|grid"):
         mrml.load_uncertainty_overlay(scene, small, synthetic)
     assert scene.GetNumberOfNodes() == before
+
+
+def test_the_map_file_names_a_learned_map_as_an_expected_error(lopsided):
+    import dataclasses
+
+    from MedSynthLogic.uncertainty import uncertainty_metadata
+
+    with_map = dataclasses.replace(lopsided, error_map=object())
+    assert "expected |error| of the synthetic T2" in uncertainty_metadata(with_map)["ITK_FileNotes"]
+    assert "disagreement" in uncertainty_metadata(with_map, stages=1)["ITK_FileNotes"]  # the map fits all stages only
