@@ -132,16 +132,15 @@ def cmd_export(args: argparse.Namespace, report: Reporter) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
-    from .evaluation import cases_to_evaluate, evaluate_cases, scored_pair
-    from .source_names import file_suffixes
+    from .evaluation import cases_to_evaluate, evaluate_cases
 
-    source_suffix, target_suffix = file_suffixes(scored_pair(args.model, args.lookup), args.source_suffix, args.target_suffix)
+    # the suffixes default to the scored pair's names in lower case, in cases_to_evaluate and evaluate_cases alike
     cases = cases_to_evaluate(args.data, case_ids=[c for c in (args.cases or "").split(",") if c], manifest=args.manifest,
-                              source_suffix=source_suffix, target_suffix=target_suffix, model=args.model,
+                              source_suffix=args.source_suffix, target_suffix=args.target_suffix, model=args.model,
                               lookup=args.lookup)
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
                              flip_tta=args.flip_tta, device=args.device, precision=args.precision, figures=args.figures,
-                             save_predictions=args.save_predictions, label=args.label, target_name=target_suffix,
+                             save_predictions=args.save_predictions, label=args.label, target_name=args.target_suffix,
                              progress=report, overwrite=args.overwrite)["summary"]
     report(done_event(args.out, summary=summary))
     if report.mode != "json":
