@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import synthesis
 from .estimate import Estimate, RateBook
 from .events import PanelUpdate, describe_event
+from .i18n import tr as _
 from .training_jobs import PrepareRequest, TrainingRequest, prepare_arguments
 
 #: ``runner(args) -> started job`` with ``poll()``, ``cancel(timeout)``, ``running``, ``state``,
@@ -97,18 +98,18 @@ class MedSynthController:
         from MedSynthLogic.model_file import read_header
 
         if input_node is None:
-            raise ValueError("Select the input volume (the T1ce for the default model) first.")
+            raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
         volume = mrml.volume_from_node(input_node)
         header = read_header(synthesis.model_path(request))
         available = int(header.get("stages") or 1)
         if request.stages and int(request.stages) > available:
-            raise ValueError(f"The model has {available} auto-context stage(s): set 'Auto-context stages' to "
-                             f"{available} or fewer (0 runs them all).")
+            raise ValueError(_("The model has {stages} auto-context stage(s): set 'Auto-context stages' to {stages} or "
+                               "fewer (0 runs them all).").format(stages=available))
         findings = synthesis.check_input(volume, header, self.input_checker)
         notes = synthesis.check_name(input_node.GetName() or "", header)
         notes += synthesis.check_enhancement(volume, header, findings)
         blocked = bool(findings) and not request.force
-        source_name, _ = synthesis.pair_names(header)
+        source_name = synthesis.pair_names(header)[0]
         parts = [synthesis.findings_message(findings, request.force, source_name)] if findings else []
         parts += [synthesis.notes_message(notes, ask=not blocked, source_name=source_name)] if notes else []
         return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request), notes)
@@ -116,7 +117,7 @@ class MedSynthController:
     def estimate(self, input_node: Any, request: synthesis.SynthesisRequest) -> Estimate:
         """How long synthesizing ``input_node`` will take (see ``MedSynthLib.estimate``)."""
         if input_node is None or input_node.GetImageData() is None:
-            raise ValueError("Select the input volume (the T1ce for the default model) first.")
+            raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
         shape = tuple(reversed(input_node.GetImageData().GetDimensions()))
         stages = synthesis.stages_to_run(request)
         return self.rates.estimate(shape, stages, synthesis.passes_to_run(request, stages), request.device)
@@ -128,7 +129,7 @@ class MedSynthController:
 
         self._refuse_if_busy()
         synthesis.check_output_node(input_node, output_node)
-        _, target_name = synthesis.pair_names(read_header(synthesis.model_path(request)))
+        target_name = synthesis.pair_names(read_header(synthesis.model_path(request)))[1]
         work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))
         source = mrml.save_volume_node(input_node, work_dir / "source.nii.gz")  # a neutral name: the child's name note must not read ours
         output, uncertainty = work_dir / "synthetic_t2.nii.gz", work_dir / "uncertainty.nii.gz"
@@ -198,7 +199,7 @@ class MedSynthController:
 
     def _refuse_if_busy(self) -> None:
         if self.busy:
-            raise RuntimeError("Another MedSynth job is running; wait for it or cancel it first.")
+            raise RuntimeError(_("Another MedSynth job is running; wait for it or cancel it first."))
 
     def _start(self, kind: str, args: List[str], context: Dict[str, Any]) -> None:
         try:
@@ -215,13 +216,15 @@ class MedSynthController:
         job, kind, context = running.job, running.kind, running.context
         try:
             if job.state == jobs.CANCELLED:
-                return JobOutcome(kind, jobs.CANCELLED, "Cancelled." if kind != "train" else "Stopped; the last checkpoint is kept.")
+                message = _("Cancelled.") if kind != "train" else _("Stopped; the last checkpoint is kept.")
+                return JobOutcome(kind, jobs.CANCELLED, message)
             if job.state != jobs.FINISHED:
-                return JobOutcome(kind, jobs.FAILED, job.error_message or "The process failed.")
+                return JobOutcome(kind, jobs.FAILED, job.error_message or _("The process failed."))
             if kind == "synthesize":
                 return self._finish_synthesis(job, context)
             result = context.get("out_model") or context.get("data_dir")
-            return JobOutcome(kind, jobs.FINISHED, f"Finished in {job.elapsed_s:.0f} s: {result}", result)
+            message = _("Finished in {seconds} s: {result}").format(seconds=f"{job.elapsed_s:.0f}", result=result)
+            return JobOutcome(kind, jobs.FINISHED, message, result)
         finally:
             _remove(context.get("work_dir"))
 
@@ -238,10 +241,10 @@ class MedSynthController:
                 synthesis.show_uncertainty(self.scene, context["uncertainty_path"], node,
                                            title=synthesis.uncertainty_title(request))
         except (MedSynthError, OSError) as exc:
-            return JobOutcome("synthesize", jobs.FAILED, f"Could not load the synthetic image: {exc}")
+            return JobOutcome("synthesize", jobs.FAILED, _("Could not load the synthetic image: {error}").format(error=exc))
         stages = synthesis.stages_to_run(request)
         self.rates.record(request.device, context["shape"], stages, synthesis.passes_to_run(request, stages), job.elapsed_s)
-        return JobOutcome("synthesize", jobs.FINISHED, f"Done in {job.elapsed_s:.0f} s.", node)
+        return JobOutcome("synthesize", jobs.FINISHED, _("Done in {seconds} s.").format(seconds=f"{job.elapsed_s:.0f}"), node)
 
 
 def _remove(folder: Optional[Path]) -> None:

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import List
 
+from .i18n import tr as _
+
 #: Packages Slicer already ships; never reinstalled (pinned to the running versions while installing the rest).
 PROTECTED_PACKAGES = ("numpy", "SimpleITK")
 #: Distribution names whose import name differs.
@@ -27,7 +29,7 @@ def requirements_path(module_dir: Path) -> Path:
     for candidate in (Path(module_dir) / "Resources" / "requirements.txt", core_parent / "Resources" / "requirements.txt"):
         if candidate.is_file():
             return candidate
-    raise RuntimeError("Resources/requirements.txt is missing from the MedSynth installation.")
+    raise RuntimeError(_("Resources/requirements.txt is missing from the MedSynth installation."))
 
 
 def missing_requirements(requirements: Path) -> List[str]:
@@ -67,7 +69,7 @@ def ensure_torch(ask_confirmation: bool = True) -> bool:
     try:
         import PyTorchUtils
     except ImportError as exc:
-        raise RuntimeError("Install the 'PyTorch' extension from the Extensions Manager and restart Slicer.") from exc
+        raise RuntimeError(_("Install the 'PyTorch' extension from the Extensions Manager and restart Slicer.")) from exc
     torch_logic = PyTorchUtils.PyTorchUtilsLogic()
     if torch_logic.torchInstalled():
         return True
@@ -95,7 +97,7 @@ def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation:
     missing = missing_requirements(requirements)
     if not missing:
         return True
-    message = "MedSynth needs these Python packages, which will be downloaded and installed now:\n" + "\n".join(missing)
+    message = _("MedSynth needs these Python packages, which will be downloaded and installed now:") + "\n" + "\n".join(missing)
     if ask_confirmation and not slicer.util.confirmOkCancelDisplay(message):
         return False
     slicer.util.pip_install(["-c", str(constraints), *missing])

@@ -27,6 +27,8 @@ from typing import Dict, Sequence
 
 from MedSynthLogic.cpu_features import cpu_has_native_bf16
 
+from .i18n import tr as _
+
 BENCHMARK_VOXELS = 240 * 240 * 155
 CPU_SECONDS_PER_VOXEL_STAGE = 23.7 / (BENCHMARK_VOXELS * 3)
 GPU_SECONDS_PER_VOXEL_STAGE = 0.2 / (BENCHMARK_VOXELS * 3)
@@ -44,8 +46,9 @@ class Estimate:
     def text(self) -> str:
         """One line for the panel, e.g. "about 30 s (benchmark rate of a 2-core CPU)"."""
         seconds = self.seconds
-        amount = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60.0:.1f} min"
-        return f"Estimated time: about {amount} ({self.basis})."
+        if seconds < 90:
+            return _("Estimated time: about {seconds} s ({basis}).").format(seconds=f"{seconds:.0f}", basis=self.basis)
+        return _("Estimated time: about {minutes} min ({basis}).").format(minutes=f"{seconds / 60.0:.1f}", basis=self.basis)
 
 
 @dataclass
@@ -61,13 +64,16 @@ class RateBook:
     def rate(self, device: str) -> tuple:
         key = "cuda" if device.startswith("cuda") else device
         if key in self.measured:
-            return self.measured[key], "rate measured on this computer by the last synthesis"
+            return self.measured[key], _("rate measured on this computer by the last synthesis")
         if key == "cuda":
-            return BENCHMARK_RATES["cuda"], "benchmark rate of an NVIDIA H100"
-        suffix = "; a GPU, if present, is much faster" if key == "auto" else ""
+            return BENCHMARK_RATES["cuda"], _("benchmark rate of an NVIDIA H100")
         if self.cpu_bf16:
-            return BENCHMARK_RATES["cpu-bf16"], f"benchmark rate of a 2-core CPU computing in bf16{suffix}"
-        return BENCHMARK_RATES["cpu"], f"benchmark rate of a 2-core CPU{suffix}"
+            basis = (_("benchmark rate of a 2-core CPU computing in bf16; a GPU, if present, is much faster") if key == "auto"
+                     else _("benchmark rate of a 2-core CPU computing in bf16"))
+            return BENCHMARK_RATES["cpu-bf16"], basis
+        basis = (_("benchmark rate of a 2-core CPU; a GPU, if present, is much faster") if key == "auto"
+                 else _("benchmark rate of a 2-core CPU"))
+        return BENCHMARK_RATES["cpu"], basis
 
     def record(self, device: str, shape: Sequence[int], stages: int, passes: float, elapsed_s: float) -> None:
         """Learn this computer's rate from a finished synthesis (start-up time taken off)."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .i18n import tr as _
+
 
 @dataclass(frozen=True)
 class PanelUpdate:
@@ -26,12 +28,14 @@ def describe_event(event: Mapping[str, Any]) -> PanelUpdate:
         "progress": _progress,
         "iteration": _iteration,
         "validation": _validation,
-        "stage": lambda e: PanelUpdate(log=f"Auto-context stage {_stage(e)} of {e.get('stages', '?')}: {e.get('status', '')}"),
-        "checkpoint": lambda e: PanelUpdate(log=f"Checkpoint saved: {Path(str(e.get('path', ''))).name}"),
+        "stage": lambda e: PanelUpdate(log=_("Auto-context stage {stage} of {stages}: {status}").format(
+            stage=_stage(e), stages=e.get("stages", "?"), status=e.get("status", ""))),
+        "checkpoint": lambda e: PanelUpdate(log=_("Checkpoint saved: {name}").format(name=Path(str(e.get("path", ""))).name)),
         "metrics": _metrics,
-        "warning": lambda e: PanelUpdate(status=f"Warning: {e.get('message', '')}", log=f"Warning: {e.get('message', '')}"),
-        "error": lambda e: PanelUpdate(log=f"Error: {e.get('message', '')} {e.get('hint') or ''}".rstrip()),
-        "done": lambda e: PanelUpdate(percent=100, log="Finished."),
+        "warning": _warning,
+        "error": lambda e: PanelUpdate(log=_("Error: {message} {hint}").format(
+            message=e.get("message", ""), hint=e.get("hint") or "").rstrip()),
+        "done": lambda e: PanelUpdate(percent=100, log=_("Finished.")),
         "log": lambda e: PanelUpdate(log=str(e.get("line", ""))),
     }.get(kind)
     return handler(event) if handler else PanelUpdate()
@@ -40,6 +44,11 @@ def describe_event(event: Mapping[str, Any]) -> PanelUpdate:
 def _stage(event: Mapping[str, Any]) -> int:
     """Stages are 0-based in events and 1-based on screen."""
     return int(event.get("stage", 0) or 0) + 1
+
+
+def _warning(event: Mapping[str, Any]) -> PanelUpdate:
+    text = _("Warning: {message}").format(message=event.get("message", ""))
+    return PanelUpdate(status=text, log=text)
 
 
 def _percent(done: Any, total: Any) -> Optional[int]:
@@ -57,10 +66,11 @@ def _progress(event: Mapping[str, Any]) -> PanelUpdate:
         percent = _percent(event.get("done"), event.get("total"))
     task = event.get("task") or "working"
     if task == "synthesize" and event.get("stages"):
-        status = f"Synthesizing: stage {_stage(event)} of {event['stages']}"
+        status = _("Synthesizing: stage {stage} of {stages}").format(stage=_stage(event), stages=event["stages"])
     elif task == "prepare":
         case = event.get("case")
-        status = f"Preparing data: {event.get('done', 0)} of {event.get('total', '?')} cases" + (f" ({case})" if case else "")
+        status = _("Preparing data: {done} of {total} cases").format(done=event.get("done", 0), total=event.get("total", "?"))
+        status += f" ({case})" if case else ""
     else:
         status = f"{str(task).capitalize()}…"
     return PanelUpdate(percent=percent, status=status)
@@ -74,19 +84,20 @@ def _iteration(event: Mapping[str, Any]) -> PanelUpdate:
         g_loss = f"{float(losses.get('g')):.4g}"
     except (TypeError, ValueError):
         g_loss = "?"
-    status = f"Training stage {_stage(event)}, iteration {iteration}/{total}, G loss {g_loss}"
+    status = _("Training stage {stage}, iteration {iteration}/{total}, G loss {g_loss}").format(
+        stage=_stage(event), iteration=iteration, total=total, g_loss=g_loss)
     if event.get("eta_s") is not None:
-        status += f", about {float(event['eta_s']) / 60.0:.0f} min left"
+        status += _(", about {minutes} min left").format(minutes=f"{float(event['eta_s']) / 60.0:.0f}")
     return PanelUpdate(percent=_percent(iteration, total), status=status)
 
 
 def _metrics(event: Mapping[str, Any]) -> PanelUpdate:
     figures = ", ".join(f"{key} {float(value):.4g}" for key, value in (event.get("metrics") or {}).items())
-    return PanelUpdate(log=f"Metrics: {figures}")
+    return PanelUpdate(log=_("Metrics: {figures}").format(figures=figures))
 
 
 def _validation(event: Mapping[str, Any]) -> PanelUpdate:
-    parts = [f"Validation, stage {_stage(event)}, iteration {event.get('iteration')}:"]
+    parts = [_("Validation, stage {stage}, iteration {iteration}:").format(stage=_stage(event), iteration=event.get("iteration"))]
     for key, label, unit in (("psnr", "PSNR", " dB"), ("ssim", "SSIM", "")):
         if event.get(key) is not None:
             parts.append(f"{label} {float(event[key]):.3g}{unit}")

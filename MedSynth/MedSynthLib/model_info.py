@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
+from .i18n import tr as _
+
 MODEL_CARD_URL = "https://github.com/medsynth/SlicerMedSynth/blob/main/MODEL_CARD.md"
 
 
@@ -27,7 +29,7 @@ def describe_model_file(path: "Optional[str | os.PathLike]" = None) -> str:
     try:
         return describe_model(read_header(model), model.name)
     except (MedSynthError, OSError) as exc:
-        return _esc(f"No model information: {exc}")
+        return _esc(_("No model information: {error}").format(error=exc))
 
 
 def describe_model(header: Mapping[str, Any], file_name: str) -> str:
@@ -36,11 +38,14 @@ def describe_model(header: Mapping[str, Any], file_name: str) -> str:
     training = header.get("training") or {}
     stages = header.get("stages", config.get("stages", "?"))
     prior = config.get("prior") if isinstance(config.get("prior"), Mapping) else None
-    on_prior = f" on top of a frozen {_esc(prior.get('stages', '?'))}-stage model whose synthesis they refine" if prior else ""
-    lines = [
-        f"<b>{_esc(file_name)}</b>: {_esc(config.get('source_name', 'T1ce'))} → {_esc(config.get('target_name', 'T2'))}, "
-        f"{_esc(stages)} auto-context stage(s){on_prior}."
-    ]
+    names = {"name": f"<b>{_esc(file_name)}</b>", "source": _esc(config.get("source_name", "T1ce")),
+             "target": _esc(config.get("target_name", "T2")), "stages": _esc(stages)}
+    if prior:
+        line = _("{name}: {source} → {target}, {stages} auto-context stage(s) on top of a frozen {prior_stages}-stage "
+                 "model whose synthesis they refine.").format(prior_stages=_esc(prior.get("stages", "?")), **names)
+    else:
+        line = _("{name}: {source} → {target}, {stages} auto-context stage(s).").format(**names)
+    lines = [line]
     data = _data_line(training.get("data") or {})
     if data:
         lines.append(data)
@@ -49,10 +54,10 @@ def describe_model(header: Mapping[str, Any], file_name: str) -> str:
         lines.append(schedule)
     lines.append(_metrics_line(header.get("metrics") or {}))
     if header.get("error_map"):
-        lines.append("Uncertainty map: its expected error per voxel (a learned error map fitted on its training cases).")
+        lines.append(_("Uncertainty map: its expected error per voxel (a learned error map fitted on its training cases)."))
     if header.get("created"):
-        lines.append(f"Created {_esc(str(header['created'])[:10])}.")
-    lines.append(f'Research use only, not for diagnosis. <a href="{MODEL_CARD_URL}">Model card</a>.')
+        lines.append(_("Created {date}.").format(date=_esc(str(header["created"])[:10])))
+    lines.append(_("Research use only, not for diagnosis.") + f' <a href="{MODEL_CARD_URL}">' + _("Model card") + "</a>.")
     return "<br>".join(line for line in lines if line)
 
 
@@ -70,17 +75,19 @@ def _data_line(data: Mapping[str, Any]) -> str:
     from MedSynthLogic.model_summary import case_count
 
     if isinstance(data, str):
-        return f"Training data: {_esc(_without_paths(data))}."
+        return _("Training data: {data}.").format(data=_esc(_without_paths(data)))
     name = _without_paths(data.get("dataset", "")) if data.get("dataset") else ""
     counts: List[str] = []
     if data.get("train_cases"):
-        counts.append(f"{case_count(data['train_cases'])} training cases")
+        counts.append(_("{count} training cases").format(count=case_count(data["train_cases"])))
     if data.get("val_cases"):
-        counts.append(f"{case_count(data['val_cases'])} held out for validation")
+        counts.append(_("{count} held out for validation").format(count=case_count(data["val_cases"])))
     if not (name or counts):
         return ""
-    text = "Trained on " + (name or "paired cases")
-    return _esc(text + (": " + ", ".join(counts) if counts else "") + ".")
+    name = name or _("paired cases")
+    if counts:
+        return _esc(_("Trained on {name}: {counts}.").format(name=name, counts=", ".join(counts)))
+    return _esc(_("Trained on {name}.").format(name=name))
 
 
 def _schedule_line(entries: List[Mapping[str, Any]]) -> str:
@@ -88,19 +95,22 @@ def _schedule_line(entries: List[Mapping[str, Any]]) -> str:
     for entry in entries:
         label = _stage_label(entry.get("stages") or [])
         if entry.get("iterations_trained") and entry.get("iterations_planned"):
-            amount = f"{entry['iterations_trained']} of {entry['iterations_planned']} planned iterations"
+            amount = _("{trained} of {planned} planned iterations").format(
+                trained=entry["iterations_trained"], planned=entry["iterations_planned"])
         elif entry.get("iterations_per_stage"):
-            amount = f"{entry['iterations_per_stage']} iterations each"
+            amount = _("{iterations} iterations each").format(iterations=entry["iterations_per_stage"])
         else:
             continue
         parts.append(f"{label}: {amount}")
-    return _esc("Training: " + "; ".join(parts) + ".") if parts else ""
+    return _esc(_("Training: {parts}.").format(parts="; ".join(parts))) if parts else ""
 
 
 def _stage_label(stages: List[Any]) -> str:
     if not stages:
-        return "stages"
-    return f"stage {stages[0]}" if len(stages) == 1 else f"stages {stages[0]}–{stages[-1]}"
+        return _("stages")
+    if len(stages) == 1:
+        return _("stage {stage}").format(stage=stages[0])
+    return _("stages {first}–{last}").format(first=stages[0], last=stages[-1])
 
 
 def _metrics_line(metrics: Mapping[str, Any]) -> str:
@@ -108,7 +118,9 @@ def _metrics_line(metrics: Mapping[str, Any]) -> str:
 
     held_out = held_out_figures(metrics)
     if held_out is not None:
-        return _esc(f"Held-out evaluation inside the brain, {held_out[0]} cases: {held_out[1]}.")
+        return _esc(_("Held-out evaluation inside the brain, {count} cases: {figures}.").format(
+            count=held_out[0], figures=held_out[1]))
     if metrics.get("psnr") is not None:
-        return _esc(f"Validation during training only (patches, not a held-out evaluation): PSNR {float(metrics['psnr']):.2f} dB.")
-    return "No evaluation in the model file."
+        return _esc(_("Validation during training only (patches, not a held-out evaluation): PSNR {psnr} dB.").format(
+            psnr=f"{float(metrics['psnr']):.2f}"))
+    return _("No evaluation in the model file.")

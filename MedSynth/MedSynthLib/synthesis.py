@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
+from .i18n import tr as _
+
 #: Node attribute of a synthetic volume: the ID of the input it was synthesized from.
 SYNTHETIC_OF = "MedSynth.SyntheticOf"
 #: The model list's last entry: the file named in the path field under it.
@@ -161,9 +163,10 @@ def synthetic_node_name(input_name: str, target_name: str = "T2") -> str:
 def notes_message(notes: Sequence[str], ask: bool = True, source_name: str = "T1ce") -> str:
     """What the panel says (and, with ``ask``, asks before starting) when the input's name names another sequence
     than the model's, or its intensities show no contrast agent where the model expects a T1ce."""
-    lines = ["The input may not be the sequence the model expects:", *[f"- {note}" for note in notes]]
+    lines = [_("The input may not be the sequence the model expects:"), *[f"- {note}" for note in notes]]
     if ask:
-        lines.append(f"Synthesize it anyway? (Cancel, then pick the {source_name} volume, if it is the wrong one.)")
+        lines.append(_("Synthesize it anyway? (Cancel, then pick the {source} volume, if it is the wrong one.)").format(
+            source=source_name))
     return "\n".join(lines)
 
 
@@ -171,10 +174,10 @@ def findings_message(findings: Sequence[Any], force: bool, source_name: str = "T
     """What the panel says about failed input checks, before synthesis starts."""
     lines = [f"- {finding.message}" for finding in findings]
     if force:
-        head = "The input does not look like what the model was trained on (Force is on):"
-        return "\n".join([head, *lines, "Synthesize it anyway? The result is unreliable."])
-    head = "The input does not look like what the model was trained on, so synthesis was not started:"
-    tail = f"Pick the {source_name} volume, or tick 'Force (skip input checks)' to synthesize anyway."
+        head = _("The input does not look like what the model was trained on (Force is on):")
+        return "\n".join([head, *lines, _("Synthesize it anyway? The result is unreliable.")])
+    head = _("The input does not look like what the model was trained on, so synthesis was not started:")
+    tail = _("Pick the {source} volume, or tick 'Force (skip input checks)' to synthesize anyway.").format(source=source_name)
     return "\n".join([head, *lines, tail])
 
 
@@ -184,14 +187,14 @@ def check_output_node(input_node: Any, output_node: Any) -> None:
     if output_node is None:
         return
     if input_node is not None and output_node.GetID() == input_node.GetID():
-        raise ValueError("The output volume is the input volume: synthesizing would replace the input image. "
-                         "Pick another output volume, or none (a new volume is made).")
+        raise ValueError(_("The output volume is the input volume: synthesizing would replace the input image. "
+                           "Pick another output volume, or none (a new volume is made)."))
     storage = output_node.GetStorageNode()
     loaded = storage is not None and bool(storage.GetFileName()) and output_node.GetImageData() is not None
     if loaded and output_node.GetAttribute(SYNTHETIC_OF) is None:
-        raise ValueError(f"The output volume '{output_node.GetName()}' holds an image loaded from {storage.GetFileName()}; "
-                         "synthesizing into it would replace that image. Pick a synthetic volume, or none (a new volume "
-                         "is made).")
+        raise ValueError(_("The output volume '{name}' holds an image loaded from {file}; synthesizing into it would "
+                           "replace that image. Pick a synthetic volume, or none (a new volume is made).").format(
+                               name=output_node.GetName(), file=storage.GetFileName()))
 
 
 def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any, target_name: str = "T2") -> Any:
@@ -228,10 +231,13 @@ def uncertainty_title(request: SynthesisRequest) -> str:
     except (MedSynthError, OSError):
         header = {}
     whole_chain = not request.stages or int(request.stages) == int(header.get("stages", 0))
-    unit = f"in the synthetic {pair_names(header)[1] if header else 'image'}'s grey values"
+    if header:
+        unit = _("in the synthetic {target}'s grey values").format(target=pair_names(header)[1])
+    else:
+        unit = _("in the synthetic image's grey values")
     if header.get("error_map") and whole_chain:
-        return f"Expected |error| ({unit})"
-    return f"Uncertainty: disagreement ({unit})"
+        return _("Expected |error| ({unit})").format(unit=unit)
+    return _("Uncertainty: disagreement ({unit})").format(unit=unit)
 
 
 def show_uncertainty(scene: Any, path: "str | os.PathLike", synthetic_node: Any, title: Optional[str] = None) -> Any:
@@ -249,7 +255,7 @@ def synthesize_in_process(scene: Any, input_node: Any, request: SynthesisRequest
     from MedSynthLogic.model_file import load_model
 
     if input_node is None:
-        raise ValueError("No input volume.")
+        raise ValueError(_("No input volume."))
     check_output_node(input_node, output_node)
     model = load_model(model_path(request))
     volume = mrml.volume_from_node(input_node)
