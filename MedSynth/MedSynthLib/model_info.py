@@ -10,6 +10,7 @@ description links to the model card, where the protocol and the limits are.
 from __future__ import annotations
 
 import html
+import logging
 import os
 import re
 from pathlib import Path
@@ -27,9 +28,14 @@ def describe_model_file(path: "Optional[str | os.PathLike]" = None) -> str:
 
     model = Path(path) if path is not None else bundled_model_path()
     try:
-        return describe_model(read_header(model), model.name)
+        header = read_header(model)
     except (MedSynthError, OSError) as exc:
         return _esc(_("No model information: {error}").format(error=exc))
+    try:
+        return describe_model(header, model.name)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # the panel's label must not crash on a header
+        logging.warning("MedSynth: the header of %s has an unexpected form: %r", model, exc)
+        return _esc(_("No model information: the header of {name} has an unexpected form.").format(name=model.name))
 
 
 def describe_model(header: Mapping[str, Any], file_name: str) -> str:
@@ -49,7 +55,7 @@ def describe_model(header: Mapping[str, Any], file_name: str) -> str:
     data = _data_line(training.get("data") or {})
     if data:
         lines.append(data)
-    schedule = _schedule_line(training.get("stages_trained") or [])
+    schedule = _schedule_line(training)
     if schedule:
         lines.append(schedule)
     lines.append(_metrics_line(header.get("metrics") or {}))
@@ -90,10 +96,22 @@ def _data_line(data: Mapping[str, Any]) -> str:
     return _esc(_("Trained on {name}.").format(name=name))
 
 
-def _schedule_line(entries: List[Mapping[str, Any]]) -> str:
+def _schedule_line(training: Mapping[str, Any]) -> str:
+    """How long each stage trained: a list of entries in the shipped files (trained in several runs), the stage
+    count and ``iterations_per_stage`` in a file that ``medsynth train`` wrote in one run."""
+    trained = training.get("stages_trained")
+    if not isinstance(trained, list):
+        iterations = training.get("iterations_per_stage")
+        if not iterations:
+            return ""
+        if isinstance(trained, int) and not isinstance(trained, bool):
+            return _esc(_("Training: {iterations} iterations per stage, {stages} stage(s).").format(
+                iterations=iterations, stages=trained))
+        return _esc(_("Training: {iterations} iterations per stage.").format(iterations=iterations))
     parts = []
-    for entry in entries:
-        label = _stage_label(entry.get("stages") or [])
+    for entry in (entry for entry in trained if isinstance(entry, Mapping)):
+        stages = entry.get("stages")
+        label = _stage_label(stages if isinstance(stages, list) else [stages] if stages is not None else [])
         if entry.get("iterations_trained") and entry.get("iterations_planned"):
             amount = _("{trained} of {planned} planned iterations").format(
                 trained=entry["iterations_trained"], planned=entry["iterations_planned"])

@@ -319,6 +319,18 @@ def test_info_prints_a_short_summary(ws):
     assert "{" not in text, "the summary is not JSON"
 
 
+def test_the_slicer_panel_describes_a_model_that_medsynth_train_wrote(ws):
+    """The panel shows this description after Train and for any model picked as "Other model file"; a header
+    written by one ``medsynth train`` run (its stage count, not the shipped files' list of runs) used to crash it."""
+    sys.path.insert(0, str(REPO / "MedSynth"))
+    from MedSynthLib import model_info
+
+    text = model_info.describe_model_file(ws.model)
+    assert f"<b>{ws.model.name}</b>: T1ce → T2, 2 auto-context stage(s)." in text
+    assert "Training: 2 iterations per stage, 2 stage(s)." in text
+    assert "2 training cases" in text and "Validation during training only" in text
+
+
 @pytest.mark.skipif(not BUNDLED.is_file(), reason=f"bundled model {BUNDLED} is absent")
 def test_info_of_the_bundled_model_shows_its_held_out_figures():
     """The figures `medsynth info` prints are those of the committed report the header names."""

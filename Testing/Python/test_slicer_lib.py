@@ -216,6 +216,17 @@ def test_model_description_hides_paths_and_labels_training_metrics():
     assert "2 auto-context stage(s) on top of a frozen 3-stage model" in model_info.describe_model(header, "m")
 
 
+def test_a_model_header_of_an_unexpected_form_gives_a_line_not_a_crash(tmp_path, monkeypatch):
+    """The description is set from a Qt timer slot after Train: an odd header must not raise there."""
+    odd = {"stages": 1, "training": {"stages_trained": [{"stages": 0, "iterations_per_stage": 5}, "x"],
+                                     "data": ["not", "a", "mapping"]}}
+    monkeypatch.setattr("MedSynthLogic.model_file.read_header", lambda path: odd)
+    text = model_info.describe_model_file(tmp_path / "odd.safetensors")
+    assert text == "No model information: the header of odd.safetensors has an unexpected form."
+    odd["training"]["data"] = {}
+    assert "Training: stage 0: 5 iterations each." in model_info.describe_model_file(tmp_path / "odd.safetensors")
+
+
 def test_model_list_offers_every_shipped_model_default_first_then_another_file(tmp_path):
     """The panel's model list: when another kind becomes the default, the paper's FCN file stays one click away."""
     from MedSynthLogic.bundled_models import DEFAULT_NAME, bundled_model_files
