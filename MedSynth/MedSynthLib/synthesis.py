@@ -1,7 +1,9 @@
 """Synthesis from the panel: the ``medsynth synthesize`` arguments, the input check before launching, the result.
 
 The input check (``MedSynthLogic.input_checks.check_source``) runs in Slicer's process before the child starts,
-so a T2, a FLAIR or a label map picked as the T1ce is refused, or with Force only warned about, before any compute.
+so a T2 or a label map picked as the T1ce is refused, or with Force only warned about, before any compute. A FLAIR
+is refused only when its oedema shows (7 of the 14 BraTS FLAIRs); one with little oedema passes as T1-weighted, with
+a note at most (docs/evaluation/INPUT_CHECKS.md).
 """
 
 from __future__ import annotations
@@ -182,36 +184,41 @@ def findings_message(findings: Sequence[Any], force: bool, source_name: str = "T
 
 
 def check_output_node(input_node: Any, output_node: Any) -> None:
-    """Refuse an output volume whose image the synthesis would destroy: the input itself, or an image loaded
-    from a file that MedSynth did not make (an acquired T2, say: File › Save would then write over its file)."""
+    """Refuse an output volume whose image the synthesis would destroy: the input itself, or any image that
+    MedSynth did not make: one loaded from a file (an acquired T2, say: File › Save would then write over its
+    file) or one made in this session (a registration's result, a script's). An empty volume is fine."""
     if output_node is None:
         return
     if input_node is not None and output_node.GetID() == input_node.GetID():
         raise ValueError(_("The output volume is the input volume: synthesizing would replace the input image. "
                            "Pick another output volume, or none (a new volume is made)."))
+    if output_node.GetImageData() is None or output_node.GetAttribute(SYNTHETIC_OF) is not None:
+        return
     storage = output_node.GetStorageNode()
-    loaded = storage is not None and bool(storage.GetFileName()) and output_node.GetImageData() is not None
-    if loaded and output_node.GetAttribute(SYNTHETIC_OF) is None:
+    if storage is not None and storage.GetFileName():
         raise ValueError(_("The output volume '{name}' holds an image loaded from {file}; synthesizing into it would "
                            "replace that image. Pick a synthetic volume, or none (a new volume is made).").format(
                                name=output_node.GetName(), file=storage.GetFileName()))
+    raise ValueError(_("The output volume '{name}' holds an image that MedSynth did not make; synthesizing into it "
+                       "would replace that image. Pick a synthetic volume, or none (a new volume is made).").format(
+                           name=output_node.GetName()))
 
 
 def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any, target_name: str = "T2") -> Any:
     """Put the synthetic volume on the input's exact grid, in ``output_node`` or a new "<input> synthetic <target>".
 
-    A reused node that held the synthesis of another input is renamed after this one (the panel keeps the last
-    result as its output, and the next patient's image must not carry the previous one's name); the uncertainty
-    maps loaded for it are removed, since they no longer match."""
+    A node that holds the synthesis of another input is kept as it is and a new node is made: the panel keeps the
+    last result as its output, and the previous patient's synthetic image must not be replaced by the next one's.
+    A reused node loses the uncertainty maps loaded for it, since they no longer match."""
     from MedSynthLogic import mrml
 
     name = synthetic_node_name(input_node.GetName(), target_name)
+    if output_node is not None and output_node.GetAttribute(SYNTHETIC_OF) not in (None, input_node.GetID()):
+        output_node = None
     if output_node is None:
         output_node = mrml.node_from_volume(scene, volume, name, reference=input_node)
     else:
         mrml.remove_uncertainty_overlays(scene, output_node)
-        if output_node.GetAttribute(SYNTHETIC_OF) not in (None, input_node.GetID()):
-            output_node.SetName(scene.GenerateUniqueName(name))
         mrml.update_node_from_volume(output_node, volume, reference=input_node)
         output_node.CreateDefaultDisplayNodes()
     output_node.SetAttribute(SYNTHETIC_OF, input_node.GetID())

@@ -24,7 +24,7 @@ if str(MODULE_DIR) not in sys.path:
 from MedSynthLib import dependencies, estimate, model_info, sample_data  # noqa: E402
 from MedSynthLib.events import describe_event  # noqa: E402
 from MedSynthLib.synthesis import (  # noqa: E402
-    OTHER_MODEL, SynthesisRequest, chosen_model_path, findings_message, model_choices, synthesize_arguments,
+    OTHER_MODEL, SYNTHETIC_OF, SynthesisRequest, chosen_model_path, findings_message, model_choices, synthesize_arguments,
 )
 from MedSynthLib.training_jobs import (  # noqa: E402
     PrepareRequest, TrainingRequest, apply_recipe, prepare_arguments, prepare_request, recipe_settings,
@@ -519,10 +519,10 @@ def test_failed_and_cancelled_jobs_clean_up(scene, phantom_node, tmp_path):
     assert controller.poll()[1].state == jobs.CANCELLED and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
 
 
-def test_the_output_never_replaces_the_input_or_an_acquired_image_and_a_reused_one_is_renamed(
+def test_the_output_never_replaces_the_input_another_image_or_another_patients_synthesis(
         scene, phantom_node, tmp_path, phantom):
-    """The panel keeps the last result as its output: the next patient's image must not keep the previous name,
-    and neither the input nor a scan loaded from a file may be written over."""
+    """The panel keeps the last result as its output: the next patient's synthesis goes into a new volume, and
+    neither the input, a scan loaded from a file, nor an image made in the session may be written over."""
     from MedSynthLogic import mrml
     from MedSynthLogic.volume_io import write_volume
 
@@ -534,14 +534,24 @@ def test_the_output_never_replaces_the_input_or_an_acquired_image_and_a_reused_o
     acquired = mrml.load_volume_file(scene, tmp_path / "case_t2.nii.gz")
     with pytest.raises(ValueError, match="loaded from"):
         controller.start_synthesis(phantom_node, SynthesisRequest(), acquired)
+    registered = mrml.node_from_volume(scene, mrml.volume_from_node(acquired), "case t2 registered")  # no file
+    with pytest.raises(ValueError, match="'case t2 registered' holds an image that MedSynth did not make"):
+        controller.start_synthesis(phantom_node, SynthesisRequest(), registered)
     assert not runner.jobs
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "new volume")
+    controller.start_synthesis(phantom_node, SynthesisRequest(), empty)
+    assert controller.poll()[1].result is empty and empty.GetImageData() is not None
     controller.start_synthesis(phantom_node, SynthesisRequest())
     first = controller.poll()[1].result
     controller.start_synthesis(phantom_node, SynthesisRequest(), first)  # the same input again: same node, same name
     assert controller.poll()[1].result is first and first.GetName() == f"{phantom_node.GetName()} synthetic T2"
     other = mrml.node_from_volume(scene, mrml.volume_from_node(phantom_node), "patient B t1ce", reference=phantom_node)
+    kept = mrml.volume_from_node(first).array.copy()
     controller.start_synthesis(other, SynthesisRequest(), first)
-    assert controller.poll()[1].result is first and first.GetName() == "patient B t1ce synthetic T2"
+    second = controller.poll()[1].result
+    assert second is not first and second.GetName() == "patient B t1ce synthetic T2"
+    assert first.GetName() == f"{phantom_node.GetName()} synthetic T2" and first.GetAttribute(SYNTHETIC_OF) == phantom_node.GetID()
+    np.testing.assert_array_equal(mrml.volume_from_node(first).array, kept)
 
 
 def test_a_new_synthesis_removes_the_uncertainty_map_of_the_old_one(scene, phantom_node, tmp_path):
