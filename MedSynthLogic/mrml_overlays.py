@@ -116,9 +116,14 @@ def load_uncertainty_overlay(
     """Read the map ``medsynth synthesize --uncertainty`` wrote and show it with :func:`show_uncertainty_overlay`.
 
     The node takes the synthetic node's grid and parent transform (as the synthetic image takes the source's), so
-    the two overlay exactly. Returns ``(node, what show_uncertainty_overlay returned)``.
+    the two overlay exactly. It keeps no storage node, like the synthetic image: the file is the synthesis's
+    temporary output, and File › Save would otherwise offer its deleted folder and the same name for every map.
+    Returns ``(node, what show_uncertainty_overlay returned)``.
     """
     node = load_volume_file(scene, path, name=name or f"{synthetic_node.GetName()} uncertainty")
+    storage = node.GetStorageNode()
+    node.SetAndObserveStorageNodeID(None)
+    scene.RemoveNode(storage)
     try:
         update_node_from_volume(node, volume_from_node(node), reference=synthetic_node)
         shown = show_uncertainty_overlay(scene, node, synthetic_node, **options)

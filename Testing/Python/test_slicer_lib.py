@@ -485,9 +485,6 @@ def test_uncertainty_map_is_overlaid_on_the_result(scene, phantom_node, tmp_path
     from MedSynthLogic import mrml
     from MedSynthLogic.volume_io import read_volume, write_volume
 
-    if not hasattr(mrml, "load_uncertainty_overlay"):
-        pytest.skip("mrml.load_uncertainty_overlay is not in this checkout yet")
-
     def write_both(args):
         _write_output_like_input(args)
         source = read_volume(args[1])

@@ -171,6 +171,9 @@ def test_overlay_on_the_synthetic_image_with_legend(source, tmp_path):
     write_volume(source.with_array(unc_array), path)
     node, shown = mrml.load_uncertainty_overlay(scene, path, synthetic, opacity=0.4)
     assert node.GetName() == "case synthetic T2 uncertainty"
+    assert node.GetStorageNode() is None and scene.GetNumberOfNodesByClass("vtkMRMLVolumeArchetypeStorageNode") == 0
+    path.unlink()  # the child's temporary file goes with its folder: the node keeps its image
+    assert mrml.volume_from_node(node).array.max() == pytest.approx(unc_array.max())
     np.testing.assert_array_equal(mrml.node_ijk_to_ras(node), mrml.node_ijk_to_ras(synthetic))
     composite = mrml.slice_composite_node(scene, "Yellow", create=False)
     assert composite.GetBackgroundVolumeID() == synthetic.GetID()
