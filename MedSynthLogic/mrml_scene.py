@@ -183,6 +183,8 @@ def save_volume_node(node: Any, path: str | os.PathLike, overwrite: bool = True,
 
     from .atomic import atomic_path, check_output_path
 
+    if node is None or node.GetImageData() is None:  # the writer would report success and write nothing
+        raise InputImageError("The selected volume has no image data.")
     final = check_output_path(path, overwrite=overwrite)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetUseCompression(1 if compress else 0)

@@ -128,10 +128,18 @@ class MedSynthController:
         from MedSynthLogic.model_file import read_header
 
         self._refuse_if_busy()
+        if input_node is None:
+            raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
+        if input_node.GetImageData() is None:
+            raise ValueError(_("The selected volume has no image data: pick a volume that holds an image."))
         synthesis.check_output_node(input_node, output_node)
         target_name = synthesis.pair_names(read_header(synthesis.model_path(request)))[1]
         work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))
-        source = mrml.save_volume_node(input_node, work_dir / "source.nii.gz")  # a neutral name: the child's name note must not read ours
+        try:  # a neutral name: the child's name note must not read ours
+            source = mrml.save_volume_node(input_node, work_dir / "source.nii.gz")
+        except Exception:
+            _remove(work_dir)
+            raise
         output, uncertainty = work_dir / "synthetic_t2.nii.gz", work_dir / "uncertainty.nii.gz"
         context = {"input": input_node, "output_node": output_node, "output_path": output, "work_dir": work_dir,
                    "request": request, "shape": tuple(reversed(input_node.GetImageData().GetDimensions())),

@@ -96,6 +96,9 @@ def test_save_round_trip(scene, oblique_nifti, tmp_path):
     np.testing.assert_allclose(again.origin, ref.origin, atol=1e-4)
     np.testing.assert_allclose(again.direction, ref.direction, atol=1e-5)
     assert sorted(p.name for p in out.parent.iterdir()) == ["saved.nii.gz"]
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(InputImageError, match="no image data"):  # Slicer's writer reports success and writes nothing
+        mrml.save_volume_node(empty, tmp_path / "empty.nii.gz")
 
 
 def test_load_missing_or_bad_file(scene, tmp_path):

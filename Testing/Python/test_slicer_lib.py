@@ -503,6 +503,24 @@ def test_uncertainty_map_is_overlaid_on_the_result(scene, phantom_node, tmp_path
     assert "--uncertainty" not in synthesize_arguments("a", "b", SynthesisRequest(), "u.nii.gz")
 
 
+def test_a_start_that_fails_before_the_child_leaves_no_temporary_folder(scene, phantom_node, tmp_path, monkeypatch):
+    from MedSynthLogic import mrml
+
+    runner = FakeRunner(events=[])
+    controller = _controller(scene, runner, tmp_path)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(ValueError, match="has no image data"):
+        controller.start_synthesis(empty, SynthesisRequest())
+
+    def full_disk(node, path, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mrml, "save_volume_node", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        controller.start_synthesis(phantom_node, SynthesisRequest())
+    assert not runner.jobs and not list((tmp_path / "work").glob("MedSynth-*"))
+
+
 def test_failed_and_cancelled_jobs_clean_up(scene, phantom_node, tmp_path):
     runner = FakeRunner(events=[{"event": "error", "message": "bad input"}], state=jobs.FAILED, error="bad input")
     controller = _controller(scene, runner, tmp_path)
