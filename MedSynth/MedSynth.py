@@ -218,7 +218,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if not self.ensureDependencies():
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not start the synthesis."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not start the synthesis.")):  # no wait cursor over its dialogs
             request = SynthesisRequest.from_settings(p)
             plan = self.logic.controller.plan_synthesis(p.inputVolume, request)
             if plan.blocked:

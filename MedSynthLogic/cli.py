@@ -266,10 +266,12 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     except KeyboardInterrupt:
         return _fail(report, Cancelled("Interrupted."))
     except MemoryError:
-        return _fail(report, ResourceError("Out of memory.", "Use a smaller --tile or a machine with more memory."))
+        return _fail(report, ResourceError("Out of memory.", "Use a smaller --tile or a machine with more memory.",
+                                           reason="out_of_memory"))
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
-            return _fail(report, ResourceError(f"Out of memory: {exc}", "Use a smaller --tile or --device cpu."))
+            return _fail(report, ResourceError(f"Out of memory: {exc}", "Use a smaller --tile or --device cpu.",
+                                               reason="out_of_memory"))
         raise
     finally:
         report.close()
@@ -277,7 +279,8 @@ def _run(argv: Optional[Sequence[str]]) -> int:
 
 def _fail(report: Reporter, exc: MedSynthError) -> int:
     try:
-        report(error_event(str(exc), exc.exit_code, type=type(exc).__name__))
+        advice = {"reason": exc.reason, "problem": exc.message} if exc.reason else {}
+        report(error_event(str(exc), exc.exit_code, type=type(exc).__name__, **advice))
     except Cancelled:
         pass  # the JSON reader is gone; stderr still gets the message
     try:

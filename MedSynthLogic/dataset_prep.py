@@ -52,7 +52,7 @@ def _check_outputs(out: Path, overwrite: bool) -> None:
     if existing and not overwrite:
         raise OutputError(
             f"The output folder {out} already holds {', '.join(existing)}.",
-            "Pass --overwrite to replace them or choose another folder.",
+            "Pass --overwrite to replace them or choose another folder.", reason="output_exists",
         )
     try:
         out.mkdir(parents=True, exist_ok=True)

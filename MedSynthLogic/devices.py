@@ -32,16 +32,18 @@ def resolve_device(name: Union[str, torch.device] = "auto") -> torch.device:
             raise ResourceError(
                 "A CUDA GPU was requested but none is available to PyTorch.",
                 "Use --device cpu (or auto), or install a CUDA build of PyTorch matching your driver "
-                f"(this PyTorch {torch.__version__} has CUDA {torch.version.cuda or 'none'}).",
+                f"(this PyTorch {torch.__version__} has CUDA {torch.version.cuda or 'none'}).", reason="device_unavailable",
             )
         index = int(match.group(1) or 0)
         count = torch.cuda.device_count()
         if index >= count:
-            raise ResourceError(f"GPU cuda:{index} was requested but only {count} GPU(s) are visible.", "Use cuda:0 … cuda:{count - 1}.")
+            raise ResourceError(f"GPU cuda:{index} was requested but only {count} GPU(s) are visible.",
+                                f"Use cuda:0 … cuda:{count - 1}.", reason="device_unavailable")
         return torch.device(f"cuda:{index}")
     if key == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ResourceError("Apple MPS was requested but is not available.", "Use --device cpu or auto.")
+            raise ResourceError("Apple MPS was requested but is not available.", "Use --device cpu or auto.",
+                                reason="device_unavailable")
         return torch.device("mps")
     raise UsageError(f"Unknown device {name!r}.", "Use auto, cpu, cuda, cuda:N or mps.")
 

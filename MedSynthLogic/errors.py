@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+#: The situations a front end may word its own advice for (see ``MedSynthError.reason``).
+REASONS = frozenset({
+    "output_exists",  # the output file or folder exists and --overwrite was not given
+    "model_written",  # --resume of a run that already wrote its model
+    "run_folder_in_use",  # a new run in a folder that holds another run's checkpoints
+    "schedule_changed",  # --resume with another schedule than the stopped run's
+    "stopped",  # training stopped on request, with a checkpoint to resume from
+    "data_for_another_model",  # prepared data that do not fit the model config
+    "device_unavailable",  # the requested device does not exist here
+    "out_of_memory",
+})
+
 
 class MedSynthError(Exception):
-    """Base of every error that is the user's to fix; ``exit_code`` is what the CLI exits with."""
+    """Base of every error that is the user's to fix; ``exit_code`` is what the CLI exits with.
+
+    ``hint`` says what to do in the CLI's words (its options). ``reason``, when set, names the situation (one of
+    :data:`REASONS`) so a front end with buttons instead of options, the Slicer panel, can give its own advice;
+    the CLI's error event carries it."""
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", reason: str = "") -> None:
         super().__init__(message)
+        if reason and reason not in REASONS:
+            raise ValueError(f"unknown error reason {reason!r}")
         self.message = message
         self.hint = hint
+        self.reason = reason
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}".strip()

@@ -224,6 +224,12 @@ class Job:
             return list(self._stderr_tail)[-lines:]
 
     @property
+    def last_error(self) -> Optional[Dict[str, Any]]:
+        """The child's last "error" event (None before one), for a front end that words its own advice."""
+        with self._lock:
+            return self._last_error
+
+    @property
     def error_message(self) -> Optional[str]:
         """What went wrong, for the user: the child's last "error" event, else the end of its stderr."""
         with self._lock:

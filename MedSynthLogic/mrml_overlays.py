@@ -201,6 +201,12 @@ class TrainingPlot:
     def number_of_rows(self) -> int:
         return int(self.table_node.GetTable().GetNumberOfRows())
 
+    def remove(self) -> None:
+        """Take the table, the chart and the series out of the scene (a run that failed before its first loss)."""
+        for node in (*self.series_nodes.values(), self.chart_node, self.table_node):
+            self.scene.RemoveNode(node)
+        self.series_nodes = {}
+
     def value(self, row: int, column: str) -> float:
         table = self.table_node.GetTable()
         return float(table.GetValueByName(row, column).ToDouble())

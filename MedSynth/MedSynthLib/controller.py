@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import synthesis
 from .estimate import Estimate, RateBook
-from .events import PanelUpdate, describe_event
+from .events import PanelUpdate, describe_event, error_text
 from .i18n import tr as _
 from .training_jobs import PrepareRequest, TrainingRequest, prepare_arguments
 
@@ -110,8 +110,9 @@ class MedSynthController:
         notes += synthesis.check_enhancement(volume, header, findings)
         blocked = bool(findings) and not request.force
         source_name = synthesis.pair_names(header)[0]
-        parts = [synthesis.findings_message(findings, request.force, source_name)] if findings else []
-        parts += [synthesis.notes_message(notes, ask=not blocked, source_name=source_name)] if notes else []
+        # The notes first: the findings' message ends with the one question (with Force) or the refusal.
+        parts = [synthesis.notes_message(notes, ask=not findings, source_name=source_name)] if notes else []
+        parts += [synthesis.findings_message(findings, request.force, source_name)] if findings else []
         return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request), notes)
 
     def estimate(self, input_node: Any, request: synthesis.SynthesisRequest) -> Estimate:
@@ -155,8 +156,18 @@ class MedSynthController:
         config_dir = Path(tempfile.mkdtemp(prefix="MedSynth-train-", dir=self.temp_root))
         args = request.arguments(config_dir)
         self.training_plot = mrml.TrainingPlot(self.scene)
-        self._start("train", args, {"work_dir": config_dir, "out_model": Path(request.out_model)})
+        try:
+            self._start("train", args, {"work_dir": config_dir, "out_model": Path(request.out_model)})
+        except Exception:
+            self._drop_empty_plot()
+            raise
         return self.training_plot
+
+    def _drop_empty_plot(self) -> None:
+        """A training that ended before its first loss leaves no empty chart behind (a second try would add another)."""
+        if self.training_plot is not None and self.training_plot.number_of_rows == 0:
+            self.training_plot.remove()
+            self.training_plot = None
 
     def start_prepare(self, request: PrepareRequest) -> None:
         """Start ``medsynth prepare`` on a folder of cases, in the background, with one progress event per case."""
@@ -179,7 +190,7 @@ class MedSynthController:
                 continue
             if running.kind == "train" and self.training_plot is not None:
                 self.training_plot.add_event(event)
-            updates.append(describe_event(event))
+            updates.append(describe_event(event, running.kind))
         return updates, outcome
 
     def cancel(self, timeout: float = 5.0, background: bool = False) -> None:
@@ -227,7 +238,11 @@ class MedSynthController:
                 message = _("Cancelled.") if kind != "train" else _("Stopped; the last checkpoint is kept.")
                 return JobOutcome(kind, jobs.CANCELLED, message)
             if job.state != jobs.FINISHED:
-                return JobOutcome(kind, jobs.FAILED, job.error_message or _("The process failed."))
+                if kind == "train":
+                    self._drop_empty_plot()
+                last = getattr(job, "last_error", None)
+                message = error_text(last, kind) if last else job.error_message
+                return JobOutcome(kind, jobs.FAILED, message or _("The process failed."))
             if kind == "synthesize":
                 return self._finish_synthesis(job, context)
             result = context.get("out_model") or context.get("data_dir")

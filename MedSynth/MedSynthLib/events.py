@@ -21,8 +21,9 @@ class PanelUpdate:
     log: Optional[str] = None
 
 
-def describe_event(event: Mapping[str, Any]) -> PanelUpdate:
-    """The panel update for one JSON-lines event (see docs/ARCHITECTURE.md, "Progress events")."""
+def describe_event(event: Mapping[str, Any], task: Optional[str] = None) -> PanelUpdate:
+    """The panel update for one JSON-lines event (see docs/ARCHITECTURE.md, "Progress events") of a ``task``
+    ("synthesize", "prepare", "train") job."""
     kind = event.get("event")
     handler = {
         "progress": _progress,
@@ -33,12 +34,45 @@ def describe_event(event: Mapping[str, Any]) -> PanelUpdate:
         "checkpoint": lambda e: PanelUpdate(log=_("Checkpoint saved: {name}").format(name=Path(str(e.get("path", ""))).name)),
         "metrics": _metrics,
         "warning": _warning,
-        "error": lambda e: PanelUpdate(log=_("Error: {message} {hint}").format(
-            message=e.get("message", ""), hint=e.get("hint") or "").rstrip()),
+        "error": lambda e: PanelUpdate(log=error_text(e, task) if e.get("type") == "Cancelled"  # asked for
+                                       else _("Error: {message}").format(message=error_text(e, task))),
         "done": lambda e: PanelUpdate(percent=100, log=_("Finished.")),
         "log": lambda e: PanelUpdate(log=str(e.get("line", ""))),
     }.get(kind)
     return handler(event) if handler else PanelUpdate()
+
+
+def error_text(event: Mapping[str, Any], task: Optional[str] = None) -> str:
+    """What went wrong, with the panel's own advice where the error names a situation (its ``reason``): the
+    child's advice names command-line options, which the panel has as buttons and fields."""
+    advice = panel_advice(str(event.get("reason") or ""), task)
+    if advice and event.get("problem"):
+        return f"{event['problem']} {advice}"
+    return f"{event.get('message', '')} {event.get('hint') or ''}".strip()
+
+
+def panel_advice(reason: str, task: Optional[str] = None) -> str:
+    """The panel's words for what to do about an error ``reason`` (``MedSynthLogic.errors.REASONS``); "" for none."""
+    if reason == "output_exists":
+        if task == "prepare":
+            return _("Choose another prepared data folder, or move the files out of this one.")
+        if task == "train":
+            return _("Choose another output model file, or move the existing one away.")
+        return _("Choose another output, or move the existing one away.")
+    advice = {
+        "model_written": lambda: _("That run has finished and written its model: choose another output model file "
+                                   "to train again."),
+        "run_folder_in_use": lambda: _("Press Resume to continue that run, or choose another run folder."),
+        "schedule_changed": lambda: _("Resume with the stopped run's settings, or choose another run folder for a "
+                                      "new run."),
+        "stopped": lambda: _("Press Resume to go on from it."),
+        "data_for_another_model": lambda: _("Prepare the case folder again for the chosen generator (Prepare data) "
+                                            "into another prepared data folder, or pick the generator it was "
+                                            "prepared for."),
+        "device_unavailable": lambda: _("Pick 'auto' or 'cpu' as the device."),
+        "out_of_memory": lambda: _("Pick 'cpu' as the device, or close other programs."),
+    }.get(reason)
+    return advice() if advice else ""
 
 
 def _stage(event: Mapping[str, Any]) -> int:

@@ -72,10 +72,11 @@ def train_from_args(
         # Every rank refuses at once: a rank left waiting for rank 0 would hang until torchrun kills it.
         from ..errors import OutputError
 
-        hint = "Pass --overwrite to replace it, or choose another --out."
+        hint, reason = "Pass --overwrite to replace it, or choose another --out.", "output_exists"
         if args.resume:
             hint = "A run that wrote its model has nothing to resume; pass --overwrite to write it again, or another --out."
-        raise OutputError(f"The model {out} exists already.", hint)
+            reason = "model_written"
+        raise OutputError(f"The model {out} exists already.", hint, reason=reason)
     stop = stop_event or threading.Event()
     restore = install_signal_handlers(stop)
     try:

@@ -205,8 +205,8 @@ def _train_stage(
             log.exclude(time.perf_counter() - paused)
         if s.stopper():
             s.save(chain, stage, done, done == tcfg.iterations, trainer, "stop")
-            raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; its checkpoint is in {s.run_dir}: run "
-                            "the same command with --resume to go on.")
+            raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; its checkpoint is in {s.run_dir}.",
+                            "Run the same command with --resume to go on.", reason="stopped")
         if s.slice_over() and done < tcfg.iterations:
             s.save(chain, stage, done, False, trainer, "stop_after")
             source.close()

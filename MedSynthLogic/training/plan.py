@@ -158,7 +158,7 @@ def check_patch_sizes(info: Dict[str, Any], cfg: ModelConfig, path: Path) -> Non
         raise DataError(
             f"{path} holds {info['source_patch']}³→{info['target_patch']}³ patches but the model needs "
             f"{cfg.source_patch}³→{cfg.target_patch}³.",
-            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.", reason="data_for_another_model",
         )
     if info["channels"] != 1:
         raise DataError(f"{path} stores {info['channels']}-channel source patches; expected 1.", PREPARE_HINT)
@@ -169,16 +169,20 @@ def check_patch_sizes(info: Dict[str, Any], cfg: ModelConfig, path: Path) -> Non
             f"{path} was prepared as {pair[0]}→{pair[1]} but the model config names {cfg.source_name}→{cfg.target_name}; "
             "the model file would carry the wrong names, input checks and labels.",
             "Pass the --model-config that `medsynth prepare` was given (its source_name and target_name).",
+            reason="data_for_another_model",
         )
     stored = prepared.get("normalisation")
     if stored is not None and stored != to_dict(cfg.normalisation):
+        asked = to_dict(cfg.normalisation)
+        differ = ", ".join(f"{key} {json.dumps(stored.get(key))} there, {json.dumps(asked.get(key))} in the model config"
+                           for key in sorted(set(stored) | set(asked)) if stored.get(key) != asked.get(key))
         raise DataError(
-            f"{path} was normalised with {json.dumps(stored)} but the model config asks for "
-            f"{json.dumps(to_dict(cfg.normalisation))}; a model must be trained with the normalisation it will be applied with.",
-            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+            f"{path} was normalised otherwise than the model config asks ({differ}); a model must be trained with the "
+            "normalisation it will be applied with.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.", reason="data_for_another_model",
         )
     if info.get("pad", cfg.generator.halo) != cfg.generator.halo:
         raise DataError(
             f"{path} volumes are padded by {info['pad']} voxels but the generator's halo is {cfg.generator.halo}.",
-            "Re-run `medsynth prepare` with the same model config as `medsynth train`.",
+            "Re-run `medsynth prepare` with the same model config as `medsynth train`.", reason="data_for_another_model",
         )

@@ -105,7 +105,7 @@ def refuse_changed_schedule(train_cfg: TrainConfig, start: Start) -> None:
             f"The run in {start.resumed_from} was trained with another schedule ({shown}); --resume would not go on "
             "as that run would have.",
             "Resume with its train config, or start a new run from an export of it (`medsynth export`, then "
-            "--init-model).",
+            "--init-model).", reason="schedule_changed",
         )
 
 
@@ -117,6 +117,7 @@ def refuse_earlier_run(run_dir: Path) -> None:
         raise OutputError(
             f"The run folder {run_dir} already holds checkpoints of an earlier run (newest: {found.name}).",
             "Add --resume to continue that run, pass another --run-dir, or move that folder away first.",
+            reason="run_folder_in_use",
         )
 
 

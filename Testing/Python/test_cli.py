@@ -377,6 +377,14 @@ def test_train_resume_of_a_finished_run_never_rewrites_the_model(ws):
     assert f"The model {model} exists already." in proc.stderr and "--overwrite" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert model.read_bytes() == before
+    event = json_lines(medsynth(*argv, "--progress", "json", expect=7).stdout)[-1]
+    assert event["event"] == "error" and event["reason"] == "model_written" and "--overwrite" in event["message"]
+    assert event["problem"] == f"The model {model} exists already."
+    sys.path.insert(0, str(REPO / "MedSynth"))
+    from MedSynthLib.events import describe_event
+
+    shown = describe_event(event, "train").log  # the Slicer panel has no --overwrite: it names its own field
+    assert shown.startswith(f"Error: The model {model} exists already. That run has finished") and "--" not in shown
     medsynth(*argv, "--overwrite", "--progress", "none")
     from MedSynthLogic.model_file import read_header
 

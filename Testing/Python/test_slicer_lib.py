@@ -45,6 +45,7 @@ class FakeJob:
         self.args, self.events, self.final_state, self.on_finish = list(args), list(events), state, on_finish
         self.running, self.state, self.elapsed_s, self.error_message = True, jobs.RUNNING, 12.0, error
         self.cancelled_with = None
+        self.last_error = next((event for event in reversed(self.events) if event.get("event") == "error"), None)
 
     def poll(self) -> List[Dict[str, Any]]:
         if not self.running:
@@ -362,6 +363,10 @@ def test_input_check_blocks_before_anything_starts(scene, phantom_node, tmp_path
     assert seen == [(tuple(reversed(phantom_node.GetImageData().GetDimensions())), "T1ce")]
     forced = controller.plan_synthesis(phantom_node, SynthesisRequest(force=True))
     assert not forced.blocked and "anyway" in forced.message and forced.estimate.seconds > estimate.STARTUP_SECONDS
+    phantom_node.SetName("case_t2")  # a name note as well: the one dialog asks once
+    forced = controller.plan_synthesis(phantom_node, SynthesisRequest(force=True))
+    assert forced.notes and forced.message.count("Synthesize it anyway?") == 1 and forced.needs_confirmation
+    assert forced.message.endswith("Synthesize it anyway? The result is unreliable.")
     assert not _controller(scene, runner, tmp_path).plan_synthesis(phantom_node, SynthesisRequest()).findings
     assert findings_message([SimpleNamespace(code="x", message="m")], force=False).count("- m") == 1
 
@@ -521,6 +526,35 @@ def test_a_start_that_fails_before_the_child_leaves_no_temporary_folder(scene, p
     assert not runner.jobs and not list((tmp_path / "work").glob("MedSynth-*"))
 
 
+def test_errors_the_panel_can_act_on_get_its_own_advice_instead_of_command_line_options(scene, tmp_path):
+    from MedSynthLib.events import error_text
+    from MedSynthLogic.errors import REASONS, OutputError
+
+    exists = OutputError("The output folder /d already holds train.h5.", "Pass --overwrite to replace them.",
+                         reason="output_exists")
+    event = {"event": "error", "message": str(exists), "problem": exists.message, "reason": exists.reason,
+             "type": "OutputError"}
+    assert describe_event(event, "prepare").log == ("Error: The output folder /d already holds train.h5. Choose "
+                                                    "another prepared data folder, or move the files out of this one.")
+    assert "output model file" in error_text(event, "train")
+    stopped = {"event": "error", "message": "Training stopped at stage 0, iteration 18; its checkpoint is in /r. Run "
+               "the same command with --resume to go on.", "problem": "Training stopped at stage 0, iteration 18; "
+               "its checkpoint is in /r.", "reason": "stopped", "type": "Cancelled"}
+    assert describe_event(stopped, "train").log == ("Training stopped at stage 0, iteration 18; its checkpoint is in "
+                                                    "/r. Press Resume to go on from it.")
+    for reason in sorted(REASONS):  # every reason the core can name has the panel's words, none with an option
+        advice = error_text({"event": "error", "problem": "P.", "reason": reason, "message": "P. --x"}, "train")
+        assert advice.startswith("P. ") and "--" not in advice, reason
+    assert error_text({"event": "error", "message": "Odd.", "hint": "Do this."}) == "Odd. Do this."
+    with pytest.raises(ValueError, match="unknown error reason"):
+        OutputError("x", reason="no_such_reason")
+    runner = FakeRunner(events=[event], state=jobs.FAILED, error=str(exists))
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_prepare(PrepareRequest(tmp_path / "cases", tmp_path / "d", 4, 0.2, ModelConfig()))
+    outcome = controller.poll()[1]
+    assert outcome.state == jobs.FAILED and outcome.message.endswith("move the files out of this one.")
+
+
 def test_failed_and_cancelled_jobs_clean_up(scene, phantom_node, tmp_path):
     runner = FakeRunner(events=[{"event": "error", "message": "bad input"}], state=jobs.FAILED, error="bad input")
     controller = _controller(scene, runner, tmp_path)
@@ -631,6 +665,26 @@ def test_training_job_feeds_the_loss_plot(scene, tmp_path):
     assert plot.number_of_rows == 2 and plot.value(1, "val_psnr") == 15.0
     assert updates[1].percent == 100 and "PSNR 15" in updates[2].log
     assert outcome.result == tmp_path / "m.safetensors" and not config.exists()
+
+
+def test_a_training_that_fails_before_its_first_loss_leaves_no_empty_chart(scene, tmp_path):
+    failure = {"event": "error", "message": "A CUDA GPU was requested but none is available.", "type": "ResourceError"}
+    request = TrainingRequest(ModelConfig(stages=1), TrainConfig(stages=1, iterations=20), tmp_path / "data",
+                              tmp_path / "m.safetensors", tmp_path / "run", device="cuda")
+    controller = _controller(scene, FakeRunner(events=[failure], state=jobs.FAILED), tmp_path)
+    for _attempt in range(2):
+        controller.start_training(request)
+        assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+        assert controller.poll()[1].state == jobs.FAILED
+    for kind in ("vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode", "vtkMRMLTableNode"):
+        assert scene.GetNumberOfNodesByClass(kind) == 0, kind
+
+    def no_process(args):
+        raise OSError("cannot start")
+
+    with pytest.raises(OSError):
+        _controller(scene, no_process, tmp_path).start_training(request)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 0
 
 
 def test_prepare_job_reports_cases(scene, tmp_path):
