@@ -11,6 +11,9 @@ from typing import Any, Mapping, Optional
 
 from .i18n import tr as _
 
+#: How the CLI's last stderr line starts when it fails (``MedSynthLogic.cli``).
+CLI_ERROR_PREFIX = "medsynth: error: "
+
 
 @dataclass(frozen=True)
 class PanelUpdate:
@@ -37,7 +40,7 @@ def describe_event(event: Mapping[str, Any], task: Optional[str] = None) -> Pane
         "error": lambda e: PanelUpdate(log=error_text(e, task) if e.get("type") == "Cancelled"  # asked for
                                        else _("Error: {message}").format(message=error_text(e, task))),
         "done": lambda e: PanelUpdate(percent=100, log=_("Finished.")),
-        "log": lambda e: PanelUpdate(log=str(e.get("line", ""))),
+        "log": _log_line,
     }.get(kind)
     return handler(event) if handler else PanelUpdate()
 
@@ -73,6 +76,13 @@ def panel_advice(reason: str, task: Optional[str] = None) -> str:
         "out_of_memory": lambda: _("Pick 'cpu' as the device, or close other programs."),
     }.get(reason)
     return advice() if advice else ""
+
+
+def _log_line(event: Mapping[str, Any]) -> PanelUpdate:
+    """A line of the child's stderr. Its closing "medsynth: error: …" repeats the error event, which the log shows
+    already (when no event came, the outcome's message is read from stderr instead)."""
+    line = str(event.get("line", ""))
+    return PanelUpdate() if line.startswith(CLI_ERROR_PREFIX) else PanelUpdate(log=line)
 
 
 def _stage(event: Mapping[str, Any]) -> int:

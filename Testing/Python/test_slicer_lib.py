@@ -546,6 +546,8 @@ def test_errors_the_panel_can_act_on_get_its_own_advice_instead_of_command_line_
         advice = error_text({"event": "error", "problem": "P.", "reason": reason, "message": "P. --x"}, "train")
         assert advice.startswith("P. ") and "--" not in advice, reason
     assert error_text({"event": "error", "message": "Odd.", "hint": "Do this."}) == "Odd. Do this."
+    assert describe_event({"event": "log", "line": "medsynth: error: Synthesis cancelled."}).log is None  # said once
+    assert describe_event({"event": "log", "line": "loading model"}).log == "loading model"
     with pytest.raises(ValueError, match="unknown error reason"):
         OutputError("x", reason="no_such_reason")
     runner = FakeRunner(events=[event], state=jobs.FAILED, error=str(exists))
