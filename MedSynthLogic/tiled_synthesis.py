@@ -275,6 +275,8 @@ def _run_stage(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel:
                 job.out[tuple(slice(a, b) for a, b in t)] = r
             done += len(chunk)
             report(job.stage, done, total)
+    if is_cancelled(cancel):  # asked during the last batch: stop before the next stage or the write
+        raise Cancelled("Synthesis cancelled.")
 
 
 def synthesize_array(

@@ -86,6 +86,8 @@ def _run_stage(runner: _Runner, inputs: np.ndarray, halo: int, multiple: int, ma
     if int(np.prod(shape)) <= max_voxels:
         report(stage, 0, 1)
         out = runner(inputs)
+        if is_cancelled(cancel):  # asked during the one forward: stop before the next stage or the write
+            raise Cancelled("Synthesis cancelled.")
         report(stage, 1, 1)
         return out
     out = np.empty(shape, dtype=np.float32)

@@ -136,6 +136,14 @@ def test_cancel_raises_promptly(tiny_model_config, source, kind):
     assert events[-1]["stage"] == 0 and events[-1]["fraction"] < 0.5
 
 
+def test_a_cancel_during_the_last_batch_stops_before_any_result(tiny_model_config, source):
+    chain = random_chain(tiny_model_config)
+    events = []
+    asked = lambda: bool(events) and events[-1]["stage"] == 1 and events[-1]["done"] == events[-1]["total"]  # noqa: E731
+    with pytest.raises(Cancelled):
+        synthesize_array(chain, source, None, stages=2, tile=64, progress=events.append, cancel=asked)
+
+
 def test_flip_tta_symmetric(tiny_model_config):
     chain = random_chain(tiny_model_config)
     a = np.random.default_rng(1).random(SHAPE, dtype=np.float32)

@@ -232,6 +232,21 @@ def test_tiled_synthesis_equals_one_whole_frame_forward(phantom, upsample):
     assert np.all(whole[~phantom.mask] == 0)
 
 
+def test_a_cancel_during_the_last_stages_one_forward_stops_before_any_result(phantom):
+    """A U-Net stage runs its whole frame in one forward: a SIGTERM during it must not let the synthesis finish
+    (and the CLI write its file) once the forward returns."""
+    from MedSynthLogic.errors import Cancelled
+    from MedSynthLogic.inference import synthesize_array
+
+    chain = build_generators(small_unet(stages=2, unet_channels=(4, 8)))
+    src = phantom.t1ce.array / np.percentile(phantom.t1ce.array[phantom.mask], 99.5)
+    events = []
+    asked = lambda: any(e["stage"] == 0 and e["done"] == 1 for e in events)  # noqa: E731 - once stage 0 is done
+    with pytest.raises(Cancelled):
+        synthesize_array(chain, src, phantom.mask, device="cpu", progress=events.append, cancel=asked)
+    assert events[-1]["stage"] == 0, "the last stage's forward ran, but no result came out of it"
+
+
 @pytest.mark.parametrize("upsample", ["transpose", "trilinear"])
 def test_unet_model_file_round_trip_keeps_kind_and_weights(tmp_path, upsample):
     from MedSynthLogic.model_file import load_model, read_header, save_model
