@@ -328,6 +328,8 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
     assert devices.synthesis_dtype(cpu) is None
     assert devices.synthesis_dtype(cpu, "bf16") == torch.bfloat16
     assert devices.arithmetic_name("cpu") == "float32"
+    with pytest.raises(UsageError, match="fp16 is a GPU precision"):  # emulated on the CPU: minutes, not seconds
+        devices.synthesis_dtype(cpu, "fp16")
 
 
 def test_what_a_python_user_passes_by_mistake_gets_a_clear_error(model_file, phantom):
