@@ -334,8 +334,11 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", stages:
             raise UsageError(f"stages must be a positive integer, got {stages!r}.")
         n = int(stages)
         if n > cfg.stages:
+            prior = cfg.prior.stages if cfg.prior is not None else 0
+            after = (f" of its own, after the {prior} stage(s) of the frozen model it refines, which always run (the "
+                     f"progress counts all {prior + cfg.stages})") if prior else ""
             raise UsageError(
-                f"The model {p.name} has {cfg.stages} auto-context stage(s); {n} were asked for.",
+                f"The model {p.name} has {cfg.stages} auto-context stage(s){after}; {n} were asked for.",
                 f"Pass --stages {cfg.stages} or fewer.",
             )
     tensors = _verified_tensors(p, header)

@@ -407,3 +407,15 @@ def test_contexts_for_other_contrasts_are_refused_for_the_papers_fcn_before_any_
     with pytest.raises(UsageError, match="nie2018"):
         contrast_contexts(chain, None, 1, 2, torch.device("cpu"), (0.8,), 0.5, None, lambda *a, **k: None)
     assert contrast_contexts(chain, None, 1, 2, torch.device("cpu"), (), 0.5, None, lambda *a, **k: None) is None
+
+
+def test_too_many_stages_for_a_refiner_names_the_frozen_stages_before_it():
+    """The default model's progress counts 4 stages (its frozen FCN's 3, then its own), but --stages counts its own:
+    --stages 2 used to be refused with "has 1 auto-context stage(s)" and nothing about the other 3."""
+    from MedSynthLogic.model_file import bundled_model_path, load_model, read_config
+
+    if read_config(bundled_model_path()).prior is None:
+        pytest.skip("the bundled model refines no prior model")
+    with pytest.raises(UsageError, match=r"has 1 auto-context stage\(s\) of its own, after the 3 stage\(s\) of the "
+                                         r"frozen model it refines.*counts all 4\); 2 were asked for"):
+        load_model(bundled_model_path(), stages=2)
