@@ -106,6 +106,7 @@ class FlopCounter:
             size = list(batch.shape[2:])
             cin = batch.shape[1]
             for layer in runner.body:
+                layer = getattr(layer, "conv", layer)  # inference runs FusedConv3d(conv) layers
                 if isinstance(layer, nn.Conv3d):
                     k, d = layer.kernel_size[0], layer.dilation[0]
                     size = [s - d * (k - 1) for s in size]
