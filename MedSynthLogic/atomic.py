@@ -35,7 +35,8 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False, inputs: 
         if src is not None and out.absolute() == Path(src).absolute():
             raise OutputError(f"The output {out} is one of the inputs.", "Choose another output path.")
     if out.exists() and not overwrite:
-        raise OutputError(f"The output {out} exists already.", "Pass --overwrite or choose another path.")
+        raise OutputError(f"The output {out} exists already.",
+                          "Pass --overwrite (overwrite=True in Python) or choose another path.", reason="output_exists")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"The folder {parent} does not exist.", "Create it first or choose another output path.")

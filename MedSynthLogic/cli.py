@@ -58,7 +58,7 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
         outputs = synthesize_folder(model, source, Path(args.output), pattern=args.pattern, overwrite=args.overwrite, **common)
         report(done_event(outputs=[str(p) for p in outputs]))
         if report.mode != "json":
-            print(f"wrote {len(outputs)} synthetic volumes to {args.output}")
+            print(f"wrote {len(outputs)} synthetic volume{'' if len(outputs) == 1 else 's'} to {args.output}")
     else:
         out = synthesize_file(model, source, Path(args.output), mask_path=args.mask, overwrite=args.overwrite,
                               uncertainty_path=args.uncertainty, **common)

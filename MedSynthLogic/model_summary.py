@@ -147,8 +147,9 @@ def _data(data: Any, kind: Any = None) -> str:
         if data.get(key):
             count = case_count(data[key])
             parts.append(f"{count} {label}{'' if count == 1 else 's'}")
-    if data.get("patches_per_case"):
-        parts.append(f"{data['patches_per_case']} patches per case")
+    if data.get("patches_per_case") and kind != "unet3d":
+        count = data["patches_per_case"]
+        parts.append(f"{count} patch{'' if count == 1 else 'es'} per case")
     if data.get("train_patches") and kind != "unet3d":
         parts.append(f"{data['train_patches']} training patches")
     if data.get("source") and data.get("target"):

@@ -146,7 +146,8 @@ def _training_line(event: Event) -> str:
         losses = " ".join(f"{k}={v:.4g}" for k, v in event.get("losses", {}).items() if v is not None)
         return f"stage {event.get('stage')} it {event.get('iteration')}/{event.get('iterations')} {losses}"
     psnr, ssim = event.get("psnr"), event.get("ssim")
-    text = f"validation: loss {event.get('val_loss')}"
+    loss = event.get("val_loss")
+    text = f"validation: loss {loss:.4g}" if isinstance(loss, (int, float)) else f"validation: loss {loss}"
     if psnr is not None and ssim is not None:
         text += f", PSNR {psnr:.2f} dB, SSIM {ssim:.4f}"
     return text

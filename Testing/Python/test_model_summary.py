@@ -57,16 +57,17 @@ def test_data_architecture_and_uncertainty_lines_say_what_the_file_holds():
     """The U-Net's patch count means nothing (it trains on crops), the residual is the long-term one, and a
     one-stage model without a prior has no stage disagreement to offer."""
     data = {"train_cases": 2, "val_cases": 1, "train_patches": 4, "source": "<case>_t1.nii.gz",
-            "target": "<case>_flair.nii.gz"}
+            "target": "<case>_flair.nii.gz", "patches_per_case": 1}
     unet = {"model_config": {"stages": 1, "generator": {"kind": "unet3d", "unet_channels": [4, 8], "residual": False}},
             "stages": 1, "training": {"data": data}}
     text = summarize_header(unet, "m")
     assert "training patches" not in text and "files <case>_t1.nii.gz -> <case>_flair.nii.gz" in text
+    assert "per case" not in text, "the default U-Net's header said '1 patches per case'"
     assert "no long-term residual" in text and "disagreement of flipped passes (no learned error map)" in text
     fcn = {"model_config": {"stages": 2, "generator": {"kind": "nie2018", "filters": [4, 1]}}, "stages": 2,
            "training": {"data": data}}
     text = summarize_header(fcn, "m")
-    assert "4 training patches" in text and "long-term residual (adds its source)" in text
+    assert "4 training patches" in text and "long-term residual (adds its source)" in text and "1 patch per case" in text
     assert "and of the last stage against the synthesis before it" in text
 
 
