@@ -262,7 +262,8 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
             findings.append(InputFinding(
                 "skull_stripped",
                 f"it does not look skull-stripped: only {100 * background:.1f}% of the voxels are background (0), "
-                f"at least {100 * expect.min_background_fraction:.0f}% expected",
+                f"at least {100 * expect.min_background_fraction:.0f}% expected (or the volume is cropped through "
+                "the brain; the model expects the whole skull-stripped brain with some background around it)",
                 {"background_fraction": round(background, 4)},
             ))
     negative = _negative_fraction(volume.array) if _judges_negatives(model_config) else 0.0
