@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 BRATS_PATTERN = "{case}/{case}_{suffix}.nii*"
 
-__all__ = ["BRATS_PATTERN", "Case", "case_key", "companion_t1", "find_cases", "select_cases", "split_cases"]
+__all__ = ["BRATS_PATTERN", "Case", "case_glob", "case_key", "companion_t1", "find_cases", "pattern_regex", "select_cases",
+           "split_cases"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Case:
 # --------------------------------------------------------------------------------------------- discovery
 
 
-def _pattern_regex(pattern: str) -> "re.Pattern[str]":
+def pattern_regex(pattern: str) -> "re.Pattern[str]":
     """A regex for a glob with ``{case}``: ``*``/``?`` stay within one path part, repeated ``{case}`` must agree."""
     out = []
     seen = False
@@ -59,13 +60,24 @@ def _pattern_regex(pattern: str) -> "re.Pattern[str]":
     return re.compile("^" + "".join(out) + "$")
 
 
+def case_glob(pattern: str) -> str:
+    """The glob that finds every case's file of a ``{case}`` pattern (``{case}`` becomes ``*``). A ``*`` or ``?``
+    right beside ``{case}`` is refused: where the id ends would be a guess (``'*{case}_T1w'`` read sub-01 as case
+    "1"), and pathlib refused the ``**`` it made with a traceback."""
+    if re.search(r"[*?]\{case\}|\{case\}[*?]", pattern):
+        raise UsageError(f"In the pattern {pattern!r} a wildcard touches {{case}}, so where the case id starts or ends "
+                         "is ambiguous.", "Put the fixed text around the id in the pattern, e.g. "
+                         "'sub-{case}_T1w.nii.gz' or '{case}/*T1*.nii.gz'.")
+    return pattern.replace("{case}", "*")
+
+
 def _match_pattern(folder: Path, pattern: str) -> Dict[str, List[Path]]:
     """case id → files under ``folder`` matching ``pattern`` (which must contain ``{case}``)."""
     if "{case}" not in pattern:
         raise UsageError(f"The pattern {pattern!r} must contain {{case}} where the case id goes.")
-    regex = _pattern_regex(pattern)
+    regex = pattern_regex(pattern)
     found: Dict[str, List[Path]] = {}
-    for path in sorted(folder.glob(pattern.replace("{case}", "*"))):
+    for path in sorted(folder.glob(case_glob(pattern))):
         if not path.is_file():
             continue
         m = regex.match(path.relative_to(folder).as_posix())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from .dataset_cases import case_glob, pattern_regex
 from .errors import InputImageError, OutputError, UsageError
 from .volume_io import WRITABLE_SUFFIXES
 
@@ -60,20 +61,9 @@ def _brats_sources(folder: Path, suffix: str) -> List[Source]:
 
 def _pattern_sources(folder: Path, pattern: str, suffix: str) -> List[Source]:
     """Files matching a glob; ``{case}`` in it names the case, else the file name without ``_<suffix>.<ext>``."""
-    regex = None
-    if "{case}" in pattern:
-        parts = re.split(r"(\{case\}|\*\*|\*|\?)", pattern)
-        tokens = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
-        body, seen = "", False
-        for part in parts:
-            if part == "{case}":
-                body += "(?P=case)" if seen else "(?P<case>[^/]+?)"
-                seen = True
-            else:
-                body += tokens.get(part, re.escape(part))
-        regex = re.compile("^" + body + "$")
+    regex = pattern_regex(pattern) if "{case}" in pattern else None
     found = []
-    for path in sorted(folder.glob(pattern.replace("{case}", "*"))):
+    for path in sorted(folder.glob(case_glob(pattern))):
         if not path.is_file():
             continue
         if regex is not None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from MedSynthLogic.dataset_prep import Case, find_cases, prepare_dataset, select_cases, split_cases
+from MedSynthLogic.dataset_cases import case_glob
 from MedSynthLogic.errors import DataError, GeometryError, OutputError, UsageError
 from MedSynthLogic.h5data import PatchDataset, load_volumes, open_patch_file
 from MedSynthLogic.patches import centre_crop, extract_patches
@@ -106,6 +107,20 @@ def test_find_cases_patterns(tmp_path):
         find_cases(tmp_path, source_pattern="{case}/anat/*T1*.nii.gz", target_pattern="{case}/anat/*T2*.nii.gz")
     with pytest.raises(UsageError):
         find_cases(tmp_path, source_pattern="*/anat/*T1*.nii.gz", target_pattern="{case}/anat/*T2*.nii.gz")
+
+
+def test_a_wildcard_beside_the_case_id_is_refused_not_a_crash(tmp_path):
+    """'*{case}' made the glob '**_T1w…', which pathlib refused with a ValueError traceback; where the id ends
+    would be a guess anyway."""
+    for cid in ("01", "02"):
+        _touch(tmp_path / f"sub-{cid}_T1w.nii.gz")
+        _touch(tmp_path / f"sub-{cid}_FLAIR.nii.gz")
+    for source, target in (("*{case}_T1w.nii.gz", "*{case}_FLAIR.nii.gz"), ("sub-{case}*.nii.gz", "sub-{case}_FLAIR.nii.gz")):
+        with pytest.raises(UsageError, match="a wildcard touches {case}"):
+            find_cases(tmp_path, source_pattern=source, target_pattern=target)
+    cases = find_cases(tmp_path, source_pattern="sub-{case}_T1w.nii.gz", target_pattern="sub-{case}_FLAIR.nii.gz")
+    assert [c.case_id for c in cases] == ["01", "02"]
+    assert case_glob("{case}/*T1*.nii.gz") == "*/*T1*.nii.gz"
 
 
 def test_find_cases_flat_pattern_with_suffix(tmp_path):

@@ -39,6 +39,8 @@ def test_patterns(tmp_path):
     assert [(s.case_id, s.path.name) for s in find_sources(tmp_path, pattern="{case}/*T1C*.nii.gz")] == [
         ("p1", "scan_T1C.nii.gz"), ("p2", "scan_T1C.nii.gz")]
     assert [s.case_id for s in find_sources(tmp_path, pattern="*.nii.gz")] == ["x", "y"]
+    with pytest.raises(UsageError, match="a wildcard touches {case}"):  # used to be a '**' traceback from pathlib
+        find_sources(tmp_path, pattern="p{case}*/*T1C*.nii.gz")
     with pytest.raises(UsageError, match="same output name"):
         find_sources(tmp_path, pattern="*/*.nii.gz")  # scan_T1C in p1 and in p2: two files, one output name
 
