@@ -11,11 +11,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
 from .progress import done_event, error_event, log_event
 from .reporting import Reporter, silence
+
+if TYPE_CHECKING:
+    from .dataset_cases import CaseFiles
 
 def _cancel_on_signals() -> Callable[[], bool]:
     """A cancel flag set by SIGTERM, so a killed synthesis stops between tiles and leaves no output."""
@@ -137,7 +140,7 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     # the suffixes default to the scored pair's names in lower case, in cases_to_evaluate and evaluate_cases alike
     cases = cases_to_evaluate(args.data, case_ids=[c for c in (args.cases or "").split(",") if c], manifest=args.manifest,
                               source_suffix=args.source_suffix, target_suffix=args.target_suffix, model=args.model,
-                              lookup=args.lookup)
+                              lookup=args.lookup, files=_case_files(args))
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
                              flip_tta=args.flip_tta, device=args.device, precision=args.precision, figures=args.figures,
                              save_predictions=args.save_predictions, label=args.label, target_name=args.target_suffix,
@@ -153,7 +156,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .atomic import check_output_path
     from .baselines import fit_intensity_lookup
     from .config import ModelConfig, load_json_config
-    from .dataset_prep import find_cases, select_cases
+    from .dataset_prep import select_cases
     from .normalisation import brain_mask
     from .source_names import file_suffixes
     from .volume_io import align_pair, read_volume
@@ -161,7 +164,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     model_cfg = load_json_config(args.config, ModelConfig)
     cfg = model_cfg.normalisation
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
-    cases = find_cases(args.data, source_suffix=source_suffix, target_suffix=target_suffix)
+    cases = _case_files(args).find(args.data, source_suffix, target_suffix)
     if args.cases:
         cases = select_cases(cases, [c for c in args.cases.split(",") if c], where=str(args.data))
     check_output_path(args.out, overwrite=args.overwrite, inputs=[p for c in cases for p in (c.source, c.target, c.mask)])
@@ -192,7 +195,8 @@ def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
     out = fit_error_map_for(args.model, args.data, args.out, cases=cases, voxels_per_case=args.voxels_per_case,
                             seed=args.seed, device=args.device, overwrite=args.overwrite,
                             variants=[v for v in args.variants.split(",") if v], image_features=args.image_features,
-                            report=line)
+                            report=line, source_suffix=args.source_suffix, target_suffix=args.target_suffix,
+                            files=_case_files(args))
     report(done_event(out))
     if report.mode != "json":
         print(f"wrote {out}: {args.model} with a learned error map (medsynth synthesize --uncertainty uses it)")
@@ -275,6 +279,13 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         raise
     finally:
         report.close()
+
+
+def _case_files(args: argparse.Namespace) -> "CaseFiles":
+    """The data folder's layout options (BraTS naming when none is given)."""
+    from .dataset_cases import CaseFiles
+
+    return CaseFiles(args.source_pattern, args.target_pattern, args.csv)
 
 
 def _fail(report: Reporter, exc: MedSynthError) -> int:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 BRATS_PATTERN = "{case}/{case}_{suffix}.nii*"
 
-__all__ = ["BRATS_PATTERN", "Case", "case_glob", "case_key", "companion_t1", "find_cases", "pattern_regex", "select_cases",
+__all__ = ["BRATS_PATTERN", "Case", "CaseFiles", "case_glob", "case_key", "companion_t1", "find_cases", "pattern_regex", "select_cases",
            "split_cases"]
 
 
@@ -152,7 +152,7 @@ def find_cases(
             f"No cases found in {root}: looked for {how}.",
             f"For BraTS naming put each case in <case>/<case>_{source_suffix}.nii.gz + "
             f"<case>/<case>_{target_suffix}.nii.gz, or pass the folder's --source-suffix/--target-suffix "
-            "(`medsynth prepare` also takes --source-pattern/--target-pattern with {case}, or --csv).",
+            "(or --source-pattern/--target-pattern with {case}, or --csv, for any other layout).",
         )
     cases: List[Case] = []
     incomplete: List[str] = []
@@ -252,6 +252,23 @@ def companion_t1(source: PathLike) -> Optional[Path]:
 def case_key(seed: int, case_id: str) -> int:
     """A stable 64-bit hash of ``(seed, case_id)``: the split's ranking and each case's own RNG seed."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{case_id}".encode("utf-8")).digest()[:8], "big")
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """How a data folder names its pairs when it does not follow BraTS naming: two ``{case}`` globs or a CSV, as
+    ``--source-pattern``/``--target-pattern``/``--csv`` of every command that reads cases (prepare, evaluate,
+    fit-lookup, fit-error-map). All None: BraTS naming with the pair's suffixes."""
+
+    source_pattern: Optional[str] = None
+    target_pattern: Optional[str] = None
+    csv: Optional[PathLike] = None
+
+    def find(self, folder: Optional[PathLike], source_suffix: str = "t1ce", target_suffix: str = "t2",
+             skip_incomplete: bool = False) -> List[Case]:
+        """:func:`find_cases` of ``folder`` as these options describe it."""
+        return find_cases(folder, source_suffix, target_suffix, source_pattern=self.source_pattern,
+                          target_pattern=self.target_pattern, csv=self.csv, skip_incomplete=skip_incomplete)
 
 
 def select_cases(cases: Sequence[Case], wanted: Sequence[str], what: str = "Case", where: str = "") -> List[Case]:

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .atomic import check_output_path
-from .dataset_cases import Case, companion_t1
-from .dataset_prep import find_cases, select_cases
+from .dataset_cases import Case, CaseFiles, companion_t1
+from .dataset_prep import select_cases
 from .error_map import FEATURES, IMAGE_FEATURES, fit_error_map
 from .errors import UsageError
 from .source_names import file_suffixes
@@ -86,11 +86,13 @@ def variant_sources(case: Case, source: Volume, mask: np.ndarray, variants: Sequ
 def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, cases: Optional[Sequence[str]] = None,
                       voxels_per_case: int = 300_000, seed: int = 0, device: str = "cpu", overwrite: bool = False,
                       variants: Sequence[str] = (), image_features: bool = False,
-                      report: Callable[[str], None] = print) -> Path:
+                      report: Callable[[str], None] = print, source_suffix: Optional[str] = None,
+                      target_suffix: Optional[str] = None, files: Optional[CaseFiles] = None) -> Path:
     """Fit the error map of the model in ``model_path`` on ``cases`` (default: its training cases) of ``cases_dir``
     and write the model with it to ``out``; ``voxels_per_case`` brain voxels of each case and of each of its
     ``variants`` (:data:`VARIANTS`), drawn with ``seed``; ``image_features``: the map also reads
-    :data:`.error_map.IMAGE_FEATURES`."""
+    :data:`.error_map.IMAGE_FEATURES`. The files are the model's pair in BraTS naming unless the suffixes or
+    ``files`` (``{case}`` patterns, a CSV) say otherwise."""
     if int(voxels_per_case) < 1:
         raise UsageError(f"voxels_per_case must be at least 1, got {voxels_per_case}.")
     _check_variants(variants)
@@ -102,8 +104,8 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
             f"model's {model.config.target_name} uses {model.config.normalisation.target.mode!r} normalisation, "
             "and a map fitted so came out a third of the real error in HU.",
             "Use --uncertainty without a learned map (the flip and stage disagreement, in the output's own unit).")
-    source_suffix, target_suffix = file_suffixes(model.config)
-    found = find_cases(cases_dir, source_suffix=source_suffix, target_suffix=target_suffix)
+    source_suffix, target_suffix = file_suffixes(model.config, source_suffix, target_suffix)
+    found = (files or CaseFiles()).find(cases_dir, source_suffix, target_suffix)
     ids = list(cases) if cases else training_cases_of(model.header, [c.case_id for c in found])
     scale = float(model.config.normalisation.output_scale)
     rng = np.random.default_rng(seed)
@@ -115,6 +117,10 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
         mask = brain_mask(source.array, model.config.normalisation.mask_threshold)
         reference = normalise_for_metrics(target, mask)
         extra = variant_sources(case, source, mask, variants, rng)
+        if "t1" in variants and "t1" not in extra:  # found by name only: a T1ce source beside its T1
+            raise UsageError(f"The t1 variant needs the non-contrast T1 beside each case's T1ce; {case.case_id} "
+                             f"has none beside {case.source.name} (looked for the name with t1ce → t1).",
+                             "Fit without --variants t1, or on cases in BraTS naming with their _t1 files.")
         drawn[case.case_id] = {name: info for name, (_, info) in extra.items()}
         for name, shifted in [("as given", source)] + [(name, vol) for name, (vol, _) in extra.items()]:
             result = synthesize_with_uncertainty(model, shifted, mask=mask, device=device, precision="fp32")

@@ -18,6 +18,7 @@ from .progress import progress_event
 
 if TYPE_CHECKING:
     from .config import ModelConfig
+    from .dataset_cases import CaseFiles
     from .dataset_prep import Case
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -32,15 +33,18 @@ def cases_to_evaluate(
     target_suffix: Optional[str] = None,
     model: Optional[PathLike] = None,
     lookup: Optional[PathLike] = None,
+    files: Optional["CaseFiles"] = None,
 ) -> List[Case]:
     """The cases of ``data_dir`` to score: ``case_ids`` (in that order), else the validation split of a
     ``manifest.json`` written by ``prepare_dataset``, else every case; an unknown id is refused, never skipped.
-    The files' suffixes default to the pair that ``model`` or ``lookup`` scores (:func:`scored_pair`)."""
-    from .dataset_prep import find_cases, select_cases
+    The files' suffixes default to the pair that ``model`` or ``lookup`` scores (:func:`scored_pair`); ``files``
+    describes a folder in another layout (``{case}`` patterns or a CSV)."""
+    from .dataset_cases import CaseFiles
+    from .dataset_prep import select_cases
     from .source_names import file_suffixes
 
     source_suffix, target_suffix = file_suffixes(scored_pair(model, lookup), source_suffix, target_suffix)
-    cases = find_cases(data_dir, source_suffix=source_suffix, target_suffix=target_suffix)
+    cases = (files or CaseFiles()).find(data_dir, source_suffix, target_suffix)
     wanted: Optional[List[str]] = list(case_ids) if case_ids else None
     if wanted is None and manifest is not None:
         wanted = _validation_split(Path(manifest))

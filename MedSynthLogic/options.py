@@ -57,9 +57,7 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="folder of paired cases (BraTS naming <case>/<case>_t1ce.nii.gz + _t2), or see --csv")
     p.add_argument("out", help="output folder for train.h5, val.h5 and manifest.json")
     _add_suffixes(p, "the --config")
-    p.add_argument("--source-pattern", help="glob for sources with {case}, e.g. '{case}/*T1*.nii.gz' (default: BraTS naming)")
-    p.add_argument("--target-pattern", help="glob for targets with {case} (default: BraTS naming)")
-    p.add_argument("--csv", help="CSV with columns case,source,target[,mask][,seg] (default: find the files in DATA)")
+    _add_case_files(p)
     p.add_argument("--skip-incomplete", action="store_true", help="skip cases without a partner instead of failing")
     p.add_argument("--patches-per-case", type=int, default=1000,
                    help="patches sampled per case; the flipped copy adds as many (default: 1000)")
@@ -192,7 +190,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="folder of cases with BraTS naming (<case>/<case>_t1ce.nii.gz, _t2, optional _seg)")
+    p.add_argument("data", help="folder of cases with BraTS naming (<case>/<case>_t1ce.nii.gz, _t2, optional _seg), "
+                   "or see --csv and --source-pattern")
     p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md (and figures with --figures)")
     p.add_argument("--model", help="model file (default: the bundled model)")
     p.add_argument("--lookup", help="evaluate a 1-D intensity lookup (from 'medsynth fit-lookup') instead of a model "
@@ -200,7 +199,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", help="comma-separated case ids (default: --manifest's validation cases, else every case)")
     p.add_argument("--manifest", help="use the validation cases listed in this manifest.json from 'medsynth prepare' "
                    "(default: none)")
-    _add_suffixes(p, "the model (a lookup: the T1ce→T2 default)")
+    _add_suffixes(p, "the model or the lookup file")
+    _add_case_files(p)
     p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
     p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto, CUDA if present)")
@@ -212,17 +212,19 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_fit_lookup_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="folder of cases with BraTS naming")
+    p.add_argument("data", help="folder of cases with BraTS naming, or see --csv and --source-pattern")
     p.add_argument("out", help="output JSON file")
     p.add_argument("--cases", help="comma-separated case ids to fit on (default: all)")
     p.add_argument("--bins", type=int, default=256, help="intensity bins of the lookup, at least 2 (default: 256)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _add_suffixes(p, "the --config")
+    _add_case_files(p)
     p.add_argument("--config", help="ModelConfig JSON whose normalisation to use (default: the paper's)")
 
 
 def add_fit_error_map_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="folder of cases with BraTS naming (the model's training cases among them)")
+    p.add_argument("data", help="folder of cases with BraTS naming, or see --csv and --source-pattern (the model's "
+                   "training cases among them)")
     p.add_argument("model", help="model file to fit the error map for")
     p.add_argument("out", help="output model file: the model with its error map")
     p.add_argument("--cases", help="comma-separated case ids to fit on (default: the model header's training cases)")
@@ -235,6 +237,8 @@ def add_fit_error_map_arguments(p: argparse.ArgumentParser) -> None:
                    help="the map also reads two values of the whole source, the enhancement note's thin-bright and "
                    "bright-tail statistics (default: voxel features only)")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs (default: cpu)")
+    _add_suffixes(p, "the model")
+    _add_case_files(p)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
@@ -249,6 +253,14 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model file (default: the bundled model)")
     p.add_argument("--json", action="store_true", help="print the whole header as JSON instead of the summary")
+
+
+def _add_case_files(p: argparse.ArgumentParser) -> None:
+    """A data folder in another layout than BraTS naming (``dataset_cases.CaseFiles``)."""
+    p.add_argument("--source-pattern", help="glob for sources with {case}, e.g. '{case}/*T1*.nii.gz' or "
+                   "'sub-{case}_T1w.nii.gz' (default: BraTS naming)")
+    p.add_argument("--target-pattern", help="glob for targets with {case} (default: BraTS naming)")
+    p.add_argument("--csv", help="CSV with columns case,source,target[,mask][,seg] (default: find the files in DATA)")
 
 
 def _add_suffixes(p: argparse.ArgumentParser, whose: str) -> None:

@@ -180,10 +180,11 @@ KEY_OPTIONS = {
     "prepare": ("data", "out", "--config", "--patches-per-case", "--val-cases", "--val-fraction", "--csv", "--progress"),
     "train": ("--data", "--out", "--model-config", "--iterations", "--batch-size", "--resume", "--run-dir", "--progress"),
     "export": ("checkpoint", "out", "--stages", "--overwrite"),
-    "evaluate": ("data", "--out", "--model", "--lookup", "--cases", "--manifest", "--figures", "--flip-tta"),
-    "fit-lookup": ("data", "out", "--cases", "--bins", "--config"),
+    "evaluate": ("data", "--out", "--model", "--lookup", "--cases", "--manifest", "--figures", "--flip-tta", "--csv",
+                 "--source-pattern"),
+    "fit-lookup": ("data", "out", "--cases", "--bins", "--config", "--csv", "--source-pattern"),
     "fit-error-map": ("data", "model", "out", "--cases", "--voxels-per-case", "--seed", "--variants", "--image-features",
-                      "--overwrite"),
+                      "--overwrite", "--csv", "--source-pattern", "--source-suffix"),
     "demo": ("--out", "--model", "--stages", "--device"),
     "info": ("model",),
 }
@@ -543,6 +544,35 @@ def test_fit_lookup_then_evaluate_the_lookup(ws):
     report = _check_report(out, ["case2"])
     assert report["label"] == "lookup"
     assert report["cases"][0]["psnr"] > 12, "a lookup fitted on phantoms should fit another phantom well"
+
+
+def test_evaluate_fit_lookup_and_fit_error_map_read_a_folder_in_another_layout(ws):
+    """Only prepare used to read a non-BraTS folder: a flat sub-<case>_T1w / _T2w folder (and a CSV of it) now
+    gives evaluate, fit-lookup and fit-error-map the same cases as the BraTS folder does."""
+    flat = ws.root / "flat"
+    flat.mkdir()
+    rows = ["case,source,target"]
+    for case in CASES:
+        for kind, name in (("t1ce", "T1w"), ("t2", "T2w")):
+            (flat / f"sub-{case}_{name}.nii.gz").symlink_to(ws.data / case / f"{case}_{kind}.nii.gz")
+        rows.append(f"{case},sub-{case}_T1w.nii.gz,sub-{case}_T2w.nii.gz")
+    (flat / "cases.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    patterns = ("--source-pattern", "sub-{case}_T1w.nii.gz", "--target-pattern", "sub-{case}_T2w.nii.gz")
+    scores = []
+    for data, layout, out in ((ws.data, (), "eval_brats"), (flat, patterns, "eval_flat")):
+        medsynth("evaluate", data, *layout, "--model", ws.model, "--cases", "case2", "--out", ws.root / out,
+                 "--precision", "fp32", "--progress", "none")
+        scores.append(json.loads((ws.root / out / "metrics.json").read_text(encoding="utf-8"))["cases"][0]["psnr"])
+    assert scores[0] == scores[1]  # the patterns pick no _seg: the flat folder's report has no tumour figures
+    medsynth("fit-lookup", flat, ws.root / "flat_lookup.json", "--csv", flat / "cases.csv", "--config", ws.config)
+    assert json.loads((ws.root / "flat_lookup.json").read_text(encoding="utf-8"))["kind"] == "intensity-lookup"
+    out = ws.root / "flat_error_map.safetensors"
+    proc = medsynth("fit-error-map", flat, ws.model, out, *patterns, "--cases", "case0", "--voxels-per-case", 500,
+                    "--progress", "none")
+    assert "case0 (as given): mean |error|" in proc.stdout and out.is_file()
+    refused = medsynth("fit-error-map", flat, ws.model, ws.root / "no.safetensors", *patterns, "--cases", "case0",
+                       "--variants", "t1", "--progress", "none", expect=2)
+    assert "The t1 variant needs the non-contrast T1 beside each case's T1ce" in refused.stderr  # not silently dropped
 
 
 def test_fit_error_map_then_synthesize_with_it(ws):
