@@ -111,7 +111,8 @@ def open_init_model(path: os.PathLike | str, model_cfg: ModelConfig) -> Any:
 
     loaded = load_model(path, stages=None)
     theirs, ours = to_dict(loaded.config), to_dict(model_cfg)
-    differ = sorted(k for k in ("generator", "normalisation", "source_patch", "prior") if theirs[k] != ours[k])
+    keys = ("generator", "normalisation", "source_patch", "prior", "source_name", "target_name")
+    differ = sorted(k for k in keys if theirs.get(k) != ours.get(k))  # a T1ce→T2 stage is no T1→FLAIR stage
     if differ:
         raise ModelFileError(
             f"The model file {path} differs from this training's model config in {', '.join(differ)}.",

@@ -403,6 +403,11 @@ def test_init_model_refuses_what_cannot_be_extended(tmp_path, data_dir, tiny_mod
     with pytest.raises(ModelFileError, match="differs from this training's model config in generator"):
         train(data_dir, tmp_path / "c.safetensors", wider, _cfg(), device="cpu", start_stage=1, init_model=one)
     assert not (tmp_path / "c.safetensors").exists()
+    from MedSynthLogic.training.state import open_init_model
+
+    other_pair = dataclasses.replace(tiny_model_config, source_name="T1", target_name="FLAIR")
+    with pytest.raises(ModelFileError, match="in source_name, target_name"):  # used to become its stage 0 silently
+        open_init_model(one, other_pair)
 
 
 def test_init_model_continues_a_stage_exported_mid_way(tmp_path, data_dir, tiny_model_config):
