@@ -144,7 +144,9 @@ class Reporter:
 def _training_line(event: Event) -> str:
     if event.get("event") == "iteration":
         losses = " ".join(f"{k}={v:.4g}" for k, v in event.get("losses", {}).items() if v is not None)
-        return f"stage {event.get('stage')} it {event.get('iteration')}/{event.get('iterations')} {losses}"
+        stage = event.get("stage")  # 0-based in events, 1-based on screen as in every other line
+        shown = stage + 1 if isinstance(stage, int) else stage
+        return f"stage {shown} it {event.get('iteration')}/{event.get('iterations')} {losses}"
     psnr, ssim = event.get("psnr"), event.get("ssim")
     loss = event.get("val_loss")
     text = f"validation: loss {loss:.4g}" if isinstance(loss, (int, float)) else f"validation: loss {loss}"

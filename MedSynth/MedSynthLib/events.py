@@ -68,6 +68,8 @@ def panel_advice(reason: str, task: Optional[str] = None) -> str:
         "run_folder_in_use": lambda: _("Press Resume to continue that run, or choose another run folder."),
         "schedule_changed": lambda: _("Resume with the stopped run's settings, or choose another run folder for a "
                                       "new run."),
+        "data_changed": lambda: _("Resume with the prepared data folder that run was trained on, or choose another run "
+                                  "folder for a new run."),
         "stopped": lambda: _("Press Resume to go on from it."),
         "data_for_another_model": lambda: _("Prepare the case folder again for the chosen generator (Prepare data) "
                                             "into another prepared data folder, or pick the generator it was "

@@ -85,7 +85,9 @@ def export_checkpoint(
     if n < 1 or n > int(state["stage"]) + 1:
         raise UsageError(
             f"The checkpoint holds {complete} completed stage(s) (stage {state['stage']} at iteration {state['iteration']}); "
-            f"cannot export {n}."
+            f"cannot export {n}.",
+            f"Pass --stages {int(state['stage']) + 1} for the stages up to the one in progress (its weights at iteration "
+            f"{state['iteration']})" + (f", or --stages {complete} for the completed ones only." if complete else "."),
         )
     export_cfg = dataclasses.replace(model_cfg, stages=n)
     chain = build_generators(export_cfg)

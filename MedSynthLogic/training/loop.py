@@ -42,7 +42,8 @@ from .export import write_trained_model
 from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
 from .resume import (
-    Start, changed_world_size, decide_start, patches_before, refuse_changed_schedule, refuse_earlier_run,
+    Start, changed_world_size, decide_start, patches_before, refuse_changed_data, refuse_changed_schedule,
+    refuse_earlier_run,
 )
 from .session import Callback, Session, open_session
 from .prior import check_same_prior, open_prior_model, prior_record, with_prior
@@ -115,6 +116,7 @@ def train(
         check_same_prior(chain, start)
         if resume:
             refuse_changed_schedule(train_cfg, start)
+            refuse_changed_data(plan.summary(), start)
         load_earlier_stages(chain, start)
         for k in range(start.stage):
             chain.stages[k].to(ctx.device).eval()

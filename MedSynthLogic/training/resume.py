@@ -109,6 +109,28 @@ def refuse_changed_schedule(train_cfg: TrainConfig, start: Start) -> None:
         )
 
 
+#: The data summary entries a resumed run must find unchanged (``TrainingPlan.summary``): another split would move
+#: cases the run has trained on into its validation, or change what it samples from.
+SAME_DATA = ("val_case_ids", "train_cases", "train_patches")
+
+
+def refuse_changed_data(data: Dict[str, Any], start: Start) -> None:
+    """``--resume`` on a data folder prepared again since the run stopped (another split or other patches) is
+    refused, naming what changed: the record would call training cases validation cases."""
+    if start.checkpoint is None or not start.checkpoint.get("data"):
+        return
+    saved = json.loads(start.checkpoint["data"])
+    changed = [k for k in SAME_DATA if k in saved and saved[k] != data.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} {saved[k]!r} → {data.get(k)!r}" for k in changed)
+        raise UsageError(
+            f"The data folder has changed since the run in {start.resumed_from} stopped ({shown}); --resume would go "
+            "on with other cases than it trained and validated on.",
+            "Resume on the data that run was trained on, or start a new run in another --run-dir.",
+            reason="data_changed",
+        )
+
+
 def refuse_earlier_run(run_dir: Path) -> None:
     """A run starting at stage 0 without ``resume`` must not write into another run's folder: its checkpoints would
     replace the older ones of the same names, and pruning would count the older run's later ones as newer."""

@@ -82,7 +82,7 @@ def test_training_lines_and_warnings_in_plain_mode():
     report(stage_event(1, 3, "start", resumed_from="run/ckpt_s01_it000000040.pt", iteration=40))
     report(validation_event(1, 40, 0.06297801161805788, psnr=17.123, ssim=0.51234))
     assert err.getvalue().splitlines() == [
-        "stage 0 it 5/10 g=1.25 d=0.5", "medsynth: warning: GPU out of memory. Falling back to the CPU (slower).",
+        "stage 1 it 5/10 g=1.25 d=0.5", "medsynth: warning: GPU out of memory. Falling back to the CPU (slower).",
         "stage 2/3 goes on from run/ckpt_s01_it000000040.pt at iteration 40",
         "validation: loss 0.06298, PSNR 17.12 dB, SSIM 0.5123",
     ]

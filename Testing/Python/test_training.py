@@ -276,6 +276,23 @@ def test_stop_after_runs_a_schedule_as_slices_equal_to_one_run(tmp_path, data_di
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_on_data_prepared_again_with_another_split_is_refused(tmp_path, tiny_model_config):
+    """A data folder prepared again (here with c0 as validation instead of c2) used to be resumed silently: the
+    model's record then called cases it had trained on validation cases."""
+    from MedSynthLogic.dataset_prep import Case, prepare_dataset
+    from MedSynthLogic.training import train
+
+    cfg = _one_stage(tiny_model_config)
+    data = make_phantom_data(tmp_path / "cases", cfg, patches_per_case=16)
+    out = tmp_path / "m.safetensors"
+    assert train(data, out, cfg, _cfg(), device="cpu", stop_after=2) is None
+    cases = [Case(f"c{s}", tmp_path / "cases" / f"c{s}_t1ce.nii.gz", tmp_path / "cases" / f"c{s}_t2.nii.gz") for s in range(3)]
+    prepare_dataset(cases, data, cfg, patches_per_case=16, val_cases=["c0"], seed=0, overwrite=True)
+    with pytest.raises(UsageError, match=r"data folder has changed.*val_case_ids \['c2'\] → \['c0'\]") as refused:
+        train(data, out, cfg, _cfg(), device="cpu", resume=True)
+    assert refused.value.reason == "data_changed" and not out.exists()
+
+
 def test_stop_event_writes_loadable_checkpoint_and_corrupt_is_refused(tmp_path, data_dir, tiny_model_config):
     from MedSynthLogic.training import train
 
@@ -425,6 +442,9 @@ def test_init_model_continues_a_stage_exported_mid_way(tmp_path, data_dir, tiny_
     with pytest.raises(Cancelled):
         train(data_dir, tmp_path / "a.safetensors", tiny_model_config, _cfg(iterations=6), device="cpu",
               run_dir=tmp_path / "run", callback=stop_at_3, stop_event=stop)
+    with pytest.raises(UsageError, match="0 completed stage") as no_stages:  # what the README's "after Stop" gives
+        export_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"), tmp_path / "candidate.safetensors")
+    assert no_stages.value.hint == "Pass --stages 1 for the stages up to the one in progress (its weights at iteration 3)."
     candidate = export_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"), tmp_path / "candidate.safetensors", stages=1)
     exported = _stage_weights(load_model(candidate).chain, 0)
     data = load_model(candidate).header["training"]["data"]  # what `medsynth info` shows as its training data
