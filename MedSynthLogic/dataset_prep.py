@@ -99,7 +99,7 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         notes.append(f"Reordered the voxel axes from {orientation_code(source.direction)} to LPS, the order models "
                      "see every volume in.")
         source, target, mask = order.volume(source), order.volume(target), np.ascontiguousarray(order.forward(mask))
-    warnings = target_warnings(target.array, mask, norm.target)
+    warnings = source_warnings(source, mask, model_cfg) + target_warnings(target.array, mask, norm.target)
     t1 = time.perf_counter()
     src, src_tr = normalise_source(source.array, mask, norm)
     tgt, tgt_tr = normalise_target(target.array, mask, norm)
@@ -120,6 +120,16 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
 
 #: Target tissue outside the mask, as a share of the mask's size, above which prepare warns (BraTS: at most 3.3 %).
 OUTSIDE_TARGET_MAX = 0.10
+
+
+def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig) -> List[str]:
+    """The input checks' word on a source that is another sequence or a label map (a FLAIR listed as the T1): prepare
+    goes on, since a study may mean it, but says so, because ``synthesize`` refuses such an image for this model."""
+    from .input_checks import check_source
+
+    return [f"the source does not look like the model's input: {finding.message}; `medsynth synthesize` refuses such "
+            "a source for this model"
+            for finding in check_source(source, model_cfg, mask=mask) if finding.code in ("sequence", "label_map")]
 
 
 def target_warnings(target: np.ndarray, mask: np.ndarray, target_cfg: Any) -> List[str]:

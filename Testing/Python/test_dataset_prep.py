@@ -385,3 +385,25 @@ def test_prepare_warns_of_target_tissue_outside_the_mask_and_of_a_ct_under_an_mr
     clipped = target_warnings(np.where(brain, -5.0, 0.0).astype(np.float32), brain, ModelConfig().normalisation.target)
     assert len(clipped) == 1 and '"window"' in clipped[0]
     assert target_warnings(p.t2.array, brain, ModelConfig().normalisation.target) == []
+
+
+def test_prepare_warns_about_a_source_that_synthesize_would_refuse(tmp_path):
+    """A pair listed the wrong way round (the T2 as the source of a T1ce→T2 model) used to be prepared without a
+    word, although `medsynth synthesize` refuses that source; prepare goes on but says so, per case."""
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.dataset_prep import prepare_dataset
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(40, 44, 40), seed=0)
+    for case, (source, target) in {"right": (p.t1ce, p.t2), "swapped": (p.t2, p.t1ce)}.items():
+        (tmp_path / "cases" / case).mkdir(parents=True)
+        write_volume(source, tmp_path / "cases" / case / f"{case}_t1ce.nii.gz")
+        write_volume(target, tmp_path / "cases" / case / f"{case}_t2.nii.gz")
+    events = []
+    prepare_dataset(find_cases(tmp_path / "cases"), tmp_path / "data", ModelConfig(), patches_per_case=4,
+                    val_fraction=0.0, progress=events.append)
+    warned = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("swapped: the source does not look like the model's input: its intensities look "
+                                "T2-weighted") and "`medsynth synthesize` refuses such a source" in warned[0]
