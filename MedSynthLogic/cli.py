@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
-from .progress import done_event, error_event, log_event
-from .reporting import Reporter, silence
+from .progress import done_event, log_event
+from .reporting import Reporter, failure_event, silence
 
 if TYPE_CHECKING:
     from .dataset_cases import CaseFiles
@@ -290,8 +290,7 @@ def _case_files(args: argparse.Namespace) -> "CaseFiles":
 
 def _fail(report: Reporter, exc: MedSynthError) -> int:
     try:
-        advice = {"reason": exc.reason, "problem": exc.message} if exc.reason else {}
-        report(error_event(str(exc), exc.exit_code, type=type(exc).__name__, **advice))
+        report(failure_event(exc))
     except Cancelled:
         pass  # the JSON reader is gone; stderr still gets the message
     try:

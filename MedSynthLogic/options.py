@@ -162,8 +162,9 @@ def build_torchrun_parser(description: str) -> argparse.ArgumentParser:
     """``python -m MedSynthLogic.training`` (what torchrun launches): the train options, JSON progress by default."""
     parser = argparse.ArgumentParser(prog="python -m MedSynthLogic.training", description=description)
     add_train_arguments(parser)
-    parser.add_argument("--progress", choices=("json", "none"), default="json",
-                        help="JSON lines on stdout from rank 0, or none (default: json)")
+    parser.add_argument("--progress", choices=("json", "plain", "none"), default="json",
+                        help="JSON lines on stdout from rank 0, plain lines on its stderr as `medsynth train` "
+                        "prints them, or none (default: json)")
     return parser
 
 

@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Any, Dict, Optional, TextIO, Tuple
 
-from .errors import Cancelled
-from .progress import Event, JsonLinesReporter
+from .errors import Cancelled, MedSynthError
+from .progress import Event, JsonLinesReporter, error_event
 
 MODES = ("auto", "bar", "plain", "json", "none")
 PLAIN_STEP = 10  # percent between two plain lines of one task …
@@ -139,6 +139,14 @@ class Reporter:
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()
+
+
+def failure_event(exc: MedSynthError) -> Event:
+    """The error event of a command that failed with ``exc``: its message with the CLI's advice, exit code, type,
+    and, when the error names its situation, ``reason`` and ``problem`` (the message alone) for front ends that
+    word their own advice (the Slicer panel)."""
+    advice = {"reason": exc.reason, "problem": exc.message} if exc.reason else {}
+    return error_event(str(exc), exc.exit_code, type=type(exc).__name__, **advice)
 
 
 def _training_line(event: Event) -> str:

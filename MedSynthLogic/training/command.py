@@ -106,16 +106,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m MedSynthLogic.training`` (what torchrun launches): JSON-lines events from rank 0 only on stdout,
     so a job reports one error or one ``done``; each process names itself on stderr when it fails."""
     from ..errors import MedSynthError
-    from ..progress import JsonLinesReporter, done_event, error_event
+    from ..progress import done_event, error_event
+    from ..reporting import Reporter, failure_event
 
     args = build_torchrun_parser(__doc__.splitlines()[0]).parse_args(argv)
     rank = dist_utils.int_env("RANK", 0)
-    report = JsonLinesReporter(sys.stdout) if args.progress == "json" and rank == 0 else None
+    report = Reporter(args.progress) if args.progress != "none" and rank == 0 else None
     try:
         out = train_from_args(args, callback=report)
     except MedSynthError as exc:
         if report is not None:  # one error event per job; every process still says on stderr why it ended
-            report(error_event(str(exc), exc.exit_code))
+            report(failure_event(exc))
         where = "" if rank == 0 else f" (process {rank})"
         sys.stderr.write(f"medsynth train{where}: error: {exc}\n")
         return exc.exit_code

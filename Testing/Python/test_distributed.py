@@ -113,3 +113,18 @@ def test_a_resume_with_another_number_of_processes_is_warned_and_counted(tmp_pat
     assert any("written by 2 process(es) and this run has 1: the global batch changes from 4 to 2" in w for w in warned)
     training = load_model(out).header["training"]
     assert training["world_size"] == 1 and training["patches_seen"] == 4 * 2 * 2 + 2 * 2 * 1
+
+
+def test_the_torchrun_entry_prints_plain_lines_and_names_an_errors_reason(tmp_path, capsys):
+    """`python -m MedSynthLogic.training` (what torchrun starts), here as rank 0 alone: `--progress plain` used to be
+    refused although `medsynth train` takes it, and its error event lacked the reason the Slicer panel words."""
+    from MedSynthLogic.training.command import main
+
+    _cfg, _data, out, cmd = _phantom_run(tmp_path)
+    args = cmd[cmd.index("MedSynthLogic.training") + 1:]
+    args[args.index("--iterations") + 1] = "1"
+    assert main(args + ["--stages", "1", "--val-every", "0", "--progress", "plain"]) == 0
+    assert "stage 1 it 1/1" in capsys.readouterr().err and out.is_file()
+    assert main(args + ["--stages", "1", "--progress", "json"]) == 7
+    event = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert event["event"] == "error" and event["reason"] == "output_exists" and event["type"] == "OutputError"
