@@ -64,7 +64,7 @@ def _check_outputs(out: Path, overwrite: bool) -> None:
 
 def _in_case(case_id: str, exc: MedSynthError) -> MedSynthError:
     """The same error type, its message prefixed by the case, so a failure in case 37 of 200 is findable."""
-    return type(exc)(f"Case {case_id}: {exc.message}", exc.hint)
+    return type(exc)(f"Case {case_id}: {exc.message}", exc.hint, reason=exc.reason)
 
 
 def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, Any]:
