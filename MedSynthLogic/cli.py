@@ -73,20 +73,12 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
 
 def cmd_prepare(args: argparse.Namespace, report: Reporter) -> int:
     from .config import ModelConfig, load_json_config
-    from .dataset_prep import find_cases, prepare_dataset
+    from .dataset_prep import prepare_dataset
     from .source_names import file_suffixes
 
     model_cfg = load_json_config(args.config, ModelConfig)
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
-    cases = find_cases(
-        args.data,
-        source_suffix=source_suffix,
-        target_suffix=target_suffix,
-        source_pattern=args.source_pattern,
-        target_pattern=args.target_pattern,
-        csv=args.csv,
-        skip_incomplete=args.skip_incomplete,
-    )
+    cases = _case_files(args).find(args.data, source_suffix, target_suffix, skip_incomplete=args.skip_incomplete)
     val_cases = [c for c in args.val_cases.split(",") if c] if args.val_cases else None
     manifest = prepare_dataset(
         cases,
