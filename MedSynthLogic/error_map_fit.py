@@ -27,6 +27,7 @@ from .errors import UsageError
 from .source_names import file_suffixes
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
+from .model_summary import listed_training_cases
 from .normalisation import brain_mask
 from .source_shifts import contrast_in_brain, t1_in_place
 from .uncertainty import error_map_rows, synthesize_with_uncertainty
@@ -48,10 +49,10 @@ def training_cases_of(header: Mapping[str, Any], available: Sequence[str]) -> Li
     """The cases of ``available`` the model was trained on, from its header: the ``train_cases`` it lists, or, for a
     model from ``medsynth train`` (which records only their number), every available case but its validation
     cases (``val_case_ids``). UsageError when the header says neither."""
+    listed = listed_training_cases(header)
+    if listed:
+        return listed
     data = header.get("training", {}).get("data", {})
-    listed = data.get("train_cases")
-    if isinstance(listed, list) and listed:
-        return [str(c) for c in listed]
     held_out = data.get("val_case_ids", data.get("val_cases"))
     if not isinstance(held_out, list):
         raise UsageError("The model's header names neither its training nor its validation cases.",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from .errors import DataError, OutputError
-from .progress import progress_event
+from .progress import progress_event, warning_event
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -131,6 +131,7 @@ def evaluate_cases(
     out.mkdir(parents=True, exist_ok=True)
     norm = scorer.normalisation if scorer else loaded.config.normalisation
     names = (loaded.config.source_name, loaded.config.target_name) if loaded else scorer.names
+    trained_on = _training_cases_scored(loaded, cases, progress)
     target_name = target_name or names[1].lower()
     entries = []
     for i, case in enumerate(cases):
@@ -151,9 +152,23 @@ def evaluate_cases(
                              window=window)
     results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
                    precision=None if scorer else arithmetic_name(device, precision),
-                   files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases})
+                   files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases},
+                   **({"training_cases_scored": trained_on} if trained_on else {}))
     write_report(results, out / "metrics.json", out / "metrics.md")
     return results
+
+
+def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: ProgressFn) -> List[str]:
+    """The scored cases that the model's header lists as its training cases, with a warning: their figures are no
+    held-out result (a header that gives only a count, as files trained before session 38 do, names none)."""
+    from .model_summary import listed_training_cases
+
+    listed = set(listed_training_cases(loaded.header) or []) if loaded is not None else set()
+    seen = [case.case_id for case in cases if case.case_id in listed]
+    if seen and progress:
+        progress(warning_event("evaluate", f"{len(seen)} of the {len(cases)} scored cases ({', '.join(seen)}) are among "
+                               "the model's training cases: their figures are not held-out results"))
+    return seen
 
 
 def _predict_case(case: Case, scorer: Any, loaded: Any, norm: Any, stages: Optional[int], flip_tta: bool, device: str,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["summarize_header", "held_out_figures", "case_count"]
+__all__ = ["summarize_header", "held_out_figures", "case_count", "listed_training_cases"]
 
 
 #: The training-record key of a blended model file (``training.blend_model_file`` writes it; the summary reads it).
@@ -239,3 +239,15 @@ def case_count(value: Any) -> Any:
 
 def _joined(values: Any) -> str:
     return "-".join(str(v) for v in values) if values else "?"
+
+
+def listed_training_cases(header: Mapping[str, Any]) -> Optional[List[str]]:
+    """The ids of the cases a model was trained on, when its header lists them (``train_case_ids`` from
+    ``medsynth train`` since session 38, or the shipped files' ``train_cases`` list); None when it gives a count only."""
+    data = (header.get("training") or {}).get("data") or {}
+    if not isinstance(data, Mapping):
+        return None
+    for key in ("train_case_ids", "train_cases"):
+        if isinstance(data.get(key), list) and data[key]:
+            return [str(case) for case in data[key]]
+    return None

@@ -48,6 +48,7 @@ class TrainingPlan:
             "train_patches": self.n_train,
             "val_patches": self.n_val,
             "train_cases": len(self.train_cases),
+            "train_case_ids": list(self.train_cases),
             "val_cases": len(self.val_cases),
             "val_case_ids": list(self.val_cases),
             "source_patch": self.source_patch,

@@ -111,7 +111,7 @@ def refuse_changed_schedule(train_cfg: TrainConfig, start: Start) -> None:
 
 #: The data summary entries a resumed run must find unchanged (``TrainingPlan.summary``): another split would move
 #: cases the run has trained on into its validation, or change what it samples from.
-SAME_DATA = ("val_case_ids", "train_cases", "train_patches")
+SAME_DATA = ("val_case_ids", "train_case_ids", "train_cases", "train_patches")
 
 
 def refuse_changed_data(data: Dict[str, Any], start: Start) -> None:
