@@ -91,14 +91,16 @@ def build_context(
 
 def stage_context(
     chain: AutoContextChain, plan: TrainingPlan, stage: int, stages: int, device: torch.device,
-    cancel: Optional[threading.Event], emit: Callback,
+    cancel: Optional[threading.Event], emit: Callback, with_val: bool = True,
 ) -> Tuple[Context, Context]:
-    """The (train, val) context of ``stage`` (None for stage 0 without a prior model: it sees the source alone)."""
+    """The (train, val) context of ``stage`` (None for stage 0 without a prior model: it sees the source alone).
+    ``with_val`` False leaves the validation patches' context out: only the paper's FCN reads it, for its patch loss,
+    and only when it validates (it costs a synthesis of every validation volume per stage)."""
     if stage == 0 and chain.prior is None:
         return None, None
     train = _split_context(chain, plan.train_h5, stage, stages, device, cancel, emit, "train")
     val = None
-    if plan.val_h5 is not None:
+    if plan.val_h5 is not None and with_val:
         val = _split_context(chain, plan.val_h5, stage, stages, device, cancel, emit, "val")
     return train, val
 

@@ -170,7 +170,8 @@ def _train_stage(
     cfg, tcfg, ctx, dev = s.model_cfg, s.train_cfg, s.ctx, s.ctx.device
     resumed = {"resumed_from": start.resumed_from, "iteration": start.iteration} if start and start.resumed_from else {}
     s.emit(stage_event(stage, cfg.stages, "start", **resumed))
-    context_train, context_val = stage_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit)
+    patch_loss = tcfg.val_every > 0 and cfg.generator.kind != "unet3d"  # the U-Net validates on whole volumes only
+    context_train, context_val = stage_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit, patch_loss)
     variants = contrast_contexts(chain, plan, stage, cfg.stages, dev, tcfg.aug_context_gammas,
                                  augment_of(tcfg, cfg).pivot, s.stopper.event, s.emit)
     alternate = None
