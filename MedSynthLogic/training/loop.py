@@ -168,7 +168,11 @@ def _train_stage(
 ) -> bool:
     """One stage from its first iteration (0, or where ``start`` says) to its end checkpoint; False: the slice ended first."""
     cfg, tcfg, ctx, dev = s.model_cfg, s.train_cfg, s.ctx, s.ctx.device
-    resumed = {"resumed_from": start.resumed_from, "iteration": start.iteration} if start and start.resumed_from else {}
+    resumed: Dict[str, Any] = {}
+    if start and start.resumed_from and (start.continues or start.model_stage):
+        resumed = {"resumed_from": start.resumed_from, "iteration": start.iteration}
+    elif start and start.resumed_from:  # only the stages before this one come from there; this one starts afresh
+        resumed = {"earlier_stages_from": start.resumed_from}
     s.emit(stage_event(stage, cfg.stages, "start", **resumed))
     patch_loss = tcfg.val_every > 0 and cfg.generator.kind != "unet3d"  # the U-Net validates on whole volumes only
     context_train, context_val = stage_context(chain, plan, stage, cfg.stages, dev, s.stopper.event, s.emit, patch_loss)

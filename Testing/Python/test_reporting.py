@@ -80,10 +80,12 @@ def test_training_lines_and_warnings_in_plain_mode():
     report(warning_event("synthesize", "GPU out of memory. Falling back to the CPU (slower)."))
     report(stage_event(1, 3, "start"))
     report(stage_event(1, 3, "start", resumed_from="run/ckpt_s01_it000000040.pt", iteration=40))
+    report(stage_event(2, 3, "start", earlier_stages_from="two_stages.safetensors"))
     report(validation_event(1, 40, 0.06297801161805788, psnr=17.123, ssim=0.51234))
     assert err.getvalue().splitlines() == [
         "stage 1 it 5/10 g=1.25 d=0.5", "medsynth: warning: GPU out of memory. Falling back to the CPU (slower).",
         "stage 2/3 goes on from run/ckpt_s01_it000000040.pt at iteration 40",
+        "stage 3/3 starts afresh; stages 1–2 come from two_stages.safetensors",
         "validation: loss 0.06298, PSNR 17.12 dB, SSIM 0.5123",
     ]
 

@@ -414,6 +414,8 @@ def test_init_model_adds_a_stage_and_keeps_the_earlier_ones(tmp_path, data_dir, 
     two = train(data_dir, tmp_path / "two.safetensors", tiny_model_config, _cfg(iterations=3), device="cpu",
                 start_stage=1, init_model=one, callback=events.append)
     assert [e["stage"] for e in events if e["event"] == "stage" and e["status"] == "start"] == [1]
+    start = next(e for e in events if e["event"] == "stage")  # stage 1 is new: it used to "go on from" the file
+    assert start.get("earlier_stages_from") == str(one) and "resumed_from" not in start
     loaded = load_model(two)
     assert loaded.stages == 2
     after = _stage_weights(loaded.chain, 0)
