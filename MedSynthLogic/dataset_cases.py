@@ -163,7 +163,8 @@ def find_cases(
         if s is not None and t is not None and s == t:
             ambiguous.append(f"{cid} (the same file {s.name} matches source and target)")
         if s is None or t is None:
-            incomplete.append(f"{cid} (no {'source' if s is None else 'target'})")
+            role, looked = ("source", src_pat) if s is None else ("target", tgt_pat)
+            incomplete.append(f"{cid} (no {role} matching {looked.replace('{case}', cid)!r})")
             continue
         mask = _single(cid, extra.get("mask", {}).get(cid), "mask", ambiguous)
         seg = _single(cid, extra.get("seg", {}).get(cid), "seg", ambiguous)

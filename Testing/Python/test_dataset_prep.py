@@ -81,7 +81,8 @@ def test_partial_folder_names_incomplete_cases(tmp_path):
     with pytest.raises(DataError) as info:
         find_cases(tmp_path)
     msg = str(info.value)
-    assert "B (no target)" in msg and "D (no source)" in msg and "skip-incomplete" in msg
+    assert "B (no target matching 'B/B_t2.nii*')" in msg and "D (no source matching 'D/D_t1ce.nii*')" in msg
+    assert "skip-incomplete" in msg
     assert [c.case_id for c in find_cases(tmp_path, skip_incomplete=True)] == ["A", "C"]
 
 
