@@ -36,11 +36,11 @@ import torch
 from torch import nn
 
 from .devices import resolve_device, synthesis_dtype
-from .errors import Cancelled, GeometryError, ResourceError, UsageError
+from .errors import GeometryError, ResourceError, UsageError
 from .fused_conv import FusedConv3d
 from .models import AutoContextChain
 from .progress import progress_event, warning_event
-from .unet_inference import is_cancelled, synthesize_unet
+from .unet_inference import stop_if_cancelled, synthesize_unet
 
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 CancelFn = Any
@@ -264,8 +264,7 @@ def _run_stage(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel:
     for size, members in groups.items():
         per_batch = max(1, budget // int(np.prod([s + 2 * h for s in size])))
         for i in range(0, len(members), per_batch):
-            if is_cancelled(cancel):
-                raise Cancelled("Synthesis cancelled.")
+            stop_if_cancelled(cancel)
             chunk = members[i : i + per_batch]
             batch = np.empty((len(chunk), len(job.inputs)) + tuple(s + 2 * h for s in size), dtype=np.float32)
             for j, t in enumerate(chunk):
@@ -275,8 +274,7 @@ def _run_stage(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel:
                 job.out[tuple(slice(a, b) for a, b in t)] = r
             done += len(chunk)
             report(job.stage, done, total)
-    if is_cancelled(cancel):  # asked during the last batch: stop before the next stage or the write
-        raise Cancelled("Synthesis cancelled.")
+    stop_if_cancelled(cancel)  # asked during the last batch: stop before the next stage or the write
 
 
 def synthesize_array(

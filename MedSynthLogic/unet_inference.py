@@ -86,8 +86,7 @@ def _run_stage(runner: _Runner, inputs: np.ndarray, halo: int, multiple: int, ma
     if int(np.prod(shape)) <= max_voxels:
         report(stage, 0, 1)
         out = runner(inputs)
-        if is_cancelled(cancel):  # asked during the one forward: stop before the next stage or the write
-            raise Cancelled("Synthesis cancelled.")
+        stop_if_cancelled(cancel)  # asked during the one forward: stop before the next stage or the write
         report(stage, 1, 1)
         return out
     out = np.empty(shape, dtype=np.float32)
@@ -95,13 +94,13 @@ def _run_stage(runner: _Runner, inputs: np.ndarray, halo: int, multiple: int, ma
             for x in tiles_of(shape[2], tile, multiple)]
     report(stage, 0, len(grid))
     for i, t in enumerate(grid):
-        if is_cancelled(cancel):
-            raise Cancelled("Synthesis cancelled.")
+        stop_if_cancelled(cancel)
         window = tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(t, shape))
         result = runner(inputs[(slice(None),) + tuple(slice(a, b) for a, b in window)])
         inner = tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(t, window))
         out[tuple(slice(a, b) for a, b in t)] = result[inner]
         report(stage, i + 1, len(grid))
+    stop_if_cancelled(cancel)  # asked during the last tile's forward, as above
     return out
 
 
@@ -110,6 +109,12 @@ def is_cancelled(cancel: Any) -> bool:
     if cancel is None:
         return False
     return bool(cancel.is_set()) if hasattr(cancel, "is_set") else bool(cancel())
+
+
+def stop_if_cancelled(cancel: Any) -> None:
+    """Raise :class:`Cancelled` when the synthesis was asked to stop (checked before and after every forward)."""
+    if is_cancelled(cancel):
+        raise Cancelled("Synthesis cancelled.")
 
 
 def synthesize_unet(

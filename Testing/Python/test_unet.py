@@ -245,6 +245,10 @@ def test_a_cancel_during_the_last_stages_one_forward_stops_before_any_result(pha
     with pytest.raises(Cancelled):
         synthesize_array(chain, src, phantom.mask, device="cpu", progress=events.append, cancel=asked)
     assert events[-1]["stage"] == 0, "the last stage's forward ran, but no result came out of it"
+    events.clear()  # in tiles: asked once the last tile of the last stage has run
+    asked = lambda: any(e["stage"] == 1 and e["done"] == e["total"] for e in events)  # noqa: E731
+    with pytest.raises(Cancelled):
+        synthesize_array(chain, src, phantom.mask, device="cpu", tile=16, progress=events.append, cancel=asked)
 
 
 @pytest.mark.parametrize("upsample", ["transpose", "trilinear"])
