@@ -129,6 +129,12 @@ def cmd_export(args: argparse.Namespace, report: Reporter) -> int:
 def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     from .evaluation import cases_to_evaluate, evaluate_cases
 
+    layout = [opt for opt, value in (("--source-pattern", args.source_pattern), ("--target-pattern", args.target_pattern),
+                                     ("--csv", args.csv), ("--source-suffix", args.source_suffix),
+                                     ("--target-suffix", args.target_suffix)) if value]
+    if args.data is None and layout:
+        raise UsageError(f"{', '.join(layout)} describe a data folder, but none was given.",
+                         "Pass the folder: medsynth evaluate DATA ... (without DATA, --manifest's recorded files are used).")
     # the suffixes default to the scored pair's names in lower case, in cases_to_evaluate and evaluate_cases alike
     cases = cases_to_evaluate(args.data, case_ids=[c for c in (args.cases or "").split(",") if c], manifest=args.manifest,
                               source_suffix=args.source_suffix, target_suffix=args.target_suffix, model=args.model,

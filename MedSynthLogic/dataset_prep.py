@@ -337,16 +337,22 @@ def _write_patches(writer: Any, case_id: str, src_p: np.ndarray, tgt_p: np.ndarr
     return t_extract, t_write
 
 
+def _recorded_path(path: Path) -> str:
+    """The absolute name the user's folder gives a file; symbolic links are kept, since a linked dataset's targets
+    (a content store, a hashed cache) would say nothing about the case."""
+    return os.path.abspath(path)
+
+
 def _case_entry(case: Case, data: Dict[str, Any], padded_shape: Tuple[int, ...], centred: int, plan: _Plan, split: str,
                 timings: Dict[str, float]) -> Dict[str, Any]:
     """The manifest's record of one case: its files, grid, patch counts, normalisation and timings."""
     k, copies = plan.patches_per_case, plan.copies
     return {
         "split": split,
-        "source": str(Path(case.source).resolve()),
-        "target": str(Path(case.target).resolve()),
-        "mask": str(Path(case.mask).resolve()) if case.mask else None,
-        "seg": str(Path(case.seg).resolve()) if case.seg else None,
+        "source": _recorded_path(case.source),
+        "target": _recorded_path(case.target),
+        "mask": _recorded_path(case.mask) if case.mask else None,
+        "seg": _recorded_path(case.seg) if case.seg else None,
         "shape": list(data["source"].shape),
         "padded_shape": list(padded_shape),
         **data["geometry"],

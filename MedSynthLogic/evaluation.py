@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import numpy as np
 
-from .errors import DataError, OutputError
+from .errors import DataError, OutputError, UsageError
 from .progress import progress_event, warning_event
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ ProgressFn = Optional[Callable[[dict], None]]
 
 
 def cases_to_evaluate(
-    data_dir: PathLike,
+    data_dir: Optional[PathLike],
     case_ids: Optional[Sequence[str]] = None,
     manifest: Optional[PathLike] = None,
     source_suffix: Optional[str] = None,
@@ -38,14 +38,26 @@ def cases_to_evaluate(
     """The cases of ``data_dir`` to score: ``case_ids`` (in that order), else the validation split of a
     ``manifest.json`` written by ``prepare_dataset``, else every case; an unknown id is refused, never skipped.
     The files' suffixes default to the pair that ``model`` or ``lookup`` scores (:func:`scored_pair`); ``files``
-    describes a folder in another layout (``{case}`` patterns or a CSV)."""
+    describes a folder in another layout (``{case}`` patterns or a CSV). Without ``data_dir`` the cases' files are
+    the ones the manifest records, so a folder in any layout is scored as ``prepare`` read it."""
     from .dataset_cases import CaseFiles
     from .dataset_prep import select_cases
     from .source_names import file_suffixes
 
+    wanted: Optional[List[str]] = list(case_ids) if case_ids else None
+    if data_dir is None:
+        if manifest is None:
+            raise UsageError("Nothing to evaluate: give a data folder, or --manifest to score the cases it records.",
+                             "For example: medsynth evaluate DATA --out REPORT, or medsynth evaluate --manifest "
+                             "prepared/manifest.json --out REPORT.")
+        _check_manifest_pair(Path(manifest), scored_pair(model, lookup))
+        chosen = select_cases(_recorded_cases(Path(manifest)),
+                              wanted if wanted is not None else _validation_split(Path(manifest)),
+                              where=f"the manifest {manifest}")
+        _check_recorded_files(chosen, Path(manifest))
+        return chosen
     source_suffix, target_suffix = file_suffixes(scored_pair(model, lookup), source_suffix, target_suffix)
     cases = (files or CaseFiles()).find(data_dir, source_suffix, target_suffix)
-    wanted: Optional[List[str]] = list(case_ids) if case_ids else None
     if wanted is None and manifest is not None:
         wanted = _validation_split(Path(manifest))
     if wanted is not None:
@@ -53,14 +65,62 @@ def cases_to_evaluate(
     return cases
 
 
-def _validation_split(manifest: Path) -> List[str]:
+def _read_manifest(manifest: Path) -> Dict[str, Any]:
     try:
-        return [str(c) for c in json.loads(manifest.read_text(encoding="utf-8"))["splits"]["val"]]
+        data = json.loads(manifest.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DataError(f"Cannot read the manifest {manifest}: {exc.strerror or exc}.", "Pass the manifest.json that `medsynth prepare` wrote.") from exc
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
+        raise DataError(f"{manifest} is not a manifest (not JSON).", "Pass the manifest.json that `medsynth prepare` wrote.") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{manifest} is not a manifest (no JSON object).", "Pass the manifest.json that `medsynth prepare` wrote.")
+    return data
+
+
+def _validation_split(manifest: Path) -> List[str]:
+    try:
+        return [str(c) for c in _read_manifest(manifest)["splits"]["val"]]
+    except (KeyError, TypeError) as exc:
         raise DataError(f"{manifest} is not a manifest with a validation split (splits.val).",
                         "Pass the manifest.json that `medsynth prepare` wrote, or --cases.") from exc
+
+
+def _recorded_cases(manifest: Path) -> List[Case]:
+    """Every case whose files the manifest records; a recorded file that is gone is refused with its path."""
+    from .dataset_cases import Case
+
+    entries = _read_manifest(manifest).get("cases")
+    if not isinstance(entries, dict) or not entries:
+        raise DataError(f"{manifest} records no case files (cases).",
+                        "Pass the data folder as well: medsynth evaluate DATA --manifest MANIFEST --out REPORT.")
+    cases = []
+    for cid, entry in entries.items():
+        paths = {key: entry.get(key) if isinstance(entry, dict) else None for key in ("source", "target", "mask", "seg")}
+        if not paths["source"] or not paths["target"]:
+            raise DataError(f"The manifest {manifest} records no source or target file for case {cid}.",
+                            "Pass the data folder as well: medsynth evaluate DATA --manifest MANIFEST --out REPORT.")
+        cases.append(Case(str(cid), *(Path(paths[key]) if paths[key] else None for key in ("source", "target", "mask", "seg"))))
+    return cases
+
+
+def _check_manifest_pair(manifest: Path, scored: "ModelConfig") -> None:
+    """Refuse a manifest prepared for another pair: its recorded files would be scored against the wrong target."""
+    recorded = _read_manifest(manifest).get("model_config")
+    names = (recorded.get("source_name"), recorded.get("target_name")) if isinstance(recorded, dict) else (None, None)
+    if None not in names and tuple(names) != (scored.source_name, scored.target_name):
+        raise DataError(f"The manifest {manifest} was prepared for {names[0]}→{names[1]}, but the model scores "
+                        f"{scored.source_name}→{scored.target_name}.",
+                        "Evaluate a model of that pair, or pass a data folder (and its layout options) instead.",
+                        reason="data_for_another_model")
+
+
+def _check_recorded_files(cases: Sequence[Case], manifest: Path) -> None:
+    """Refuse recorded cases whose files have moved since ``prepare`` (another machine, a renamed folder)."""
+    for case in cases:
+        for path in (case.source, case.target, case.mask, case.seg):
+            if path is not None and not Path(path).is_file():
+                raise DataError(f"The manifest {manifest} records {path} for case {case.case_id}, which is not there.",
+                                "Pass the data folder as well: medsynth evaluate DATA --manifest MANIFEST --out REPORT.")
 
 
 def check_report_folder(out_dir: PathLike, overwrite: bool = False) -> None:
@@ -153,18 +213,27 @@ def evaluate_cases(
     results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
                    precision=None if scorer else arithmetic_name(device, precision),
                    files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases},
-                   **({"training_cases_scored": trained_on} if trained_on else {}))
+                   **({"training_cases_scored": trained_on} if trained_on else {}),
+                   **({"training_cases_unknown": True} if trained_on is None else {}))
     write_report(results, out / "metrics.json", out / "metrics.md")
     return results
 
 
-def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: ProgressFn) -> List[str]:
+def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:
     """The scored cases that the model's header lists as its training cases, with a warning: their figures are no
-    held-out result (a header that gives only a count, as files trained before session 38 do, names none)."""
+    held-out result. None, with a warning too, for a model whose header gives only their number (files trained before
+    session 38): whether the scores are held out cannot be told from the file."""
     from .model_summary import listed_training_cases
 
-    listed = set(listed_training_cases(loaded.header) or []) if loaded is not None else set()
-    seen = [case.case_id for case in cases if case.case_id in listed]
+    if loaded is None:
+        return []
+    listed = listed_training_cases(loaded.header)
+    if listed is None:
+        if progress:
+            progress(warning_event("evaluate", "the model file does not name its training cases (older files record only "
+                                   "their number): check yourself that the scored cases are not among them"))
+        return None
+    seen = [case.case_id for case in cases if case.case_id in set(listed)]
     if seen and progress:
         progress(warning_event("evaluate", f"{len(seen)} of the {len(cases)} scored cases ({', '.join(seen)}) are among "
                                "the model's training cases: their figures are not held-out results"))

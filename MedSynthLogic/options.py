@@ -191,15 +191,15 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="folder of cases with BraTS naming (<case>/<case>_t1ce.nii.gz, _t2, optional _seg), "
-                   "or see --csv and --source-pattern")
+    p.add_argument("data", nargs="?", help="folder of cases with BraTS naming (<case>/<case>_t1ce.nii.gz, _t2, "
+                   "optional _seg), or see --csv and --source-pattern (default: the files --manifest records)")
     p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md (and figures with --figures)")
     p.add_argument("--model", help="model file (default: the bundled model)")
     p.add_argument("--lookup", help="evaluate a 1-D intensity lookup (from 'medsynth fit-lookup') instead of a model "
                    "(default: none, the model is evaluated)")
     p.add_argument("--cases", help="comma-separated case ids (default: --manifest's validation cases, else every case)")
-    p.add_argument("--manifest", help="use the validation cases listed in this manifest.json from 'medsynth prepare' "
-                   "(default: none)")
+    p.add_argument("--manifest", help="score the validation cases of this manifest.json from 'medsynth prepare', read "
+                   "from the files it records unless DATA is given (default: none)")
     _add_suffixes(p, "the model or the lookup file")
     _add_case_files(p)
     p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")

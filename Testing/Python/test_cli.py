@@ -547,6 +547,23 @@ def test_evaluate_says_when_it_scores_the_models_own_training_cases(ws):
     assert "training_cases_scored" not in json.loads((held_out / "metrics.json").read_text(encoding="utf-8"))
 
 
+def test_evaluate_a_manifest_alone_scores_the_files_it_records(ws):
+    """Without DATA, --manifest's validation cases are read from the files prepare recorded, in any layout."""
+    out = ws.root / "evaluation_from_manifest"
+    proc = medsynth("evaluate", "--manifest", ws.prepared / "manifest.json", "--model", ws.model, "--out", out,
+                    "--progress", "none")
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert [row["case"] for row in report["cases"]] == ["case2"]
+    assert report["files"]["case2"]["source"] == str(ws.data / "case2" / "case2_t1ce.nii.gz")
+    assert "1 of the" not in proc.stderr
+    usage = medsynth("evaluate", "--manifest", ws.prepared / "manifest.json", "--csv", ws.root / "x.csv", "--out",
+                     ws.root / "no_report", expect=2)
+    assert "--csv describe a data folder, but none was given" in usage.stderr
+    nothing = medsynth("evaluate", "--out", ws.root / "no_report", expect=2)
+    assert "give a data folder, or --manifest" in nothing.stderr
+    assert not (ws.root / "no_report").exists()
+
+
 def test_fit_lookup_then_evaluate_the_lookup(ws):
     lookup = ws.root / "lookup.json"
     medsynth("fit-lookup", ws.data, lookup, "--cases", "case0,case1", "--bins", 64, "--config", ws.config)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -239,7 +241,7 @@ def test_prepare_splits_by_case_and_manifest(prepared):
         ds = PatchDataset(root / "out" / f"{split}.h5")
         assert set(ds.case_ids) == set(manifest["splits"][split])
     for cid, entry in manifest["cases"].items():
-        assert entry["source"] == str((data / cid / f"{cid}_t1ce.nii.gz").resolve())
+        assert entry["source"] == os.path.abspath(data / cid / f"{cid}_t1ce.nii.gz")
         assert entry["shape"] == list(SHAPE) and entry["patches"] == 40
         assert entry["normalisation"]["source"]["scale"] > 0
         assert entry["patches_centred_in_mask"] >= 36  # 90 % of 40 inside by construction
@@ -337,6 +339,22 @@ def test_prepare_mask_file_geometry_and_errors(tmp_path):
     assert not (tmp_path / "o3" / "train.h5").exists() and not list((tmp_path / "o3").glob(".*"))
     with pytest.raises(DataError):
         prepare_dataset([], tmp_path / "o4", cfg)
+
+
+def test_the_manifest_keeps_the_names_of_linked_files(prepared, tmp_path):
+    """A dataset of symbolic links into a store: the manifest names the links the user gave, not the store's files."""
+    root, data, cfg, cases, _, _ = prepared
+    store, linked = tmp_path / "store", tmp_path / "linked"
+    store.mkdir()
+    links = []
+    for n, path in enumerate((cases[0].source, cases[0].target)):
+        (store / f"blob{n}").write_bytes(Path(path).read_bytes())
+        (linked / cases[0].case_id).mkdir(parents=True, exist_ok=True)
+        links.append(linked / cases[0].case_id / Path(path).name)
+        links[-1].symlink_to(store / f"blob{n}")
+    m = prepare_dataset([Case(cases[0].case_id, *links)], tmp_path / "out", cfg, patches_per_case=4, val_fraction=0.0)
+    entry = m["cases"][cases[0].case_id]
+    assert (entry["source"], entry["target"]) == tuple(str(link) for link in links)
 
 
 @pytest.mark.brats

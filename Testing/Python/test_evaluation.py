@@ -55,14 +55,53 @@ def test_cases_follow_the_ids_or_the_manifest_or_all(cases_dir, tmp_path):
         cases_to_evaluate(cases_dir, case_ids=["c"])
 
 
-@pytest.mark.parametrize("text", ["not json", json.dumps({"splits": {}}), json.dumps([1])])
-def test_a_manifest_without_a_validation_split_is_a_data_error(cases_dir, tmp_path, text):
+@pytest.mark.parametrize("text, problem", [("not json", "not a manifest \\(not JSON\\)"),
+                                           (json.dumps({"splits": {}}), "not a manifest with a validation split"),
+                                           (json.dumps([1]), "not a manifest \\(no JSON object\\)")])
+def test_a_manifest_without_a_validation_split_is_a_data_error(cases_dir, tmp_path, text, problem):
     manifest = tmp_path / "manifest.json"
     manifest.write_text(text, encoding="utf-8")
-    with pytest.raises(DataError, match="validation split"):
+    with pytest.raises(DataError, match=problem):
         cases_to_evaluate(cases_dir, manifest=manifest)
     with pytest.raises(DataError, match="Cannot read"):
         cases_to_evaluate(cases_dir, manifest=tmp_path / "missing.json")
+
+
+def _manifest_of(cases_dir: Path, path: Path, pair=("T1ce", "T2")) -> Path:
+    cases = {c: {"split": "val" if c == "b" else "train", "source": str(cases_dir / c / f"{c}_t1ce.nii.gz"),
+                 "target": str(cases_dir / c / f"{c}_t2.nii.gz"), "mask": None, "seg": str(cases_dir / c / f"{c}_seg.nii.gz")}
+             for c in ("a", "b")}
+    path.write_text(json.dumps({"splits": {"train": ["a"], "val": ["b"]}, "cases": cases,
+                                "model_config": {"source_name": pair[0], "target_name": pair[1]}}), encoding="utf-8")
+    return path
+
+
+def test_a_manifest_alone_gives_the_files_it_records(cases_dir, tmp_path):
+    manifest = _manifest_of(cases_dir, tmp_path / "manifest.json")
+    (case,) = cases_to_evaluate(None, manifest=manifest)
+    assert (case.case_id, case.source, case.seg, case.mask) == ("b", cases_dir / "b" / "b_t1ce.nii.gz",
+                                                               cases_dir / "b" / "b_seg.nii.gz", None)
+    assert [c.case_id for c in cases_to_evaluate(None, case_ids=["a", "b"], manifest=manifest)] == ["a", "b"]
+    with pytest.raises(UsageError, match="not found in the manifest"):
+        cases_to_evaluate(None, case_ids=["c"], manifest=manifest)
+    with pytest.raises(UsageError, match="give a data folder, or --manifest"):
+        cases_to_evaluate(None)
+
+
+def test_a_manifest_whose_files_moved_or_of_another_pair_is_refused(cases_dir, tmp_path):
+    moved = json.loads(_manifest_of(cases_dir, tmp_path / "m.json").read_text(encoding="utf-8"))
+    moved["cases"]["b"]["target"] = str(tmp_path / "gone" / "b_t2.nii.gz")
+    (tmp_path / "moved.json").write_text(json.dumps(moved), encoding="utf-8")
+    with pytest.raises(DataError, match=f"records {tmp_path / 'gone' / 'b_t2.nii.gz'} for case b, which is not there"):
+        cases_to_evaluate(None, manifest=tmp_path / "moved.json")
+    assert cases_to_evaluate(None, manifest=tmp_path / "m.json", case_ids=["a"])[0].case_id == "a", "only b's file moved"
+    other = _manifest_of(cases_dir, tmp_path / "flair.json", pair=("T1", "FLAIR"))
+    with pytest.raises(DataError, match="prepared for T1→FLAIR, but the model scores T1ce→T2") as info:
+        cases_to_evaluate(None, manifest=other)
+    assert info.value.reason == "data_for_another_model"
+    (tmp_path / "bare.json").write_text(json.dumps({"splits": {"val": ["b"]}}), encoding="utf-8")
+    with pytest.raises(DataError, match="records no case files"):
+        cases_to_evaluate(None, manifest=tmp_path / "bare.json")
 
 
 def test_evaluate_cases_with_a_lookup_writes_the_report(cases_dir, lookup, tmp_path):
@@ -156,3 +195,26 @@ def test_a_loaded_model_is_evaluated_as_its_file_is(cases_dir, tmp_path, tiny_mo
     by_file = evaluate_cases(cases, tmp_path / "f", model=path, device="cpu")
     by_object = evaluate_cases(cases, tmp_path / "o", model=load_model(path), device="cpu")
     assert by_object["summary"] == by_file["summary"] and by_object["model"] == str(path)
+
+
+def test_a_model_that_does_not_name_its_training_cases_is_flagged(cases_dir, tmp_path, tiny_model_config):
+    """A file that records only how many cases trained it cannot show its scores are held out: the report says so."""
+    import dataclasses
+
+    from MedSynthLogic.model_file import save_model
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    counted = save_model(tmp_path / "counted.safetensors", random_chain(cfg), cfg,
+                         training={"data": {"train_cases": 2}})
+    named = save_model(tmp_path / "named.safetensors", random_chain(cfg), cfg,
+                       training={"data": {"train_case_ids": ["x", "y"]}})
+    cases = cases_to_evaluate(cases_dir, case_ids=["a"])
+    events = []
+    report = evaluate_cases(cases, tmp_path / "counted", model=counted, device="cpu", progress=events.append)
+    assert report["training_cases_unknown"] is True
+    assert any(e["event"] == "warning" and "does not name its training cases" in e["message"] for e in events)
+    events.clear()
+    report = evaluate_cases(cases, tmp_path / "named", model=named, device="cpu", progress=events.append)
+    assert "training_cases_unknown" not in report and "training_cases_scored" not in report
+    assert not [e for e in events if e["event"] == "warning"]
