@@ -213,8 +213,7 @@ def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
 
 
 def cmd_info(args: argparse.Namespace, report: Reporter) -> int:
-    from .model_file import bundled_model_path, read_header
-
+    from .model_header import bundled_model_path, read_header
     from .model_summary import summarize_header
 
     path = Path(args.model) if args.model else bundled_model_path()

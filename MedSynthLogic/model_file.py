@@ -21,7 +21,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -31,23 +30,19 @@ import torch
 
 from . import __version__
 from .atomic import atomic_path, check_output_path
-from .bundled_models import DEFAULT_NAME, models_dir
+from .bundled_models import DEFAULT_NAME
 from .config import ModelConfig, from_dict, to_dict
 from .devices import resolve_device
 from .error_map import TENSOR_PREFIX as ERROR_MAP_PREFIX
 from .error_map import ErrorMap
 from .errors import MedSynthError, ModelFileError, OutputError, UsageError
+from .model_header import (FORMAT, FORMAT_VERSION, METADATA_KEY, bundled_model_path, header_sha256, jsonable,
+                           read_header)
 from .models import PRIOR_PREFIX, AutoContextChain, build_generators, generators_state, load_prior_state, sub_state
 
 PathLike = Union[str, os.PathLike]
 
-FORMAT = "medsynth-model"
-FORMAT_VERSION = 1
-METADATA_KEY = "medsynth"
 BUNDLED_NAME = DEFAULT_NAME
-ENV_MODEL = "MEDSYNTH_MODEL"
-# A safetensors file starts with a little-endian u64 header length; a header above this is not one of ours.
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 __all__ = [
     "LoadedModel",
@@ -80,13 +75,6 @@ class LoadedModel:
         return len(self.chain.stages)
 
 
-def header_sha256(header: Mapping[str, Any]) -> str:
-    """SHA-256 of the header's canonical JSON (every key but this checksum), so an edited header is detected."""
-    body = {k: v for k, v in header.items() if k != "header_sha256"}
-    text = json.dumps(body, sort_keys=True, default=_jsonable, allow_nan=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over the tensors in name order: for each, ``name|dtype|shape`` then its raw bytes.
 
@@ -98,22 +86,6 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{str(t.dtype).replace('torch.', '')}|{tuple(t.shape)}\n".encode("utf-8"))
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _unwrap(chain: Any) -> AutoContextChain:
@@ -172,7 +144,7 @@ def _write(path: PathLike, tensors: Dict[str, torch.Tensor], header: Dict[str, A
     """Seal ``header`` with its checksum and write it with ``tensors``, atomically."""
     try:
         header["header_sha256"] = header_sha256(header)
-        header_json = json.dumps(header, default=_jsonable, allow_nan=True)
+        header_json = json.dumps(header, default=jsonable, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"The model's training/metrics information cannot be stored as JSON: {exc}.") from exc
     from safetensors.torch import save_file
@@ -197,77 +169,6 @@ def _write_error(exc: Exception, path: Path) -> OutputError:
     code = exc.errno if isinstance(exc, OSError) else int(match.group(1)) if match else None
     known = as_output_error(OSError(code, str(exc)), path) if code is not None else None
     return known or OutputError(f"Cannot write the model file {path}: {exc}.", "Check the disk and the folder's permissions.")
-
-
-def _not_ours(p: Path, why: str) -> ModelFileError:
-    return ModelFileError(
-        f"{p} is not a MedSynth safetensors model ({why}).",
-        "Pass a .safetensors model written by MedSynth (training writes one; .pt checkpoints are for resuming "
-        "training only and are never loaded as models, because unpickling can run code).",
-    )
-
-
-def _check_file(path: PathLike) -> Path:
-    """Refuse, without parsing it, anything that cannot be a safetensors file (pickles, zips, truncations)."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelFileError(f"The model file {p} does not exist.", "Check the path.")
-    if p.is_dir():
-        raise ModelFileError(f"The model path {p} is a folder, not a file.", "Pass the .safetensors file itself.")
-    try:
-        size = p.stat().st_size
-        with open(p, "rb") as fh:
-            head = fh.read(9)
-    except PermissionError as exc:
-        raise ModelFileError(f"The model file {p} cannot be read (permission denied).") from exc
-    except OSError as exc:
-        raise ModelFileError(f"The model file {p} cannot be read: {exc}.") from exc
-    if len(head) < 9:
-        raise _not_ours(p, f"only {size} bytes")
-    (header_len,) = struct.unpack("<Q", head[:8])
-    if head[8:9] != b"{" or header_len < 2 or header_len > _MAX_HEADER_BYTES:
-        kind = "a pickle" if head[:1] == b"\x80" else "a zip/torch.save archive" if head[:2] == b"PK" else "unknown content"
-        raise _not_ours(p, kind)
-    if 8 + header_len > size:
-        raise ModelFileError(f"The model file {p} is truncated (its header is cut off).", "Copy or download it again.")
-    return p
-
-
-def read_header(path: PathLike) -> Dict[str, Any]:
-    """The MedSynth header of a model file, without reading the tensors (cheap: for ``medsynth info`` and checks)."""
-    p = _check_file(path)
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as fh:
-            metadata = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise ModelFileError(f"The model file {p} is truncated or corrupt: {exc}.", "Copy or download it again.") from exc
-    if METADATA_KEY not in metadata:
-        raise _not_ours(p, "a safetensors file without a MedSynth header")
-    try:
-        header = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"The MedSynth header of {p} is not valid JSON ({exc}); the file is corrupt.") from exc
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise _not_ours(p, f"header format {header.get('format') if isinstance(header, dict) else None!r}")
-    version = header.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise ModelFileError(
-            f"{p} is a MedSynth model of format version {version!r}; this MedSynth ({__version__}) reads version "
-            f"{FORMAT_VERSION}.",
-            "Update MedSynth." if newer else "Re-export the model with this MedSynth.",
-        )
-    for key in ("model_config", "stages", "tensors_sha256", "header_sha256"):
-        if key not in header:
-            raise ModelFileError(f"The MedSynth header of {p} lacks {key!r}; the file is corrupt or incomplete.")
-    if header_sha256(header) != header["header_sha256"]:
-        raise ModelFileError(
-            f"The MedSynth header of {p} does not match its checksum: the file was tampered with or is corrupt.",
-            "Use the original model file.",
-        )
-    return header
 
 
 def read_config(path: PathLike) -> ModelConfig:
@@ -403,20 +304,3 @@ def with_error_map(path: PathLike, out: PathLike, error_map: ErrorMap, overwrite
     header["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     header.pop("header_sha256", None)
     return _write(out, tensors, header, overwrite)
-
-
-def bundled_model_path() -> Path:
-    """The model shipped with MedSynth (``$MEDSYNTH_MODEL`` overrides it); a clear error when it is absent."""
-    env = os.environ.get(ENV_MODEL)
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_file():
-            raise ModelFileError(f"{ENV_MODEL} points to {p}, which does not exist.", "Fix the variable or pass --model PATH.")
-        return p
-    p = models_dir() / BUNDLED_NAME
-    if not p.is_file():
-        raise ModelFileError(
-            f"No bundled model found at {p}.",
-            f"Pass --model PATH to a trained .safetensors model (or set {ENV_MODEL}); `medsynth train` makes one.",
-        )
-    return p

@@ -95,7 +95,7 @@ class MedSynthController:
     def plan_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest) -> SynthesisPlan:
         """Check the input against the model and estimate the time, before anything is launched."""
         from MedSynthLogic import mrml
-        from MedSynthLogic.model_file import read_header
+        from MedSynthLogic.model_header import read_header
 
         if input_node is None:
             raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
@@ -126,7 +126,7 @@ class MedSynthController:
     def start_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest, output_node: Any = None) -> None:
         """Write the input to a temporary file and start ``medsynth synthesize`` on it."""
         from MedSynthLogic import mrml
-        from MedSynthLogic.model_file import read_header
+        from MedSynthLogic.model_header import read_header
 
         self._refuse_if_busy()
         if input_node is None:

@@ -24,7 +24,7 @@ MODEL_CARD_URL = "https://github.com/medsynth/SlicerMedSynth/blob/main/MODEL_CAR
 def describe_model_file(path: "Optional[str | os.PathLike]" = None) -> str:
     """The description of a model file (default: the bundled model), or why there is none."""
     from MedSynthLogic.errors import MedSynthError
-    from MedSynthLogic.model_file import bundled_model_path, read_header
+    from MedSynthLogic.model_header import bundled_model_path, read_header
 
     model = Path(path) if path is not None else bundled_model_path()
     try:

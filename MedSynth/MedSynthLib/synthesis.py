@@ -62,7 +62,7 @@ def chosen_model_path(choice: str, other: "Optional[str | os.PathLike]") -> Opti
 
 def model_path(request: SynthesisRequest) -> Path:
     """The chosen model file, or the bundled one."""
-    from MedSynthLogic.model_file import bundled_model_path
+    from MedSynthLogic.model_header import bundled_model_path
 
     return Path(request.model_path) if request.model_path else bundled_model_path()
 
@@ -71,7 +71,7 @@ def stages_to_run(request: SynthesisRequest) -> int:
     """How many generator stages the synthesis runs: the chosen count (else all of the model's, its header's
     ``stages``) plus every stage of a prior model it refines, which always runs first. The time estimate counts them
     alike: a U-Net stage costs about what an FCN stage does (Testing/Benchmarks/results/inference_cpu_bf16.txt)."""
-    from MedSynthLogic.model_file import read_header
+    from MedSynthLogic.model_header import read_header
 
     header = read_header(model_path(request))
     prior = (header.get("model_config") or {}).get("prior") or {}
@@ -231,7 +231,7 @@ def uncertainty_title(request: SynthesisRequest) -> str:
     """The legend's title: what the child's map holds for this model and these stages (a learned error map is
     used only with all the model's stages, as ``MedSynthLogic.uncertainty`` does)."""
     from MedSynthLogic.errors import MedSynthError
-    from MedSynthLogic.model_file import read_header
+    from MedSynthLogic.model_header import read_header
 
     try:
         header = read_header(model_path(request))

@@ -144,6 +144,11 @@ def test_truncated_file(saved):
         path.write_bytes(raw[:cut])
         with pytest.raises(ModelFileError):
             load_model(path)
+        with pytest.raises(ModelFileError):  # the torch-free header reader checks that the tensors fill the file too
+            read_header(path)
+    path.write_bytes(raw + b"\0" * 8)
+    with pytest.raises(ModelFileError, match="its tensors need"):
+        read_header(path)
 
 
 def test_tampered_tensor_fails_checksum(saved):

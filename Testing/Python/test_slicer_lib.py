@@ -221,7 +221,7 @@ def test_a_model_header_of_an_unexpected_form_gives_a_line_not_a_crash(tmp_path,
     """The description is set from a Qt timer slot after Train: an odd header must not raise there."""
     odd = {"stages": 1, "training": {"stages_trained": [{"stages": 0, "iterations_per_stage": 5}, "x"],
                                      "data": ["not", "a", "mapping"]}}
-    monkeypatch.setattr("MedSynthLogic.model_file.read_header", lambda path: odd)
+    monkeypatch.setattr("MedSynthLogic.model_header.read_header", lambda path: odd)
     text = model_info.describe_model_file(tmp_path / "odd.safetensors")
     assert text == "No model information: the header of odd.safetensors has an unexpected form."
     odd["training"]["data"] = {}
@@ -895,3 +895,40 @@ def test_a_sagittal_first_node_gets_the_synthesis_of_the_same_brain_stored_axial
     order = axis_order(result.direction)
     assert not order.is_identity and result.shape == sagittal.shape
     np.testing.assert_allclose(order.forward(result.array), axial.array, atol=1e-4)
+
+
+BEFORE_THE_INSTALLER = '''
+import importlib.abc, sys
+class NotInstalledYet(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "safetensors", "h5py", "scipy", "skimage", "matplotlib", "tqdm"}:
+            raise ModuleNotFoundError(f"import of {name} halted: not installed yet")
+sys.meta_path.insert(0, NotInstalledYet())
+sys.path[:0] = [sys.argv[1] + "/MedSynth", sys.argv[1]]
+import slicer, vtk
+from MedSynthLib.controller import MedSynthController
+from MedSynthLib.model_info import describe_model_file
+from MedSynthLib.synthesis import SynthesisRequest
+scene = slicer.vtkMRMLScene()
+node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "t1ce")
+image = vtk.vtkImageData()
+image.SetDimensions(40, 48, 30)
+image.AllocateScalars(vtk.VTK_FLOAT, 1)
+node.SetAndObserveImageData(image)
+print(MedSynthController(scene, temp_root=sys.argv[2]).estimate(node, SynthesisRequest()).text())
+print(describe_model_file())
+'''
+
+
+def test_the_panel_describes_the_model_and_estimates_before_pytorch_is_installed(slicer_mod, tmp_path):
+    """The panel fills its model description and time estimate when it opens, before the installer has put torch,
+    safetensors, h5py or scikit-image into Slicer's Python: reading the model file's header imported torch, and the
+    ModuleNotFoundError escaped setup() and every later parameter change."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", BEFORE_THE_INSTALLER, str(REPO), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    estimate_line, description = proc.stdout.strip().splitlines()[-2:]
+    assert estimate_line.startswith("Estimated time: about")
+    assert description.startswith("<b>medsynth_t1ce_t2.safetensors</b>: T1ce → T2") and "PSNR" in description
