@@ -38,7 +38,7 @@ from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
 from MedSynthLib.synthesis import OTHER_MODEL, SynthesisRequest, model_choices, synthetic_node_name  # noqa: E402
 from MedSynthLib.synthesis import chosen_model_path, synthesize_in_process  # noqa: E402
-from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, prepare_request, training_request  # noqa: E402
+from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, is_set, prepare_request, training_request  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
 from MedSynthLogic.errors import MedSynthError  # noqa: E402
 
@@ -81,7 +81,7 @@ def registerSampleData() -> None:
 @parameterNodeWrapper
 class MedSynthParameterNode:
     """Everything the user chooses, saved with the scene; paths are ``Path`` (the only type the wrapper connects to
-    ``ctkPathLineEdit``/``ctkDirectoryButton``; empty reads as ``Path(".")``, see ``isSet``)."""
+    ``ctkPathLineEdit``/``ctkDirectoryButton``; empty reads as ``Path(".")``, see ``is_set``)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
@@ -109,11 +109,6 @@ class MedSynthParameterNode:
     residual: bool = True
     trainDevice: Annotated[str, Choice(DEVICES)] = "auto"
     trainPrecision: Annotated[str, Choice(TRAIN_PRECISIONS)] = "auto"
-
-
-def isSet(path: Optional[Path]) -> bool:
-    """Whether a path parameter holds a real choice (the wrapper's empty value is ``Path()``, i.e. ".")."""
-    return path is not None and str(path) not in ("", ".")
 
 
 class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -193,9 +188,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self, caller=None, event=None) -> None:
         p, controller, busy = self._parameterNode, self.logic.controller, self.logic.controller.busy
         self.ui.synthesizeButton.enabled = bool(p and p.inputVolume) and not busy
-        canTrain = bool(p and isSet(p.dataDir) and isSet(p.outputModelPath) and isSet(p.runDir)) and not busy
+        canTrain = bool(p and is_set(p.dataDir) and is_set(p.outputModelPath) and is_set(p.runDir)) and not busy
         self.ui.startTrainingButton.enabled = self.ui.resumeTrainingButton.enabled = canTrain
-        self.ui.prepareButton.enabled = bool(p and isSet(p.casesDir) and isSet(p.dataDir)) and not busy
+        self.ui.prepareButton.enabled = bool(p and is_set(p.casesDir) and is_set(p.dataDir)) and not busy
         self.ui.cancelButton.enabled = busy and controller.kind in ("synthesize", "prepare")
         self.ui.stopTrainingButton.enabled = busy and controller.kind == "train"
         self.ui.estimateLabel.text = self.logic.estimateText(p) if p and p.inputVolume and not busy else ""
@@ -238,6 +233,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPrepareButton(self) -> None:
         p = self._parameterNode
+        if not self.ensureDependencies():  # the child reads and writes HDF5 (h5py) and imports torch
+            return
         with slicer.util.tryWithErrorDisplay(_("Could not start preparing the data."), waitCursor=True):
             self.logic.controller.start_prepare(prepare_request(p))
             self.startPolling(_("Preparing data…"))
@@ -292,16 +289,16 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.state != jobs.FINISHED:
             return
         self.ui.progressBar.value = 100
+        p = self._parameterNode or self.logic.getParameterNode()  # the scene may have closed while it ran
         if outcome.kind == "synthesize":
-            self._parameterNode.outputVolume = outcome.result
+            p.outputVolume = outcome.result
             if slicer.app.layoutManager() is not None:
                 slicer.app.layoutManager().resetSliceViews()
         elif outcome.kind == "train":
-            self._parameterNode.model = OTHER_MODEL
-            self._parameterNode.modelPath = self._parameterNode.outputModelPath
+            p.model, p.modelPath = OTHER_MODEL, Path(outcome.result)
             self.updateModelDescription()
         elif outcome.kind == "prepare":
-            self._parameterNode.dataDir = outcome.result
+            p.dataDir = Path(outcome.result)
 
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
@@ -322,6 +319,7 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self, jobRunner: Optional[JobRunner] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.moduleName = "MedSynth"  # names the parameter node; the base class takes "MedSynthModule" from ours
         self.controller = MedSynthController(slicer.mrmlScene, runner=jobRunner,
                                              temp_root=getattr(slicer.app, "temporaryPath", None) or None)
 
@@ -362,7 +360,7 @@ class MedSynthTest(ScriptedLoadableModuleTest):
     """Self-test in a real Slicer: the sample phantom → bundled model → synthetic T2 on the same grid, good enough."""
 
     def runTest(self):
-        for test in (self.test_SynthesizePhantom, self.test_ParameterNode, self.test_SampleDataRegistered):
+        for test in (self.test_ParameterNode, self.test_SampleDataRegistered, self.test_SynthesizePhantom):
             slicer.mrmlScene.Clear()
             test()
 
@@ -372,6 +370,8 @@ class MedSynthTest(ScriptedLoadableModuleTest):
     def test_SynthesizePhantom(self):
         import numpy as np
 
+        if missing := dependencies.missing_packages(dependencies.requirements_path(HERE)):
+            self.skipTest(f"not installed in this Slicer: {', '.join(missing)} (press Synthesize once to install)")
         from MedSynthLogic.metrics import evaluate_case
 
         source, target = sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.slicer_cache_folder())
@@ -390,7 +390,7 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         again = MedSynthModuleLogic().getParameterNode()
         self.assertEqual((again.device, again.stages, again.force), ("cpu", 2, True))
         self.assertIsNone(again.inputVolume)
-        self.assertFalse(isSet(Path()))
+        self.assertFalse(is_set(Path()))
 
     def test_SampleDataRegistered(self):
         import SampleData

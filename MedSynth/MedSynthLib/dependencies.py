@@ -1,17 +1,20 @@
 """Make torch and the packages of ``Resources/requirements.txt`` importable in Slicer, asking the user first.
 
 Never at import time. torch comes from the PyTorch extension (it picks the wheel matching the GPU driver); the rest
-through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.10) or ``slicer.util.pip_install``, with numpy and SimpleITK
-pinned to the versions Slicer ships so installing never replaces them.
+through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or ``slicer.util.pip_install``, with numpy and SimpleITK
+pinned to the versions Slicer ships so installing never replaces them. A failed install (pip's non-zero exit, which
+Slicer raises as ``CalledProcessError``) becomes a ``RuntimeError`` with what to do, which the panel shows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
+import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 from .i18n import tr as _
 
@@ -62,6 +65,11 @@ def torch_importable() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def missing_packages(requirements: Path) -> List[str]:
+    """torch, when it cannot be imported, and the requirement lines that cannot: what a synthesis still needs."""
+    return ([] if torch_importable() else ["torch"]) + missing_requirements(requirements)
+
+
 def ensure_torch(ask_confirmation: bool = True) -> bool:
     """torch through the PyTorch extension; False when the user declines."""
     if torch_importable():
@@ -73,7 +81,20 @@ def ensure_torch(ask_confirmation: bool = True) -> bool:
     torch_logic = PyTorchUtils.PyTorchUtilsLogic()
     if torch_logic.torchInstalled():
         return True
-    return torch_logic.installTorch(askConfirmation=ask_confirmation, torchVersionRequirement=">=2.0") is not None
+    with installing("PyTorch"):
+        return torch_logic.installTorch(askConfirmation=ask_confirmation, torchVersionRequirement=">=2.0") is not None
+
+
+@contextlib.contextmanager
+def installing(what: str) -> Iterator[None]:
+    """Turn a failed pip run into a RuntimeError that says what failed and what to do (the Qt slot would swallow it)."""
+    try:
+        yield
+    except (subprocess.CalledProcessError, OSError) as exc:
+        code = getattr(exc, "returncode", None)
+        raise RuntimeError(_("Installing {what} failed{code}. The Python console shows pip's output; check the internet "
+                             "connection (or the proxy), then press the button again.").format(
+            what=what, code=_(" (pip exited with {code})").format(code=code) if code is not None else "")) from exc
 
 
 def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation: bool = True) -> bool:
@@ -89,10 +110,13 @@ def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation:
         packaging = None
     if packaging is not None and hasattr(packaging, "pip_ensure"):
         try:
-            packaging.pip_ensure(packaging.load_requirements(str(requirements)), constraints=str(constraints),
-                                 prompt_install=ask_confirmation, requester="MedSynth")
-        except RuntimeError:
-            return False
+            with installing(_("MedSynth's Python packages")):
+                packaging.pip_ensure(packaging.load_requirements(str(requirements)), constraints=str(constraints),
+                                     prompt_install=ask_confirmation, requester="MedSynth")
+        except RuntimeError as exc:
+            if isinstance(exc.__cause__, (subprocess.CalledProcessError, OSError)):
+                raise
+            return False  # the user declined
         return True
     missing = missing_requirements(requirements)
     if not missing:
@@ -100,5 +124,6 @@ def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation:
     message = _("MedSynth needs these Python packages, which will be downloaded and installed now:") + "\n" + "\n".join(missing)
     if ask_confirmation and not slicer.util.confirmOkCancelDisplay(message):
         return False
-    slicer.util.pip_install(["-c", str(constraints), *missing])
+    with installing(_("MedSynth's Python packages")):
+        slicer.util.pip_install(["-c", str(constraints), *missing])
     return True

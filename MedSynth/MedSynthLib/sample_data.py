@@ -10,6 +10,7 @@ from there, so the nodes come in as any other sample's do.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -58,14 +59,24 @@ def sample_source_arguments(cache_folder: "str | Path", thumbnail: Optional[str]
         "fileNames": list(FILES.values()),
         "nodeNames": list(FILES),
         "thumbnailFileName": thumbnail,
-        "loadFileType": "VolumeFile",
+        "loadFileTypes": "VolumeFile",
         "customDownloader": functools.partial(download_phantom, cache_folder=cache_folder,
                                               sample_data_logic=sample_data_logic),
     }
 
 
 def register_phantom_sample(sample_data_logic: Any, cache_folder: "str | Path", thumbnail: Optional[str] = None) -> None:
-    """Register the phantom with the Sample Data module (``sample_data_logic`` is ``SampleData.SampleDataLogic``)."""
+    """Register the phantom with the Sample Data module (``sample_data_logic`` is ``SampleData.SampleDataLogic``).
+
+    The files are generated into the cache first (about 1 s, once per cache), since ``SampleData.downloadSample``
+    loads a source from its URIs without calling its ``customDownloader``: from a script, a fresh cache had nothing
+    to load. A cache that cannot be written only costs the scripted path; the button still generates them."""
+    from MedSynthLogic.errors import MedSynthError
+
+    try:
+        write_phantom_pair(cache_folder)
+    except (MedSynthError, OSError) as exc:
+        logging.warning("MedSynth: could not write the phantom sample into %s (%s)", cache_folder, exc)
     sample_data_logic.registerCustomSampleDataSource(**sample_source_arguments(cache_folder, thumbnail, sample_data_logic))
 
 
@@ -97,7 +108,7 @@ def case_source_arguments(case_dir: "str | Path", thumbnail: Optional[str] = Non
         "fileNames": [path.name for path in files],
         "nodeNames": [path.name.split(".")[0] for path in files],
         "thumbnailFileName": thumbnail,
-        "loadFileType": "VolumeFile",
+        "loadFileTypes": "VolumeFile",
     }
 
 

@@ -53,6 +53,11 @@ class TrainingRequest:
                                    prior_model=self.prior_model)
 
 
+def is_set(path: "Optional[os.PathLike]") -> bool:
+    """Whether a path parameter holds a real choice (the parameter node wrapper's empty value is ``Path()``, ".")."""
+    return path is not None and str(path) not in ("", ".")
+
+
 def training_request(settings: Any, resume: bool = False) -> TrainingRequest:
     """The 'Train'/'Resume' request of the panel's settings: :func:`training_configs` and, for a refiner, the bundled
     model its recipe refines."""

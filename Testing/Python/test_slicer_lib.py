@@ -787,6 +787,9 @@ def test_phantom_is_registered_with_sample_data(tmp_path):
 
     sample_data.register_phantom_sample(FakeSampleDataLogic, tmp_path / "cache", "icon.png")
     (kwargs,) = FakeSampleDataLogic.registered
+    # SampleData.downloadSample reads the URIs without the customDownloader: the files must be there already
+    assert all(Path(uri[len("file://"):]).is_file() for uri in kwargs["uris"])
+    assert kwargs["loadFileTypes"] == "VolumeFile" and "loadFileType" not in kwargs
     assert kwargs["category"] == "MedSynth" and kwargs["sampleName"] == "MedSynthPhantom"
     assert kwargs["fileNames"] == list(sample_data.FILES.values()) and kwargs["nodeNames"] == list(sample_data.FILES)
     assert all(uri.startswith("file://") and uri.endswith(name) for uri, name in zip(kwargs["uris"], kwargs["fileNames"]))
@@ -818,6 +821,28 @@ def test_installer_finds_missing_packages_and_pins_slicers_own(tmp_path):
     pins = dependencies.protected_constraints_file(tmp_path).read_text().split()
     assert any(pin.startswith("numpy==") for pin in pins)
     assert dependencies.requirements_path(MODULE_DIR) == REPO / "Resources" / "requirements.txt"
+
+
+def test_a_failed_install_says_what_failed_and_a_declined_one_is_no_error(slicer_mod, tmp_path, monkeypatch):
+    """Slicer's pip_install raises CalledProcessError on pip's non-zero exit; the panel caught only RuntimeError, so
+    a failed install left the button's slot with no dialog at all."""
+    import subprocess
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("surely-not-installed-medsynth-pkg==1.0\n")
+    monkeypatch.setattr(dependencies, "ensure_torch", lambda ask_confirmation=True: True)
+
+    def pip_fails(args):
+        raise subprocess.CalledProcessError(1, ["pip", "install", *args])
+
+    monkeypatch.setattr(slicer_mod.util, "pip_install", pip_fails, raising=False)
+    with pytest.raises(RuntimeError, match=r"Installing MedSynth's Python packages failed \(pip exited with 1\)"):
+        dependencies.ensure_dependencies(requirements, tmp_path, ask_confirmation=False)
+    declined = SimpleNamespace(load_requirements=lambda path: [], pip_ensure=lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("declined")))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", declined)
+    monkeypatch.setattr(slicer_mod, "packaging", declined, raising=False)
+    assert dependencies.ensure_dependencies(requirements, tmp_path, ask_confirmation=True) is False
 
 
 # ---------------------------------------------------------------------------------------------------------- shape of the module

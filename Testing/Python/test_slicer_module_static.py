@@ -153,6 +153,15 @@ def test_ui_is_a_slicer_module_ui():
     assert used_custom <= declared
 
 
+def test_a_path_the_user_writes_to_opens_a_save_dialog():
+    """ctkPathLineEdit's "..." opens getSaveFileName only with the Writable filter; without it a new model file's
+    name could only be typed (Slicer's CLI modules set it on every output file)."""
+    widgets = _ui_widgets()
+    filters = _widget_property(widgets["outputModelPathLineEdit"], "filters").split("|")
+    assert "ctkPathLineEdit::Writable" in filters and "ctkPathLineEdit::Files" in filters
+    assert "ctkPathLineEdit::Writable" not in (_widget_property(widgets["modelPathLineEdit"], "filters") or "")
+
+
 def test_choice_defaults_are_valid():
     tree = _tree()
     constants = {
