@@ -147,7 +147,8 @@ def evaluate_case(
 
     The project scores a MedSynth synthesis with ``pred_scale`` = its model's ``normalisation.output_scale`` (1000;
     ``evaluation.evaluate_cases`` passes it). Without it the prediction is divided by its own percentile, the
-    protocol for another tool's output of unknown unit: on the bundled model that reads 1.3–4.6 dB lower.
+    protocol for another tool's output of unknown unit: on the FCN and the L2-only blend that read 0.8–4.5 dB lower per
+    case (docs/evaluation/TEST_TIME_ADJUSTMENTS.md).
 
     ``mask`` defaults to ``target > 0`` (skull-stripped reference). Tumour metrics use the same brain-normalised
     images, restricted to tumour voxels (SSIM: the brain SSIM map averaged over tumour voxels).
