@@ -55,6 +55,7 @@ class Row:
     thin_bright: str = ""
     enhancement_note: bool = False
     spread: str = ""
+    marks: tuple = ()  # (bright tail, thin bright) unrounded: the leave-one-out compares them with thresholds
 
 
 def judge(source: str, case: str, sequence: str, vol: Volume, cfg: ModelConfig, name: str = "") -> Row:
@@ -66,7 +67,8 @@ def judge(source: str, case: str, sequence: str, vol: Volume, cfg: ModelConfig, 
     tail, thin, spread = ((f"{stats.bright_tail:.2f}", f"{stats.thin_bright:.3f}", f"{stats.spread:.3f}") if stats
                           else ("", "", ""))
     return Row(source, case, sequence, guess.kind, score, outcome, tail, bool(name_notes(name, cfg)), thin,
-               bool(enhancement_notes(vol, cfg, findings=findings)), spread)
+               bool(enhancement_notes(vol, cfg, findings=findings)), spread,
+               (stats.bright_tail, stats.thin_bright) if stats else ())
 
 
 def brats_rows(folder: Path, cfg: ModelConfig) -> List[Row]:
@@ -160,9 +162,10 @@ def leave_one_case_out(rows: List[Row]) -> str:
 def t1_against_t1ce(rows: List[Row]) -> str:
     """The two marks of contrast agent on the T1 and T1ce: their ranges, and the enhancement note's thresholds
     re-chosen without each case (midway between the other cases' highest T1 and their next T1ce), then applied to
-    it: a held-out estimate of the note's errors, where the confusion table is in-sample."""
-    marks = {(r.case, r.sequence): (float(r.bright_tail), float(r.thin_bright))
-             for r in rows if r.sequence in ("t1", "t1ce") and r.bright_tail}
+    it: a held-out estimate of the note's errors, where the confusion table is in-sample. On the unrounded
+    statistics: the table's 2-decimal bright tail once put a T1 exactly on its held-out threshold."""
+    marks = {(r.case, r.sequence): tuple(float(v) for v in r.marks)
+             for r in rows if r.sequence in ("t1", "t1ce") and r.marks}
     cases = sorted({c for c, q in marks if (c, "t1") in marks and (c, "t1ce") in marks})
     if len(cases) < 3:
         return ""
@@ -193,8 +196,9 @@ def t1_against_t1ce(rows: List[Row]) -> str:
             "one of the two marks, a T1 neither, so a source below both "
             f"thresholds ({BRIGHT_TAIL_MIN}, {THIN_BRIGHT_MIN}; chosen on these cases) gets a note, never a refusal. "
             f"Leave one case out (both thresholds re-chosen without the case, then applied to it): {missed} of "
-            f"{len(cases)} T1 without the note, {wrongly} of {len(cases)} T1ce with it (what a T1 costs: "
-            "[input_shift/INPUT_SHIFT.md](input_shift/INPUT_SHIFT.md)). Their unit, the brain's spread in the log "
+            f"{len(cases)} T1 without the note, {wrongly} of {len(cases)} T1ce with it, on the unrounded statistics "
+            "(what a T1 costs the default: [input_shift_l2_seed2_blend/INPUT_SHIFT.md]"
+            "(input_shift_l2_seed2_blend/INPUT_SHIFT.md)). Their unit, the brain's spread in the log "
             f"image (median − 5th percentile), spans {min(spreads):.2f}–{max(spreads):.2f} over the T1ce: a gamma of "
             "1.25 multiplies it by 1.25, well inside that range, so the spread cannot tell a gamma-changed T1ce "
             "from a case whose own contrast differs (what a gamma of 1.25 costs stays unflagged).")
