@@ -19,8 +19,8 @@ ROWS = [
     ("run1_stage0_no_residual", "run 1, L2 + GDL + adversarial, without the long-term residual"),
     ("run1_acm_2stages", "run 1, + ACM stage 2"),
     ("run1_acm_3stages", "run 1, + ACM stage 3"),
-    ("bundled_stage1", "bundled model (run 2, λ1 = 0.01), stage 1 only"),
-    ("bundled_2stages", "bundled model, stages 1–2 (H100; the model shipped until stage 3 was trained)"),
+    ("bundled_stage1", "the paper's FCN (run 2, λ1 = 0.01), stage 1 only"),
+    ("bundled_2stages", "the paper's FCN, stages 1–2 (H100; the model shipped until stage 3 was trained)"),
     ("bundled", "the paper's 3-stage FCN (stage 3 trained on the CPU; the default until session 26, now "
                 "`medsynth_t1ce_t2_nie2018.safetensors`)"),
     ("bundled_flip_tta", "the paper's 3-stage FCN, with flip averaging"),
@@ -48,6 +48,9 @@ ROWS = [
     ("unet3d_ablation/prior_fcn_l2_alt_t1_p50_blend", "the half-T1 blend (X's refiner fine-tuned with half of its crops "
                                                       "from each case's T1; session 33; not shipped: below the "
                                                       "default)"),
+    ("unet3d_ablation/prior_fcn_l2_contrast_blend", "the contrast-context blend (run S's refiner trained on with its "
+                                                    "prior's synthesis also for other contrasts, run V; session 29; not "
+                                                    "shipped: it missed its rule's shifted-source half)"),
 ]
 METRICS = ["psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated"]
 
