@@ -104,10 +104,14 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
     Returns the header entries that record the checks with the output. The receptive-field check comes first so
     a thumbnail gets that message rather than a guess about its sequence. What the file's name says
     (:func:`.source_names.name_notes`, e.g. a T1 named where the model expects the T1ce) and a T1ce source without
-    any sign of contrast agent (:func:`.enhancement.enhancement_notes`) are only ever warnings.
+    any sign of contrast agent (:func:`.enhancement.enhancement_notes`) are only ever warnings; so are a brain cut
+    by the image's edge or a given mask that does not fit (:func:`.brain_coverage.coverage_notes`) and a NIfTI
+    placement that readers disagree on (:func:`.nifti_orientation.orientation_notes`).
     """
+    from .brain_coverage import coverage_notes
     from .enhancement import enhancement_notes
     from .input_checks import check_source, checks_metadata, refuse_or_warn
+    from .nifti_orientation import orientation_notes
     from .source_names import name_notes
 
     check_receptive_field(model, source)
@@ -119,7 +123,9 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
 
     refuse_or_warn(findings, force, warn if progress is not None else None, source=name)
     notes = {"name": name_notes(str(name), model.config),
-             "enhancement": enhancement_notes(source, model.config, mask=mask, findings=findings)}
+             "enhancement": enhancement_notes(source, model.config, mask=mask, findings=findings),
+             "coverage": coverage_notes(source, model.config, mask=mask),
+             "orientation": orientation_notes(name)}
     for check, texts in notes.items():
         for note in texts:
             text = f"{name}: {note}. Synthesizing it as the model's {model.config.source_name}."
@@ -127,7 +133,8 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
                 progress(warning_event("synthesize", text, source=str(name), input_checks=[check]))
             else:
                 warnings.warn(text, UserWarning, stacklevel=3)
-    return checks_metadata(findings, force, model.config, mask is not None, notes=notes["name"] + notes["enhancement"])
+    return checks_metadata(findings, force, model.config, mask is not None,
+                           notes=[note for texts in notes.values() for note in texts])
 
 
 def synthesize_folder(

@@ -259,12 +259,15 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
     if expect.skull_stripped and mask is None:
         background = float(np.mean(volume.array <= threshold))
         if background < expect.min_background_fraction:
+            faint = _faint_background_fraction(volume.array, threshold)
             findings.append(InputFinding(
                 "skull_stripped",
                 f"it does not look skull-stripped: only {100 * background:.1f}% of the voxels are background (0), "
                 f"at least {100 * expect.min_background_fraction:.0f}% expected (or the volume is cropped through "
-                "the brain; the model expects the whole skull-stripped brain with some background around it)",
-                {"background_fraction": round(background, 4)},
+                "the brain; the model expects the whole skull-stripped brain with some background around it)"
+                + (f"; {100 * faint:.0f}% of the voxels hold faint values near 0 instead, a background that is not "
+                   "exactly 0 (set it to 0, or give the brain mask)" if faint > expect.min_background_fraction else ""),
+                {"background_fraction": round(background, 4), "faint_background_fraction": round(faint, 4)},
             ))
     negative = _negative_fraction(volume.array) if _judges_negatives(model_config) else 0.0
     if negative > NEGATIVE_MAX_FRACTION:
@@ -272,7 +275,7 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
             "negative_values",
             f"{100 * negative:.1f}% of its non-zero voxels are negative: it looks intensity-normalised (e.g. "
             "z-scored), and the model expects the scanner's intensities; the brain mask (source > 0) would leave "
-            "those voxels out",
+            "those voxels out (small negative values around the brain are a resampling's undershoot: clip them to 0)",
             {"negative_fraction": round(negative, 4)},
         ))
     expected = _expected_kind(model_config)
@@ -339,6 +342,27 @@ def _mm(values: Sequence[float]) -> str:
     return " × ".join(f"{v:.3g}" for v in values) + " mm"
 
 
+#: What to do about each failed check, in the order the hint names them.
+HINTS = {
+    "sequence": "Check that this is the right image: the sequence the model expects, skull-stripped, about 1 mm voxels.",
+    "label_map": "Pick the image itself, not a segmentation or label map.",
+    "skull_stripped": "For a head that is not skull-stripped give its brain mask (--mask), or skull-strip it first.",
+    "negative_values": "Use the scanner's intensities (not a normalised export), or clip small negative values to 0.",
+    "spacing": "Resample it to about 1 mm voxels first (in Slicer: Resample Scalar Volume); within 0.5 mm of the "
+               "model's voxel size MedSynth resamples by itself.",
+    "anisotropy": "Thick slices hold too little detail across them: use a 3D (about 1 mm isotropic) acquisition.",
+}
+
+
+def _faint_background_fraction(array: np.ndarray, threshold: float) -> float:
+    """The fraction of voxels above the mask threshold but below 1 % of the image's 99.5th percentile: a background
+    left at small positive values (noise, a rescaled export), which the black-looking image hides."""
+    above = array[array > threshold]
+    if above.size == 0:
+        return 0.0
+    return float(np.count_nonzero(above < 0.01 * np.percentile(above, 99.5))) / array.size
+
+
 def refuse_or_warn(
     findings: Sequence[InputFinding],
     force: bool,
@@ -353,12 +377,10 @@ def refuse_or_warn(
         return
     text = f"{source} does not look like the input this model expects: " + "; ".join(f.message for f in findings) + "."
     if not force:
-        raise InputImageError(
-            text,
-            "Check that this is the right image (skull-stripped, about 1 mm voxels, the sequence the model expects); "
-            "for a head that is not skull-stripped give its brain mask (--mask); to synthesize anyway, knowing the "
-            "result is unreliable, pass --force (force=True in Python).",
-        )
+        codes = {f.code for f in findings}
+        advice = [HINTS[code] for code in HINTS if code in codes] or [HINTS["sequence"]]
+        raise InputImageError(text, " ".join(advice) + " To synthesize anyway, knowing the result is unreliable, pass "
+                              "--force (force=True in Python).")
     message = text + " Synthesizing anyway (--force): the result is unreliable."
     if warn is None:
         warnings.warn(message, UserWarning, stacklevel=2)

@@ -54,6 +54,13 @@ class AxisOrder:
         """A stored voxel size (x, y, z) as the canonical axes see it: what a model's expected spacing refers to."""
         return tuple(float(spacing[i]) for i in self._index_axes())  # type: ignore[return-value]
 
+    def inverse_spacing(self, spacing: Tuple[float, float, float]) -> Tuple[float, float, float]:
+        """A canonical voxel size (x, y, z) along the stored axes: ``inverse_spacing(spacing(s)) == s``."""
+        out = [0.0, 0.0, 0.0]
+        for canonical, stored in enumerate(self._index_axes()):
+            out[stored] = float(spacing[canonical])
+        return tuple(out)  # type: ignore[return-value]
+
     def _index_axes(self) -> list:
         """For each canonical index axis (x, y, z), the stored index axis that becomes it."""
         return [2 - self.axes[2 - c] for c in range(3)]

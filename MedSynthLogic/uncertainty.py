@@ -33,7 +33,8 @@ from .enhancement import enhancement_stats
 from .error_map import FEATURES, IMAGE_FEATURES, error_features
 from .errors import OutputError
 from .tiled_synthesis import SynthesisOptions, synthesize_array
-from .volume_synthesis import as_loaded_model, mask_on_grid, synthesize_volume
+from .volume_synthesis import (as_loaded_model, mask_on_grid, needs_resampling, resampled_back, resampled_to_training,
+                                synthesize_volume)
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +66,21 @@ class UncertainSynthesis:
             uncertainty=source.with_array(order.inverse(self.uncertainty.array)),
             flip=order.inverse(self.flip),
             stages=None if self.stages is None else order.inverse(self.stages),
+        )
+
+
+    def resampled(self, model: "LoadedModel", source: "Volume", mask: Optional[np.ndarray], grid: "Volume"
+                  ) -> "UncertainSynthesis":
+        """This result, computed on the training grid ``grid``, on ``source``'s own grid (0 outside the brain for
+        the map and its parts)."""
+        def back(array: np.ndarray) -> np.ndarray:
+            return resampled_back(model, source, mask, grid.with_array(array), background=0.0).array
+
+        return UncertainSynthesis(
+            synthesis=resampled_back(model, source, mask, self.synthesis),
+            uncertainty=source.with_array(back(self.uncertainty.array)),
+            flip=back(self.flip),
+            stages=None if self.stages is None else back(self.stages),
         )
 
 
@@ -171,6 +187,12 @@ def synthesize_with_uncertainty(
         result = synthesize_with_uncertainty(model, order.volume(source), None if mask_arr is None else order.forward(mask_arr),
                                              stages, device, flip_tta, tile, progress, cancel, precision)
         return result.restored(source, order)
+    if needs_resampling(source.spacing, tuple(float(v) for v in model.config.input.spacing_mm)):
+        mask_arr = mask_on_grid(mask, source)  # the whole map on the training grid, then back: one interpolation
+        on_grid, grid_mask = resampled_to_training(model, source, mask_arr, progress)
+        result = synthesize_with_uncertainty(model, on_grid, grid_mask, stages, device, flip_tta, tile, progress,
+                                             cancel, precision)
+        return result.resampled(model, source, mask_arr, on_grid)
     chain = model.chain
     n = len(chain.stages) if stages is None else int(stages)
     # the synthesis before the last stage: the stage before it, or for a one-stage model on a prior, the prior's

@@ -7,24 +7,30 @@ Below the file and folder layer (:mod:`.inference`) and the uncertainty map (:mo
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .errors import GeometryError, InputImageError, UsageError
 from .model_file import LoadedModel
+from .progress import warning_event
 from .tiled_synthesis import CancelFn, SynthesisOptions, synthesize_array
 
 if TYPE_CHECKING:
+    from .config import ModelConfig
     from .volume_io import Volume
 
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 
-__all__ = ["synthesize_volume", "check_receptive_field", "mask_on_grid", "as_loaded_model", "MIN_EDGE"]
+__all__ = ["synthesize_volume", "check_receptive_field", "mask_on_grid", "as_loaded_model", "needs_resampling",
+           "resampled_to_training", "resampled_back", "MIN_EDGE", "RESAMPLE_ABOVE"]
 
 #: Thinnest source edge accepted: a U-Net sees far more than this, but a thinner volume is not a brain scan.
 MIN_EDGE = 32
+#: A source whose voxel size differs from the model's training one by more than this fraction on some axis is
+#: synthesized resampled to the training size (a 256-matrix 0.94 mm scan is not; a 0.5 or 0.8 mm one is).
+RESAMPLE_ABOVE = 0.1
 
 
 def mask_on_grid(mask: Union["Volume", np.ndarray, None], source: "Volume") -> Optional[np.ndarray]:
@@ -41,7 +47,8 @@ def mask_on_grid(mask: Union["Volume", np.ndarray, None], source: "Volume") -> O
     else:
         arr = np.asarray(mask)
     if arr.shape != source.shape:
-        raise GeometryError(f"The mask's shape {arr.shape} differs from the source's {source.shape}.")
+        raise GeometryError(f"The mask's size {arr.shape[::-1]} voxels (x, y, z) differs from the source's "
+                            f"{source.shape[::-1]}.", "Resample the mask to the source first.")
     return arr > 0
 
 
@@ -65,7 +72,9 @@ def synthesize_volume(
     end, e.g. −1000 HU, for CT).
 
     A source stored in another axis order than the training data's runs in that order and comes back in its own
-    (:mod:`.orientation`), so the same brain gives the same synthesis however its file orders the voxels.
+    (:mod:`.orientation`), so the same brain gives the same synthesis however its file orders the voxels; one of
+    another voxel size is resampled to the model's (:data:`RESAMPLE_ABOVE`). The image itself is not checked (a T2
+    comes back as a "synthetic T2"): call ``input_checks.check_source`` first, or ``inference.synthesize_file``.
     """
     from .normalisation import brain_mask, denormalise_output, normalise_source
     from .orientation import axis_order
@@ -74,28 +83,98 @@ def synthesize_volume(
 
     model, source = as_loaded_model(model), as_volume(source)
     norm_cfg = model.config.normalisation
-    check_receptive_field(model, source)
     mask_arr = mask_on_grid(mask, source)
     order = axis_order(source.direction)
     if not order.is_identity:
         canonical = synthesize_volume(model, order.volume(source), None if mask_arr is None else order.forward(mask_arr),
                                       stages, device, flip_tta, tile, progress, cancel, precision)
         return source.with_array(order.inverse(canonical.array))
+    trained = tuple(float(v) for v in model.config.input.spacing_mm)
+    if needs_resampling(source.spacing, trained):
+        return _synthesize_resampled(model, source, mask_arr, trained, stages, device, flip_tta, tile, progress, cancel,
+                                     precision)
+    check_receptive_field(model, source)  # on the grid the network sees
+    given = mask_arr is not None
     if mask_arr is None:
         mask_arr = brain_mask(source.array, norm_cfg.mask_threshold)
     if not mask_arr.any() and not np.any(source.array):
         raise InputImageError("The source is empty: every voxel is 0.",
                               "Check that the right image was exported (an empty series or a failed conversion).")
+    if not mask_arr.any() and given:
+        raise InputImageError("The given brain mask is empty: none of its voxels is nonzero.",
+                              "Check the mask file: the brain must be its nonzero voxels, on the source's grid.")
     if not mask_arr.any():
         raise InputImageError(
             "The brain mask is empty: no voxel of the source is above the mask threshold "
-            f"({norm_cfg.mask_threshold:g}) or inside the given mask.",
+            f"({norm_cfg.mask_threshold:g}).",
             "Pass a skull-stripped source or a brain mask (--mask).",
         )
     normalised, _ = normalise_source(source.array, mask_arr, norm_cfg)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)
     out = synthesize_array(model.chain, normalised, mask_arr, **options.keywords())
     return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
+
+
+def needs_resampling(spacing: Tuple[float, float, float], trained: Tuple[float, float, float]) -> bool:
+    """Whether a voxel size differs from the model's training one by more than ``RESAMPLE_ABOVE`` on some axis."""
+    return any(abs(s - t) > RESAMPLE_ABOVE * t for s, t in zip(spacing, trained))
+
+
+def _shape_seen(config: "ModelConfig", source: "Volume") -> Tuple[int, ...]:
+    """The (z, y, x) size the networks see: the source's, or that of its resampling to the training voxel size (in
+    the file's axis order; the check only compares its smallest edge)."""
+    from .orientation import axis_order
+
+    order = axis_order(source.direction)
+    trained = order.inverse_spacing(tuple(float(v) for v in config.input.spacing_mm))
+    if not needs_resampling(source.spacing, trained):
+        return tuple(source.shape)
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(source.shape[::-1], source.spacing, trained))[::-1]
+
+
+def _synthesize_resampled(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray],
+                          trained: Tuple[float, float, float], *options: Any) -> "Volume":
+    """Synthesize on a copy of the source resampled to the model's training voxel size (linear), then resample the
+    result back onto the source's grid; outside the source's mask the output is the background value, as ever.
+
+    The networks count voxels, not millimetres: a 0.5 mm T1ce showed them half the anatomy they were trained on
+    (docs/evaluation/input_checks/RESAMPLING.md)."""
+    on_grid, grid_mask = resampled_to_training(model, source, mask, options[4])
+    return resampled_back(model, source, mask, synthesize_volume(model, on_grid, grid_mask, *options))
+
+
+def resampled_to_training(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray], progress: ProgressFn
+                          ) -> Tuple["Volume", Optional[np.ndarray]]:
+    """The source (and a given mask) resampled to the model's training voxel size, with a warning event saying so."""
+    from .volume import Volume, resample_like
+
+    trained = tuple(float(v) for v in model.config.input.spacing_mm)
+    shape_xyz = [max(1, int(round(n * s / t))) for n, s, t in zip(source.shape[::-1], source.spacing, trained)]
+    grid = Volume(np.zeros(shape_xyz[::-1], np.float32), trained, source.origin, source.direction)
+    coarse_mask = None if mask is None else resample_like(source.with_array(mask.astype(np.float32)), grid).array > 0.5
+    if progress:
+        progress(warning_event("synthesize", f"the source's voxels ({_mm(source.spacing)}) differ from the "
+                               f"{_mm(trained)} the model was trained on: it is synthesized resampled to those and the "
+                               "result resampled back to the source's grid"))
+    return resample_like(source, grid), coarse_mask
+
+
+def resampled_back(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray], result: "Volume",
+                   background: Optional[float] = None) -> "Volume":
+    """A result computed on the training grid, back on the source's grid; outside the source's mask (given, else its
+    threshold mask) the ``background`` (default: what 0 network units denormalise to; 0 for a map)."""
+    from .normalisation import brain_mask, denormalise_output
+    from .volume import resample_like
+
+    norm_cfg = model.config.normalisation
+    inside = mask if mask is not None else brain_mask(source.array, norm_cfg.mask_threshold)
+    if background is None:
+        background = float(np.asarray(denormalise_output(np.zeros(1, np.float32), norm_cfg)).reshape(-1)[0])
+    return source.with_array(np.where(inside, resample_like(result, source).array, background).astype(np.float32))
+
+
+def _mm(spacing: Tuple[float, ...]) -> str:
+    return " × ".join(f"{s:.2f}" for s in spacing) + " mm"
 
 
 def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"], stages: Optional[int] = None) -> LoadedModel:
@@ -111,15 +190,16 @@ def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"], stages: 
                      "Pass MedSynthLogic.model_file.load_model(path), or the path itself.")
 
 
-def check_receptive_field(model: LoadedModel, source: "Volume") -> None:
+def check_receptive_field(model: Union[LoadedModel, "ModelConfig"], source: "Volume") -> None:
     """Refuse a volume thinner than one generator's receptive field (at most ``MIN_EDGE``) along any axis.
 
     Tiled synthesis would still run (the border is edge-padded), but every output voxel would then be computed
     mostly from repeated border voxels: a plausible-looking image that no training patch resembled. Such a
     volume is a thumbnail, a few slices or a wrong file, so saying so beats returning it.
     """
-    field = min(model.config.generator.receptive_field, MIN_EDGE)
-    if min(source.shape) < field:
+    config = getattr(model, "config", model)  # a model, or the configuration of one (the panel has only its header)
+    field = min(config.generator.receptive_field, MIN_EDGE)
+    if min(_shape_seen(config, source)) < field:
         raise InputImageError(
             f"The source is too small to synthesize: {source.shape[::-1]} voxels (x, y, z), but the model's "
             f"receptive field needs at least {field} voxels along each axis.",

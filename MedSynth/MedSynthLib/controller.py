@@ -105,9 +105,10 @@ class MedSynthController:
         if request.stages and int(request.stages) > available:
             raise ValueError(_("The model has {stages} auto-context stage(s): set 'Auto-context stages' to {stages} or "
                                "fewer (0 runs them all).").format(stages=available))
+        synthesis.check_size(volume, header)
         findings = synthesis.check_input(volume, header, self.input_checker)
         notes = synthesis.check_name(input_node.GetName() or "", header)
-        notes += synthesis.check_enhancement(volume, header, findings)
+        notes += synthesis.check_enhancement(volume, header, findings) + synthesis.check_coverage(volume, header)
         blocked = bool(findings) and not request.force
         source_name = synthesis.pair_names(header)[0]
         # The notes first: the findings' message ends with the one question (with Force) or the refusal.
@@ -117,8 +118,10 @@ class MedSynthController:
 
     def estimate(self, input_node: Any, request: synthesis.SynthesisRequest) -> Estimate:
         """How long synthesizing ``input_node`` will take (see ``MedSynthLib.estimate``)."""
-        if input_node is None or input_node.GetImageData() is None:
+        if input_node is None:
             raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
+        if input_node.GetImageData() is None:
+            raise ValueError(_("The selected volume has no image data: pick a volume that holds an image."))
         shape = tuple(reversed(input_node.GetImageData().GetDimensions()))
         stages = synthesis.stages_to_run(request)
         return self.rates.estimate(shape, stages, synthesis.passes_to_run(request, stages), request.device)

@@ -122,6 +122,24 @@ def check_input(volume: Any, header: dict, checker: Optional[InputChecker]) -> L
     return list(checker(volume, _model_config(header)))
 
 
+def check_size(volume: Any, header: dict) -> None:
+    """Refuse, before launching, a volume the networks cannot see whole (one slice, a thumbnail): the child refused it
+    only after the launch, naming the temporary file it had been given instead of the volume."""
+    from MedSynthLogic.volume_synthesis import check_receptive_field
+
+    check_receptive_field(_model_config(header), volume)
+
+
+def check_coverage(volume: Any, header: dict) -> List[str]:
+    """Whether the field of view cuts the brain (``MedSynthLogic.brain_coverage``): a note that never blocks; empty in
+    an installation that predates the check."""
+    try:
+        from MedSynthLogic.brain_coverage import coverage_notes
+    except ImportError:
+        return []
+    return coverage_notes(volume, _model_config(header))
+
+
 def check_name(name: str, header: dict) -> List[str]:
     """What the input's node name says against the model's source (``MedSynthLogic.source_names``): notes that
     never block, e.g. a T1 named where the model expects the T1ce; empty in an installation that predates them."""

@@ -426,7 +426,8 @@ def test_synthesize_keeps_an_oblique_anisotropic_geometry(ws):
     assert events[-1] == {"event": "done", "output": str(out)}
     assert any(e["event"] == "progress" for e in events)
     warnings = [e for e in events if e["event"] == "warning"]
-    assert len(warnings) == 1 and warnings[0]["input_checks"] == ["spacing"] and "--force" in warnings[0]["message"]
+    assert len(warnings) == 2 and warnings[0]["input_checks"] == ["spacing"] and "--force" in warnings[0]["message"]
+    assert "synthesized resampled to those" in warnings[1]["message"], "and it runs at the training voxel size"
     assert_synthetic_t2(out, source)
 
 

@@ -426,3 +426,26 @@ def test_prepare_warns_about_a_source_that_synthesize_would_refuse(tmp_path):
     assert len(warned) == 1, warned
     assert warned[0].startswith("swapped: the source does not look like the model's input: its intensities look "
                                 "T2-weighted") and "`medsynth synthesize` refuses such a source" in warned[0]
+
+
+def test_prepare_warns_of_a_voxel_size_unlike_the_configs(tmp_path):
+    """Synthesis resamples every source to the config's input.spacing_mm: 0.7 mm data trained under the default 1 mm
+    would be synthesized at a voxel size it never saw, so prepare says to set it (a matching config is quiet)."""
+    import dataclasses
+
+    from MedSynthLogic.config import InputExpectations, ModelConfig
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(40, 44, 40), seed=0)
+    (tmp_path / "cases" / "fine").mkdir(parents=True)
+    for volume, name in ((p.t1ce, "t1ce"), (p.t2, "t2")):
+        write_volume(dataclasses.replace(volume, spacing=(0.7, 0.7, 0.7)), tmp_path / "cases" / "fine" / f"fine_{name}.nii.gz")
+    for cfg, expected in ((ModelConfig(), 1), (ModelConfig(input=InputExpectations(spacing_mm=(0.7, 0.7, 0.7))), 0)):
+        events = []
+        prepare_dataset(find_cases(tmp_path / "cases"), tmp_path / f"data{expected}", cfg, patches_per_case=4,
+                        val_fraction=0.0, progress=events.append)
+        warned = [e["message"] for e in events if e["event"] == "warning" and "input.spacing_mm" in e["message"]]
+        assert len(warned) == expected, warned
+        assert all("its voxels (0.70 × 0.70 × 0.70 mm) are not the 1 × 1 × 1 mm of the config's input.spacing_mm"
+                   in message for message in warned)

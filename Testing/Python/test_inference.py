@@ -233,15 +233,20 @@ def model_file(tmp_path, tiny_model_config):
 
 
 def test_synthesize_volume_geometry_mask_and_units(model_file, phantom):
-    model = load_model(model_file)
+    import dataclasses
+
+    from MedSynthLogic.orientation import axis_order
+
     src = _volume(phantom.t1ce.array)
+    model = load_model(model_file)  # trained, say, on this odd voxel size: synthesized as it is, not resampled
+    model = dataclasses.replace(model, config=dataclasses.replace(model.config, input=dataclasses.replace(
+        model.config.input, spacing_mm=axis_order(src.direction).spacing(src.spacing))))
     out = synthesize_volume(model, src, device="cpu", tile=20)
     assert out.shape == src.shape and out.array.dtype == np.float32
     assert (out.spacing, out.origin, out.direction) == (src.spacing, src.origin, src.direction)
     inside = src.array > model.config.normalisation.mask_threshold
     assert np.all(out.array[~inside] == 0) and np.all(out.array[inside] >= 0)
     from MedSynthLogic.normalisation import denormalise_output, normalise_source
-    from MedSynthLogic.orientation import axis_order
 
     norm, _ = normalise_source(src.array, inside, model.config.normalisation)
     order = axis_order(src.direction)
@@ -279,7 +284,8 @@ def test_synthesize_file_and_folder(model_file, phantom, tmp_path):
     assert np.allclose(written.direction, src.direction, atol=1e-6)
     assert events[-1]["fraction"] == pytest.approx(1.0)
     warning = [e for e in events if e["event"] == "warning"]
-    assert len(warning) == 1 and warning[0]["input_checks"] == ["spacing", "anisotropy"]
+    assert len(warning) == 2 and warning[0]["input_checks"] == ["spacing", "anisotropy"]
+    assert "synthesized resampled to those" in warning[1]["message"], "a forced voxel size is resampled too"
     with pytest.raises(OutputError):
         synthesize_file(model_file, a, out, device="cpu")
     with pytest.raises(OutputError):
@@ -372,3 +378,28 @@ def test_a_nibabel_image_becomes_the_volume_read_volume_gives(phantom, tmp_path)
     np.testing.assert_allclose(via_nibabel.direction, via_file.direction, atol=1e-5)
     with pytest.raises(InputImageError, match="must be 3D"):
         volume_from_nibabel(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)))
+
+
+def test_a_source_of_another_voxel_size_is_synthesized_at_the_training_one(model_file, phantom):
+    """The networks count voxels: a 0.5 mm source is resampled to the model's 1 mm, synthesized, and the result
+    resampled back onto its own grid (a BraTS T1ce upsampled to 0.5 mm was 2.8 dB worse synthesized as it was);
+    a 0.94 mm source (a 256 matrix over 240 mm) is synthesized as it is."""
+    from MedSynthLogic.volume import Volume, resample_like
+    from MedSynthLogic.volume_synthesis import needs_resampling
+
+    model = load_model(model_file)
+    src = phantom.t1ce
+    assert src.spacing == (1.0, 1.0, 1.0)
+    fine = resample_like(src, Volume(np.zeros(tuple(2 * n for n in src.shape), np.float32), (0.5, 0.5, 0.5),
+                                     tuple(o - 0.25 for o in src.origin), src.direction))
+    events = []
+    out = synthesize_volume(model, fine, device="cpu", progress=events.append)
+    assert out.shape == fine.shape and (out.spacing, out.origin) == (fine.spacing, fine.origin)
+    (warning,) = [e["message"] for e in events if e["event"] == "warning"]
+    assert "0.50 × 0.50 × 0.50 mm" in warning and "resampled" in warning
+    direct = synthesize_volume(model, src, device="cpu")
+    back = resample_like(out, src).array
+    inside = direct.array > 0
+    assert np.corrcoef(back[inside], direct.array[inside])[0, 1] > 0.95, "the 1 mm synthesis, up to interpolation"
+    assert np.all(out.array[fine.array <= model.config.normalisation.mask_threshold] == 0)
+    assert not needs_resampling((0.9375, 0.9375, 1.0), (1.0, 1.0, 1.0)) and needs_resampling((0.8, 1.0, 1.0), (1.0,) * 3)

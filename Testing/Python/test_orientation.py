@@ -145,3 +145,5 @@ def test_the_spacing_check_reads_the_voxel_size_along_the_models_axes(phantom):
     assert stored.GetSpacing() == (3.0, 1.0, 1.0)
     assert "spacing" not in [f.code for f in check_source(_volume(stored), cfg)]
     assert "spacing" in [f.code for f in check_source(phantom.t1ce, cfg)]
+    order = axis_order(_volume(stored).direction)
+    assert order.spacing((3.0, 1.0, 1.0)) == (1.0, 1.0, 3.0) and order.inverse_spacing((1.0, 1.0, 3.0)) == (3.0, 1.0, 1.0)

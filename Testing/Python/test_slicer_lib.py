@@ -939,6 +939,7 @@ node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "t1ce")
 image = vtk.vtkImageData()
 image.SetDimensions(40, 48, 30)
 image.AllocateScalars(vtk.VTK_FLOAT, 1)
+image.GetPointData().GetScalars().Fill(0.0)
 node.SetAndObserveImageData(image)
 print(MedSynthController(scene, temp_root=sys.argv[2]).estimate(node, SynthesisRequest()).text())
 print(describe_model_file())
@@ -957,3 +958,26 @@ def test_the_panel_describes_the_model_and_estimates_before_pytorch_is_installed
     estimate_line, description = proc.stdout.strip().splitlines()[-2:]
     assert estimate_line.startswith("Estimated time: about")
     assert description.startswith("<b>medsynth_t1ce_t2.safetensors</b>: T1ce → T2") and "PSNR" in description
+
+
+def test_a_single_slice_is_refused_before_the_launch_and_an_empty_node_is_named(scene, tmp_path, slicer_mod):
+    """One slice passed the panel's plan with an 'about 4 s' estimate; the child then refused it, naming the
+    temporary file it had been given. A node without image data was told to select an input, which it was."""
+    import vtk
+
+    from MedSynthLogic.errors import InputImageError
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "one slice")
+    image = vtk.vtkImageData()
+    image.SetDimensions(64, 64, 1)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    image.GetPointData().GetScalars().Fill(100.0)
+    node.SetAndObserveImageData(image)
+    runner = FakeRunner(events=[])
+    controller = _controller(scene, runner, tmp_path)
+    with pytest.raises(InputImageError, match=r"too small to synthesize: \(64, 64, 1\) voxels"):
+        controller.plan_synthesis(node, SynthesisRequest())
+    assert not runner.jobs
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no image")
+    with pytest.raises(ValueError, match="has no image data"):
+        controller.estimate(empty, SynthesisRequest())

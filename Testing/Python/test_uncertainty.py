@@ -17,7 +17,9 @@ from MedSynthLogic.volume_io import Volume, read_volume, write_volume
 
 from _models import random_chain
 
-SPACING, ORIGIN, DIRECTION = (0.9, 1.1, 2.5), (-10.0, 3.5, 7.25), (0, 1, 0, -1, 0, 0, 0, 0, 1)
+# Voxels within 10 % of the models' 1 mm, so the parts are computed on this grid (a source further off is resampled:
+# test_a_resampled_source_gets_its_map_on_the_training_grid_then_back).
+SPACING, ORIGIN, DIRECTION = (0.95, 1.05, 1.08), (-10.0, 3.5, 7.25), (0, 1, 0, -1, 0, 0, 0, 0, 1)
 
 
 def _convs(chain: torch.nn.Module):
@@ -91,6 +93,26 @@ def test_flip_part_vanishes_only_for_a_mirror_symmetric_model(tiny_model_config,
     assert scale > 100 and np.abs(r.uncertainty.array).max() < 1e-4 * scale
     lop = synthesize_with_uncertainty(load_model(tmp_path / "lopsided.safetensors", stages=1), source, device="cpu", tile=20)
     assert lop.stages is None and lop.uncertainty.array.max() > 0.01 * np.abs(lop.synthesis.array).max()
+
+
+def test_a_resampled_source_gets_its_map_on_the_training_grid_then_back(tiny_model_config, tmp_path, phantom):
+    """A 0.5 mm source: the whole map is computed on the 1 mm grid the synthesis runs on, then resampled back once.
+    Its passes used to run on the 0.5 mm grid beside a resampled synthesis; a mirror-symmetric model's flip part must
+    still vanish, and the synthesis is synthesize_volume's."""
+    from MedSynthLogic.volume import resample_like
+
+    _model(tiny_model_config, _mirror_symmetric(_lopsided(random_chain(tiny_model_config))), tmp_path, "sym")
+    sym = load_model(tmp_path / "sym.safetensors", stages=1)
+    src = phantom.t1ce
+    fine = resample_like(src, Volume(np.zeros(tuple(2 * n for n in src.shape), np.float32), (0.5, 0.5, 0.5),
+                                     tuple(o - 0.25 for o in src.origin), src.direction))
+    events = []
+    r = synthesize_with_uncertainty(sym, fine, device="cpu", progress=events.append)
+    assert r.uncertainty.shape == fine.shape and r.uncertainty.spacing == fine.spacing
+    assert len([e for e in events if e["event"] == "warning" and "resampled" in e["message"]]) == 1
+    np.testing.assert_array_equal(r.synthesis.array, synthesize_volume(sym, fine, device="cpu").array)
+    assert np.abs(r.synthesis.array).max() > 100 and np.abs(r.uncertainty.array).max() < 1e-3 * np.abs(r.synthesis.array).max()
+    assert np.all(r.uncertainty.array[fine.array <= 0] == 0)
 
 
 def test_flip_tta_changes_the_synthesis_not_the_map(lopsided, source):

@@ -1,0 +1,67 @@
+"""Notes for a brain cut by the image's edge and for a given mask that does not fit the source (never refusals)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from MedSynthLogic.brain_coverage import EDGE_VOXELS_MAX, coverage_notes
+from MedSynthLogic.config import ModelConfig
+
+
+def test_a_whole_brain_and_its_own_mask_get_no_note(phantom):
+    assert coverage_notes(phantom.t1ce, ModelConfig()) == []
+    assert coverage_notes(phantom.t1ce, ModelConfig(), mask=phantom.t1ce.array > 0) == []
+
+
+def test_a_brain_cut_at_mid_brain_is_named_by_its_side_but_not_at_the_inferior_edge(phantom):
+    """Canonical (z, y, x) runs along +S, +P, +L: a crop keeping the low x half cuts the brain at the left edge."""
+    array = phantom.t1ce.array
+    half = dataclasses.replace(phantom.t1ce, array=np.ascontiguousarray(array[:, :, : array.shape[2] // 2]))
+    (note,) = coverage_notes(half, ModelConfig())
+    assert note.startswith("the brain reaches the image's left (") and "field of view cuts it" in note
+    below = dataclasses.replace(phantom.t1ce, array=np.ascontiguousarray(array[array.shape[0] // 3:]))
+    assert np.count_nonzero(below.array[0]) > EDGE_VOXELS_MAX
+    assert coverage_notes(below, ModelConfig()) == [], "BraTS brains leave the image at the inferior edge: no note"
+
+
+def test_another_patients_mask_is_noted_a_dilated_one_or_a_heads_is_not(phantom):
+    from scipy.ndimage import binary_dilation
+
+    brain = phantom.t1ce.array > 0
+    (note,) = [n for n in coverage_notes(phantom.t1ce, ModelConfig(), mask=np.roll(brain, 4, axis=2))
+               if "given brain mask" in n]
+    assert note.startswith("the given brain mask does not fit this image:") and "lies where the source is empty" in note
+    assert coverage_notes(phantom.t1ce, ModelConfig(), mask=binary_dilation(brain, iterations=2)) == []
+    head = phantom.t1ce.with_array(np.where(brain, phantom.t1ce.array, 50.0).astype(np.float32))  # no empty background
+    assert [n for n in coverage_notes(head, ModelConfig(), mask=brain) if "given brain mask" in n] == []
+
+
+def test_a_nifti_whose_readers_disagree_on_its_placement_is_noted(phantom, tmp_path):
+    """qform and sform that disagree (ITK reads one, nibabel the other), or neither set: the synthetic image would
+    not lie on its source in every tool. Files written by MedSynth, with both agreeing, get no note."""
+    import nibabel as nib
+
+    from MedSynthLogic.nifti_orientation import orientation_notes
+    from MedSynthLogic.volume_io import write_volume
+
+    good = write_volume(phantom.t1ce, tmp_path / "good.nii.gz")
+    assert orientation_notes(good) == []
+    image = nib.load(str(good))
+    affine = image.affine.copy()
+    turned = affine.copy()
+    turned[:3, 3] += 30.0
+    both = nib.Nifti1Image(np.asarray(image.dataobj), affine)
+    both.set_qform(affine, code=1)
+    both.set_sform(turned, code=2)
+    nib.save(both, str(tmp_path / "disagree.nii.gz"))
+    (note,) = orientation_notes(tmp_path / "disagree.nii.gz")
+    assert "qform and sform disagree (by up to 30.0 mm" in note
+    neither = nib.Nifti1Image(np.asarray(image.dataobj), affine)
+    neither.set_qform(None, code=0)
+    neither.set_sform(None, code=0)
+    nib.save(neither, str(tmp_path / "neither.nii.gz"))
+    (note,) = orientation_notes(tmp_path / "neither.nii.gz")
+    assert "states no orientation" in note
+    assert orientation_notes(tmp_path / "not_nifti.nrrd") == []
