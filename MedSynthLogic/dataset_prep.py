@@ -127,7 +127,7 @@ def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig) -> Li
     goes on, since a study may mean it, but says so, because ``synthesize`` refuses such an image for this model.
     Also a voxel size unlike the config's ``input.spacing_mm``, to which synthesis resamples every source."""
     from .input_checks import check_source
-    from .volume_synthesis import needs_resampling
+    from .voxel_size import needs_resampling
 
     out = [f"the source does not look like the model's input: {finding.message}; `medsynth synthesize` refuses such "
            "a source for this model"

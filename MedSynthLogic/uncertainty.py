@@ -33,8 +33,8 @@ from .enhancement import enhancement_stats
 from .error_map import FEATURES, IMAGE_FEATURES, error_features
 from .errors import OutputError
 from .tiled_synthesis import SynthesisOptions, synthesize_array
-from .volume_synthesis import (as_loaded_model, mask_on_grid, needs_resampling, resampled_back, resampled_to_training,
-                                synthesize_volume)
+from .volume_synthesis import as_loaded_model, mask_on_grid, resampled_back, resampled_to_training, synthesize_volume
+from .voxel_size import needs_resampling
 
 if TYPE_CHECKING:
     import torch

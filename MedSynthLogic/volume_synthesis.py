@@ -16,6 +16,7 @@ from .errors import GeometryError, InputImageError, UsageError
 from .model_file import LoadedModel
 from .progress import warning_event
 from .tiled_synthesis import CancelFn, SynthesisOptions, synthesize_array
+from .voxel_size import needs_resampling, resampled_size
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -23,14 +24,11 @@ if TYPE_CHECKING:
 
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 
-__all__ = ["synthesize_volume", "check_receptive_field", "mask_on_grid", "as_loaded_model", "needs_resampling",
-           "resampled_to_training", "resampled_back", "MIN_EDGE", "RESAMPLE_ABOVE"]
+__all__ = ["synthesize_volume", "check_receptive_field", "mask_on_grid", "as_loaded_model", "resampled_to_training",
+           "resampled_back", "MIN_EDGE"]
 
 #: Thinnest source edge accepted: a U-Net sees far more than this, but a thinner volume is not a brain scan.
 MIN_EDGE = 32
-#: A source whose voxel size differs from the model's training one by more than this fraction on some axis is
-#: synthesized resampled to the training size (a 256-matrix 0.94 mm scan is not; a 0.5 or 0.8 mm one is).
-RESAMPLE_ABOVE = 0.1
 
 
 def mask_on_grid(mask: Union["Volume", np.ndarray, None], source: "Volume") -> Optional[np.ndarray]:
@@ -73,7 +71,7 @@ def synthesize_volume(
 
     A source stored in another axis order than the training data's runs in that order and comes back in its own
     (:mod:`.orientation`), so the same brain gives the same synthesis however its file orders the voxels; one of
-    another voxel size is resampled to the model's (:data:`RESAMPLE_ABOVE`). The image itself is not checked (a T2
+    another voxel size is resampled to the model's (:mod:`.voxel_size`). The image itself is not checked (a T2
     comes back as a "synthetic T2"): call ``input_checks.check_source`` first, or ``inference.synthesize_file``.
     """
     from .normalisation import brain_mask, denormalise_output, normalise_source
@@ -115,11 +113,6 @@ def synthesize_volume(
     return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
 
 
-def needs_resampling(spacing: Tuple[float, float, float], trained: Tuple[float, float, float]) -> bool:
-    """Whether a voxel size differs from the model's training one by more than ``RESAMPLE_ABOVE`` on some axis."""
-    return any(abs(s - t) > RESAMPLE_ABOVE * t for s, t in zip(spacing, trained))
-
-
 def _shape_seen(config: "ModelConfig", source: "Volume") -> Tuple[int, ...]:
     """The (z, y, x) size the networks see: the source's, or that of its resampling to the training voxel size (in
     the file's axis order; the check only compares its smallest edge)."""
@@ -129,7 +122,7 @@ def _shape_seen(config: "ModelConfig", source: "Volume") -> Tuple[int, ...]:
     trained = order.inverse_spacing(tuple(float(v) for v in config.input.spacing_mm))
     if not needs_resampling(source.spacing, trained):
         return tuple(source.shape)
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(source.shape[::-1], source.spacing, trained))[::-1]
+    return resampled_size(source.shape[::-1], source.spacing, trained)[::-1]
 
 
 def _synthesize_resampled(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray],
@@ -149,7 +142,7 @@ def resampled_to_training(model: LoadedModel, source: "Volume", mask: Optional[n
     from .volume import Volume, resample_like
 
     trained = tuple(float(v) for v in model.config.input.spacing_mm)
-    shape_xyz = [max(1, int(round(n * s / t))) for n, s, t in zip(source.shape[::-1], source.spacing, trained)]
+    shape_xyz = resampled_size(source.shape[::-1], source.spacing, trained)
     grid = Volume(np.zeros(shape_xyz[::-1], np.float32), trained, source.origin, source.direction)
     coarse_mask = None if mask is None else resample_like(source.with_array(mask.astype(np.float32)), grid).array > 0.5
     if progress:

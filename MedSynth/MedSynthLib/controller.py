@@ -122,7 +122,7 @@ class MedSynthController:
             raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
         if input_node.GetImageData() is None:
             raise ValueError(_("The selected volume has no image data: pick a volume that holds an image."))
-        shape = tuple(reversed(input_node.GetImageData().GetDimensions()))
+        shape = synthesis.shape_seen(input_node.GetImageData().GetDimensions(), input_node.GetSpacing(), request)
         stages = synthesis.stages_to_run(request)
         return self.rates.estimate(shape, stages, synthesis.passes_to_run(request, stages), request.device)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .i18n import tr as _
 
@@ -65,6 +65,19 @@ def model_path(request: SynthesisRequest) -> Path:
     from MedSynthLogic.model_header import bundled_model_path
 
     return Path(request.model_path) if request.model_path else bundled_model_path()
+
+
+def shape_seen(dimensions: Sequence[int], spacing: Sequence[float], request: SynthesisRequest) -> Tuple[int, ...]:
+    """The (z, y, x) size the networks will see for a node of ``dimensions`` and ``spacing`` (x, y, z): its own, or,
+    for a voxel size the synthesis resamples (``MedSynthLogic.voxel_size``), the resampled one. Only for a model
+    trained on isotropic voxels, whose size does not depend on the node's axis order; what the estimate counts."""
+    from MedSynthLogic.model_header import read_header
+    from MedSynthLogic.voxel_size import needs_resampling, resampled_size
+
+    trained = ((read_header(model_path(request)).get("model_config") or {}).get("input") or {}).get("spacing_mm")
+    if trained and len(set(trained)) == 1 and needs_resampling(spacing, trained):
+        return resampled_size(dimensions, spacing, trained)[::-1]
+    return tuple(int(n) for n in dimensions)[::-1]
 
 
 def stages_to_run(request: SynthesisRequest) -> int:

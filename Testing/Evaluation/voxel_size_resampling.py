@@ -3,7 +3,7 @@ default model with and without MedSynth's resampling to the training voxel size,
 the real T2 (evaluate's protocol, fp32).
 
 Full volume: the 1 mm source, and the 0.5 mm one (resampled inside to 1 mm and back). A central 100 × 100 × 80 mm
-block of both: also the 0.5 mm block synthesized as it is (``RESAMPLE_ABOVE`` set to infinity, the behaviour before
+block of both: also the 0.5 mm block synthesized as it is (``voxel_size.RESAMPLE_ABOVE`` set to infinity, the behaviour before
 session 39), which on the full 0.5 mm volume takes a quarter of an hour on 2 cores.
 
     python Testing/Evaluation/voxel_size_resampling.py [--brats ../shared/data/brats18] [--case Brats18_CBICA_ALU_1]
@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from MedSynthLogic import volume_synthesis  # noqa: E402
+from MedSynthLogic import volume_synthesis, voxel_size  # noqa: E402
 from MedSynthLogic.metrics import evaluate_case  # noqa: E402
 from MedSynthLogic.model_file import bundled_model_path, load_model  # noqa: E402
 from MedSynthLogic.normalisation import brain_mask  # noqa: E402
@@ -81,7 +81,7 @@ def main() -> int:
         "1 mm source (central block)": run(model, src_block, t2, seg, src_block),
         "0.5 mm source, resampled to 1 mm inside (central block)": run(model, fine_block, t2, seg, src_block),
     }
-    volume_synthesis.RESAMPLE_ABOVE = float("inf")
+    voxel_size.RESAMPLE_ABOVE = float("inf")
     rows["0.5 mm source as it is, no resampling (central block; before session 39)"] = run(model, fine_block, t2, seg,
                                                                                           src_block)
     lines = ["# A source's voxel size: resampled to the training one, or not", "",

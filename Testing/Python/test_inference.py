@@ -385,7 +385,7 @@ def test_a_source_of_another_voxel_size_is_synthesized_at_the_training_one(model
     resampled back onto its own grid (a BraTS T1ce upsampled to 0.5 mm was 2.8 dB worse synthesized as it was);
     a 0.94 mm source (a 256 matrix over 240 mm) is synthesized as it is."""
     from MedSynthLogic.volume import Volume, resample_like
-    from MedSynthLogic.volume_synthesis import needs_resampling
+    from MedSynthLogic.voxel_size import needs_resampling
 
     model = load_model(model_file)
     src = phantom.t1ce

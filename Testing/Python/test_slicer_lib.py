@@ -182,6 +182,21 @@ def test_estimate_counts_the_stages_of_a_prior_model_too(scene, phantom_node, tm
     assert with_map.seconds == controller.rates.estimate(shape, 4, 1 + 1 + 3 / 4, "cpu").seconds
 
 
+def test_estimate_counts_the_voxels_the_networks_see_after_resampling(scene, phantom_node, tmp_path):
+    """A 0.5 mm node is synthesized resampled to the model's 1 mm: an eighth of its voxels, which the estimate counts
+    (it counted all of them, eight times the work)."""
+    controller = _controller(scene, FakeRunner(events=[]), tmp_path)
+    shape = tuple(reversed(phantom_node.GetImageData().GetDimensions()))
+    at_1mm = controller.estimate(phantom_node, SynthesisRequest(device="cpu")).seconds
+    assert at_1mm == controller.rates.estimate(shape, 4, 1, "cpu").seconds
+    phantom_node.SetSpacing(0.5, 0.5, 0.5)
+    halved = tuple(max(1, round(n / 2)) for n in shape)
+    assert controller.estimate(phantom_node, SynthesisRequest(device="cpu")).seconds == (
+        controller.rates.estimate(halved, 4, 1, "cpu").seconds)
+    phantom_node.SetSpacing(0.95, 1.0, 1.0)
+    assert controller.estimate(phantom_node, SynthesisRequest(device="cpu")).seconds == at_1mm
+
+
 # ---------------------------------------------------------------------------------------------------------- model description
 def _model_card_bundled_row() -> List[str]:
     for line in (REPO / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines():
