@@ -57,18 +57,16 @@ class MedSynth(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedSynth developers"]
         self.parent.helpText = _("""
-Synthesizes a T2-weighted brain MRI from a contrast-enhanced T1 (T1ce) volume (the default model: the paper's
-3-stage auto-context FCN refined by a 3D U-Net), and trains new models from paired data. Inputs should be
-skull-stripped and roughly 1 mm isotropic like BraTS; other inputs are refused unless Force is ticked. Pick the
-post-contrast series: a volume named as a T1 without "post", "Gd", "+C" or "ce", or one without any sign of contrast
-enhancement, gets a warning first. The synthetic image is <b>not</b> for diagnosis. See the
-<a href="https://github.com/medsynth/SlicerMedSynth">documentation</a>.
+Synthesizes a T2-weighted brain MRI from a contrast-enhanced T1 (T1ce) volume (the default model: the paper's 3-stage
+auto-context FCN refined by a 3D U-Net), and trains new models from paired data. Inputs should be skull-stripped and
+roughly 1 mm isotropic like BraTS; other inputs are refused unless Force is ticked. Pick the post-contrast series: a
+volume named as a T1 without "post", "Gd", "+C" or "ce", or one without any sign of contrast enhancement, gets a
+warning first. The synthetic image is <b>not</b> for diagnosis. See the <a href="https://github.com/medsynth/SlicerMedSynth">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
-Method: D. Nie, R. Trullo, J. Lian, L. Wang, C. Petitjean, S. Ruan, Q. Wang, D. Shen,
-"Medical Image Synthesis with Deep Convolutional Adversarial Networks", IEEE Transactions on Biomedical
-Engineering 65(12), 2018. The bundled model was trained on the BraTS data (B. H. Menze et al., IEEE TMI 2015;
-S. Bakas et al., Scientific Data 2017 and arXiv:1811.02629).
+Method: D. Nie, R. Trullo, J. Lian, L. Wang, C. Petitjean, S. Ruan, Q. Wang, D. Shen, "Medical Image Synthesis with
+Deep Convolutional Adversarial Networks", IEEE Transactions on Biomedical Engineering 65(12), 2018. The bundled model
+was trained on the BraTS data (B. H. Menze et al., IEEE TMI 2015; S. Bakas et al., Scientific Data 2017 and arXiv:1811.02629).
 """)
         slicer.app.connect("startupCompleted()", registerSampleData)
 
@@ -80,8 +78,7 @@ def registerSampleData() -> None:
 
 @parameterNodeWrapper
 class MedSynthParameterNode:
-    """Everything the user chooses, saved with the scene; paths are ``Path`` (the only type the wrapper connects to
-    ``ctkPathLineEdit``/``ctkDirectoryButton``; empty reads as ``Path(".")``, see ``is_set``)."""
+    """Everything the user chooses, saved with the scene; paths are ``Path`` (empty reads as ".", see ``is_set``)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
@@ -324,7 +321,10 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
                                              temp_root=getattr(slicer.app, "temporaryPath", None) or None)
 
     def getParameterNode(self) -> MedSynthParameterNode:
-        return MedSynthParameterNode(super().getParameterNode())
+        node = MedSynthParameterNode(super().getParameterNode())
+        if node.model not in MODEL_CHOICES:  # a scene saved with a model this version does not ship: the list refuses it
+            node.model = MODEL_CHOICES[0]
+        return node
 
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
         """torch (PyTorch extension) and requirements.txt, asking first; never at import time."""

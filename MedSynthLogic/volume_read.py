@@ -299,7 +299,8 @@ def check_nifti_complete(p: Path) -> None:
 def _non_finite(p: Path, count: int) -> InputImageError:
     return InputImageError(
         f"{p} contains {count} voxels that are NaN or infinite.",
-        "Re-export the image from its source; NaN usually comes from a failed processing step.",
+        "Re-export the image from its source; NaN usually comes from a failed processing step. If they are only the "
+        "background around a skull-stripped brain (some tools write it as NaN), set them to 0 and pass the file again.",
     )
 
 
