@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from .config import ModelConfig
     from .volume import Volume
 
-#: Brain voxels on one edge of the image (other than the inferior one) above which the brain counts as cut.
-EDGE_VOXELS_MAX = 100
+#: Brain area (mm²) on one edge of the image (other than the inferior one) above which the brain counts as cut: the
+#: same contact whatever the voxel size (100 voxels of 1 mm²).
+EDGE_AREA_MAX_MM2 = 100.0
 #: A given mask with more than this fraction of it on the source's empty background, and as much of the source's
 #: non-empty voxels outside it, is noted (another patient's mask: 2.9 % and 13 %).
 MASK_MISFIT_MAX = 0.02
@@ -43,13 +44,16 @@ def coverage_notes(volume: "Volume", model_config: "ModelConfig", mask: Union["V
 
 
 def cut_edges_note(volume: "Volume", brain: np.ndarray) -> List[str]:
-    """A sentence naming the edges (in patient terms) where more than ``EDGE_VOXELS_MAX`` brain voxels lie."""
-    canonical = axis_order(volume.direction).forward(brain)
+    """A sentence naming the edges (in patient terms) where more than ``EDGE_AREA_MAX_MM2`` of brain lies."""
+    order = axis_order(volume.direction)
+    canonical = order.forward(brain)
+    spacing_zyx = order.spacing(volume.spacing)[::-1]
     cut = []
     for (axis, index), name in EDGES.items():
         count = int(np.count_nonzero(np.take(canonical, index, axis=axis)))
-        if count > EDGE_VOXELS_MAX:
-            cut.append(f"{name} ({count} voxels)")
+        area = count * float(np.prod([s for a, s in enumerate(spacing_zyx) if a != axis]))
+        if area > EDGE_AREA_MAX_MM2:
+            cut.append(f"{name} ({area:.0f} mm²)")
     if not cut:
         return []
     return [f"the brain reaches the image's {', '.join(cut)} edge: the field of view cuts it, and near the cut the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -29,11 +30,12 @@ FORMAT = "medsynth-model"
 FORMAT_VERSION = 1
 METADATA_KEY = "medsynth"
 ENV_MODEL = "MEDSYNTH_MODEL"
-#: A safetensors header above this is not one of ours.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-#: Bytes per element of the dtypes a safetensors file may hold (its specification's names).
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+#: A safetensors header above this is refused (safetensors' own limit).
+MAX_HEADER_BYTES = 100_000_000
+#: Bits per element of the dtypes a safetensors file may hold (its specification's names).
+DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16,
+              "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "I64": 64, "U64": 64, "F64": 64, "F4": 4,
+              "F6_E2M3": 6, "F6_E3M2": 6}
 
 
 def header_sha256(header: Mapping[str, Any]) -> str:
@@ -112,13 +114,18 @@ def safetensors_metadata(p: Path) -> Dict[str, str]:
         if name == "__metadata__":
             continue
         try:
-            start, end = (int(v) for v in entry["data_offsets"])
-            count = int(np.prod([int(d) for d in entry["shape"]], dtype=np.int64))
-            width = DTYPE_BYTES[entry["dtype"]]
-        except (KeyError, TypeError, ValueError) as exc:
+            offsets, shape, dtype = entry["data_offsets"], entry["shape"], entry["dtype"]
+        except (KeyError, TypeError) as exc:
             raise ModelFileError(f"The model file {p} is truncated or corrupt: a bad entry for tensor {name!r}.",
                                  corrupt) from exc
-        if not 0 <= start <= end or end - start != count * width:
+        if not (_counts(offsets) and len(offsets) == 2 and _counts(shape)):
+            raise ModelFileError(f"The model file {p} is truncated or corrupt: a bad entry for tensor {name!r}.", corrupt)
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+            raise ModelFileError(f"The model file {p} holds tensor {name!r} of a type this MedSynth does not read "
+                                 f"({dtype!r}).", "Pass a model file written by MedSynth.")
+        start, end = offsets
+        bits = math.prod(shape) * DTYPE_BITS[dtype]
+        if not start <= end or bits % 8 or end - start != bits // 8:
             raise ModelFileError(f"The model file {p} is truncated or corrupt: tensor {name!r} has a wrong size.", corrupt)
         spans.append((start, end))
     covered = 0
@@ -130,9 +137,15 @@ def safetensors_metadata(p: Path) -> Dict[str, str]:
         raise ModelFileError(f"The model file {p} is truncated or corrupt: its tensors need {covered} bytes, it holds "
                              f"{data_bytes}.", corrupt)
     metadata = table.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise ModelFileError(f"The model file {p} is truncated or corrupt: its metadata is no JSON object.", corrupt)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ModelFileError(f"The model file {p} is truncated or corrupt: its metadata is no object of strings.",
+                             corrupt)
     return metadata
+
+
+def _counts(values: Any) -> bool:
+    """A JSON list of non-negative integers (not booleans, floats or strings), as safetensors demands."""
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
 
 
 def read_header(path: PathLike) -> Dict[str, Any]:

@@ -69,15 +69,15 @@ class UncertainSynthesis:
         )
 
 
-    def resampled(self, model: "LoadedModel", source: "Volume", mask: Optional[np.ndarray], grid: "Volume"
-                  ) -> "UncertainSynthesis":
-        """This result, computed on the training grid ``grid``, on ``source``'s own grid (0 outside the brain for
-        the map and its parts)."""
+    def resampled(self, model: "LoadedModel", source: "Volume", mask: Optional[np.ndarray], grid: "Volume",
+                  covered: Optional[np.ndarray]) -> "UncertainSynthesis":
+        """This result, computed on the training grid ``grid`` (inside ``covered``, a given mask's coarse copy), on
+        ``source``'s own grid (0 outside the brain for the map and its parts)."""
         def back(array: np.ndarray) -> np.ndarray:
-            return resampled_back(model, source, mask, grid.with_array(array), background=0.0).array
+            return resampled_back(model, source, mask, grid.with_array(array), covered, background=0.0).array
 
         return UncertainSynthesis(
-            synthesis=resampled_back(model, source, mask, self.synthesis),
+            synthesis=resampled_back(model, source, mask, self.synthesis, covered),
             uncertainty=source.with_array(back(self.uncertainty.array)),
             flip=back(self.flip),
             stages=None if self.stages is None else back(self.stages),
@@ -192,7 +192,7 @@ def synthesize_with_uncertainty(
         on_grid, grid_mask = resampled_to_training(model, source, mask_arr, progress)
         result = synthesize_with_uncertainty(model, on_grid, grid_mask, stages, device, flip_tta, tile, progress,
                                              cancel, precision)
-        return result.resampled(model, source, mask_arr, on_grid)
+        return result.resampled(model, source, mask_arr, on_grid, grid_mask)
     chain = model.chain
     n = len(chain.stages) if stages is None else int(stages)
     # the synthesis before the last stage: the stage before it, or for a one-stage model on a prior, the prior's

@@ -139,15 +139,18 @@ def same_grid(a: Volume, b: Volume, tol: float = 1e-3) -> List[str]:
     return diffs
 
 
-def resample_like(moving: Volume, reference: Volume) -> Volume:
-    """``moving`` linearly resampled onto ``reference``'s grid (physical space), 0 outside ``moving``."""
+def resample_like(moving: Volume, reference: Volume, extrapolate: bool = False) -> Volume:
+    """``moving`` linearly resampled onto ``reference``'s grid (physical space), 0 outside ``moving`` (with
+    ``extrapolate``, the nearest edge value there: for a grid that covers the same extent but ends a fraction of a
+    voxel further out)."""
     sitk = sitk_module()
     if sitk is not None:
         out = sitk.Resample(
-            to_sitk_image(sitk, moving), to_sitk_image(sitk, reference), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
+            to_sitk_image(sitk, moving), to_sitk_image(sitk, reference), sitk.Transform(), sitk.sitkLinear, 0.0,
+            sitk.sitkFloat32, extrapolate,
         )
         return reference.with_array(sitk.GetArrayFromImage(out).astype(np.float32, copy=False))
-    return reference.with_array(_resample_scipy(moving, reference))
+    return reference.with_array(_resample_scipy(moving, reference, extrapolate))
 
 
 def _index_to_world(vol: Volume) -> Tuple[np.ndarray, np.ndarray]:
@@ -155,7 +158,7 @@ def _index_to_world(vol: Volume) -> Tuple[np.ndarray, np.ndarray]:
     return matrix, np.asarray(vol.origin, dtype=np.float64)
 
 
-def _resample_scipy(moving: Volume, reference: Volume) -> np.ndarray:
+def _resample_scipy(moving: Volume, reference: Volume, extrapolate: bool = False) -> np.ndarray:
     """Linear resampling without SimpleITK, slab by slab so memory stays bounded."""
     from scipy.ndimage import map_coordinates
 
@@ -174,7 +177,7 @@ def _resample_scipy(moving: Volume, reference: Volume) -> np.ndarray:
         # like ITK: points within half a voxel of the grid are inside (edge voxels repeat), the rest are 0
         inside = np.all((cont > -0.5) & (cont < limits[:, None]), axis=0)
         values = map_coordinates(moving.array, cont[::-1], order=1, mode="nearest")
-        out[z] = np.where(inside, values, np.float32(0.0)).reshape(ny, nx)
+        out[z] = (values if extrapolate else np.where(inside, values, np.float32(0.0))).reshape(ny, nx)
     return out
 
 

@@ -133,29 +133,43 @@ def _synthesize_resampled(model: LoadedModel, source: "Volume", mask: Optional[n
     The networks count voxels, not millimetres: a 0.5 mm T1ce showed them half the anatomy they were trained on
     (docs/evaluation/input_checks/RESAMPLING.md)."""
     on_grid, grid_mask = resampled_to_training(model, source, mask, options[4])
-    return resampled_back(model, source, mask, synthesize_volume(model, on_grid, grid_mask, *options))
+    return resampled_back(model, source, mask, synthesize_volume(model, on_grid, grid_mask, *options), grid_mask)
 
 
 def resampled_to_training(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray], progress: ProgressFn
                           ) -> Tuple["Volume", Optional[np.ndarray]]:
-    """The source (and a given mask) resampled to the model's training voxel size, with a warning event saying so."""
+    """The source (and a given mask) resampled to the model's training voxel size, with a warning event saying so.
+
+    The grid starts at the source's first voxel edge, so both cover the same extent, and the edge values extend to
+    the fraction of a voxel where their ends differ (a brain reaching the image's edge came back 0 there). A given
+    mask keeps the coarse voxels it mostly covers, or, for a mask too thin for any, every one it touches."""
     from .volume import Volume, resample_like
 
     trained = tuple(float(v) for v in model.config.input.spacing_mm)
     shape_xyz = resampled_size(source.shape[::-1], source.spacing, trained)
-    grid = Volume(np.zeros(shape_xyz[::-1], np.float32), trained, source.origin, source.direction)
-    coarse_mask = None if mask is None else resample_like(source.with_array(mask.astype(np.float32)), grid).array > 0.5
+    shift = np.asarray(source.direction, np.float64).reshape(3, 3) @ (0.5 * (np.asarray(trained) - np.asarray(source.spacing)))
+    grid = Volume(np.zeros(shape_xyz[::-1], np.float32), trained, tuple(np.asarray(source.origin) + shift),
+                  source.direction)
+    coarse_mask = None
+    if mask is not None:
+        cover = resample_like(source.with_array(mask.astype(np.float32)), grid, True).array
+        coarse_mask = cover > 0.5 if np.any(cover > 0.5) else cover > 0
     if progress:
         progress(warning_event("synthesize", f"the source's voxels ({_mm(source.spacing)}) differ from the "
                                f"{_mm(trained)} the model was trained on: it is synthesized resampled to those and the "
                                "result resampled back to the source's grid"))
-    return resample_like(source, grid), coarse_mask
+    return resample_like(source, grid, True), coarse_mask
 
 
 def resampled_back(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray], result: "Volume",
-                   background: Optional[float] = None) -> "Volume":
+                   covered: Optional[np.ndarray], background: Optional[float] = None) -> "Volume":
     """A result computed on the training grid, back on the source's grid; outside the source's mask (given, else its
-    threshold mask) the ``background`` (default: what 0 network units denormalise to; 0 for a map)."""
+    threshold mask) the ``background`` (default: what 0 network units denormalise to; 0 for a map).
+
+    With a given mask (``covered``: its coarse copy) only the coarse voxels inside it are interpolated from (a
+    weighted mean): outside it the coarse result is background, not the tissue the source holds there, and the mask's
+    rim read half its value. Without one the plain interpolation keeps the skull-stripped brain's partial-volume rim,
+    as the source has it."""
     from .normalisation import brain_mask, denormalise_output
     from .volume import resample_like
 
@@ -163,7 +177,13 @@ def resampled_back(model: LoadedModel, source: "Volume", mask: Optional[np.ndarr
     inside = mask if mask is not None else brain_mask(source.array, norm_cfg.mask_threshold)
     if background is None:
         background = float(np.asarray(denormalise_output(np.zeros(1, np.float32), norm_cfg)).reshape(-1)[0])
-    return source.with_array(np.where(inside, resample_like(result, source).array, background).astype(np.float32))
+    back = resample_like(result, source, True).array
+    if covered is not None:
+        total = resample_like(result.with_array(np.where(covered, result.array, 0).astype(np.float32)), source,
+                              True).array
+        share = resample_like(result.with_array(covered.astype(np.float32)), source, True).array
+        back = np.where(share > 1e-3, total / np.maximum(share, 1e-3), back)
+    return source.with_array(np.where(inside, back, background).astype(np.float32))
 
 
 def _mm(spacing: Tuple[float, ...]) -> str:
@@ -192,9 +212,11 @@ def check_receptive_field(model: Union[LoadedModel, "ModelConfig"], source: "Vol
     """
     config = getattr(model, "config", model)  # a model, or the configuration of one (the panel has only its header)
     field = min(config.generator.receptive_field, MIN_EDGE)
-    if min(_shape_seen(config, source)) < field:
+    seen = _shape_seen(config, source)
+    if min(seen) < field:
+        resampled = f" once resampled to the model's voxel size, {seen[::-1]}" if seen != tuple(source.shape) else ""
         raise InputImageError(
-            f"The source is too small to synthesize: {source.shape[::-1]} voxels (x, y, z), but the model's "
-            f"receptive field needs at least {field} voxels along each axis.",
+            f"The source is too small to synthesize: {source.shape[::-1]} voxels (x, y, z){resampled}, but the "
+            f"model's receptive field needs at least {field} voxels along each axis.",
             "Use the full 3D brain volume (about 1 mm voxels), not a crop, a thumbnail or a few slices.",
         )

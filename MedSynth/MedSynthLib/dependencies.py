@@ -114,9 +114,9 @@ def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation:
                 packaging.pip_ensure(packaging.load_requirements(str(requirements)), constraints=str(constraints),
                                      prompt_install=ask_confirmation, requester="MedSynth")
         except RuntimeError as exc:
-            if isinstance(exc.__cause__, (subprocess.CalledProcessError, OSError)):
-                raise
-            return False  # the user declined
+            if "declined" in str(exc):  # Slicer's "User declined package installation"
+                return False
+            raise
         return True
     missing = missing_requirements(requirements)
     if not missing:

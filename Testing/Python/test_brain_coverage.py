@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
-from MedSynthLogic.brain_coverage import EDGE_VOXELS_MAX, coverage_notes
+from MedSynthLogic.brain_coverage import EDGE_AREA_MAX_MM2, coverage_notes
 from MedSynthLogic.config import ModelConfig
 
 
@@ -22,7 +23,7 @@ def test_a_brain_cut_at_mid_brain_is_named_by_its_side_but_not_at_the_inferior_e
     (note,) = coverage_notes(half, ModelConfig())
     assert note.startswith("the brain reaches the image's left (") and "field of view cuts it" in note
     below = dataclasses.replace(phantom.t1ce, array=np.ascontiguousarray(array[array.shape[0] // 3:]))
-    assert np.count_nonzero(below.array[0]) > EDGE_VOXELS_MAX
+    assert np.count_nonzero(below.array[0]) > EDGE_AREA_MAX_MM2  # 1 mm voxels
     assert coverage_notes(below, ModelConfig()) == [], "BraTS brains leave the image at the inferior edge: no note"
 
 
@@ -65,3 +66,21 @@ def test_a_nifti_whose_readers_disagree_on_its_placement_is_noted(phantom, tmp_p
     (note,) = orientation_notes(tmp_path / "neither.nii.gz")
     assert "states no orientation" in note
     assert orientation_notes(tmp_path / "not_nifti.nrrd") == []
+
+
+@pytest.mark.parametrize("perm, flips", [((2, 0, 1), (False, False, False)), ((1, 2, 0), (True, False, True))])
+def test_the_cut_side_is_named_in_patient_terms_whatever_the_files_axis_order(phantom, perm, flips):
+    """The same left-cut brain stored sagittal-first or coronal-first, some axes reversed: still the left edge."""
+    import SimpleITK as sitk
+
+    from MedSynthLogic.volume import Volume, to_sitk_image
+
+    array = phantom.t1ce.array
+    half = dataclasses.replace(phantom.t1ce, array=np.ascontiguousarray(array[:, :, array.shape[2] // 2:]))
+    image = sitk.Flip(sitk.PermuteAxes(to_sitk_image(sitk, half), list(perm)), list(flips), flipAboutOrigin=False)
+    stored = Volume(sitk.GetArrayFromImage(image).astype(np.float32), image.GetSpacing(), image.GetOrigin(),
+                    image.GetDirection())
+    assert stored.shape != half.shape
+    (note,) = coverage_notes(stored, ModelConfig())
+    assert note.startswith("the brain reaches the image's right (")  # x (index 2) runs towards the patient's left
+    assert note.split("(")[0] == coverage_notes(half, ModelConfig())[0].split("(")[0]

@@ -403,3 +403,38 @@ def test_a_source_of_another_voxel_size_is_synthesized_at_the_training_one(model
     assert np.corrcoef(back[inside], direct.array[inside])[0, 1] > 0.95, "the 1 mm synthesis, up to interpolation"
     assert np.all(out.array[fine.array <= model.config.normalisation.mask_threshold] == 0)
     assert not needs_resampling((0.9375, 0.9375, 1.0), (1.0, 1.0, 1.0)) and needs_resampling((0.8, 1.0, 1.0), (1.0,) * 3)
+
+
+def test_resampling_back_keeps_a_brain_at_the_images_edge_and_a_given_masks_rim(model_file):
+    """Review findings: a brain reaching the far edge of a 0.5 mm image came back 0 on its last slices (the 1 mm grid
+    ended half a voxel short), a given mask's rim read half its value (fine voxels interpolated towards the coarse
+    background), and a one-slice mask vanished on the 1 mm grid."""
+    from MedSynthLogic.volume import Volume
+    from MedSynthLogic.volume_synthesis import resampled_back, resampled_to_training
+
+    model = load_model(model_file)
+    full = Volume(np.full((71, 70, 70), 100.0, np.float32), (0.5, 0.5, 0.5), (3.0, -2.0, 1.0),
+                  (0, 1, 0, -1, 0, 0, 0, 0, 1))
+    grid, grid_mask = resampled_to_training(model, full, None, None)
+    assert grid_mask is None and grid.spacing == (1.0, 1.0, 1.0) and np.all(grid.array == 100.0)
+    back = resampled_back(model, full, None, grid.with_array(np.full(grid.shape, 7.0, np.float32)), None)
+    assert np.all(back.array == 7.0), "every brain voxel, the last slices too"
+    zz, yy, xx = np.mgrid[:71, :70, :70]
+    ball = (zz - 35) ** 2 + (yy - 35) ** 2 + (xx - 35) ** 2 < 25 ** 2
+    head = full.with_array(np.full(full.shape, 40.0, np.float32))
+    grid, grid_mask = resampled_to_training(model, head, ball, None)
+    result = grid.with_array(np.where(grid_mask, 1000.0, 0.0).astype(np.float32))
+    back = resampled_back(model, head, ball, result, grid_mask)
+    assert np.allclose(back.array[ball], 1000.0) and np.all(back.array[~ball] == 0)
+    slab = np.zeros(full.shape, bool)
+    slab[35, 10:40, 10:40] = True
+    assert resampled_to_training(model, head, slab, None)[1].any(), "a one-slice mask does not vanish"
+
+
+def test_the_size_refusal_names_the_size_the_networks_would_see(tiny_model_config):
+    from MedSynthLogic.volume import Volume
+    from MedSynthLogic.volume_synthesis import check_receptive_field
+
+    with pytest.raises(InputImageError, match=r"\(100, 100, 30\) voxels \(x, y, z\) once resampled to the model's "
+                                              r"voxel size, \(50, 50, 15\)"):
+        check_receptive_field(tiny_model_config, Volume(np.ones((30, 100, 100), np.float32), (0.5, 0.5, 0.5)))

@@ -312,3 +312,24 @@ def test_every_committed_model_file_passes_its_checksums(path):
     header = read_header(path)
     loaded = load_model(path)
     assert len(loaded.chain.stages) == header["stages"] >= 1
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("shape", "12", "bad entry"), ("shape", [2.0], "bad entry"), ("shape", [-1, -2], "bad entry"),
+    ("data_offsets", ["0", "8"], "bad entry"), ("dtype", "Q7", "of a type this MedSynth does not read"),
+    ("dtype", ["F32"], "of a type this MedSynth does not read"),
+])
+def test_the_torch_free_header_reader_is_as_strict_as_safetensors(saved, field, value, problem):
+    """The header reader checks the tensor table by hand (torch-free, for the panel before the installer): a table
+    that safetensors refuses (a shape given as a string, negative dims, string offsets) must be refused too."""
+    path, _, _ = saved
+    name = next(k for k in json.loads(path.read_bytes()[8:8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])
+                if k != "__metadata__")
+
+    def edit(head):
+        head[name][field] = value
+        return head
+
+    _rewrite_safetensors(path, edit)
+    with pytest.raises(ModelFileError, match=problem):
+        read_header(path)

@@ -853,11 +853,19 @@ def test_a_failed_install_says_what_failed_and_a_declined_one_is_no_error(slicer
     monkeypatch.setattr(slicer_mod.util, "pip_install", pip_fails, raising=False)
     with pytest.raises(RuntimeError, match=r"Installing MedSynth's Python packages failed \(pip exited with 1\)"):
         dependencies.ensure_dependencies(requirements, tmp_path, ask_confirmation=False)
-    declined = SimpleNamespace(load_requirements=lambda path: [], pip_ensure=lambda *a, **k: (_ for _ in ()).throw(
-        RuntimeError("declined")))
+    def packaging_raising(exc):
+        return SimpleNamespace(load_requirements=lambda path: [],
+                               pip_ensure=lambda *a, **k: (_ for _ in ()).throw(exc))
+
+    declined = packaging_raising(RuntimeError("User declined package installation"))  # Slicer 5.12's words
     monkeypatch.setitem(sys.modules, "slicer.packaging", declined)
     monkeypatch.setattr(slicer_mod, "packaging", declined, raising=False)
     assert dependencies.ensure_dependencies(requirements, tmp_path, ask_confirmation=True) is False
+    busy = packaging_raising(RuntimeError("A non-blocking pip_install is already in progress."))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", busy)
+    monkeypatch.setattr(slicer_mod, "packaging", busy, raising=False)
+    with pytest.raises(RuntimeError, match="already in progress"):  # no longer taken for a decline
+        dependencies.ensure_dependencies(requirements, tmp_path, ask_confirmation=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- shape of the module
