@@ -50,20 +50,19 @@ def test_a_nifti_whose_readers_disagree_on_its_placement_is_noted(phantom, tmp_p
     good = write_volume(phantom.t1ce, tmp_path / "good.nii.gz")
     assert orientation_notes(good) == []
     image = nib.load(str(good))
-    affine = image.affine.copy()
-    turned = affine.copy()
+    turned = image.affine.copy()
     turned[:3, 3] += 30.0
-    both = nib.Nifti1Image(np.asarray(image.dataobj), affine)
-    both.set_qform(affine, code=1)
-    both.set_sform(turned, code=2)
-    nib.save(both, str(tmp_path / "disagree.nii.gz"))
-    (note,) = orientation_notes(tmp_path / "disagree.nii.gz")
+
+    def saved(name, qform, qcode, sform, scode):
+        copy = nib.Nifti1Image(np.asarray(image.dataobj), image.affine)
+        copy.set_qform(qform, code=qcode)
+        copy.set_sform(sform, code=scode)
+        nib.save(copy, str(tmp_path / name))
+        return tmp_path / name
+
+    (note,) = orientation_notes(saved("disagree.nii.gz", image.affine, 1, turned, 2))
     assert "qform and sform disagree (by up to 30.0 mm" in note
-    neither = nib.Nifti1Image(np.asarray(image.dataobj), affine)
-    neither.set_qform(None, code=0)
-    neither.set_sform(None, code=0)
-    nib.save(neither, str(tmp_path / "neither.nii.gz"))
-    (note,) = orientation_notes(tmp_path / "neither.nii.gz")
+    (note,) = orientation_notes(saved("neither.nii.gz", None, 0, None, 0))
     assert "states no orientation" in note
     assert orientation_notes(tmp_path / "not_nifti.nrrd") == []
 
