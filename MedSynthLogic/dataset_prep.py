@@ -127,15 +127,15 @@ def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig) -> Li
     goes on, since a study may mean it, but says so, because ``synthesize`` refuses such an image for this model.
     Also a voxel size unlike the config's ``input.spacing_mm``, to which synthesis resamples every source."""
     from .input_checks import check_source
-    from .voxel_size import needs_resampling
+    from .voxel_size import describe, needs_resampling
 
     out = [f"the source does not look like the model's input: {finding.message}; `medsynth synthesize` refuses such "
            "a source for this model"
            for finding in check_source(source, model_cfg, mask=mask) if finding.code in ("sequence", "label_map")]
     trained = tuple(model_cfg.input.spacing_mm)
     if needs_resampling(tuple(source.spacing), trained):
-        out.append(f"its voxels ({' × '.join(f'{v:.2f}' for v in source.spacing)} mm) are not the "
-                   f"{' × '.join(f'{v:g}' for v in trained)} mm of the config's input.spacing_mm: training sees them as "
+        out.append(f"its voxels ({describe(source.spacing)}) are not the {describe(trained)} of the config's "
+                   "input.spacing_mm: training sees them as "
                    "they are, while `medsynth synthesize` resamples every source to input.spacing_mm; set it to your "
                    "data's voxel size (x, y, z in the LPS order models see)")
     return out

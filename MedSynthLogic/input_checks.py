@@ -53,6 +53,7 @@ import numpy as np
 
 from .errors import GeometryError, InputImageError
 from .orientation import axis_order
+from .voxel_size import describe as describe_voxels
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -314,15 +315,15 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
     if any(far):
         findings.append(InputFinding(
             "spacing",
-            f"its voxel size {_mm(spacing)} is not within {expect.spacing_tolerance_mm:g} mm of the "
-            f"{_mm(expect.spacing_mm)} the model was trained on",
+            f"its voxel size {describe_voxels(spacing)} is not within {expect.spacing_tolerance_mm:g} mm of the "
+            f"{describe_voxels(expect.spacing_mm)} the model was trained on",
             {"spacing_mm": list(spacing)},
         ))
     ratio = max(spacing) / min(spacing)
     if ratio > expect.max_anisotropy + 1e-6:
         findings.append(InputFinding(
             "anisotropy",
-            f"its voxels are strongly anisotropic ({_mm(spacing)}: {ratio:.1f}× longer along one axis; "
+            f"its voxels are strongly anisotropic ({describe_voxels(spacing)}: {ratio:.1f}× longer along one axis; "
             f"at most {expect.max_anisotropy:g}×)",
             {"spacing_mm": list(spacing), "anisotropy": round(ratio, 3)},
         ))
@@ -338,10 +339,6 @@ def _negative_fraction(array: np.ndarray) -> float:
     """The fraction of the non-zero voxels below 0."""
     nonzero = int(np.count_nonzero(array))
     return float(np.count_nonzero(array < 0)) / nonzero if nonzero else 0.0
-
-
-def _mm(values: Sequence[float]) -> str:
-    return " × ".join(f"{v:.3g}" for v in values) + " mm"
 
 
 #: What to do about each failed check, in the order the hint names them.

@@ -16,6 +16,7 @@ from .errors import GeometryError, InputImageError, UsageError
 from .model_file import LoadedModel
 from .progress import warning_event
 from .tiled_synthesis import CancelFn, SynthesisOptions, synthesize_array
+from .voxel_size import describe as describe_voxels
 from .voxel_size import needs_resampling, resampled_size
 
 if TYPE_CHECKING:
@@ -89,8 +90,7 @@ def synthesize_volume(
         return source.with_array(order.inverse(canonical.array))
     trained = tuple(float(v) for v in model.config.input.spacing_mm)
     if needs_resampling(source.spacing, trained):
-        return _synthesize_resampled(model, source, mask_arr, trained, stages, device, flip_tta, tile, progress, cancel,
-                                     precision)
+        return _synthesize_resampled(model, source, mask_arr, stages, device, flip_tta, tile, progress, cancel, precision)
     check_receptive_field(model, source)  # on the grid the network sees
     given = mask_arr is not None
     if mask_arr is None:
@@ -125,8 +125,7 @@ def _shape_seen(config: "ModelConfig", source: "Volume") -> Tuple[int, ...]:
     return resampled_size(source.shape[::-1], source.spacing, trained)[::-1]
 
 
-def _synthesize_resampled(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray],
-                          trained: Tuple[float, float, float], *options: Any) -> "Volume":
+def _synthesize_resampled(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray], *options: Any) -> "Volume":
     """Synthesize on a copy of the source resampled to the model's training voxel size (linear), then resample the
     result back onto the source's grid; outside the source's mask the output is the background value, as ever.
 
@@ -155,8 +154,8 @@ def resampled_to_training(model: LoadedModel, source: "Volume", mask: Optional[n
         cover = resample_like(source.with_array(mask.astype(np.float32)), grid, True).array
         coarse_mask = cover > 0.5 if np.any(cover > 0.5) else cover > 0
     if progress:
-        progress(warning_event("synthesize", f"the source's voxels ({_mm(source.spacing)}) differ from the "
-                               f"{_mm(trained)} the model was trained on: it is synthesized resampled to those and the "
+        progress(warning_event("synthesize", f"the source's voxels ({describe_voxels(source.spacing)}) differ from the "
+                               f"{describe_voxels(trained)} the model was trained on: it is synthesized resampled to those and the "
                                "result resampled back to the source's grid"))
     return resample_like(source, grid, True), coarse_mask
 
@@ -184,10 +183,6 @@ def resampled_back(model: LoadedModel, source: "Volume", mask: Optional[np.ndarr
         share = resample_like(result.with_array(covered.astype(np.float32)), source, True).array
         back = np.where(share > 1e-3, total / np.maximum(share, 1e-3), back)
     return source.with_array(np.where(inside, back, background).astype(np.float32))
-
-
-def _mm(spacing: Tuple[float, ...]) -> str:
-    return " × ".join(f"{s:.2f}" for s in spacing) + " mm"
 
 
 def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"], stages: Optional[int] = None) -> LoadedModel:

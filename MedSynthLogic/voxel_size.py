@@ -23,3 +23,8 @@ def needs_resampling(spacing: Sequence[float], trained: Sequence[float]) -> bool
 def resampled_size(size: Sequence[int], spacing: Sequence[float], trained: Sequence[float]) -> Tuple[int, ...]:
     """The number of voxels along each axis once resampled to ``trained`` (the same extent in mm; at least 1)."""
     return tuple(max(1, int(round(int(n) * float(s) / float(t)))) for n, s, t in zip(size, spacing, trained))
+
+
+def describe(spacing: Sequence[float]) -> str:
+    """A voxel size as the messages write it: "0.9 × 1.1 × 1.6 mm"."""
+    return " × ".join(f"{float(v):.3g}" for v in spacing) + " mm"

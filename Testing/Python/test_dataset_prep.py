@@ -447,5 +447,5 @@ def test_prepare_warns_of_a_voxel_size_unlike_the_configs(tmp_path):
                         val_fraction=0.0, progress=events.append)
         warned = [e["message"] for e in events if e["event"] == "warning" and "input.spacing_mm" in e["message"]]
         assert len(warned) == expected, warned
-        assert all("its voxels (0.70 × 0.70 × 0.70 mm) are not the 1 × 1 × 1 mm of the config's input.spacing_mm"
+        assert all("its voxels (0.7 × 0.7 × 0.7 mm) are not the 1 × 1 × 1 mm of the config's input.spacing_mm"
                    in message for message in warned)

@@ -396,7 +396,7 @@ def test_a_source_of_another_voxel_size_is_synthesized_at_the_training_one(model
     out = synthesize_volume(model, fine, device="cpu", progress=events.append)
     assert out.shape == fine.shape and (out.spacing, out.origin) == (fine.spacing, fine.origin)
     (warning,) = [e["message"] for e in events if e["event"] == "warning"]
-    assert "0.50 × 0.50 × 0.50 mm" in warning and "resampled" in warning
+    assert "0.5 × 0.5 × 0.5 mm" in warning and "resampled" in warning
     direct = synthesize_volume(model, src, device="cpu")
     back = resample_like(out, src).array
     inside = direct.array > 0
