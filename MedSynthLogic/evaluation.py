@@ -50,16 +50,17 @@ def cases_to_evaluate(
             raise UsageError("Nothing to evaluate: give a data folder, or --manifest to score the cases it records.",
                              "For example: medsynth evaluate DATA --out REPORT, or medsynth evaluate --manifest "
                              "prepared/manifest.json --out REPORT.")
-        _check_manifest_pair(Path(manifest), scored_pair(model, lookup))
-        chosen = select_cases(_recorded_cases(Path(manifest)),
-                              wanted if wanted is not None else _validation_split(Path(manifest)),
+        recorded = _read_manifest(Path(manifest))
+        _check_manifest_pair(recorded, Path(manifest), scored_pair(model, lookup))
+        chosen = select_cases(_recorded_cases(recorded, Path(manifest)),
+                              wanted if wanted is not None else _validation_split(recorded, Path(manifest)),
                               where=f"the manifest {manifest}")
         _check_recorded_files(chosen, Path(manifest))
         return chosen
     source_suffix, target_suffix = file_suffixes(scored_pair(model, lookup), source_suffix, target_suffix)
     cases = (files or CaseFiles()).find(data_dir, source_suffix, target_suffix)
     if wanted is None and manifest is not None:
-        wanted = _validation_split(Path(manifest))
+        wanted = _validation_split(_read_manifest(Path(manifest)), Path(manifest))
     if wanted is not None:
         cases = select_cases(cases, wanted, where=str(data_dir))
     return cases
@@ -77,19 +78,20 @@ def _read_manifest(manifest: Path) -> Dict[str, Any]:
     return data
 
 
-def _validation_split(manifest: Path) -> List[str]:
+def _validation_split(recorded: Dict[str, Any], manifest: Path) -> List[str]:
     try:
-        return [str(c) for c in _read_manifest(manifest)["splits"]["val"]]
+        return [str(c) for c in recorded["splits"]["val"]]
     except (KeyError, TypeError) as exc:
         raise DataError(f"{manifest} is not a manifest with a validation split (splits.val).",
                         "Pass the manifest.json that `medsynth prepare` wrote, or --cases.") from exc
 
 
-def _recorded_cases(manifest: Path) -> List[Case]:
-    """Every case whose files the manifest records; a recorded file that is gone is refused with its path."""
+def _recorded_cases(recorded: Dict[str, Any], manifest: Path) -> List[Case]:
+    """Every case whose files the manifest (``recorded``, read from ``manifest``) names; a case without a source or
+    target entry is refused."""
     from .dataset_cases import Case
 
-    entries = _read_manifest(manifest).get("cases")
+    entries = recorded.get("cases")
     if not isinstance(entries, dict) or not entries:
         raise DataError(f"{manifest} records no case files (cases).",
                         "Pass the data folder as well: medsynth evaluate DATA --manifest MANIFEST --out REPORT.")
@@ -103,10 +105,10 @@ def _recorded_cases(manifest: Path) -> List[Case]:
     return cases
 
 
-def _check_manifest_pair(manifest: Path, scored: "ModelConfig") -> None:
+def _check_manifest_pair(recorded: Dict[str, Any], manifest: Path, scored: "ModelConfig") -> None:
     """Refuse a manifest prepared for another pair: its recorded files would be scored against the wrong target."""
-    recorded = _read_manifest(manifest).get("model_config")
-    names = (recorded.get("source_name"), recorded.get("target_name")) if isinstance(recorded, dict) else (None, None)
+    config = recorded.get("model_config")
+    names = (config.get("source_name"), config.get("target_name")) if isinstance(config, dict) else (None, None)
     if None not in names and tuple(names) != (scored.source_name, scored.target_name):
         raise DataError(f"The manifest {manifest} was prepared for {names[0]}→{names[1]}, but the model scores "
                         f"{scored.source_name}→{scored.target_name}.",

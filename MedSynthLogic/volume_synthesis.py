@@ -17,7 +17,7 @@ from .model_file import LoadedModel
 from .progress import warning_event
 from .tiled_synthesis import CancelFn, SynthesisOptions, synthesize_array
 from .voxel_size import describe as describe_voxels
-from .voxel_size import needs_resampling, resampled_size
+from .voxel_size import needs_resampling, resampled_size, size_seen
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -120,9 +120,7 @@ def _shape_seen(config: "ModelConfig", source: "Volume") -> Tuple[int, ...]:
 
     order = axis_order(source.direction)
     trained = order.inverse_spacing(tuple(float(v) for v in config.input.spacing_mm))
-    if not needs_resampling(source.spacing, trained):
-        return tuple(source.shape)
-    return resampled_size(source.shape[::-1], source.spacing, trained)[::-1]
+    return size_seen(source.shape[::-1], source.spacing, trained)[::-1]
 
 
 def _synthesize_resampled(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray], *options: Any) -> "Volume":

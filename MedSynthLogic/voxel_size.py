@@ -25,6 +25,14 @@ def resampled_size(size: Sequence[int], spacing: Sequence[float], trained: Seque
     return tuple(max(1, int(round(int(n) * float(s) / float(t)))) for n, s, t in zip(size, spacing, trained))
 
 
+def size_seen(size: Sequence[int], spacing: Sequence[float], trained: Sequence[float]) -> Tuple[int, ...]:
+    """The voxels along each axis that the networks see: ``size`` itself, or its resampling to ``trained`` when the
+    synthesis resamples (all three in the same axis order)."""
+    if needs_resampling(spacing, trained):
+        return resampled_size(size, spacing, trained)
+    return tuple(int(n) for n in size)
+
+
 def describe(spacing: Sequence[float]) -> str:
     """A voxel size as the messages write it: "0.9 × 1.1 × 1.6 mm"."""
     return " × ".join(f"{float(v):.3g}" for v in spacing) + " mm"

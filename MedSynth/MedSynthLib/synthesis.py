@@ -72,11 +72,11 @@ def shape_seen(dimensions: Sequence[int], spacing: Sequence[float], request: Syn
     for a voxel size the synthesis resamples (``MedSynthLogic.voxel_size``), the resampled one. Only for a model
     trained on isotropic voxels, whose size does not depend on the node's axis order; what the estimate counts."""
     from MedSynthLogic.model_header import read_header
-    from MedSynthLogic.voxel_size import needs_resampling, resampled_size
+    from MedSynthLogic.voxel_size import size_seen
 
     trained = ((read_header(model_path(request)).get("model_config") or {}).get("input") or {}).get("spacing_mm")
-    if trained and len(set(trained)) == 1 and needs_resampling(spacing, trained):
-        return resampled_size(dimensions, spacing, trained)[::-1]
+    if trained and len(set(trained)) == 1:
+        return size_seen(dimensions, spacing, trained)[::-1]
     return tuple(int(n) for n in dimensions)[::-1]
 
 
