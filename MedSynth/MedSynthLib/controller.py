@@ -114,16 +114,21 @@ class MedSynthController:
         # The notes first: the findings' message ends with the one question (with Force) or the refusal.
         parts = [synthesis.notes_message(notes, ask=not findings, source_name=source_name)] if notes else []
         parts += [synthesis.findings_message(findings, request.force, source_name)] if findings else []
-        return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request), notes)
+        return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request, header), notes)
 
-    def estimate(self, input_node: Any, request: synthesis.SynthesisRequest) -> Estimate:
-        """How long synthesizing ``input_node`` will take (see ``MedSynthLib.estimate``)."""
+    def estimate(self, input_node: Any, request: synthesis.SynthesisRequest,
+                 header: Optional[Dict[str, Any]] = None) -> Estimate:
+        """How long synthesizing ``input_node`` will take (see ``MedSynthLib.estimate``); ``header``: the chosen
+        model's, when the caller has read it already."""
+        from MedSynthLogic.model_header import read_header
+
         if input_node is None:
             raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
         if input_node.GetImageData() is None:
             raise ValueError(_("The selected volume has no image data: pick a volume that holds an image."))
-        shape = synthesis.shape_seen(input_node.GetImageData().GetDimensions(), input_node.GetSpacing(), request)
-        stages = synthesis.stages_to_run(request)
+        header = read_header(synthesis.model_path(request)) if header is None else header
+        shape = synthesis.shape_seen(input_node.GetImageData().GetDimensions(), input_node.GetSpacing(), header)
+        stages = synthesis.stages_to_run(request, header)
         return self.rates.estimate(shape, stages, synthesis.passes_to_run(request, stages), request.device)
 
     def start_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest, output_node: Any = None) -> None:
@@ -137,7 +142,7 @@ class MedSynthController:
         if input_node.GetImageData() is None:
             raise ValueError(_("The selected volume has no image data: pick a volume that holds an image."))
         synthesis.check_output_node(input_node, output_node)
-        target_name = synthesis.pair_names(read_header(synthesis.model_path(request)))[1]
+        header = read_header(synthesis.model_path(request))
         work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))
         try:  # a neutral name: the child's name note must not read ours
             source = mrml.save_volume_node(input_node, work_dir / "source.nii.gz")
@@ -146,8 +151,9 @@ class MedSynthController:
             raise
         output, uncertainty = work_dir / "synthetic_t2.nii.gz", work_dir / "uncertainty.nii.gz"
         context = {"input": input_node, "output_node": output_node, "output_path": output, "work_dir": work_dir,
-                   "request": request, "shape": tuple(reversed(input_node.GetImageData().GetDimensions())),
-                   "uncertainty_path": uncertainty if request.uncertainty else None, "target_name": target_name}
+                   "request": request, "header": header,
+                   "shape": synthesis.shape_seen(input_node.GetImageData().GetDimensions(), input_node.GetSpacing(), header),
+                   "uncertainty_path": uncertainty if request.uncertainty else None}
         self._start("synthesize", synthesis.synthesize_arguments(source, output, request, uncertainty), context)
 
     # ------------------------------------------------------------------ training and preparation
@@ -259,16 +265,16 @@ class MedSynthController:
         from MedSynthLogic.errors import MedSynthError
         from MedSynthLogic.volume_io import read_volume
 
-        request = context["request"]
+        request, header = context["request"], context["header"]
         try:
             node = synthesis.store_result(self.scene, context["input"], context["output_node"],
-                                          read_volume(context["output_path"]), context["target_name"])
+                                          read_volume(context["output_path"]), synthesis.pair_names(header)[1])
             if context["uncertainty_path"] is not None:
                 synthesis.show_uncertainty(self.scene, context["uncertainty_path"], node,
-                                           title=synthesis.uncertainty_title(request))
+                                           title=synthesis.uncertainty_title(request, header))
         except (MedSynthError, OSError) as exc:
             return JobOutcome("synthesize", jobs.FAILED, _("Could not load the synthetic image: {error}").format(error=exc))
-        stages = synthesis.stages_to_run(request)
+        stages = synthesis.stages_to_run(request, header)
         self.rates.record(request.device, context["shape"], stages, synthesis.passes_to_run(request, stages), job.elapsed_s)
         return JobOutcome("synthesize", jobs.FINISHED, _("Done in {seconds} s.").format(seconds=f"{job.elapsed_s:.0f}"), node)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from .i18n import tr as _
 
@@ -67,26 +67,23 @@ def model_path(request: SynthesisRequest) -> Path:
     return Path(request.model_path) if request.model_path else bundled_model_path()
 
 
-def shape_seen(dimensions: Sequence[int], spacing: Sequence[float], request: SynthesisRequest) -> Tuple[int, ...]:
+def shape_seen(dimensions: Sequence[int], spacing: Sequence[float], header: Mapping[str, Any]) -> Tuple[int, ...]:
     """The (z, y, x) size the networks will see for a node of ``dimensions`` and ``spacing`` (x, y, z): its own, or,
     for a voxel size the synthesis resamples (``MedSynthLogic.voxel_size``), the resampled one. Only for a model
-    trained on isotropic voxels, whose size does not depend on the node's axis order; what the estimate counts."""
-    from MedSynthLogic.model_header import read_header
+    (its ``header``) trained on isotropic voxels, whose size does not depend on the node's axis order; what the
+    estimate counts and the rate book records."""
     from MedSynthLogic.voxel_size import size_seen
 
-    trained = ((read_header(model_path(request)).get("model_config") or {}).get("input") or {}).get("spacing_mm")
+    trained = ((header.get("model_config") or {}).get("input") or {}).get("spacing_mm")
     if trained and len(set(trained)) == 1:
         return size_seen(dimensions, spacing, trained)[::-1]
     return tuple(int(n) for n in dimensions)[::-1]
 
 
-def stages_to_run(request: SynthesisRequest) -> int:
-    """How many generator stages the synthesis runs: the chosen count (else all of the model's, its header's
+def stages_to_run(request: SynthesisRequest, header: Mapping[str, Any]) -> int:
+    """How many generator stages the synthesis runs: the chosen count (else all of the model's, its ``header``'s
     ``stages``) plus every stage of a prior model it refines, which always runs first. The time estimate counts them
     alike: a U-Net stage costs about what an FCN stage does (Testing/Benchmarks/results/inference_cpu_bf16.txt)."""
-    from MedSynthLogic.model_header import read_header
-
-    header = read_header(model_path(request))
     prior = (header.get("model_config") or {}).get("prior") or {}
     return int(request.stages or header.get("stages") or 1) + int(prior.get("stages") or 0)
 
@@ -258,16 +255,9 @@ def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any, tar
     return output_node
 
 
-def uncertainty_title(request: SynthesisRequest) -> str:
-    """The legend's title: what the child's map holds for this model and these stages (a learned error map is
-    used only with all the model's stages, as ``MedSynthLogic.uncertainty`` does)."""
-    from MedSynthLogic.errors import MedSynthError
-    from MedSynthLogic.model_header import read_header
-
-    try:
-        header = read_header(model_path(request))
-    except (MedSynthError, OSError):
-        header = {}
+def uncertainty_title(request: SynthesisRequest, header: Mapping[str, Any]) -> str:
+    """The legend's title: what the child's map holds for this model (its ``header``, empty when unreadable) and these
+    stages (a learned error map is used only with all the model's stages, as ``MedSynthLogic.uncertainty`` does)."""
     whole_chain = not request.stages or int(request.stages) == int(header.get("stages", 0))
     if header:
         unit = _("in the synthetic {target}'s grey values").format(target=pair_names(header)[1])
