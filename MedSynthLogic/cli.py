@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
 from .progress import done_event, log_event
@@ -260,6 +260,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         parser.print_help(sys.stderr)
         return UsageError.exit_code
     report = Reporter(getattr(args, "progress", "none"))
+    restore = _interrupt_on_sigterm()
     try:
         return int(args.func(args, report) or 0)
     except MedSynthError as exc:
@@ -275,7 +276,25 @@ def _run(argv: Optional[Sequence[str]]) -> int:
                                                reason="out_of_memory"))
         raise
     finally:
+        restore()
         report.close()
+
+
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM (the panel's Cancel, a scheduler's stop) raise KeyboardInterrupt, so a command's own clean-up runs:
+    Python's default ends the process at once, and a cancelled ``prepare`` left gigabytes of hidden temporary HDF5
+    files in its output folder. ``synthesize`` and ``train`` install their own handlers over this one. Returns the
+    function that restores the previous handler (off the main thread, where handlers cannot be set: nothing)."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _case_files(args: argparse.Namespace) -> "CaseFiles":

@@ -207,9 +207,9 @@ class Job:
         code = self.process.poll()
         if code is None:
             return RUNNING
-        if self._cancelled:
-            return CANCELLED
-        return FINISHED if code == 0 else FAILED
+        if code == 0:
+            return FINISHED  # it ended on its own, even if Cancel came as it did (a model written while Stop was pressed)
+        return CANCELLED if self._cancelled else FAILED
 
     @property
     def running(self) -> bool:
@@ -299,7 +299,7 @@ class Job:
         process = self.process
         if process is None:
             return
-        self._cancelled = True
+        self._cancelled = self._cancelled or process.poll() is None  # a Cancel after the end changes nothing
         psutil = _psutil()
         descendants = _descendants(psutil, process.pid)
         if process.poll() is None or descendants or _group_alive(process.pid):

@@ -7,6 +7,7 @@ The job runner is injected: the panel uses ``start_cli_job`` (a ``MedSynthLogic.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -195,12 +196,29 @@ class MedSynthController:
         outcome: Optional[JobOutcome] = None
         for event in running.job.poll():
             if event.get("event") == "exit":
-                outcome = self._finish(running)
+                outcome = self._finish_reporting_errors(running)
                 continue
-            if running.kind == "train" and self.training_plot is not None:
-                self.training_plot.add_event(event)
-            updates.append(describe_event(event, running.kind))
+            try:
+                if running.kind == "train" and self.training_plot is not None:
+                    self.training_plot.add_event(event)
+                updates.append(describe_event(event, running.kind))
+            except Exception as exc:  # one unreadable event must not leave the panel busy: the exit comes only once
+                logging.exception("MedSynth: could not show a progress event")
+                updates.append(PanelUpdate(log=_("Could not read a progress event ({error}): {event}").format(
+                    error=exc, event=event)))
         return updates, outcome
+
+    def _finish_reporting_errors(self, running: RunningJob) -> JobOutcome:
+        """The job's outcome; an unexpected error while loading its result becomes a failed outcome the panel shows
+        (it escaped the timer's slot, and the panel never heard that the job had ended)."""
+        from MedSynthLogic import jobs
+
+        try:
+            return self._finish(running)
+        except Exception as exc:
+            logging.exception("MedSynth: could not finish the job")
+            return JobOutcome(running.kind, jobs.FAILED, _("The job ended, but its result could not be loaded: {error}")
+                              .format(error=exc))
 
     def cancel(self, timeout: float = 5.0, background: bool = False) -> None:
         """Cancel (synthesis, preparation) or stop (training keeps its last checkpoint) the running job;

@@ -243,6 +243,31 @@ def test_synthesis_cancelled_mid_volume_stops_promptly_and_leaves_nothing(tmp_pa
     record("fault", fault="synthesis cancelled (SIGTERM) mid-volume", injected=1, resumed=0, files_lost=0)
 
 
+def test_prepare_cancelled_mid_way_leaves_no_hidden_temporary_files(tmp_path):
+    """SIGTERM (the panel's Cancel) ended ``prepare`` without unwinding: its half-written train.h5 and val.h5 stayed in
+    the output folder as hidden temporary files (gigabytes on real data), one pair more at every retry."""
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    for seed in range(6):
+        case = tmp_path / "cases" / f"case_{seed}"
+        case.mkdir(parents=True)
+        phantom = make_phantom(shape=(64, 72, 64), seed=seed)
+        write_volume(phantom.t1ce, case / f"case_{seed}_t1ce.nii.gz")
+        write_volume(phantom.t2, case / f"case_{seed}_t2.nii.gz")
+    out = tmp_path / "data"
+    child = Child(["prepare", str(tmp_path / "cases"), str(out), "--patches-per-case", "300", "--val-fraction", "0.2",
+                   "--progress", "json"])
+    event = child.wait_for(lambda e: e.get("event") == "progress" and e.get("done", 0) >= 1)
+    assert event is not None and event["done"] < event["total"], (event, child.finish())
+    child.proc.send_signal(signal.SIGTERM)
+    code, _, err = child.finish(timeout=60)
+    assert code == 130, (code, err)
+    assert "Traceback" not in err
+    assert (sorted(p.name for p in out.iterdir()) if out.exists() else []) == []
+    record("fault", fault="prepare cancelled (SIGTERM) mid-way", injected=1, resumed=0, files_lost=0)
+
+
 # ---------------------------------------------------------------------------------------------- disk full
 
 

@@ -149,6 +149,18 @@ def test_cancel_kills_child_and_grandchild(tmp_path, ignore_term):
     assert job.error_message is None
 
 
+def test_a_cancel_after_the_child_ended_keeps_its_outcome(tmp_path):
+    """Stop pressed while a training wrote its model (the child already gone): the panel said "Stopped" and did not
+    select the model it had written. A job that ended on its own keeps its state, finished or failed."""
+    ok = jobs.Job([sys.executable, "-c", "print('done')"]).start()
+    failing = jobs.Job([sys.executable, "-c", "import sys; sys.exit(3)"]).start()
+    for job, state in ((ok, jobs.FINISHED), (failing, jobs.FAILED)):
+        job.wait(timeout=30)
+        job.cancel(timeout=1.0)
+        assert job.state == state
+        assert _collect(job)[-1]["state"] == state
+
+
 def test_arguments_with_spaces_and_non_ascii(tmp_path):
     folder = tmp_path / "dossier données ü 日本" / "with 'quotes' and $HOME"
     folder.mkdir(parents=True)

@@ -22,6 +22,7 @@ if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
 from MedSynthLib import dependencies, estimate, model_info, sample_data  # noqa: E402
+from MedSynthLib import synthesis as synthesis_module  # noqa: E402
 from MedSynthLib.events import describe_event  # noqa: E402
 from MedSynthLib.synthesis import (  # noqa: E402
     OTHER_MODEL, SYNTHETIC_OF, SynthesisRequest, chosen_model_path, findings_message, model_choices, synthesize_arguments,
@@ -598,6 +599,27 @@ def test_failed_and_cancelled_jobs_clean_up(scene, phantom_node, tmp_path):
     controller.cancel(timeout=3)
     assert runner.jobs[1].cancelled_with == 3
     assert controller.poll()[1].state == jobs.CANCELLED and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
+
+
+def test_an_unreadable_event_or_result_does_not_leave_the_panel_busy(scene, phantom_node, tmp_path, monkeypatch):
+    """An event the panel could not read raised out of poll() before the exit event of the same batch, which a job
+    reports only once: every button stayed disabled until Slicer restarted. Now it is a log line, and an unexpected
+    error while loading a result is a failed outcome."""
+    bad = {"event": "iteration", "iterations": "x", "iteration": 1}
+    controller = _controller(scene, FakeRunner(events=[bad]), tmp_path)
+    controller.start_prepare(PrepareRequest(tmp_path / "cases", tmp_path / "data", 10))
+    updates, outcome = controller.poll()
+    assert outcome is not None and outcome.state == jobs.FINISHED and not controller.busy
+    assert any("Could not read a progress event" in (u.log or "") for u in updates)
+
+    def broken(*args, **kwargs):
+        raise ValueError("no such node")
+
+    monkeypatch.setattr(synthesis_module, "store_result", broken)
+    controller = _controller(scene, FakeRunner(events=[], on_finish=_write_output_like_input), tmp_path)
+    controller.start_synthesis(phantom_node, SynthesisRequest(device="cpu", force=True))
+    _, outcome = controller.poll()
+    assert outcome.state == jobs.FAILED and "no such node" in outcome.message and not controller.busy
 
 
 def test_the_output_never_replaces_the_input_another_image_or_another_patients_synthesis(
