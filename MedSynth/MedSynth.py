@@ -33,18 +33,19 @@ HERE = Path(__file__).resolve().parent
 if not (HERE / "MedSynthLogic").is_dir() and (HERE.parent / "MedSynthLogic" / "__init__.py").is_file():
     sys.path.insert(0, str(HERE.parent))  # a source checkout: <repo>/MedSynth/MedSynth.py beside <repo>/MedSynthLogic
 
-from MedSynthLib import dependencies, sample_data  # noqa: E402
+from MedSynthLib import dependencies, panel_state, sample_data  # noqa: E402
 from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
 from MedSynthLib.synthesis import OTHER_MODEL, SynthesisRequest, model_choices, synthetic_node_name  # noqa: E402
 from MedSynthLib.synthesis import chosen_model_path, synthesize_in_process  # noqa: E402
 from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, is_set, prepare_request, training_request  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
-from MedSynthLogic.errors import MedSynthError  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
 TRAIN_PRECISIONS = ["auto", "bf16", "fp32"]
 MODEL_CHOICES = model_choices()
+CHOICES = {"model": MODEL_CHOICES, "device": DEVICES, "trainDevice": DEVICES, "trainPrecision": TRAIN_PRECISIONS,
+           "generatorKind": GENERATOR_KINDS}
 
 
 class MedSynth(ScriptedLoadableModule):
@@ -141,6 +142,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateModelDescription)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelDescription)
         self.ui.generatorKindComboBox.connect("activated(int)", self.onGeneratorKindChosen)
+        for field, name in panel_state.PATH_FIELDS.items():  # an emptied field never reaches the parameter (the validator refuses "")
+            getattr(self.ui, field).connect("validInputChanged(bool)", lambda valid, f=field, n=name: self.clearPath(f, n))
         self.initializeParameterNode()
         self.updateModelDescription()
         self._checkCanApply()
@@ -149,16 +152,14 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The application closes: never leave a child process behind."""
         self._timer.stop()
         self.logic.controller.discard()  # setup made it: cleanup runs only for a widget that was set up
+        self.setParameterNode(None)  # a reloaded module's widgets must not stay bound to the node
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.setParameterNode(None)  # a finished job writes into the node itself (onJobEnded)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.controller.discard(kinds=("synthesize",))  # its result must not land in the next scene
@@ -179,24 +180,32 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply, priority=-1.0)  # after the GUI's
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        p, controller, busy = self._parameterNode, self.logic.controller, self.logic.controller.busy
-        self.ui.synthesizeButton.enabled = bool(p and p.inputVolume) and not busy
-        canTrain = bool(p and is_set(p.dataDir) and is_set(p.outputModelPath) and is_set(p.runDir)) and not busy
-        self.ui.startTrainingButton.enabled = self.ui.resumeTrainingButton.enabled = canTrain
-        self.ui.prepareButton.enabled = bool(p and is_set(p.casesDir) and is_set(p.dataDir)) and not busy
-        self.ui.cancelButton.enabled = busy and controller.kind in ("synthesize", "prepare")
-        self.ui.stopTrainingButton.enabled = busy and controller.kind == "train"
-        self.ui.estimateLabel.text = self.logic.estimateText(p) if p and p.inputVolume and not busy else ""
+        p, busy = self._parameterNode, self.logic.controller.busy
+        states = panel_state.button_states(p, self.logic.controller.kind if busy else None)
+        for name, enabled in states.enabled.items():
+            getattr(self.ui, name).enabled = enabled
+        self.ui.trainingHintLabel.text = states.hint
+        for button, name in panel_state.FOLDER_BUTTONS.items():  # an unset Path is "." (the working folder)
+            getattr(self.ui, button).text = panel_state.folder_text(getattr(p, name) if p else None)
+        for field in (getattr(self.ui, name) for name in panel_state.unset_path_fields(p)):
+            if field.currentPath == ".":
+                field.currentPath = ""  # refused by the field's validator: the parameter stays unset
+        self.ui.estimateLabel.text = self.logic.controller.estimate_text(p) if p and p.inputVolume and not busy else ""
+
+    def clearPath(self, field: str, name: str) -> None:
+        if self._parameterNode and not getattr(self.ui, field).currentPath.strip():
+            setattr(self._parameterNode, name, Path())
 
     def onLoadT1ceButton(self) -> None:
         volumes = _("Volumes (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd)")
         if path := qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load T1ce volume"), "", volumes):
             with slicer.util.tryWithErrorDisplay(_("Could not load the T1ce volume."), waitCursor=True):
-                self.selectInput(self.logic.loadVolume(path))
+                mrml.set_window_level(node := mrml.load_volume_file(slicer.mrmlScene, path))
+                self.selectInput(node)
 
     def onLoadSample(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not load the sample."), waitCursor=True):
@@ -253,8 +262,11 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def ensureDependencies(self) -> bool:
         try:
             return self.logic.ensureDependencies(askConfirmation=True)
-        except (RuntimeError, MedSynthError) as exc:
-            slicer.util.errorDisplay(_("MedSynth needs Python packages that are not installed.") + "\n\n" + str(exc))
+        except Exception as exc:  # anything escaping this slot would vanish; Slicer >= 5.12 already showed pip's failure
+            logging.exception("MedSynth: installing the dependencies failed")
+            self.setStatus(message := _("MedSynth needs Python packages that are not installed.") + "\n\n" + str(exc))
+            if not dependencies.shown_by_slicer(exc):
+                slicer.util.errorDisplay(message)
             return False
 
     def startPolling(self, status: str) -> None:
@@ -322,26 +334,13 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self) -> MedSynthParameterNode:
         node = MedSynthParameterNode(super().getParameterNode())
-        if node.model not in MODEL_CHOICES:  # a scene saved with a model this version does not ship: the list refuses it
-            node.model = MODEL_CHOICES[0]
+        panel_state.reset_unknown_choices(node, CHOICES)  # a scene saved by another version: a list refuses a value it lacks
         return node
 
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
         """torch (PyTorch extension) and requirements.txt, asking first; never at import time."""
         requirements = dependencies.requirements_path(HERE)
         return dependencies.ensure_dependencies(requirements, Path(slicer.app.temporaryPath), askConfirmation)
-
-    def estimateText(self, p: MedSynthParameterNode) -> str:
-        """The time estimate for the current choices, before anything starts."""
-        try:
-            return self.controller.estimate(p.inputVolume, SynthesisRequest.from_settings(p)).text()
-        except (MedSynthError, OSError, ValueError):
-            return ""
-
-    def loadVolume(self, path: str) -> vtkMRMLScalarVolumeNode:
-        node = mrml.load_volume_file(slicer.mrmlScene, path)
-        mrml.set_window_level(node)
-        return node
 
     def synthesize(self, inputVolume, outputVolume=None, modelPath=None, stages=None, device="auto", flipTTA=False):
         """Synthesize in this process (blocking): for scripts and the self-test; the GUI runs a background job."""

@@ -132,6 +132,16 @@ class MedSynthController:
         stages = synthesis.stages_to_run(request, header)
         return self.rates.estimate(shape, stages, synthesis.passes_to_run(request, stages), request.device)
 
+    def estimate_text(self, settings: Any) -> str:
+        """The panel's estimate line for its ``settings`` (a parameter node); empty when it cannot be estimated yet
+        (no image, an unreadable model file)."""
+        from MedSynthLogic.errors import MedSynthError
+
+        try:
+            return self.estimate(settings.inputVolume, synthesis.SynthesisRequest.from_settings(settings)).text()
+        except (MedSynthError, OSError, ValueError):
+            return ""
+
     def start_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest, output_node: Any = None) -> None:
         """Write the input to a temporary file and start ``medsynth synthesize`` on it."""
         from MedSynthLogic import mrml

@@ -85,16 +85,35 @@ def ensure_torch(ask_confirmation: bool = True) -> bool:
         return torch_logic.installTorch(askConfirmation=ask_confirmation, torchVersionRequirement=">=2.0") is not None
 
 
+class InstallFailed(RuntimeError):
+    """A failed installation, said with what to do; ``shown_by_slicer``: Slicer has already shown its own dialog."""
+
+    def __init__(self, message: str, shown_by_slicer: bool = False) -> None:
+        super().__init__(message)
+        self.shown_by_slicer = shown_by_slicer
+
+
+def shown_by_slicer(exc: BaseException) -> bool:
+    """Whether Slicer already showed the user this failure (then the panel says it in its status line, not in a
+    second dialog)."""
+    return bool(getattr(exc, "shown_by_slicer", False))
+
+
 @contextlib.contextmanager
 def installing(what: str) -> Iterator[None]:
-    """Turn a failed pip run into a RuntimeError that says what failed and what to do (the Qt slot would swallow it)."""
+    """Turn a failed pip run into an :class:`InstallFailed` that says what failed and what to do (the Qt slot would
+    swallow it). Slicer 5.12 and later show "Package installation failed." with pip's log, then raise
+    ``CalledProcessError(code, "pip install")`` (``slicer.packaging._pip_install_with_dialog``); earlier versions and
+    other pip runs raise with the argument list and show nothing."""
     try:
         yield
-    except (subprocess.CalledProcessError, OSError) as exc:
-        code = getattr(exc, "returncode", None)
-        raise RuntimeError(_("Installing {what} failed{code}. The Python console shows pip's output; check the internet "
-                             "connection (or the proxy), then press the button again.").format(
-            what=what, code=_(" (pip exited with {code})").format(code=code) if code is not None else "")) from exc
+    except OSError as exc:
+        raise InstallFailed(_("Installing {what} failed: {error}. Check that Slicer's folder can be written to, then "
+                              "press the button again.").format(what=what, error=exc)) from exc
+    except subprocess.CalledProcessError as exc:
+        raise InstallFailed(_("Installing {what} failed (pip exited with {code}). The Python console shows pip's "
+                              "output; check the internet connection (or the proxy), then press the button again.").format(
+            what=what, code=exc.returncode), shown_by_slicer=exc.cmd == "pip install") from exc
 
 
 def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation: bool = True) -> bool:

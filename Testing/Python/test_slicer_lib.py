@@ -888,8 +888,9 @@ def test_a_failed_install_says_what_failed_and_a_declined_one_is_no_error(slicer
         raise subprocess.CalledProcessError(1, ["pip", "install", *args])
 
     monkeypatch.setattr(slicer_mod.util, "pip_install", pip_fails, raising=False)
-    with pytest.raises(RuntimeError, match=r"Installing MedSynth's Python packages failed \(pip exited with 1\)"):
+    with pytest.raises(RuntimeError, match=r"Installing MedSynth's Python packages failed \(pip exited with 1\)") as failed:
         dependencies.ensure_dependencies(requirements, tmp_path, ask_confirmation=False)
+    assert not dependencies.shown_by_slicer(failed.value)  # Slicer before 5.12 showed nothing: the panel must
     def packaging_raising(exc):
         return SimpleNamespace(load_requirements=lambda path: [],
                                pip_ensure=lambda *a, **k: (_ for _ in ()).throw(exc))
@@ -903,6 +904,110 @@ def test_a_failed_install_says_what_failed_and_a_declined_one_is_no_error(slicer
     monkeypatch.setattr(slicer_mod, "packaging", busy, raising=False)
     with pytest.raises(RuntimeError, match="already in progress"):  # no longer taken for a decline
         dependencies.ensure_dependencies(requirements, tmp_path, ask_confirmation=True)
+
+
+def test_a_pip_failure_slicer_showed_is_not_shown_twice(slicer_mod, tmp_path, monkeypatch):
+    """Slicer 5.12 and later show their own "Package installation failed." dialog with pip's log and then raise
+    CalledProcessError(code, "pip install"); the panel showed a second dialog over it. Now the failure says Slicer
+    showed it (the panel puts it in its status line); a failure Slicer did not show, or a disk error, still gets one."""
+    import subprocess
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("surely-not-installed-medsynth-pkg==1.0\n")
+    monkeypatch.setattr(dependencies, "ensure_torch", lambda ask_confirmation=True: True)
+    for error, shown in ((subprocess.CalledProcessError(1, "pip install"), True),
+                         (subprocess.CalledProcessError(1, ["python", "-m", "pip", "install"]), False),
+                         (PermissionError(13, "Permission denied"), False)):
+        failing = SimpleNamespace(load_requirements=lambda path: [],
+                                  pip_ensure=lambda *a, exc=error, **k: (_ for _ in ()).throw(exc))
+        monkeypatch.setitem(sys.modules, "slicer.packaging", failing)
+        monkeypatch.setattr(slicer_mod, "packaging", failing, raising=False)
+        with pytest.raises(dependencies.InstallFailed) as failed:
+            dependencies.ensure_dependencies(requirements, tmp_path, ask_confirmation=False)
+        assert dependencies.shown_by_slicer(failed.value) is shown
+        assert "press the button again" in str(failed.value)
+        if isinstance(error, OSError):
+            assert "Permission denied" in str(failed.value) and "internet" not in str(failed.value)
+
+
+# ---------------------------------------------------------------------------------------------------------- panel state
+def _settings(**values):
+    base = dict(inputVolume=None, casesDir=Path(), dataDir=Path(), runDir=Path(), outputModelPath=Path(),
+                modelPath=Path())
+    return SimpleNamespace(**{**base, **values})
+
+
+def test_the_panel_says_why_prepare_and_train_cannot_start():
+    """Prepare and Train stayed disabled without a word; the hint names what each still needs."""
+    from MedSynthLib.panel_state import button_states
+
+    states = button_states(_settings(), None)
+    assert not states.enabled["prepareButton"] and not states.enabled["startTrainingButton"]
+    assert "To prepare data, choose the folder of cases and the prepared data folder." in states.hint
+    assert "To train, choose the prepared data folder, the run folder and the output model file." in states.hint
+    ready = _settings(casesDir=Path("/c"), dataDir=Path("/d"), runDir=Path("/r"), outputModelPath=Path("/m.safetensors"))
+    states = button_states(ready, None)
+    assert states.hint == "" and states.enabled["prepareButton"] and states.enabled["resumeTrainingButton"]
+    assert not states.enabled["cancelButton"] and not states.enabled["stopTrainingButton"]
+    assert button_states(_settings(runDir=Path("/r")), None).hint.endswith(
+        "To train, choose the prepared data folder and the output model file.")
+
+
+def test_a_running_preparation_is_stopped_from_the_training_section():
+    """While Prepare ran, only the synthesis section's Cancel ("Stop the running synthesis") could stop it."""
+    from MedSynthLib.panel_state import button_states
+
+    ready = _settings(inputVolume=object(), casesDir=Path("/c"), dataDir=Path("/d"), runDir=Path("/r"),
+                      outputModelPath=Path("/m.safetensors"))
+    for kind, cancel, stop in (("synthesize", True, False), ("prepare", False, True), ("train", False, True)):
+        enabled = button_states(ready, kind).enabled
+        assert (enabled["cancelButton"], enabled["stopTrainingButton"]) == (cancel, stop), kind
+        assert not any(enabled[b] for b in ("synthesizeButton", "prepareButton", "startTrainingButton"))
+    assert not any(button_states(None, None).enabled.values())
+
+
+def test_unset_folders_and_files_do_not_show_the_working_folder():
+    """The wrapper stores an unset Path as ".", which ctkDirectoryButton showed as Slicer's working folder."""
+    from MedSynthLib.panel_state import folder_text, unset_path_fields
+
+    assert folder_text(Path()) == folder_text(None) == "Choose a folder…"
+    assert folder_text(Path("/data/prepared")) == str(Path("/data/prepared"))
+    assert unset_path_fields(_settings(modelPath=Path("/m.safetensors"))) == ["outputModelPathLineEdit"]
+    assert unset_path_fields(None) == []
+
+
+def test_the_panel_states_name_widgets_of_the_ui_bound_to_those_parameters():
+    import xml.etree.ElementTree as ET
+
+    from MedSynthLib.panel_state import FOLDER_BUTTONS, PATH_FIELDS, button_states
+
+    widgets = {w.get("name"): w for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "MedSynth.ui").getroot().iter("widget")}
+    for name in [*button_states(None, None).enabled, "trainingHintLabel"]:
+        assert name in widgets, name
+    for name, parameter in {**FOLDER_BUTTONS, **PATH_FIELDS}.items():
+        bound = [p.find("string").text for p in widgets[name].findall("property") if p.get("name") == "SlicerParameterName"]
+        assert bound == [parameter], (name, bound)
+
+
+def test_a_scene_saved_by_another_version_gets_the_default_for_an_unknown_choice():
+    """The list widgets refuse a value they lack: a saved generator kind or device this version does not offer broke
+    the panel's connection (only the model was repaired)."""
+    from MedSynthLib.panel_state import reset_unknown_choices
+
+    settings = SimpleNamespace(model="a retired model", device="mps", generatorKind="nie2018")
+    reset = reset_unknown_choices(settings, {"model": ["default", "fcn"], "device": ["auto", "cuda", "cpu"],
+                                             "generatorKind": ["nie2018", "unet3d"]})
+    assert reset == ["model", "device"]
+    assert (settings.model, settings.device, settings.generatorKind) == ("default", "auto", "nie2018")
+
+
+def test_the_estimate_line_is_empty_until_it_can_be_estimated(scene, phantom_node, tmp_path):
+    controller = _controller(scene, FakeRunner(events=[]), tmp_path)
+    settings = SimpleNamespace(inputVolume=phantom_node, model=model_choices()[0], modelPath=Path(), device="cpu",
+                               stages=0, flipTTA=False, uncertainty=False, force=False)
+    assert "s" in controller.estimate_text(settings)
+    settings.inputVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no image")
+    assert controller.estimate_text(settings) == ""
 
 
 # ---------------------------------------------------------------------------------------------------------- shape of the module
