@@ -162,7 +162,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)  # a finished job writes into the node itself (onJobEnded)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.logic.controller.discard(kinds=("synthesize",))  # its result must not land in the next scene
+        if self.logic.controller.discard(kinds=("synthesize",), background=True):  # its result must not land in the next scene
+            self.setStatus(_("The synthesis was cancelled: the scene was closed."))
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -257,7 +258,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancel(self) -> None:
         training = self.logic.controller.kind == "train"
         self.setStatus(_("Stopping training (the last checkpoint is kept)…") if training else _("Cancelling…"))
-        self.logic.controller.cancel(timeout=30 if training else 5, background=training)
+        self.logic.controller.cancel(timeout=30 if training else 5, background=True)  # the panel must not freeze
 
     def ensureDependencies(self) -> bool:
         try:

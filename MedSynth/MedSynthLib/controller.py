@@ -28,12 +28,14 @@ JobRunner = Callable[[Sequence[str]], Any]
 
 
 def start_cli_job(args: Sequence[str]) -> Any:
-    """Start ``medsynth <args>`` in a child process with Slicer's start-up environment (outside Slicer: ours)."""
+    """Start ``medsynth <args>`` in a child process with Slicer's start-up environment (outside Slicer: ours), in the
+    folder that holds ``MedSynthLogic``: ``python -m`` puts its working folder first on the module path, and Slicer's
+    (a user's home, a download folder) might hold a ``torch`` or ``MedSynthLogic`` of its own."""
     from MedSynthLogic import jobs
 
     slicer = sys.modules.get("slicer")
     base = slicer.util.startupEnvironment() if getattr(slicer, "app", None) is not None else None
-    return jobs.Job(jobs.python_command(args), env=jobs.child_environment(base=base)).start()
+    return jobs.Job(jobs.python_command(args), cwd=jobs.PACKAGE_PARENT, env=jobs.child_environment(base=base)).start()
 
 
 @dataclass
@@ -241,17 +243,26 @@ class MedSynthController:
         else:
             self.current.job.cancel(timeout=timeout)
 
-    def discard(self, kinds: Tuple[str, ...] = ("synthesize", "prepare", "train")) -> None:
+    def discard(self, kinds: Tuple[str, ...] = ("synthesize", "prepare", "train"), background: bool = False) -> bool:
         """Stop a running job of ``kinds`` and forget it with its temporary folder (the input image): the scene
         closes, or the application quits, so its result must not land in another scene. A training's loss plot
-        belonged to the closing scene and is let go."""
+        belonged to the closing scene and is let go. ``background``: stop it on a thread (a scene close must not
+        freeze the panel for the child's grace time; at quit the caller waits). Returns whether a job was discarded."""
         self.training_plot = None
         running = self.current
         if running is None or running.kind not in kinds:
-            return
+            return False
         self.current = None
-        running.job.cancel(timeout=5.0)
-        _remove(running.context.get("work_dir"))
+
+        def stop() -> None:
+            running.job.cancel(timeout=5.0)
+            _remove(running.context.get("work_dir"))  # after the child stopped reading it
+
+        if background:
+            threading.Thread(target=stop, daemon=True).start()
+        else:
+            stop()
+        return True
 
     def _refuse_if_busy(self) -> None:
         if self.busy:

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from MedSynthLogic.recipes import RECIPE_KINDS, recipe
 
+from .i18n import tr as _
+
 #: The generator kinds the panel trains, in its list's order (the paper's FCN first).
 GENERATOR_KINDS = list(RECIPE_KINDS)
 
@@ -65,9 +67,20 @@ def training_request(settings: Any, resume: bool = False) -> TrainingRequest:
 
     model_config, train_config = training_configs(settings)
     prior = recipe(str(settings.generatorKind)).prior_model
-    return TrainingRequest(model_config, train_config, Path(settings.dataDir), Path(settings.outputModelPath),
-                           Path(settings.runDir), str(settings.trainDevice), resume,
+    return TrainingRequest(model_config, train_config, full_path(settings.dataDir, _("the prepared data folder")),
+                           full_path(settings.outputModelPath, _("the output model file")),
+                           full_path(settings.runDir, _("the run folder")), str(settings.trainDevice), resume,
                            None if prior is None else models_dir() / prior)
+
+
+def full_path(value: "str | os.PathLike", what: str) -> Path:
+    """``value`` as a Path, refused unless absolute: a path typed as "models/t2.safetensors" would be taken from the
+    child's working folder (the extension's), not from where the user thinks."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ValueError(_("Give the full path of {what} (\"{path}\" is relative): choose it with the button beside "
+                           "the field.").format(what=what, path=value))
+    return path
 
 
 def recipe_settings(kind: str) -> Dict[str, Any]:
@@ -89,7 +102,8 @@ def apply_recipe(settings: Any, kind: str) -> None:
 def prepare_request(settings: Any) -> PrepareRequest:
     """The 'Prepare data' request of the panel's settings, for the model config that their training will use."""
     model_config, _train_config = training_configs(settings)
-    return PrepareRequest(Path(settings.casesDir), Path(settings.dataDir), int(settings.patchesPerCase),
+    return PrepareRequest(full_path(settings.casesDir, _("the folder of cases")),
+                          full_path(settings.dataDir, _("the prepared data folder")), int(settings.patchesPerCase),
                           model_config=model_config)
 
 

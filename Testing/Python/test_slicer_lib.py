@@ -28,7 +28,7 @@ from MedSynthLib.synthesis import (  # noqa: E402
     OTHER_MODEL, SYNTHETIC_OF, SynthesisRequest, chosen_model_path, findings_message, model_choices, synthesize_arguments,
 )
 from MedSynthLib.training_jobs import (  # noqa: E402
-    PrepareRequest, TrainingRequest, apply_recipe, prepare_arguments, prepare_request, recipe_settings,
+    GENERATOR_KINDS, PrepareRequest, TrainingRequest, apply_recipe, prepare_arguments, prepare_request, recipe_settings,
     training_configs, training_request,
 )
 from MedSynthLogic import jobs  # noqa: E402
@@ -685,9 +685,31 @@ def test_a_closing_scene_discards_the_running_synthesis_and_its_input_copy(scene
     controller = _controller(scene, runner, tmp_path)
     controller.start_synthesis(phantom_node, SynthesisRequest())
     work = Path(runner.jobs[0].args[1]).parent
-    controller.discard(kinds=("synthesize",))
+    assert controller.discard(kinds=("synthesize",)) is True
     assert runner.jobs[0].cancelled_with == 5.0 and not work.exists() and not controller.busy
     assert controller.poll() == ([], None) and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
+    assert controller.discard() is False
+
+
+def test_a_scene_close_stops_the_synthesis_without_freezing_the_panel(scene, phantom_node, tmp_path):
+    """Closing the scene waited in the GUI thread for the child's grace time (up to 5 s and the readers' 4 s)."""
+    import threading
+    import time
+
+    release = threading.Event()
+    runner = FakeRunner(events=[])
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_synthesis(phantom_node, SynthesisRequest())
+    job, work = runner.jobs[0], Path(runner.jobs[0].args[1]).parent
+    job.cancel = lambda timeout=5.0: (release.wait(10), setattr(job, "cancelled_with", timeout))
+    t0 = time.monotonic()
+    assert controller.discard(kinds=("synthesize",), background=True) is True
+    assert time.monotonic() - t0 < 1.0 and not controller.busy and work.exists()  # its input copy stays until it stops
+    release.set()
+    deadline = time.monotonic() + 10
+    while work.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.cancelled_with == 5.0 and not work.exists()
 
 
 def test_stopping_a_training_does_not_wait_in_the_panel_and_too_many_stages_are_refused(scene, phantom_node, tmp_path):
@@ -811,6 +833,27 @@ def test_real_child_process_prepares_a_case_folder(scene, tmp_path):
     assert outcome.state == jobs.FINISHED, outcome.message
     assert outcome.result == tmp_path / "data" and (tmp_path / "data" / "manifest.json").is_file()
     assert any(u.status and u.status.startswith("Preparing data: 2 of 2 cases") for u in updates), updates
+
+
+def test_the_child_runs_in_the_packages_folder_and_relative_paths_are_refused(tmp_path, monkeypatch):
+    """The child inherited Slicer's working folder, first on its module path under ``python -m`` (a ``torch`` folder
+    there would shadow the real one); a relative output path then landed wherever that was."""
+    from MedSynthLib.controller import start_cli_job
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "MedSynthLogic").mkdir()
+    (tmp_path / "MedSynthLogic" / "__init__.py").write_text("raise ImportError('the shadowing copy')\n")
+    job = start_cli_job(["--help"])
+    assert job.wait(timeout=60) == 0, job.stderr_tail()
+    assert job.cwd == jobs.PACKAGE_PARENT
+    settings = SimpleNamespace(**{**recipe_settings(GENERATOR_KINDS[0]), "generatorKind": GENERATOR_KINDS[0],
+                                  "trainPrecision": "auto", "trainDevice": "cpu", "casesDir": Path("cases"),
+                                  "dataDir": tmp_path / "data", "runDir": tmp_path / "run",
+                                  "outputModelPath": Path("models/t2.safetensors")})
+    with pytest.raises(ValueError, match="full path of the output model file"):
+        training_request(settings)
+    with pytest.raises(ValueError, match="full path of the folder of cases"):
+        prepare_request(settings)
 
 
 # ---------------------------------------------------------------------------------------------------------- sample data
