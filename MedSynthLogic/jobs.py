@@ -52,9 +52,10 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 def python_executable() -> str:
     """The Python interpreter to run ``medsynth`` with.
 
-    Outside Slicer that is ``sys.executable``. Inside the Slicer application ``sys.executable`` is the Slicer
-    binary itself, which would start a second Slicer; the interpreter there is the ``PythonSlicer`` launcher (on
-    ``PATH`` inside Slicer, and next to the Slicer executables), which sets up Slicer's Python environment.
+    Outside Slicer that is ``sys.executable``. Inside the Slicer application it is the ``PythonSlicer`` launcher (on
+    ``PATH`` inside Slicer, and next to the Slicer executables), which sets up Slicer's Python environment; Slicer
+    sets ``sys.executable`` to it (``qSlicerCoreApplication``), but it is looked up here in case that is ever the
+    Slicer binary, which would start a second Slicer.
     ``slicer.app`` is looked up in ``sys.modules`` so that this never imports Slicer.
     """
     slicer_module = sys.modules.get("slicer")

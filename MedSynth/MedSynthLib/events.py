@@ -130,11 +130,18 @@ def _iteration(event: Mapping[str, Any]) -> PanelUpdate:
         g_loss = f"{float(losses.get('g')):.4g}"
     except (TypeError, ValueError):
         g_loss = "?"
-    status = _("Training stage {stage}, iteration {iteration}/{total}, G loss {g_loss}").format(
-        stage=_stage(event), iteration=iteration, total=total, g_loss=g_loss)
+    stages = int(event.get("stages") or 0)
+    if stages > 1:  # the bar spans the whole run (it restarted at 0 for every stage)
+        status = _("Training stage {stage} of {stages}, iteration {iteration}/{total}, G loss {g_loss}").format(
+            stage=_stage(event), stages=stages, iteration=iteration, total=total, g_loss=g_loss)
+        percent = _percent((_stage(event) - 1) * total + iteration, stages * total)
+    else:
+        status = _("Training stage {stage}, iteration {iteration}/{total}, G loss {g_loss}").format(
+            stage=_stage(event), iteration=iteration, total=total, g_loss=g_loss)
+        percent = _percent(iteration, total)
     if event.get("eta_s") is not None:
         status += _(", about {minutes} min left").format(minutes=f"{float(event['eta_s']) / 60.0:.0f}")
-    return PanelUpdate(percent=_percent(iteration, total), status=status)
+    return PanelUpdate(percent=percent, status=status)
 
 
 def _metrics(event: Mapping[str, Any]) -> PanelUpdate:

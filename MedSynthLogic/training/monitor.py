@@ -45,7 +45,8 @@ class LossLog:
         self.sums, self.count = {}, 0
         remaining = self.total - (self.stage * self.cfg.iterations + done)
         return iteration_event(self.stage, done, self.cfg.iterations, avg, lr, eta_s=remaining / rate,
-                               patches_per_s=rate * self.cfg.batch_size * self.ctx.world_size, time_s=self.offset + now)
+                               patches_per_s=rate * self.cfg.batch_size * self.ctx.world_size, time_s=self.offset + now,
+                               stages=self.total // max(1, self.cfg.iterations))
 
 
 def check_finite(losses: Dict[str, float], stage: int, it: int, run_dir: Path, ctx: dist_utils.DistContext) -> None:

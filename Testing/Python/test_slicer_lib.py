@@ -120,6 +120,9 @@ def test_events_become_panel_updates():
     update = describe_event(ev.iteration_event(0, 50, 200, {"g": 0.1234567}, lr_g=1e-4, eta_s=120))
     assert update.percent == 25 and "iteration 50/200" in update.status and "0.1235" in update.status
     assert "2 min left" in update.status
+    # a 3-stage run's bar spans the run: it restarted at 0 for every stage
+    update = describe_event(ev.iteration_event(1, 50, 200, {"g": 0.1}, lr_g=1e-4, stages=3))
+    assert update.percent == 42 and update.status.startswith("Training stage 2 of 3, iteration 50/200")
     assert "PSNR 17.1 dB" in describe_event(ev.validation_event(0, 200, 0.02, psnr=17.1, ssim=0.5)).log
     assert describe_event(ev.stage_event(1, 3, "end")).log == "Auto-context stage 2 of 3: end"
     assert describe_event(ev.log_event("stderr", "hello")).log == "hello"

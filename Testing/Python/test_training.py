@@ -212,7 +212,7 @@ def test_short_run_validation_loss_falls(tmp_path, data_dir, tiny_model_config):
     assert vals[-1]["val_loss"] < vals[0]["val_loss"]
     assert all(np.isfinite(v["psnr"]) and -1 <= v["ssim"] <= 1 for v in vals)
     its = [e for e in events if e["event"] == "iteration"]
-    assert len(its) == 3 and {"g", "d", "l2", "gdl", "g_adv"} <= set(its[0]["losses"]) and its[-1]["eta_s"] == 0
+    assert len(its) == 3 and {"g", "d", "l2", "gdl", "g_adv"} <= set(its[0]["losses"]) and its[-1]["eta_s"] == 0 and its[-1]["stages"] == 1
     run = tmp_path / "m_run"
     assert (run / "training_log.csv").is_file() and (run / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert ckpt.latest_checkpoint(run).name == ckpt.checkpoint_name(0, 30)
