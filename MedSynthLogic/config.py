@@ -426,14 +426,49 @@ def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
             kwargs[name] = None
         elif dataclasses.is_dataclass(typ):
             kwargs[name] = from_dict(typ, value)
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(value, typ, f"{cls.__name__}.{name}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise UsageError(f"Bad {cls.__name__} settings: {exc}.") from exc
+
+
+def _typed(value: Any, typ: Any, where: str) -> Any:
+    """``value`` as the field's type, or a UsageError naming the setting: JSON's "false" is a true string, so an
+    unchecked ``{"adversarial": "false"}`` trained adversarially, and ``"iterations": "2"`` ended in a traceback.
+    Whole floats are taken for ints (``32.0``), ints for floats; lists become tuples, element by element."""
+    import typing
+
+    def refuse(expected: str) -> UsageError:
+        return UsageError(f"{where} must be {expected}, got {json.dumps(value)}.",
+                          "Write it in the JSON without quotes: true/false, or a number.")
+
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+            raise refuse("a whole number")
+        return int(value)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise refuse("a number")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise refuse("a text in quotes")
+        return value
+    if typing.get_origin(typ) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise refuse("a list")
+        args = typing.get_args(typ)
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(value):
+            raise refuse(f"a list of {len(kinds)}")
+        return tuple(_typed(v, k, f"{where}[{i}]") for i, (v, k) in enumerate(zip(value, kinds)))
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _unwrap_optional(typ: Any) -> Any:

@@ -65,8 +65,13 @@ def train_from_args(
 
     None: ``--stop-after`` ended this call with a checkpoint before the schedule's end.
     """
+    from ..atomic import check_output_path
+
     model_cfg, train_cfg = configs_from_args(args)
-    out = Path(args.out)
+    data = Path(args.data)
+    # --overwrite must never let the model replace what trains it (the next run found no readable train.h5)
+    out = check_output_path(args.out, overwrite=True, inputs=(data / "train.h5", data / "val.h5", data / "manifest.json",
+                                                              args.init_model, args.prior_model))
     if out.exists() and not args.overwrite:
         # --resume too: the model exists once its run finished, and resuming a finished run must not rewrite it.
         # Every rank refuses at once: a rank left waiting for rank 0 would hang until torchrun kills it.

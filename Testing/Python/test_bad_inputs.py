@@ -483,6 +483,34 @@ def val_fraction_too_large(d: Path, s: Shared) -> List[str]:
     return ["prepare", str(_case_folder(d, s)), str(d / "prepared"), "--config", str(s.config), "--val-fraction", "1.5"]
 
 
+def train_config_with_a_quoted_boolean(d: Path, s: Shared) -> List[str]:
+    """JSON's "false" is a true string: the run trained adversarially without a word."""
+    (d / "train.json").write_text(json.dumps({"adversarial": "false", "iterations": 2}), encoding="utf-8")
+    return ["train", "--data", str(s.data), "--out", str(d / "model.safetensors"), "--model-config", str(s.config),
+            "--train-config", str(d / "train.json")]
+
+
+def train_config_with_a_quoted_number(d: Path, s: Shared) -> List[str]:
+    """"iterations": "2" ended in a traceback (exit 1)."""
+    (d / "train.json").write_text(json.dumps({"iterations": "2"}), encoding="utf-8")
+    return ["train", "--data", str(s.data), "--out", str(d / "model.safetensors"), "--model-config", str(s.config),
+            "--train-config", str(d / "train.json")]
+
+
+def model_config_with_a_fractional_stage_count(d: Path, s: Shared) -> List[str]:
+    """"stages": 2.5 was taken, and prepare wrote it into the data's header."""
+    config = json.loads(s.config.read_text(encoding="utf-8"))
+    (d / "model.json").write_text(json.dumps({**config, "stages": 2.5}), encoding="utf-8")
+    return ["prepare", str(_case_folder(d, s)), str(d / "prepared"), "--config", str(d / "model.json")]
+
+
+def train_onto_its_own_data(d: Path, s: Shared) -> List[str]:
+    """--out data/train.h5 --overwrite replaced the training data with a model file."""
+    shutil.copytree(s.data, d / "data")
+    return ["train", "--data", str(d / "data"), "--out", str(d / "data" / "train.h5"), "--model-config", str(s.config),
+            "--overwrite"]
+
+
 def good_unicode_paths(d: Path, s: Shared) -> List[str]:
     folder = d / "dossier données ü 日本"
     folder.mkdir()
@@ -670,6 +698,14 @@ ROWS = [
         "hold a T1, but the model config names its source T1ce"),
     Row("val-fraction-too-large", "prepare --val-fraction 1.5", val_fraction_too_large, 2, "val_fraction",
         absent="prepared"),
+    Row("train-config-quoted-boolean", 'a train config with "adversarial": "false"', train_config_with_a_quoted_boolean, 2,
+        "TrainConfig.adversarial must be true or false"),
+    Row("train-config-quoted-number", 'a train config with "iterations": "2"', train_config_with_a_quoted_number, 2,
+        "TrainConfig.iterations must be a whole number"),
+    Row("model-config-fractional-stages", 'a model config with "stages": 2.5', model_config_with_a_fractional_stage_count,
+        2, "ModelConfig.stages must be a whole number", absent="prepared"),
+    Row("train-onto-its-data", "train --out <data>/train.h5 --overwrite", train_onto_its_own_data, 7,
+        "is one of the inputs"),
     Row("bad-option", "unknown option", bad_option, 2, "unrecognized arguments"),
     Row("bad-tile", "--tile 0", bad_tile, 2, "tile size must be positive"),
     Row("unicode-paths", "spaces and non-ASCII in every path (valid)", good_unicode_paths, 0, "",
