@@ -27,7 +27,7 @@ states its own. Three checks:
   The check runs only when the model's ``input.sequence`` and ``source_name`` both name a sequence the rule
   knows (:data:`T1_WEIGHTED`, :data:`T2_WEIGHTED`; also names such as "T1_3T" that :mod:`.source_names` reads)
   and agree, and the model expects skull-stripped input; any other source (CT, PD, "MR", a whole head) gets no
-  sequence check.
+  sequence check, and nor does a FLAIR source (the rule calls half the FLAIRs T1-weighted).
 * **skull-stripped** (when no brain mask is given): at least ``min_background_fraction`` of the voxels are 0
   (≤ the model's mask threshold). A head whose air was set to 0 passes; a head with scanner noise does not, and
   then the sequence is not judged (the "brain" would be the whole head). A source whose brightest voxels crowd
@@ -149,9 +149,15 @@ def sequence_kind(name: str) -> Optional[str]:
 
 
 def _expected_kind(model_config: "ModelConfig") -> Optional[str]:
-    """The kind the sequence rule checks for, or None: names it does not know or that disagree, and models that
-    take whole heads (the rule reads a skull-stripped brain's histogram)."""
+    """The kind the sequence rule checks for, or None: names it does not know or that disagree, models that take
+    whole heads (the rule reads a skull-stripped brain's histogram), and a FLAIR source, which the rule cannot tell
+    from a T1 (it read 7 of the 14 BraTS FLAIRs as T1-weighted: a FLAIR→T2 model refused half its own inputs)."""
+    from .source_names import FLAIR, named_sequence
+
     if not model_config.input.skull_stripped:
+        return None
+    if any(getattr(named_sequence(name), "kind", None) == FLAIR
+           for name in (model_config.input.sequence, model_config.source_name)):
         return None
     expected = sequence_kind(model_config.input.sequence)
     return expected if expected is not None and expected == sequence_kind(model_config.source_name) else None

@@ -92,6 +92,27 @@ def test_a_source_the_rule_does_not_know_gets_no_sequence_check(phantom):
     assert sequence_kind("PD") is None and sequence_kind("T1 T2") is None
 
 
+def test_a_flair_model_gets_no_sequence_check(phantom):
+    """The rule reads half the BraTS FLAIRs as T1-weighted, so a FLAIR→T2 model refused half its own inputs (and
+    prepare trained it on cases synthesize then refused); a T1ce model still refuses the FLAIRs the rule catches."""
+    flair_model = ModelConfig(source_name="FLAIR", target_name="T2")
+    assert flair_model.input.sequence == "FLAIR" and "sequence" not in checks_run(flair_model, False)
+    assert check_source(phantom.t1ce, flair_model) == []  # a T1-weighted-looking image: a FLAIR with little oedema
+    named = ModelConfig(source_name="T2-FLAIR", target_name="T1", input=InputExpectations(sequence="T2-FLAIR"))
+    assert "sequence" not in checks_run(named, False)
+
+
+@pytest.mark.brats
+def test_a_flair_to_t2_model_accepts_every_brats_flair(brats_dir):
+    from MedSynthLogic.volume_io import read_volume
+
+    flair_model = ModelConfig(source_name="FLAIR", target_name="T2")
+    cases = sorted(p for p in brats_dir.iterdir() if (p / f"{p.name}_flair.nii.gz").is_file())
+    assert cases
+    for case in cases:
+        assert check_source(read_volume(case / f"{case.name}_flair.nii.gz"), flair_model) == [], case.name
+
+
 def test_a_model_for_whole_heads_gets_no_histogram_rule(phantom):
     """The rule reads a skull-stripped brain's histogram; inside a head mask scalp and marrow make a T1 look
     T2-weighted (t2_score 1.6 on a whole-head phantom T1), so a model that takes whole heads does not run it."""
