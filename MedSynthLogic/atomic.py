@@ -45,6 +45,21 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False, inputs: 
     return out
 
 
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents), or say why it cannot be: a file of that name, a read-only place, a
+    path under /proc. A bare OSError from ``mkdir`` reached the user as a traceback from ``train --run-dir`` and
+    ``evaluate --out``."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"The output folder {path} is a file.", "Choose a folder, or move that file away.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the output folder {path}: {exc.strerror or exc}.",
+                          "Choose a folder you can write to.") from exc
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``.

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text, make_output_folder
 from .config import ModelConfig, to_dict
 from .dataset_cases import BRATS_PATTERN, Case, case_key, find_cases, select_cases, split_cases
 from .errors import DataError, GeometryError, MedSynthError, OutputError, UsageError
@@ -54,10 +54,7 @@ def _check_outputs(out: Path, overwrite: bool) -> None:
             f"The output folder {out} already holds {', '.join(existing)}.",
             "Pass --overwrite to replace them or choose another folder.", reason="output_exists",
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Cannot create the output folder {out}: {exc.strerror}.", "Choose a folder you can write to.") from exc
+    make_output_folder(out)
     if not os.access(out, os.W_OK):
         raise OutputError(f"The output folder {out} is not writable.", "Choose a folder you can write to.")
 

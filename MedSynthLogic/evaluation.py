@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import numpy as np
 
+from .atomic import make_output_folder
 from .errors import DataError, OutputError, UsageError
 from .progress import progress_event, warning_event
 
@@ -189,8 +190,7 @@ def evaluate_cases(
         loaded, model = model, model.path
     else:
         loaded = None if scorer else load_model(Path(model) if model else bundled_model_path(), stages=stages)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(out_dir)
     norm = scorer.normalisation if scorer else loaded.config.normalisation
     names = (loaded.config.source_name, loaded.config.target_name) if loaded else scorer.names
     trained_on = _training_cases_scored(loaded, cases, progress)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 import torch
 
+from .atomic import make_output_folder
 from .errors import InputImageError, OutputError
 from .model_file import LoadedModel
 from .progress import warning_event
@@ -183,10 +184,7 @@ def synthesize_folder(
         check_receptive_field(loaded, volume)
         if not force:
             refuse_or_warn(check_source(volume, loaded.config), False, source=src.path)
-    try:
-        dst_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Cannot create the output folder {dst_dir}: {exc.strerror}.", "Choose a folder you can write to.") from exc
+    make_output_folder(dst_dir)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)
     written = []
     for i, (src, dst) in enumerate(zip(sources, targets), start=1):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from .. import checkpoint as ckpt
+from ..atomic import make_output_folder
 from .. import distributed as dist_utils
 from ..config import ModelConfig, TrainConfig
 from ..models import AutoContextChain
@@ -81,7 +82,7 @@ def open_session(
     """The run folder (default ``<out stem>_run/``), created by rank 0; events go to ``callback`` and its CSV log."""
     folder = Path(run_dir) if run_dir is not None else out.with_name(out.name.split(".")[0] + "_run")
     if ctx.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_output_folder(folder)
     dist_utils.barrier(ctx)
     emit = CallbackList([callback, CsvLogger(folder / "training_log.csv")] if ctx.is_main else [])
     return Session(model_cfg, train_cfg, ctx, folder, emit, Stopper(stop_event, ctx), keep, keep_every)

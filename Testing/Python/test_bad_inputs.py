@@ -455,6 +455,19 @@ def evaluate_report_exists(d: Path, s: Shared) -> List[str]:
     return ["evaluate", str(_case_folder(d, s)), "--model", str(s.model), "--out", str(d / "report")]
 
 
+def train_run_folder_is_a_file(d: Path, s: Shared) -> List[str]:
+    """A bare FileExistsError from mkdir: a traceback, exit 1."""
+    (d / "run").write_text("a file, not a folder", encoding="utf-8")
+    return ["train", "--data", str(s.data), "--out", str(d / "model.safetensors"), "--model-config", str(s.config),
+            "--run-dir", str(d / "run")]
+
+
+def evaluate_into_a_file(d: Path, s: Shared) -> List[str]:
+    """A bare NotADirectoryError from mkdir: a traceback, exit 1."""
+    (d / "notes.txt").write_text("a file", encoding="utf-8")
+    return ["evaluate", str(_case_folder(d, s)), "--model", str(s.model), "--out", str(d / "notes.txt" / "report")]
+
+
 def output_name_too_long(d: Path, s: Shared) -> List[str]:
     return _synth(_source(d, s), d / ("a" * 300 + ".nii.gz"), s)
 
@@ -706,6 +719,10 @@ ROWS = [
         2, "ModelConfig.stages must be a whole number", absent="prepared"),
     Row("train-onto-its-data", "train --out <data>/train.h5 --overwrite", train_onto_its_own_data, 7,
         "is one of the inputs"),
+    Row("train-run-folder-is-a-file", "train --run-dir naming an existing file", train_run_folder_is_a_file, 7,
+        "is a file"),
+    Row("evaluate-into-a-file", "evaluate --out under an existing file", evaluate_into_a_file, 7,
+        "Cannot create the output folder"),
     Row("bad-option", "unknown option", bad_option, 2, "unrecognized arguments"),
     Row("bad-tile", "--tile 0", bad_tile, 2, "tile size must be positive"),
     Row("unicode-paths", "spaces and non-ASCII in every path (valid)", good_unicode_paths, 0, "",
