@@ -45,6 +45,7 @@ from .resume import (
     Start, changed_world_size, decide_start, patches_before, refuse_changed_data, refuse_changed_schedule,
     refuse_earlier_run,
 )
+from .run_lock import acquire_run_folder, release_run_folder
 from .session import Callback, Session, open_session
 from .prior import check_same_prior, open_prior_model, prior_record, with_prior
 from .state import latest_state, load_checkpoint_stage, load_earlier_stages, load_model_stage, open_init_model
@@ -99,8 +100,10 @@ def train(
     if keep_every < 0:
         raise UsageError(f"keep_every must be 0 (off) or a number of iterations, not {keep_every}.")
     ctx = dist_utils.init_distributed(resolve_device(str(device)))
+    lock = None
     try:
         session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints, keep_every)
+        lock = acquire_run_folder(session.run_dir) if ctx.is_main else None
         session.stop_after, session.data = stop_after, plan.summary()
         if not resume and start_stage == 0:
             refuse_earlier_run(session.run_dir)
@@ -148,6 +151,7 @@ def train(
         dist_utils.barrier(ctx)
         return out
     finally:
+        release_run_folder(lock)
         dist_utils.cleanup(ctx)
 
 

@@ -527,3 +527,36 @@ def test_a_validation_pause_is_left_out_of_the_rate_and_eta(monkeypatch):
     log.exclude(30.0)
     event = log.add({"g": 1.0}, 2, 1e-3)
     assert event["patches_per_s"] == pytest.approx(2 * 4 / 2.0) and event["eta_s"] == pytest.approx(8 * 1.0)
+
+
+def test_one_training_at_a_time_in_a_run_folder(tmp_path, data_dir, tiny_model_config):
+    """Two trainings in one run folder (a run and, while it trained, the same command with --resume) both ran to the
+    end: interleaved checkpoints, every CSV row twice, two model writes. A live holder refuses the second; a lock
+    whose process ended (a killed run) is taken over; a finished run leaves none behind."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from MedSynthLogic.errors import OutputError
+    from MedSynthLogic.training import train
+    from MedSynthLogic.training.run_lock import LOCK_NAME, acquire_run_folder, release_run_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    held = acquire_run_folder(run)
+    with pytest.raises(OutputError, match="is in use by another training") as refused:
+        train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu",
+              run_dir=run)
+    assert refused.value.exit_code == 7 and refused.value.reason == "run_folder_in_use"
+    assert held.is_file() and not list(run.glob("ckpt_*.pt")) and not (tmp_path / "m.safetensors").exists()
+    release_run_folder(held)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK_NAME).write_text(json.dumps({"pid": int(ended.stdout), "host": socket.gethostname()}))
+    out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu",
+                run_dir=run)
+    assert out.is_file() and not (run / LOCK_NAME).exists()
+    (run / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-node"}))
+    with pytest.raises(OutputError, match="on another-node") as remote:
+        acquire_run_folder(run)
+    assert str(run / LOCK_NAME) in remote.value.hint
