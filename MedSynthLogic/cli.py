@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
 from .progress import done_event, log_event
@@ -79,7 +79,7 @@ def cmd_prepare(args: argparse.Namespace, report: Reporter) -> int:
     model_cfg = load_json_config(args.config, ModelConfig)
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
     cases = _case_files(args).find(args.data, source_suffix, target_suffix, skip_incomplete=args.skip_incomplete)
-    val_cases = [c for c in args.val_cases.split(",") if c] if args.val_cases else None
+    val_cases = _case_list(args.val_cases) if args.val_cases else None
     manifest = prepare_dataset(
         cases,
         args.out,
@@ -132,11 +132,14 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     layout = [opt for opt, value in (("--source-pattern", args.source_pattern), ("--target-pattern", args.target_pattern),
                                      ("--csv", args.csv), ("--source-suffix", args.source_suffix),
                                      ("--target-suffix", args.target_suffix)) if value]
+    if args.model and args.lookup:  # the lookup was scored and --model ignored, the report naming the lookup as the model
+        raise UsageError("Give --model or --lookup, not both: each report scores one predictor.",
+                         "Run evaluate once with --model and once with --lookup, into two --out folders.")
     if args.data is None and layout:
         raise UsageError(f"{', '.join(layout)} describe a data folder, but none was given.",
                          "Pass the folder: medsynth evaluate DATA ... (without DATA, --manifest's recorded files are used).")
     # the suffixes default to the scored pair's names in lower case, in cases_to_evaluate and evaluate_cases alike
-    cases = cases_to_evaluate(args.data, case_ids=[c for c in (args.cases or "").split(",") if c], manifest=args.manifest,
+    cases = cases_to_evaluate(args.data, case_ids=_case_list(args.cases or ""), manifest=args.manifest,
                               source_suffix=args.source_suffix, target_suffix=args.target_suffix, model=args.model,
                               lookup=args.lookup, files=_case_files(args))
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
@@ -164,7 +167,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
     cases = _case_files(args).find(args.data, source_suffix, target_suffix)
     if args.cases:
-        cases = select_cases(cases, [c for c in args.cases.split(",") if c], where=str(args.data))
+        cases = select_cases(cases, _case_list(args.cases), where=str(args.data))
     check_output_path(args.out, overwrite=args.overwrite, inputs=[p for c in cases for p in (c.source, c.target, c.mask)])
 
     def pairs():
@@ -189,7 +192,7 @@ def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
         else:
             print(text, flush=True)
 
-    cases = [c for c in args.cases.split(",") if c] if args.cases else None
+    cases = _case_list(args.cases) if args.cases else None
     out = fit_error_map_for(args.model, args.data, args.out, cases=cases, voxels_per_case=args.voxels_per_case,
                             seed=args.seed, device=args.device, overwrite=args.overwrite,
                             variants=[v for v in args.variants.split(",") if v], image_features=args.image_features,
@@ -295,6 +298,11 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
     except ValueError:
         return lambda: None
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _case_list(text: str) -> List[str]:
+    """Comma-separated case ids, spaces around each ignored ("a, b" named " b", which no folder holds)."""
+    return [case.strip() for case in text.split(",") if case.strip()]
 
 
 def _case_files(args: argparse.Namespace) -> "CaseFiles":

@@ -81,7 +81,7 @@ class Reporter:
                        f"{event.get('iteration', 0)}")
         elif self.mode in ("bar", "plain") and kind == "stage" and event.get("earlier_stages_from"):
             earlier = "stage 1 comes" if event["stage"] == 1 else f"stages 1–{event['stage']} come"
-            self._line(f"stage {event['stage'] + 1}/{event['stages']} starts afresh; {earlier} from "
+            self._line(f"stage {event['stage'] + 1}/{event['stages']} is trained from its first iteration; {earlier} from "
                        f"{event['earlier_stages_from']}")
         if kind == "warning" and self.mode != "json":
             self._line(f"medsynth: warning: {event.get('message')}")

@@ -468,6 +468,13 @@ def evaluate_into_a_file(d: Path, s: Shared) -> List[str]:
     return ["evaluate", str(_case_folder(d, s)), "--model", str(s.model), "--out", str(d / "notes.txt" / "report")]
 
 
+def evaluate_a_model_and_a_lookup(d: Path, s: Shared) -> List[str]:
+    """The lookup was scored, --model ignored, and the report named the lookup as the model."""
+    (d / "lookup.json").write_text("{}", encoding="utf-8")
+    return ["evaluate", str(_case_folder(d, s)), "--model", str(s.model), "--lookup", str(d / "lookup.json"),
+            "--out", str(d / "report")]
+
+
 def output_name_too_long(d: Path, s: Shared) -> List[str]:
     return _synth(_source(d, s), d / ("a" * 300 + ".nii.gz"), s)
 
@@ -723,6 +730,8 @@ ROWS = [
         "is a file"),
     Row("evaluate-into-a-file", "evaluate --out under an existing file", evaluate_into_a_file, 7,
         "Cannot create the output folder"),
+    Row("evaluate-model-and-lookup", "evaluate --model M --lookup L", evaluate_a_model_and_a_lookup, 2,
+        "Give --model or --lookup, not both", absent="report"),
     Row("bad-option", "unknown option", bad_option, 2, "unrecognized arguments"),
     Row("bad-tile", "--tile 0", bad_tile, 2, "tile size must be positive"),
     Row("unicode-paths", "spaces and non-ASCII in every path (valid)", good_unicode_paths, 0, "",

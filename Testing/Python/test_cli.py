@@ -538,7 +538,7 @@ def test_evaluate_with_figures(ws):
 def test_evaluate_says_when_it_scores_the_models_own_training_cases(ws):
     """case0 trained the tiny model: its figures are no held-out result, and the report used to say nothing."""
     out = ws.root / "evaluation_training_case"
-    proc = medsynth("evaluate", ws.data, "--model", ws.model, "--cases", "case0,case2", "--out", out, "--progress", "plain")
+    proc = medsynth("evaluate", ws.data, "--model", ws.model, "--cases", "case0, case2", "--out", out, "--progress", "plain")
     assert ("medsynth: warning: 1 of the 2 scored cases (case0) are among the model's training cases: their figures "
             "are not held-out results") in proc.stderr
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["training_cases_scored"] == ["case0"]

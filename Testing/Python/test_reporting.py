@@ -85,7 +85,7 @@ def test_training_lines_and_warnings_in_plain_mode():
     assert err.getvalue().splitlines() == [
         "stage 1 it 5/10 g=1.25 d=0.5", "medsynth: warning: GPU out of memory. Falling back to the CPU (slower).",
         "stage 2/3 goes on from run/ckpt_s01_it000000040.pt at iteration 40",
-        "stage 3/3 starts afresh; stages 1–2 come from two_stages.safetensors",
+        "stage 3/3 is trained from its first iteration; stages 1–2 come from two_stages.safetensors",
         "validation: loss 0.06298, PSNR 17.12 dB, SSIM 0.5123",
     ]
 
