@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
@@ -18,6 +19,8 @@ from .progress import done_event, log_event
 from .reporting import Reporter, failure_event, silence
 
 if TYPE_CHECKING:
+    import threading
+
     from .dataset_cases import CaseFiles
 
 def _cancel_on_signals() -> Callable[[], bool]:
@@ -264,6 +267,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         return UsageError.exit_code
     report = Reporter(getattr(args, "progress", "none"))
     restore = _interrupt_on_sigterm()
+    watching = _stop_when_file_appears(getattr(args, "stop_file", None))
     try:
         return int(args.func(args, report) or 0)
     except MedSynthError as exc:
@@ -279,6 +283,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
                                                reason="out_of_memory"))
         raise
     finally:
+        watching.set()
         restore()
         report.close()
 
@@ -298,6 +303,28 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
     except ValueError:
         return lambda: None
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threading.Event":
+    """Watch for ``--stop-file`` on a thread and, once it exists, raise SIGTERM in this process, so the command stops
+    exactly as a signal would stop it (a training checkpoints first). On Windows Slicer cannot signal its child (its
+    CTRL_BREAK reaches only processes on its own console, which a GUI has not): the panel creates the file instead.
+    Returns the event that ends the watch."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    if not path:
+        return done
+
+    def watch() -> None:
+        while not done.wait(every_s):
+            if os.path.exists(path):
+                signal.raise_signal(signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="medsynth-stop-file", daemon=True).start()
+    return done
 
 
 def _case_list(text: str) -> List[str]:

@@ -122,6 +122,7 @@ class Job:
         env: Optional[Mapping[str, str]] = None,
         name: str = "medsynth",
         stderr_lines: int = 200,
+        stop_file: Optional[str | os.PathLike] = None,
     ) -> None:
         if isinstance(args, (str, bytes)):
             raise TypeError("Job takes an argument list, not a shell string.")
@@ -129,6 +130,7 @@ class Job:
         self.cwd = os.fspath(cwd) if cwd is not None else None
         self.env = dict(env) if env is not None else None
         self.name = name
+        self.stop_file = Path(stop_file) if stop_file is not None else None
         self.process: Optional[subprocess.Popen] = None
         self._queue: "queue.Queue[Dict[str, Any]]" = queue.Queue()
         self._stderr_tail: Deque[str] = collections.deque(maxlen=stderr_lines)
@@ -295,12 +297,19 @@ class Job:
 
         Descendants are collected before signalling, with psutil when it is installed (that also reaches
         processes that left the group), else through the process group. On Windows the console group gets
-        CTRL_BREAK and the tree is then killed.
+        CTRL_BREAK and the tree is then killed. A job with a ``stop_file`` (the child's ``--stop-file``) creates it
+        first: where the signal does not arrive (a GUI's child on Windows), the child still stops as SIGTERM would
+        stop it, within ``timeout``, before the kill.
         """
         process = self.process
         if process is None:
             return
         self._cancelled = self._cancelled or process.poll() is None  # a Cancel after the end changes nothing
+        if self.stop_file is not None and process.poll() is None:
+            try:  # the child's --stop-file: what stops it where no signal reaches it (a GUI's child on Windows)
+                self.stop_file.touch()
+            except OSError:
+                pass
         psutil = _psutil()
         descendants = _descendants(psutil, process.pid)
         if process.poll() is None or descendants or _group_alive(process.pid):
@@ -317,6 +326,8 @@ class Job:
             pass
         for thread in self._readers:
             thread.join(timeout=2.0)
+        if self.stop_file is not None:
+            self.stop_file.unlink(missing_ok=True)
 
 
 def _parse_event(line: str) -> Optional[Dict[str, Any]]:

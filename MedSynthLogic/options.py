@@ -29,6 +29,13 @@ def add_progress_argument(p: argparse.ArgumentParser) -> None:
                    "(default auto: a bar on a terminal, plain lines in a log)")
 
 
+def add_stop_file_argument(p: argparse.ArgumentParser) -> None:
+    """``--stop-file``, shared by every subcommand: how a front end stops a child where signals cannot reach it."""
+    p.add_argument("--stop-file", default=None,
+                   help="stop as SIGTERM would (a training writes its checkpoint first) once this file exists: how "
+                   "Slicer's panel stops a command on Windows, where it cannot signal one (default: none)")
+
+
 def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="the model's source volume, a T1ce for the bundled model (nii, nii.gz, mha, mhd, "
                    "nrrd, hdr), or a folder of them")
@@ -304,6 +311,7 @@ def build_parser(handlers: Mapping[str, Callable[..., int]]) -> argparse.Argumen
     for name, text, add_arguments in COMMANDS:
         p = sub.add_parser(name, help=text, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
         add_progress_argument(p)
+        add_stop_file_argument(p)
         add_arguments(p)
         p.set_defaults(func=handlers[name])
     return parser

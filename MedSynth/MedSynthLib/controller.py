@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -35,7 +36,9 @@ def start_cli_job(args: Sequence[str]) -> Any:
 
     slicer = sys.modules.get("slicer")
     base = slicer.util.startupEnvironment() if getattr(slicer, "app", None) is not None else None
-    return jobs.Job(jobs.python_command(args), cwd=jobs.PACKAGE_PARENT, env=jobs.child_environment(base=base)).start()
+    stop_file = Path(tempfile.gettempdir()) / f"MedSynth-stop-{uuid.uuid4().hex}"  # Cancel's way in on Windows
+    return jobs.Job(jobs.python_command([*args, "--stop-file", stop_file]), cwd=jobs.PACKAGE_PARENT,
+                    env=jobs.child_environment(base=base), stop_file=stop_file).start()
 
 
 @dataclass

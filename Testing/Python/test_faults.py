@@ -165,6 +165,27 @@ def test_training_killed_at_random_points_always_resumes(tmp_path, train_data):
     assert resumed == len(progress)  # every kill was followed by a resumed run (the last one to the end)
 
 
+def test_a_stop_file_stops_training_as_sigterm_does(tmp_path, train_data):
+    """On Windows the panel's Stop cannot signal its child (CTRL_BREAK reaches only processes on the caller's
+    console): the child was killed after 30 s without its stop checkpoint. With --stop-file the file's appearance
+    stops it exactly as SIGTERM does: a checkpoint at the iteration reached, exit 130, and --resume goes on."""
+    stop = tmp_path / "STOP"
+    out = tmp_path / "model.safetensors"
+    child = Child(_train_argv(train_data, out, resume=False) + ["--stop-file", str(stop)])
+    event = child.wait_for(lambda e: e.get("event") == "iteration" and e.get("iteration", 0) >= 3)
+    assert event is not None, child.finish()
+    stop.touch()
+    code, _, err = child.finish(timeout=120)
+    assert code == 130 and "Traceback" not in err, (code, err)
+    assert "--resume" in err and not out.exists()
+    stopped_at = _check_run_folder(tmp_path / "model_run")[-1]
+    assert stopped_at[1] >= 3 and stopped_at[1] < ITERATIONS, stopped_at
+    stop.unlink()
+    code, _, err = Child(_train_argv(train_data, out, resume=True)).finish(timeout=300)
+    assert code == 0 and out.is_file(), err
+    record("fault", fault="training stopped by its --stop-file", injected=1, resumed=1, files_lost=0)
+
+
 def test_kill_during_checkpoint_write_leaves_previous_checkpoint(tmp_path):
     """SIGKILL in the middle of writing a checkpoint (half the bytes on disk): the file never appears under its
     name, the previous checkpoint is still the newest complete one, and the temporary file is ignored."""

@@ -161,6 +161,28 @@ def test_a_cancel_after_the_child_ended_keeps_its_outcome(tmp_path):
         assert _collect(job)[-1]["state"] == state
 
 
+def test_cancel_creates_the_stop_file_a_child_deaf_to_signals_stops_on(tmp_path):
+    """A GUI's child on Windows gets no CTRL_BREAK: here a child ignoring SIGTERM stands in for it. Cancel creates its
+    stop file, the child ends on its own (exit 130, as medsynth does), before the kill; the file is removed after."""
+    stop = tmp_path / "STOP"
+    child = _script(tmp_path, "deaf.py", """
+        import os, signal, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.05)
+        sys.exit(130)
+        """)
+    job = jobs.Job([sys.executable, str(child), str(stop)], stop_file=stop).start()
+    deadline = time.monotonic() + 30
+    while not any(e.get("line") == "ready" for e in job.poll()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    job.cancel(timeout=10.0)
+    assert time.monotonic() - t0 < 5 and job.returncode == 130 and job.state == jobs.CANCELLED
+    assert not stop.exists()
+
+
 def test_arguments_with_spaces_and_non_ascii(tmp_path):
     folder = tmp_path / "dossier données ü 日本" / "with 'quotes' and $HOME"
     folder.mkdir(parents=True)
