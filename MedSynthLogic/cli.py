@@ -266,9 +266,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         parser.print_help(sys.stderr)
         return UsageError.exit_code
     report = Reporter(getattr(args, "progress", "none"))
-    restore = _interrupt_on_sigterm()
-    watching = _stop_when_file_appears(getattr(args, "stop_file", None))
+    restore, watching = _interrupt_on_sigterm(), None
     try:
+        watching = _stop_when_file_appears(getattr(args, "stop_file", None))
         return int(args.func(args, report) or 0)
     except MedSynthError as exc:
         return _fail(report, exc)
@@ -283,7 +283,8 @@ def _run(argv: Optional[Sequence[str]]) -> int:
                                                reason="out_of_memory"))
         raise
     finally:
-        watching.set()
+        if watching is not None:
+            watching.set()
         restore()
         report.close()
 
@@ -316,6 +317,9 @@ def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threa
     done = threading.Event()
     if not path:
         return done
+    if threading.current_thread() is not threading.main_thread():  # no handler here: SIGTERM would end the host
+        raise UsageError("--stop-file works only when medsynth runs as a process of its own, not on a worker thread.",
+                         "Start it as a child process (python -m MedSynthLogic.cli ...), or stop it with a cancel callback.")
 
     def watch() -> None:
         while not done.wait(every_s):

@@ -905,3 +905,16 @@ def test_bundled_model_on_a_real_brats_case(brats_dir, tmp_path):
     scale = read_header(BUNDLED)["model_config"]["normalisation"]["output_scale"]
     scores = evaluate_case(pred, read_array(target), read_array(source) > 0, pred_scale=scale)
     assert scores["psnr"] > LOOKUP_FLOOR_DB, scores
+
+
+def test_a_stop_file_is_refused_on_a_worker_thread(capsys):
+    """Off the main thread no SIGTERM handler can be set, so the file's SIGTERM would end the host (Slicer)."""
+    import threading
+
+    from MedSynthLogic import cli
+
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(cli.main(["info", "--stop-file", "never-created"])))
+    worker.start()
+    worker.join(timeout=60)
+    assert codes == [2] and "runs as a process of its own" in capsys.readouterr().err
