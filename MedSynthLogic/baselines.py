@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class IntensityLookup:
     values: np.ndarray
     normalisation: NormalisationConfig
     names: Tuple[str, str] = ("T1ce", "T2")
+    fitted_on: Optional[Tuple[str, ...]] = None  # the case ids it was fitted on (None: a file from before they were kept)
 
     def apply(self, source: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Normalise ``source`` as in training, look each voxel up, return target units (as the models do)."""
@@ -42,7 +43,8 @@ class IntensityLookup:
 
         atomic_write_text(path, json.dumps({"kind": "intensity-lookup", "edges": self.edges.tolist(),
                                             "values": self.values.tolist(), "normalisation": to_dict(self.normalisation),
-                                            "source_name": self.names[0], "target_name": self.names[1]}))
+                                            "source_name": self.names[0], "target_name": self.names[1],
+                                            **({"fitted_on": list(self.fitted_on)} if self.fitted_on is not None else {})}))
 
     @classmethod
     def load(cls, path: str | Path) -> "IntensityLookup":
@@ -60,7 +62,8 @@ class IntensityLookup:
         try:
             return cls(np.asarray(data["edges"], dtype=np.float64), np.asarray(data["values"], dtype=np.float64),
                        from_dict(NormalisationConfig, data["normalisation"]),
-                       (str(data.get("source_name", "T1ce")), str(data.get("target_name", "T2"))))
+                       (str(data.get("source_name", "T1ce")), str(data.get("target_name", "T2"))),
+                       tuple(str(c) for c in data["fitted_on"]) if isinstance(data.get("fitted_on"), list) else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path} is an incomplete intensity lookup file ({exc}).", hint) from exc
 

@@ -193,7 +193,7 @@ def evaluate_cases(
     out = make_output_folder(out_dir)
     norm = scorer.normalisation if scorer else loaded.config.normalisation
     names = (loaded.config.source_name, loaded.config.target_name) if loaded else scorer.names
-    trained_on = _training_cases_scored(loaded, cases, progress)
+    trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
     target_name = target_name or names[1].lower()
     entries = []
     for i, case in enumerate(cases):
@@ -239,6 +239,21 @@ def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: Progres
     if seen and progress:
         progress(warning_event("evaluate", f"{len(seen)} of the {len(cases)} scored cases ({', '.join(seen)}) are among "
                                "the model's training cases: their figures are not held-out results"))
+    return seen
+
+
+def _fitting_cases_scored(lookup: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:
+    """As :func:`_training_cases_scored`, for a lookup: the scored cases it was fitted on (``fit-lookup`` fits on every
+    case of its folder unless ``--cases`` names some), with a warning; None, warned, for a file that does not say."""
+    if lookup.fitted_on is None:
+        if progress:
+            progress(warning_event("evaluate", "the lookup file does not name the cases it was fitted on (older files): "
+                                   "check yourself that the scored cases are not among them"))
+        return None
+    seen = [case.case_id for case in cases if case.case_id in set(lookup.fitted_on)]
+    if seen and progress:
+        progress(warning_event("evaluate", f"{len(seen)} of the {len(cases)} scored cases ({', '.join(seen)}) are among "
+                               "the cases the lookup was fitted on: their figures are not held-out results"))
     return seen
 
 

@@ -569,12 +569,19 @@ def test_fit_lookup_then_evaluate_the_lookup(ws):
     lookup = ws.root / "lookup.json"
     medsynth("fit-lookup", ws.data, lookup, "--cases", "case0,case1", "--bins", 64, "--config", ws.config)
     data = json.loads(lookup.read_text(encoding="utf-8"))
-    assert data["kind"] == "intensity-lookup" and len(data["values"]) == 64
+    assert data["kind"] == "intensity-lookup" and len(data["values"]) == 64 and data["fitted_on"] == ["case0", "case1"]
     out = ws.root / "evaluation_lookup"
-    medsynth("evaluate", ws.data, "--lookup", lookup, "--cases", "case2", "--out", out, "--label", "lookup")
+    proc = medsynth("evaluate", ws.data, "--lookup", lookup, "--cases", "case2", "--out", out, "--label", "lookup",
+                    "--progress", "plain")
+    assert "fitted on" not in proc.stderr
     report = _check_report(out, ["case2"])
     assert report["label"] == "lookup"
     assert report["cases"][0]["psnr"] > 12, "a lookup fitted on phantoms should fit another phantom well"
+    # a case the lookup was fitted on is no held-out result: said as a model's training case is
+    proc = medsynth("evaluate", ws.data, "--lookup", lookup, "--cases", "case1,case2", "--out", ws.root / "lookup_own",
+                    "--progress", "plain")
+    assert ("1 of the 2 scored cases (case1) are among the cases the lookup was fitted on") in proc.stderr
+    assert json.loads((ws.root / "lookup_own" / "metrics.json").read_text(encoding="utf-8"))["training_cases_scored"] == ["case1"]
 
 
 def test_evaluate_fit_lookup_and_fit_error_map_read_a_folder_in_another_layout(ws):

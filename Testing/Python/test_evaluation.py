@@ -115,7 +115,9 @@ def test_evaluate_cases_with_a_lookup_writes_the_report(cases_dir, lookup, tmp_p
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["summary"] == json.loads(json.dumps(report["summary"]))
     assert (out / "metrics.md").is_file()
     assert sorted(p.name for p in out.glob("*_synthetic_t2.nii.gz")) == ["a_synthetic_t2.nii.gz", "b_synthetic_t2.nii.gz"]
-    assert [(e["done"], e["case"]) for e in events] == [(1, "a"), (2, "b")]
+    assert [(e["done"], e["case"]) for e in events if e["event"] == "progress"] == [(1, "a"), (2, "b")]
+    assert [e["event"] for e in events if e["event"] != "progress"] == ["warning"]  # the file names no fitting cases
+    assert report["training_cases_unknown"] is True
 
 
 def test_a_bad_model_file_leaves_no_output_folder(cases_dir, tmp_path):
