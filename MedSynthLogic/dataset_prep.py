@@ -96,7 +96,7 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         notes.append(f"Reordered the voxel axes from {orientation_code(source.direction)} to LPS, the order models "
                      "see every volume in.")
         source, target, mask = order.volume(source), order.volume(target), np.ascontiguousarray(order.forward(mask))
-    warnings = source_warnings(source, mask, model_cfg) + target_warnings(target.array, mask, norm.target)
+    warnings = source_warnings(source, mask, model_cfg, name=str(case.source)) + target_warnings(target.array, mask, norm.target)
     t1 = time.perf_counter()
     src, src_tr = normalise_source(source.array, mask, norm)
     tgt, tgt_tr = normalise_target(target.array, mask, norm)
@@ -119,16 +119,20 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
 OUTSIDE_TARGET_MAX = 0.10
 
 
-def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig) -> List[str]:
+def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig, name: Optional[str] = None) -> List[str]:
     """The input checks' word on a source that is another sequence or a label map (a FLAIR listed as the T1): prepare
     goes on, since a study may mean it, but says so, because ``synthesize`` refuses such an image for this model.
-    Also a voxel size unlike the config's ``input.spacing_mm``, to which synthesis resamples every source."""
+    Also a source file whose ``name`` says another sequence (``--source-pattern '{case}/*_t1.nii.gz'`` for a FLAIR
+    model: the histogram rule cannot tell every such pair apart), and a voxel size unlike the config's
+    ``input.spacing_mm``, to which synthesis resamples every source."""
     from .input_checks import check_source
+    from .source_names import name_notes
     from .voxel_size import describe, needs_resampling
 
     out = [f"the source does not look like the model's input: {finding.message}; `medsynth synthesize` refuses such "
            "a source for this model"
            for finding in check_source(source, model_cfg, mask=mask) if finding.code in ("sequence", "label_map")]
+    out += [f"the source file: {note}" for note in name_notes(name, model_cfg)]
     trained = tuple(model_cfg.input.spacing_mm)
     if needs_resampling(tuple(source.spacing), trained):
         out.append(f"its voxels ({describe(source.spacing)}) are not the {describe(trained)} of the config's "

@@ -428,6 +428,27 @@ def test_prepare_warns_about_a_source_that_synthesize_would_refuse(tmp_path):
                                 "T2-weighted") and "`medsynth synthesize` refuses such a source" in warned[0]
 
 
+def test_prepare_warns_of_source_files_named_as_another_sequence(tmp_path):
+    """--source-pattern '{case}/{case}_t1.nii.gz' with a FLAIR→T2 config prepared T1s as FLAIRs without a word (the
+    histogram rule cannot tell them): the file names say it, and prepare now does, per case."""
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.dataset_cases import CaseFiles
+    from MedSynthLogic.dataset_prep import prepare_dataset
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(40, 44, 40), seed=0)
+    (tmp_path / "cases" / "c0").mkdir(parents=True)
+    write_volume(p.t1ce, tmp_path / "cases" / "c0" / "c0_t1.nii.gz")
+    write_volume(p.t2, tmp_path / "cases" / "c0" / "c0_t2.nii.gz")
+    cases = CaseFiles("{case}/{case}_t1.nii.gz", "{case}/{case}_t2.nii.gz").find(tmp_path / "cases", "flair", "t2")
+    events = []
+    prepare_dataset(cases, tmp_path / "data", ModelConfig(source_name="FLAIR", target_name="T2"), patches_per_case=4,
+                    val_fraction=0.0, progress=events.append)
+    warned = [e["message"] for e in events if e["event"] == "warning"]
+    assert warned == ["c0: the source file: its name 'c0_t1' names a T1, and the model expects a FLAIR."], warned
+
+
 def test_prepare_warns_of_a_voxel_size_unlike_the_configs(tmp_path):
     """Synthesis resamples every source to the config's input.spacing_mm: 0.7 mm data trained under the default 1 mm
     would be synthesized at a voxel size it never saw, so prepare says to set it (a matching config is quiet)."""
