@@ -54,7 +54,9 @@ def decide_start(
     """
     found = read_checkpoint() if resume or (start_stage > 0 and init_model is None) else None
     if found is not None and from_dict(ModelConfig, json.loads(found[1]["model_config"])) != model_cfg:
-        raise ModelFileError(f"The checkpoint {found[0]} was made with a different model config.", "Use another --run-dir or the same config.")
+        raise ModelFileError(f"The checkpoint {found[0]} was made with a different model config "
+                             f"({_config_changes(json.loads(found[1]['model_config']), json.loads(json.dumps(to_dict(model_cfg))))}).",
+                             "Use another --run-dir or the same config.")
     # --resume continues a run that already reached start_stage; otherwise start_stage retrains from there
     continuing = found is not None and resume and int(found[1]["stage"]) >= start_stage
     if init_model is not None and not continuing:
@@ -89,6 +91,20 @@ def _from_model(model: Any, path: os.PathLike | str, start_stage: int) -> Start:
 
 #: TrainConfig fields a resumed run may change: they decide what is logged, validated and kept, not the weights.
 RESUMABLE_CHANGES = frozenset({"val_every", "checkpoint_every", "log_every", "num_workers", "val_volumes"})
+
+
+def _config_changes(saved: Dict[str, Any], now: Dict[str, Any], prefix: str = "") -> str:
+    """What differs between two config dicts, nested keys dotted: "loss.lambda_gdl 1.0 → 0.2" (the refusal said only
+    "a different model config", leaving the user to diff two JSON files)."""
+    parts = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _config_changes(a, b, f"{prefix}{key}.")
+            parts += [inner] if inner else []
+        elif a != b:
+            parts.append(f"{prefix}{key} {a!r} → {b!r}")
+    return ", ".join(parts)
 
 
 def refuse_changed_schedule(train_cfg: TrainConfig, start: Start) -> None:

@@ -86,8 +86,12 @@ def test_errors():
         _decide(start_stage=1, checkpoint=_none)
     with pytest.raises(DataError, match=r"has stages 0\.\.0 trained; start_stage 2 needs 0\.\.1"):
         _decide(start_stage=2, checkpoint=_checkpoint(1, 5, False))
-    with pytest.raises(ModelFileError, match="different model config"):
+    with pytest.raises(ModelFileError, match=r"different model config \(stages 2 → 3\)"):
         _decide(resume=True, checkpoint=_checkpoint(0, 5, False, ModelConfig(stages=2)))
+    from MedSynthLogic.config import LossConfig
+
+    with pytest.raises(ModelFileError, match=r"model config \(loss\.lambda_gdl 0\.2 → 1\.0\)"):  # nested, named
+        _decide(resume=True, checkpoint=_checkpoint(0, 5, False, ModelConfig(stages=3, loss=LossConfig(lambda_gdl=0.2))))
     with pytest.raises(UsageError, match="has 1 stage.*start_stage 2 needs 2"):
         _decide(start_stage=2, init_model="one.safetensors", model=_model(1))
 
