@@ -167,9 +167,13 @@ def _schedule(training: Mapping[str, Any], loss: Mapping[str, Any]) -> str:
             if stages and amount:
                 parts.append(f"stage(s) {_joined(stages)}: {amount} iterations")
     if not parts and training.get("iterations_per_stage"):
-        stages = f" x {trained} stages" if isinstance(trained, int) else ""
+        stages = f" x {trained} stage{'' if trained == 1 else 's'}" if isinstance(trained, int) else ""
         parts.append(f"{training['iterations_per_stage']} iterations per stage{stages}")
     schedule = training.get("train_config") or {}
+    if training.get("checkpoint_stage_done") is False:  # `medsynth export` of a stage still in training
+        of = f" of {schedule['iterations']}" if isinstance(schedule, Mapping) and schedule.get("iterations") else ""
+        parts.append(f"exported mid-stage: stage {int(training.get('checkpoint_stage', 0)) + 1} at iteration "
+                     f"{training.get('checkpoint_iteration')}{of}")
     adversarial = schedule.get("adversarial")
     if adversarial is not None:
         ran, warm = int(schedule.get("iterations") or 0), int(schedule.get("warmup_iterations") or 0)

@@ -79,3 +79,14 @@ def test_a_run_shorter_than_its_warm_up_is_not_called_adversarial():
     assert "L2 + GDL only, no adversarial term (its adversarial term waits for 1000 warm-up iterations; 2 ran)" in line
     short["training"]["train_config"].update(iterations=3000)
     assert "adversarial (GAN) + L2 + GDL" in summarize_header(short, "m")
+
+
+def test_an_export_of_a_stage_in_training_says_so():
+    """`info` on a model exported at iteration 9 of a 30-iteration stage showed a finished schedule."""
+    mid = header(False, lambda_adv=0.0, lambda_l2=1.0, lambda_gdl=0.0)
+    mid["training"]["train_config"].update(iterations=30)
+    mid["training"].update(checkpoint_stage=0, checkpoint_iteration=9, checkpoint_stage_done=False)
+    line = next(row for row in summarize_header(mid, "m").splitlines() if "training  " in row)
+    assert "exported mid-stage: stage 1 at iteration 9 of 30" in line
+    mid["training"]["checkpoint_stage_done"] = True
+    assert "mid-stage" not in summarize_header(mid, "m")
