@@ -169,6 +169,10 @@ def _schedule(training: Mapping[str, Any], loss: Mapping[str, Any]) -> str:
     if not parts and training.get("iterations_per_stage"):
         stages = f" x {trained} stage{'' if trained == 1 else 's'}" if isinstance(trained, int) else ""
         parts.append(f"{training['iterations_per_stage']} iterations per stage{stages}")
+    taken = int(training.get("stages_from_file") or 0)
+    if taken:  # --init-model with --start-stage: those stages were trained by the run that wrote that file
+        which = "stage 1" if taken == 1 else f"stages 1–{taken}"
+        parts.append(f"{which} taken from {training.get('resumed_from') or 'another model file'}")
     schedule = training.get("train_config") or {}
     if training.get("checkpoint_stage_done") is False:  # `medsynth export` of a stage still in training
         of = f" of {schedule['iterations']}" if isinstance(schedule, Mapping) and schedule.get("iterations") else ""

@@ -124,6 +124,8 @@ def train(
         for k in range(start.stage):
             chain.stages[k].to(ctx.device).eval()
         session.carry_history(start.checkpoint)
+        if start.checkpoint is None and start.model is not None:
+            session.stages_from_file = start.stage
         session.patches_seen = patches_before(start, train_cfg, ctx.world_size)
         moved = changed_world_size(start, train_cfg, ctx.world_size) if resume else None
         if moved:
@@ -147,7 +149,7 @@ def train(
             raise
         if ctx.is_main:
             write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), session.patches_seen, amp_dtype,
-                                resumed_from, command, session.metrics, prior_record(prior))
+                                resumed_from, command, session.metrics, prior_record(prior), session.stages_from_file)
         dist_utils.barrier(ctx)
         return out
     finally:

@@ -163,6 +163,8 @@ def patches_before(start: Start, train_cfg: TrainConfig, world_size: int) -> int
     """Patches the schedule drew before this call: the checkpoint's own count when the run goes on from it (so a
     resume with another number of processes still counts right), else what an uninterrupted run would have drawn."""
     state = start.checkpoint
+    if state is None and start.model is not None:
+        return 0  # the stages before came from another run's model file: its patches are not this run's
     goes_on = state is not None and (start.continues or (bool(state.get("stage_done")) and int(state["stage"]) + 1 == start.stage))
     if goes_on and "patches_seen" in state:
         return int(state["patches_seen"])

@@ -42,6 +42,7 @@ class Session:
     data: Dict[str, Any] = field(default_factory=dict)
     ran: int = 0
     patches_seen: int = 0
+    stages_from_file: int = 0  # leading stages taken from an --init-model file, not trained in this run
 
     def slice_over(self) -> bool:
         """Whether this call has run the ``stop_after`` iterations it was asked for (a slice of a long schedule)."""
@@ -52,6 +53,7 @@ class Session:
         if state is not None:
             self.metrics = json.loads(state.get("metrics", "{}"))
             self.elapsed_before = float(state.get("elapsed_s", 0.0))
+            self.stages_from_file = int(state.get("stages_from_file", 0))
         self.t_start = time.perf_counter()
 
     def elapsed(self) -> float:
@@ -62,7 +64,8 @@ class Session:
         """A checkpoint at ``iteration`` of ``stage``, keeping the newest ``keep`` and every ``keep_every``-th."""
         if self.ctx.is_main:
             state = checkpoint_state(self.model_cfg, self.train_cfg, chain, stage, iteration, stage_done, trainer,
-                                     self.elapsed(), self.metrics, self.data, self.ctx.world_size, self.patches_seen)
+                                     self.elapsed(), self.metrics, self.data, self.ctx.world_size, self.patches_seen,
+                                     self.stages_from_file)
             path = ckpt.save_checkpoint(self.run_dir / ckpt.checkpoint_name(stage, iteration), state)
             ckpt.prune_checkpoints(self.run_dir, keep=self.keep, keep_every=self.keep_every)
             self.emit(checkpoint_event(path, stage, iteration, reason))

@@ -61,6 +61,7 @@ def checkpoint_state(
     data: Optional[Dict[str, Any]] = None,
     world_size: int = 1,
     patches_seen: int = 0,
+    stages_from_file: int = 0,
 ) -> Dict[str, Any]:
     """The checkpoint (format ``medsynth-training-state``): generators 0..stage, the trainer's state, RNG, history,
     ``data`` (the plan's summary of the training data), so a model exported from it says what it learned from, and
@@ -79,6 +80,7 @@ def checkpoint_state(
         "data": json.dumps(data or {}),
         "world_size": int(world_size),
         "patches_seen": int(patches_seen),
+        "stages_from_file": int(stages_from_file),
     }
     state.update(trainer.state_dict())
     return state

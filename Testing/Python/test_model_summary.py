@@ -90,3 +90,11 @@ def test_an_export_of_a_stage_in_training_says_so():
     assert "exported mid-stage: stage 1 at iteration 9 of 30" in line
     mid["training"]["checkpoint_stage_done"] = True
     assert "mid-stage" not in summarize_header(mid, "m")
+
+
+def test_stages_taken_from_an_init_model_are_not_called_trained_here():
+    """--init-model one.safetensors --start-stage 1: `info` said "2 iterations per stage x 2 stages"."""
+    grown = header(False, lambda_adv=0.0, lambda_l2=1.0, lambda_gdl=0.0)
+    grown["training"].update(iterations_per_stage=2, stages_trained=1, stages_from_file=1, resumed_from="one.safetensors")
+    line = next(row for row in summarize_header(grown, "m").splitlines() if "training  " in row)
+    assert "2 iterations per stage x 1 stage; stage 1 taken from one.safetensors" in line

@@ -421,6 +421,9 @@ def test_init_model_adds_a_stage_and_keeps_the_earlier_ones(tmp_path, data_dir, 
     after = _stage_weights(loaded.chain, 0)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert loaded.header["training"]["resumed_from"] == str(one)
+    # stage 0 came from the file: the record counts the one stage and the patches this run trained (3 iterations of 4)
+    training = loaded.header["training"]
+    assert (training["stages_trained"], training["stages_from_file"], training["patches_seen"]) == (1, 1, 3 * 4)
 
 
 def test_init_model_refuses_what_cannot_be_extended(tmp_path, data_dir, tiny_model_config):
@@ -493,8 +496,13 @@ def test_resume_continues_a_stopped_start_stage_run(tmp_path, data_dir, tiny_mod
         train(data_dir, tmp_path / "two.safetensors", tiny_model_config, _cfg(iterations=5), stop_event=stop,
               callback=stop_after_two, **kw)
     events = []
-    train(data_dir, tmp_path / "two.safetensors", tiny_model_config, _cfg(iterations=5), resume=True, callback=events.append, **kw)
+    two = train(data_dir, tmp_path / "two.safetensors", tiny_model_config, _cfg(iterations=5), resume=True,
+                callback=events.append, **kw)
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [3, 4, 5]
+    from MedSynthLogic.model_file import read_header
+
+    training = read_header(two)["training"]  # the resume keeps knowing that stage 0 came from the file
+    assert (training["stages_trained"], training["stages_from_file"], training["patches_seen"]) == (1, 1, 5 * 4)
 
 
 def test_start_stage_from_a_checkpoint_retrains_only_the_later_stages(tmp_path, data_dir, tiny_model_config):
