@@ -75,14 +75,17 @@ def build_context(
     ids = patch_file_info(h5_path)["case_ids"]
     for i, cid in enumerate(ids):
         if cancel is not None and cancel.is_set():
-            raise Cancelled("Training was stopped while building the auto-context inputs.")
+            raise _stopped()
         vol = load_volumes(h5_path, cases=[cid])[cid]
         pad = vol["pad"]
         mask = unpad(vol["mask"], pad) if masked else None
         source = unpad(vol["source"], pad)
         if gamma != 1.0:
             source = change_contrast(source, gamma, pivot)
-        syn = whole_volume(chain, source, mask, stages, device, cancel)
+        try:
+            syn = whole_volume(chain, source, mask, stages, device, cancel)
+        except Cancelled as exc:  # the synthesis's own words ("Synthesis cancelled.") said nothing of the run
+            raise _stopped() from exc
         context[cid] = pad_volume(syn, pad, mode="edge").astype(np.float32)
         if progress is not None:
             progress(i + 1, len(ids))
@@ -142,3 +145,8 @@ def _split_context(
         emit(progress_event("context", done, total, stage=stage, stages=stages, split=split))
 
     return build_context(chain, path, stage, device, cancel, report, gamma, pivot)
+
+
+def _stopped() -> Cancelled:
+    return Cancelled("Training was stopped while building the auto-context inputs; the checkpoints written so far are "
+                     "kept.", "Run the same command with --resume to go on.", reason="stopped")

@@ -375,6 +375,29 @@ def test_two_stage_model_file(tmp_path, data_dir, tiny_model_config):
     assert set(loaded.header["metrics"]["validation"]) == {"stage0", "stage1"}
 
 
+def test_a_stop_while_building_the_context_says_what_to_do(data_dir, tiny_model_config):
+    """A stop that came during the stage-k synthesis of the auto-context inputs said only "Synthesis cancelled.":
+    nothing of the checkpoints kept or of --resume."""
+    from MedSynthLogic.errors import Cancelled
+    from MedSynthLogic.models import build_generators
+    from MedSynthLogic.training import build_context
+
+    class StopInside:
+        """Not set at the per-case check, set once the synthesis asks."""
+
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def is_set(self) -> bool:
+            self.asked += 1
+            return self.asked > 1
+
+    chain = build_generators(tiny_model_config).eval()
+    with pytest.raises(Cancelled, match="while building the auto-context inputs") as stopped:
+        build_context(chain, data_dir / "train.h5", 1, torch.device("cpu"), cancel=StopInside())
+    assert "--resume" in stopped.value.hint and stopped.value.exit_code == 130
+
+
 def test_context_is_previous_stage_on_padded_grid(data_dir, tiny_model_config):
     """Stage-1 patches carry the stage-0 synthesis cut at the same corner as the source (and flipped with it)."""
     from MedSynthLogic.h5data import PatchDataset, load_volumes
