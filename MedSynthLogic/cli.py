@@ -297,21 +297,28 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
     function that restores the previous handler (off the main thread, where handlers cannot be set: nothing)."""
     import signal
 
+    received = []
+
     def interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
-        raise KeyboardInterrupt
+        if not received:  # once: a second SIGTERM must not cut the clean-up the first one started
+            received.append(signum)
+            raise KeyboardInterrupt
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:
         return lambda: None
+    if previous is None:  # a handler not set from Python: nothing to put back
+        return lambda: None
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threading.Event":
-    """Watch for ``--stop-file`` on a thread and, once it exists, raise SIGTERM in this process, so the command stops
-    exactly as a signal would stop it (a training checkpoints first). On Windows Slicer cannot signal its child (its
-    CTRL_BREAK reaches only processes on its own console, which a GUI has not): the panel creates the file instead.
-    Returns the event that ends the watch."""
+    """Watch for ``--stop-file`` on a thread and, once it exists, send this process's main thread SIGTERM, so the
+    command stops exactly as a signal would stop it (a training checkpoints first). On Windows Slicer cannot signal
+    its child (its CTRL_BREAK reaches only processes on its own console, which a GUI has not): the panel creates the
+    file instead. A file there before the start is refused (it would stop every later run at once). Returns the
+    event that ends the watch."""
     import signal
     import threading
 
@@ -321,11 +328,18 @@ def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threa
     if threading.current_thread() is not threading.main_thread():  # no handler here: SIGTERM would end the host
         raise UsageError("--stop-file works only when medsynth runs as a process of its own, not on a worker thread.",
                          "Start it as a child process (python -m MedSynthLogic.cli ...), or stop it with a cancel callback.")
+    if os.path.exists(path):
+        raise UsageError(f"The stop file {path} exists already: the command would stop at once.",
+                         "Delete it (it is what stopped the last run), or pass another --stop-file.")
+    main = threading.main_thread().ident
 
     def watch() -> None:
         while not done.wait(every_s):
             if os.path.exists(path):
-                signal.raise_signal(signal.SIGTERM)
+                if hasattr(signal, "pthread_kill"):
+                    signal.pthread_kill(main, signal.SIGTERM)  # also wakes a main thread blocked in a call
+                else:
+                    signal.raise_signal(signal.SIGTERM)
                 return
 
     threading.Thread(target=watch, name="medsynth-stop-file", daemon=True).start()

@@ -123,6 +123,7 @@ class Job:
         name: str = "medsynth",
         stderr_lines: int = 200,
         stop_file: Optional[str | os.PathLike] = None,
+        signals_reach: bool = os.name != "nt",
     ) -> None:
         if isinstance(args, (str, bytes)):
             raise TypeError("Job takes an argument list, not a shell string.")
@@ -131,6 +132,7 @@ class Job:
         self.env = dict(env) if env is not None else None
         self.name = name
         self.stop_file = Path(stop_file) if stop_file is not None else None
+        self.signals_reach = signals_reach  # False: Cancel creates the stop file (a signal too would stop it twice)
         self.process: Optional[subprocess.Popen] = None
         self._queue: "queue.Queue[Dict[str, Any]]" = queue.Queue()
         self._stderr_tail: Deque[str] = collections.deque(maxlen=stderr_lines)
@@ -297,15 +299,15 @@ class Job:
 
         Descendants are collected before signalling, with psutil when it is installed (that also reaches
         processes that left the group), else through the process group. On Windows the console group gets
-        CTRL_BREAK and the tree is then killed. A job with a ``stop_file`` (the child's ``--stop-file``) creates it
-        first: where the signal does not arrive (a GUI's child on Windows), the child still stops as SIGTERM would
-        stop it, within ``timeout``, before the kill.
+        CTRL_BREAK and the tree is then killed. Where signals do not reach the child (``signals_reach`` False: a
+        GUI's child on Windows), a job with a ``stop_file`` (the child's ``--stop-file``) creates it first, so the
+        child still stops as SIGTERM would stop it, within ``timeout``, before the kill.
         """
         process = self.process
         if process is None:
             return
         self._cancelled = self._cancelled or process.poll() is None  # a Cancel after the end changes nothing
-        if self.stop_file is not None and process.poll() is None:
+        if self.stop_file is not None and not self.signals_reach and process.poll() is None:
             try:  # the child's --stop-file: what stops it where no signal reaches it (a GUI's child on Windows)
                 self.stop_file.touch()
             except OSError:

@@ -172,7 +172,8 @@ def _schedule(training: Mapping[str, Any], loss: Mapping[str, Any]) -> str:
     taken = int(training.get("stages_from_file") or 0)
     if taken:  # --init-model with --start-stage: those stages were trained by the run that wrote that file
         which = "stage 1" if taken == 1 else f"stages 1–{taken}"
-        parts.append(f"{which} taken from {training.get('resumed_from') or 'another model file'}")
+        source = training.get("stages_from_path") or training.get("resumed_from") or "another model file"
+        parts.append(f"{which} taken from {source}")
     schedule = training.get("train_config") or {}
     if training.get("checkpoint_stage_done") is False:  # `medsynth export` of a stage still in training
         of = f" of {schedule['iterations']}" if isinstance(schedule, Mapping) and schedule.get("iterations") else ""

@@ -36,8 +36,13 @@ class SynthesisRequest:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "SynthesisRequest":
-        """The request of the panel's settings (the parameter node or any object with its fields)."""
-        return cls(model_path=chosen_model_path(settings.model, settings.modelPath), stages=settings.stages or None,
+        """The request of the panel's settings (the parameter node or any object with its fields). A model file
+        typed as a relative path is refused: the panel would read it from Slicer's folder, the child from its own."""
+        from .training_jobs import full_path
+
+        chosen = chosen_model_path(settings.model, settings.modelPath)
+        return cls(model_path=None if chosen is None else full_path(chosen, _("the model file")),
+                   stages=settings.stages or None,
                    device=settings.device, flip_tta=settings.flipTTA, force=settings.force,
                    uncertainty=settings.uncertainty)
 

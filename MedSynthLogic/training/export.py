@@ -26,7 +26,7 @@ from .state import load_generators
 def write_trained_model(
     out: Path, chain: AutoContextChain, model_cfg: ModelConfig, train_cfg: TrainConfig, plan: TrainingPlan, ctx: DistContext,
     wall_s: float, patches_seen: int, amp_dtype: Optional[torch.dtype], resumed_from: Optional[str], command: Optional[Sequence[str]], metrics: Dict[str, Any],
-    prior: Optional[Dict[str, Any]] = None, stages_from_file: int = 0,
+    prior: Optional[Dict[str, Any]] = None, stages_from_file: int = 0, stages_from_path: Optional[str] = None,
 ) -> None:
     """The model file of a finished run, with its training record (data, schedule, hardware, time, provenance);
     ``patches_seen`` counts every patch this run drew, across resumes with other numbers of processes;
@@ -38,7 +38,7 @@ def write_trained_model(
         "train_config": to_dict(train_cfg),
         "iterations_per_stage": train_cfg.iterations,
         "stages_trained": model_cfg.stages - int(stages_from_file),
-        **({"stages_from_file": int(stages_from_file)} if stages_from_file else {}),
+        **({"stages_from_file": int(stages_from_file), "stages_from_path": stages_from_path} if stages_from_file else {}),
         "patches_seen": int(patches_seen),
         "generator_kind": model_cfg.generator.kind,
         "wall_time_s": round(wall_s, 1),

@@ -25,7 +25,7 @@ from ..atomic import check_output_path
 from ..batch_sources import AlternateSource, batch_source
 from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
-from ..errors import Cancelled, ResourceError, UsageError
+from ..errors import Cancelled, OutputError, ResourceError, UsageError
 from ..intensity_augment import augment_of
 from ..models import (
     AutoContextChain,
@@ -103,7 +103,7 @@ def train(
     lock = None
     try:
         session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints, keep_every)
-        lock = acquire_run_folder(session.run_dir) if ctx.is_main else None
+        lock = _lock_run_folder(session.run_dir, ctx)
         session.stop_after, session.data = stop_after, plan.summary()
         if not resume and start_stage == 0:
             refuse_earlier_run(session.run_dir)
@@ -125,7 +125,7 @@ def train(
             chain.stages[k].to(ctx.device).eval()
         session.carry_history(start.checkpoint)
         if start.checkpoint is None and start.model is not None:
-            session.stages_from_file = start.stage
+            session.stages_from_file, session.stages_from_path = start.stage, start.resumed_from
         session.patches_seen = patches_before(start, train_cfg, ctx.world_size)
         moved = changed_world_size(start, train_cfg, ctx.world_size) if resume else None
         if moved:
@@ -149,12 +149,29 @@ def train(
             raise
         if ctx.is_main:
             write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), session.patches_seen, amp_dtype,
-                                resumed_from, command, session.metrics, prior_record(prior), session.stages_from_file)
+                                resumed_from, command, session.metrics, prior_record(prior), session.stages_from_file,
+                                session.stages_from_path)
         dist_utils.barrier(ctx)
         return out
     finally:
         release_run_folder(lock)
         dist_utils.cleanup(ctx)
+
+
+def _lock_run_folder(run_dir: Path, ctx: dist_utils.DistContext) -> Any:
+    """Rank 0 locks the run folder (``run_lock``); every rank refuses when it is in use, as every rank refuses an
+    existing model (a rank left to its first collective would hang, or report a lost process)."""
+    lock, refusal = None, None
+    if ctx.is_main:
+        try:
+            lock = acquire_run_folder(run_dir)
+        except OutputError as exc:
+            refusal = exc
+    if dist_utils.any_rank(refusal is not None, ctx):
+        raise refusal or OutputError(f"The run folder {run_dir} is in use by another training (process 0 found it).",
+                                     "Wait for it to end or stop it, or pass another --run-dir.",
+                                     reason="run_folder_in_use")
+    return lock
 
 
 def _seeded_chain(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> AutoContextChain:

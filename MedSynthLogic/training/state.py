@@ -62,6 +62,7 @@ def checkpoint_state(
     world_size: int = 1,
     patches_seen: int = 0,
     stages_from_file: int = 0,
+    stages_from_path: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The checkpoint (format ``medsynth-training-state``): generators 0..stage, the trainer's state, RNG, history,
     ``data`` (the plan's summary of the training data), so a model exported from it says what it learned from, and
@@ -81,6 +82,7 @@ def checkpoint_state(
         "world_size": int(world_size),
         "patches_seen": int(patches_seen),
         "stages_from_file": int(stages_from_file),
+        "stages_from_path": stages_from_path or "",
     }
     state.update(trainer.state_dict())
     return state

@@ -475,6 +475,12 @@ def evaluate_a_model_and_a_lookup(d: Path, s: Shared) -> List[str]:
             "--out", str(d / "report")]
 
 
+def stop_file_there_already(d: Path, s: Shared) -> List[str]:
+    """The file that stopped the last run would stop this one at once, every time."""
+    (d / "STOP").write_text("", encoding="utf-8")
+    return _synth(_source(d, s), d / "out.nii.gz", s, "--stop-file", str(d / "STOP"))
+
+
 def output_name_too_long(d: Path, s: Shared) -> List[str]:
     return _synth(_source(d, s), d / ("a" * 300 + ".nii.gz"), s)
 
@@ -732,6 +738,8 @@ ROWS = [
         "Cannot create the output folder"),
     Row("evaluate-model-and-lookup", "evaluate --model M --lookup L", evaluate_a_model_and_a_lookup, 2,
         "Give --model or --lookup, not both", absent="report"),
+    Row("stop-file-exists", "--stop-file naming a file that exists already", stop_file_there_already, 2,
+        "exists already: the command would stop at once"),
     Row("bad-option", "unknown option", bad_option, 2, "unrecognized arguments"),
     Row("bad-tile", "--tile 0", bad_tile, 2, "tile size must be positive"),
     Row("unicode-paths", "spaces and non-ASCII in every path (valid)", good_unicode_paths, 0, "",

@@ -282,6 +282,8 @@ def test_prepare_cancelled_mid_way_leaves_no_hidden_temporary_files(tmp_path):
     event = child.wait_for(lambda e: e.get("event") == "progress" and e.get("done", 0) >= 1)
     assert event is not None and event["done"] < event["total"], (event, child.finish())
     child.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    child.proc.send_signal(signal.SIGTERM)  # a second one (an impatient user, a scheduler) must not cut the clean-up
     code, _, err = child.finish(timeout=60)
     assert code == 130, (code, err)
     assert "Traceback" not in err

@@ -173,7 +173,7 @@ def test_cancel_creates_the_stop_file_a_child_deaf_to_signals_stops_on(tmp_path)
             time.sleep(0.05)
         sys.exit(130)
         """)
-    job = jobs.Job([sys.executable, str(child), str(stop)], stop_file=stop).start()
+    job = jobs.Job([sys.executable, str(child), str(stop)], stop_file=stop, signals_reach=False).start()
     deadline = time.monotonic() + 30
     while not any(e.get("line") == "ready" for e in job.poll()) and time.monotonic() < deadline:
         time.sleep(0.02)

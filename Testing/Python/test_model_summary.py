@@ -98,3 +98,5 @@ def test_stages_taken_from_an_init_model_are_not_called_trained_here():
     grown["training"].update(iterations_per_stage=2, stages_trained=1, stages_from_file=1, resumed_from="one.safetensors")
     line = next(row for row in summarize_header(grown, "m").splitlines() if "training  " in row)
     assert "2 iterations per stage x 1 stage; stage 1 taken from one.safetensors" in line
+    grown["training"].update(resumed_from="run/ckpt_s01_it000000003.pt", stages_from_path="one.safetensors")  # resumed
+    assert "stage 1 taken from one.safetensors" in summarize_header(grown, "m")

@@ -857,6 +857,10 @@ def test_the_child_runs_in_the_packages_folder_and_relative_paths_are_refused(tm
         training_request(settings)
     with pytest.raises(ValueError, match="full path of the folder of cases"):
         prepare_request(settings)
+    typed = SimpleNamespace(model=OTHER_MODEL, modelPath=Path("my_model.safetensors"), stages=0, device="cpu",
+                            flipTTA=False, force=False, uncertainty=False)
+    with pytest.raises(ValueError, match="full path of the model file"):  # read here from one folder, there another
+        SynthesisRequest.from_settings(typed)
 
 
 # ---------------------------------------------------------------------------------------------------------- sample data

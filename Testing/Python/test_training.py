@@ -526,6 +526,7 @@ def test_resume_continues_a_stopped_start_stage_run(tmp_path, data_dir, tiny_mod
 
     training = read_header(two)["training"]  # the resume keeps knowing that stage 0 came from the file
     assert (training["stages_trained"], training["stages_from_file"], training["patches_seen"]) == (1, 1, 5 * 4)
+    assert training["stages_from_path"] == str(one) and training["resumed_from"] != str(one)  # the checkpoint resumed
 
 
 def test_start_stage_from_a_checkpoint_retrains_only_the_later_stages(tmp_path, data_dir, tiny_model_config):
@@ -562,12 +563,14 @@ def test_a_validation_pause_is_left_out_of_the_rate_and_eta(monkeypatch):
 
 def test_one_training_at_a_time_in_a_run_folder(tmp_path, data_dir, tiny_model_config):
     """Two trainings in one run folder (a run and, while it trained, the same command with --resume) both ran to the
-    end: interleaved checkpoints, every CSV row twice, two model writes. A live holder refuses the second; a lock
-    whose process ended (a killed run) is taken over; a finished run leaves none behind."""
+    end: interleaved checkpoints, every CSV row twice, two model writes. A held lock refuses the second; the system
+    drops a killed holder's lock (no stale lock to guess at: a lock file naming this very process is no holder)."""
     import json
+    import os
     import socket
     import subprocess
     import sys
+    import textwrap
 
     from MedSynthLogic.errors import OutputError
     from MedSynthLogic.training import train
@@ -575,19 +578,29 @@ def test_one_training_at_a_time_in_a_run_folder(tmp_path, data_dir, tiny_model_c
 
     run = tmp_path / "run"
     run.mkdir()
-    held = acquire_run_folder(run)
-    with pytest.raises(OutputError, match="is in use by another training") as refused:
-        train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu",
-              run_dir=run)
-    assert refused.value.exit_code == 7 and refused.value.reason == "run_folder_in_use"
-    assert held.is_file() and not list(run.glob("ckpt_*.pt")) and not (tmp_path / "m.safetensors").exists()
-    release_run_folder(held)
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (run / LOCK_NAME).write_text(json.dumps({"pid": int(ended.stdout), "host": socket.gethostname()}))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from MedSynthLogic.training.run_lock import acquire_run_folder
+        held = acquire_run_folder(r"{run}")
+        print("held", flush=True)
+        time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=rf"is in use by another training \(process {holder.pid} on ") as refused:
+            train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu",
+                  run_dir=run)
+        assert refused.value.exit_code == 7 and refused.value.reason == "run_folder_in_use"
+        assert not list(run.glob("ckpt_*.pt")) and not (tmp_path / "m.safetensors").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed: its lock went with it, though its file still names it; one naming this process (a restarted container
+    # reuses pids) is no holder either
+    (run / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     out = train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu",
                 run_dir=run)
-    assert out.is_file() and not (run / LOCK_NAME).exists()
-    (run / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-node"}))
-    with pytest.raises(OutputError, match="on another-node") as remote:
-        acquire_run_folder(run)
-    assert str(run / LOCK_NAME) in remote.value.hint
+    assert out.is_file()
+    mine = acquire_run_folder(run)
+    release_run_folder(mine)
+    release_run_folder(acquire_run_folder(run))  # released: taken again at once
