@@ -63,7 +63,10 @@ def test_fused_equals_conv_then_activation(dtype, activation):
         got = fused(x)
     assert counter.calls == 1
     assert got.dtype == want.dtype
-    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    # the op refused (and the module fell back for good, _op None) where oneDNN has no kernel: bf16 on a CPU without
+    # AVX-512 BF16, which --precision auto never asks for; there the plain path's layout is the plain convolution's
+    assert fused._op is None or got.is_contiguous(memory_format=torch.channels_last_3d)
+    assert fused._op is not None or dtype is not None
     tol = dict(rtol=1e-5, atol=1e-5) if dtype is None else dict(rtol=1.6e-2, atol=1e-2)
     torch.testing.assert_close(got, want, **tol)
     assert (float(got.min()) == 0.0) == (activation == "relu")
