@@ -222,38 +222,35 @@ def evaluate_cases(
 
 
 def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:
-    """The scored cases that the model's header lists as its training cases, with a warning: their figures are no
-    held-out result. None, with a warning too, for a model whose header gives only their number (files trained before
-    session 38): whether the scores are held out cannot be told from the file."""
+    """The scored cases that the model's header lists as its training cases (see :func:`_own_cases_scored`); a
+    header that gives only their number (files trained before session 38) cannot tell."""
     from .model_summary import listed_training_cases
 
     if loaded is None:
         return []
-    listed = listed_training_cases(loaded.header)
-    if listed is None:
-        if progress:
-            progress(warning_event("evaluate", "the model file does not name its training cases (older files record only "
-                                   "their number): check yourself that the scored cases are not among them"))
-        return None
-    seen = [case.case_id for case in cases if case.case_id in set(listed)]
-    if seen and progress:
-        progress(warning_event("evaluate", f"{len(seen)} of the {len(cases)} scored cases ({', '.join(seen)}) are among "
-                               "the model's training cases: their figures are not held-out results"))
-    return seen
+    return _own_cases_scored(listed_training_cases(loaded.header), cases, progress, "the model's training cases",
+                             "the model file does not name its training cases (older files record only their number)")
 
 
 def _fitting_cases_scored(lookup: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:
     """As :func:`_training_cases_scored`, for a lookup: the scored cases it was fitted on (``fit-lookup`` fits on every
-    case of its folder unless ``--cases`` names some), with a warning; None, warned, for a file that does not say."""
-    if lookup.fitted_on is None:
+    case of its folder unless ``--cases`` names some)."""
+    return _own_cases_scored(lookup.fitted_on, cases, progress, "the cases the lookup was fitted on",
+                             "the lookup file does not name the cases it was fitted on (older files)")
+
+
+def _own_cases_scored(listed: Optional[Sequence[str]], cases: Sequence[Case], progress: ProgressFn, whose: str,
+                      unnamed: str) -> Optional[List[str]]:
+    """The scored cases among ``listed`` (a predictor's own cases), with a warning: their figures are no held-out
+    result. None, with a warning too, when the file does not list them (``unnamed`` says so)."""
+    if listed is None:
         if progress:
-            progress(warning_event("evaluate", "the lookup file does not name the cases it was fitted on (older files): "
-                                   "check yourself that the scored cases are not among them"))
+            progress(warning_event("evaluate", f"{unnamed}: check yourself that the scored cases are not among them"))
         return None
-    seen = [case.case_id for case in cases if case.case_id in set(lookup.fitted_on)]
+    seen = [case.case_id for case in cases if case.case_id in set(listed)]
     if seen and progress:
         progress(warning_event("evaluate", f"{len(seen)} of the {len(cases)} scored cases ({', '.join(seen)}) are among "
-                               "the cases the lookup was fitted on: their figures are not held-out results"))
+                               f"{whose}: their figures are not held-out results"))
     return seen
 
 
