@@ -114,9 +114,9 @@ def refuse_changed_schedule(train_cfg: TrainConfig, start: Start) -> None:
         return
     saved = {**to_dict(TrainConfig()), **json.loads(start.checkpoint["train_config"])}  # older checkpoints: defaults
     now = to_dict(train_cfg)
-    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
-    if changed:
-        shown = ", ".join(f"{k} {saved.get(k)!r} → {now.get(k)!r}" for k in changed)
+    shown = _config_changes({k: v for k, v in saved.items() if k not in RESUMABLE_CHANGES},
+                            {k: v for k, v in now.items() if k not in RESUMABLE_CHANGES})
+    if shown:
         raise UsageError(
             f"The run in {start.resumed_from} was trained with another schedule ({shown}); --resume would not go on "
             "as that run would have.",
