@@ -604,3 +604,20 @@ def test_one_training_at_a_time_in_a_run_folder(tmp_path, data_dir, tiny_model_c
     mine = acquire_run_folder(run)
     release_run_folder(mine)
     release_run_folder(acquire_run_folder(run))  # released: taken again at once
+
+
+def test_validation_scores_clip_an_overshoot_as_evaluate_clips_the_written_volume():
+    """An overshoot above the target's top is clipped before scoring: it cannot cost more than the clipped error."""
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.metrics import psnr
+    from MedSynthLogic.training.validation import validation_scores
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0.2, 1.0, size=(16, 16, 16)).astype(np.float32)
+    mask = np.ones(target.shape, bool)
+    pred = target.copy()
+    pred[:8] = 3.0  # far above clip_max 1.0
+    cfg = ModelConfig()
+    score, _ = validation_scores(pred, target, mask, cfg)
+    assert score == pytest.approx(psnr(np.minimum(pred, 1.0), target, mask, 1.0))
+    assert score > psnr(pred, target, mask, 1.0) + 3.0
