@@ -145,10 +145,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--run-dir", default=None, help="checkpoints, CSV log and loss plot; a run from stage 0 without --resume refuses a folder that "
                         "already holds checkpoints (default: <out stem>_run/ beside --out)")
     parser.add_argument("--start-stage", type=int, default=0,
-                        help="retrain from this stage on, earlier stages from the newest checkpoint (default: 0)")
+                        help="keep the first N stages (from the newest checkpoint, or --init-model) and train stage N+1 on; "
+                        "stages count from 1 in every message, so 1 keeps stage 1 and retrains stage 2 (default: 0)")
     parser.add_argument("--init-model", default=None,
-                        help="with --start-stage N: take stages 0..N-1 from this model file, e.g. to add a stage to a "
-                        "trained model; if the file also holds stage N (a candidate exported mid-stage), stage N goes on "
+                        help="with --start-stage N: take stages 1..N from this model file, e.g. to add a stage to a "
+                        "trained model; if the file also holds stage N+1 (a candidate exported mid-stage), it goes on "
                         "from its weights at the exported iteration (default: none)")
     parser.add_argument("--prior-model", default=None,
                         help="a trained model file (e.g. the paper's FCN) whose synthesis stage 0 sees beside the source "

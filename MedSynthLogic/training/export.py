@@ -86,7 +86,7 @@ def export_checkpoint(
     n = complete if stages is None else int(stages)
     if n < 1 or n > int(state["stage"]) + 1:
         raise UsageError(
-            f"The checkpoint holds {complete} completed stage(s) (stage {state['stage']} at iteration {state['iteration']}); "
+            f"The checkpoint holds {complete} completed stage(s) (stage {int(state['stage']) + 1} at iteration {state['iteration']}); "
             f"cannot export {n}.",
             f"Pass --stages {int(state['stage']) + 1} for the stages up to the one in progress (its weights at iteration "
             f"{state['iteration']})" + (f", or --stages {complete} for the completed ones only." if complete else "."),

@@ -90,8 +90,9 @@ def train(
     model_cfg = with_prior(model_cfg, prior)
     plan = plan_training(data_dir, model_cfg, train_cfg)
     if not 0 <= start_stage < model_cfg.stages:
-        raise UsageError(f"--start-stage must be in 0..{model_cfg.stages - 1}: stages count from 0 here (the progress "
-                         f"lines' stage 1/{model_cfg.stages} is stage 0).")
+        raise UsageError(f"--start-stage must be in 0..{model_cfg.stages - 1}: it is the number of stages kept, so "
+                         f"--start-stage {model_cfg.stages - 1} keeps stages 1..{model_cfg.stages - 1} and retrains stage "
+                         f"{model_cfg.stages} of {model_cfg.stages}.")
     if keep_checkpoints < 1:
         raise UsageError(f"--keep-checkpoints must be at least 1, not {keep_checkpoints}: the newest checkpoint is "
                          "what --resume goes on from.")
@@ -235,7 +236,7 @@ def _train_stage(
             log.exclude(time.perf_counter() - paused)
         if s.stopper():
             s.save(chain, stage, done, done == tcfg.iterations, trainer, "stop")
-            raise Cancelled(f"Training stopped at stage {stage}, iteration {done}; its checkpoint is in {s.run_dir}.",
+            raise Cancelled(f"Training stopped at stage {stage + 1}, iteration {done}; its checkpoint is in {s.run_dir}.",
                             "Run the same command with --resume to go on.", reason="stopped")
         if s.slice_over() and done < tcfg.iterations:
             s.save(chain, stage, done, False, trainer, "stop_after")

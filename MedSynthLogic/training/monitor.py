@@ -54,7 +54,7 @@ def check_finite(losses: Dict[str, float], stage: int, it: int, run_dir: Path, c
     if dist_utils.any_rank(not all(np.isfinite(v) for v in losses.values()), ctx):
         last = ckpt.latest_checkpoint(run_dir)
         raise TrainingDiverged(
-            f"A training loss became NaN or infinite at stage {stage}, iteration {it + 1} "
+            f"A training loss became NaN or infinite at stage {stage + 1}, iteration {it + 1} "
             f"({', '.join(f'{k}={v:g}' for k, v in losses.items())}); no checkpoint was written after it.",
             (f"Resume from {last.name} with a lower learning rate or --precision fp32." if last is not None
              else "Start again with a lower learning rate or --precision fp32."),

@@ -63,15 +63,16 @@ def decide_start(
         return _from_model(read_model(), init_model, start_stage)
     if found is None:
         if start_stage > 0:
-            raise DataError(f"start_stage {start_stage} needs the earlier stages, but {run_dir} holds no checkpoint.",
+            raise DataError(f"--start-stage {start_stage} keeps the first {start_stage} stage(s), but {run_dir} holds no checkpoint.",
                             "Resume the run that trained them, or pass --init-model with a model file that has them.")
         return Start(0)
     path, state = found
     stage, iteration, done = int(state["stage"]), int(state["iteration"]), bool(state["stage_done"])
     if not continuing:
         if stage + (1 if done else 0) < start_stage:
-            raise DataError(f"The newest checkpoint has stages 0..{stage - (0 if done else 1)} trained; "
-                            f"start_stage {start_stage} needs 0..{start_stage - 1}.")
+            raise DataError(f"The newest checkpoint has {stage + (1 if done else 0)} stage(s) trained; "
+                            f"--start-stage {start_stage} keeps the first {start_stage}.",
+                            f"Pass --start-stage {stage + (1 if done else 0)} or less, or resume the run that trained them.")
         return Start(start_stage, checkpoint=state, resumed_from=str(path))
     if done:
         return Start(stage + 1, checkpoint=state, resumed_from=str(path))
@@ -81,7 +82,7 @@ def decide_start(
 def _from_model(model: Any, path: os.PathLike | str, start_stage: int) -> Start:
     """Stages 0..start_stage−1 from a model file; stage start_stage too when the file holds it (e.g. exported mid-stage)."""
     if model.stages < max(start_stage, 1):
-        raise UsageError(f"The model file {path} has {model.stages} stage(s); start_stage {start_stage} needs {max(start_stage, 1)}.")
+        raise UsageError(f"The model file {path} has {model.stages} stage(s); --start-stage {start_stage} needs {max(start_stage, 1)}.")
     holds_stage = model.stages > start_stage
     record = model.header.get("training", {})
     partial = record.get("checkpoint_stage") == start_stage and not record.get("checkpoint_stage_done", True)

@@ -98,7 +98,7 @@ def load_generators(chain: AutoContextChain, state: Dict[str, Any], upto: int) -
     for k in range(upto + 1):
         sd = stage_weights(state, k)
         if not sd:
-            raise ModelFileError(f"The checkpoint lacks the weights of stage {k}.")
+            raise ModelFileError(f"The checkpoint lacks the weights of stage {k + 1}.")
         chain.stages[k].load_state_dict(sd)
     load_prior_state(chain, state["generators"])
 

@@ -571,10 +571,10 @@ def test_errors_the_panel_can_act_on_get_its_own_advice_instead_of_command_line_
     assert describe_event(event, "prepare").log == ("Error: The output folder /d already holds train.h5. Choose "
                                                     "another prepared data folder, or move the files out of this one.")
     assert "output model file" in error_text(event, "train")
-    stopped = {"event": "error", "message": "Training stopped at stage 0, iteration 18; its checkpoint is in /r. Run "
-               "the same command with --resume to go on.", "problem": "Training stopped at stage 0, iteration 18; "
+    stopped = {"event": "error", "message": "Training stopped at stage 1, iteration 18; its checkpoint is in /r. Run "
+               "the same command with --resume to go on.", "problem": "Training stopped at stage 1, iteration 18; "
                "its checkpoint is in /r.", "reason": "stopped", "type": "Cancelled"}
-    assert describe_event(stopped, "train").log == ("Training stopped at stage 0, iteration 18; its checkpoint is in "
+    assert describe_event(stopped, "train").log == ("Training stopped at stage 1, iteration 18; its checkpoint is in "
                                                     "/r. Press Resume to go on from it.")
     for reason in sorted(REASONS):  # every reason the core can name has the panel's words, none with an option
         advice = error_text({"event": "error", "problem": "P.", "reason": reason, "message": "P. --x"}, "train")

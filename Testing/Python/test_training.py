@@ -107,7 +107,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_good_checkpoints(tmp_path, data
 
     monkeypatch.setattr(StageTrainer, "step", step)
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match="stage 0, iteration 5") as info:
+    with pytest.raises(TrainingDiverged, match="stage 1, iteration 5") as info:
         training.train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
                        _cfg(iterations=8, checkpoint_every=2), device="cpu", run_dir=run, keep_checkpoints=5)
     assert info.value.exit_code == 9 and ckpt.checkpoint_name(0, 4) in info.value.hint

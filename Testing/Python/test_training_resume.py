@@ -82,9 +82,9 @@ def test_init_model_continues_a_stage_it_holds_part_trained():
 
 
 def test_errors():
-    with pytest.raises(DataError, match="needs the earlier stages, but run holds no checkpoint"):
+    with pytest.raises(DataError, match="keeps the first 1 stage.s., but run holds no checkpoint"):
         _decide(start_stage=1, checkpoint=_none)
-    with pytest.raises(DataError, match=r"has stages 0\.\.0 trained; start_stage 2 needs 0\.\.1"):
+    with pytest.raises(DataError, match=r"has 1 stage.s. trained; --start-stage 2 keeps the first 2"):
         _decide(start_stage=2, checkpoint=_checkpoint(1, 5, False))
     with pytest.raises(ModelFileError, match=r"different model config \(stages 2 → 3\)"):
         _decide(resume=True, checkpoint=_checkpoint(0, 5, False, ModelConfig(stages=2)))
@@ -92,7 +92,7 @@ def test_errors():
 
     with pytest.raises(ModelFileError, match=r"model config \(loss\.lambda_gdl 0\.2 → 1\.0\)"):  # nested, named
         _decide(resume=True, checkpoint=_checkpoint(0, 5, False, ModelConfig(stages=3, loss=LossConfig(lambda_gdl=0.2))))
-    with pytest.raises(UsageError, match="has 1 stage.*start_stage 2 needs 2"):
+    with pytest.raises(UsageError, match="has 1 stage.*--start-stage 2 needs 2"):
         _decide(start_stage=2, init_model="one.safetensors", model=_model(1))
 
 
