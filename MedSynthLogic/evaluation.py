@@ -195,11 +195,13 @@ def evaluate_cases(
     names = (loaded.config.source_name, loaded.config.target_name) if loaded else scorer.names
     trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
     target_name = target_name or names[1].lower()
-    entries = []
+    entries, refused = [], {}
     for i, case in enumerate(cases):
         source, pred, target, mask, seg = _predict_case(case, scorer, loaded, norm, stages, flip_tta, device, precision,
                                                         within_case(progress, i, len(cases), case.case_id))
         entries.append((case.case_id, pred, target, mask, seg))
+        if loaded is not None:
+            refused.update(_input_checks_failed(loaded, case, source, mask, progress))
         if save_predictions:
             from .volume_io import write_volume
 
@@ -216,9 +218,43 @@ def evaluate_cases(
                    precision=None if scorer else arithmetic_name(device, precision),
                    files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases},
                    **({"training_cases_scored": trained_on} if trained_on else {}),
-                   **({"training_cases_unknown": True} if trained_on is None else {}))
+                   **({"training_cases_unknown": True} if trained_on is None else {}),
+                   **({"input_checks_failed": refused} if refused else {}))
+    notes = _report_notes(trained_on, refused)
+    if notes:
+        results["notes"] = notes
     write_report(results, out / "metrics.json", out / "metrics.md")
     return results
+
+
+def _input_checks_failed(loaded: Any, case: Case, source: Any, mask: np.ndarray, progress: ProgressFn) -> Dict[str, List[str]]:
+    """The checks ``synthesize`` would refuse this case's source for ({case: [messages]}, empty when it passes).
+
+    ``evaluate`` scores such a case anyway (a study may want to know what a refused input costs), but says so: a
+    score the clinician's path would never produce must not pass silently into a table.
+    """
+    from .input_checks import check_source
+
+    findings = check_source(source, loaded.config, mask=mask if case.mask else None)
+    if not findings:
+        return {}
+    messages = [f.message for f in findings]
+    if progress:
+        progress(warning_event("evaluate", f"{case.case_id}: synthesize would refuse this source ({'; '.join(messages)}); "
+                               "it is scored anyway and listed in the report"))
+    return {case.case_id: messages}
+
+
+def _report_notes(trained_on: Optional[List[str]], refused: Dict[str, List[str]]) -> List[str]:
+    """Sentences the Markdown report puts above its table: what makes a figure in it no held-out, accepted result."""
+    notes = []
+    if trained_on:
+        notes.append(f"Not held out: {', '.join(trained_on)} (among the predictor's own training or fitting cases).")
+    if trained_on is None:
+        notes.append("The predictor's file does not name its training cases: check that the scored cases are not among them.")
+    for case_id, messages in refused.items():
+        notes.append(f"{case_id}: synthesize would refuse this source ({'; '.join(messages)}); scored anyway.")
+    return notes
 
 
 def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:

@@ -324,12 +324,16 @@ def markdown_table(results: Dict[str, Any]) -> str:
 
 
 def write_report(results: Dict[str, Any], json_path: Union[str, os.PathLike], md_path: Optional[Union[str, os.PathLike]] = None) -> None:
-    """Write the results as strict JSON (non-finite → null) and as a Markdown table, each atomically."""
+    """Write the results as strict JSON (non-finite → null) and as a Markdown table, each atomically; the
+    results' ``notes`` stand above the table, where a reader of the table sees them."""
     atomic_write_text(json_path, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
     if md_path is not None:
         header = "# MedSynth evaluation\n\n"
         if results.get("protocol"):
             header += f"Protocol: {results['protocol']}.\n\n"
+        notes = results.get("notes") or []
+        if notes:  # what makes a figure below no held-out, accepted result (evaluation._report_notes)
+            header += "\n>\n".join(f"> **Note:** {note}" for note in notes) + "\n\n"
         atomic_write_text(md_path, header + markdown_table(results))
 
 

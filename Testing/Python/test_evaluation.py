@@ -220,3 +220,32 @@ def test_a_model_that_does_not_name_its_training_cases_is_flagged(cases_dir, tmp
     report = evaluate_cases(cases, tmp_path / "named", model=named, device="cpu", progress=events.append)
     assert "training_cases_unknown" not in report and "training_cases_scored" not in report
     assert not [e for e in events if e["event"] == "warning"]
+
+
+def test_a_source_that_synthesize_would_refuse_is_scored_and_named_in_the_report(tmp_path, tiny_model_config):
+    """A T2 given as the T1ce: synthesize refuses it, evaluate scores it but warns and says so above the table."""
+    import dataclasses
+
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+    from _models import random_chain
+
+    for seed, case in enumerate(("good", "swapped")):
+        p = make_phantom(shape=(32, 36, 32), seed=seed)
+        (tmp_path / "cases" / case).mkdir(parents=True)
+        write_volume(p.t2 if case == "swapped" else p.t1ce, tmp_path / "cases" / case / f"{case}_t1ce.nii.gz")
+        write_volume(p.t2, tmp_path / "cases" / case / f"{case}_t2.nii.gz")
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    model = save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg, training={"data": {"train_case_ids": ["x"]}})
+    events = []
+    report = evaluate_cases(cases_to_evaluate(tmp_path / "cases"), tmp_path / "out", model=model, device="cpu",
+                            progress=events.append)
+    assert list(report["input_checks_failed"]) == ["swapped"]
+    assert "T2-weighted" in report["input_checks_failed"]["swapped"][0]
+    assert [e["message"][:8] for e in events if e["event"] == "warning"] == ["swapped:"]
+    assert len(report["cases"]) == 2  # scored anyway
+    table = (tmp_path / "out" / "metrics.md").read_text()
+    assert "> **Note:** swapped: synthesize would refuse this source" in table
+    assert table.index("swapped: synthesize") < table.index("| ")
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["input_checks_failed"] == report["input_checks_failed"]
