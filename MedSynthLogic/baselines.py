@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -70,10 +70,11 @@ class IntensityLookup:
 
 def fit_intensity_lookup(
     pairs: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]], normalisation: NormalisationConfig, bins: int = 256,
-    names: Tuple[str, str] = ("T1ce", "T2"),
+    names: Tuple[str, str] = ("T1ce", "T2"), fitted_on: Optional[Sequence[str]] = None,
 ) -> IntensityLookup:
     """Fit the lookup on (source, target, mask) arrays, all normalised as the models normalise them; ``names``: the
-    pair's (source, target), recorded in the file."""
+    pair's (source, target), and ``fitted_on``: the case ids of ``pairs``, recorded in the file so that
+    ``evaluate`` can say when it scores the lookup's own cases (None: not known)."""
     from .normalisation import normalise_source, normalise_target
 
     if bins < 2:
@@ -92,4 +93,5 @@ def fit_intensity_lookup(
     values = np.divide(sums, counts, out=np.zeros(bins), where=counts > 0)
     filled = counts > 0
     values = np.interp(np.arange(bins), np.flatnonzero(filled), values[filled])
-    return IntensityLookup(edges, values, normalisation, (str(names[0]), str(names[1])))
+    return IntensityLookup(edges, values, normalisation, (str(names[0]), str(names[1])),
+                           None if fitted_on is None else tuple(str(c) for c in fitted_on))

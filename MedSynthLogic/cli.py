@@ -178,8 +178,8 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
             source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
             yield source.array, target.array, brain_mask(source.array, cfg.mask_threshold)
 
-    lookup = fit_intensity_lookup(pairs(), cfg, bins=args.bins, names=(model_cfg.source_name, model_cfg.target_name))
-    lookup.fitted_on = tuple(c.case_id for c in cases)  # so evaluate can say when it scores the lookup's own cases
+    lookup = fit_intensity_lookup(pairs(), cfg, bins=args.bins, names=(model_cfg.source_name, model_cfg.target_name),
+                                  fitted_on=[c.case_id for c in cases])
     lookup.save(args.out)
     report(done_event(args.out, cases=[c.case_id for c in cases]))
     if report.mode != "json":
