@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import qt
 import vtk
 
@@ -38,7 +39,8 @@ from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
 from MedSynthLib.synthesis import OTHER_MODEL, SynthesisRequest, model_choices, synthetic_node_name  # noqa: E402
 from MedSynthLib.synthesis import chosen_model_path, synthesize_in_process  # noqa: E402
-from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, is_set, prepare_request, training_request  # noqa: E402
+from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, evaluation_request, is_set  # noqa: E402
+from MedSynthLib.training_jobs import prepare_request, training_request  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
@@ -107,12 +109,11 @@ class MedSynthParameterNode:
     residual: bool = True
     trainDevice: Annotated[str, Choice(DEVICES)] = "auto"
     trainPrecision: Annotated[str, Choice(TRAIN_PRECISIONS)] = "auto"
+    evalDir: Path
 
 
 class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """GUI: parameter node ↔ widgets, buttons, and a QTimer that applies the running job's updates."""
-
-    POLL_MS = 200
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -121,7 +122,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[MedSynthParameterNode] = None
         self._parameterNodeGuiTag = None
         self._timer = qt.QTimer()
-        self._timer.setInterval(self.POLL_MS)
+        self._timer.setInterval(200)  # ms between two looks at the running job's output
         self._timer.connect("timeout()", self.onPollTimer)
 
     def setup(self) -> None:
@@ -137,7 +138,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              (self.ui.loadT1ceButton, self.onLoadT1ceButton), (self.ui.loadSampleButton, self.onLoadSample),
                              (self.ui.prepareButton, self.onPrepareButton), (self.ui.stopTrainingButton, self.onCancel),
                              (self.ui.startTrainingButton, lambda: self.startTraining(resume=False)),
-                             (self.ui.resumeTrainingButton, lambda: self.startTraining(resume=True))):
+                             (self.ui.resumeTrainingButton, lambda: self.startTraining(resume=True)),
+                             (self.ui.evaluateButton, self.onEvaluateButton)):
             button.connect("clicked(bool)", slot)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.updateModelDescription)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelDescription)
@@ -239,21 +241,22 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             apply_recipe(self._parameterNode, self.ui.generatorKindComboBox.currentText)
 
     def onPrepareButton(self) -> None:
-        p = self._parameterNode
-        if not self.ensureDependencies():  # the child reads and writes HDF5 (h5py) and imports torch
-            return
-        with slicer.util.tryWithErrorDisplay(_("Could not start preparing the data."), waitCursor=True):
-            self.logic.controller.start_prepare(prepare_request(p))
-            self.startPolling(_("Preparing data…"))
+        self.startJob(_("Could not start preparing the data."), _("Preparing data…"),
+                      lambda p: self.logic.controller.start_prepare(prepare_request(p)))
 
     def startTraining(self, resume: bool) -> None:
-        p = self._parameterNode
-        if not self.ensureDependencies():
+        self.startJob(_("Could not start training."), _("Training…"), lambda p: self.logic.showChart(
+            self.logic.controller.start_training(training_request(p, resume)).chart_node))
+
+    def onEvaluateButton(self) -> None:
+        self.startJob(_("Could not start the evaluation."), _("Evaluating…"), lambda p: self.logic.controller.start_evaluation(evaluation_request(p)))
+
+    def startJob(self, failure: str, status: str, start) -> None:
+        if not self.ensureDependencies():  # the child imports torch (and reads and writes HDF5 with h5py)
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-            plot = self.logic.controller.start_training(training_request(p, resume))
-            self.logic.showChart(plot.chart_node)
-            self.startPolling(_("Training…"))
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+            start(self._parameterNode)
+            self.startPolling(status)
 
     def onCancel(self) -> None:
         training = self.logic.controller.kind == "train"
@@ -351,8 +354,7 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def showChart(chartNode) -> None:
         """Switch to a layout with a plot view showing the training chart."""
-        plotsModule = getattr(slicer.modules, "plots", None)
-        if plotsModule is not None:
+        if (plotsModule := getattr(slicer.modules, "plots", None)) is not None:
             plotsModule.logic().ShowChartInLayout(chartNode)
 
 
@@ -368,8 +370,6 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def test_SynthesizePhantom(self):
-        import numpy as np
-
         if missing := dependencies.missing_packages(dependencies.requirements_path(HERE)):
             self.skipTest(f"not installed in this Slicer: {', '.join(missing)} (press Synthesize once to install)")
         from MedSynthLogic.metrics import evaluate_case

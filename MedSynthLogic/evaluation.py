@@ -133,7 +133,7 @@ def check_report_folder(out_dir: PathLike, overwrite: bool = False) -> None:
         raise OutputError(f"--out {out} is a file; the report needs a folder.", "Choose a folder name.")
     if (out / "metrics.json").exists() and not overwrite:
         raise OutputError(f"{out} holds the report of an earlier evaluation (metrics.json).",
-                          "Pass --overwrite to replace it, or choose another --out.")
+                          "Pass --overwrite to replace it, or choose another --out.", reason="output_exists")
 
 
 def scored_pair(model: Optional[PathLike] = None, lookup: Optional[PathLike] = None) -> "ModelConfig":

@@ -1,5 +1,5 @@
-"""The ``medsynth prepare`` and ``medsynth train`` argument lists built from configs (what the Slicer module runs);
-the options themselves are defined with every other subcommand's in :mod:`.options`."""
+"""The ``medsynth prepare``, ``train`` and ``evaluate`` argument lists built from configs and paths (what the Slicer
+module runs); the options themselves are defined with every other subcommand's in :mod:`.options`."""
 
 from __future__ import annotations
 
@@ -67,6 +67,19 @@ def prepare_argument_list(
     return ["prepare", os.fspath(cases_dir), os.fspath(data_dir), "--config", str(config_path),
             "--patches-per-case", str(int(patches_per_case)), "--val-fraction", repr(float(val_fraction)),
             "--progress", progress]
+
+
+def evaluate_argument_list(
+    model: "str | os.PathLike",
+    data_dir: "str | os.PathLike",
+    out_dir: "str | os.PathLike",
+    device: str = "auto",
+    progress: str = "json",
+) -> List[str]:
+    """The ``medsynth evaluate`` arguments that score ``model`` on the validation cases of a prepared data folder
+    (its ``manifest.json`` records them and their files), the report in ``out_dir``: the cases no training saw."""
+    return ["evaluate", "--manifest", os.fspath(Path(data_dir) / "manifest.json"), "--model", os.fspath(model),
+            "--out", os.fspath(out_dir), "--device", device, "--progress", progress]
 
 
 def write_config(config: object, path: Path) -> Path:

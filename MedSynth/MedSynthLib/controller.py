@@ -21,7 +21,7 @@ from . import synthesis
 from .estimate import Estimate, RateBook
 from .events import PanelUpdate, describe_event, error_text
 from .i18n import tr as _
-from .training_jobs import PrepareRequest, TrainingRequest, prepare_arguments
+from .training_jobs import EvaluationRequest, PrepareRequest, TrainingRequest, prepare_arguments
 
 #: ``runner(args) -> started job`` with ``poll()``, ``cancel(timeout)``, ``running``, ``state``,
 #: ``error_message`` and ``elapsed_s`` (``MedSynthLogic.jobs.Job``'s interface).
@@ -201,6 +201,11 @@ class MedSynthController:
         self._start("prepare", prepare_arguments(request, config_dir), {"work_dir": config_dir,
                                                                          "data_dir": Path(request.data_dir)})
 
+    def start_evaluation(self, request: EvaluationRequest) -> None:
+        """Start ``medsynth evaluate`` of a model file on the validation cases of a prepared data folder."""
+        self._refuse_if_busy()
+        self._start("evaluate", request.arguments(), {"report_dir": Path(request.report_dir)})
+
     # ------------------------------------------------------------------ running
     def poll(self) -> Tuple[List[PanelUpdate], Optional[JobOutcome]]:
         """Panel updates for the events since the last call, and the outcome once the job has ended."""
@@ -246,7 +251,7 @@ class MedSynthController:
         else:
             self.current.job.cancel(timeout=timeout)
 
-    def discard(self, kinds: Tuple[str, ...] = ("synthesize", "prepare", "train"), background: bool = False) -> bool:
+    def discard(self, kinds: Tuple[str, ...] = ("synthesize", "prepare", "train", "evaluate"), background: bool = False) -> bool:
         """Stop a running job of ``kinds`` and forget it with its temporary folder (the input image): the scene
         closes, or the application quits, so its result must not land in another scene. A training's loss plot
         belonged to the closing scene and is let go. ``background``: stop it on a thread (a scene close must not
@@ -296,11 +301,30 @@ class MedSynthController:
                 return JobOutcome(kind, jobs.FAILED, message or _("The process failed."))
             if kind == "synthesize":
                 return self._finish_synthesis(job, context)
+            if kind == "evaluate":
+                return self._finish_evaluation(job, context["report_dir"])
             result = context.get("out_model") or context.get("data_dir")
             message = _("Finished in {seconds} s: {result}").format(seconds=f"{job.elapsed_s:.0f}", result=result)
             return JobOutcome(kind, jobs.FINISHED, message, result)
         finally:
             _remove(context.get("work_dir"))
+
+    @staticmethod
+    def _finish_evaluation(job: Any, report_dir: Path) -> JobOutcome:
+        """The report's mean figures and where it is; what makes them no held-out, accepted result comes first."""
+        import json
+
+        from MedSynthLogic import jobs
+
+        try:
+            report = json.loads((report_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return JobOutcome("evaluate", jobs.FAILED, _("The evaluation ended, but its report could not be read: "
+                                                         "{error}").format(error=exc))
+        message = "\n".join([*report.get("notes", []), evaluation_summary(report.get("summary") or {}),
+                             _("Finished in {seconds} s; the report is in {folder}.").format(
+                                 seconds=f"{job.elapsed_s:.0f}", folder=report_dir)])
+        return JobOutcome("evaluate", jobs.FINISHED, message, report)
 
     def _finish_synthesis(self, job: Any, context: Dict[str, Any]) -> JobOutcome:
         from MedSynthLogic import jobs
@@ -319,6 +343,17 @@ class MedSynthController:
         stages = synthesis.stages_to_run(request, header)
         self.rates.record(request.device, context["shape"], stages, synthesis.passes_to_run(request, stages), job.elapsed_s)
         return JobOutcome("synthesize", jobs.FINISHED, _("Done in {seconds} s.").format(seconds=f"{job.elapsed_s:.0f}"), node)
+
+
+def evaluation_summary(summary: Dict[str, Any]) -> str:
+    """One line of an evaluation's mean figures (brain, then tumour), as ``metrics.md`` names them."""
+    parts = []
+    for key, label, unit, digits in (("psnr", _("PSNR"), " dB", 2), ("ssim", _("SSIM"), "", 3),
+                                     ("psnr_tumour", _("tumour PSNR"), " dB", 2)):
+        stats = summary.get(key) or {}
+        if isinstance(stats.get("mean"), (int, float)):
+            parts.append(f"{label} {stats['mean']:.{digits}f}{unit} (n={stats.get('n', '?')})")
+    return _("Mean over the validation cases, inside the brain: {figures}").format(figures=", ".join(parts) or "—")
 
 
 def _remove(folder: Optional[Path]) -> None:

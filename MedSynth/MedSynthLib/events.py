@@ -26,7 +26,7 @@ class PanelUpdate:
 
 def describe_event(event: Mapping[str, Any], task: Optional[str] = None) -> PanelUpdate:
     """The panel update for one JSON-lines event (see docs/ARCHITECTURE.md, "Progress events") of a ``task``
-    ("synthesize", "prepare", "train") job."""
+    ("synthesize", "prepare", "train", "evaluate") job."""
     kind = event.get("event")
     handler = {
         "progress": _progress,
@@ -61,6 +61,8 @@ def panel_advice(reason: str, task: Optional[str] = None) -> str:
             return _("Choose another prepared data folder, or move the files out of this one.")
         if task == "train":
             return _("Choose another output model file, or move the existing one away.")
+        if task == "evaluate":
+            return _("Choose another evaluation report folder, or move the earlier report out of this one.")
         return _("Choose another output, or move the existing one away.")
     advice = {
         "model_written": lambda: _("That run has finished and written its model: choose another output model file "
@@ -117,6 +119,9 @@ def _progress(event: Mapping[str, Any]) -> PanelUpdate:
         case = event.get("case")
         status = _("Preparing data: {done} of {total} cases").format(done=event.get("done", 0), total=event.get("total", "?"))
         status += f" ({case})" if case else ""
+    elif task == "evaluate":
+        status = _("Evaluating: {done} of {total} cases done").format(done=event.get("done", 0), total=event.get("total", "?"))
+        status += f" ({event['case']})" if event.get("case") else ""
     else:
         status = f"{str(task).capitalize()}…"
     return PanelUpdate(percent=percent, status=status)

@@ -15,14 +15,16 @@ from .i18n import tr as _
 from .training_jobs import is_set
 
 #: Folder buttons → the parameter each shows.
-FOLDER_BUTTONS = {"casesDirButton": "casesDir", "dataDirButton": "dataDir", "runDirButton": "runDir"}
+FOLDER_BUTTONS = {"casesDirButton": "casesDir", "dataDirButton": "dataDir", "runDirButton": "runDir",
+                  "evalDirButton": "evalDir"}
 #: File fields (``ctkPathLineEdit``) → the parameter each shows.
 PATH_FIELDS = {"modelPathLineEdit": "modelPath", "outputModelPathLineEdit": "outputModelPath"}
 
 
 @dataclass(frozen=True)
 class ButtonStates:
-    """``enabled``: button name → whether it may be pressed; ``hint``: what the training section still needs."""
+    """``enabled``: button name → whether it may be pressed; ``hint``: what the training section still needs
+    (preparation, training, then evaluation)."""
 
     enabled: Dict[str, bool]
     hint: str
@@ -30,26 +32,32 @@ class ButtonStates:
 
 def button_states(settings: Any, running_kind: Optional[str]) -> ButtonStates:
     """The buttons for the panel's ``settings`` (its parameter node, or None) while a job of ``running_kind`` runs
-    (None: nothing runs). Cancel belongs to a synthesis; Stop to a preparation or a training."""
+    (None: nothing runs). Cancel belongs to a synthesis; Stop to a preparation, a training or an evaluation."""
     busy = running_kind is not None
     prepare_needs = _missing(settings, (("casesDir", _("the folder of cases")),
                                         ("dataDir", _("the prepared data folder"))))
     train_needs = _missing(settings, (("dataDir", _("the prepared data folder")), ("runDir", _("the run folder")),
                                       ("outputModelPath", _("the output model file"))))
+    evaluate_needs = _missing(settings, (("outputModelPath", _("the output model file")),
+                                         ("dataDir", _("the prepared data folder")),
+                                         ("evalDir", _("the evaluation report folder"))))
     can_train = settings is not None and not train_needs and not busy
     enabled = {
         "synthesizeButton": bool(settings is not None and settings.inputVolume) and not busy,
         "prepareButton": settings is not None and not prepare_needs and not busy,
         "startTrainingButton": can_train,
         "resumeTrainingButton": can_train,
+        "evaluateButton": settings is not None and not evaluate_needs and not busy,
         "cancelButton": running_kind == "synthesize",
-        "stopTrainingButton": running_kind in ("prepare", "train"),
+        "stopTrainingButton": running_kind in ("prepare", "train", "evaluate"),
     }
     hints = []
     if prepare_needs:
         hints.append(_("To prepare data, choose {items}.").format(items=_join(prepare_needs)))
     if train_needs:
         hints.append(_("To train, choose {items}.").format(items=_join(train_needs)))
+    if evaluate_needs and not train_needs:  # the training's own needs first: evaluation scores what it wrote
+        hints.append(_("To evaluate the trained model, choose {items}.").format(items=_join(evaluate_needs)))
     return ButtonStates(enabled, " ".join(hints) if settings is not None else "")
 
 

@@ -1,5 +1,5 @@
-"""Training and data preparation from the panel: the configs from the panel's settings, the ``prepare`` arguments,
-and the panel's values of each generator kind's recipe.
+"""Training, data preparation and evaluation from the panel: the configs from the panel's settings, the ``prepare``
+and ``evaluate`` arguments, and the panel's values of each generator kind's recipe.
 
 The argument lists themselves come from the core (``train_options``), so the panel never spells a flag.
 """
@@ -53,6 +53,31 @@ class TrainingRequest:
         return train_argument_list(self.model_config, self.train_config, self.data_dir, self.out_model, config_dir,
                                    run_dir=self.run_dir, device=self.device, resume=self.resume,
                                    prior_model=self.prior_model)
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """Score a trained model file on the validation cases of the prepared data folder it was trained from (the
+    manifest that ``prepare`` wrote records them), the report (``metrics.json``, ``metrics.md``) in ``report_dir``."""
+
+    model: Path
+    data_dir: Path
+    report_dir: Path
+    device: str = "auto"
+
+    def arguments(self) -> List[str]:
+        """``medsynth evaluate`` arguments that run exactly this request."""
+        from MedSynthLogic.train_options import evaluate_argument_list
+
+        return evaluate_argument_list(self.model, self.data_dir, self.report_dir, device=self.device)
+
+
+def evaluation_request(settings: Any) -> EvaluationRequest:
+    """The 'Evaluate' request of the panel's settings: the training section's output model file and prepared data
+    folder (what was just trained, on the cases set aside from it), its device, and the report folder."""
+    return EvaluationRequest(full_path(settings.outputModelPath, _("the output model file")),
+                             full_path(settings.dataDir, _("the prepared data folder")),
+                             full_path(settings.evalDir, _("the evaluation report folder")), str(settings.trainDevice))
 
 
 def is_set(path: "Optional[os.PathLike]") -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import re
 import sys
 from pathlib import Path
@@ -766,6 +767,48 @@ def test_a_training_that_fails_before_its_first_loss_leaves_no_empty_chart(scene
     assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 0
 
 
+def test_the_panel_evaluates_what_it_trained_on_the_cases_set_aside(scene, tmp_path):
+    """Evaluate: the output model file on the prepared data's validation cases, progress per case, and the report's
+    notes and mean figures at the end; the hint says what evaluation still needs once training has what it needs."""
+    from MedSynthLib.panel_state import button_states
+    from MedSynthLib.training_jobs import evaluation_request
+
+    trained = _settings(dataDir=tmp_path / "data", runDir=tmp_path / "run", outputModelPath=tmp_path / "m.safetensors")
+    assert button_states(trained, None).hint == ("To prepare data, choose the folder of cases. To evaluate the trained "
+                                                 "model, choose the evaluation report folder.")
+    trained.evalDir, trained.trainDevice = tmp_path / "report", "cpu"
+    assert button_states(trained, None).enabled["evaluateButton"]
+    request = evaluation_request(trained)
+    parsed = build_parser().parse_args(request.arguments())
+    assert (parsed.command, parsed.manifest, parsed.model, parsed.out, parsed.device, parsed.progress) == (
+        "evaluate", str(tmp_path / "data" / "manifest.json"), str(tmp_path / "m.safetensors"), str(tmp_path / "report"),
+        "cpu", "json")
+    report = {"summary": {"psnr": {"mean": 19.2912, "std": 0.5, "n": 3}, "ssim": {"mean": 0.6161, "n": 3},
+                          "psnr_tumour": {"mean": 16.5, "n": 2}},
+              "notes": ["Not held out: c1 (among the predictor's own training or fitting cases)."]}
+
+    def write_report(args):
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir()
+        (out / "metrics.json").write_text(json.dumps(report), encoding="utf-8")
+
+    events = [{"event": "progress", "task": "evaluate", "done": 0, "total": 2, "fraction": 0.25, "case": "c1"}]
+    controller = _controller(scene, FakeRunner(events=events, on_finish=write_report), tmp_path)
+    controller.start_evaluation(request)
+    updates, outcome = controller.poll()
+    assert [(u.percent, u.status) for u in updates] == [(25, "Evaluating: 0 of 2 cases done (c1)")]
+    assert outcome.state == jobs.FINISHED and outcome.result == report
+    assert outcome.message.splitlines()[:2] == [
+        "Not held out: c1 (among the predictor's own training or fitting cases).",
+        "Mean over the validation cases, inside the brain: PSNR 19.29 dB (n=3), SSIM 0.616 (n=3), tumour PSNR 16.50 dB (n=2)"]
+    assert str(tmp_path / "report") in outcome.message.splitlines()[2]
+    controller = _controller(scene, FakeRunner(events=[]), tmp_path)  # a child that wrote no report
+    controller.start_evaluation(dataclasses.replace(request, report_dir=tmp_path / "unwritten"))
+    assert controller.poll()[1].state == jobs.FAILED
+    with pytest.raises(ValueError, match="relative"):
+        evaluation_request(_settings(dataDir=Path("data"), outputModelPath=tmp_path / "m", evalDir=tmp_path / "r"))
+
+
 def test_prepare_job_reports_cases(scene, tmp_path):
     events = [{"event": "progress", "task": "prepare", "done": d, "total": 2, "case": f"c{d}"} for d in (1, 2)]
     runner = FakeRunner(events=events)
@@ -983,7 +1026,7 @@ def test_a_pip_failure_slicer_showed_is_not_shown_twice(slicer_mod, tmp_path, mo
 # ---------------------------------------------------------------------------------------------------------- panel state
 def _settings(**values):
     base = dict(inputVolume=None, casesDir=Path(), dataDir=Path(), runDir=Path(), outputModelPath=Path(),
-                modelPath=Path())
+                modelPath=Path(), evalDir=Path(), trainDevice="auto")
     return SimpleNamespace(**{**base, **values})
 
 
@@ -995,7 +1038,8 @@ def test_the_panel_says_why_prepare_and_train_cannot_start():
     assert not states.enabled["prepareButton"] and not states.enabled["startTrainingButton"]
     assert "To prepare data, choose the folder of cases and the prepared data folder." in states.hint
     assert "To train, choose the prepared data folder, the run folder and the output model file." in states.hint
-    ready = _settings(casesDir=Path("/c"), dataDir=Path("/d"), runDir=Path("/r"), outputModelPath=Path("/m.safetensors"))
+    ready = _settings(casesDir=Path("/c"), dataDir=Path("/d"), runDir=Path("/r"), outputModelPath=Path("/m.safetensors"),
+                      evalDir=Path("/e"))
     states = button_states(ready, None)
     assert states.hint == "" and states.enabled["prepareButton"] and states.enabled["resumeTrainingButton"]
     assert not states.enabled["cancelButton"] and not states.enabled["stopTrainingButton"]
@@ -1008,11 +1052,12 @@ def test_a_running_preparation_is_stopped_from_the_training_section():
     from MedSynthLib.panel_state import button_states
 
     ready = _settings(inputVolume=object(), casesDir=Path("/c"), dataDir=Path("/d"), runDir=Path("/r"),
-                      outputModelPath=Path("/m.safetensors"))
-    for kind, cancel, stop in (("synthesize", True, False), ("prepare", False, True), ("train", False, True)):
+                      outputModelPath=Path("/m.safetensors"), evalDir=Path("/e"))
+    for kind, cancel, stop in (("synthesize", True, False), ("prepare", False, True), ("train", False, True),
+                               ("evaluate", False, True)):
         enabled = button_states(ready, kind).enabled
         assert (enabled["cancelButton"], enabled["stopTrainingButton"]) == (cancel, stop), kind
-        assert not any(enabled[b] for b in ("synthesizeButton", "prepareButton", "startTrainingButton"))
+        assert not any(enabled[b] for b in ("synthesizeButton", "prepareButton", "startTrainingButton", "evaluateButton"))
     assert not any(button_states(None, None).enabled.values())
 
 
