@@ -81,8 +81,8 @@ def cmd_prepare(args: argparse.Namespace, report: Reporter) -> int:
 
     model_cfg = load_json_config(args.config, ModelConfig)
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
-    cases = _case_files(args).find(args.data, source_suffix, target_suffix, skip_incomplete=args.skip_incomplete)
-    val_cases = _case_list(args.val_cases) if args.val_cases else None
+    cases = _case_files(args).find(args.data, source_suffix, target_suffix)
+    val_cases = _case_list(args.val_cases, "--val-cases")
     manifest = prepare_dataset(
         cases,
         args.out,
@@ -133,16 +133,18 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     from .evaluation import cases_to_evaluate, evaluate_cases
 
     layout = [opt for opt, value in (("--source-pattern", args.source_pattern), ("--target-pattern", args.target_pattern),
-                                     ("--csv", args.csv), ("--source-suffix", args.source_suffix),
-                                     ("--target-suffix", args.target_suffix)) if value]
+                                     ("--source-suffix", args.source_suffix), ("--target-suffix", args.target_suffix))
+              if value]
     if args.model and args.lookup:  # the lookup was scored and --model ignored, the report naming the lookup as the model
         raise UsageError("Give --model or --lookup, not both: each report scores one predictor.",
                          "Run evaluate once with --model and once with --lookup, into two --out folders.")
     if args.data is None and layout:
         raise UsageError(f"{', '.join(layout)} describe a data folder, but none was given.",
                          "Pass the folder: medsynth evaluate DATA ... (without DATA, --manifest's recorded files are used).")
+    # a CSV names its own files (relative ones from its folder): it needs no data folder
+    data = args.data if args.data is not None or not args.csv else os.path.dirname(os.path.abspath(args.csv))
     # the suffixes default to the scored pair's names in lower case, in cases_to_evaluate and evaluate_cases alike
-    cases = cases_to_evaluate(args.data, case_ids=_case_list(args.cases or ""), manifest=args.manifest,
+    cases = cases_to_evaluate(data, case_ids=_case_list(args.cases), manifest=args.manifest,
                               source_suffix=args.source_suffix, target_suffix=args.target_suffix, model=args.model,
                               lookup=args.lookup, files=_case_files(args))
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
@@ -161,22 +163,25 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .baselines import fit_intensity_lookup
     from .config import ModelConfig, load_json_config
     from .dataset_prep import select_cases
-    from .normalisation import brain_mask
+    from .evaluation import read_case
+    from .progress import warning_event
     from .source_names import file_suffixes
-    from .volume_io import align_pair, read_volume
 
     model_cfg = load_json_config(args.config, ModelConfig)
     cfg = model_cfg.normalisation
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
-    cases = _case_files(args).find(args.data, source_suffix, target_suffix)
-    if args.cases:
-        cases = select_cases(cases, _case_list(args.cases), where=str(args.data))
+    wanted = _case_list(args.cases)
+    cases = _case_files(args).find(args.data, source_suffix, target_suffix, only=wanted)
+    if wanted is not None:
+        cases = select_cases(cases, wanted, where=str(args.data))
     check_output_path(args.out, overwrite=args.overwrite, inputs=[p for c in cases for p in (c.source, c.target, c.mask)])
 
-    def pairs():
+    def pairs():  # the region evaluate scores: the case's mask file where it has one, every file on the source grid
         for case in cases:
-            source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
-            yield source.array, target.array, brain_mask(source.array, cfg.mask_threshold)
+            read = read_case(case, cfg.mask_threshold)
+            for note in read.notes:
+                report(warning_event("fit-lookup", f"{case.case_id}: {note}"))
+            yield read.source.array, read.target.array, read.mask
 
     lookup = fit_intensity_lookup(pairs(), cfg, bins=args.bins, names=(model_cfg.source_name, model_cfg.target_name),
                                   fitted_on=[c.case_id for c in cases])
@@ -196,7 +201,7 @@ def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
         else:
             print(text, flush=True)
 
-    cases = _case_list(args.cases) if args.cases else None
+    cases = _case_list(args.cases)
     out = fit_error_map_for(args.model, args.data, args.out, cases=cases, voxels_per_case=args.voxels_per_case,
                             seed=args.seed, device=args.device, overwrite=args.overwrite,
                             variants=[v for v in args.variants.split(",") if v], image_features=args.image_features,
@@ -346,16 +351,23 @@ def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threa
     return done
 
 
-def _case_list(text: str) -> List[str]:
-    """Comma-separated case ids, spaces around each ignored ("a, b" named " b", which no folder holds)."""
-    return [case.strip() for case in text.split(",") if case.strip()]
+def _case_list(text: Optional[str], option: str = "--cases") -> Optional[List[str]]:
+    """Comma-separated case ids, spaces around each ignored ("a, b" named " b", which no folder holds); None when
+    the option was not given. Given but naming no case (``--cases "$UNSET"``) is refused: it used to mean every
+    case, training cases included."""
+    if text is None:
+        return None
+    cases = [case.strip() for case in text.split(",") if case.strip()]
+    if not cases:
+        raise UsageError(f"{option} {text!r} names no case.", f"Give comma-separated case ids, or leave {option} out.")
+    return cases
 
 
 def _case_files(args: argparse.Namespace) -> "CaseFiles":
     """The data folder's layout options (BraTS naming when none is given)."""
     from .dataset_cases import CaseFiles
 
-    return CaseFiles(args.source_pattern, args.target_pattern, args.csv)
+    return CaseFiles(args.source_pattern, args.target_pattern, args.csv, args.skip_incomplete)
 
 
 def _fail(report: Reporter, exc: MedSynthError) -> int:

@@ -103,6 +103,7 @@ def find_cases(
     csv: Optional[PathLike] = None,
     skip_incomplete: bool = False,
     pattern: Optional[str] = None,
+    only: Optional[Sequence[str]] = None,
 ) -> List[Case]:
     """The paired cases of a data folder, sorted by case id.
 
@@ -118,9 +119,10 @@ def find_cases(
 
     A case missing its partner makes the whole call fail with a ``DataError`` listing the incomplete cases,
     because silently training on fewer subjects than intended is worse; ``skip_incomplete=True`` skips them.
+    ``only``: the case ids the caller will select (``--cases``); another case's missing partner is no error then.
     """
     if csv is not None:
-        return _cases_from_csv(Path(csv), skip_incomplete)
+        return _cases_from_csv(Path(csv), skip_incomplete, only)
     if folder is None:
         raise UsageError("Give a data folder or a CSV of cases.")
     root = Path(folder)
@@ -164,7 +166,8 @@ def find_cases(
             ambiguous.append(f"{cid} (the same file {s.name} matches source and target)")
         if s is None or t is None:
             role, looked = ("source", src_pat) if s is None else ("target", tgt_pat)
-            incomplete.append(f"{cid} (no {role} matching {looked.replace('{case}', cid)!r})")
+            if only is None or cid in only:
+                incomplete.append(f"{cid} (no {role} matching {looked.replace('{case}', cid)!r})")
             continue
         mask = _single(cid, extra.get("mask", {}).get(cid), "mask", ambiguous)
         seg = _single(cid, extra.get("seg", {}).get(cid), "seg", ambiguous)
@@ -190,7 +193,7 @@ def _finish(cases: List[Case], incomplete: List[str], skip_incomplete: bool, whe
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _cases_from_csv(path: Path, skip_incomplete: bool) -> List[Case]:
+def _cases_from_csv(path: Path, skip_incomplete: bool, only: Optional[Sequence[str]] = None) -> List[Case]:
     if not path.is_file():
         raise DataError(f"The case list {path} does not exist.", "Check the --csv path.")
     try:
@@ -228,7 +231,8 @@ def _cases_from_csv(path: Path, skip_incomplete: bool) -> List[Case]:
         paths = {k: resolve(k) for k in ("source", "target", "mask", "seg")}
         absent = [k for k, p in paths.items() if (k in ("source", "target") and p is None) or (p is not None and not p.is_file())]
         if absent:
-            incomplete.append(f"{cid} (" + ", ".join(f"{k} {paths[k] if paths[k] else 'not given'} missing" for k in absent) + ")")
+            if only is None or cid in only:
+                incomplete.append(f"{cid} (" + ", ".join(f"{k} {paths[k] if paths[k] else 'not given'} missing" for k in absent) + ")")
             continue
         cases.append(Case(cid, paths["source"], paths["target"], paths["mask"], paths["seg"]))  # type: ignore[arg-type]
     if not rows:
@@ -259,17 +263,21 @@ def case_key(seed: int, case_id: str) -> int:
 class CaseFiles:
     """How a data folder names its pairs when it does not follow BraTS naming: two ``{case}`` globs or a CSV, as
     ``--source-pattern``/``--target-pattern``/``--csv`` of every command that reads cases (prepare, evaluate,
-    fit-lookup, fit-error-map). All None: BraTS naming with the pair's suffixes."""
+    fit-lookup, fit-error-map), and ``--skip-incomplete`` (each of them offers it: an incomplete case's error names
+    it). All None: BraTS naming with the pair's suffixes."""
 
     source_pattern: Optional[str] = None
     target_pattern: Optional[str] = None
     csv: Optional[PathLike] = None
+    skip_incomplete: bool = False
 
     def find(self, folder: Optional[PathLike], source_suffix: str = "t1ce", target_suffix: str = "t2",
-             skip_incomplete: bool = False) -> List[Case]:
-        """:func:`find_cases` of ``folder`` as these options describe it."""
+             skip_incomplete: Optional[bool] = None, only: Optional[Sequence[str]] = None) -> List[Case]:
+        """:func:`find_cases` of ``folder`` as these options describe it (``skip_incomplete``: instead of the
+        options' own; ``only``: the ids that will be selected)."""
+        skip = self.skip_incomplete if skip_incomplete is None else skip_incomplete
         return find_cases(folder, source_suffix, target_suffix, source_pattern=self.source_pattern,
-                          target_pattern=self.target_pattern, csv=self.csv, skip_incomplete=skip_incomplete)
+                          target_pattern=self.target_pattern, csv=self.csv, skip_incomplete=skip, only=only)
 
 
 def select_cases(cases: Sequence[Case], wanted: Sequence[str], what: str = "Case", where: str = "") -> List[Case]:

@@ -106,7 +106,7 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
             "and a map fitted so came out a third of the real error in HU.",
             "Use --uncertainty without a learned map (the flip and stage disagreement, in the output's own unit).")
     source_suffix, target_suffix = file_suffixes(model.config, source_suffix, target_suffix)
-    found = (files or CaseFiles()).find(cases_dir, source_suffix, target_suffix)
+    found = (files or CaseFiles()).find(cases_dir, source_suffix, target_suffix, only=list(cases) if cases else None)
     ids = list(cases) if cases else training_cases_of(model.header, [c.case_id for c in found])
     scale = float(model.config.normalisation.output_scale)
     rng = np.random.default_rng(seed)

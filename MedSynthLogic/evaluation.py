@@ -1,7 +1,8 @@
 """``medsynth evaluate`` as a library: synthesize held-out cases with a model (or a baseline) and score them.
 
 Metrics follow one protocol (see :mod:`MedSynthLogic.metrics`): inside the brain mask, and inside the tumour
-when a segmentation is present, on intensities each divided by their own 99.5th percentile in the mask.
+when a segmentation is present; the reference divided by its own 99.5th percentile in the mask, the prediction by
+the model's output scale (its unit: 1 = the training targets' 99.5th percentile), both clipped to [0, 1].
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -59,9 +60,9 @@ def cases_to_evaluate(
         _check_recorded_files(chosen, Path(manifest))
         return chosen
     source_suffix, target_suffix = file_suffixes(scored_pair(model, lookup), source_suffix, target_suffix)
-    cases = (files or CaseFiles()).find(data_dir, source_suffix, target_suffix)
     if wanted is None and manifest is not None:
         wanted = _validation_split(_read_manifest(Path(manifest)), Path(manifest))
+    cases = (files or CaseFiles()).find(data_dir, source_suffix, target_suffix, only=wanted)
     if wanted is not None:
         cases = select_cases(cases, wanted, where=str(data_dir))
     return cases
@@ -180,8 +181,12 @@ def evaluate_cases(
     ``overwrite`` (an evaluation can take hours, and its report is what a study cites).
     """
     check_report_folder(out_dir, overwrite)
+    if lookup and (stages is not None or flip_tta):  # the report recorded them as if they had been applied
+        raise UsageError("A lookup has no auto-context stages and no flip averaging: --stages and --flip-tta apply to "
+                         "a model only.", "Leave them out with --lookup.")
     from .baselines import IntensityLookup
     from .devices import arithmetic_name
+    from .inference import synthesize_volume
     from .metrics import evaluate_pairs, write_report
     from .model_file import LoadedModel, bundled_model_path, load_model
 
@@ -190,15 +195,24 @@ def evaluate_cases(
         loaded, model = model, model.path
     else:
         loaded = None if scorer else load_model(Path(model) if model else bundled_model_path(), stages=stages)
-    out = make_output_folder(out_dir)
     norm = scorer.normalisation if scorer else loaded.config.normalisation
     names = (loaded.config.source_name, loaded.config.target_name) if loaded else scorer.names
-    trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
     target_name = target_name or names[1].lower()
-    entries, refused = [], {}
+    _refuse_earlier_files(out_dir, cases, target_name, save_predictions, figures, overwrite)
+    out = make_output_folder(out_dir)
+    trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
+    entries, refused, resampled = [], {}, {}
     for i, case in enumerate(cases):
-        source, pred, target, mask, seg = _predict_case(case, scorer, loaded, norm, stages, flip_tta, device, precision,
-                                                        within_case(progress, i, len(cases), case.case_id))
+        source, target, mask, seg, notes = read_case(case, norm.mask_threshold)
+        for note in notes:
+            if progress:
+                progress(warning_event("evaluate", f"{case.case_id}: {note}"))
+            resampled.setdefault(case.case_id, []).append(note)
+        if scorer is not None:
+            pred = source.with_array(scorer.apply(source.array, mask))
+        else:
+            pred = synthesize_volume(loaded, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta,
+                                     precision=precision, progress=within_case(progress, i, len(cases), case.case_id))
         entries.append((case.case_id, pred, target, mask, seg))
         if loaded is not None:
             refused.update(_input_checks_failed(loaded, case, source, mask, progress))
@@ -216,15 +230,34 @@ def evaluate_cases(
                              window=window)
     results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
                    precision=None if scorer else arithmetic_name(device, precision),
+                   **({"model_sha256": loaded.header.get("tensors_sha256")} if loaded is not None else {}),
                    files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases},
                    **({"training_cases_scored": trained_on} if trained_on else {}),
                    **({"training_cases_unknown": True} if trained_on is None else {}),
-                   **({"input_checks_failed": refused} if refused else {}))
-    notes = _report_notes(trained_on, refused)
+                   **({"input_checks_failed": refused} if refused else {}),
+                   **({"resampled": resampled} if resampled else {}))
+    notes = _report_notes(trained_on, refused, resampled)
     if notes:
         results["notes"] = notes
     write_report(results, out / "metrics.json", out / "metrics.md")
     return results
+
+
+def _refuse_earlier_files(out_dir: PathLike, cases: Sequence[Case], target_name: str, save_predictions: bool,
+                          figures: bool, overwrite: bool) -> None:
+    """Refuse, without ``overwrite``, an ``out_dir`` holding any file this evaluation would write: an earlier
+    synthesis folder's volumes or an earlier report's figures were replaced silently, and a stopped evaluation's
+    predictions would stand beside another predictor's report."""
+    out = Path(out_dir)
+    names = ["metrics.md"]
+    for case in cases:
+        names += [f"{case.case_id}_synthetic_{target_name}.nii.gz"] if save_predictions else []
+        names += [f"{case.case_id}.png"] if figures else []
+    there = [name for name in names if (out / name).exists()]
+    if there and not overwrite:
+        raise OutputError(f"{out} holds {len(there)} file(s) this evaluation would replace ({', '.join(there[:3])}"
+                          f"{', …' if len(there) > 3 else ''}).", "Pass --overwrite to replace them, or choose another --out.",
+                          reason="output_exists")
 
 
 def _input_checks_failed(loaded: Any, case: Case, source: Any, mask: np.ndarray, progress: ProgressFn) -> Dict[str, List[str]]:
@@ -245,7 +278,8 @@ def _input_checks_failed(loaded: Any, case: Case, source: Any, mask: np.ndarray,
     return {case.case_id: messages}
 
 
-def _report_notes(trained_on: Optional[List[str]], refused: Dict[str, List[str]]) -> List[str]:
+def _report_notes(trained_on: Optional[List[str]], refused: Dict[str, List[str]],
+                  resampled: Dict[str, List[str]]) -> List[str]:
     """Sentences the Markdown report puts above its table: what makes a figure in it no held-out, accepted result."""
     notes = []
     if trained_on:
@@ -254,6 +288,8 @@ def _report_notes(trained_on: Optional[List[str]], refused: Dict[str, List[str]]
         notes.append("The predictor's file does not name its training cases: check that the scored cases are not among them.")
     for case_id, messages in refused.items():
         notes.append(f"{case_id}: synthesize would refuse this source ({'; '.join(messages)}); scored anyway.")
+    for case_id, messages in resampled.items():
+        notes.append(f"{case_id}: {' '.join(messages)}")
     return notes
 
 
@@ -290,28 +326,45 @@ def _own_cases_scored(listed: Optional[Sequence[str]], cases: Sequence[Case], pr
     return seen
 
 
-def _predict_case(case: Case, scorer: Any, loaded: Any, norm: Any, stages: Optional[int], flip_tta: bool, device: str,
-                  precision: str, progress: ProgressFn) -> Tuple[Any, Any, Any, np.ndarray, Optional[np.ndarray]]:
-    """One case's (source, prediction, target, brain mask, segmentation), the target on the source's grid. The mask
-    is the case's own mask file when it has one (as ``prepare`` trained with it), else the source's threshold mask."""
-    from .inference import synthesize_volume
-    from .normalisation import brain_mask
-    from .volume_io import align_pair, read_volume, resample_like, same_grid
+class CaseOnSourceGrid(NamedTuple):
+    """A case's files as one grid: what ``evaluate`` scores and ``fit-lookup`` fits on."""
 
-    source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
-    seg = read_volume(case.seg).array.astype(np.uint8) if case.seg else None
+    source: Any
+    target: Any
+    mask: np.ndarray
+    tumour: Optional[np.ndarray]
+    notes: List[str]
+
+
+def read_case(case: Case, mask_threshold: float) -> CaseOnSourceGrid:
+    """One case on its source's grid: the source and target Volumes, the brain mask, the tumour region (the
+    segmentation's labels > 0; None without one) and the sentences saying what was resampled.
+
+    The mask is the case's own mask file when it has one (as ``prepare`` trained with it), else the source's
+    threshold mask. A target, mask or segmentation on another grid is resampled onto the source's and said so: a
+    segmentation read as it was marked a misplaced tumour region, and a resampled target scored 1.3 dB lower.
+    """
+    from .normalisation import brain_mask
+    from .volume_io import align_pair, read_volume
+
+    source, target, notes = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
+    seg = _on_source_grid(read_volume(case.seg), source, "segmentation", notes) if case.seg else None
     if case.mask:
-        given = read_volume(case.mask)
-        off_grid = same_grid(given, source)
-        mask = resample_like(given, source).array > 0.5 if off_grid else given.array > 0
+        mask = _on_source_grid(read_volume(case.mask), source, "mask", notes)
     else:
-        mask = brain_mask(source.array, norm.mask_threshold)
-    if scorer is not None:
-        pred = source.with_array(scorer.apply(source.array, mask))
-    else:
-        pred = synthesize_volume(loaded, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta,
-                                 precision=precision, progress=progress)
-    return source, pred, target, mask, seg
+        mask = brain_mask(source.array, mask_threshold)
+    return CaseOnSourceGrid(source, target, mask, seg, notes)
+
+
+def _on_source_grid(labels: Any, source: Any, what: str, notes: List[str]) -> np.ndarray:
+    """``labels > 0`` on the source's grid (resampled as a region, the fraction inside thresholded at 0.5)."""
+    from .volume_io import resample_like, same_grid
+
+    diffs = same_grid(labels, source)
+    if not diffs:
+        return labels.array > 0
+    notes.append(f"Resampled the {what} onto the source grid: " + "; ".join(diffs) + ".")
+    return resample_like(labels.with_array((labels.array > 0).astype(np.float32)), source).array > 0.5
 
 
 def _case_figure(path: Path, source: Any, pred: Any, target: Any, mask: np.ndarray, norm: Any, title: str,

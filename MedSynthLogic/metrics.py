@@ -158,7 +158,8 @@ def evaluate_case(
         raise GeometryError(f"Prediction {p.shape} and reference {t.shape} have different sizes.", "Resample one onto the other.")
     brain = (t > 0) if m is None else (m > 0)
     if (m is not None and m.shape != t.shape) or (s is not None and s.shape != t.shape):
-        raise GeometryError("The mask or segmentation does not have the reference's size.", "Use files on the reference grid.")
+        raise GeometryError(f"The mask {None if m is None else m.shape} or segmentation {None if s is None else s.shape} "
+                            f"does not have the reference's size {t.shape} (z, y, x).", "Use files on the reference grid.")
     if not brain.any():
         raise InputImageError("The brain mask (or the reference) is empty.", "Check the mask / reference files.")
     if window is not None:
@@ -235,7 +236,7 @@ def _protocol(percentile: float, pred_scale: Optional[float] = None, window: Opt
     if window is not None:
         return (f"prediction and reference in the target's unit, the window {window[0]:g} to {window[1]:g} mapped to "
                 "[0, 1] and clipped; PSNR/MAE over the mask (mae_target_unit: the MAE in the target's unit); SSIM "
-                "(7x7x7 uniform window, data_range 1) averaged over the mask")
+                "(7x7x7 uniform window, data_range 1) averaged over the mask; " + SUMMARY_RULE)
     pred = (
         f"prediction divided by its output scale {pred_scale:g} (1 = the reference's {percentile}th percentile)"
         if pred_scale is not None
@@ -243,8 +244,14 @@ def _protocol(percentile: float, pred_scale: Optional[float] = None, window: Opt
     )
     return (
         f"reference divided by its {percentile}th percentile inside the brain mask; {pred}; both clipped to [0, 1]; "
-        "PSNR/MAE over the mask; SSIM (7x7x7 uniform window, data_range 1) averaged over the mask"
+        "PSNR/MAE over the mask; SSIM (7x7x7 uniform window, data_range 1) averaged over the mask; " + SUMMARY_RULE
     )
+
+
+#: How the summary row is computed (the standard deviation divides by n, not n − 1: with 3 cases it reads about
+#: 18 % below the sample SD, so the rule is written into every report).
+SUMMARY_RULE = ("summary: mean and population standard deviation (ddof 0) over the n cases that have the metric "
+                "(tumour metrics: the cases with a tumour label)")
 
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -311,7 +318,8 @@ def _cell(value: Any, key: str) -> str:
 
 
 def markdown_table(results: Dict[str, Any]) -> str:
-    """Per-case rows and a mean ± std row, metrics as columns."""
+    """Per-case rows, a mean ± std row and the number of cases each mean is over, metrics as columns (a case
+    without a tumour label has no tumour metrics, so those means can be over fewer cases)."""
     keys = [k for k in METRICS if k in results["summary"]]
     lines = ["| case | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for case in results["cases"]:
@@ -320,7 +328,26 @@ def markdown_table(results: Dict[str, Any]) -> str:
     lines.append(
         "| **mean ± std** | " + " | ".join(f"{_cell(summary[k]['mean'], k)} ± {_cell(summary[k]['std'], k)}" for k in keys) + " |"
     )
+    lines.append("| n | " + " | ".join(str(summary[k].get("n", "")) for k in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _predictor_line(results: Dict[str, Any]) -> str:
+    """What was scored, as ``evaluate`` records it (``metrics.json`` alone named it before)."""
+    if not results.get("model"):
+        return ""
+    parts = [f"Scored: `{results['model']}`"]
+    if results.get("model_sha256"):
+        parts.append(f"tensors SHA-256 {str(results['model_sha256'])[:16]}…")
+    if results.get("label"):
+        parts.append(f"label {results['label']!r}")
+    if results.get("stages") is not None:
+        parts.append(f"{results['stages']} stage(s)")
+    if results.get("flip_tta"):
+        parts.append("flip averaging")
+    if results.get("precision"):
+        parts.append(f"precision {results['precision']}")
+    return "; ".join(parts) + ".\n\n"
 
 
 def write_report(results: Dict[str, Any], json_path: Union[str, os.PathLike], md_path: Optional[Union[str, os.PathLike]] = None) -> None:
@@ -328,7 +355,7 @@ def write_report(results: Dict[str, Any], json_path: Union[str, os.PathLike], md
     results' ``notes`` stand above the table, where a reader of the table sees them."""
     atomic_write_text(json_path, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
     if md_path is not None:
-        header = "# MedSynth evaluation\n\n"
+        header = "# MedSynth evaluation\n\n" + _predictor_line(results)
         if results.get("protocol"):
             header += f"Protocol: {results['protocol']}.\n\n"
         notes = results.get("notes") or []

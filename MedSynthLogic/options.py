@@ -65,7 +65,6 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder for train.h5, val.h5 and manifest.json")
     _add_suffixes(p, "the --config")
     _add_case_files(p)
-    p.add_argument("--skip-incomplete", action="store_true", help="skip cases without a partner instead of failing")
     p.add_argument("--patches-per-case", type=int, default=1000,
                    help="patches sampled per case; the flipped copy adds as many (default: 1000)")
     p.add_argument("--val-cases", help="comma-separated case ids for validation (default: --val-fraction of the cases)")
@@ -270,6 +269,8 @@ def _add_case_files(p: argparse.ArgumentParser) -> None:
                    "'sub-{case}_T1w.nii.gz' (default: BraTS naming)")
     p.add_argument("--target-pattern", help="glob for targets with {case} (default: BraTS naming)")
     p.add_argument("--csv", help="CSV with columns case,source,target[,mask][,seg] (default: find the files in DATA)")
+    p.add_argument("--skip-incomplete", action="store_true",
+                   help="leave out, with a warning, the cases without a partner instead of failing (default: fail)")
 
 
 def _add_suffixes(p: argparse.ArgumentParser, whose: str) -> None:

@@ -249,3 +249,108 @@ def test_a_source_that_synthesize_would_refuse_is_scored_and_named_in_the_report
     assert "> **Note:** swapped: synthesize would refuse this source" in table
     assert table.index("swapped: synthesize") < table.index("| ")
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["input_checks_failed"] == report["input_checks_failed"]
+
+
+def test_files_an_evaluation_would_replace_are_refused_without_overwrite(cases_dir, lookup, tmp_path):
+    """A user's volume or figure in --out was replaced silently (only an earlier metrics.json was refused)."""
+    from MedSynthLogic.errors import OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_synthetic_t2.nii.gz").write_bytes(b"the user's own volume")
+    cases = cases_to_evaluate(cases_dir, case_ids=["a"])
+    with pytest.raises(OutputError, match=r"1 file\(s\) this evaluation would replace \(a_synthetic_t2.nii.gz\)"):
+        evaluate_cases(cases, out, lookup=lookup, save_predictions=True)
+    assert (out / "a_synthetic_t2.nii.gz").read_bytes() == b"the user's own volume"
+    evaluate_cases(cases, out, lookup=lookup, figures=True)  # writes no volume: nothing of the user's in its way
+    with pytest.raises(OutputError, match="metrics.json"):
+        evaluate_cases(cases, out, lookup=lookup)
+    evaluate_cases(cases, out, lookup=lookup, save_predictions=True, overwrite=True)
+    assert (out / "a_synthetic_t2.nii.gz").read_bytes() != b"the user's own volume"
+
+
+def test_a_lookup_refuses_model_options_and_a_model_report_names_what_it_scored(cases_dir, lookup, tmp_path,
+                                                                               tiny_model_config):
+    import dataclasses
+
+    from MedSynthLogic.model_file import load_model, save_model
+    from _models import random_chain
+
+    cases = cases_to_evaluate(cases_dir, case_ids=["a"])
+    for options in ({"stages": 2}, {"flip_tta": True}):  # the report recorded them as applied
+        with pytest.raises(UsageError, match="A lookup has no auto-context stages"):
+            evaluate_cases(cases, tmp_path / "l", lookup=lookup, **options)
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    model = save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg, training={"data": {"train_case_ids": ["x"]}})
+    report = evaluate_cases(cases, tmp_path / "m", model=model, device="cpu", label="tiny")
+    assert report["model_sha256"] == load_model(model).header["tensors_sha256"]
+    table = (tmp_path / "m" / "metrics.md").read_text()
+    assert f"Scored: `{model}`; tensors SHA-256 {report['model_sha256'][:16]}…; label 'tiny'" in table
+    assert "population standard deviation (ddof 0)" in table
+    assert "\n| n | 1 | 1 |" in table
+
+
+def test_a_target_mask_and_segmentation_on_another_grid_are_resampled_and_said_so(cases_dir, tmp_path, lookup):
+    """The segmentation was used as read (a misplaced tumour region) and the target's resampling went unrecorded."""
+    import shutil
+
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    case = tmp_path / "cases" / "a"
+    shutil.copytree(cases_dir / "a", case)
+    for name in ("a_t2.nii.gz", "a_seg.nii.gz"):  # the same image, its grid moved 5 voxels: origin differs
+        vol = read_volume(case / name)
+        shifted = vol.with_array(np.roll(vol.array, 5, axis=2))
+        origin = (vol.origin[0] - 5 * vol.spacing[0], *vol.origin[1:])  # x: the array's last axis
+        write_volume(type(vol)(shifted.array, vol.spacing, origin, vol.direction), case / name, overwrite=True)
+    events = []
+    shifted_report = evaluate_cases(cases_to_evaluate(tmp_path / "cases"), tmp_path / "o", lookup=lookup,
+                                    progress=events.append)
+    plain = evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a"]), tmp_path / "p", lookup=lookup)
+    assert [n.split(" (")[0].split(":")[0] for n in shifted_report["resampled"]["a"]] == [
+        "Resampled the target onto the source grid", "Resampled the segmentation onto the source grid"]
+    assert sum(e["event"] == "warning" and "Resampled" in e["message"] for e in events) == 2
+    # the moved files put back on the source grid score (almost) as the unmoved ones: the tumour region too
+    assert shifted_report["cases"][0]["tumour_voxels"] == pytest.approx(plain["cases"][0]["tumour_voxels"], rel=0.02)
+    assert shifted_report["cases"][0]["psnr_tumour"] == pytest.approx(plain["cases"][0]["psnr_tumour"], abs=0.5)
+    assert "a: Resampled the target onto the source grid" in (tmp_path / "o" / "metrics.md").read_text()
+
+
+def test_case_lists_csvs_and_incomplete_cases_on_the_command_line(cases_dir, lookup, tmp_path, capsys):
+    """--cases "" scored every case (training cases too); --csv needed a data folder it never read; the incomplete
+    case's error named --skip-incomplete, which only prepare had; fit-lookup fitted outside a case's mask file."""
+    import shutil
+
+    from MedSynthLogic.baselines import IntensityLookup
+    from MedSynthLogic.cli import main
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    for command in (["evaluate", str(cases_dir), "--lookup", str(lookup), "--out", str(tmp_path / "e")],
+                    ["fit-lookup", str(cases_dir), str(tmp_path / "l.json")]):
+        assert main([*command, "--cases", " , ", "--progress", "none"]) == 2
+        assert "--cases ' , ' names no case" in capsys.readouterr().err
+    csv = tmp_path / "list" / "cases.csv"
+    csv.parent.mkdir()
+    csv.write_text(f"case,source,target\na,{cases_dir / 'a' / 'a_t1ce.nii.gz'},{cases_dir / 'a' / 'a_t2.nii.gz'}\n")
+    assert main(["evaluate", "--csv", str(csv), "--lookup", str(lookup), "--out", str(tmp_path / "c"), "--progress",
+                 "none"]) == 0
+    folder = tmp_path / "cases"
+    shutil.copytree(cases_dir, folder)
+    (folder / "b" / "b_t2.nii.gz").unlink()
+    assert main(["evaluate", str(folder), "--lookup", str(lookup), "--out", str(tmp_path / "i"), "--progress", "none"]) == 5
+    assert "--skip-incomplete" in capsys.readouterr().err
+    assert main(["evaluate", str(folder), "--lookup", str(lookup), "--out", str(tmp_path / "i"), "--skip-incomplete",
+                 "--progress", "none"]) == 0
+    assert [c["case"] for c in json.loads((tmp_path / "i" / "metrics.json").read_text())["cases"]] == ["a"]
+    assert main(["evaluate", str(folder), "--cases", "a", "--lookup", str(lookup), "--out", str(tmp_path / "s"),
+                 "--progress", "none"]) == 0  # b, incomplete, is not among the cases asked for
+    half = make_phantom(shape=(32, 36, 32), seed=0).t1ce  # a mask file over half of case a's grid
+    write_volume(half.with_array((np.arange(32)[None, None, :] < 16).repeat(36, 1).repeat(32, 0).astype(np.float32)),
+                 folder / "a" / "a_mask.nii.gz")
+    fitted = {}
+    for name, where in (("masked", folder), ("whole", cases_dir)):
+        assert main(["fit-lookup", str(where), str(tmp_path / f"{name}.json"), "--cases", "a", "--bins", "32",
+                     "--progress", "none"]) == 0
+        fitted[name] = IntensityLookup.load(tmp_path / f"{name}.json").values
+    assert not np.allclose(fitted["masked"], fitted["whole"])
