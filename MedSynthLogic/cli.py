@@ -154,7 +154,7 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     report(done_event(args.out, summary=summary))
     if report.mode != "json":
         for name, stats in summary.items():
-            print(f"{name}: {stats['mean']:.4f} ± {stats['std']:.4f}")
+            print(f"{name}: {stats['mean']:.4f} ± {stats['std']:.4f} (n={stats.get('n')})")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -343,6 +344,7 @@ def test_case_lists_csvs_and_incomplete_cases_on_the_command_line(cases_dir, loo
     assert main(["evaluate", str(folder), "--lookup", str(lookup), "--out", str(tmp_path / "i"), "--skip-incomplete",
                  "--progress", "none"]) == 0
     assert [c["case"] for c in json.loads((tmp_path / "i" / "metrics.json").read_text())["cases"]] == ["a"]
+    assert re.search(r"^psnr: [0-9.]+ ± [0-9.]+ \(n=1\)$", capsys.readouterr().out, re.M)  # each mean says its n
     assert main(["evaluate", str(folder), "--cases", "a", "--lookup", str(lookup), "--out", str(tmp_path / "s"),
                  "--progress", "none"]) == 0  # b, incomplete, is not among the cases asked for
     half = make_phantom(shape=(32, 36, 32), seed=0).t1ce  # a mask file over half of case a's grid
