@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import unittest
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 if not (HERE / "MedSynthLogic").is_dir() and (HERE.parent / "MedSynthLogic" / "__init__.py").is_file():
     sys.path.insert(0, str(HERE.parent))  # a source checkout: <repo>/MedSynth/MedSynth.py beside <repo>/MedSynthLogic
 
-from MedSynthLib import dependencies, panel_state, sample_data  # noqa: E402
+from MedSynthLib import dependencies, module_text, panel_state, sample_data  # noqa: E402
 from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
 from MedSynthLib.synthesis import OTHER_MODEL, SynthesisRequest, model_choices, synthetic_node_name  # noqa: E402
@@ -59,18 +60,7 @@ class MedSynth(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Filtering")]
         self.parent.dependencies = []
         self.parent.contributors = ["MedSynth developers"]
-        self.parent.helpText = _("""
-Synthesizes a T2-weighted brain MRI from a contrast-enhanced T1 (T1ce) volume (the default model: the paper's 3-stage
-auto-context FCN refined by a 3D U-Net), and trains new models from paired data. Inputs should be skull-stripped and
-roughly 1 mm isotropic like BraTS; other inputs are refused unless Force is ticked. Pick the post-contrast series: a
-volume named as a T1 without "post", "Gd", "+C" or "ce", or one without any sign of contrast enhancement, gets a
-warning first. The synthetic image is <b>not</b> for diagnosis. See the <a href="https://github.com/medsynth/SlicerMedSynth">documentation</a>.
-""")
-        self.parent.acknowledgementText = _("""
-Method: D. Nie, R. Trullo, J. Lian, L. Wang, C. Petitjean, S. Ruan, Q. Wang, D. Shen, "Medical Image Synthesis with
-Deep Convolutional Adversarial Networks", IEEE Transactions on Biomedical Engineering 65(12), 2018. The bundled model
-was trained on the BraTS data (B. H. Menze et al., IEEE TMI 2015; S. Bakas et al., Scientific Data 2017 and arXiv:1811.02629).
-""")
+        self.parent.helpText, self.parent.acknowledgementText = module_text.help_text(), module_text.acknowledgement_text()
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -364,7 +354,11 @@ class MedSynthTest(ScriptedLoadableModuleTest):
     def runTest(self):
         for test in (self.test_ParameterNode, self.test_SampleDataRegistered, self.test_SynthesizePhantom):
             slicer.mrmlScene.Clear()
-            test()
+            try:
+                test()
+            except unittest.SkipTest as skipped:  # escaped, Reload and Test and SelfTests counted it as a failure
+                logging.warning(message := f"MedSynth self-test: SKIPPED {test.__name__}: {skipped}")
+                self.delayDisplay(message)
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -395,6 +389,8 @@ class MedSynthTest(ScriptedLoadableModuleTest):
     def test_SampleDataRegistered(self):
         import SampleData
 
-        registerSampleData()
+        registerSampleData()  # again: this Slicer's SampleData must take the arguments (5.6 refused loadFileTypes)
         names = [s.sampleName for s in SampleData.SampleDataLogic.sampleDataSourcesByCategory(sample_data.CATEGORY)]
         self.assertIn(sample_data.SAMPLE_NAME, names)
+        nodes = SampleData.SampleDataLogic().downloadSamples(sample_data.SAMPLE_NAME)  # as a script loads it
+        self.assertEqual([node.GetName() for node in nodes], list(sample_data.FILES))

@@ -59,7 +59,6 @@ def sample_source_arguments(cache_folder: "str | Path", thumbnail: Optional[str]
         "fileNames": list(FILES.values()),
         "nodeNames": list(FILES),
         "thumbnailFileName": thumbnail,
-        "loadFileTypes": "VolumeFile",
         "customDownloader": functools.partial(download_phantom, cache_folder=cache_folder,
                                               sample_data_logic=sample_data_logic),
     }
@@ -108,7 +107,6 @@ def case_source_arguments(case_dir: "str | Path", thumbnail: Optional[str] = Non
         "fileNames": [path.name for path in files],
         "nodeNames": [path.name.split(".")[0] for path in files],
         "thumbnailFileName": thumbnail,
-        "loadFileTypes": "VolumeFile",
     }
 
 

@@ -172,3 +172,17 @@ def test_bundled_model_is_listed_where_model_file_looks():
     assert expected in _listed(TOP), "the bundled model must be installed as Resources/Models/<name> next to MedSynthLogic/"
     if not expected.is_file():
         pytest.skip(f"{expected.relative_to(REPO)} is not in this checkout yet; configuring the extension needs it")
+
+
+def test_a_skipped_self_test_is_not_run_and_the_licence_is_ours():
+    """slicer.testing.runUnitTest counts a skip as a success: the test's skip message must match the CTest
+    SKIP_REGULAR_EXPRESSION (unittest prints "skipped '<reason>'" at verbosity 2), and the package must ship
+    the project's LICENSE, not Slicer's (UseSlicer.cmake's default without EXTENSION_LICENSE_FILE)."""
+    cmake = _strip_comments(MODULE_CMAKE.read_text(encoding="utf-8"))
+    (pattern,) = re.findall(r'SKIP_REGULAR_EXPRESSION "([^"]+)"', cmake)
+    (reason,) = re.findall(r'self\.skipTest\(f"([^"{]+)', (MODULE_DIR / "MedSynth.py").read_text(encoding="utf-8"))
+    assert re.search(pattern, f"test_SynthesizePhantom ... skipped '{reason}torch'")
+    top = _strip_comments(TOP.read_text(encoding="utf-8"))
+    assert "set(EXTENSION_LICENSE_FILE ${CMAKE_CURRENT_SOURCE_DIR}/LICENSE)" in top
+    assert top.index("EXTENSION_LICENSE_FILE") < top.index("include(${Slicer_USE_FILE})")
+    assert "Apache License" in (REPO / "LICENSE").read_text(encoding="utf-8")
