@@ -10,14 +10,25 @@ from there, so the nodes come in as any other sample's do.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 CATEGORY = "MedSynth"
 SAMPLE_NAME = "MedSynthPhantom"
+
+
+def generator_tag() -> str:
+    """8 hex digits of the phantom generator's source: cached files are named with it, so a MedSynth whose
+    phantom changed generates new ones instead of loading the old (the self-test's PSNR threshold is for this one)."""
+    origin = importlib.util.find_spec("MedSynthLogic.phantom").origin
+    return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:8]
+
+
 #: node name → file name, in the order the sample loads them (the T1ce first: it is the input).
-FILES: Dict[str, str] = {"MedSynthPhantom_t1ce": "MedSynthPhantom_t1ce.nii.gz", "MedSynthPhantom_t2": "MedSynthPhantom_t2.nii.gz"}
+FILES: Dict[str, str] = {f"MedSynthPhantom_{kind}": f"MedSynthPhantom_{generator_tag()}_{kind}.nii.gz" for kind in ("t1ce", "t2")}
 
 
 def write_phantom_pair(folder: "str | Path") -> List[Path]:

@@ -915,6 +915,13 @@ def test_phantom_sample_is_generated_once_and_loads(scene, tmp_path):
     assert [p.stat().st_mtime_ns for p in paths] == stamps, "cached files are reused, not regenerated"
     assert (t1ce.GetName(), t2.GetName()) == tuple(sample_data.FILES)
     assert t1ce.GetImageData().GetDimensions() == (96, 112, 96)[::-1]
+    # the files are named after the generator's source: an upgraded phantom is never read from an old cache
+    import hashlib
+
+    from MedSynthLogic import phantom
+
+    tag = hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()[:8]
+    assert all(name == f"{node}".replace("_t", f"_{tag}_t") + ".nii.gz" for node, name in sample_data.FILES.items())
 
 
 def test_phantom_is_registered_with_sample_data(tmp_path):
