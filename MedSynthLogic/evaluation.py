@@ -301,7 +301,8 @@ def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: Progres
     if loaded is None:
         return []
     return _own_cases_scored(listed_training_cases(loaded.header), cases, progress, "the model's training cases",
-                             "the model file does not name its training cases (older files record only their number)")
+                             "the model file does not name its training cases (files written before session 38 record "
+                             "at most their number)")
 
 
 def _fitting_cases_scored(lookup: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:
