@@ -389,8 +389,7 @@ class MedSynthTest(ScriptedLoadableModuleTest):
     def test_SampleDataRegistered(self):
         import SampleData
 
-        registerSampleData()  # again: this Slicer's SampleData must take the arguments (5.6 refused loadFileTypes)
-        names = [s.sampleName for s in SampleData.SampleDataLogic.sampleDataSourcesByCategory(sample_data.CATEGORY)]
-        self.assertIn(sample_data.SAMPLE_NAME, names)
+        registerSampleData()  # registers it if start-up did not: this Slicer's SampleData must take the arguments
+        self.assertEqual(sample_data.registered_names(SampleData.SampleDataLogic).count(sample_data.SAMPLE_NAME), 1)
         nodes = SampleData.SampleDataLogic().downloadSamples(sample_data.SAMPLE_NAME)  # as a script loads it
         self.assertEqual([node.GetName() for node in nodes], list(sample_data.FILES))

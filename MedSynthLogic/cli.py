@@ -133,8 +133,8 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     from .evaluation import cases_to_evaluate, evaluate_cases
 
     layout = [opt for opt, value in (("--source-pattern", args.source_pattern), ("--target-pattern", args.target_pattern),
-                                     ("--source-suffix", args.source_suffix), ("--target-suffix", args.target_suffix))
-              if value]
+                                     ("--source-suffix", args.source_suffix), ("--target-suffix", args.target_suffix),
+                                     ("--skip-incomplete", args.skip_incomplete)) if value]
     if args.model and args.lookup:  # the lookup was scored and --model ignored, the report naming the lookup as the model
         raise UsageError("Give --model or --lookup, not both: each report scores one predictor.",
                          "Run evaluate once with --model and once with --lookup, into two --out folders.")
@@ -178,7 +178,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
 
     def pairs():  # the region evaluate scores: the case's mask file where it has one, every file on the source grid
         for case in cases:
-            read = read_case(case, cfg.mask_threshold)
+            read = read_case(case, cfg.mask_threshold, tumour=False)
             for note in read.notes:
                 report(warning_event("fit-lookup", f"{case.case_id}: {note}"))
             yield read.source.array, read.target.array, read.mask

@@ -160,27 +160,39 @@ def find_cases(
     incomplete: List[str] = []
     ambiguous: List[str] = []
     for cid in ids:
-        s = _single(cid, sources.get(cid), "source", ambiguous)
-        t = _single(cid, targets.get(cid), "target", ambiguous)
+        wanted = only is None or cid in only  # a case left out of the selection is not judged
+        problems: List[str] = []
+        s = _single(cid, sources.get(cid), "source", problems)
+        t = _single(cid, targets.get(cid), "target", problems)
         if s is not None and t is not None and s == t:
-            ambiguous.append(f"{cid} (the same file {s.name} matches source and target)")
+            problems.append(f"{cid} (the same file {s.name} matches source and target)")
+        if s is not None and t is not None:
+            mask = _single(cid, extra.get("mask", {}).get(cid), "mask", problems)
+            seg = _single(cid, extra.get("seg", {}).get(cid), "seg", problems)
+        if not wanted:
+            if s is not None and t is not None and not problems:
+                cases.append(Case(cid, s, t, mask, seg))  # still listed among the folder's known cases
+            continue
+        ambiguous.extend(problems)
         if s is None or t is None:
             role, looked = ("source", src_pat) if s is None else ("target", tgt_pat)
-            if only is None or cid in only:
-                incomplete.append(f"{cid} (no {role} matching {looked.replace('{case}', cid)!r})")
+            incomplete.append(f"{cid} (no {role} matching {looked.replace('{case}', cid)!r})")
             continue
-        mask = _single(cid, extra.get("mask", {}).get(cid), "mask", ambiguous)
-        seg = _single(cid, extra.get("seg", {}).get(cid), "seg", ambiguous)
         cases.append(Case(cid, s, t, mask, seg))
     if ambiguous:
         raise DataError(
             "Several files match for case(s): " + "; ".join(ambiguous) + ".",
             "Make the patterns more specific so each picks one file per case.",
         )
-    return _finish(cases, incomplete, skip_incomplete, str(root))
+    return _finish(cases, incomplete, skip_incomplete, str(root), named=only is not None)
 
 
-def _finish(cases: List[Case], incomplete: List[str], skip_incomplete: bool, where: str) -> List[Case]:
+def _finish(cases: List[Case], incomplete: List[str], skip_incomplete: bool, where: str, named: bool = False) -> List[Case]:
+    """``named``: ``incomplete`` lists only cases the caller selects by id, which are never skipped: leaving out a
+    case the user asked for by name would score or fit fewer cases than asked, or call it "not found"."""
+    if named and incomplete:
+        raise DataError(f"{len(incomplete)} of the cases asked for in {where} are incomplete: " + ", ".join(incomplete) + ".",
+                        "Add the missing files, or leave those cases out of --cases.")
     if incomplete and not skip_incomplete:
         raise DataError(
             f"{len(incomplete)} case(s) in {where} are incomplete: " + ", ".join(incomplete) + ".",
@@ -237,7 +249,7 @@ def _cases_from_csv(path: Path, skip_incomplete: bool, only: Optional[Sequence[s
         cases.append(Case(cid, paths["source"], paths["target"], paths["mask"], paths["seg"]))  # type: ignore[arg-type]
     if not rows:
         raise DataError(f"The case list {path} has no cases.", "Add one line per case below the header.")
-    return _finish(cases, incomplete, skip_incomplete, str(path))
+    return _finish(cases, incomplete, skip_incomplete, str(path), named=only is not None)
 
 
 # --------------------------------------------------------------------------------------------- split

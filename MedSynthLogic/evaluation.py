@@ -285,7 +285,8 @@ def _report_notes(trained_on: Optional[List[str]], refused: Dict[str, List[str]]
     if trained_on:
         notes.append(f"Not held out: {', '.join(trained_on)} (among the predictor's own training or fitting cases).")
     if trained_on is None:
-        notes.append("The predictor's file does not name its training cases: check that the scored cases are not among them.")
+        notes.append("The predictor's file does not name its training (or fitting) cases: check that the scored cases are "
+                     "not among them.")
     for case_id, messages in refused.items():
         notes.append(f"{case_id}: synthesize would refuse this source ({'; '.join(messages)}); scored anyway.")
     for case_id, messages in resampled.items():
@@ -337,19 +338,20 @@ class CaseOnSourceGrid(NamedTuple):
     notes: List[str]
 
 
-def read_case(case: Case, mask_threshold: float) -> CaseOnSourceGrid:
+def read_case(case: Case, mask_threshold: float, tumour: bool = True) -> CaseOnSourceGrid:
     """One case on its source's grid: the source and target Volumes, the brain mask, the tumour region (the
     segmentation's labels > 0; None without one) and the sentences saying what was resampled.
 
     The mask is the case's own mask file when it has one (as ``prepare`` trained with it), else the source's
     threshold mask. A target, mask or segmentation on another grid is resampled onto the source's and said so: a
     segmentation read as it was marked a misplaced tumour region, and a resampled target scored 1.3 dB lower.
+    ``tumour``: False leaves the segmentation unread (fit-lookup has no use for it).
     """
     from .normalisation import brain_mask
     from .volume_io import align_pair, read_volume
 
     source, target, notes = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
-    seg = _on_source_grid(read_volume(case.seg), source, "segmentation", notes) if case.seg else None
+    seg = _on_source_grid(read_volume(case.seg), source, "segmentation", notes) if case.seg and tumour else None
     if case.mask:
         mask = _on_source_grid(read_volume(case.mask), source, "mask", notes)
     else:

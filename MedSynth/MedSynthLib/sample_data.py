@@ -87,7 +87,15 @@ def register_phantom_sample(sample_data_logic: Any, cache_folder: "str | Path", 
         write_phantom_pair(cache_folder)
     except (MedSynthError, OSError) as exc:
         logging.warning("MedSynth: could not write the phantom sample into %s (%s)", cache_folder, exc)
+    if SAMPLE_NAME in registered_names(sample_data_logic):  # a reloaded module (Reload and Test) would list it twice
+        return
     sample_data_logic.registerCustomSampleDataSource(**sample_source_arguments(cache_folder, thumbnail, sample_data_logic))
+
+
+def registered_names(sample_data_logic: Any) -> List[str]:
+    """The sample names Sample Data lists under MedSynth's category (none where it cannot say)."""
+    by_category = getattr(sample_data_logic, "sampleDataSourcesByCategory", None)
+    return [source.sampleName for source in by_category(CATEGORY)] if by_category is not None else []
 
 
 def download_phantom(source: Any, cache_folder: "str | Path", sample_data_logic: Any) -> List[Any]:

@@ -90,9 +90,10 @@ def train(
     model_cfg = with_prior(model_cfg, prior)
     plan = plan_training(data_dir, model_cfg, train_cfg)
     if not 0 <= start_stage < model_cfg.stages:
-        raise UsageError(f"--start-stage must be in 0..{model_cfg.stages - 1}: it is the number of stages kept, so "
-                         f"--start-stage {model_cfg.stages - 1} keeps stages 1..{model_cfg.stages - 1} and retrains stage "
-                         f"{model_cfg.stages} of {model_cfg.stages}.")
+        last = model_cfg.stages - 1
+        raise UsageError(f"--start-stage must be in 0..{last}: it is the number of stages kept"
+                         + (f", so --start-stage {last} keeps stages 1..{last} and retrains stage {last + 1} of "
+                            f"{last + 1}." if last > 0 else f"; a {model_cfg.stages}-stage model keeps none (0)."))
     if keep_checkpoints < 1:
         raise UsageError(f"--keep-checkpoints must be at least 1, not {keep_checkpoints}: the newest checkpoint is "
                          "what --resume goes on from.")

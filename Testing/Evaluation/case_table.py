@@ -11,13 +11,11 @@ import numpy as np
 def read_scored_case(case: Any, mask_threshold: float = 0.0) -> Tuple[Any, np.ndarray, np.ndarray]:
     """A case's source ``Volume``, its brain mask and its reference T2 in the metrics' unit, on the source's grid:
     what `medsynth evaluate` scores against, so a probe's unadjusted column matches the evaluation."""
+    from MedSynthLogic.evaluation import read_case
     from MedSynthLogic.metrics import normalise_for_metrics
-    from MedSynthLogic.normalisation import brain_mask
-    from MedSynthLogic.volume_io import align_pair, read_volume
 
-    source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
-    mask = brain_mask(source.array, mask_threshold)
-    return source, mask, normalise_for_metrics(target.array, mask)
+    read = read_case(case, mask_threshold, tumour=False)  # a case's mask file, files on another grid: as evaluate
+    return read.source, read.mask, normalise_for_metrics(read.target.array, read.mask)
 
 
 def markdown(results: Dict[str, Dict[str, Tuple[float, float]]]) -> str:

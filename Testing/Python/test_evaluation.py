@@ -299,7 +299,9 @@ def test_a_target_mask_and_segmentation_on_another_grid_are_resampled_and_said_s
 
     case = tmp_path / "cases" / "a"
     shutil.copytree(cases_dir / "a", case)
-    for name in ("a_t2.nii.gz", "a_seg.nii.gz"):  # the same image, its grid moved 5 voxels: origin differs
+    brain = read_volume(case / "a_t1ce.nii.gz")
+    write_volume(brain.with_array((brain.array > 0).astype(np.float32)), case / "a_mask.nii.gz")
+    for name in ("a_t2.nii.gz", "a_seg.nii.gz", "a_mask.nii.gz"):  # the same image, its grid moved 5 voxels
         vol = read_volume(case / name)
         shifted = vol.with_array(np.roll(vol.array, 5, axis=2))
         origin = (vol.origin[0] - 5 * vol.spacing[0], *vol.origin[1:])  # x: the array's last axis
@@ -309,8 +311,10 @@ def test_a_target_mask_and_segmentation_on_another_grid_are_resampled_and_said_s
                                     progress=events.append)
     plain = evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a"]), tmp_path / "p", lookup=lookup)
     assert [n.split(" (")[0].split(":")[0] for n in shifted_report["resampled"]["a"]] == [
-        "Resampled the target onto the source grid", "Resampled the segmentation onto the source grid"]
-    assert sum(e["event"] == "warning" and "Resampled" in e["message"] for e in events) == 2
+        "Resampled the target onto the source grid", "Resampled the segmentation onto the source grid",
+        "Resampled the mask onto the source grid"]
+    assert sum(e["event"] == "warning" and "Resampled" in e["message"] for e in events) == 3
+    assert shifted_report["cases"][0]["brain_voxels"] == pytest.approx(plain["cases"][0]["brain_voxels"], rel=0.02)
     # the moved files put back on the source grid score (almost) as the unmoved ones: the tumour region too
     assert shifted_report["cases"][0]["tumour_voxels"] == pytest.approx(plain["cases"][0]["tumour_voxels"], rel=0.02)
     assert shifted_report["cases"][0]["psnr_tumour"] == pytest.approx(plain["cases"][0]["psnr_tumour"], abs=0.5)
@@ -347,6 +351,12 @@ def test_case_lists_csvs_and_incomplete_cases_on_the_command_line(cases_dir, loo
     assert re.search(r"^psnr: [0-9.]+ ± [0-9.]+ \(n=1\)$", capsys.readouterr().out, re.M)  # each mean says its n
     assert main(["evaluate", str(folder), "--cases", "a", "--lookup", str(lookup), "--out", str(tmp_path / "s"),
                  "--progress", "none"]) == 0  # b, incomplete, is not among the cases asked for
+    assert main(["evaluate", str(folder), "--cases", "a,b", "--skip-incomplete", "--lookup", str(lookup), "--out",
+                 str(tmp_path / "n"), "--progress", "none"]) == 5  # a case asked for by name is never skipped
+    assert "1 of the cases asked for" in capsys.readouterr().err
+    shutil.copy(folder / "a" / "a_t1ce.nii.gz", folder / "b" / "b_t1ce.nii")  # b: two sources now, and no target
+    assert main(["evaluate", str(folder), "--cases", "a", "--lookup", str(lookup), "--out", str(tmp_path / "m"),
+                 "--progress", "none"]) == 0  # another case's ambiguity does not block either
     half = make_phantom(shape=(32, 36, 32), seed=0).t1ce  # a mask file over half of case a's grid
     write_volume(half.with_array((np.arange(32)[None, None, :] < 16).repeat(36, 1).repeat(32, 0).astype(np.float32)),
                  folder / "a" / "a_mask.nii.gz")

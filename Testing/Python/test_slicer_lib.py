@@ -950,6 +950,16 @@ def test_phantom_is_registered_with_sample_data(tmp_path):
     assert kwargs["customDownloader"](source) == ["nodes"] and FakeSampleDataLogic.loaded == [source]
     assert all((tmp_path / "cache" / name).is_file() for name in kwargs["fileNames"])
 
+    class ListingSampleDataLogic(FakeSampleDataLogic):  # as Slicer's: it lists what was registered
+        @staticmethod
+        def sampleDataSourcesByCategory(category):
+            return [SimpleNamespace(sampleName=k["sampleName"]) for k in FakeSampleDataLogic.registered
+                    if k["category"] == category]
+
+    for _ in range(2):  # a second registration (Reload and Test, the self-test) listed the sample twice
+        sample_data.register_phantom_sample(ListingSampleDataLogic, tmp_path / "cache", "icon.png")
+    assert sample_data.registered_names(ListingSampleDataLogic) == ["MedSynthPhantom"]
+
 
 def test_a_users_case_folder_becomes_a_sample(tmp_path, phantom):
     from MedSynthLogic.volume_io import write_volume
