@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -72,7 +73,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     if suffix is None:
         suffix = "".join(final.suffixes[-2:]) if name.endswith(".gz") else final.suffix
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=final.parent if str(final.parent) else ".")
+        # a short prefix: the whole name again made the temporary path overrun Windows' 260 characters first
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name[:24]}.", suffix=f".tmp{suffix}", dir=final.parent if str(final.parent) else ".")
     except OSError as exc:
         raise (as_output_error(exc, final) or exc) from exc
     os.close(fd)
@@ -80,9 +82,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_current_umask())
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        sync_file(tmp)
+        replace_file(tmp, final)
     except OSError as exc:
         _remove_quietly(tmp)
         error = as_output_error(exc, final)
@@ -94,8 +95,41 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def sync_file(path: str | os.PathLike) -> None:
+    """Flush a written file to the disk before it is renamed into place. Opened for writing: on Windows ``fsync``
+    is ``FlushFileBuffers``, which refuses a read-only handle (EBADF), and every write failed there."""
+    with open(path, "r+b") as fh:
+        os.fsync(fh.fileno())
+
+
+#: Windows: how often, and how long apart, a rename refused because another program has a file open is tried again
+#: (a virus scanner, a search indexer or a sync client opens a new file for a moment).
+REPLACE_TRIES = 5
+REPLACE_WAIT_S = 0.2
+
+
+def replace_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace``, tried again on Windows while another program holds one of the files open."""
+    for attempt in range(REPLACE_TRIES if os.name == "nt" else 1):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if attempt + 1 >= REPLACE_TRIES or os.name != "nt":
+                raise
+            time.sleep(REPLACE_WAIT_S * (attempt + 1))
+
+
+#: Windows' error codes for a file another program has open (sharing and lock violations).
+_IN_USE_WINERRORS = (32, 33)
+
+
 def as_output_error(exc: OSError, path: str | os.PathLike) -> OutputError | None:
-    """The user-facing error for an OSError met while writing ``path`` (full disk, no permission), else None."""
+    """The user-facing error for an OSError met while writing ``path`` (full disk, no permission, a file another
+    program holds open), else None."""
+    if getattr(exc, "winerror", None) in _IN_USE_WINERRORS:
+        return OutputError(f"{path} is open in another program, which keeps it from being replaced.",
+                           "Close it there (a viewer, a spreadsheet, a sync client) and try again.")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return OutputError(f"No space left while writing {path}.", "Free disk space and try again; earlier files are intact.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -181,6 +181,6 @@ def prune_checkpoints(directory: os.PathLike | str, keep: int = 3, keep_every: i
         try:
             p.unlink()
             deleted.append(p)
-        except FileNotFoundError:
+        except OSError:  # gone already, or (Windows) open in another program: a later prune takes it
             pass
     return deleted

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
 from .progress import done_event, log_event
-from .reporting import Reporter, failure_event, silence
+from .reporting import Reporter, failure_event, reader_gone, silence
 
 if TYPE_CHECKING:
     import threading
@@ -259,7 +259,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one ``medsynth`` command; returns its exit code (see README)."""
     try:
         return _run(argv)
-    except BrokenPipeError:
+    except OSError as exc:
+        if not reader_gone(exc):
+            raise
         # The reader of stdout left (`medsynth info | head`): like a command killed by SIGPIPE, not a success.
         silence(sys.stdout)
         return Cancelled.exit_code
@@ -309,13 +311,19 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
             received.append(signum)
             raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:
-        return lambda: None
-    if previous is None:  # a handler not set from Python: nothing to put back
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {}
+    for signum in (signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])):  # Windows' Ctrl-Break
+        try:
+            previous[signum] = signal.signal(signum, interrupt)
+        except ValueError:  # off the main thread
+            return lambda: None
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            if handler is not None:  # a handler not set from Python: nothing to put back
+                signal.signal(signum, handler)
+
+    return restore
 
 
 def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threading.Event":
@@ -340,7 +348,7 @@ def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threa
 
     def watch() -> None:
         while not done.wait(every_s):
-            if os.path.exists(path):
+            if os.path.exists(path) and not done.is_set():  # not once the command ended and its handler is gone
                 if hasattr(signal, "pthread_kill"):
                     signal.pthread_kill(main, signal.SIGTERM)  # also wakes a main thread blocked in a call
                 else:
@@ -378,7 +386,9 @@ def _fail(report: Reporter, exc: MedSynthError) -> int:
     try:
         sys.stderr.write(f"medsynth: error: {exc}\n")
         sys.stderr.flush()
-    except BrokenPipeError:
+    except OSError as gone:
+        if not reader_gone(gone):
+            raise
         silence(sys.stderr)
     return exc.exit_code
 

@@ -42,7 +42,9 @@ class Case:
 
 
 def pattern_regex(pattern: str) -> "re.Pattern[str]":
-    """A regex for a glob with ``{case}``: ``*``/``?`` stay within one path part, repeated ``{case}`` must agree."""
+    """A regex for a glob with ``{case}``: ``*``/``?`` stay within one path part, repeated ``{case}`` must agree.
+    It is matched against ``/``-separated paths, so a Windows pattern's ``\\`` is read as ``/``."""
+    pattern = _slashes(pattern)
     out = []
     seen = False
     for token in re.split(r"(\{case\}|\*\*|\*|\?)", pattern):
@@ -68,7 +70,13 @@ def case_glob(pattern: str) -> str:
         raise UsageError(f"In the pattern {pattern!r} a wildcard touches {{case}}, so where the case id starts or ends "
                          "is ambiguous.", "Put the fixed text around the id in the pattern, e.g. "
                          "'sub-{case}_T1w.nii.gz' or '{case}/*T1*.nii.gz'.")
-    return pattern.replace("{case}", "*")
+    return _slashes(pattern).replace("{case}", "*")
+
+
+def _slashes(pattern: str) -> str:
+    """A pattern with Windows' separators as ``/`` (there only: elsewhere ``\\`` may be part of a name); a user's
+    ``{case}\\{case}_t1ce.nii.gz`` found files with glob but matched none, so every case was skipped."""
+    return pattern.replace("\\", "/") if os.name == "nt" else pattern
 
 
 def _match_pattern(folder: Path, pattern: str) -> Dict[str, List[Path]]:

@@ -13,6 +13,7 @@ characters pass through unchanged, in its own process group/session, so ``cancel
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import queue
@@ -329,7 +330,8 @@ class Job:
         for thread in self._readers:
             thread.join(timeout=2.0)
         if self.stop_file is not None:
-            self.stop_file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # held for a moment by a virus scanner: a temporary file, left
+                self.stop_file.unlink(missing_ok=True)
 
 
 def _parse_event(line: str) -> Optional[Dict[str, Any]]:
@@ -406,12 +408,13 @@ def _kill(process: subprocess.Popen, descendants: List[Any], psutil: Any) -> Non
     if os.name == "nt":
         if psutil is not None:
             _signal_all(descendants, "kill", psutil)
-        else:
+        elif process.poll() is None:  # an ended child's process id may belong to another program by now
             subprocess.run(
                 ["taskkill", "/F", "/T", "/PID", str(process.pid)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 check=False,
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console flashing over Slicer
             )
         if process.poll() is None:
             process.kill()

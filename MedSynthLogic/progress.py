@@ -11,6 +11,7 @@ import json
 import math
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, TextIO
 
@@ -183,10 +184,13 @@ class CsvLogger:
 
     Rows are appended and flushed one by one (a crash loses at most the row being written); a resumed run
     appends to the same file. Other events are ignored, so the logger can sit in a :class:`CallbackList`.
+    A file another program holds (a spreadsheet locks an open CSV on Windows) keeps its rows in memory, with one
+    warning, until it can be written again: the log must not end the training.
     """
 
     def __init__(self, path: os.PathLike | str) -> None:
         self.path = Path(path)
+        self._pending: List[List[Any]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists() or self.path.stat().st_size == 0:
             with open(self.path, "w", newline="", encoding="utf-8") as fh:
@@ -217,9 +221,18 @@ class CsvLogger:
                 values.append(f"{v:.6g}")
             else:
                 values.append(v)
-        with open(self.path, "a", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerow(values)
-            fh.flush()
+        self._pending.append(values)
+        try:
+            with open(self.path, "a", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerows(self._pending)
+                fh.flush()
+        except OSError as exc:
+            if len(self._pending) == 1:
+                warnings.warn(f"Cannot append to the training log {self.path} ({exc.strerror or exc}); its rows are "
+                              "kept and written once it can be opened again (close it in other programs).",
+                              RuntimeWarning, stacklevel=2)
+            return
+        self._pending.clear()
 
 
 def read_log(csv_path: os.PathLike | str) -> List[Dict[str, Any]]:

@@ -7,6 +7,7 @@ that program goes away (``medsynth … --progress json | head``) the run stops a
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -18,6 +19,13 @@ from .progress import Event, JsonLinesReporter, error_event
 MODES = ("auto", "bar", "plain", "json", "none")
 PLAIN_STEP = 10  # percent between two plain lines of one task …
 PLAIN_MIN_S = 5.0  # … and seconds, so a quick task logs only its start and its end
+
+
+def reader_gone(exc: OSError) -> bool:
+    """Whether a failed write to stdout/stderr means the pipe's reader has left: a BrokenPipeError, or on Windows
+    the EINVAL its pipes raise instead (CPython issue 79935), which ended a child of a crashed Slicer with a
+    traceback rather than as stopped."""
+    return isinstance(exc, BrokenPipeError) or (os.name == "nt" and exc.errno == errno.EINVAL)
 
 
 def silence(stream: TextIO) -> None:
@@ -89,14 +97,18 @@ class Reporter:
     def _write_json(self, event: Event) -> None:
         try:
             self._json(event)
-        except BrokenPipeError:
+        except OSError as exc:
+            if not reader_gone(exc):
+                raise
             self._reader_gone(self.stdout)
 
     def _line(self, text: str) -> None:
         try:
             self.stderr.write(text + "\n")
             self.stderr.flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            if not reader_gone(exc):
+                raise
             self._reader_gone(self.stderr)
 
     def _reader_gone(self, stream: TextIO) -> None:

@@ -84,17 +84,42 @@ def _check_size(p: Path, size_xyz: Sequence[int], max_axis: int, max_voxels: int
 
 
 def available_ram() -> int:
-    """Bytes of RAM available now (MemAvailable), or total physical RAM where /proc is absent."""
+    """Bytes of RAM available now (MemAvailable; Windows: the available physical memory), or total physical RAM
+    where neither can be read (an 8 GiB guess as the last resort: Windows always got it before)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    if os.name == "nt":
+        windows = _windows_available_ram()
+        if windows:
+            return windows
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 8 << 30
+
+
+def _windows_available_ram() -> int:
+    """``GlobalMemoryStatusEx``'s available physical memory in bytes (0 when the call fails)."""
+    import ctypes
+
+    class MemoryStatus(ctypes.Structure):
+        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
+                    ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
+                    ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
+                    ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
+                    ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]
+
+    status = MemoryStatus()
+    status.dwLength = ctypes.sizeof(MemoryStatus)
+    try:
+        ok = ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return 0
+    return int(status.ullAvailPhys) if ok else 0
 
 
 def _wrong_dims(p: Path, ndim: int, size: Sequence[int]) -> InputImageError:

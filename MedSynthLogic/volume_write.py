@@ -14,7 +14,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import as_output_error, atomic_path, check_output_name, check_output_path, short_write_error
+from .atomic import (as_output_error, atomic_path, check_output_name, check_output_path, replace_file, short_write_error,
+                     sync_file)
 from .errors import InputImageError, OutputError
 from .volume import NIFTI_SUFFIXES, Volume, image_suffix, sitk_module, to_sitk_image
 from .volume_read import check_nifti_complete, nifti_parts
@@ -134,9 +135,8 @@ def _write_two_files(sitk: Any, vol: Volume, header: Path, data: Path, metadata:
     try:
         _write_one(sitk, vol, tmpdir / header.name, header, metadata)
         for part in (data, header):
-            with open(tmpdir / part.name, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmpdir / part.name, part)
+            sync_file(tmpdir / part.name)
+            replace_file(tmpdir / part.name, part)
     except OSError as exc:
         error = as_output_error(exc, header)
         if error is None:

@@ -22,7 +22,8 @@ from .session import Callback
 
 
 def install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
-    """Make SIGTERM/SIGINT set ``stop_event`` (checkpoint, then stop); returns a function restoring the old handlers.
+    """Make SIGTERM/SIGINT (and Windows' Ctrl-Break, SIGBREAK, whose default ends the process at once) set
+    ``stop_event`` (checkpoint, then stop); returns a function restoring the old handlers.
 
     Only the main thread may install handlers; elsewhere (Slicer, a worker thread) this does nothing and the
     caller stops training through ``stop_event`` directly. A second SIGINT interrupts at once.
@@ -36,7 +37,7 @@ def install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
             raise KeyboardInterrupt
         stop_event.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])):
         old[sig] = signal.signal(sig, handler)
 
     def restore() -> None:

@@ -20,6 +20,9 @@ from ..errors import OutputError
 
 #: The lock file's name inside the run folder (hidden; not a checkpoint, so no listing counts it).
 LOCK_NAME = ".medsynth-train.lock"
+#: Windows: the byte locked, far past the holder's record. ``msvcrt.locking`` locks are mandatory, so locking byte 0
+#: kept the second training from reading who holds the folder (locking past the end of a file is allowed).
+WINDOWS_LOCK_OFFSET = 1 << 30
 
 
 def acquire_run_folder(folder: Path) -> IO[str]:
@@ -55,8 +58,11 @@ def _lock(handle: IO[str]) -> None:
     if os.name == "nt":
         import msvcrt
 
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        os.lseek(handle.fileno(), WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        finally:
+            handle.seek(0)
     else:
         import fcntl
 
@@ -67,8 +73,11 @@ def _unlock(handle: IO[str]) -> None:
     if os.name == "nt":
         import msvcrt
 
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        os.lseek(handle.fileno(), WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        finally:
+            handle.seek(0)
     else:
         import fcntl
 

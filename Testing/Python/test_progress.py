@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 from MedSynthLogic import figures, progress
 
@@ -42,6 +43,30 @@ def test_callback_list_fans_out_and_skips_none():
     cbs = progress.CallbackList([got_a.append, None, got_b.append])
     cbs({"event": "x"})
     assert got_a == got_b == [{"event": "x"}] and len(cbs) == 2
+
+
+def test_a_log_held_open_elsewhere_keeps_its_rows_and_never_ends_the_run(tmp_path, monkeypatch):
+    """Windows: a spreadsheet holding the CSV made the append a PermissionError that ended the training."""
+    import builtins
+    import warnings
+
+    log = progress.CsvLogger(tmp_path / "log.csv")
+    real_open, held = builtins.open, [True]
+
+    def open_unless_held(path, mode="r", *args, **kwargs):
+        if held[0] and Path(path) == tmp_path / "log.csv" and "a" in mode:
+            raise PermissionError(13, "The process cannot access the file", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_unless_held)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for it in (1, 2, 3):
+            log(progress.iteration_event(0, it, 5, {"g": 1.0}, 1e-3))
+    assert len(caught) == 1 and "kept and written once it can be opened again" in str(caught[0].message)
+    held[0] = False
+    log(progress.iteration_event(0, 4, 5, {"g": 1.0}, 1e-3))
+    assert [row["iteration"] for row in progress.read_log(tmp_path / "log.csv")] == [1, 2, 3, 4]
 
 
 def test_csv_logger_and_plot(tmp_path):

@@ -1,0 +1,93 @@
+"""Windows behaviour that a read-through of the code found wrong, reproduced here on POSIX where it can be.
+
+Nobody runs Windows in this project: each test imitates the documented Windows behaviour (``FlushFileBuffers`` needs
+a handle with write access; a file another program holds open cannot be replaced or deleted; a pipe whose reader
+left raises EINVAL; ``\\`` separates path parts) and checks the code's answer to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from MedSynthLogic import atomic, checkpoint, dataset_cases, reporting
+from MedSynthLogic.errors import OutputError
+
+
+def test_a_written_file_is_flushed_through_a_handle_that_may_write(tmp_path, monkeypatch):
+    """Windows' fsync refuses a read-only handle (EBADF): every atomic write failed there. A zero-byte write is
+    refused the same way on a read-only descriptor here, so it stands in for FlushFileBuffers."""
+    real_fsync = os.fsync
+
+    def windows_fsync(fd: int) -> None:
+        os.write(fd, b"")  # EBADF unless the descriptor was opened for writing
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", windows_fsync)
+    with atomic.atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("complete", encoding="utf-8")
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == "complete"
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    write_volume(make_phantom(shape=(16, 20, 16), seed=0).t1ce, tmp_path / "two_files.mhd")  # header + data file
+    assert sorted(p.name.split(".")[0] for p in tmp_path.iterdir()) == ["out", "two_files", "two_files"]
+
+
+def test_a_rename_is_tried_again_while_another_program_holds_the_file(tmp_path, monkeypatch):
+    (tmp_path / "src").write_text("new", encoding="utf-8")
+    calls, real_replace = [], os.replace
+
+    def held_twice(src, dst):
+        calls.append(src)
+        if len(calls) <= 2:
+            raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", held_twice)
+    monkeypatch.setattr(atomic, "REPLACE_WAIT_S", 0.0)
+    monkeypatch.setattr(os, "name", "nt")
+    atomic.replace_file(str(tmp_path / "src"), str(tmp_path / "dst"))
+    monkeypatch.setattr(os, "name", "posix")
+    assert len(calls) == 3 and (tmp_path / "dst").read_text(encoding="utf-8") == "new"
+    held = PermissionError(13, "Permission denied")
+    held.winerror = 32  # ERROR_SHARING_VIOLATION: errno alone read as "Permission denied … choose a folder"
+    error = atomic.as_output_error(held, "model.safetensors")
+    assert isinstance(error, OutputError) and "open in another program" in str(error)
+
+
+def test_a_checkpoint_another_program_holds_is_pruned_later_not_fatal(tmp_path, monkeypatch):
+    import torch
+
+    for it in (1, 2, 3):
+        checkpoint.save_checkpoint(tmp_path / checkpoint.checkpoint_name(0, it), {"stage": 0, "iteration": it,
+                                                                                 "w": torch.zeros(2)})
+    real_unlink = Path.unlink
+
+    def held(self, missing_ok=False):
+        if self.name == checkpoint.checkpoint_name(0, 1):
+            raise PermissionError(13, "being used by another process", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", held)
+    deleted = checkpoint.prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for p in deleted] == [checkpoint.checkpoint_name(0, 2)]
+
+
+def test_a_pipe_reader_gone_on_windows_is_einval(monkeypatch):
+    monkeypatch.setattr(os, "name", "nt")
+    gone = reporting.reader_gone(OSError(errno.EINVAL, "Invalid argument"))
+    monkeypatch.setattr(os, "name", "posix")
+    assert gone and reporting.reader_gone(BrokenPipeError()) and not reporting.reader_gone(OSError(errno.EINVAL, "x"))
+
+
+@pytest.mark.parametrize("pattern", ["{case}\\{case}_t1ce.nii.gz", "{case}/{case}_t1ce.nii.gz"])
+def test_a_windows_pattern_with_backslashes_matches(pattern, monkeypatch):
+    monkeypatch.setattr(os, "name", "nt")
+    regex, glob = dataset_cases.pattern_regex(pattern), dataset_cases.case_glob(pattern)
+    monkeypatch.setattr(os, "name", "posix")
+    match = regex.match("Brats18_X_1/Brats18_X_1_t1ce.nii.gz")
+    assert match and match.group("case") == "Brats18_X_1" and glob == "*/*_t1ce.nii.gz"
