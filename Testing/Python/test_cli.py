@@ -557,9 +557,9 @@ def test_evaluate_a_manifest_alone_scores_the_files_it_records(ws):
     assert [row["case"] for row in report["cases"]] == ["case2"]
     assert report["files"]["case2"]["source"] == str(ws.data / "case2" / "case2_t1ce.nii.gz")
     assert "1 of the" not in proc.stderr
-    usage = medsynth("evaluate", "--manifest", ws.prepared / "manifest.json", "--csv", ws.root / "x.csv", "--out",
-                     ws.root / "no_report", expect=2)
-    assert "--csv describe a data folder, but none was given" in usage.stderr
+    usage = medsynth("evaluate", "--manifest", ws.prepared / "manifest.json", "--source-suffix", "t1ce", "--out",
+                     ws.root / "no_report", expect=2)  # a CSV names its own files: --csv alone needs no DATA
+    assert "--source-suffix describe a data folder, but none was given" in usage.stderr
     nothing = medsynth("evaluate", "--out", ws.root / "no_report", expect=2)
     assert "give a data folder, or --manifest" in nothing.stderr
     assert not (ws.root / "no_report").exists()
