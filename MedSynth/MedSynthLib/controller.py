@@ -21,6 +21,7 @@ from . import synthesis
 from .estimate import Estimate, RateBook
 from .events import PanelUpdate, describe_event, error_text
 from .i18n import tr as _
+from .outcomes import JobOutcome, evaluation_outcome, synthesis_outcome
 from .training_jobs import EvaluationRequest, PrepareRequest, TrainingRequest, prepare_arguments
 
 #: ``runner(args) -> started job`` with ``poll()``, ``cancel(timeout)``, ``running``, ``state``,
@@ -56,16 +57,6 @@ class SynthesisPlan:
     def needs_confirmation(self) -> bool:
         """Not blocked, but a forced finding or a note (name, enhancement) to see before the work starts."""
         return not self.blocked and bool(self.findings or self.notes)
-
-
-@dataclass
-class JobOutcome:
-    """How a job ended: ``state`` is MedSynthLogic.jobs' FINISHED, FAILED or CANCELLED."""
-
-    kind: str
-    state: str
-    message: str
-    result: Any = None
 
 
 @dataclass
@@ -300,60 +291,20 @@ class MedSynthController:
                 message = error_text(last, kind) if last else job.error_message
                 return JobOutcome(kind, jobs.FAILED, message or _("The process failed."))
             if kind == "synthesize":
-                return self._finish_synthesis(job, context)
+                outcome = synthesis_outcome(self.scene, job.elapsed_s, context)
+                if outcome.state == jobs.FINISHED:
+                    request, header = context["request"], context["header"]
+                    stages = synthesis.stages_to_run(request, header)
+                    self.rates.record(request.device, context["shape"], stages,
+                                      synthesis.passes_to_run(request, stages), job.elapsed_s)
+                return outcome
             if kind == "evaluate":
-                return self._finish_evaluation(job, context["report_dir"])
+                return evaluation_outcome(job.elapsed_s, context["report_dir"])
             result = context.get("out_model") or context.get("data_dir")
             message = _("Finished in {seconds} s: {result}").format(seconds=f"{job.elapsed_s:.0f}", result=result)
             return JobOutcome(kind, jobs.FINISHED, message, result)
         finally:
             _remove(context.get("work_dir"))
-
-    @staticmethod
-    def _finish_evaluation(job: Any, report_dir: Path) -> JobOutcome:
-        """The report's mean figures and where it is; what makes them no held-out, accepted result comes first."""
-        import json
-
-        from MedSynthLogic import jobs
-
-        try:
-            report = json.loads((report_dir / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            return JobOutcome("evaluate", jobs.FAILED, _("The evaluation ended, but its report could not be read: "
-                                                         "{error}").format(error=exc))
-        message = "\n".join([*report.get("notes", []), evaluation_summary(report.get("summary") or {}),
-                             _("Finished in {seconds} s; the report is in {folder}.").format(
-                                 seconds=f"{job.elapsed_s:.0f}", folder=report_dir)])
-        return JobOutcome("evaluate", jobs.FINISHED, message, report)
-
-    def _finish_synthesis(self, job: Any, context: Dict[str, Any]) -> JobOutcome:
-        from MedSynthLogic import jobs
-        from MedSynthLogic.errors import MedSynthError
-        from MedSynthLogic.volume_io import read_volume
-
-        request, header = context["request"], context["header"]
-        try:
-            node = synthesis.store_result(self.scene, context["input"], context["output_node"],
-                                          read_volume(context["output_path"]), synthesis.pair_names(header)[1])
-            if context["uncertainty_path"] is not None:
-                synthesis.show_uncertainty(self.scene, context["uncertainty_path"], node,
-                                           title=synthesis.uncertainty_title(request, header))
-        except (MedSynthError, OSError) as exc:
-            return JobOutcome("synthesize", jobs.FAILED, _("Could not load the synthetic image: {error}").format(error=exc))
-        stages = synthesis.stages_to_run(request, header)
-        self.rates.record(request.device, context["shape"], stages, synthesis.passes_to_run(request, stages), job.elapsed_s)
-        return JobOutcome("synthesize", jobs.FINISHED, _("Done in {seconds} s.").format(seconds=f"{job.elapsed_s:.0f}"), node)
-
-
-def evaluation_summary(summary: Dict[str, Any]) -> str:
-    """One line of an evaluation's mean figures (brain, then tumour), as ``metrics.md`` names them."""
-    parts = []
-    for key, label, unit, digits in (("psnr", _("PSNR"), " dB", 2), ("ssim", _("SSIM"), "", 3),
-                                     ("psnr_tumour", _("tumour PSNR"), " dB", 2)):
-        stats = summary.get(key) or {}
-        if isinstance(stats.get("mean"), (int, float)):
-            parts.append(f"{label} {stats['mean']:.{digits}f}{unit} (n={stats.get('n', '?')})")
-    return _("Mean over the validation cases, inside the brain: {figures}").format(figures=", ".join(parts) or "—")
 
 
 def _remove(folder: Optional[Path]) -> None:

@@ -1,0 +1,69 @@
+"""What an ended job leaves for the panel: its result loaded (the synthetic volume into the scene, the evaluation's
+report read) and the sentence the panel shows. The controller decides when a job has ended; this module, what its
+end means.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict
+
+from . import synthesis
+from .i18n import tr as _
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended: ``state`` is MedSynthLogic.jobs' FINISHED, FAILED or CANCELLED."""
+
+    kind: str
+    state: str
+    message: str
+    result: Any = None
+
+
+def synthesis_outcome(scene: Any, elapsed_s: float, context: Dict[str, Any]) -> JobOutcome:
+    """Load a finished synthesis (and its uncertainty map) into ``scene``; a file that cannot be read is a failed
+    outcome the panel shows, not an exception in its timer."""
+    from MedSynthLogic import jobs
+    from MedSynthLogic.errors import MedSynthError
+    from MedSynthLogic.volume_io import read_volume
+
+    request, header = context["request"], context["header"]
+    try:
+        node = synthesis.store_result(scene, context["input"], context["output_node"],
+                                      read_volume(context["output_path"]), synthesis.pair_names(header)[1])
+        if context["uncertainty_path"] is not None:
+            synthesis.show_uncertainty(scene, context["uncertainty_path"], node,
+                                       title=synthesis.uncertainty_title(request, header))
+    except (MedSynthError, OSError) as exc:
+        return JobOutcome("synthesize", jobs.FAILED, _("Could not load the synthetic image: {error}").format(error=exc))
+    return JobOutcome("synthesize", jobs.FINISHED, _("Done in {seconds} s.").format(seconds=f"{elapsed_s:.0f}"), node)
+
+
+def evaluation_outcome(elapsed_s: float, report_dir: Path) -> JobOutcome:
+    """The report's mean figures and where it is; what makes them no held-out, accepted result comes first."""
+    from MedSynthLogic import jobs
+
+    try:
+        report = json.loads((Path(report_dir) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return JobOutcome("evaluate", jobs.FAILED, _("The evaluation ended, but its report could not be read: "
+                                                     "{error}").format(error=exc))
+    message = "\n".join([*report.get("notes", []), evaluation_summary(report.get("summary") or {}),
+                         _("Finished in {seconds} s; the report is in {folder}.").format(
+                             seconds=f"{elapsed_s:.0f}", folder=report_dir)])
+    return JobOutcome("evaluate", jobs.FINISHED, message, report)
+
+
+def evaluation_summary(summary: Dict[str, Any]) -> str:
+    """One line of an evaluation's mean figures (brain, then tumour), as ``metrics.md`` names them."""
+    parts = []
+    for key, label, unit, digits in (("psnr", _("PSNR"), " dB", 2), ("ssim", _("SSIM"), "", 3),
+                                     ("psnr_tumour", _("tumour PSNR"), " dB", 2)):
+        stats = summary.get(key) or {}
+        if isinstance(stats.get("mean"), (int, float)):
+            parts.append(f"{label} {stats['mean']:.{digits}f}{unit} (n={stats.get('n', '?')})")
+    return _("Mean over the validation cases, inside the brain: {figures}").format(figures=", ".join(parts) or "—")
