@@ -142,6 +142,10 @@ def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig, name:
     return out
 
 
+#: A target this low outside the brain is air in Hounsfield units: an MR magnitude image has no such values.
+CT_AIR_HU = -500.0
+
+
 def target_warnings(target: np.ndarray, mask: np.ndarray, target_cfg: Any) -> List[str]:
     """What the user must hear about a target before training on it: tissue outside the mask, which training never
     sees and synthesis leaves at the background (a CT's skull under an MR brain mask), and negative values under an
@@ -156,10 +160,12 @@ def target_warnings(target: np.ndarray, mask: np.ndarray, target_cfg: Any) -> Li
                    "value; give a mask that covers them (a head mask: <case>_mask or the --csv mask column) if the model "
                    "should synthesize them")
     negative = float(np.mean(target[mask] < 0)) if mask.any() else 0.0
-    if not window and negative > 0.01:
-        out.append(f"{100 * negative:.0f}% of the target's voxels in the mask are negative, and its normalisation "
-                   f"({target_cfg.mode}) clips them to 0: a CT in Hounsfield units needs \"mode\": \"window\" in the "
-                   "config's target normalisation")
+    air = float(np.mean(target[~mask] <= CT_AIR_HU)) if (~mask).any() else 0.0
+    if not window and (negative > 0.01 or air > 0.5):  # a brain CT is >= 0 HU inside an MR brain mask; its air is not
+        where = (f"{100 * negative:.0f}% of the target's voxels in the mask are negative" if negative > 0.01 else
+                 f"{100 * air:.0f}% of the target's voxels outside the mask are at or below {CT_AIR_HU:g} (air in HU)")
+        out.append(f"{where}, and its normalisation ({target_cfg.mode}) clips them to 0: a CT in Hounsfield units "
+                   "needs \"mode\": \"window\" in the config's target normalisation")
     return out
 
 

@@ -382,8 +382,13 @@ def _case_figure(path: Path, source: Any, pred: Any, target: Any, mask: np.ndarr
         err = np.abs(window_unit(pred.array, window) - window_unit(target.array, window)) * mask
     else:
         err = np.abs(scale_prediction(pred.array, mask, norm.output_scale) - _unit(target.array, mask))
-    ranges = (metric_unit_ranges(f"synthetic {target_name}", f"real {target_name}", target.array, mask, norm.output_scale)
-              if norm.target.mode == "percentile" else None)
+    if norm.target.mode == "percentile":
+        ranges = metric_unit_ranges(f"synthetic {target_name}", f"real {target_name}", target.array, mask, norm.output_scale)
+    elif norm.target.mode == "window":  # both in the target's window: per-image windows made a CT pair incomparable
+        shown = (float(norm.target.window_min), float(norm.target.window_max))
+        ranges = {f"synthetic {target_name}": shown, f"real {target_name}": shown}
+    else:
+        ranges = None
     comparison_figure(
         path,
         [(source_name, source.array), (f"synthetic {target_name}", pred.array), (f"real {target_name}", target.array),

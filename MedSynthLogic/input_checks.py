@@ -269,11 +269,13 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
             faint = _faint_background_fraction(volume.array, threshold)
             findings.append(InputFinding(
                 "skull_stripped",
-                f"it does not look skull-stripped: only {100 * background:.1f}% of the voxels are background (0), "
+                f"it does not look skull-stripped: only {100 * background:.1f}% of the voxels are background "
+                f"(at most {threshold:g}, the model's brain mask threshold), "
                 f"at least {100 * expect.min_background_fraction:.0f}% expected (or the volume is cropped through "
                 "the brain; the model expects the whole skull-stripped brain with some background around it)"
                 + (f"; {100 * faint:.0f}% of the voxels hold faint values near 0 instead, a background that is not "
-                   "exactly 0 (set it to 0, or give the brain mask)" if faint > expect.min_background_fraction else ""),
+                   "exactly 0 (set it to 0, or give the brain mask)"
+                   if faint > expect.min_background_fraction and threshold == 0 else ""),
                 {"background_fraction": round(background, 4), "faint_background_fraction": round(faint, 4)},
             ))
     negative = _negative_fraction(volume.array) if _judges_negatives(model_config) else 0.0
@@ -281,8 +283,9 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
         findings.append(InputFinding(
             "negative_values",
             f"{100 * negative:.1f}% of its non-zero voxels are negative: it looks intensity-normalised (e.g. "
-            "z-scored), and the model expects the scanner's intensities; the brain mask (source > 0) would leave "
-            "those voxels out (small negative values around the brain are a resampling's undershoot: clip them to 0)",
+            f"z-scored), or it is an image in another unit (a CT in HU), and the model expects the {model_config.source_name}'s "
+            f"scanner intensities; the brain mask (source > {threshold:g}) would leave those voxels out (small "
+            "negative values around the brain are a resampling's undershoot: clip them to 0)",
             {"negative_fraction": round(negative, 4)},
         ))
     expected = _expected_kind(model_config)
@@ -349,13 +352,15 @@ def _negative_fraction(array: np.ndarray) -> float:
 
 #: What to do about each failed check, in the order the hint names them.
 HINTS = {
-    "sequence": "Check that this is the right image: the sequence the model expects, skull-stripped, about 1 mm voxels.",
+    "sequence": "Check that this is the right image: the sequence the model expects, skull-stripped, at the model's "
+                "voxel size.",
     "label_map": "Pick the image itself, not a segmentation or label map.",
     "skull_stripped": "For a head that is not skull-stripped give its brain mask (--mask), or skull-strip it first.",
-    "negative_values": "Use the scanner's intensities (not a normalised export), or clip small negative values to 0.",
-    "spacing": "Resample it to about 1 mm voxels first (in Slicer: Resample Scalar Volume); within 0.5 mm of the "
-               "model's voxel size MedSynth resamples by itself.",
-    "anisotropy": "Thick slices hold too little detail across them: use a 3D (about 1 mm isotropic) acquisition.",
+    "negative_values": "Use the image of the modality the model expects, with the scanner's intensities (not a "
+                       "normalised export), or clip small negative values to 0.",
+    "spacing": "Resample it to the model's voxel size named above first (in Slicer: Resample Scalar Volume); within the "
+               "tolerance named above MedSynth resamples by itself.",
+    "anisotropy": "Thick slices hold too little detail across them: use a 3D (near-isotropic) acquisition.",
 }
 
 

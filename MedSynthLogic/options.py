@@ -43,7 +43,8 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model file (.safetensors) (default: the bundled T1ce→T2 model)")
     p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto, CUDA if present)")
-    p.add_argument("--mask", help="brain mask volume (default: source > 0, for skull-stripped input)")
+    p.add_argument("--mask", help="brain mask volume (default: source above the model's mask threshold, 0 for a "
+                   "skull-stripped MR source)")
     p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
     p.add_argument("--uncertainty", metavar="UNC_FILE",
                    help="also write an uncertainty map there, in the output's unit: the model's learned expected "
@@ -53,7 +54,8 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=SYNTHESIS_PRECISION_HELP)
     p.add_argument("--pattern", default=None,
                    help="glob of the sources in a folder source, {case} naming the case, e.g. '*.nii.gz' or "
-                   "'{case}/*T1C*.nii.gz' (default: BraTS naming, <case>/<case>_t1ce.nii.gz or <case>_t1ce.nii.gz)")
+                   "'{case}/*T1C*.nii.gz' (default: BraTS naming with the model's source name in lower case, "
+                   "<case>/<case>_t1ce.nii.gz or <case>_t1ce.nii.gz for the bundled model)")
     p.add_argument("--force", action="store_true",
                    help="synthesize even when the source fails the input checks (sequence, skull-stripped, spacing); "
                    "they become a warning, recorded in the output's header (default: refuse, exit 3)")

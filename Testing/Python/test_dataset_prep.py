@@ -404,6 +404,9 @@ def test_prepare_warns_of_target_tissue_outside_the_mask_and_of_a_ct_under_an_mr
     clipped = target_warnings(np.where(brain, -5.0, 0.0).astype(np.float32), brain, ModelConfig().normalisation.target)
     assert len(clipped) == 1 and '"window"' in clipped[0]
     assert target_warnings(p.t2.array, brain, ModelConfig().normalisation.target) == []
+    # a brain CT is >= 0 HU inside an MR brain mask: its air outside the mask gives it away (this one passed silently)
+    in_hu = target_warnings(np.where(brain, 35.0, -1000.0).astype(np.float32), brain, ModelConfig().normalisation.target)
+    assert len(in_hu) == 1 and "outside the mask are at or below -500 (air in HU)" in in_hu[0] and '"window"' in in_hu[0]
 
 
 def test_prepare_warns_about_a_source_that_synthesize_would_refuse(tmp_path):

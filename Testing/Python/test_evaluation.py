@@ -366,3 +366,28 @@ def test_case_lists_csvs_and_incomplete_cases_on_the_command_line(cases_dir, loo
                      "--progress", "none"]) == 0
         fitted[name] = IntensityLookup.load(tmp_path / f"{name}.json").values
     assert not np.allclose(fitted["masked"], fitted["whole"])
+
+
+def test_a_ct_pair_is_shown_in_one_window(tmp_path, monkeypatch):
+    """The figures showed a synthetic CT at (−1000, 908) HU beside the real one at (0, 1000): per-image windows."""
+    from MedSynthLogic import figures
+    from MedSynthLogic.baselines import fit_intensity_lookup
+    from MedSynthLogic.config import IntensityConfig, NormalisationConfig
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(32, 36, 32), seed=0)
+    brain = p.t1ce.array > 0
+    ct = np.where(brain, 20.0 + 40.0 * p.t2.array / p.t2.array.max(), -1000.0).astype(np.float32)
+    (tmp_path / "c" / "a").mkdir(parents=True)
+    write_volume(p.t1ce, tmp_path / "c" / "a" / "a_t1.nii.gz")
+    write_volume(p.t1ce.with_array(ct), tmp_path / "c" / "a" / "a_ct.nii.gz")
+    norm = NormalisationConfig(target=IntensityConfig(mode="window", window_min=-1000.0, window_max=1500.0))
+    lookup = tmp_path / "ct_lookup.json"
+    fit_intensity_lookup([(p.t1ce.array, ct, brain)], norm, bins=32, names=("T1", "CT")).save(lookup)
+    shown = []
+    real = figures.comparison_figure
+    monkeypatch.setattr(figures, "comparison_figure", lambda *a, **k: shown.append(k["ranges"]) or real(*a, **k))
+    evaluate_cases(cases_to_evaluate(tmp_path / "c", lookup=lookup), tmp_path / "out", lookup=lookup, figures=True)
+    assert shown == [{"synthetic CT": (-1000.0, 1500.0), "real CT": (-1000.0, 1500.0)}]
+    assert (tmp_path / "out" / "a.png").is_file()

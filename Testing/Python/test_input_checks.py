@@ -217,3 +217,23 @@ def test_the_rim_ratio_of_an_empty_or_tiny_brain_is_neutral():
 
     assert bright_rim_ratio(np.zeros((8, 8, 8), np.float32), np.zeros((8, 8, 8), bool)) == 1.0
     assert bright_rim_ratio(np.ones((8, 8, 8), np.float32), np.ones((8, 8, 8), bool)) == 1.0
+
+
+def test_the_messages_name_the_models_threshold_and_voxel_size_not_a_t1ce_default():
+    """An MR→CT walk-through: a CT-source model (mask threshold −500) was told its background "(0)" was faint values
+    near 0; a CT given to an MR model was called z-scored with "source > 0"; the hints said "about 1 mm" for a 2 mm
+    model."""
+    from MedSynthLogic.config import NormalisationConfig
+    from MedSynthLogic.input_checks import HINTS
+
+    p = make_phantom(shape=(32, 36, 32), seed=0)
+    ct_source = dataclasses.replace(CFG, source_name="CT", target_name="T1",
+                                    normalisation=NormalisationConfig(mask_threshold=-500.0),
+                                    input=InputExpectations(sequence="MR"))
+    (head,) = [f for f in check_source(p.t1ce.with_array(p.t1ce.array + 1.0), ct_source) if f.code == "skull_stripped"]
+    assert "at most -500, the model's brain mask threshold" in head.message and "near 0" not in head.message
+    ct = p.t1ce.with_array(np.where(p.t1ce.array > 0, 40.0, -1000.0).astype(np.float32))
+    mr_t1 = dataclasses.replace(CFG, source_name="T1", target_name="CT", input=InputExpectations(sequence="MR"))
+    negative = [f for f in check_source(ct, mr_t1) if f.code == "negative_values"]
+    assert negative and "a CT in HU" in negative[0].message and "source > 0" in negative[0].message
+    assert not any("1 mm" in hint for hint in HINTS.values())

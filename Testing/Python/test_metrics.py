@@ -211,3 +211,23 @@ def test_a_target_in_hounsfield_units_is_scored_in_its_window_not_by_its_own_per
     assert off["mae_target_unit"] == pytest.approx(30.0, rel=1e-3)
     report = evaluate_pairs([("c", target + 30.0, target, mask, None)], window=window)
     assert "window -1000 to 2000" in report["protocol"] and report["summary"]["mae_target_unit"]["mean"] == pytest.approx(30.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("window", [None, (-1000.0, 1500.0)])
+def test_what_lies_outside_the_mask_never_changes_a_score(phantom, window) -> None:
+    """A CT's skull outside an MR brain mask dropped SSIM from 0.21 to −0.03 with PSNR unchanged: the prediction was
+    masked, the reference was not, and SSIM's windows at the mask's edge read the skull."""
+    from scipy import ndimage
+
+    brain = phantom.t1ce.array > 0
+    skull = ndimage.binary_dilation(brain, iterations=3) & ~brain
+    if window is None:
+        target = phantom.t2.array
+        pred, scale = target * 0.9 * 1000.0 / np.percentile(target[brain], 99.5), 1000.0
+    else:
+        target = np.where(brain, 40.0 + 20.0 * phantom.t2.array / phantom.t2.array.max(), -1000.0).astype(np.float32)
+        pred, scale = np.where(brain, 35.0 + 10.0 * phantom.t1ce.array / phantom.t1ce.array.max(), -1000.0), None
+    with_skull = np.where(skull, 1500.0 if window else target.max(), target).astype(np.float32)
+    plain = evaluate_case(pred, target, brain, pred_scale=scale, window=window)
+    skulled = evaluate_case(pred, with_skull, brain, pred_scale=scale, window=window)
+    assert skulled["ssim"] == pytest.approx(plain["ssim"], abs=1e-9) and skulled["psnr"] == plain["psnr"]
