@@ -163,6 +163,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .baselines import fit_intensity_lookup
     from .config import ModelConfig, load_json_config
     from .dataset_prep import select_cases
+    from .dataset_prep import target_background
     from .evaluation import read_case
     from .progress import warning_event
     from .source_names import file_suffixes
@@ -178,7 +179,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
 
     def pairs():  # the region evaluate scores: the case's mask file where it has one, every file on the source grid
         for case in cases:
-            read = read_case(case, cfg.mask_threshold, tumour=False)
+            read = read_case(case, cfg.mask_threshold, tumour=False, target_fill=target_background(cfg.target))
             for note in read.notes:
                 report(warning_event("fit-lookup", f"{case.case_id}: {note}"))
             yield read.source.array, read.target.array, read.mask

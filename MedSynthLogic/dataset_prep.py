@@ -72,7 +72,8 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
 
     norm = model_cfg.normalisation
     t0 = time.perf_counter()
-    source, target, notes = align_pair(read_volume(case.source), read_volume(case.target), policy=geometry)
+    source, target, notes = align_pair(read_volume(case.source), read_volume(case.target), policy=geometry,
+                                       fill=target_background(norm.target))
     if case.mask is not None:
         mvol = read_volume(case.mask)
         diffs = same_grid(source, mvol)
@@ -140,6 +141,12 @@ def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig, name:
                    "they are, while `medsynth synthesize` resamples every source to input.spacing_mm; set it to your "
                    "data's voxel size (x, y, z in the LPS order models see)")
     return out
+
+
+def target_background(target_cfg: Any) -> float:
+    """The value a target holds where it has no tissue: a window's bottom (a CT's air), else 0. A target resampled
+    onto the source's grid is filled with it where it does not reach (0 HU would be soft tissue)."""
+    return float(target_cfg.window_min) if target_cfg.mode == "window" else 0.0
 
 
 #: A target this low outside the brain is air in Hounsfield units: an MR magnitude image has no such values.

@@ -185,6 +185,7 @@ def evaluate_cases(
         raise UsageError("A lookup has no auto-context stages and no flip averaging: --stages and --flip-tta apply to "
                          "a model only.", "Leave them out with --lookup.")
     from .baselines import IntensityLookup
+    from .dataset_prep import target_background
     from .devices import arithmetic_name
     from .inference import synthesize_volume
     from .metrics import evaluate_pairs, write_report
@@ -203,7 +204,7 @@ def evaluate_cases(
     trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
     entries, refused, resampled = [], {}, {}
     for i, case in enumerate(cases):
-        source, target, mask, seg, notes = read_case(case, norm.mask_threshold)
+        source, target, mask, seg, notes = read_case(case, norm.mask_threshold, target_fill=target_background(norm.target))
         for note in notes:
             if progress:
                 progress(warning_event("evaluate", f"{case.case_id}: {note}"))
@@ -338,19 +339,21 @@ class CaseOnSourceGrid(NamedTuple):
     notes: List[str]
 
 
-def read_case(case: Case, mask_threshold: float, tumour: bool = True) -> CaseOnSourceGrid:
+def read_case(case: Case, mask_threshold: float, tumour: bool = True, target_fill: float = 0.0) -> CaseOnSourceGrid:
     """One case on its source's grid: the source and target Volumes, the brain mask, the tumour region (the
     segmentation's labels > 0; None without one) and the sentences saying what was resampled.
 
     The mask is the case's own mask file when it has one (as ``prepare`` trained with it), else the source's
     threshold mask. A target, mask or segmentation on another grid is resampled onto the source's and said so: a
     segmentation read as it was marked a misplaced tumour region, and a resampled target scored 1.3 dB lower.
-    ``tumour``: False leaves the segmentation unread (fit-lookup has no use for it).
+    ``tumour``: False leaves the segmentation unread (fit-lookup has no use for it); ``target_fill``: the target's
+    background where a resampled target does not reach (``dataset_prep.target_background``).
     """
     from .normalisation import brain_mask
     from .volume_io import align_pair, read_volume
 
-    source, target, notes = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
+    source, target, notes = align_pair(read_volume(case.source), read_volume(case.target), policy="resample",
+                                       fill=target_fill)
     seg = _on_source_grid(read_volume(case.seg), source, "segmentation", notes) if case.seg and tumour else None
     if case.mask:
         mask = _on_source_grid(read_volume(case.mask), source, "mask", notes)

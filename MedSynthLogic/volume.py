@@ -139,18 +139,18 @@ def same_grid(a: Volume, b: Volume, tol: float = 1e-3) -> List[str]:
     return diffs
 
 
-def resample_like(moving: Volume, reference: Volume, extrapolate: bool = False) -> Volume:
-    """``moving`` linearly resampled onto ``reference``'s grid (physical space), 0 outside ``moving`` (with
+def resample_like(moving: Volume, reference: Volume, extrapolate: bool = False, fill: float = 0.0) -> Volume:
+    """``moving`` linearly resampled onto ``reference``'s grid (physical space), ``fill`` outside ``moving`` (with
     ``extrapolate``, the nearest edge value there: for a grid that covers the same extent but ends a fraction of a
-    voxel further out)."""
+    voxel further out). ``fill``: the image's background, e.g. a CT's air (−1000 HU), where 0 would be soft tissue."""
     sitk = sitk_module()
     if sitk is not None:
         out = sitk.Resample(
-            to_sitk_image(sitk, moving), to_sitk_image(sitk, reference), sitk.Transform(), sitk.sitkLinear, 0.0,
+            to_sitk_image(sitk, moving), to_sitk_image(sitk, reference), sitk.Transform(), sitk.sitkLinear, float(fill),
             sitk.sitkFloat32, extrapolate,
         )
         return reference.with_array(sitk.GetArrayFromImage(out).astype(np.float32, copy=False))
-    return reference.with_array(_resample_scipy(moving, reference, extrapolate))
+    return reference.with_array(_resample_scipy(moving, reference, extrapolate, fill))
 
 
 def _index_to_world(vol: Volume) -> Tuple[np.ndarray, np.ndarray]:
@@ -158,7 +158,7 @@ def _index_to_world(vol: Volume) -> Tuple[np.ndarray, np.ndarray]:
     return matrix, np.asarray(vol.origin, dtype=np.float64)
 
 
-def _resample_scipy(moving: Volume, reference: Volume, extrapolate: bool = False) -> np.ndarray:
+def _resample_scipy(moving: Volume, reference: Volume, extrapolate: bool = False, fill: float = 0.0) -> np.ndarray:
     """Linear resampling without SimpleITK, slab by slab so memory stays bounded."""
     from scipy.ndimage import map_coordinates
 
@@ -177,12 +177,13 @@ def _resample_scipy(moving: Volume, reference: Volume, extrapolate: bool = False
         # like ITK: points within half a voxel of the grid are inside (edge voxels repeat), the rest are 0
         inside = np.all((cont > -0.5) & (cont < limits[:, None]), axis=0)
         values = map_coordinates(moving.array, cont[::-1], order=1, mode="nearest")
-        out[z] = (values if extrapolate else np.where(inside, values, np.float32(0.0))).reshape(ny, nx)
+        out[z] = (values if extrapolate else np.where(inside, values, np.float32(fill))).reshape(ny, nx)
     return out
 
 
-def align_pair(source: Volume, target: Volume, policy: str = "resample") -> Tuple[Volume, Volume, List[str]]:
-    """Put ``target`` on ``source``'s grid: unchanged if already there, resampled, or refused (``GeometryError``).
+def align_pair(source: Volume, target: Volume, policy: str = "resample", fill: float = 0.0) -> Tuple[Volume, Volume, List[str]]:
+    """Put ``target`` on ``source``'s grid: unchanged if already there, resampled (``fill`` where it does not reach:
+    its background), or refused (``GeometryError``).
 
     Returns (source, target on the source grid, messages describing what was done).
     """
@@ -196,8 +197,8 @@ def align_pair(source: Volume, target: Volume, policy: str = "resample") -> Tupl
             "The source and target are not on the same voxel grid: " + "; ".join(diffs) + ".",
             "Register/resample them onto one grid first, or allow resampling (--geometry resample).",
         )
-    resampled = resample_like(target, source)
-    if not np.any(resampled.array):
+    resampled = resample_like(target, source, fill=fill)
+    if not np.any(resampled.array != np.float32(fill)):
         raise GeometryError(
             "The target does not overlap the source in physical space: " + "; ".join(diffs) + ".",
             "Check that both images are of the same subject and session and were not re-oriented separately.",

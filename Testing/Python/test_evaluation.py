@@ -391,3 +391,23 @@ def test_a_ct_pair_is_shown_in_one_window(tmp_path, monkeypatch):
     evaluate_cases(cases_to_evaluate(tmp_path / "c", lookup=lookup), tmp_path / "out", lookup=lookup, figures=True)
     assert shown == [{"synthetic CT": (-1000.0, 1500.0), "real CT": (-1000.0, 1500.0)}]
     assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_a_ct_target_resampled_onto_the_source_grid_is_air_where_it_does_not_reach(tmp_path):
+    """Resampling filled with 0, which is soft tissue in HU: false tissue where a CT did not reach the MR's grid."""
+    from MedSynthLogic.config import IntensityConfig
+    from MedSynthLogic.dataset_cases import Case
+    from MedSynthLogic.dataset_prep import target_background
+    from MedSynthLogic.evaluation import read_case
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(32, 36, 32), seed=0)
+    ct = p.t1ce.with_array(np.where(p.t1ce.array > 0, 40.0, -1000.0).astype(np.float32))
+    shorter = type(ct)(ct.array[:, :, 4:], ct.spacing, (ct.origin[0] + 4 * ct.spacing[0], *ct.origin[1:]), ct.direction)
+    write_volume(p.t1ce, tmp_path / "a_t1.nii.gz")
+    write_volume(shorter, tmp_path / "a_ct.nii.gz")  # 4 columns short of the MR's grid
+    fill = target_background(IntensityConfig(mode="window", window_min=-1000.0, window_max=1500.0))
+    read = read_case(Case("a", tmp_path / "a_t1.nii.gz", tmp_path / "a_ct.nii.gz"), 0.0, target_fill=fill)
+    assert read.notes and np.all(read.target.array[:, :, :3] == -1000.0)
+    assert np.allclose(read.target.array[:, :, 5:], ct.array[:, :, 5:], atol=1e-3)
