@@ -263,7 +263,8 @@ def _validate(s: Session, chain: AutoContextChain, stage: int, trainer: StageTra
               val_volumes: Dict[str, Dict[str, Any]], done: int) -> None:
     """Validate on rank 0, record the result for the model file and report it; the other ranks wait."""
     if s.ctx.is_main:
-        result = validate(chain, stage, trainer, source, val_volumes, s.model_cfg, s.train_cfg, s.ctx.device)
+        result = validate(chain, stage, trainer, source, val_volumes, s.model_cfg, s.train_cfg, s.ctx.device,
+                          cancel=s.stopper.event)
         if result is not None:
             s.metrics[f"stage{stage}"] = dict(result, iteration=done)
             s.emit(validation_event(stage, done, result.get("val_loss"), result.get("psnr"), result.get("ssim"), time_s=s.elapsed()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
+from ..errors import Cancelled
 from ..losses import generator_loss
 from ..models import AutoContextChain
 from ..stage_trainer import StageTrainer
@@ -43,11 +45,14 @@ def validate(
     cfg: ModelConfig,
     train_cfg: TrainConfig,
     dev: torch.device,
+    cancel: Optional[threading.Event] = None,
 ) -> Optional[Dict[str, float]]:
     """PSNR/SSIM of stages 0..stage on whole validation volumes, with the weights that will be exported (the EMA).
 
     ``val_loss``: the generator loss on up to 256 fixed validation patches (the FCN's patch files), or the
-    masked pixel loss of the whole volumes (the U-Net, which has no patches to spare).
+    masked pixel loss of the whole volumes (the U-Net, which has no patches to spare). None when ``cancel`` is set
+    meanwhile: a stop waits for no validation (whole volumes take minutes on a CPU, and the panel ends a training
+    that has not checkpointed within its grace time, losing the work since the last checkpoint).
     """
     if source.val is None and not volumes:
         return None
@@ -61,9 +66,14 @@ def validate(
             result["val_loss"] = _patch_loss(gen, source.val, cfg, train_cfg, dev, trainer.amp_dtype)
         scores, losses = [], []
         for vol in volumes.values():
+            if cancel is not None and cancel.is_set():
+                return None
             pad = vol["pad"]
             src_v, tgt_v, mask_v = unpad(vol["source"], pad), unpad(vol["target"], pad), unpad(vol["mask"], pad)
-            pred_v = whole_volume(chain, src_v, mask_v, stage + 1, dev)
+            try:
+                pred_v = whole_volume(chain, src_v, mask_v, stage + 1, dev, cancel=cancel)
+            except Cancelled:
+                return None
             scores.append(validation_scores(pred_v, tgt_v, mask_v, cfg))
             losses.append(float(np.mean((pred_v[mask_v] - tgt_v[mask_v]) ** 2)))
         if scores:

@@ -621,3 +621,26 @@ def test_validation_scores_clip_an_overshoot_as_evaluate_clips_the_written_volum
     score, _ = validation_scores(pred, target, mask, cfg)
     assert score == pytest.approx(psnr(np.minimum(pred, 1.0), target, mask, 1.0))
     assert score > psnr(pred, target, mask, 1.0) + 3.0
+
+
+def test_a_stop_during_validation_does_not_wait_for_it(tmp_path, data_dir, tiny_model_config, monkeypatch):
+    """Whole validation volumes take minutes on a CPU; a stop waited for them, and the panel's grace time ran out and
+    killed the training without its checkpoint. Now the validation is abandoned (no result) and the stop checkpoints."""
+    from MedSynthLogic.training import train, validation
+
+    stop, synthesized = threading.Event(), []
+    real = validation.whole_volume
+
+    def stop_while_validating(chain, source, mask, stages, device, cancel=None):
+        stop.set()  # the user presses Stop while the first validation volume is synthesized
+        synthesized.append(cancel is stop)
+        return real(chain, source, mask, stages, device, cancel=cancel)
+
+    monkeypatch.setattr(validation, "whole_volume", stop_while_validating)
+    events = []
+    with pytest.raises(Cancelled, match="Training stopped at stage 1, iteration 2"):
+        train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config), _cfg(val_every=2),
+              device="cpu", stop_event=stop, callback=events.append)
+    assert synthesized == [True]  # the synthesis was given the stop event, and raised Cancelled at once
+    assert not [e for e in events if e["event"] == "validation"]
+    assert ckpt.checkpoint_iteration(ckpt.latest_checkpoint(tmp_path / "m_run")) == (0, 2)
