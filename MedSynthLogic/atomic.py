@@ -81,8 +81,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        sync_file(tmp)  # before the mode: a umask without the owner's write would refuse the writable handle
         os.chmod(tmp, 0o666 & ~_current_umask())
-        sync_file(tmp)
         replace_file(tmp, final)
     except OSError as exc:
         _remove_quietly(tmp)
@@ -120,8 +120,10 @@ def replace_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             time.sleep(REPLACE_WAIT_S * (attempt + 1))
 
 
-#: Windows' error codes for a file another program has open (sharing and lock violations).
+#: Windows' error codes for a file another program has open (sharing and lock violations), and the access denied
+#: that ``os.replace`` gives onto a destination another process holds (after the retries of :func:`replace_file`).
 _IN_USE_WINERRORS = (32, 33)
+_ACCESS_DENIED_WINERROR = 5
 
 
 def as_output_error(exc: OSError, path: str | os.PathLike) -> OutputError | None:
@@ -130,6 +132,9 @@ def as_output_error(exc: OSError, path: str | os.PathLike) -> OutputError | None
     if getattr(exc, "winerror", None) in _IN_USE_WINERRORS:
         return OutputError(f"{path} is open in another program, which keeps it from being replaced.",
                            "Close it there (a viewer, a spreadsheet, a sync client) and try again.")
+    if getattr(exc, "winerror", None) == _ACCESS_DENIED_WINERROR and Path(path).exists():
+        return OutputError(f"Permission denied replacing {path}: it is read-only or open in another program.",
+                           "Close it there (a viewer, a spreadsheet, a sync client), or choose another path.")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return OutputError(f"No space left while writing {path}.", "Free disk space and try again; earlier files are intact.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

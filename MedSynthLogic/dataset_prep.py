@@ -169,10 +169,13 @@ def target_warnings(target: np.ndarray, mask: np.ndarray, target_cfg: Any) -> Li
     negative = float(np.mean(target[mask] < 0)) if mask.any() else 0.0
     air = float(np.mean(target[~mask] <= CT_AIR_HU)) if (~mask).any() else 0.0
     if not window and (negative > 0.01 or air > 0.5):  # a brain CT is >= 0 HU inside an MR brain mask; its air is not
-        where = (f"{100 * negative:.0f}% of the target's voxels in the mask are negative" if negative > 0.01 else
-                 f"{100 * air:.0f}% of the target's voxels outside the mask are at or below {CT_AIR_HU:g} (air in HU)")
-        out.append(f"{where}, and its normalisation ({target_cfg.mode}) clips them to 0: a CT in Hounsfield units "
-                   "needs \"mode\": \"window\" in the config's target normalisation")
+        if negative > 0.01:
+            where = (f"{100 * negative:.0f}% of the target's voxels in the mask are negative, and its normalisation "
+                     f"({target_cfg.mode}) clips them to 0")
+        else:
+            where = (f"{100 * air:.0f}% of the target's voxels outside the mask are at or below {CT_AIR_HU:g} (air in "
+                     f"HU): it looks like a CT, which its normalisation ({target_cfg.mode}) reads as an MR image")
+        out.append(f"{where}: a CT in Hounsfield units needs \"mode\": \"window\" in the config's target normalisation")
     return out
 
 

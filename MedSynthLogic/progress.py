@@ -184,8 +184,10 @@ class CsvLogger:
 
     Rows are appended and flushed one by one (a crash loses at most the row being written); a resumed run
     appends to the same file. Other events are ignored, so the logger can sit in a :class:`CallbackList`.
-    A file another program holds (a spreadsheet locks an open CSV on Windows) keeps its rows in memory, with one
-    warning, until it can be written again: the log must not end the training.
+    A file another program holds (a spreadsheet locks an open CSV on Windows: the file cannot be opened) keeps its
+    rows in memory, with one warning, and writes them at the next event that finds it free: the log must not end the
+    training. Rows still held when the run ends are lost from the CSV (the events themselves were shown). A write
+    that fails once the file is open (a full disk) still ends the run, as any other full disk does.
     """
 
     def __init__(self, path: os.PathLike | str) -> None:
@@ -206,6 +208,10 @@ class CsvLogger:
 
     def __call__(self, event: Event) -> None:
         kind = event.get("event")
+        if kind not in ("iteration", "validation"):
+            if self._pending:  # a checkpoint, the end of a stage: a chance to write what was held back
+                self._flush()
+            return
         if kind == "iteration":
             self.log_iteration(event["stage"], event["iteration"], event.get("losses", {}), event.get("lr_g", float("nan")), event.get("time_s", 0.0))
         elif kind == "validation":
@@ -222,16 +228,20 @@ class CsvLogger:
             else:
                 values.append(v)
         self._pending.append(values)
+        self._flush()
+
+    def _flush(self) -> None:
         try:
-            with open(self.path, "a", newline="", encoding="utf-8") as fh:
-                csv.writer(fh).writerows(self._pending)
-                fh.flush()
-        except OSError as exc:
+            fh = open(self.path, "a", newline="", encoding="utf-8")
+        except OSError as exc:  # held by another program: nothing was written, so nothing is written twice
             if len(self._pending) == 1:
-                warnings.warn(f"Cannot append to the training log {self.path} ({exc.strerror or exc}); its rows are "
-                              "kept and written once it can be opened again (close it in other programs).",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(f"Cannot open the training log {self.path} ({exc.strerror or exc}); its rows are kept "
+                              "and written at the next event that finds it free (close it in other programs).",
+                              RuntimeWarning, stacklevel=3)
             return
+        with fh:
+            csv.writer(fh).writerows(self._pending)
+            fh.flush()
         self._pending.clear()
 
 

@@ -24,8 +24,10 @@ PLAIN_MIN_S = 5.0  # … and seconds, so a quick task logs only its start and it
 def reader_gone(exc: OSError) -> bool:
     """Whether a failed write to stdout/stderr means the pipe's reader has left: a BrokenPipeError, or on Windows
     the EINVAL its pipes raise instead (CPython issue 79935), which ended a child of a crashed Slicer with a
-    traceback rather than as stopped."""
-    return isinstance(exc, BrokenPipeError) or (os.name == "nt" and exc.errno == errno.EINVAL)
+    traceback rather than as stopped. An EINVAL that names a file (an invalid output name on Windows) is not one."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    return os.name == "nt" and exc.errno == errno.EINVAL and exc.filename is None
 
 
 def silence(stream: TextIO) -> None:

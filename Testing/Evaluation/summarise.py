@@ -75,9 +75,13 @@ def main(folder: str = "docs/evaluation") -> int:
             cells.append("–" if not stats or stats.get("mean") is None else f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}")
         lines.append(f"| {text} | " + " | ".join(cells) + " |")
     cases = ", ".join(c["case"] for c in data["cases"])
+    n = len(data["cases"])
     out = "\n".join(lines) + (
         f"\n\nMean ± std over the validation cases ({cases}; std: the population standard deviation, ddof 0, "
-        f"which reads about 18 % below the sample SD for 3 cases). Protocol: {protocol}.\n\n"
+        f"which reads {100 * (1 - ((n - 1) / n) ** 0.5):.0f} % below the sample SD for {n} cases). Protocol: "
+        f"{protocol}." + (" Since 2026-12-07 `evaluate` reads both images as 0 outside the mask for SSIM; on these "
+                          "cases that moves a case's SSIM by at most 3e-5 (the lookup, measured), so these figures, "
+                          "computed before, stand." if "0 outside the mask" not in protocol else "") + "\n\n"
         "¹ A diagnostic, not a score: the PSNR left after the best per-case gain and offset (least squares inside the "
         "mask). The gap to PSNR is the error due to the case's overall brightness and contrast relative to its T2's "
         "99.5th percentile, which a model that sees only a neighbourhood of the T1ce cannot know; what remains is "

@@ -17,6 +17,16 @@ from MedSynthLogic import atomic, checkpoint, dataset_cases, reporting
 from MedSynthLogic.errors import OutputError
 
 
+class WindowsOs:
+    """The ``os`` module as a module under test sees it on Windows: ``name`` "nt", everything else the real one.
+    Patched into that module only (a global ``os.name`` made pathlib build WindowsPaths in pytest's own report)."""
+
+    name = "nt"
+
+    def __getattr__(self, attr: str):
+        return getattr(os, attr)
+
+
 def test_a_written_file_is_flushed_through_a_handle_that_may_write(tmp_path, monkeypatch):
     """Windows' fsync refuses a read-only handle (EBADF): every atomic write failed there. A zero-byte write is
     refused the same way on a read-only descriptor here, so it stands in for FlushFileBuffers."""
@@ -48,15 +58,21 @@ def test_a_rename_is_tried_again_while_another_program_holds_the_file(tmp_path, 
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", held_twice)
+    with pytest.raises(PermissionError):  # POSIX: a refused rename is a real permission problem, never retried
+        atomic.replace_file(str(tmp_path / "src"), str(tmp_path / "dst"))
+    assert len(calls) == 1
+    calls.clear()
     monkeypatch.setattr(atomic, "REPLACE_WAIT_S", 0.0)
-    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setattr(atomic, "os", WindowsOs())
     atomic.replace_file(str(tmp_path / "src"), str(tmp_path / "dst"))
-    monkeypatch.setattr(os, "name", "posix")
     assert len(calls) == 3 and (tmp_path / "dst").read_text(encoding="utf-8") == "new"
     held = PermissionError(13, "Permission denied")
     held.winerror = 32  # ERROR_SHARING_VIOLATION: errno alone read as "Permission denied … choose a folder"
     error = atomic.as_output_error(held, "model.safetensors")
     assert isinstance(error, OutputError) and "open in another program" in str(error)
+    denied = PermissionError(13, "Access is denied")
+    denied.winerror = 5  # what os.replace usually gives onto a destination another process holds
+    assert "read-only or open in another program" in str(atomic.as_output_error(denied, tmp_path / "dst"))
 
 
 def test_a_checkpoint_another_program_holds_is_pruned_later_not_fatal(tmp_path, monkeypatch):
@@ -78,16 +94,16 @@ def test_a_checkpoint_another_program_holds_is_pruned_later_not_fatal(tmp_path, 
 
 
 def test_a_pipe_reader_gone_on_windows_is_einval(monkeypatch):
-    monkeypatch.setattr(os, "name", "nt")
-    gone = reporting.reader_gone(OSError(errno.EINVAL, "Invalid argument"))
-    monkeypatch.setattr(os, "name", "posix")
-    assert gone and reporting.reader_gone(BrokenPipeError()) and not reporting.reader_gone(OSError(errno.EINVAL, "x"))
+    assert reporting.reader_gone(BrokenPipeError()) and not reporting.reader_gone(OSError(errno.EINVAL, "x"))
+    monkeypatch.setattr(reporting, "os", WindowsOs())
+    assert reporting.reader_gone(OSError(errno.EINVAL, "Invalid argument"))
+    # an invalid file name (Windows: "out|x.nii.gz") is an error to report, not a reader that left
+    assert not reporting.reader_gone(OSError(errno.EINVAL, "Invalid argument", "C:\\out\\out|x.nii.gz"))
 
 
 @pytest.mark.parametrize("pattern", ["{case}\\{case}_t1ce.nii.gz", "{case}/{case}_t1ce.nii.gz"])
 def test_a_windows_pattern_with_backslashes_matches(pattern, monkeypatch):
-    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setattr(dataset_cases, "os", WindowsOs())
     regex, glob = dataset_cases.pattern_regex(pattern), dataset_cases.case_glob(pattern)
-    monkeypatch.setattr(os, "name", "posix")
     match = regex.match("Brats18_X_1/Brats18_X_1_t1ce.nii.gz")
     assert match and match.group("case") == "Brats18_X_1" and glob == "*/*_t1ce.nii.gz"
