@@ -292,12 +292,11 @@ class CaseFiles:
     skip_incomplete: bool = False
 
     def find(self, folder: Optional[PathLike], source_suffix: str = "t1ce", target_suffix: str = "t2",
-             skip_incomplete: Optional[bool] = None, only: Optional[Sequence[str]] = None) -> List[Case]:
-        """:func:`find_cases` of ``folder`` as these options describe it (``skip_incomplete``: instead of the
-        options' own; ``only``: the ids that will be selected)."""
-        skip = self.skip_incomplete if skip_incomplete is None else skip_incomplete
+             only: Optional[Sequence[str]] = None) -> List[Case]:
+        """:func:`find_cases` of ``folder`` as these options describe it (``only``: the ids that will be selected)."""
         return find_cases(folder, source_suffix, target_suffix, source_pattern=self.source_pattern,
-                          target_pattern=self.target_pattern, csv=self.csv, skip_incomplete=skip, only=only)
+                          target_pattern=self.target_pattern, csv=self.csv, skip_incomplete=self.skip_incomplete,
+                          only=only)
 
 
 def select_cases(cases: Sequence[Case], wanted: Sequence[str], what: str = "Case", where: str = "") -> List[Case]:

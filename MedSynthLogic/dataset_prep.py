@@ -68,7 +68,7 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
     """Read, align, mask and normalise one case (unpadded, float32)."""
     from .normalisation import brain_mask, normalise_source, normalise_target
     from .orientation import axis_order, orientation_code
-    from .volume_io import align_pair, read_volume, resample_like, same_grid
+    from .volume_io import align_pair, read_volume, region_on_grid, same_grid
 
     norm = model_cfg.normalisation
     t0 = time.perf_counter()
@@ -76,15 +76,12 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
                                        fill=target_background(norm.target))
     if case.mask is not None:
         mvol = read_volume(case.mask)
-        diffs = same_grid(source, mvol)
+        if geometry == "refuse" and same_grid(source, mvol):
+            raise GeometryError("The mask is not on the source grid: " + "; ".join(same_grid(source, mvol)) + ".",
+                                "Resample it first or allow resampling.")
+        mask, diffs = region_on_grid(mvol, source)
         if diffs:
-            if geometry == "refuse":
-                raise GeometryError("The mask is not on the source grid: " + "; ".join(diffs) + ".", "Resample it first or allow resampling.")
-            mvol = resample_like(mvol, source)
             notes.append("Resampled the mask onto the source grid: " + "; ".join(diffs) + ".")
-            mask = mvol.array > 0.5
-        else:
-            mask = mvol.array > 0
     else:
         mask = brain_mask(source.array, norm.mask_threshold)
     if not mask.any():

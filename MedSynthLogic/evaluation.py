@@ -209,14 +209,14 @@ def evaluate_cases(
             if progress:
                 progress(warning_event("evaluate", f"{case.case_id}: {note}"))
             resampled.setdefault(case.case_id, []).append(note)
+        if loaded is not None:  # said before the case's minutes of synthesis, not after
+            refused.update(_input_checks_failed(loaded, case, source, mask, progress))
         if scorer is not None:
             pred = source.with_array(scorer.apply(source.array, mask))
         else:
             pred = synthesize_volume(loaded, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta,
                                      precision=precision, progress=within_case(progress, i, len(cases), case.case_id))
         entries.append((case.case_id, pred, target, mask, seg))
-        if loaded is not None:
-            refused.update(_input_checks_failed(loaded, case, source, mask, progress))
         if save_predictions:
             from .volume_io import write_volume
 
@@ -363,14 +363,13 @@ def read_case(case: Case, mask_threshold: float, tumour: bool = True, target_fil
 
 
 def _on_source_grid(labels: Any, source: Any, what: str, notes: List[str]) -> np.ndarray:
-    """``labels > 0`` on the source's grid (resampled as a region, the fraction inside thresholded at 0.5)."""
-    from .volume_io import resample_like, same_grid
+    """``labels > 0`` on the source's grid (``volume.region_on_grid``), with a note when it had to be resampled."""
+    from .volume_io import region_on_grid
 
-    diffs = same_grid(labels, source)
-    if not diffs:
-        return labels.array > 0
-    notes.append(f"Resampled the {what} onto the source grid: " + "; ".join(diffs) + ".")
-    return resample_like(labels.with_array((labels.array > 0).astype(np.float32)), source).array > 0.5
+    region, diffs = region_on_grid(labels, source)
+    if diffs:
+        notes.append(f"Resampled the {what} onto the source grid: " + "; ".join(diffs) + ".")
+    return region
 
 
 def _case_figure(path: Path, source: Any, pred: Any, target: Any, mask: np.ndarray, norm: Any, title: str,

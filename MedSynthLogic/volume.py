@@ -181,6 +181,16 @@ def _resample_scipy(moving: Volume, reference: Volume, extrapolate: bool = False
     return out
 
 
+def region_on_grid(labels: Volume, reference: Volume) -> Tuple[np.ndarray, List[str]]:
+    """``labels > 0`` on ``reference``'s grid, and the ways the two grids differed (empty: read as it is). Off the
+    grid the region is resampled as a region (its fraction inside, linearly, over 0.5), so a mask or a segmentation
+    reads the same in ``prepare`` and ``evaluate`` whatever its label values."""
+    diffs = same_grid(labels, reference)
+    if not diffs:
+        return labels.array > 0, []
+    return resample_like(labels.with_array((labels.array > 0).astype(np.float32)), reference).array > 0.5, diffs
+
+
 def align_pair(source: Volume, target: Volume, policy: str = "resample", fill: float = 0.0) -> Tuple[Volume, Volume, List[str]]:
     """Put ``target`` on ``source``'s grid: unchanged if already there, resampled (``fill`` where it does not reach:
     its background), or refused (``GeometryError``).
@@ -215,6 +225,7 @@ __all__ = [
     "align_pair",
     "ensure_not_empty",
     "image_suffix",
+    "region_on_grid",
     "resample_like",
     "same_grid",
     "sitk_module",

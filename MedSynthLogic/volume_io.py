@@ -8,7 +8,8 @@ resampling), :mod:`.volume_read` (files → Volume, refusing unusable inputs) an
 from __future__ import annotations
 
 from .volume import (
-    IDENTITY, NIFTI_SUFFIXES, Mat9, Vec3, Volume, align_pair, as_volume, ensure_not_empty, resample_like, same_grid,
+    IDENTITY, NIFTI_SUFFIXES, Mat9, Vec3, Volume, align_pair, as_volume, ensure_not_empty, region_on_grid, resample_like,
+    same_grid,
 )
 from .volume_read import MAX_AXIS, MAX_VOXELS, available_ram, read_volume, volume_from_nibabel
 from .volume_write import TWO_FILE_SUFFIXES, WRITABLE_SUFFIXES, check_image_output, write_volume
@@ -29,6 +30,7 @@ __all__ = [
     "check_image_output",
     "ensure_not_empty",
     "read_volume",
+    "region_on_grid",
     "resample_like",
     "same_grid",
     "volume_from_nibabel",

@@ -332,6 +332,16 @@ def test_prepare_mask_file_geometry_and_errors(tmp_path):
     assert any("Resampled" in n for n in m["cases"]["m1"]["notes"])
     assert m["cases"]["m1"]["mask_voxels"] == int(mask.sum())
     assert m["cases"]["m1"]["patches_centred_in_mask"] == 20
+    # a mask of 0/255 on a grid one voxel over: read as a region, as evaluate reads it (prepare and evaluate share it)
+    shifted = Volume(np.roll(mask * 255.0, 1, axis=2), spacing=src.spacing,
+                     origin=(src.origin[0] - src.spacing[0],) + tuple(src.origin[1:]), direction=src.direction)
+    write_volume(shifted, tmp_path / "m255.nii.gz")
+    on_grid = Case("m3", tmp_path / "s.nii.gz", tmp_path / "s.nii.gz", mask=tmp_path / "m255.nii.gz")
+    with pytest.raises(GeometryError, match="The mask is not on the source grid"):
+        prepare_dataset([on_grid], tmp_path / "o5", cfg, patches_per_case=4, geometry="refuse")
+    m = prepare_dataset([on_grid], tmp_path / "o6", cfg, patches_per_case=4, val_fraction=0.0)
+    assert any(n.startswith("Resampled the mask onto the source grid") for n in m["cases"]["m3"]["notes"])
+    assert m["cases"]["m3"]["mask_voxels"] == int(mask.sum())
     write_volume(src.with_array(np.zeros_like(mask)), tmp_path / "empty.nii.gz")
     bad = Case("m2", tmp_path / "s.nii.gz", tmp_path / "s.nii.gz", mask=tmp_path / "empty.nii.gz")
     with pytest.raises(DataError, match="Case m2: The brain mask is empty"):
