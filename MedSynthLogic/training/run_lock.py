@@ -58,11 +58,7 @@ def _lock(handle: IO[str]) -> None:
     if os.name == "nt":
         import msvcrt
 
-        os.lseek(handle.fileno(), WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        finally:
-            handle.seek(0)
+        _windows_locking(handle, msvcrt.LK_NBLCK)
     else:
         import fcntl
 
@@ -73,15 +69,23 @@ def _unlock(handle: IO[str]) -> None:
     if os.name == "nt":
         import msvcrt
 
-        os.lseek(handle.fileno(), WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-        finally:
-            handle.seek(0)
+        _windows_locking(handle, msvcrt.LK_UNLCK)
     else:
         import fcntl
 
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _windows_locking(handle: IO[str], mode: int) -> None:
+    """``msvcrt.locking`` of the byte at :data:`WINDOWS_LOCK_OFFSET` (it locks from the file position), the handle
+    left at the start for the holder's record."""
+    import msvcrt
+
+    os.lseek(handle.fileno(), WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+    try:
+        msvcrt.locking(handle.fileno(), mode, 1)
+    finally:
+        handle.seek(0)
 
 
 def _holder(handle: IO[str]) -> Dict[str, Any]:

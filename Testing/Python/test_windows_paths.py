@@ -107,3 +107,34 @@ def test_a_windows_pattern_with_backslashes_matches(pattern, monkeypatch):
     regex, glob = dataset_cases.pattern_regex(pattern), dataset_cases.case_glob(pattern)
     match = regex.match("Brats18_X_1/Brats18_X_1_t1ce.nii.gz")
     assert match and match.group("case") == "Brats18_X_1" and glob == "*/*_t1ce.nii.gz"
+
+
+def test_the_windows_run_lock_leaves_the_holders_record_readable(tmp_path, monkeypatch):
+    """msvcrt locks are mandatory: a lock on byte 0 hid the holder's record from the refused second training. A
+    stand-in msvcrt (locks by file and position, as the real one locks from the file position) checks the byte."""
+    import sys
+    import types
+
+    from MedSynthLogic.training import run_lock
+
+    held = {}
+    fake = types.ModuleType("msvcrt")
+    fake.LK_NBLCK, fake.LK_UNLCK = 2, 0
+
+    def locking(fd: int, mode: int, count: int) -> None:
+        key = (os.fstat(fd).st_ino, os.lseek(fd, 0, os.SEEK_CUR))
+        if mode == fake.LK_UNLCK:
+            held.pop(key, None)
+        elif held.setdefault(key, fd) != fd:
+            raise PermissionError(13, "Permission denied")
+
+    fake.locking = locking
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    monkeypatch.setattr(run_lock, "os", WindowsOs())
+    first = run_lock.acquire_run_folder(tmp_path)
+    assert [position for _, position in held] == [run_lock.WINDOWS_LOCK_OFFSET]
+    with pytest.raises(OutputError, match=f"process {os.getpid()} on"):
+        run_lock.acquire_run_folder(tmp_path)
+    run_lock.release_run_folder(first)
+    assert held == {}
+    run_lock.release_run_folder(run_lock.acquire_run_folder(tmp_path))
