@@ -162,8 +162,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .atomic import check_output_path
     from .baselines import fit_intensity_lookup
     from .config import ModelConfig, load_json_config
-    from .dataset_prep import select_cases
-    from .dataset_prep import target_background
+    from .dataset_prep import select_cases, target_background
     from .evaluation import read_case
     from .progress import warning_event
     from .source_names import file_suffixes
