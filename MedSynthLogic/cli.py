@@ -80,6 +80,7 @@ def cmd_prepare(args: argparse.Namespace, report: Reporter) -> int:
     from .source_names import file_suffixes
 
     model_cfg = load_json_config(args.config, ModelConfig)
+    _warn_default_pair(args, report, "prepare", model_cfg)
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
     cases = _case_files(args).find(args.data, source_suffix, target_suffix)
     val_cases = _case_list(args.val_cases, "--val-cases")
@@ -168,6 +169,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .source_names import file_suffixes
 
     model_cfg = load_json_config(args.config, ModelConfig)
+    _warn_default_pair(args, report, "fit-lookup", model_cfg)
     cfg = model_cfg.normalisation
     source_suffix, target_suffix = file_suffixes(model_cfg, args.source_suffix, args.target_suffix)
     wanted = _case_list(args.cases)
@@ -369,6 +371,19 @@ def _case_list(text: Optional[str], option: str = "--cases") -> Optional[List[st
     if not cases:
         raise UsageError(f"{option} {text!r} names no case.", f"Give comma-separated case ids, or leave {option} out.")
     return cases
+
+
+def _warn_default_pair(args: argparse.Namespace, report: Reporter, command: str, model_cfg: Any) -> None:
+    """Without ``--config`` the default pair (T1ce→T2) is used; file suffixes are checked against it, but files
+    picked by pattern or CSV are not: a CT target fitted a percentile-normalised "T1ce→T2" lookup without a word."""
+    from .progress import warning_event
+
+    picked = [opt for opt, value in (("--source-pattern", args.source_pattern), ("--target-pattern", args.target_pattern),
+                                     ("--csv", args.csv)) if value]
+    if args.config is None and picked:
+        report(warning_event(command, f"{', '.join(picked)} pick the files, but without --config they are read as the "
+                             f"default pair, {model_cfg.source_name}→{model_cfg.target_name}, with its normalisation: "
+                             "pass --config with the pair's names (and a window normalisation for a CT)"))
 
 
 def _case_files(args: argparse.Namespace) -> "CaseFiles":

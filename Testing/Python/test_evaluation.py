@@ -338,6 +338,8 @@ def test_case_lists_csvs_and_incomplete_cases_on_the_command_line(cases_dir, loo
     csv = tmp_path / "list" / "cases.csv"
     csv.parent.mkdir()
     csv.write_text(f"case,source,target\na,{cases_dir / 'a' / 'a_t1ce.nii.gz'},{cases_dir / 'a' / 'a_t2.nii.gz'}\n")
+    assert main(["fit-lookup", "x", str(tmp_path / "csv.json"), "--csv", str(csv), "--progress", "none"]) == 0
+    assert "--csv pick the files, but without --config they are read as the default pair, T1ce→T2" in capsys.readouterr().err
     assert main(["evaluate", "--csv", str(csv), "--lookup", str(lookup), "--out", str(tmp_path / "c"), "--progress",
                  "none"]) == 0
     folder = tmp_path / "cases"
