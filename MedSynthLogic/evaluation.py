@@ -199,7 +199,9 @@ def evaluate_cases(
     norm = scorer.normalisation if scorer else loaded.config.normalisation
     names = (loaded.config.source_name, loaded.config.target_name) if loaded else scorer.names
     target_name = target_name or names[1].lower()
-    _refuse_earlier_files(out_dir, cases, target_name, save_predictions, figures, overwrite)
+    written = _files_written(cases, target_name, save_predictions, figures)
+    _refuse_earlier_files(out_dir, written, overwrite)
+    earlier = _earlier_files(out_dir) if overwrite else []
     out = make_output_folder(out_dir)
     trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
     entries, refused, resampled = [], {}, {}
@@ -236,25 +238,43 @@ def evaluate_cases(
                    **({"training_cases_scored": trained_on} if trained_on else {}),
                    **({"training_cases_unknown": True} if trained_on is None else {}),
                    **({"input_checks_failed": refused} if refused else {}),
-                   **({"resampled": resampled} if resampled else {}))
+                   **({"resampled": resampled} if resampled else {}), written=written)
     notes = _report_notes(trained_on, refused, resampled)
     if notes:
         results["notes"] = notes
     write_report(results, out / "metrics.json", out / "metrics.md")
+    for name in set(earlier) - set(written):  # the replaced evaluation's figures and volumes of cases not scored now
+        (out / name).unlink(missing_ok=True)
     return results
 
 
-def _refuse_earlier_files(out_dir: PathLike, cases: Sequence[Case], target_name: str, save_predictions: bool,
-                          figures: bool, overwrite: bool) -> None:
-    """Refuse, without ``overwrite``, an ``out_dir`` holding any file this evaluation would write: an earlier
-    synthesis folder's volumes or an earlier report's figures were replaced silently, and a stopped evaluation's
-    predictions would stand beside another predictor's report."""
-    out = Path(out_dir)
-    names = ["metrics.md"]
+def _files_written(cases: Sequence[Case], target_name: str, save_predictions: bool, figures: bool) -> List[str]:
+    """The names an evaluation writes into its folder (recorded in its report as ``written``)."""
+    names = ["metrics.json", "metrics.md"]
     for case in cases:
         names += [f"{case.case_id}_synthetic_{target_name}.nii.gz"] if save_predictions else []
         names += [f"{case.case_id}.png"] if figures else []
-    there = [name for name in names if (out / name).exists()]
+    return names
+
+
+def _earlier_files(out_dir: PathLike) -> List[str]:
+    """What the evaluation that ``--overwrite`` replaces wrote (its report's ``written``; none for a report from
+    before it was recorded): its figures and volumes of cases this one does not score would otherwise stand beside
+    the new report as if they were its own. Plain names only, so a hand-edited report cannot reach outside."""
+    try:
+        listed = json.loads((Path(out_dir) / "metrics.json").read_text(encoding="utf-8")).get("written") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in listed if isinstance(name, str) and name and Path(name).name == name
+            and name not in (".", "..")]
+
+
+def _refuse_earlier_files(out_dir: PathLike, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse, without ``overwrite``, an ``out_dir`` holding any file this evaluation would write: an earlier
+    synthesis folder's volumes or an earlier report's figures were replaced silently, and a stopped evaluation's
+    predictions would stand beside another predictor's report. (``metrics.json``: ``check_report_folder``.)"""
+    out = Path(out_dir)
+    there = [name for name in names if name != "metrics.json" and (out / name).exists()]
     if there and not overwrite:
         raise OutputError(f"{out} holds {len(there)} file(s) this evaluation would replace ({', '.join(there[:3])}"
                           f"{', …' if len(there) > 3 else ''}).", "Pass --overwrite to replace them, or choose another --out.",

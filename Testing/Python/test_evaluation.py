@@ -413,3 +413,18 @@ def test_a_ct_target_resampled_onto_the_source_grid_is_air_where_it_does_not_rea
     read = read_case(Case("a", tmp_path / "a_t1.nii.gz", tmp_path / "a_ct.nii.gz"), 0.0, target_fill=fill)
     assert read.notes and np.all(read.target.array[:, :, :3] == -1000.0)
     assert np.allclose(read.target.array[:, :, 5:], ct.array[:, :, 5:], atol=1e-3)
+
+
+def test_overwrite_takes_away_what_the_replaced_evaluation_wrote_and_nothing_else(cases_dir, lookup, tmp_path):
+    """--overwrite left the replaced run's figures of cases no longer scored beside the new report."""
+    out = tmp_path / "out"
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, figures=True)
+    (out / "notes.txt").write_text("the user's", encoding="utf-8")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert report["written"] == ["metrics.json", "metrics.md", "a.png", "b.png"]
+    report["written"].append("../outside.png")  # a hand-edited report cannot reach outside the folder
+    (out / "metrics.json").write_text(json.dumps(report), encoding="utf-8")
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a"]), out, lookup=lookup, figures=True, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "metrics.json", "metrics.md", "notes.txt"]
+    assert (tmp_path / "outside.png").is_file()
