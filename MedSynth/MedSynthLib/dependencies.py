@@ -14,7 +14,7 @@ import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Sequence
 
 from .i18n import tr as _
 
@@ -22,6 +22,9 @@ from .i18n import tr as _
 PROTECTED_PACKAGES = ("numpy", "SimpleITK")
 #: Distribution names whose import name differs.
 IMPORT_NAMES = {"scikit-image": "skimage"}
+#: The requirements a synthesis imports besides torch (the model file); the others (HDF5, SSIM, figures, progress bars)
+#: only preparing, training and evaluating need, so a clinician's first Synthesize does not install them.
+SYNTHESIS_REQUIREMENTS = ("safetensors",)
 
 
 def requirements_path(module_dir: Path) -> Path:
@@ -35,14 +38,22 @@ def requirements_path(module_dir: Path) -> Path:
     raise RuntimeError(_("Resources/requirements.txt is missing from the MedSynth installation."))
 
 
-def missing_requirements(requirements: Path) -> List[str]:
-    """The requirement lines whose package cannot be imported here."""
+def package_name(spec: str) -> str:
+    """The distribution name of a requirement specifier."""
+    return re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]
+
+
+def requirement_lines(requirements: Path, only: Optional[Sequence[str]] = None) -> List[str]:
+    """The requirement specifiers of the file, without comments; ``only``: just these packages (by name)."""
+    lines = (line.split("#", 1)[0].strip() for line in Path(requirements).read_text(encoding="utf-8").splitlines())
+    return [spec for spec in lines if spec and not spec.startswith("-") and (only is None or package_name(spec) in only)]
+
+
+def missing_requirements(requirements: Path, only: Optional[Sequence[str]] = None) -> List[str]:
+    """The requirement lines (of ``only``'s packages, if given) whose package cannot be imported here."""
     missing = []
-    for line in Path(requirements).read_text(encoding="utf-8").splitlines():
-        spec = line.split("#", 1)[0].strip()
-        if not spec:
-            continue
-        name = re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]
+    for spec in requirement_lines(requirements, only):
+        name = package_name(spec)
         if importlib.util.find_spec(IMPORT_NAMES.get(name, name.replace("-", "_"))) is None:
             missing.append(spec)
     return missing
@@ -65,9 +76,9 @@ def torch_importable() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def missing_packages(requirements: Path) -> List[str]:
-    """torch, when it cannot be imported, and the requirement lines that cannot: what a synthesis still needs."""
-    return ([] if torch_importable() else ["torch"]) + missing_requirements(requirements)
+def missing_packages(requirements: Path, only: Optional[Sequence[str]] = None) -> List[str]:
+    """torch, when it cannot be imported, and the requirement lines (of ``only``'s packages) that cannot."""
+    return ([] if torch_importable() else ["torch"]) + missing_requirements(requirements, only)
 
 
 def ensure_torch(ask_confirmation: bool = True) -> bool:
@@ -116,8 +127,10 @@ def installing(what: str) -> Iterator[None]:
             what=what, code=exc.returncode), shown_by_slicer=exc.cmd == "pip install") from exc
 
 
-def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation: bool = True) -> bool:
-    """torch, then the requirements; returns False when the user declines either."""
+def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation: bool = True,
+                        only: Optional[Sequence[str]] = None) -> bool:
+    """torch, then the requirements (``only``: just these packages, e.g. ``SYNTHESIS_REQUIREMENTS``); returns False
+    when the user declines either."""
     import slicer
 
     if not ensure_torch(ask_confirmation):
@@ -130,14 +143,14 @@ def ensure_dependencies(requirements: Path, temp_folder: Path, ask_confirmation:
     if packaging is not None and hasattr(packaging, "pip_ensure"):
         try:
             with installing(_("MedSynth's Python packages")):
-                packaging.pip_ensure(packaging.load_requirements(str(requirements)), constraints=str(constraints),
+                packaging.pip_ensure(requirement_lines(requirements, only), constraints=str(constraints),
                                      prompt_install=ask_confirmation, requester="MedSynth")
         except RuntimeError as exc:
             if "declined" in str(exc):  # Slicer's "User declined package installation"
                 return False
             raise
         return True
-    missing = missing_requirements(requirements)
+    missing = missing_requirements(requirements, only)
     if not missing:
         return True
     message = _("MedSynth needs these Python packages, which will be downloaded and installed now:") + "\n" + "\n".join(missing)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -984,6 +985,72 @@ def test_installer_finds_missing_packages_and_pins_slicers_own(tmp_path):
     pins = dependencies.protected_constraints_file(tmp_path).read_text().split()
     assert any(pin.startswith("numpy==") for pin in pins)
     assert dependencies.requirements_path(MODULE_DIR) == REPO / "Resources" / "requirements.txt"
+
+
+SYNTHESIS_WITHOUT = """
+import importlib.abc, sys
+class Unimportable(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in sys.argv[1].split(","):
+            raise ImportError("not installed: " + name)
+sys.meta_path.insert(0, Unimportable())
+from MedSynthLogic.cli import main
+from MedSynthLogic.metrics import normalise_for_metrics, psnr, scale_prediction
+from MedSynthLogic.volume_read import read_volume
+code = main(["synthesize", sys.argv[2], sys.argv[3], "--uncertainty", sys.argv[4], "--progress", "none"])
+reference = read_volume(sys.argv[5]).array
+brain = reference > 0
+print("exit", code, psnr(scale_prediction(read_volume(sys.argv[3]).array, brain, 1000.0),
+                         normalise_for_metrics(reference, brain), brain))
+"""
+
+
+def test_a_synthesis_needs_only_torch_and_the_synthesis_requirements(phantom, tmp_path):
+    """The panel's Synthesize installs torch and ``SYNTHESIS_REQUIREMENTS`` only (a clinician's first click
+    installed the HDF5, SSIM, plotting and progress-bar packages too), and the self-test skips only without those: a
+    synthesis with its input checks and error map, and the self-test's PSNR, must run with the others unimportable."""
+    import subprocess
+
+    from MedSynthLogic.volume_write import write_volume
+
+    requirements = dependencies.requirements_path(MODULE_DIR)
+    lines = dependencies.requirement_lines(requirements)
+    synthesis = dependencies.requirement_lines(requirements, dependencies.SYNTHESIS_REQUIREMENTS)
+    assert synthesis == ["safetensors>=0.4"] and len(lines) > len(synthesis)
+    others = [dependencies.IMPORT_NAMES.get(n, n.replace("-", "_")) for n in map(dependencies.package_name, lines)
+              if n not in dependencies.SYNTHESIS_REQUIREMENTS]
+    assert "skimage" in others and "h5py" in others
+    write_volume(phantom.t1ce, tmp_path / "t1ce.nii.gz")
+    write_volume(phantom.t2, tmp_path / "t2.nii.gz")
+    paths = [str(tmp_path / name) for name in ("t1ce.nii.gz", "synthetic.nii.gz", "error.nii.gz", "t2.nii.gz")]
+    run = subprocess.run([sys.executable, "-c", SYNTHESIS_WITHOUT, ",".join(others), *paths], capture_output=True,
+                         text=True, timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    last = run.stdout.splitlines()[-1].split() if run.stdout.strip() else []
+    assert run.returncode == 0 and last[:2] == ["exit", "0"], run.stderr[-3000:]
+    assert float(last[2]) > 10.0  # the phantom's synthesis is a T2, not an empty or failed image
+    assert not dependencies.missing_packages(requirements, dependencies.SYNTHESIS_REQUIREMENTS)
+
+
+def test_synthesize_asks_pip_for_the_synthesis_requirements_only(slicer_mod, tmp_path, monkeypatch):
+    """Slicer ≥ 5.12's ``pip_ensure`` gets the synthesis lines for Synthesize and every line for training; before
+    5.12 ``pip_install`` only the missing ones of those (a comment after a line no longer reaches pip)."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("h5py>=3.7  # HDF5\nsafetensors>=0.4\nsurely-not-installed-medsynth-pkg==1.0\n")
+    monkeypatch.setattr(dependencies, "ensure_torch", lambda ask_confirmation=True: True)
+    asked = []
+    packaging = SimpleNamespace(pip_ensure=lambda reqs, **kwargs: asked.append(list(reqs)))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer_mod, "packaging", packaging, raising=False)
+    assert dependencies.ensure_dependencies(requirements, tmp_path, False, dependencies.SYNTHESIS_REQUIREMENTS)
+    assert dependencies.ensure_dependencies(requirements, tmp_path, False)
+    assert asked == [["safetensors>=0.4"], ["h5py>=3.7", "safetensors>=0.4", "surely-not-installed-medsynth-pkg==1.0"]]
+    monkeypatch.setitem(sys.modules, "slicer.packaging", SimpleNamespace())
+    monkeypatch.setattr(slicer_mod, "packaging", SimpleNamespace(), raising=False)
+    installed = []
+    monkeypatch.setattr(slicer_mod.util, "pip_install", lambda args: installed.append(args[2:]), raising=False)
+    assert dependencies.ensure_dependencies(requirements, tmp_path, False, ("safetensors", "h5py"))
+    assert dependencies.ensure_dependencies(requirements, tmp_path, False)
+    assert installed == [["surely-not-installed-medsynth-pkg==1.0"]]
 
 
 def test_a_failed_install_says_what_failed_and_a_declined_one_is_no_error(slicer_mod, tmp_path, monkeypatch):
