@@ -65,7 +65,7 @@ class MedSynth(ScriptedLoadableModule):
 
 
 def registerSampleData() -> None:
-    """Add the phantom pair to the Sample Data module (generated into Slicer's download cache when first loaded)."""
+    """Add the phantom pair to the Sample Data module (generated into Slicer's temporary folder at start-up)."""
     sample_data.register_in_slicer(str(HERE / "Resources" / "Icons" / "MedSynth.png"))
 
 
@@ -202,7 +202,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLoadSample(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not load the sample."), waitCursor=True):
-            self.selectInput(sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.slicer_cache_folder())[0])
+            self.selectInput(sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.sample_source_folder())[0])
 
     def selectInput(self, node) -> None:
         self._parameterNode.inputVolume = node
@@ -368,7 +368,7 @@ class MedSynthTest(ScriptedLoadableModuleTest):
             self.skipTest(f"not installed in this Slicer: {', '.join(missing)} (press Synthesize once to install)")
         from MedSynthLogic.metrics import normalise_for_metrics, psnr, scale_prediction  # evaluate_case's SSIM needs skimage
 
-        source, target = sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.slicer_cache_folder())
+        source, target = sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.sample_source_folder())
         output = MedSynthModuleLogic().synthesize(source, device="cpu")
         self.assertEqual(output.GetName(), synthetic_node_name(source.GetName()))
         np.testing.assert_array_equal(mrml.node_ijk_to_ras(output), mrml.node_ijk_to_ras(source))

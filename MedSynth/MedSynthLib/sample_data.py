@@ -1,10 +1,12 @@
 """One-click sample data: the MedSynth phantom (T1ce and its T2) in Slicer's Sample Data module and in the panel.
 
 The phantom is not downloaded: ``MedSynthLogic.phantom.make_phantom`` generates it (deterministic, seed 0) into a
-cache folder the first time, and later clicks load the cached files. It is registered as MONAIAuto3DSeg and
-TotalSegmentator register theirs, with ``SampleData.SampleDataLogic.registerCustomSampleDataSource``; its
-``customDownloader`` writes the files into Slicer's download cache and then lets the Sample Data logic load them
-from there, so the nodes come in as any other sample's do.
+source folder of MedSynth's own (in Slicer's temporary folder) the first time, and later clicks load those files. It
+is registered as MONAIAuto3DSeg and TotalSegmentator register theirs, with
+``SampleData.SampleDataLogic.registerCustomSampleDataSource``, its URIs naming the source folder's files: Sample Data
+copies them into its download cache and loads them from there, as any other sample's, and a cache cleared during the
+session is filled again from the source folder (the URIs named the cache's own files before, which a cleared cache
+no longer had). Its ``customDownloader`` (the Sample Data button) generates the files first if they are missing.
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ def load_phantom_pair(scene: Any, folder: "str | Path") -> List[Any]:
     return nodes
 
 
-def sample_source_arguments(cache_folder: "str | Path", thumbnail: Optional[str], sample_data_logic: Any) -> Dict[str, Any]:
-    """The keyword arguments of ``registerCustomSampleDataSource`` for the phantom."""
-    paths = [Path(cache_folder) / name for name in FILES.values()]
+def sample_source_arguments(source_folder: "str | Path", thumbnail: Optional[str], sample_data_logic: Any) -> Dict[str, Any]:
+    """The keyword arguments of ``registerCustomSampleDataSource`` for the phantom generated into ``source_folder``."""
+    paths = [Path(source_folder) / name for name in FILES.values()]
     return {
         "category": CATEGORY,
         "sampleName": SAMPLE_NAME,
@@ -70,26 +72,27 @@ def sample_source_arguments(cache_folder: "str | Path", thumbnail: Optional[str]
         "fileNames": list(FILES.values()),
         "nodeNames": list(FILES),
         "thumbnailFileName": thumbnail,
-        "customDownloader": functools.partial(download_phantom, cache_folder=cache_folder,
+        "customDownloader": functools.partial(download_phantom, source_folder=source_folder,
                                               sample_data_logic=sample_data_logic),
     }
 
 
-def register_phantom_sample(sample_data_logic: Any, cache_folder: "str | Path", thumbnail: Optional[str] = None) -> None:
+def register_phantom_sample(sample_data_logic: Any, source_folder: "str | Path", thumbnail: Optional[str] = None) -> None:
     """Register the phantom with the Sample Data module (``sample_data_logic`` is ``SampleData.SampleDataLogic``).
 
-    The files are generated into the cache first (about 1 s, once per cache), since ``SampleData.downloadSample``
-    loads a source from its URIs without calling its ``customDownloader``: from a script, a fresh cache had nothing
-    to load. A cache that cannot be written only costs the scripted path; the button still generates them."""
+    The files are generated into ``source_folder`` first (about 1 s, once per folder), since
+    ``SampleData.downloadSample`` copies a source from its URIs without calling its ``customDownloader``: from a
+    script, there was nothing to copy otherwise. A folder that cannot be written only costs the scripted path; the
+    button still generates them."""
     from MedSynthLogic.errors import MedSynthError
 
     try:
-        write_phantom_pair(cache_folder)
+        write_phantom_pair(source_folder)
     except (MedSynthError, OSError) as exc:
-        logging.warning("MedSynth: could not write the phantom sample into %s (%s)", cache_folder, exc)
+        logging.warning("MedSynth: could not write the phantom sample into %s (%s)", source_folder, exc)
     if SAMPLE_NAME in registered_names(sample_data_logic):  # a reloaded module (Reload and Test) would list it twice
         return
-    sample_data_logic.registerCustomSampleDataSource(**sample_source_arguments(cache_folder, thumbnail, sample_data_logic))
+    sample_data_logic.registerCustomSampleDataSource(**sample_source_arguments(source_folder, thumbnail, sample_data_logic))
 
 
 def registered_names(sample_data_logic: Any) -> List[str]:
@@ -98,17 +101,19 @@ def registered_names(sample_data_logic: Any) -> List[str]:
     return [source.sampleName for source in by_category(CATEGORY)] if by_category is not None else []
 
 
-def download_phantom(source: Any, cache_folder: "str | Path", sample_data_logic: Any) -> List[Any]:
-    """The sample's ``customDownloader``: generate the files into the cache, then load them as Sample Data does."""
-    write_phantom_pair(cache_folder)
+def download_phantom(source: Any, source_folder: "str | Path", sample_data_logic: Any) -> List[Any]:
+    """The sample's ``customDownloader``: generate the files if they are missing, then let Sample Data copy them
+    into its cache and load them."""
+    write_phantom_pair(source_folder)
     return sample_data_logic().downloadFromSource(source)
 
 
-def slicer_cache_folder() -> str:
-    """Slicer's download cache, where the Sample Data module looks for a sample's files before downloading them."""
+def sample_source_folder() -> Path:
+    """Where the phantom is generated in a running Slicer: a folder of Slicer's temporary folder, which clearing
+    Slicer's download cache leaves alone."""
     import slicer
 
-    return slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory()
+    return Path(slicer.app.temporaryPath) / "MedSynthSample"
 
 
 def case_source_arguments(case_dir: "str | Path", thumbnail: Optional[str] = None) -> Optional[Dict[str, Any]]:
@@ -136,7 +141,7 @@ def register_in_slicer(thumbnail: Optional[str] = None, environ: Optional[Dict[s
 
     import SampleData
 
-    register_phantom_sample(SampleData.SampleDataLogic, slicer_cache_folder(), thumbnail)
+    register_phantom_sample(SampleData.SampleDataLogic, sample_source_folder(), thumbnail)
     case = (os.environ if environ is None else environ).get("MEDSYNTH_SAMPLE_CASE")
     arguments = case_source_arguments(case, thumbnail) if case else None
     if arguments is not None:

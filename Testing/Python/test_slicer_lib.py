@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -960,6 +961,45 @@ def test_phantom_is_registered_with_sample_data(tmp_path):
     for _ in range(2):  # a second registration (Reload and Test, the self-test) listed the sample twice
         sample_data.register_phantom_sample(ListingSampleDataLogic, tmp_path / "cache", "icon.png")
     assert sample_data.registered_names(ListingSampleDataLogic) == ["MedSynthPhantom"]
+
+
+def test_a_scripted_phantom_sample_loads_after_the_download_cache_was_cleared(slicer_mod, tmp_path, monkeypatch):
+    """``SampleData.downloadSample`` copies a source's URIs into the download cache where a file is missing there,
+    as Slicer's ``downloadFile`` does (imitated here); the URIs named the cache's own files, so after Settings → Cache
+    → Clear cache a script's ``downloadSample("MedSynthPhantom")`` failed until Slicer restarted."""
+    import urllib.request
+
+    cache = tmp_path / "SlicerIO"
+    cache_manager = SimpleNamespace(GetRemoteCacheDirectory=lambda: str(cache))
+    monkeypatch.setattr(slicer_mod, "app", SimpleNamespace(temporaryPath=str(tmp_path / "Slicer-user")), raising=False)
+    monkeypatch.setattr(slicer_mod, "mrmlScene", SimpleNamespace(GetCacheManager=lambda: cache_manager), raising=False)
+
+    class CopyingSampleDataLogic:
+        registered: List[Dict[str, Any]] = []
+
+        @staticmethod
+        def registerCustomSampleDataSource(**kwargs):
+            CopyingSampleDataLogic.registered.append(kwargs)
+
+        def downloadFromSource(self, source):
+            folder = Path(slicer_mod.mrmlScene.GetCacheManager().GetRemoteCacheDirectory())
+            folder.mkdir(exist_ok=True)
+            for uri, name in zip(source.uris, source.fileNames):
+                if not (folder / name).exists():
+                    urllib.request.urlretrieve(uri, folder / name)
+            return [(folder / name).read_bytes() for name in source.fileNames]
+
+    monkeypatch.setitem(sys.modules, "SampleData", SimpleNamespace(SampleDataLogic=CopyingSampleDataLogic))
+    sample_data.register_in_slicer(None, environ={})
+    (kwargs,) = CopyingSampleDataLogic.registered
+    source = SimpleNamespace(**kwargs)
+    first = CopyingSampleDataLogic().downloadFromSource(source)
+    assert sorted(path.name for path in cache.iterdir()) == sorted(kwargs["fileNames"])
+    shutil.rmtree(cache)  # Clear cache: the whole folder goes
+    assert CopyingSampleDataLogic().downloadFromSource(source) == first
+    shutil.rmtree(tmp_path / "Slicer-user")  # the temporary folder gone too: the button generates the files again
+    shutil.rmtree(cache)
+    assert kwargs["customDownloader"](source) == first
 
 
 def test_a_users_case_folder_becomes_a_sample(tmp_path, phantom):
