@@ -428,3 +428,29 @@ def test_overwrite_takes_away_what_the_replaced_evaluation_wrote_and_nothing_els
     evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a"]), out, lookup=lookup, figures=True, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "metrics.json", "metrics.md", "notes.txt"]
     assert (tmp_path / "outside.png").is_file()
+
+
+def test_every_committed_report_says_which_file_it_scored():
+    """A committed report's ``metrics.json`` names its model as it was when scored: scratch files since gone, and the
+    default and the candidate replaced under the same names (``bundled/`` named today's default while it scored the
+    paper's FCN). Each report records the tensors' SHA-256 or is listed in docs/evaluation/MODEL_PATHS.md
+    (``Testing/Evaluation/model_paths.py``) with that path and where the file is today; a file said to be there is."""
+    evaluation = Path(__file__).resolve().parents[2] / "docs" / "evaluation"
+    rows = {}
+    for line in (evaluation / "MODEL_PATHS.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2])
+    reports = sorted(evaluation.rglob("metrics.json"))
+    assert len(reports) > 50
+    for report_file in reports:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+        if report.get("model_sha256"):
+            continue
+        folder = report_file.parent.relative_to(evaluation).as_posix()
+        assert folder in rows, f"{folder}: no model_sha256 and no row in MODEL_PATHS.md (run model_paths.py)"
+        recorded = str(report.get("model") or report.get("lookup") or "—")
+        assert recorded.endswith(rows[folder][0]), (folder, recorded, rows[folder][0])
+        today = rows[folder][1]
+        named = rows[folder][0] if today == "the same file today" else (re.findall(r"^now at `([^`]+)`", today) or [None])[0]
+        assert named is None or (evaluation.parents[1] / named).is_file(), (folder, today)
