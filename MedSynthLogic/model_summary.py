@@ -25,7 +25,7 @@ def summarize_header(header: Mapping[str, Any], name: str) -> str:
         ("architecture", lambda: _architecture(config)),
         ("stages", lambda: _stages(header, config)),
         ("training data", lambda: _data(training.get("data"), (config.get("generator") or {}).get("kind"))),
-        ("training", lambda: _schedule(training, config.get("loss") or {})),
+        ("training", lambda: _schedule(training, config.get("loss") or {}, header.get("stages", config.get("stages")))),
         ("validation", lambda: _metrics(header.get("metrics") or {})),
         ("uncertainty", lambda: _uncertainty(header.get("error_map"), _has_stage_part(header, config))),
         ("created", lambda: _created(header)),
@@ -157,7 +157,7 @@ def _data(data: Any, kind: Any = None) -> str:
     return "; ".join(parts)
 
 
-def _schedule(training: Mapping[str, Any], loss: Mapping[str, Any]) -> str:
+def _schedule(training: Mapping[str, Any], loss: Mapping[str, Any], stages_held: Any = None) -> str:
     parts: List[str] = []
     trained = training.get("stages_trained")
     for entry in trained if isinstance(trained, list) else []:
@@ -177,8 +177,12 @@ def _schedule(training: Mapping[str, Any], loss: Mapping[str, Any]) -> str:
     schedule = training.get("train_config") or {}
     if training.get("checkpoint_stage_done") is False:  # `medsynth export` of a stage still in training
         of = f" of {schedule['iterations']}" if isinstance(schedule, Mapping) and schedule.get("iterations") else ""
-        parts.append(f"exported mid-stage: stage {int(training.get('checkpoint_stage', 0)) + 1} at iteration "
-                     f"{training.get('checkpoint_iteration')}{of}")
+        in_training = int(training.get("checkpoint_stage", 0)) + 1
+        at = f"stage {in_training} at iteration {training.get('checkpoint_iteration')}{of}"
+        if isinstance(stages_held, int) and stages_held < in_training:  # export without --stages: the finished ones
+            parts.append(f"exported while {at}, which this file leaves out")
+        else:
+            parts.append(f"exported mid-stage: {at}")
     adversarial = schedule.get("adversarial")
     if adversarial is not None:
         ran, warm = int(schedule.get("iterations") or 0), int(schedule.get("warmup_iterations") or 0)

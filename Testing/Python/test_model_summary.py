@@ -92,6 +92,19 @@ def test_an_export_of_a_stage_in_training_says_so():
     assert "mid-stage" not in summarize_header(mid, "m")
 
 
+def test_an_export_of_the_finished_stages_of_a_run_in_stage_2_does_not_call_itself_mid_stage():
+    """`medsynth export` of a checkpoint at iteration 2 of stage 2 without --stages writes stage 1 only; `info` said
+    "exported mid-stage: stage 2 at iteration 2 of 4" of a file that holds no stage 2."""
+    finished = header(False, lambda_adv=0.0, lambda_l2=1.0, lambda_gdl=0.0)
+    finished["training"]["train_config"].update(iterations=4)
+    finished["training"].update(checkpoint_stage=1, checkpoint_iteration=2, checkpoint_stage_done=False)
+    finished["stages"] = 1
+    line = next(row for row in summarize_header(finished, "m").splitlines() if "training  " in row)
+    assert "mid-stage" not in line and "exported while stage 2 at iteration 2 of 4, which this file leaves out" in line
+    finished["stages"] = 2  # --stages 2: stage 2's weights at iteration 2 are in the file
+    assert "exported mid-stage: stage 2 at iteration 2 of 4" in summarize_header(finished, "m")
+
+
 def test_stages_taken_from_an_init_model_are_not_called_trained_here():
     """--init-model one.safetensors --start-stage 1: `info` said "2 iterations per stage x 2 stages"."""
     grown = header(False, lambda_adv=0.0, lambda_l2=1.0, lambda_gdl=0.0)
