@@ -1,7 +1,7 @@
 """Make torch and the packages of ``Resources/requirements.txt`` importable in Slicer, asking the user first.
 
 Never at import time. torch comes from the PyTorch extension (it picks the wheel matching the GPU driver); the rest
-through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or ``slicer.util.pip_install``, with numpy and SimpleITK
+through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or ``slicer.util.pip_install``, with numpy, scipy and SimpleITK
 pinned to the versions Slicer ships so installing never replaces them. A failed install (pip's non-zero exit, which
 Slicer raises as ``CalledProcessError``) becomes a ``RuntimeError`` with what to do, which the panel shows.
 """
@@ -19,7 +19,7 @@ from typing import Iterator, List, Optional, Sequence
 from .i18n import tr as _
 
 #: Packages Slicer already ships; never reinstalled (pinned to the running versions while installing the rest).
-PROTECTED_PACKAGES = ("numpy", "SimpleITK")
+PROTECTED_PACKAGES = ("numpy", "scipy", "SimpleITK")
 #: Distribution names whose import name differs.
 IMPORT_NAMES = {"scikit-image": "skimage"}
 #: The requirements a synthesis imports besides torch (the model file); the others (HDF5, SSIM, figures, progress bars)
@@ -60,7 +60,7 @@ def missing_requirements(requirements: Path, only: Optional[Sequence[str]] = Non
 
 
 def protected_constraints_file(folder: Path) -> Path:
-    """A pip constraints file pinning Slicer's own numpy and SimpleITK, so installing never replaces them."""
+    """A pip constraints file pinning Slicer's own numpy, scipy and SimpleITK, so installing never replaces them."""
     lines = []
     for name in PROTECTED_PACKAGES:
         try:

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Evaluates the bundled model, the 1-D lookup baseline and the ablations on the fixed validation cases with
-# `medsynth evaluate` (one protocol for all), writing docs/evaluation/<row>/metrics.{json,md}.
-# usage: Testing/Evaluation/run_quality_report.sh CASES_DIR [OUT_DIR]
+# `medsynth evaluate` (one protocol for all), writing OUT_DIR/<row>/metrics.{json,md}: the committed reports are
+# docs/evaluation/<row>/. OUT_DIR must be a new folder (every command refuses to replace a file, the committed reports
+# included); the models are read from docs/evaluation/models.
+# usage: Testing/Evaluation/run_quality_report.sh CASES_DIR OUT_DIR
 set -euo pipefail
+if [ $# -ne 2 ] || [ -e "$2" ]; then
+  echo "usage: $0 CASES_DIR OUT_DIR (a new folder; the committed reports are in docs/evaluation)" >&2
+  exit 2
+fi
 CASES=$1
-OUT=${2:-docs/evaluation}
+OUT=$2
+mkdir -p "$OUT"
 VAL=Brats18_2013_20_1,Brats18_CBICA_ALU_1,Brats18_TCIA02_370_1
 TRAIN=Brats18_2013_11_1,Brats18_2013_3_1,Brats18_CBICA_ABM_1,Brats18_CBICA_AME_1,Brats18_TCIA01_201_1,Brats18_TCIA01_378_1,Brats18_TCIA01_499_1,Brats18_TCIA02_135_1,Brats18_TCIA03_265_1,Brats18_TCIA10_628_1,Brats18_TCIA10_639_1
-M=$OUT/models
+M=docs/evaluation/models
 # the paper's 3-stage FCN, the bundled default until session 26: the "bundled" rows describe it
 BUNDLED=Resources/Models/medsynth_t1ce_t2_nie2018.safetensors
 ev() {  # row name, options...

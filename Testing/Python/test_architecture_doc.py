@@ -141,3 +141,39 @@ def test_the_reader_finds_names_and_skips_what_is_not_one() -> None:
     assert refs == [("f", ""), ("Thing", "attr"), ("other", "g")]
     assert _cells("| `a.py` | job | `x` or `\"a\"|\"b\"` |") == ["`a.py`", "job", "`x` or `\"a\"|\"b\"`"]
     assert [m for m, _ in _rows("| `a.py` | j | x |\n| `pkg/` (package) | j | x |\n| `pkg/b.py` | j | x |")] == ["a", "pkg", "pkg.b"]
+
+
+def _logic_imports() -> Dict[str, Set[str]]:
+    """Module (``training`` for the package) → the MedSynthLogic modules it imports, read from the source."""
+    root = REPO / "MedSynthLogic"
+    units = {path.stem: [path] for path in root.glob("*.py") if path.stem != "__init__"}
+    units["training"] = sorted((root / "training").glob("*.py"))
+    imports: Dict[str, Set[str]] = {}
+    for unit, files in units.items():
+        found: Set[str] = set()
+        for path in files:
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                inside_training = path.parent.name == "training"
+                if node.level == (2 if inside_training else 1):
+                    found |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+                elif node.level == 0 and (node.module or "").startswith("MedSynthLogic."):
+                    found.add(node.module.split(".")[1])
+        imports[unit] = (found & set(units)) - {unit}
+    return imports
+
+
+def test_the_module_map_puts_every_module_above_what_it_imports():
+    """"Each line imports only from the lines below it": two imports within a line and a missing module had made
+    it untrue (a review, session 42)."""
+    block = DOC.read_text(encoding="utf-8").split("## Module map", 1)[1].split("```", 2)[1]
+    line_of = {}
+    for number, line in enumerate(block.strip().splitlines()):
+        for name in re.findall(rf"\b({IDENT})(?:\.py)?\b", re.sub(r"\(faces[^)]*\)", "", line)):
+            line_of.setdefault(name, number)
+    imports = _logic_imports()
+    assert set(imports) <= set(line_of), f"not in the module map: {sorted(set(imports) - set(line_of))}"
+    upward = [f"{unit} → {used}" for unit, used_set in imports.items() for used in used_set
+              if line_of[used] <= line_of[unit]]
+    assert not upward, f"imports from its own line or a line above: {upward}"

@@ -1024,7 +1024,7 @@ def test_installer_finds_missing_packages_and_pins_slicers_own(tmp_path):
     missing = dependencies.missing_requirements(requirements)
     assert "surely-not-installed-medsynth-pkg==1.0" in missing and not any(m.startswith("numpy") for m in missing)
     pins = dependencies.protected_constraints_file(tmp_path).read_text().split()
-    assert any(pin.startswith("numpy==") for pin in pins)
+    assert any(pin.startswith("numpy==") for pin in pins) and any(pin.startswith("scipy==") for pin in pins)
     assert dependencies.requirements_path(MODULE_DIR) == REPO / "Resources" / "requirements.txt"
 
 

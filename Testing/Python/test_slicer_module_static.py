@@ -249,7 +249,7 @@ def test_requirements_never_replace_slicer_packages():
     ]
     names = {re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower() for line in lines if line}
     assert names, "requirements.txt is empty"
-    assert not names & {"torch", "numpy", "simpleitk", "vtk"}, names
+    assert not names & {"torch", "numpy", "scipy", "simpleitk", "vtk"}, names
 
 
 @pytest.mark.skipif(not (REPO / "Testing" / "run_slicer_selftest.sh").is_file(), reason="no self-test script")
