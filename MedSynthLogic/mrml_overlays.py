@@ -22,8 +22,11 @@ from .mrml_scene import (
 )
 
 
-#: Node attribute of an uncertainty map: the ID of the synthetic volume it belongs to.
+#: Node attribute of an uncertainty map: the ID of the synthetic volume it was made for (a record; IDs are not
+#: remapped when a saved scene is added to another, so the link is ``UNCERTAINTY_ROLE``).
 UNCERTAINTY_OF = "MedSynth.UncertaintyOf"
+#: Node reference role from an uncertainty map to its synthetic volume: MRML remaps it when a scene is imported.
+UNCERTAINTY_ROLE = "MedSynthUncertaintyOf"
 
 #: Columns of the training table; ``iteration`` counts across stages so the x axis never goes back.
 TRAINING_COLUMNS: Tuple[str, ...] = ("iteration", "stage", "g", "d", "l2", "gdl", "g_adv", "val_psnr", "val_ssim")
@@ -131,13 +134,15 @@ def load_uncertainty_overlay(
         _remove_with_attached(scene, node)
         raise
     node.SetAttribute(UNCERTAINTY_OF, synthetic_node.GetID())
+    node.SetNodeReferenceID(UNCERTAINTY_ROLE, synthetic_node.GetID())
     return node, shown
 
 
 def remove_uncertainty_overlays(scene: Any, synthetic_node: Any) -> int:
     """Remove the uncertainty maps loaded for ``synthetic_node`` (with their display, legend and storage nodes):
-    a new synthesis into that node makes them wrong. Returns how many were removed."""
-    maps = [node for node in _volume_nodes(scene) if node.GetAttribute(UNCERTAINTY_OF) == synthetic_node.GetID()]
+    a new synthesis into that node makes them wrong. Returns how many were removed. The node reference decides,
+    not the ID in ``UNCERTAINTY_OF``: after a saved scene was added, that ID can name another synthetic volume."""
+    maps = [node for node in _volume_nodes(scene) if node.GetNodeReferenceID(UNCERTAINTY_ROLE) == synthetic_node.GetID()]
     for node in maps:
         _remove_with_attached(scene, node)
     return len(maps)

@@ -70,6 +70,22 @@ def node_ijk_to_ras(node: Any) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def node_ijk_to_world(node: Any) -> Optional[np.ndarray]:
+    """The node's IJK→RAS in world coordinates, its parent transforms applied as hardening them would; the local
+    one without a parent transform; None when a parent transform is not linear (it cannot be a matrix)."""
+    import vtk
+
+    local = node_ijk_to_ras(node)
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return local
+    if not parent.IsTransformToWorldLinear():
+        return None
+    m = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)]) @ local
+
+
 def _set_node_ijk_to_ras(node: Any, matrix: np.ndarray) -> None:
     import vtk
 
@@ -85,18 +101,29 @@ def _set_node_ijk_to_ras(node: Any, matrix: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def volume_from_node(node: Any) -> "Volume":
-    """A ``Volume`` (float32 copy of the voxels, LPS geometry) from a scalar volume node.
+def check_has_voxels(node: Any) -> None:
+    """Refuse a node without an image, or with an image of no voxels (an empty ``vtkImageData``)."""
+    if node is None or node.GetImageData() is None:
+        raise InputImageError("The selected volume has no image data.", "Pick a volume that holds an image.")
+    image = node.GetImageData()
+    if image.GetPointData() is None or image.GetPointData().GetScalars() is None or min(image.GetDimensions()) < 1:
+        raise InputImageError("The selected volume has no voxels.", "Pick a volume that holds an image.")
 
-    A parent transform on the node is not applied: the synthetic image is written on the source's own grid,
-    and putting it under the same transform keeps them aligned.
+
+def volume_from_node(node: Any) -> "Volume":
+    """A ``Volume`` (float32 copy of the voxels, LPS geometry) from a scalar volume node, in world coordinates.
+
+    A linear parent transform is applied to the geometry (not the voxels), as hardening it would: a transform that
+    fixes a wrong header's orientation must reach the synthesis, whose axis order and voxel size follow the
+    geometry. The voxel order stays the node's, so the synthetic image stored with the node's own IJK→RAS under the
+    same transform lies where the source does. A non-linear parent transform is not applied
+    (``node_ijk_to_world`` is None; the panel says so).
     """
     import slicer.util
 
     from .volume_io import Volume
 
-    if node is None or node.GetImageData() is None:
-        raise InputImageError("The selected volume has no image data.")
+    check_has_voxels(node)
     image = node.GetImageData()
     if image.GetNumberOfScalarComponents() != 1:
         raise InputImageError("The selected volume is not a scalar image (it has several components per voxel).")
@@ -105,7 +132,8 @@ def volume_from_node(node: Any) -> "Volume":
         raise InputImageError(f"The selected volume is not 3D (array shape {array.shape}).")
     if not np.all(np.isfinite(array)):
         raise InputImageError("The selected volume contains NaN or infinite values.")
-    spacing, origin, direction = geometry_from_ijk_to_ras(node_ijk_to_ras(node))
+    world = node_ijk_to_world(node)
+    spacing, origin, direction = geometry_from_ijk_to_ras(node_ijk_to_ras(node) if world is None else world)
     return Volume(array=array, spacing=spacing, origin=origin, direction=direction)
 
 
@@ -177,23 +205,12 @@ def load_volume_file(scene: Any, path: str | os.PathLike, name: Optional[str] = 
     return node
 
 
-def save_volume_node(node: Any, path: str | os.PathLike, overwrite: bool = True, compress: bool = True) -> Path:
-    """Write a volume node to ``path`` (format from the extension) atomically, through a storage node."""
-    import slicer
+def save_volume_node(node: Any, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write a volume node's image (float32, in world coordinates as ``volume_from_node`` reads it) to ``path``
+    atomically, format from the extension: what the synthesis child reads."""
+    from .volume_write import write_volume
 
-    from .atomic import atomic_path, check_output_path
-
-    if node is None or node.GetImageData() is None:  # the writer would report success and write nothing
-        raise InputImageError("The selected volume has no image data.")
-    final = check_output_path(path, overwrite=overwrite)
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetUseCompression(1 if compress else 0)
-    with atomic_path(final) as tmp:
-        tmp.unlink()
-        storage.SetFileName(str(tmp))
-        if not storage.WriteData(node):
-            raise OutputError(f"Could not write {final}.")
-    return final
+    return write_volume(volume_from_node(node), path, overwrite=overwrite)
 
 
 def _stem(path: Path) -> str:
@@ -324,6 +341,8 @@ def ensure_display_node(node: Any) -> Any:
     if display is None:
         node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
+    if display is None:  # a node no longer in a scene (deleted) gets none
+        raise OutputError(f"The volume '{node.GetName()}' is not in the scene any more: it cannot be shown.")
     scene = node.GetScene()
     if scene is not None and (display.GetColorNodeID() is None or scene.GetNodeByID(display.GetColorNodeID()) is None):
         display.SetAndObserveColorNodeID(grey_color_node(scene).GetID())

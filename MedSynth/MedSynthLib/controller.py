@@ -104,7 +104,7 @@ class MedSynthController:
                                "fewer (0 runs them all).").format(stages=available))
         synthesis.check_size(volume, header)
         findings = synthesis.check_input(volume, header, self.input_checker)
-        notes = synthesis.check_name(input_node.GetName() or "", header)
+        notes = synthesis.check_transform(input_node) + synthesis.check_name(input_node.GetName() or "", header)
         notes += synthesis.check_enhancement(volume, header, findings) + synthesis.check_coverage(volume, header)
         blocked = bool(findings) and not request.force
         source_name = synthesis.pair_names(header)[0]
@@ -119,10 +119,11 @@ class MedSynthController:
         model's, when the caller has read it already."""
         from MedSynthLogic.model_header import read_header
 
+        from MedSynthLogic import mrml
+
         if input_node is None:
             raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
-        if input_node.GetImageData() is None:
-            raise ValueError(_("The selected volume has no image data: pick a volume that holds an image."))
+        mrml.check_has_voxels(input_node)
         header = read_header(synthesis.model_path(request)) if header is None else header
         shape = synthesis.shape_seen(input_node.GetImageData().GetDimensions(), input_node.GetSpacing(), header)
         stages = synthesis.stages_to_run(request, header)
@@ -146,8 +147,7 @@ class MedSynthController:
         self._refuse_if_busy()
         if input_node is None:
             raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
-        if input_node.GetImageData() is None:
-            raise ValueError(_("The selected volume has no image data: pick a volume that holds an image."))
+        mrml.check_has_voxels(input_node)
         synthesis.check_output_node(input_node, output_node)
         header = read_header(synthesis.model_path(request))
         work_dir = Path(tempfile.mkdtemp(prefix="MedSynth-", dir=self.temp_root))

@@ -15,8 +15,11 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from .i18n import tr as _
 
-#: Node attribute of a synthetic volume: the ID of the input it was synthesized from.
+#: Node attribute of a synthetic volume, the mark that MedSynth made it: the ID of the input it was synthesized from
+#: (a record; IDs are not remapped when a saved scene is added to another, so the link is ``SYNTHETIC_OF_ROLE``).
 SYNTHETIC_OF = "MedSynth.SyntheticOf"
+#: Node reference role from a synthetic volume to its input: MRML remaps it when a scene is imported.
+SYNTHETIC_OF_ROLE = "MedSynthSyntheticOf"
 #: The model list's last entry: the file named in the path field under it.
 OTHER_MODEL = "Other model file"
 #: ``check_source(volume, model_config, mask=None) -> list of findings`` (each with ``.code`` and ``.message``).
@@ -155,6 +158,19 @@ def check_coverage(volume: Any, header: dict) -> List[str]:
     return coverage_notes(volume, _model_config(header))
 
 
+def check_transform(input_node: Any) -> List[str]:
+    """A note when the input lies under a non-linear transform: the synthesis reads the image as stored (a linear
+    transform is applied to its geometry, ``mrml.volume_from_node``), and the result is put under the same
+    transform."""
+    from MedSynthLogic import mrml
+
+    if mrml.node_ijk_to_world(input_node) is not None:
+        return []
+    return [_("'{name}' lies under a non-linear transform, which the synthesis does not apply: it reads the image as "
+              "stored and puts the result under the same transform. If that transform corrects the image's orientation "
+              "or shape, harden it first (Data module: Harden transform).").format(name=input_node.GetName())]
+
+
 def check_name(name: str, header: dict) -> List[str]:
     """What the input's node name says against the model's source (``MedSynthLogic.source_names``): notes that
     never block, e.g. a T1 named where the model expects the T1ce; empty in an installation that predates them."""
@@ -240,14 +256,18 @@ def check_output_node(input_node: Any, output_node: Any) -> None:
 def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any, target_name: str = "T2") -> Any:
     """Put the synthetic volume on the input's exact grid, in ``output_node`` or a new "<input> synthetic <target>".
 
-    A node that holds the synthesis of another input is kept as it is and a new node is made: the panel keeps the
+    A node deleted while the synthesis ran is replaced by a new one (the result is not lost). A node that holds the
+    synthesis of another input is kept as it is and a new node is made: the panel keeps the
     last result as its output, and the previous patient's synthetic image must not be replaced by the next one's.
     A reused node loses the uncertainty maps loaded for it, since they no longer match."""
     from MedSynthLogic import mrml
 
     name = synthetic_node_name(input_node.GetName(), target_name)
-    if output_node is not None and output_node.GetAttribute(SYNTHETIC_OF) not in (None, input_node.GetID()):
+    if output_node is not None and output_node.GetScene() is not scene:  # deleted while the synthesis ran
         output_node = None
+    if output_node is not None and output_node.GetAttribute(SYNTHETIC_OF) is not None \
+            and output_node.GetNodeReferenceID(SYNTHETIC_OF_ROLE) != input_node.GetID():
+        output_node = None  # another input's synthesis (or one whose input is gone, or from a scene before the link)
     if output_node is None:
         output_node = mrml.node_from_volume(scene, volume, name, reference=input_node)
     else:
@@ -255,6 +275,7 @@ def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any, tar
         mrml.update_node_from_volume(output_node, volume, reference=input_node)
         output_node.CreateDefaultDisplayNodes()
     output_node.SetAttribute(SYNTHETIC_OF, input_node.GetID())
+    output_node.SetNodeReferenceID(SYNTHETIC_OF_ROLE, input_node.GetID())
     mrml.set_window_level(output_node)
     mrml.show_side_by_side(scene, input_node, output_node)
     return output_node

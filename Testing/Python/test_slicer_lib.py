@@ -35,6 +35,7 @@ from MedSynthLib.training_jobs import (  # noqa: E402
     training_configs, training_request,
 )
 from MedSynthLogic import jobs  # noqa: E402
+from MedSynthLogic import mrml as mrml_module  # noqa: E402
 from MedSynthLogic.cli import build_parser  # noqa: E402
 from MedSynthLogic.config import ModelConfig, TrainConfig, load_json_config  # noqa: E402
 from MedSynthLogic.model_file import bundled_model_path, read_header  # noqa: E402
@@ -551,8 +552,10 @@ def test_a_start_that_fails_before_the_child_leaves_no_temporary_folder(scene, p
 
     runner = FakeRunner(events=[])
     controller = _controller(scene, runner, tmp_path)
+    from MedSynthLogic.errors import InputImageError
+
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
-    with pytest.raises(ValueError, match="has no image data"):
+    with pytest.raises(InputImageError, match="has no image data"):
         controller.start_synthesis(empty, SynthesisRequest())
 
     def full_disk(node, path, **kwargs):
@@ -1365,5 +1368,123 @@ def test_a_single_slice_is_refused_before_the_launch_and_an_empty_node_is_named(
         controller.plan_synthesis(node, SynthesisRequest())
     assert not runner.jobs
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no image")
-    with pytest.raises(ValueError, match="has no image data"):
+    with pytest.raises(InputImageError, match="has no image data"):
         controller.estimate(empty, SynthesisRequest())
+    import vtk
+
+    empty.SetAndObserveImageData(vtk.vtkImageData())  # an image of no voxels: a Python error before
+    for call in (controller.estimate, controller.plan_synthesis, controller.start_synthesis):
+        with pytest.raises(InputImageError, match="has no voxels"):
+            call(empty, SynthesisRequest())
+    assert controller.estimate_text(SimpleNamespace(inputVolume=empty, modelPath=Path(), model="", stages=0,
+                                                    device="cpu", flipTTA=False, force=False, uncertainty=False)) == ""
+
+
+# ---------------------------------------------------------------------------------------------------------- scene changes
+def _node_with(scene, slicer_mod, array, ijk_to_ras, name):
+    import vtk
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(ijk_to_ras[r][c]))
+    node.SetIJKToRASMatrix(matrix)
+    slicer_mod.util.updateVolumeFromArray(node, np.ascontiguousarray(array, dtype=np.float32))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+@pytest.mark.parametrize("previous_result", [False, True])
+def test_an_output_volume_deleted_while_synthesizing_gets_a_new_node(scene, phantom_node, tmp_path, previous_result):
+    """The output selector's "Delete current Volume" (or the Data module) while the job ran: the result was thrown
+    away with "'NoneType' object has no attribute 'AutoWindowLevelOff'" (a review, session 42)."""
+    controller = _controller(scene, FakeRunner(events=[], on_finish=_write_output_like_input), tmp_path)
+    if previous_result:  # the panel's usual case: the last result is the output
+        controller.start_synthesis(phantom_node, SynthesisRequest())
+        output = controller.poll()[1].result
+    else:
+        output = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Volume")
+    controller.start_synthesis(phantom_node, SynthesisRequest(), output)
+    scene.RemoveNode(output)
+    outcome = controller.poll()[1]
+    assert outcome.state == jobs.FINISHED, outcome.message
+    assert outcome.result.GetScene() is scene and "synthetic T2" in outcome.result.GetName()
+
+
+def test_a_saved_scene_added_to_another_keeps_its_synthetic_volume_linked_to_its_own_input(slicer_mod, tmp_path, phantom):
+    """MRML renames clashing IDs when a scene is added (File › Add Data of a .mrml) and remaps node references, not
+    attributes: the "synthetic of" ID then named another patient's volume, whose synthesis went into the first
+    patient's synthetic T2 node (a review, session 42). The link is a node reference now, for the map too."""
+    from MedSynthLogic import mrml
+    from MedSynthLogic.volume_io import write_volume
+
+    first = slicer_mod.vtkMRMLScene()
+    controller = _controller(first, FakeRunner(events=[], on_finish=_write_output_like_input), tmp_path)
+    pad = first.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "pad")
+    b = mrml.load_volume_file(first, write_volume(phantom.t1ce, tmp_path / "B_t1ce.nii.gz"))
+    controller.start_synthesis(b, SynthesisRequest())
+    synthetic_b = controller.poll()[1].result
+    storage = synthetic_b.CreateDefaultStorageNode()
+    first.AddNode(storage)
+    synthetic_b.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(str(tmp_path / "B_synthetic.nrrd"))
+    storage.WriteData(synthetic_b)
+    first.RemoveNode(pad)
+    first.SetURL(str(tmp_path / "B.mrml"))
+    first.SetRootDirectory(str(tmp_path))
+    assert first.Commit()
+
+    second = slicer_mod.vtkMRMLScene()  # patient A is open: two volumes, so B's IDs clash
+    mrml.load_volume_file(second, write_volume(phantom.t1ce, tmp_path / "A_t1ce.nii.gz"))
+    a_t1 = mrml.load_volume_file(second, write_volume(phantom.t1ce.with_array(phantom.t1ce.array * 1.3), tmp_path / "A_t1.nii.gz"))
+    second.SetURL(str(tmp_path / "B.mrml"))
+    second.Import()
+    imported = second.GetFirstNodeByName("B_t1ce synthetic T2")
+    assert imported.GetNodeReferenceID(synthesis_module.SYNTHETIC_OF_ROLE) == second.GetFirstNodeByName("B_t1ce").GetID()
+    before = slicer_mod.util.arrayFromVolume(imported).copy()
+    again = _controller(second, FakeRunner(events=[], on_finish=_write_output_like_input), tmp_path)
+    again.start_synthesis(a_t1, SynthesisRequest(), imported)  # the output selector still on B's synthetic T2
+    result = again.poll()[1].result
+    assert result is not imported and np.array_equal(slicer_mod.util.arrayFromVolume(imported), before)
+
+
+def test_a_parent_transform_that_reorients_the_input_reaches_the_synthesis(slicer_mod, tmp_path, phantom):
+    """A volume whose header is wrong, its orientation fixed by a transform in the Transforms module, not hardened:
+    the child read the stored header only, so the network saw the anatomy in the wrong axis order (28.6 % of the
+    voxels differed from the hardened volume's synthesis, by up to 535; a review, session 42). The result stays on
+    the node's own grid under the same transform."""
+    import vtk
+
+    from MedSynthLib.controller import MedSynthController, start_cli_job
+
+    scene = slicer_mod.vtkMRMLScene()
+    base = np.diag([-1.0, -1.0, 1.0, 1.0])
+    array = phantom.t1ce.array
+    stored = np.ascontiguousarray(np.transpose(array, (2, 1, 0))[::-1])  # sagittal-first, the header says axial
+    true = np.eye(4)
+    true[:3, 0], true[:3, 1], true[:3, 2] = base[:3, 2], base[:3, 1], -base[:3, 0]
+    true[:3, 3] = base[:3, 0] * (array.shape[2] - 1)
+    transformed = _node_with(scene, slicer_mod, stored, base, "T1ce")
+    fix = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "fix orientation")
+    matrix, parent = vtk.vtkMatrix4x4(), true @ np.linalg.inv(base)
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, parent[r, c])
+    fix.SetMatrixTransformToParent(matrix)
+    transformed.SetAndObserveTransformNodeID(fix.GetID())
+    hardened = _node_with(scene, slicer_mod, stored, true, "T1ce hardened")
+    controller = MedSynthController(scene, runner=start_cli_job, temp_root=str(tmp_path), input_checker=no_findings)
+    results = []
+    for node in (transformed, hardened):
+        controller.start_synthesis(node, SynthesisRequest(device="cpu", force=True))
+        outcome = _run_to_end(controller)[1]
+        assert outcome.state == jobs.FINISHED, outcome.message
+        results.append(outcome.result)
+    np.testing.assert_allclose(*(slicer_mod.util.arrayFromVolume(node) for node in results), atol=1e-2)
+    assert results[0].GetParentTransformNode() is fix
+    np.testing.assert_array_equal(mrml_module.node_ijk_to_ras(results[0]), base)
+    assert not controller.plan_synthesis(transformed, SynthesisRequest(force=True)).notes
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
+    transformed.SetAndObserveTransformNodeID(grid.GetID())
+    assert any("non-linear transform" in note for note in controller.plan_synthesis(transformed, SynthesisRequest(force=True)).notes)
