@@ -22,6 +22,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..atomic import check_output_path
+from ..checkpoint import latest_checkpoint
 from ..batch_sources import AlternateSource, batch_source
 from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
@@ -102,9 +103,10 @@ def train(
     if keep_every < 0:
         raise UsageError(f"keep_every must be 0 (off) or a number of iterations, not {keep_every}.")
     ctx = dist_utils.init_distributed(resolve_device(str(device)))
-    lock = None
+    lock, folder = None, None
     try:
         session = open_session(model_cfg, train_cfg, ctx, out, run_dir, callback, stop_event, keep_checkpoints, keep_every)
+        folder = session.run_dir
         lock = _lock_run_folder(session.run_dir, ctx)
         session.stop_after, session.data = stop_after, plan.summary()
         if not resume and start_stage == 0:
@@ -136,28 +138,33 @@ def train(
         first: Optional[Start] = start
         resumed_from, stages = start.resumed_from, range(start.stage, model_cfg.stages)
         del start  # only the first stage starts from it; past that, its checkpoint or model file can go
-        try:
-            for stage in stages:
-                if session.slice_over() or not _train_stage(session, plan, chain, stage, first, val_volumes):
-                    return None
-                first = None
-        except RuntimeError as exc:
-            if ctx.enabled and dist_utils.lost_contact(exc):
-                raise ResourceError(
-                    f"Process {ctx.rank} of {ctx.world_size} lost contact with another process of this run, which "
-                    f"stopped or died ({str(exc).splitlines()[0][:200]}).",
-                    f"Find why in that process's log; the newest checkpoint is in {session.run_dir}: run the same "
-                    "command with --resume.") from exc
-            raise
+        for stage in stages:
+            if session.slice_over() or not _train_stage(session, plan, chain, stage, first, val_volumes):
+                return None
+            first = None
         if ctx.is_main:
             write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), session.patches_seen, amp_dtype,
                                 resumed_from, command, session.metrics, prior_record(prior), session.stages_from_file,
                                 session.stages_from_path)
         dist_utils.barrier(ctx)
         return out
+    except RuntimeError as exc:  # anywhere a collective waits: opening the folder, the lock, the model file's barrier
+        if ctx.enabled and dist_utils.lost_contact(exc):
+            raise _lost_contact(exc, ctx, folder) from exc
+        raise
     finally:
         release_run_folder(lock)
         dist_utils.cleanup(ctx)
+
+
+def _lost_contact(exc: RuntimeError, ctx: dist_utils.DistContext, folder: Optional[Path]) -> ResourceError:
+    """The one message of a rank whose collective failed because another rank stopped or died (exit 8); it names a
+    checkpoint to resume from only when the run folder holds one."""
+    newest = latest_checkpoint(folder) if folder is not None and folder.is_dir() else None
+    hint = (f"Find why in that process's log; the newest checkpoint is {newest}: run the same command with --resume."
+            if newest is not None else "Find why in that process's log; no checkpoint was written yet.")
+    return ResourceError(f"Process {ctx.rank} of {ctx.world_size} lost contact with another process of this run, "
+                         f"which stopped or died ({str(exc).splitlines()[0][:200]}).", hint)
 
 
 def _lock_run_folder(run_dir: Path, ctx: dist_utils.DistContext) -> Any:
@@ -221,6 +228,8 @@ def _train_stage(
     source = batch_source(plan.train_h5, plan.val_h5, context_train, context_val, cfg, tcfg, stage, first, ctx, variants,
                           alternate)
     log = LossLog(tcfg, ctx, tcfg.iterations * cfg.stages, stage, s.elapsed_before - s.t_start)
+    if 0 < first == tcfg.iterations and validation_due(tcfg, first):  # stopped in the stage's last validation: redo it
+        _validate(s, chain, stage, trainer, source, val_volumes, first)
     for it in range(first, tcfg.iterations):
         src, tgt, mask = (None if t is None else t.to(dev, non_blocking=True) for t in source.batch(it))
         losses = trainer.step(src, tgt, mask, it)
@@ -235,8 +244,8 @@ def _train_stage(
             paused = time.perf_counter()
             _validate(s, chain, stage, trainer, source, val_volumes, done)
             log.exclude(time.perf_counter() - paused)
-        if s.stopper():
-            s.save(chain, stage, done, done == tcfg.iterations, trainer, "stop")
+        if s.stopper():  # even after the last iteration the stage is not done: its end (the EMA's weights) runs on resume
+            s.save(chain, stage, done, False, trainer, "stop")
             raise Cancelled(f"Training stopped at stage {stage + 1}, iteration {done}; its checkpoint is in {s.run_dir}.",
                             "Run the same command with --resume to go on.", reason="stopped")
         if s.slice_over() and done < tcfg.iterations:

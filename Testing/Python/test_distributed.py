@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -135,6 +136,23 @@ def test_three_processes_resume_exactly(tmp_path):
     assert a.keys() == b.keys()
     differing = [k for k in a if not (a[k] == b[k]).all()]
     assert not differing, f"the resumed run differs in {differing[:5]}"
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_before_training_ends_the_other_with_the_one_message(tmp_path):
+    """Rank 0 cannot make the run folder: it exits 7 with its own error; rank 1, waiting in the first collective, gave
+    a raw gloo traceback (exit 1) instead of the documented "lost contact" message with exit 8, and that message
+    named a checkpoint to resume from when there was none (a DDP review, session 42)."""
+    _cfg, _data, out, cmd = _phantom_run(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd + ["--run-dir", str(tmp_path / "a_file" / "run")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    output = proc.stdout + proc.stderr  # torchrun's own summary of the failed ranks is a traceback of its own
+    assert proc.returncode != 0 and "RuntimeError: [" not in output, output[-3000:]
+    assert "process 1): error: Process 1 of 2 lost contact with another process of this run" in output, output[-3000:]
+    assert "no checkpoint was written yet" in output and "Cannot create the output folder" in output
+    assert re.search(r"exitcode\s*:\s*8", output) or "exitcode: 8" in output, output[-2000:]
 
 
 def test_the_torchrun_entry_prints_plain_lines_and_names_an_errors_reason(tmp_path, capsys):
