@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, List
 
 from .errors import OutputError
 
@@ -61,6 +61,20 @@ def make_output_folder(folder: str | os.PathLike) -> Path:
     return path
 
 
+def temporary_prefix(name: str) -> str:
+    """How ``atomic_path`` starts the temporary file it writes beside a file called ``name``."""
+    return f".{name[:24]}."
+
+
+def stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> List[Path]:
+    """Temporary files ``atomic_path`` left beside these names in ``folder``: a process killed outright (out of
+    memory, ``kill -9``) cannot remove them, and for HDF5 outputs they reach gigabytes."""
+    found: List[Path] = []
+    for name in names:
+        found += sorted(p for p in Path(folder).glob(temporary_prefix(name) + "*.tmp*") if p.is_file())
+    return found
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``.
@@ -74,7 +88,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         suffix = "".join(final.suffixes[-2:]) if name.endswith(".gz") else final.suffix
     try:
         # a short prefix: the whole name again made the temporary path overrun Windows' 260 characters first
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name[:24]}.", suffix=f".tmp{suffix}", dir=final.parent if str(final.parent) else ".")
+        fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(name), suffix=f".tmp{suffix}", dir=final.parent if str(final.parent) else ".")
     except OSError as exc:
         raise (as_output_error(exc, final) or exc) from exc
     os.close(fd)

@@ -233,6 +233,7 @@ def _cases_from_csv(path: Path, skip_incomplete: bool, only: Optional[Sequence[s
     cases: List[Case] = []
     incomplete: List[str] = []
     seen: Dict[str, int] = {}
+    owner: Dict[Path, str] = {}  # a source or target file → the case that names it
     for line, row in enumerate(rows, start=2):
         cid = row.get("case", "")
         if not cid:
@@ -254,6 +255,7 @@ def _cases_from_csv(path: Path, skip_incomplete: bool, only: Optional[Sequence[s
             if only is None or cid in only:
                 incomplete.append(f"{cid} (" + ", ".join(f"{k} {paths[k] if paths[k] else 'not given'} missing" for k in absent) + ")")
             continue
+        _check_own_files(path, line, cid, paths["source"], paths["target"], owner)  # type: ignore[arg-type]
         cases.append(Case(cid, paths["source"], paths["target"], paths["mask"], paths["seg"]))  # type: ignore[arg-type]
     if not rows:
         raise DataError(f"The case list {path} has no cases.", "Add one line per case below the header.")
@@ -261,6 +263,22 @@ def _cases_from_csv(path: Path, skip_incomplete: bool, only: Optional[Sequence[s
 
 
 # --------------------------------------------------------------------------------------------- split
+
+
+def _check_own_files(csv_path: Path, line: int, case_id: str, source: Path, target: Path, owner: Dict[Path, str]) -> None:
+    """A row whose source is its target (an identity mapping to learn), or a file that another row names too (one
+    subject under two ids, which the split can put in training and validation both), is refused, as the patterns
+    refuse one file matching source and target."""
+    source_file, target_file = source.resolve(), target.resolve()
+    if source_file == target_file:
+        raise DataError(f"{csv_path} line {line}: case {case_id} names the same file {source} as source and target.",
+                        "Give the source and the target volume of that case.")
+    for role, file in (("source", source_file), ("target", target_file)):
+        if file in owner:
+            raise DataError(f"{csv_path} line {line}: the {role} {file} of case {case_id} is also named by case "
+                            f"{owner[file]}.", "List each subject once: two ids of one subject can land in training "
+                            "and validation both.")
+        owner[file] = case_id
 
 
 def companion_t1(source: PathLike) -> Optional[Path]:

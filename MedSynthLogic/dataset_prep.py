@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_text, make_output_folder
+from .atomic import atomic_path, atomic_write_text, make_output_folder, stale_temporaries
 from .config import ModelConfig, to_dict
 from .dataset_cases import BRATS_PATTERN, Case, case_key, find_cases, select_cases, split_cases
 from .errors import DataError, GeometryError, MedSynthError, OutputError, UsageError
@@ -238,6 +238,12 @@ def prepare_dataset(
     _check_outputs(out, overwrite)
     splits = {"train": train, "val": val}
     emit = progress or (lambda event: None)
+    stale = stale_temporaries(out, OUTPUT_FILES)
+    if stale:  # not removed: another prepare may be writing into this folder right now
+        size = sum(path.stat().st_size for path in stale) / 2**20
+        emit(warning_event("prepare", f"{out} holds {len(stale)} temporary file(s) ({size:.0f} MiB) that a prepare "
+                           f"ended outright (out of memory, killed) left behind: {', '.join(p.name for p in stale)}. "
+                           "Delete them unless another prepare is writing into this folder now"))
     emit(progress_event("prepare", 0, len(cases), case=None))
     case_entries: Dict[str, Dict[str, Any]] = {}
     done = 0

@@ -925,3 +925,21 @@ def test_a_stop_file_is_refused_on_a_worker_thread(capsys):
     worker.start()
     worker.join(timeout=60)
     assert codes == [2] and "runs as a process of its own" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["prepare", "cases", "out"], "Each case is read whole"),
+    (["synthesize", "a.nii.gz", "b.nii.gz"], "smaller --tile"),
+    (["train", "--data", "d", "--out", "m.safetensors"], "smaller --batch-size"),
+])
+def test_running_out_of_memory_names_what_that_command_can_change(argv, hint, monkeypatch, capsys):
+    """prepare, which has no --tile, was told to use a smaller --tile (a data review, session 42)."""
+    from MedSynthLogic import cli
+
+    def out_of_memory(args, report):
+        raise MemoryError
+
+    monkeypatch.setitem(cli.HANDLERS, argv[0], out_of_memory)
+    assert cli.main(argv) == 8
+    err = capsys.readouterr().err
+    assert hint in err and ("--tile" in err) == (hint == "smaller --tile")

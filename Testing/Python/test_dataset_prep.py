@@ -158,6 +158,14 @@ def test_find_cases_csv(tmp_path):
     with pytest.raises(DataError, match="lines 2 and 3"):
         find_cases(None, csv=table)
 
+    # a data review (session 42): an identity row, and one subject under two ids (training and validation both)
+    table.write_text("case,source,target\nx,data/x_a.nii.gz,data/x_a.nii.gz\n")
+    with pytest.raises(DataError, match="line 2: case x names the same file"):
+        find_cases(None, csv=table)
+    table.write_text("case,source,target\nx,data/x_a.nii.gz,data/x_b.nii.gz\nx2,data/x_a.nii.gz,data/x_b.nii.gz\n")
+    with pytest.raises(DataError, match="line 3: the source .*x_a.nii.gz of case x2 is also named by case x"):
+        find_cases(None, csv=table)
+
 
 def test_split_cases_deterministic_by_id():
     cases = [Case(f"c{i}", f"s{i}", f"t{i}") for i in range(10)]
@@ -311,6 +319,13 @@ def test_prepare_refuses_existing_outputs_and_is_deterministic(prepared, tmp_pat
     assert m3["counts"] == {"train": 9, "val": 0} and m3["splits"]["val"] == []
     assert not (out2 / "val.h5").exists()
     assert not list(out2.glob(".*tmp*"))
+    # a prepare killed outright (out of memory, kill -9) leaves its temporary files: the next one says so, keeps them
+    left = out2 / ".train.h5.t6w34iil.tmp.h5"
+    left.write_bytes(b"\0" * 2**20)
+    events = []
+    prepare_dataset(cases, out2, cfg, patches_per_case=3, val_fraction=0.0, overwrite=True, progress=events.append)
+    (warning,) = [e["message"] for e in events if e["event"] == "warning" and "temporary" in e["message"]]
+    assert ".train.h5.t6w34iil.tmp.h5" in warning and "(1 MiB)" in warning and left.exists()
 
 
 def test_prepare_mask_file_geometry_and_errors(tmp_path):
