@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 BRATS_PATTERN = "{case}/{case}_{suffix}.nii*"
+#: File endings read as images in a folder (the formats SimpleITK reads that MedSynth documents).
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".hdr")
 
-__all__ = ["BRATS_PATTERN", "Case", "CaseFiles", "case_glob", "case_key", "companion_t1", "find_cases", "pattern_regex", "select_cases",
+__all__ = ["BRATS_PATTERN", "IMAGE_SUFFIXES", "Case", "CaseFiles", "case_glob", "case_key", "companion_t1", "find_cases", "pattern_regex", "select_cases",
            "split_cases"]
 
 
@@ -167,6 +169,8 @@ def find_cases(
     cases: List[Case] = []
     incomplete: List[str] = []
     ambiguous: List[str] = []
+    if not (source_pattern or target_pattern or pattern):
+        incomplete += _unnamed_case_folders(root, ids, source_suffix, target_suffix, only)
     for cid in ids:
         wanted = only is None or cid in only  # a case left out of the selection is not judged
         problems: List[str] = []
@@ -193,6 +197,22 @@ def find_cases(
             "Make the patterns more specific so each picks one file per case.",
         )
     return _finish(cases, incomplete, skip_incomplete, str(root), named=only is not None)
+
+
+def _unnamed_case_folders(root: Path, ids: Sequence[str], source_suffix: str, target_suffix: str,
+                          only: Optional[Sequence[str]]) -> List[str]:
+    """Sub-folders that hold images but no file of BraTS naming (``<case>_T1CE.nii.gz``, ``<case>_t1ce.mha``): they
+    were left out without a word, while ``synthesize`` on the same folder read them (a data review, session 42)."""
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ids):
+        if only is not None and folder.name not in only:
+            continue
+        images = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        if images:
+            found.append(f"{folder.name} (holds {', '.join(images[:3])}{', …' if len(images) > 3 else ''} but no "
+                         f"{folder.name}_{source_suffix}.nii.gz or {folder.name}_{target_suffix}.nii.gz: BraTS naming "
+                         "matches the suffix as written and NIfTI files only)")
+    return found
 
 
 def _finish(cases: List[Case], incomplete: List[str], skip_incomplete: bool, where: str, named: bool = False) -> List[Case]:

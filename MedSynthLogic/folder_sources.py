@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from .dataset_cases import case_glob, pattern_regex
+from .dataset_cases import IMAGE_SUFFIXES, case_glob, pattern_regex
 from .errors import InputImageError, OutputError, UsageError
 from .volume_io import WRITABLE_SUFFIXES
 
 PathLike = Union[str, os.PathLike]
-#: File endings read as images in a folder (the formats SimpleITK reads that MedSynth documents).
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".hdr")
 
 __all__ = ["Source", "find_sources", "output_name", "check_output_folder", "image_stem", "IMAGE_SUFFIXES"]
 

@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from .atomic import atomic_write_text
+from .dataset_cases import IMAGE_SUFFIXES
 from .errors import DataError, GeometryError, InputImageError
 from .volume_io import Volume, read_volume, same_grid
 
@@ -257,9 +258,6 @@ def _protocol(percentile: float, pred_scale: Optional[float] = None, window: Opt
 #: 18 % below the sample SD, so the rule is written into every report).
 SUMMARY_RULE = ("summary: mean and population standard deviation (ddof 0) over the n cases that have the metric "
                 "(tumour metrics: the cases with a tumour label)")
-
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 def _case_id(path: Path) -> str:

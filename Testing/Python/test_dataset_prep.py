@@ -498,3 +498,21 @@ def test_prepare_warns_of_a_voxel_size_unlike_the_configs(tmp_path):
         assert len(warned) == expected, warned
         assert all("its voxels (0.7 × 0.7 × 0.7 mm) are not the 1 × 1 × 1 mm of the config's input.spacing_mm"
                    in message for message in warned)
+
+
+def test_a_case_folder_whose_files_brats_naming_misses_is_named_not_left_out(tmp_path):
+    """`upper/upper_T1CE.nii.gz` and `mha/mha_t1ce.mha` were left out of prepare without a word, while synthesize on
+    the same folder read them (a data review, session 42); a folder of other files (notes) is no case."""
+    for cid in ("p1", "p2"):
+        _touch(tmp_path / cid / f"{cid}_t1ce.nii.gz")
+        _touch(tmp_path / cid / f"{cid}_t2.nii.gz")
+    _touch(tmp_path / "upper" / "upper_T1CE.nii.gz")
+    _touch(tmp_path / "upper" / "upper_T2.nii.gz")
+    _touch(tmp_path / "mha" / "mha_t1ce.mha")
+    _touch(tmp_path / "notes" / "readme.txt")
+    with pytest.raises(DataError, match=r"2 case\(s\) .* incomplete: mha \(holds mha_t1ce.mha but no mha_t1ce.nii.gz.*"
+                                        r"upper \(holds upper_T1CE.nii.gz, upper_T2.nii.gz but no upper_t1ce.nii.gz"):
+        find_cases(tmp_path)
+    assert [c.case_id for c in find_cases(tmp_path, skip_incomplete=True)] == ["p1", "p2"]
+    assert [c.case_id for c in find_cases(tmp_path, only=["p1"])] == ["p1", "p2"]  # not selected: not judged
+    assert [c.case_id for c in find_cases(tmp_path, source_suffix="T1CE", target_suffix="T2", only=["upper"])] == ["upper"]
