@@ -84,6 +84,11 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
             notes.append("Resampled the mask onto the source grid: " + "; ".join(diffs) + ".")
     else:
         mask = brain_mask(source.array, norm.mask_threshold)
+    if case.seg is not None:  # the manifest records it for evaluate: one it cannot read must fail here, not after training
+        _, seg_diffs = region_on_grid(read_volume(case.seg), source)
+        if seg_diffs:
+            notes.append("The segmentation is on another grid than the source (evaluate resamples it): "
+                         + "; ".join(seg_diffs) + ".")
     if not mask.any():
         raise DataError(
             "The brain mask is empty.",

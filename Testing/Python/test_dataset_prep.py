@@ -12,7 +12,7 @@ import pytest
 
 from MedSynthLogic.dataset_prep import Case, find_cases, prepare_dataset, select_cases, split_cases
 from MedSynthLogic.dataset_cases import case_glob
-from MedSynthLogic.errors import DataError, GeometryError, OutputError, UsageError
+from MedSynthLogic.errors import DataError, GeometryError, InputImageError, OutputError, UsageError
 from MedSynthLogic.h5data import PatchDataset, load_volumes, open_patch_file
 from MedSynthLogic.patches import centre_crop, extract_patches
 
@@ -364,6 +364,14 @@ def test_prepare_mask_file_geometry_and_errors(tmp_path):
     assert not (tmp_path / "o3" / "train.h5").exists() and not list((tmp_path / "o3").glob(".*"))
     with pytest.raises(DataError):
         prepare_dataset([], tmp_path / "o4", cfg)
+    # a segmentation the manifest records for evaluate is read here: an unreadable one failed only after training
+    (tmp_path / "seg.nii.gz").write_bytes(b"not an image")
+    unreadable = Case("m4", tmp_path / "s.nii.gz", tmp_path / "t.nii.gz", mask=tmp_path / "m.nii.gz", seg=tmp_path / "seg.nii.gz")
+    with pytest.raises(InputImageError, match="Case m4: .*seg.nii.gz"):
+        prepare_dataset([unreadable], tmp_path / "o7", cfg, patches_per_case=4, val_fraction=0.0)
+    write_volume(shifted, tmp_path / "seg.nii.gz", overwrite=True)
+    m = prepare_dataset([unreadable], tmp_path / "o8", cfg, patches_per_case=4, val_fraction=0.0)
+    assert any(n.startswith("The segmentation is on another grid") for n in m["cases"]["m4"]["notes"])
 
 
 def test_the_manifest_keeps_the_names_of_linked_files(prepared, tmp_path):
