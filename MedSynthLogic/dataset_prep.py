@@ -72,8 +72,10 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
 
     norm = model_cfg.normalisation
     t0 = time.perf_counter()
-    source, target, notes = align_pair(read_volume(case.source), read_volume(case.target), policy=geometry,
+    raw_target = read_volume(case.target)
+    source, target, notes = align_pair(read_volume(case.source), raw_target, policy=geometry,
                                        fill=target_background(norm.target))
+    resampled = list(notes)  # said as warnings too, as evaluate says them
     if case.mask is not None:
         mvol = read_volume(case.mask)
         if geometry == "refuse" and same_grid(source, mvol):
@@ -84,6 +86,16 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
             notes.append("Resampled the mask onto the source grid: " + "; ".join(diffs) + ".")
     else:
         mask = brain_mask(source.array, norm.mask_threshold)
+    coverage = []
+    if resampled:  # where the target's field of view does not reach, it holds only its background
+        covered, _ = region_on_grid(raw_target.with_array(np.ones(raw_target.shape, np.float32)), source)
+        missed = int(np.count_nonzero(mask & ~covered))
+        if missed:
+            coverage.append(f"the target's field of view misses {missed} of the brain mask's {int(mask.sum())} voxels "
+                            f"({100.0 * missed / mask.sum():.1f} %): they are left out of training, which would "
+                            "otherwise learn the target's background there")
+            mask = mask & covered
+    del raw_target
     if case.seg is not None:  # the manifest records it for evaluate: one it cannot read must fail here, not after training
         _, seg_diffs = region_on_grid(read_volume(case.seg), source)
         if seg_diffs:
@@ -99,7 +111,7 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         notes.append(f"Reordered the voxel axes from {orientation_code(source.direction)} to LPS, the order models "
                      "see every volume in.")
         source, target, mask = order.volume(source), order.volume(target), np.ascontiguousarray(order.forward(mask))
-    warnings = source_warnings(source, mask, model_cfg, name=str(case.source)) + target_warnings(target.array, mask, norm.target)
+    warnings = coverage + source_warnings(source, mask, model_cfg, name=str(case.source)) + target_warnings(target.array, mask, norm.target)
     t1 = time.perf_counter()
     src, src_tr = normalise_source(source.array, mask, norm)
     tgt, tgt_tr = normalise_target(target.array, mask, norm)
@@ -112,7 +124,7 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         "target_transform": tgt_tr.to_dict(),
         "geometry": {"spacing": list(source.spacing), "origin": list(source.origin), "direction": list(source.direction)},
         "notes": notes + warnings,
-        "warnings": warnings,
+        "warnings": [note.rstrip(".") for note in resampled] + warnings,
         "read_s": t1 - t0,
         "normalise_s": t2 - t1,
     }

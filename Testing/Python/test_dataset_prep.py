@@ -524,3 +524,29 @@ def test_a_case_folder_whose_files_brats_naming_misses_is_named_not_left_out(tmp
     assert [c.case_id for c in find_cases(tmp_path, skip_incomplete=True)] == ["p1", "p2"]
     assert [c.case_id for c in find_cases(tmp_path, only=["p1"])] == ["p1", "p2"]  # not selected: not judged
     assert [c.case_id for c in find_cases(tmp_path, source_suffix="T1CE", target_suffix="T2", only=["upper"])] == ["upper"]
+
+
+def test_a_target_whose_field_of_view_misses_part_of_the_brain_is_said_and_left_out_there(tmp_path):
+    """A T2 with its lowest slices cut off was resampled onto the source with 0 there and trained as black brain,
+    without a word (a data review, session 42: 5.2 % of the mask); prepare did not print the resampling either."""
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.volume_io import Volume, write_volume
+
+    cfg = ModelConfig(source_patch=20)
+    src, tgt = _pair(5, shape=(30, 26, 22))
+    mask = src.array > 0
+    write_volume(src, tmp_path / "s.nii.gz")
+    cut = 6  # the target's field of view starts 6 slices higher (z is the array's first axis)
+    short = Volume(np.ascontiguousarray(tgt.array[cut:]), spacing=tgt.spacing,
+                   origin=tuple(o + cut * tgt.spacing[2] * d for o, d in zip(tgt.origin, tgt.direction[2::3])),
+                   direction=tgt.direction)
+    write_volume(short, tmp_path / "t.nii.gz")
+    events = []
+    m = prepare_dataset([Case("c", tmp_path / "s.nii.gz", tmp_path / "t.nii.gz")], tmp_path / "out", cfg,
+                        patches_per_case=4, val_fraction=0.0, progress=events.append)
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    missed = int(mask[:cut].sum())
+    assert missed > 0 and any(w.startswith("c: Resampled the target onto the source grid") for w in warnings)
+    assert any(f"the target's field of view misses {missed} of the brain mask's {int(mask.sum())} voxels" in w
+               for w in warnings), warnings
+    assert m["cases"]["c"]["mask_voxels"] == int(mask.sum()) - missed
