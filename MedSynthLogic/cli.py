@@ -285,11 +285,11 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     except KeyboardInterrupt:
         return _fail(report, Cancelled("Interrupted."))
     except MemoryError:
-        return _fail(report, ResourceError("Out of memory.", _memory_hint(args, "or a machine with more memory"),
+        return _fail(report, ResourceError("Out of memory.", _memory_hint(args, device_memory=False),
                                            reason="out_of_memory"))
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
-            return _fail(report, ResourceError(f"Out of memory: {exc}", _memory_hint(args, "or --device cpu"),
+            return _fail(report, ResourceError(f"Out of memory: {exc}", _memory_hint(args, device_memory=True),
                                                reason="out_of_memory"))
         raise
     finally:
@@ -299,14 +299,18 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         report.close()
 
 
-def _memory_hint(args: argparse.Namespace, otherwise: str) -> str:
-    """What the command that ran out of memory can change: prepare had been told to use a --tile it does not have."""
+def _memory_hint(args: argparse.Namespace, device_memory: bool) -> str:
+    """What the command that ran out of memory can change (``device_memory``: the GPU's ran out): prepare had been
+    told to use a --tile it does not have."""
+    otherwise = "or --device cpu" if device_memory else "or a machine with more memory"
     if hasattr(args, "tile"):
         return f"Use a smaller --tile {otherwise}."
     if args.command == "train":
         return f"Use a smaller --batch-size {otherwise}."
     if args.command == "prepare":
         return "Each case is read whole: resample very large volumes first, or use a machine with more memory."
+    if device_memory and hasattr(args, "device"):
+        return "Run it with --device cpu, or on a machine with more memory."
     return "Use a machine with more memory."
 
 

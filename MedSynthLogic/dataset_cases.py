@@ -25,7 +25,8 @@ BRATS_PATTERN = "{case}/{case}_{suffix}.nii*"
 #: File endings read as images in a folder (the formats SimpleITK reads that MedSynth documents).
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".hdr")
 
-__all__ = ["BRATS_PATTERN", "IMAGE_SUFFIXES", "Case", "CaseFiles", "case_glob", "case_key", "companion_t1", "find_cases", "pattern_regex", "select_cases",
+__all__ = ["BRATS_PATTERN", "IMAGE_SUFFIXES", "Case", "CaseFiles", "case_glob", "case_key", "companion_t1", "find_cases", "image_ending",
+           "image_stem", "pattern_regex", "select_cases",
            "split_cases"]
 
 
@@ -201,18 +202,31 @@ def find_cases(
 
 def _unnamed_case_folders(root: Path, ids: Sequence[str], source_suffix: str, target_suffix: str,
                           only: Optional[Sequence[str]]) -> List[str]:
-    """Sub-folders that hold images but no file of BraTS naming (``<case>_T1CE.nii.gz``, ``<case>_t1ce.mha``): they
-    were left out without a word, while ``synthesize`` on the same folder read them (a data review, session 42)."""
+    """Sub-folders named like a case whose files BraTS naming misses only by case or format (``<case>_T1CE.nii.gz``,
+    ``<case>_t1ce.mha``): they were left out without a word, while ``synthesize`` on the same folder read them (a
+    data review, session 42). A folder of other images (``synthesize``'s own output folder) is not a case."""
     found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ids):
         if only is not None and folder.name not in only:
             continue
-        images = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
-        if images:
-            found.append(f"{folder.name} (holds {', '.join(images[:3])}{', …' if len(images) > 3 else ''} but no "
-                         f"{folder.name}_{source_suffix}.nii.gz or {folder.name}_{target_suffix}.nii.gz: BraTS naming "
-                         "matches the suffix as written and NIfTI files only)")
+        wanted = {f"{folder.name}_{suffix}".lower() for suffix in (source_suffix, target_suffix)}
+        near = sorted(p.name for p in folder.iterdir() if p.is_file() and image_stem(p.name).lower() in wanted)
+        if near:
+            found.append(f"{folder.name} (holds {', '.join(near)} but no {folder.name}_{source_suffix}.nii.gz or "
+                         f"{folder.name}_{target_suffix}.nii.gz: BraTS naming matches the suffix as written and NIfTI "
+                         "files only)")
     return found
+
+
+def image_ending(name: str) -> str:
+    """A file name's image ending in lower case (``.nii.gz`` …, one of ``IMAGE_SUFFIXES``), or "" for no image."""
+    lower = name.lower()
+    return next((suffix for suffix in IMAGE_SUFFIXES if lower.endswith(suffix)), "")
+
+
+def image_stem(name: str) -> str:
+    """A file name without its image ending (``case_t1ce.nii.gz`` → ``case_t1ce``); other names unchanged."""
+    return name[: len(name) - len(image_ending(name))]
 
 
 def _finish(cases: List[Case], incomplete: List[str], skip_incomplete: bool, where: str, named: bool = False) -> List[Case]:

@@ -90,11 +90,11 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
     if resampled:  # where the target's field of view does not reach, it holds only its background
         covered, _ = region_on_grid(raw_target.with_array(np.ones(raw_target.shape, np.float32)), source)
         missed = int(np.count_nonzero(mask & ~covered))
-        if missed:
+        if missed:  # the mask stays: it also normalises the source and bounds the context, as in synthesis
             coverage.append(f"the target's field of view misses {missed} of the brain mask's {int(mask.sum())} voxels "
-                            f"({100.0 * missed / mask.sum():.1f} %): they are left out of training, which would "
-                            "otherwise learn the target's background there")
-            mask = mask & covered
+                            f"({100.0 * missed / mask.sum():.1f} %), where training learns the target's background as "
+                            "brain: leave that case out, or give a mask file (or crop the source) inside the target's "
+                            "field of view")
     del raw_target
     if case.seg is not None:  # the manifest records it for evaluate: one it cannot read must fail here, not after training
         _, seg_diffs = region_on_grid(read_volume(case.seg), source)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from .dataset_cases import IMAGE_SUFFIXES, case_glob, pattern_regex
+from .dataset_cases import IMAGE_SUFFIXES, case_glob, image_ending, image_stem, pattern_regex
 from .errors import InputImageError, OutputError, UsageError
 from .volume_io import WRITABLE_SUFFIXES
 
@@ -32,23 +32,12 @@ class Source:
     path: Path
 
 
-def _image_suffix(name: str) -> str:
-    lower = name.lower()
-    return next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), "")
-
-
-def image_stem(name: str) -> str:
-    """A file name without its image ending (``case_t1ce.nii.gz`` → ``case_t1ce``); other names unchanged."""
-    suffix = _image_suffix(name)
-    return name[: len(name) - len(suffix)] if suffix else name
-
-
 def _brats_sources(folder: Path, suffix: str) -> List[Source]:
     """``<case>/<case>_<suffix>.<ext>`` and ``<case>_<suffix>.<ext>`` (case-insensitive suffix)."""
     found = []
     for path in sorted(list(folder.glob("*/*")) + list(folder.glob("*"))):
         stem = image_stem(path.name)
-        if not path.is_file() or not _image_suffix(path.name) or not stem.lower().endswith("_" + suffix):
+        if not path.is_file() or not image_ending(path.name) or not stem.lower().endswith("_" + suffix):
             continue
         case = stem[: -len(suffix) - 1]
         nested = path.parent != folder
@@ -116,7 +105,7 @@ def find_sources(folder: PathLike, source_name: str = "T1ce", pattern: Optional[
 
 def output_name(source: Source, target_name: str = "T2") -> str:
     """``<case>_synthetic_<target>`` with the source's extension when MedSynth writes it, else ``.nii.gz``."""
-    suffix = _image_suffix(source.path.name)
+    suffix = image_ending(source.path.name)
     ext = suffix if suffix in WRITABLE_SUFFIXES else ".nii.gz"
     target = re.sub(r"\W+", "_", target_name.strip().lower()) or "target"
     return f"{source.case_id}_synthetic_{target}{ext}"
@@ -135,7 +124,7 @@ def check_output_folder(out_dir: PathLike, in_dir: PathLike) -> Path:
             f"The output {out} is a file, but the source {src} is a folder: the results need an output folder.",
             "Give a folder (it is created if missing), e.g. synthetic_t2/.",
         )
-    if not out.exists() and _image_suffix(out.name):
+    if not out.exists() and image_ending(out.name):
         raise OutputError(
             f"The output {out} is a file name, but the source {src} is a folder: the results need an output folder.",
             "Give a folder (it is created if missing), or pass a single source file to write one output file.",

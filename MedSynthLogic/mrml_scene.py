@@ -86,6 +86,13 @@ def node_ijk_to_world(node: Any) -> Optional[np.ndarray]:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)]) @ local
 
 
+def node_spacing(node: Any) -> Tuple[float, float, float]:
+    """The voxel size (x, y, z) the synthesis reads from the node: in world coordinates, a linear parent transform
+    applied, as ``volume_from_node`` gives it (what the time estimate must count)."""
+    world = node_ijk_to_world(node)
+    return geometry_from_ijk_to_ras(node_ijk_to_ras(node) if world is None else world)[0]
+
+
 def _set_node_ijk_to_ras(node: Any, matrix: np.ndarray) -> None:
     import vtk
 

@@ -17,7 +17,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from .errors import UsageError
-from .folder_sources import image_stem
+from .dataset_cases import image_stem
 
 if TYPE_CHECKING:
     from .config import ModelConfig

@@ -125,7 +125,7 @@ class MedSynthController:
             raise ValueError(_("Select the input volume (the T1ce for the default model) first."))
         mrml.check_has_voxels(input_node)
         header = read_header(synthesis.model_path(request)) if header is None else header
-        shape = synthesis.shape_seen(input_node.GetImageData().GetDimensions(), input_node.GetSpacing(), header)
+        shape = synthesis.shape_seen(input_node.GetImageData().GetDimensions(), mrml.node_spacing(input_node), header)
         stages = synthesis.stages_to_run(request, header)
         return self.rates.estimate(shape, stages, synthesis.passes_to_run(request, stages), request.device)
 
@@ -159,7 +159,7 @@ class MedSynthController:
         output, uncertainty = work_dir / "synthetic_t2.nii.gz", work_dir / "uncertainty.nii.gz"
         context = {"input": input_node, "output_node": output_node, "output_path": output, "work_dir": work_dir,
                    "request": request, "header": header,
-                   "shape": synthesis.shape_seen(input_node.GetImageData().GetDimensions(), input_node.GetSpacing(), header),
+                   "shape": synthesis.shape_seen(input_node.GetImageData().GetDimensions(), mrml.node_spacing(input_node), header),
                    "uncertainty_path": uncertainty if request.uncertainty else None}
         self._start("synthesize", synthesis.synthesize_arguments(source, output, request, uncertainty), context)
 

@@ -943,3 +943,14 @@ def test_running_out_of_memory_names_what_that_command_can_change(argv, hint, mo
     assert cli.main(argv) == 8
     err = capsys.readouterr().err
     assert hint in err and ("--tile" in err) == (hint == "smaller --tile")
+
+
+def test_a_gpu_out_of_memory_in_evaluate_still_suggests_the_cpu(monkeypatch, capsys):
+    from MedSynthLogic import cli
+
+    def out_of_gpu_memory(args, report):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setitem(cli.HANDLERS, "evaluate", out_of_gpu_memory)
+    assert cli.main(["evaluate", "data", "--out", "report"]) == 8
+    assert "Run it with --device cpu" in capsys.readouterr().err
