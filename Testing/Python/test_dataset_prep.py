@@ -151,20 +151,18 @@ def test_find_cases_csv(tmp_path):
     with pytest.raises(DataError, match="x .*missing"):
         find_cases(None, csv=table)
     assert [c.case_id for c in find_cases(None, csv=table, skip_incomplete=True)] == ["y"]
-    table.write_text("case,src,target\nx,a,b\n")
-    with pytest.raises(DataError, match="source"):
-        find_cases(None, csv=table)
-    table.write_text("case,source,target\nx,data/x_a.nii.gz,data/x_b.nii.gz\nx,data/y_a.nii.gz,data/y_b.nii.gz\n")
-    with pytest.raises(DataError, match="lines 2 and 3"):
-        find_cases(None, csv=table)
-
-    # a data review (session 42): an identity row, and one subject under two ids (training and validation both)
-    table.write_text("case,source,target\nx,data/x_a.nii.gz,data/x_a.nii.gz\n")
-    with pytest.raises(DataError, match="line 2: case x names the same file"):
-        find_cases(None, csv=table)
-    table.write_text("case,source,target\nx,data/x_a.nii.gz,data/x_b.nii.gz\nx2,data/x_a.nii.gz,data/x_b.nii.gz\n")
-    with pytest.raises(DataError, match="line 3: the source .*x_a.nii.gz of case x2 is also named by case x"):
-        find_cases(None, csv=table)
+    refused = [
+        ("case,src,target\nx,a,b\n", "source"),
+        ("case,source,target\nx,data/x_a.nii.gz,data/x_b.nii.gz\nx,data/y_a.nii.gz,data/y_b.nii.gz\n", "lines 2 and 3"),
+        # a data review (session 42): an identity row, and one subject under two ids (training and validation both)
+        ("case,source,target\nx,data/x_a.nii.gz,data/x_a.nii.gz\n", "line 2: case x names the same file"),
+        ("case,source,target\nx,data/x_a.nii.gz,data/x_b.nii.gz\nx2,data/x_a.nii.gz,data/x_b.nii.gz\n",
+         "line 3: the source .*x_a.nii.gz of case x2 is also named by case x"),
+    ]
+    for text, why in refused:
+        table.write_text(text)
+        with pytest.raises(DataError, match=why):
+            find_cases(None, csv=table)
 
 
 def test_split_cases_deterministic_by_id():
