@@ -86,11 +86,16 @@ def node_ijk_to_world(node: Any) -> Optional[np.ndarray]:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)]) @ local
 
 
+def _ijk_to_ras_read(node: Any) -> np.ndarray:
+    """The IJK→RAS the synthesis reads a node with: in world coordinates, or its own under a non-linear transform."""
+    world = node_ijk_to_world(node)
+    return node_ijk_to_ras(node) if world is None else world
+
+
 def node_spacing(node: Any) -> Tuple[float, float, float]:
     """The voxel size (x, y, z) the synthesis reads from the node: in world coordinates, a linear parent transform
     applied, as ``volume_from_node`` gives it (what the time estimate must count)."""
-    world = node_ijk_to_world(node)
-    return geometry_from_ijk_to_ras(node_ijk_to_ras(node) if world is None else world)[0]
+    return geometry_from_ijk_to_ras(_ijk_to_ras_read(node))[0]
 
 
 def _set_node_ijk_to_ras(node: Any, matrix: np.ndarray) -> None:
@@ -139,8 +144,7 @@ def volume_from_node(node: Any) -> "Volume":
         raise InputImageError(f"The selected volume is not 3D (array shape {array.shape}).")
     if not np.all(np.isfinite(array)):
         raise InputImageError("The selected volume contains NaN or infinite values.")
-    world = node_ijk_to_world(node)
-    spacing, origin, direction = geometry_from_ijk_to_ras(node_ijk_to_ras(node) if world is None else world)
+    spacing, origin, direction = geometry_from_ijk_to_ras(_ijk_to_ras_read(node))
     return Volume(array=array, spacing=spacing, origin=origin, direction=direction)
 
 

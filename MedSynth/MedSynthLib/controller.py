@@ -117,9 +117,8 @@ class MedSynthController:
                  header: Optional[Dict[str, Any]] = None) -> Estimate:
         """How long synthesizing ``input_node`` will take (see ``MedSynthLib.estimate``); ``header``: the chosen
         model's, when the caller has read it already."""
-        from MedSynthLogic.model_header import read_header
-
         from MedSynthLogic import mrml
+        from MedSynthLogic.model_header import read_header
 
         if input_node is None:
             raise ValueError(_("Select the input volume (the T1ce for the default model) first."))

@@ -22,8 +22,8 @@ import torch
 
 from .. import distributed as dist_utils
 from ..atomic import check_output_path
-from ..checkpoint import latest_checkpoint
 from ..batch_sources import AlternateSource, batch_source
+from ..checkpoint import latest_checkpoint
 from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
 from ..errors import Cancelled, OutputError, ResourceError, UsageError
