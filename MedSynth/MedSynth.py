@@ -250,8 +250,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCancel(self) -> None:
         training = self.logic.controller.kind == "train"
-        self.setStatus(_("Stopping training (the last checkpoint is kept)…") if training else _("Cancelling…"))
-        self.logic.controller.cancel(timeout=30 if training else 5, background=True)  # the panel must not freeze
+        self.setStatus(_("Stopping training after its current iteration, with a checkpoint…") if training else _("Cancelling…"))
+        wait = MedSynthController.TRAINING_STOP_WAIT_S if training else 5
+        self.logic.controller.cancel(timeout=wait, background=True)  # the panel must not freeze
 
     def ensureDependencies(self, synthesisOnly: bool = False) -> bool:
         try:

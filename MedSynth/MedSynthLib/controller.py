@@ -21,7 +21,7 @@ from . import synthesis
 from .estimate import Estimate, RateBook
 from .events import PanelUpdate, describe_event, error_text
 from .i18n import tr as _
-from .outcomes import JobOutcome, evaluation_outcome, synthesis_outcome
+from .outcomes import JobOutcome, evaluation_outcome, remember_checkpoint, stopped_training_message, synthesis_outcome
 from .training_jobs import EvaluationRequest, PrepareRequest, TrainingRequest, prepare_arguments
 
 #: ``runner(args) -> started job`` with ``poll()``, ``cancel(timeout)``, ``running``, ``state``,
@@ -208,6 +208,8 @@ class MedSynthController:
             if event.get("event") == "exit":
                 outcome = self._finish_reporting_errors(running)
                 continue
+            if running.kind == "train":
+                remember_checkpoint(running.context, event)
             try:
                 if running.kind == "train" and self.training_plot is not None:
                     self.training_plot.add_event(event)
@@ -229,6 +231,10 @@ class MedSynthController:
             logging.exception("MedSynth: could not finish the job")
             return JobOutcome(running.kind, jobs.FAILED, _("The job ended, but its result could not be loaded: {error}")
                               .format(error=exc))
+
+    #: How long Stop waits for a training to checkpoint before ending it: a U-Net iteration on a 2-core CPU can take
+    #: longer than the 30 s it waited, and the kill then lost the work since the last checkpoint (a review, session 42).
+    TRAINING_STOP_WAIT_S = 600.0
 
     def cancel(self, timeout: float = 5.0, background: bool = False) -> None:
         """Cancel (synthesis, preparation) or stop (training keeps its last checkpoint) the running job;
@@ -281,7 +287,7 @@ class MedSynthController:
         job, kind, context = running.job, running.kind, running.context
         try:
             if job.state == jobs.CANCELLED:
-                message = _("Cancelled.") if kind != "train" else _("Stopped; the last checkpoint is kept.")
+                message = _("Cancelled.") if kind != "train" else stopped_training_message(context)
                 return JobOutcome(kind, jobs.CANCELLED, message)
             if job.state != jobs.FINISHED:
                 if kind == "train":

@@ -67,3 +67,26 @@ def evaluation_summary(summary: Dict[str, Any]) -> str:
         if isinstance(stats.get("mean"), (int, float)):
             parts.append(f"{label} {stats['mean']:.{digits}f}{unit} (n={stats.get('n', '?')})")
     return _("Mean over the validation cases, inside the brain: {figures}").format(figures=", ".join(parts) or "—")
+
+
+def remember_checkpoint(context: Dict[str, Any], event: Dict[str, Any]) -> None:
+    """Keep, in a training job's ``context``, the newest checkpoint it wrote and the one it resumed from: what a
+    stop leaves to resume from."""
+    if event.get("event") == "checkpoint":
+        context["checkpoint"] = event
+    elif event.get("event") == "stage" and event.get("resumed_from") and "resumed_from" not in context:
+        context["resumed_from"] = str(event["resumed_from"])
+
+
+def stopped_training_message(context: Dict[str, Any]) -> str:
+    """What a stopped training kept, from the checkpoints it reported: it said "the last checkpoint is kept" also when
+    it was stopped before its first one (a review, session 42), where Resume starts the run again."""
+    written = context.get("checkpoint")
+    if written:
+        return _("Stopped; its newest checkpoint is {name} (stage {stage}, iteration {iteration}): Resume goes on from "
+                 "there.").format(name=Path(str(written.get("path", ""))).name, stage=int(written.get("stage", 0)) + 1,
+                                  iteration=written.get("iteration"))
+    if context.get("resumed_from"):
+        return _("Stopped before a new checkpoint: Resume goes on from {name} again.").format(
+            name=Path(context["resumed_from"]).name)
+    return _("Stopped before its first checkpoint: nothing of this run was kept, and Resume starts it again.")

@@ -1509,3 +1509,23 @@ def test_the_estimate_counts_the_voxel_size_a_parent_transform_gives(slicer_mod,
     request = SynthesisRequest(device="cpu")
     assert mrml_module.node_spacing(scaled) == pytest.approx((1.0, 1.0, 1.0))
     assert controller.estimate(scaled, request).seconds == pytest.approx(controller.estimate(hardened, request).seconds)
+
+
+@pytest.mark.parametrize("events, said", [
+    ([], "Stopped before its first checkpoint: nothing of this run was kept, and Resume starts it again."),
+    ([{"event": "stage", "stage": 0, "stages": 2, "status": "start", "resumed_from": "/r/ckpt_s00_it000000010.pt",
+       "iteration": 10}], "Stopped before a new checkpoint: Resume goes on from ckpt_s00_it000000010.pt again."),
+    ([{"event": "checkpoint", "path": "/r/ckpt_s01_it000000004.pt", "stage": 1, "iteration": 4, "reason": "stop"}],
+     "Stopped; its newest checkpoint is ckpt_s01_it000000004.pt (stage 2, iteration 4): Resume goes on from there."),
+])
+def test_a_stopped_training_says_what_it_kept(scene, tmp_path, events, said):
+    """A Stop said "the last checkpoint is kept" also when none was written (a training-panel review, session 42),
+    and it killed a training whose iteration took more than its 30 s wait: it now waits TRAINING_STOP_WAIT_S."""
+    runner = FakeRunner(events=events)
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_training(TrainingRequest(ModelConfig(stages=2), TrainConfig(stages=2, iterations=20),
+                                              tmp_path / "data", tmp_path / "m.safetensors", tmp_path / "run", device="cpu"))
+    controller.cancel(timeout=controller.TRAINING_STOP_WAIT_S)
+    outcome = controller.poll()[1]
+    assert outcome.state == jobs.CANCELLED and outcome.message == said
+    assert runner.jobs[0].cancelled_with == controller.TRAINING_STOP_WAIT_S >= 300
