@@ -318,11 +318,15 @@ def _report_notes(trained_on: Optional[List[str]], refused: Dict[str, List[str]]
 def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:
     """The scored cases that the model's header lists as its training cases (see :func:`_own_cases_scored`); a
     header that gives only their number (files trained before session 38) cannot tell."""
-    from .model_summary import listed_training_cases
+    from .model_summary import listed_training_cases, prior_training_cases
 
     if loaded is None:
         return []
-    return _own_cases_scored(listed_training_cases(loaded.header), cases, progress, "the model's training cases",
+    own = listed_training_cases(loaded.header)
+    prior = prior_training_cases(loaded.header)  # a refiner's synthesis is built on its prior's training cases too
+    listed = None if own is None else sorted(set(own) | set(prior))
+    return _own_cases_scored(listed, cases, progress, "the model's training cases (its prior model's too)" if prior
+                             else "the model's training cases",
                              "the model file does not name its training cases (files written before session 38 record "
                              "at most their number)")
 

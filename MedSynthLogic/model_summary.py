@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["summarize_header", "held_out_figures", "case_count", "listed_training_cases"]
+__all__ = ["summarize_header", "held_out_figures", "case_count", "listed_training_cases", "prior_training_cases"]
 
 
 #: The training-record key of a blended model file (``training.blend_model_file`` writes it; the summary reads it).
@@ -252,6 +252,14 @@ def case_count(value: Any) -> Any:
 
 def _joined(values: Any) -> str:
     return "-".join(str(v) for v in values) if values else "?"
+
+
+def prior_training_cases(header: Mapping[str, Any]) -> List[str]:
+    """The cases a refiner's prior model was trained on, as the refiner's file records them (files since session 42;
+    an empty list where it does not): a synthesis built on the prior has seen them too."""
+    prior = (header.get("training") or {}).get("prior_model") or {}
+    cases = prior.get("train_cases") if isinstance(prior, Mapping) else None
+    return [str(case) for case in cases] if isinstance(cases, list) else []
 
 
 def listed_training_cases(header: Mapping[str, Any]) -> Optional[List[str]]:

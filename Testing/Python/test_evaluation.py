@@ -221,6 +221,14 @@ def test_a_model_that_does_not_name_its_training_cases_is_flagged(cases_dir, tmp
     report = evaluate_cases(cases, tmp_path / "named", model=named, device="cpu", progress=events.append)
     assert "training_cases_unknown" not in report and "training_cases_scored" not in report
     assert not [e for e in events if e["event"] == "warning"]
+    # a refiner whose prior model was trained on the scored case: its synthesis is built on that case too (the panel's
+    # refiner on the bundled FCN called the FCN's own training cases held out; a training-panel review, session 42)
+    refiner = save_model(tmp_path / "refiner.safetensors", random_chain(cfg), cfg, training={
+        "data": {"train_case_ids": ["x"]}, "prior_model": {"file": "fcn.safetensors", "train_cases": ["a", "y"]}})
+    events.clear()
+    report = evaluate_cases(cases, tmp_path / "refiner", model=refiner, device="cpu", progress=events.append)
+    assert report["training_cases_scored"] == ["a"]
+    assert any("among the model's training cases (its prior model's too)" in e["message"] for e in events)
 
 
 def test_a_source_that_synthesize_would_refuse_is_scored_and_named_in_the_report(tmp_path, tiny_model_config):
