@@ -175,11 +175,11 @@ class TrainingPlot:
     are NaN (plots leave gaps there).
     """
 
-    def __init__(self, scene: Any, name: str = "MedSynth training") -> None:
+    def __init__(self, scene: Any, name: str = "MedSynth training", iterations_per_stage: int = 0) -> None:
         import vtk
 
         self.scene = scene
-        self._per_stage = 0
+        self._per_stage = int(iterations_per_stage)  # known from the start: a resumed run may report a validation first
         self.table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} losses"))
         table = self.table_node.GetTable()
         for column in TRAINING_COLUMNS:

@@ -170,7 +170,7 @@ class MedSynthController:
         self._refuse_if_busy()
         config_dir = Path(tempfile.mkdtemp(prefix="MedSynth-train-", dir=self.temp_root))
         args = request.arguments(config_dir)
-        self.training_plot = mrml.TrainingPlot(self.scene)
+        self.training_plot = mrml.TrainingPlot(self.scene, iterations_per_stage=request.train_config.iterations)
         try:
             self._start("train", args, {"work_dir": config_dir, "out_model": Path(request.out_model)})
         except Exception:

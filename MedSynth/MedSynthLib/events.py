@@ -122,6 +122,11 @@ def _progress(event: Mapping[str, Any]) -> PanelUpdate:
     elif task == "evaluate":
         status = _("Evaluating: {done} of {total} cases done").format(done=event.get("done", 0), total=event.get("total", "?"))
         status += f" ({event['case']})" if event.get("case") else ""
+    elif task == "context":  # a training's step inside a stage: the bar stays the whole run's (it jumped to 100 % and back)
+        status = _("Stage {stage} of {stages}: synthesizing its input from the earlier stages, {done} of {total} cases "
+                   "({split})").format(stage=_stage(event), stages=event.get("stages", "?"), done=event.get("done", 0),
+                                       total=event.get("total", "?"), split=event.get("split", ""))
+        return PanelUpdate(status=status)
     else:
         status = f"{str(task).capitalize()}…"
     return PanelUpdate(percent=percent, status=status)

@@ -200,3 +200,7 @@ def test_training_plot_grows_with_events(scene):
     assert plot.number_of_rows == 3
     table = plot.table_node.GetTable()
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == list(mrml.TRAINING_COLUMNS)
+    # a resumed run whose first event is a later stage's validation (stopped during it): placed in that stage's range
+    resumed = mrml.TrainingPlot(scene, iterations_per_stage=10)
+    assert resumed.add_event({"event": "validation", "stage": 1, "iteration": 10, "psnr": 20.0, "ssim": 0.5})
+    assert resumed.value(0, "iteration") == 20

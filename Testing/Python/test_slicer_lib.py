@@ -1529,3 +1529,12 @@ def test_a_stopped_training_says_what_it_kept(scene, tmp_path, events, said):
     outcome = controller.poll()[1]
     assert outcome.state == jobs.CANCELLED and outcome.message == said
     assert runner.jobs[0].cancelled_with == controller.TRAINING_STOP_WAIT_S >= 300
+
+
+def test_a_later_stages_context_step_keeps_the_runs_progress_bar():
+    """The trainer's "context" progress (the earlier stages' synthesis over the training volumes) moved the bar meant
+    for the whole run to that step's own 0–100 % and back (a training-panel review, session 42)."""
+    update = describe_event({"event": "progress", "task": "context", "done": 3, "total": 11, "stage": 1, "stages": 3,
+                             "split": "train"}, "train")
+    assert update.percent is None
+    assert update.status == "Stage 2 of 3: synthesizing its input from the earlier stages, 3 of 11 cases (train)"
