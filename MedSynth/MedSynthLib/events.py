@@ -32,8 +32,7 @@ def describe_event(event: Mapping[str, Any], task: Optional[str] = None) -> Pane
         "progress": _progress,
         "iteration": _iteration,
         "validation": _validation,
-        "stage": lambda e: PanelUpdate(log=_("Auto-context stage {stage} of {stages}: {status}").format(
-            stage=_stage(e), stages=e.get("stages", "?"), status=e.get("status", ""))),
+        "stage": _stage_change,
         "checkpoint": lambda e: PanelUpdate(log=_("Checkpoint saved: {name}").format(name=Path(str(e.get("path", ""))).name)),
         "metrics": _metrics,
         "warning": _warning,
@@ -92,6 +91,18 @@ def _log_line(event: Mapping[str, Any]) -> PanelUpdate:
 def _stage(event: Mapping[str, Any]) -> int:
     """Stages are 0-based in events and 1-based on screen."""
     return int(event.get("stage", 0) or 0) + 1
+
+
+def _stage_change(event: Mapping[str, Any]) -> PanelUpdate:
+    """A stage's start or end; a resumed start says from where (a real resume and a fresh start read alike)."""
+    text = _("Auto-context stage {stage} of {stages}: {status}").format(
+        stage=_stage(event), stages=event.get("stages", "?"), status=event.get("status", ""))
+    if event.get("resumed_from"):
+        text += " " + _("(resumed from {name}, iteration {iteration})").format(
+            name=Path(str(event["resumed_from"])).name, iteration=event.get("iteration", 0))
+    elif event.get("earlier_stages_from"):
+        text += " " + _("(the earlier stages from {name})").format(name=Path(str(event["earlier_stages_from"])).name)
+    return PanelUpdate(log=text)
 
 
 def _warning(event: Mapping[str, Any]) -> PanelUpdate:

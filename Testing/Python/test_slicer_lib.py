@@ -1538,3 +1538,12 @@ def test_a_later_stages_context_step_keeps_the_runs_progress_bar():
                              "split": "train"}, "train")
     assert update.percent is None
     assert update.status == "Stage 2 of 3: synthesizing its input from the earlier stages, 3 of 11 cases (train)"
+
+
+def test_a_resumed_stage_says_where_it_goes_on_from():
+    """A real resume and a fresh start both logged "Auto-context stage 1 of N: start" (a training-panel review)."""
+    resumed = describe_event({"event": "stage", "stage": 0, "stages": 2, "status": "start",
+                              "resumed_from": "/run/ckpt_s00_it000000011.pt", "iteration": 11}, "train")
+    assert resumed.log == "Auto-context stage 1 of 2: start (resumed from ckpt_s00_it000000011.pt, iteration 11)"
+    fresh = describe_event({"event": "stage", "stage": 0, "stages": 2, "status": "start"}, "train")
+    assert fresh.log == "Auto-context stage 1 of 2: start"
