@@ -27,13 +27,17 @@ def check_output_name(path: str | os.PathLike) -> Path:
     return out
 
 
+def same_place(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file, existing or not: ``out/../out/u.nii.gz`` is ``out/u.nii.gz``, and a link is
+    what it points to (comparing absolute paths let such spellings write one file over the other)."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool = False, inputs: tuple = ()) -> Path:
     """Refuse an output that would destroy something the user made: an existing file, or one of the inputs."""
     out = check_output_name(path)
     for src in inputs:
-        if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
-            raise OutputError(f"The output {out} is one of the inputs.", "Choose another output path.")
-        if src is not None and out.absolute() == Path(src).absolute():
+        if src is not None and same_place(out, src):
             raise OutputError(f"The output {out} is one of the inputs.", "Choose another output path.")
     if out.exists() and not overwrite:
         raise OutputError(f"The output {out} exists already.",

@@ -114,9 +114,9 @@ def check_uncertainty_path(
     path: PathLike, output_path: PathLike, overwrite: bool = False, inputs: Sequence[PathLike] = ()
 ) -> Path:
     """Refuse, before any work, an uncertainty path that is the synthesis's own path, an input, or exists."""
-    from .atomic import check_output_path
+    from .atomic import check_output_path, same_place
 
-    if Path(path).absolute() == Path(output_path).absolute():
+    if same_place(path, output_path):
         raise OutputError(
             f"The uncertainty map and the synthetic image would both be written to {path}.",
             "Give the uncertainty map its own file name.",

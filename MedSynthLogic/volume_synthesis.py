@@ -140,22 +140,31 @@ def resampled_to_training(model: LoadedModel, source: "Volume", mask: Optional[n
     The grid starts at the source's first voxel edge, so both cover the same extent, and the edge values extend to
     the fraction of a voxel where their ends differ (a brain reaching the image's edge came back 0 there). A given
     mask keeps the coarse voxels it mostly covers, or, for a mask too thin for any, every one it touches."""
-    from .volume import Volume, resample_like
+    from .volume import IDENTITY, Volume, resample_like
 
     trained = tuple(float(v) for v in model.config.input.spacing_mm)
     shape_xyz = resampled_size(source.shape[::-1], source.spacing, trained)
-    shift = np.asarray(source.direction, np.float64).reshape(3, 3) @ (0.5 * (np.asarray(trained) - np.asarray(source.spacing)))
+    offset = 0.5 * (np.asarray(trained) - np.asarray(source.spacing))  # along the source's own axes
+    shift = np.asarray(source.direction, np.float64).reshape(3, 3) @ offset
     grid = Volume(np.zeros(shape_xyz[::-1], np.float32), trained, tuple(np.asarray(source.origin) + shift),
                   source.direction)
+    # Both grids share the source's direction, so the resampling is a scaling along its axes: done on axis-aligned
+    # copies, an oblique direction's rounding cannot put values of 1e-7 in the background, which the threshold mask
+    # read as brain (an oblique 1×1×3 mm source gave another synthesis than the same voxels stored aligned).
+    flat_grid = Volume(grid.array, trained, tuple(offset), IDENTITY)
+
+    def on_grid(array: np.ndarray) -> np.ndarray:
+        return resample_like(Volume(array, source.spacing, (0.0, 0.0, 0.0), IDENTITY), flat_grid, True).array
+
     coarse_mask = None
     if mask is not None:
-        cover = resample_like(source.with_array(mask.astype(np.float32)), grid, True).array
+        cover = on_grid(mask.astype(np.float32))
         coarse_mask = cover > 0.5 if np.any(cover > 0.5) else cover > 0
     if progress:
         progress(warning_event("synthesize", f"the source's voxels ({describe_voxels(source.spacing)}) differ from the "
                                f"{describe_voxels(trained)} the model was trained on: it is synthesized resampled to those and the "
                                "result resampled back to the source's grid"))
-    return resample_like(source, grid, True), coarse_mask
+    return grid.with_array(on_grid(source.array)), coarse_mask
 
 
 def resampled_back(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray], result: "Volume",

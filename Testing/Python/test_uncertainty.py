@@ -132,7 +132,12 @@ def test_uncertainty_path_checks(tmp_path):
     out, unc = tmp_path / "t2.nii.gz", tmp_path / "unc.nii.gz"
     with pytest.raises(OutputError, match="both be written"):
         check_uncertainty_path(out, out)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputError, match="both be written"):  # another spelling of one file (a synthesis review):
+        check_uncertainty_path(tmp_path / "out" / ".." / "t2.nii.gz", out)  # with --overwrite the map was lost
     src = tmp_path / "src.nii.gz"
+    with pytest.raises(OutputError, match="one of the inputs"):  # an input not written yet, spelled another way
+        check_uncertainty_path(tmp_path / "out" / ".." / "src.nii.gz", out, inputs=(src,))
     with pytest.raises(OutputError, match="one of the inputs"):
         check_uncertainty_path(src, out, inputs=(src,))
     unc.write_bytes(b"old")
