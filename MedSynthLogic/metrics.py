@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from .atomic import atomic_write_text
-from .dataset_cases import IMAGE_SUFFIXES
+from .dataset_cases import IMAGE_SUFFIXES, image_ending, image_stem
 from .errors import DataError, GeometryError, InputImageError
 from .volume_io import Volume, read_volume, same_grid
 
@@ -261,11 +261,7 @@ SUMMARY_RULE = ("summary: mean and population standard deviation (ddof 0) over t
 
 
 def _case_id(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    return image_stem(path.name) if image_ending(path.name) else path.stem
 
 
 def evaluate_folder(
@@ -281,7 +277,7 @@ def evaluate_folder(
     ``DataError`` (a silently skipped case would flatter the mean).
     """
     pred_root, target_root = Path(pred_dir), Path(target_dir)
-    preds = sorted(p for p in pred_root.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    preds = sorted(p for p in pred_root.iterdir() if p.is_file() and image_ending(p.name))
     if not preds:
         raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {pred_root}.")
 
