@@ -39,6 +39,7 @@ from torch import nn
 from .devices import resolve_device, synthesis_dtype
 from .errors import GeometryError, ResourceError, UsageError
 from .fused_conv import FusedConv3d
+from .left_right import LeftRight
 from .models import AutoContextChain
 from .progress import progress_event, warning_event
 from .unet_inference import stop_if_cancelled, synthesize_unet
@@ -170,20 +171,15 @@ class _StageRunner:
             out = self.body(x)
         return self.add_residual(x, out.float())[:, 0]
 
-    def __call__(self, batch: np.ndarray, flip: bool) -> np.ndarray:
-        """(B, C, D, H, W) input tiles → (B, D−2h, H−2h, W−2h) outputs; with ``flip`` the mean with the x-flipped run."""
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        b = x.shape[0]
-        if flip:
-            x = torch.cat([x, torch.flip(x, dims=(-1,))], dim=0)
+    def __call__(self, batch: np.ndarray, view: LeftRight) -> np.ndarray:
+        """(B, C, D, H, W) input tiles → (B, D−2h, H−2h, W−2h) outputs, each tile in the left–right ``view``."""
+        x = view.batch(torch.from_numpy(batch).to(self.device, non_blocking=True))
         x = x.contiguous(memory_format=torch.channels_last_3d)
         dtype = synthesis_dtype(self.device, self.precision)
         out = self._forward(x, dtype)
         if dtype is not None and dtype == torch.float16 and not bool(torch.isfinite(out).all()):
             out = self._forward(x, None)
-        if flip:
-            out = 0.5 * (out[:b] + torch.flip(out[b:], dims=(-1,)))
-        return out.cpu().numpy()
+        return view.merged(out).cpu().numpy()
 
 
 def _gather(arrays: Sequence[np.ndarray], ranges: Sequence[Tuple[int, int]], out: np.ndarray) -> None:
@@ -247,7 +243,7 @@ def _needed(job: _StageJob, t: Tuple[Tuple[int, int], ...]) -> bool:
     return bool(job.mask[sl].any())
 
 
-def _run_stage(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel: CancelFn) -> None:
+def _run_stage(job: _StageJob, tile: int, view: LeftRight, report: _Progress, cancel: CancelFn) -> None:
     """Fill ``job.out`` tile by tile, batching equal-shaped small tiles into one forward call."""
     h = job.runner.halo
     shape = job.out.shape
@@ -270,7 +266,7 @@ def _run_stage(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel:
             batch = np.empty((len(chunk), len(job.inputs)) + tuple(s + 2 * h for s in size), dtype=np.float32)
             for j, t in enumerate(chunk):
                 _gather(job.inputs, [(a + o - h, b + o + h) for (a, b), o in zip(t, job.offset)], batch[j])
-            result = job.runner(batch, flip)
+            result = job.runner(batch, view)
             for t, r in zip(chunk, result):
                 job.out[tuple(slice(a, b) for a, b in t)] = r
             done += len(chunk)
@@ -289,13 +285,15 @@ def synthesize_array(
     progress: ProgressFn = None,
     cancel: CancelFn = None,
     precision: str = "auto",
+    mirrored: bool = False,
 ) -> np.ndarray:
     """Synthesize a whole normalised volume (z, y, x) → float32 network units, 0 outside ``mask``.
 
     ``stages``: how many auto-context stages to run (None: all of ``chain``). ``tile``: output tile edge
     (None: :func:`default_tile`; a U-Net chain runs its whole frame in one forward unless ``tile`` is given,
     see :mod:`MedSynthLogic.unet_inference`). ``precision``: "auto" (fp32 on CPU, fp16 autocast on CUDA), "fp32", "bf16" or
-    "fp16". ``flip_tta`` averages each stage with its left–right (array axis 2) mirror. ``progress`` gets
+    "fp16". ``flip_tta`` averages each stage with its left–right (array axis 2) mirror; ``mirrored`` gives the
+    mirror image's synthesis, mirrored back, each window mirrored in place (:mod:`.left_right`). ``progress`` gets
     ``{"event": "progress", "task": "synthesize", ...}`` dicts; ``cancel`` (a callable or an Event) is checked
     between tiles and raises :class:`Cancelled`. ``mask`` None means the whole volume (raw, unmasked output —
     what auto-context training uses as the next stage's context). A chain with a prior model runs all of the
@@ -317,6 +315,7 @@ def synthesize_array(
     n = available if stages is None else int(stages)
     if not 1 <= n <= available:
         raise UsageError(f"The model has {available} auto-context stage(s); {stages} were asked for.")
+    view = LeftRight.chosen(flip_tta, mirrored)
     dev = resolve_device(device)
     synthesis_dtype(dev, precision)  # refuses an unknown precision (or bf16 on a GPU without it) before any work
     if tile is not None and int(tile) < 1:
@@ -329,13 +328,14 @@ def synthesize_array(
     context = None
     if chain.prior is not None:
         prior_report = None if progress is None else _PriorProgress(progress, before, before + n)
-        context = synthesize_array(chain.prior, src, mask_arr, None, device, tile, flip_tta, prior_report, cancel, precision)
+        context = synthesize_array(chain.prior, src, mask_arr, None, device, tile, flip_tta, prior_report, cancel, precision,
+                                   mirrored)
     if chain.config.generator.kind == "unet3d":
         limits = {} if tile is None else {"tile": int(tile), "max_voxels": int(tile) ** 3}
-        return synthesize_unet(chain, src, mask_arr, box, n, dev, precision, flip_tta, report, cancel, context=context, **limits)
+        return synthesize_unet(chain, src, mask_arr, box, n, dev, precision, view, report, cancel, context=context, **limits)
     tile = default_tile(dev) if tile is None else int(tile)
     try:
-        return _synthesize_on(chain, src, mask_arr, box, n, dev, tile, flip_tta, report, cancel, precision)
+        return _synthesize_on(chain, src, mask_arr, box, n, dev, tile, view, report, cancel, precision)
     except _GpuOutOfMemory as exc:
         if dev.type == "cpu" or not (isinstance(device, str) and device.strip().lower() == "auto"):
             raise exc.error from exc
@@ -344,7 +344,7 @@ def synthesize_array(
             progress(warning_event("synthesize", f"{exc.error.message} Falling back to the CPU (slower)."))
         cpu = torch.device("cpu")
         torch.cuda.empty_cache()
-        return _synthesize_on(chain, src, mask_arr, box, n, cpu, default_tile(cpu), flip_tta, report, cancel, precision)
+        return _synthesize_on(chain, src, mask_arr, box, n, cpu, default_tile(cpu), view, report, cancel, precision)
 
 
 class _PriorProgress:
@@ -376,7 +376,7 @@ def _synthesize_on(
     n: int,
     dev: torch.device,
     tile: int,
-    flip_tta: bool,
+    view: LeftRight,
     report: _Progress,
     cancel: CancelFn,
     precision: str,
@@ -408,7 +408,7 @@ def _synthesize_on(
                 out = np.empty(tuple(b - a for a, b in region), dtype=np.float32)
             reach = sum(r.halo for r in runners[k + 1 :])
             job = _StageJob(runner, inputs, offset, out, [a for a, _ in region], mask_arr, reach, k)
-            tile = _run_stage_with_retry(job, tile, flip_tta, report, cancel)
+            tile = _run_stage_with_retry(job, tile, view, report, cancel)
             prev, in_region = out, region
     if mask_arr is not None:
         sl = tuple(slice(a, b) for a, b in box)
@@ -416,7 +416,7 @@ def _synthesize_on(
     return result
 
 
-def _run_stage_with_retry(job: _StageJob, tile: int, flip: bool, report: _Progress, cancel: CancelFn) -> int:
+def _run_stage_with_retry(job: _StageJob, tile: int, view: LeftRight, report: _Progress, cancel: CancelFn) -> int:
     """Run a stage; on GPU out-of-memory halve the tile and redo the stage, down to MIN_TILE, then give up
     with :class:`_GpuOutOfMemory` (which :func:`synthesize_array` turns into a CPU run or a ResourceError).
 
@@ -424,7 +424,7 @@ def _run_stage_with_retry(job: _StageJob, tile: int, flip: bool, report: _Progre
     """
     while True:
         try:
-            _run_stage(job, tile, flip, report, cancel)
+            _run_stage(job, tile, view, report, cancel)
             return tile
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()

@@ -3,8 +3,9 @@
 Two disagreements are measured, each by re-running :func:`.tiled_synthesis.synthesize_array` (never by changing it):
 
 - **flip**: ``|S(x) − mirror(S(mirror(x)))|``, the plain synthesis against the synthesis of the left–right (array
-  axis 2) mirrored source, mirrored back. Brains are nearly symmetric and training saw both orientations, so a
-  model that is sure of a voxel gives it the same value both ways.
+  axis 2) mirrored source, mirrored back (each network window mirrored in place, :mod:`.left_right`, so a model
+  that treats both sides alike has no flip part at all). Brains are nearly symmetric and training saw both
+  orientations, so a model that is sure of a voxel gives it the same value both ways.
 - **stages**: ``|S_n(x) − S_(n−1)(x)|``, the last auto-context stage against the one before it. Where the last
   stage still moves the image a lot, the chain has not settled. For a one-stage model on a prior model, the
   stage against the prior's synthesis it refines; absent for a plain one-stage model.
@@ -206,22 +207,20 @@ def synthesize_with_uncertainty(
     norm_cfg = model.config.normalisation
     normalised, _ = normalise_source(source.array, mask_arr, norm_cfg)
 
-    def run(index: int, name: str, array: np.ndarray, mask_of_pass: np.ndarray, n_stages: Optional[int],
-            of: Any = chain) -> np.ndarray:
-        """One plain pass (no flip averaging) of ``n_stages`` stages of ``of``, with its own share of the progress."""
+    def run(index: int, name: str, n_stages: Optional[int], of: Any = chain, mirrored: bool = False) -> np.ndarray:
+        """One pass (not flip-averaged) of ``n_stages`` stages of ``of``, with its own share of the progress."""
         part = dataclasses.replace(options, stages=n_stages, flip_tta=False,
                                    progress=_PassProgress(progress, index, passes, f"uncertainty ({name})"))
-        out = synthesize_array(of, array, mask_of_pass, **part.keywords())
+        out = synthesize_array(of, normalised, mask_arr, **part.keywords(), mirrored=mirrored)
         return np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32)
 
     index = {name: i + 1 for i, name in enumerate(extra)}
-    mirrored = run(index["mirrored"], "mirrored", np.ascontiguousarray(normalised[:, :, ::-1]),
-                   np.ascontiguousarray(mask_arr[:, :, ::-1]), n)[:, :, ::-1]
-    plain = run(index["plain"], "plain", normalised, mask_arr, n) if flip_tta else synthesis.array
+    mirrored = run(index["mirrored"], "mirrored", n, mirrored=True)
+    plain = run(index["plain"], "plain", n) if flip_tta else synthesis.array
     flip = np.abs(plain - mirrored) * mask_arr
     stage_part = None
     if previous_of is not None:
-        previous = run(index["previous stage"], "previous stage", normalised, mask_arr, previous_of[1], previous_of[0])
+        previous = run(index["previous stage"], "previous stage", previous_of[1], previous_of[0])
         stage_part = np.abs(plain - previous) * mask_arr
     if model.error_map is not None and n == model.config.stages:
         scale = float(norm_cfg.output_scale)

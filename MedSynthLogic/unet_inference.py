@@ -21,6 +21,7 @@ from torch import nn
 
 from .devices import synthesis_dtype
 from .errors import Cancelled
+from .left_right import LeftRight
 from .patches import cut_window
 from .unet_folding import inference_copy
 
@@ -61,22 +62,18 @@ def tiles_of(size: int, tile: int, multiple: int) -> List[Tuple[int, int]]:
 
 class _Runner:
     """One U-Net stage on ``device``: an eval-mode inference copy (``unet_folding``), channels-last, autocast by
-    ``precision``, optional flip averaging. The caller's generator is left untouched (it may be mid-training)."""
+    ``precision``, in the left–right ``view``. The caller's generator is left untouched (it may be mid-training)."""
 
-    def __init__(self, gen: nn.Module, device: torch.device, precision: str, flip: bool) -> None:
-        self.gen, self.device, self.flip = inference_copy(gen), device, flip
+    def __init__(self, gen: nn.Module, device: torch.device, precision: str, view: LeftRight) -> None:
+        self.gen, self.device, self.view = inference_copy(gen), device, view
         self.dtype = synthesis_dtype(device, precision)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(x[None]).to(self.device).contiguous(memory_format=torch.channels_last_3d)
-        if self.flip:
-            t = torch.cat([t, torch.flip(t, dims=(-1,))], 0)
+        t = self.view.batch(torch.from_numpy(x[None]).to(self.device)).contiguous(memory_format=torch.channels_last_3d)
         ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
         with ctx:
             out = self.gen(t).float()[:, 0]
-        if self.flip:
-            out = 0.5 * (out[:1] + torch.flip(out[1:], dims=(-1,)))
-        return out[0].cpu().numpy()
+        return self.view.merged(out)[0].cpu().numpy()
 
 
 def _run_stage(runner: _Runner, inputs: np.ndarray, halo: int, multiple: int, max_voxels: int, tile: int,
@@ -125,7 +122,7 @@ def synthesize_unet(
     stages: int,
     device: torch.device,
     precision: str,
-    flip: bool,
+    view: LeftRight,
     report: Report,
     cancel: Any,
     max_voxels: int = UNET_MAX_VOXELS,
@@ -150,7 +147,7 @@ def synthesize_unet(
     with torch.inference_mode():
         for k in range(stages):
             channels = [src_f] if prev is None else [src_f, prev]
-            runner = _Runner(chain.stages[k], device, precision, flip)
+            runner = _Runner(chain.stages[k], device, precision, view)
             out = _run_stage(runner, np.stack(channels), halo, multiple, max_voxels, tile, k, report, cancel)
             prev = out * mask_f if mask_f is not None else out
     result = np.zeros(src.shape, dtype=np.float32)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from MedSynthLogic import inference, tiled_synthesis  # noqa: E402
 from MedSynthLogic.config import GeneratorConfig, ModelConfig, load_json_config  # noqa: E402
 from MedSynthLogic.devices import arithmetic_name, resolve_device  # noqa: E402
+from MedSynthLogic.left_right import LeftRight  # noqa: E402
 from MedSynthLogic.models import build_generators, conv_flops_per_voxel  # noqa: E402
 from MedSynthLogic.normalisation import brain_mask, normalise_source  # noqa: E402
 from _machine import cpu_model, ram_gib, simd_flags  # noqa: E402
@@ -101,8 +102,8 @@ class FlopCounter:
     def __enter__(self) -> "FlopCounter":
         counter, orig = self, self._orig
 
-        def counted(runner, batch, flip):
-            n = batch.shape[0] * (2 if flip else 1)
+        def counted(runner, batch, view):
+            n = batch.shape[0] * view.forwards
             size = list(batch.shape[2:])
             cin = batch.shape[1]
             for layer in runner.body:
@@ -114,7 +115,7 @@ class FlopCounter:
                     cin = layer.out_channels
             counter.useful += n * conv_flops_per_voxel(runner.config) * float(np.prod(size))
             counter.tiles += batch.shape[0]
-            return orig(runner, batch, flip)
+            return orig(runner, batch, view)
 
         tiled_synthesis._StageRunner.__call__ = counted
         return self
@@ -242,12 +243,12 @@ def tile_sweep(chain, mask: np.ndarray, device: torch.device, tiles: List[int], 
                 runner = tiled_synthesis._StageRunner(chain.stages[k], device, "auto")
                 n = tile + 2 * runner.halo
                 batch = np.random.default_rng(0).random((1, runner.in_channels, n, n, n), dtype=np.float32)
-                runner(batch, False)
+                runner(batch, LeftRight.PLAIN)
                 best = float("inf")
                 for _ in range(repeats):
                     _sync(device)
                     t = time.perf_counter()
-                    runner(batch, False)
+                    runner(batch, LeftRight.PLAIN)
                     _sync(device)
                     best = min(best, time.perf_counter() - t)
                 per_voxel.append(best / tile**3)

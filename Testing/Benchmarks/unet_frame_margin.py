@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from MedSynthLogic.left_right import LeftRight  # noqa: E402
 from MedSynthLogic.model_file import load_model  # noqa: E402
 from MedSynthLogic.normalisation import brain_mask, normalise_source  # noqa: E402
 from MedSynthLogic.tiled_synthesis import mask_bbox  # noqa: E402
@@ -74,7 +75,7 @@ def main(argv: List[str] | None = None) -> None:
         frame = frame_of(box, src.shape, multiple, m)
         start = time.perf_counter()
         outs[m] = synthesize_unet(model.chain, src, mask, box, len(model.chain.stages), torch.device("cpu"), "fp32",
-                                  False, lambda *_: None, None, margin=m)
+                                  LeftRight.PLAIN, lambda *_: None, None, margin=m)
         seconds = time.perf_counter() - start
         mvox = np.prod([b - a for a, b in frame]) / 1e6
         print(f"margin {m:2d}: frame {[b - a for a, b in frame]} = {mvox:.2f} Mvox per stage, {seconds:.1f} s", flush=True)
