@@ -11,7 +11,7 @@ from .volume import (
     IDENTITY, NIFTI_SUFFIXES, Mat9, Vec3, Volume, align_pair, as_volume, ensure_not_empty, region_on_grid, resample_like,
     same_grid,
 )
-from .volume_read import MAX_AXIS, MAX_VOXELS, available_ram, read_volume, volume_from_nibabel
+from .volume_read import MAX_AXIS, MAX_VOXELS, available_ram, header_voxels, read_volume, volume_from_nibabel
 from .volume_write import TWO_FILE_SUFFIXES, WRITABLE_SUFFIXES, check_image_output, write_volume
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "available_ram",
     "check_image_output",
     "ensure_not_empty",
+    "header_voxels",
     "read_volume",
     "region_on_grid",
     "resample_like",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -81,6 +81,26 @@ def _check_size(p: Path, size_xyz: Sequence[int], max_axis: int, max_voxels: int
             f"{available / 2**30:.1f} GiB is available.",
             "Close other programs, use a machine with more memory, or crop/downsample the volume first.",
         )
+
+
+def header_voxels(path: str | os.PathLike) -> Optional[int]:
+    """The voxel count a file's header declares, without reading its voxels; None where the header cannot be read
+    (then :func:`read_volume` says why when the file is read)."""
+    p = Path(path)
+    sitk = sitk_module()
+    try:
+        if sitk is not None:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+            size = reader.GetSize()
+        else:
+            import nibabel as nib
+
+            size = nib.load(str(p)).shape
+    except Exception:  # any unreadable header: the real read reports it with its own message
+        return None
+    return int(np.prod([int(s) for s in size], dtype=np.int64))
 
 
 def available_ram() -> int:

@@ -551,3 +551,29 @@ def test_a_target_whose_field_of_view_misses_part_of_the_brain_is_said(tmp_path)
     assert any(f"the target's field of view misses {missed} of the brain mask's {int(mask.sum())} voxels" in w
                for w in warnings), warnings
     assert m["cases"]["c"]["mask_voxels"] == int(mask.sum())  # kept: it normalises the source as synthesis does
+
+
+def test_a_dataset_whose_largest_case_would_not_fit_in_memory_is_refused_before_any_case(tmp_path, monkeypatch):
+    """Each file's read was checked alone (12 B/voxel) while a case needs ~27 B/voxel of its largest file: a big
+    case could be ended by the system half-way through a prepare. Now the headers are read first."""
+    from MedSynthLogic import volume_io
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.dataset_prep import PREPARE_BYTES_PER_VOXEL
+    from MedSynthLogic.errors import ResourceError
+    from MedSynthLogic.volume_io import write_volume
+
+    data = _brats_folder(tmp_path / "data", n=2)
+    big_shape = (40, 44, 38)
+    src, tgt = _pair(5, big_shape)
+    (data / "Case_big").mkdir()
+    write_volume(src, data / "Case_big" / "Case_big_t1ce.nii.gz")
+    write_volume(tgt, data / "Case_big" / "Case_big_t2.nii.gz")
+    cases = find_cases(data)
+    need = int(np.prod(big_shape)) * PREPARE_BYTES_PER_VOXEL
+    monkeypatch.setattr(volume_io, "available_ram", lambda: need - 1)
+    with pytest.raises(ResourceError, match=r"prepare case Case_big: its largest image has 66,880 voxels, and preparing it needs about 1.7 MiB; 1.7 MiB") as info:
+        prepare_dataset(cases, tmp_path / "out", ModelConfig(), patches_per_case=2)
+    assert info.value.exit_code == 8 and not (tmp_path / "out").exists()
+    monkeypatch.setattr(volume_io, "available_ram", lambda: need)
+    manifest = prepare_dataset(cases, tmp_path / "out", ModelConfig(), patches_per_case=2, val_fraction=0.0)
+    assert sorted(manifest["splits"]["train"]) == ["Case_00", "Case_01", "Case_big"]
