@@ -69,12 +69,16 @@ class IntensityLookup:
 
 
 def fit_intensity_lookup(
-    pairs: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]], normalisation: NormalisationConfig, bins: int = 256,
+    pairs: Iterable[Tuple[np.ndarray, ...]], normalisation: NormalisationConfig, bins: int = 256,
     names: Tuple[str, str] = ("T1ce", "T2"), fitted_on: Optional[Sequence[str]] = None,
 ) -> IntensityLookup:
     """Fit the lookup on (source, target, mask) arrays, all normalised as the models normalise them; ``names``: the
     pair's (source, target), and ``fitted_on``: the case ids of ``pairs``, recorded in the file so that
-    ``evaluate`` can say when it scores the lookup's own cases (None: not known)."""
+    ``evaluate`` can say when it scores the lookup's own cases (None: not known).
+
+    A fourth array, where given, is where the target has data (``evaluation.CaseOnSourceGrid.scored``): the source
+    is normalised over the whole mask, as the lookup is applied, but the target and the fit read only those voxels
+    (a target of a smaller field of view was fitted as black beyond it)."""
     from .normalisation import normalise_source, normalise_target
 
     if bins < 2:
@@ -82,11 +86,12 @@ def fit_intensity_lookup(
     edges = np.linspace(normalisation.source.clip_min, normalisation.source.clip_max, bins + 1)
     sums = np.zeros(bins)
     counts = np.zeros(bins)
-    for source, target, mask in pairs:
+    for source, target, mask, *data in pairs:
+        region = mask & data[0] if data else mask
         s, _ = normalise_source(source, mask, normalisation)
-        t, _ = normalise_target(target, mask, normalisation)
-        idx = np.clip(np.searchsorted(edges, s[mask], side="right") - 1, 0, bins - 1)
-        sums += np.bincount(idx, weights=t[mask], minlength=bins)
+        t, _ = normalise_target(target, region, normalisation)
+        idx = np.clip(np.searchsorted(edges, s[region], side="right") - 1, 0, bins - 1)
+        sums += np.bincount(idx, weights=t[region], minlength=bins)
         counts += np.bincount(idx, minlength=bins)
     if counts.sum() == 0:
         raise DataError("No brain voxels to fit the intensity lookup on.")

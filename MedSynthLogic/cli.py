@@ -180,10 +180,13 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
 
     def pairs():  # the region evaluate scores: the case's mask file where it has one, every file on the source grid
         for case in cases:
-            read = read_case(case, cfg.mask_threshold, tumour=False, target_fill=target_background(cfg.target))
+            try:
+                read = read_case(case, cfg.mask_threshold, tumour=False, target_fill=target_background(cfg.target))
+            except MedSynthError as exc:
+                raise exc.in_case(case.case_id) from exc
             for note in read.notes:
                 report(warning_event("fit-lookup", f"{case.case_id}: {note}"))
-            yield read.source.array, read.target.array, read.mask
+            yield read.source.array, read.target.array, read.mask, read.scored
 
     lookup = fit_intensity_lookup(pairs(), cfg, bins=args.bins, names=(model_cfg.source_name, model_cfg.target_name),
                                   fitted_on=[c.case_id for c in cases])

@@ -41,6 +41,20 @@ class Case:
     seg: Optional[Path] = None
 
 
+def case_id_problem(case_id: str) -> Optional[str]:
+    """Why ``case_id`` cannot name a case's files and HDF5 group (``<out>/<case>.png``, ``/volumes/<case>``), or None.
+
+    A CSV may give any text: ``siteA/Case0`` failed after that case's synthesis, ``../Case0`` wrote beside the report.
+    """
+    if not case_id:
+        return "is empty"
+    if "/" in case_id or "\\" in case_id or case_id in (".", ".."):
+        return "would name a path, not a file"
+    if case_id != case_id.strip():
+        return "has surrounding spaces"
+    return None
+
+
 # --------------------------------------------------------------------------------------------- discovery
 
 
@@ -274,6 +288,10 @@ def _cases_from_csv(path: Path, skip_incomplete: bool, only: Optional[Sequence[s
             raise DataError(f"{path} line {line}: the case id is empty.")
         if cid in seen:
             raise DataError(f"{path}: case {cid} appears on lines {seen[cid]} and {line}.", "Case ids must be unique.")
+        problem = case_id_problem(cid)
+        if problem:
+            raise DataError(f"{path} line {line}: the case id {cid!r} {problem}.",
+                            "Use case ids without '/', '\\' or surrounding spaces, and not '.' or '..'.")
         seen[cid] = line
 
         def resolve(key: str) -> Optional[Path]:

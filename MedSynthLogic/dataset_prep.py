@@ -33,7 +33,7 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_text, make_output_folder, stale_temporaries
 from .config import ModelConfig, to_dict
-from .dataset_cases import BRATS_PATTERN, Case, case_key, find_cases, select_cases, split_cases
+from .dataset_cases import BRATS_PATTERN, Case, case_id_problem, case_key, find_cases, select_cases, split_cases
 from .errors import DataError, GeometryError, MedSynthError, OutputError, UsageError
 from .progress import progress_event, warning_event
 
@@ -61,11 +61,6 @@ def _check_outputs(out: Path, overwrite: bool) -> None:
     make_output_folder(out)
     if not os.access(out, os.W_OK):
         raise OutputError(f"The output folder {out} is not writable.", "Choose a folder you can write to.")
-
-
-def _in_case(case_id: str, exc: MedSynthError) -> MedSynthError:
-    """The same error type, its message prefixed by the case, so a failure in case 37 of 200 is findable."""
-    return type(exc)(f"Case {case_id}: {exc.message}", exc.hint, reason=exc.reason)
 
 
 def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, Any]:
@@ -202,8 +197,9 @@ def _case_rng(seed: int, case_id: str) -> np.random.Generator:
 
 
 def _check_case_id(case_id: str) -> None:
-    if not case_id or "/" in case_id or case_id in (".", "..") or case_id != case_id.strip():
-        raise DataError(f"The case id {case_id!r} cannot name an HDF5 group.", "Use case ids without '/' or surrounding spaces.")
+    problem = case_id_problem(case_id)
+    if problem:
+        raise DataError(f"The case id {case_id!r} {problem}.", "Use case ids without '/', '\\' or surrounding spaces.")
 
 
 @dataclass(frozen=True)
@@ -372,7 +368,7 @@ def _write_case(writer: Any, case: Case, plan: _Plan, split: str) -> Dict[str, A
     try:
         data = _load_case(case, plan.model_cfg, plan.geometry)
     except MedSynthError as exc:
-        raise _in_case(case.case_id, exc) from exc
+        raise exc.in_case(case.case_id) from exc
     t_sample = time.perf_counter()
     halo, S = plan.halo, plan.model_cfg.source_patch
     src_p = pad_volume(data["source"], halo)
@@ -382,7 +378,7 @@ def _write_case(writer: Any, case: Case, plan: _Plan, split: str) -> Dict[str, A
     try:
         corner_sets = [sample_corners(mask_p, plan.patches_per_case, S, rng, plan.inside_fraction) for _ in range(plan.copies)]
     except DataError as exc:
-        raise _in_case(case.case_id, exc) from exc
+        raise exc.in_case(case.case_id) from exc
     t_sample = time.perf_counter() - t_sample
     t_write = time.perf_counter()
     writer.add_volume(case.case_id, src_p, tgt_p, mask_p, data["source_transform"], data["target_transform"],

@@ -36,6 +36,12 @@ class MedSynthError(Exception):
     def __str__(self) -> str:
         return f"{self.message} {self.hint}".strip()
 
+    def in_case(self, case_id: str) -> "MedSynthError":
+        """The same error, its message prefixed by the case, so a failure in case 37 of 200 is findable."""
+        if self.message.startswith(f"Case {case_id}:"):
+            return self
+        return type(self)(f"Case {case_id}: {self.message}", self.hint, reason=self.reason)
+
 
 class UsageError(MedSynthError):
     """Wrong arguments or options."""

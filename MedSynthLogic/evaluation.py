@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 import numpy as np
 
 from .atomic import make_output_folder
-from .errors import DataError, OutputError, UsageError
+from .errors import Cancelled, DataError, MedSynthError, OutputError, UsageError
 from .progress import progress_event, warning_event
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def evaluate_cases(
     from .dataset_prep import target_background
     from .devices import arithmetic_name
     from .inference import synthesize_volume
-    from .metrics import evaluate_pairs, write_report
+    from .metrics import score_pair, scored_results, write_report
     from .model_file import LoadedModel, bundled_model_path, load_model
 
     scorer = IntensityLookup.load(lookup) if lookup else None
@@ -204,33 +204,37 @@ def evaluate_cases(
     earlier = _earlier_files(out_dir) if overwrite else []
     out = make_output_folder(out_dir)
     trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
-    entries, refused, resampled = [], {}, {}
+    scoring = scoring_of(norm)
+    rows, refused, resampled = [], {}, {}
     for i, case in enumerate(cases):
-        source, target, mask, seg, notes = read_case(case, norm.mask_threshold, target_fill=target_background(norm.target))
-        for note in notes:
-            if progress:
-                progress(warning_event("evaluate", f"{case.case_id}: {note}"))
-            resampled.setdefault(case.case_id, []).append(note)
-        if loaded is not None:  # said before the case's minutes of synthesis, not after
-            refused.update(_input_checks_failed(loaded, case, source, mask, progress))
-        if scorer is not None:
-            pred = source.with_array(scorer.apply(source.array, mask))
-        else:
-            pred = synthesize_volume(loaded, source, mask=mask, stages=stages, device=device, flip_tta=flip_tta,
-                                     precision=precision, progress=within_case(progress, i, len(cases), case.case_id))
-        entries.append((case.case_id, pred, target, mask, seg))
+        try:
+            read = read_case(case, norm.mask_threshold, target_fill=target_background(norm.target))
+            for note in read.notes:
+                if progress:
+                    progress(warning_event("evaluate", f"{case.case_id}: {note}"))
+                resampled.setdefault(case.case_id, []).append(note)
+            if loaded is not None:  # said before the case's minutes of synthesis, not after
+                refused.update(_input_checks_failed(loaded, case, read.source, read.mask, progress))
+            if scorer is not None:
+                pred = read.source.with_array(scorer.apply(read.source.array, read.mask))
+            else:
+                pred = synthesize_volume(loaded, read.source, mask=read.mask, stages=stages, device=device,
+                                         flip_tta=flip_tta, precision=precision,
+                                         progress=within_case(progress, i, len(cases), case.case_id))
+            rows.append(score_pair(case.case_id, pred, read.target, read.scored, read.tumour, *scoring))
+        except Cancelled:
+            raise
+        except MedSynthError as exc:  # case 37 of 200 must be findable
+            raise exc.in_case(case.case_id) from exc
         if save_predictions:
             from .volume_io import write_volume
 
             write_volume(pred, out / f"{case.case_id}_synthetic_{target_name}.nii.gz", overwrite=True)
         if figures:
-            _case_figure(out / f"{case.case_id}.png", source, pred, target, mask, norm, f"{case.case_id} {label}".strip(),
-                         names)
+            _case_figure(out / f"{case.case_id}.png", read, pred, scoring, f"{case.case_id} {label}".strip(), names)
         if progress:
             progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
-    window = (norm.target.window_min, norm.target.window_max) if norm.target.mode == "window" else None
-    results = evaluate_pairs(entries, pred_scale=norm.output_scale if norm.target.mode == "percentile" else None,
-                             window=window)
+    results = scored_results(rows, *scoring)
     results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
                    precision=None if scorer else arithmetic_name(device, precision),
                    **({"model_sha256": loaded.header.get("tensors_sha256")} if loaded is not None else {}),
@@ -318,14 +322,14 @@ def _report_notes(trained_on: Optional[List[str]], refused: Dict[str, List[str]]
 def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:
     """The scored cases that the model's header lists as its training cases (see :func:`_own_cases_scored`); a
     header that gives only their number (files trained before session 38) cannot tell."""
-    from .model_summary import listed_training_cases, prior_training_cases
+    from .model_summary import all_training_cases, earlier_training_cases
 
     if loaded is None:
         return []
-    own = listed_training_cases(loaded.header)
-    prior = prior_training_cases(loaded.header)  # a refiner's synthesis is built on its prior's training cases too
-    listed = None if own is None else sorted(set(own) | set(prior))
-    return _own_cases_scored(listed, cases, progress, "the model's training cases (its prior model's too)" if prior
+    # a refiner's synthesis is built on its prior's training cases too, a run from --init-model on that file's
+    earlier = earlier_training_cases(loaded.header)
+    return _own_cases_scored(all_training_cases(loaded.header), cases, progress,
+                             "the model's training cases (those of the model it was built on too)" if earlier
                              else "the model's training cases",
                              "the model file does not name its training cases (files written before session 38 record "
                              "at most their number)")
@@ -354,13 +358,26 @@ def _own_cases_scored(listed: Optional[Sequence[str]], cases: Sequence[Case], pr
 
 
 class CaseOnSourceGrid(NamedTuple):
-    """A case's files as one grid: what ``evaluate`` scores and ``fit-lookup`` fits on."""
+    """A case's files as one grid: what ``evaluate`` scores and ``fit-lookup`` fits on. ``mask``: the brain, which
+    the synthesis reads; ``scored``: the part of it the target covers, which the scores and the lookup's fit read."""
 
     source: Any
     target: Any
     mask: np.ndarray
     tumour: Optional[np.ndarray]
     notes: List[str]
+    scored: np.ndarray
+
+
+def scoring_of(norm: Any) -> Tuple[float, Optional[float], Optional[Tuple[float, float]]]:
+    """(percentile, prediction scale, window): how ``metrics`` scores a predictor of this normalisation. A
+    percentile-mode target scores the synthesis in its own unit, 1 = the target's ``percentile`` (99.5 was
+    assumed: a perfect model trained at 99 could not pass 32.8 dB); a window-mode one in the window."""
+    if norm.target.mode == "window":
+        return 99.5, None, (float(norm.target.window_min), float(norm.target.window_max))
+    if norm.target.mode == "percentile":
+        return float(norm.target.percentile), float(norm.output_scale), None
+    return 99.5, None, None
 
 
 def read_case(case: Case, mask_threshold: float, tumour: bool = True, target_fill: float = 0.0) -> CaseOnSourceGrid:
@@ -374,16 +391,27 @@ def read_case(case: Case, mask_threshold: float, tumour: bool = True, target_fil
     background where a resampled target does not reach (``dataset_prep.target_background``).
     """
     from .normalisation import brain_mask
-    from .volume_io import align_pair, read_volume
+    from .volume_io import align_pair, read_volume, region_on_grid
 
-    source, target, notes = align_pair(read_volume(case.source), read_volume(case.target), policy="resample",
-                                       fill=target_fill)
+    raw_target = read_volume(case.target)
+    source, target, notes = align_pair(read_volume(case.source), raw_target, policy="resample", fill=target_fill)
     seg = _on_source_grid(read_volume(case.seg), source, "segmentation", notes) if case.seg and tumour else None
     if case.mask:
         mask = _on_source_grid(read_volume(case.mask), source, "mask", notes)
     else:
         mask = brain_mask(source.array, mask_threshold)
-    return CaseOnSourceGrid(source, target, mask, seg, notes)
+    scored = mask
+    if notes and target is not raw_target:  # resampled: beyond its field of view the target holds no data
+        covered, _ = region_on_grid(raw_target.with_array(np.ones(raw_target.shape, np.float32)), source)
+        scored = mask & covered
+        missed = int(np.count_nonzero(mask) - np.count_nonzero(scored))
+        if missed == int(np.count_nonzero(mask)):
+            raise DataError("The target's field of view does not reach the brain mask: there is nothing to score.",
+                            "Check that the target belongs to this case and lies in the same space as the source.")
+        if missed:
+            notes.append(f"The target's field of view misses {missed} of the brain mask's {int(mask.sum())} voxels "
+                         f"({100.0 * missed / mask.sum():.1f} %): they are not scored.")
+    return CaseOnSourceGrid(source, target, mask, seg, notes, scored)
 
 
 def _on_source_grid(labels: Any, source: Any, what: str, notes: List[str]) -> np.ndarray:
@@ -396,30 +424,30 @@ def _on_source_grid(labels: Any, source: Any, what: str, notes: List[str]) -> np
     return region
 
 
-def _case_figure(path: Path, source: Any, pred: Any, target: Any, mask: np.ndarray, norm: Any, title: str,
+def _case_figure(path: Path, read: CaseOnSourceGrid, pred: Any, scoring: Tuple[Any, ...], title: str,
                  names: Tuple[str, str]) -> None:
-    """Source | synthetic | real | error map, the error in the metrics' unit (0–0.5); ``names``: the pair's."""
+    """Source | synthetic | real | error map, the error exactly what the metrics read (``metrics.metric_images``,
+    0–0.5 of their unit; the figure had its own scaling, which drew a perfect median-mode synthesis with 10 %
+    error); ``names``: the pair's."""
     from .figures import comparison_figure, metric_unit_ranges
-    from .metrics import scale_prediction, window_unit
+    from .metrics import metric_images
 
     source_name, target_name = names
-    if norm.target.mode == "window":  # the metrics' unit: the window mapped to [0, 1]
-        window = (norm.target.window_min, norm.target.window_max)
-        err = np.abs(window_unit(pred.array, window) - window_unit(target.array, window)) * mask
-    else:
-        err = np.abs(scale_prediction(pred.array, mask, norm.output_scale) - _unit(target.array, mask))
-    if norm.target.mode == "percentile":
-        ranges = metric_unit_ranges(f"synthetic {target_name}", f"real {target_name}", target.array, mask, norm.output_scale)
-    elif norm.target.mode == "window":  # both in the target's window: per-image windows made a CT pair incomparable
-        shown = (float(norm.target.window_min), float(norm.target.window_max))
-        ranges = {f"synthetic {target_name}": shown, f"real {target_name}": shown}
+    percentile, pred_scale, window = scoring
+    pn, tn = metric_images(pred.array, read.target.array, read.scored, percentile, pred_scale, window)
+    err = np.abs(pn - tn)
+    if pred_scale is not None:
+        ranges = metric_unit_ranges(f"synthetic {target_name}", f"real {target_name}", read.target.array, read.scored,
+                                    pred_scale, percentile)
+    elif window is not None:  # both in the target's window: per-image windows made a CT pair incomparable
+        ranges = {f"synthetic {target_name}": window, f"real {target_name}": window}
     else:
         ranges = None
     comparison_figure(
         path,
-        [(source_name, source.array), (f"synthetic {target_name}", pred.array), (f"real {target_name}", target.array),
-         ("|error| (0–0.5, normalised)", err)],
-        mask=mask, spacing=source.spacing, title=title, ranges=ranges,
+        [(source_name, read.source.array), (f"synthetic {target_name}", pred.array),
+         (f"real {target_name}", read.target.array), ("|error| (0–0.5, normalised)", err)],
+        mask=read.mask, spacing=read.source.spacing, title=title, ranges=ranges,
     )
 
 
@@ -442,10 +470,3 @@ def within_case(
         progress(progress_event("evaluate", index, count, fraction=(index + within) / count, case=case_id))
 
     return forward
-
-
-def _unit(arr: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Divide by the 99.5th percentile inside the mask and clip to [0, 1]: the metrics' intensity unit."""
-    from .metrics import normalise_for_metrics
-
-    return normalise_for_metrics(arr, mask)

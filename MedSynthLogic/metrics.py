@@ -27,8 +27,8 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .dataset_cases import IMAGE_SUFFIXES, image_ending, image_stem
-from .errors import DataError, GeometryError, InputImageError
-from .volume_io import Volume, read_volume, same_grid
+from .errors import DataError, GeometryError, InputImageError, MedSynthError
+from .volume_io import Volume, read_volume, region_on_grid, same_grid
 
 ArrayLike = Union[np.ndarray, Volume]
 METRICS = ("psnr", "ssim", "mae", "psnr_tumour", "ssim_tumour", "mae_tumour", "psnr_calibrated", "mae_target_unit")
@@ -134,6 +134,22 @@ def ssim3d(pred: np.ndarray, target: np.ndarray, mask: Optional[np.ndarray] = No
     return float(np.mean(smap[region[box]]))
 
 
+def metric_images(pred: np.ndarray, target: np.ndarray, brain: np.ndarray, percentile: float = 99.5,
+                  pred_scale: Optional[float] = None,
+                  window: Optional[Tuple[float, float]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Prediction and reference in the metrics' unit ([0, 1], the protocol above), both 0 outside ``brain``: what
+    every metric reads, and what ``evaluate``'s figures draw their error from."""
+    if window is not None:
+        pn, tn = window_unit(pred, window), window_unit(target, window)
+    elif pred_scale is None:
+        pn, tn = normalise_for_metrics(pred, brain, percentile), normalise_for_metrics(target, brain, percentile)
+    else:
+        pn, tn = scale_prediction(pred, brain, pred_scale), normalise_for_metrics(target, brain, percentile)
+    # both images inside the mask only, as the prediction already was: SSIM's windows at the mask's edge read the
+    # reference's tissue outside it otherwise (a CT's skull under an MR brain mask: 0.21 → −0.03, PSNR unchanged)
+    return np.where(brain, pn, np.float32(0.0)), np.where(brain, tn, np.float32(0.0))
+
+
 def evaluate_case(
     pred: ArrayLike,
     target: ArrayLike,
@@ -163,15 +179,10 @@ def evaluate_case(
                             f"does not have the reference's size {t.shape} (z, y, x).", "Use files on the reference grid.")
     if not brain.any():
         raise InputImageError("The brain mask (or the reference) is empty.", "Check the mask / reference files.")
-    if window is not None:
-        pn, tn = np.where(brain, window_unit(p, window), np.float32(0.0)), window_unit(t, window)
-    elif pred_scale is None:
-        pn, tn = normalise_for_metrics(p, brain, percentile), normalise_for_metrics(t, brain, percentile)
-    else:
-        pn, tn = scale_prediction(p, brain, pred_scale), normalise_for_metrics(t, brain, percentile)
-    # both images inside the mask only, as the prediction already was: SSIM's windows at the mask's edge read the
-    # reference's tissue outside it otherwise (a CT's skull under an MR brain mask: 0.21 → −0.03, PSNR unchanged)
-    pn, tn = np.where(brain, pn, np.float32(0.0)), np.where(brain, tn, np.float32(0.0))
+    if window is None and not float(np.percentile(t[brain], percentile)) > 0:  # it was scored as a black image
+        raise DataError(f"The reference is 0 (or below) at its {percentile}th percentile inside the brain mask, so it "
+                        "has no scale to score against.", "Check the reference (target) file, or leave this case out.")
+    pn, tn = metric_images(p, t, brain, percentile, pred_scale, window)
     smap, box = ssim_map(pn, tn, brain)
     inner = brain[box]
     result: Dict[str, Any] = {
@@ -224,13 +235,31 @@ def evaluate_pairs(
 
     Prediction and reference must share a grid (``GeometryError`` naming the case and the difference otherwise).
     """
-    cases = []
-    for case_id, pred, target, mask, seg in pairs:
+    cases = [score_pair(case_id, pred, target, mask, seg, percentile, pred_scale, window)
+             for case_id, pred, target, mask, seg in pairs]
+    return scored_results(cases, percentile, pred_scale, window)
+
+
+def score_pair(case_id: str, pred: ArrayLike, target: ArrayLike, mask: Optional[ArrayLike], seg: Optional[ArrayLike],
+               percentile: float = 99.5, pred_scale: Optional[float] = None,
+               window: Optional[Tuple[float, float]] = None) -> Dict[str, Any]:
+    """One case's row (``{"case": case_id, **evaluate_case(...)}``); an error names the case. Scored as each case is
+    made, so an evaluation holds one case's volumes at a time, not every case's."""
+    try:
         if isinstance(pred, Volume) and isinstance(target, Volume):
             diffs = same_grid(pred, target)
             if diffs:
-                raise GeometryError(f"Case {case_id}: prediction and reference grids differ: " + "; ".join(diffs) + ".")
-        cases.append({"case": str(case_id), **evaluate_case(pred, target, mask, seg, percentile, pred_scale, window)})
+                raise GeometryError("Prediction and reference grids differ: " + "; ".join(diffs) + ".",
+                                    "Resample the prediction onto the reference's grid, or let `medsynth evaluate` "
+                                    "synthesize it on the source's grid.")
+        return {"case": str(case_id), **evaluate_case(pred, target, mask, seg, percentile, pred_scale, window)}
+    except MedSynthError as exc:
+        raise exc.in_case(str(case_id)) from exc
+
+
+def scored_results(cases: List[Dict[str, Any]], percentile: float = 99.5, pred_scale: Optional[float] = None,
+                   window: Optional[Tuple[float, float]] = None) -> Dict[str, Any]:
+    """The report of :func:`score_pair` rows: the protocol, the rows and their summary."""
     if not cases:
         raise DataError("There is nothing to evaluate (no prediction/reference pairs).")
     return {"protocol": _protocol(percentile, pred_scale, window), "cases": cases, "summary": _summary(cases)}
@@ -273,8 +302,9 @@ def evaluate_folder(
 ) -> Dict[str, Any]:
     """Evaluate every image in ``pred_dir`` against the file of the same name in ``target_dir``.
 
-    Optional ``mask_dir``/``seg_dir`` hold files of the same name too. A prediction without its reference is a
-    ``DataError`` (a silently skipped case would flatter the mean).
+    Optional ``mask_dir``/``seg_dir`` hold files of the same name too, read as their labels > 0 on the reference's
+    grid (``volume.region_on_grid``: a mask stored in another voxel order was applied to the mirrored voxels). A
+    prediction without its reference is a ``DataError`` (a silently skipped case would flatter the mean).
     """
     pred_root, target_root = Path(pred_dir), Path(target_dir)
     preds = sorted(p for p in pred_root.iterdir() if p.is_file() and image_ending(p.name))
@@ -291,11 +321,15 @@ def evaluate_folder(
             return None
         return read_volume(path)
 
-    pairs = (
-        (_case_id(p), read_volume(p), load(target_root, p.name, True), load(mask_dir, p.name, True), load(seg_dir, p.name, False))
-        for p in preds
-    )
-    return evaluate_pairs(pairs, percentile)
+    def on_grid(labels: Optional[Volume], reference: Volume) -> Optional[np.ndarray]:
+        return None if labels is None else region_on_grid(labels, reference)[0]
+
+    cases = []
+    for p in preds:
+        target = load(target_root, p.name, True)
+        cases.append(score_pair(_case_id(p), read_volume(p), target, on_grid(load(mask_dir, p.name, True), target),
+                                on_grid(load(seg_dir, p.name, False), target), percentile))
+    return scored_results(cases, percentile)
 
 
 def _json_safe(obj: Any) -> Any:

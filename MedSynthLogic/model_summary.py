@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["summarize_header", "held_out_figures", "case_count", "listed_training_cases", "prior_training_cases"]
+__all__ = ["summarize_header", "held_out_figures", "case_count", "listed_training_cases", "prior_training_cases",
+           "earlier_training_cases", "all_training_cases"]
 
 
 #: The training-record key of a blended model file (``training.blend_model_file`` writes it; the summary reads it).
@@ -260,6 +261,20 @@ def prior_training_cases(header: Mapping[str, Any]) -> List[str]:
     prior = (header.get("training") or {}).get("prior_model") or {}
     cases = prior.get("train_cases") if isinstance(prior, Mapping) else None
     return [str(case) for case in cases] if isinstance(cases, list) else []
+
+
+def earlier_training_cases(header: Mapping[str, Any]) -> List[str]:
+    """The cases the weights a model was built on were trained on: its prior model's (:func:`prior_training_cases`)
+    and its ``--init-model`` file's (``init_model_train_cases``, files since session 43), sorted."""
+    init = (header.get("training") or {}).get("init_model_train_cases")
+    return sorted(set(prior_training_cases(header)) | {str(c) for c in (init if isinstance(init, list) else [])})
+
+
+def all_training_cases(header: Mapping[str, Any]) -> Optional[List[str]]:
+    """Every case a model's synthesis has learned from: its own (:func:`listed_training_cases`) and the earlier
+    ones (:func:`earlier_training_cases`); None when it does not list its own."""
+    own = listed_training_cases(header)
+    return None if own is None else sorted(set(own) | set(earlier_training_cases(header)))
 
 
 def listed_training_cases(header: Mapping[str, Any]) -> Optional[List[str]]:

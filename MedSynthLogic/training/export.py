@@ -27,10 +27,12 @@ def write_trained_model(
     out: Path, chain: AutoContextChain, model_cfg: ModelConfig, train_cfg: TrainConfig, plan: TrainingPlan, ctx: DistContext,
     wall_s: float, patches_seen: int, amp_dtype: Optional[torch.dtype], resumed_from: Optional[str], command: Optional[Sequence[str]], metrics: Dict[str, Any],
     prior: Optional[Dict[str, Any]] = None, stages_from_file: int = 0, stages_from_path: Optional[str] = None,
+    init_model_cases: Sequence[str] = (),
 ) -> None:
     """The model file of a finished run, with its training record (data, schedule, hardware, time, provenance);
     ``patches_seen`` counts every patch this run drew, across resumes with other numbers of processes;
-    ``stages_from_file``: leading stages taken from an ``--init-model`` file, not counted as trained here."""
+    ``stages_from_file``: leading stages taken from an ``--init-model`` file, not counted as trained here;
+    ``init_model_cases``: the cases that file's weights were trained on (``evaluate`` counts them as seen)."""
     from ..model_file import save_model
 
     training = {
@@ -51,6 +53,8 @@ def write_trained_model(
     }
     if prior is not None:
         training["prior_model"] = prior
+    if init_model_cases:
+        training["init_model_train_cases"] = list(init_model_cases)
     chain.cpu()
     save_model(out, chain, model_cfg, training, final_metrics(metrics, model_cfg.stages))
     chain.to(ctx.device)
@@ -111,6 +115,9 @@ def export_checkpoint(
     data = json.loads(state.get("data") or "{}")  # checkpoints before 2026-12-06 do not hold it
     if data:
         record["data"] = data
+    init_cases = json.loads(state.get("init_model_cases") or "[]")  # since session 43
+    if init_cases:
+        record["init_model_train_cases"] = init_cases
     record.update(training or {})
     metrics = final_metrics(json.loads(state.get("metrics") or "{}"), n)
     if evaluation:

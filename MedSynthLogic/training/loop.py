@@ -36,6 +36,7 @@ from ..models import (
     init_from_previous_stage,
     start_as_context,
 )
+from ..model_summary import all_training_cases
 from ..progress import stage_event, validation_event, warning_event
 from ..stage_trainer import StageTrainer, amp_settings
 from .context import alt_source_context, contrast_contexts, stage_context
@@ -130,6 +131,7 @@ def train(
         session.carry_history(start.checkpoint)
         if start.checkpoint is None and start.model is not None:
             session.stages_from_file, session.stages_from_path = start.stage, start.resumed_from
+            session.init_model_cases = all_training_cases(start.model.header) or []
         session.patches_seen = patches_before(start, train_cfg, ctx.world_size)
         moved = changed_world_size(start, train_cfg, ctx.world_size) if resume else None
         if moved:
@@ -145,7 +147,7 @@ def train(
         if ctx.is_main:
             write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), session.patches_seen, amp_dtype,
                                 resumed_from, command, session.metrics, prior_record(prior), session.stages_from_file,
-                                session.stages_from_path)
+                                session.stages_from_path, session.init_model_cases)
         dist_utils.barrier(ctx)
         return out
     except RuntimeError as exc:  # anywhere a collective waits: opening the folder, the lock, the model file's barrier

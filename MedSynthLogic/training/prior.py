@@ -70,7 +70,7 @@ def prior_record(prior: Any) -> Optional[Dict[str, Any]]:
     """What the new model file's training record says about its prior: which file, which weights, how good."""
     if prior is None:
         return None
-    from ..model_summary import listed_training_cases
+    from ..model_summary import all_training_cases
 
     header = prior.header
     return {
@@ -79,5 +79,5 @@ def prior_record(prior: Any) -> Optional[Dict[str, Any]]:
         "generator_kind": prior.config.generator.kind,
         "stages": prior.config.stages,
         "metrics": header.get("metrics", {}),
-        "train_cases": listed_training_cases(header),  # the refiner's synthesis is built on them too
+        "train_cases": all_training_cases(header),  # the refiner's synthesis is built on them too
     }

@@ -6,7 +6,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ def checkpoint_state(
     patches_seen: int = 0,
     stages_from_file: int = 0,
     stages_from_path: Optional[str] = None,
+    init_model_cases: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """The checkpoint (format ``medsynth-training-state``): generators 0..stage, the trainer's state, RNG, history,
     ``data`` (the plan's summary of the training data), so a model exported from it says what it learned from, and
@@ -83,6 +84,7 @@ def checkpoint_state(
         "patches_seen": int(patches_seen),
         "stages_from_file": int(stages_from_file),
         "stages_from_path": stages_from_path or "",
+        "init_model_cases": json.dumps(list(init_model_cases)),
     }
     state.update(trainer.state_dict())
     return state

@@ -462,3 +462,130 @@ def test_every_committed_report_says_which_file_it_scored():
         today = rows[folder][1]
         named = rows[folder][0] if today == "the same file today" else (re.findall(r"^now at `([^`]+)`", today) or [None])[0]
         assert named is None or (evaluation.parents[1] / named).is_file(), (folder, today)
+
+
+def _smaller_field_of_view(cases_dir: Path, root: Path, cut: int = 12) -> Path:
+    """Case a again, its T2 missing the first ``cut`` columns (x, the array's last axis) in the same space."""
+    import shutil
+
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    case = root / "a"
+    shutil.copytree(cases_dir / "a", case)
+    t2 = read_volume(case / "a_t2.nii.gz")
+    origin = (t2.origin[0] + cut * t2.spacing[0], *t2.origin[1:])
+    write_volume(type(t2)(np.ascontiguousarray(t2.array[:, :, cut:]), t2.spacing, origin, t2.direction),
+                 case / "a_t2.nii.gz", overwrite=True)
+    return root
+
+
+def test_a_target_of_a_smaller_field_of_view_is_scored_and_fitted_where_it_has_data(cases_dir, lookup, tmp_path):
+    """The brain beyond a resampled target's field of view was scored as black (a review: 10.2 dB instead of 14.8)
+    and fit-lookup learned zeros there; both now read only the voxels the target covers, and say how many not."""
+    from MedSynthLogic.baselines import IntensityLookup
+    from MedSynthLogic.cli import main
+    from MedSynthLogic.metrics import evaluate_case
+    from MedSynthLogic.volume_io import read_volume
+
+    cut = 12
+    root = _smaller_field_of_view(cases_dir, tmp_path / "cases", cut)
+    report = evaluate_cases(cases_to_evaluate(root), tmp_path / "o", lookup=lookup, save_predictions=True)
+    pred = read_volume(tmp_path / "o" / "a_synthetic_t2.nii.gz").array
+    brain = pred > 0  # the lookup writes 0 outside the source's threshold mask
+    covered = np.zeros_like(brain)
+    covered[:, :, cut:] = True
+    assert (brain & ~covered).sum() > 500, "the cut must reach into the brain for this test to mean anything"
+    full_t2 = read_volume(cases_dir / "a" / "a_t2.nii.gz").array
+    expected = evaluate_case(pred, full_t2, brain & covered, None, pred_scale=1000.0)
+    row = report["cases"][0]
+    assert row["brain_voxels"] == int((brain & covered).sum())
+    assert row["psnr"] == pytest.approx(expected["psnr"], abs=1e-3) and row["ssim"] == pytest.approx(expected["ssim"], abs=1e-4)
+    missed = f"misses {int((brain & ~covered).sum())} of the brain mask's {int(brain.sum())} voxels"
+    assert any(missed in note for note in report["resampled"]["a"])
+    # fit-lookup: the same fit as on the whole T2 restricted to the covered voxels
+    assert main(["fit-lookup", str(root), str(tmp_path / "lk.json"), "--bins", "32", "--progress", "none"]) == 0
+    from MedSynthLogic.baselines import fit_intensity_lookup
+    from MedSynthLogic.config import ModelConfig
+
+    src = read_volume(cases_dir / "a" / "a_t1ce.nii.gz").array
+    want = fit_intensity_lookup([(src, full_t2, brain, covered)], ModelConfig().normalisation, bins=32)
+    np.testing.assert_allclose(IntensityLookup.load(tmp_path / "lk.json").values, want.values, atol=1e-4)
+
+
+def test_a_target_percentile_other_than_99_5_scores_a_perfect_synthesis_as_perfect(cases_dir, tmp_path):
+    """evaluate divided the reference by its 99.5th percentile whatever the model's target percentile: a perfect
+    synthesis of a model trained at 99 could not score above 32.8 dB (a review)."""
+    from MedSynthLogic.config import IntensityConfig, ModelConfig, NormalisationConfig
+    from MedSynthLogic.evaluation import scoring_of
+    from MedSynthLogic.metrics import score_pair
+    from MedSynthLogic.normalisation import brain_mask
+    from MedSynthLogic.volume_io import read_volume
+
+    norm = dataclasses_replace_target(ModelConfig().normalisation, IntensityConfig(percentile=99.0))
+    src = read_volume(cases_dir / "a" / "a_t1ce.nii.gz").array
+    t2 = read_volume(cases_dir / "a" / "a_t2.nii.gz").array
+    mask = brain_mask(src, norm.mask_threshold)
+    perfect = t2 / np.percentile(t2[mask], 99.0) * norm.output_scale  # the synthesis in the model's own unit
+    scoring = scoring_of(norm)
+    assert scoring[0] == 99.0 and isinstance(norm, NormalisationConfig)
+    assert score_pair("a", perfect, t2, mask, None, *scoring)["psnr"] > 60
+
+
+def dataclasses_replace_target(norm, target):
+    import dataclasses
+
+    return dataclasses.replace(norm, target=target)
+
+
+def test_an_all_zero_reference_is_refused_by_case_not_scored_as_black(cases_dir, lookup, tmp_path):
+    import shutil
+
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    root = tmp_path / "cases"
+    shutil.copytree(cases_dir, root)
+    t2 = read_volume(root / "b" / "b_t2.nii.gz")
+    write_volume(t2.with_array(np.zeros(t2.shape, np.float32)), root / "b" / "b_t2.nii.gz", overwrite=True)
+    with pytest.raises(DataError, match=r"^Case b: The reference is 0 \(or below\) at its 99.5th percentile"):
+        evaluate_cases(cases_to_evaluate(root), tmp_path / "o", lookup=lookup)
+
+
+def test_a_mask_that_misses_the_source_names_its_case(cases_dir, lookup, tmp_path):
+    import shutil
+
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    root = tmp_path / "cases"
+    shutil.copytree(cases_dir, root)
+    src = read_volume(root / "b" / "b_t1ce.nii.gz")
+    far = type(src)((src.array > 0).astype(np.float32), src.spacing, (src.origin[0] + 500.0, *src.origin[1:]), src.direction)
+    write_volume(far, root / "b" / "b_mask.nii.gz")
+    with pytest.raises(Exception, match=r"^Case b: "):
+        evaluate_cases(cases_to_evaluate(root), tmp_path / "o", lookup=lookup)
+
+
+def test_case_ids_that_would_name_a_path_are_refused_in_a_csv(cases_dir, tmp_path):
+    from MedSynthLogic.dataset_cases import find_cases
+
+    for cid in ("siteA/a", "../a", "..", "a\\b"):
+        csv = tmp_path / "cases.csv"
+        csv.write_text(f"case,source,target\n{cid},{cases_dir}/a/a_t1ce.nii.gz,{cases_dir}/a/a_t2.nii.gz\n",
+                       encoding="utf-8")
+        with pytest.raises(DataError, match="would name a path, not a file"):
+            find_cases(None, csv=csv)
+
+
+def test_the_figures_error_is_what_the_metrics_read(cases_dir, tmp_path, monkeypatch):
+    """The error panel scaled the synthesis its own way: a perfect median-mode synthesis was drawn with ~10 % error."""
+    from MedSynthLogic import figures
+    from MedSynthLogic.config import IntensityConfig
+    from MedSynthLogic.dataset_cases import Case
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.evaluation import _case_figure, read_case, scoring_of
+
+    norm = dataclasses_replace_target(ModelConfig().normalisation, IntensityConfig(mode="median"))
+    read = read_case(Case("a", cases_dir / "a" / "a_t1ce.nii.gz", cases_dir / "a" / "a_t2.nii.gz"), norm.mask_threshold)
+    drawn = {}
+    monkeypatch.setattr(figures, "comparison_figure", lambda path, panels, **kw: drawn.update(panels))
+    _case_figure(tmp_path / "a.png", read, read.target, scoring_of(norm), "a", ("T1ce", "T2"))
+    assert np.abs(drawn["|error| (0–0.5, normalised)"]).max() < 1e-6

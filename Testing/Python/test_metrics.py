@@ -159,6 +159,31 @@ def test_evaluate_folder(tmp_path, phantom) -> None:
         evaluate_folder(tmp_path / "pred", tmp_path / "ref")
 
 
+def test_evaluate_folder_reads_a_mask_in_another_voxel_order_in_its_own_place(tmp_path, phantom) -> None:
+    """A mask stored with x mirrored (direction −1, origin moved) was applied to the mirrored voxels (a review)."""
+    from MedSynthLogic.volume_io import Volume
+
+    for d in ("pred", "ref", "mask", "mirrored"):
+        (tmp_path / d).mkdir()
+    t2 = phantom.t2
+    noisy = t2.array + np.random.default_rng(0).normal(0, 30, t2.shape).astype(np.float32) * (t2.array > 0)
+    one_side = phantom.mask.copy()
+    one_side[:, :, : t2.shape[2] // 2] = False  # one side of the brain only
+    write_volume(t2, tmp_path / "ref" / "a.nii.gz")
+    write_volume(t2.with_array(noisy * (1 + np.linspace(0, 1, t2.shape[2], dtype=np.float32))), tmp_path / "pred" / "a.nii.gz")
+    write_volume(t2.with_array(one_side.astype(np.float32)), tmp_path / "mask" / "a.nii.gz")
+    d = np.array(t2.direction).reshape(3, 3)
+    origin = np.array(t2.origin) + d[:, 0] * t2.spacing[0] * (t2.shape[2] - 1)  # x: the array's last axis
+    flipped = d.copy()
+    flipped[:, 0] *= -1
+    write_volume(Volume(np.ascontiguousarray(one_side[:, :, ::-1]).astype(np.float32), t2.spacing, tuple(origin),
+                        tuple(flipped.ravel())), tmp_path / "mirrored" / "a.nii.gz")
+    same = evaluate_folder(tmp_path / "pred", tmp_path / "ref", mask_dir=tmp_path / "mask")["cases"][0]
+    mirrored = evaluate_folder(tmp_path / "pred", tmp_path / "ref", mask_dir=tmp_path / "mirrored")["cases"][0]
+    assert mirrored["brain_voxels"] == same["brain_voxels"]
+    assert mirrored["psnr"] == pytest.approx(same["psnr"], abs=1e-6) and mirrored["ssim"] == pytest.approx(same["ssim"], abs=1e-6)
+
+
 def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert devices.resolve_device("cpu") == torch.device("cpu")
     assert devices.resolve_device(" CPU ") == torch.device("cpu")

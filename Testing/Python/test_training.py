@@ -507,7 +507,12 @@ def test_resume_continues_a_stopped_start_stage_run(tmp_path, data_dir, tiny_mod
     """Calling the same --start-stage command again with --resume continues the stage instead of restarting it."""
     from MedSynthLogic.training import train
 
-    one = train(data_dir, tmp_path / "one.safetensors", _one_stage(tiny_model_config), _cfg(iterations=2), device="cpu")
+    from MedSynthLogic.model_file import load_model, save_model
+
+    trained = load_model(train(data_dir, tmp_path / "trained.safetensors", _one_stage(tiny_model_config),
+                               _cfg(iterations=2), device="cpu"))
+    record = dict(trained.header["training"], data={"train_case_ids": ["elsewhere_7"]})  # trained on other cases
+    one = save_model(tmp_path / "one.safetensors", trained.chain, trained.config, record)
     stop = threading.Event()
 
     def stop_after_two(event):
@@ -527,6 +532,12 @@ def test_resume_continues_a_stopped_start_stage_run(tmp_path, data_dir, tiny_mod
     training = read_header(two)["training"]  # the resume keeps knowing that stage 0 came from the file
     assert (training["stages_trained"], training["stages_from_file"], training["patches_seen"]) == (1, 1, 5 * 4)
     assert training["stages_from_path"] == str(one) and training["resumed_from"] != str(one)  # the checkpoint resumed
+    # stage 0's cases are this model's too, through the resume (evaluate called them held out: a review, session 43)
+    from MedSynthLogic.model_summary import all_training_cases
+
+    assert training["init_model_train_cases"] == ["elsewhere_7"]
+    own = training["data"]["train_case_ids"]
+    assert "elsewhere_7" not in own and all_training_cases(read_header(two)) == sorted(own + ["elsewhere_7"])
 
 
 def test_start_stage_from_a_checkpoint_retrains_only_the_later_stages(tmp_path, data_dir, tiny_model_config):
