@@ -47,6 +47,12 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
     from .volume_io import check_image_output
 
     source = Path(args.source)
+    if source.is_dir() and args.uncertainty:
+        raise UsageError("--uncertainty needs a single source file, not a folder.", "Run one file at a time with --uncertainty.")
+    if source.is_dir() and args.mask:
+        raise UsageError("--mask needs a single source file, not a folder: one mask cannot fit every case.",
+                         "Put each case's mask beside its source as <case>_mask.nii.gz (BraTS naming), or run one file "
+                         "at a time with --mask.")
     if source.is_dir():
         check_output_folder(args.output, source)
     else:
@@ -58,8 +64,6 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
                   precision=args.precision, force=args.force)
     if args.tile is not None:
         common["tile"] = args.tile
-    if source.is_dir() and args.uncertainty:
-        raise UsageError("--uncertainty needs a single source file, not a folder.", "Run one file at a time with --uncertainty.")
     if source.is_dir():
         outputs = synthesize_folder(model, source, Path(args.output), pattern=args.pattern, overwrite=args.overwrite, **common)
         report(done_event(outputs=[str(p) for p in outputs]))

@@ -4,7 +4,9 @@ A BraTS case folder holds t1, t1ce, t2, flair and seg; synthesizing "every .nii.
 five and saved a synthetic T2 under the name ``…_t1ce.nii.gz``. So a folder source is read by name: only the
 model's source sequence (``<case>/<case>_t1ce.nii.gz`` or ``<case>_t1ce.nii.gz``, the suffix being the model's
 ``source_name`` in lower case) or what ``--pattern`` matches, and each output is
-``<case>_synthetic_<target>.<ext>`` (``<target>`` from the model's ``target_name``).
+``<case>_synthetic_<target>.<ext>`` (``<target>`` from the model's ``target_name``). Under BraTS naming a
+``<case>_mask`` image beside a source is its brain (or head) mask, as ``prepare`` and ``evaluate`` read it: a
+model trained on head masks synthesized a folder without them (a review: up to 2307 HU apart from ``evaluate``'s).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Source:
 
     case_id: str
     path: Path
+    mask: Optional[Path] = None
 
 
 def _brats_sources(folder: Path, suffix: str) -> List[Source]:
@@ -42,8 +45,18 @@ def _brats_sources(folder: Path, suffix: str) -> List[Source]:
         case = stem[: -len(suffix) - 1]
         nested = path.parent != folder
         if case and (not nested or path.parent.name == case):
-            found.append(Source(case, path))
+            found.append(Source(case, path, _mask_beside(path.parent, case)))
     return found
+
+
+def _mask_beside(folder: Path, case: str) -> Optional[Path]:
+    """``<case>_mask.<ext>`` in ``folder`` (any image extension, case-insensitive ``mask``); two are refused."""
+    masks = [p for p in sorted(folder.glob(f"{case}_*")) if p.is_file() and image_ending(p.name)
+             and image_stem(p.name)[len(case) + 1:].lower() == "mask"]
+    if len(masks) > 1:
+        raise UsageError(f"Case {case} has {len(masks)} mask files: {', '.join(p.name for p in masks)}.",
+                         "Keep one <case>_mask image beside the source.")
+    return masks[0] if masks else None
 
 
 def _pattern_sources(folder: Path, pattern: str, suffix: str) -> List[Source]:

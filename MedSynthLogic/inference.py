@@ -156,7 +156,8 @@ def synthesize_folder(
     """Synthesize the source images of ``in_dir`` into ``out_dir`` as ``<case>_synthetic_<target>.nii.gz``.
 
     Only the model's source sequence is read: BraTS naming (``<case>/<case>_t1ce.nii.gz`` or a flat
-    ``<case>_t1ce.nii.gz``) or what ``pattern`` matches (:func:`.folder_sources.find_sources`). The model is loaded once.
+    ``<case>_t1ce.nii.gz``, with a ``<case>_mask`` image beside it as its mask) or what ``pattern`` matches
+    (:func:`.folder_sources.find_sources`). The model is loaded once.
     Every output and every source (the input checks, see :func:`synthesize_file`) is checked before the first
     synthesis, and the output folder is created only then, so a refused batch leaves nothing behind and a long
     one does not stop half-way on a name clash; progress events carry ``file`` and ``files`` (1-based index and
@@ -176,14 +177,15 @@ def synthesize_folder(
     targets = [dst_dir / output_name(s, loaded.config.target_name) for s in sources]
     if dst_dir.is_dir():
         for src, dst in zip(sources, targets):
-            check_output_path(dst, overwrite=overwrite, inputs=(src.path,))
+            check_output_path(dst, overwrite=overwrite, inputs=tuple(p for p in (src.path, src.mask) if p))
     else:
         _check_creatable(dst_dir)
     for src in sources:  # refusals before any compute; with force, each file's own run below warns once
         volume = read_volume(src.path)
         check_receptive_field(loaded, volume)
         if not force:
-            refuse_or_warn(check_source(volume, loaded.config), False, source=src.path)
+            mask = read_volume(src.mask) if src.mask is not None else None
+            refuse_or_warn(check_source(volume, loaded.config, mask=mask), False, source=src.path)
     make_output_folder(dst_dir)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)
     written = []
@@ -194,7 +196,8 @@ def synthesize_folder(
                 progress({**event, "file": _i, "files": len(sources), "source": str(_src)})
 
         per_file = dataclasses.replace(options, progress=tagged).keywords()
-        written.append(synthesize_file(loaded, src.path, dst, overwrite=overwrite, force=force, **per_file))
+        written.append(synthesize_file(loaded, src.path, dst, overwrite=overwrite, mask_path=src.mask, force=force,
+                                       **per_file))
     return written
 
 

@@ -43,8 +43,9 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model file (.safetensors) (default: the bundled T1ce→T2 model)")
     p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto, CUDA if present)")
-    p.add_argument("--mask", help="brain mask volume (default: source above the model's mask threshold, 0 for a "
-                   "skull-stripped MR source)")
+    p.add_argument("--mask", help="brain mask volume of a single source file (default: source above the model's mask "
+                   "threshold, 0 for a skull-stripped MR source; a folder source uses each case's <case>_mask image "
+                   "beside it under BraTS naming)")
     p.add_argument("--flip-tta", action="store_true", help="average with the left-right flipped synthesis")
     p.add_argument("--uncertainty", metavar="UNC_FILE",
                    help="also write an uncertainty map there, in the output's unit: the model's learned expected "

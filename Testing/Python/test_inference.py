@@ -308,6 +308,31 @@ def test_synthesize_file_and_folder(model_file, phantom, tmp_path):
         synthesize_folder(model, in_dir, tmp_path / "o2", pattern="*.mha", device="cpu")
 
 
+def test_a_folder_synthesis_uses_each_cases_mask_beside_its_source(model_file, phantom, tmp_path):
+    """A folder synthesis ignored the <case>_mask files that prepare and evaluate read (a review: an MR→CT model on
+    head masks gave CTs up to 2307 HU apart from the evaluated ones), and --mask with a folder was dropped silently."""
+    from MedSynthLogic.cli import main
+
+    src = phantom.t1ce
+    half = phantom.mask.copy()
+    half[:, :, : half.shape[2] // 2] = False
+    root = tmp_path / "cases"
+    for case in ("c0", "c1"):
+        (root / case).mkdir(parents=True)
+        write_volume(src, root / case / f"{case}_t1ce.nii.gz")
+    write_volume(src.with_array(half.astype(np.float32)), root / "c0" / "c0_mask.nii.gz")
+    outs = synthesize_folder(model_file, root, tmp_path / "out", device="cpu")
+    with_mask = synthesize_file(model_file, root / "c0" / "c0_t1ce.nii.gz", tmp_path / "m.nii.gz",
+                                mask_path=root / "c0" / "c0_mask.nii.gz", device="cpu")
+    without = synthesize_file(model_file, root / "c1" / "c1_t1ce.nii.gz", tmp_path / "n.nii.gz", device="cpu")
+    np.testing.assert_array_equal(read_volume(outs[0]).array, read_volume(with_mask).array)
+    np.testing.assert_array_equal(read_volume(outs[1]).array, read_volume(without).array)
+    assert np.all(read_volume(outs[0]).array[~half] == 0) and np.any(read_volume(outs[1]).array[~half] != 0)
+    assert main(["synthesize", str(root), str(tmp_path / "o2"), "--model", str(model_file), "--mask",
+                 str(root / "c0" / "c0_mask.nii.gz"), "--progress", "none"]) == 2
+    assert not (tmp_path / "o2").exists()
+
+
 def test_synthesis_options_name_keywords_every_layer_takes():
     """One options object is handed from the folder and file layers down: each of its fields is a keyword of every layer."""
     import inspect
