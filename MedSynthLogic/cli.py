@@ -406,6 +406,17 @@ def _warn_default_pair(args: argparse.Namespace, report: Reporter, command: str,
         report(warning_event(command, f"{', '.join(picked)} pick the files, but without --config they are read as the "
                              f"default pair, {model_cfg.source_name}→{model_cfg.target_name}, with its normalisation: "
                              "pass --config with the pair's names (and a window normalisation for a CT)"))
+    from .source_names import named_sequence
+
+    for role, suffix, name in (("source", args.source_suffix, model_cfg.source_name),
+                               ("target", args.target_suffix, model_cfg.target_name)):
+        # a suffix the name reader knows is checked against the config (source_names.check_pair_suffixes); one it
+        # does not ("mr", "ct", "pd") made a model that called itself T1ce→T2 without a word (a review)
+        if suffix and suffix.lower() != name.lower() and named_sequence(suffix) is None:
+            report(warning_event(command, f"the {role} files (suffix '{suffix}') are recorded as the "
+                                 f"{'default ' if args.config is None else ''}config's {role}, {name}: its name goes "
+                                 "into the model, its input checks and its output names; if they hold another image, "
+                                 f"set \"{role}_name\" in {'a' if args.config is None else 'the'} --config"))
 
 
 def _case_files(args: argparse.Namespace) -> "CaseFiles":

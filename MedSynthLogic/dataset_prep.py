@@ -36,6 +36,7 @@ from .config import ModelConfig, to_dict
 from .dataset_cases import BRATS_PATTERN, Case, case_id_problem, case_key, find_cases, select_cases, split_cases
 from .errors import DataError, GeometryError, MedSynthError, OutputError, UsageError
 from .progress import progress_event, warning_event
+from .voxel_size import describe as describe_voxels
 
 PathLike = Union[str, os.PathLike]
 OUTPUT_FILES = ("train.h5", "val.h5", "manifest.json")
@@ -94,6 +95,11 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
                             f"({100.0 * missed / mask.sum():.1f} %), where training learns the target's background as "
                             "brain: leave that case out, or give a mask file (or crop the source) inside the target's "
                             "field of view")
+    if resampled and np.prod(raw_target.spacing) < 0.7 * np.prod(source.spacing):  # e.g. 3T (1 mm) → 7T (0.7 mm)
+        coverage.append(f"the target's voxels ({describe_voxels(raw_target.spacing)}) are finer than the source's "
+                        f"({describe_voxels(source.spacing)}) and were resampled onto the source's grid, so the model "
+                        "learns and synthesizes at the source's resolution: to keep the target's, resample the sources "
+                        "onto the targets' grid before prepare and set the config's input.spacing_mm to it")
     del raw_target
     if case.seg is not None:  # the manifest records it for evaluate: one it cannot read must fail here, not after training
         _, seg_diffs = region_on_grid(read_volume(case.seg), source)

@@ -33,6 +33,11 @@ T1_WORDS = frozenset({"mprage", "mp2rage", "spgr", "fspgr", "bravo"})
 CONTRAST_SUFFIXES = frozenset({"ce", "c", "gd", "cgd", "post", "km"})
 CONTRAST_WORDS = frozenset({"ce", "gd", "gad", "gado", "gadolinium", "post", "postcontrast", "postgad", "contrast",
                             "enhanced", "km"})
+#: Token endings after "t1"/"t2" and whole tokens that name a quantitative map (T1 in ms, T2*, T1ρ), not a weighted
+#: image: an MP2RAGE "T1map" is bright in CSF, and a 3T→7T model of T1 maps refused its own inputs as T2-weighted.
+QUANTITATIVE_SUFFIXES = frozenset({"map", "maps", "mapping", "rho", "star", "relax", "relaxometry", "value", "values"})
+QUANTITATIVE_WORDS = frozenset({"map", "maps", "mapping", "qt1", "qt2", "qmri", "quantitative", "relaxometry", "rho",
+                                "star", "r2star"})
 #: Token endings after "t1" and whole tokens that say it was not.
 NATIVE_SUFFIXES = frozenset({"n", "pre", "native", "nc"})
 NATIVE_WORDS = frozenset({"pre", "precontrast", "native", "nativ", "nc", "noncontrast", "nocontrast", "plain",
@@ -75,8 +80,11 @@ def _family(token: str) -> Optional[str]:
 
 
 def named_sequence(name: str) -> Optional[NamedSequence]:
-    """The sequence ``name`` names, or None when it names none or several (``"t1_t2"``, "pre and post")."""
+    """The sequence ``name`` names, or None when it names none or several (``"t1_t2"``, "pre and post") or a
+    quantitative map (``"T1map"``, ``"MP2RAGE T1 map"``, ``"T2star"``), which is no weighted image."""
     tokens = _tokens(name)
+    if any(t in QUANTITATIVE_WORDS or (t[:2] in ("t1", "t2") and t[2:] in QUANTITATIVE_SUFFIXES) for t in tokens):
+        return None
     families = {f for f in map(_family, tokens) if f is not None}
     if FLAIR in families and len(families) == 2:  # "T1 FLAIR" is T1-weighted, "T2 FLAIR" is a FLAIR
         families = {T1} if T1 in families else ({FLAIR} if T2 in families else families)

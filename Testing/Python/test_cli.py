@@ -954,3 +954,19 @@ def test_a_gpu_out_of_memory_in_evaluate_still_suggests_the_cpu(monkeypatch, cap
     monkeypatch.setitem(cli.HANDLERS, "evaluate", out_of_gpu_memory)
     assert cli.main(["evaluate", "data", "--out", "report"]) == 8
     assert "Run it with --device cpu" in capsys.readouterr().err
+
+
+def test_prepare_with_suffixes_no_name_reader_knows_says_which_pair_it_records(tmp_path, phantom, capsys):
+    """`--source-suffix mr --target-suffix ct` without a config made a model that called itself T1ce→T2 without a
+    word (a review); a suffix the reader knows is refused when it disagrees (source_names.check_pair_suffixes)."""
+    from MedSynthLogic import cli
+    from MedSynthLogic.volume_io import write_volume
+
+    (tmp_path / "c0").mkdir()
+    write_volume(phantom.t1ce, tmp_path / "c0" / "c0_mr.nii.gz")
+    write_volume(phantom.t2, tmp_path / "c0" / "c0_ct.nii.gz")
+    assert cli.main(["prepare", str(tmp_path), str(tmp_path / "out"), "--source-suffix", "mr", "--target-suffix", "ct",
+                     "--val-fraction", "0", "--patches-per-case", "2", "--progress", "plain"]) == 0
+    err = capsys.readouterr().err
+    assert "the source files (suffix 'mr') are recorded as the default config's source, T1ce" in err
+    assert "the target files (suffix 'ct') are recorded as the default config's target, T2" in err

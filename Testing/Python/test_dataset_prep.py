@@ -577,3 +577,21 @@ def test_a_dataset_whose_largest_case_would_not_fit_in_memory_is_refused_before_
     monkeypatch.setattr(volume_io, "available_ram", lambda: need)
     manifest = prepare_dataset(cases, tmp_path / "out", ModelConfig(), patches_per_case=2, val_fraction=0.0)
     assert sorted(manifest["splits"]["train"]) == ["Case_00", "Case_01", "Case_big"]
+
+
+def test_a_target_of_finer_voxels_says_its_resolution_is_lost_and_how_to_keep_it(tmp_path):
+    """3T (1 mm) → 7T (0.5 mm): the target went onto the source's grid with only a resampling note (a review)."""
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.volume_io import Volume, resample_like, write_volume
+
+    src, tgt = _pair(0)
+    fine = resample_like(tgt, Volume(np.zeros(tuple(2 * n for n in tgt.shape), np.float32), tuple(s / 2 for s in tgt.spacing),
+                                     tuple(o - s / 4 for o, s in zip(tgt.origin, tgt.spacing)), tgt.direction))
+    (tmp_path / "data" / "c0").mkdir(parents=True)
+    write_volume(src, tmp_path / "data" / "c0" / "c0_t1ce.nii.gz")
+    write_volume(fine, tmp_path / "data" / "c0" / "c0_t2.nii.gz")
+    events = []
+    prepare_dataset(find_cases(tmp_path / "data"), tmp_path / "out", ModelConfig(), patches_per_case=2, val_fraction=0.0,
+                    progress=events.append)
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert any("are finer than the source's" in w and "resample the sources onto the targets' grid" in w for w in warnings)

@@ -42,7 +42,8 @@ def test_names_of_brats_files_and_dicom_series(name, kind, explicit):
 
 
 @pytest.mark.parametrize("name", ["MRHead", "MRBrainTumor1", "source", "Brats18_x_seg", "T10 vertebra",
-                                  "case_t1ce synthetic T2", "T1 pre and post", "image_0001"])
+                                  "case_t1ce synthetic T2", "T1 pre and post", "image_0001",
+                                  "T1map_3T", "MP2RAGE_T1map", "T1 map", "qT1", "T2star", "T1rho"])
 def test_names_that_name_no_single_sequence_say_nothing(name):
     assert named_sequence(name) is None
     assert name_notes(name, T1CE_MODEL) == []
@@ -104,3 +105,20 @@ def test_file_suffixes_follow_the_configs_names_and_refuse_another_pair():
     assert '"source_name"' in err.value.hint and err.value.exit_code == 2
     with pytest.raises(UsageError, match="target files"):
         file_suffixes(t1_flair, None, "t2")
+
+
+def test_a_model_of_quantitative_t1_maps_accepts_its_own_inputs(phantom):
+    """A T1 map (CSF brightest) was read as a T1-weighted name and refused as T2-weighted by its own model (a review)."""
+    import dataclasses
+
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.input_checks import check_source
+
+    t1map = phantom.t2  # a T1 map's histogram is T2-like: long T1 where T2 is long
+    for name in ("T1map_3T", "MP2RAGE_T1map"):
+        cfg = dataclasses.replace(ModelConfig(source_name=name, target_name="T1map_7T"),
+                                  input=dataclasses.replace(ModelConfig().input, sequence=name))
+        assert [f.code for f in check_source(t1map, cfg)] == []
+    t1_model = ModelConfig(source_name="T1_3T", target_name="T1_7T")
+    t1_model = dataclasses.replace(t1_model, input=dataclasses.replace(ModelConfig().input, sequence="T1_3T"))
+    assert [f.code for f in check_source(t1map, t1_model)] == ["sequence"], "a T1-weighted model still checks"
