@@ -301,7 +301,10 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         raise
     finally:
         if watching is not None:
-            watching.set()
+            try:
+                watching.stop()
+            except KeyboardInterrupt:  # the stop file appeared as the command ended: there is nothing left to stop
+                pass
         restore()
         report.close()
 
@@ -350,18 +353,33 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
     return restore
 
 
-def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threading.Event":
+class _StopWatch:
+    """The end of a ``--stop-file`` watch: :meth:`stop` waits for a signal being sent, so none arrives once the
+    command's SIGTERM handler is restored (the default action would end the process without its clean-up)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock, self.done = threading.Lock(), threading.Event()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.done.set()
+
+
+def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> _StopWatch:
     """Watch for ``--stop-file`` on a thread and, once it exists, send this process's main thread SIGTERM, so the
     command stops exactly as a signal would stop it (a training checkpoints first). On Windows Slicer cannot signal
     its child (its CTRL_BREAK reaches only processes on its own console, which a GUI has not): the panel creates the
-    file instead. A file there before the start is refused (it would stop every later run at once). Returns the
-    event that ends the watch."""
+    file instead. A file there before the start is refused (it would stop every later run at once). Returns what
+    ends the watch."""
     import signal
     import threading
 
-    done = threading.Event()
+    watch_state = _StopWatch()
+    done = watch_state.done
     if not path:
-        return done
+        return watch_state
     if threading.current_thread() is not threading.main_thread():  # no handler here: SIGTERM would end the host
         raise UsageError("--stop-file works only when medsynth runs as a process of its own, not on a worker thread.",
                          "Start it as a child process (python -m MedSynthLogic.cli ...), or stop it with a cancel callback.")
@@ -372,15 +390,19 @@ def _stop_when_file_appears(path: Optional[str], every_s: float = 0.5) -> "threa
 
     def watch() -> None:
         while not done.wait(every_s):
-            if os.path.exists(path) and not done.is_set():  # not once the command ended and its handler is gone
+            if not os.path.exists(path):
+                continue
+            with watch_state.lock:
+                if done.is_set():  # the command ended meanwhile: its handler may be gone
+                    return
                 if hasattr(signal, "pthread_kill"):
                     signal.pthread_kill(main, signal.SIGTERM)  # also wakes a main thread blocked in a call
                 else:
                     signal.raise_signal(signal.SIGTERM)
-                return
+            return
 
     threading.Thread(target=watch, name="medsynth-stop-file", daemon=True).start()
-    return done
+    return watch_state
 
 
 def _case_list(text: Optional[str], option: str = "--cases") -> Optional[List[str]]:
