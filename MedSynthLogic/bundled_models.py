@@ -21,9 +21,10 @@ def models_dir() -> Path:
 
 
 def bundled_model_files(folder: "Path | None" = None) -> List[Path]:
-    """The ``.safetensors`` files in ``folder`` (default :func:`models_dir`), the default model first, then by name."""
+    """The ``.safetensors`` files in ``folder`` (default :func:`models_dir`), the default model first, then by name;
+    hidden files are left out (a write killed half-way leaves its ``.name.XXXX.tmp.safetensors``, ``atomic``)."""
     folder = models_dir() if folder is None else Path(folder)
     if not folder.is_dir():
         return []
-    files = (p for p in folder.glob("*.safetensors") if p.is_file())
+    files = (p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
     return sorted(files, key=lambda p: (p.name != DEFAULT_NAME, p.name))

@@ -19,8 +19,6 @@ from .progress import done_event, log_event
 from .reporting import Reporter, failure_event, reader_gone, silence
 
 if TYPE_CHECKING:
-    import threading
-
     from .dataset_cases import CaseFiles
 
 def _cancel_on_signals() -> Callable[[], bool]:

@@ -108,6 +108,12 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
     source_suffix, target_suffix = file_suffixes(model.config, source_suffix, target_suffix)
     found = (files or CaseFiles()).find(cases_dir, source_suffix, target_suffix, only=list(cases) if cases else None)
     ids = list(cases) if cases else training_cases_of(model.header, [c.case_id for c in found])
+    data = model.header.get("training", {}).get("data", {})
+    held_out = data.get("val_case_ids", data.get("val_cases")) if isinstance(data, dict) else None
+    on_validation = [c for c in ids if isinstance(held_out, list) and c in held_out]
+    if on_validation:  # said and recorded: the file must not call its map fitted on training cases
+        report(f"warning: {len(on_validation)} of the cases to fit on ({', '.join(on_validation)}) are the model's "
+               "validation cases: the map learns their errors, so they no longer measure it (or the model) unseen")
     scale = float(model.config.normalisation.output_scale)
     rng = np.random.default_rng(seed)
     names = FEATURES + IMAGE_FEATURES if image_features else FEATURES
@@ -134,5 +140,6 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
             report(f"{case.case_id} ({name}): mean |error| {float(error.mean()):.4f} over {len(error)} brain voxels")
     fitted = fit_error_map(np.concatenate(rows), np.concatenate(errors), seed=seed,
                            fitted_on={"cases": ids, "voxels_per_case": int(voxels_per_case), "seed": int(seed),
-                                      **({"variants": drawn} if variants else {})}, names=names)
+                                      **({"variants": drawn} if variants else {}),
+                                      **({"validation_cases": on_validation} if on_validation else {})}, names=names)
     return with_error_map(model_path, out, fitted, overwrite=overwrite)

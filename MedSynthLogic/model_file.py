@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -106,8 +106,10 @@ def save_model(
     metrics: Optional[Dict[str, Any]] = None,
     overwrite: bool = True,
     error_map: Optional[ErrorMap] = None,
+    inputs: Sequence[PathLike] = (),
 ) -> Path:
     """Write every stage of ``chain`` with its config and a checksum, atomically (old file or complete new one).
+    ``inputs``: the files it was made from, which it never replaces, even with ``overwrite``.
 
     A chain with fewer stages than ``cfg.stages`` (training stopped after an earlier stage) is saved with
     ``stages`` set to what it has, so the file always rebuilds to exactly its tensors. ``error_map``: a learned
@@ -137,10 +139,11 @@ def save_model(
     }
     if error_map is not None:
         header["error_map"] = error_map.header()
-    return _write(path, tensors, header, overwrite)
+    return _write(path, tensors, header, overwrite, inputs)
 
 
-def _write(path: PathLike, tensors: Dict[str, torch.Tensor], header: Dict[str, Any], overwrite: bool) -> Path:
+def _write(path: PathLike, tensors: Dict[str, torch.Tensor], header: Dict[str, Any], overwrite: bool,
+           inputs: Sequence[PathLike] = ()) -> Path:
     """Seal ``header`` with its checksum and write it with ``tensors``, atomically."""
     try:
         header["header_sha256"] = header_sha256(header)
@@ -149,7 +152,7 @@ def _write(path: PathLike, tensors: Dict[str, torch.Tensor], header: Dict[str, A
         raise UsageError(f"The model's training/metrics information cannot be stored as JSON: {exc}.") from exc
     from safetensors.torch import save_file
 
-    out = check_output_path(path, overwrite=overwrite)
+    out = check_output_path(path, overwrite=overwrite, inputs=tuple(inputs))
     with atomic_path(out) as tmp:
         try:
             save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
@@ -303,4 +306,4 @@ def with_error_map(path: PathLike, out: PathLike, error_map: ErrorMap, overwrite
     header["tensors_sha256"] = tensors_sha256(tensors)
     header["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     header.pop("header_sha256", None)
-    return _write(out, tensors, header, overwrite)
+    return _write(out, tensors, header, overwrite, inputs=(p,))

@@ -60,6 +60,8 @@ def _uncertainty(error_map: Any, stage_part: bool = True) -> str:
     fitted_on = error_map.get("fitted_on") or {}
     cases = fitted_on.get("cases") or []
     fitted = f" on {case_count(cases)} case{'' if case_count(cases) == 1 else 's'}" if cases else ""
+    validation = fitted_on.get("validation_cases") or []
+    fitted += f" ({len(validation)} of them its validation cases)" if validation else ""
     shifted = sorted({name for drawn in (fitted_on.get("variants") or {}).values() for name in drawn})
     fitted += f" and their shifted sources ({', '.join(shifted)})" if shifted else ""
     whole = error_map.get("image_features") or []
@@ -265,15 +267,22 @@ def prior_training_cases(header: Mapping[str, Any]) -> List[str]:
 
 def earlier_training_cases(header: Mapping[str, Any]) -> List[str]:
     """The cases the weights a model was built on were trained on: its prior model's (:func:`prior_training_cases`)
-    and its ``--init-model`` file's (``init_model_train_cases``, files since session 43), sorted."""
-    init = (header.get("training") or {}).get("init_model_train_cases")
-    return sorted(set(prior_training_cases(header)) | {str(c) for c in (init if isinstance(init, list) else [])})
+    and those of the files it took weights from (``inherited_train_cases``, files since session 43: an
+    ``--init-model`` file, a donor's stages, the other files of a weight average), sorted."""
+    inherited = (header.get("training") or {}).get("inherited_train_cases")
+    return sorted(set(prior_training_cases(header)) | {str(c) for c in (inherited if isinstance(inherited, list) else [])})
 
 
 def all_training_cases(header: Mapping[str, Any]) -> Optional[List[str]]:
     """Every case a model's synthesis has learned from: its own (:func:`listed_training_cases`) and the earlier
-    ones (:func:`earlier_training_cases`); None when it does not list its own."""
+    ones (:func:`earlier_training_cases`); None when it does not list its own, or when it refines a prior model
+    whose training cases its record does not give (an export of a refiner's checkpoint before session 43)."""
     own = listed_training_cases(header)
+    config = header.get("model_config") or {}
+    prior = (header.get("training") or {}).get("prior_model")
+    if isinstance(config, Mapping) and config.get("prior") is not None and not (
+            isinstance(prior, Mapping) and isinstance(prior.get("train_cases"), list)):
+        return None
     return None if own is None else sorted(set(own) | set(earlier_training_cases(header)))
 
 

@@ -60,7 +60,15 @@ def describe_model(header: Mapping[str, Any], file_name: str) -> str:
         lines.append(schedule)
     lines.append(_metrics_line(header.get("metrics") or {}))
     if header.get("error_map"):
-        lines.append(_("Uncertainty map: its expected error per voxel (a learned error map fitted on its training cases)."))
+        fitted_on = (header["error_map"].get("fitted_on") or {}) if isinstance(header["error_map"], dict) else {}
+        validation = fitted_on.get("validation_cases") or []
+        if validation:  # fit-error-map --cases named some: the panel said "its training cases" all the same
+            lines.append(_("Uncertainty map: its expected error per voxel (a learned error map fitted on {n} cases, "
+                           "{k} of them its validation cases).").format(n=len(fitted_on.get("cases") or []),
+                                                                        k=len(validation)))
+        else:
+            lines.append(_("Uncertainty map: its expected error per voxel (a learned error map fitted on its training "
+                           "cases)."))
     if header.get("created"):
         lines.append(_("Created {date}.").format(date=_esc(str(header["created"])[:10])))
     lines.append(_("Research use only, not for diagnosis.") + f' <a href="{MODEL_CARD_URL}">' + _("Model card") + "</a>.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -54,7 +55,7 @@ def write_trained_model(
     if prior is not None:
         training["prior_model"] = prior
     if init_model_cases:
-        training["init_model_train_cases"] = list(init_model_cases)
+        training["inherited_train_cases"] = list(init_model_cases)
     chain.cpu()
     save_model(out, chain, model_cfg, training, final_metrics(metrics, model_cfg.stages))
     chain.to(ctx.device)
@@ -101,7 +102,7 @@ def export_checkpoint(
     partial_ema = "ema" in state and not state["stage_done"] and n - 1 == int(state["stage"])
     if partial_ema:
         chain.stages[n - 1].load_state_dict(sub_state(state["ema"], "module."))
-    check_output_path(out_model, overwrite=overwrite)
+    check_output_path(out_model, overwrite=overwrite, inputs=(checkpoint,))
     record = {
         "exported_from_checkpoint": Path(checkpoint).name,
         "checkpoint_stage": int(state["stage"]),
@@ -115,14 +116,22 @@ def export_checkpoint(
     data = json.loads(state.get("data") or "{}")  # checkpoints before 2026-12-06 do not hold it
     if data:
         record["data"] = data
-    init_cases = json.loads(state.get("init_model_cases") or "[]")  # since session 43
+    # where the weights came from besides this run, as the finished run's file says it (checkpoints since session 43)
+    taken = int(state.get("stages_from_file", 0))
+    record["stages_trained"] = n - min(taken, n)
+    if taken:
+        record.update(stages_from_file=min(taken, n), stages_from_path=state.get("stages_from_path") or None)
+    init_cases = json.loads(state.get("init_model_cases") or "[]")
     if init_cases:
-        record["init_model_train_cases"] = init_cases
+        record["inherited_train_cases"] = init_cases
+    prior = json.loads(state.get("prior_record") or "null")
+    if prior:
+        record["prior_model"] = prior
     record.update(training or {})
     metrics = final_metrics(json.loads(state.get("metrics") or "{}"), n)
     if evaluation:
         metrics["evaluation"] = evaluation
-    return save_model(out_model, chain, export_cfg, record, metrics)
+    return save_model(out_model, chain, export_cfg, record, metrics, inputs=(checkpoint,))
 
 
 def final_metrics(metrics: Dict[str, Any], stages: int) -> Dict[str, Any]:
@@ -146,8 +155,12 @@ def blend_model_file(model: os.PathLike | str, out: os.PathLike | str, weight: f
                          "Pass a model trained with --prior-model and one stage.")
     scale_refinement(loaded.chain.stages[0], weight)
     training = dict(loaded.header.get("training", {}))
-    training[BLEND_KEY] = {"weight": float(weight), "from": Path(model).name}
-    return save_model(out, loaded.chain, loaded.config, training, overwrite=overwrite)
+    earlier = training.get(BLEND_KEY)  # a blend of a blend scales the correction twice: its record says the product
+    steps = list(earlier.get("steps", [earlier])) if isinstance(earlier, dict) else []
+    steps.append({"weight": float(weight), "from": Path(model).name})
+    training[BLEND_KEY] = {"weight": float(math.prod(step["weight"] for step in steps)), "from": steps[0]["from"],
+                           **({"steps": steps} if len(steps) > 1 else {})}
+    return save_model(out, loaded.chain, loaded.config, training, overwrite=overwrite, inputs=(model,))
 
 
 def average_model_files(models: Sequence[os.PathLike | str], out: os.PathLike | str, overwrite: bool = False) -> Path:
@@ -179,5 +192,28 @@ def average_model_files(models: Sequence[os.PathLike | str], out: os.PathLike | 
     for k, gen in enumerate(first.chain.stages):
         gen.load_state_dict(sub_state(mean, f"stage{k}."))
     training = dict(first.header.get("training", {}))
-    training[AVERAGE_KEY] = {"from": [Path(m).name for m in models]}
-    return save_model(out, first.chain, first.config, training, overwrite=overwrite)
+    earlier = training.get(AVERAGE_KEY)
+    training[AVERAGE_KEY] = {"from": [Path(m).name for m in models], **({"earlier": earlier} if earlier else {})}
+    _record_every_sources_cases(training, [m.header for m in loaded])
+    return save_model(out, first.chain, first.config, training, overwrite=overwrite, inputs=tuple(models))
+
+
+def _record_every_sources_cases(training: Dict[str, Any], headers: Sequence[Dict[str, Any]]) -> None:
+    """The averaged weights learned from every source's cases: they go into ``inherited_train_cases`` (``evaluate``
+    calls them not held out), and a validation case another source trained on is no validation case any more. The
+    first file's record alone had called the second file's training cases held out."""
+    from ..model_summary import all_training_cases
+
+    cases = [all_training_cases(h) for h in headers]
+    if any(c is None for c in cases):  # a source that does not list its cases: nobody can tell any more
+        training["data"] = {k: v for k, v in dict(training.get("data") or {}).items()
+                            if k not in ("train_case_ids", "train_cases")}
+        training.pop("inherited_train_cases", None)
+        return
+    seen = sorted(set().union(*cases))
+    training["inherited_train_cases"] = seen
+    data = dict(training.get("data") or {})
+    for key in ("val_case_ids", "val_cases"):
+        if isinstance(data.get(key), list):
+            data[key] = [c for c in data[key] if c not in set(seen)]
+    training["data"] = data

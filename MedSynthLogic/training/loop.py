@@ -110,6 +110,7 @@ def train(
         folder = session.run_dir
         lock = _lock_run_folder(session.run_dir, ctx)
         session.stop_after, session.data = stop_after, plan.summary()
+        session.prior_record = prior_record(prior)
         if not resume and start_stage == 0:
             refuse_earlier_run(session.run_dir)
         for message in plan.warnings:
@@ -146,7 +147,7 @@ def train(
             first = None
         if ctx.is_main:
             write_trained_model(out, chain, model_cfg, train_cfg, plan, ctx, session.elapsed(), session.patches_seen, amp_dtype,
-                                resumed_from, command, session.metrics, prior_record(prior), session.stages_from_file,
+                                resumed_from, command, session.metrics, session.prior_record, session.stages_from_file,
                                 session.stages_from_path, session.init_model_cases)
         dist_utils.barrier(ctx)
         return out

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
 from ..config import ModelConfig
 from ..errors import UsageError
-from ..models import AutoContextChain, generators_state, prior_state
+from ..models import PRIOR_PREFIX, AutoContextChain, generators_state, prior_state, sub_state
 from .resume import Start
 
 
@@ -81,3 +82,26 @@ def prior_record(prior: Any) -> Optional[Dict[str, Any]]:
         "metrics": header.get("metrics", {}),
         "train_cases": all_training_cases(header),  # the refiner's synthesis is built on them too
     }
+
+
+def with_prior_cases(refiner: os.PathLike | str, prior: os.PathLike | str, out: os.PathLike | str,
+                     overwrite: bool = False) -> Path:
+    """A copy of a refiner file whose prior record names the prior's training cases, read from the prior's own file
+    (files before session 42 record none, so ``evaluate`` cannot tell which cases its synthesis has seen). The prior
+    file must be the one the refiner holds (the same tensors); the generators and everything else are unchanged."""
+    from ..model_file import load_model, save_model
+    from ..model_summary import all_training_cases
+
+    ref, held = load_model(refiner, stages=None), open_prior_model(prior)
+    if ref.config.prior is None:
+        raise UsageError(f"{refiner} refines no prior model.", "Pass a model trained with --prior-model.")
+    mine, theirs = sub_state(generators_state(ref.chain), PRIOR_PREFIX), generators_state(held.chain)
+    if mine.keys() != theirs.keys() or not all(torch.equal(mine[k], theirs[k].float()) for k in mine):
+        raise UsageError(f"{prior} is not the prior model {refiner} holds.", "Pass the prior file it was trained on.")
+    cases = all_training_cases(held.header)
+    if cases is None:
+        raise UsageError(f"{prior} does not name its training cases either.")
+    training = dict(ref.header.get("training") or {})
+    training["prior_model"] = {**dict(training.get("prior_model") or {}), "train_cases": cases}
+    return save_model(out, ref.chain, ref.config, training, ref.header.get("metrics"), overwrite=overwrite,
+                      error_map=ref.error_map, inputs=(refiner, prior))

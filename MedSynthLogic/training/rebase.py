@@ -16,7 +16,9 @@ from typing import Any, Dict
 
 from ..config import IntensityConfig, ModelConfig
 from ..errors import UsageError
+from ..model_summary import all_training_cases
 from ..models import AutoContextChain
+from .prior import prior_record
 
 REBASE_KEY = "rebased"
 
@@ -43,7 +45,7 @@ def renormalised_model_file(
     norm = dataclasses.replace(loaded.config.normalisation, source=source)
     cfg = dataclasses.replace(loaded.config, normalisation=norm)
     what = {"op": "source normalisation", "from": Path(model).name, "source": dataclasses.asdict(source)}
-    return save_model(out, loaded.chain, cfg, _record(loaded, what), overwrite=overwrite)
+    return save_model(out, loaded.chain, cfg, _record(loaded, what), overwrite=overwrite, inputs=(model,))
 
 
 def rebased_refiner_file(
@@ -64,8 +66,10 @@ def rebased_refiner_file(
     chain = AutoContextChain(cfg)
     chain.stages.load_state_dict(ref.chain.stages.state_dict())
     chain.prior.load_state_dict(new.chain.state_dict())
-    what = {"op": "prior", "from": Path(refiner).name, "prior": Path(prior).name}
-    return save_model(out, chain, cfg, _record(ref, what), overwrite=overwrite)
+    training = _record(ref, {"op": "prior", "from": Path(refiner).name, "prior": Path(prior).name,
+                             "replaced_prior_model": ref.header.get("training", {}).get("prior_model")})
+    training["prior_model"] = prior_record(new)  # what evaluate reads: the old prior's cases would be checked instead
+    return save_model(out, chain, cfg, training, overwrite=overwrite, inputs=(refiner, prior))
 
 
 def extended_model_file(
@@ -90,4 +94,8 @@ def extended_model_file(
         source = head.chain if k < head.stages else tail.chain
         gen.load_state_dict(source.stages[k].state_dict())
     what = {"op": "stages", "from": Path(model).name, "stages_from": Path(donor).name, "first_donor_stage": head.stages}
-    return save_model(out, chain, cfg, _record(head, what), overwrite=overwrite)
+    training = _record(head, what)
+    donor_cases = all_training_cases(tail.header)
+    if donor_cases:  # the donor's stages learned from its cases
+        training["inherited_train_cases"] = sorted(set(training.get("inherited_train_cases") or []) | set(donor_cases))
+    return save_model(out, chain, cfg, training, overwrite=overwrite, inputs=(model, donor))

@@ -45,6 +45,7 @@ class Session:
     stages_from_file: int = 0  # leading stages taken from an --init-model file, not trained in this run
     stages_from_path: Optional[str] = None  # that file (a resume's "resumed_from" is its checkpoint instead)
     init_model_cases: List[str] = field(default_factory=list)  # the cases that file's weights were trained on
+    prior_record: Optional[Dict[str, Any]] = None  # the prior model a refiner trains on (training.prior.prior_record)
 
     def slice_over(self) -> bool:
         """Whether this call has run the ``stop_after`` iterations it was asked for (a slice of a long schedule)."""
@@ -58,6 +59,7 @@ class Session:
             self.stages_from_file = int(state.get("stages_from_file", 0))
             self.stages_from_path = state.get("stages_from_path") or None
             self.init_model_cases = json.loads(state.get("init_model_cases") or "[]")
+            self.prior_record = json.loads(state.get("prior_record") or "null") or self.prior_record
         self.t_start = time.perf_counter()
 
     def elapsed(self) -> float:
@@ -69,7 +71,8 @@ class Session:
         if self.ctx.is_main:
             state = checkpoint_state(self.model_cfg, self.train_cfg, chain, stage, iteration, stage_done, trainer,
                                      self.elapsed(), self.metrics, self.data, self.ctx.world_size, self.patches_seen,
-                                     self.stages_from_file, self.stages_from_path, self.init_model_cases)
+                                     self.stages_from_file, self.stages_from_path, self.init_model_cases,
+                                     self.prior_record)
             path = ckpt.save_checkpoint(self.run_dir / ckpt.checkpoint_name(stage, iteration), state)
             ckpt.prune_checkpoints(self.run_dir, keep=self.keep, keep_every=self.keep_every)
             self.emit(checkpoint_event(path, stage, iteration, reason))

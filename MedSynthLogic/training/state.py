@@ -64,10 +64,12 @@ def checkpoint_state(
     stages_from_file: int = 0,
     stages_from_path: Optional[str] = None,
     init_model_cases: Sequence[str] = (),
+    prior_record: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The checkpoint (format ``medsynth-training-state``): generators 0..stage, the trainer's state, RNG, history,
     ``data`` (the plan's summary of the training data), so a model exported from it says what it learned from, and
-    the number of processes that wrote it with the patches drawn so far (a resume may have another number)."""
+    the number of processes that wrote it with the patches drawn so far (a resume may have another number), and
+    where its weights came from besides this run (an ``--init-model`` file, a prior model), which an export keeps."""
     state = {
         "format": "medsynth-training-state",
         "model_config": json.dumps(to_dict(model_cfg)),
@@ -85,6 +87,7 @@ def checkpoint_state(
         "stages_from_file": int(stages_from_file),
         "stages_from_path": stages_from_path or "",
         "init_model_cases": json.dumps(list(init_model_cases)),
+        "prior_record": json.dumps(prior_record),  # an export of this checkpoint says what the refiner sits on
     }
     state.update(trainer.state_dict())
     return state

@@ -210,3 +210,29 @@ def test_a_model_whose_target_is_not_percentile_normalised_gets_no_learned_map(t
     with pytest.raises(UsageError, match="percentile-normalised target"):
         fit_error_map_for(model, tmp_path, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_map_fitted_on_validation_cases_says_so_in_the_file_and_in_the_panel(tmp_path, tiny_model_config, phantom):
+    """fit-error-map --cases naming a validation case gave no word, and the panel said "fitted on its training cases"
+    (the panel's words: test_slicer_lib)."""
+    import dataclasses
+
+    from MedSynthLogic.error_map_fit import fit_error_map_for
+    from MedSynthLogic.model_file import read_header, save_model
+    from MedSynthLogic.model_summary import summarize_header
+    from MedSynthLogic.volume_io import write_volume
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    model = save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg,
+                       training={"data": {"train_case_ids": ["c1"], "val_case_ids": ["c0"]}})
+    (tmp_path / "cases" / "c0").mkdir(parents=True)
+    write_volume(phantom.t1ce, tmp_path / "cases" / "c0" / "c0_t1ce.nii.gz")
+    write_volume(phantom.t2, tmp_path / "cases" / "c0" / "c0_t2.nii.gz")
+    said = []
+    out = fit_error_map_for(model, tmp_path / "cases", tmp_path / "em.safetensors", cases=["c0"], voxels_per_case=200,
+                            report=said.append)
+    assert any(line.startswith("warning: 1 of the cases to fit on (c0) are the model's validation cases") for line in said)
+    header = read_header(out)
+    assert header["error_map"]["fitted_on"]["validation_cases"] == ["c0"]
+    assert "fitted on 1 case (1 of them its validation cases)" in summarize_header(header, "em")

@@ -1,6 +1,7 @@
 """The model summary names the loss terms a model was trained with, not the full method regardless of weights."""
 
 import pytest
+import torch
 
 from MedSynthLogic.model_summary import summarize_header
 
@@ -113,3 +114,22 @@ def test_stages_taken_from_an_init_model_are_not_called_trained_here():
     assert "2 iterations per stage x 1 stage; stage 1 taken from one.safetensors" in line
     grown["training"].update(resumed_from="run/ckpt_s01_it000000003.pt", stages_from_path="one.safetensors")  # resumed
     assert "stage 1 taken from one.safetensors" in summarize_header(grown, "m")
+
+
+def test_the_bundled_default_names_every_case_its_synthesis_learned_from():
+    """The default refines the bundled FCN; its prior record lacked the FCN's training cases until session 43, when
+    evaluate came to call such a file's cases unknown rather than held out (Testing/Training/record_prior_cases.py)."""
+    from MedSynthLogic.bundled_models import DEFAULT_NAME, models_dir
+    from MedSynthLogic.model_file import read_header
+    from MedSynthLogic.model_summary import all_training_cases, listed_training_cases
+
+    from MedSynthLogic.model_file import load_model
+    from MedSynthLogic.models import PRIOR_PREFIX, generators_state, sub_state
+
+    default = read_header(models_dir() / DEFAULT_NAME)
+    fcn = read_header(models_dir() / "medsynth_t1ce_t2_nie2018.safetensors")
+    held = sub_state(generators_state(load_model(models_dir() / DEFAULT_NAME).chain), PRIOR_PREFIX)
+    shipped = generators_state(load_model(models_dir() / "medsynth_t1ce_t2_nie2018.safetensors").chain)
+    assert held.keys() == shipped.keys() and all(torch.equal(held[k], shipped[k]) for k in held), "its prior is the FCN"
+    assert all_training_cases(default) == sorted(set(listed_training_cases(default)) | set(listed_training_cases(fcn)))
+    assert len(all_training_cases(default)) == 11

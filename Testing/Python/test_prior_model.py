@@ -130,6 +130,15 @@ def test_a_blended_model_file_says_so_and_differs_only_in_the_refiners_output_la
     assert "correction scaled by 0.5" in summarize_header(header, "b")
     with pytest.raises(UsageError, match="prior"):
         blend_model_file(save_model(tmp_path / "u.safetensors", build_generators(small_unet()), small_unet()), tmp_path / "x.safetensors")
+    # a blend of the blend scales the correction twice, and says so (it recorded the last weight alone: a review)
+    twice = read_header(blend_model_file(out, tmp_path / "bb.safetensors", weight=0.5))
+    torch.testing.assert_close(load_file(str(tmp_path / "bb.safetensors"))["stage0.head.weight"],
+                               0.25 * before["stage0.head.weight"])
+    assert twice["training"]["blend_with_prior"]["weight"] == 0.25
+    assert twice["training"]["blend_with_prior"]["from"] == "r.safetensors"
+    assert "correction scaled by 0.25" in summarize_header(twice, "bb")
+    with pytest.raises(Exception, match="one of the inputs"):  # --overwrite never replaces what it is made from
+        blend_model_file(out, out, overwrite=True)
 
 
 def test_an_averaged_model_file_holds_the_mean_of_its_sources_weights_and_the_prior_unchanged(tmp_path):
@@ -161,6 +170,26 @@ def test_an_averaged_model_file_holds_the_mean_of_its_sources_weights_and_the_pr
     assert header["training"]["weight_average_of"]["from"] == ["r1.safetensors", "r2.safetensors"]
     assert "psnr" not in header["metrics"], "the sources' metrics do not describe their average"
     assert "weights averaged over 2 model files" in summarize_header(header, "soup")
+    with pytest.raises(Exception, match="one of the inputs"):
+        average_model_files(files, files[0], overwrite=True)
+
+
+def test_an_average_of_runs_on_other_splits_counts_every_sources_training_cases(tmp_path):
+    """The first file's record alone was kept: a case the second file trained on was called held out (a review)."""
+    from MedSynthLogic.model_file import read_header, save_model
+    from MedSynthLogic.model_summary import all_training_cases
+    from MedSynthLogic.training import average_model_files
+
+    cfg = small_fcn()
+    splits = {1: (["c0", "c1", "c2"], ["c3"]), 2: (["c1", "c2", "c3"], ["c0"])}
+    files = [save_model(tmp_path / f"f{seed}.safetensors", random_chain(cfg, seed=seed), cfg,
+                        training={"data": {"train_case_ids": train, "val_case_ids": val}})
+             for seed, (train, val) in splits.items()]
+    header = read_header(average_model_files(files, tmp_path / "soup.safetensors"))
+    assert all_training_cases(header) == ["c0", "c1", "c2", "c3"]
+    assert header["training"]["data"]["val_case_ids"] == [], "c3 was the second file's training case"
+    unlisted = save_model(tmp_path / "u.safetensors", random_chain(cfg, seed=5), cfg, training={"data": {}})
+    assert all_training_cases(read_header(average_model_files([files[0], unlisted], tmp_path / "s2.safetensors"))) is None
 
 
 def test_averaging_refuses_one_file_other_architectures_and_different_priors(tmp_path):
@@ -299,6 +328,11 @@ def test_training_on_a_prior_keeps_it_frozen_in_the_file_and_resumes_exactly(tmp
               callback=stop_at_3, stop_event=stop, **kw)
     candidate = load_model(export_checkpoint(ckpt.latest_checkpoint(tmp_path / "rb"), tmp_path / "c.safetensors", stages=1))
     assert candidate.config.prior == prior.config
+    # the export says what it sits on, as the finished file does (it lost the prior's record: a review, session 43)
+    assert candidate.header["training"]["prior_model"] == model.header["training"]["prior_model"]
+    with pytest.raises(Exception, match="one of the inputs"):  # the checkpoint is the run's only resume state
+        export_checkpoint(ckpt.latest_checkpoint(tmp_path / "rb"), ckpt.latest_checkpoint(tmp_path / "rb"), stages=1,
+                          overwrite=True)
     other = save_model(tmp_path / "other.safetensors", random_chain(small_fcn(), seed=4), small_fcn())
     with pytest.raises(UsageError, match="differs from the prior this run started with"):
         train(unet_data, tmp_path / "b.safetensors", refining_unet(), train_cfg(), run_dir=tmp_path / "rb",

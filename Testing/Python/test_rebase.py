@@ -54,9 +54,15 @@ def test_a_rebased_refiner_keeps_its_stage_and_takes_the_new_priors_weights_and_
     cfg = refining_unet()
     chain = build_generators(cfg)
     randomise(chain.stages, scale=0.1)
-    refiner = save_model(tmp_path / "r.safetensors", chain, cfg)
-    prior = save_model(tmp_path / "p.safetensors", random_chain(median_fcn(), seed=5), median_fcn())
+    refiner = save_model(tmp_path / "r.safetensors", chain, cfg,
+                         training={"prior_model": {"file": "old.safetensors", "train_cases": ["c0", "c1"]}})
+    prior = save_model(tmp_path / "p.safetensors", random_chain(median_fcn(), seed=5), median_fcn(),
+                       training={"data": {"train_case_ids": ["c2", "c3"]}})
     out = rebased_refiner_file(refiner, prior, tmp_path / "rebased.safetensors")
+    record = read_header(out)["training"]  # it kept the old prior's record, whose cases evaluate then read (a review)
+    assert record["prior_model"]["file"] == "p.safetensors" and record["prior_model"]["train_cases"] == ["c2", "c3"]
+    assert record["prior_model"]["tensors_sha256"] == read_header(prior)["tensors_sha256"]
+    assert record["rebased"][-1]["replaced_prior_model"]["file"] == "old.safetensors"
     old, new, p = load_file(str(refiner)), load_file(str(out)), load_file(str(prior))
     stage = [k for k in old if k.startswith("stage0.")]
     assert stage and all(torch.equal(old[k], new[k]) for k in stage)
@@ -78,9 +84,14 @@ def test_rebasing_refuses_a_model_without_a_prior_and_a_prior_with_one(tmp_path)
 
 
 def test_an_extended_file_holds_the_models_stages_then_the_donors(tmp_path):
-    head = save_model(tmp_path / "h.safetensors", random_chain(small_fcn(1), seed=1), small_fcn(1))
-    donor = save_model(tmp_path / "d.safetensors", random_chain(small_fcn(3), seed=2), small_fcn(3))
+    from MedSynthLogic.model_summary import all_training_cases
+
+    head = save_model(tmp_path / "h.safetensors", random_chain(small_fcn(1), seed=1), small_fcn(1),
+                      training={"data": {"train_case_ids": ["c0"]}})
+    donor = save_model(tmp_path / "d.safetensors", random_chain(small_fcn(3), seed=2), small_fcn(3),
+                       training={"data": {"train_case_ids": ["c1"]}})
     out = extended_model_file(head, donor, tmp_path / "e.safetensors")
+    assert all_training_cases(read_header(out)) == ["c0", "c1"], "the donor's stages learned from its cases"
     h, d, e = load_file(str(head)), load_file(str(donor)), load_file(str(out))
     assert e.keys() == d.keys()
     assert all(torch.equal(e[k], h[k]) for k in h)

@@ -266,11 +266,21 @@ def test_a_model_header_of_an_unexpected_form_gives_a_line_not_a_crash(tmp_path,
     assert "Training: stage 0: 5 iterations each." in model_info.describe_model_file(tmp_path / "odd.safetensors")
 
 
+def test_the_model_description_says_when_its_error_map_learned_from_validation_cases():
+    header = {"model_config": {"source_name": "T1ce", "target_name": "T2"}, "stages": 1, "training": {}, "metrics": {},
+              "error_map": {"fitted_on": {"cases": ["c0", "c1"], "validation_cases": ["c0"]}}}
+    assert "fitted on 2 cases, 1 of them its validation cases" in model_info.describe_model(header, "m.safetensors")
+    del header["error_map"]["fitted_on"]["validation_cases"]
+    assert "fitted on its training cases" in model_info.describe_model(header, "m.safetensors")
+
+
 def test_model_list_offers_every_shipped_model_default_first_then_another_file(tmp_path):
     """The panel's model list: when another kind becomes the default, the paper's FCN file stays one click away."""
     from MedSynthLogic.bundled_models import DEFAULT_NAME, bundled_model_files
 
-    for name in ("zz_nie2018_fcn.safetensors", DEFAULT_NAME, "aa_unet.safetensors", "notes.txt"):
+    # a hidden .….tmp.safetensors is what a write killed half-way leaves (atomic_path): no model to offer
+    for name in ("zz_nie2018_fcn.safetensors", DEFAULT_NAME, "aa_unet.safetensors", "notes.txt",
+                 ".aa_unet.safetensors.i1aas45k.tmp.safetensors"):
         (tmp_path / name).write_bytes(b"")
     assert [f.name for f in bundled_model_files(tmp_path)] == [DEFAULT_NAME, "aa_unet.safetensors", "zz_nie2018_fcn.safetensors"]
     assert bundled_model_files(tmp_path / "missing") == []

@@ -535,7 +535,7 @@ def test_resume_continues_a_stopped_start_stage_run(tmp_path, data_dir, tiny_mod
     # stage 0's cases are this model's too, through the resume (evaluate called them held out: a review, session 43)
     from MedSynthLogic.model_summary import all_training_cases
 
-    assert training["init_model_train_cases"] == ["elsewhere_7"]
+    assert training["inherited_train_cases"] == ["elsewhere_7"]
     own = training["data"]["train_case_ids"]
     assert "elsewhere_7" not in own and all_training_cases(read_header(two)) == sorted(own + ["elsewhere_7"])
 
