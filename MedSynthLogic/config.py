@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 from .errors import UsageError
 
@@ -96,6 +97,9 @@ class GeneratorConfig:
             raise UsageError("The generator's last layer must have 1 filter (one output image).")
         if any(k < 1 or k % 2 == 0 for k in self.kernels):
             raise UsageError("Generator kernels must be odd positive integers.")
+        if any(f < 1 for f in self.filters) or any(d < 1 for d in self.dilations):
+            raise UsageError(f"Generator filters and dilations must be ≥ 1, got filters {list(self.filters)} and "
+                             f"dilations {list(self.dilations)}.")
 
     @property
     def shrink(self) -> int:
@@ -160,6 +164,12 @@ class DiscriminatorConfig:
     fully_connected: Tuple[int, ...] = (512, 128)
     patch_channels: Tuple[int, ...] = (16, 32, 64)
 
+    def __post_init__(self) -> None:
+        widths = (*self.channels, self.last_conv, *self.fully_connected, *self.patch_channels)
+        if any(w < 1 for w in widths) or not self.channels or not self.patch_channels:
+            raise UsageError("The discriminator's channels, last_conv, fully_connected and patch_channels must be "
+                             f"widths ≥ 1, got {list(widths)}.")
+
 
 @dataclass(frozen=True)
 class IntensityConfig:
@@ -188,6 +198,9 @@ class IntensityConfig:
             raise UsageError("window_max must be larger than window_min.")
         if not 0 < self.percentile <= 100:
             raise UsageError("percentile must be in (0, 100].")
+        if not self.clip_min < self.clip_max:
+            raise UsageError(f"clip_min ({self.clip_min:g}) must be below clip_max ({self.clip_max:g}): every voxel "
+                             "would be one value.")
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,11 @@ class NormalisationConfig:
     mask_threshold: float = 0.0
     output_scale: float = 1000.0
 
+    def __post_init__(self) -> None:
+        if not self.output_scale > 0:
+            raise UsageError(f"output_scale must be positive, got {self.output_scale:g}: the synthesis is written as "
+                             "network units × output_scale (0 writes an empty image).")
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -221,6 +239,10 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.pixel not in ("l2", "l1"):
             raise UsageError(f"Unknown pixel loss {self.pixel!r}; use 'l2' or 'l1'.")
+        weights = (self.lambda_adv, self.lambda_l2, self.lambda_gdl)
+        if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise UsageError(f"The loss weights lambda_adv, lambda_l2 and lambda_gdl must be ≥ 0 with one above 0, got "
+                             f"{list(weights)}: a negative weight trains against its term, all 0 trains nothing.")
 
 
 @dataclass(frozen=True)
@@ -302,6 +324,32 @@ class TrainConfig:
             raise UsageError(f"Unknown lr_schedule {self.lr_schedule!r}; use 'step' or 'cosine'.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UsageError("ema_decay must be in [0, 1).")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Values that would end in a traceback from torch, or train wrongly without a word (a config review)."""
+        if self.iterations < 1 or self.batch_size < 1:
+            raise UsageError(f"iterations ({self.iterations}) and batch_size ({self.batch_size}) must be at least 1.")
+        if not (self.lr_g >= 0 and self.lr_d >= 0):
+            raise UsageError(f"The learning rates lr_g ({self.lr_g:g}) and lr_d ({self.lr_d:g}) must be ≥ 0.")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UsageError(f"betas {list(self.betas)} must each be in [0, 1).")
+        if not 0.0 < self.lr_decay_gamma <= 1.0:
+            raise UsageError(f"lr_decay_gamma ({self.lr_decay_gamma:g}) must be in (0, 1]: a negative one turns every "
+                             "other period into gradient ascent.")
+        counts = {"lr_decay_every": self.lr_decay_every, "lr_warmup": self.lr_warmup, "num_workers": self.num_workers,
+                  "val_volumes": self.val_volumes, "warmup_iterations": self.warmup_iterations}
+        negative = [f"{name} ({value})" for name, value in counts.items() if value < 0]
+        if negative or not (self.weight_decay >= 0 and self.grad_clip >= 0):
+            raise UsageError("These settings must be ≥ 0: " + ", ".join(negative + [
+                f"{name} ({value:g})" for name, value in (("weight_decay", self.weight_decay),
+                                                         ("grad_clip", self.grad_clip)) if not value >= 0]) + ".")
+        if self.weight_decay > 0 and self.optimizer != "adamw":
+            raise UsageError(f"weight_decay ({self.weight_decay:g}) acts with optimizer 'adamw' only; with "
+                             f"{self.optimizer!r} it would be ignored.", "Set \"optimizer\": \"adamw\", or weight_decay 0.")
+        if self.lr_warmup > 0 and self.lr_schedule != "cosine":
+            raise UsageError(f"lr_warmup ({self.lr_warmup}) acts with lr_schedule 'cosine' only; with "
+                             f"{self.lr_schedule!r} it would be ignored.", "Set \"lr_schedule\": \"cosine\", or lr_warmup 0.")
 
 
 @dataclass(frozen=True)
@@ -356,6 +404,9 @@ class ModelConfig:
     prior: Optional["ModelConfig"] = None
 
     def __post_init__(self) -> None:
+        if not (self.source_name.strip() and self.target_name.strip()):
+            raise UsageError("source_name and target_name must name the pair (e.g. \"T1\", \"FLAIR\"): they pick the "
+                             "files (their lower case is the file suffix) and name the outputs.")
         if not self.input.sequence:
             object.__setattr__(self, "input", dataclasses.replace(self.input, sequence=self.source_name))
         if self.stages < 1:
@@ -417,7 +468,12 @@ def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise UsageError(f"Unknown {cls.__name__} setting(s): {', '.join(unknown)}.")
+        import difflib
+
+        guesses = {u: difflib.get_close_matches(u, list(known), n=1) for u in unknown}
+        meant = [f"{u} → {g[0]}" for u, g in guesses.items() if g]
+        raise UsageError(f"Unknown {cls.__name__} setting(s): {', '.join(unknown)}.",
+                         f"Did you mean {', '.join(meant)}?" if meant else f"Known settings: {', '.join(known)}.")
     kwargs = {}
     hints = _resolved_types(cls)
     for name, value in data.items():
@@ -425,7 +481,10 @@ def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
         if value is None and typ is not hints[name]:
             kwargs[name] = None
         elif dataclasses.is_dataclass(typ):
-            kwargs[name] = from_dict(typ, value)
+            try:
+                kwargs[name] = from_dict(typ, value)
+            except UsageError as exc:  # "generator": "unet3d" said only "GeneratorConfig must be a JSON object"
+                raise UsageError(f"In {name!r}: {exc.message}", exc.hint) from exc
         else:
             kwargs[name] = _typed(value, typ, f"{cls.__name__}.{name}")
     try:
@@ -441,8 +500,9 @@ def _typed(value: Any, typ: Any, where: str) -> Any:
     import typing
 
     def refuse(expected: str) -> UsageError:
-        return UsageError(f"{where} must be {expected}, got {json.dumps(value)}.",
-                          "Write it in the JSON without quotes: true/false, or a number.")
+        hint = ("Write it in the JSON in quotes." if typ is str else "Write it as a JSON list [..]."
+                if typing.get_origin(typ) is tuple else "Write it in the JSON without quotes: true/false, or a number.")
+        return UsageError(f"{where} must be {expected}, got {json.dumps(value)}.", hint)
 
     if typ is bool:
         if not isinstance(value, bool):
@@ -453,8 +513,8 @@ def _typed(value: Any, typ: Any, where: str) -> Any:
             raise refuse("a whole number")
         return int(value)
     if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise refuse("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise refuse("a finite number")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
@@ -487,20 +547,58 @@ def _resolved_types(cls: type) -> Dict[str, Any]:
 
 def load_json_config(path: Optional[str | Path], cls: Type[T], overrides: Optional[Dict[str, Any]] = None) -> T:
     """Read a config JSON file (or the defaults when ``path`` is None) and apply flat overrides."""
-    data: Dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise UsageError(f"Config file {path} does not exist.") from exc
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"Config file {path} is not valid JSON: {exc}.") from exc
+    data: Any = {} if path is None else _read_json(path)
     if not isinstance(data, dict):
         return from_dict(cls, data)  # refuses it with the clear message
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
-    return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except UsageError as exc:
+        if path is None:
+            raise
+        raise UsageError(f"{path}: {exc.message}", exc.hint) from exc
+
+
+def _read_json(path: str | Path) -> Any:
+    """A config file's JSON, refusing what would silently mislead: a key written twice (the last one won: a
+    5000-iteration run for a file that also said 2) and NaN or Infinity (Python reads them; no setting takes them).
+    A UTF-8 byte-order mark is read past; a file in another encoding is refused with what to do."""
+    def no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise UsageError(f"Config file {path} writes {', '.join(twice)} more than once.", "Keep one of each.")
+        return dict(pairs)
+
+    def no_constant(name: str) -> Any:
+        raise UsageError(f"Config file {path} holds {name}, which no setting takes.", "Write a finite number.")
+
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise UsageError(f"Config file {path} does not exist.") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"Config file {path} is a folder, not a JSON file.") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"Config file {path} is not UTF-8 text.",
+                         "Save it as UTF-8 (Windows PowerShell: Out-File -Encoding utf8).") from exc
+    except OSError as exc:
+        raise UsageError(f"Cannot read the config file {path}: {exc.strerror or exc}.") from exc
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"Config file {path} is not valid JSON: {exc}.") from exc
+
+
+def json_setting(path: Optional[str | Path], key: str) -> Any:
+    """The value a config file itself writes for a top-level ``key`` (None without the file or the key), to tell a
+    written setting from a default after :func:`load_json_config` has read the file."""
+    if path is None:
+        return None
+    data = _read_json(path)
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def _set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:

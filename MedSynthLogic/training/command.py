@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .. import distributed as dist_utils
-from ..config import ModelConfig, TrainConfig, load_json_config
-from ..errors import Cancelled
+from ..config import ModelConfig, TrainConfig, json_setting, load_json_config
+from ..errors import Cancelled, UsageError
 from ..options import build_torchrun_parser, config_overrides
 from .loop import train
 from .session import Callback
@@ -56,6 +56,12 @@ def configs_from_args(args: argparse.Namespace) -> Tuple[ModelConfig, TrainConfi
         model_overrides["prior"] = read_header(args.prior_model)["model_config"]
     model_cfg = load_json_config(args.model_config, ModelConfig, model_overrides)
     train_cfg = load_json_config(args.train_config, TrainConfig, {**train_overrides, "stages": model_cfg.stages})
+    written = json_setting(args.train_config, "stages")
+    if written is not None and model_overrides.get("stages") is None and written != model_cfg.stages:
+        # the model config decides: the train file's value was replaced without a word (a config review)
+        raise UsageError(f"The train config {args.train_config} sets stages {written}, the model config "
+                         f"{model_cfg.stages}: the model config's is the one trained.",
+                         "Remove stages from the train config, set it in the model config, or pass --stages.")
     return model_cfg, train_cfg
 
 
