@@ -228,7 +228,7 @@ def test_a_model_that_does_not_name_its_training_cases_is_flagged(cases_dir, tmp
     events.clear()
     report = evaluate_cases(cases, tmp_path / "refiner", model=refiner, device="cpu", progress=events.append)
     assert report["training_cases_scored"] == ["a"]
-    assert any("among the model's training cases (its prior model's too)" in e["message"] for e in events)
+    assert any("among the model's training cases (those of the model it was built on too)" in e["message"] for e in events)
 
 
 def test_a_source_that_synthesize_would_refuse_is_scored_and_named_in_the_report(tmp_path, tiny_model_config):
