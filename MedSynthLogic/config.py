@@ -347,6 +347,9 @@ class TrainConfig:
         if self.weight_decay > 0 and self.optimizer != "adamw":
             raise UsageError(f"weight_decay ({self.weight_decay:g}) acts with optimizer 'adamw' only; with "
                              f"{self.optimizer!r} it would be ignored.", "Set \"optimizer\": \"adamw\", or weight_decay 0.")
+        if self.lr_decay_every > 0 and self.lr_schedule != "step":
+            raise UsageError(f"lr_decay_every ({self.lr_decay_every}) acts with lr_schedule 'step' only; the "
+                             f"{self.lr_schedule!r} schedule would ignore it.", "Set lr_decay_every 0, or the 'step' schedule.")
         if self.lr_warmup > 0 and self.lr_schedule != "cosine":
             raise UsageError(f"lr_warmup ({self.lr_warmup}) acts with lr_schedule 'cosine' only; with "
                              f"{self.lr_schedule!r} it would be ignored.", "Set \"lr_schedule\": \"cosine\", or lr_warmup 0.")

@@ -25,6 +25,7 @@ def _file(tmp_path, text: str, name: str = "c.json"):
     ({"weight_decay": -1, "optimizer": "adamw"}, "weight_decay"),
     ({"weight_decay": 0.05}, "acts with optimizer 'adamw' only"),
     ({"lr_warmup": 10}, "acts with lr_schedule 'cosine' only"),
+    ({"lr_schedule": "cosine", "lr_decay_every": 100}, "acts with lr_schedule 'step' only"),
     ({"val_volumes": -1}, "val_volumes"),
     ({"grad_clip": -1}, "grad_clip"),
     ({"iterations": 0}, "iterations"),
