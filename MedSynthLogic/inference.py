@@ -107,11 +107,13 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
     (:func:`.source_names.name_notes`, e.g. a T1 named where the model expects the T1ce) and a T1ce source without
     any sign of contrast agent (:func:`.enhancement.enhancement_notes`) are only ever warnings; so are a brain cut
     by the image's edge or a given mask that does not fit (:func:`.brain_coverage.coverage_notes`) and a NIfTI
-    placement that readers disagree on (:func:`.nifti_orientation.orientation_notes`).
+    placement that readers disagree on (:func:`.nifti_orientation.orientation_notes`), and no mask for a model trained
+    inside mask files (:func:`.model_summary.mask_file_note`).
     """
     from .brain_coverage import coverage_notes
     from .enhancement import enhancement_notes
     from .input_checks import check_source, checks_metadata, refuse_or_warn
+    from .model_summary import mask_file_note
     from .nifti_orientation import orientation_notes
     from .source_names import name_notes
 
@@ -134,8 +136,14 @@ def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume
                 progress(warning_event("synthesize", text, source=str(name), input_checks=[check]))
             else:
                 warnings.warn(text, UserWarning, stacklevel=3)
+    unmasked = mask_file_note(model.header) if mask is None else None
+    if unmasked is not None:
+        if progress is not None:
+            progress(warning_event("synthesize", f"{name}: {unmasked}.", source=str(name), input_checks=["mask"]))
+        else:
+            warnings.warn(f"{name}: {unmasked}.", UserWarning, stacklevel=3)
     return checks_metadata(findings, force, model.config, mask is not None,
-                           notes=[note for texts in notes.values() for note in texts])
+                           notes=[note for texts in notes.values() for note in texts] + ([unmasked] if unmasked else []))
 
 
 def synthesize_folder(

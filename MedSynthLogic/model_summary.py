@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 __all__ = ["summarize_header", "held_out_figures", "case_count", "listed_training_cases", "prior_training_cases",
-           "earlier_training_cases", "all_training_cases"]
+           "earlier_training_cases", "all_training_cases", "mask_file_note"]
 
 
 #: The training-record key of a blended model file (``training.blend_model_file`` writes it; the summary reads it).
@@ -284,6 +284,19 @@ def all_training_cases(header: Mapping[str, Any]) -> Optional[List[str]]:
             isinstance(prior, Mapping) and isinstance(prior.get("train_cases"), list)):
         return None
     return None if own is None else sorted(set(own) | set(earlier_training_cases(header)))
+
+
+def mask_file_note(header: Mapping[str, Any]) -> Optional[str]:
+    """What to say to a synthesis without a mask by a model trained inside mask files (files since session 43 count
+    them), or None: its mask is then the source above the threshold, which such a model never saw (an MR→CT model
+    trained on head masks gave CTs up to 2307 HU apart)."""
+    data = (header.get("training") or {}).get("data") or {}
+    masked = data.get("mask_files") if isinstance(data, Mapping) else None
+    if not isinstance(masked, int) or masked < 1:
+        return None
+    return (f"the model was trained inside mask files ({masked} of its {case_count(data.get('train_cases'))} training "
+            "cases had one) and this synthesis has none, so its mask is the source above the model's threshold, "
+            "which the model was not trained on: give the case's mask (--mask, or <case>_mask beside a folder's source)")
 
 
 def listed_training_cases(header: Mapping[str, Any]) -> Optional[List[str]]:

@@ -51,6 +51,8 @@ class TrainingPlan:
             "train_case_ids": list(self.train_cases),
             "val_cases": len(self.val_cases),
             "val_case_ids": list(self.val_cases),
+            # training cases with a mask file: a synthesis without one reads a threshold mask it was not trained on
+            "mask_files": sum(1 for c in self.train_cases if isinstance(cases.get(c), dict) and cases[c].get("mask")),
             "source_patch": self.source_patch,
             "target_patch": self.target_patch,
             "manifest": {k: v for k, v in self.manifest.items() if k not in ("cases", "splits")},

@@ -333,6 +333,28 @@ def test_a_folder_synthesis_uses_each_cases_mask_beside_its_source(model_file, p
     assert not (tmp_path / "o2").exists()
 
 
+def test_a_model_trained_inside_mask_files_warns_a_synthesis_without_one(tiny_model_config, phantom, tmp_path):
+    """Its mask is then the threshold mask it never saw (a review: an MR→CT model on head masks); prepare's manifest
+    says which training cases had a mask file, and the training record counts them."""
+    import dataclasses
+
+    from MedSynthLogic.model_file import save_model
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    masked = save_model(tmp_path / "masked.safetensors", random_chain(cfg), cfg,
+                        training={"data": {"train_cases": 3, "mask_files": 3}})
+    plain = save_model(tmp_path / "plain.safetensors", random_chain(cfg), cfg, training={"data": {"train_cases": 3}})
+    write_volume(phantom.t1ce, tmp_path / "t1ce.nii.gz")
+    write_volume(phantom.t1ce.with_array(phantom.mask.astype(np.float32)), tmp_path / "mask.nii.gz")
+    for model, mask, warned in ((masked, None, True), (masked, tmp_path / "mask.nii.gz", False), (plain, None, False)):
+        events = []
+        synthesize_file(model, tmp_path / "t1ce.nii.gz", tmp_path / "out.nii.gz", mask_path=mask, overwrite=True,
+                        device="cpu", progress=events.append)
+        said = [e for e in events if e["event"] == "warning" and e.get("input_checks") == ["mask"]]
+        assert bool(said) == warned and (not said or "trained inside mask files (3 of its 3" in said[0]["message"])
+
+
 def test_synthesis_options_name_keywords_every_layer_takes():
     """One options object is handed from the folder and file layers down: each of its fields is a keyword of every layer."""
     import inspect

@@ -218,6 +218,7 @@ def test_short_run_validation_loss_falls(tmp_path, data_dir, tiny_model_config):
     assert ckpt.latest_checkpoint(run).name == ckpt.checkpoint_name(0, 30)
     header = read_header(out)
     assert header["training"]["iterations_per_stage"] == 30 and header["training"]["data"]["train_patches"] == 256
+    assert header["training"]["data"]["mask_files"] == 0, "the phantom cases have no mask files"
 
 
 def test_resume_is_bit_identical(tmp_path, data_dir, tiny_model_config, deterministic):
