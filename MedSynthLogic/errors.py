@@ -38,9 +38,8 @@ class MedSynthError(Exception):
 
     def in_case(self, case_id: str) -> "MedSynthError":
         """The same error, its message prefixed by the case, so a failure in case 37 of 200 is findable."""
-        if self.message.startswith(f"Case {case_id}:"):
-            return self
-        return type(self)(f"Case {case_id}: {self.message}", self.hint, reason=self.reason)
+        already = self.message.startswith(f"Case {case_id}:")
+        return type(self)(self.message if already else f"Case {case_id}: {self.message}", self.hint, reason=self.reason)
 
 
 class UsageError(MedSynthError):

@@ -204,6 +204,7 @@ def evaluate_cases(
     earlier = _earlier_files(out_dir) if overwrite else []
     out = make_output_folder(out_dir)
     trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
+    unrecorded = _unrecorded_cases(loaded, progress) if scorer is None else []
     scoring = scoring_of(norm)
     rows, refused, resampled = [], {}, {}
     for i, case in enumerate(cases):
@@ -241,9 +242,10 @@ def evaluate_cases(
                    files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases},
                    **({"training_cases_scored": trained_on} if trained_on else {}),
                    **({"training_cases_unknown": True} if trained_on is None else {}),
+                   **({"training_cases_unrecorded": unrecorded} if unrecorded else {}),
                    **({"input_checks_failed": refused} if refused else {}),
                    **({"resampled": resampled} if resampled else {}), written=written)
-    notes = _report_notes(trained_on, refused, resampled)
+    notes = _report_notes(trained_on, refused, resampled, unrecorded)
     if notes:
         results["notes"] = notes
     write_report(results, out / "metrics.json", out / "metrics.md")
@@ -304,9 +306,12 @@ def _input_checks_failed(loaded: Any, case: Case, source: Any, mask: np.ndarray,
 
 
 def _report_notes(trained_on: Optional[List[str]], refused: Dict[str, List[str]],
-                  resampled: Dict[str, List[str]]) -> List[str]:
+                  resampled: Dict[str, List[str]], unrecorded: Sequence[str] = ()) -> List[str]:
     """Sentences the Markdown report puts above its table: what makes a figure in it no held-out, accepted result."""
     notes = []
+    if unrecorded:
+        notes.append(f"The model's file does not name the training cases of {', '.join(unrecorded)}, whose weights its "
+                     "synthesis uses: check that the scored cases are not among them.")
     if trained_on:
         notes.append(f"Not held out: {', '.join(trained_on)} (among the predictor's own training or fitting cases).")
     if trained_on is None:
@@ -333,6 +338,18 @@ def _training_cases_scored(loaded: Any, cases: Sequence[Case], progress: Progres
                              else "the model's training cases",
                              "the model file does not name its training cases (files written before session 38 record "
                              "at most their number)")
+
+
+def _unrecorded_cases(loaded: Any, progress: ProgressFn) -> List[str]:
+    """Whose training cases the model learned from without its file naming them (a refiner's prior, an
+    ``--init-model`` file): warned about, while the cases it does name are still checked."""
+    from .model_summary import unrecorded_training_cases
+
+    unrecorded = unrecorded_training_cases(loaded.header) if loaded is not None else []
+    if unrecorded and progress:
+        progress(warning_event("evaluate", f"the model file does not name the training cases of {', '.join(unrecorded)}:"
+                               " check yourself that the scored cases are not among them"))
+    return unrecorded
 
 
 def _fitting_cases_scored(lookup: Any, cases: Sequence[Case], progress: ProgressFn) -> Optional[List[str]]:

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
+import numpy as np
 import torch
 
 from .atomic import make_output_folder
@@ -85,7 +86,7 @@ def synthesize_file(
         check_uncertainty_path(uncertainty_path, output_path, overwrite=overwrite, inputs=inputs)
     loaded = as_loaded_model(model, stages)
     source = read_volume(source_path)
-    mask = read_volume(mask_path) if mask_path is not None else None
+    mask = mask_for(source, mask_path, progress)
     checks = _checked_source(loaded, source, mask, force, progress, source_path)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision).keywords()
     if uncertainty_path is None:
@@ -96,6 +97,24 @@ def synthesize_file(
         write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite, inputs=inputs + (output_path,),
                      metadata=uncertainty_metadata(loaded, stages))
     return write_volume(vol, output_path, overwrite=overwrite, inputs=inputs, metadata=checks)
+
+
+def mask_for(source: "Volume", mask_path: Optional[PathLike], progress: ProgressFn = None) -> Optional[np.ndarray]:
+    """The mask file's region on the source's grid (None without one), read as ``prepare`` and ``evaluate`` read it
+    (``volume.region_on_grid``): a mask on another grid, e.g. stored in the other voxel order, is resampled with a
+    warning. Synthesis refused it, so a folder whose masks ``prepare`` had taken stopped part-way."""
+    from .volume_io import read_volume, region_on_grid
+
+    if mask_path is None:
+        return None
+    region, diffs = region_on_grid(read_volume(mask_path), source)
+    if diffs:
+        text = f"{mask_path}: the mask is on another grid than the source ({'; '.join(diffs)}): resampled onto it"
+        if progress is not None:
+            progress(warning_event("synthesize", text, source=str(mask_path)))
+        else:
+            warnings.warn(text, UserWarning, stacklevel=3)
+    return region
 
 
 def _checked_source(model: LoadedModel, source: "Volume", mask: Optional["Volume"], force: bool, progress: ProgressFn,
@@ -192,7 +211,7 @@ def synthesize_folder(
         volume = read_volume(src.path)
         check_receptive_field(loaded, volume)
         if not force:
-            mask = read_volume(src.mask) if src.mask is not None else None
+            mask = mask_for(volume, src.mask, lambda event: None)  # said once, by the file's own run below
             refuse_or_warn(check_source(volume, loaded.config, mask=mask), False, source=src.path)
     make_output_folder(dst_dir)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)

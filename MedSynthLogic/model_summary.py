@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 __all__ = ["summarize_header", "held_out_figures", "case_count", "listed_training_cases", "prior_training_cases",
-           "earlier_training_cases", "all_training_cases", "mask_file_note"]
+           "earlier_training_cases", "all_training_cases", "unrecorded_training_cases", "mask_file_note"]
 
 
 #: The training-record key of a blended model file (``training.blend_model_file`` writes it; the summary reads it).
@@ -274,16 +274,27 @@ def earlier_training_cases(header: Mapping[str, Any]) -> List[str]:
 
 
 def all_training_cases(header: Mapping[str, Any]) -> Optional[List[str]]:
-    """Every case a model's synthesis has learned from: its own (:func:`listed_training_cases`) and the earlier
-    ones (:func:`earlier_training_cases`); None when it does not list its own, or when it refines a prior model
-    whose training cases its record does not give (an export of a refiner's checkpoint before session 43)."""
+    """Every case a model's synthesis has learned from, as far as its record names them: its own
+    (:func:`listed_training_cases`) and the earlier ones (:func:`earlier_training_cases`); None when it does not list
+    its own. :func:`unrecorded_training_cases` says whose cases it does not name."""
     own = listed_training_cases(header)
+    return None if own is None else sorted(set(own) | set(earlier_training_cases(header)))
+
+
+def unrecorded_training_cases(header: Mapping[str, Any]) -> List[str]:
+    """Whose training cases a model learned from without its record naming them: its prior model's (a refiner file
+    from before session 42, or an export of its checkpoint from before session 43) and the files it took weights
+    from whose own records did not name theirs (``inherited_cases_unknown``)."""
+    training = header.get("training") or {}
     config = header.get("model_config") or {}
-    prior = (header.get("training") or {}).get("prior_model")
+    prior = training.get("prior_model") if isinstance(training, Mapping) else None
+    out = []
     if isinstance(config, Mapping) and config.get("prior") is not None and not (
             isinstance(prior, Mapping) and isinstance(prior.get("train_cases"), list)):
-        return None
-    return None if own is None else sorted(set(own) | set(earlier_training_cases(header)))
+        out.append("its prior model")
+    unknown = training.get("inherited_cases_unknown") if isinstance(training, Mapping) else None
+    out += [str(name) for name in (unknown if isinstance(unknown, list) else [])]
+    return out
 
 
 def mask_file_note(header: Mapping[str, Any]) -> Optional[str]:

@@ -28,7 +28,7 @@ def write_trained_model(
     out: Path, chain: AutoContextChain, model_cfg: ModelConfig, train_cfg: TrainConfig, plan: TrainingPlan, ctx: DistContext,
     wall_s: float, patches_seen: int, amp_dtype: Optional[torch.dtype], resumed_from: Optional[str], command: Optional[Sequence[str]], metrics: Dict[str, Any],
     prior: Optional[Dict[str, Any]] = None, stages_from_file: int = 0, stages_from_path: Optional[str] = None,
-    init_model_cases: Sequence[str] = (),
+    init_model_cases: Optional[Sequence[str]] = (),
 ) -> None:
     """The model file of a finished run, with its training record (data, schedule, hardware, time, provenance);
     ``patches_seen`` counts every patch this run drew, across resumes with other numbers of processes;
@@ -54,11 +54,18 @@ def write_trained_model(
     }
     if prior is not None:
         training["prior_model"] = prior
-    if init_model_cases:
-        training["inherited_train_cases"] = list(init_model_cases)
+    training.update(_inherited(init_model_cases, stages_from_path))
     chain.cpu()
     save_model(out, chain, model_cfg, training, final_metrics(metrics, model_cfg.stages))
     chain.to(ctx.device)
+
+
+def _inherited(cases: Optional[Sequence[str]], path: Optional[str]) -> Dict[str, Any]:
+    """The record of the cases an ``--init-model`` file's weights learned from: named, or that file named as one whose
+    cases are unknown (an empty list said nothing, and evaluate called them held out)."""
+    if cases is None:
+        return {"inherited_cases_unknown": [Path(str(path or "the --init-model file")).name]}
+    return {"inherited_train_cases": list(cases)} if cases else {}
 
 
 def device_name(device: torch.device) -> str:
@@ -121,9 +128,7 @@ def export_checkpoint(
     record["stages_trained"] = n - min(taken, n)
     if taken:
         record.update(stages_from_file=min(taken, n), stages_from_path=state.get("stages_from_path") or None)
-    init_cases = json.loads(state.get("init_model_cases") or "[]")
-    if init_cases:
-        record["inherited_train_cases"] = init_cases
+    record.update(_inherited(json.loads(state.get("init_model_cases") or "[]"), state.get("stages_from_path")))
     prior = json.loads(state.get("prior_record") or "null")
     if prior:
         record["prior_model"] = prior

@@ -132,7 +132,7 @@ def train(
         session.carry_history(start.checkpoint)
         if start.checkpoint is None and start.model is not None:
             session.stages_from_file, session.stages_from_path = start.stage, start.resumed_from
-            session.init_model_cases = all_training_cases(start.model.header) or []
+            session.init_model_cases = all_training_cases(start.model.header)  # None: that file does not name them
         session.patches_seen = patches_before(start, train_cfg, ctx.world_size)
         moved = changed_world_size(start, train_cfg, ctx.world_size) if resume else None
         if moved:

@@ -95,7 +95,9 @@ def extended_model_file(
         gen.load_state_dict(source.stages[k].state_dict())
     what = {"op": "stages", "from": Path(model).name, "stages_from": Path(donor).name, "first_donor_stage": head.stages}
     training = _record(head, what)
-    donor_cases = all_training_cases(tail.header)
-    if donor_cases:  # the donor's stages learned from its cases
+    donor_cases = all_training_cases(tail.header)  # the donor's stages learned from its cases
+    if donor_cases is None:
+        training["inherited_cases_unknown"] = list(training.get("inherited_cases_unknown") or []) + [Path(donor).name]
+    elif donor_cases:
         training["inherited_train_cases"] = sorted(set(training.get("inherited_train_cases") or []) | set(donor_cases))
     return save_model(out, chain, cfg, training, overwrite=overwrite, inputs=(model, donor))

@@ -44,7 +44,7 @@ class Session:
     patches_seen: int = 0
     stages_from_file: int = 0  # leading stages taken from an --init-model file, not trained in this run
     stages_from_path: Optional[str] = None  # that file (a resume's "resumed_from" is its checkpoint instead)
-    init_model_cases: List[str] = field(default_factory=list)  # the cases that file's weights were trained on
+    init_model_cases: Optional[List[str]] = field(default_factory=list)  # its cases (None: it does not name them)
     prior_record: Optional[Dict[str, Any]] = None  # the prior model a refiner trains on (training.prior.prior_record)
 
     def slice_over(self) -> bool:

@@ -63,7 +63,7 @@ def checkpoint_state(
     patches_seen: int = 0,
     stages_from_file: int = 0,
     stages_from_path: Optional[str] = None,
-    init_model_cases: Sequence[str] = (),
+    init_model_cases: Optional[Sequence[str]] = (),
     prior_record: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The checkpoint (format ``medsynth-training-state``): generators 0..stage, the trainer's state, RNG, history,
@@ -86,7 +86,7 @@ def checkpoint_state(
         "patches_seen": int(patches_seen),
         "stages_from_file": int(stages_from_file),
         "stages_from_path": stages_from_path or "",
-        "init_model_cases": json.dumps(list(init_model_cases)),
+        "init_model_cases": json.dumps(None if init_model_cases is None else list(init_model_cases)),
         "prior_record": json.dumps(prior_record),  # an export of this checkpoint says what the refiner sits on
     }
     state.update(trainer.state_dict())

@@ -229,6 +229,16 @@ def test_a_model_that_does_not_name_its_training_cases_is_flagged(cases_dir, tmp
     report = evaluate_cases(cases, tmp_path / "refiner", model=refiner, device="cpu", progress=events.append)
     assert report["training_cases_scored"] == ["a"]
     assert any("among the model's training cases (those of the model it was built on too)" in e["message"] for e in events)
+    # a file that took weights from one whose cases it cannot name: the cases it names are still checked, and the
+    # gap is said (a whole "unknown" had hidden that a named training case was scored: a diff review, session 43)
+    partly = save_model(tmp_path / "partly.safetensors", random_chain(cfg), cfg, training={
+        "data": {"train_case_ids": ["a"]}, "inherited_cases_unknown": ["init.safetensors"]})
+    events.clear()
+    report = evaluate_cases(cases, tmp_path / "partly", model=partly, device="cpu", progress=events.append)
+    assert report["training_cases_scored"] == ["a"] and report["training_cases_unrecorded"] == ["init.safetensors"]
+    assert "training_cases_unknown" not in report
+    assert any("does not name the training cases of init.safetensors" in e.get("message", "") for e in events)
+    assert "does not name the training cases of init.safetensors" in (tmp_path / "partly" / "metrics.md").read_text()
 
 
 def test_a_source_that_synthesize_would_refuse_is_scored_and_named_in_the_report(tmp_path, tiny_model_config):

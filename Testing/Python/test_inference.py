@@ -331,6 +331,20 @@ def test_a_folder_synthesis_uses_each_cases_mask_beside_its_source(model_file, p
     assert main(["synthesize", str(root), str(tmp_path / "o2"), "--model", str(model_file), "--mask",
                  str(root / "c0" / "c0_mask.nii.gz"), "--progress", "none"]) == 2
     assert not (tmp_path / "o2").exists()
+    # the same mask stored in the other x order (prepare and evaluate read it in place): it stopped the batch part-way
+    from MedSynthLogic.volume_io import Volume
+
+    d = np.array(src.direction).reshape(3, 3)
+    origin = np.array(src.origin) + d[:, 0] * src.spacing[0] * (src.shape[2] - 1)
+    d[:, 0] *= -1
+    (root / "c2").mkdir()
+    write_volume(src, root / "c2" / "c2_t1ce.nii.gz")
+    write_volume(Volume(np.ascontiguousarray(half[:, :, ::-1]).astype(np.float32), src.spacing, tuple(origin),
+                        tuple(d.ravel())), root / "c2" / "c2_mask.nii.gz")
+    events = []
+    outs = synthesize_folder(model_file, root, tmp_path / "o3", device="cpu", progress=events.append)
+    np.testing.assert_array_equal(read_volume(outs[2]).array, read_volume(with_mask).array)
+    assert any(e["event"] == "warning" and "the mask is on another grid" in e["message"] for e in events)
 
 
 def test_a_model_trained_inside_mask_files_warns_a_synthesis_without_one(tiny_model_config, phantom, tmp_path):

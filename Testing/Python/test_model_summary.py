@@ -133,3 +133,13 @@ def test_the_bundled_default_names_every_case_its_synthesis_learned_from():
     assert held.keys() == shipped.keys() and all(torch.equal(held[k], shipped[k]) for k in held), "its prior is the FCN"
     assert all_training_cases(default) == sorted(set(listed_training_cases(default)) | set(listed_training_cases(fcn)))
     assert len(all_training_cases(default)) == 11
+
+
+def test_a_refiner_that_does_not_name_its_priors_cases_is_known_in_part():
+    from MedSynthLogic.model_summary import all_training_cases, unrecorded_training_cases
+
+    header = {"model_config": {"prior": {"stages": 3}}, "training": {"data": {"train_case_ids": ["b", "a"]},
+                                                                    "prior_model": {"file": "fcn.safetensors"}}}
+    assert all_training_cases(header) == ["a", "b"] and unrecorded_training_cases(header) == ["its prior model"]
+    header["training"]["prior_model"]["train_cases"] = ["c"]
+    assert all_training_cases(header) == ["a", "b", "c"] and unrecorded_training_cases(header) == []

@@ -92,6 +92,12 @@ def test_an_extended_file_holds_the_models_stages_then_the_donors(tmp_path):
                        training={"data": {"train_case_ids": ["c1"]}})
     out = extended_model_file(head, donor, tmp_path / "e.safetensors")
     assert all_training_cases(read_header(out)) == ["c0", "c1"], "the donor's stages learned from its cases"
+    from MedSynthLogic.model_summary import unrecorded_training_cases
+
+    counted = save_model(tmp_path / "n.safetensors", random_chain(small_fcn(3), seed=2), small_fcn(3),
+                         training={"data": {"train_cases": 9}})
+    unnamed = read_header(extended_model_file(head, counted, tmp_path / "e2.safetensors"))
+    assert unrecorded_training_cases(unnamed) == ["n.safetensors"], "unknown cases must not read as none"
     h, d, e = load_file(str(head)), load_file(str(donor)), load_file(str(out))
     assert e.keys() == d.keys()
     assert all(torch.equal(e[k], h[k]) for k in h)

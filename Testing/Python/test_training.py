@@ -448,6 +448,15 @@ def test_init_model_adds_a_stage_and_keeps_the_earlier_ones(tmp_path, data_dir, 
     # stage 0 came from the file: the record counts the one stage and the patches this run trained (3 iterations of 4)
     training = loaded.header["training"]
     assert (training["stages_trained"], training["stages_from_file"], training["patches_seen"]) == (1, 1, 3 * 4)
+    # an init file that gives only the number of its cases: the new file says whose cases it cannot name
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.model_summary import unrecorded_training_cases
+
+    counted = save_model(tmp_path / "counted.safetensors", load_model(one).chain, load_model(one).config,
+                         training={"data": {"train_cases": 9}})
+    three = train(data_dir, tmp_path / "three.safetensors", tiny_model_config, _cfg(iterations=1), device="cpu",
+                  start_stage=1, init_model=counted, run_dir=tmp_path / "run3")
+    assert unrecorded_training_cases(load_model(three).header) == ["counted.safetensors"]
 
 
 def test_init_model_refuses_what_cannot_be_extended(tmp_path, data_dir, tiny_model_config):
