@@ -40,9 +40,7 @@ def _cancel_on_signals() -> Callable[[], bool]:
 
 def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
     from .folder_sources import check_output_folder
-    from .inference import synthesize_file, synthesize_folder
-    from .model_file import bundled_model_path, load_model
-    from .volume_io import check_image_output
+    from .volume_io import check_image_output, read_volume
 
     source = Path(args.source)
     if source.is_dir() and args.uncertainty:
@@ -51,10 +49,15 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
         raise UsageError("--mask needs a single source file, not a folder: one mask cannot fit every case.",
                          "Put each case's mask beside its source as <case>_mask.nii.gz (BraTS naming), or run one file "
                          "at a time with --mask.")
+    volume = None
     if source.is_dir():
         check_output_folder(args.output, source)
     else:
         check_image_output(args.output, overwrite=args.overwrite, inputs=(source, args.mask))
+        volume = read_volume(source)  # an unreadable file is refused before torch loads (about 3 s on these CPUs)
+    from .inference import synthesize_file, synthesize_folder
+    from .model_file import bundled_model_path, load_model
+
     model_path = Path(args.model) if args.model else bundled_model_path()
     model = load_model(model_path, device="cpu", stages=args.stages)
     cancel = _cancel_on_signals()
@@ -69,7 +72,7 @@ def cmd_synthesize(args: argparse.Namespace, report: Reporter) -> int:
             print(f"wrote {len(outputs)} synthetic volume{'' if len(outputs) == 1 else 's'} to {args.output}")
     else:
         out = synthesize_file(model, source, Path(args.output), mask_path=args.mask, overwrite=args.overwrite,
-                              uncertainty_path=args.uncertainty, **common)
+                              uncertainty_path=args.uncertainty, source_volume=volume, **common)
         report(done_event(out, **({"uncertainty": args.uncertainty} if args.uncertainty else {})))
         if report.mode != "json":
             print(f"wrote {out}" + (f" and the uncertainty map {args.uncertainty}" if args.uncertainty else ""))

@@ -69,8 +69,11 @@ def synthesize_file(
     precision: str = "auto",
     uncertainty_path: Optional[PathLike] = None,
     force: bool = False,
+    source_volume: Optional["Volume"] = None,
 ) -> Path:
     """Read a source image, synthesize, write the result atomically with the source's geometry; returns the path.
+    ``source_volume``: the file at ``source_path`` already read (the CLI reads it before loading the model and torch,
+    so an unreadable file is refused at once).
 
     The output is checked before any work (exists without ``overwrite``, equals an input, a folder, an unknown
     extension) so a long run never ends in a refusal. ``uncertainty_path``: also write the uncertainty map
@@ -85,7 +88,7 @@ def synthesize_file(
     if uncertainty_path is not None:
         check_uncertainty_path(uncertainty_path, output_path, overwrite=overwrite, inputs=inputs)
     loaded = as_loaded_model(model, stages)
-    source = read_volume(source_path)
+    source = read_volume(source_path) if source_volume is None else source_volume
     mask = mask_for(source, mask_path, progress)
     checks = _checked_source(loaded, source, mask, force, progress, source_path)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision).keywords()

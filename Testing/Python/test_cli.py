@@ -970,3 +970,14 @@ def test_prepare_with_suffixes_no_name_reader_knows_says_which_pair_it_records(t
     err = capsys.readouterr().err
     assert "the source files (suffix 'mr') are recorded as the default config's source, T1ce" in err
     assert "the target files (suffix 'ct') are recorded as the default config's target, T2" in err
+
+
+def test_an_unreadable_source_is_refused_before_torch_loads(tmp_path):
+    """The source is read before the model: a missing or broken file took 3 s of torch import to be refused."""
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    for source, code in (("missing.nii.gz", 3), ("broken.nii.gz", 3)):
+        probe = ("import sys; from MedSynthLogic.cli import main; "
+                 f"rc = main(['synthesize', {str(tmp_path / source)!r}, {str(tmp_path / 'out.nii.gz')!r}, "
+                 "'--progress', 'none']); print(rc, 'torch' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.stdout.split() == [str(code), "False"], done.stdout + done.stderr

@@ -118,7 +118,7 @@ def test_stages_taken_from_an_init_model_are_not_called_trained_here():
 
 def test_the_bundled_default_names_every_case_its_synthesis_learned_from():
     """The default refines the bundled FCN; its prior record lacked the FCN's training cases until session 43, when
-    evaluate came to call such a file's cases unknown rather than held out (Testing/Training/record_prior_cases.py)."""
+    evaluate came to call such a file's cases unknown rather than held out (Testing/Training/rebase_model.py prior-cases)."""
     from MedSynthLogic.bundled_models import DEFAULT_NAME, models_dir
     from MedSynthLogic.model_file import read_header
     from MedSynthLogic.model_summary import all_training_cases, listed_training_cases

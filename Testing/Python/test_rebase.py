@@ -123,3 +123,21 @@ def test_the_rebase_script_writes_what_its_functions_do(tmp_path, capsys):
     assert module.main(args) == 0
     assert load_model(tmp_path / "m.safetensors").config.normalisation.source == MEDIAN
     assert "wrote" in capsys.readouterr().out
+    # prior-cases: a refiner's record given its prior's cases from the prior's own file, weights unchanged
+    from MedSynthLogic.model_summary import all_training_cases, unrecorded_training_cases
+
+    fcn = random_chain(small_fcn(), seed=3)
+    prior = save_model(tmp_path / "p.safetensors", fcn, small_fcn(), training={"data": {"train_case_ids": ["c1"]}})
+    chain = build_generators(refining_unet())
+    chain.prior.load_state_dict(fcn.state_dict())
+    refiner = save_model(tmp_path / "r.safetensors", chain, refining_unet(),
+                         training={"data": {"train_case_ids": ["c0"]}, "prior_model": {"file": "p.safetensors"}})
+    assert unrecorded_training_cases(read_header(refiner)) == ["its prior model"]
+    assert module.main(["prior-cases", str(refiner), str(prior), str(tmp_path / "rc.safetensors")]) == 0
+    header = read_header(tmp_path / "rc.safetensors")
+    assert all_training_cases(header) == ["c0", "c1"] and unrecorded_training_cases(header) == []
+    assert header["tensors_sha256"] == read_header(refiner)["tensors_sha256"]
+    other = save_model(tmp_path / "o.safetensors", random_chain(small_fcn(), seed=4), small_fcn(),
+                       training={"data": {"train_case_ids": ["c2"]}})
+    with pytest.raises(UsageError, match="is not the prior model"):
+        module.main(["prior-cases", str(refiner), str(other), str(tmp_path / "x.safetensors")])
