@@ -68,7 +68,7 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
     """Read, align, mask and normalise one case (unpadded, float32)."""
     from .normalisation import brain_mask, normalise_source, normalise_target
     from .orientation import axis_order, orientation_code
-    from .volume_io import align_pair, read_volume, region_on_grid, same_grid
+    from .volume_io import align_pair, field_of_view_on_grid, read_volume, region_on_grid, same_grid
 
     norm = model_cfg.normalisation
     t0 = time.perf_counter()
@@ -88,8 +88,7 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         mask = brain_mask(source.array, norm.mask_threshold)
     coverage = []
     if resampled:  # where the target's field of view does not reach, it holds only its background
-        covered, _ = region_on_grid(raw_target.with_array(np.ones(raw_target.shape, np.float32)), source)
-        missed = int(np.count_nonzero(mask & ~covered))
+        missed = int(np.count_nonzero(mask & ~field_of_view_on_grid(raw_target, source)))
         if missed:  # the mask stays: it also normalises the source and bounds the context, as in synthesis
             coverage.append(f"the target's field of view misses {missed} of the brain mask's {int(mask.sum())} voxels "
                             f"({100.0 * missed / mask.sum():.1f} %), where training learns the target's background as "

@@ -408,7 +408,7 @@ def read_case(case: Case, mask_threshold: float, tumour: bool = True, target_fil
     background where a resampled target does not reach (``dataset_prep.target_background``).
     """
     from .normalisation import brain_mask
-    from .volume_io import align_pair, read_volume, region_on_grid
+    from .volume_io import align_pair, field_of_view_on_grid, read_volume
 
     raw_target = read_volume(case.target)
     source, target, notes = align_pair(read_volume(case.source), raw_target, policy="resample", fill=target_fill)
@@ -419,8 +419,7 @@ def read_case(case: Case, mask_threshold: float, tumour: bool = True, target_fil
         mask = brain_mask(source.array, mask_threshold)
     scored = mask
     if notes and target is not raw_target:  # resampled: beyond its field of view the target holds no data
-        covered, _ = region_on_grid(raw_target.with_array(np.ones(raw_target.shape, np.float32)), source)
-        scored = mask & covered
+        scored = mask & field_of_view_on_grid(raw_target, source)
         missed = int(np.count_nonzero(mask) - np.count_nonzero(scored))
         if missed == int(np.count_nonzero(mask)):
             raise DataError("The target's field of view does not reach the brain mask: there is nothing to score.",

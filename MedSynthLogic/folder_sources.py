@@ -52,8 +52,7 @@ def _brats_sources(folder: Path, suffix: str) -> List[Source]:
 def _mask_beside(folder: Path, case: str) -> Optional[Path]:
     """``<case>_mask.<ext>`` in ``folder`` (any image extension; ``mask`` in lower case, as ``prepare`` finds it, so
     synthesis never reads a mask that training did not); two are refused."""
-    masks = [p for p in sorted(folder.iterdir()) if p.is_file() and image_ending(p.name)
-             and image_stem(p.name) == f"{case}_mask"]
+    masks = [folder / f"{case}_mask{ending}" for ending in IMAGE_SUFFIXES if (folder / f"{case}_mask{ending}").is_file()]
     if len(masks) > 1:
         raise UsageError(f"Case {case} has {len(masks)} mask files: {', '.join(p.name for p in masks)}.",
                          "Keep one <case>_mask image beside the source.")

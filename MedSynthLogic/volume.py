@@ -191,6 +191,12 @@ def region_on_grid(labels: Volume, reference: Volume) -> Tuple[np.ndarray, List[
     return resample_like(labels.with_array((labels.array > 0).astype(np.float32)), reference).array > 0.5, diffs
 
 
+def field_of_view_on_grid(volume: Volume, reference: Volume) -> np.ndarray:
+    """Where ``volume`` holds data on ``reference``'s grid: a target resampled onto the source's grid holds only its
+    fill beyond it, which ``prepare`` warns about and ``evaluate`` does not score."""
+    return region_on_grid(volume.with_array(np.ones(volume.shape, np.float32)), reference)[0]
+
+
 def align_pair(source: Volume, target: Volume, policy: str = "resample", fill: float = 0.0) -> Tuple[Volume, Volume, List[str]]:
     """Put ``target`` on ``source``'s grid: unchanged if already there, resampled (``fill`` where it does not reach:
     its background), or refused (``GeometryError``).

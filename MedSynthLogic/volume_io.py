@@ -8,8 +8,8 @@ resampling), :mod:`.volume_read` (files → Volume, refusing unusable inputs) an
 from __future__ import annotations
 
 from .volume import (
-    IDENTITY, NIFTI_SUFFIXES, Mat9, Vec3, Volume, align_pair, as_volume, ensure_not_empty, region_on_grid, resample_like,
-    same_grid,
+    IDENTITY, NIFTI_SUFFIXES, Mat9, Vec3, Volume, align_pair, as_volume, ensure_not_empty, field_of_view_on_grid,
+    region_on_grid, resample_like, same_grid,
 )
 from .volume_read import MAX_AXIS, MAX_VOXELS, available_ram, header_voxels, read_volume, volume_from_nibabel
 from .volume_write import TWO_FILE_SUFFIXES, WRITABLE_SUFFIXES, check_image_output, write_volume
@@ -29,6 +29,7 @@ __all__ = [
     "available_ram",
     "check_image_output",
     "ensure_not_empty",
+    "field_of_view_on_grid",
     "header_voxels",
     "read_volume",
     "region_on_grid",
