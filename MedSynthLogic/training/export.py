@@ -199,24 +199,25 @@ def average_model_files(models: Sequence[os.PathLike | str], out: os.PathLike | 
     training = dict(first.header.get("training", {}))
     earlier = training.get(AVERAGE_KEY)
     training[AVERAGE_KEY] = {"from": [Path(m).name for m in models], **({"earlier": earlier} if earlier else {})}
-    _record_every_sources_cases(training, [m.header for m in loaded])
+    _record_every_sources_cases(training, models, [m.header for m in loaded])
     return save_model(out, first.chain, first.config, training, overwrite=overwrite, inputs=tuple(models))
 
 
-def _record_every_sources_cases(training: Dict[str, Any], headers: Sequence[Dict[str, Any]]) -> None:
+def _record_every_sources_cases(training: Dict[str, Any], paths: Sequence[os.PathLike | str],
+                                headers: Sequence[Dict[str, Any]]) -> None:
     """The averaged weights learned from every source's cases: they go into ``inherited_train_cases`` (``evaluate``
-    calls them not held out), and a validation case another source trained on is no validation case any more. The
-    first file's record alone had called the second file's training cases held out."""
+    calls them not held out), and a validation case another source trained on is no validation case any more; a
+    source that does not name its cases is recorded as such (``inherited_cases_unknown``). The first file's record
+    alone had called the second file's training cases held out."""
     from ..model_summary import all_training_cases
 
     cases = [all_training_cases(h) for h in headers]
-    if any(c is None for c in cases):  # a source that does not list its cases: nobody can tell any more
-        training["data"] = {k: v for k, v in dict(training.get("data") or {}).items()
-                            if k not in ("train_case_ids", "train_cases")}
-        training.pop("inherited_train_cases", None)
-        return
-    seen = sorted(set().union(*cases))
-    training["inherited_train_cases"] = seen
+    unknown = [Path(p).name for p, c in zip(paths, cases) if c is None]
+    if unknown:
+        training["inherited_cases_unknown"] = list(training.get("inherited_cases_unknown") or []) + unknown
+    seen = sorted(set().union(*[c for c in cases if c is not None]))
+    if seen:
+        training["inherited_train_cases"] = seen
     data = dict(training.get("data") or {})
     for key in ("val_case_ids", "val_cases"):
         if isinstance(data.get(key), list):

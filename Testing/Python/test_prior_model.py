@@ -188,8 +188,11 @@ def test_an_average_of_runs_on_other_splits_counts_every_sources_training_cases(
     header = read_header(average_model_files(files, tmp_path / "soup.safetensors"))
     assert all_training_cases(header) == ["c0", "c1", "c2", "c3"]
     assert header["training"]["data"]["val_case_ids"] == [], "c3 was the second file's training case"
+    from MedSynthLogic.model_summary import unrecorded_training_cases
+
     unlisted = save_model(tmp_path / "u.safetensors", random_chain(cfg, seed=5), cfg, training={"data": {}})
-    assert all_training_cases(read_header(average_model_files([files[0], unlisted], tmp_path / "s2.safetensors"))) is None
+    mixed = read_header(average_model_files([files[0], unlisted], tmp_path / "s2.safetensors"))
+    assert all_training_cases(mixed) == ["c0", "c1", "c2"] and unrecorded_training_cases(mixed) == ["u.safetensors"]
 
 
 def test_averaging_refuses_one_file_other_architectures_and_different_priors(tmp_path):
