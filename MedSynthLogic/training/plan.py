@@ -64,8 +64,6 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
     """Check the data folder against the configs; raise DataError/UsageError with what to do."""
     from ..h5data import patch_file_info
 
-    if train_cfg.iterations < 1 or train_cfg.batch_size < 1:
-        raise UsageError("iterations and batch_size must be at least 1.")
     if train_cfg.log_every < 1 or train_cfg.val_every < 0 or train_cfg.checkpoint_every < 0:
         raise UsageError("log_every must be ≥ 1; val_every and checkpoint_every ≥ 0 (0 = only at stage end).")
     check_augmentation_applies(model_cfg, train_cfg)

@@ -59,12 +59,16 @@ def check_same_prior(chain: AutoContextChain, start: Start) -> None:
         theirs = prior_state(generators_state(start.model.chain))
     else:
         return
-    ours = prior_state(generators_state(chain))
-    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k].float().cpu(), ours[k].float().cpu()) for k in ours):
+    if not _same_weights(theirs, prior_state(generators_state(chain))):
         raise UsageError(
             f"The --prior-model file differs from the prior this run started with ({start.resumed_from}).",
             "Pass the prior model file the run was started with, or start a new run.",
         )
+
+
+def _same_weights(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> bool:
+    """The same names holding the same values (compared in float32 on the CPU, wherever each was kept)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k].float().cpu(), b[k].float().cpu()) for k in a)
 
 
 def prior_record(prior: Any) -> Optional[Dict[str, Any]]:
@@ -96,7 +100,7 @@ def with_prior_cases(refiner: os.PathLike | str, prior: os.PathLike | str, out: 
     if ref.config.prior is None:
         raise UsageError(f"{refiner} refines no prior model.", "Pass a model trained with --prior-model.")
     mine, theirs = sub_state(generators_state(ref.chain), PRIOR_PREFIX), generators_state(held.chain)
-    if mine.keys() != theirs.keys() or not all(torch.equal(mine[k], theirs[k].float()) for k in mine):
+    if not _same_weights(mine, theirs):
         raise UsageError(f"{prior} is not the prior model {refiner} holds.", "Pass the prior file it was trained on.")
     cases = all_training_cases(held.header)
     if cases is None:
