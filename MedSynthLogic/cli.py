@@ -156,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
     summary = evaluate_cases(cases, args.out, model=args.model, lookup=args.lookup, stages=args.stages,
                              flip_tta=args.flip_tta, device=args.device, precision=args.precision, figures=args.figures,
                              save_predictions=args.save_predictions, label=args.label, target_name=args.target_suffix,
-                             progress=report, overwrite=args.overwrite)["summary"]
+                             progress=report, overwrite=args.overwrite, resume=args.resume)["summary"]
     report(done_event(args.out, summary=summary))
     if report.mode != "json":
         for name, stats in summary.items():

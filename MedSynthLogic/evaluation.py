@@ -16,6 +16,7 @@ import numpy as np
 
 from .atomic import make_output_folder
 from .errors import Cancelled, DataError, MedSynthError, OutputError, UsageError
+from .evaluation_resume import STOPPED, KeptCases, file_sha256, is_stopped, kept_cases, stopped_note, stopped_record
 from .progress import progress_event, warning_event
 
 if TYPE_CHECKING:
@@ -128,11 +129,16 @@ def _check_recorded_files(cases: Sequence[Case], manifest: Path) -> None:
 
 
 def check_report_folder(out_dir: PathLike, overwrite: bool = False) -> None:
-    """Refuse an ``out_dir`` that is a file, or that holds an earlier report (``metrics.json``) without ``overwrite``."""
+    """Refuse an ``out_dir`` that is a file, or that holds an earlier report (``metrics.json``) without ``overwrite``
+    (``evaluate_cases`` passes ``resume`` for it: a stopped report is then checked by ``kept_cases``)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; the report needs a folder.", "Choose a folder name.")
     if (out / "metrics.json").exists() and not overwrite:
+        if is_stopped(out):
+            raise OutputError(f"{out} holds the report of a stopped evaluation (metrics.json).",
+                              "Pass --resume to score the cases it has not scored, --overwrite to start again, or "
+                              "choose another --out.", reason="output_exists")
         raise OutputError(f"{out} holds the report of an earlier evaluation (metrics.json).",
                           "Pass --overwrite to replace it, or choose another --out.", reason="output_exists")
 
@@ -168,6 +174,7 @@ def evaluate_cases(
     target_name: Optional[str] = None,
     progress: ProgressFn = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> Dict[str, Any]:
     """Synthesize every case with ``model`` (a model file, default the bundled one, or a loaded model) or apply an
     intensity ``lookup`` instead,
@@ -178,17 +185,20 @@ def evaluate_cases(
     Returns the report (per-case rows and ``summary``: metric → mean/std/n; ``precision``: the arithmetic the
     synthesis ran in, since ``auto`` depends on the machine). The model or lookup is loaded before ``out_dir`` is
     created, so a bad file leaves nothing behind; a folder holding an earlier report is refused without
-    ``overwrite`` (an evaluation can take hours, and its report is what a study cites).
+    ``overwrite`` (an evaluation can take hours, and its report is what a study cites). A stop or a failing case
+    writes the report of the cases scored so far, marked ``stopped``; ``resume`` scores only the rest
+    (:mod:`MedSynthLogic.evaluation_resume`).
     """
-    check_report_folder(out_dir, overwrite)
+    if resume and overwrite:
+        raise UsageError("--resume keeps a stopped evaluation's scored cases and --overwrite replaces them: pass one.",
+                         "Pass --resume to go on, or --overwrite to start again.")
+    check_report_folder(out_dir, overwrite or resume)
     if lookup and (stages is not None or flip_tta):  # the report recorded them as if they had been applied
         raise UsageError("A lookup has no auto-context stages and no flip averaging: --stages and --flip-tta apply to "
                          "a model only.", "Leave them out with --lookup.")
     from .baselines import IntensityLookup
-    from .dataset_prep import target_background
     from .devices import arithmetic_name
-    from .inference import synthesize_volume
-    from .metrics import score_pair, scored_results, write_report
+    from .metrics import scored_results, scoring_protocol, write_report
     from .model_file import LoadedModel, bundled_model_path, load_model
 
     scorer = IntensityLookup.load(lookup) if lookup else None
@@ -200,58 +210,125 @@ def evaluate_cases(
     names = (loaded.config.source_name, loaded.config.target_name) if loaded else scorer.names
     target_name = target_name or names[1].lower()
     written = _files_written(cases, target_name, save_predictions, figures)
-    _refuse_earlier_files(out_dir, written, overwrite)
+    scoring = scoring_of(norm)
+    settings = {"predictor_sha256": file_sha256(lookup) if scorer else loaded.header.get("tensors_sha256"),
+                "stages": stages, "flip_tta": bool(flip_tta),
+                "precision": None if scorer else arithmetic_name(device, precision), "label": label,
+                "protocol": scoring_protocol(*scoring), "target_name": target_name,
+                "figures": bool(figures), "save_predictions": bool(save_predictions)}
+    planned = [case.case_id for case in cases]
+    files = {case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases}
+    kept = kept_cases(out_dir, settings, planned, files) if resume else KeptCases([], {}, {}, [])
+    _refuse_earlier_files(out_dir, [name for name in written if name not in kept.written], overwrite)
     earlier = _earlier_files(out_dir) if overwrite else []
     out = make_output_folder(out_dir)
     trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
     unrecorded = _unrecorded_cases(loaded, progress) if scorer is None else []
-    scoring = scoring_of(norm)
-    rows, refused, resampled = [], {}, {}
-    for i, case in enumerate(cases):
-        try:
-            read = read_case(case, norm.mask_threshold, target_fill=target_background(norm.target))
-            for note in read.notes:
-                if progress:
-                    progress(warning_event("evaluate", f"{case.case_id}: {note}"))
-                resampled.setdefault(case.case_id, []).append(note)
-            if loaded is not None:  # said before the case's minutes of synthesis, not after
-                refused.update(_input_checks_failed(loaded, case, read.source, read.mask, progress))
-            if scorer is not None:
-                pred = read.source.with_array(scorer.apply(read.source.array, read.mask))
-            else:
-                pred = synthesize_volume(loaded, read.source, mask=read.mask, stages=stages, device=device,
-                                         flip_tta=flip_tta, precision=precision,
-                                         progress=within_case(progress, i, len(cases), case.case_id))
-            rows.append(score_pair(case.case_id, pred, read.target, read.scored, read.tumour, *scoring))
-        except Cancelled:
-            raise
-        except MedSynthError as exc:  # case 37 of 200 must be findable
-            raise exc.in_case(case.case_id) from exc
-        if save_predictions:
-            from .volume_io import write_volume
+    rows, refused, resampled = list(kept.rows), dict(kept.refused), dict(kept.resampled)
+    done = list(kept.written) or ["metrics.json", "metrics.md"]
+    if kept.rows and progress:
+        progress(warning_event("evaluate", f"resuming: {len(kept.rows)} of {len(cases)} cases kept from the stopped "
+                               "report, the rest scored now"))
 
-            write_volume(pred, out / f"{case.case_id}_synthetic_{target_name}.nii.gz", overwrite=True)
-        if figures:
-            _case_figure(out / f"{case.case_id}.png", read, pred, scoring, f"{case.case_id} {label}".strip(), names)
-        if progress:
-            progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
-    results = scored_results(rows, *scoring)
-    results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
-                   precision=None if scorer else arithmetic_name(device, precision),
-                   **({"model_sha256": loaded.header.get("tensors_sha256")} if loaded is not None else {}),
-                   files={case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases},
-                   **({"training_cases_scored": trained_on} if trained_on else {}),
-                   **({"training_cases_unknown": True} if trained_on is None else {}),
-                   **({"training_cases_unrecorded": unrecorded} if unrecorded else {}),
-                   **({"input_checks_failed": refused} if refused else {}),
-                   **({"resampled": resampled} if resampled else {}), written=written)
-    notes = _report_notes(trained_on, refused, resampled, unrecorded)
-    if notes:
-        results["notes"] = notes
-    write_report(results, out / "metrics.json", out / "metrics.md")
+    def report(stop: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        results = scored_results(rows, *scoring)
+        results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
+                       precision=settings["precision"],
+                       **({"model_sha256": settings["predictor_sha256"]} if loaded is not None else {}),
+                       **({"lookup_sha256": settings["predictor_sha256"]} if scorer is not None else {}),
+                       files=files,
+                       **({"training_cases_scored": trained_on} if trained_on else {}),
+                       **({"training_cases_unknown": True} if trained_on is None else {}),
+                       **({"training_cases_unrecorded": unrecorded} if unrecorded else {}),
+                       **({"input_checks_failed": refused} if refused else {}),
+                       **({"resampled": resampled} if resampled else {}),
+                       **({"resumed_after": len(kept.rows)} if kept.rows and stop is None else {}),
+                       **({STOPPED: stop} if stop else {}), written=done if stop else written)
+        notes = ([stopped_note(stop)] if stop else []) + _report_notes(trained_on, refused, resampled, unrecorded)
+        if notes:
+            results["notes"] = notes
+        write_report(results, out / "metrics.json", out / "metrics.md")
+        return results
+
+    try:
+        for i, case in enumerate(cases[len(kept.rows):], start=len(kept.rows)):
+            scored = _scored_case(case, i, len(cases), loaded, scorer, norm, scoring,
+                                  dict(stages=stages, device=device, flip_tta=flip_tta, precision=precision), progress)
+            if save_predictions:
+                from .volume_io import write_volume
+
+                write_volume(scored.pred, out / f"{case.case_id}_synthetic_{target_name}.nii.gz", overwrite=True)
+                done.append(f"{case.case_id}_synthetic_{target_name}.nii.gz")
+            if figures:
+                _case_figure(out / f"{case.case_id}.png", scored.read, scored.pred, scoring,
+                             f"{case.case_id} {label}".strip(), names)
+                done.append(f"{case.case_id}.png")
+            rows.append(scored.row)  # only now: a stopped report's case has its files, so a resumed run need not redo it
+            refused.update(scored.refused)
+            resampled.update({case.case_id: list(scored.read.notes)} if scored.read.notes else {})
+            if progress:
+                progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
+    except BaseException as exc:  # Cancel, SIGTERM, a failing case: hours of scored cases are kept, not lost
+        if rows:
+            reason = "stopped" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else f"failed: {exc}"
+            _write_stopped_report(report, stopped_record(settings, planned, len(rows), reason), out, progress)
+        raise
+    results = report()
     for name in set(earlier) - set(written):  # the replaced evaluation's figures and volumes of cases not scored now
         (out / name).unlink(missing_ok=True)
     return results
+
+
+class ScoredCase(NamedTuple):
+    """One case's outcome: its row, its prediction and the case as read (for its figure), and what synthesize
+    would have refused in its source."""
+
+    row: Dict[str, Any]
+    pred: Any
+    read: CaseOnSourceGrid
+    refused: Dict[str, List[str]]
+
+
+def _scored_case(case: Case, index: int, count: int, loaded: Any, scorer: Any, norm: Any, scoring: Tuple[Any, ...],
+                 synthesis: Dict[str, Any], progress: ProgressFn) -> ScoredCase:
+    """Read, synthesize (or look up) and score one case. An error names the case: case 37 of 200 must be findable."""
+    from .dataset_prep import target_background
+    from .inference import synthesize_volume
+    from .metrics import score_pair
+
+    try:
+        read = read_case(case, norm.mask_threshold, target_fill=target_background(norm.target))
+        for note in read.notes:
+            if progress:
+                progress(warning_event("evaluate", f"{case.case_id}: {note}"))
+        refused = {}
+        if loaded is not None:  # said before the case's minutes of synthesis, not after
+            refused = _input_checks_failed(loaded, case, read.source, read.mask, progress)
+        if scorer is not None:
+            pred = read.source.with_array(scorer.apply(read.source.array, read.mask))
+        else:
+            pred = synthesize_volume(loaded, read.source, mask=read.mask, **synthesis,
+                                     progress=within_case(progress, index, count, case.case_id))
+        row = score_pair(case.case_id, pred, read.target, read.scored, read.tumour, *scoring)
+    except Cancelled:
+        raise
+    except MedSynthError as exc:
+        raise exc.in_case(case.case_id) from exc
+    return ScoredCase(row, pred, read, refused)
+
+
+def _write_stopped_report(report: Callable[[Dict[str, Any]], Any], record: Dict[str, Any], out: Path,
+                          progress: ProgressFn) -> None:
+    """Write the report of the cases scored before a stop; a failure to write it must not hide why the run stopped."""
+    try:
+        report(record)
+    except (MedSynthError, OSError) as exc:
+        if progress:
+            progress(warning_event("evaluate", f"the report of the {record['after']} cases scored could not be "
+                                   f"written: {exc}"))
+        return
+    if progress:
+        progress(warning_event("evaluate", f"{stopped_note(record)} The report: {out / 'metrics.md'}."))
 
 
 def _files_written(cases: Sequence[Case], target_name: str, save_predictions: bool, figures: bool) -> List[str]:

@@ -262,10 +262,12 @@ def scored_results(cases: List[Dict[str, Any]], percentile: float = 99.5, pred_s
     """The report of :func:`score_pair` rows: the protocol, the rows and their summary."""
     if not cases:
         raise DataError("There is nothing to evaluate (no prediction/reference pairs).")
-    return {"protocol": _protocol(percentile, pred_scale, window), "cases": cases, "summary": _summary(cases)}
+    return {"protocol": scoring_protocol(percentile, pred_scale, window), "cases": cases, "summary": _summary(cases)}
 
 
-def _protocol(percentile: float, pred_scale: Optional[float] = None, window: Optional[Tuple[float, float]] = None) -> str:
+def scoring_protocol(percentile: float, pred_scale: Optional[float] = None,
+                     window: Optional[Tuple[float, float]] = None) -> str:
+    """The sentence every report carries about how it scored (a resumed evaluation must score the same way)."""
     if window is not None:
         return (f"prediction and reference in the target's unit, the window {window[0]:g} to {window[1]:g} mapped to "
                 "[0, 1] and clipped; PSNR/MAE over the mask (mae_target_unit: the MAE in the target's unit); SSIM "
@@ -408,5 +410,6 @@ __all__ = [
     "evaluate_pairs",
     "evaluate_folder",
     "write_report",
+    "scoring_protocol",
     "markdown_table",
 ]

@@ -220,6 +220,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-predictions", action="store_true", help="save the synthetic volumes too")
     p.add_argument("--label", default="", help="a name for this row in the report, e.g. 'L2 only' (default: none)")
     p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier evaluation in --out")
+    p.add_argument("--resume", action="store_true", help="go on from a stopped evaluation's report in --out: score only "
+                   "the cases it has not scored, with the same predictor and options")
 
 
 def add_fit_lookup_arguments(p: argparse.ArgumentParser) -> None:

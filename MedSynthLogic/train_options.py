@@ -75,11 +75,13 @@ def evaluate_argument_list(
     out_dir: "str | os.PathLike",
     device: str = "auto",
     progress: str = "json",
+    resume: bool = False,
 ) -> List[str]:
     """The ``medsynth evaluate`` arguments that score ``model`` on the validation cases of a prepared data folder
-    (its ``manifest.json`` records them and their files), the report in ``out_dir``: the cases no training saw."""
+    (its ``manifest.json`` records them and their files), the report in ``out_dir``: the cases no training saw;
+    ``resume`` goes on from a stopped evaluation's report there."""
     return ["evaluate", "--manifest", os.fspath(Path(data_dir) / "manifest.json"), "--model", os.fspath(model),
-            "--out", os.fspath(out_dir), "--device", device, "--progress", progress]
+            "--out", os.fspath(out_dir), "--device", device, "--progress", progress, *(["--resume"] if resume else [])]
 
 
 def write_config(config: object, path: Path) -> Path:

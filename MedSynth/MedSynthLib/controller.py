@@ -21,7 +21,8 @@ from . import synthesis
 from .estimate import Estimate, RateBook
 from .events import PanelUpdate, describe_event, error_text
 from .i18n import tr as _
-from .outcomes import JobOutcome, evaluation_outcome, remember_checkpoint, stopped_training_message, synthesis_outcome
+from .outcomes import (JobOutcome, evaluation_outcome, remember_checkpoint, stopped_evaluation_note, stopped_training_message,
+                       synthesis_outcome)
 from .training_jobs import EvaluationRequest, PrepareRequest, TrainingRequest, prepare_arguments
 
 #: ``runner(args) -> started job`` with ``poll()``, ``cancel(timeout)``, ``running``, ``state``,
@@ -286,15 +287,16 @@ class MedSynthController:
         self.current = None
         job, kind, context = running.job, running.kind, running.context
         try:
+            kept = stopped_evaluation_note(context["report_dir"]) if kind == "evaluate" else ""
             if job.state == jobs.CANCELLED:
                 message = _("Cancelled.") if kind != "train" else stopped_training_message(context)
-                return JobOutcome(kind, jobs.CANCELLED, message)
+                return JobOutcome(kind, jobs.CANCELLED, " ".join(filter(None, (message, kept))))
             if job.state != jobs.FINISHED:
                 if kind == "train":
                     self._drop_empty_plot()
                 last = getattr(job, "last_error", None)
                 message = error_text(last, kind) if last else job.error_message
-                return JobOutcome(kind, jobs.FAILED, message or _("The process failed."))
+                return JobOutcome(kind, jobs.FAILED, "\n".join(filter(None, (message or _("The process failed."), kept))))
             if kind == "synthesize":
                 outcome = synthesis_outcome(self.scene, job.elapsed_s, context)
                 if outcome.state == jobs.FINISHED:

@@ -58,6 +58,18 @@ def evaluation_outcome(elapsed_s: float, report_dir: Path) -> JobOutcome:
     return JobOutcome("evaluate", jobs.FINISHED, message, report)
 
 
+def stopped_evaluation_note(report_dir: Path) -> str:
+    """What a stopped or failed evaluation kept: the report of the cases it scored, and that Evaluate goes on from
+    it ("" where it scored none)."""
+    from MedSynthLogic.evaluation_resume import STOPPED, read_report
+
+    record = (read_report(report_dir) or {}).get(STOPPED)
+    if not isinstance(record, dict):
+        return ""
+    return _("The report of the {done} of {total} cases scored is in {folder}; Evaluate goes on from it.").format(
+        done=record.get("after"), total=record.get("of"), folder=report_dir)
+
+
 def evaluation_summary(summary: Dict[str, Any]) -> str:
     """One line of an evaluation's mean figures (brain, then tumour), as ``metrics.md`` names them."""
     parts = []

@@ -64,20 +64,26 @@ class EvaluationRequest:
     data_dir: Path
     report_dir: Path
     device: str = "auto"
+    resume: bool = False
 
     def arguments(self) -> List[str]:
         """``medsynth evaluate`` arguments that run exactly this request."""
         from MedSynthLogic.train_options import evaluate_argument_list
 
-        return evaluate_argument_list(self.model, self.data_dir, self.report_dir, device=self.device)
+        return evaluate_argument_list(self.model, self.data_dir, self.report_dir, device=self.device,
+                                      resume=self.resume)
 
 
 def evaluation_request(settings: Any) -> EvaluationRequest:
     """The 'Evaluate' request of the panel's settings: the training section's output model file and prepared data
-    folder (what was just trained, on the cases set aside from it), its device, and the report folder."""
+    folder (what was just trained, on the cases set aside from it), its device, and the report folder. A report
+    folder that holds a stopped evaluation's report is gone on from (a click on Evaluate after Stop continues)."""
+    from MedSynthLogic.evaluation_resume import is_stopped
+
+    report_dir = full_path(settings.evalDir, _("the evaluation report folder"))
     return EvaluationRequest(full_path(settings.outputModelPath, _("the output model file")),
-                             full_path(settings.dataDir, _("the prepared data folder")),
-                             full_path(settings.evalDir, _("the evaluation report folder")), str(settings.trainDevice))
+                             full_path(settings.dataDir, _("the prepared data folder")), report_dir,
+                             str(settings.trainDevice), resume=is_stopped(report_dir))
 
 
 def is_set(path: "Optional[os.PathLike]") -> bool:

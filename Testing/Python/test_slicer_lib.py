@@ -825,6 +825,30 @@ def test_the_panel_evaluates_what_it_trained_on_the_cases_set_aside(scene, tmp_p
         evaluation_request(_settings(dataDir=Path("data"), outputModelPath=tmp_path / "m", evalDir=tmp_path / "r"))
 
 
+def test_a_stopped_panel_evaluation_says_what_it_kept_and_evaluate_goes_on_from_it(scene, tmp_path):
+    """Stop keeps the report of the cases scored (the CLI writes it); the panel says so, and the next Evaluate
+    passes --resume, so the cases already scored are not synthesized again."""
+    from MedSynthLib.training_jobs import evaluation_request
+
+    settings = _settings(dataDir=tmp_path / "data", runDir=tmp_path / "run", outputModelPath=tmp_path / "m.safetensors",
+                         evalDir=tmp_path / "report")
+    assert "--resume" not in evaluation_request(settings).arguments()
+
+    def stopped_report(args):
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({"stopped": {"after": 1, "of": 3}}), encoding="utf-8")
+
+    for state, first_line in ((jobs.CANCELLED, "Cancelled."), (jobs.FAILED, "The process failed.")):
+        controller = _controller(scene, FakeRunner(events=[], state=state, on_finish=stopped_report), tmp_path)
+        controller.start_evaluation(evaluation_request(settings))
+        outcome = controller.poll()[1]
+        assert outcome.state == state and outcome.message.startswith(first_line)
+        assert f"The report of the 1 of 3 cases scored is in {tmp_path / 'report'}" in outcome.message
+    parsed = build_parser().parse_args(evaluation_request(settings).arguments())
+    assert parsed.resume and parsed.out == str(tmp_path / "report")
+
+
 def test_prepare_job_reports_cases(scene, tmp_path):
     events = [{"event": "progress", "task": "prepare", "done": d, "total": 2, "case": f"c{d}"} for d in (1, 2)]
     runner = FakeRunner(events=events)

@@ -1,0 +1,193 @@
+"""A stopped evaluation keeps the cases it scored, and ``--resume`` goes on from them to the report an uninterrupted
+run writes (an evaluation of many cases can take hours)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedSynthLogic.errors import Cancelled, DataError, OutputError, UsageError
+from MedSynthLogic.evaluation import cases_to_evaluate, evaluate_cases
+
+
+@pytest.fixture(scope="module")
+def cases_dir(tmp_path_factory) -> Path:
+    """Three phantom cases in BraTS naming, with segmentations."""
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    root = tmp_path_factory.mktemp("resume")
+    for seed, case in enumerate(("a", "b", "c")):
+        p = make_phantom(shape=(24, 28, 24), seed=seed)
+        (root / case).mkdir()
+        write_volume(p.t1ce, root / case / f"{case}_t1ce.nii.gz")
+        write_volume(p.t2, root / case / f"{case}_t2.nii.gz")
+        write_volume(p.t1ce.with_array(p.labels.astype(np.float32)), root / case / f"{case}_seg.nii.gz")
+    return root
+
+
+def _lookup(cases_dir: Path, path: Path, bins: int = 32) -> Path:
+    from MedSynthLogic.baselines import fit_intensity_lookup
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.normalisation import brain_mask
+    from MedSynthLogic.volume_io import read_volume
+
+    cfg = ModelConfig().normalisation
+    src = read_volume(cases_dir / "a" / "a_t1ce.nii.gz").array
+    fit_intensity_lookup([(src, read_volume(cases_dir / "a" / "a_t2.nii.gz").array, brain_mask(src, cfg.mask_threshold))],
+                         cfg, bins=bins).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lookup(cases_dir, tmp_path_factory) -> Path:
+    return _lookup(cases_dir, tmp_path_factory.mktemp("lookup") / "lookup.json")
+
+
+def _stop_after(cases_done: int):
+    """A progress callback that cancels, as the panel's Cancel does, once ``cases_done`` cases are scored."""
+    def progress(event: dict) -> None:
+        if event.get("event") == "progress" and event.get("done") == cases_done:
+            raise Cancelled("Cancelled.")
+    return progress
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+
+def test_a_stopped_evaluation_keeps_its_cases_and_resume_ends_as_an_uninterrupted_run(cases_dir, lookup, tmp_path):
+    cases = cases_to_evaluate(cases_dir)
+    whole = evaluate_cases(cases, tmp_path / "whole", lookup=lookup, figures=True, save_predictions=True)
+    out = tmp_path / "stopped"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases, out, lookup=lookup, figures=True, save_predictions=True, progress=_stop_after(2))
+    stopped = _report(out)
+    assert [row["case"] for row in stopped["cases"]] == ["a", "b"]
+    assert stopped["stopped"]["after"] == 2 and stopped["stopped"]["of"] == 3 and stopped["stopped"]["reason"] == "stopped"
+    assert stopped["written"] == ["metrics.json", "metrics.md", "a_synthetic_t2.nii.gz", "a.png",
+                                  "b_synthetic_t2.nii.gz", "b.png"]
+    assert "Stopped after 2 of 3 cases" in (out / "metrics.md").read_text(encoding="utf-8")
+    with pytest.raises(OutputError, match="stopped evaluation") as refused:  # a plain re-run says how to go on
+        evaluate_cases(cases, out, lookup=lookup, figures=True, save_predictions=True)
+    assert "--resume" in refused.value.hint
+
+    events = []
+    resumed = evaluate_cases(cases, out, lookup=lookup, figures=True, save_predictions=True, resume=True,
+                             progress=events.append)
+    assert [(e["done"], e["case"]) for e in events if e["event"] == "progress"] == [(3, "c")]  # a and b not redone
+    assert resumed["cases"] == json.loads(json.dumps(whole["cases"])) and resumed["summary"] == whole["summary"]
+    assert resumed["written"] == whole["written"] and resumed["resumed_after"] == 2 and "stopped" not in resumed
+    assert sorted(p.name for p in out.iterdir()) == sorted(whole["written"])
+    assert "Stopped" not in (out / "metrics.md").read_text(encoding="utf-8")
+    with pytest.raises(OutputError, match="finished evaluation"):
+        evaluate_cases(cases, out, lookup=lookup, figures=True, save_predictions=True, resume=True)
+
+
+def test_a_case_that_fails_keeps_the_cases_before_it_and_resume_goes_on_once_it_is_mended(cases_dir, lookup, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(cases_dir, data)
+    good = (data / "b" / "b_t2.nii.gz").read_bytes()
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    t2 = read_volume(data / "b" / "b_t2.nii.gz")
+    write_volume(t2.with_array(np.zeros_like(t2.array)), data / "b" / "b_t2.nii.gz", overwrite=True)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="b"):
+        evaluate_cases(cases_to_evaluate(data), out, lookup=lookup)
+    stopped = _report(out)
+    assert [row["case"] for row in stopped["cases"]] == ["a"] and stopped["stopped"]["reason"].startswith("failed: ")
+    (data / "b" / "b_t2.nii.gz").write_bytes(good)
+    resumed = evaluate_cases(cases_to_evaluate(data), out, lookup=lookup, resume=True)
+    assert [row["case"] for row in resumed["cases"]] == ["a", "b", "c"]
+    assert resumed["summary"] == evaluate_cases(cases_to_evaluate(cases_dir), tmp_path / "whole", lookup=lookup)["summary"]
+
+
+def test_a_stop_inside_the_first_case_writes_no_report_and_one_after_it_keeps_it(cases_dir, lookup, tmp_path,
+                                                                                    tiny_model_config):
+    import dataclasses
+
+    from MedSynthLogic.model_file import save_model
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    model = save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg)
+    cases = cases_to_evaluate(cases_dir, model=model)
+
+    def stop_in_synthesis(event: dict) -> None:
+        if event.get("event") == "progress" and event.get("done") == 0:  # case a's synthesis, tile by tile
+            raise KeyboardInterrupt  # what SIGTERM becomes in the CLI
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_cases(cases, out, model=model, device="cpu", progress=stop_in_synthesis)
+    assert not (out / "metrics.json").exists()  # nothing scored: nothing to keep, and a plain re-run is not refused
+    with pytest.raises(UsageError, match="holds no report"):
+        evaluate_cases(cases, out, model=model, device="cpu", resume=True)
+
+    def stop_after_the_first(event: dict) -> None:
+        if event.get("event") == "progress" and event.get("done") == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_cases(cases, out, model=model, device="cpu", progress=stop_after_the_first)
+    assert _report(out)["stopped"]["after"] == 1  # the case's progress event comes after the case is kept
+
+
+def test_resume_refuses_another_predictor_other_settings_or_other_cases(cases_dir, lookup, tmp_path):
+    cases = cases_to_evaluate(cases_dir)
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases, out, lookup=lookup, progress=_stop_after(1))
+    other = _lookup(cases_dir, tmp_path / "other.json", bins=16)
+    with pytest.raises(UsageError, match="predictor_sha256"):
+        evaluate_cases(cases, out, lookup=other, resume=True)
+    with pytest.raises(UsageError, match="figures"):
+        evaluate_cases(cases, out, lookup=lookup, figures=True, resume=True)
+    with pytest.raises(UsageError, match="label"):
+        evaluate_cases(cases, out, lookup=lookup, label="another", resume=True)
+    with pytest.raises(UsageError, match="other cases"):
+        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "c"]), out, lookup=lookup, resume=True)
+    with pytest.raises(UsageError, match="pass one"):
+        evaluate_cases(cases, out, lookup=lookup, resume=True, overwrite=True)
+    assert _report(out)["stopped"]["after"] == 1  # every refusal left the stopped report as it was
+    report = _report(out)
+    report["files"]["a"]["source"] = "/elsewhere/a_t1ce.nii.gz"
+    (out / "metrics.json").write_text(json.dumps(report), encoding="utf-8")
+    with pytest.raises(UsageError, match="files of a"):
+        evaluate_cases(cases, out, lookup=lookup, resume=True)
+
+
+def test_a_model_evaluation_resumes_and_another_model_is_refused(cases_dir, tmp_path, tiny_model_config):
+    import dataclasses
+
+    from MedSynthLogic.model_file import save_model
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    first = save_model(tmp_path / "m.safetensors", random_chain(cfg, seed=0), cfg)
+    second = save_model(tmp_path / "n.safetensors", random_chain(cfg, seed=1), cfg)
+    cases = cases_to_evaluate(cases_dir, case_ids=["a", "b"], model=first)
+    whole = evaluate_cases(cases, tmp_path / "whole", model=first, device="cpu")
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases, out, model=first, device="cpu", progress=_stop_after(1))
+    with pytest.raises(UsageError, match="predictor_sha256"):
+        evaluate_cases(cases, out, model=second, device="cpu", resume=True)
+    resumed = evaluate_cases(cases, out, model=first, device="cpu", resume=True)
+    assert resumed["cases"] == json.loads(json.dumps(whole["cases"])) and resumed["model_sha256"] == whole["model_sha256"]
+
+
+def test_the_command_line_resumes(cases_dir, lookup, tmp_path, capsys):
+    from MedSynthLogic.cli import main
+
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, progress=_stop_after(1))
+    assert main(["evaluate", str(cases_dir), "--lookup", str(lookup), "--out", str(out)]) != 0
+    assert "--resume" in capsys.readouterr().err
+    assert main(["evaluate", str(cases_dir), "--lookup", str(lookup), "--out", str(out), "--resume"]) == 0
+    assert [row["case"] for row in _report(out)["cases"]] == ["a", "b", "c"]
