@@ -8,6 +8,8 @@ REASONS = frozenset({
     "model_written",  # --resume of a run that already wrote its model
     "run_folder_in_use",  # a new run in a folder that holds another run's checkpoints
     "schedule_changed",  # --resume with another schedule than the stopped run's
+    "model_config_changed",  # --resume with another model config than the stopped run's
+    "evaluation_changed",  # evaluate --resume with another predictor, options, cases or files than the stopped one's
     "data_changed",  # --resume on a data folder prepared again since the run stopped
     "stopped",  # training stopped on request, with a checkpoint to resume from
     "data_for_another_model",  # prepared data that do not fit the model config

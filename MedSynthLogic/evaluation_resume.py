@@ -83,20 +83,20 @@ def kept_cases(out_dir: PathLike, settings: Dict[str, Any], planned: Sequence[st
     if changed:
         raise UsageError(f"The stopped evaluation in {out} ran with other settings ({'; '.join(changed)}): one report "
                          "must score every case the same way.",
-                         "Resume with the same predictor and options, or pass --overwrite to start again.")
+                         "Resume with the same predictor and options, or pass --overwrite to start again.", reason="evaluation_changed")
     if list(record.get("cases_planned") or []) != list(planned):
         raise UsageError(f"The stopped evaluation in {out} planned other cases ({len(record.get('cases_planned') or [])}"
                          f" then, {len(planned)} now).",
-                         "Resume with the same case list (--cases, --manifest or data folder), or pass --overwrite.")
+                         "Resume with the same case list (--cases, --manifest or data folder), or pass --overwrite.", reason="evaluation_changed")
     rows = [row for row in report.get("cases") or [] if isinstance(row, dict)]
     ids = [row.get("case") for row in rows]
     if ids != list(planned[:len(ids)]):
         raise UsageError(f"The report in {out} does not hold the first cases it planned, in order.",
-                         "Pass --overwrite to start the evaluation again.")
+                         "Pass --overwrite to start the evaluation again.", reason="evaluation_changed")
     moved = [case for case in ids if (report.get("files") or {}).get(case) != files.get(case)]
     if moved:
         raise UsageError(f"The files of {', '.join(moved)} are not those the stopped evaluation scored.",
-                         "Resume with the same data, or pass --overwrite to score every case again.")
+                         "Resume with the same data, or pass --overwrite to score every case again.", reason="evaluation_changed")
     kept = set(ids)
 
     def of_kept(key: str) -> Dict[str, List[str]]:

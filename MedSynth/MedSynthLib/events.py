@@ -69,6 +69,10 @@ def panel_advice(reason: str, task: Optional[str] = None) -> str:
         "run_folder_in_use": lambda: _("Press Resume to continue that run, or choose another run folder."),
         "schedule_changed": lambda: _("Resume with the stopped run's settings, or choose another run folder for a "
                                       "new run."),
+        "model_config_changed": lambda: _("Resume with the stopped run's settings, or choose another run folder for "
+                                          "a new run."),
+        "evaluation_changed": lambda: _("The report folder holds a stopped evaluation of another model or data: "
+                                        "choose another evaluation report folder, or move that report away."),
         "data_changed": lambda: _("Resume with the prepared data folder that run was trained on, or choose another run "
                                   "folder for a new run."),
         "stopped": lambda: _("Press Resume to go on from it."),

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
-from ..errors import DataError, ModelFileError, OutputError, UsageError
+from ..errors import DataError, OutputError, UsageError
 
 FoundCheckpoint = Optional[Tuple[Path, Dict[str, Any]]]
 
@@ -54,9 +54,9 @@ def decide_start(
     """
     found = read_checkpoint() if resume or (start_stage > 0 and init_model is None) else None
     if found is not None and from_dict(ModelConfig, json.loads(found[1]["model_config"])) != model_cfg:
-        raise ModelFileError(f"The checkpoint {found[0]} was made with a different model config "
-                             f"({_config_changes(json.loads(found[1]['model_config']), json.loads(json.dumps(to_dict(model_cfg))))}).",
-                             "Use another --run-dir or the same config.")
+        raise UsageError(f"The checkpoint {found[0]} was made with a different model config "
+                         f"({_config_changes(json.loads(found[1]['model_config']), json.loads(json.dumps(to_dict(model_cfg))))}).",
+                         "Resume with that run's model config, or use another --run-dir.", reason="model_config_changed")
     # --resume continues a run that already reached start_stage; otherwise start_stage retrains from there
     continuing = found is not None and resume and int(found[1]["stage"]) >= start_stage
     if init_model is not None and not continuing:

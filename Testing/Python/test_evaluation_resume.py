@@ -143,8 +143,9 @@ def test_resume_refuses_another_predictor_other_settings_or_other_cases(cases_di
     with pytest.raises(Cancelled):
         evaluate_cases(cases, out, lookup=lookup, progress=_stop_after(1))
     other = _lookup(cases_dir, tmp_path / "other.json", bins=16)
-    with pytest.raises(UsageError, match="predictor_sha256"):
+    with pytest.raises(UsageError, match="predictor_sha256") as refused:
         evaluate_cases(cases, out, lookup=other, resume=True)
+    assert refused.value.reason == "evaluation_changed"  # the panel words its own advice (it has no --overwrite)
     with pytest.raises(UsageError, match="figures"):
         evaluate_cases(cases, out, lookup=lookup, figures=True, resume=True)
     with pytest.raises(UsageError, match="label"):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from MedSynthLogic.config import ModelConfig, to_dict
-from MedSynthLogic.errors import DataError, ModelFileError, UsageError
+from MedSynthLogic.errors import DataError, UsageError
 from MedSynthLogic.training.resume import Start, decide_start
 
 CFG = ModelConfig(stages=3)
@@ -86,11 +86,12 @@ def test_errors():
         _decide(start_stage=1, checkpoint=_none)
     with pytest.raises(DataError, match=r"has 1 stage.s. trained; --start-stage 2 keeps the first 2"):
         _decide(start_stage=2, checkpoint=_checkpoint(1, 5, False))
-    with pytest.raises(ModelFileError, match=r"different model config \(stages 2 → 3\)"):
-        _decide(resume=True, checkpoint=_checkpoint(0, 5, False, ModelConfig(stages=2)))
+    with pytest.raises(UsageError, match=r"different model config \(stages 2 → 3\)") as refused:  # exits 2 as a
+        _decide(resume=True, checkpoint=_checkpoint(0, 5, False, ModelConfig(stages=2)))  # changed schedule does
+    assert refused.value.reason == "model_config_changed"
     from MedSynthLogic.config import LossConfig
 
-    with pytest.raises(ModelFileError, match=r"model config \(loss\.lambda_gdl 0\.2 → 1\.0\)"):  # nested, named
+    with pytest.raises(UsageError, match=r"model config \(loss\.lambda_gdl 0\.2 → 1\.0\)"):  # nested, named
         _decide(resume=True, checkpoint=_checkpoint(0, 5, False, ModelConfig(stages=3, loss=LossConfig(lambda_gdl=0.2))))
     with pytest.raises(UsageError, match="has 1 stage.*--start-stage 2 needs 2"):
         _decide(start_stage=2, init_model="one.safetensors", model=_model(1))
