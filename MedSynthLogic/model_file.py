@@ -107,9 +107,11 @@ def save_model(
     overwrite: bool = True,
     error_map: Optional[ErrorMap] = None,
     inputs: Sequence[PathLike] = (),
+    created: Optional[str] = None,
 ) -> Path:
     """Write every stage of ``chain`` with its config and a checksum, atomically (old file or complete new one).
-    ``inputs``: the files it was made from, which it never replaces, even with ``overwrite``.
+    ``inputs``: the files it was made from, which it never replaces, even with ``overwrite``. ``created``: the
+    date of the generators of a file whose header is being rewritten (it is kept, and ``modified`` records now).
 
     A chain with fewer stages than ``cfg.stages`` (training stopped after an earlier stage) is saved with
     ``stages`` set to what it has, so the file always rebuilds to exactly its tensors. ``error_map``: a learned
@@ -135,11 +137,16 @@ def save_model(
         "training": dict(training or {}),
         "metrics": dict(metrics or {}),
         "tensors_sha256": tensors_sha256(tensors),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": created or _now(),
+        **({"modified": _now()} if created else {}),
     }
     if error_map is not None:
         header["error_map"] = error_map.header()
     return _write(path, tensors, header, overwrite, inputs)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _write(path: PathLike, tensors: Dict[str, torch.Tensor], header: Dict[str, Any], overwrite: bool,
@@ -296,7 +303,8 @@ def _error_map_of(p: Path, tensors: Mapping[str, torch.Tensor], header: Dict[str
 
 def with_error_map(path: PathLike, out: PathLike, error_map: ErrorMap, overwrite: bool = False) -> Path:
     """A copy of the model file ``path`` with ``error_map`` stored in it (any earlier one replaced), its generators
-    and header otherwise unchanged apart from the checksums and ``created``: fit the map for the model in ``path``."""
+    and header otherwise unchanged apart from the checksums and ``modified`` (``created`` stays the generators'
+    date): fit the map for the model in ``path``."""
     p = Path(path)
     header = dict(read_header(p))
     tensors = {k: v for k, v in _verified_tensors(p, header).items() if not k.startswith(ERROR_MAP_PREFIX)}
@@ -304,6 +312,7 @@ def with_error_map(path: PathLike, out: PathLike, error_map: ErrorMap, overwrite
     tensors.update(error_map.tensors())
     header["error_map"] = error_map.header()
     header["tensors_sha256"] = tensors_sha256(tensors)
-    header["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    header.setdefault("created", _now())
+    header["modified"] = _now()
     header.pop("header_sha256", None)
     return _write(out, tensors, header, overwrite, inputs=(p,))

@@ -240,7 +240,9 @@ def _metrics(metrics: Mapping[str, Any]) -> str:
 def _created(header: Mapping[str, Any]) -> str:
     created = str(header.get("created") or "not stated")
     version = header.get("medsynth_version")
-    return created.replace("T", " ")[:19] + (f" (medsynth {version})" if version else "")
+    modified = header.get("modified")
+    return (created.replace("T", " ")[:19] + (f" (medsynth {version})" if version else "")
+            + (f"; header or error map changed {str(modified).replace('T', ' ')[:19]}" if modified else ""))
 
 
 def _mean_std(stat: Mapping[str, Any], digits: int) -> str:

@@ -92,7 +92,8 @@ def with_prior_cases(refiner: os.PathLike | str, prior: os.PathLike | str, out: 
                      overwrite: bool = False) -> Path:
     """A copy of a refiner file whose prior record names the prior's training cases, read from the prior's own file
     (files before session 42 record none, so ``evaluate`` cannot tell which cases its synthesis has seen). The prior
-    file must be the one the refiner holds (the same tensors); the generators and everything else are unchanged."""
+    file must be the one the refiner holds (the same tensors); the generators and everything else are unchanged
+    (``created`` too; ``modified`` records the change)."""
     from ..model_file import load_model, save_model
     from ..model_summary import all_training_cases
 
@@ -108,4 +109,4 @@ def with_prior_cases(refiner: os.PathLike | str, prior: os.PathLike | str, out: 
     training = dict(ref.header.get("training") or {})
     training["prior_model"] = {**dict(training.get("prior_model") or {}), "train_cases": cases}
     return save_model(out, ref.chain, ref.config, training, ref.header.get("metrics"), overwrite=overwrite,
-                      error_map=ref.error_map, inputs=(refiner, prior))
+                      error_map=ref.error_map, inputs=(refiner, prior), created=ref.header.get("created"))

@@ -72,6 +72,8 @@ def test_the_model_file_keeps_the_map_and_refuses_a_broken_one(tmp_path, tiny_mo
     rows = np.random.default_rng(3).normal(size=(50, len(FEATURES))).astype(np.float32)
     np.testing.assert_array_equal(loaded.error_map.predict(rows), fitted.predict(rows))
     assert read_header(withmap)["training"] == read_header(plain)["training"]
+    assert read_header(withmap)["created"] == read_header(plain)["created"] and read_header(withmap)["modified"]
+    assert "modified" not in read_header(plain)
     for name, tensor in load_model(plain).chain.state_dict().items():
         assert torch.equal(loaded.chain.state_dict()[name], tensor), "the generators are unchanged"
     assert load_model(withmap, stages=1).error_map is None, "fitted for the whole chain only"

@@ -28,6 +28,14 @@ def test_a_header_without_a_loss_section_reads_as_the_defaults():
     assert "adversarial (GAN) + L2 + GDL" in summarize_header(bare, "m")
 
 
+def test_created_line_keeps_the_generators_date_and_says_when_the_header_changed():
+    """A re-sealed file (an error map fitted, its prior's cases recorded) showed the re-seal's date as its creation."""
+    line = next(row for row in summarize_header({"created": "2026-12-06T06:14:46+00:00", "medsynth_version": "0.1.0",
+                                                 "modified": "2026-12-07T12:50:56+00:00"}, "m").splitlines()
+                if "created" in row)
+    assert line.split("  ")[-1] == "2026-12-06 06:14:46 (medsynth 0.1.0); header or error map changed 2026-12-07 12:50:56"
+
+
 @pytest.mark.parametrize("source, expected", [
     ({"mode": "percentile", "percentile": 99.5}, "T1ce / its 99.5th percentile in the brain;"),
     ({"mode": "median", "median_value": 0.5}, "T1ce / its median in the brain x 0.5;"),

@@ -137,6 +137,7 @@ def test_the_rebase_script_writes_what_its_functions_do(tmp_path, capsys):
     header = read_header(tmp_path / "rc.safetensors")
     assert all_training_cases(header) == ["c0", "c1"] and unrecorded_training_cases(header) == []
     assert header["tensors_sha256"] == read_header(refiner)["tensors_sha256"]
+    assert header["created"] == read_header(refiner)["created"] and header["modified"]  # info: the generators' date
     other = save_model(tmp_path / "o.safetensors", random_chain(small_fcn(), seed=4), small_fcn(),
                        training={"data": {"train_case_ids": ["c2"]}})
     with pytest.raises(UsageError, match="is not the prior model"):
