@@ -16,7 +16,8 @@ import numpy as np
 
 from .atomic import make_output_folder
 from .errors import Cancelled, DataError, MedSynthError, OutputError, UsageError
-from .evaluation_resume import STOPPED, KeptCases, file_sha256, is_stopped, kept_cases, stopped_note, stopped_record
+from .evaluation_resume import (NOTHING_KEPT, STOPPED, case_files, file_sha256, is_stopped, kept_cases, stopped_note,
+                                stopped_record)
 from .progress import progress_event, warning_event
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ def evaluate_cases(
         raise UsageError("A lookup has no auto-context stages and no flip averaging: --stages and --flip-tta apply to "
                          "a model only.", "Leave them out with --lookup.")
     from .baselines import IntensityLookup
-    from .devices import arithmetic_name
+    from .devices import arithmetic_name, resolve_device
     from .metrics import scored_results, scoring_protocol, write_report
     from .model_file import LoadedModel, bundled_model_path, load_model
 
@@ -215,12 +216,14 @@ def evaluate_cases(
                 "stages": stages, "flip_tta": bool(flip_tta),
                 "precision": None if scorer else arithmetic_name(device, precision), "label": label,
                 "protocol": scoring_protocol(*scoring), "target_name": target_name,
-                "figures": bool(figures), "save_predictions": bool(save_predictions)}
+                "figures": bool(figures), "save_predictions": bool(save_predictions),
+                "device": None if scorer else resolve_device(device).type}
     planned = [case.case_id for case in cases]
     files = {case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases}
-    kept = kept_cases(out_dir, settings, planned, files) if resume else KeptCases([], {}, {}, [])
-    _refuse_earlier_files(out_dir, [name for name in written if name not in kept.written], overwrite)
-    earlier = _earlier_files(out_dir) if overwrite else []
+    stamps = {case.case_id: case_files(case) for case in cases}
+    kept = kept_cases(out_dir, settings, planned, stamps) if resume else NOTHING_KEPT
+    _refuse_earlier_files(out_dir, [name for name in written if name not in kept.written + kept.replaced], overwrite)
+    earlier = _earlier_files(out_dir) if overwrite else kept.replaced
     out = make_output_folder(out_dir)
     trained_on = _training_cases_scored(loaded, cases, progress) if scorer is None else _fitting_cases_scored(scorer, cases, progress)
     unrecorded = _unrecorded_cases(loaded, progress) if scorer is None else []
@@ -252,6 +255,7 @@ def evaluate_cases(
 
     try:
         for i, case in enumerate(cases[len(kept.rows):], start=len(kept.rows)):
+            stamps[case.case_id] = case_files(case)  # as it is read, not as it is when the run stops
             scored = _scored_case(case, i, len(cases), loaded, scorer, norm, scoring,
                                   dict(stages=stages, device=device, flip_tta=flip_tta, precision=precision), progress)
             if save_predictions:
@@ -268,12 +272,14 @@ def evaluate_cases(
             resampled.update({case.case_id: list(scored.read.notes)} if scored.read.notes else {})
             if progress:
                 progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
+        results = report()
     except BaseException as exc:  # Cancel, SIGTERM, a failing case: hours of scored cases are kept, not lost
-        if rows:
+        if len(rows) == len(cases):  # every case scored (a stop in the last event or in the report's own writing)
+            _write_stopped_report(report, None, out, progress)
+        elif rows:
             reason = "stopped" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else f"failed: {exc}"
-            _write_stopped_report(report, stopped_record(settings, planned, len(rows), reason), out, progress)
+            _write_stopped_report(report, stopped_record(settings, planned, rows, reason, stamps, earlier), out, progress)
         raise
-    results = report()
     for name in set(earlier) - set(written):  # the replaced evaluation's figures and volumes of cases not scored now
         (out / name).unlink(missing_ok=True)
     return results
@@ -317,18 +323,19 @@ def _scored_case(case: Case, index: int, count: int, loaded: Any, scorer: Any, n
     return ScoredCase(row, pred, read, refused)
 
 
-def _write_stopped_report(report: Callable[[Dict[str, Any]], Any], record: Dict[str, Any], out: Path,
-                          progress: ProgressFn) -> None:
-    """Write the report of the cases scored before a stop; a failure to write it must not hide why the run stopped."""
+def _write_stopped_report(report: Callable[[Optional[Dict[str, Any]]], Any], record: Optional[Dict[str, Any]],
+                          out: Path, progress: ProgressFn) -> None:
+    """Write the report of the cases scored before a stop (``record`` None: all of them, the finished report); a
+    failure to write it must not hide why the run stopped."""
     try:
         report(record)
     except (MedSynthError, OSError) as exc:
         if progress:
-            progress(warning_event("evaluate", f"the report of the {record['after']} cases scored could not be "
-                                   f"written: {exc}"))
+            progress(warning_event("evaluate", f"the report of the cases scored could not be written: {exc}"))
         return
     if progress:
-        progress(warning_event("evaluate", f"{stopped_note(record)} The report: {out / 'metrics.md'}."))
+        said = stopped_note(record) if record else "Every case was scored before the stop: the report is complete."
+        progress(warning_event("evaluate", f"{said} The report: {out / 'metrics.md'}."))
 
 
 def _files_written(cases: Sequence[Case], target_name: str, save_predictions: bool, figures: bool) -> List[str]:

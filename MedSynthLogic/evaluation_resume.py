@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
@@ -23,13 +24,34 @@ STOPPED = "stopped"
 
 
 class KeptCases(NamedTuple):
-    """What a stopped report hands on to the run that resumes it: its rows, in the order they were scored, and the
-    per-case records and files that belong to them."""
+    """What a stopped report hands on to the run that resumes it: its rows, in the order they were scored, the
+    per-case records and files that belong to them, and what an ``--overwrite`` run it stopped had not yet taken
+    away of the report it replaces (``replaced``: the resumed run finishes that)."""
 
     rows: List[Dict[str, Any]]
     refused: Dict[str, List[str]]
     resampled: Dict[str, List[str]]
     written: List[str]
+    replaced: List[str]
+
+
+NOTHING_KEPT = KeptCases([], {}, {}, [], [])
+
+
+def case_files(case: Any) -> Dict[str, List[Any]]:
+    """Each file a case is scored from (source, target, mask, segmentation) as [its resolved path, size, modification
+    time]: a resumed run must find the kept cases' files as they were scored (another spelling of the same path is
+    the same file; a file replaced since, or a segmentation added, is not)."""
+    stamps = {}
+    for role in ("source", "target", "mask", "seg"):
+        path = getattr(case, role, None)
+        if path is not None:
+            try:
+                stat = Path(path).stat()
+                stamps[role] = [os.path.normcase(str(Path(path).resolve())), stat.st_size, stat.st_mtime_ns]
+            except OSError:
+                stamps[role] = [os.path.normcase(str(Path(path).absolute())), None, None]
+    return stamps
 
 
 def file_sha256(path: PathLike) -> str:
@@ -37,10 +59,16 @@ def file_sha256(path: PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def stopped_record(settings: Dict[str, Any], planned: Sequence[str], scored: int, reason: str) -> Dict[str, Any]:
-    """The ``stopped`` entry of a report: how far it got, why it stopped, and what a resumed run must repeat."""
-    return {"after": scored, "of": len(planned), "reason": reason, "cases_planned": list(planned),
-            "settings": settings}
+def stopped_record(settings: Dict[str, Any], planned: Sequence[str], rows: Sequence[Dict[str, Any]], reason: str,
+                   files: Dict[str, Dict[str, List[Any]]], replaced: Sequence[str]) -> Dict[str, Any]:
+    """The ``stopped`` entry of a report: how far it got, why it stopped, and what a resumed run must repeat: the
+    settings, the cases in order, the kept cases' ``files`` (:func:`case_files`), the replaced report's files still
+    to take away, and the rows' non-finite values (strict JSON writes them as null; a perfect case's PSNR is inf)."""
+    nonfinite = {row["case"]: {key: repr(value) for key, value in row.items()
+                               if isinstance(value, float) and not math.isfinite(value)} for row in rows}
+    return {"after": len(rows), "of": len(planned), "reason": reason, "cases_planned": list(planned),
+            "settings": settings, "files": {row["case"]: files.get(row["case"]) for row in rows},
+            "replaced": list(replaced), "nonfinite": {case: values for case, values in nonfinite.items() if values}}
 
 
 def stopped_note(record: Dict[str, Any]) -> str:
@@ -59,6 +87,11 @@ def read_report(out_dir: PathLike) -> Optional[Dict[str, Any]]:
     return report if isinstance(report, dict) else None
 
 
+def _unreadable(out: Path, detail: str) -> OutputError:
+    return OutputError(f"The report in {out} cannot be read as a stopped evaluation's ({detail}).",
+                       "Pass --overwrite to score every case again, or choose another --out.", reason="output_exists")
+
+
 def is_stopped(out_dir: PathLike) -> bool:
     """True where ``out_dir`` holds a stopped evaluation's report (what ``--resume`` goes on from)."""
     report = read_report(out_dir)
@@ -66,41 +99,53 @@ def is_stopped(out_dir: PathLike) -> bool:
 
 
 def kept_cases(out_dir: PathLike, settings: Dict[str, Any], planned: Sequence[str],
-               files: Dict[str, Dict[str, str]]) -> KeptCases:
+               files: Dict[str, Dict[str, List[Any]]]) -> KeptCases:
     """The scored cases of the stopped report in ``out_dir``, refused unless this run is that run again: the same
-    predictor and settings, the same cases in the same order, and the same files for each kept case."""
+    predictor and settings, the same cases in the same order, and each kept case's files as they were scored
+    (``files``: :func:`case_files` of every planned case)."""
     out = Path(out_dir)
-    report = read_report(out)
-    if report is None:
+    if not (out / "metrics.json").exists():
         raise UsageError(f"--resume goes on from a stopped evaluation, but {out} holds no report (metrics.json).",
                          "Leave out --resume, or pass the --out of the stopped evaluation.")
+    report = read_report(out)
+    if report is None:
+        raise _unreadable(out, "metrics.json is not a JSON object")
     record = report.get(STOPPED)
-    if not isinstance(record, dict):
+    if record is None:
         raise OutputError(f"{out} holds a finished evaluation's report: there is nothing to resume.",
                           "Pass --overwrite to replace it, or choose another --out.", reason="output_exists")
-    changed = [f"{key}: {record.get('settings', {}).get(key)!r} then, {value!r} now"
-               for key, value in settings.items() if record.get("settings", {}).get(key) != value]
+    try:
+        then, scored, stamps = dict(record["settings"]), list(record["cases_planned"]), dict(record["files"])
+        rows = [dict(row) for row in report["cases"]]
+        ids = [str(row["case"]) for row in rows]
+        notes = {key: {str(case): list(values) for case, values in dict(report.get(key) or {}).items()}
+                 for key in ("input_checks_failed", "resampled")}
+        nonfinite = {str(case): {str(k): float(v) for k, v in dict(values).items()}
+                     for case, values in dict(record.get("nonfinite") or {}).items()}
+        written = [str(name) for name in report.get("written") or []]
+        replaced = [str(name) for name in record.get("replaced") or []]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _unreadable(out, f"{type(exc).__name__}: {exc}") from exc
+    changed = [f"{key}: {then.get(key)!r} then, {value!r} now" for key, value in settings.items() if then.get(key) != value]
     if changed:
         raise UsageError(f"The stopped evaluation in {out} ran with other settings ({'; '.join(changed)}): one report "
                          "must score every case the same way.",
-                         "Resume with the same predictor and options, or pass --overwrite to start again.", reason="evaluation_changed")
-    if list(record.get("cases_planned") or []) != list(planned):
-        raise UsageError(f"The stopped evaluation in {out} planned other cases ({len(record.get('cases_planned') or [])}"
-                         f" then, {len(planned)} now).",
-                         "Resume with the same case list (--cases, --manifest or data folder), or pass --overwrite.", reason="evaluation_changed")
-    rows = [row for row in report.get("cases") or [] if isinstance(row, dict)]
-    ids = [row.get("case") for row in rows]
+                         "Resume with the same predictor and options, or pass --overwrite to start again.",
+                         reason="evaluation_changed")
+    if scored != list(planned):
+        raise UsageError(f"The stopped evaluation in {out} planned other cases ({len(scored)} then, {len(planned)} now).",
+                         "Resume with the same case list (--cases, --manifest or data folder), or pass --overwrite.",
+                         reason="evaluation_changed")
     if ids != list(planned[:len(ids)]):
-        raise UsageError(f"The report in {out} does not hold the first cases it planned, in order.",
-                         "Pass --overwrite to start the evaluation again.", reason="evaluation_changed")
-    moved = [case for case in ids if (report.get("files") or {}).get(case) != files.get(case)]
+        raise _unreadable(out, "its rows are not the first cases it planned, in order")
+    moved = [case for case in ids if stamps.get(case) != files.get(case)]
     if moved:
-        raise UsageError(f"The files of {', '.join(moved)} are not those the stopped evaluation scored.",
-                         "Resume with the same data, or pass --overwrite to score every case again.", reason="evaluation_changed")
+        raise UsageError(f"The files of {', '.join(moved)} are not those the stopped evaluation scored (another file, "
+                         "a changed one, or a mask or segmentation added or taken away).",
+                         "Resume with the same data, or pass --overwrite to score every case again.",
+                         reason="evaluation_changed")
+    for row in rows:
+        row.update(nonfinite.get(row["case"], {}))
     kept = set(ids)
-
-    def of_kept(key: str) -> Dict[str, List[str]]:
-        return {case: notes for case, notes in (report.get(key) or {}).items() if case in kept}
-
-    written = [name for name in report.get("written") or [] if isinstance(name, str)]
-    return KeptCases(rows, of_kept("input_checks_failed"), of_kept("resampled"), written)
+    return KeptCases(rows, *({case: v for case, v in notes[key].items() if case in kept}
+                             for key in ("input_checks_failed", "resampled")), written, replaced)

@@ -287,14 +287,15 @@ class MedSynthController:
         self.current = None
         job, kind, context = running.job, running.kind, running.context
         try:
-            kept = stopped_evaluation_note(context["report_dir"]) if kind == "evaluate" else ""
+            last = getattr(job, "last_error", None)
+            refused = (last or {}).get("reason") == "evaluation_changed"  # the kept report is not one Evaluate goes on from
+            kept = stopped_evaluation_note(context["report_dir"]) if kind == "evaluate" and not refused else ""
             if job.state == jobs.CANCELLED:
                 message = _("Cancelled.") if kind != "train" else stopped_training_message(context)
                 return JobOutcome(kind, jobs.CANCELLED, " ".join(filter(None, (message, kept))))
             if job.state != jobs.FINISHED:
                 if kind == "train":
                     self._drop_empty_plot()
-                last = getattr(job, "last_error", None)
                 message = error_text(last, kind) if last else job.error_message
                 return JobOutcome(kind, jobs.FAILED, "\n".join(filter(None, (message or _("The process failed."), kept))))
             if kind == "synthesize":

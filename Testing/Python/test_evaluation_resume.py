@@ -155,11 +155,116 @@ def test_resume_refuses_another_predictor_other_settings_or_other_cases(cases_di
     with pytest.raises(UsageError, match="pass one"):
         evaluate_cases(cases, out, lookup=lookup, resume=True, overwrite=True)
     assert _report(out)["stopped"]["after"] == 1  # every refusal left the stopped report as it was
+
+
+def test_resume_takes_the_same_files_by_another_path_and_refuses_changed_or_added_ones(cases_dir, lookup, tmp_path,
+                                                                                         monkeypatch):
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(cases_dir, data)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):  # a relative data folder, resumed by its absolute path: the same files
+        evaluate_cases(cases_to_evaluate(Path("data")), out, lookup=lookup, progress=_stop_after(1))
+    (out / "kept.json").write_bytes((out / "metrics.json").read_bytes())
+    seg = data / "a" / "a_seg.nii.gz"
+    seg.rename(tmp_path / "a_seg.nii.gz")  # the segmentation taken away: the kept row's tumour figures would not hold
+    with pytest.raises(UsageError, match="files of a are not those") as refused:
+        evaluate_cases(cases_to_evaluate(data), out, lookup=lookup, resume=True)
+    assert refused.value.reason == "evaluation_changed"
+    (tmp_path / "a_seg.nii.gz").rename(seg)
+    stat = (data / "a" / "a_t2.nii.gz").stat()
+    shutil.copyfile(data / "b" / "b_t2.nii.gz", data / "a" / "a_t2.nii.gz")  # another target under the same name
+    with pytest.raises(UsageError, match="files of a are not those"):
+        evaluate_cases(cases_to_evaluate(data), out, lookup=lookup, resume=True)
+    shutil.copyfile(cases_dir / "a" / "a_t2.nii.gz", data / "a" / "a_t2.nii.gz")
+    os.utime(data / "a" / "a_t2.nii.gz", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    resumed = evaluate_cases(cases_to_evaluate(data), out, lookup=lookup, resume=True)
+    assert resumed["resumed_after"] == 1
+    assert resumed["summary"] == evaluate_cases(cases_to_evaluate(data), tmp_path / "whole", lookup=lookup)["summary"]
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda r: r["stopped"].update(settings=None), "cannot be read as a stopped evaluation's"),
+    (lambda r: r.update(resampled=["x"]), "cannot be read as a stopped evaluation's"),
+    (lambda r: r["stopped"].pop("cases_planned"), "cannot be read as a stopped evaluation's"),
+    (lambda r: r["cases"].reverse(), "cannot be read as a stopped evaluation's"),
+])
+def test_a_hand_edited_stopped_report_is_refused_with_a_message_not_a_traceback(cases_dir, lookup, tmp_path, edit,
+                                                                                 problem):
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, progress=_stop_after(2))
     report = _report(out)
-    report["files"]["a"]["source"] = "/elsewhere/a_t1ce.nii.gz"
+    edit(report)
     (out / "metrics.json").write_text(json.dumps(report), encoding="utf-8")
-    with pytest.raises(UsageError, match="files of a"):
-        evaluate_cases(cases, out, lookup=lookup, resume=True)
+    with pytest.raises(OutputError, match=problem):
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, resume=True)
+    (out / "metrics.json").write_text("{truncated", encoding="utf-8")
+    with pytest.raises(OutputError, match="cannot be read"):  # it said "holds no report"
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, resume=True)
+
+
+def test_a_stopped_overwrite_resumes_and_takes_away_what_the_replaced_report_wrote(cases_dir, lookup, tmp_path):
+    cases = cases_to_evaluate(cases_dir)
+    out = tmp_path / "out"
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b", "c"]), out, lookup=lookup, figures=True)
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["c", "b", "a"]), tmp_path / "x", lookup=lookup, figures=True)
+    with pytest.raises(Cancelled):  # replacing a finished report of other cases' figures, stopped after one case
+        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, figures=True,
+                       overwrite=True, progress=_stop_after(1))
+    resumed = evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, figures=True,
+                             resume=True)  # was refused: b.png is the replaced report's
+    assert [row["case"] for row in resumed["cases"]] == ["a", "b"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "metrics.json", "metrics.md"]  # c.png taken away
+    assert len(cases) == 3
+
+
+def test_an_infinite_psnr_survives_the_stop(cases_dir, lookup, tmp_path, monkeypatch):
+    """Strict JSON writes inf as null; a kept perfect case must not come back as a missing figure."""
+    from MedSynthLogic import metrics
+
+    real = metrics.evaluate_case
+
+    def perfect_a(pred, target, *args, **kwargs):
+        row = real(pred, target, *args, **kwargs)
+        return {**row, "psnr": float("inf")} if perfect_a.first else row
+    perfect_a.first = True
+    monkeypatch.setattr(metrics, "evaluate_case", perfect_a)
+
+    def stop_after_a(event):
+        if event.get("event") == "progress":
+            perfect_a.first = False
+        _stop_after(1)(event)
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, progress=stop_after_a)
+    assert _report(out)["cases"][0]["psnr"] is None
+    resumed = evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, resume=True)
+    assert resumed["cases"][0]["psnr"] == float("inf")
+    assert "∞" in (out / "metrics.md").read_text(encoding="utf-8")
+
+
+def test_a_stop_once_every_case_is_scored_writes_the_finished_report(cases_dir, lookup, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):  # the last case's progress event
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, progress=_stop_after(3))
+    assert "stopped" not in _report(out) and len(_report(out)["cases"]) == 3
+    from MedSynthLogic import metrics
+
+    real, calls = metrics.write_report, []
+
+    def interrupted_once(*args, **kwargs):  # SIGTERM while the finished report is written
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr("MedSynthLogic.metrics.write_report", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_cases(cases_to_evaluate(cases_dir), tmp_path / "again", lookup=lookup)
+    assert len(_report(tmp_path / "again")["cases"]) == 3 and "stopped" not in _report(tmp_path / "again")
 
 
 def test_a_model_evaluation_resumes_and_another_model_is_refused(cases_dir, tmp_path, tiny_model_config):

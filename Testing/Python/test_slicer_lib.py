@@ -847,6 +847,13 @@ def test_a_stopped_panel_evaluation_says_what_it_kept_and_evaluate_goes_on_from_
         assert f"The report of the 1 of 3 cases scored is in {tmp_path / 'report'}" in outcome.message
     parsed = build_parser().parse_args(evaluation_request(settings).arguments())
     assert parsed.resume and parsed.out == str(tmp_path / "report")
+    refused = {"event": "error", "message": "The stopped evaluation ran with other settings. Resume with …",
+               "problem": "The stopped evaluation ran with other settings.", "exit_code": 2,
+               "reason": "evaluation_changed"}  # e.g. the output model was trained again since: no going on from it
+    controller = _controller(scene, FakeRunner(events=[refused], state=jobs.FAILED), tmp_path)
+    controller.start_evaluation(evaluation_request(settings))
+    outcome = controller.poll()[1]
+    assert "choose another evaluation report folder" in outcome.message and "goes on from it" not in outcome.message
 
 
 def test_prepare_job_reports_cases(scene, tmp_path):
