@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pytest
+from _cases import write_cases
 
 CASES = ("case0", "case1", "case2")
 SHAPE = (40, 48, 40)
@@ -138,26 +139,12 @@ class Workspace:
         return self.data / case / f"{case}_t2.nii.gz"
 
 
-def write_cases(data: Path, cases: Sequence[str], shape: Sequence[int] = SHAPE) -> None:
-    """Phantom cases (one seed each) as ``<case>/<case>_t1ce.nii.gz``, ``_t2`` and ``_seg`` (BraTS labels)."""
-    from MedSynthLogic.phantom import make_phantom
-    from MedSynthLogic.volume_io import write_volume
-
-    for seed, case in enumerate(cases):
-        p = make_phantom(shape=shape, seed=seed)
-        folder = data / case
-        folder.mkdir(parents=True, exist_ok=True)
-        write_volume(p.t1ce, folder / f"{case}_t1ce.nii.gz")
-        write_volume(p.t2, folder / f"{case}_t2.nii.gz")
-        write_volume(p.t1ce.with_array(p.labels.astype(np.float32)), folder / f"{case}_seg.nii.gz")
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
     """Three phantom cases, ``medsynth prepare`` (case2 for validation) and a 2-stage ``medsynth train``."""
     root = tmp_path_factory.mktemp("cli")
     w = Workspace(root, root / "data", root / "tiny.json", root / "prepared", root / "tiny.safetensors", root / "tiny_run")
-    write_cases(w.data, CASES)
+    write_cases(w.data, CASES, shape=SHAPE)
     w.config.write_text(json.dumps(tiny_config_dict(), indent=2), encoding="utf-8")
     w.prepare_stdout = medsynth(
         "prepare", w.data, w.prepared, "--config", w.config, "--patches-per-case", 12, "--val-cases", "case2",

@@ -11,22 +11,13 @@ import pytest
 
 from MedSynthLogic.errors import Cancelled, DataError, OutputError, UsageError
 from MedSynthLogic.evaluation import cases_to_evaluate, evaluate_cases
+from _cases import write_cases
 
 
 @pytest.fixture(scope="module")
 def cases_dir(tmp_path_factory) -> Path:
     """Three phantom cases in BraTS naming, with segmentations."""
-    from MedSynthLogic.phantom import make_phantom
-    from MedSynthLogic.volume_io import write_volume
-
-    root = tmp_path_factory.mktemp("resume")
-    for seed, case in enumerate(("a", "b", "c")):
-        p = make_phantom(shape=(24, 28, 24), seed=seed)
-        (root / case).mkdir()
-        write_volume(p.t1ce, root / case / f"{case}_t1ce.nii.gz")
-        write_volume(p.t2, root / case / f"{case}_t2.nii.gz")
-        write_volume(p.t1ce.with_array(p.labels.astype(np.float32)), root / case / f"{case}_seg.nii.gz")
-    return root
+    return write_cases(tmp_path_factory.mktemp("resume"), ("a", "b", "c"), shape=(24, 28, 24))
 
 
 def _lookup(cases_dir: Path, path: Path, bins: int = 32) -> Path:

@@ -368,7 +368,7 @@ def test_panel_prepares_the_data_its_generator_kind_trains_on(tmp_path):
     from MedSynthLogic.cli import main
     from MedSynthLogic.errors import DataError
     from MedSynthLogic.training.plan import plan_training
-    from test_cli import write_cases
+    from _cases import write_cases
 
     write_cases(tmp_path / "cases", ("a", "b"), shape=(96, 104, 96))  # a 96³ crop fits
     settings = SimpleNamespace(generatorKind="unet3d", trainPrecision="auto", casesDir=tmp_path / "cases",
