@@ -253,6 +253,7 @@ def evaluate_cases(
         write_report(results, out / "metrics.json", out / "metrics.md")
         return results
 
+    pending: List[str] = []  # the files of the case being scored: no row, no report owns them yet
     try:
         for i, case in enumerate(cases[len(kept.rows):], start=len(kept.rows)):
             stamps[case.case_id] = case_files(case)  # as it is read, not as it is when the run stops
@@ -261,28 +262,42 @@ def evaluate_cases(
             if save_predictions:
                 from .volume_io import write_volume
 
-                write_volume(scored.pred, out / f"{case.case_id}_synthetic_{target_name}.nii.gz", overwrite=True)
-                done.append(f"{case.case_id}_synthetic_{target_name}.nii.gz")
+                pending.append(f"{case.case_id}_synthetic_{target_name}.nii.gz")
+                write_volume(scored.pred, out / pending[-1], overwrite=True)
             if figures:
-                _case_figure(out / f"{case.case_id}.png", scored.read, scored.pred, scoring,
-                             f"{case.case_id} {label}".strip(), names)
-                done.append(f"{case.case_id}.png")
+                pending.append(f"{case.case_id}.png")
+                _case_figure(out / pending[-1], scored.read, scored.pred, scoring, f"{case.case_id} {label}".strip(),
+                             names)
             rows.append(scored.row)  # only now: a stopped report's case has its files, so a resumed run need not redo it
+            done += pending
+            pending = []
             refused.update(scored.refused)
             resampled.update({case.case_id: list(scored.read.notes)} if scored.read.notes else {})
             if progress:
                 progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
         results = report()
     except BaseException as exc:  # Cancel, SIGTERM, a failing case: hours of scored cases are kept, not lost
+        for name in pending:  # a stray prediction of no scored case would block the next run (resumed or not)
+            (out / name).unlink(missing_ok=True)
         if len(rows) == len(cases):  # every case scored (a stop in the last event or in the report's own writing)
             _write_stopped_report(report, None, out, progress)
         elif rows:
             reason = "stopped" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else f"failed: {exc}"
             _write_stopped_report(report, stopped_record(settings, planned, rows, reason, stamps, earlier), out, progress)
         raise
-    for name in set(earlier) - set(written):  # the replaced evaluation's figures and volumes of cases not scored now
-        (out / name).unlink(missing_ok=True)
+    _take_away(out, [name for name in earlier if name not in written], progress)
     return results
+
+
+def _take_away(out: Path, names: Sequence[str], progress: ProgressFn) -> None:
+    """Remove what the evaluation that ``--overwrite`` replaced wrote and this one has not written again (figures and
+    predictions it would otherwise leave beside the new report as if they were its own), and say which."""
+    gone = [name for name in names if (out / name).exists()]
+    for name in gone:
+        (out / name).unlink(missing_ok=True)
+    if gone and progress:
+        progress(warning_event("evaluate", f"--overwrite took away {len(gone)} file(s) of the replaced evaluation that "
+                               f"this one does not write: {', '.join(gone[:5])}{', …' if len(gone) > 5 else ''}"))
 
 
 class ScoredCase(NamedTuple):

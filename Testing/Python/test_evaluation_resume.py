@@ -288,3 +288,42 @@ def test_the_command_line_resumes(cases_dir, lookup, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["evaluate", str(cases_dir), "--lookup", str(lookup), "--out", str(out), "--resume"]) == 0
     assert [row["case"] for row in _report(out)["cases"]] == ["a", "b", "c"]
+
+
+def test_a_stop_between_a_cases_files_and_its_row_leaves_no_stray_file(cases_dir, lookup, tmp_path, monkeypatch):
+    """A prediction written for a case that was then not scored blocked the next run: --resume found no report, and
+    without it the stray file was refused as one this evaluation would replace."""
+    from MedSynthLogic import evaluation
+
+    real = evaluation._case_figure
+
+    def stopped_after_bs_prediction(path, *args, **kwargs):
+        if path.name == "b.png":
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(evaluation, "_case_figure", stopped_after_bs_prediction)
+    for case_ids, out in ((["b", "c"], tmp_path / "first"), (["a", "b", "c"], tmp_path / "later")):
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_cases(cases_to_evaluate(cases_dir, case_ids=case_ids), out, lookup=lookup, figures=True,
+                           save_predictions=True)
+        assert not (out / "b_synthetic_t2.nii.gz").exists() and not (out / "b.png").exists()
+    assert not (tmp_path / "first" / "metrics.json").exists()
+    assert _report(tmp_path / "later")["written"] == ["metrics.json", "metrics.md", "a_synthetic_t2.nii.gz", "a.png"]
+    monkeypatch.setattr(evaluation, "_case_figure", real)
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["b", "c"]), tmp_path / "first", lookup=lookup, figures=True,
+                   save_predictions=True)
+    resumed = evaluate_cases(cases_to_evaluate(cases_dir), tmp_path / "later", lookup=lookup, figures=True,
+                             save_predictions=True, resume=True)
+    assert resumed["resumed_after"] == 1
+
+
+def test_overwrite_says_which_files_of_the_replaced_evaluation_it_takes_away(cases_dir, lookup, tmp_path):
+    out = tmp_path / "out"
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, save_predictions=True)
+    events = []
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["b"]), out, lookup=lookup, overwrite=True,
+                   progress=events.append)
+    said = [e["message"] for e in events if e["event"] == "warning" and "--overwrite took away" in e["message"]]
+    assert said == ["--overwrite took away 2 file(s) of the replaced evaluation that this one does not write: "
+                    "a_synthetic_t2.nii.gz, b_synthetic_t2.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
