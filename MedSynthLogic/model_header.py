@@ -66,8 +66,9 @@ def not_ours(p: Path, why: str) -> ModelFileError:
     """The error for a file that is no MedSynth model, saying why and what to pass instead."""
     return ModelFileError(
         f"{p} is not a MedSynth safetensors model ({why}).",
-        "Pass a .safetensors model written by MedSynth (training writes one; .pt checkpoints are for resuming "
-        "training only and are never loaded as models, because unpickling can run code).",
+        "Pass a .safetensors model written by MedSynth (training writes one; a .pt checkpoint is never loaded as a "
+        "model, because unpickling can run code: `medsynth export CHECKPOINT MODEL.safetensors` makes a model file "
+        "of it).",
     )
 
 

@@ -154,7 +154,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "trained model; if the file also holds stage N+1 (a candidate exported mid-stage), it goes on "
                         "from its weights at the exported iteration (default: none)")
     parser.add_argument("--prior-model", default=None,
-                        help="a trained model file (e.g. the paper's FCN) whose synthesis stage 0 sees beside the source "
+                        help="a trained model file (e.g. the paper's FCN) whose synthesis stage 1 sees beside the source "
                         "and refines: auto-context across generator kinds; it stays frozen and travels in the new model "
                         "file (default: none)")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept in the run folder, at least 1 (default: 3)")

@@ -97,12 +97,14 @@ def export_checkpoint(
     complete = int(state["stage"]) + (1 if state["stage_done"] else 0)
     n = complete if stages is None else int(stages)
     if n < 1 or n > int(state["stage"]) + 1:
-        raise UsageError(
-            f"The checkpoint holds {complete} completed stage(s) (stage {int(state['stage']) + 1} at iteration {state['iteration']}); "
-            f"cannot export {n}.",
-            f"Pass --stages {int(state['stage']) + 1} for the stages up to the one in progress (its weights at iteration "
-            f"{state['iteration']})" + (f", or --stages {complete} for the completed ones only." if complete else "."),
-        )
+        if state["stage_done"]:  # its last stage finished: there is no stage in progress to offer
+            where, hint = f"stage {complete} finished", f"Pass --stages {complete} or fewer."
+        else:
+            where = f"stage {int(state['stage']) + 1} at iteration {state['iteration']}"
+            hint = (f"Pass --stages {int(state['stage']) + 1} for the stages up to the one in progress (its weights at "
+                    f"iteration {state['iteration']})" + (f", or --stages {complete} for the completed ones only."
+                                                          if complete else "."))
+        raise UsageError(f"The checkpoint holds {complete} completed stage(s) ({where}); cannot export {n}.", hint)
     export_cfg = dataclasses.replace(model_cfg, stages=n)
     chain = build_generators(export_cfg)
     load_generators(chain, state, n - 1)
@@ -117,6 +119,8 @@ def export_checkpoint(
         "checkpoint_stage_done": bool(state["stage_done"]),
         "exported_ema": bool(partial_ema),
         "train_config": train_cfg,
+        "iterations_per_stage": train_cfg.get("iterations"),  # as a finished run's file says it (`medsynth info`)
+        "generator_kind": model_cfg.generator.kind,
         "wall_time_s": round(float(state["elapsed_s"]), 1),
         "exported_with_torch": torch.__version__,
     }

@@ -212,6 +212,11 @@ def test_a_model_whose_target_is_not_percentile_normalised_gets_no_learned_map(t
     with pytest.raises(UsageError, match="percentile-normalised target"):
         fit_error_map_for(model, tmp_path, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+    flair = dataclasses.replace(tiny_model_config, stages=1, source_name="T1", target_name="FLAIR",
+                                input=dataclasses.replace(tiny_model_config.input, sequence="T1"))
+    model = save_model(tmp_path / "flair.safetensors", random_chain(flair), flair)
+    with pytest.raises(UsageError, match="this model's source is T1, not a T1ce"):  # said: "no T1 beside the T1ce"
+        fit_error_map_for(model, tmp_path, tmp_path / "out.safetensors", variants=("t1",))
 
 
 def test_a_map_fitted_on_validation_cases_says_so_in_the_file_and_in_the_panel(tmp_path, tiny_model_config, phantom):

@@ -212,8 +212,9 @@ def test_malicious_pickle_is_never_executed(tmp_path):
         p = tmp_path / name
         writer(p)
         for fn in (load_model, read_header):
-            with pytest.raises(ModelFileError, match="not a MedSynth safetensors model"):
+            with pytest.raises(ModelFileError, match="not a MedSynth safetensors model") as refused:
                 fn(p)
+            assert "medsynth export CHECKPOINT" in refused.value.hint  # what turns a training checkpoint into a model
         assert not marker.exists()
 
 
