@@ -224,9 +224,16 @@ def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, write_demo_cases
 
-    outputs = run_demo(Path(args.out), model_path=args.model, device=args.device, stages=args.stages, progress=report)
+    if args.cases is not None and (args.model or args.stages is not None):
+        raise UsageError("--cases writes data and synthesizes nothing: --model and --stages do not apply.",
+                         "Leave them out with --cases.")
+    if args.cases is not None:
+        outputs = {"cases": write_demo_cases(Path(args.out), args.cases)}
+    else:
+        outputs = run_demo(Path(args.out), model_path=args.model, device=args.device, stages=args.stages,
+                           progress=report)
     report(done_event(outputs={k: str(v) for k, v in outputs.items()}))
     if report.mode != "json":
         for name, path in outputs.items():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from .atomic import check_output_path
-from .errors import OutputError
+from .errors import OutputError, UsageError
 from .progress import metrics_event
 
 
@@ -63,3 +63,35 @@ def run_demo(
     if progress:
         progress(metrics_event({k: v for k, v in scores.items() if np.isscalar(v)}))
     return paths
+
+
+#: How many paired phantom cases ``medsynth demo --cases`` writes at most (each takes a few seconds and ~2 MB).
+MAX_DEMO_CASES = 40
+
+
+def write_paired_cases(folder: Path, case_ids: Sequence[str], shape: Sequence[int] = (96, 112, 96)) -> Path:
+    """Phantom cases (the n-th with seed n) as ``<case>/<case>_t1ce.nii.gz``, ``_t2`` and ``_seg`` (BraTS labels) in
+    ``folder``: paired data in the layout ``prepare``, ``train``, ``evaluate`` and ``fit-lookup`` read, to try the
+    researcher's path before real data are at hand. The files are the demo's own and are replaced on every run."""
+    from .phantom import make_phantom
+    from .volume_io import write_volume
+
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file, not a folder.", "Pass --out with a folder name.")
+    for seed, case in enumerate(case_ids):
+        p = make_phantom(shape=tuple(shape), seed=seed)
+        (folder / case).mkdir(parents=True, exist_ok=True)
+        write_volume(p.t1ce, folder / case / f"{case}_t1ce.nii.gz", overwrite=True)
+        write_volume(p.t2, folder / case / f"{case}_t2.nii.gz", overwrite=True)
+        write_volume(p.t1ce.with_array(p.labels.astype(np.float32)), folder / case / f"{case}_seg.nii.gz", overwrite=True)
+    return folder
+
+
+def write_demo_cases(out_dir: Path, count: int) -> Path:
+    """``medsynth demo --cases N``: N paired phantom cases ``phantom0``… in ``out_dir/cases``."""
+    if not 2 <= int(count) <= MAX_DEMO_CASES:
+        raise UsageError(f"--cases {count}: a trial needs at least 2 cases (one to train on, one to validate), at most "
+                         f"{MAX_DEMO_CASES}.", "Pass --cases 4, for example.")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"The demo output {out_dir} is a file, not a folder.", "Pass --out with a folder name.")
+    return write_paired_cases(out_dir / "cases", [f"phantom{n}" for n in range(int(count))])

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pytest
-from _cases import write_cases
+from MedSynthLogic.demo import write_paired_cases
 
 CASES = ("case0", "case1", "case2")
 SHAPE = (40, 48, 40)
@@ -144,7 +144,7 @@ def ws(tmp_path_factory) -> Workspace:
     """Three phantom cases, ``medsynth prepare`` (case2 for validation) and a 2-stage ``medsynth train``."""
     root = tmp_path_factory.mktemp("cli")
     w = Workspace(root, root / "data", root / "tiny.json", root / "prepared", root / "tiny.safetensors", root / "tiny_run")
-    write_cases(w.data, CASES, shape=SHAPE)
+    write_paired_cases(w.data, CASES, shape=SHAPE)
     w.config.write_text(json.dumps(tiny_config_dict(), indent=2), encoding="utf-8")
     w.prepare_stdout = medsynth(
         "prepare", w.data, w.prepared, "--config", w.config, "--patches-per-case", 12, "--val-cases", "case2",
@@ -788,6 +788,21 @@ def test_demo_with_a_tiny_model_runs_again_into_the_same_folder(ws):
         _check_demo(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["phantom_t1ce.nii.gz", "phantom_t2.nii.gz", "phantom_synthetic_t2.nii.gz", "phantom_side_by_side.png"])
+
+
+def test_demo_cases_are_paired_data_that_prepare_and_evaluate_read(tmp_path, capsys):
+    """A researcher's trial needs paired cases in a layout prepare reads; the demo wrote one flat pair beside its own
+    synthesis, which prepare refused (a walkthrough, session 44)."""
+    from MedSynthLogic.cli import main
+    from MedSynthLogic.dataset_prep import find_cases
+
+    assert main(["demo", "--cases", "3", "--out", str(tmp_path / "trial")]) == 0
+    assert f"cases: {tmp_path / 'trial' / 'cases'}" in capsys.readouterr().out
+    found = find_cases(tmp_path / "trial" / "cases")
+    assert [c.case_id for c in found] == ["phantom0", "phantom1", "phantom2"] and all(c.seg is not None for c in found)
+    assert main(["demo", "--cases", "1", "--out", str(tmp_path / "one")]) == 2
+    assert main(["demo", "--cases", "2", "--stages", "1", "--out", str(tmp_path / "two")]) == 2
+    assert "--cases 4, for example" in capsys.readouterr().err and not (tmp_path / "one").exists()
 
 
 def test_demo_output_is_ignored_by_git():

@@ -11,13 +11,13 @@ import pytest
 
 from MedSynthLogic.errors import DataError, ModelFileError, UsageError
 from MedSynthLogic.evaluation import cases_to_evaluate, evaluate_cases
-from _cases import write_cases
+from MedSynthLogic.demo import write_paired_cases
 
 
 @pytest.fixture(scope="module")
 def cases_dir(tmp_path_factory) -> Path:
     """Two phantom cases in BraTS naming, with segmentations."""
-    return write_cases(tmp_path_factory.mktemp("evaluation"), ("a", "b"))
+    return write_paired_cases(tmp_path_factory.mktemp("evaluation"), ("a", "b"), shape=(32, 36, 32))
 
 
 @pytest.fixture(scope="module")

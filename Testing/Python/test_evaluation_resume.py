@@ -11,13 +11,13 @@ import pytest
 
 from MedSynthLogic.errors import Cancelled, DataError, OutputError, UsageError
 from MedSynthLogic.evaluation import cases_to_evaluate, evaluate_cases
-from _cases import write_cases
+from MedSynthLogic.demo import write_paired_cases
 
 
 @pytest.fixture(scope="module")
 def cases_dir(tmp_path_factory) -> Path:
     """Three phantom cases in BraTS naming, with segmentations."""
-    return write_cases(tmp_path_factory.mktemp("resume"), ("a", "b", "c"), shape=(24, 28, 24))
+    return write_paired_cases(tmp_path_factory.mktemp("resume"), ("a", "b", "c"), shape=(24, 28, 24))
 
 
 def _lookup(cases_dir: Path, path: Path, bins: int = 32) -> Path:

@@ -368,9 +368,9 @@ def test_panel_prepares_the_data_its_generator_kind_trains_on(tmp_path):
     from MedSynthLogic.cli import main
     from MedSynthLogic.errors import DataError
     from MedSynthLogic.training.plan import plan_training
-    from _cases import write_cases
+    from MedSynthLogic.demo import write_paired_cases
 
-    write_cases(tmp_path / "cases", ("a", "b"), shape=(96, 104, 96))  # a 96³ crop fits
+    write_paired_cases(tmp_path / "cases", ("a", "b"), shape=(96, 104, 96))  # a 96³ crop fits
     settings = SimpleNamespace(generatorKind="unet3d", trainPrecision="auto", casesDir=tmp_path / "cases",
                                dataDir=tmp_path / "unet3d", **recipe_settings("unet3d"))
     model_cfg, train_cfg = training_configs(settings)
