@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
 from .progress import done_event, log_event
@@ -112,12 +112,21 @@ def cmd_prepare(args: argparse.Namespace, report: Reporter) -> int:
 def cmd_train(args: argparse.Namespace, report: Reporter) -> int:
     from .training import train_from_args
 
-    out = train_from_args(args, callback=report)
+    newest: Dict[str, Any] = {}
+
+    def remember_checkpoints(event: Dict[str, Any]) -> None:  # where a --stop-after slice leaves the run
+        if event.get("event") == "checkpoint":
+            newest.update(event)
+        report(event)
+
+    out = train_from_args(args, callback=remember_checkpoints)
     if out is None:
         report(done_event(None, stopped_after=args.stop_after))
         if report.mode != "json":
-            print(f"stopped after {args.stop_after} iterations, as --stop-after asked; the newest checkpoint in the run "
-                  "folder holds them: run the same command with --resume to go on")
+            where = (f"the run is at stage {int(newest['stage']) + 1}, iteration {newest['iteration']} "
+                     f"({newest['path']})" if newest else "the newest checkpoint in the run folder holds them")
+            print(f"stopped after {args.stop_after} iterations of this call, as --stop-after asked; {where}: run the same "
+                  "command with --resume to go on")
         return 0
     report(done_event(out))
     if report.mode != "json":

@@ -388,6 +388,8 @@ def test_train_stop_after_exits_0_with_a_checkpoint_and_resume_finishes(ws):
     assert events[-1] == {"event": "done", "stopped_after": 2}
     assert [e["iteration"] for e in events if e["event"] == "checkpoint"] == [2]
     assert not model.exists()
+    proc = medsynth(*argv, "--resume", "--stop-after", 2)  # the slice's own count, and where the run now stands
+    assert "stopped after 2 iterations of this call, as --stop-after asked; the run is at stage 2, iteration 1 (" in proc.stdout
     proc = medsynth(*argv, "--resume", "--stop-after", 100)
     assert f"wrote model {model}" in proc.stdout and model.exists()
 
