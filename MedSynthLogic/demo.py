@@ -76,8 +76,10 @@ def write_paired_cases(folder: Path, case_ids: Sequence[str], shape: Sequence[in
     from .phantom import make_phantom
     from .volume_io import write_volume
 
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} is a file, not a folder.", "Pass --out with a folder name.")
+    for place in [folder] + [folder / case for case in case_ids]:
+        if place.exists() and not place.is_dir():
+            raise OutputError(f"{place} is a file, where the demo's cases need a folder.",
+                              "Move that file away, or pass another --out.")
     for seed, case in enumerate(case_ids):
         p = make_phantom(shape=tuple(shape), seed=seed)
         (folder / case).mkdir(parents=True, exist_ok=True)
@@ -94,4 +96,12 @@ def write_demo_cases(out_dir: Path, count: int) -> Path:
                          f"{MAX_DEMO_CASES}.", "Pass --cases 4, for example.")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"The demo output {out_dir} is a file, not a folder.", "Pass --out with a folder name.")
-    return write_paired_cases(out_dir / "cases", [f"phantom{n}" for n in range(int(count))])
+    folder = write_paired_cases(out_dir / "cases", [f"phantom{n}" for n in range(int(count))])
+    for extra in sorted(folder.glob("phantom*")):  # an earlier, larger --cases: prepare would read those cases too
+        number = extra.name[len("phantom"):]
+        if number.isdigit() and int(number) >= int(count) and extra.is_dir():
+            for own in ("t1ce", "t2", "seg"):  # the demo's own files only; the folder goes once it is empty
+                (extra / f"{extra.name}_{own}.nii.gz").unlink(missing_ok=True)
+            if not any(extra.iterdir()):
+                extra.rmdir()
+    return folder

@@ -24,7 +24,7 @@ from .dataset_cases import Case, CaseFiles, companion_t1
 from .dataset_prep import select_cases
 from .error_map import FEATURES, IMAGE_FEATURES, fit_error_map
 from .errors import UsageError
-from .source_names import T1CE, expected_sequence, file_suffixes
+from .source_names import T1CE, file_suffixes, named_sequence
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
 from .model_summary import listed_training_cases
@@ -105,8 +105,8 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
             f"model's {model.config.target_name} uses {model.config.normalisation.target.mode!r} normalisation, "
             "and a map fitted so came out a third of the real error in HU.",
             "Use --uncertainty without a learned map (the flip and stage disagreement, in the output's own unit).")
-    expected = expected_sequence(model.config)
-    if "t1" in variants and (expected is None or expected.kind != T1CE):  # it said "no T1 beside the T1ce" of a T1
+    named = {n.kind for n in map(named_sequence, (model.config.source_name, model.config.input.sequence)) if n}
+    if "t1" in variants and named and T1CE not in named:  # it said "no T1 beside the T1ce" of a T1 source
         raise UsageError(f"The t1 variant shows a T1ce model the non-contrast T1 given in its place; this model's source "
                          f"is {model.config.source_name}, not a T1ce.", "Fit without --variants t1.")
     source_suffix, target_suffix = file_suffixes(model.config, source_suffix, target_suffix)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -253,40 +254,46 @@ def evaluate_cases(
         write_report(results, out / "metrics.json", out / "metrics.md")
         return results
 
-    pending: List[str] = []  # the files of the case being scored: no row, no report owns them yet
+    staging = out / PENDING_FOLDER  # a case's files wait here until it is scored: a stop takes away only these
     try:
         for i, case in enumerate(cases[len(kept.rows):], start=len(kept.rows)):
             stamps[case.case_id] = case_files(case)  # as it is read, not as it is when the run stops
             scored = _scored_case(case, i, len(cases), loaded, scorer, norm, scoring,
                                   dict(stages=stages, device=device, flip_tta=flip_tta, precision=precision), progress)
+            pending = []
             if save_predictions:
                 from .volume_io import write_volume
 
                 pending.append(f"{case.case_id}_synthetic_{target_name}.nii.gz")
-                write_volume(scored.pred, out / pending[-1], overwrite=True)
+                write_volume(scored.pred, make_output_folder(staging) / pending[-1], overwrite=True)
             if figures:
                 pending.append(f"{case.case_id}.png")
-                _case_figure(out / pending[-1], scored.read, scored.pred, scoring, f"{case.case_id} {label}".strip(),
-                             names)
+                _case_figure(make_output_folder(staging) / pending[-1], scored.read, scored.pred, scoring,
+                             f"{case.case_id} {label}".strip(), names)
+            for name in pending:
+                os.replace(staging / name, out / name)
             rows.append(scored.row)  # only now: a stopped report's case has its files, so a resumed run need not redo it
             done += pending
-            pending = []
             refused.update(scored.refused)
             resampled.update({case.case_id: list(scored.read.notes)} if scored.read.notes else {})
             if progress:
                 progress(progress_event("evaluate", i + 1, len(cases), case=case.case_id))
         results = report()
     except BaseException as exc:  # Cancel, SIGTERM, a failing case: hours of scored cases are kept, not lost
-        for name in pending:  # a stray prediction of no scored case would block the next run (resumed or not)
-            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # a stray file of no scored case would block the next run
         if len(rows) == len(cases):  # every case scored (a stop in the last event or in the report's own writing)
             _write_stopped_report(report, None, out, progress)
         elif rows:
             reason = "stopped" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else f"failed: {exc}"
             _write_stopped_report(report, stopped_record(settings, planned, rows, reason, stamps, earlier), out, progress)
         raise
+    shutil.rmtree(staging, ignore_errors=True)
     _take_away(out, [name for name in earlier if name not in written], progress)
     return results
+
+
+#: The hidden folder inside a report folder where the case being scored writes its prediction and figure.
+PENDING_FOLDER = ".medsynth-pending"
 
 
 def _take_away(out: Path, names: Sequence[str], progress: ProgressFn) -> None:
@@ -367,8 +374,10 @@ def _earlier_files(out_dir: PathLike) -> List[str]:
     before it was recorded): its figures and volumes of cases this one does not score would otherwise stand beside
     the new report as if they were its own. Plain names only, so a hand-edited report cannot reach outside."""
     try:
-        listed = json.loads((Path(out_dir) / "metrics.json").read_text(encoding="utf-8")).get("written") or []
-    except (OSError, ValueError, AttributeError):
+        report = json.loads((Path(out_dir) / "metrics.json").read_text(encoding="utf-8"))
+        stopped = report.get(STOPPED) if isinstance(report.get(STOPPED), dict) else {}
+        listed = list(report.get("written") or []) + list(stopped.get("replaced") or [])  # a stopped --overwrite's too
+    except (OSError, ValueError, AttributeError, TypeError):
         return []
     return [name for name in listed if isinstance(name, str) and name and Path(name).name == name
             and name not in (".", "..")]

@@ -98,7 +98,7 @@ def export_checkpoint(
     n = complete if stages is None else int(stages)
     if n < 1 or n > int(state["stage"]) + 1:
         if state["stage_done"]:  # its last stage finished: there is no stage in progress to offer
-            where, hint = f"stage {complete} finished", f"Pass --stages {complete} or fewer."
+            where, hint = f"stage {complete} finished", f"Pass --stages 1 to {complete}."
         else:
             where = f"stage {int(state['stage']) + 1} at iteration {state['iteration']}"
             hint = (f"Pass --stages {int(state['stage']) + 1} for the stages up to the one in progress (its weights at "
@@ -119,11 +119,12 @@ def export_checkpoint(
         "checkpoint_stage_done": bool(state["stage_done"]),
         "exported_ema": bool(partial_ema),
         "train_config": train_cfg,
-        "iterations_per_stage": train_cfg.get("iterations"),  # as a finished run's file says it (`medsynth info`)
         "generator_kind": model_cfg.generator.kind,
         "wall_time_s": round(float(state["elapsed_s"]), 1),
         "exported_with_torch": torch.__version__,
     }
+    if n <= complete:  # every stage it holds finished its schedule, as a finished run's file says (`medsynth info`)
+        record["iterations_per_stage"] = train_cfg.get("iterations")
     data = json.loads(state.get("data") or "{}")  # checkpoints before 2026-12-06 do not hold it
     if data:
         record["data"] = data

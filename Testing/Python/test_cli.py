@@ -802,6 +802,14 @@ def test_demo_cases_are_paired_data_that_prepare_and_evaluate_read(tmp_path, cap
     assert f"cases: {tmp_path / 'trial' / 'cases'}" in capsys.readouterr().out
     found = find_cases(tmp_path / "trial" / "cases")
     assert [c.case_id for c in found] == ["phantom0", "phantom1", "phantom2"] and all(c.seg is not None for c in found)
+    (tmp_path / "trial" / "cases" / "phantom2" / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main(["demo", "--cases", "2", "--out", str(tmp_path / "trial")]) == 0  # fewer: the demo's own extra case goes
+    assert [c.case_id for c in find_cases(tmp_path / "trial" / "cases", skip_incomplete=True)] == ["phantom0", "phantom1"]
+    assert [p.name for p in (tmp_path / "trial" / "cases" / "phantom2").iterdir()] == ["notes.txt"]  # the user's stays
+    (tmp_path / "busy" / "cases").mkdir(parents=True)
+    (tmp_path / "busy" / "cases" / "phantom0").write_text("a file", encoding="utf-8")
+    assert main(["demo", "--cases", "2", "--out", str(tmp_path / "busy")]) == 7  # was a FileExistsError traceback
+    assert "phantom0 is a file" in capsys.readouterr().err
     assert main(["demo", "--cases", "1", "--out", str(tmp_path / "one")]) == 2
     assert main(["demo", "--cases", "2", "--stages", "1", "--out", str(tmp_path / "two")]) == 2
     assert "--cases 4, for example" in capsys.readouterr().err and not (tmp_path / "one").exists()

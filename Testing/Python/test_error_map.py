@@ -217,6 +217,14 @@ def test_a_model_whose_target_is_not_percentile_normalised_gets_no_learned_map(t
     model = save_model(tmp_path / "flair.safetensors", random_chain(flair), flair)
     with pytest.raises(UsageError, match="this model's source is T1, not a T1ce"):  # said: "no T1 beside the T1ce"
         fit_error_map_for(model, tmp_path, tmp_path / "out.safetensors", variants=("t1",))
+    from MedSynthLogic.errors import MedSynthError
+
+    odd = dataclasses.replace(tiny_model_config, stages=1, input=dataclasses.replace(tiny_model_config.input,
+                                                                                      sequence="Gd-enhanced"))
+    model = save_model(tmp_path / "odd.safetensors", random_chain(odd), odd)
+    with pytest.raises(MedSynthError) as other:  # a name the reader does not know is no refusal (no cases here)
+        fit_error_map_for(model, tmp_path / "none", tmp_path / "out.safetensors", variants=("t1",))
+    assert "not a T1ce" not in str(other.value)
 
 
 def test_a_map_fitted_on_validation_cases_says_so_in_the_file_and_in_the_panel(tmp_path, tiny_model_config, phantom):

@@ -327,3 +327,33 @@ def test_overwrite_says_which_files_of_the_replaced_evaluation_it_takes_away(cas
     assert said == ["--overwrite took away 2 file(s) of the replaced evaluation that this one does not write: "
                     "a_synthetic_t2.nii.gz, b_synthetic_t2.nii.gz"]
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
+
+
+def test_a_stopped_overwrite_leaves_the_report_it_replaces_whole_until_a_case_is_scored(cases_dir, lookup, tmp_path,
+                                                                                        monkeypatch):
+    """A stop in the first case of an --overwrite run took away that case's prediction and figure of the standing
+    report, which still listed them; a case's files now wait in a hidden folder until it is scored."""
+    from MedSynthLogic import evaluation
+
+    out = tmp_path / "out"
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, figures=True,
+                   save_predictions=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(path, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluation, "_case_figure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, figures=True,
+                       save_predictions=True, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no hidden folder left either
+
+
+def test_overwrite_after_a_stopped_overwrite_takes_away_what_both_replaced(cases_dir, lookup, tmp_path):
+    out = tmp_path / "out"
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, figures=True)
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, overwrite=True,
+                       progress=_stop_after(1))
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]  # a.png and b.png stood beside it

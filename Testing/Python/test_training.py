@@ -503,7 +503,7 @@ def test_init_model_continues_a_stage_exported_mid_way(tmp_path, data_dir, tiny_
     exported = _stage_weights(load_model(candidate).chain, 0)
     data = load_model(candidate).header["training"]["data"]  # what `medsynth info` shows as its training data
     assert data["train_cases"] == 2 and data["val_case_ids"] == ["c2"]
-    assert load_model(candidate).header["training"]["iterations_per_stage"] == 6  # `info` said no schedule
+    assert "iterations_per_stage" not in load_model(candidate).header["training"]  # its stage 1 ran 3 of 6
     assert (data["source"], data["target"]) == ("<case>_t1ce.nii.gz", "<case>_t2.nii.gz")
     events = []
     out = train(data_dir, tmp_path / "b.safetensors", tiny_model_config, _cfg(iterations=6), device="cpu",
@@ -515,7 +515,9 @@ def test_init_model_continues_a_stage_exported_mid_way(tmp_path, data_dir, tiny_
     finished = ckpt.latest_checkpoint(tmp_path / "fresh")  # its last stage finished: no stage "in progress" to offer
     with pytest.raises(UsageError, match=r"holds 2 completed stage\(s\) \(stage 2 finished\); cannot export 3") as more:
         export_checkpoint(finished, tmp_path / "three.safetensors", stages=3)
-    assert more.value.hint == "Pass --stages 2 or fewer."
+    assert more.value.hint == "Pass --stages 1 to 2."
+    finished_export = load_model(export_checkpoint(finished, tmp_path / "two.safetensors")).header["training"]
+    assert finished_export["iterations_per_stage"] == 6  # as the finished run's file says it; `info` showed none
 
 
 def test_resume_continues_a_stopped_start_stage_run(tmp_path, data_dir, tiny_model_config):
