@@ -263,7 +263,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto, CUDA if present)")
     p.add_argument("--cases", type=int, default=None, metavar="N",
                    help="instead of the synthesis: write N paired phantom cases (T1ce, T2, tumour labels) in BraTS "
-                   "layout into OUT/cases, to try prepare, train and evaluate on (replaced on every run)")
+                   "layout into OUT/cases, to try prepare, train and evaluate on (replaced on every run; default: none, the "
+                   "synthesis demo)")
 
 
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
