@@ -17,8 +17,8 @@ import numpy as np
 
 from .atomic import make_output_folder
 from .errors import Cancelled, DataError, MedSynthError, OutputError, UsageError
-from .evaluation_resume import (NOTHING_KEPT, STOPPED, case_files, file_sha256, is_stopped, kept_cases, stopped_note,
-                                stopped_record)
+from .evaluation_resume import (NOTHING_KEPT, STOPPED, case_files, file_sha256, is_stopped, kept_cases, plain_names,
+                                read_report, stopped_note, stopped_record)
 from .progress import progress_event, warning_event
 
 if TYPE_CHECKING:
@@ -373,14 +373,9 @@ def _earlier_files(out_dir: PathLike) -> List[str]:
     """What the evaluation that ``--overwrite`` replaces wrote (its report's ``written``; none for a report from
     before it was recorded): its figures and volumes of cases this one does not score would otherwise stand beside
     the new report as if they were its own. Plain names only, so a hand-edited report cannot reach outside."""
-    try:
-        report = json.loads((Path(out_dir) / "metrics.json").read_text(encoding="utf-8"))
-        stopped = report.get(STOPPED) if isinstance(report.get(STOPPED), dict) else {}
-        listed = list(report.get("written") or []) + list(stopped.get("replaced") or [])  # a stopped --overwrite's too
-    except (OSError, ValueError, AttributeError, TypeError):
-        return []
-    return [name for name in listed if isinstance(name, str) and name and Path(name).name == name
-            and name not in (".", "..")]
+    report = read_report(out_dir) or {}
+    stopped = report.get(STOPPED) if isinstance(report.get(STOPPED), dict) else {}
+    return plain_names(report.get("written")) + plain_names(stopped.get("replaced"))  # a stopped --overwrite's too
 
 
 def _refuse_earlier_files(out_dir: PathLike, names: Sequence[str], overwrite: bool) -> None:

@@ -87,6 +87,13 @@ def read_report(out_dir: PathLike) -> Optional[Dict[str, Any]]:
     return report if isinstance(report, dict) else None
 
 
+def plain_names(listed: Any) -> List[str]:
+    """The file names a report lists (``written``, a stopped run's ``replaced``), plain names only: what an
+    evaluation takes away or keeps must lie in its own folder, whatever a hand-edited report says."""
+    return [name for name in (listed if isinstance(listed, list) else [])
+            if isinstance(name, str) and name and Path(name).name == name and name not in (".", "..")]
+
+
 def _unreadable(out: Path, detail: str) -> OutputError:
     return OutputError(f"The report in {out} cannot be read as a stopped evaluation's ({detail}).",
                        "Pass --overwrite to score every case again, or choose another --out.", reason="output_exists")
@@ -122,8 +129,7 @@ def kept_cases(out_dir: PathLike, settings: Dict[str, Any], planned: Sequence[st
                  for key in ("input_checks_failed", "resampled")}
         nonfinite = {str(case): {str(k): float(v) for k, v in dict(values).items()}
                      for case, values in dict(record.get("nonfinite") or {}).items()}
-        written = [str(name) for name in report.get("written") or []]
-        replaced = [str(name) for name in record.get("replaced") or []]
+        written, replaced = plain_names(report.get("written")), plain_names(record.get("replaced"))
     except (KeyError, TypeError, ValueError) as exc:
         raise _unreadable(out, f"{type(exc).__name__}: {exc}") from exc
     changed = [f"{key}: {then.get(key)!r} then, {value!r} now" for key, value in settings.items() if then.get(key) != value]

@@ -357,3 +357,15 @@ def test_overwrite_after_a_stopped_overwrite_takes_away_what_both_replaced(cases
                        progress=_stop_after(1))
     evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]  # a.png and b.png stood beside it
+
+
+def test_a_hand_edited_stopped_report_cannot_take_away_a_file_outside_its_folder(cases_dir, lookup, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, progress=_stop_after(1))
+    (tmp_path / "outside.png").write_bytes(b"the user's")
+    report = _report(out)
+    report["stopped"]["replaced"] = ["../outside.png", "metrics.md/..", 7]
+    (out / "metrics.json").write_text(json.dumps(report), encoding="utf-8")
+    evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, resume=True)
+    assert (tmp_path / "outside.png").read_bytes() == b"the user's"
