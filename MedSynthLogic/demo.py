@@ -31,8 +31,7 @@ def run_demo(
     from .phantom import make_phantom
     from .volume_io import write_volume
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"The demo output {out_dir} is a file, not a folder.", "Pass --out with a folder name.")
+    _check_demo_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "t1ce": out_dir / "phantom_t1ce.nii.gz",
@@ -65,6 +64,11 @@ def run_demo(
     return paths
 
 
+def _check_demo_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"The demo output {out_dir} is a file, not a folder.", "Pass --out with a folder name.")
+
+
 #: How many paired phantom cases ``medsynth demo --cases`` writes at most (each takes a few seconds and ~2 MB).
 MAX_DEMO_CASES = 40
 
@@ -94,8 +98,7 @@ def write_demo_cases(out_dir: Path, count: int) -> Path:
     if not 2 <= int(count) <= MAX_DEMO_CASES:
         raise UsageError(f"--cases {count}: a trial needs at least 2 cases (one to train on, one to validate), at most "
                          f"{MAX_DEMO_CASES}.", "Pass --cases 4, for example.")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"The demo output {out_dir} is a file, not a folder.", "Pass --out with a folder name.")
+    _check_demo_folder(out_dir)
     folder = write_paired_cases(out_dir / "cases", [f"phantom{n}" for n in range(int(count))])
     for extra in sorted(folder.glob("phantom*")):  # an earlier, larger --cases: prepare would read those cases too
         number = extra.name[len("phantom"):]
