@@ -235,13 +235,13 @@ def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
 def cmd_demo(args: argparse.Namespace, report: Reporter) -> int:
     from .demo import run_demo, write_demo_cases
 
-    if args.cases is not None and (args.model or args.stages is not None):
-        raise UsageError("--cases writes data and synthesizes nothing: --model and --stages do not apply.",
+    if args.cases is not None and (args.model or args.stages is not None or args.device is not None):
+        raise UsageError("--cases writes data and synthesizes nothing: --model, --stages and --device do not apply.",
                          "Leave them out with --cases.")
     if args.cases is not None:
         outputs = {"cases": write_demo_cases(Path(args.out), args.cases)}
     else:
-        outputs = run_demo(Path(args.out), model_path=args.model, device=args.device, stages=args.stages,
+        outputs = run_demo(Path(args.out), model_path=args.model, device=args.device or "auto", stages=args.stages,
                            progress=report)
     report(done_event(outputs={k: str(v) for k, v in outputs.items()}))
     if report.mode != "json":

@@ -260,7 +260,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder; the demo's four phantom_* files in it are replaced on every run (default: ./medsynth_demo)")
     p.add_argument("--model", help="model file (default: the bundled model)")
     p.add_argument("--stages", type=int, default=None, help="auto-context stages to run (default: all in the model)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto, CUDA if present)")
+    p.add_argument("--device", default=None, choices=DEVICES, help="where to run (default: auto, CUDA if present)")
     p.add_argument("--cases", type=int, default=None, metavar="N",
                    help="instead of the synthesis: write N paired phantom cases (T1ce, T2, tumour labels) in BraTS "
                    "layout into OUT/cases, to try prepare, train and evaluate on (replaced on every run; default: none, the "

@@ -813,6 +813,8 @@ def test_demo_cases_are_paired_data_that_prepare_and_evaluate_read(tmp_path, cap
     assert main(["demo", "--cases", "1", "--out", str(tmp_path / "one")]) == 2
     assert main(["demo", "--cases", "2", "--stages", "1", "--out", str(tmp_path / "two")]) == 2
     assert "--cases 4, for example" in capsys.readouterr().err and not (tmp_path / "one").exists()
+    assert main(["demo", "--cases", "2", "--device", "cpu", "--out", str(tmp_path / "three")]) == 2  # was ignored
+    assert "--device do not apply" in capsys.readouterr().err and not (tmp_path / "three").exists()
 
 
 def test_demo_output_is_ignored_by_git():
