@@ -7,7 +7,9 @@ every global batch (see :class:`.batch_sources.IterationBatches`), and only rank
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import gc
 import hashlib
 import os
 from dataclasses import dataclass
@@ -74,14 +76,21 @@ def init_distributed(device: torch.device, timeout_s: float = 1800.0) -> DistCon
             kwargs["device_id"] = device
         dist.init_process_group(**kwargs)
         owns = True
+        atexit.register(gc.collect)  # wrappers a raised error's frames still held: collected before the shutdown too
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend, owns_group=owns)
 
 
 def cleanup(ctx: DistContext) -> None:
-    """Leave the process group if this module created it."""
+    """Leave the process group if this module created it.
+
+    A finished stage's DDP wrappers sit in reference cycles, and their reducers hold the group: collected first, while
+    the interpreter is whole, the group goes with them here rather than in the interpreter's shutdown, where gloo's
+    threads can abort the process ("terminate called without an active exception", seen once after a
+    ``--stop-after`` slice; PyTorch's c10d describes the same abort for a group left to the shutdown)."""
     if ctx.enabled and ctx.owns_group:
         import torch.distributed as dist
 
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
 

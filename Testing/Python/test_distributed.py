@@ -35,6 +35,34 @@ def test_single_process_context_is_a_no_op(monkeypatch):
     assert du.wrap_ddp(m, ctx) is m and du.unwrap(m) is m
 
 
+def test_cleanup_releases_the_ddp_wrappers_before_it_leaves_the_group(monkeypatch):
+    """A DDP wrapper lives in a reference cycle whose reducer holds the group; left to the interpreter's shutdown, the
+    group went there too, the likely cause of a rank's abort seen once after a --stop-after slice (session 44)."""
+    import gc
+    import weakref
+
+    import torch
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    ctx = du.DistContext(world_size=2, backend="gloo", owns_group=True)  # a group of one; 2 takes the DDP path
+    gc.disable()
+    try:
+        wrapped = du.wrap_ddp(torch.nn.Conv3d(1, 2, 3), ctx)
+        wrapped(torch.randn(1, 1, 6, 6, 6)).sum().backward()
+        alive = weakref.ref(wrapped)
+        del wrapped
+        assert alive() is not None  # the cycle: without a collection it outlives the run
+        du.cleanup(ctx)
+        assert alive() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_batches_are_disjoint_shards_of_one_global_stream():
     from MedSynthLogic.batch_sources import IterationBatches
 
