@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 
-__all__ = ["synthesize_volume", "check_receptive_field", "mask_on_grid", "as_loaded_model", "resampled_to_training",
+__all__ = ["synthesize_volume", "check_not_empty", "check_receptive_field", "mask_on_grid", "as_loaded_model", "resampled_to_training",
            "resampled_back", "MIN_EDGE"]
 
 #: Thinnest source edge accepted: a U-Net sees far more than this, but a thinner volume is not a brain scan.
@@ -95,9 +95,8 @@ def synthesize_volume(
     given = mask_arr is not None
     if mask_arr is None:
         mask_arr = brain_mask(source.array, norm_cfg.mask_threshold)
-    if not mask_arr.any() and not np.any(source.array):
-        raise InputImageError("The source is empty: every voxel is 0.",
-                              "Check that the right image was exported (an empty series or a failed conversion).")
+    if not mask_arr.any():
+        check_not_empty(source)
     if not mask_arr.any() and given:
         raise InputImageError("The given brain mask is empty: none of its voxels is nonzero.",
                               "Check the mask file: the brain must be its nonzero voxels, on the source's grid.")
@@ -203,6 +202,14 @@ def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"], stages: 
         return load_model(model, device="cpu", stages=stages)
     raise UsageError(f"Expected a model (load_model(path)) or a model file's path, got {type(model).__name__}.",
                      "Pass MedSynthLogic.model_file.load_model(path), or the path itself.")
+
+
+def check_not_empty(source: "Volume") -> None:
+    """Refuse a source whose every voxel is 0 (an empty series, a failed conversion): it holds no brain. The panel
+    asks before it launches the synthesis, which would refuse it only once PyTorch is loaded."""
+    if not np.any(source.array):
+        raise InputImageError("The source is empty: every voxel is 0.",
+                              "Check that the right image was exported (an empty series or a failed conversion).")
 
 
 def check_receptive_field(model: Union[LoadedModel, "ModelConfig"], source: "Volume") -> None:

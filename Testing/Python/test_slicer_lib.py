@@ -1408,6 +1408,13 @@ def test_a_single_slice_is_refused_before_the_launch_and_an_empty_node_is_named(
     with pytest.raises(InputImageError, match=r"too small to synthesize: \(64, 64, 1\) voxels"):
         controller.plan_synthesis(node, SynthesisRequest())
     assert not runner.jobs
+    image.SetDimensions(64, 64, 64)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    image.GetPointData().GetScalars().Fill(0.0)
+    node.SetAndObserveImageData(image)  # every voxel 0: "Input check passed", then the child refused it (a review)
+    with pytest.raises(InputImageError, match="The source is empty: every voxel is 0"):
+        controller.plan_synthesis(node, SynthesisRequest())
+    assert not runner.jobs
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no image")
     with pytest.raises(InputImageError, match="has no image data"):
         controller.estimate(empty, SynthesisRequest())
