@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -66,6 +66,9 @@ __all__ = [
     "checks_run",
     "classify_sequence",
     "refuse_or_warn",
+    "hints_for",
+    "HINTS",
+    "PANEL_HINTS",
     "checks_metadata",
     "sequence_kind",
     "source_brain",
@@ -364,6 +367,21 @@ HINTS = {
 }
 
 
+#: A hint's wording in Slicer's panel, where the command line's names one of its options.
+PANEL_HINTS = {
+    "skull_stripped": "Skull-strip it first (in Slicer, e.g. with the SwissSkullStripper extension), or synthesize it "
+                      "from the command line with its brain mask (--mask).",
+}
+
+
+def hints_for(codes: Iterable[str], panel: bool = False) -> List[str]:
+    """What to do about the failed checks ``codes``, in :data:`HINTS`' order (the sequence hint when none has its
+    own); ``panel``: :data:`PANEL_HINTS`' wording where the command line's names an option."""
+    failed = set(codes)
+    chosen = [code for code in HINTS if code in failed] or ["sequence"]
+    return [PANEL_HINTS.get(code, HINTS[code]) if panel else HINTS[code] for code in chosen]
+
+
 def _faint_background_fraction(array: np.ndarray, threshold: float) -> float:
     """The fraction of voxels above the mask threshold but below 1 % of the image's 99.5th percentile: a background
     left at small positive values (noise, a rescaled export), which the black-looking image hides."""
@@ -387,9 +405,7 @@ def refuse_or_warn(
         return
     text = f"{source} does not look like the input this model expects: " + "; ".join(f.message for f in findings) + "."
     if not force:
-        codes = {f.code for f in findings}
-        advice = [HINTS[code] for code in HINTS if code in codes] or [HINTS["sequence"]]
-        raise InputImageError(text, " ".join(advice) + " To synthesize anyway, knowing the result is unreliable, pass "
+        raise InputImageError(text, " ".join(hints_for(f.code for f in findings)) + " To synthesize anyway, knowing the result is unreliable, pass "
                               "--force (force=True in Python).")
     message = text + " Synthesizing anyway (--force): the result is unreliable."
     if warn is None:

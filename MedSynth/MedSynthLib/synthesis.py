@@ -224,14 +224,26 @@ def notes_message(notes: Sequence[str], ask: bool = True, source_name: str = "T1
 
 
 def findings_message(findings: Sequence[Any], force: bool, source_name: str = "T1ce") -> str:
-    """What the panel says about failed input checks, before synthesis starts."""
+    """What the panel says about failed input checks, before synthesis starts: with each refusal, what to do about
+    it (``MedSynthLogic.input_checks.hints_for``, as the command line says it; a review found the panel said only
+    "pick the T1ce" to a T1ce of the wrong voxel size)."""
     lines = [f"- {finding.message}" for finding in findings]
     if force:
         head = _("The input does not look like what the model was trained on (Force is on):")
         return "\n".join([head, *lines, _("Synthesize it anyway? The result is unreliable.")])
     head = _("The input does not look like what the model was trained on, so synthesis was not started:")
-    tail = _("Pick the {source} volume, or tick 'Force (skip input checks)' to synthesize anyway.").format(source=source_name)
-    return "\n".join([head, *lines, tail])
+    tail = _("If it is not the {source} volume, pick that one; or tick 'Force (skip input checks)' to synthesize "
+             "anyway.").format(source=source_name)
+    return "\n".join([head, *lines, *_hints(findings), tail])
+
+
+def _hints(findings: Sequence[Any]) -> List[str]:
+    """What to do about ``findings`` (the panel's wording); none in an installation that predates the hints."""
+    try:
+        from MedSynthLogic.input_checks import hints_for
+    except ImportError:
+        return []
+    return hints_for((getattr(finding, "code", "") for finding in findings), panel=True)
 
 
 def check_output_node(input_node: Any, output_node: Any) -> None:

@@ -64,9 +64,9 @@ def test_each_message_is_looked_up_in_its_own_files_context(slicer_translation: 
     assert ("MedSynthLib.events", "Finished.") in slicer_translation
     assert ("MedSynthLib.estimate", "benchmark rate of an NVIDIA H100") in slicer_translation
     message = synthesis.findings_message([types.SimpleNamespace(message="x")], force=False)
-    assert ("MedSynthLib.synthesis", "Pick the {source} volume, or tick 'Force (skip input checks)' to synthesize "
-            "anyway.") in slicer_translation
-    assert "Pick the T1ce volume" in message
+    assert ("MedSynthLib.synthesis", "If it is not the {source} volume, pick that one; or tick 'Force (skip input "
+            "checks)' to synthesize anyway.") in slicer_translation
+    assert "If it is not the T1ce volume" in message
 
 
 def test_a_translation_that_loses_a_placeholder_is_not_used(slicer_translation: List[Tuple[str, str]]) -> None:

@@ -484,7 +484,11 @@ def test_another_pairs_model_names_its_result_and_its_messages_by_its_pair(scene
     cfg = dataclasses.replace(tiny_model_config, stages=1, source_name="T1", target_name="FLAIR")
     model = save_model(tmp_path / "t1_flair.safetensors", random_chain(cfg), cfg)
     refused = findings_message([SimpleNamespace(code="sequence", message="m")], force=False, source_name="T1")
-    assert "Pick the T1 volume" in refused
+    assert "If it is not the T1 volume" in refused and "the sequence the model expects" in refused  # its hint
+    spacing = findings_message([SimpleNamespace(code="spacing", message="its voxel size 1.6 mm is not …"),
+                                SimpleNamespace(code="skull_stripped", message="…")], force=False)
+    assert "Resample Scalar Volume" in spacing and "SwissSkullStripper" in spacing and "--mask" in spacing  # a review:
+    assert max(spacing.index("Resample"), spacing.index("Skull-strip")) < spacing.index("Force")  # only "pick the T1ce"
     runner = FakeRunner(events=[], on_finish=_write_output_like_input)
     controller = _controller(scene, runner, tmp_path)
     controller.start_synthesis(phantom_node, SynthesisRequest(model_path=model, device="cpu"))
