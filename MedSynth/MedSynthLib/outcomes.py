@@ -26,12 +26,17 @@ class JobOutcome:
 
 def synthesis_outcome(scene: Any, elapsed_s: float, context: Dict[str, Any]) -> JobOutcome:
     """Load a finished synthesis (and its uncertainty map) into ``scene``; a file that cannot be read is a failed
-    outcome the panel shows, not an exception in its timer."""
+    outcome the panel shows, not an exception in its timer, and an input removed while it ran ends it as cancelled
+    (a review: the result came "finished" off its place, linked to a node gone)."""
     from MedSynthLogic import jobs
     from MedSynthLogic.errors import MedSynthError
     from MedSynthLogic.volume_io import read_volume
 
     request, header = context["request"], context["header"]
+    if context["input"].GetScene() is not scene:  # its grid survives, its transform and its place beside it do not
+        return JobOutcome("synthesize", jobs.CANCELLED, _(
+            "The input volume was removed from the scene while the synthesis ran, so its result was not added: it "
+            "would have lost the input's transform. Load the input again and synthesize it."))
     try:
         node = synthesis.store_result(scene, context["input"], context["output_node"],
                                       read_volume(context["output_path"]), synthesis.pair_names(header)[1])

@@ -1464,6 +1464,20 @@ def test_an_output_volume_deleted_while_synthesizing_gets_a_new_node(scene, phan
     assert outcome.result.GetScene() is scene and "synthetic T2" in outcome.result.GetName()
 
 
+def test_an_input_deleted_while_synthesizing_ends_the_job_without_a_misplaced_result(scene, phantom_node, tmp_path):
+    """The input under a registration transform, removed while the job ran: the result came "finished" without the
+    transform (a removed node has no parent), linked to a node no longer there (a review, session 45)."""
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    phantom_node.SetAndObserveTransformNodeID(transform.GetID())
+    controller = _controller(scene, FakeRunner(events=[], on_finish=_write_output_like_input), tmp_path)
+    volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    controller.start_synthesis(phantom_node, SynthesisRequest())
+    scene.RemoveNode(phantom_node)
+    outcome = controller.poll()[1]
+    assert outcome.state == jobs.CANCELLED and "removed from the scene" in outcome.message and outcome.result is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes - 1 and not controller.busy
+
+
 def test_a_saved_scene_added_to_another_keeps_its_synthetic_volume_linked_to_its_own_input(slicer_mod, tmp_path, phantom):
     """MRML renames clashing IDs when a scene is added (File › Add Data of a .mrml) and remaps node references, not
     attributes: the "synthetic of" ID then named another patient's volume, whose synthesis went into the first
