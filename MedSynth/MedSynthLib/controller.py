@@ -105,12 +105,15 @@ class MedSynthController:
                                "fewer (0 runs them all).").format(stages=available))
         synthesis.check_size(volume, header)
         findings = synthesis.check_input(volume, header, self.input_checker)
-        notes = synthesis.check_transform(input_node) + synthesis.check_name(input_node.GetName() or "", header)
-        notes += synthesis.check_enhancement(volume, header, findings) + synthesis.check_coverage(volume, header)
+        sequence_notes = synthesis.check_name(input_node.GetName() or "", header)
+        sequence_notes += synthesis.check_enhancement(volume, header, findings)
+        other_notes = synthesis.check_transform(input_node) + synthesis.check_coverage(volume, header)
+        notes = sequence_notes + other_notes
         blocked = bool(findings) and not request.force
         source_name = synthesis.pair_names(header)[0]
         # The notes first: the findings' message ends with the one question (with Force) or the refusal.
-        parts = [synthesis.notes_message(notes, ask=not findings, source_name=source_name)] if notes else []
+        parts = [synthesis.notes_message(sequence_notes, ask=not findings, source_name=source_name,
+                                         other=other_notes)] if notes else []
         parts += [synthesis.findings_message(findings, request.force, source_name)] if findings else []
         return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request, header), notes)
 

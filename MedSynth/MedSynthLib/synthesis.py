@@ -213,13 +213,19 @@ def synthetic_node_name(input_name: str, target_name: str = "T2") -> str:
     return f"{input_name} synthetic {target_name}"
 
 
-def notes_message(notes: Sequence[str], ask: bool = True, source_name: str = "T1ce") -> str:
+def notes_message(notes: Sequence[str], ask: bool = True, source_name: str = "T1ce", other: Sequence[str] = ()) -> str:
     """What the panel says (and, with ``ask``, asks before starting) when the input's name names another sequence
-    than the model's, or its intensities show no contrast agent where the model expects a T1ce."""
-    lines = [_("The input may not be the sequence the model expects:"), *[f"- {note}" for note in notes]]
-    if ask:
+    than the model's, or its intensities show no contrast agent where the model expects a T1ce (``notes``), and about
+    what is not the sequence (``other``: a cut field of view, a non-linear transform), under a heading of its own (a
+    review found those filed under the sequence heading, with the advice to pick another volume)."""
+    lines = [_("The input may not be the sequence the model expects:"), *[f"- {note}" for note in notes]] if notes else []
+    if other:
+        lines += [_("Before it is synthesized, note:"), *[f"- {note}" for note in other]]
+    if ask and notes:
         lines.append(_("Synthesize it anyway? (Cancel, then pick the {source} volume, if it is the wrong one.)").format(
             source=source_name))
+    elif ask:
+        lines.append(_("Synthesize it anyway?"))
     return "\n".join(lines)
 
 

@@ -28,7 +28,8 @@ from MedSynthLib import dependencies, estimate, model_info, sample_data  # noqa:
 from MedSynthLib import synthesis as synthesis_module  # noqa: E402
 from MedSynthLib.events import describe_event  # noqa: E402
 from MedSynthLib.synthesis import (  # noqa: E402
-    OTHER_MODEL, SYNTHETIC_OF, SynthesisRequest, chosen_model_path, findings_message, model_choices, synthesize_arguments,
+    OTHER_MODEL, SYNTHETIC_OF, SynthesisRequest, chosen_model_path, findings_message, model_choices, notes_message,
+    synthesize_arguments,
 )
 from MedSynthLib.training_jobs import (  # noqa: E402
     GENERATOR_KINDS, PrepareRequest, TrainingRequest, apply_recipe, prepare_arguments, prepare_request, recipe_settings,
@@ -417,6 +418,11 @@ def test_input_check_blocks_before_anything_starts(scene, phantom_node, tmp_path
     assert forced.message.endswith("Synthesize it anyway? The result is unreliable.")
     assert not _controller(scene, runner, tmp_path).plan_synthesis(phantom_node, SynthesisRequest()).findings
     assert findings_message([SimpleNamespace(code="x", message="m")], force=False).count("- m") == 1
+    both = notes_message(["named T2"], other=["the field of view cuts the brain"])
+    assert both.index("may not be the sequence") < both.index("- named T2") < both.index("Before it is synthesized")
+    assert both.endswith("if it is the wrong one.)")
+    cut = notes_message([], other=["the field of view cuts the brain"])  # a review: filed under the sequence heading
+    assert "sequence" not in cut and "pick" not in cut and cut.endswith("Synthesize it anyway?")
 
 
 def test_real_input_check_refuses_the_phantoms_t2_before_launching(scene, tmp_path):
@@ -1553,7 +1559,10 @@ def test_a_parent_transform_that_reorients_the_input_reaches_the_synthesis(slice
     assert not controller.plan_synthesis(transformed, SynthesisRequest(force=True)).notes
     grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
     transformed.SetAndObserveTransformNodeID(grid.GetID())
-    assert any("non-linear transform" in note for note in controller.plan_synthesis(transformed, SynthesisRequest(force=True)).notes)
+    warped = controller.plan_synthesis(transformed, SynthesisRequest(force=True))
+    assert any("non-linear transform" in note for note in warped.notes) and warped.needs_confirmation
+    assert "may not be the sequence" not in warped.message and "pick the" not in warped.message  # not a sequence note
+    assert warped.message.startswith("Before it is synthesized, note:") and warped.message.endswith("anyway?")
 
 
 def test_the_estimate_counts_the_voxel_size_a_parent_transform_gives(slicer_mod, scene, tmp_path):
