@@ -318,8 +318,9 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
                 "sequence",
                 f"its intensities look {guess.kind}, not like the {wanted} ({expected}) the model was trained on "
                 f"(t2_score {guess.t2_score:.3f}; {T2_WEIGHTED} from {T2_SCORE_THRESHOLD})"
-                + (f"; if it is the {wanted}, its contrast has been changed (heavy noise, a strong gamma or windowing): "
-                   "the model was not trained on such an image either" if guess.kind == T2_WEIGHTED else ""),
+                + (f"; if it is the {wanted}, its contrast has been changed (heavy noise, a strong gamma or windowing) "
+                   "or its field of view cuts off much of the brain (the histogram then lacks the tissue cut off): the "
+                   "model was not trained on such an image either" if guess.kind == T2_WEIGHTED else ""),
                 {"kind": guess.kind, **guess.stats},
             ))
     spacing = axis_order(volume.direction).spacing(volume.spacing)  # the model's axes, whatever the file's order

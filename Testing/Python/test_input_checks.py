@@ -129,6 +129,7 @@ def test_refuse_or_warn(phantom):
     assert err.value.exit_code == 3
     assert "case_t2.nii.gz does not look like the input this model expects" in str(err.value)
     assert "T2-weighted" in str(err.value) and "--force" in str(err.value)
+    assert "field of view cuts off much of the brain" in str(err.value)  # a cut T1ce reads T2-weighted too (a review)
     said = []
     refuse_or_warn(findings, force=True, warn=said.append, source="case_t2.nii.gz")
     assert len(said) == 1 and "--force" in said[0] and "unreliable" in said[0]
