@@ -192,6 +192,8 @@ def load_volume_file(scene: Any, path: str | os.PathLike, name: Optional[str] = 
     Storage nodes work both in the Slicer application and in ``slicer-core`` (``slicer.util.loadVolume`` needs the
     application). The storage node stays attached, so the volume is saved with the scene.
     """
+    from .volume_read import header_problem
+
     path = Path(path)
     if not path.is_file():
         raise InputImageError(f"Image file {path} does not exist.")
@@ -206,7 +208,7 @@ def load_volume_file(scene: Any, path: str | os.PathLike, name: Optional[str] = 
     if not ok or node.GetImageData() is None:
         scene.RemoveNode(node)
         scene.RemoveNode(storage)
-        raise InputImageError(f"Could not read {path} as a volume (unsupported or corrupt file).")
+        raise header_problem(path) or InputImageError(f"Could not read {path} as a volume (unsupported or corrupt file).")
     node.SetAndObserveStorageNodeID(storage.GetID())
     if node.GetImageData().GetNumberOfScalarComponents() != 1:
         scene.RemoveNode(node)

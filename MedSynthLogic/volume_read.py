@@ -154,6 +154,31 @@ def _wrong_dims(p: Path, ndim: int, size: Sequence[int]) -> InputImageError:
     )
 
 
+def header_problem(path: str | os.PathLike) -> Optional[InputImageError]:
+    """What makes a file no 3D scalar volume, read from its header alone (a 2D or 4D image, several values per
+    voxel), as :func:`read_volume` would refuse it; None when the header reads as one or cannot be read. For a reader
+    that says only that it failed (Slicer's storage node)."""
+    p = Path(path)
+    sitk = sitk_module()
+    try:
+        if sitk is not None:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+            size, components = list(reader.GetSize()), int(reader.GetNumberOfComponents())
+        else:
+            import nibabel as nib
+
+            size, components = list(nib.load(str(p)).shape), 1
+    except Exception:  # an unreadable header: the reader's own failure stands
+        return None
+    if len(size) == 4 and size[3] == 1:
+        size = size[:3]
+    if len(size) != 3:
+        return _wrong_dims(p, len(size), size)
+    return _multi_component(p, components) if components != 1 else None
+
+
 def _multi_component(p: Path, n: int) -> InputImageError:
     return InputImageError(
         f"{p} has {n} values per voxel (a colour/RGB or vector image); MedSynth needs a scalar (grey-level) volume.",
@@ -379,5 +404,5 @@ def _to_float32(p: Path, arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-__all__ = ["MAX_AXIS", "MAX_VOXELS", "available_ram", "check_nifti_complete", "nifti_parts", "read_volume",
-           "volume_from_nibabel"]
+__all__ = ["MAX_AXIS", "MAX_VOXELS", "available_ram", "check_nifti_complete", "header_problem", "nifti_parts",
+           "read_volume", "volume_from_nibabel"]

@@ -107,9 +107,22 @@ def test_load_missing_or_bad_file(scene, tmp_path):
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not an image at all")
     n_before = scene.GetNumberOfNodes()
-    with pytest.raises(InputImageError):
+    with pytest.raises(InputImageError, match="unsupported or corrupt"):
         mrml.load_volume_file(scene, bad)
     assert scene.GetNumberOfNodes() == n_before
+
+
+def test_a_4d_file_is_refused_as_4d_not_as_corrupt(scene, tmp_path):
+    """Slicer's reader fails on a 4D NIfTI and the panel said "unsupported or corrupt file" (a review, session 45);
+    the header says what it is, as the command line does."""
+    import nibabel as nib
+
+    series = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), dtype=np.float32), np.eye(4)), series)
+    n_before = scene.GetNumberOfNodes()
+    with pytest.raises(InputImageError, match=r"is a 4D image \(size \(8, 8, 8, 3\)\)") as err:
+        mrml.load_volume_file(scene, series)
+    assert "Extract the single 3D volume" in err.value.hint and scene.GetNumberOfNodes() == n_before
 
 
 def test_volume_from_node_without_image(scene):
