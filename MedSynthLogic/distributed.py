@@ -12,6 +12,7 @@ import datetime
 import gc
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -76,8 +77,27 @@ def init_distributed(device: torch.device, timeout_s: float = 1800.0) -> DistCon
             kwargs["device_id"] = device
         dist.init_process_group(**kwargs)
         owns = True
-        atexit.register(gc.collect)  # wrappers a raised error's frames still held: collected before the shutdown too
+        collect_at_exit()
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend, owns_group=owns)
+
+
+_registered: List[bool] = []  # collect_at_exit has registered its handler
+
+
+def collect_at_exit() -> None:
+    """Once per process: at exit, while the interpreter is whole, let go of an uncaught error's traceback (whose
+    frames hold a stage's DDP wrappers) and collect what it held, so the group does not go in the shutdown."""
+    if _registered:
+        return
+    _registered.append(True)
+
+    def collect() -> None:
+        for name in ("last_traceback", "last_value", "last_exc", "last_type"):
+            if hasattr(sys, name):
+                setattr(sys, name, None)
+        gc.collect()
+
+    atexit.register(collect)
 
 
 def cleanup(ctx: DistContext) -> None:

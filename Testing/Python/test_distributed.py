@@ -63,6 +63,32 @@ def test_cleanup_releases_the_ddp_wrappers_before_it_leaves_the_group(monkeypatc
             dist.destroy_process_group()
 
 
+def test_at_exit_an_uncaught_errors_frames_are_let_go_and_collected(tmp_path):
+    """An uncaught error keeps its traceback in sys.last_traceback, whose frames hold a stage's DDP wrappers (a
+    reference cycle): a plain gc.collect at exit left them to the interpreter's shutdown (a review, session 45)."""
+    script = tmp_path / "uncaught.py"
+    script.write_text(
+        "import atexit, gc, weakref\n"
+        "from MedSynthLogic import distributed as du\n"
+        "held = []\n"
+        "atexit.register(lambda: print('alive' if held[0]() is not None else 'collected', flush=True))\n"
+        "du.collect_at_exit()\n"
+        "du.collect_at_exit()  # once per process, however many groups it opens\n"
+        "class Wrapper:\n"
+        "    pass\n"
+        "def train():\n"
+        "    wrapper = Wrapper()\n"
+        "    wrapper.me = wrapper  # a cycle, as a DDP wrapper's\n"
+        "    held.append(weakref.ref(wrapper))\n"
+        "    raise RuntimeError('a collective failed')\n"
+        "gc.disable()\n"
+        "train()\n", encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1 and "a collective failed" in run.stderr
+    assert run.stdout.split() == ["collected"]
+
+
 def test_batches_are_disjoint_shards_of_one_global_stream():
     from MedSynthLogic.batch_sources import IterationBatches
 
