@@ -33,10 +33,11 @@ def synthesis_outcome(scene: Any, elapsed_s: float, context: Dict[str, Any]) -> 
     from MedSynthLogic.volume_io import read_volume
 
     request, header = context["request"], context["header"]
-    if context["input"].GetScene() is not scene:  # its grid survives, its transform and its place beside it do not
+    if context["input"].GetScene() is not scene:  # its grid survives; its place, link and transform do not
         return JobOutcome("synthesize", jobs.CANCELLED, _(
             "The input volume was removed from the scene while the synthesis ran, so its result was not added: it "
-            "would have lost the input's transform. Load the input again and synthesize it."))
+            "could no longer be shown beside its input, linked to it or placed under its transform. Load the input "
+            "again and synthesize it."))
     try:
         node = synthesis.store_result(scene, context["input"], context["output_node"],
                                       read_volume(context["output_path"]), synthesis.pair_names(header)[1])
