@@ -85,7 +85,7 @@ def variant_sources(case: Case, source: Volume, mask: np.ndarray, variants: Sequ
 
 
 def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, cases: Optional[Sequence[str]] = None,
-                      voxels_per_case: int = 300_000, seed: int = 0, device: str = "auto", overwrite: bool = False,
+                      voxels_per_case: int = 300_000, seed: int = 0, device: str = "cpu", overwrite: bool = False,
                       variants: Sequence[str] = (), image_features: bool = False,
                       report: Callable[[str], None] = print, source_suffix: Optional[str] = None,
                       target_suffix: Optional[str] = None, files: Optional[CaseFiles] = None) -> Path:

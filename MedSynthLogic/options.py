@@ -249,7 +249,9 @@ def add_fit_error_map_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-features", action="store_true",
                    help="the map also reads two values of the whole source, the enhancement note's thin-bright and "
                    "bright-tail statistics (default: voxel features only)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (default: auto, CUDA if present)")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="where the model runs (default: cpu, which reproduces a map fitted here; cuda is faster but "
+                   "runs its float32 convolutions in TF32 by default, so its map differs slightly)")
     _add_suffixes(p, "the model")
     _add_case_files(p)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
