@@ -121,22 +121,26 @@ def _thin_bright_in(note: str) -> float:
     return float(re.search(r"thin bright structures ([0-9.]+)", note).group(1))
 
 
-@pytest.mark.parametrize("mm", [0.5, 0.7, 1.4])
-def test_the_note_reads_a_source_at_the_voxel_size_its_thresholds_were_drawn_at(phantom, mm):
+@pytest.mark.parametrize("spacing", [(0.5, 0.5, 0.5), (0.7, 0.7, 0.7), (1.0, 1.0, 0.5), (0.5, 1.0, 1.0), (1.4, 1.4, 1.4)])
+def test_the_note_reads_a_source_at_the_voxel_size_its_thresholds_were_drawn_at(phantom, spacing):
     """The smoothing and the top-hat count voxels: at 1.4 mm a BraTS T1 read as enhancing in 7 of 14 cases and at
     0.7 mm a T1ce as not enhancing in 3 (a review). A source finer than 1 mm (the phantom upsampled: nothing lost) is
-    read on the 1 mm grid, so its thin-bright mark stays near the 1 mm phantom's (read in its own voxels it fell by
-    half at 0.7 mm, by three quarters at 0.5 mm); a coarser one keeps its note."""
+    read on the 1 mm grid, so its thin-bright mark stays near the 1 mm phantom's: within 30 %, within 15 % where one
+    axis only is finer (read in its own voxels it fell by half at 0.7 mm, by three quarters at 0.5 mm; with the
+    spacing's (x, y, z) taken as the array's (z, y, x), +24 % at (0.5, 1, 1) and no note at (1, 1, 0.5)). A coarser
+    one keeps its note; the phantom's bands are too wide to test the coarse side, which the 14 real cases do
+    (docs/evaluation/input_checks/ENHANCEMENT_VOXEL_SIZE.md)."""
     from scipy import ndimage
 
     from MedSynthLogic.volume import Volume
 
     def at(volume):
-        array = ndimage.zoom(volume.array, 1.0 / mm, order=1).astype(np.float32)
-        return Volume(array, tuple(mm * s for s in volume.spacing), volume.origin, volume.direction)
+        array = ndimage.zoom(volume.array, [1.0 / s for s in spacing[::-1]], order=1).astype(np.float32)
+        return Volume(array, spacing, volume.origin, volume.direction)
 
     assert enhancement_notes(at(phantom.t1ce), T1CE_MODEL) == []
     [note] = enhancement_notes(at(flattened(phantom)), T1CE_MODEL)
-    if mm < 1.0:
+    if max(spacing) <= 1.0:
         [at_1mm] = enhancement_notes(flattened(phantom), T1CE_MODEL)
-        assert abs(_thin_bright_in(note) / _thin_bright_in(at_1mm) - 1) < 0.25
+        tolerance = 0.3 if len(set(spacing)) == 1 else 0.15
+        assert abs(_thin_bright_in(note) / _thin_bright_in(at_1mm) - 1) < tolerance
