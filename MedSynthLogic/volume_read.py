@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -83,24 +83,28 @@ def _check_size(p: Path, size_xyz: Sequence[int], max_axis: int, max_voxels: int
         )
 
 
-def header_voxels(path: str | os.PathLike) -> Optional[int]:
-    """The voxel count a file's header declares, without reading its voxels; None where the header cannot be read
-    (then :func:`read_volume` says why when the file is read)."""
-    p = Path(path)
+def _header_shape(path: Path) -> Optional[Tuple[List[int], int]]:
+    """The size along each axis and the values per voxel a file's header declares, without reading its voxels; None
+    where the header cannot be read (then :func:`read_volume` says why when the file is read)."""
     sitk = sitk_module()
     try:
         if sitk is not None:
             reader = sitk.ImageFileReader()
-            reader.SetFileName(str(p))
+            reader.SetFileName(str(path))
             reader.ReadImageInformation()
-            size = reader.GetSize()
-        else:
-            import nibabel as nib
+            return [int(s) for s in reader.GetSize()], int(reader.GetNumberOfComponents())
+        import nibabel as nib
 
-            size = nib.load(str(p)).shape
+        return [int(s) for s in nib.load(str(path)).shape], 1
     except Exception:  # any unreadable header: the real read reports it with its own message
         return None
-    return int(np.prod([int(s) for s in size], dtype=np.int64))
+
+
+def header_voxels(path: str | os.PathLike) -> Optional[int]:
+    """The voxel count a file's header declares, without reading its voxels; None where the header cannot be read
+    (then :func:`read_volume` says why when the file is read)."""
+    shape = _header_shape(Path(path))
+    return None if shape is None else int(np.prod(shape[0], dtype=np.int64))
 
 
 def available_ram() -> int:
@@ -159,19 +163,10 @@ def header_problem(path: str | os.PathLike) -> Optional[InputImageError]:
     voxel), as :func:`read_volume` would refuse it; None when the header reads as one or cannot be read. For a reader
     that says only that it failed (Slicer's storage node)."""
     p = Path(path)
-    sitk = sitk_module()
-    try:
-        if sitk is not None:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(p))
-            reader.ReadImageInformation()
-            size, components = list(reader.GetSize()), int(reader.GetNumberOfComponents())
-        else:
-            import nibabel as nib
-
-            size, components = list(nib.load(str(p)).shape), 1
-    except Exception:  # an unreadable header: the reader's own failure stands
+    shape = _header_shape(p)
+    if shape is None:  # an unreadable header: the reader's own failure stands
         return None
+    size, components = shape
     if len(size) == 4 and size[3] == 1:
         size = size[:3]
     if len(size) != 3:
