@@ -30,10 +30,13 @@ ROWS = [
     ("unet3d_ablation/prior_fcn_l2_blend", "the L2-only blend (the same with a U-Net stage trained with the L2 loss "
                                            "alone, run S, seed 0; the default in sessions 28–30)"),
     ("unet3d_ablation/default_l2_blend_flip", "the L2-only blend with flip averaging (`--flip-tta`, 1.7× the time)"),
-    ("unet3d_ablation/prior_fcn_l2_seed2_blend", "**the default since session 31: the L2-only seed-2 blend** (the same "
+    ("unet3d_ablation/prior_fcn_l2_seed2_blend", "the L2-only seed-2 blend, the default in sessions 31–44 (the same "
                                                  "recipe with seed 2, run W; MODEL_CARD.md)"),
-    ("unet3d_ablation/default_l2_seed2_blend_flip", "the default with flip averaging (`--flip-tta`, 1.7× the time; "
-                                                    "session 32)"),
+    ("unet3d_ablation/default_l2_seed2_blend_flip", "the L2-only seed-2 blend with flip averaging (`--flip-tta`, 1.7× "
+                                                    "the time; session 32)"),
+    ("unet3d_ablation/prior_fcn_l2_seed2_lowlr_blend", "**the default since session 45: the Z blend** (run W's refiner "
+                                                       "trained 3000 more iterations at a peak learning rate of 1e-4, "
+                                                       "seed 4; MODEL_CARD.md)"),
     ("unet3d_ablation/median_fcn", "the paper's 3-stage FCN fine-tuned on the CPU (30 min) on a T1ce divided by its "
                                    "in-brain median instead of its 99.5th percentile (session 30; reported)"),
     ("unet3d_ablation/median_aug_fcn", "the same fine-tuning with the patches' T1ce augmented (gamma, noise, thick "
