@@ -53,8 +53,7 @@ def test_cleanup_releases_the_ddp_wrappers_before_it_leaves_the_group(monkeypatc
         wrapped = du.wrap_ddp(torch.nn.Conv3d(1, 2, 3), ctx)
         wrapped(torch.randn(1, 1, 6, 6, 6)).sum().backward()
         alive = weakref.ref(wrapped)
-        del wrapped
-        assert alive() is not None  # the cycle: without a collection it outlives the run
+        del wrapped  # alone in a process it is in a cycle and outlives this (not always after other tests: not asserted)
         du.cleanup(ctx)
         assert alive() is None and not dist.is_initialized()
     finally:
