@@ -166,9 +166,13 @@ def header_problem(path: str | os.PathLike) -> Optional[InputImageError]:
     shape = _header_shape(p)
     if shape is None:  # an unreadable header: the reader's own failure stands
         return None
-    size, components = shape
-    if len(size) == 4 and size[3] == 1:
-        size = size[:3]
+    return _shape_problem(p, *shape)
+
+
+def _shape_problem(p: Path, size: Sequence[int], components: int) -> Optional[InputImageError]:
+    """Why a header's size and values per voxel make no 3D scalar volume (a trailing axis of 1 counts as 3D); None
+    when they make one."""
+    size = list(size[:3]) if len(size) == 4 and size[3] == 1 else list(size)
     if len(size) != 3:
         return _wrong_dims(p, len(size), size)
     return _multi_component(p, components) if components != 1 else None
@@ -189,13 +193,10 @@ def _read_sitk(sitk: Any, p: Path, max_axis: int, max_voxels: int) -> Volume:
     except Exception as exc:  # SimpleITK raises RuntimeError for anything from a bad header to an unknown format
         raise _corrupt(p, exc) from exc
     size = list(reader.GetSize())
-    if len(size) == 4 and size[3] == 1:
-        size = size[:3]
-    if len(size) != 3:
-        raise _wrong_dims(p, len(size), size)
-    if reader.GetNumberOfComponents() != 1:
-        raise _multi_component(p, reader.GetNumberOfComponents())
-    _check_size(p, size, max_axis, max_voxels)
+    problem = _shape_problem(p, size, reader.GetNumberOfComponents())
+    if problem is not None:
+        raise problem
+    _check_size(p, size[:3], max_axis, max_voxels)
     check_nifti_complete(p)
     try:
         img = reader.Execute()
