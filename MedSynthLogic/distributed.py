@@ -81,23 +81,19 @@ def init_distributed(device: torch.device, timeout_s: float = 1800.0) -> DistCon
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend, owns_group=owns)
 
 
-_registered: List[bool] = []  # collect_at_exit has registered its handler
+def _collect() -> None:
+    """At exit, while the interpreter is whole: let go of an uncaught error's traceback (whose frames hold a stage's
+    DDP wrappers) and collect what it held, so the group does not go in the shutdown."""
+    for name in ("last_traceback", "last_value", "last_exc", "last_type"):
+        if hasattr(sys, name):
+            setattr(sys, name, None)
+    gc.collect()
 
 
 def collect_at_exit() -> None:
-    """Once per process: at exit, while the interpreter is whole, let go of an uncaught error's traceback (whose
-    frames hold a stage's DDP wrappers) and collect what it held, so the group does not go in the shutdown."""
-    if _registered:
-        return
-    _registered.append(True)
-
-    def collect() -> None:
-        for name in ("last_traceback", "last_value", "last_exc", "last_type"):
-            if hasattr(sys, name):
-                setattr(sys, name, None)
-        gc.collect()
-
-    atexit.register(collect)
+    """Register the exit collection once per process, however many groups it opens."""
+    atexit.unregister(_collect)
+    atexit.register(_collect)
 
 
 def cleanup(ctx: DistContext) -> None:
