@@ -56,8 +56,10 @@ def check_finite(losses: Dict[str, float], stage: int, it: int, run_dir: Path, c
         raise TrainingDiverged(
             f"A training loss became NaN or infinite at stage {stage + 1}, iteration {it + 1} "
             f"({', '.join(f'{k}={v:g}' for k, v in losses.items())}); no checkpoint was written after it.",
-            (f"Resume from {last.name} with a lower learning rate or --precision fp32." if last is not None
-             else "Start again with a lower learning rate or --precision fp32."),
+            (f"Export it (`medsynth export {last} OUT.safetensors`) and start a new run from it with `--init-model "
+             f"OUT.safetensors --start-stage {stage}` and a lower learning rate (lr_g in the train config) or "
+             "--precision fp32; --resume would refuse both, as it refuses any change of schedule."
+             if last is not None else "Start again with a lower learning rate or --precision fp32."),
         )
 
 

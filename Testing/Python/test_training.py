@@ -111,6 +111,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_good_checkpoints(tmp_path, data
         training.train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
                        _cfg(iterations=8, checkpoint_every=2), device="cpu", run_dir=run, keep_checkpoints=5)
     assert info.value.exit_code == 9 and ckpt.checkpoint_name(0, 4) in info.value.hint
+    assert "--init-model" in info.value.hint and "--start-stage 0" in info.value.hint  # --resume refuses a new lr
     assert sorted(p.name for p in run.glob("ckpt_*.pt")) == [ckpt.checkpoint_name(0, 2), ckpt.checkpoint_name(0, 4)]
     assert not (tmp_path / "m.safetensors").exists()
 
