@@ -31,10 +31,11 @@ states its own. Three checks:
 * **skull-stripped** (when no brain mask is given): at least ``min_background_fraction`` of the voxels are 0
   (≤ the model's mask threshold). A head whose air was set to 0 passes; a head with scanner noise does not, and
   then the sequence is not judged (the "brain" would be the whole head). A source whose brightest voxels crowd
-  along the brain's edge (:func:`bright_rim_ratio` ≥ :data:`RIM_RATIO_MIN`; checked with the sequence, for a model
-  whose sequence the rule knows, and not for a label map) is refused as incompletely skull-stripped: scalp fat or
-  marrow left around the brain is bright in a T1, the model never saw it, and it made the sequence rule answer
-  "T2-weighted", which sent the user looking for another sequence instead of another skull-strip.
+  within :data:`RIM_WIDTH_MM` of the brain's edge (:func:`bright_rim_ratio` ≥ :data:`RIM_RATIO_MIN`; checked with
+  the sequence, for a model whose sequence the rule knows, and not for a label map) is refused as incompletely
+  skull-stripped: scalp fat or marrow left around the brain is bright in a T1, the model never saw it, and it made
+  the sequence rule answer "T2-weighted", which sent the user looking for another sequence instead of another
+  skull-strip.
 * **spacing**: each axis within ``spacing_tolerance_mm`` of ``spacing_mm``; largest/smallest ≤ ``max_anisotropy``.
 * **negative values** (MR sources, i.e. not ``window`` normalisation, where CT's negative HU are expected): more
   than :data:`NEGATIVE_MAX_FRACTION` of the non-zero voxels below 0 means an image already normalised (z-scored),
@@ -74,6 +75,7 @@ __all__ = [
     "source_brain",
     "brain_box",
     "bright_rim_ratio",
+    "RIM_WIDTH_MM",
     "METADATA_KEY",
 ]
 
@@ -92,11 +94,13 @@ NEGATIVE_MAX_FRACTION = 0.01
 TAIL_PERCENTILE = 95.0
 #: Fewer brain voxels than this: too little to judge the sequence (no finding).
 MIN_VOXELS = 500
-#: The shell along the brain's edge, in voxels, where :func:`bright_rim_ratio` looks for left-over scalp or skull.
-RIM_WIDTH = 3
+#: The shell along the brain's edge, in millimetres, where :func:`bright_rim_ratio` looks for left-over scalp or
+#: skull: a scalp has a thickness in mm, not in voxels (counted in voxels, a BraTS T1ce given a 3 mm rim read about
+#: 30 % lower at 1.4 mm; docs/evaluation/input_checks/BRIGHT_RIM_VOXEL_SIZE.md).
+RIM_WIDTH_MM = 3.0
 #: ``bright_rim_ratio`` at or above this: bright tissue lines the brain's edge. Above the highest of the 56 BraTS
-#: T1, T1ce, T2 and FLAIR files (2.94, a T1ce) and below every T1ce given a bright rim of fat's brightness (5.19;
-#: docs/evaluation/input_checks/BRIGHT_RIM.md).
+#: T1, T1ce, T2 and FLAIR files (2.85, a T1ce) and below every T1ce given a bright rim of fat's brightness (4.72;
+#: docs/evaluation/input_checks/BRIGHT_RIM.md; drawn at 2.94 and 5.19 when the shell was 3 voxels, and kept).
 RIM_RATIO_MIN = 4.0
 
 T1_WEIGHTED = "T1-weighted"
@@ -219,12 +223,13 @@ def classify_sequence(array: np.ndarray, mask: np.ndarray) -> SequenceGuess:
     return SequenceGuess(kind, round(score, 4), stats)
 
 
-def bright_rim_ratio(array: np.ndarray, mask: np.ndarray) -> float:
-    """How much more often the brain's brightest 5 % lie within :data:`RIM_WIDTH` voxels of its edge than chance.
+def bright_rim_ratio(array: np.ndarray, mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """How much more often the brain's brightest 5 % lie within :data:`RIM_WIDTH_MM` of its edge than chance.
 
     1 means no preference for the edge. An incomplete skull-strip leaves scalp fat or marrow around the brain,
     bright in a T1: the brightest voxels then crowd into that shell, and the sequence rule reads the image as
-    T2-weighted (docs/evaluation/input_checks/BRIGHT_RIM.md).
+    T2-weighted (docs/evaluation/input_checks/BRIGHT_RIM.md). ``spacing`` is the voxel size (x, y, z) in mm: the
+    shell is the brain within that many millimetres (Euclidean) of a voxel outside it.
     """
     from scipy import ndimage
 
@@ -232,7 +237,8 @@ def bright_rim_ratio(array: np.ndarray, mask: np.ndarray) -> float:
     if int(mask.sum()) < MIN_VOXELS:
         return 1.0
     arr, brain = brain_box(np.asarray(array, dtype=np.float32), mask)
-    shell = brain & ~ndimage.binary_erosion(brain, iterations=RIM_WIDTH)
+    depth = ndimage.distance_transform_edt(np.pad(brain, 1), sampling=tuple(float(s) for s in spacing)[::-1])
+    shell = brain & (depth[1:-1, 1:-1, 1:-1] <= RIM_WIDTH_MM)
     bright = brain & (arr >= np.percentile(arr[brain], TAIL_PERCENTILE))
     if not bright.any() or not shell.any():
         return 1.0
@@ -296,7 +302,7 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
         guess = classify_sequence(volume.array, brain)
         wanted = model_config.input.sequence
         rim_judged = expect.skull_stripped and mask is None and guess.kind != LABEL_MAP
-        ratio = bright_rim_ratio(volume.array, brain) if rim_judged else 0.0
+        ratio = bright_rim_ratio(volume.array, brain, volume.spacing) if rim_judged else 0.0
         if guess.kind == LABEL_MAP:
             findings.append(InputFinding(
                 "label_map",
@@ -308,7 +314,7 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
             findings.append(InputFinding(
                 "skull_stripped",
                 f"bright tissue lines the edge of its brain ({ratio:.1f}× more of the brightest voxels within "
-                f"{RIM_WIDTH} voxels of the edge than elsewhere): it looks incompletely skull-stripped, scalp or "
+                f"{RIM_WIDTH_MM:g} mm of the edge than elsewhere): it looks incompletely skull-stripped, scalp or "
                 "skull left around the brain" + (", which also makes its intensities look T2-weighted"
                                                  if guess.kind != expected else ""),
                 {"bright_rim_ratio": round(ratio, 3), **guess.stats},

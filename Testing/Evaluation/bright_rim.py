@@ -24,7 +24,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from MedSynthLogic.input_checks import RIM_RATIO_MIN, RIM_WIDTH, bright_rim_ratio, classify_sequence  # noqa: E402
+from MedSynthLogic.input_checks import RIM_RATIO_MIN, RIM_WIDTH_MM, bright_rim_ratio, classify_sequence  # noqa: E402
 from MedSynthLogic.volume_io import read_volume  # noqa: E402
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
@@ -60,20 +60,21 @@ def main() -> None:
     cases = sorted(p.name for p in args.brats.iterdir() if p.is_dir())
     for case in cases:
         for seq in SEQUENCES:
-            array = read_volume(args.brats / case / f"{case}_{seq}.nii.gz").array
+            volume = read_volume(args.brats / case / f"{case}_{seq}.nii.gz")
+            array, spacing = volume.array, volume.spacing
             kinds = {seq: array}
             if seq == "t1ce":
                 kinds.update({f"T1ce with {name}": with_rim(array, *rim) for name, rim in RIMS.items()})
             for kind, arr in kinds.items():
                 brain = arr > 0
-                results[kind].append((case, classify_sequence(arr, brain).kind, bright_rim_ratio(arr, brain)))
+                results[kind].append((case, classify_sequence(arr, brain).kind, bright_rim_ratio(arr, brain, spacing)))
         print(case, flush=True)
     lines = [
         "# The bright-rim statistic on BraTS",
         "",
         f"Made by `python Testing/Evaluation/bright_rim.py` ({time.strftime('%Y-%m-%d')}, {len(cases)} cases, "
         f"{time.perf_counter() - t0:.0f} s). `bright_rim_ratio`: the share of the brain's brightest 5 % lying within "
-        f"{RIM_WIDTH} voxels of the brain's edge, over that shell's share of the brain (1: no preference for the edge). "
+        f"{RIM_WIDTH_MM:g} mm of the brain's edge, over that shell's share of the brain (1: no preference for the edge). "
         f"A source (not a label map, no mask given) is refused as incompletely skull-stripped when the ratio is at least "
         f"`RIM_RATIO_MIN` = {RIM_RATIO_MIN:g}; before, the sequence rule's verdict (column 2) was all it got. Rims "
         "are added to the BraTS T1ce (`with_rim` in the script); no real incompletely skull-stripped scan was at hand.",

@@ -16,6 +16,7 @@ from MedSynthLogic.input_checks import (
     refuse_or_warn, sequence_kind,
 )
 from MedSynthLogic.phantom import make_phantom
+from MedSynthLogic.volume import Volume
 
 CFG = ModelConfig()
 
@@ -202,7 +203,7 @@ def test_a_bright_rim_left_by_skull_stripping_is_named_as_such_not_as_a_t2():
     ringed[rim] = 1.3 * np.percentile(t1ce[t1ce > 0], 99)
     findings = check_source(phantom.t1ce.with_array(ringed), CFG)
     assert codes(findings) == ["skull_stripped"] and "incompletely skull-stripped" in findings[0].message
-    assert findings[0].measured["bright_rim_ratio"] >= 4.0 > bright_rim_ratio(t1ce, t1ce > 0)
+    assert findings[0].measured["bright_rim_ratio"] >= 4.0 > bright_rim_ratio(t1ce, t1ce > 0, phantom.t1ce.spacing)
     assert classify_sequence(ringed, ringed > 0).kind == T2_WEIGHTED  # what the finding used to say
     assert check_source(phantom.t1ce.with_array(ringed), CFG, mask=phantom.mask) == []  # the rim is outside
     assert codes(check_source(phantom.t2, CFG)) == ["sequence"]
@@ -213,11 +214,32 @@ def test_a_bright_rim_left_by_skull_stripping_is_named_as_such_not_as_a_t2():
     assert codes(findings) == ["skull_stripped"] and "T2-weighted" not in findings[0].message
 
 
+def test_a_bright_rim_is_judged_in_millimetres_not_voxels():
+    """A scalp is millimetres thick whatever the voxel size. Counted in voxels, the shell of a 1.5 mm image reached
+    4.5 mm into the brain and the same 3 mm rim read 33 % lower (3.99), below the threshold: the source passed."""
+    from scipy import ndimage
+
+    from MedSynthLogic.input_checks import bright_rim_ratio
+
+    phantom = make_phantom(seed=0)
+    t1ce = phantom.t1ce.array
+    rim = ndimage.binary_dilation(t1ce > 0, iterations=3) & ~(t1ce > 0)
+    ringed = t1ce.copy()
+    ringed[rim] = 1.3 * np.percentile(t1ce[t1ce > 0], 99)
+    coarse = ndimage.zoom(ringed, 1 / 1.5, order=0)
+    spacing = tuple(1.5 * s for s in phantom.t1ce.spacing)
+    at_1mm = bright_rim_ratio(ringed, ringed > 0, phantom.t1ce.spacing)
+    at_1_5mm = bright_rim_ratio(coarse, coarse > 0, spacing)
+    assert abs(at_1_5mm / at_1mm - 1.0) < 0.15
+    findings = check_source(Volume(coarse, spacing, phantom.t1ce.origin, phantom.t1ce.direction), CFG)
+    assert codes(findings) == ["skull_stripped"] and "3 mm of the edge" in findings[0].message
+
+
 def test_the_rim_ratio_of_an_empty_or_tiny_brain_is_neutral():
     from MedSynthLogic.input_checks import bright_rim_ratio
 
-    assert bright_rim_ratio(np.zeros((8, 8, 8), np.float32), np.zeros((8, 8, 8), bool)) == 1.0
-    assert bright_rim_ratio(np.ones((8, 8, 8), np.float32), np.ones((8, 8, 8), bool)) == 1.0
+    assert bright_rim_ratio(np.zeros((8, 8, 8), np.float32), np.zeros((8, 8, 8), bool), (1, 1, 1)) == 1.0
+    assert bright_rim_ratio(np.ones((8, 8, 8), np.float32), np.ones((8, 8, 8), bool), (1, 1, 1)) == 1.0
 
 
 def test_the_messages_name_the_models_threshold_and_voxel_size_not_a_t1ce_default():
