@@ -206,6 +206,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def selectInput(self, node) -> None:
         self._parameterNode.inputVolume = node
+        mrml.hide_uncertainty_overlays(slicer.mrmlScene)  # the last synthesis's heat map is not this volume's
         slicer.util.setSliceViewerLayers(background=node, fit=True)
 
     def onSynthesizeButton(self) -> None:

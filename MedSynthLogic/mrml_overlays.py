@@ -148,6 +148,26 @@ def remove_uncertainty_overlays(scene: Any, synthetic_node: Any) -> int:
     return len(maps)
 
 
+def hide_uncertainty_overlays(scene: Any) -> int:
+    """Take every uncertainty map off the slice views' foreground and hide its legend, the maps kept: a volume
+    loaded for another patient would otherwise show under the previous synthesis's heat map. Returns how many
+    views showed one."""
+    import slicer
+
+    maps = {node.GetID(): node for node in _volume_nodes(scene) if node.GetNodeReferenceID(UNCERTAINTY_ROLE)}
+    cleared = 0
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for composite in (composites.GetItemAsObject(i) for i in range(composites.GetNumberOfItems())):
+        if composite.GetForegroundVolumeID() in maps:
+            composite.SetForegroundVolumeID(None)
+            cleared += 1
+    for node in maps.values():
+        legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node)
+        if legend is not None:
+            legend.SetVisibility(False)
+    return cleared
+
+
 def _volume_nodes(scene: Any) -> list:
     collection = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
     return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]

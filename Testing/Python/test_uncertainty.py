@@ -217,6 +217,12 @@ def test_overlay_on_the_synthetic_image_with_legend(source, tmp_path):
     # A second call reuses the legend instead of stacking another one.
     mrml.show_uncertainty_overlay(scene, node, synthetic, threshold=50.0)
     assert slicer.vtkSlicerColorLogic.GetNumberOfColorLegendDisplayNodes(node) == 1 and display.GetLowerThreshold() == 50.0
+    # A volume loaded for another patient is not shown under this map: it leaves the views, its legend hides.
+    assert mrml.hide_uncertainty_overlays(scene) == 1
+    assert not composite.GetForegroundVolumeID() and not legend.GetVisibility() and scene.GetNodeByID(node.GetID())
+    assert composite.GetBackgroundVolumeID() == synthetic.GetID() and mrml.hide_uncertainty_overlays(scene) == 0
+    mrml.show_uncertainty_overlay(scene, node, synthetic)
+    assert composite.GetForegroundVolumeID() == node.GetID() and legend.GetVisibility()
     # A map on another grid is refused and leaves no node behind.
     small = tmp_path / "small.nii.gz"
     write_volume(Volume(np.ones((5, 6, 7), np.float32), SPACING, ORIGIN, DIRECTION), small)
