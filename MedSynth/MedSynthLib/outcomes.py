@@ -41,12 +41,16 @@ def synthesis_outcome(scene: Any, elapsed_s: float, context: Dict[str, Any]) -> 
     try:
         node = synthesis.store_result(scene, context["input"], context["output_node"],
                                       read_volume(context["output_path"]), synthesis.pair_names(header)[1])
-        if context["uncertainty_path"] is not None:
-            synthesis.show_uncertainty(scene, context["uncertainty_path"], node,
-                                       title=synthesis.uncertainty_title(request, header))
     except (MedSynthError, OSError) as exc:
         return JobOutcome("synthesize", jobs.FAILED, _("Could not load the synthetic image: {error}").format(error=exc))
-    return JobOutcome("synthesize", jobs.FINISHED, _("Done in {seconds} s.").format(seconds=f"{elapsed_s:.0f}"), node)
+    done = _("Done in {seconds} s.").format(seconds=f"{elapsed_s:.0f}")
+    if context["uncertainty_path"] is not None:  # the image is in the scene by now: a failed map must not orphan it
+        try:
+            synthesis.show_uncertainty(scene, context["uncertainty_path"], node,
+                                       title=synthesis.uncertainty_title(request, header))
+        except (MedSynthError, OSError) as exc:
+            done += " " + _("The uncertainty map could not be shown: {error}").format(error=exc)
+    return JobOutcome("synthesize", jobs.FINISHED, done, node)
 
 
 def evaluation_outcome(elapsed_s: float, report_dir: Path) -> JobOutcome:

@@ -567,6 +567,28 @@ def test_uncertainty_map_is_overlaid_on_the_result(scene, phantom_node, tmp_path
     assert "--uncertainty" not in synthesize_arguments("a", "b", SynthesisRequest(), "u.nii.gz")
 
 
+def test_a_map_that_cannot_be_shown_keeps_the_synthetic_image_as_the_result(scene, phantom_node, tmp_path):
+    """The image was already in the scene when the map failed: the outcome said "failed", the panel never took the
+    node as its output, and the next Synthesize made a second "synthetic T2_1" beside the orphan (a review)."""
+    from MedSynthLogic import mrml
+    from MedSynthLogic.volume import Volume
+    from MedSynthLogic.volume_io import read_volume, write_volume
+
+    def write_both(args):
+        _write_output_like_input(args)
+        source = read_volume(args[1])
+        write_volume(Volume(np.ones((5, 6, 7), np.float32), source.spacing, source.origin, source.direction),
+                     args[args.index("--uncertainty") + 1])  # another grid: the overlay refuses it
+
+    controller = _controller(scene, FakeRunner(events=[], on_finish=write_both), tmp_path)
+    controller.start_synthesis(phantom_node, SynthesisRequest(uncertainty=True))
+    outcome = controller.poll()[1]
+    assert outcome.state == jobs.FINISHED and outcome.result is not None and outcome.result.GetScene() is scene
+    assert "uncertainty map could not be shown" in outcome.message and "shape (5, 6, 7)" in outcome.message
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2  # the input and the result, no map
+    assert not mrml.slice_composite_node(scene, "Yellow").GetForegroundVolumeID()
+
+
 def test_a_start_that_fails_before_the_child_leaves_no_temporary_folder(scene, phantom_node, tmp_path, monkeypatch):
     from MedSynthLogic import mrml
 
