@@ -252,8 +252,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancel(self) -> None:
         training = self.logic.controller.kind == "train"
         self.setStatus(_("Stopping training after its current iteration, with a checkpoint…") if training else _("Cancelling…"))
-        wait = MedSynthController.TRAINING_STOP_WAIT_S if training else 5
-        self.logic.controller.cancel(timeout=wait, background=True)  # the panel must not freeze
+        self.logic.controller.cancel(timeout=self.logic.controller.stop_wait_s(), background=True)  # the panel must not freeze
 
     def ensureDependencies(self, synthesisOnly: bool = False) -> bool:
         try:

@@ -240,6 +240,10 @@ class MedSynthController:
     #: longer than the 30 s it waited, and the kill then lost the work since the last checkpoint (a review, session 42).
     TRAINING_STOP_WAIT_S = 600.0
 
+    def stop_wait_s(self) -> float:
+        """How long stopping the running job waits for it before ending it: a training saves its checkpoint first."""
+        return self.TRAINING_STOP_WAIT_S if self.kind == "train" else 5.0
+
     def cancel(self, timeout: float = 5.0, background: bool = False) -> None:
         """Cancel (synthesis, preparation) or stop (training keeps its last checkpoint) the running job;
         ``background``: without waiting for it here (a training saves its checkpoint first, which can take a
@@ -260,10 +264,11 @@ class MedSynthController:
         running = self.current
         if running is None or running.kind not in kinds:
             return False
+        wait = self.stop_wait_s()  # at quit, 5 s then a kill lost a training's work since its last checkpoint
         self.current = None
 
         def stop() -> None:
-            running.job.cancel(timeout=5.0)
+            running.job.cancel(timeout=wait)
             _remove(running.context.get("work_dir"))  # after the child stopped reading it
 
         if background:

@@ -779,6 +779,20 @@ def test_stopping_a_training_does_not_wait_in_the_panel_and_too_many_stages_are_
     assert runner.jobs[0].cancelled_with == 30 and controller.poll()[1].state == jobs.CANCELLED
 
 
+def test_quitting_during_a_training_gives_it_time_to_checkpoint(scene, tmp_path):
+    """At quit the panel discards its job: a training got 5 s and then a kill, losing its work since the last
+    checkpoint (a U-Net iteration alone can take longer); it gets as long as Stop gives it (a review)."""
+    from MedSynthLib.controller import MedSynthController
+
+    runner = FakeRunner(events=[])
+    controller = _controller(scene, runner, tmp_path)
+    controller.start_training(TrainingRequest(ModelConfig(stages=1), TrainConfig(stages=1, iterations=20),
+                                              tmp_path / "data", tmp_path / "m.safetensors", tmp_path / "run",
+                                              device="cpu"))
+    assert controller.stop_wait_s() == MedSynthController.TRAINING_STOP_WAIT_S
+    assert controller.discard() is True and runner.jobs[0].cancelled_with == MedSynthController.TRAINING_STOP_WAIT_S
+
+
 def test_training_job_feeds_the_loss_plot(scene, tmp_path):
     events = [{"event": "iteration", "stage": 0, "iteration": i, "iterations": 20, "losses": {"g": 1.0 / i, "d": 0.5}}
               for i in (10, 20)] + [{"event": "validation", "stage": 0, "iteration": 20, "psnr": 15.0, "ssim": 0.4}]
