@@ -124,6 +124,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = MedSynthModuleLogic()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartImportEvent, self.onSceneStartImport)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
         for button, slot in ((self.ui.synthesizeButton, self.onSynthesizeButton), (self.ui.cancelButton, self.onCancel),
                              (self.ui.loadT1ceButton, self.onLoadT1ceButton), (self.ui.loadSampleButton, self.onLoadSample),
                              (self.ui.prepareButton, self.onPrepareButton), (self.ui.stopTrainingButton, self.onCancel),
@@ -156,6 +158,12 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.controller.discard(kinds=("synthesize",), background=True):  # its result must not land in the next scene
             self.setStatus(_("The synthesis was cancelled: the scene was closed."))
+        self.setParameterNode(None)
+
+    def onSceneStartImport(self, caller, event) -> None:
+        """A loaded scene copies its own MedSynth parameters into ours: a model or device this version lacks would
+        reach the lists while connected, which refuse it (ValueError) and stop updating; reconnected at its end,
+        the unknown choices reset first."""
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
