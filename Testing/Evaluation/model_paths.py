@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from safetensors.torch import load  # noqa: E402
 
 from MedSynthLogic.error_map import TENSOR_PREFIX  # noqa: E402
+from MedSynthLogic.errors import MedSynthError  # noqa: E402
 from MedSynthLogic.model_file import tensors_sha256  # noqa: E402
 from MedSynthLogic.model_header import read_header  # noqa: E402
 
@@ -75,18 +77,39 @@ def files_today() -> Dict[str, str]:
     return today
 
 
-def cited_figures() -> Dict[float, str]:
-    """A committed model file's header figures (mean validation PSNR) → its path: the report they came from scored it."""
-    cited = {}
-    for path in git("ls-files", "*.safetensors").split():
-        evaluation = (read_header(REPO / path).get("metrics") or {}).get("evaluation") or {}
-        mean = ((evaluation.get("summary") or {}).get("psnr") or {}).get("mean")
+def header_figure(commit: str, path: str) -> Optional[float]:
+    """The mean validation PSNR a model file's header cites (its ``metrics.evaluation``), at ``commit``."""
+    data = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=REPO, capture_output=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / Path(path).name
+        copy.write_bytes(data)
+        try:
+            evaluation = (read_header(copy).get("metrics") or {}).get("evaluation") or {}
+        except MedSynthError:  # a file of an older format
+            return None
+    mean = ((evaluation.get("summary") or {}).get("psnr") or {}).get("mean")
+    return None if mean is None else float(mean)
+
+
+def cited_figures() -> Dict[float, Tuple[str, str]]:
+    """A committed model file's header figures (mean validation PSNR) → (commit, path) where it cites them, HEAD
+    first, then the earlier versions of the same paths (a default replaced under its name): the report they came
+    from scored it."""
+    cited: Dict[float, Tuple[str, str]] = {}
+    paths = git("ls-files", "*.safetensors").split()
+    for path in paths:
+        mean = header_figure("HEAD", path)
         if mean is not None:
-            cited[float(mean)] = path
+            cited[mean] = ("HEAD", path)
+    for path in paths:
+        for commit in git("log", "--format=%H", "--", path).split():
+            mean = header_figure(commit, path)
+            if mean is not None:
+                cited.setdefault(mean, (commit, path))
     return cited
 
 
-def status(report_file: Path, today: Dict[str, str], cited: Dict[float, str]) -> Tuple[str, str]:
+def status(report_file: Path, today: Dict[str, str], cited: Dict[float, Tuple[str, str]]) -> Tuple[str, str]:
     """(the recorded path, how it stands today) for one report."""
     report = json.loads(report_file.read_text(encoding="utf-8"))
     path = recorded_path(report)
@@ -99,7 +122,10 @@ def status(report_file: Path, today: Dict[str, str], cited: Dict[float, str]) ->
     written = git("log", "-1", "--format=%H", "--", str(report_file.relative_to(REPO))).split()
     key = identity(written[0], path) if written and not Path(path).is_absolute() else None
     if key is None and mean is not None and float(mean) in cited:
-        return path, f"{TODAY_MOVED} `{cited[float(mean)]}`, whose header cites these figures"
+        commit, where = cited[float(mean)]
+        if commit == "HEAD":
+            return path, f"{TODAY_MOVED} `{where}`, whose header cites these figures"
+        return path, f"{TODAY_HISTORY}: `git show {commit[:10]}:{where}`, whose header cited these figures"
     if key is None:
         return path, f"{TODAY_NOT_KEPT} (a run's scratch file, never committed)"
     if identity("HEAD", path) == key:
@@ -121,7 +147,8 @@ def main() -> None:
     print("files, and the default model and the candidate were replaced under the same names, so a path can name")
     print("another model today. The file a report scored is identified in the commit that last wrote the report (a model")
     print("file by the SHA-256 of its synthesis tensors, without an error map fitted later; a lookup by its content),")
-    print("or, for a scratch file, by a committed model's header citing the report's figures; reports written since")
+    print("or, for a scratch file, by a committed model's header citing the report's figures (today's or an earlier")
+    print("version's); reports written since")
     print("session 41 record the SHA-256 themselves (`model_sha256`). A report's figures stay what was measured; only")
     print("the file's whereabouts changed.\n")
     print("| report folder | path recorded | that file today |")
