@@ -45,7 +45,7 @@ from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
 from .resume import (
     Start, changed_world_size, decide_start, patches_before, refuse_changed_data, refuse_changed_schedule,
-    refuse_earlier_run,
+    refuse_earlier_run, set_aside_later_checkpoints,
 )
 from .run_lock import acquire_run_folder, release_run_folder
 from .session import Callback, Session, open_session
@@ -111,7 +111,7 @@ def train(
         lock = _lock_run_folder(session.run_dir, ctx)
         session.stop_after, session.data = stop_after, plan.summary()
         session.prior_record = prior_record(prior)
-        if not resume and start_stage == 0:
+        if not resume and (start_stage == 0 or init_model is not None):  # the folder's checkpoints are not read
             refuse_earlier_run(session.run_dir)
         for message in plan.warnings:
             session.emit(warning_event("train", message))
@@ -127,6 +127,12 @@ def train(
             refuse_changed_schedule(train_cfg, start)
             refuse_changed_data(plan.summary(), start)
         load_earlier_stages(chain, start)
+        if not resume and start.stage > 0 and start.checkpoint is not None:  # retraining from a stage of this folder
+            dist_utils.barrier(ctx)  # every rank has read it
+            aside = set_aside_later_checkpoints(session.run_dir, start.stage) if ctx.is_main else None
+            if aside is not None:
+                session.emit(warning_event("train", f"The run folder's checkpoints of stage {start.stage + 1} and later "
+                                                    f"were moved to {aside}: this run retrains those stages."))
         for k in range(start.stage):
             chain.stages[k].to(ctx.device).eval()
         session.carry_history(start.checkpoint)

@@ -160,6 +160,24 @@ def refuse_earlier_run(run_dir: Path) -> None:
         )
 
 
+def set_aside_later_checkpoints(run_dir: Path, start_stage: int) -> Optional[Path]:
+    """Move the run folder's checkpoints of stage ``start_stage`` or later into a new ``superseded_N/`` folder inside
+    it, once a run retraining from that stage has read the earlier stages: left in place they sort after the new
+    run's checkpoints, so pruning deleted each new one as it was written and ``--resume`` went on from the old run.
+    Kept, not deleted (they are the user's work). Returns the folder, or None when there was nothing to move."""
+    later = [p for p in ckpt.list_checkpoints(run_dir) if ckpt.checkpoint_iteration(p)[0] >= start_stage]
+    if not later:
+        return None
+    n = 1
+    while (run_dir / f"superseded_{n}").exists():
+        n += 1
+    aside = run_dir / f"superseded_{n}"
+    aside.mkdir()
+    for p in later:
+        os.replace(p, aside / p.name)
+    return aside
+
+
 def patches_before(start: Start, train_cfg: TrainConfig, world_size: int) -> int:
     """Patches the schedule drew before this call: the checkpoint's own count when the run goes on from it (so a
     resume with another number of processes still counts right), else what an uninterrupted run would have drawn."""

@@ -574,6 +574,38 @@ def test_start_stage_from_a_checkpoint_retrains_only_the_later_stages(tmp_path, 
     assert not all(torch.equal(b1[n], a1[n]) for n in b1)
 
 
+def test_retraining_a_later_stage_in_its_folder_sets_the_old_checkpoints_aside(tmp_path, data_dir, tiny_model_config):
+    """The old run's later checkpoints sorted after the new run's: pruning deleted each new one as it was written,
+    and --resume went on from the old run (a review). They move to superseded_1/, kept; the new run resumes."""
+    from MedSynthLogic.training import train
+
+    run = tmp_path / "run"
+    train(data_dir, tmp_path / "m.safetensors", tiny_model_config, _cfg(iterations=2, checkpoint_every=1), device="cpu",
+          run_dir=run)
+    old = sorted(p.name for p in run.glob("ckpt_s01_*.pt"))
+    assert old
+    stop, events = threading.Event(), []
+
+    def stop_after_two(event):
+        events.append(event)
+        if event["event"] == "iteration" and event["iteration"] == 2:
+            stop.set()
+
+    kw = dict(device="cpu", start_stage=1, run_dir=run, keep_checkpoints=1)
+    cfg = _cfg(iterations=4, checkpoint_every=1, seed=5)
+    with pytest.raises(Cancelled):
+        train(data_dir, tmp_path / "n.safetensors", tiny_model_config, cfg, stop_event=stop, callback=stop_after_two, **kw)
+    assert sorted(p.name for p in (run / "superseded_1").glob("*.pt")) == old
+    assert any(e["event"] == "warning" and "superseded_1" in e["message"] for e in events)
+    assert [p.name for p in run.glob("ckpt_s01_*.pt")] == [ckpt.checkpoint_name(1, 2)]
+    resumed = []
+    train(data_dir, tmp_path / "n.safetensors", tiny_model_config, cfg, resume=True, callback=resumed.append, **kw)
+    assert [e["iteration"] for e in resumed if e["event"] == "iteration"] == [3, 4]
+    with pytest.raises(OutputError, match="already holds checkpoints"):  # a model file's stages: the folder is not read
+        train(data_dir, tmp_path / "o.safetensors", tiny_model_config, cfg, device="cpu", start_stage=1, run_dir=run,
+              init_model=tmp_path / "m.safetensors")
+
+
 def test_a_validation_pause_is_left_out_of_the_rate_and_eta(monkeypatch):
     """A 30 s validation inside a 2-iteration window made that line say 0.26 patches/s instead of 4."""
     from MedSynthLogic.distributed import DistContext
