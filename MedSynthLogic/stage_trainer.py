@@ -170,7 +170,8 @@ class StageTrainer:
         self.disc.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty from a run without fp16 (CPU, bf16): --precision auto may resolve otherwise here
+            self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if "ema" in state:
                 self.ema.load_state_dict(state["ema"])

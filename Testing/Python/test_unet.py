@@ -375,6 +375,38 @@ def test_unet_bf16_step_is_finite_and_keeps_losses_in_float32(upsample):
     assert all(torch.isfinite(p).all() for p in gen.parameters())
 
 
+def test_a_checkpoint_without_fp16_loads_where_the_precision_resolves_to_fp16():
+    """A CPU or bf16 run saves an empty GradScaler state; resumed on a GPU where --precision auto means fp16, the
+    enabled scaler refused it ("the source state dict is empty") and the resume crashed (a review)."""
+    from MedSynthLogic.distributed import DistContext
+    from MedSynthLogic.stage_trainer import StageTrainer
+
+    cfg = small_unet()
+    trainer = StageTrainer(build_generator(cfg.stage_generator(0)), build_discriminator(cfg), cfg,
+                           train_cfg(precision="bf16"), DistContext())
+    state = trainer.state_dict()
+    assert state["scaler"] == {}
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as an fp16 run's
+    trainer.load_state_dict(state)
+    assert trainer.scaler.is_enabled()
+
+
+def test_cuda_rng_states_are_restored_for_the_gpus_present(monkeypatch):
+    """A checkpoint holds one CUDA RNG state per GPU its process saw; a cluster job resumed with fewer GPUs (allowed,
+    with a warning) failed on the missing devices (a review)."""
+    from MedSynthLogic.training import state as training_state
+
+    restored = []
+    saved = training_state.rng_state()
+    saved["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state[0]), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend((int(s[0]), i) for i, s in enumerate(states)))
+    training_state.set_rng_state(saved)
+    assert restored == [(0, 0)]
+
+
 def test_unet_auto_context_stage_trains_on_the_first(tmp_path, unet_data):
     from MedSynthLogic.inference import synthesize_array
     from MedSynthLogic.model_file import load_model
