@@ -34,9 +34,12 @@ ROWS = [
                                                  "recipe with seed 2, run W; MODEL_CARD.md)"),
     ("unet3d_ablation/default_l2_seed2_blend_flip", "the L2-only seed-2 blend with flip averaging (`--flip-tta`, 1.7× "
                                                     "the time; session 32)"),
-    ("unet3d_ablation/prior_fcn_l2_seed2_lowlr_blend", "**the default since session 45: the Z blend** (run W's refiner "
+    ("unet3d_ablation/prior_fcn_l2_seed2_lowlr_blend", "the Z blend, the default in session 45 (run W's refiner "
                                                        "trained 3000 more iterations at a peak learning rate of 1e-4, "
                                                        "seed 4; MODEL_CARD.md)"),
+    ("unet3d_ablation/prior_fcn_l2_seed2_lowlr2_blend", "**the default since session 46: the Z2 blend** (run Z's refiner "
+                                                        "trained 3000 more iterations the same way, seed 5; a tie with "
+                                                        "the Z blend; MODEL_CARD.md)"),
     ("unet3d_ablation/median_fcn", "the paper's 3-stage FCN fine-tuned on the CPU (30 min) on a T1ce divided by its "
                                    "in-brain median instead of its 99.5th percentile (session 30; reported)"),
     ("unet3d_ablation/median_aug_fcn", "the same fine-tuning with the patches' T1ce augmented (gamma, noise, thick "
