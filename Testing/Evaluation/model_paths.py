@@ -13,6 +13,7 @@ Run from the repository root (needs its git history):
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -77,6 +78,19 @@ def files_today() -> Dict[str, str]:
     return today
 
 
+@functools.lru_cache(maxsize=None)
+def files_in_history() -> Dict[str, Tuple[str, str]]:
+    """identity → (commit, path) of every earlier version of the model files committed at HEAD, the newest first
+    (a default replaced under its name is still in the history)."""
+    found: Dict[str, Tuple[str, str]] = {}
+    for path in git("ls-files", "*.safetensors").split():
+        for commit in git("log", "--format=%H", "--", path).split():
+            key = identity(commit, path)
+            if key is not None:
+                found.setdefault(key, (commit, path))
+    return found
+
+
 def header_figure(commit: str, path: str) -> Optional[float]:
     """The mean validation PSNR a model file's header cites (its ``metrics.evaluation``), at ``commit``."""
     data = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=REPO, capture_output=True, check=True).stdout
@@ -117,8 +131,13 @@ def status(report_file: Path, today: Dict[str, str], cited: Dict[float, Tuple[st
     if path is None:
         return "—", "no model path recorded"
     if report.get("model_sha256"):
-        match = today.get("tensors " + str(report["model_sha256"]))
-        return path, f"{TODAY_MOVED} `{match}` (SHA-256 recorded)" if match else f"{TODAY_NOT_KEPT} (SHA-256 recorded)"
+        key = "tensors " + str(report["model_sha256"])
+        if key in today:
+            return path, f"{TODAY_MOVED} `{today[key]}` (SHA-256 recorded)"
+        earlier = files_in_history().get(key)
+        if earlier is not None:
+            return path, f"{TODAY_HISTORY}: `git show {earlier[0][:10]}:{earlier[1]}` (SHA-256 recorded)"
+        return path, f"{TODAY_NOT_KEPT} (SHA-256 recorded)"
     written = git("log", "-1", "--format=%H", "--", str(report_file.relative_to(REPO))).split()
     key = identity(written[0], path) if written and not Path(path).is_absolute() else None
     if key is None and mean is not None and float(mean) in cited:
