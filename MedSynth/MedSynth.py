@@ -38,10 +38,8 @@ if not (HERE / "MedSynthLogic").is_dir() and (HERE.parent / "MedSynthLogic" / "_
 from MedSynthLib import dependencies, module_text, panel_state, sample_data  # noqa: E402
 from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
-from MedSynthLib.synthesis import OTHER_MODEL, SynthesisRequest, model_choices, synthetic_node_name  # noqa: E402
-from MedSynthLib.synthesis import chosen_model_path, synthesize_in_process  # noqa: E402
-from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, evaluation_request, is_set  # noqa: E402
-from MedSynthLib.training_jobs import prepare_request, training_request  # noqa: E402
+from MedSynthLib.synthesis import OTHER_MODEL, SynthesisRequest, chosen_model_path, model_choices, synthesize_in_process, synthetic_node_name  # noqa: E402
+from MedSynthLib.training_jobs import GENERATOR_KINDS, apply_recipe, evaluation_request, is_set, prepare_request, training_request  # noqa: E402
 from MedSynthLogic import jobs, mrml  # noqa: E402
 
 DEVICES = ["auto", "cuda", "cpu"]
@@ -160,10 +158,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setStatus(_("The synthesis was cancelled: the scene was closed."))
         self.setParameterNode(None)
 
-    def onSceneStartImport(self, caller, event) -> None:
-        """A loaded scene copies its own MedSynth parameters into ours: a model or device this version lacks would
-        reach the lists while connected, which refuse it (ValueError) and stop updating; reconnected at its end,
-        the unknown choices reset first."""
+    def onSceneStartImport(self, caller, event) -> None:  # its choices reach the lists once reset (EndImport)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
