@@ -92,7 +92,7 @@ def test_the_panel_lets_go_of_its_parameters_while_a_scene_closes_or_loads():
     for start, end in (("StartCloseEvent", "EndCloseEvent"), ("StartImportEvent", "EndImportEvent")):
         assert re.search(rf"mrmlScene\.{start}, self\.(\w+)\)", source) and re.search(rf"mrmlScene\.{end}, self\.onSceneEndClose\)", source)
     handler = re.search(r"mrmlScene\.StartImportEvent, self\.(\w+)\)", source).group(1)
-    assert re.search(rf"def {handler}\(self, caller, event\) -> None:\n(?:\s+.*\n)*?\s+self\.setParameterNode\(None\)", source)
+    assert re.search(rf"def {handler}\(self, caller, event\) -> None:.*\n(?:\s+.*\n)*?\s+self\.setParameterNode\(None\)", source)
 
 
 def test_module_classes_exist():
