@@ -83,12 +83,17 @@ def files_in_history() -> Dict[str, Tuple[str, str]]:
     """identity → (commit, path) of every earlier version of the model files committed at HEAD, the newest first
     (a default replaced under its name is still in the history)."""
     found: Dict[str, Tuple[str, str]] = {}
-    for path in git("ls-files", "*.safetensors").split():
-        for commit in git("log", "--format=%H", "--", path).split():
-            key = identity(commit, path)
-            if key is not None:
-                found.setdefault(key, (commit, path))
+    for commit, path in model_versions():
+        key = identity(commit, path)
+        if key is not None:
+            found.setdefault(key, (commit, path))
     return found
+
+
+def model_versions() -> List[Tuple[str, str]]:
+    """(commit, path) of every version of the model files committed at HEAD, each path's newest first."""
+    return [(commit, path) for path in git("ls-files", "*.safetensors").split()
+            for commit in git("log", "--format=%H", "--", path).split()]
 
 
 def header_figure(commit: str, path: str) -> Optional[float]:
@@ -115,11 +120,10 @@ def cited_figures() -> Dict[float, Tuple[str, str]]:
         mean = header_figure("HEAD", path)
         if mean is not None:
             cited[mean] = ("HEAD", path)
-    for path in paths:
-        for commit in git("log", "--format=%H", "--", path).split():
-            mean = header_figure(commit, path)
-            if mean is not None:
-                cited.setdefault(mean, (commit, path))
+    for commit, path in model_versions():
+        mean = header_figure(commit, path)
+        if mean is not None:
+            cited.setdefault(mean, (commit, path))
     return cited
 
 
