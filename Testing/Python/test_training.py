@@ -601,6 +601,12 @@ def test_retraining_a_later_stage_in_its_folder_sets_the_old_checkpoints_aside(t
     resumed = []
     train(data_dir, tmp_path / "n.safetensors", tiny_model_config, cfg, resume=True, callback=resumed.append, **kw)
     assert [e["iteration"] for e in resumed if e["event"] == "iteration"] == [3, 4]
+    again = train(data_dir, tmp_path / "p.safetensors", tiny_model_config, _cfg(iterations=2, seed=6), device="cpu",
+                  start_stage=1, run_dir=run)  # the new run's own checkpoints set aside in their turn
+    from MedSynthLogic.model_file import read_header
+
+    kept = Path(read_header(again)["training"]["resumed_from"])
+    assert kept.parent == run / "superseded_2" and kept.is_file()  # the record names where its earlier stage is now
     with pytest.raises(OutputError, match="already holds checkpoints"):  # a model file's stages: the folder is not read
         train(data_dir, tmp_path / "o.safetensors", tiny_model_config, cfg, device="cpu", start_stage=1, run_dir=run,
               init_model=tmp_path / "m.safetensors")
