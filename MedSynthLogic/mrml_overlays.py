@@ -15,6 +15,7 @@ from .errors import InputImageError
 from .mrml_scene import (
     builtin_color_node,
     load_volume_file,
+    nodes_of_class,
     slice_composite_node,
     slice_node,
     update_node_from_volume,
@@ -142,7 +143,7 @@ def remove_uncertainty_overlays(scene: Any, synthetic_node: Any) -> int:
     """Remove the uncertainty maps loaded for ``synthetic_node`` (with their display, legend and storage nodes):
     a new synthesis into that node makes them wrong. Returns how many were removed. The node reference decides,
     not the ID in ``UNCERTAINTY_OF``: after a saved scene was added, that ID can name another synthetic volume."""
-    maps = [node for node in _volume_nodes(scene) if node.GetNodeReferenceID(UNCERTAINTY_ROLE) == synthetic_node.GetID()]
+    maps = [node for node in nodes_of_class(scene, "vtkMRMLScalarVolumeNode") if node.GetNodeReferenceID(UNCERTAINTY_ROLE) == synthetic_node.GetID()]
     for node in maps:
         _remove_with_attached(scene, node)
     return len(maps)
@@ -154,10 +155,9 @@ def hide_uncertainty_overlays(scene: Any) -> int:
     views showed one."""
     import slicer
 
-    maps = {node.GetID(): node for node in _volume_nodes(scene) if node.GetNodeReferenceID(UNCERTAINTY_ROLE)}
+    maps = {node.GetID(): node for node in nodes_of_class(scene, "vtkMRMLScalarVolumeNode") if node.GetNodeReferenceID(UNCERTAINTY_ROLE)}
     cleared = 0
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for composite in (composites.GetItemAsObject(i) for i in range(composites.GetNumberOfItems())):
+    for composite in nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
         if composite.GetForegroundVolumeID() in maps:
             composite.SetForegroundVolumeID(None)
             cleared += 1
@@ -166,11 +166,6 @@ def hide_uncertainty_overlays(scene: Any) -> int:
         if legend is not None:
             legend.SetVisibility(False)
     return cleared
-
-
-def _volume_nodes(scene: Any) -> list:
-    collection = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
 
 def _remove_with_attached(scene: Any, node: Any) -> None:

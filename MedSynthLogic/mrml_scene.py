@@ -239,13 +239,14 @@ def _stem(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _nodes_of_class(scene: Any, class_name: str) -> List[Any]:
+def nodes_of_class(scene: Any, class_name: str) -> List[Any]:
+    """The scene's nodes of ``class_name`` or a subclass, in scene order."""
     return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
 
 
 def find_layout_node(scene: Any, create: bool = True) -> Any:
     """The scene's layout node (the application creates one; a bare scene gets a new one when ``create``)."""
-    nodes = _nodes_of_class(scene, "vtkMRMLLayoutNode")
+    nodes = nodes_of_class(scene, "vtkMRMLLayoutNode")
     if nodes:
         return nodes[0]
     if not create:
@@ -255,7 +256,7 @@ def find_layout_node(scene: Any, create: bool = True) -> Any:
 
 def slice_composite_node(scene: Any, layout_name: str, create: bool = True) -> Any:
     """The slice composite node of view ``layout_name`` ("Red", "Yellow", …), created the way Slicer does if absent."""
-    for node in _nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
+    for node in nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
         if node.GetLayoutName() == layout_name:
             return node
     if not create:
@@ -270,7 +271,7 @@ def slice_composite_node(scene: Any, layout_name: str, create: bool = True) -> A
 
 def slice_node(scene: Any, layout_name: str) -> Any:
     """The slice node of view ``layout_name``, or None (only the application's slice logic creates them)."""
-    for node in _nodes_of_class(scene, "vtkMRMLSliceNode"):
+    for node in nodes_of_class(scene, "vtkMRMLSliceNode"):
         if node.GetLayoutName() == layout_name:
             return node
     return None
