@@ -134,8 +134,9 @@ def train(
             if aside is not None:
                 session.emit(warning_event("train", f"The run folder's checkpoints of stage {start.stage + 1} and later "
                                                     f"were moved to {aside}: this run retrains those stages."))
-                if (aside / Path(str(start.resumed_from)).name).is_file():  # the model's record names where it is now
-                    start = dataclasses.replace(start, resumed_from=str(aside / Path(str(start.resumed_from)).name))
+                moved = aside / Path(str(start.resumed_from)).name
+                if moved.is_file():  # the model's record names where it is now
+                    start = dataclasses.replace(start, resumed_from=str(moved))
         for k in range(start.stage):
             chain.stages[k].to(ctx.device).eval()
         session.carry_history(start.checkpoint)

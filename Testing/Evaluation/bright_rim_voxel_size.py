@@ -86,9 +86,9 @@ def main(argv: list | None = None) -> int:
             for mm in SIZES_MM:
                 resized = stripped_at(volume, mm)
                 brain = resized.array > 0
-                own = ratio_in_voxels(resized.array, brain)
-                grid = bright_rim_ratio(resized.array, brain, resized.spacing)
-                results[(kind, mm)].append((own, grid, rim_refused(resized, config)))
+                in_voxels = ratio_in_voxels(resized.array, brain)
+                in_mm = bright_rim_ratio(resized.array, brain, resized.spacing)
+                results[(kind, mm)].append((in_voxels, in_mm, rim_refused(resized, config)))
         print(folder.name, f"{time.perf_counter() - t0:.0f} s", flush=True)
     lines = [
         "| image | voxel size | ratio, shell of 3 voxels (before): min / median / max | shell of 3 mm (now): min / median / max "
@@ -96,10 +96,10 @@ def main(argv: list | None = None) -> int:
         "|---|---|---|---|---|",
     ]
     for (kind, mm), rows in results.items():
-        own = np.array([r[0] for r in rows])
-        grid = np.array([r[1] for r in rows])
-        lines.append(f"| {kind} | {mm} mm | {own.min():.2f} / {np.median(own):.2f} / {own.max():.2f} | "
-                     f"{grid.min():.2f} / {np.median(grid):.2f} / {grid.max():.2f} | "
+        in_voxels = np.array([r[0] for r in rows])
+        in_mm = np.array([r[1] for r in rows])
+        lines.append(f"| {kind} | {mm} mm | {in_voxels.min():.2f} / {np.median(in_voxels):.2f} / {in_voxels.max():.2f} | "
+                     f"{in_mm.min():.2f} / {np.median(in_mm):.2f} / {in_mm.max():.2f} | "
                      f"{sum(r[2] for r in rows)} of {len(rows)} |")
     lines += ["", f"{len(folders)} cases, {time.perf_counter() - t0:.0f} s."]
     text = "\n".join(lines) + "\n"
