@@ -116,12 +116,17 @@ def latest_state(run_dir: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
 
 
 def open_init_model(path: os.PathLike | str, model_cfg: ModelConfig) -> Any:
-    """The ``--init-model`` file, refused when it differs from this training's model in more than the stage count."""
+    """The ``--init-model`` file, refused when it differs from this training's model in more than the stage count.
+
+    A ``unet3d`` model's ``source_patch`` is only its training crop (the network is the same at any size), so a run
+    may go on from it with larger or smaller crops; the FCN's patch size fixes its geometry and must match."""
     from ..model_file import load_model
 
     loaded = load_model(path, stages=None)
     theirs, ours = to_dict(loaded.config), to_dict(model_cfg)
-    keys = ("generator", "normalisation", "source_patch", "prior", "source_name", "target_name")
+    keys = ("generator", "normalisation", "prior", "source_name", "target_name")
+    if model_cfg.generator.kind != "unet3d":
+        keys += ("source_patch",)
     differ = sorted(k for k in keys if theirs.get(k) != ours.get(k))  # a T1ce→T2 stage is no T1→FLAIR stage
     if differ:
         raise ModelFileError(

@@ -480,6 +480,9 @@ def test_init_model_refuses_what_cannot_be_extended(tmp_path, data_dir, tiny_mod
     other_pair = dataclasses.replace(tiny_model_config, source_name="T1", target_name="FLAIR")
     with pytest.raises(ModelFileError, match="in source_name, target_name"):  # used to become its stage 0 silently
         open_init_model(one, other_pair)
+    other_patch = dataclasses.replace(tiny_model_config, source_patch=tiny_model_config.source_patch + 2)
+    with pytest.raises(ModelFileError, match="in source_patch"):  # the FCN's patch fixes its output geometry
+        open_init_model(one, other_patch)
 
 
 def test_init_model_continues_a_stage_exported_mid_way(tmp_path, data_dir, tiny_model_config):

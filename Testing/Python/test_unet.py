@@ -407,6 +407,18 @@ def test_cuda_rng_states_are_restored_for_the_gpus_present(monkeypatch):
     assert restored == [(0, 0)]
 
 
+def test_a_unet_may_go_on_with_other_crops_from_its_model_file(tmp_path, unet_data):
+    """A U-Net's source_patch is its training crop, not its geometry: --init-model accepts a run with larger crops."""
+    from MedSynthLogic.errors import ModelFileError
+    from MedSynthLogic.training import train
+    from MedSynthLogic.training.state import open_init_model
+
+    out = train(unet_data, tmp_path / "u.safetensors", small_unet(), train_cfg(iterations=1), device="cpu")
+    assert open_init_model(out, small_unet(crop=48)).config.source_patch == 32
+    with pytest.raises(ModelFileError, match="differs from this training's model config in generator"):
+        open_init_model(out, small_unet(crop=48, unet_channels=(4, 8, 16)))
+
+
 def test_unet_auto_context_stage_trains_on_the_first(tmp_path, unet_data):
     from MedSynthLogic.inference import synthesize_array
     from MedSynthLogic.model_file import load_model
