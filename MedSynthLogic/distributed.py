@@ -178,6 +178,18 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     return bool(t.item() > 0)
 
 
+def values_on_ranks(value: str, ctx: DistContext) -> List[str]:
+    """Each rank's ``value`` in rank order (just ``[value]`` in one process): what ranks that each read a file
+    themselves must agree on, compared before they train."""
+    if not ctx.enabled:
+        return [value]
+    import torch.distributed as dist
+
+    found: List[Optional[str]] = [None] * ctx.world_size
+    dist.all_gather_object(found, value)
+    return [str(v) for v in found]
+
+
 def lost_contact(exc: BaseException) -> bool:
     """Whether an error raised in a collective means that another rank stopped or died: gloo and NCCL report it
     as a plain RuntimeError naming themselves or the closed connection."""

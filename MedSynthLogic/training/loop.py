@@ -46,7 +46,7 @@ from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
 from .resume import (
     Start, changed_world_size, decide_start, patches_before, refuse_changed_data, refuse_changed_schedule,
-    refuse_earlier_run, set_aside_later_checkpoints,
+    refuse_earlier_run, refuse_split_start, set_aside_later_checkpoints,
 )
 from .run_lock import acquire_run_folder, release_run_folder
 from .session import Callback, Session, open_session
@@ -123,6 +123,7 @@ def train(
             chain.prior.to(ctx.device)
         start = decide_start(model_cfg, start_stage, resume, init_model, session.run_dir,
                              lambda: latest_state(session.run_dir), lambda: open_init_model(init_model, model_cfg))
+        refuse_split_start(start, ctx)
         check_same_prior(chain, start)
         if resume:
             refuse_changed_schedule(train_cfg, start)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .. import checkpoint as ckpt
+from .. import distributed as dist_utils
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..errors import DataError, OutputError, UsageError
 
@@ -200,3 +201,18 @@ def changed_world_size(start: Start, train_cfg: TrainConfig, world_size: int) ->
     return (f"{start.resumed_from} was written by {int(saved)} process(es) and this run has {world_size}: the global "
             f"batch changes from {b * int(saved)} to {b * world_size} patches, so the run goes on from there but no "
             "longer follows an uninterrupted one")
+
+
+def refuse_split_start(start: Start, ctx: dist_utils.DistContext) -> None:
+    """Every rank reads the run folder itself: ranks on nodes that do not share it would each go on from their own
+    checkpoint (or from none) and train different models under one DDP job, so they must agree before training."""
+    mine = f"stage {start.stage + 1}, iteration {start.iteration}, from " + (
+        Path(start.resumed_from).name if start.resumed_from else "no checkpoint")
+    found = dist_utils.values_on_ranks(mine, ctx)
+    if len(set(found)) > 1:
+        raise UsageError(
+            "The processes of this run found different starting points in its run folder: "
+            + "; ".join(f"rank {r}: {v}" for r, v in enumerate(found)) + ".",
+            "Give every node the same run folder (a shared file system) or copy the newest checkpoint to each "
+            "node's folder before --resume.",
+        )

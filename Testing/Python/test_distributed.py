@@ -220,3 +220,28 @@ def test_the_torchrun_entry_prints_plain_lines_and_names_an_errors_reason(tmp_pa
     assert main(args + ["--stages", "1", "--progress", "json"]) == 7
     event = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert event["event"] == "error" and event["reason"] == "output_exists" and event["type"] == "OutputError"
+
+
+def test_ranks_that_found_different_checkpoints_refuse_to_train(monkeypatch):
+    """Each rank reads the run folder itself; on nodes that do not share it they went on from different checkpoints
+    (or one from none) under one DDP job. Now the ranks compare their starts first and stop with both named."""
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from MedSynthLogic.errors import UsageError
+    from MedSynthLogic.training.resume import Start, refuse_split_start
+
+    ctx = du.DistContext(world_size=2, backend="gloo")
+    here = Start(1, 40, resumed_from=str(Path("/a/run/ckpt_s01_it000000040.pt")))
+    there = {"value": "stage 2, iteration 40, from ckpt_s01_it000000040.pt"}
+
+    def gather(found, value):  # rank 1's value as another node's folder gives it
+        found[0], found[1] = value, there["value"]
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    refuse_split_start(here, ctx)  # the same file in another mount: agreed
+    there["value"] = "stage 1, iteration 0, from no checkpoint"
+    with pytest.raises(UsageError, match="rank 0: stage 2, iteration 40, from ckpt_s01_it000000040.pt; rank 1: stage 1"):
+        refuse_split_start(here, ctx)
+    assert du.values_on_ranks("x", du.DistContext()) == ["x"]
