@@ -151,10 +151,12 @@ def _now() -> str:
 
 def _write(path: PathLike, tensors: Dict[str, torch.Tensor], header: Dict[str, Any], overwrite: bool,
            inputs: Sequence[PathLike] = ()) -> Path:
-    """Seal ``header`` with its checksum and write it with ``tensors``, atomically."""
+    """Seal ``header`` with its checksum and write it with ``tensors``, atomically. The checksum is taken over the
+    header as JSON gives it back (keys made strings), which is what a reader sees."""
     try:
+        header = json.loads(json.dumps(header, default=jsonable, allow_nan=True))
         header["header_sha256"] = header_sha256(header)
-        header_json = json.dumps(header, default=jsonable, allow_nan=True)
+        header_json = json.dumps(header, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"The model's training/metrics information cannot be stored as JSON: {exc}.") from exc
     from safetensors.torch import save_file

@@ -301,6 +301,14 @@ def test_edited_header_is_detected(saved):
         read_header(path)
 
 
+def test_a_header_with_number_keys_reads_back(tmp_path, tiny_model_config):
+    """JSON makes keys strings and sorts them otherwise ("10" before "2"): the checksum was taken before, so the
+    file saved and was then refused as tampered with."""
+    path = save_model(tmp_path / "m.safetensors", random_chain(tiny_model_config), tiny_model_config,
+                      metrics={"per_stage": {2: 0.5, 10: 0.7}})
+    assert read_header(path)["metrics"]["per_stage"] == {"2": 0.5, "10": 0.7}
+
+
 COMMITTED_MODELS = sorted((Path(__file__).resolve().parents[2]).glob("**/*.safetensors"))
 
 
