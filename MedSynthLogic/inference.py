@@ -32,7 +32,7 @@ from .tiled_synthesis import (
     synthesize_array,
 )
 from .uncertainty import check_uncertainty_path, synthesize_with_uncertainty, uncertainty_metadata
-from .volume_synthesis import as_loaded_model, check_receptive_field, synthesize_volume
+from .volume_synthesis import as_loaded_model, brain_region, check_receptive_field, synthesize_volume
 
 if TYPE_CHECKING:
     from .volume_io import Volume
@@ -213,8 +213,12 @@ def synthesize_folder(
     for src in sources:  # refusals before any compute; with force, each file's own run below warns once
         volume = read_volume(src.path)
         check_receptive_field(loaded, volume)
+        mask = mask_for(volume, src.mask, lambda event: None)  # said once, by the file's own run below
+        try:
+            brain_region(volume, mask, loaded.config.normalisation.mask_threshold)
+        except InputImageError as exc:
+            raise InputImageError(f"{src.path}: {exc.message}", exc.hint, reason=exc.reason) from exc
         if not force:
-            mask = mask_for(volume, src.mask, lambda event: None)  # said once, by the file's own run below
             refuse_or_warn(check_source(volume, loaded.config, mask=mask), False, source=src.path)
     make_output_folder(dst_dir)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)

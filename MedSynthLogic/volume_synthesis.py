@@ -75,7 +75,7 @@ def synthesize_volume(
     another voxel size is resampled to the model's (:mod:`.voxel_size`). The image itself is not checked (a T2
     comes back as a "synthetic T2"): call ``input_checks.check_source`` first, or ``inference.synthesize_file``.
     """
-    from .normalisation import brain_mask, denormalise_output, normalise_source
+    from .normalisation import denormalise_output, normalise_source
     from .orientation import axis_order
 
     from .volume_io import as_volume
@@ -83,6 +83,7 @@ def synthesize_volume(
     model, source = as_loaded_model(model), as_volume(source)
     norm_cfg = model.config.normalisation
     mask_arr = mask_on_grid(mask, source)
+    check_receptive_field(model, source)  # before any reordering or resampling, so it names the file's own size
     order = axis_order(source.direction)
     if not order.is_identity:
         canonical = synthesize_volume(model, order.volume(source), None if mask_arr is None else order.forward(mask_arr),
@@ -91,21 +92,7 @@ def synthesize_volume(
     trained = tuple(float(v) for v in model.config.input.spacing_mm)
     if needs_resampling(source.spacing, trained):
         return _synthesize_resampled(model, source, mask_arr, stages, device, flip_tta, tile, progress, cancel, precision)
-    check_receptive_field(model, source)  # on the grid the network sees
-    given = mask_arr is not None
-    if mask_arr is None:
-        mask_arr = brain_mask(source.array, norm_cfg.mask_threshold)
-    if not mask_arr.any():
-        check_not_empty(source)
-    if not mask_arr.any() and given:
-        raise InputImageError("The given brain mask is empty: none of its voxels is nonzero.",
-                              "Check the mask file: the brain must be its nonzero voxels, on the source's grid.")
-    if not mask_arr.any():
-        raise InputImageError(
-            "The brain mask is empty: no voxel of the source is above the mask threshold "
-            f"({norm_cfg.mask_threshold:g}).",
-            "Pass a skull-stripped source or a brain mask (--mask).",
-        )
+    mask_arr = brain_region(source, mask_arr, norm_cfg.mask_threshold)
     normalised, _ = normalise_source(source.array, mask_arr, norm_cfg)
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)
     out = synthesize_array(model.chain, normalised, mask_arr, **options.keywords())
@@ -202,6 +189,26 @@ def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"], stages: 
         return load_model(model, device="cpu", stages=stages)
     raise UsageError(f"Expected a model (load_model(path)) or a model file's path, got {type(model).__name__}.",
                      "Pass MedSynthLogic.model_file.load_model(path), or the path itself.")
+
+
+def brain_region(source: "Volume", mask: Optional[np.ndarray], threshold: float) -> np.ndarray:
+    """The region synthesized: the given mask, else the source above ``threshold``; refused when empty (an all-zero
+    source, an empty mask file, a source with nothing above the threshold). A folder's synthesis asks it of every
+    file before the first, so it cannot stop part-way on one of them."""
+    from .normalisation import brain_mask
+
+    given = mask is not None
+    region = mask if given else brain_mask(source.array, threshold)
+    if region.any():
+        return region
+    check_not_empty(source)
+    if given:
+        raise InputImageError("The given brain mask is empty: none of its voxels is nonzero.",
+                              "Check the mask file: the brain must be its nonzero voxels, on the source's grid.")
+    raise InputImageError(
+        f"The brain mask is empty: no voxel of the source is above the mask threshold ({threshold:g}).",
+        "Pass a skull-stripped source or a brain mask (--mask).",
+    )
 
 
 def check_not_empty(source: "Volume") -> None:

@@ -503,6 +503,30 @@ def test_the_size_refusal_names_the_size_the_networks_would_see(tiny_model_confi
         check_receptive_field(tiny_model_config, Volume(np.ones((30, 100, 100), np.float32), (0.5, 0.5, 0.5)))
 
 
+def test_synthesis_refuses_a_thin_volume_naming_the_files_own_size(model_file):
+    """The refusal ran on the copy resampled to the model's voxel size, so it named that copy's size as the
+    source's (and did the resampling first)."""
+    from MedSynthLogic.volume import Volume
+
+    thin = Volume(np.full((5, 64, 64), 100.0, np.float32), (1.0, 1.0, 3.0))
+    with pytest.raises(InputImageError, match=r"\(64, 64, 5\) voxels \(x, y, z\) once resampled to the model's "
+                                              r"voxel size, \(64, 64, 15\)"):
+        synthesize_volume(load_model(model_file), thin, device="cpu")
+
+
+def test_a_folder_with_an_empty_source_is_refused_before_the_first_synthesis(model_file, phantom, tmp_path):
+    """The all-zero source passes the input checks and was refused only in its own synthesis, after the files
+    before it were written: a folder synthesis stopped part-way, against its promise."""
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    write_volume(phantom.t1ce, in_dir / "a.nii.gz")
+    write_volume(phantom.t1ce.with_array(np.zeros_like(phantom.t1ce.array)), in_dir / "b.nii.gz")
+    for force in (False, True):
+        with pytest.raises(InputImageError, match="b.nii.gz: The source is empty"):
+            synthesize_folder(model_file, in_dir, tmp_path / "out", pattern="*.nii.gz", device="cpu", force=force)
+        assert not (tmp_path / "out").exists()
+
+
 def test_an_oblique_thick_slice_source_is_synthesized_as_the_same_voxels_stored_aligned(model_file, phantom):
     """The resampling to the training voxel size went through the oblique direction, whose rounding left values of
     1e-7 in the background; the threshold mask read them as brain, and the same voxels gave another synthesis (max
