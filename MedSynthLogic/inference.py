@@ -94,12 +94,12 @@ def synthesize_file(
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision).keywords()
     if uncertainty_path is None:
         vol = synthesize_volume(loaded, source, mask=mask, **options)
-    else:
-        result = synthesize_with_uncertainty(loaded, source, mask=mask, **options)
-        vol = result.synthesis
-        write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite, inputs=inputs + (output_path,),
-                     metadata=uncertainty_metadata(loaded, stages))
-    return write_volume(vol, output_path, overwrite=overwrite, inputs=inputs, metadata=checks)
+        return write_volume(vol, output_path, overwrite=overwrite, inputs=inputs, metadata=checks)
+    result = synthesize_with_uncertainty(loaded, source, mask=mask, **options)
+    written = write_volume(result.synthesis, output_path, overwrite=overwrite, inputs=inputs, metadata=checks)
+    write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite, inputs=inputs + (output_path,),
+                 metadata=uncertainty_metadata(loaded, stages))  # after the synthesis, the product, is safe
+    return written
 
 
 def mask_for(source: "Volume", mask_path: Optional[PathLike], progress: ProgressFn = None) -> Optional[np.ndarray]:

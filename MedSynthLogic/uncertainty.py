@@ -114,15 +114,17 @@ def combine_parts(flip: np.ndarray, stages: Optional[np.ndarray]) -> np.ndarray:
 def check_uncertainty_path(
     path: PathLike, output_path: PathLike, overwrite: bool = False, inputs: Sequence[PathLike] = ()
 ) -> Path:
-    """Refuse, before any work, an uncertainty path that is the synthesis's own path, an input, or exists."""
-    from .atomic import check_output_path, same_place
+    """Refuse, before any work, an uncertainty path that is the synthesis's own path, an input, exists, a folder, or
+    has no image ending the writer knows (it was refused only after every pass, with nothing written)."""
+    from .atomic import same_place
+    from .volume_io import check_image_output
 
     if same_place(path, output_path):
         raise OutputError(
             f"The uncertainty map and the synthetic image would both be written to {path}.",
             "Give the uncertainty map its own file name.",
         )
-    return check_output_path(path, overwrite=overwrite, inputs=tuple(inputs))
+    return check_image_output(path, overwrite=overwrite, inputs=tuple(inputs))
 
 
 class _PassProgress:
