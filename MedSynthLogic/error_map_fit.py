@@ -21,18 +21,17 @@ import numpy as np
 
 from .atomic import check_output_path
 from .dataset_cases import Case, CaseFiles, companion_t1
-from .dataset_prep import select_cases
+from .dataset_prep import select_cases, target_background
 from .error_map import FEATURES, IMAGE_FEATURES, fit_error_map
 from .errors import UsageError
+from .evaluation import read_case
 from .source_names import T1CE, file_suffixes, named_sequence
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
 from .model_summary import listed_training_cases
-from .normalisation import brain_mask
 from .source_shifts import contrast_in_brain, t1_in_place
 from .uncertainty import error_map_rows, synthesize_with_uncertainty
 from .volume import Volume
-from .volume_io import read_volume
 
 PathLike = Union[str, os.PathLike]
 
@@ -118,15 +117,18 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
     if on_validation:  # said and recorded: the file must not call its map fitted on training cases
         report(f"warning: {len(on_validation)} of the cases to fit on ({', '.join(on_validation)}) are the model's "
                "validation cases: the map learns their errors, so they no longer measure it (or the model) unseen")
-    scale = float(model.config.normalisation.output_scale)
+    norm = model.config.normalisation
+    scale, percentile = float(norm.output_scale), float(norm.target.percentile)
     rng = np.random.default_rng(seed)
     names = FEATURES + IMAGE_FEATURES if image_features else FEATURES
     rows, errors = [], []
     drawn: Dict[str, Dict[str, Any]] = {}
     for case in select_cases(found, ids, where=str(cases_dir)):
-        source, target = read_volume(case.source), read_volume(case.target).array
-        mask = brain_mask(source.array, model.config.normalisation.mask_threshold)
-        reference = normalise_for_metrics(target, mask)
+        read = read_case(case, norm.mask_threshold, tumour=False, target_fill=target_background(norm.target))
+        for note in read.notes:
+            report(f"{case.case_id}: {note}")
+        source, mask, scored = read.source, read.mask, read.scored  # as evaluate reads it: its mask, on its grid
+        reference = normalise_for_metrics(read.target.array, mask, percentile)
         extra = variant_sources(case, source, mask, variants, rng)
         if "t1" in variants and "t1" not in extra:  # found by name only: a T1ce source beside its T1
             raise UsageError(f"The t1 variant needs the non-contrast T1 beside each case's T1ce; {case.case_id} "
@@ -135,8 +137,8 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
         drawn[case.case_id] = {name: info for name, (_, info) in extra.items()}
         for name, shifted in [("as given", source)] + [(name, vol) for name, (vol, _) in extra.items()]:
             result = synthesize_with_uncertainty(model, shifted, mask=mask, device=device, precision="fp32")
-            error = np.abs(scale_prediction(result.synthesis.array, mask, scale) - reference)[mask]
-            features = error_map_rows(names, result.synthesis.array, shifted.array, result.flip, result.stages, mask,
+            error = np.abs(scale_prediction(result.synthesis.array, mask, scale) - reference)[scored]
+            features = error_map_rows(names, result.synthesis.array, shifted.array, result.flip, result.stages, scored,
                                       scale)
             pick = rng.choice(len(error), size=min(len(error), int(voxels_per_case)), replace=False)
             rows.append(features[pick])

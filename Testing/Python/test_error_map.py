@@ -251,3 +251,32 @@ def test_a_map_fitted_on_validation_cases_says_so_in_the_file_and_in_the_panel(t
     header = read_header(out)
     assert header["error_map"]["fitted_on"]["validation_cases"] == ["c0"]
     assert "fitted on 1 case (1 of them its validation cases)" in summarize_header(header, "em")
+
+
+def test_the_fit_reads_each_case_as_evaluate_does(tmp_path, tiny_model_config, phantom):
+    """It read the target as stored (a target one slice short ended in an IndexError traceback) and ignored the
+    case's mask file, which evaluate, fit-lookup and a folder synthesis all use (review 53)."""
+    import dataclasses
+
+    from MedSynthLogic.error_map_fit import fit_error_map_for
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.volume_io import Volume, write_volume
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    model = save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg)
+    case = tmp_path / "cases" / "c0"
+    case.mkdir(parents=True)
+    write_volume(phantom.t1ce, case / "c0_t1ce.nii.gz")
+    t2 = phantom.t2
+    write_volume(Volume(np.ascontiguousarray(t2.array[:, :, :-1]), t2.spacing, t2.origin, t2.direction),
+                 case / "c0_t2.nii.gz")  # one x slice short: on another grid
+    half = phantom.mask.copy()
+    half[:, :, : half.shape[2] // 2] = False
+    write_volume(phantom.t1ce.with_array(half.astype(np.float32)), case / "c0_mask.nii.gz")
+    said = []
+    fit_error_map_for(model, tmp_path / "cases", tmp_path / "em.safetensors", cases=["c0"], voxels_per_case=10**9,
+                      report=said.append)
+    assert any("Resampled the target" in line or "field of view" in line for line in said), said
+    scored = int(half[:, :, :-1].sum())  # the mask file's voxels inside the target's field of view
+    assert any(line.endswith(f"over {scored} brain voxels") for line in said), said
