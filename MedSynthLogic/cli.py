@@ -149,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace, report: Reporter) -> int:
 
     layout = [opt for opt, value in (("--source-pattern", args.source_pattern), ("--target-pattern", args.target_pattern),
                                      ("--source-suffix", args.source_suffix), ("--target-suffix", args.target_suffix),
-                                     ("--skip-incomplete", args.skip_incomplete)) if value]
+                                     ("--skip-incomplete", args.skip_incomplete and not args.csv)) if value]
     if args.model and args.lookup:  # the lookup was scored and --model ignored, the report naming the lookup as the model
         raise UsageError("Give --model or --lookup, not both: each report scores one predictor.",
                          "Run evaluate once with --model and once with --lookup, into two --out folders.")

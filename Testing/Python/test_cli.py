@@ -591,6 +591,9 @@ def test_evaluate_fit_lookup_and_fit_error_map_read_a_folder_in_another_layout(w
                  "--precision", "fp32", "--progress", "none")
         scores.append(json.loads((ws.root / out / "metrics.json").read_text(encoding="utf-8"))["cases"][0]["psnr"])
     assert scores[0] == scores[1]  # the patterns pick no _seg: the flat folder's report has no tumour figures
+    medsynth("evaluate", "--csv", flat / "cases.csv", "--skip-incomplete", "--model", ws.model, "--cases", "case2",
+             "--out", ws.root / "eval_csv", "--precision", "fp32", "--progress", "none")  # the flag was refused without DATA
+    assert json.loads((ws.root / "eval_csv" / "metrics.json").read_text(encoding="utf-8"))["cases"][0]["psnr"] == scores[0]
     medsynth("fit-lookup", flat, ws.root / "flat_lookup.json", "--csv", flat / "cases.csv", "--config", ws.config)
     assert json.loads((ws.root / "flat_lookup.json").read_text(encoding="utf-8"))["kind"] == "intensity-lookup"
     out = ws.root / "flat_error_map.safetensors"
