@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 
 import numpy as np
 
-from .atomic import make_output_folder
+from .atomic import as_output_error, make_output_folder, replace_file
 from .errors import Cancelled, DataError, MedSynthError, OutputError, UsageError
 from .evaluation_resume import (NOTHING_KEPT, STOPPED, case_files, file_sha256, is_stopped, kept_cases, plain_names,
                                 read_report, stopped_note, stopped_record)
@@ -271,7 +271,7 @@ def evaluate_cases(
                 _case_figure(make_output_folder(staging) / pending[-1], scored.read, scored.pred, scoring,
                              f"{case.case_id} {label}".strip(), names)
             for name in pending:
-                os.replace(staging / name, out / name)
+                _move_into_report(staging / name, out / name)
             rows.append(scored.row)  # only now: a stopped report's case has its files, so a resumed run need not redo it
             done += pending
             refused.update(scored.refused)
@@ -292,6 +292,17 @@ def evaluate_cases(
     return results
 
 
+def _move_into_report(staged: Path, dst: Path) -> None:
+    """A scored case's file into the report folder; what stands in the way (a folder of its name, a file open
+    elsewhere) is an ``OutputError`` naming it, not a traceback."""
+    try:
+        replace_file(staged, dst)
+    except OSError as exc:
+        raise (as_output_error(exc, dst) or OutputError(
+            f"Cannot put {dst.name} into the report folder {dst.parent}: {exc.strerror or exc}.",
+            f"Move or remove what is at {dst} and run again with --resume.")) from exc
+
+
 #: The hidden folder inside a report folder where the case being scored writes its prediction and figure.
 PENDING_FOLDER = ".medsynth-pending"
 
@@ -301,7 +312,12 @@ def _take_away(out: Path, names: Sequence[str], progress: ProgressFn) -> None:
     predictions it would otherwise leave beside the new report as if they were its own), and say which."""
     gone = [name for name in names if (out / name).exists()]
     for name in gone:
-        (out / name).unlink(missing_ok=True)
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise (as_output_error(exc, out / name) or OutputError(
+                f"Cannot take away {out / name}, a file of the replaced evaluation: {exc.strerror or exc}.",
+                "Remove it by hand; the new report is complete.")) from exc
     if gone and progress:
         progress(warning_event("evaluate", f"--overwrite took away {len(gone)} file(s) of the replaced evaluation that "
                                f"this one does not write: {', '.join(gone[:5])}{', …' if len(gone) > 5 else ''}"))

@@ -279,6 +279,20 @@ def test_files_an_evaluation_would_replace_are_refused_without_overwrite(cases_d
     assert (out / "a_synthetic_t2.nii.gz").read_bytes() != b"the user's own volume"
 
 
+def test_a_figure_that_cannot_take_its_place_is_an_output_error_and_the_scored_cases_are_kept(cases_dir, lookup,
+                                                                                            tmp_path):
+    """A folder named like a case's figure in --out ended the run in an IsADirectoryError traceback (exit 1)."""
+    from MedSynthLogic.errors import OutputError
+
+    out = tmp_path / "out"
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a"]), out, lookup=lookup, figures=True)
+    (out / "b.png").mkdir()
+    with pytest.raises(OutputError, match="b.png"):
+        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, figures=True,
+                       overwrite=True)
+    assert [row["case"] for row in json.loads((out / "metrics.json").read_text())["cases"]] == ["a"]
+
+
 def test_a_lookup_refuses_model_options_and_a_model_report_names_what_it_scored(cases_dir, lookup, tmp_path,
                                                                                tiny_model_config):
     import dataclasses
