@@ -85,10 +85,14 @@ def _read_manifest(manifest: Path) -> Dict[str, Any]:
 
 def _validation_split(recorded: Dict[str, Any], manifest: Path) -> List[str]:
     try:
-        return [str(c) for c in recorded["splits"]["val"]]
+        val = [str(c) for c in recorded["splits"]["val"]]
     except (KeyError, TypeError) as exc:
         raise DataError(f"{manifest} is not a manifest with a validation split (splits.val).",
                         "Pass the manifest.json that `medsynth prepare` wrote, or --cases.") from exc
+    if not val:  # prepare --val-fraction 0: it said "nothing to evaluate" only after loading the model
+        raise DataError(f"The manifest {manifest} records no validation cases (prepared with --val-fraction 0?).",
+                        "Name the cases to score with --cases.")
+    return val
 
 
 def _recorded_cases(recorded: Dict[str, Any], manifest: Path) -> List[Case]:
@@ -194,6 +198,8 @@ def evaluate_cases(
     if resume and overwrite:
         raise UsageError("--resume keeps a stopped evaluation's scored cases and --overwrite replaces them: pass one.",
                          "Pass --resume to go on, or --overwrite to start again.")
+    if not cases:  # it failed in the report's writing, after the model was loaded and --out created
+        raise DataError("There are no cases to evaluate.", "Name them with --cases, or give a folder that holds them.")
     check_report_folder(out_dir, overwrite or resume)
     if lookup and (stages is not None or flip_tta):  # the report recorded them as if they had been applied
         raise UsageError("A lookup has no auto-context stages and no flip averaging: --stages and --flip-tta apply to "

@@ -279,6 +279,18 @@ def test_files_an_evaluation_would_replace_are_refused_without_overwrite(cases_d
     assert (out / "a_synthetic_t2.nii.gz").read_bytes() != b"the user's own volume"
 
 
+def test_a_manifest_without_validation_cases_or_no_cases_is_refused_before_any_folder(cases_dir, lookup, tmp_path):
+    """prepare --val-fraction 0 writes such a manifest; evaluate said "nothing to evaluate" with no hint, after
+    loading the predictor, and left an empty --out behind (review 53)."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"splits": {"train": ["a"], "val": []}}), encoding="utf-8")
+    with pytest.raises(DataError, match="records no validation cases.*--cases"):
+        cases_to_evaluate(cases_dir, manifest=manifest)
+    with pytest.raises(DataError, match="no cases to evaluate"):
+        evaluate_cases([], tmp_path / "out", lookup=lookup)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_figure_that_cannot_take_its_place_is_an_output_error_and_the_scored_cases_are_kept(cases_dir, lookup,
                                                                                             tmp_path):
     """A folder named like a case's figure in --out ended the run in an IsADirectoryError traceback (exit 1)."""
