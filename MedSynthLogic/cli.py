@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from .errors import Cancelled, MedSynthError, ResourceError, UsageError
-from .progress import done_event, log_event
+from .progress import done_event, log_event, warning_event
 from .reporting import Reporter, failure_event, reader_gone, silence
 
 if TYPE_CHECKING:
@@ -179,7 +179,6 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .config import ModelConfig, load_json_config
     from .dataset_prep import select_cases, target_background
     from .evaluation import read_case
-    from .progress import warning_event
     from .source_names import file_suffixes
 
     model_cfg = load_json_config(args.config, ModelConfig)
@@ -215,15 +214,16 @@ def cmd_fit_error_map(args: argparse.Namespace, report: Reporter) -> int:
     from .error_map_fit import fit_error_map_for
 
     def line(text: str) -> None:
-        if report.mode == "json":
-            report(log_event("stdout", text))
+        if report.mode == "json":  # a warning as the event front ends show (the panel), not as a log line
+            warned = text.startswith("warning: ")
+            report(warning_event("fit-error-map", text[len("warning: "):]) if warned else log_event("stdout", text))
         else:
             print(text, flush=True)
 
     cases = _case_list(args.cases)
     out = fit_error_map_for(args.model, args.data, args.out, cases=cases, voxels_per_case=args.voxels_per_case,
                             seed=args.seed, device=args.device, overwrite=args.overwrite,
-                            variants=[v for v in args.variants.split(",") if v], image_features=args.image_features,
+                            variants=[v.strip() for v in args.variants.split(",") if v.strip()], image_features=args.image_features,
                             report=line, source_suffix=args.source_suffix, target_suffix=args.target_suffix,
                             files=_case_files(args))
     report(done_event(out))
@@ -437,7 +437,6 @@ def _case_list(text: Optional[str], option: str = "--cases") -> Optional[List[st
 def _warn_default_pair(args: argparse.Namespace, report: Reporter, command: str, model_cfg: Any) -> None:
     """Without ``--config`` the default pair (T1ce→T2) is used; file suffixes are checked against it, but files
     picked by pattern or CSV are not: a CT target fitted a percentile-normalised "T1ce→T2" lookup without a word."""
-    from .progress import warning_event
 
     picked = [opt for opt, value in (("--source-pattern", args.source_pattern), ("--target-pattern", args.target_pattern),
                                      ("--csv", args.csv)) if value]

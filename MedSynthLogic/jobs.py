@@ -44,6 +44,7 @@ EXIT_CODE_MEANINGS: Dict[int, str] = {
     6: "a bad model file",
     7: "an output that cannot be written",
     8: "not enough resources (memory or device)",
+    9: "a diverged training (a NaN or infinite loss)",
     130: "cancellation",
 }
 

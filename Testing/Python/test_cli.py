@@ -613,7 +613,7 @@ def test_fit_error_map_then_synthesize_with_it(ws):
     from MedSynthLogic.model_file import load_model
 
     out = ws.root / "tiny_error_map.safetensors"
-    proc = medsynth("fit-error-map", ws.data, ws.model, out, "--voxels-per-case", 3000, "--variants", "contrast",
+    proc = medsynth("fit-error-map", ws.data, ws.model, out, "--voxels-per-case", 3000, "--variants", " contrast",
                     "--image-features", "--progress", "none")
     for line in ("case0 (as given): mean |error|", "case0 (contrast)", "case1 (as given)", "case1 (contrast)"):
         assert line in proc.stdout

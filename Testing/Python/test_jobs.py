@@ -254,3 +254,13 @@ def test_cli_progress_end_to_end(tmp_path):
     assert code not in (0, None)
     assert job.error_message, events
     assert json.dumps(events)
+
+
+def test_every_documented_exit_code_has_a_meaning_for_the_panel():
+    """A child that died with exit 9 (training diverged) without its error event was told to the user as "an error"."""
+    import re
+
+    from MedSynthLogic.options import EXIT_CODES
+
+    documented = {int(code) for code in re.findall(r"(\d+) [a-z]", EXIT_CODES.split(":", 1)[1])}
+    assert documented - {0} <= set(jobs.EXIT_CODE_MEANINGS), documented - set(jobs.EXIT_CODE_MEANINGS)
