@@ -138,12 +138,13 @@ def kept_cases(out_dir: PathLike, settings: Dict[str, Any], planned: Sequence[st
                          "must score every case the same way.",
                          "Resume with the same predictor and options, or pass --overwrite to start again.",
                          reason="evaluation_changed")
-    if scored != list(planned):
-        raise UsageError(f"The stopped evaluation in {out} planned other cases ({len(scored)} then, {len(planned)} now).",
-                         "Resume with the same case list (--cases, --manifest or data folder), or pass --overwrite.",
-                         reason="evaluation_changed")
-    if ids != list(planned[:len(ids)]):
+    if ids != scored[:len(ids)]:
         raise _unreadable(out, "its rows are not the first cases it planned, in order")
+    if ids != list(planned[:len(ids)]):  # the cases after them may change: a case that failed can be left out
+        raise UsageError(f"The stopped evaluation in {out} scored {', '.join(ids)} first; the cases planned now begin "
+                         f"with other cases ({', '.join(planned[:len(ids)])}).",
+                         "Resume with a case list that begins with the cases it scored (the rest may change: leave "
+                         "out a case that failed), or pass --overwrite.", reason="evaluation_changed")
     moved = [case for case in ids if stamps.get(case) != files.get(case)]
     if moved:
         raise UsageError(f"The files of {', '.join(moved)} are not those the stopped evaluation scored (another file, "

@@ -128,6 +128,18 @@ def test_a_stop_inside_the_first_case_writes_no_report_and_one_after_it_keeps_it
     assert _report(out)["stopped"]["after"] == 1  # the case's progress event comes after the case is kept
 
 
+def test_resume_may_leave_out_the_cases_after_those_it_kept(cases_dir, lookup, tmp_path):
+    """A case that fails for good (its reference 0 at its percentile: the error says to leave it out) could only be
+    left out by scoring every case again (--overwrite): the plan had to be the stopped one exactly."""
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, progress=_stop_after(1))
+    scored = _report(out)["cases"][0]
+    results = evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "c"]), out, lookup=lookup, resume=True)
+    assert [row["case"] for row in results["cases"]] == ["a", "c"] and results["cases"][0] == scored
+    assert "stopped" not in _report(out)
+
+
 def test_resume_refuses_another_predictor_other_settings_or_other_cases(cases_dir, lookup, tmp_path):
     cases = cases_to_evaluate(cases_dir)
     out = tmp_path / "out"
@@ -142,7 +154,7 @@ def test_resume_refuses_another_predictor_other_settings_or_other_cases(cases_di
     with pytest.raises(UsageError, match="label"):
         evaluate_cases(cases, out, lookup=lookup, label="another", resume=True)
     with pytest.raises(UsageError, match="other cases"):
-        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "c"]), out, lookup=lookup, resume=True)
+        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["b", "c"]), out, lookup=lookup, resume=True)
     with pytest.raises(UsageError, match="pass one"):
         evaluate_cases(cases, out, lookup=lookup, resume=True, overwrite=True)
     assert _report(out)["stopped"]["after"] == 1  # every refusal left the stopped report as it was
