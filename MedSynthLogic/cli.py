@@ -330,8 +330,9 @@ def _memory_hint(args: argparse.Namespace, device_memory: bool) -> str:
     """What the command that ran out of memory can change (``device_memory``: the GPU's ran out): prepare had been
     told to use a --tile it does not have."""
     otherwise = "or --device cpu" if device_memory else "or a machine with more memory"
-    if hasattr(args, "tile"):
-        return f"Use a smaller --tile {otherwise}."
+    if hasattr(args, "tile"):  # a U-Net's windows reach its whole field: on a brain-sized volume a tile cannot help
+        return (f"Use a smaller --tile {otherwise} (a smaller tile lowers the memory of the paper's FCN; a U-Net "
+                "model's tiles must each see its whole receptive field, so on a brain-sized volume they cannot).")
     if args.command == "train":
         return f"Use a smaller --batch-size {otherwise}."
     if args.command == "prepare":

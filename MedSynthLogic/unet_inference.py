@@ -6,7 +6,10 @@ the same frame; stage k sees ``[source, synthesis of stage k−1 inside the mask
 its context. When the frame holds more than ``max_voxels`` it is cut into tiles whose input windows reach
 ``GeneratorConfig.tile_halo`` (the receptive radius, on the downsampling grid) past the tile and stop at the frame's
 edges, so each tile sees what a whole-frame run sees: tiled output equals the whole-frame output (to float
-rounding, without flip averaging), and memory is bounded by the tile.
+rounding, without flip averaging), and memory is bounded by the largest window (the tile plus the halo on each
+side, at most the frame). A halo is wide (128 voxels for the bundled refiner), so on a brain-sized frame a window
+is the whole frame whatever the tile: then tiles would repeat the whole forward once per tile for no memory saved,
+and the frame runs in one forward instead.
 """
 
 from __future__ import annotations
@@ -80,19 +83,20 @@ def _run_stage(runner: _Runner, inputs: np.ndarray, halo: int, multiple: int, ma
                stage: int, report: Report, cancel: Any) -> np.ndarray:
     """One stage over the frame ``inputs`` (C, Z, Y, X): one forward, or tiles whose windows stop at the frame."""
     shape = inputs.shape[1:]
-    if int(np.prod(shape)) <= max_voxels:
+    grid = [(z, y, x) for z in tiles_of(shape[0], tile, multiple) for y in tiles_of(shape[1], tile, multiple)
+            for x in tiles_of(shape[2], tile, multiple)]
+    windows = [tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(t, shape)) for t in grid]
+    covers_frame = any(all(b - a == n for (a, b), n in zip(w, shape)) for w in windows)
+    if int(np.prod(shape)) <= max_voxels or covers_frame:
         report(stage, 0, 1)
         out = runner(inputs)
         stop_if_cancelled(cancel)  # asked during the one forward: stop before the next stage or the write
         report(stage, 1, 1)
         return out
     out = np.empty(shape, dtype=np.float32)
-    grid = [(z, y, x) for z in tiles_of(shape[0], tile, multiple) for y in tiles_of(shape[1], tile, multiple)
-            for x in tiles_of(shape[2], tile, multiple)]
     report(stage, 0, len(grid))
-    for i, t in enumerate(grid):
+    for i, (t, window) in enumerate(zip(grid, windows)):
         stop_if_cancelled(cancel)
-        window = tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(t, shape))
         result = runner(inputs[(slice(None),) + tuple(slice(a, b) for a, b in window)])
         inner = tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(t, window))
         out[tuple(slice(a, b) for a, b in t)] = result[inner]
