@@ -332,19 +332,31 @@ def synthesize_array(
                                    mirrored)
     if chain.config.generator.kind == "unet3d":
         limits = {} if tile is None else {"tile": int(tile), "max_voxels": int(tile) ** 3}
-        return synthesize_unet(chain, src, mask_arr, box, n, dev, precision, view, report, cancel, context=context, **limits)
-    tile = default_tile(dev) if tile is None else int(tile)
+
+        def run(on: torch.device, arithmetic: str) -> np.ndarray:
+            try:
+                return synthesize_unet(chain, src, mask_arr, box, n, on, arithmetic, view, report, cancel,
+                                       context=context, **limits)
+            except torch.cuda.OutOfMemoryError as exc:  # its tiles cannot shrink below its field: no halving here
+                torch.cuda.empty_cache()
+                raise _GpuOutOfMemory(ResourceError("The GPU ran out of memory for the U-Net's forward over the brain.",
+                                                    "Close other GPU programs or run on the CPU (--device cpu).")) from exc
+    else:
+        first_tile = default_tile(dev) if tile is None else int(tile)
+
+        def run(on: torch.device, arithmetic: str) -> np.ndarray:
+            return _synthesize_on(chain, src, mask_arr, box, n, on, first_tile if on == dev else default_tile(on), view,
+                                  report, cancel, arithmetic)
     try:
-        return _synthesize_on(chain, src, mask_arr, box, n, dev, tile, view, report, cancel, precision)
+        return run(dev, precision)
     except _GpuOutOfMemory as exc:
         if dev.type == "cpu" or not (isinstance(device, str) and device.strip().lower() == "auto"):
             raise exc.error from exc
         # "auto" promised a result, not a GPU: say so and finish on the CPU rather than fail after the GPU tried.
         if progress is not None:
             progress(warning_event("synthesize", f"{exc.error.message} Falling back to the CPU (slower)."))
-        cpu = torch.device("cpu")
         torch.cuda.empty_cache()
-        return _synthesize_on(chain, src, mask_arr, box, n, cpu, default_tile(cpu), view, report, cancel, precision)
+        return run(torch.device("cpu"), "auto" if precision == "fp16" else precision)  # fp16 is a GPU arithmetic
 
 
 class _PriorProgress:

@@ -76,6 +76,8 @@ class _Runner:
         ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
         with ctx:
             out = self.gen(t).float()[:, 0]
+        if self.dtype == torch.float16 and not bool(torch.isfinite(out).all()):  # fp16 overflowed: float32 again
+            out = self.gen(t).float()[:, 0]
         return self.view.merged(out)[0].cpu().numpy()
 
 

@@ -456,3 +456,48 @@ def test_unet_auto_context_stage_trains_on_the_first(tmp_path, unet_data):
     mask = np.zeros(src.shape, bool)
     mask[4:28, 6:34, 4:28] = True
     assert np.isfinite(synthesize_array(model.chain, src, mask, device="cpu")).all()
+
+
+def test_a_unet_synthesis_out_of_gpu_memory_falls_back_to_the_cpu_under_auto(monkeypatch, phantom):
+    """The U-Net path (the bundled default's refiner) had none of the FCN's GPU safeguards: an out-of-memory reached
+    the user as a raw torch error, also under --device auto, and auto with fp16 failed in its CPU fallback. The
+    "GPU" is a meta-device stand-in whose forwards raise torch.cuda.OutOfMemoryError (no GPU here)."""
+    from MedSynthLogic import tiled_synthesis, unet_inference
+    from MedSynthLogic.errors import ResourceError
+    from MedSynthLogic.inference import synthesize_array
+
+    chain = build_generators(small_unet())
+    randomise(chain, scale=0.1)
+    src = phantom.t1ce.array / np.percentile(phantom.t1ce.array[phantom.mask], 99.5)
+    reference = synthesize_array(chain, src, phantom.mask, device="cpu")
+    monkeypatch.setattr(tiled_synthesis, "resolve_device", lambda d: torch.device("cpu" if d == "cpu" else "meta"))
+    original = unet_inference._Runner.__call__
+
+    def oom_on_gpu(self, x):
+        if self.device.type != "cpu":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, x)
+
+    monkeypatch.setattr(unet_inference._Runner, "__call__", oom_on_gpu)
+    events = []
+    out = synthesize_array(chain, src, phantom.mask, device="auto", precision="fp16", progress=events.append)
+    np.testing.assert_array_equal(out, reference)
+    assert [e["message"] for e in events if e["event"] == "warning"][0].endswith("Falling back to the CPU (slower).")
+    with pytest.raises(ResourceError, match="out of memory") as refused:
+        synthesize_array(chain, src, phantom.mask, device="cuda")
+    assert refused.value.exit_code == 8
+
+
+def test_a_unet_forward_that_overflows_in_fp16_is_redone_in_float32(monkeypatch):
+    """The FCN redid a non-finite fp16 tile in float32; the U-Net wrote its inf into the synthesis."""
+    from MedSynthLogic import unet_inference
+    from MedSynthLogic.left_right import LeftRight
+
+    class OverflowsInAutocast(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x[:, :1], float("inf") if torch.is_autocast_enabled("cpu") else 2.0)
+
+    monkeypatch.setattr(unet_inference, "inference_copy", lambda gen: gen)
+    monkeypatch.setattr(unet_inference, "synthesis_dtype", lambda device, precision: torch.float16)
+    runner = unet_inference._Runner(OverflowsInAutocast(), torch.device("cpu"), "fp16", LeftRight.chosen(False, False))
+    assert np.all(runner(np.ones((1, 8, 8, 8), np.float32)) == 2.0)
