@@ -187,7 +187,8 @@ def bundled_model_path() -> Path:
     if env:
         p = Path(env).expanduser()
         if not p.is_file():
-            raise ModelFileError(f"{ENV_MODEL} points to {p}, which does not exist.", "Fix the variable or pass --model PATH.")
+            what = "a folder, not a model file" if p.is_dir() else "which does not exist"
+            raise ModelFileError(f"{ENV_MODEL} points to {p}, {what}.", "Fix the variable or pass --model PATH.")
         return p
     p = models_dir() / DEFAULT_NAME
     if not p.is_file():

@@ -100,7 +100,7 @@ def _write_one(sitk: Any, vol: Volume, path: Path, shown: Path, metadata: Dict[s
     try:
         sitk.WriteImage(image, str(path), useCompression=image_suffix(path) in (".mha", ".nrrd"))
     except RuntimeError as exc:
-        if "space" in str(exc).lower():
+        if any(words in str(exc).lower() for words in ("no space", "space left")):  # not any path with "space" in it
             raise OSError(28, f"No space left on device: {exc}") from exc
         detail = " ".join(str(exc).replace(str(path), str(shown)).split())[:300]
         raise OutputError(f"Cannot write {shown}: {detail}", "Choose another path or format.") from exc

@@ -277,6 +277,9 @@ def test_bundled_model_path(monkeypatch, tmp_path, saved):
     monkeypatch.setenv("MEDSYNTH_MODEL", str(tmp_path / "missing.safetensors"))
     with pytest.raises(ModelFileError, match="MEDSYNTH_MODEL"):
         bundled_model_path()
+    monkeypatch.setenv("MEDSYNTH_MODEL", str(tmp_path))
+    with pytest.raises(ModelFileError, match="a folder, not a model file"):  # it said "does not exist"
+        bundled_model_path()
     monkeypatch.delenv("MEDSYNTH_MODEL")
     try:
         p = bundled_model_path()

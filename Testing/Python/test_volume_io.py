@@ -206,6 +206,19 @@ def test_failed_write_leaves_nothing_and_keeps_old_file(tmp_path: Path, monkeypa
     assert after == before  # no temporary file, old image intact
 
 
+def test_a_writer_error_naming_a_path_with_space_in_it_is_not_called_a_full_disk(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any ITK message with "space" in it (its text holds the path: ~/workspace/...) was reported as a full disk."""
+    def fails(image, filename, *args, **kwargs):
+        raise RuntimeError(f"Could not create IO object for writing file {filename}")
+
+    monkeypatch.setattr(sitk, "WriteImage", fails)
+    (tmp_path / "workspace").mkdir()
+    with pytest.raises(OutputError, match="Cannot write") as info:
+        write_volume(_volume(), tmp_path / "workspace" / "o.mha")
+    assert "No space" not in str(info.value)
+
+
 def test_nibabel_fallback_matches_simpleitk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("nibabel")
     import builtins
