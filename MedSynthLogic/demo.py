@@ -24,6 +24,7 @@ def run_demo(
     The four files are the demo's own and are replaced on every run, so the demo can always be run again into the
     same folder (each is still written atomically: a run cut short leaves the previous file whole).
     """
+    from .evaluation import scoring_of
     from .figures import comparison_figure, metric_unit_ranges
     from .inference import synthesize_volume
     from .metrics import evaluate_case
@@ -48,7 +49,7 @@ def run_demo(
     synthetic = synthesize_volume(model, phantom.t1ce, mask=phantom.mask, stages=stages, device=device, progress=progress)
     write_volume(synthetic, paths["synthetic_t2"], overwrite=True)
     scores = evaluate_case(synthetic.array, phantom.t2.array, phantom.mask, phantom.labels,
-                           pred_scale=model.config.normalisation.output_scale)
+                           *scoring_of(model.config.normalisation))  # evaluate's scoring, for any target mode
     comparison_figure(
         paths["figure"],
         [("T1ce (phantom)", phantom.t1ce.array), ("synthetic T2", synthetic.array), ("real T2 (phantom)", phantom.t2.array)],

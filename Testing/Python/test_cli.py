@@ -998,3 +998,27 @@ def test_an_unreadable_source_is_refused_before_torch_loads(tmp_path):
                  "'--progress', 'none']); print(rc, 'torch' in sys.modules)")
         done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.stdout.split() == [str(code), "False"], done.stdout + done.stderr
+
+
+def test_the_demos_score_is_evaluates_for_a_model_of_another_target_percentile(tmp_path, tiny_model_config):
+    """The demo scored every model at the 99.5th percentile; evaluate scores at the model's own (review 53)."""
+    import dataclasses
+
+    from MedSynthLogic.config import IntensityConfig
+    from MedSynthLogic.demo import run_demo
+    from MedSynthLogic.metrics import evaluate_case
+    from MedSynthLogic.model_file import save_model
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import read_volume
+    from _models import random_chain
+
+    norm = dataclasses.replace(tiny_model_config.normalisation, target=IntensityConfig(percentile=90.0, clip_max=1.0))
+    cfg = dataclasses.replace(tiny_model_config, normalisation=norm, stages=1)
+    model = save_model(tmp_path / "p90.safetensors", random_chain(cfg), cfg)
+    events = []
+    paths = run_demo(tmp_path / "demo", str(model), device="cpu", progress=events.append)
+    phantom = make_phantom()
+    expected = evaluate_case(read_volume(paths["synthetic_t2"]).array, phantom.t2.array, phantom.mask, phantom.labels,
+                             percentile=90.0, pred_scale=norm.output_scale)
+    shown = [e for e in events if e["event"] == "metrics"][0]["metrics"]
+    assert shown["psnr"] == pytest.approx(expected["psnr"], abs=1e-6)
