@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 
 import numpy as np
 
+from . import __version__
 from .atomic import as_output_error, make_output_folder, replace_file
 from .errors import Cancelled, DataError, MedSynthError, OutputError, UsageError
 from .evaluation_resume import (NOTHING_KEPT, STOPPED, case_files, file_sha256, is_stopped, kept_cases, plain_names,
@@ -224,7 +225,8 @@ def evaluate_cases(
                 "precision": None if scorer else arithmetic_name(device, precision), "label": label,
                 "protocol": scoring_protocol(*scoring), "target_name": target_name,
                 "figures": bool(figures), "save_predictions": bool(save_predictions),
-                "device": None if scorer else resolve_device(device).type}
+                "device": None if scorer else resolve_device(device).type,
+                "medsynth_version": __version__}  # rows scored by two versions' code are not one report
     planned = [case.case_id for case in cases]
     files = {case.case_id: {"source": str(case.source), "target": str(case.target)} for case in cases}
     stamps = {case.case_id: case_files(case) for case in cases}
@@ -243,7 +245,7 @@ def evaluate_cases(
     def report(stop: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         results = scored_results(rows, *scoring)
         results.update(label=label, model=str(lookup or model or bundled_model_path()), stages=stages, flip_tta=bool(flip_tta),
-                       precision=settings["precision"],
+                       precision=settings["precision"], medsynth_version=__version__,
                        **({"model_sha256": settings["predictor_sha256"]} if loaded is not None else {}),
                        **({"lookup_sha256": settings["predictor_sha256"]} if scorer is not None else {}),
                        files=files,

@@ -128,6 +128,19 @@ def test_a_stop_inside_the_first_case_writes_no_report_and_one_after_it_keeps_it
     assert _report(out)["stopped"]["after"] == 1  # the case's progress event comes after the case is kept
 
 
+def test_resume_refuses_a_stopped_report_of_another_medsynth_version(cases_dir, lookup, tmp_path, monkeypatch):
+    """After an upgrade a resume mixed rows scored by two versions' code into what reads as one run (review 53)."""
+    from MedSynthLogic import evaluation
+
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, progress=_stop_after(1))
+    assert _report(out)["medsynth_version"] == evaluation.__version__
+    monkeypatch.setattr(evaluation, "__version__", "99.0")
+    with pytest.raises(UsageError, match="medsynth_version"):
+        evaluate_cases(cases_to_evaluate(cases_dir), out, lookup=lookup, resume=True)
+
+
 def test_resume_may_leave_out_the_cases_after_those_it_kept(cases_dir, lookup, tmp_path):
     """A case that fails for good (its reference 0 at its percentile: the error says to leave it out) could only be
     left out by scoring every case again (--overwrite): the plan had to be the stopped one exactly."""
