@@ -28,5 +28,5 @@ def contrast_in_brain(array: np.ndarray, mask: np.ndarray, gamma: float) -> np.n
 def t1_in_place(t1_path: Union[str, os.PathLike], source: Volume, mask: np.ndarray) -> Volume:
     """The case's T1 at ``t1_path`` (:func:`.dataset_cases.companion_t1` finds it beside the T1ce) on ``source``'s
     grid, 0 outside ``mask``."""
-    other, _, _ = align_pair(read_volume(t1_path), source, policy="resample")
+    _, other, _ = align_pair(source, read_volume(t1_path), policy="resample")  # the T1 onto the T1ce's grid
     return source.with_array(np.where(mask, other.array, 0.0).astype(np.float32))
