@@ -338,7 +338,8 @@ class TrainConfig:
             raise UsageError(f"lr_decay_gamma ({self.lr_decay_gamma:g}) must be in (0, 1]: a negative one turns every "
                              "other period into gradient ascent.")
         counts = {"lr_decay_every": self.lr_decay_every, "lr_warmup": self.lr_warmup, "num_workers": self.num_workers,
-                  "val_volumes": self.val_volumes, "warmup_iterations": self.warmup_iterations}
+                  "val_volumes": self.val_volumes, "warmup_iterations": self.warmup_iterations,
+                  "seed": self.seed}  # numpy refuses a negative one at the first batch, after the contexts were built
         negative = [f"{name} ({value})" for name, value in counts.items() if value < 0]
         if negative or not (self.weight_decay >= 0 and self.grad_clip >= 0):
             raise UsageError("These settings must be ≥ 0: " + ", ".join(negative + [

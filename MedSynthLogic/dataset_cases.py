@@ -417,4 +417,7 @@ def split_cases(
         val_set = set(ranked[:k])
     train = sorted((c for c in cases if c.case_id not in val_set), key=lambda c: c.case_id)
     val = sorted((c for c in cases if c.case_id in val_set), key=lambda c: c.case_id)
+    if not train:  # one case and a fraction above ½: prepare wrote val.h5 alone, and train failed later
+        raise UsageError(f"val_fraction {val_fraction:g} of {len(cases)} case(s) leaves no case for training.",
+                         "Give more cases, or a lower --val-fraction (0 keeps every case for training).")
     return train, val

@@ -252,7 +252,7 @@ def prepare_dataset(
     """
     started = time.perf_counter()
     cases = list(cases)
-    _check_arguments(cases, patches_per_case, flip_axis, inside_fraction, geometry, compression)
+    _check_arguments(cases, patches_per_case, flip_axis, inside_fraction, geometry, compression, seed)
     plan = _Plan(model_cfg, int(patches_per_case), 1 if flip_axis is None else 2, flip_axis, inside_fraction,
                  seed, geometry, compression, volume_dtype)
     out = Path(out_dir)
@@ -289,10 +289,12 @@ def prepare_dataset(
 
 
 def _check_arguments(cases: List[Case], patches_per_case: int, flip_axis: Optional[int], inside_fraction: float,
-                     geometry: str, compression: str) -> None:
+                     geometry: str, compression: str, seed: int = 0) -> None:
     """Refuse bad arguments before any file is touched."""
     if not cases:
         raise DataError("There are no cases to prepare.", "Check the data folder or CSV.")
+    if not 0 <= int(seed) < 2**32:  # numpy refused a negative one after the folder existed; 2³² drew seed 0's patches
+        raise UsageError(f"The seed must be in [0, 2³²), got {seed}.")
     for c in cases:
         _check_case_id(c.case_id)
     if int(patches_per_case) < 1:

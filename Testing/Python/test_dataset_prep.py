@@ -180,6 +180,23 @@ def test_split_cases_deterministic_by_id():
         split_cases(cases, val_cases=["c99"])
     with pytest.raises(UsageError):
         split_cases(cases[:1], val_cases=["c0"])
+    with pytest.raises(UsageError, match="leaves no case for training"):  # prepare wrote val.h5 alone
+        split_cases(cases[:1], val_fraction=0.6)
+
+
+def test_prepare_and_train_configs_refuse_a_seed_numpy_cannot_take(tmp_path):
+    """A negative seed failed in numpy with a traceback: prepare's after its folder existed, train's at its first
+    batch after the contexts were built; prepare's 2³² drew seed 0's patches (review 54)."""
+    from MedSynthLogic.config import ModelConfig, TrainConfig
+    from MedSynthLogic.dataset_prep import prepare_dataset
+
+    with pytest.raises(UsageError, match="seed"):
+        TrainConfig(seed=-1)
+    cases = [Case(f"c{i}", tmp_path / f"s{i}.nii.gz", tmp_path / f"t{i}.nii.gz") for i in range(2)]
+    for seed in (-1, 2**32):
+        with pytest.raises(UsageError, match="seed must be in"):
+            prepare_dataset(cases, tmp_path / "out", ModelConfig(), seed=seed)
+    assert not (tmp_path / "out").exists()
 
 
 def test_select_cases_keeps_the_given_order_and_refuses_unknown_ids():
