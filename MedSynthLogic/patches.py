@@ -121,11 +121,8 @@ def sample_corners(
 
 
 def sample_centres(mask: np.ndarray, n: int, rng: np.random.Generator, margin: int = 0) -> np.ndarray:
-    """Draw ``n`` voxel centres (z, y, x) inside ``mask`` at least ``margin`` voxels from the border.
-
-    The unpadded-grid view of :func:`sample_corners`: with ``margin = 0`` and a volume padded by
-    ``halo``, ``sample_corners(pad(mask), n, S, rng)`` equals these centres minus ``T // 2``.
-    """
+    """Draw ``n`` voxel centres (z, y, x) inside ``mask`` at least ``margin`` voxels from the border: the corners
+    :func:`sample_corners` draws for a window of ``2 · margin + 1``, moved to the window's centre."""
     mask = np.asarray(mask)
     size = 2 * int(margin) + 1
     return sample_corners(mask, n, size, rng, inside_fraction=1.0) + margin
