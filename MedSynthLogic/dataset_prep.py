@@ -115,7 +115,8 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         notes.append(f"Reordered the voxel axes from {orientation_code(source.direction)} to LPS, the order models "
                      "see every volume in.")
         source, target, mask = order.volume(source), order.volume(target), np.ascontiguousarray(order.forward(mask))
-    warnings = coverage + source_warnings(source, mask, model_cfg, name=str(case.source)) + target_warnings(target.array, mask, norm.target)
+    warnings = (coverage + source_warnings(source, mask, model_cfg, name=str(case.source), mask_given=case.mask is not None)
+                + target_warnings(target.array, mask, norm.target))
     t1 = time.perf_counter()
     src, src_tr = normalise_source(source.array, mask, norm)
     tgt, tgt_tr = normalise_target(target.array, mask, norm)
@@ -138,9 +139,11 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
 OUTSIDE_TARGET_MAX = 0.10
 
 
-def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig, name: Optional[str] = None) -> List[str]:
-    """The input checks' word on a source that is another sequence or a label map (a FLAIR listed as the T1): prepare
-    goes on, since a study may mean it, but says so, because ``synthesize`` refuses such an image for this model.
+def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig, name: Optional[str] = None,
+                    mask_given: bool = False) -> List[str]:
+    """The input checks' word on a source that is another sequence or a label map (a FLAIR listed as the T1), or,
+    without a mask file (``mask_given``), one that is not skull-stripped while the model expects it: prepare goes on,
+    since a study may mean it, but says so, because ``synthesize`` refuses such an image for this model.
     Also a source file whose ``name`` says another sequence (``--source-pattern '{case}/*_t1.nii.gz'`` for a FLAIR
     model: the histogram rule cannot tell every such pair apart), and a voxel size unlike the config's
     ``input.spacing_mm``, to which synthesis resamples every source."""
@@ -150,7 +153,8 @@ def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig, name:
 
     out = [f"the source does not look like the model's input: {finding.message}; `medsynth synthesize` refuses such "
            "a source for this model"
-           for finding in check_source(source, model_cfg, mask=mask) if finding.code in ("sequence", "label_map")]
+           for finding in check_source(source, model_cfg, mask=mask if mask_given else None)
+           if finding.code in ("sequence", "label_map", "skull_stripped")]  # a head trained as if it were a brain
     out += [f"the source file: {note}" for note in name_notes(name, model_cfg)]
     trained = tuple(model_cfg.input.spacing_mm)
     if needs_resampling(tuple(source.spacing), trained):

@@ -479,6 +479,23 @@ def test_prepare_warns_about_a_source_that_synthesize_would_refuse(tmp_path):
                                 "T2-weighted") and "`medsynth synthesize` refuses such a source" in warned[0]
 
 
+def test_prepare_warns_of_a_source_that_is_not_skull_stripped_unless_a_mask_file_says_where_the_brain_is():
+    """Prepare always checked with its own threshold mask, which turns the skull-stripping check off: a whole head
+    was prepared (and trained, its "brain" the whole volume) without a word, while synthesize refuses it (review 54)."""
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.dataset_prep import source_warnings
+    from MedSynthLogic.normalisation import brain_mask
+    from MedSynthLogic.phantom import make_phantom
+
+    p = make_phantom(shape=(40, 44, 40), seed=0)
+    head = p.t1ce.with_array(np.where(p.mask, p.t1ce.array, 300.0).astype(np.float32))  # a bright surround
+    cfg = ModelConfig()
+    mask = brain_mask(head.array, cfg.normalisation.mask_threshold)
+    assert any("skull-stripped" in w for w in source_warnings(head, mask, cfg))
+    assert not any("skull-stripped" in w for w in source_warnings(head, p.mask, cfg, mask_given=True))
+    assert not any("skull-stripped" in w for w in source_warnings(p.t1ce, p.mask, cfg))
+
+
 def test_prepare_warns_of_source_files_named_as_another_sequence(tmp_path):
     """--source-pattern '{case}/{case}_t1.nii.gz' with a FLAIR→T2 config prepared T1s as FLAIRs without a word (the
     histogram rule cannot tell them): the file names say it, and prepare now does, per case."""
