@@ -145,7 +145,8 @@ class CropSource:
     ) -> None:
         from .h5data import load_volumes, patch_file_info
 
-        flip_axis = patch_file_info(train_h5)["flip_axis"]
+        info = patch_file_info(train_h5)
+        flip_axis = info["flip_axis"] if info["flipped_copy"] else None  # prepared without flips: the crops too
         alt_volumes = load_volumes(alternate.train_h5) if alternate is not None else None
         volumes = crop_volumes(load_volumes(train_h5), context_train, variants, alt_volumes,
                                alternate.context if alternate is not None else None)

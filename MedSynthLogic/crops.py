@@ -107,7 +107,8 @@ class CropBatches:
     """Random brain-centred crops of ``size``³: ``batch(i)`` → (source (B, C, s, s, s), target (B, 1, …), mask (B, 1, …)).
 
     Each crop is centred on a random brain voxel of a random case (so every crop holds brain, near the edge too)
-    and flipped along ``flip_axis`` with probability ½. With an enabled ``spatial`` it is cut rotated and zoomed
+    and flipped along ``flip_axis`` with probability ½ (never with ``flip_axis`` None: data prepared without the
+    flipped copy). With an enabled ``spatial`` it is cut rotated and zoomed
     around that centre; with an enabled ``augment`` the source channel's intensities are then changed. Each draws
     from a stream of its own, so the centres and flips stay those of a run without it. With ``variant_gammas`` (the
     gammas of each volume's ``variants``) the context channel is the one computed for the contrast nearest the
@@ -124,7 +125,7 @@ class CropBatches:
         seed: int,
         stage: int,
         rank: int = 0,
-        flip_axis: int = 2,
+        flip_axis: Optional[int] = 2,
         augment: Optional[IntensityAugment] = None,
         spatial: Optional[SpatialAugment] = None,
         variant_gammas: Sequence[float] = (),
@@ -135,7 +136,8 @@ class CropBatches:
         self.ids: List[str] = sorted(volumes)
         self.volumes = volumes
         self.size, self.per_rank = int(size), int(per_rank)
-        self.seed, self.stage, self.rank, self.flip_axis = int(seed), int(stage), int(rank), int(flip_axis)
+        self.seed, self.stage, self.rank = int(seed), int(stage), int(rank)
+        self.flip_axis = None if flip_axis is None else int(flip_axis)
         self.augment = augment if augment is not None and augment.enabled else None
         self.spatial = spatial if spatial is not None and spatial.enabled else None
         self.variant_gammas = tuple(float(g) for g in variant_gammas)
@@ -178,7 +180,7 @@ class CropBatches:
             src = np.stack([cut_window(c, window, "constant") for c in channels])
             tgt = cut_window(vol.target, window, "constant")[None]
             mask = cut_window(vol.mask, window, "constant")[None].astype(np.float32)
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and self.flip_axis is not None:  # drawn either way: the later draws stay the same
             axis = self.flip_axis + 1
             src, tgt, mask = (np.flip(a, axis=axis) for a in (src, tgt, mask))
         return np.ascontiguousarray(src), np.ascontiguousarray(tgt), np.ascontiguousarray(mask)

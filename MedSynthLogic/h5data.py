@@ -306,6 +306,7 @@ def patch_file_info(path: Union[str, os.PathLike]) -> Dict[str, Any]:
             "target_patch": int(f.attrs["target_patch"]),
             "case_ids": _case_ids(f) or [],
             "flip_axis": int(f.attrs.get("flip_axis", 2)),
+            "flipped_copy": bool(f.attrs.get("flipped_copy", 1)),  # prepare's flip_axis None: no flips anywhere
             "pad": int(f.attrs.get("pad", 0)),
             "model_config": _json_attr(f.attrs["model_config"]),
             "split": _str_attr(f.attrs.get("split", "")),
