@@ -80,6 +80,9 @@ def _read_header(path: Path) -> Tuple[Dict[str, Any], int]:
         raise ModelFileError(f"Checkpoint {path} does not exist.") from exc
     except IsADirectoryError as exc:
         raise ModelFileError(f"Checkpoint {path} is a folder, not a file.") from exc
+    except OSError as exc:  # unreadable (permissions, I/O): a ModelFileError, which the checkpoint scans skip
+        raise ModelFileError(f"Checkpoint {path} cannot be read: {exc.strerror or exc}.",
+                             "Check its permissions, or use an earlier checkpoint.") from exc
     if not line.endswith(b"\n"):
         raise ModelFileError(f"Checkpoint {path} has a damaged header.", "The file is truncated or corrupt; use an earlier checkpoint.")
     try:
@@ -103,9 +106,13 @@ def verify_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
 
 def _read_payload(path: Path) -> Tuple[Dict[str, Any], bytes]:
     header, offset = _read_header(path)
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        payload = fh.read()
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            payload = fh.read()
+    except OSError as exc:
+        raise ModelFileError(f"Checkpoint {path} cannot be read: {exc.strerror or exc}.",
+                             "Check its permissions, or use an earlier checkpoint.") from exc
     if len(payload) != header.get("size"):
         raise ModelFileError(
             f"Checkpoint {path} is truncated ({len(payload)} of {header.get('size')} bytes).",

@@ -96,3 +96,21 @@ def test_prune_keeps_every_nth_iteration_of_each_stage(tmp_path):
     assert ck.list_checkpoints(tmp_path) == [paths[k] for k in kept]
     assert sorted(deleted) == sorted(p for k, p in paths.items() if k not in kept)
     assert ck.checkpoint_iteration(tmp_path / "loss_curves.png") is None
+
+
+def test_an_unreadable_checkpoint_is_skipped_by_the_scans_and_named_when_loaded(tmp_path, monkeypatch):
+    """Only a missing file or a folder became a ModelFileError: one unreadable newest checkpoint (permissions, an
+    I/O error) made latest_checkpoint and pruning, and so every --resume, end in a PermissionError (review 54)."""
+    import builtins
+
+    older, newer = (ck.save_checkpoint(tmp_path / ck.checkpoint_name(0, i), _state(0, i)) for i in (10, 20))
+
+    def refuse_the_newest(path, *args, **kwargs):
+        if str(path) == str(newer):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(ck, "open", refuse_the_newest, raising=False)
+    assert ck.latest_checkpoint(tmp_path) == older
+    with pytest.raises(ModelFileError, match="cannot be read: Permission denied"):
+        ck.load_checkpoint(newer)
