@@ -102,6 +102,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         sync_file(tmp)  # before the mode: a umask without the owner's write would refuse the writable handle
         os.chmod(tmp, 0o666 & ~_current_umask())
         replace_file(tmp, final)
+        sync_folder(final.parent)
     except OSError as exc:
         _remove_quietly(tmp)
         error = as_output_error(exc, final)
@@ -111,6 +112,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def sync_folder(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries after a rename into it, so a power cut cannot take the rename back (POSIX; Windows
+    cannot open a folder for fsync, and NTFS journals the rename)."""
+    if os.name == "nt":
+        return
+    fd = os.open(os.fspath(folder) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # a file system that cannot sync a folder
+            raise
+    finally:
+        os.close(fd)
 
 
 def sync_file(path: str | os.PathLike) -> None:

@@ -138,3 +138,20 @@ def test_the_windows_run_lock_leaves_the_holders_record_readable(tmp_path, monke
     run_lock.release_run_folder(first)
     assert held == {}
     run_lock.release_run_folder(run_lock.acquire_run_folder(tmp_path))
+
+
+def test_an_atomic_write_flushes_the_folder_after_its_rename(tmp_path, monkeypatch):
+    """The rename was not flushed: after a power cut the folder could still name the old file (review 54)."""
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with atomic.atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("complete", encoding="utf-8")
+    assert synced == [False, True]  # the file, then its folder
