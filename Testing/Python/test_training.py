@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from MedSynthLogic.config import TrainConfig
 from MedSynthLogic.errors import Cancelled, DataError, ModelFileError, OutputError, UsageError
 
 
-def make_phantom_data(root: Path, model_cfg, n_cases: int = 3, shape=(40, 44, 40), patches_per_case: int = 64) -> Path:
+def make_phantom_data(root: Path, model_cfg, n_cases: int = 3, shape=(40, 44, 40), patches_per_case: int = 64,
+                      flip_axis: Optional[int] = 2) -> Path:
     """A prepared data folder (train.h5 with n−1 cases, val.h5 with one) from small phantoms."""
     from MedSynthLogic.dataset_prep import Case, prepare_dataset
     from MedSynthLogic.phantom import make_phantom
@@ -28,7 +30,8 @@ def make_phantom_data(root: Path, model_cfg, n_cases: int = 3, shape=(40, 44, 40
         write_volume(p.t1ce, root / f"c{s}_t1ce.nii.gz")
         write_volume(p.t2, root / f"c{s}_t2.nii.gz")
         cases.append(Case(f"c{s}", root / f"c{s}_t1ce.nii.gz", root / f"c{s}_t2.nii.gz"))
-    prepare_dataset(cases, root / "data", model_cfg, patches_per_case=patches_per_case, val_cases=[f"c{n_cases - 1}"], seed=0)
+    prepare_dataset(cases, root / "data", model_cfg, patches_per_case=patches_per_case, val_cases=[f"c{n_cases - 1}"], seed=0,
+                    flip_axis=flip_axis)
     return root / "data"
 
 

@@ -507,21 +507,11 @@ def test_crops_of_data_prepared_without_flips_are_never_flipped(tmp_path):
     """prepare's flip_axis None (no flipped copy) was recorded as axis 2 in the patch file, so the U-Net's crops were
     flipped half the time anyway (review 54); now the patch file's flipped_copy turns the crops' flips off too."""
     from MedSynthLogic.batch_sources import batch_source
-    from MedSynthLogic.dataset_prep import Case, prepare_dataset
     from MedSynthLogic.distributed import DistContext
-    from MedSynthLogic.phantom import make_phantom
-    from MedSynthLogic.volume_io import write_volume
 
-    cases = []
-    for s in range(2):
-        p = make_phantom(shape=(40, 44, 40), seed=s)
-        write_volume(p.t1ce, tmp_path / f"c{s}_t1ce.nii.gz")
-        write_volume(p.t2, tmp_path / f"c{s}_t2.nii.gz")
-        cases.append(Case(f"c{s}", tmp_path / f"c{s}_t1ce.nii.gz", tmp_path / f"c{s}_t2.nii.gz"))
     sources = {}
     for flip in (2, None):
-        data = tmp_path / f"data_{flip}"
-        prepare_dataset(cases, data, small_unet(), patches_per_case=1, val_fraction=0.0, seed=0, flip_axis=flip)
+        data = make_phantom_data(tmp_path / f"p{flip}", small_unet(), patches_per_case=1, flip_axis=flip)
         sources[flip] = batch_source(data / "train.h5", None, None, None, small_unet(), train_cfg(), 0, 0, DistContext())
     assert sources[None].crops.flip_axis is None and sources[2].crops.flip_axis == 2
     flipped = 0
