@@ -102,7 +102,6 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         sync_file(tmp)  # before the mode: a umask without the owner's write would refuse the writable handle
         os.chmod(tmp, 0o666 & ~_current_umask())
         replace_file(tmp, final)
-        sync_folder(final.parent)
     except OSError as exc:
         _remove_quietly(tmp)
         error = as_output_error(exc, final)
@@ -112,19 +111,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         _remove_quietly(tmp)
         raise
+    sync_folder(final.parent)
 
 
 def sync_folder(folder: str | os.PathLike) -> None:
     """Flush a folder's entries after a rename into it, so a power cut cannot take the rename back (POSIX; Windows
-    cannot open a folder for fsync, and NTFS journals the rename)."""
+    cannot open a folder for fsync, and NTFS journals the rename). Never raises: some mounts cannot sync a folder."""
     if os.name == "nt":
         return
-    fd = os.open(os.fspath(folder) or ".", os.O_RDONLY)
+    try:  # best effort: the file is in place already, and a folder that cannot be opened or synced must not undo that
+        fd = os.open(os.fspath(folder) or ".", os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # a file system that cannot sync a folder
-            raise
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

@@ -57,7 +57,8 @@ def run_demo(
         spacing=phantom.t1ce.spacing,
         title=f"MedSynth demo: PSNR {scores['psnr']:.1f} dB, SSIM {scores['ssim']:.3f} inside the brain",
         ranges=metric_unit_ranges("synthetic T2", "real T2 (phantom)", phantom.t2.array, phantom.mask,
-                                  model.config.normalisation.output_scale)
+                                  model.config.normalisation.output_scale,
+                                  percentile=model.config.normalisation.target.percentile)
         if model.config.normalisation.target.mode == "percentile" else None,
     )
     if progress:

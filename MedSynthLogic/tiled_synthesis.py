@@ -340,7 +340,8 @@ def synthesize_array(
             except torch.cuda.OutOfMemoryError as exc:  # its tiles cannot shrink below its field: no halving here
                 torch.cuda.empty_cache()
                 raise _GpuOutOfMemory(ResourceError("The GPU ran out of memory for the U-Net's forward over the brain.",
-                                                    "Close other GPU programs or run on the CPU (--device cpu).")) from exc
+                                                    "Close other GPU programs or run on the CPU (--device cpu).",
+                                                    reason="out_of_memory")) from exc
     else:
         first_tile = default_tile(dev) if tile is None else int(tile)
 
@@ -445,6 +446,7 @@ def _run_stage_with_retry(job: _StageJob, tile: int, view: LeftRight, report: _P
                     ResourceError(
                         f"The GPU ran out of memory even with {tile}³ tiles.",
                         "Close other GPU programs or run on the CPU (--device cpu).",
+                        reason="out_of_memory",  # the panel words its own advice (a device to pick, no flag)
                     )
                 ) from exc
             tile //= 2

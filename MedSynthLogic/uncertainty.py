@@ -119,6 +119,9 @@ def check_uncertainty_path(
     from .atomic import same_place
     from .volume_io import check_image_output
 
+    if Path(path).is_dir():  # check_image_output's words would offer the synthesis's own name for the map
+        raise OutputError(f"The uncertainty map's path {path} is a folder.",
+                          f"Give the map a file name, e.g. {Path(path) / 'uncertainty.nii.gz'}.")
     if same_place(path, output_path):
         raise OutputError(
             f"The uncertainty map and the synthetic image would both be written to {path}.",

@@ -443,5 +443,5 @@ def test_gpu_out_of_memory_with_auto_falls_back_to_cpu_with_a_warning(monkeypatc
     assert fractions == sorted(fractions)
     with pytest.raises(ResourceError, match="out of memory") as info:
         synthesize_array(chain, source, None, stages=2, device="cuda", tile=32)
-    assert info.value.exit_code == 8
+    assert info.value.exit_code == 8 and info.value.reason == "out_of_memory"
     record("fault", fault="GPU out of memory at every tile size (simulated)", injected=2, resumed=0, files_lost=0)

@@ -485,7 +485,7 @@ def test_a_unet_synthesis_out_of_gpu_memory_falls_back_to_the_cpu_under_auto(mon
     assert [e["message"] for e in events if e["event"] == "warning"][0].endswith("Falling back to the CPU (slower).")
     with pytest.raises(ResourceError, match="out of memory") as refused:
         synthesize_array(chain, src, phantom.mask, device="cuda")
-    assert refused.value.exit_code == 8
+    assert refused.value.exit_code == 8 and refused.value.reason == "out_of_memory"  # the panel's own advice
 
 
 def test_a_unet_forward_that_overflows_in_fp16_is_redone_in_float32(monkeypatch):

@@ -155,3 +155,19 @@ def test_an_atomic_write_flushes_the_folder_after_its_rename(tmp_path, monkeypat
     with atomic.atomic_path(tmp_path / "out.txt") as tmp:
         tmp.write_text("complete", encoding="utf-8")
     assert synced == [False, True]  # the file, then its folder
+
+
+def test_a_folder_that_cannot_be_synced_does_not_undo_a_written_file(tmp_path, monkeypatch):
+    """The folder's flush came after the rename, inside the error handling: a folder that cannot be opened (a
+    write-only one, some network mounts) turned a written file into a "Permission denied" (a review, session 47)."""
+    real_open = os.open
+
+    def no_folders(path, flags, *args, **kwargs):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_folders)
+    with atomic.atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("complete", encoding="utf-8")
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == "complete"
