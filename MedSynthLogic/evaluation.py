@@ -278,8 +278,7 @@ def evaluate_cases(
                 pending.append(f"{case.case_id}.png")
                 _case_figure(make_output_folder(staging) / pending[-1], scored.read, scored.pred, scoring,
                              f"{case.case_id} {label}".strip(), names)
-            for name in pending:
-                _move_into_report(staging / name, out / name)
+            _move_case_files(staging, out, pending)
             rows.append(scored.row)  # only now: a stopped report's case has its files, so a resumed run need not redo it
             done += pending
             refused.update(scored.refused)
@@ -300,15 +299,21 @@ def evaluate_cases(
     return results
 
 
-def _move_into_report(staged: Path, dst: Path) -> None:
-    """A scored case's file into the report folder; what stands in the way (a folder of its name, a file open
-    elsewhere) is an ``OutputError`` naming it, not a traceback."""
-    try:
-        replace_file(staged, dst)
-    except OSError as exc:
-        raise (as_output_error(exc, dst) or OutputError(
-            f"Cannot put {dst.name} into the report folder {dst.parent}: {exc.strerror or exc}.",
-            f"Move or remove what is at {dst} and run again with --resume.")) from exc
+def _move_case_files(staging: Path, out: Path, names: Sequence[str]) -> None:
+    """A scored case's files into the report folder, all or none: what stands in the way of one (a folder of its
+    name, a file open elsewhere) is an ``OutputError`` naming it, and the case's files moved before it are taken
+    back out, so the stopped report's folder holds no file it does not list and ``--resume`` can go on."""
+    moved: List[Path] = []
+    for name in names:
+        try:
+            replace_file(staging / name, out / name)
+        except OSError as exc:
+            for done in moved:
+                done.unlink(missing_ok=True)
+            raise (as_output_error(exc, out / name) or OutputError(
+                f"Cannot put {name} into the report folder {out}: {exc.strerror or exc}.",
+                f"Move or remove what is at {out / name} and run again with --resume.")) from exc
+        moved.append(out / name)
 
 
 #: The hidden folder inside a report folder where the case being scored writes its prediction and figure.

@@ -105,6 +105,11 @@ def is_stopped(out_dir: PathLike) -> bool:
     return report is not None and isinstance(report.get(STOPPED), dict)
 
 
+#: Settings a stopped report written before they were recorded lacks: taken as this run's, so such a report (which
+#: the panel resumes by itself) still goes on. ``medsynth_version`` came in session 47, at version 0.1.0.
+LATER_SETTINGS = frozenset({"medsynth_version"})
+
+
 def kept_cases(out_dir: PathLike, settings: Dict[str, Any], planned: Sequence[str],
                files: Dict[str, Dict[str, List[Any]]]) -> KeptCases:
     """The scored cases of the stopped report in ``out_dir``, refused unless this run is that run again: the same
@@ -132,7 +137,8 @@ def kept_cases(out_dir: PathLike, settings: Dict[str, Any], planned: Sequence[st
         written, replaced = plain_names(report.get("written")), plain_names(record.get("replaced"))
     except (KeyError, TypeError, ValueError) as exc:
         raise _unreadable(out, f"{type(exc).__name__}: {exc}") from exc
-    changed = [f"{key}: {then.get(key)!r} then, {value!r} now" for key, value in settings.items() if then.get(key) != value]
+    changed = [f"{key}: {then.get(key)!r} then, {value!r} now" for key, value in settings.items()
+               if then.get(key, value if key in LATER_SETTINGS else None) != value]
     if changed:
         raise UsageError(f"The stopped evaluation in {out} ran with other settings ({'; '.join(changed)}): one report "
                          "must score every case the same way.",

@@ -297,12 +297,16 @@ def test_a_figure_that_cannot_take_its_place_is_an_output_error_and_the_scored_c
     from MedSynthLogic.errors import OutputError
 
     out = tmp_path / "out"
-    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a"]), out, lookup=lookup, figures=True)
+    both = dict(lookup=lookup, figures=True, save_predictions=True)
+    evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a"]), out, **both)
     (out / "b.png").mkdir()
     with pytest.raises(OutputError, match="b.png"):
-        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, lookup=lookup, figures=True,
-                       overwrite=True)
+        evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, overwrite=True, **both)
     assert [row["case"] for row in json.loads((out / "metrics.json").read_text())["cases"]] == ["a"]
+    assert not (out / "b_synthetic_t2.nii.gz").exists(), "b's prediction, moved before its figure, was left behind"
+    (out / "b.png").rmdir()  # as the error advises: then --resume goes on
+    done = evaluate_cases(cases_to_evaluate(cases_dir, case_ids=["a", "b"]), out, resume=True, **both)
+    assert [row["case"] for row in done["cases"]] == ["a", "b"] and (out / "b.png").is_file()
 
 
 def test_a_lookup_refuses_model_options_and_a_model_report_names_what_it_scored(cases_dir, lookup, tmp_path,
