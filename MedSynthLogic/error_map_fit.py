@@ -23,7 +23,7 @@ from .atomic import check_output_path
 from .dataset_cases import Case, CaseFiles, companion_t1
 from .dataset_prep import select_cases, target_background
 from .error_map import FEATURES, IMAGE_FEATURES, fit_error_map
-from .errors import UsageError
+from .errors import MedSynthError, UsageError
 from .evaluation import read_case
 from .source_names import T1CE, file_suffixes, named_sequence
 from .metrics import normalise_for_metrics, scale_prediction
@@ -124,11 +124,14 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
     rows, errors = [], []
     drawn: Dict[str, Dict[str, Any]] = {}
     for case in select_cases(found, ids, where=str(cases_dir)):
-        read = read_case(case, norm.mask_threshold, tumour=False, target_fill=target_background(norm.target))
-        for note in read.notes:
-            report(f"{case.case_id}: {note}")
+        try:
+            read = read_case(case, norm.mask_threshold, tumour=False, target_fill=target_background(norm.target))
+        except MedSynthError as exc:
+            raise exc.in_case(case.case_id) from exc
+        for note in read.notes:  # a warning, as fit-lookup and evaluate give it
+            report(f"warning: {case.case_id}: {note}")
         source, mask, scored = read.source, read.mask, read.scored  # as evaluate reads it: its mask, on its grid
-        reference = normalise_for_metrics(read.target.array, mask, percentile)
+        reference = normalise_for_metrics(read.target.array, scored, percentile)  # evaluate's reference, voxel for voxel
         extra = variant_sources(case, source, mask, variants, rng)
         if "t1" in variants and "t1" not in extra:  # found by name only: a T1ce source beside its T1
             raise UsageError(f"The t1 variant needs the non-contrast T1 beside each case's T1ce; {case.case_id} "

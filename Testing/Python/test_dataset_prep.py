@@ -496,6 +496,27 @@ def test_prepare_warns_of_a_source_that_is_not_skull_stripped_unless_a_mask_file
     assert not any("skull-stripped" in w for w in source_warnings(p.t1ce, p.mask, cfg))
 
 
+def test_prepare_itself_warns_of_a_head_without_a_mask_file_and_not_with_one(tmp_path):
+    """The same through prepare_dataset: the warning comes when no <case>_mask file says where the brain is."""
+    from MedSynthLogic.config import ModelConfig
+    from MedSynthLogic.dataset_prep import prepare_dataset
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(40, 44, 40), seed=0)
+    head = p.t1ce.with_array(np.where(p.mask, p.t1ce.array, 300.0).astype(np.float32))
+    for case in ("head", "masked"):
+        (tmp_path / "cases" / case).mkdir(parents=True)
+        write_volume(head, tmp_path / "cases" / case / f"{case}_t1ce.nii.gz")
+        write_volume(p.t2, tmp_path / "cases" / case / f"{case}_t2.nii.gz")
+    write_volume(p.t1ce.with_array(p.mask.astype(np.float32)), tmp_path / "cases" / "masked" / "masked_mask.nii.gz")
+    events = []
+    prepare_dataset(find_cases(tmp_path / "cases"), tmp_path / "data", ModelConfig(), patches_per_case=4,
+                    val_fraction=0.0, progress=events.append)
+    skull = [e["message"] for e in events if e["event"] == "warning" and "skull-stripped" in e["message"]]
+    assert len(skull) == 1 and skull[0].startswith("head:"), skull
+
+
 def test_prepare_warns_of_source_files_named_as_another_sequence(tmp_path):
     """--source-pattern '{case}/{case}_t1.nii.gz' with a FLAIR→T2 config prepared T1s as FLAIRs without a word (the
     histogram rule cannot tell them): the file names say it, and prepare now does, per case."""

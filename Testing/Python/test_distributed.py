@@ -245,3 +245,22 @@ def test_ranks_that_found_different_checkpoints_refuse_to_train(monkeypatch):
     with pytest.raises(UsageError, match="rank 0: stage 2, iteration 40, from ckpt_s01_it000000040.pt; rank 1: stage 1"):
         refuse_split_start(here, ctx)
     assert du.values_on_ranks("x", du.DistContext()) == ["x"]
+
+
+def test_train_compares_the_ranks_starts_before_it_trains(tmp_path, monkeypatch):
+    """The check is wired into the loop (a unit test of refuse_split_start alone would pass without the call)."""
+    from MedSynthLogic.config import TrainConfig
+    from MedSynthLogic.errors import UsageError
+    from MedSynthLogic.training import loop, train
+
+    config, data, _, _ = _phantom_run(tmp_path)
+    seen = []
+
+    def refuse(start, ctx):
+        seen.append((start.stage, start.iteration))
+        raise UsageError("the ranks disagree (stand-in)")
+
+    monkeypatch.setattr(loop, "refuse_split_start", refuse)
+    with pytest.raises(UsageError, match="stand-in"):
+        train(data, tmp_path / "m.safetensors", config, TrainConfig(iterations=1), device="cpu", run_dir=tmp_path / "run")
+    assert seen == [(0, 0)] and not (tmp_path / "m.safetensors").exists()

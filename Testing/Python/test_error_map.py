@@ -3,6 +3,8 @@ uncertainty map."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -227,7 +229,8 @@ def test_a_model_whose_target_is_not_percentile_normalised_gets_no_learned_map(t
     assert "not a T1ce" not in str(other.value)
 
 
-def test_a_map_fitted_on_validation_cases_says_so_in_the_file_and_in_the_panel(tmp_path, tiny_model_config, phantom):
+def test_a_map_fitted_on_validation_cases_says_so_in_the_file_and_in_the_panel(tmp_path, tiny_model_config, phantom,
+                                                                              capsys):
     """fit-error-map --cases naming a validation case gave no word, and the panel said "fitted on its training cases"
     (the panel's words: test_slicer_lib)."""
     import dataclasses
@@ -251,6 +254,14 @@ def test_a_map_fitted_on_validation_cases_says_so_in_the_file_and_in_the_panel(t
     header = read_header(out)
     assert header["error_map"]["fitted_on"]["validation_cases"] == ["c0"]
     assert "fitted on 1 case (1 of them its validation cases)" in summarize_header(header, "em")
+    from MedSynthLogic.cli import main
+
+    capsys.readouterr()
+    assert main(["fit-error-map", str(tmp_path / "cases"), str(model), str(tmp_path / "em2.safetensors"), "--cases",
+                 "c0", "--voxels-per-case", "200", "--device", "cpu", "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "warning" and "validation cases" in e["message"] for e in events), \
+        "a log line, which the panel does not show as a warning"
 
 
 def test_the_fit_reads_each_case_as_evaluate_does(tmp_path, tiny_model_config, phantom):

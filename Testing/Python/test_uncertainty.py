@@ -187,6 +187,29 @@ def test_cli_writes_the_map_and_refuses_bad_paths_before_work(lopsided, phantom,
     _medsynth("synthesize", tmp_path, tmp_path / "outdir", "--model", model, "--uncertainty", unc, expect=2)
 
 
+def test_the_synthesis_is_written_before_its_map(lopsided, phantom, tmp_path, monkeypatch):
+    """The map was written first: a synthesis whose own write failed left an orphan map, and a rerun without
+    --overwrite was refused because that map existed. Now the product comes first; a failing map leaves it whole."""
+    from MedSynthLogic import volume_io
+    from MedSynthLogic.errors import OutputError
+    from MedSynthLogic.inference import synthesize_file
+
+    src, out, unc = tmp_path / "case_t1ce.nii.gz", tmp_path / "syn_t2.nii.gz", tmp_path / "unc.nii.gz"
+    write_volume(Volume(phantom.t1ce.array), src)
+    real_write = volume_io.write_volume
+
+    def map_fails(vol, path, *args, **kwargs):
+        if str(path) == str(unc):
+            raise OutputError("the disk filled up (simulated)")
+        return real_write(vol, path, *args, **kwargs)
+
+    monkeypatch.setattr(volume_io, "write_volume", map_fails)
+    with pytest.raises(OutputError, match="simulated"):
+        synthesize_file(lopsided, src, out, device="cpu", precision="fp32", uncertainty_path=unc, force=True,
+                        progress=[].append)
+    assert out.is_file() and not unc.exists()
+
+
 def test_overlay_on_the_synthetic_image_with_legend(source, tmp_path):
     slicer = pytest.importorskip("slicer", reason="slicer-core is needed for MRML tests")
     from MedSynthLogic import mrml
