@@ -1,7 +1,9 @@
 """Whole-volume synthesis with the U-Net generator kind: one forward over the brain's frame, or exact tiles.
 
 The frame: the brain mask's bounding box grown by ``MARGIN`` voxels, each edge rounded up to a multiple of the
-U-Net's downsampling (beyond the volume the border voxels are repeated, as for the FCN). Every stage runs over
+U-Net's downsampling; beyond the volume the frame holds zeros, as the training crops do (their windows pass the
+volume's edges with zeros: a brain cut by the field of view, as in 10 of the 14 BraTS cases, had its bottom slice
+repeated below it at inference, an input the network never trained on). Every stage runs over
 the same frame; stage k sees ``[source, synthesis of stage k−1 inside the mask]``, exactly as training builds
 its context. When the frame holds more than ``max_voxels`` it is cut into tiles whose input windows reach
 ``GeneratorConfig.tile_halo`` (the receptive radius, on the downsampling grid) past the tile and stop at the frame's
@@ -146,7 +148,7 @@ def synthesize_unet(
     cfg = chain.config.generator
     multiple, halo = cfg.size_multiple, cfg.tile_halo
     frame = frame_of(box, src.shape, multiple, margin)
-    src_f = cut_window(src, frame).astype(np.float32, copy=False)
+    src_f = cut_window(src, frame, mode="constant").astype(np.float32, copy=False)
     mask_f = cut_window(mask.astype(np.float32), frame, mode="constant") if mask is not None else None
     tile = max(multiple, tile // multiple * multiple)
     prev = None if context is None else cut_window(context.astype(np.float32, copy=False), frame, mode="constant")
