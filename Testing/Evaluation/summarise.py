@@ -40,6 +40,9 @@ ROWS = [
     ("unet3d_ablation/prior_fcn_l2_seed2_lowlr2_blend", "**the default since session 46: the Z2 blend** (run Z's refiner "
                                                         "trained 3000 more iterations the same way, seed 5; a tie with "
                                                         "the Z blend; MODEL_CARD.md)"),
+    ("unet3d_ablation/prior_fcn_l2_crop128_blend", "the Z3 blend (run Z2's refiner trained 1200 more iterations on "
+                                                   "128³ crops, seed 6; not shipped: PSNR below the default; session "
+                                                   "47)"),
     ("unet3d_ablation/median_fcn", "the paper's 3-stage FCN fine-tuned on the CPU (30 min) on a T1ce divided by its "
                                    "in-brain median instead of its 99.5th percentile (session 30; reported)"),
     ("unet3d_ablation/median_aug_fcn", "the same fine-tuning with the patches' T1ce augmented (gamma, noise, thick "
