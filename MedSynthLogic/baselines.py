@@ -76,7 +76,7 @@ def fit_intensity_lookup(
     pair's (source, target), and ``fitted_on``: the case ids of ``pairs``, recorded in the file so that
     ``evaluate`` can say when it scores the lookup's own cases (None: not known).
 
-    A fourth array, where given, is where the target has data (``evaluation.CaseOnSourceGrid.scored``): the source
+    A fourth array, where given, is where the target has data (``case_reading.CaseOnSourceGrid.scored``): the source
     is normalised over the whole mask, as the lookup is applied, but the target and the fit read only those voxels
     (a target of a smaller field of view was fitted as black beyond it)."""
     from .normalisation import normalise_source, normalise_target

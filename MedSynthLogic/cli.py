@@ -178,7 +178,7 @@ def cmd_fit_lookup(args: argparse.Namespace, report: Reporter) -> int:
     from .baselines import fit_intensity_lookup
     from .config import ModelConfig, load_json_config
     from .dataset_prep import select_cases, target_background
-    from .evaluation import read_case
+    from .case_reading import read_case
     from .source_names import file_suffixes
 
     model_cfg = load_json_config(args.config, ModelConfig)

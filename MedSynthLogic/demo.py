@@ -24,10 +24,9 @@ def run_demo(
     The four files are the demo's own and are replaced on every run, so the demo can always be run again into the
     same folder (each is still written atomically: a run cut short leaves the previous file whole).
     """
-    from .evaluation import scoring_of
     from .figures import comparison_figure, metric_unit_ranges
     from .inference import synthesize_volume
-    from .metrics import evaluate_case
+    from .metrics import evaluate_case, scoring_of
     from .model_file import bundled_model_path, load_model
     from .phantom import make_phantom
     from .volume_io import write_volume

@@ -413,3 +413,14 @@ __all__ = [
     "scoring_protocol",
     "markdown_table",
 ]
+
+
+def scoring_of(norm: Any) -> Tuple[float, Optional[float], Optional[Tuple[float, float]]]:
+    """(percentile, prediction scale, window): how ``metrics`` scores a predictor of this normalisation. A
+    percentile-mode target scores the synthesis in its own unit, 1 = the target's ``percentile`` (99.5 was
+    assumed: a perfect model trained at 99 could not pass 32.8 dB); a window-mode one in the window."""
+    if norm.target.mode == "window":
+        return 99.5, None, (float(norm.target.window_min), float(norm.target.window_max))
+    if norm.target.mode == "percentile":
+        return float(norm.target.percentile), float(norm.output_scale), None
+    return 99.5, None, None

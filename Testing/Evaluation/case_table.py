@@ -11,7 +11,7 @@ import numpy as np
 def read_scored_case(case: Any, mask_threshold: float = 0.0) -> Tuple[Any, np.ndarray, np.ndarray]:
     """A case's source ``Volume``, its brain mask and its reference T2 in the metrics' unit, on the source's grid:
     what `medsynth evaluate` scores against, so a probe's unadjusted column matches the evaluation."""
-    from MedSynthLogic.evaluation import read_case
+    from MedSynthLogic.case_reading import read_case
     from MedSynthLogic.metrics import normalise_for_metrics
 
     read = read_case(case, mask_threshold, tumour=False)  # a case's mask file, files on another grid: as evaluate

@@ -439,7 +439,7 @@ def test_a_ct_target_resampled_onto_the_source_grid_is_air_where_it_does_not_rea
     from MedSynthLogic.config import IntensityConfig
     from MedSynthLogic.dataset_cases import Case
     from MedSynthLogic.dataset_prep import target_background
-    from MedSynthLogic.evaluation import read_case
+    from MedSynthLogic.case_reading import read_case
     from MedSynthLogic.phantom import make_phantom
     from MedSynthLogic.volume_io import write_volume
 
@@ -547,7 +547,7 @@ def test_a_target_percentile_other_than_99_5_scores_a_perfect_synthesis_as_perfe
     """evaluate divided the reference by its 99.5th percentile whatever the model's target percentile: a perfect
     synthesis of a model trained at 99 could not score above 32.8 dB (a review)."""
     from MedSynthLogic.config import IntensityConfig, ModelConfig, NormalisationConfig
-    from MedSynthLogic.evaluation import scoring_of
+    from MedSynthLogic.metrics import scoring_of
     from MedSynthLogic.metrics import score_pair
     from MedSynthLogic.normalisation import brain_mask
     from MedSynthLogic.volume_io import read_volume
@@ -612,7 +612,9 @@ def test_the_figures_error_is_what_the_metrics_read(cases_dir, tmp_path, monkeyp
     from MedSynthLogic.config import IntensityConfig
     from MedSynthLogic.dataset_cases import Case
     from MedSynthLogic.config import ModelConfig
-    from MedSynthLogic.evaluation import _case_figure, read_case, scoring_of
+    from MedSynthLogic.case_reading import read_case
+    from MedSynthLogic.evaluation import _case_figure
+    from MedSynthLogic.metrics import scoring_of
 
     norm = dataclasses_replace_target(ModelConfig().normalisation, IntensityConfig(mode="median"))
     read = read_case(Case("a", cases_dir / "a" / "a_t1ce.nii.gz", cases_dir / "a" / "a_t2.nii.gz"), norm.mask_threshold)
