@@ -81,8 +81,7 @@ def _read_header(path: Path) -> Tuple[Dict[str, Any], int]:
     except IsADirectoryError as exc:
         raise ModelFileError(f"Checkpoint {path} is a folder, not a file.") from exc
     except OSError as exc:  # unreadable (permissions, I/O): a ModelFileError, which the checkpoint scans skip
-        raise ModelFileError(f"Checkpoint {path} cannot be read: {exc.strerror or exc}.",
-                             "Check its permissions, or use an earlier checkpoint.") from exc
+        raise _unreadable(path, exc) from exc
     if not line.endswith(b"\n"):
         raise ModelFileError(f"Checkpoint {path} has a damaged header.", "The file is truncated or corrupt; use an earlier checkpoint.")
     try:
@@ -98,6 +97,11 @@ def _read_header(path: Path) -> Tuple[Dict[str, Any], int]:
     return header, len(MAGIC) + len(line)
 
 
+def _unreadable(path: Path, exc: OSError) -> ModelFileError:
+    return ModelFileError(f"Checkpoint {path} cannot be read: {exc.strerror or exc}.",
+                          "Check its permissions, or use an earlier checkpoint.")
+
+
 def verify_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
     """Check size and sha256 of the payload; returns the header or raises :class:`ModelFileError`."""
     header, _ = _read_payload(Path(path))
@@ -111,8 +115,7 @@ def _read_payload(path: Path) -> Tuple[Dict[str, Any], bytes]:
             fh.seek(offset)
             payload = fh.read()
     except OSError as exc:
-        raise ModelFileError(f"Checkpoint {path} cannot be read: {exc.strerror or exc}.",
-                             "Check its permissions, or use an earlier checkpoint.") from exc
+        raise _unreadable(path, exc) from exc
     if len(payload) != header.get("size"):
         raise ModelFileError(
             f"Checkpoint {path} is truncated ({len(payload)} of {header.get('size')} bytes).",
