@@ -20,11 +20,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .atomic import check_output_path
+from .case_reading import read_case
 from .dataset_cases import Case, CaseFiles, companion_t1
 from .dataset_prep import select_cases, target_background
 from .error_map import FEATURES, IMAGE_FEATURES, fit_error_map
 from .errors import MedSynthError, UsageError
-from .case_reading import read_case
 from .source_names import T1CE, file_suffixes, named_sequence
 from .metrics import normalise_for_metrics, scale_prediction
 from .model_file import load_model, with_error_map
