@@ -113,8 +113,8 @@ LATER_SETTINGS = frozenset({"medsynth_version"})
 def kept_cases(out_dir: PathLike, settings: Dict[str, Any], planned: Sequence[str],
                files: Dict[str, Dict[str, List[Any]]]) -> KeptCases:
     """The scored cases of the stopped report in ``out_dir``, refused unless this run is that run again: the same
-    predictor and settings, the same cases in the same order, and each kept case's files as they were scored
-    (``files``: :func:`case_files` of every planned case)."""
+    predictor and settings, a case list that begins with the kept cases in their order (the cases after them may
+    change), and each kept case's files as they were scored (``files``: :func:`case_files` of every planned case)."""
     out = Path(out_dir)
     if not (out / "metrics.json").exists():
         raise UsageError(f"--resume goes on from a stopped evaluation, but {out} holds no report (metrics.json).",
