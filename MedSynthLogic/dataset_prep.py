@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +225,9 @@ class _Plan:
     geometry: str
     compression: str
     volume_dtype: str
+    #: Written into every file of this run, so files of two runs (an ``--overwrite`` that stopped between its
+    #: renames) are refused by ``train`` instead of trained on together.
+    run_id: str
 
     @property
     def halo(self) -> int:
@@ -258,7 +262,7 @@ def prepare_dataset(
     cases = list(cases)
     _check_arguments(cases, patches_per_case, flip_axis, inside_fraction, geometry, compression, seed)
     plan = _Plan(model_cfg, int(patches_per_case), 1 if flip_axis is None else 2, flip_axis, inside_fraction,
-                 seed, geometry, compression, volume_dtype)
+                 seed, geometry, compression, volume_dtype, uuid.uuid4().hex)
     out = Path(out_dir)
     train, val = split_cases(cases, val_cases=val_cases, val_fraction=val_fraction, seed=seed)  # before the folder exists
     check_prepare_memory(cases)
@@ -365,7 +369,7 @@ def _open_writers(stack: ExitStack, out: Path, splits: Dict[str, List[Case]], pl
             compression=plan.compression,
             volume_dtype=plan.volume_dtype,
             attrs={"split": name, "patches_per_case": k, "inside_fraction": float(plan.inside_fraction),
-                   "flipped_copy": int(copies == 2)},
+                   "flipped_copy": int(copies == 2), "prepare_run": plan.run_id},
         )
         stack.callback(_close_quietly, writers[name])
     return writers
@@ -463,6 +467,7 @@ def _manifest(plan: _Plan, splits: Dict[str, List[Case]], case_entries: Dict[str
         "format": MANIFEST_FORMAT,
         "format_version": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "prepare_run": plan.run_id,
         "seed": int(plan.seed),
         "patches_per_case": k,
         "flip_axis": plan.flip_axis,

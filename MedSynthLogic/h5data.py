@@ -4,7 +4,8 @@ Schema (``docs/ARCHITECTURE.md``), version 1:
 
 * root attrs: ``format="medsynth-patches"``, ``format_version=1``, ``source_patch`` (S), ``target_patch`` (T),
   ``model_config`` (JSON of ``ModelConfig``), plus ``flip_axis``, ``pad`` (the halo), ``case_ids`` (JSON list;
-  ``case_index`` indexes it), ``split``, ``seed``, ``medsynth_version``.
+  ``case_index`` indexes it), ``split``, ``seed``, ``medsynth_version``, ``prepare_run`` (the id the
+  manifest and the other split's file of the same ``prepare`` share).
 * ``source`` float32 (N, 1, S, S, S), ``target`` float32 (N, 1, T, T, T): one patch per chunk, lzf-compressed
   by default (measured on real BraTS patches: lzf writes ~1.75x faster than gzip-1 and reads as fast, at 56 vs
   39 KiB/patch; the byte-shuffle filter makes both slower and larger), gzip-1 on request.
@@ -310,6 +311,7 @@ def patch_file_info(path: Union[str, os.PathLike]) -> Dict[str, Any]:
             "pad": int(f.attrs.get("pad", 0)),
             "model_config": _json_attr(f.attrs["model_config"]),
             "split": _str_attr(f.attrs.get("split", "")),
+            "prepare_run": _str_attr(f.attrs.get("prepare_run", "")),  # empty in files of MedSynth before 2026-12-08
         }
 
 

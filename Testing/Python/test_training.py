@@ -151,6 +151,35 @@ def test_plan_refuses_missing_data_and_wrong_patch_size(tmp_path, data_dir, tiny
     assert plan.n_train == 256 and plan.n_val == 128 and plan.val_cases == ["c2"]
 
 
+def test_plan_refuses_files_of_two_prepare_runs(tmp_path, data_dir, tiny_model_config):
+    """An ``--overwrite`` that stopped between its renames leaves train.h5 of one run beside val.h5 or the manifest
+    of another: training on both would validate on other cases, normalised otherwise. The same run's files pass."""
+    import json
+    import shutil
+
+    from MedSynthLogic.training import plan_training
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(data_dir, mixed)
+    plan_training(mixed, tiny_model_config, _cfg())
+    other = make_phantom_data(tmp_path / "other", tiny_model_config, patches_per_case=8)
+    shutil.copy(other / "val.h5", mixed / "val.h5")
+    with pytest.raises(DataError, match="different `medsynth prepare` runs .*--overwrite"):
+        plan_training(mixed, tiny_model_config, _cfg())
+    shutil.copy(data_dir / "val.h5", mixed / "val.h5")
+    manifest = json.loads((mixed / "manifest.json").read_text())
+    manifest["prepare_run"] = json.loads((other / "manifest.json").read_text())["prepare_run"]
+    (mixed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="different `medsynth prepare` runs"):
+        plan_training(mixed, tiny_model_config, _cfg())
+    del manifest["prepare_run"]  # a manifest of an older prepare beside files with an id: also a mix
+    (mixed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="manifest.json without an id"):
+        plan_training(mixed, tiny_model_config, _cfg())
+    (mixed / "manifest.json").unlink()  # training runs without a manifest, as before
+    assert plan_training(mixed, tiny_model_config, _cfg()).n_val == 128
+
+
 def test_a_run_shorter_than_its_adversarial_warm_up_is_warned(tmp_path, data_dir, tiny_model_config):
     """The warning reaches the user (a "warning" event, which the CLI and the panel show) before any iteration."""
     from MedSynthLogic.training import plan_training, train
