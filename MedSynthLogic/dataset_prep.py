@@ -389,26 +389,43 @@ def _write_case(writer: Any, case: Case, plan: _Plan, split: str) -> Dict[str, A
     src_p = pad_volume(data["source"], halo)
     tgt_p = pad_volume(data["target"], halo)
     mask_p = pad_volume(data["mask"].astype(np.uint8), halo, mode="constant")
+    t_write = time.perf_counter()
+    writer.add_volume(case.case_id, src_p, tgt_p, mask_p, data["source_transform"], data["target_transform"],
+                      attrs={"shape": list(data["source"].shape), **data["geometry"]})
+    t_write = time.perf_counter() - t_write
+    shift = np.zeros(3, np.int64)
+    if plan.model_cfg.generator.kind == "unet3d":  # its crops pass a short volume's edges with zeros: so may its patches
+        (src_p, tgt_p, mask_p), shift = fill_to_patch([src_p, tgt_p, mask_p], S)
     rng = _case_rng(plan.seed, case.case_id)
     try:
         corner_sets = [sample_corners(mask_p, plan.patches_per_case, S, rng, plan.inside_fraction) for _ in range(plan.copies)]
     except DataError as exc:
         raise exc.in_case(case.case_id) from exc
-    t_sample = time.perf_counter() - t_sample
-    t_write = time.perf_counter()
-    writer.add_volume(case.case_id, src_p, tgt_p, mask_p, data["source_transform"], data["target_transform"],
-                      attrs={"shape": list(data["source"].shape), **data["geometry"]})
-    t_write = time.perf_counter() - t_write
-    t_extract, t_patches = _write_patches(writer, case.case_id, src_p, tgt_p, corner_sets, plan)
+    t_sample = time.perf_counter() - t_sample - t_write
+    t_extract, t_patches = _write_patches(writer, case.case_id, src_p, tgt_p, corner_sets, plan, shift)
     inside = np.concatenate(corner_sets) + S // 2
     timings = {"read_s": data["read_s"], "normalise_s": data["normalise_s"], "pad_sample_s": t_sample,
                "extract_s": t_extract, "write_s": t_write + t_patches, "total_s": time.perf_counter() - t_case}
     return _case_entry(case, data, src_p.shape, int(mask_p[tuple(inside.T)].astype(bool).sum()), plan, split, timings)
 
 
+def fill_to_patch(volumes: List[np.ndarray], size: int) -> Tuple[List[np.ndarray], np.ndarray]:
+    """``volumes`` (one grid) with zeros added evenly on both sides of each axis shorter than ``size``, and the
+    (z, y, x) voxels added before the first: a U-Net crops volumes smaller than its crop this way in training."""
+    short = np.maximum(int(size) - np.asarray(volumes[0].shape[-3:], dtype=np.int64), 0)
+    before = short // 2
+    if not short.any():
+        return volumes, before
+    widths = [(int(b), int(n - b)) for b, n in zip(before, short)]
+    return [np.pad(v, widths, mode="constant") for v in volumes], before
+
+
 def _write_patches(writer: Any, case_id: str, src_p: np.ndarray, tgt_p: np.ndarray, corner_sets: List[np.ndarray],
-                   plan: _Plan) -> Tuple[float, float]:
-    """Cut and write the patches at each copy's corners (copy 1 flipped), in chunks; returns (extract s, write s)."""
+                   plan: _Plan, shift: Optional[np.ndarray] = None) -> Tuple[float, float]:
+    """Cut and write the patches at each copy's corners (copy 1 flipped), in chunks; returns (extract s, write s).
+
+    ``shift``: voxels :func:`fill_to_patch` added before the stored volume, taken off the recorded corners (which
+    then may be negative: the cube passes the volume's edge)."""
     from .patches import extract_patches, flip_patches
 
     S, T, halo = plan.model_cfg.source_patch, plan.model_cfg.target_patch, plan.halo
@@ -422,7 +439,7 @@ def _write_patches(writer: Any, case_id: str, src_p: np.ndarray, tgt_p: np.ndarr
             if copy == 1:
                 sp, tp = flip_patches(sp, plan.flip_axis), flip_patches(tp, plan.flip_axis)  # type: ignore[arg-type]
             t1 = time.perf_counter()
-            writer.add_patches(case_id, sp, tp, c, np.full(len(c), copy, np.uint8))
+            writer.add_patches(case_id, sp, tp, c - (0 if shift is None else shift), np.full(len(c), copy, np.uint8))
             t_extract += t1 - t0
             t_write += time.perf_counter() - t1
     return t_extract, t_write

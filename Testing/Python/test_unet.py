@@ -539,3 +539,25 @@ def test_a_brain_cut_by_the_field_of_view_sees_zeros_beyond_it_as_in_training(ph
     padded_mask = np.pad(mask, ((32, 0), (0, 0), (0, 0)))
     np.testing.assert_allclose(synthesize_array(chain, cut, mask, device="cpu"),
                                synthesize_array(chain, padded, padded_mask, device="cpu")[32:], atol=1e-5)
+
+
+def test_unet_data_may_be_shorter_than_the_crop(tmp_path):
+    """A U-Net trains on crops that pass a short volume's edges with zeros, so `prepare` takes a volume shorter than
+    the crop along an axis (a thin slab): its patches are filled alike, their corners on the volume's own grid. The
+    paper's FCN still refuses a volume smaller than its patch."""
+    import h5py
+
+    from MedSynthLogic.errors import DataError
+    from MedSynthLogic.training import train
+
+    data = make_phantom_data(tmp_path / "slab", small_unet(crop=32), patches_per_case=2, shape=(20, 40, 36))
+    with h5py.File(data / "train.h5", "r") as f:
+        corners, source = f["corner"][...], f["source"][...]
+        stored = f["volumes/c0/source"].shape
+    assert stored == (20, 40, 36) and source.shape[-3:] == (32, 32, 32)
+    assert (corners[:, 0] == -6).all() and (corners[:, 1:] >= 0).all()  # 12 zero slices, 6 before the volume
+    assert not source[:, 0, :6].any() and not source[:, 0, 26:].any() and source[:, 0, 6:26].any()
+    model = train(data, tmp_path / "u.safetensors", small_unet(crop=32), train_cfg(iterations=2), device="cpu")
+    assert model.exists()
+    with pytest.raises(DataError, match="smaller than a 32³ patch"):
+        make_phantom_data(tmp_path / "fcn", ModelConfig(source_patch=32), patches_per_case=2, shape=(8, 40, 36))
