@@ -88,9 +88,16 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
     else:
         mask = brain_mask(source.array, norm.mask_threshold)
     coverage = []
+    with_target = None  # the brain voxels the target reaches, when not all: its transform is fitted on them
     if resampled:  # where the target's field of view does not reach, it holds only its background
-        missed = int(np.count_nonzero(mask & ~field_of_view_on_grid(raw_target, source)))
-        if missed:  # the mask stays: it also normalises the source and bounds the context, as in synthesis
+        with_target = mask & field_of_view_on_grid(raw_target, source)
+        missed = int(np.count_nonzero(mask) - np.count_nonzero(with_target))
+        if not missed:
+            with_target = None
+        elif not with_target.any():
+            raise DataError("The target's field of view does not reach the brain mask: there is nothing to learn from.",
+                            "Check that the target belongs to this case and lies in the same space as the source.")
+        else:  # the mask stays: it also normalises the source and bounds the context, as in synthesis
             coverage.append(f"the target's field of view misses {missed} of the brain mask's {int(mask.sum())} voxels "
                             f"({100.0 * missed / mask.sum():.1f} %), where training learns the target's background as "
                             "brain: leave that case out, or give a mask file (or crop the source) inside the target's "
@@ -116,11 +123,13 @@ def _load_case(case: Case, model_cfg: ModelConfig, geometry: str) -> Dict[str, A
         notes.append(f"Reordered the voxel axes from {orientation_code(source.direction)} to LPS, the order models "
                      "see every volume in.")
         source, target, mask = order.volume(source), order.volume(target), np.ascontiguousarray(order.forward(mask))
+        if with_target is not None:
+            with_target = np.ascontiguousarray(order.forward(with_target))
     warnings = (coverage + source_warnings(source, mask, model_cfg, name=str(case.source), mask_given=case.mask is not None)
                 + target_warnings(target.array, mask, norm.target))
     t1 = time.perf_counter()
     src, src_tr = normalise_source(source.array, mask, norm)
-    tgt, tgt_tr = normalise_target(target.array, mask, norm)
+    tgt, tgt_tr = normalise_target(target.array, mask, norm, fit_mask=with_target)
     t2 = time.perf_counter()
     return {
         "source": src,

@@ -91,8 +91,9 @@ class IntensityTransform:
         return cls(**data)
 
 
-def _apply(arr: np.ndarray, mask: Optional[np.ndarray], icfg: IntensityConfig) -> Tuple[np.ndarray, IntensityTransform]:
-    transform = IntensityTransform.fit(icfg, arr, mask)
+def _apply(arr: np.ndarray, mask: Optional[np.ndarray], icfg: IntensityConfig,
+           fit_mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, IntensityTransform]:
+    transform = IntensityTransform.fit(icfg, arr, mask if fit_mask is None else fit_mask)
     out = transform.forward(arr)
     if mask is not None:
         out = np.where(mask, out, np.float32(0.0)).astype(np.float32, copy=False)
@@ -107,10 +108,13 @@ def normalise_source(
 
 
 def normalise_target(
-    arr: np.ndarray, mask: Optional[np.ndarray], cfg: NormalisationConfig
+    arr: np.ndarray, mask: Optional[np.ndarray], cfg: NormalisationConfig, fit_mask: Optional[np.ndarray] = None
 ) -> Tuple[np.ndarray, IntensityTransform]:
-    """Target volume → network units (float32, 0 outside ``mask``), with the fitted transform (kept for metrics)."""
-    return _apply(arr, mask, cfg.target)
+    """Target volume → network units (float32, 0 outside ``mask``), with the fitted transform (kept for metrics).
+
+    ``fit_mask``: the voxels the transform is fitted on, when not all of ``mask`` holds target data (a resampled
+    target that does not reach part of the brain holds only its background there, as ``evaluate`` leaves out)."""
+    return _apply(arr, mask, cfg.target, fit_mask)
 
 
 def denormalise_output(arr: np.ndarray, cfg: NormalisationConfig) -> np.ndarray:

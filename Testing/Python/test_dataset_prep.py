@@ -606,6 +606,14 @@ def test_a_target_whose_field_of_view_misses_part_of_the_brain_is_said(tmp_path)
     assert any(f"the target's field of view misses {missed} of the brain mask's {int(mask.sum())} voxels" in w
                for w in warnings), warnings
     assert m["cases"]["c"]["mask_voxels"] == int(mask.sum())  # kept: it normalises the source as synthesis does
+    # The target's percentile is taken where it has data, as evaluate takes it: the fill voxels lowered it.
+    from MedSynthLogic.normalisation import normalise_target
+
+    filled, reached = tgt.array.astype(np.float32), mask.copy()
+    filled[:cut], reached[:cut] = 0, False
+    recorded = m["cases"]["c"]["normalisation"]["target"]
+    assert recorded == pytest.approx(normalise_target(filled, mask, cfg.normalisation, fit_mask=reached)[1].to_dict())
+    assert recorded != pytest.approx(normalise_target(filled, mask, cfg.normalisation)[1].to_dict())
 
 
 def test_a_dataset_whose_largest_case_would_not_fit_in_memory_is_refused_before_any_case(tmp_path, monkeypatch):
