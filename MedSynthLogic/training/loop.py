@@ -247,7 +247,7 @@ def _train_stage(
     for it in range(first, tcfg.iterations):
         src, tgt, mask = (None if t is None else t.to(dev, non_blocking=True) for t in source.batch(it))
         losses = trainer.step(src, tgt, mask, it)
-        check_finite(losses, stage, it, s.run_dir, ctx)
+        check_finite(losses, stage, it, s.run_dir, ctx, (gen, trainer.disc))
         done = it + 1
         s.ran += 1
         s.patches_seen += tcfg.batch_size * ctx.world_size

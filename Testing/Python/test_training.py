@@ -119,6 +119,32 @@ def test_a_nan_loss_stops_training_and_keeps_the_good_checkpoints(tmp_path, data
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def test_nan_weights_under_a_finite_loss_stop_training_before_the_checkpoint(tmp_path, data_dir, tiny_model_config,
+                                                                              monkeypatch):
+    """The losses are taken before the step: an infinite gradient under a finite loss, turned into NaN by gradient
+    clipping, left NaN weights only, and a checkpoint at that iteration stored them as the newest (a review)."""
+    from MedSynthLogic import training
+    from MedSynthLogic.errors import TrainingDiverged
+    from MedSynthLogic.stage_trainer import StageTrainer
+
+    real_step, calls = StageTrainer.step, []
+
+    def step(self, *args, **kwargs):
+        losses = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:
+            with torch.no_grad():
+                next(self.gen.parameters()).view(-1)[0] = float("nan")
+        return losses
+
+    monkeypatch.setattr(StageTrainer, "step", step)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="The weights .* iteration 4"):
+        training.train(data_dir, tmp_path / "m.safetensors", _one_stage(tiny_model_config),
+                       _cfg(iterations=8, checkpoint_every=2), device="cpu", run_dir=run, keep_checkpoints=1)
+    assert sorted(p.name for p in run.glob("ckpt_*.pt")) == [ckpt.checkpoint_name(0, 2)]
+
+
 def test_keep_every_keeps_the_named_points_that_rotation_would_delete(tmp_path, data_dir, tiny_model_config):
     """An evaluation plan names iterations in advance; rotating to the newest one must not delete them first."""
     from MedSynthLogic import training
