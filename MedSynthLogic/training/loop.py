@@ -45,7 +45,7 @@ from .export import write_trained_model
 from .monitor import LossLog, check_finite
 from .plan import TrainingPlan, plan_training
 from .resume import (
-    Start, changed_world_size, decide_start, patches_before, refuse_changed_data, refuse_changed_schedule,
+    Start, changed_world_size, decide_start, goes_on, patches_before, refuse_changed_data, refuse_changed_schedule,
     refuse_earlier_run, refuse_split_start, set_aside_later_checkpoints,
 )
 from .run_lock import acquire_run_folder, release_run_folder
@@ -140,7 +140,7 @@ def train(
                     start = dataclasses.replace(start, resumed_from=str(moved))
         for k in range(start.stage):
             chain.stages[k].to(ctx.device).eval()
-        session.carry_history(start.checkpoint)
+        session.carry_history(start.checkpoint, None if goes_on(start) else start.stage)
         if start.checkpoint is None and start.model is not None:
             session.stages_from_file, session.stages_from_path = start.stage, start.resumed_from
             session.init_model_cases = all_training_cases(start.model.header)  # None: that file does not name them

@@ -179,14 +179,20 @@ def set_aside_later_checkpoints(run_dir: Path, start_stage: int) -> Optional[Pat
     return aside
 
 
+def goes_on(start: Start) -> bool:
+    """Whether the run goes on exactly where its checkpoint ended: mid-stage, or at the stage after a finished one
+    (not a retraining of stages that checkpoint had already passed)."""
+    state = start.checkpoint
+    return state is not None and (start.continues or (bool(state.get("stage_done")) and int(state["stage"]) + 1 == start.stage))
+
+
 def patches_before(start: Start, train_cfg: TrainConfig, world_size: int) -> int:
     """Patches the schedule drew before this call: the checkpoint's own count when the run goes on from it (so a
     resume with another number of processes still counts right), else what an uninterrupted run would have drawn."""
     state = start.checkpoint
     if state is None and start.model is not None:
         return 0  # the stages before came from another run's model file: its patches are not this run's
-    goes_on = state is not None and (start.continues or (bool(state.get("stage_done")) and int(state["stage"]) + 1 == start.stage))
-    if goes_on and "patches_seen" in state:
+    if goes_on(start) and "patches_seen" in state:  # type: ignore[operator]
         return int(state["patches_seen"])
     return (start.stage * train_cfg.iterations + start.iteration) * train_cfg.batch_size * world_size
 

@@ -51,11 +51,24 @@ class Session:
         """Whether this call has run the ``stop_after`` iterations it was asked for (a slice of a long schedule)."""
         return self.stop_after is not None and self.ran >= self.stop_after
 
-    def carry_history(self, state: Optional[Dict[str, Any]]) -> None:
-        """Start the clock, going on from the validation results and time of the checkpoint a run starts from."""
+    def carry_history(self, state: Optional[Dict[str, Any]], retrain_from: Optional[int] = None) -> None:
+        """Start the clock, going on from the validation results and time of the checkpoint a run starts from.
+
+        ``retrain_from``: this run retrains that stage and later ones, which the checkpoint had already trained
+        (``--start-stage``): their validation results are left out (the new model would report the replaced
+        stages' as its own when it does not validate them again) and the time is the checkpoint's share of
+        iterations before that stage (the checkpoint does not record the time at a stage's end)."""
         if state is not None:
-            self.metrics = json.loads(state.get("metrics", "{}"))
-            self.elapsed_before = float(state.get("elapsed_s", 0.0))
+            metrics = json.loads(state.get("metrics", "{}"))
+            elapsed = float(state.get("elapsed_s", 0.0))
+            if retrain_from is not None:
+                metrics = {k: v for k, v in metrics.items() if not k.startswith("stage") or not k[5:].isdigit()
+                           or int(k[5:]) < retrain_from}
+                iterations = int(json.loads(state.get("train_config", "{}")).get("iterations", 0))
+                reached = int(state["stage"]) * iterations + int(state["iteration"])
+                elapsed *= min(1.0, retrain_from * iterations / reached) if reached > 0 else 0.0
+            self.metrics = metrics
+            self.elapsed_before = elapsed
             self.stages_from_file = int(state.get("stages_from_file", 0))
             self.stages_from_path = state.get("stages_from_path") or None
             self.init_model_cases = json.loads(state.get("init_model_cases") or "[]")

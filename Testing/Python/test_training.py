@@ -635,6 +635,22 @@ def test_start_stage_from_a_checkpoint_retrains_only_the_later_stages(tmp_path, 
     assert not all(torch.equal(b1[n], a1[n]) for n in b1)
 
 
+def test_retraining_a_stage_does_not_report_the_replaced_stages_validation_or_time(tmp_path, data_dir, tiny_model_config):
+    """`--start-stage 1` from a checkpoint of stage 2's end carried that checkpoint's validation of stage 2 and its
+    whole time: the new model, retrained without validation, reported the replaced stage's PSNR as its own (a review)."""
+    from MedSynthLogic.model_header import read_header
+    from MedSynthLogic.training import train
+
+    first = read_header(train(data_dir, tmp_path / "m.safetensors", tiny_model_config, _cfg(iterations=2, val_every=2),
+                              device="cpu"))
+    assert set(first["metrics"]["validation"]) == {"stage0", "stage1"} and "psnr" in first["metrics"]
+    again = read_header(train(data_dir, tmp_path / "m.safetensors", tiny_model_config, _cfg(iterations=2, seed=5),
+                              device="cpu", start_stage=1))
+    assert set(again["metrics"]["validation"]) == {"stage0"} and "psnr" not in again["metrics"]
+    assert again["metrics"]["validation"]["stage0"] == first["metrics"]["validation"]["stage0"]
+    assert again["training"]["wall_time_s"] < first["training"]["wall_time_s"]
+
+
 def test_retraining_a_later_stage_in_its_folder_sets_the_old_checkpoints_aside(tmp_path, data_dir, tiny_model_config):
     """The old run's later checkpoints sorted after the new run's: pruning deleted each new one as it was written,
     and --resume went on from the old run (a review). They move to superseded_1/, kept; the new run resumes."""
