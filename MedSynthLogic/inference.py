@@ -32,7 +32,8 @@ from .tiled_synthesis import (
     synthesize_array,
 )
 from .uncertainty import check_uncertainty_path, synthesize_with_uncertainty, uncertainty_metadata
-from .volume_synthesis import as_loaded_model, brain_region, check_receptive_field, synthesize_volume
+from .source_requirements import brain_region, check_receptive_field
+from .volume_synthesis import as_loaded_model, synthesize_volume
 
 if TYPE_CHECKING:
     from .volume_io import Volume

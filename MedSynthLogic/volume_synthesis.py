@@ -12,25 +12,20 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import GeometryError, InputImageError, UsageError
+from .errors import GeometryError, UsageError
 from .model_file import LoadedModel
 from .progress import warning_event
+from .source_requirements import brain_region, check_receptive_field
 from .tiled_synthesis import CancelFn, SynthesisOptions, synthesize_array
 from .voxel_size import describe as describe_voxels
-from .voxel_size import needs_resampling, resampled_size, size_seen
+from .voxel_size import needs_resampling, resampled_size
 
 if TYPE_CHECKING:
-    from .config import ModelConfig
     from .volume_io import Volume
 
 ProgressFn = Optional[Callable[[Dict[str, Any]], None]]
 
-__all__ = ["synthesize_volume", "check_not_empty", "check_receptive_field", "mask_on_grid", "as_loaded_model", "resampled_to_training",
-           "resampled_back", "MIN_EDGE"]
-
-#: Thinnest source edge accepted: a U-Net sees far more than this, but a thinner volume is not a brain scan.
-MIN_EDGE = 32
-
+__all__ = ["synthesize_volume", "mask_on_grid", "as_loaded_model", "resampled_to_training", "resampled_back"]
 
 def mask_on_grid(mask: Union["Volume", np.ndarray, None], source: "Volume") -> Optional[np.ndarray]:
     """A given mask as booleans on the source's grid, refused if it lies on another grid; ``None`` stays ``None``."""
@@ -97,16 +92,6 @@ def synthesize_volume(
     options = SynthesisOptions(stages, device, flip_tta, tile, progress, cancel, precision)
     out = synthesize_array(model.chain, normalised, mask_arr, **options.keywords())
     return source.with_array(np.asarray(denormalise_output(out, norm_cfg), dtype=np.float32))
-
-
-def _shape_seen(config: "ModelConfig", source: "Volume") -> Tuple[int, ...]:
-    """The (z, y, x) size the networks see: the source's, or that of its resampling to the training voxel size (in
-    the file's axis order; the check only compares its smallest edge)."""
-    from .orientation import axis_order
-
-    order = axis_order(source.direction)
-    trained = order.inverse_spacing(tuple(float(v) for v in config.input.spacing_mm))
-    return size_seen(source.shape[::-1], source.spacing, trained)[::-1]
 
 
 def _synthesize_resampled(model: LoadedModel, source: "Volume", mask: Optional[np.ndarray], *options: Any) -> "Volume":
@@ -189,50 +174,3 @@ def as_loaded_model(model: Union[LoadedModel, str, "os.PathLike[str]"], stages: 
         return load_model(model, device="cpu", stages=stages)
     raise UsageError(f"Expected a model (load_model(path)) or a model file's path, got {type(model).__name__}.",
                      "Pass MedSynthLogic.model_file.load_model(path), or the path itself.")
-
-
-def brain_region(source: "Volume", mask: Optional[np.ndarray], threshold: float) -> np.ndarray:
-    """The region synthesized: the given mask, else the source above ``threshold``; refused when empty (an all-zero
-    source, an empty mask file, a source with nothing above the threshold). A folder's synthesis asks it of every
-    file before the first, so it cannot stop part-way on one of them."""
-    from .normalisation import brain_mask
-
-    given = mask is not None
-    region = mask if given else brain_mask(source.array, threshold)
-    if region.any():
-        return region
-    check_not_empty(source)
-    if given:
-        raise InputImageError("The given brain mask is empty: none of its voxels is nonzero.",
-                              "Check the mask file: the brain must be its nonzero voxels, on the source's grid.")
-    raise InputImageError(
-        f"The brain mask is empty: no voxel of the source is above the mask threshold ({threshold:g}).",
-        "Pass a skull-stripped source or a brain mask (--mask).",
-    )
-
-
-def check_not_empty(source: "Volume") -> None:
-    """Refuse a source whose every voxel is 0 (an empty series, a failed conversion): it holds no brain. The panel
-    asks before it launches the synthesis, which would refuse it only once PyTorch is loaded."""
-    if not np.any(source.array):
-        raise InputImageError("The source is empty: every voxel is 0.",
-                              "Check that the right image was exported (an empty series or a failed conversion).")
-
-
-def check_receptive_field(model: Union[LoadedModel, "ModelConfig"], source: "Volume") -> None:
-    """Refuse a volume thinner than one generator's receptive field (at most ``MIN_EDGE``) along any axis.
-
-    Tiled synthesis would still run (the border is edge-padded), but every output voxel would then be computed
-    mostly from repeated border voxels: a plausible-looking image that no training patch resembled. Such a
-    volume is a thumbnail, a few slices or a wrong file, so saying so beats returning it.
-    """
-    config = getattr(model, "config", model)  # a model, or the configuration of one (the panel has only its header)
-    field = min(config.generator.receptive_field, MIN_EDGE)
-    seen = _shape_seen(config, source)
-    if min(seen) < field:
-        resampled = f" once resampled to the model's voxel size, {seen[::-1]}" if seen != tuple(source.shape) else ""
-        raise InputImageError(
-            f"The source is too small to synthesize: {source.shape[::-1]} voxels (x, y, z){resampled}, but the "
-            f"model's receptive field needs at least {field} voxels along each axis.",
-            "Use the full 3D brain volume (about 1 mm voxels), not a crop, a thumbnail or a few slices.",
-        )

@@ -144,7 +144,7 @@ def check_size(volume: Any, header: dict) -> None:
     """Refuse, before launching, a volume the networks cannot see whole (one slice, a thumbnail) or an empty one
     (every voxel 0): the child refused them only after the launch, the first naming the temporary file it had been
     given instead of the volume."""
-    from MedSynthLogic.volume_synthesis import check_not_empty, check_receptive_field
+    from MedSynthLogic.source_requirements import check_not_empty, check_receptive_field
 
     check_receptive_field(_model_config(header), volume)
     check_not_empty(volume)

@@ -496,7 +496,7 @@ def test_resampling_back_keeps_a_brain_at_the_images_edge_and_a_given_masks_rim(
 
 def test_the_size_refusal_names_the_size_the_networks_would_see(tiny_model_config):
     from MedSynthLogic.volume import Volume
-    from MedSynthLogic.volume_synthesis import check_receptive_field
+    from MedSynthLogic.source_requirements import check_receptive_field
 
     with pytest.raises(InputImageError, match=r"\(100, 100, 30\) voxels \(x, y, z\) once resampled to the model's "
                                               r"voxel size, \(50, 50, 15\)"):

@@ -1436,6 +1436,37 @@ def test_the_panel_describes_the_model_and_estimates_before_pytorch_is_installed
     assert description.startswith("<b>medsynth_t1ce_t2.safetensors</b>: T1ce → T2") and "PSNR" in description
 
 
+NO_TORCH_IN_SLICER = '''
+import importlib.abc, sys
+class NotInSlicer(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"import of {name} in Slicer's own process")
+sys.meta_path.insert(0, NotInSlicer())
+sys.path[:0] = [sys.argv[1] + "/MedSynth", sys.argv[1]]
+import slicer
+from MedSynthLib.controller import MedSynthController
+from MedSynthLib.synthesis import SynthesisRequest
+from MedSynthLogic import mrml
+from MedSynthLogic.phantom import make_phantom
+scene = slicer.vtkMRMLScene()
+node = mrml.node_from_volume(scene, make_phantom(shape=(48, 56, 48), seed=0).t1ce, "t1ce")
+plan = MedSynthController(scene, temp_root=sys.argv[2]).plan_synthesis(node, SynthesisRequest())
+print("planned", plan.blocked, "torch" in sys.modules)
+'''
+
+
+def test_the_panels_checks_before_a_synthesis_leave_pytorch_out_of_slicer(slicer_mod, tmp_path):
+    """PyTorch belongs in the synthesis's own process: the size check imported ``volume_synthesis``, which imports
+    torch, so the first Synthesize of every session loaded it (and its CUDA libraries) into Slicer (a review)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH_IN_SLICER, str(REPO), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "planned False False"
+
+
 def test_a_single_slice_is_refused_before_the_launch_and_an_empty_node_is_named(scene, tmp_path, slicer_mod):
     """One slice passed the panel's plan with an 'about 4 s' estimate; the child then refused it, naming the
     temporary file it had been given. A node without image data was told to select an input, which it was."""
