@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 if not (HERE / "MedSynthLogic").is_dir() and (HERE.parent / "MedSynthLogic" / "__init__.py").is_file():
     sys.path.insert(0, str(HERE.parent))  # a source checkout: <repo>/MedSynth/MedSynth.py beside <repo>/MedSynthLogic
 
-from MedSynthLib import dependencies, module_text, panel_state, sample_data  # noqa: E402
+from MedSynthLib import dependencies, module_text, outcomes, panel_state, sample_data  # noqa: E402
 from MedSynthLib.controller import JobRunner, MedSynthController  # noqa: E402
 from MedSynthLib.model_info import describe_model_file  # noqa: E402
 from MedSynthLib.synthesis import OTHER_MODEL, SynthesisRequest, chosen_model_path, model_choices, synthesize_in_process, synthetic_node_name  # noqa: E402
@@ -109,6 +109,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: Optional[MedSynthModuleLogic] = None
         self._parameterNode: Optional[MedSynthParameterNode] = None
         self._parameterNodeGuiTag = None
+        self._recipeKind: Optional[str] = None  # the generator kind whose recipe the settings hold
         self._timer = qt.QTimer()
         self._timer.setInterval(200)  # ms between two looks at the running job's output
         self._timer.connect("timeout()", self.onPollTimer)
@@ -143,6 +144,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """The application closes: never leave a child process behind."""
         self._timer.stop()
+        if self.logic.controller.kind == "train":  # discard waits for its checkpoint: say why Slicer has not closed
+            slicer.util.showStatusMessage(_("MedSynth: saving the training's checkpoint before closing…"))
+            slicer.app.processEvents()
         self.logic.controller.discard()  # setup made it: cleanup runs only for a widget that was set up
         self.setParameterNode(None)  # a reloaded module's widgets must not stay bound to the node
         self.removeObservers()
@@ -156,7 +160,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.controller.discard(kinds=("synthesize",), background=True):  # its result must not land in the next scene
             self.setStatus(_("The synthesis was cancelled: the scene was closed."))
-        self.setParameterNode(None)
+        self.onSceneStartImport(caller, event)
 
     def onSceneStartImport(self, caller, event) -> None:  # its choices reach the lists once reset (EndImport)
         self.setParameterNode(None)
@@ -174,6 +178,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
+        self._recipeKind = inputParameterNode.generatorKind if inputParameterNode else None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply, priority=-1.0)  # after the GUI's
@@ -181,7 +186,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p, busy = self._parameterNode, self.logic.controller.busy
-        states = panel_state.button_states(p, self.logic.controller.kind if busy else None)
+        texts = {field: getattr(self.ui, field).currentPath for field in panel_state.PATH_FIELDS}  # may differ from p
+        states = panel_state.button_states(p, self.logic.controller.kind if busy else None, texts)
         for name, enabled in states.enabled.items():
             getattr(self.ui, name).enabled = enabled
         self.ui.trainingHintLabel.text = states.hint
@@ -192,9 +198,10 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 field.currentPath = ""  # refused by the field's validator: the parameter stays unset
         self.ui.estimateLabel.text = self.logic.controller.estimate_text(p) if p and p.inputVolume and not busy else ""
 
-    def clearPath(self, field: str, name: str) -> None:
+    def clearPath(self, field: str, name: str) -> None:  # and the buttons follow a text the field does not pass on
         if self._parameterNode and not getattr(self.ui, field).currentPath.strip():
             setattr(self._parameterNode, name, Path())
+        self._checkCanApply()
 
     def onLoadT1ceButton(self) -> None:
         volumes = _("Volumes (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd)")
@@ -218,39 +225,44 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start the synthesis.")):  # no wait cursor over its dialogs
             request = SynthesisRequest.from_settings(p)
-            plan = self.logic.controller.plan_synthesis(p.inputVolume, request)
+            plan = self.logic.controller.plan_synthesis(p.inputVolume, request, p.outputVolume)
             if plan.blocked:
                 self.appendLog(plan.message)
                 slicer.util.errorDisplay(plan.message, windowTitle=_("MedSynth: input check"))
                 return
-            if plan.needs_confirmation and not slicer.util.confirmOkCancelDisplay(plan.message, windowTitle=_("MedSynth")):
-                return
+            if not all(slicer.util.confirmOkCancelDisplay(q, windowTitle=_("MedSynth")) for q in plan.questions):
+                return  # all() stops at the first Cancel
             self.appendLog((plan.message or _("Input check passed.")) + "\n" + plan.estimate.text())
             self.logic.controller.start_synthesis(p.inputVolume, request, p.outputVolume)
             self.startPolling(_("Synthesizing… ") + plan.estimate.text())
 
     def onGeneratorKindChosen(self, index: int) -> None:
-        """Only a user's pick (``activated``), not a saved scene's value, replaces the settings by that kind's recipe."""
-        if self._parameterNode:
-            apply_recipe(self._parameterNode, self.ui.generatorKindComboBox.currentText)
+        """Only a user's pick of another kind (not a saved scene's, nor the same again) applies that kind's recipe."""
+        if self._parameterNode and (kind := self.ui.generatorKindComboBox.currentText) != self._recipeKind:
+            apply_recipe(self._parameterNode, kind)
+            self._recipeKind = kind
 
     def onPrepareButton(self) -> None:
         self.startJob(_("Could not start preparing the data."), _("Preparing data…"),
                       lambda p: self.logic.controller.start_prepare(prepare_request(p)))
 
     def startTraining(self, resume: bool) -> None:
-        self.startJob(_("Could not start training."), _("Training…"), lambda p: self.logic.showChart(
-            self.logic.controller.start_training(training_request(p, resume)).chart_node))
+        self.startJob(_("Could not start training."), _("Training…"),
+                      lambda p: self.logic.controller.start_training(training_request(p, resume)),
+                      lambda job: self.logic.showChart(job.chart_node))
 
     def onEvaluateButton(self) -> None:
         self.startJob(_("Could not start the evaluation."), _("Evaluating…"), lambda p: self.logic.controller.start_evaluation(evaluation_request(p)))
 
-    def startJob(self, failure: str, status: str, start) -> None:
+    def startJob(self, failure: str, status: str, start, then=None) -> None:
         if not self.ensureDependencies():  # the child imports torch (and reads and writes HDF5 with h5py)
             return
         with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
-            start(self._parameterNode)
-            self.startPolling(status)
+            started = start(self._parameterNode)
+            self.startPolling(status)  # first: a failure after the start must not leave its end uncollected
+        if then is not None:
+            with slicer.util.tryWithErrorDisplay(_("The job runs, but the panel could not show its progress chart.")):
+                then(started)
 
     def onCancel(self) -> None:
         training = self.logic.controller.kind == "train"
@@ -296,16 +308,11 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.state != jobs.FINISHED:
             return
         self.ui.progressBar.value = 100
-        p = self._parameterNode or self.logic.getParameterNode()  # the scene may have closed while it ran
-        if outcome.kind == "synthesize":
-            p.outputVolume = outcome.result
-            if slicer.app.layoutManager() is not None:
-                slicer.app.layoutManager().resetSliceViews()
+        outcomes.settle_in(self._parameterNode or self.logic.getParameterNode(), outcome)  # the scene may have closed
+        if outcome.kind == "synthesize" and slicer.app.layoutManager() is not None:
+            slicer.app.layoutManager().resetSliceViews()
         elif outcome.kind == "train":
-            p.model, p.modelPath = OTHER_MODEL, Path(outcome.result)
             self.updateModelDescription()
-        elif outcome.kind == "prepare":
-            p.dataDir = Path(outcome.result)
 
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
@@ -327,13 +334,16 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
     def __init__(self, jobRunner: Optional[JobRunner] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.moduleName = "MedSynth"  # names the parameter node; the base class takes "MedSynthModule" from ours
+        self._wrapper: Optional[MedSynthParameterNode] = None
         self.controller = MedSynthController(slicer.mrmlScene, runner=jobRunner,
                                              temp_root=getattr(slicer.app, "temporaryPath", None) or None)
 
     def getParameterNode(self) -> MedSynthParameterNode:
-        node = MedSynthParameterNode(super().getParameterNode())
-        panel_state.reset_unknown_choices(node, CHOICES)  # a scene saved by another version: a list refuses a value it lacks
-        return node
+        """One wrapper per parameter node: the widget's observer kept every wrapper of every enter() alive."""
+        if (raw := super().getParameterNode()) is not getattr(self._wrapper, "parameterNode", None):
+            self._wrapper = MedSynthParameterNode(raw)
+        panel_state.reset_unknown_choices(self._wrapper, CHOICES)  # a scene saved by another version: a list refuses a value it lacks
+        return self._wrapper
 
     def ensureDependencies(self, askConfirmation: bool = True, synthesisOnly: bool = False) -> bool:
         """torch (PyTorch extension) and requirements.txt (a synthesis: only what it imports), asking first."""
@@ -370,15 +380,11 @@ class MedSynthTest(ScriptedLoadableModuleTest):
     def test_SynthesizePhantom(self):
         if missing := dependencies.missing_packages(dependencies.requirements_path(HERE), dependencies.SYNTHESIS_REQUIREMENTS):
             self.skipTest(f"not installed in this Slicer: {', '.join(missing)} (press Synthesize once to install)")
-        from MedSynthLogic.metrics import normalise_for_metrics, psnr, scale_prediction  # evaluate_case's SSIM needs skimage
-
         source, target = sample_data.load_phantom_pair(slicer.mrmlScene, sample_data.sample_source_folder())
         output = MedSynthModuleLogic().synthesize(source, device="cpu")
         self.assertEqual(output.GetName(), synthetic_node_name(source.GetName()))
         np.testing.assert_array_equal(mrml.node_ijk_to_ras(output), mrml.node_ijk_to_ras(source))
-        predicted, reference = (slicer.util.arrayFromVolume(n).astype(np.float64) for n in (output, target))
-        brain = reference > 0
-        value = psnr(scale_prediction(predicted, brain, 1000.0), normalise_for_metrics(reference, brain), brain)
+        value = sample_data.phantom_psnr(output, target)
         self.delayDisplay(f"PSNR inside the brain: {value:.2f} dB (15.1 dB with slicer-core on our CI machine)")
         self.assertGreater(value, 14.0)
         self.assertEqual(mrml.slice_composite_node(slicer.mrmlScene, "Yellow").GetBackgroundVolumeID(), output.GetID())

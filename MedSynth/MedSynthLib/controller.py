@@ -53,11 +53,21 @@ class SynthesisPlan:
     message: str
     estimate: Estimate
     notes: List[str] = field(default_factory=list)
+    #: The question before an earlier synthesis of the same input is replaced (``synthesis.replacement_question``).
+    replaces: str = ""
 
     @property
     def needs_confirmation(self) -> bool:
         """Not blocked, but a forced finding or a note (name, enhancement) to see before the work starts."""
         return not self.blocked and bool(self.findings or self.notes)
+
+    @property
+    def questions(self) -> List[str]:
+        """What the panel asks, in turn, before it starts (each OK or Cancel): the findings and notes, then whether
+        an earlier synthesis may be replaced; none when blocked."""
+        if self.blocked:
+            return []
+        return ([self.message] if self.needs_confirmation else []) + ([self.replaces] if self.replaces else [])
 
 
 @dataclass
@@ -90,8 +100,9 @@ class MedSynthController:
         return self.current.kind if self.current is not None else None
 
     # ------------------------------------------------------------------ synthesis
-    def plan_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest) -> SynthesisPlan:
-        """Check the input against the model and estimate the time, before anything is launched."""
+    def plan_synthesis(self, input_node: Any, request: synthesis.SynthesisRequest, output_node: Any = None) -> SynthesisPlan:
+        """Check the input against the model and estimate the time, before anything is launched; ``output_node``:
+        the panel's output volume, asked about when it holds an earlier synthesis of this input."""
         from MedSynthLogic import mrml
         from MedSynthLogic.model_header import read_header
 
@@ -115,7 +126,8 @@ class MedSynthController:
         parts = [synthesis.notes_message(sequence_notes, ask=not findings, source_name=source_name,
                                          other=other_notes)] if notes else []
         parts += [synthesis.findings_message(findings, request.force, source_name)] if findings else []
-        return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request, header), notes)
+        return SynthesisPlan(findings, blocked, "\n".join(parts), self.estimate(input_node, request, header), notes,
+                             synthesis.replacement_question(input_node, output_node))
 
     def estimate(self, input_node: Any, request: synthesis.SynthesisRequest,
                  header: Optional[Dict[str, Any]] = None) -> Estimate:

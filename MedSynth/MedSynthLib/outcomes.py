@@ -24,6 +24,21 @@ class JobOutcome:
     result: Any = None
 
 
+def settle_in(settings: Any, outcome: JobOutcome) -> None:
+    """A finished job's result into the panel's settings: the synthesis becomes the output volume, a trained model
+    the model to synthesize with, prepared data the data folder to train on."""
+    from MedSynthLogic import jobs
+
+    if outcome.state != jobs.FINISHED:
+        return
+    if outcome.kind == "synthesize":
+        settings.outputVolume = outcome.result
+    elif outcome.kind == "train":
+        settings.model, settings.modelPath = synthesis.OTHER_MODEL, Path(outcome.result)
+    elif outcome.kind == "prepare":
+        settings.dataDir = Path(outcome.result)
+
+
 def synthesis_outcome(scene: Any, elapsed_s: float, context: Dict[str, Any]) -> JobOutcome:
     """Load a finished synthesis (and its uncertainty map) into ``scene``; a file that cannot be read is a failed
     outcome the panel shows, not an exception in its timer, and an input removed while it ran ends it as cancelled

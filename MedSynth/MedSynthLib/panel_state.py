@@ -9,9 +9,11 @@ button showing Slicer's working folder while its parameter was unset: the parame
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .i18n import tr as _
+from .synthesis import OTHER_MODEL
 from .training_jobs import is_set
 
 #: Folder buttons → the parameter each shows.
@@ -30,20 +32,26 @@ class ButtonStates:
     hint: str
 
 
-def button_states(settings: Any, running_kind: Optional[str]) -> ButtonStates:
+def button_states(settings: Any, running_kind: Optional[str], texts: Optional[Mapping[str, str]] = None) -> ButtonStates:
     """The buttons for the panel's ``settings`` (its parameter node, or None) while a job of ``running_kind`` runs
-    (None: nothing runs). Cancel belongs to a synthesis; Stop to a preparation, a training or an evaluation."""
+    (None: nothing runs). Cancel belongs to a synthesis; Stop to a preparation, a training or an evaluation.
+    ``texts``: what the file fields show (field name → text); a parameter whose field shows a name it does not hold
+    (:func:`unapplied_path_fields`) counts as not chosen: the job would use the earlier file."""
     busy = running_kind is not None
+    unapplied = unapplied_path_fields(settings, texts or {})
+    output_model = (_("an output model file name ending in .safetensors") if "outputModelPath" in unapplied
+                    else _("the output model file"))
     prepare_needs = _missing(settings, (("casesDir", _("the folder of cases")),
                                         ("dataDir", _("the prepared data folder"))))
     train_needs = _missing(settings, (("dataDir", _("the prepared data folder")), ("runDir", _("the run folder")),
-                                      ("outputModelPath", _("the output model file"))))
-    evaluate_needs = _missing(settings, (("outputModelPath", _("the output model file")),
+                                      ("outputModelPath", output_model)), unapplied)
+    evaluate_needs = _missing(settings, (("outputModelPath", output_model),
                                          ("dataDir", _("the prepared data folder")),
-                                         ("evalDir", _("the evaluation report folder"))))
+                                         ("evalDir", _("the evaluation report folder"))), unapplied)
     can_train = settings is not None and not train_needs and not busy
+    other_model_unapplied = "modelPath" in unapplied and getattr(settings, "model", None) == OTHER_MODEL
     enabled = {
-        "synthesizeButton": bool(settings is not None and settings.inputVolume) and not busy,
+        "synthesizeButton": bool(settings is not None and settings.inputVolume) and not busy and not other_model_unapplied,
         "prepareButton": settings is not None and not prepare_needs and not busy,
         "startTrainingButton": can_train,
         "resumeTrainingButton": can_train,
@@ -86,10 +94,26 @@ def reset_unknown_choices(settings: Any, choices: Dict[str, List[str]]) -> List[
     return reset
 
 
-def _missing(settings: Any, needed: "tuple[tuple[str, str], ...]") -> List[str]:
+def unapplied_path_fields(settings: Any, texts: Mapping[str, str]) -> List[str]:
+    """The parameters whose file field (``texts``: field name → its text) shows a name the parameter does not hold.
+
+    ``ctkPathLineEdit`` passes its text on only while it matches the field's name filter (``*.safetensors``): after
+    "/runs/a.safetensors" was edited to "/runs/b" the field showed the one while the parameter kept the other, and
+    Evaluate scored the old model (a review). An empty field is ``clearPath``'s."""
+    if settings is None:
+        return []
+    unapplied = []
+    for field, name in PATH_FIELDS.items():
+        text = (texts.get(field) or "").strip()
+        if text and text != "." and Path(text) != Path(getattr(settings, name) or ""):
+            unapplied.append(name)
+    return unapplied
+
+
+def _missing(settings: Any, needed: "tuple[tuple[str, str], ...]", unapplied: Sequence[str] = ()) -> List[str]:
     if settings is None:
         return [label for _name, label in needed]
-    return [label for name, label in needed if not is_set(getattr(settings, name))]
+    return [label for name, label in needed if not is_set(getattr(settings, name)) or name in unapplied]
 
 
 def _join(items: List[str]) -> str:

@@ -18,6 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 CATEGORY = "MedSynth"
 SAMPLE_NAME = "MedSynthPhantom"
 
@@ -60,6 +62,17 @@ def load_phantom_pair(scene: Any, folder: "str | Path") -> List[Any]:
         mrml.set_window_level(node)
         nodes.append(node)
     return nodes
+
+
+def phantom_psnr(synthetic_node: Any, t2_node: Any) -> float:
+    """PSNR (dB) inside the phantom's brain of a synthesis of its T1ce against its T2, as ``evaluate`` scores (the
+    prediction on the reference's scale, both normalised): the module's self-test asks it of the bundled model."""
+    from MedSynthLogic import mrml
+    from MedSynthLogic.metrics import normalise_for_metrics, psnr, scale_prediction
+
+    predicted, reference = (mrml.volume_from_node(n).array.astype(np.float64) for n in (synthetic_node, t2_node))
+    brain = reference > 0
+    return float(psnr(scale_prediction(predicted, brain, 1000.0), normalise_for_metrics(reference, brain), brain))
 
 
 def sample_source_arguments(source_folder: "str | Path", thumbnail: Optional[str], sample_data_logic: Any) -> Dict[str, Any]:

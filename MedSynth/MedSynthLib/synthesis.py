@@ -273,6 +273,24 @@ def check_output_node(input_node: Any, output_node: Any) -> None:
                            name=output_node.GetName()))
 
 
+def replacement_question(input_node: Any, output_node: Any) -> str:
+    """The question to ask before a synthesis replaces an earlier one of the same input (the panel makes each result
+    its output, so pressing Synthesize again, with other stages or flip averaging, replaced the first image and its
+    uncertainty map without a word); empty when nothing would be replaced (``store_result`` makes a new node)."""
+    if output_node is None or input_node is None or output_node.GetImageData() is None:
+        return ""
+    if output_node.GetAttribute(SYNTHETIC_OF) is None or output_node.GetNodeReferenceID(SYNTHETIC_OF_ROLE) != input_node.GetID():
+        return ""
+    question = _("The output volume '{name}' holds an earlier synthesis of '{input}': synthesizing again replaces it "
+                 "and its uncertainty map.").format(name=output_node.GetName(), input=input_node.GetName())
+    storage = output_node.GetStorageNode()
+    if storage is not None and storage.GetFileName():
+        question += " " + _("It was saved as {file}: saving the scene would write the new image there.").format(
+            file=storage.GetFileName())
+    return question + "\n\n" + _("OK replaces it. To keep both, press Cancel and choose 'Create new volume' as the "
+                                   "output volume.")
+
+
 def store_result(scene: Any, input_node: Any, output_node: Any, volume: Any, target_name: str = "T2") -> Any:
     """Put the synthetic volume on the input's exact grid, in ``output_node`` or a new "<input> synthetic <target>".
 
