@@ -234,7 +234,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return  # all() stops at the first Cancel
             self.appendLog((plan.message or _("Input check passed.")) + "\n" + plan.estimate.text())
             self.logic.controller.start_synthesis(p.inputVolume, request, p.outputVolume)
-            self.startPolling(_("Synthesizing… ") + plan.estimate.text())
+            self.startPolling(_("Synthesizing… {estimate}").format(estimate=plan.estimate.text()))
 
     def onGeneratorKindChosen(self, index: int) -> None:
         """Only a user's pick of another kind (not a saved scene's, nor the same again) applies that kind's recipe."""

@@ -143,7 +143,7 @@ def _progress(event: Mapping[str, Any]) -> PanelUpdate:
                                        total=event.get("total", "?"), split=event.get("split", ""))
         return PanelUpdate(status=status)
     else:
-        status = f"{str(task).capitalize()}…"
+        status = _("Working ({task})…").format(task=task)  # a task this panel has no words of its own for
     return PanelUpdate(percent=percent, status=status)
 
 

@@ -94,3 +94,9 @@ def test_every_panel_logic_file_with_messages_uses_the_translation() -> None:
         source = (MODULE_DIR / "MedSynthLib" / f"{name}.py").read_text(encoding="utf-8")
         assert "from .i18n import tr as _" in source, name
         assert _translation_calls(MODULE_DIR / "MedSynthLib" / f"{name}.py"), name
+
+
+def test_a_progress_of_a_task_without_words_of_its_own_is_still_said_through_the_translation():
+    """The fallback was an f-string outside ``_()``: the one status line a translation could not reach (a review)."""
+    update = describe_event({"event": "progress", "task": "uncertainty", "done": 1, "total": 4})
+    assert update.status == "Working (uncertainty)…" and update.percent == 25
