@@ -91,6 +91,7 @@ def train(
     out = check_output_path(out_model, overwrite=True)
     prior = open_prior_model(prior_model)
     model_cfg = with_prior(model_cfg, prior)
+    train_cfg = dataclasses.replace(train_cfg, stages=model_cfg.stages)  # the model config's are trained and recorded
     plan = plan_training(data_dir, model_cfg, train_cfg)
     if not 0 <= start_stage < model_cfg.stages:
         last = model_cfg.stages - 1

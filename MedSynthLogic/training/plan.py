@@ -98,6 +98,9 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
         warnings.append(f"the adversarial term waits for {train_cfg.warmup_iterations} warm-up iterations per stage and "
                         f"this run has {train_cfg.iterations}, so it trains without it: give more iterations than the "
                         "warm-up for the paper's adversarial method")
+    if model_cfg.generator.kind == "unet3d" and train_cfg.num_workers > 0:
+        warnings.append(f"num_workers {train_cfg.num_workers} is not used by a unet3d run: its crops are cut and "
+                        "augmented in the training process, between iterations (set it to 0)")
     alt_h5 = check_alt_source(train_cfg, model_cfg, list(info["case_ids"])) if train_cfg.alt_source_p > 0 else None
     return TrainingPlan(
         data_dir=d,

@@ -92,7 +92,8 @@ def _from_model(model: Any, path: os.PathLike | str, start_stage: int) -> Start:
 
 
 #: TrainConfig fields a resumed run may change: they decide what is logged, validated and kept, not the weights.
-RESUMABLE_CHANGES = frozenset({"val_every", "checkpoint_every", "log_every", "num_workers", "val_volumes"})
+RESUMABLE_CHANGES = frozenset({"val_every", "checkpoint_every", "log_every", "num_workers", "val_volumes",
+                               "stages"})  # the model config's stages, compared with it (a Python caller's were 3)
 
 
 def _config_changes(saved: Dict[str, Any], now: Dict[str, Any], prefix: str = "") -> str:

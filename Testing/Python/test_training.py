@@ -206,6 +206,17 @@ def test_plan_refuses_files_of_two_prepare_runs(tmp_path, data_dir, tiny_model_c
     assert plan_training(mixed, tiny_model_config, _cfg()).n_val == 128
 
 
+def test_a_python_callers_train_config_records_the_stages_the_model_config_trains(tmp_path, data_dir, tiny_model_config):
+    """``train()`` trains the model config's stages; a TrainConfig's own (3 by default) was recorded beside them in
+    the model file as if it had been trained (the CLI replaced it, the Python API did not: a review)."""
+    from MedSynthLogic.model_header import read_header
+    from MedSynthLogic.training import train
+
+    one = _one_stage(tiny_model_config)
+    header = read_header(train(data_dir, tmp_path / "m.safetensors", one, _cfg(iterations=1, stages=3), device="cpu"))
+    assert header["training"]["train_config"]["stages"] == 1 == header["model_config"]["stages"]
+
+
 def test_a_run_shorter_than_its_adversarial_warm_up_is_warned(tmp_path, data_dir, tiny_model_config):
     """The warning reaches the user (a "warning" event, which the CLI and the panel show) before any iteration."""
     from MedSynthLogic.training import plan_training, train

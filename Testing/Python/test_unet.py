@@ -561,3 +561,12 @@ def test_unet_data_may_be_shorter_than_the_crop(tmp_path):
     assert model.exists()
     with pytest.raises(DataError, match="smaller than a 32³ patch"):
         make_phantom_data(tmp_path / "fcn", ModelConfig(source_patch=32), patches_per_case=2, shape=(8, 40, 36))
+
+
+def test_a_unet_run_warns_of_workers_it_does_not_use(unet_data):
+    """The U-Net's crops are cut in the training process: num_workers was ignored without a word (a review)."""
+    from MedSynthLogic.training import plan_training
+
+    assert not any("num_workers" in w for w in plan_training(unet_data, small_unet(), train_cfg()).warnings)
+    warned = plan_training(unet_data, small_unet(), train_cfg(num_workers=2)).warnings
+    assert any(w.startswith("num_workers 2 is not used by a unet3d run") for w in warned)
