@@ -155,7 +155,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        self.setParameterNode(None)  # a finished job writes into the node itself (onJobEnded)
+        """The wrapper stays connected: connectGui's observer is never removed (Slicer's parameterNodeWrapper), so a
+        wrapper connected at every enter() piled up; only a scene close or import lets it go."""
 
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.controller.discard(kinds=("synthesize",), background=True):  # its result must not land in the next scene
@@ -171,7 +172,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         """No input is picked for the user: the first volume in the scene may well be a T2 or a label map."""
-        self.setParameterNode(self.logic.getParameterNode())
+        if self._parameterNode is None:  # one wrapper until the scene closes (exit)
+            self.setParameterNode(self.logic.getParameterNode())
 
     def setParameterNode(self, inputParameterNode: Optional[MedSynthParameterNode]) -> None:
         if self._parameterNode:
@@ -334,16 +336,13 @@ class MedSynthModuleLogic(ScriptedLoadableModuleLogic):
     def __init__(self, jobRunner: Optional[JobRunner] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.moduleName = "MedSynth"  # names the parameter node; the base class takes "MedSynthModule" from ours
-        self._wrapper: Optional[MedSynthParameterNode] = None
         self.controller = MedSynthController(slicer.mrmlScene, runner=jobRunner,
                                              temp_root=getattr(slicer.app, "temporaryPath", None) or None)
 
     def getParameterNode(self) -> MedSynthParameterNode:
-        """One wrapper per parameter node: the widget's observer kept every wrapper of every enter() alive."""
-        if (raw := super().getParameterNode()) is not getattr(self._wrapper, "parameterNode", None):
-            self._wrapper = MedSynthParameterNode(raw)
-        panel_state.reset_unknown_choices(self._wrapper, CHOICES)  # a scene saved by another version: a list refuses a value it lacks
-        return self._wrapper
+        node = MedSynthParameterNode(super().getParameterNode())
+        panel_state.reset_unknown_choices(node, CHOICES)  # a scene saved by another version: a list refuses a value it lacks
+        return node
 
     def ensureDependencies(self, askConfirmation: bool = True, synthesisOnly: bool = False) -> bool:
         """torch (PyTorch extension) and requirements.txt (a synthesis: only what it imports), asking first."""

@@ -35,7 +35,7 @@ import numpy as np
 from .atomic import atomic_path, atomic_write_text, make_output_folder, stale_temporaries
 from .config import ModelConfig, to_dict
 from .dataset_cases import BRATS_PATTERN, Case, case_id_problem, case_key, find_cases, select_cases, split_cases
-from .errors import DataError, GeometryError, MedSynthError, OutputError, UsageError
+from .errors import DataError, GeometryError, InputImageError, MedSynthError, OutputError, UsageError
 from .progress import progress_event, warning_event
 from .voxel_size import describe as describe_voxels
 
@@ -159,6 +159,7 @@ def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig, name:
     ``input.spacing_mm``, to which synthesis resamples every source."""
     from .input_checks import check_source
     from .source_names import name_notes
+    from .source_requirements import check_receptive_field
     from .voxel_size import describe, needs_resampling
 
     out = [f"the source does not look like the model's input: {finding.message}; `medsynth synthesize` refuses such "
@@ -166,6 +167,10 @@ def source_warnings(source: Any, mask: np.ndarray, model_cfg: ModelConfig, name:
            for finding in check_source(source, model_cfg, mask=mask if mask_given else None)
            if finding.code in ("sequence", "label_map", "skull_stripped")]  # a head trained as if it were a brain
     out += [f"the source file: {note}" for note in name_notes(name, model_cfg)]
+    try:  # a U-Net trains on a volume shorter than its crop (fill_to_patch), but none may be applied to one this thin
+        check_receptive_field(model_cfg, source)
+    except InputImageError as exc:
+        out.append(f"{exc.message.rstrip('.')}: training takes it, but `medsynth synthesize` and `evaluate` refuse it")
     trained = tuple(model_cfg.input.spacing_mm)
     if needs_resampling(tuple(source.spacing), trained):
         out.append(f"its voxels ({describe(source.spacing)}) are not the {describe(trained)} of the config's "
@@ -402,7 +407,7 @@ def _write_case(writer: Any, case: Case, plan: _Plan, split: str) -> Dict[str, A
     writer.add_volume(case.case_id, src_p, tgt_p, mask_p, data["source_transform"], data["target_transform"],
                       attrs={"shape": list(data["source"].shape), **data["geometry"]})
     t_write = time.perf_counter() - t_write
-    shift = np.zeros(3, np.int64)
+    padded_shape, shift = src_p.shape, np.zeros(3, np.int64)
     if plan.model_cfg.generator.kind == "unet3d":  # its crops pass a short volume's edges with zeros: so may its patches
         (src_p, tgt_p, mask_p), shift = fill_to_patch([src_p, tgt_p, mask_p], S)
     rng = _case_rng(plan.seed, case.case_id)
@@ -415,7 +420,7 @@ def _write_case(writer: Any, case: Case, plan: _Plan, split: str) -> Dict[str, A
     inside = np.concatenate(corner_sets) + S // 2
     timings = {"read_s": data["read_s"], "normalise_s": data["normalise_s"], "pad_sample_s": t_sample,
                "extract_s": t_extract, "write_s": t_write + t_patches, "total_s": time.perf_counter() - t_case}
-    return _case_entry(case, data, src_p.shape, int(mask_p[tuple(inside.T)].astype(bool).sum()), plan, split, timings)
+    return _case_entry(case, data, padded_shape, int(mask_p[tuple(inside.T)].astype(bool).sum()), plan, split, timings)
 
 
 def fill_to_patch(volumes: List[np.ndarray], size: int) -> Tuple[List[np.ndarray], np.ndarray]:

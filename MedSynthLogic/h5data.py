@@ -11,7 +11,8 @@ Schema (``docs/ARCHITECTURE.md``), version 1:
   39 KiB/patch; the byte-shuffle filter makes both slower and larger), gzip-1 on request.
 * ``case_index`` int32 (N,), ``corner`` int32 (N, 3), ``flipped`` uint8 (N,).
   ``corner`` is the (z, y, x) corner of the S³ source cube in the case's *unflipped* padded volume; a flipped
-  sample is that cube flipped along ``flip_axis`` (so auto-context cuts at ``corner`` and flips).
+  sample is that cube flipped along ``flip_axis`` (so auto-context cuts at ``corner`` and flips). A ``unet3d`` file
+  may hold negative corners (a volume shorter than the crop, cut with zeros around it); its training reads the volumes.
 * ``volumes/<case_id>``: ``source``, ``target`` (normalised, edge-padded by ``pad``; stored as float16 to
   halve the file size, error ≤ 1e-3 on values ≤ 2, read back as float32), ``mask`` uint8 (zero-padded);
   attrs ``case_id``, ``pad``, ``source_transform``, ``target_transform`` (JSON), ``shape`` (unpadded),

@@ -8,7 +8,8 @@ Conventions (shared by ``dataset_prep``, ``h5data`` and the trainer):
 * A patch is identified by the (z, y, x) *corner* of its ``S``³ source cube in the padded grid. Its centre
   voxel is ``corner + S // 2`` in the padded grid, and its ``T``³ target cube covers
   ``[corner, corner + T)`` in the original (unpadded) grid.
-* Valid corners are ``0 <= corner <= padded_shape - S`` per axis.
+* Valid corners are ``0 <= corner <= padded_shape - S`` per axis. (A ``unet3d`` patch file may record negative
+  corners: ``dataset_prep.fill_to_patch`` cuts a volume shorter than the crop with zeros around it.)
 
 Extraction uses ``sliding_window_view`` plus advanced indexing, so cutting thousands of patches is one numpy
 operation that copies only the requested voxels, with no Python loop over patches or voxels.

@@ -127,7 +127,7 @@ def _progress(event: Mapping[str, Any]) -> PanelUpdate:
         percent = _percent(event.get("fraction"), 1.0)
     else:
         percent = _percent(event.get("done"), event.get("total"))
-    task = event.get("task") or "working"
+    task = event.get("task")
     if task == "synthesize" and event.get("stages"):
         status = _("Synthesizing: stage {stage} of {stages}").format(stage=_stage(event), stages=event["stages"])
     elif task == "prepare":
@@ -143,7 +143,7 @@ def _progress(event: Mapping[str, Any]) -> PanelUpdate:
                                        total=event.get("total", "?"), split=event.get("split", ""))
         return PanelUpdate(status=status)
     else:
-        status = _("Working ({task})…").format(task=task)  # a task this panel has no words of its own for
+        status = _("Working ({task})…").format(task=task) if task else _("Working…")  # a task without words of its own
     return PanelUpdate(percent=percent, status=status)
 
 

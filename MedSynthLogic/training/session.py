@@ -64,14 +64,17 @@ class Session:
             if retrain_from is not None:
                 metrics = {k: v for k, v in metrics.items() if not k.startswith("stage") or not k[5:].isdigit()
                            or int(k[5:]) < retrain_from}
-                iterations = int(json.loads(state.get("train_config", "{}")).get("iterations", 0))
+                iterations = int(json.loads(state.get("train_config") or "{}").get("iterations") or self.train_cfg.iterations)
                 reached = int(state["stage"]) * iterations + int(state["iteration"])
                 elapsed *= min(1.0, retrain_from * iterations / reached) if reached > 0 else 0.0
             self.metrics = metrics
             self.elapsed_before = elapsed
             self.stages_from_file = int(state.get("stages_from_file", 0))
-            self.stages_from_path = state.get("stages_from_path") or None
-            self.init_model_cases = json.loads(state.get("init_model_cases") or "[]")
+            if retrain_from is not None:  # a stage that came from a model file and is trained again is this run's
+                self.stages_from_file = min(self.stages_from_file, retrain_from)
+            from_file = self.stages_from_file > 0
+            self.stages_from_path = (state.get("stages_from_path") or None) if from_file else None
+            self.init_model_cases = json.loads(state.get("init_model_cases") or "[]") if from_file else []
             self.prior_record = json.loads(state.get("prior_record") or "null") or self.prior_record
         self.t_start = time.perf_counter()
 

@@ -100,3 +100,4 @@ def test_a_progress_of_a_task_without_words_of_its_own_is_still_said_through_the
     """The fallback was an f-string outside ``_()``: the one status line a translation could not reach (a review)."""
     update = describe_event({"event": "progress", "task": "uncertainty", "done": 1, "total": 4})
     assert update.status == "Working (uncertainty)…" and update.percent == 25
+    assert describe_event({"event": "progress", "done": 1, "total": 2}).status == "Working…"  # not "Working (working)…"

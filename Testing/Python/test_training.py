@@ -662,6 +662,26 @@ def test_retraining_a_stage_does_not_report_the_replaced_stages_validation_or_ti
     assert again["training"]["wall_time_s"] < first["training"]["wall_time_s"]
 
 
+def test_retraining_a_stage_taken_from_a_model_file_counts_it_as_trained(tmp_path, data_dir, tiny_model_config):
+    """A run whose first two stages came from a model file, retrained from stage 2 (`--start-stage 1`) in its folder,
+    still said two stages came from that file (and named its cases): the retrained stage was counted as the file's."""
+    import dataclasses
+
+    from MedSynthLogic.model_header import read_header
+    from MedSynthLogic.training import train
+
+    three = dataclasses.replace(tiny_model_config, stages=3)
+    donor = train(data_dir, tmp_path / "donor.safetensors", three, _cfg(iterations=1), device="cpu")
+    run = tmp_path / "run"
+    first = read_header(train(data_dir, tmp_path / "a.safetensors", three, _cfg(iterations=1), device="cpu",
+                              start_stage=2, init_model=donor, run_dir=run))
+    assert first["training"]["stages_from_file"] == 2 and first["training"]["stages_trained"] == 1
+    again = read_header(train(data_dir, tmp_path / "b.safetensors", three, _cfg(iterations=1, seed=3), device="cpu",
+                              start_stage=1, run_dir=run))
+    assert again["training"]["stages_from_file"] == 1 and again["training"]["stages_trained"] == 2
+    assert again["training"]["stages_from_path"] == first["training"]["stages_from_path"]
+
+
 def test_retraining_a_later_stage_in_its_folder_sets_the_old_checkpoints_aside(tmp_path, data_dir, tiny_model_config):
     """The old run's later checkpoints sorted after the new run's: pruning deleted each new one as it was written,
     and --resume went on from the old run (a review). They move to superseded_1/, kept; the new run resumes."""

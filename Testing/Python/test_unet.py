@@ -557,6 +557,12 @@ def test_unet_data_may_be_shorter_than_the_crop(tmp_path):
     assert stored == (20, 40, 36) and source.shape[-3:] == (32, 32, 32)
     assert (corners[:, 0] == -6).all() and (corners[:, 1:] >= 0).all()  # 12 zero slices, 6 before the volume
     assert not source[:, 0, :6].any() and not source[:, 0, 26:].any() and source[:, 0, 6:26].any()
+    import json
+
+    case = json.loads((data / "manifest.json").read_text())["cases"]["c0"]
+    assert case["padded_shape"] == [20, 40, 36]  # the stored volume's, not the filled patches' grid
+    assert any("too small to synthesize" in n and "`medsynth synthesize` and `evaluate` refuse it" in n
+               for n in case["notes"])  # 20 slices: trained on, never applicable (MIN_EDGE 32)
     model = train(data, tmp_path / "u.safetensors", small_unet(crop=32), train_cfg(iterations=2), device="cpu")
     assert model.exists()
     with pytest.raises(DataError, match="smaller than a 32³ patch"):
