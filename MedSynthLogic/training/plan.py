@@ -91,9 +91,10 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
     else:
         val_h5 = None
         warnings.append("no val.h5: training runs without validation")
-    check_one_prepare_run(d, {"train.h5": info["prepare_run"], "manifest.json": str(manifest.get("prepare_run", "")),
-                              **({"val.h5": vinfo["prepare_run"]} if val_h5 is not None else {})},
-                          manifest_present=(d / "manifest.json").is_file())
+    runs = {"train.h5": info["prepare_run"], **({"val.h5": vinfo["prepare_run"]} if val_h5 is not None else {})}
+    if (d / "manifest.json").is_file():
+        runs["manifest.json"] = str(manifest.get("prepare_run", ""))
+    check_one_prepare_run(d, runs)
     if train_cfg.adversarial and model_cfg.loss.lambda_adv > 0 and train_cfg.warmup_iterations >= train_cfg.iterations:
         warnings.append(f"the adversarial term waits for {train_cfg.warmup_iterations} warm-up iterations per stage and "
                         f"this run has {train_cfg.iterations}, so it trains without it: give more iterations than the "
@@ -121,17 +122,16 @@ def plan_training(data_dir: os.PathLike | str, model_cfg: ModelConfig, train_cfg
     )
 
 
-def check_one_prepare_run(data_dir: Path, runs: Dict[str, str], manifest_present: bool = True) -> None:
+def check_one_prepare_run(data_dir: Path, runs: Dict[str, str]) -> None:
     """Refuse a data folder whose files come from different ``medsynth prepare`` runs.
 
     ``runs`` maps each present file to the run id it records (empty: written before ids existed). A prepare writes
     the same id into all its files, so when one file has an id every other file must have it too: a mix is what an
     ``--overwrite`` that stopped between its renames leaves, and its splits may hold other cases, normalised otherwise.
     """
-    present = runs if manifest_present else {k: v for k, v in runs.items() if k != "manifest.json"}
-    if not any(present.values()) or len(set(present.values())) == 1:
+    if not any(runs.values()) or len(set(runs.values())) == 1:
         return
-    said = ", ".join(f"{name} {run[:8] or 'without an id (an older prepare)'}" for name, run in sorted(present.items()))
+    said = ", ".join(f"{name} {run[:8] or 'without an id (an older prepare)'}" for name, run in sorted(runs.items()))
     raise DataError(f"The data folder {data_dir} holds files of different `medsynth prepare` runs ({said}).",
                     "Run the same `medsynth prepare … --overwrite` into this folder again (a prepare that stopped "
                     "while it published its files leaves such a mix), or prepare into a new folder.")
