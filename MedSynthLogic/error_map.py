@@ -135,6 +135,10 @@ class ErrorMap:
                    dict(header.get("fitted_on", {})), names)
 
 
+#: The smallest spread a feature is standardised by (its units are network units or fractions of the brain).
+SPREAD_FLOOR = 1e-3
+
+
 def fit_error_map(features: np.ndarray, errors: np.ndarray, epochs: int = 4, batch: int = 4096, lr: float = 1e-3,
                   seed: int = 0, fitted_on: Optional[Dict[str, Any]] = None,
                   names: Tuple[str, ...] = FEATURES) -> ErrorMap:
@@ -148,7 +152,9 @@ def fit_error_map(features: np.ndarray, errors: np.ndarray, epochs: int = 4, bat
     if features.ndim != 2 or features.shape[1] != len(names) or len(features) != len(errors) or not len(errors):
         raise ValueError(f"fit_error_map needs (N, {len(names)}) features and N errors, got {features.shape} "
                          f"and {errors.shape}.")
-    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+    # A feature constant in the fit (a mirror-symmetric model's flip part) must not turn rounding noise at
+    # synthesis (fp16 on a GPU) into inputs a million spreads away.
+    mean, std = features.mean(axis=0), np.maximum(features.std(axis=0), np.float32(SPREAD_FLOOR))
     torch.manual_seed(seed)
     net = _mlp(len(names))
     opt = torch.optim.Adam(net.parameters(), lr)

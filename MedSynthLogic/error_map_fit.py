@@ -141,8 +141,8 @@ def fit_error_map_for(model_path: PathLike, cases_dir: PathLike, out: PathLike, 
         for name, shifted in [("as given", source)] + [(name, vol) for name, (vol, _) in extra.items()]:
             result = synthesize_with_uncertainty(model, shifted, mask=mask, device=device, precision="fp32")
             error = np.abs(scale_prediction(result.synthesis.array, mask, scale) - reference)[scored]
-            features = error_map_rows(names, result.synthesis.array, shifted.array, result.flip, result.stages, scored,
-                                      scale)
+            features = error_map_rows(names, result.synthesis.array, shifted.array, result.flip, result.stages, mask,
+                                      scale)[scored[mask]]  # built over the brain mask, as synthesis builds them
             pick = rng.choice(len(error), size=min(len(error), int(voxels_per_case)), replace=False)
             rows.append(features[pick])
             errors.append(error[pick].astype(np.float32))

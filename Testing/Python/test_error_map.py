@@ -291,3 +291,59 @@ def test_the_fit_reads_each_case_as_evaluate_does(tmp_path, tiny_model_config, p
     assert any("Resampled the target" in line or "field of view" in line for line in said), said
     scored = int(half[:, :, :-1].sum())  # the mask file's voxels inside the target's field of view
     assert any(line.endswith(f"over {scored} brain voxels") for line in said), said
+
+
+def test_the_fit_builds_its_features_over_the_brain_mask_as_synthesis_does(tmp_path, tiny_model_config, phantom,
+                                                                          monkeypatch):
+    """Where the target's field of view misses part of the brain, the fit built its feature rows over the scored voxels
+    only: the distance to the mask's edge (and the source median) then described the field of view's end, not the
+    brain's, unlike the rows synthesis builds over the whole mask (a review)."""
+    import dataclasses
+
+    from MedSynthLogic import error_map_fit
+    from MedSynthLogic.error_map import FEATURES
+    from MedSynthLogic.model_file import load_model, save_model
+    from MedSynthLogic.uncertainty import error_map_rows, synthesize_with_uncertainty
+    from MedSynthLogic.volume_io import Volume, write_volume
+    from _models import random_chain
+
+    cfg = dataclasses.replace(tiny_model_config, stages=1)
+    model = save_model(tmp_path / "m.safetensors", random_chain(cfg), cfg)
+    case = tmp_path / "cases" / "c0"
+    case.mkdir(parents=True)
+    write_volume(phantom.t1ce, case / "c0_t1ce.nii.gz")
+    t2, cut = phantom.t2, 20  # the T2 ends 20 slices before the T1ce does (z is the array's first axis)
+    write_volume(Volume(np.ascontiguousarray(t2.array[:-cut]), t2.spacing, t2.origin, t2.direction), case / "c0_t2.nii.gz")
+    seen = {}
+    real_fit = error_map_fit.fit_error_map
+
+    def capture(rows, errors, **kw):
+        seen["rows"] = rows
+        return real_fit(rows, errors, **kw)
+
+    monkeypatch.setattr(error_map_fit, "fit_error_map", capture)
+    error_map_fit.fit_error_map_for(model, tmp_path / "cases", tmp_path / "em.safetensors", cases=["c0"],
+                                    voxels_per_case=10**9, report=lambda line: None)
+    brain = phantom.t1ce.array > cfg.normalisation.mask_threshold
+    scored = brain.copy()
+    scored[-cut:] = False
+    result = synthesize_with_uncertainty(load_model(model), phantom.t1ce, mask=brain, device="cpu", precision="fp32")
+    expected = error_map_rows(FEATURES, result.synthesis.array, phantom.t1ce.array, result.flip, result.stages, brain,
+                              float(cfg.normalisation.output_scale))[scored[brain]]
+    got = seen["rows"]
+    assert got.shape == expected.shape and 0 < len(got) < int(brain.sum())
+    np.testing.assert_allclose(got[np.lexsort(got.T[::-1])], expected[np.lexsort(expected.T[::-1])], rtol=1e-5, atol=1e-6)
+
+
+def test_a_feature_constant_in_the_fit_is_standardised_by_a_floor_not_by_a_millionth():
+    """Rounding noise at synthesis in a feature that was constant when fitted became inputs ~1e4 spreads away."""
+    from MedSynthLogic.error_map import FEATURES, SPREAD_FLOOR, fit_error_map
+
+    rng = np.random.default_rng(0)
+    features = rng.random((2000, len(FEATURES))).astype(np.float32)
+    features[:, 0] = 0.0  # e.g. the flip part of a mirror-symmetric model
+    fitted = fit_error_map(features, features[:, 1] * 0.1, epochs=1, names=FEATURES)
+    assert fitted.std[0] == pytest.approx(SPREAD_FLOOR) and fitted.std[1] > 0.2
+    noisy = features[:5].copy()
+    noisy[:, 0] = 1e-3  # fp16 rounding of a synthesis
+    assert np.all(np.isfinite(fitted.predict(noisy))) and np.all(np.abs((noisy - fitted.mean) / fitted.std) < 10)
