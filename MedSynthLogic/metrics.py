@@ -28,6 +28,7 @@ import numpy as np
 from .atomic import atomic_write_text
 from .dataset_cases import IMAGE_SUFFIXES, image_ending, image_stem
 from .errors import DataError, GeometryError, InputImageError, MedSynthError
+from .progress import json_safe
 from .volume_io import Volume, read_volume, region_on_grid, same_grid
 
 ArrayLike = Union[np.ndarray, Volume]
@@ -334,16 +335,6 @@ def evaluate_folder(
     return scored_results(cases, percentile)
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _cell(value: Any, key: str) -> str:
     if value is None:
         return "–"
@@ -388,7 +379,7 @@ def _predictor_line(results: Dict[str, Any]) -> str:
 def write_report(results: Dict[str, Any], json_path: Union[str, os.PathLike], md_path: Optional[Union[str, os.PathLike]] = None) -> None:
     """Write the results as strict JSON (non-finite → null) and as a Markdown table, each atomically; the
     results' ``notes`` stand above the table, where a reader of the table sees them."""
-    atomic_write_text(json_path, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(json_path, json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n")
     if md_path is not None:
         header = "# MedSynth evaluation\n\n" + _predictor_line(results)
         if results.get("protocol"):

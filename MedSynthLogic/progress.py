@@ -132,18 +132,19 @@ def exit_event(returncode: Optional[int], state: str) -> Event:
     return {"event": "exit", "returncode": returncode, "state": state}
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf are not JSON; a reader on the other end of a pipe must be able to parse every line."""
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON can hold it: NaN/inf → null (not JSON: a reader on the other end of a pipe, or of a report,
+    must be able to parse it), paths → text, numpy scalars → Python numbers."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item") and callable(value.item):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -155,7 +156,7 @@ class JsonLinesReporter:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        line = json.dumps(_json_safe(event), allow_nan=False, separators=(",", ":"))
+        line = json.dumps(json_safe(event), allow_nan=False, separators=(",", ":"))
         with self._lock:
             self.stream.write(line + "\n")
             self.stream.flush()

@@ -31,15 +31,15 @@ import numpy as np
 from scipy import ndimage
 
 from MedSynthLogic.baselines import IntensityLookup
+from MedSynthLogic.case_reading import read_case
 from MedSynthLogic.dataset_cases import companion_t1
-from MedSynthLogic.dataset_prep import find_cases, select_cases
+from MedSynthLogic.dataset_prep import find_cases, select_cases, target_background
 from MedSynthLogic.enhancement import enhancement_notes
 from MedSynthLogic.input_checks import check_source
-from MedSynthLogic.metrics import evaluate_pairs
+from MedSynthLogic.metrics import score_pair, scored_results, scoring_of
 from MedSynthLogic.model_file import load_model
-from MedSynthLogic.normalisation import brain_mask
+from MedSynthLogic.progress import json_safe
 from MedSynthLogic.source_shifts import contrast_in_brain, t1_in_place
-from MedSynthLogic.volume_io import align_pair, read_volume
 from MedSynthLogic.volume_synthesis import synthesize_volume
 
 Shift = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -94,17 +94,22 @@ def shifted_sources(case, mask: np.ndarray, source) -> Dict[str, object]:
 
 def measure(cases_dir: Path, cases: List[str], models: Dict[str, str], lookups: Dict[str, str],
             precision: str) -> Tuple[Dict[str, Dict[str, dict]], Dict[str, Dict[str, str]]]:
-    """(predictor → shift → evaluate_pairs result, case → shift → input-check verdict for the first model)."""
+    """(predictor → shift → scored results, case → shift → input-check verdict for the first model).
+
+    Each case is read as ``evaluate`` reads it (``read_case``: its mask file, a target on another grid resampled and
+    scored only where it has data, the segmentation on the source's grid) and each predictor is scored at its own
+    normalisation's percentile and scale (``scoring_of``), so the unshifted row is what ``evaluate`` reports."""
     loaded = {label: load_model(path) for label, path in models.items()}
     tables = {label: IntensityLookup.load(path) for label, path in lookups.items()}
     first = next(iter(loaded.values()))
     norm = first.config.normalisation
-    entries: Dict[str, Dict[str, list]] = {label: {} for label in [*loaded, *tables]}
+    scoring = {**{label: scoring_of(m.config.normalisation) for label, m in loaded.items()},
+               **{label: scoring_of(t.normalisation) for label, t in tables.items()}}
+    rows: Dict[str, Dict[str, list]] = {label: {} for label in scoring}
     verdicts: Dict[str, Dict[str, str]] = {}
     for case in select_cases(find_cases(cases_dir), cases, f"Case in {cases_dir}"):
-        source, target, _ = align_pair(read_volume(case.source), read_volume(case.target), policy="resample")
-        seg = read_volume(case.seg).array.astype(np.uint8) if case.seg else None
-        mask = brain_mask(source.array, norm.mask_threshold)
+        read = read_case(case, norm.mask_threshold, target_fill=target_background(norm.target))
+        source, target, mask = read.source, read.target, read.mask
         verdicts[case.case_id] = {}
         for shift, shifted in shifted_sources(case, mask, source).items():
             findings = check_source(shifted, first.config)
@@ -112,15 +117,16 @@ def measure(cases_dir: Path, cases: List[str], models: Dict[str, str], lookups: 
             if enhancement_notes(shifted, first.config, mask=mask, findings=findings):
                 verdict += ", warned: no sign of enhancement"
             verdicts[case.case_id][shift] = verdict
-            for label, model in loaded.items():
-                pred = synthesize_volume(model, shifted, mask=mask, device="cpu", precision=precision)
-                entries[label].setdefault(shift, []).append((case.case_id, pred, target, mask, seg))
-            for label, table in tables.items():
-                pred = shifted.with_array(table.apply(shifted.array, mask))
-                entries[label].setdefault(shift, []).append((case.case_id, pred, target, mask, seg))
+            for label in scoring:
+                if label in loaded:
+                    pred = synthesize_volume(loaded[label], shifted, mask=mask, device="cpu", precision=precision)
+                else:
+                    pred = shifted.with_array(tables[label].apply(shifted.array, mask))
+                rows[label].setdefault(shift, []).append(
+                    score_pair(case.case_id, pred, target, read.scored, read.tumour, *scoring[label]))
             print(case.case_id, shift, verdicts[case.case_id][shift], flush=True)
-    results = {label: {shift: evaluate_pairs(pairs, pred_scale=norm.output_scale) for shift, pairs in by_shift.items()}
-               for label, by_shift in entries.items()}
+    results = {label: {shift: scored_results(cases_scored, *scoring[label]) for shift, cases_scored in by_shift.items()}
+               for label, by_shift in rows.items()}
     return results, verdicts
 
 
@@ -130,7 +136,7 @@ def markdown(results: Dict[str, Dict[str, dict]], verdicts: Dict[str, Dict[str, 
     for label, by_shift in results.items():
         lines += [f"### {label}", "", "| source | cases | PSNR (dB) | SSIM | tumour PSNR | PSNR after gain/offset | input checks |",
                   "|---|---|---|---|---|---|---|"]
-        base = by_shift["none"]["summary"]
+        base = {row["case"]: row for row in by_shift["none"]["cases"]}
         for shift, result in by_shift.items():
             s = result["summary"]
             cells = []
@@ -139,7 +145,10 @@ def markdown(results: Dict[str, Dict[str, dict]], verdicts: Dict[str, Dict[str, 
                     cells.append("")
                     continue
                 fmt = ".3f" if key == "ssim" else ".2f"
-                delta = "" if shift == "none" else f" ({s[key]['mean'] - base[key]['mean']:+{fmt}})"
+                # the change over this row's own cases (a T1 exists for some cases only), as a mean of case changes
+                changes = [row[key] - base[row["case"]][key] for row in result["cases"]
+                           if row.get(key) is not None and base[row["case"]].get(key) is not None]
+                delta = "" if shift == "none" or not changes else f" ({float(np.mean(changes)):+{fmt}})"
                 cells.append(f"{s[key]['mean']:{fmt}}{delta}")
             said = sorted({verdicts[c["case"]][shift] for c in result["cases"]})
             lines.append(f"| {shift} | {len(result['cases'])} | " + " | ".join(cells) + f" | {'; '.join(said)} |")
@@ -169,8 +178,8 @@ def main() -> None:
     results, verdicts = measure(args.cases_dir, args.cases.split(","), _pairs(args.model, "--model"),
                                 _pairs(args.lookup, "--lookup"), args.precision)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "input_shift.json").write_text(json.dumps({"results": results, "input_checks": verdicts}, indent=1),
-                                                   encoding="utf-8")
+    (args.out_dir / "input_shift.json").write_text(json.dumps(json_safe({"results": results, "input_checks": verdicts}),
+                                                              indent=1, allow_nan=False), encoding="utf-8")
     intro = (f"# Shifted sources\n\n`python Testing/Evaluation/input_shift.py` on {', '.join(verdicts)} "
              f"(precision {args.precision}; the shifts: its docstring). Means over the cases; in brackets the change "
              "from the unshifted source.\n\n")
