@@ -45,6 +45,10 @@ def check_image_output(path: str | os.PathLike, overwrite: bool = False, inputs:
             f"The output {out} has {what}; MedSynth writes {', '.join(WRITABLE_SUFFIXES)}.",
             "End the output name with .nii.gz (or another of these).",
         )
+    written = out.name[len(out.name) - len(image_suffix(out)):]
+    if written != image_suffix(out):  # ITK picks its writer by the lower-case ending: OUT.NII.GZ failed at the end
+        raise OutputError(f"The output {out} ends in {written!r}; the image writers know the ending only in lower case.",
+                          f"Name it {out.name[: len(out.name) - len(written)]}{image_suffix(out)}.")
     return check_output_path(out, overwrite=overwrite, inputs=tuple(inputs))
 
 

@@ -633,6 +633,10 @@ def output_unknown_extension(d: Path, s: Shared) -> List[str]:
     return _synth(_source(d, s), d / "synthetic_t2.png", s)
 
 
+def output_upper_case_extension(d: Path, s: Shared) -> List[str]:
+    return _synth(_source(d, s), d / "SYNTHETIC_T2.NII.GZ", s)
+
+
 def output_is_a_folder(d: Path, s: Shared) -> List[str]:
     (d / "results").mkdir()
     return _synth(_source(d, s), d / "results", s, "--overwrite")
@@ -706,6 +710,8 @@ ROWS = [
     Row("folder-to-file-output", "case folder as source, out.nii.gz as output", folder_to_file_output, 7, "is a file name"),
     Row("output-no-extension", "output name without an extension", output_without_extension, 7, "has no image extension"),
     Row("output-png", "output name ending in .png", output_unknown_extension, 7, "has extension '.png'"),
+    Row("output-upper-case", "output name ending in .NII.GZ", output_upper_case_extension, 7,
+        "know the ending only in lower case. Name it SYNTHETIC_T2.nii.gz"),
     Row("output-is-folder", "an existing folder as the output file (even with --overwrite)", output_is_a_folder, 7, "is a folder"),
     Row("fit-lookup-output-exists", "fit-lookup onto an existing file, no --overwrite", fit_lookup_output_exists, 7,
         "exists already"),
