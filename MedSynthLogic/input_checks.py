@@ -90,6 +90,10 @@ HIST_SMOOTH = 1.5
 T2_SCORE_THRESHOLD = 0.67
 #: Above this fraction of negative non-zero voxels an MR source is taken for an already normalised image.
 NEGATIVE_MAX_FRACTION = 0.01
+#: A voxel below this many times the positive voxels' 99th percentile is no resampling undershoot (an interpolation
+#: overshoots by a fraction of the local contrast) but a bright voxel of an integer image that wrapped around: int16
+#: holds at most 32767, and a T1ce scaled past it turns its enhancing rim into -32000s (a review, session 48).
+WRAPPED_BELOW = -0.5
 #: The bright tail is this percentile of the brain over its median.
 TAIL_PERCENTILE = 95.0
 #: Fewer brain voxels than this: too little to judge the sequence (no finding).
@@ -288,6 +292,17 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
                 {"background_fraction": round(background, 4), "faint_background_fraction": round(faint, 4)},
             ))
     negative = _negative_fraction(volume.array) if _judges_negatives(model_config) else 0.0
+    wrapped = _wrapped_voxels(volume.array) if _judges_negatives(model_config) else (0, 0.0, 0.0)
+    if wrapped[0] and negative <= NEGATIVE_MAX_FRACTION:
+        count, lowest, bright = wrapped
+        findings.append(InputFinding(
+            "negative_values",
+            f"{count} voxel(s) lie far below 0 (down to {lowest:g}, while the positive voxels' 99th percentile is "
+            f"{bright:g}): the brightest voxels of an integer image wrapped around (a value past int16's 32767 "
+            "stored as int16), so the enhancing tissue would be left out of the brain as holes; export it again as "
+            "float or uint16",
+            {"wrapped_voxels": count, "lowest": lowest, "positive_p99": bright},
+        ))
     if negative > NEGATIVE_MAX_FRACTION:
         findings.append(InputFinding(
             "negative_values",
@@ -352,6 +367,20 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
 def _judges_negatives(model_config: "ModelConfig") -> bool:
     """An MR source (any normalisation but CT's ``window``) must not be negative; CT is, in air and fat."""
     return model_config.normalisation.source.mode != "window"
+
+
+def _wrapped_voxels(array: np.ndarray) -> Tuple[int, float, float]:
+    """(how many voxels lie below :data:`WRAPPED_BELOW` × the positive voxels' 99th percentile, the lowest value,
+    that percentile); (0, 0, 0) when none do."""
+    lowest = float(np.min(array)) if array.size else 0.0
+    if lowest >= 0:
+        return 0, 0.0, 0.0
+    positive = array[array > 0]
+    if not positive.size:
+        return 0, 0.0, 0.0
+    bright = float(np.percentile(positive, 99))
+    count = int(np.count_nonzero(array < WRAPPED_BELOW * bright))
+    return (count, lowest, bright) if count else (0, 0.0, 0.0)
 
 
 def _negative_fraction(array: np.ndarray) -> float:

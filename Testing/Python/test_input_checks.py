@@ -260,3 +260,25 @@ def test_the_messages_name_the_models_threshold_and_voxel_size_not_a_t1ce_defaul
     negative = [f for f in check_source(ct, mr_t1) if f.code == "negative_values"]
     assert negative and "a CT in HU" in negative[0].message and "source > 0" in negative[0].message
     assert not any("1 mm" in hint for hint in HINTS.values())
+
+
+def test_an_int16_image_whose_brightest_voxels_wrapped_around_is_refused_and_an_undershoot_is_not(phantom):
+    """A T1ce scaled past 32767 and stored as int16 turns its enhancing rim into -32000s: 0.05 % of the voxels, under
+    the 1 % that the negative-values rule asked, so nothing fired and the brain mask (source > 0) left holes there
+    (a review). A resampling's small undershoot around the brain stays accepted."""
+    from MedSynthLogic.input_checks import check_source
+
+    source = phantom.t1ce.array.astype(np.float32)
+    brain = source > 0
+    scaled = source / np.percentile(source[brain], 99.95) * 33000.0  # the top 0.05 % past int16's range
+    wrapped = scaled.round().astype(np.int64)
+    wrapped = ((wrapped + 32768) % 65536 - 32768).astype(np.float32)  # stored as int16, read back
+    assert 0 < np.count_nonzero(wrapped < 0) < 0.01 * np.count_nonzero(wrapped)
+    findings = check_source(phantom.t1ce.with_array(wrapped), ModelConfig())
+    assert [f.code for f in findings] == ["negative_values"] and "wrapped around" in findings[0].message
+    undershoot = scaled.copy()
+    edge = brain & ~np.roll(brain, 1, axis=2)
+    outside = np.flatnonzero(np.roll(edge, -1, axis=2) & ~brain)[:200]  # a few voxels just outside the brain
+    undershoot.flat[outside] = -0.05 * np.percentile(scaled[brain], 99)
+    assert not check_source(phantom.t1ce.with_array(undershoot), ModelConfig())
+    assert not check_source(phantom.t1ce.with_array(scaled), ModelConfig())
