@@ -192,11 +192,12 @@ def load_volume_file(scene: Any, path: str | os.PathLike, name: Optional[str] = 
     Storage nodes work both in the Slicer application and in ``slicer-core`` (``slicer.util.loadVolume`` needs the
     application). The storage node stays attached, so the volume is saved with the scene.
     """
-    from .volume_read import header_problem
+    from .volume_read import check_nifti_complete, header_problem
 
     path = Path(path)
     if not path.is_file():
-        raise InputImageError(f"Image file {path} does not exist.")
+        raise InputImageError(f"Image file {path} does not exist.", "Check the path and the spelling.")
+    check_nifti_complete(path)  # Slicer's reader, as ITK's, pads a truncated NIfTI with zeros and reads NaN as 0
     if name is None:
         name = _stem(path)
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
