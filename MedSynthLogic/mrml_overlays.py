@@ -12,15 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from .errors import InputImageError
-from .mrml_scene import (
-    builtin_color_node,
-    load_volume_file,
-    nodes_of_class,
-    slice_composite_node,
-    slice_node,
-    update_node_from_volume,
-    volume_from_node,
-)
+from .mrml_scene import builtin_color_node, node_from_volume, nodes_of_class, slice_composite_node, slice_node
 
 
 #: Node attribute of an uncertainty map: the ID of the synthetic volume it was made for (a record; IDs are not
@@ -124,12 +116,13 @@ def load_uncertainty_overlay(
     temporary output, and File › Save would otherwise offer its deleted folder and the same name for every map.
     Returns ``(node, what show_uncertainty_overlay returned)``.
     """
-    node = load_volume_file(scene, path, name=name or f"{synthetic_node.GetName()} uncertainty")
-    storage = node.GetStorageNode()
-    node.SetAndObserveStorageNodeID(None)
-    scene.RemoveNode(storage)
+    from .volume_read import read_volume
+
+    # read as the synthesis is read (outcomes): Slicer's reader reorders the voxels of a file on a left-handed grid (a
+    # source under a reflecting transform), and the synthetic node's grid stamped on them mirrored the map
+    node = node_from_volume(scene, read_volume(path), name or f"{synthetic_node.GetName()} uncertainty",
+                            reference=synthetic_node)
     try:
-        update_node_from_volume(node, volume_from_node(node), reference=synthetic_node)
         shown = show_uncertainty_overlay(scene, node, synthetic_node, **options)
     except Exception:
         _remove_with_attached(scene, node)

@@ -176,7 +176,11 @@ def update_node_from_volume(node: Any, volume: "Volume", reference: Any = None) 
 def node_from_volume(scene: Any, volume: "Volume", name: str, reference: Any = None) -> Any:
     """A new ``vtkMRMLScalarVolumeNode`` in ``scene`` holding ``volume`` (see ``update_node_from_volume``)."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
-    update_node_from_volume(node, volume, reference=reference)
+    try:
+        update_node_from_volume(node, volume, reference=reference)
+    except Exception:  # a volume not on the reference's grid leaves no empty node behind
+        scene.RemoveNode(node)
+        raise
     node.CreateDefaultDisplayNodes()
     return node
 

@@ -201,7 +201,8 @@ def t1_against_t1ce(rows: List[Row]) -> str:
             "(input_shift_l2_seed2_blend/INPUT_SHIFT.md)). Their unit, the brain's spread in the log "
             f"image (median − 5th percentile), spans {min(spreads):.2f}–{max(spreads):.2f} over the T1ce: a gamma of "
             "1.25 multiplies it by 1.25, well inside that range, so the spread cannot tell a gamma-changed T1ce "
-            "from a case whose own contrast differs (what a gamma of 1.25 costs stays unflagged).")
+            "from a case whose own contrast differs (what a gamma of 1.25 costs stays unflagged; the normalised brain's "
+            "percentiles cannot tell either: [input_checks/INTENSITY_PROFILE.md](input_checks/INTENSITY_PROFILE.md)).")
 
 
 def shifted_notes(folder: Path, cfg: ModelConfig) -> str:
@@ -251,7 +252,8 @@ Written by `Testing/Evaluation/input_check_confusion.py` ({seconds:.0f} s on a 2
 through `MedSynthLogic.input_checks.check_source` with the expectations in the bundled model's header (T1ce,
 skull-stripped, 1 mm ± {cfg.input.spacing_tolerance_mm:g} mm, anisotropy ≤ {cfg.input.max_anisotropy:g}), which is what
 `medsynth synthesize` runs before any compute. The rule is in the docstring of `MedSynthLogic/input_checks.py`:
-label map if at most 64 distinct integer values inside the brain; else T2-weighted if `t2_score` ≥
+label map if at most 64 distinct integer values inside the brain, or if its 8 commonest values hold ≥ 65 % of it; else
+T2-weighted if `t2_score` ≥
 {T2_SCORE_THRESHOLD}, else T1-weighted. `t2_score` adds two statistics of the brain: the fraction of voxels brighter than the
 histogram's mode − the mode's position in the 0.5–99.5 percentile range, and the bright tail (95th percentile /
 median − 1). The rule and its threshold were chosen on these same {n_cases} BraTS cases, so the BraTS table is a

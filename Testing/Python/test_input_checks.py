@@ -282,3 +282,23 @@ def test_an_int16_image_whose_brightest_voxels_wrapped_around_is_refused_and_an_
     undershoot.flat[outside] = -0.05 * np.percentile(scaled[brain], 99)
     assert not check_source(phantom.t1ce.with_array(undershoot), ModelConfig())
     assert not check_source(phantom.t1ce.with_array(scaled), ModelConfig())
+
+
+def test_a_label_map_resampled_linearly_is_still_a_label_map(phantom):
+    """One linear reslice gives a segmentation fractional values at its label borders: the integer rule no longer
+    fired, and it passed every check as a T1ce (a review, on a BraTS segmentation). Most of the brain still holds one
+    of a few values; no MR image of the 14 BraTS cases comes near (LABEL_TOP_FRACTION's measurement)."""
+    from scipy import ndimage
+
+    from MedSynthLogic.input_checks import LABEL_TOP_FRACTION, check_source
+
+    brain = phantom.t1ce.array > 0
+    labels = np.where(brain, 1.0 + (phantom.t2.array > np.percentile(phantom.t2.array[brain], 70)), 0.0)
+    for moved in (ndimage.zoom(labels, (1, 1.1, 1.1), order=1), ndimage.shift(labels, (0, 0.5, 0.5), order=1)):
+        assert not np.all(moved == np.round(moved))
+        vol = Volume(moved.astype(np.float32), (1.0, 1.0, 1.0))
+        findings = check_source(vol, ModelConfig())
+        assert [f.code for f in findings] == ["label_map"], findings
+        assert findings[0].measured["top_values_fraction"] >= LABEL_TOP_FRACTION
+        assert "holds one of 8 values" in findings[0].message
+    assert not check_source(phantom.t1ce, ModelConfig())

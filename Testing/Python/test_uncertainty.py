@@ -291,3 +291,28 @@ def test_a_mirror_symmetric_unet_has_no_flip_part_around_a_brain_of_odd_width(tm
     r = synthesize_with_uncertainty(sym, Volume(array, spacing=(1.0, 1.0, 1.0)), device="cpu")
     scale = np.abs(r.synthesis.array).max()
     assert scale > 1.0 and np.abs(r.flip).max() < 1e-4 * scale
+
+
+def test_the_overlay_lies_voxel_for_voxel_on_a_synthesis_under_a_reflecting_transform(source, tmp_path):
+    """A source under a mirror transform (one that fixes a wrong header) has a left-handed world grid: Slicer's reader
+    reordered the map file's voxels, and the synthetic node's grid stamped on them showed the map mirrored (a review,
+    checked in slicer-core). The map is read as the synthesis is."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is needed for MRML tests")
+    import vtk
+
+    from MedSynthLogic import mrml
+
+    scene = slicer.vtkMRMLScene()
+    src = mrml.node_from_volume(scene, source, "case t1ce")
+    mirror = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 0, -1.0)
+    mirror.SetMatrixTransformToParent(matrix)
+    src.SetAndObserveTransformNodeID(mirror.GetID())
+    synthetic = mrml.node_from_volume(scene, source.with_array(source.array * 0.5), "case synthetic T2", reference=src)
+    world = mrml.volume_from_node(synthetic)  # the grid the child writes its files on
+    pattern = np.arange(world.array.size, dtype=np.float32).reshape(world.shape)
+    write_volume(world.with_array(pattern), tmp_path / "unc.nii.gz")
+    node, _ = mrml.load_uncertainty_overlay(scene, tmp_path / "unc.nii.gz", synthetic)
+    np.testing.assert_array_equal(mrml.volume_from_node(node).array, pattern)
+    np.testing.assert_array_equal(mrml.node_ijk_to_ras(node), mrml.node_ijk_to_ras(synthetic))
