@@ -10,7 +10,8 @@ states its own. Three checks:
 
   - *label map* if every brain voxel is an integer and there are at most :data:`LABEL_MAX_VALUES` values, or if
     its :data:`LABEL_TOP_VALUES` commonest values hold at least :data:`LABEL_TOP_FRACTION` of the brain (a label
-    map resampled linearly: fractional values at the label borders only; a flat image);
+    map resampled linearly: fractional values at the label borders only; a flat image), or if the histogram's mode
+    (below) lies at :data:`MAP_MODE_POSITION` of its range or higher (a probability map, a smoothed mask);
   - otherwise two statistics of the brain (eroded by :data:`EDGE_EROSION` voxels against skull-stripping
     partial volume) add up to ``t2_score``:
 
@@ -89,6 +90,10 @@ LABEL_MAX_VALUES = 64
 #: least 0.92 (zoomed 1.1 in-plane) and 0.98 (shifted half a voxel); midway. Resampled, such a map passed as a T1ce.
 LABEL_TOP_VALUES = 8
 LABEL_TOP_FRACTION = 0.65
+#: A brain whose commonest intensity lies this high in its 0.5–99.5 percentile range is a map, not an MR image: a
+#: brain probability map or smoothed mask (0.99). The 56 BraTS 2018 MR images reach at most 0.82 (a T1; T1ce
+#: 0.32–0.76); midway-ish. Such a map passed as a T1ce, with only a note that it might be a T1 without contrast.
+MAP_MODE_POSITION = 0.9
 #: Voxels peeled off the brain mask before the histogram (the skull-stripped edge is partial volume).
 EDGE_EROSION = 2
 HIST_BINS = 64
@@ -229,6 +234,8 @@ def classify_sequence(array: np.ndarray, mask: np.ndarray) -> SequenceGuess:
     mode = 0.5 * (edges[k] + edges[k + 1])
     above = float(np.mean(values > mode))
     position = float((mode - lo) / (hi - lo))
+    if position >= MAP_MODE_POSITION:
+        return SequenceGuess(LABEL_MAP, None, {"distinct_values": float(distinct.size), "mode_position": round(position, 4)})
     median = float(np.median(values))
     tail = float(np.percentile(values, TAIL_PERCENTILE)) / median - 1.0 if median > 0 else 0.0
     score = above - position + tail
@@ -336,6 +343,9 @@ def check_source(volume: "Volume", model_config: "ModelConfig", mask: MaskLike =
                 + (f"{100 * guess.stats['top_values_fraction']:.0f}% of the brain holds one of {LABEL_TOP_VALUES} "
                    "values (a label map resampled, or an image without contrast)"
                    if "top_values_fraction" in guess.stats else
+                   f"its commonest value lies at {100 * guess.stats['mode_position']:.0f}% of its range, where an MR "
+                   "image's brain has its brightest tissue (a probability map or a smoothed mask)"
+                   if "mode_position" in guess.stats else
                    f"{int(guess.stats['distinct_values'])} distinct integer values inside the brain"),
                 {"kind": guess.kind, **guess.stats},
             ))

@@ -252,8 +252,8 @@ Written by `Testing/Evaluation/input_check_confusion.py` ({seconds:.0f} s on a 2
 through `MedSynthLogic.input_checks.check_source` with the expectations in the bundled model's header (T1ce,
 skull-stripped, 1 mm ± {cfg.input.spacing_tolerance_mm:g} mm, anisotropy ≤ {cfg.input.max_anisotropy:g}), which is what
 `medsynth synthesize` runs before any compute. The rule is in the docstring of `MedSynthLogic/input_checks.py`:
-label map if at most 64 distinct integer values inside the brain, or if its 8 commonest values hold ≥ 65 % of it; else
-T2-weighted if `t2_score` ≥
+label map if at most 64 distinct integer values inside the brain, if its 8 commonest values hold ≥ 65 % of it, or if
+its histogram's mode lies at ≥ 0.9 of its 0.5–99.5 percentile range (a probability map); else T2-weighted if `t2_score` ≥
 {T2_SCORE_THRESHOLD}, else T1-weighted. `t2_score` adds two statistics of the brain: the fraction of voxels brighter than the
 histogram's mode − the mode's position in the 0.5–99.5 percentile range, and the bright tail (95th percentile /
 median − 1). The rule and its threshold were chosen on these same {n_cases} BraTS cases, so the BraTS table is a

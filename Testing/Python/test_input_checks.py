@@ -302,3 +302,20 @@ def test_a_label_map_resampled_linearly_is_still_a_label_map(phantom):
         assert findings[0].measured["top_values_fraction"] >= LABEL_TOP_FRACTION
         assert "holds one of 8 values" in findings[0].message
     assert not check_source(phantom.t1ce, ModelConfig())
+
+
+def test_a_brain_probability_map_is_no_t1ce(phantom):
+    """A smoothed brain mask (floats 0–1, most of the brain at 1) was read as T1-weighted and passed, with only a note
+    that it might be a T1 without contrast (a review). Its commonest value is its brightest; BraTS MR images put
+    theirs at most at 0.82 of the range (MAP_MODE_POSITION's measurement)."""
+    from scipy import ndimage
+
+    from MedSynthLogic.input_checks import check_source
+
+    brain = (phantom.t1ce.array > 0).astype(np.float32)
+    for sigma in (1, 2, 3):
+        smooth = ndimage.gaussian_filter(brain, sigma)
+        smooth[smooth < 0.05] = 0
+        findings = check_source(phantom.t1ce.with_array(smooth.astype(np.float32)), ModelConfig())
+        assert [f.code for f in findings] == ["label_map"] and "probability map" in findings[0].message
+    assert classify_sequence(phantom.t1ce.array, phantom.t1ce.array > 0).kind == T1_WEIGHTED
