@@ -514,6 +514,7 @@ def _case_figure(path: Path, read: CaseOnSourceGrid, pred: Any, scoring: Tuple[A
     error); ``names``: the pair's."""
     from .figures import comparison_figure, metric_unit_ranges
     from .metrics import metric_images
+    from .orientation import axis_order
 
     source_name, target_name = names
     percentile, pred_scale, window = scoring
@@ -526,11 +527,12 @@ def _case_figure(path: Path, read: CaseOnSourceGrid, pred: Any, scoring: Tuple[A
         ranges = {f"synthetic {target_name}": window, f"real {target_name}": window}
     else:
         ranges = None
+    order = axis_order(read.source.direction)  # the rows are axial, coronal and sagittal in the order models see (LPS)
     comparison_figure(
         path,
-        [(source_name, read.source.array), (f"synthetic {target_name}", pred.array),
-         (f"real {target_name}", read.target.array), ("|error| (0–0.5, normalised)", err)],
-        mask=read.mask, spacing=read.source.spacing, title=title, ranges=ranges,
+        [(source_name, order.forward(read.source.array)), (f"synthetic {target_name}", order.forward(pred.array)),
+         (f"real {target_name}", order.forward(read.target.array)), ("|error| (0–0.5, normalised)", order.forward(err))],
+        mask=order.forward(read.mask), spacing=order.spacing(read.source.spacing), title=title, ranges=ranges,
     )
 
 

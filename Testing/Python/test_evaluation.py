@@ -434,6 +434,41 @@ def test_a_ct_pair_is_shown_in_one_window(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "a.png").is_file()
 
 
+def test_the_figure_of_a_case_stored_in_another_axis_order_is_the_figure_of_the_same_case_in_lps(tmp_path, monkeypatch):
+    """The figure cut its rows from the array as stored: a sagittal-first file drew a sagittal slice in the axial row
+    and a RAS file came out flipped (a review). The panels are drawn in the order models see (LPS)."""
+    from MedSynthLogic import figures
+    from MedSynthLogic.baselines import fit_intensity_lookup
+    from MedSynthLogic.config import NormalisationConfig
+    from MedSynthLogic.orientation import axis_order
+    from MedSynthLogic.phantom import make_phantom
+    from MedSynthLogic.volume import Volume
+    from MedSynthLogic.volume_io import write_volume
+
+    p = make_phantom(shape=(32, 36, 30), seed=1)
+    brain = p.t1ce.array > 0
+    lookup = tmp_path / "lookup.json"
+    fit_intensity_lookup([(p.t1ce.array, p.t2.array, brain)], NormalisationConfig(), bins=32).save(lookup)
+    swapped = (0.0, 0.0, 1.0, 0.0, -1.0, 0.0, 1.0, 0.0, 0.0)  # columns: stored x runs S, y runs A, z runs L
+    for name, direction in (("lps", p.t1ce.direction), ("other", swapped)):
+        folder = tmp_path / name / "a"
+        folder.mkdir(parents=True)
+        for vol, suffix in ((p.t1ce, "t1ce"), (p.t2, "t2")):
+            stored = vol if name == "lps" else Volume(np.ascontiguousarray(axis_order(swapped).inverse(vol.array)),
+                                                      vol.spacing, vol.origin, swapped)
+            write_volume(stored, folder / f"a_{suffix}.nii.gz")
+    drawn = {}
+    real = figures.comparison_figure
+    for name in ("lps", "other"):
+        monkeypatch.setattr(figures, "comparison_figure",
+                            lambda *a, _n=name, **k: drawn.__setitem__(_n, (a[1], k["mask"])) or real(*a, **k))
+        evaluate_cases(cases_to_evaluate(tmp_path / name, lookup=lookup), tmp_path / f"out_{name}", lookup=lookup,
+                       figures=True)
+    for (title, a), (_, b) in zip(drawn["lps"][0], drawn["other"][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=title)
+    np.testing.assert_array_equal(drawn["lps"][1], drawn["other"][1])
+
+
 def test_a_ct_target_resampled_onto_the_source_grid_is_air_where_it_does_not_reach(tmp_path):
     """Resampling filled with 0, which is soft tissue in HU: false tissue where a CT did not reach the MR's grid."""
     from MedSynthLogic.config import IntensityConfig
