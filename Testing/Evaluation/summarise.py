@@ -70,21 +70,27 @@ def main(folder: str = "docs/evaluation") -> int:
         "| model | PSNR (dB) | SSIM | MAE | tumour PSNR | tumour SSIM | tumour MAE | PSNR after gain/offset ¹ |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    protocol = ""
+    protocol, case_sets = "", {}
     for name, text in ROWS:
         path = root / name / "metrics.json"
         if not path.is_file():
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
         protocol = protocol or data.get("protocol", "")
+        case_sets[name] = tuple(c["case"] for c in data["cases"])
         cells = []
         for metric in METRICS:
             stats = data["summary"].get(metric)
             digits = 2 if "psnr" in metric else 3
             cells.append("–" if not stats or stats.get("mean") is None else f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}")
         lines.append(f"| {text} | " + " | ".join(cells) + " |")
-    cases = ", ".join(c["case"] for c in data["cases"])
-    n = len(data["cases"])
+    if not case_sets:
+        raise SystemExit(f"No report of ROWS is under {root}.")
+    if len(set(map(frozenset, case_sets.values()))) > 1:  # one table compares models on the same cases only
+        raise SystemExit("The rows were scored on different cases: " + "; ".join(
+            f"{name}: {', '.join(ids)}" for name, ids in case_sets.items()))
+    first = next(iter(case_sets.values()))
+    cases, n = ", ".join(first), len(first)
     out = "\n".join(lines) + (
         f"\n\nMean ± std over the validation cases ({cases}; std: the population standard deviation, ddof 0, "
         f"which reads {100 * (1 - ((n - 1) / n) ** 0.5):.0f} % below the sample SD for {n} cases). Protocol: "
