@@ -336,7 +336,7 @@ def evaluate_folder(
 
 
 def _cell(value: Any, key: str) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # as metrics.json says it: null
         return "–"
     if isinstance(value, float) and math.isinf(value):
         return "∞"

@@ -256,3 +256,13 @@ def test_what_lies_outside_the_mask_never_changes_a_score(phantom, window) -> No
     plain = evaluate_case(pred, target, brain, pred_scale=scale, window=window)
     skulled = evaluate_case(pred, with_skull, brain, pred_scale=scale, window=window)
     assert skulled["ssim"] == pytest.approx(plain["ssim"], abs=1e-9) and skulled["psnr"] == plain["psnr"]
+
+
+def test_a_mean_over_no_finite_value_reads_as_a_dash_as_the_json_says_null():
+    """Every case infinite (a perfect prediction): metrics.md printed "nan ± nan" where metrics.json holds null."""
+    from MedSynthLogic.metrics import markdown_table
+
+    table = markdown_table({"cases": [{"case": "a", "psnr": float("inf"), "ssim": 1.0}],
+                            "summary": {"psnr": {"mean": float("nan"), "std": float("nan"), "n": 0},
+                                        "ssim": {"mean": 1.0, "std": 0.0, "n": 1}}})
+    assert "| **mean ± std** | – ± – | 1.0000 ± 0.0000 |" in table and "nan" not in table
