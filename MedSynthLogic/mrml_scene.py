@@ -51,7 +51,9 @@ def geometry_from_ijk_to_ras(
     lps = LPS_TO_RAS @ m[:3, :3]
     spacing = np.linalg.norm(lps, axis=0)
     if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
-        raise InputImageError("The volume's IJK to RAS matrix is degenerate (zero or non-finite spacing).")
+        raise InputImageError("The volume's IJK to RAS matrix is degenerate (zero or non-finite spacing).",
+                              "Check its voxel size and directions (Volumes module, Volume Information), or load "
+                              "the file again.")
     direction = lps / spacing
     origin = LPS_TO_RAS @ m[:3, 3]
     return (
@@ -138,12 +140,15 @@ def volume_from_node(node: Any) -> "Volume":
     check_has_voxels(node)
     image = node.GetImageData()
     if image.GetNumberOfScalarComponents() != 1:
-        raise InputImageError("The selected volume is not a scalar image (it has several components per voxel).")
+        raise InputImageError("The selected volume is not a scalar image (it has several components per voxel).",
+                              "Pick a grey-scale volume: a colour (RGB) or vector image is no MR scan.")
     array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
     if array.ndim != 3:
-        raise InputImageError(f"The selected volume is not 3D (array shape {array.shape}).")
+        raise InputImageError(f"The selected volume is not 3D (array shape {array.shape}).",
+                              "Pick a 3D volume of the whole brain.")
     if not np.all(np.isfinite(array)):
-        raise InputImageError("The selected volume contains NaN or infinite values.")
+        raise InputImageError("The selected volume contains NaN or infinite values.",
+                              "Replace them (e.g. by 0 outside the brain) or export the volume again.")
     spacing, origin, direction = geometry_from_ijk_to_ras(_ijk_to_ras_read(node))
     return Volume(array=array, spacing=spacing, origin=origin, direction=direction)
 
@@ -218,7 +223,8 @@ def load_volume_file(scene: Any, path: str | os.PathLike, name: Optional[str] = 
     if node.GetImageData().GetNumberOfScalarComponents() != 1:
         scene.RemoveNode(node)
         scene.RemoveNode(storage)
-        raise InputImageError(f"{path} is not a scalar image (it has several components per voxel).")
+        raise InputImageError(f"{path} is not a scalar image (it has several components per voxel).",
+                              "Load a grey-scale volume: a colour (RGB) or vector image is no MR scan.")
     node.CreateDefaultDisplayNodes()
     return node
 

@@ -238,3 +238,26 @@ def test_training_plot_grows_with_events(scene):
     resumed = mrml.TrainingPlot(scene, iterations_per_stage=10)
     assert resumed.add_event({"event": "validation", "stage": 1, "iteration": 10, "psnr": 20.0, "ssim": 0.5})
     assert resumed.value(0, "iteration") == 20
+
+
+def test_a_node_the_synthesis_cannot_read_is_refused_with_what_to_do(scene):
+    """The panel shows an error's hint as its advice: these refusals had none (a review)."""
+    import vtk
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "with nan")
+    image = vtk.vtkImageData()
+    image.SetDimensions(8, 8, 8)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    image.GetPointData().GetScalars().Fill(1.0)
+    image.GetPointData().GetScalars().SetValue(5, float("nan"))
+    node.SetAndObserveImageData(image)
+    with pytest.raises(InputImageError, match="NaN") as info:
+        mrml.volume_from_node(node)
+    assert info.value.hint.startswith("Replace them")
+    rgb = vtk.vtkImageData()
+    rgb.SetDimensions(8, 8, 8)
+    rgb.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    node.SetAndObserveImageData(rgb)
+    with pytest.raises(InputImageError, match="not a scalar image") as info:
+        mrml.volume_from_node(node)
+    assert "grey-scale" in info.value.hint
