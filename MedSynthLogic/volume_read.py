@@ -248,6 +248,10 @@ def volume_from_nibabel(image: Any) -> Volume:
     nibabel's (x, y, z) to this project's (z, y, x) and its RAS affine to ITK/LPS geometry. ``Volume(img.get_fdata())``
     would be read transposed, with no geometry to say so (a BraTS case then scored up to 1.7 dB lower)."""
     shape = tuple(int(n) for n in image.shape)
+    name = Path(getattr(image, "get_filename", lambda: None)() or "the nibabel image")
+    dtype = np.dtype(image.get_data_dtype())
+    if dtype.names is not None or dtype.kind == "c":  # an RGB image: a TypeError traceback before
+        raise _multi_component(name, len(dtype.names or ()) or 2)
     data = np.asanyarray(image.dataobj)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -255,7 +259,7 @@ def volume_from_nibabel(image: Any) -> Volume:
         raise InputImageError(f"A volume must be 3D; this nibabel image has the shape {shape}.",
                               "Pass one 3D image (one volume of a 4D series, one component of a vector image).")
     spacing, origin, direction = _ras_affine_to_lps(np.asarray(image.affine, dtype=np.float64))
-    return Volume(np.asarray(data, dtype=np.float32).transpose(2, 1, 0), spacing=spacing, origin=origin,
+    return Volume(_to_float32(name, np.asarray(data).transpose(2, 1, 0)), spacing=spacing, origin=origin,
                   direction=direction)
 
 

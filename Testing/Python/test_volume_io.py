@@ -322,3 +322,20 @@ def test_gzip_read_of_analyze_data_file(tmp_path: Path) -> None:
     (tmp_path / "a.img.gz").write_bytes(gzip.compress((tmp_path / "a.img").read_bytes()))
     (tmp_path / "a.img").unlink()
     np.testing.assert_array_equal(read_volume(tmp_path / "a.hdr").array, vol.array)
+
+
+def test_volume_from_nibabel_refuses_colour_and_nan_as_read_volume_does() -> None:
+    """An RGB nibabel image gave a TypeError traceback, and NaN voxels passed (a review)."""
+    import nibabel as nib
+
+    from MedSynthLogic.volume_io import volume_from_nibabel
+
+    rgb = np.zeros((4, 5, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    with pytest.raises(InputImageError, match="3 values per voxel"):
+        volume_from_nibabel(nib.Nifti1Image(rgb, np.eye(4)))
+    data = np.ones((4, 5, 6), np.float32)
+    data[1, 2, 3] = np.nan
+    with pytest.raises(InputImageError, match="NaN|non-finite|infinite"):
+        volume_from_nibabel(nib.Nifti1Image(data, np.eye(4)))
+    data[1, 2, 3] = 2.0
+    assert volume_from_nibabel(nib.Nifti1Image(data, np.eye(4))).array[3, 2, 1] == 2.0
