@@ -198,7 +198,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for field in (getattr(self.ui, name) for name in panel_state.unset_path_fields(p)):
             if field.currentPath == ".":
                 field.currentPath = ""  # refused by the field's validator: the parameter stays unset
-        self.ui.estimateLabel.text = self.logic.controller.estimate_text(p) if p and p.inputVolume and not busy else ""
+        self.ui.estimateLabel.text = states.synthesis_hint or (self.logic.controller.estimate_text(p) if p and p.inputVolume and not busy else "")
 
     def clearPath(self, field: str, name: str) -> None:  # and the buttons follow a text the field does not pass on
         if self._parameterNode and not getattr(self.ui, field).currentPath.strip():

@@ -26,10 +26,12 @@ PATH_FIELDS = {"modelPathLineEdit": "modelPath", "outputModelPathLineEdit": "out
 @dataclass(frozen=True)
 class ButtonStates:
     """``enabled``: button name → whether it may be pressed; ``hint``: what the training section still needs
-    (preparation, training, then evaluation)."""
+    (preparation, training, then evaluation); ``synthesis_hint``: why Synthesize waits, when its model file field
+    shows a name it did not pass on (the panel shows it where the time estimate goes)."""
 
     enabled: Dict[str, bool]
     hint: str
+    synthesis_hint: str = ""
 
 
 def button_states(settings: Any, running_kind: Optional[str], texts: Optional[Mapping[str, str]] = None) -> ButtonStates:
@@ -66,7 +68,8 @@ def button_states(settings: Any, running_kind: Optional[str], texts: Optional[Ma
         hints.append(_("To train, choose {items}.").format(items=_join(train_needs)))
     if evaluate_needs and not train_needs:  # the training's own needs first: evaluation scores what it wrote
         hints.append(_("To evaluate the trained model, choose {items}.").format(items=_join(evaluate_needs)))
-    return ButtonStates(enabled, " ".join(hints) if settings is not None else "")
+    waiting = _("To synthesize with another model file, give a name ending in .safetensors.") if other_model_unapplied else ""
+    return ButtonStates(enabled, " ".join(hints) if settings is not None else "", waiting)
 
 
 def folder_text(value: Any) -> str:

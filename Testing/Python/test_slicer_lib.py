@@ -1309,6 +1309,9 @@ def test_a_file_field_showing_a_name_its_parameter_does_not_hold_blocks_what_wou
     other = {**shown, "modelPathLineEdit": "/m/y"}
     assert unapplied_path_fields(ready, other) == ["modelPath"]
     assert not button_states(ready, None, other).enabled["synthesizeButton"]
+    assert button_states(ready, None, other).synthesis_hint == ("To synthesize with another model file, give a name "
+                                                                "ending in .safetensors.")
+    assert button_states(ready, None, shown).synthesis_hint == ""
     assert button_states(ready, None, shown).enabled["synthesizeButton"]
     bundled = SimpleNamespace(**{**vars(ready), "model": "medsynth_t1ce_t2.safetensors"})  # the field is not read
     assert button_states(bundled, None, other).enabled["synthesizeButton"]
