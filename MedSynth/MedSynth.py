@@ -161,7 +161,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.controller.discard(kinds=("synthesize",), background=True):  # its result must not land in the next scene
             self.setStatus(_("The synthesis was cancelled: the scene was closed."))
-        self.onSceneStartImport(caller, event)
+        self.setParameterNode(None)
 
     def onSceneStartImport(self, caller, event) -> None:  # its choices reach the lists once reset (EndImport)
         self.setParameterNode(None)

@@ -435,7 +435,7 @@ def fill_to_patch(volumes: List[np.ndarray], size: int) -> Tuple[List[np.ndarray
 
 
 def _write_patches(writer: Any, case_id: str, src_p: np.ndarray, tgt_p: np.ndarray, corner_sets: List[np.ndarray],
-                   plan: _Plan, shift: Optional[np.ndarray] = None) -> Tuple[float, float]:
+                   plan: _Plan, shift: np.ndarray) -> Tuple[float, float]:
     """Cut and write the patches at each copy's corners (copy 1 flipped), in chunks; returns (extract s, write s).
 
     ``shift``: voxels :func:`fill_to_patch` added before the stored volume, taken off the recorded corners (which
@@ -453,7 +453,7 @@ def _write_patches(writer: Any, case_id: str, src_p: np.ndarray, tgt_p: np.ndarr
             if copy == 1:
                 sp, tp = flip_patches(sp, plan.flip_axis), flip_patches(tp, plan.flip_axis)  # type: ignore[arg-type]
             t1 = time.perf_counter()
-            writer.add_patches(case_id, sp, tp, c - (0 if shift is None else shift), np.full(len(c), copy, np.uint8))
+            writer.add_patches(case_id, sp, tp, c - shift, np.full(len(c), copy, np.uint8))
             t_extract += t1 - t0
             t_write += time.perf_counter() - t1
     return t_extract, t_write

@@ -178,6 +178,13 @@ def _shape_problem(p: Path, size: Sequence[int], components: int) -> Optional[In
     return _multi_component(p, components) if components != 1 else None
 
 
+def _check_scalar_dtype(p: Path, dtype: Any) -> None:
+    """Refuse a nibabel voxel type of several values (an RGB record, a complex number): not a grey-level image."""
+    dtype = np.dtype(dtype)
+    if dtype.names is not None or dtype.kind == "c":
+        raise _multi_component(p, len(dtype.names or ()) or 2)
+
+
 def _multi_component(p: Path, n: int) -> InputImageError:
     return InputImageError(
         f"{p} has {n} values per voxel (a colour/RGB or vector image); MedSynth needs a scalar (grey-level) volume.",
@@ -231,8 +238,7 @@ def _read_nibabel(p: Path, max_axis: int, max_voxels: int) -> Volume:
         shape = shape[:-1]
     if len(shape) != 3:
         raise _wrong_dims(p, len(shape), shape)
-    if img.get_data_dtype().names is not None or img.get_data_dtype().kind == "c":
-        raise _multi_component(p, len(img.get_data_dtype().names or ()) or 2)
+    _check_scalar_dtype(p, img.get_data_dtype())
     _check_size(p, shape, max_axis, max_voxels)
     check_nifti_complete(p)
     try:
@@ -249,9 +255,7 @@ def volume_from_nibabel(image: Any) -> Volume:
     would be read transposed, with no geometry to say so (a BraTS case then scored up to 1.7 dB lower)."""
     shape = tuple(int(n) for n in image.shape)
     name = Path(getattr(image, "get_filename", lambda: None)() or "the nibabel image")
-    dtype = np.dtype(image.get_data_dtype())
-    if dtype.names is not None or dtype.kind == "c":  # an RGB image: a TypeError traceback before
-        raise _multi_component(name, len(dtype.names or ()) or 2)
+    _check_scalar_dtype(name, image.get_data_dtype())  # an RGB image: a TypeError traceback before
     data = np.asanyarray(image.dataobj)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
